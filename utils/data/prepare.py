@@ -15,7 +15,7 @@ import numpy as np
 
 from utils.data.audio import MEDIA_EXTENSIONS, TARGET_SR, load_audio, resample
 from utils.data.dataset_folder import DatasetFolder, fingerprint
-from utils.data.segment import SegmentLimits, Word, segment_words
+from utils.data.segment import SegmentLimits, Word, refine_word_times, segment_words
 from utils.data.text import approx_token_count
 from utils.data.transcribe import WHISPER_SR
 from utils.errors import DataError
@@ -137,6 +137,7 @@ def prepare_dataset(
         bar.set_postfix_str(f.name[:30])
         words, lang = transcriber(resample(audio, TARGET_SR, WHISPER_SR))
         total_s = len(audio) / TARGET_SR
+        words = refine_word_times(words, audio, TARGET_SR)
         segments, skipped = segment_words(words, total_s=total_s, limits=limits, count_tokens=count_tokens)
         if not words:
             skipped.append({"start": 0.0, "end": round(total_s, 3), "text": "", "reason": "no_speech",

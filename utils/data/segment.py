@@ -154,3 +154,42 @@ def segment_words(
         else:
             segments.append(seg)
     return segments, skipped
+
+
+def refine_word_times(
+    words: Sequence[Word],
+    audio: "np.ndarray",
+    sr: int,
+    *,
+    rel_db: float = -35.0,
+    hop_s: float = 0.01,
+    keep_s: float = 0.05,
+) -> list[Word]:
+    """Pull word edges in to where the audio is actually voiced.
+
+    Whisper often stretches the last word of a sentence far into the following silence (and
+    starts the first word early), which hides pauses and puts silence into clips. Each word's
+    span is shrunk to its first/last frame louder than ``rel_db`` below the file's loud frames,
+    keeping ``keep_s`` of margin. Words with no voiced frame keep their times.
+    """
+    import numpy as np
+
+    hop = max(1, int(hop_s * sr))
+    n = len(audio) // hop
+    if n == 0:
+        return list(words)
+    frames = audio[: n * hop].reshape(n, hop)
+    rms = np.sqrt(np.mean(np.square(frames, dtype=np.float64), axis=1))
+    loud = float(np.percentile(rms, 95))
+    voiced = rms > max(loud * 10 ** (rel_db / 20.0), 1e-4)
+    out = []
+    for w in words:
+        a, b = int(w.start / hop_s), min(n, int(np.ceil(w.end / hop_s)))
+        idx = np.flatnonzero(voiced[a:b]) if b > a else np.array([], dtype=int)
+        if idx.size == 0:
+            out.append(w)
+            continue
+        start = max(w.start, (a + idx[0]) * hop_s - keep_s)
+        end = min(w.end, (a + idx[-1] + 1) * hop_s + keep_s)
+        out.append(Word(start, max(end, start + hop_s), w.text))
+    return out

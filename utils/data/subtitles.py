@@ -78,15 +78,33 @@ def _decode(path: Path, encoding: str | None) -> str:
         ) from exc
 
 
-def _first_bad_block(text: str) -> str:
-    line_no = 1
-    for block in re.split(r"\n\s*\n", text):
-        lines = [ln for ln in block.splitlines()]
-        if block.strip() and not block.strip().upper().startswith(("WEBVTT", "NOTE", "STYLE", "REGION")):
-            if not any("-->" in ln for ln in lines):
-                return f"block at line {line_no} has no 'start --> end' timing line"
-        line_no += block.count("\n") + 2
-    return "timestamps must look like 00:00:01,000 --> 00:00:02,500 (SRT) or 00:00:01.000 --> 00:00:02.500 (VTT)"
+_TIMING = re.compile(r"^\s*(\d+:)?\d{1,2}:\d{2}[,.]\d{1,3}\s*-->\s*(\d+:)?\d{1,2}:\d{2}[,.]\d{1,3}(\s|$)")
+_TIMING_HELP = "timestamps must look like 00:00:01,000 --> 00:00:02,500 (SRT) or 00:00:01.000 --> 00:00:02.500 (VTT)"
+
+
+def _first_bad_block(text: str) -> str | None:
+    """Where the file breaks the cue layout (a non-empty block with no timing line), else None.
+
+    webvtt-py folds such a block into the previous cue's text, which would put subtitle numbers
+    and stray lines into transcripts, so we check it ourselves.
+    """
+    blocks: list[tuple[int, list[str]]] = []
+    for no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if blocks and blocks[-1][0] + len(blocks[-1][1]) == no:
+            blocks[-1][1].append(line)
+        else:
+            blocks.append((no, [line]))
+    for first, lines in blocks:
+        if lines[0].lstrip("\ufeff").strip().upper().startswith(("WEBVTT", "NOTE", "STYLE", "REGION")):
+            continue
+        if not any("-->" in ln for ln in lines):
+            return f"block at line {first} has no 'start --> end' timing line"
+        for k, ln in enumerate(lines):
+            if "-->" in ln and not _TIMING.match(ln):
+                return f"line {first + k} has a malformed timing {ln.strip()!r}; {_TIMING_HELP}"
+    return None
 
 
 def read_subtitles(path: str | os.PathLike, encoding: str | None = None) -> tuple[list[Cue], list[dict[str, Any]], int]:
@@ -109,11 +127,14 @@ def read_subtitles(path: str | os.PathLike, encoding: str | None = None) -> tupl
     if not text.strip():
         raise DataError(f"subtitle file {path} is empty; export the subtitles again")
     is_vtt = path.suffix.lower() == ".vtt" or text.lstrip("\ufeff").lstrip().startswith("WEBVTT")
+    kind = "VTT" if is_vtt else "SRT"
+    bad_block = _first_bad_block(text)
+    if bad_block is not None:
+        raise DataError(f"{path} is not a valid {kind} file: {bad_block}; fix or remove that block")
     try:
-        captions = list(webvtt.from_buffer(io.StringIO(text), format="vtt" if is_vtt else "srt"))
+        captions = list(webvtt.from_buffer(io.StringIO(text), format=kind.lower()))
     except MalformedFileError as exc:
-        raise DataError(f"{path} is not a valid {'VTT' if is_vtt else 'SRT'} file ({exc}: {_first_bad_block(text)}); "
-                        f"fix that cue") from exc
+        raise DataError(f"{path} is not a valid {kind} file ({exc}); {_TIMING_HELP}") from exc
     if not captions:
         raise DataError(f"{path} has no subtitle cues; check it is the right file")
     cues: list[Cue] = []

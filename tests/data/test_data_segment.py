@@ -98,3 +98,19 @@ def test_split_uneven_sources_eval_never_empty():
     rows = _rows([("a", "big")] * 30 + [("a", "small")] * 8)
     s = split_rows(rows, eval_fraction=0.05)
     assert len(s.eval) == 8 and {r.source for r in s.eval} == {"small"} and s.info["note"]
+
+
+def test_refine_word_times_pulls_stretched_ends_out_of_silence():
+    import numpy as np
+
+    from utils.data.segment import refine_word_times
+
+    sr = 16000
+    rng = np.random.default_rng(0)
+    audio = np.zeros(4 * sr, dtype=np.float32)
+    audio[sr: 2 * sr] = 0.3 * rng.standard_normal(sr).astype(np.float32)  # "speech" 1.0-2.0 s
+    words = [Word(0.9, 1.5, " a"), Word(1.5, 3.2, " b."), Word(3.3, 3.5, " c")]  # b stretched into silence
+    out = refine_word_times(words, audio, sr)
+    assert out[0].start == pytest.approx(0.95, abs=0.011) and out[0].end == 1.5
+    assert out[1].end == pytest.approx(2.05, abs=0.011)
+    assert out[2] == words[2]  # no voiced frame: unchanged

@@ -49,7 +49,7 @@ def en_vocab(tmp_path_factory) -> Path:
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     special = ["[STOP]", "[UNK]", "[SPACE]", "[START]"] + [f"[{lang}]" for lang in LANGS]
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special)
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special, show_progress=False)
     corpus = [s.lower() for s in SENTENCES] + ["abcdefghijklmnopqrstuvwxyz .,!?'\"-:;()0123456789"] * 3
     tok.train_from_iterator(corpus, trainer)
     tok.save(str(out))

@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import secrets
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -60,6 +61,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     data.add_argument("--eval-csv", type=Path, help="evaluation metadata (same format)")
     data.add_argument("--language", default=None, help="language code of the transcripts (default en)")
     data.add_argument("--dataset-hours", default=None, help="hours of training audio; picks the table row")
+    data.add_argument(
+        "--new-tokens", type=int, default=2000,
+        help="for a language XTTS lacks: BPE tokens learned from the training text (default 2000)",
+    )  # fmt: skip
+    data.add_argument(
+        "--new-token-warmup-steps", type=int, default=0,
+        help="for a new language: optimizer steps that train only the new token rows first (default 0)",
+    )  # fmt: skip
     data.add_argument(
         "--max-excluded-share", type=float, default=0.2,
         help="refuse to train when the preflight excludes more than this share of rows (default 0.2)",
@@ -199,7 +208,37 @@ def check_data(split: DataSplit, language: str, vocab_path: Path, max_excluded_s
 def _tokenizer(vocab_path: Path, language: str):
     from utils.language import load_tokenizer
 
-    return load_tokenizer(vocab_path, languages=[language])
+    return load_tokenizer(vocab_path)
+
+
+def prepare_language(
+    language: str, base: Any, train_csv: Path, staging_dir: Path, *, new_tokens: int, warmup_steps: int = 0
+) -> tuple[Path, dict[str, Any] | None]:
+    """Step 3b: the vocabulary to train with; extends the base one for a language XTTS lacks.
+
+    Returns:
+        (vocab path, vocab-extension record or None). The record goes into the config so the
+        model grows its text embedding the same way at every start (first run and resume).
+    """
+    from utils.data.csv_io import read_coqui_csv
+    from utils.language import check_language
+    from utils.language.registry import language_tokens
+    from utils.language.vocab import extend_vocab
+
+    if language in language_tokens(base.vocab):
+        return base.vocab, None
+    check_language(language)  # a well-formed code with a normaliser (or the basic one)
+    staging_dir.mkdir(parents=True, exist_ok=True)
+    out = staging_dir / f"vocab-{language}-{secrets.token_hex(3)}.json"
+    texts = [row.text for row in read_coqui_csv(train_csv)]
+    ext = extend_vocab(base.vocab, texts, language, num_new_tokens=new_tokens, out_path=out)
+    logger.info(
+        "vocabulary extended for %s: %d -> %d tokens (%d new characters, %d merged tokens)", language,
+        ext.base_size, ext.new_size, len(ext.new_characters), len(ext.new_tokens),
+    )  # fmt: skip
+    record = ext.to_dict()
+    record.update({"base_vocab": str(base.vocab), "warmup_steps": int(warmup_steps)})
+    return out, record
 
 
 def _sample(row: Any, language: str) -> dict[str, Any]:
@@ -226,16 +265,21 @@ def build_config(
     language: str = "en",
     run_name: str = "xtts_ft",
     vocab_path: str | Path | None = None,
+    vocab_extension: dict[str, Any] | None = None,
 ):
     """Return the GPTTrainerConfig for a fine-tune (see :func:`utils.training.config.build_config`).
 
-    ``base_model`` is a folder path or :class:`utils.base_model.BaseModelFiles`.
+    ``base_model`` is a folder path or :class:`utils.base_model.BaseModelFiles`;
+    ``vocab_path``/``vocab_extension`` come from :func:`prepare_language` for a new language.
     """
     from utils.base_model import BaseModelFiles, check_base_model
     from utils.training.config import build_config as _build
 
     base = base_model if isinstance(base_model, BaseModelFiles) else check_base_model(base_model)
-    return _build(hparams, base, output_path=output_path, language=language, run_name=run_name, vocab_path=vocab_path)
+    config = _build(hparams, base, output_path=output_path, language=language, run_name=run_name, vocab_path=vocab_path)
+    if vocab_extension:
+        config.toolkit["vocab_extension"] = dict(vocab_extension)
+    return config
 
 
 @dataclass
@@ -287,6 +331,7 @@ def train(
     config.run_name = base_name
     run_dir = Path(trainer.output_path)
     model.run_dir = run_dir
+    _keep_vocab_with_run(config, run_dir)
     if preflight_reports:
         merged = {name: report.to_dict() for name, report in preflight_reports.items()}
         (run_dir / "preflight_report.json").write_text(json.dumps(merged, indent=2), encoding="utf-8")
@@ -302,6 +347,25 @@ def train(
         optimizer_steps=trainer.optimizer_steps,
         runtime_exclusions=exclusions,
     )
+
+
+def _keep_vocab_with_run(config: Any, run_dir: Path) -> None:
+    """Copy the vocabulary into the run folder and point the saved config at the copy.
+
+    The Trainer wrote config.json at start-up; it is rewritten so that --continue, export and
+    inference find run_dir/vocab.json (for a new language, the extended one).
+    """
+    src = Path(config.model_args.tokenizer_file)
+    dest = run_dir / "vocab.json"
+    if src.resolve() != dest.resolve():
+        shutil.copy2(src, dest)
+    ext = config.toolkit.get("vocab_extension")
+    if ext:
+        if src.parent.name == ".staging":
+            src.unlink(missing_ok=True)
+        ext["path"] = str(dest)
+    config.model_args.tokenizer_file = str(dest)
+    config.save_json(str(run_dir / "config.json"))
 
 
 def summary_lines(result: TrainResult) -> list[str]:
@@ -328,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 2. data (a dry run without data is fine when --dataset-hours is given)
     have_data = args.demo or args.dataset or args.train_csv or args.eval_csv
     train_csv, eval_csv = locate_data(args) if (have_data or not args.dry_run) else (None, None)
-    _check_language(language, base)
+    _check_language(language)
     # 3. hyperparameters; a dry run reads only wav headers, and only when the hours are not given
     if args.dry_run:
         hours = measure_header_hours(train_csv) if (args.dataset_hours is None and train_csv) else None
@@ -338,28 +402,39 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "train_csv": str(train_csv) if train_csv else None, "eval_csv": str(eval_csv) if eval_csv else None})  # fmt: skip
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return 0
-    # 4. preflight
-    split = check_data(DataSplit(train_csv, eval_csv), language, base.vocab, args.max_excluded_share)
+    # 4. language: a language XTTS lacks gets an extended vocabulary (BPE on the training text)
+    vocab, extension = prepare_language(
+        language, base, train_csv, args.output_path / ".staging",
+        new_tokens=args.new_tokens, warmup_steps=args.new_token_warmup_steps,
+    )  # fmt: skip
+    # 5. preflight: every row of both CSVs, with the vocabulary training will use
+    split = check_data(DataSplit(train_csv, eval_csv), language, vocab, args.max_excluded_share)
     hparams = resolve_hparams(args, split.train_report.hours_kept)
-    logger.info("dataset hours %.4g (%s): lr %.3g, weight decay %.3g", hparams.dataset_hours or 0.0,
-                hparams.sources["lr"], hparams["lr"], hparams["weight_decay"])  # fmt: skip
-    # 5. config and training
-    config = build_config(hparams, base, output_path=args.output_path, language=language, run_name=args.run_name)
+    logger.info(
+        "dataset hours %.4g (kept by the preflight%s): lr %.3g (%s), weight decay %.3g (%s)",
+        hparams.dataset_hours or 0.0, ", overridden by --dataset-hours" if args.dataset_hours else "",
+        hparams["lr"], hparams.sources["lr"], hparams["weight_decay"], hparams.sources["weight_decay"],
+    )  # fmt: skip
+    # 6. config and training
+    config = build_config(
+        hparams, base, output_path=args.output_path, language=language, run_name=args.run_name,
+        vocab_path=vocab, vocab_extension=extension,
+    )  # fmt: skip
     result = train(
         config, split.train_samples, split.eval_samples,
         preflight_reports={"train": split.train_report, "eval": split.eval_report},
     )  # fmt: skip
-    # 6. summary; the run folder is the last line
+    # 7. summary; the run folder is the last line
     for line in summary_lines(result)[:-1]:
         logger.info("%s", line)
     sys.stdout.write(f"{result.run_dir}\n")
     return 0
 
 
-def _check_language(language: str, base: Any) -> None:
+def _check_language(language: str) -> None:
     from utils.language import check_language
 
-    check_language(language, vocab_path=base.vocab if base else None)
+    check_language(language)
 
 
 if __name__ == "__main__":

@@ -134,7 +134,8 @@ class Resolved:
 
     def as_dict(self) -> dict[str, Any]:
         """The dry-run view: one flat JSON-able object."""
-        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.values.items()}
+        order = ["lr", "weight_decay", *(k for k in self.values if k not in ("lr", "weight_decay"))]
+        out = {k: (list(self.values[k]) if isinstance(self.values[k], tuple) else self.values[k]) for k in order}
         out["lr_scheduler_params"] = self.scheduler_params()
         out["dataset_hours"] = self.dataset_hours
         out["table_row"] = self.row.label if self.row else None

@@ -6,6 +6,12 @@ What changes against ``TTS.tts.layers.xtts.trainer.gpt_trainer.GPTTrainer``:
   the metric ReduceLROnPlateau needs.
 - ``get_data_loader`` builds :class:`~utils.training.dataset.ToolkitXTTSDataset` (no silent drops,
   one pass per epoch, one decode per clip) and shuffles training rows with a seeded generator.
+- The tokenizer is the toolkit's :class:`~utils.language.tokenizer.TextTokenizer`, so languages XTTS
+  lacks (registered from the vocabulary's ``[code]`` tokens) work in training, evaluation and after
+  a resume; Coqui's ``VoiceBpeTokenizer`` raises NotImplementedError for them.
+- For a new language the base weights are loaded with the base vocabulary (GPTTrainer loads them
+  with ``strict=False``, which still fails on a larger text embedding), then the text embedding and
+  head grow to the extended vocabulary (new rows from the pretrained rows' statistics).
 """
 
 from __future__ import annotations
@@ -27,9 +33,38 @@ logger = logging.getLogger(__name__)
 
 
 class ToolkitGPTTrainer(GPTTrainer):
-    """GPTTrainer with the LR bridge and the toolkit dataset."""
+    """GPTTrainer with the LR bridge, the toolkit dataset and tokenizer, and vocabulary growth."""
 
     run_dir: Path | None = None  # set by utils.gpt_train before fit(); run-time exclusions go there
+
+    def __init__(self, config: Any) -> None:
+        from utils.language import load_tokenizer
+        from utils.language.embeddings import NewTokenWarmup, grow_xtts_text_vocab
+
+        ext = (getattr(config, "toolkit", None) or {}).get("vocab_extension")
+        if ext:
+            vocab = config.model_args.tokenizer_file
+            config.model_args.tokenizer_file = ext["base_vocab"]
+            try:
+                super().__init__(config)
+            finally:
+                config.model_args.tokenizer_file = vocab
+            info = grow_xtts_text_vocab(self.xtts, int(ext["new_size"]), seed=int(config.training_seed))
+            self.new_token_warmup = NewTokenWarmup(self.xtts.gpt, info.old_num_tokens, int(ext.get("warmup_steps", 0)))
+        else:
+            super().__init__(config)
+            self.new_token_warmup = None
+        self.xtts.tokenizer = load_tokenizer(config.model_args.tokenizer_file)
+
+    def on_train_epoch_start(self, trainer: Any) -> None:
+        super().on_train_epoch_start(trainer)
+        warmup = self.new_token_warmup
+        if warmup is not None and not warmup.active and trainer.optimizer_steps < warmup.steps:
+            warmup.start()  # also after a resume that stopped inside the warm-up
+
+    def on_train_step_end(self, trainer: Any) -> None:
+        if self.new_token_warmup is not None:
+            self.new_token_warmup.after_step(trainer.optimizer_steps)
 
     def get_scheduler(self, optimizer: list[torch.optim.Optimizer] | torch.optim.Optimizer) -> LRBridge:
         opt = optimizer[0] if isinstance(optimizer, (list, tuple)) else optimizer

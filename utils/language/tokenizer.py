@@ -46,12 +46,16 @@ class TextTokenizer(VoiceBpeTokenizer):
         for code in languages:
             self.add_language(code)
 
-    def add_language(self, code: str, spec: LanguageSpec | None = None) -> None:
-        """Accept ``code`` on this instance (normaliser and char limit from ``spec`` or the registry)."""
+    def add_language(self, code: str, spec: LanguageSpec | None = None, *, require_token: bool = True) -> None:
+        """Accept ``code`` on this instance (normaliser and char limit from ``spec`` or the registry).
+
+        ``require_token=False`` lets a not-yet-extended vocabulary normalise and report
+        :meth:`unknown_characters` for ``code`` (its encodings then lack the language token).
+        """
         if is_xtts_language(code):
             return
         spec = spec or get_language_spec(code)
-        if self.tokenizer is not None and self.tokenizer.token_to_id(f"[{code}]") is None:
+        if require_token and self.tokenizer is not None and self.tokenizer.token_to_id(f"[{code}]") is None:
             raise LanguageError(
                 f"vocabulary {self.vocab_file} has no [{code}] token; extend it for '{code}' "
                 "(utils.language.vocab.extend_vocab) or load the run's vocab.json"

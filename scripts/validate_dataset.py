@@ -1,0 +1,47 @@
+"""Check every row of a coqui-format metadata CSV before training (the preflight).
+
+    python scripts/validate_dataset.py dataset/metadata_train.csv --language en \
+        --vocab base/vocab.json --report preflight_report.json
+
+Exit code 0: nothing excluded; 1: some rows excluded (see the report); 2: the CSV cannot be read.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+
+from utils import cli  # noqa: E402
+from utils.data.preflight import MAX_AUDIO_S, MAX_TEXT_TOKENS, MIN_AUDIO_S, run_preflight  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("csv", help="metadata CSV (audio_file|text|speaker_name)")
+    p.add_argument("--language", default="en", help="language code the text is tokenized as (default: en)")
+    p.add_argument("--vocab", help="XTTS vocab.json; without it the [UNK] and token-length checks are skipped")
+    p.add_argument("--dataset-root", help="folder audio paths are relative to (default: the CSV's folder)")
+    p.add_argument("--report", help="write the JSON report here")
+    p.add_argument("--min-audio-s", type=float, default=MIN_AUDIO_S)
+    p.add_argument("--max-audio-s", type=float, default=MAX_AUDIO_S)
+    p.add_argument("--max-text-tokens", type=int, default=MAX_TEXT_TOKENS)
+    p.add_argument("--workers", type=int, help="processes for the audio checks (default: 2)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    cli.setup_logging()
+
+    report = run_preflight(
+        args.csv, language=args.language, vocab_path=args.vocab, dataset_root=args.dataset_root,
+        min_audio_s=args.min_audio_s, max_audio_s=args.max_audio_s, max_text_tokens=args.max_text_tokens,
+        workers=args.workers, progress=not args.no_progress,
+    )
+    if args.report:
+        report.write_json(args.report)
+    sys.stderr.write("\n".join(report.summary_lines()) + "\n")
+    return 1 if report.excluded else 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

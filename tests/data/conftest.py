@@ -1,0 +1,70 @@
+"""Fixtures for the data-pipeline tests: espeak-ng speech, an English vocab.json, a tokenizer."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "She sells sea shells by the sea shore.",
+    "A journey of a thousand miles begins with a single step.",
+    "Peter Piper picked a peck of pickled peppers.",
+    "How much wood would a woodchuck chuck?",
+    "Every good boy deserves fruit and a little rest.",
+]
+
+LANGS = ["en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi"]
+
+
+def espeak(text: str, path: Path, voice: str = "en-us", speed: int = 160) -> Path:
+    """Speak ``text`` into a 22.05 kHz mono 16-bit WAV with espeak-ng."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text], check=True, capture_output=True)
+    return path
+
+
+def espeak_audio(text: str, tmp: Path, voice: str = "en-us") -> tuple[np.ndarray, int]:
+    p = espeak(text, tmp / "_tmp_espeak.wav", voice)
+    data, sr = sf.read(str(p), dtype="float32")
+    p.unlink()
+    return data, sr
+
+
+@pytest.fixture(scope="session")
+def espeak_clip():
+    return espeak
+
+
+@pytest.fixture(scope="session")
+def en_vocab(tmp_path_factory) -> Path:
+    """A tiny XTTS-style vocab.json: BPE over English text, XTTS's special-token order."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    out = tmp_path_factory.mktemp("vocab") / "vocab.json"
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    special = ["[STOP]", "[UNK]", "[SPACE]", "[START]"] + [f"[{lang}]" for lang in LANGS]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special)
+    corpus = [s.lower() for s in SENTENCES] + ["abcdefghijklmnopqrstuvwxyz .,!?'\"-:;()0123456789"] * 3
+    tok.train_from_iterator(corpus, trainer)
+    tok.save(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def en_tokenizer(en_vocab):
+    from utils.data.text import CoquiTokenizerAdapter
+
+    return CoquiTokenizerAdapter(en_vocab)
+
+
+@pytest.fixture(scope="session")
+def speech_bank(tmp_path_factory) -> dict[str, Path]:
+    """One espeak-ng WAV per sentence in SENTENCES (session-wide, read-only)."""
+    d = tmp_path_factory.mktemp("speech")
+    return {s: espeak(s, d / f"s{i}.wav") for i, s in enumerate(SENTENCES)}

@@ -1,0 +1,351 @@
+"""Preflight: check every row of a metadata CSV before any training, and say why rows are excluded.
+
+Coqui's XTTSDataset silently drops rows it cannot use (too long, too short, [UNK] characters,
+unreadable files) and recurses forever when all rows fail. This module finds those rows up
+front, so training only ever sees rows that load, and the user sees a per-row report.
+
+Audio checks (header, decode, duration, silence, clipping, content hash) run in a small
+process pool; text checks (empty, [UNK], token length) run in the calling process because
+tokenizers need not be picklable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from utils.data.csv_io import BadRow, Row, read_coqui_csv
+from utils.data.text import TextTokenizer, load_text_tokenizer
+from utils.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+MAX_AUDIO_S = 11.6  # XTTSDataset max_wav_length 255995 samples at 22.05 kHz
+MIN_AUDIO_S = 0.5  # XTTSDataset drops clips under 0.5 s
+MAX_TEXT_TOKENS = 200  # GPTArgs.max_text_length
+SILENCE_RMS_DB = -55.0
+MAX_CLIPPED_FRACTION = 0.001
+_POOL_MIN_ROWS = 256  # below this, a process pool costs more than it saves
+
+REASONS = {
+    "malformed_row": "CSV line could not be parsed",
+    "path_outside_dataset": "audio path escapes the dataset folder",
+    "missing_file": "audio file does not exist",
+    "empty_file": "audio file has 0 bytes",
+    "unreadable_audio": "audio file does not decode",
+    "too_short": "audio shorter than the minimum",
+    "too_long": "audio longer than the maximum XTTS trains on",
+    "silent": "audio is (near) silent",
+    "clipped": "audio is clipped",
+    "empty_text": "transcript is empty",
+    "unsupported_language": "the tokenizer has no support for this language",
+    "unknown_characters": "transcript has characters the tokenizer maps to [UNK]",
+    "text_too_long": "transcript exceeds the text token limit",
+    "duplicate_row": "same audio as an earlier row",
+}
+
+
+@dataclass
+class PreflightReport:
+    """Result of :func:`run_preflight`; ``to_dict`` is the ``preflight_report.json`` schema."""
+
+    csv_path: str
+    language: str
+    total: int = 0
+    kept: int = 0
+    hours_kept: float = 0.0
+    excluded: list[dict[str, Any]] = field(default_factory=list)
+    converted: int = 0
+    conversions: dict[str, int] = field(default_factory=dict)
+    checks_skipped: list[str] = field(default_factory=list)
+    limits: dict[str, float] = field(default_factory=dict)
+    kept_rows: list[Row] = field(default_factory=list, repr=False)
+
+    @property
+    def excluded_share(self) -> float:
+        return len(self.excluded) / self.total if self.total else 0.0
+
+    def reason_counts(self) -> dict[str, int]:
+        return dict(Counter(e["reason"] for e in self.excluded).most_common())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "csv": self.csv_path,
+            "language": self.language,
+            "total": self.total,
+            "kept": self.kept,
+            "hours_kept": round(self.hours_kept, 6),
+            "excluded_count": len(self.excluded),
+            "reason_counts": self.reason_counts(),
+            "excluded": self.excluded,
+            "converted": self.converted,
+            "conversions": self.conversions,
+            "checks_skipped": self.checks_skipped,
+            "limits": self.limits,
+        }
+
+    def write_json(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
+    def summary_lines(self, examples: int = 3) -> list[str]:
+        """Human summary: totals, counts per reason, the first few examples of each."""
+        lines = [
+            f"{self.csv_path}: {self.total} rows, {self.kept} kept ({self.hours_kept:.3f} h), "
+            f"{len(self.excluded)} excluded"
+        ]
+        if self.converted:
+            what = ", ".join(f"{k}: {v}" for k, v in sorted(self.conversions.items()))
+            lines.append(f"  {self.converted} rows will be converted on load to 22050 Hz mono 16-bit ({what})")
+        for check in self.checks_skipped:
+            lines.append(f"  skipped check: {check}")
+        for reason, count in self.reason_counts().items():
+            lines.append(f"  {reason}: {count} ({REASONS.get(reason, '')})")
+            for e in [e for e in self.excluded if e["reason"] == reason][:examples]:
+                lines.append(f"    row {e['row']} {e['audio_file']}: {e['detail']}")
+        return lines
+
+
+def _audio_check(args: tuple[str, float, float, float, float]) -> dict[str, Any]:
+    """Check one audio file (runs in a worker process). Returns reason/detail or facts."""
+    path, min_s, max_s, silence_db, max_clipped = args
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return {"reason": "missing_file", "detail": f"{path} not found"}
+    if size == 0:
+        return {"reason": "empty_file", "detail": "0 bytes"}
+    try:
+        info = sf.info(path)
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        return {"reason": "unreadable_audio", "detail": str(exc).strip()[:200]}
+    if info.samplerate <= 0 or info.frames <= 0:
+        return {"reason": "unreadable_audio", "detail": "no audio frames"}
+    duration = info.frames / info.samplerate
+    facts = {"duration": duration, "sr": int(info.samplerate), "channels": int(info.channels), "subtype": str(info.subtype)}
+    if duration < min_s:
+        return {**facts, "reason": "too_short", "detail": f"{duration:.2f} s < {min_s} s"}
+    if duration > max_s:
+        return {**facts, "reason": "too_long", "detail": f"{duration:.2f} s > {max_s} s"}
+    try:
+        data, _ = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        return {**facts, "reason": "unreadable_audio", "detail": str(exc).strip()[:200]}
+    if data.shape[0] == 0:
+        return {**facts, "reason": "unreadable_audio", "detail": "no audio frames decoded"}
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    facts["hash"] = hashlib.blake2b(mono.tobytes(), digest_size=16).hexdigest()
+    rms = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64))))
+    rms_db = 20.0 * np.log10(max(rms, 1e-10))
+    if rms_db < silence_db:
+        return {**facts, "reason": "silent", "detail": f"RMS {rms_db:.1f} dBFS < {silence_db} dBFS"}
+    clipped = float(np.count_nonzero(np.abs(mono) >= 0.999)) / mono.size
+    if clipped > max_clipped:
+        return {**facts, "reason": "clipped", "detail": f"{clipped:.2%} of samples at full scale (> {max_clipped:.2%})"}
+    return facts
+
+
+def _text_check(text: str, language: str, tokenizer: TextTokenizer | None, max_tokens: int) -> tuple[str, str] | None:
+    if not text.strip():
+        return "empty_text", "no transcript"
+    if tokenizer is None:
+        return None
+    try:
+        unknown = tokenizer.unknown_characters(text, language)
+        if unknown:
+            shown = " ".join(f"{c!r} (U+{ord(c):04X})" for c in unknown[:10])
+            return "unknown_characters", f"[UNK] for: {shown}; extend the vocabulary or fix the text"
+        n = len(tokenizer.encode(text, language))
+    except NotImplementedError as exc:
+        return "unsupported_language", f"{exc}; add a normaliser/vocabulary for {language!r}"
+    if n > max_tokens:
+        return "text_too_long", f"{n} tokens > {max_tokens}"
+    return None
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def _run_audio_checks(jobs: list[tuple], workers: int, progress: bool) -> list[dict[str, Any]]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc="preflight", unit="clip", disable=not progress, leave=False)
+    results: list[dict[str, Any]] = []
+    if workers <= 1 or len(jobs) < _POOL_MIN_ROWS:
+        for job in jobs:
+            results.append(_audio_check(job))
+            bar.update()
+    else:
+        # spawn, not fork: the trainer calls this with torch (and its threads) already loaded.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            for res in pool.map(_audio_check, jobs, chunksize=64):
+                results.append(res)
+                bar.update()
+    bar.close()
+    return results
+
+
+def run_preflight(
+    csv_path: str | os.PathLike,
+    *,
+    language: str,
+    tokenizer: TextTokenizer | None = None,
+    vocab_path: str | os.PathLike | None = None,
+    dataset_root: str | os.PathLike | None = None,
+    max_audio_s: float = MAX_AUDIO_S,
+    min_audio_s: float = MIN_AUDIO_S,
+    max_text_tokens: int = MAX_TEXT_TOKENS,
+    silence_rms_db: float = SILENCE_RMS_DB,
+    max_clipped_fraction: float = MAX_CLIPPED_FRACTION,
+    workers: int | None = None,
+    progress: bool = True,
+) -> PreflightReport:
+    """Check every row of a ``coqui``-format CSV.
+
+    Args:
+        csv_path: metadata CSV.
+        language: language code the text is tokenized as.
+        tokenizer: object with ``encode`` and ``unknown_characters``; built from ``vocab_path``
+            when None and a vocab is given. With neither, the [UNK] and token-length checks are
+            skipped and the report says so.
+        dataset_root: folder audio paths are relative to and must stay inside (default: the
+            CSV's folder).
+        workers: processes for the audio checks (default: min(2, CPU count)).
+        progress: show a tqdm bar on stderr.
+
+    Returns:
+        The report; ``kept_rows`` carry their ``duration``.
+
+    Raises:
+        DataError: the CSV cannot be read at all (missing, not UTF-8, wrong delimiter, missing
+            columns).
+    """
+    csv_path = Path(csv_path)
+    root = Path(dataset_root).resolve() if dataset_root is not None else csv_path.resolve().parent
+    bad: list[BadRow] = []
+    rows = read_coqui_csv(csv_path, dataset_root=root, bad_rows=bad)
+    report = PreflightReport(
+        csv_path=str(csv_path),
+        language=language,
+        total=len(rows) + len(bad),
+        limits={"min_audio_s": min_audio_s, "max_audio_s": max_audio_s, "max_text_tokens": max_text_tokens,
+                "silence_rms_db": silence_rms_db, "max_clipped_fraction": max_clipped_fraction},
+    )
+    if tokenizer is None and vocab_path is not None:
+        tokenizer = load_text_tokenizer(vocab_path)
+    if tokenizer is None:
+        report.checks_skipped.append("unknown_characters and text_too_long: no --vocab/tokenizer given")
+    excluded: dict[int, dict[str, Any]] = {}
+
+    def exclude(r: Row | BadRow, reason: str, detail: str) -> None:
+        excluded[r.row] = {"row": r.row, "audio_file": r.audio_file, "reason": reason, "detail": detail}
+
+    for b in bad:
+        exclude(b, "malformed_row", b.detail)
+
+    candidates: list[Row] = []
+    seen_paths: dict[Path, int] = {}
+    for r in rows:
+        if not r.audio_file:
+            exclude(r, "missing_file", "audio_file column is empty")
+        elif not _inside(r.path, root):
+            exclude(r, "path_outside_dataset", f"resolves to {r.path}, outside {root}")
+        elif r.path in seen_paths:
+            exclude(r, "duplicate_row", f"same file as row {seen_paths[r.path]}")
+        else:
+            seen_paths[r.path] = r.row
+            candidates.append(r)
+
+    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+    jobs = [(str(r.path), min_audio_s, max_audio_s, silence_rms_db, max_clipped_fraction) for r in candidates]
+    audio_results = _run_audio_checks(jobs, workers, progress)
+
+    seen_hashes: dict[str, int] = {}
+    kept: list[Row] = []
+    for r, res in zip(candidates, audio_results):
+        if "reason" in res:
+            exclude(r, res["reason"], res["detail"])
+            continue
+        text_problem = _text_check(r.text, language, tokenizer, max_text_tokens)
+        if text_problem is not None:
+            exclude(r, *text_problem)
+            continue
+        if res["hash"] in seen_hashes:
+            exclude(r, "duplicate_row", f"same audio content as row {seen_hashes[res['hash']]}")
+            continue
+        seen_hashes[res["hash"]] = r.row
+        r.duration = res["duration"]
+        changes = []
+        if res["sr"] != 22050:
+            changes.append("sample_rate")
+        if res["channels"] != 1:
+            changes.append("channels")
+        if res["subtype"] != "PCM_16":
+            changes.append("bit_depth")
+        if changes:
+            report.converted += 1
+            for c in changes:
+                report.conversions[c] = report.conversions.get(c, 0) + 1
+        kept.append(r)
+
+    report.excluded = [excluded[k] for k in sorted(excluded)]
+    report.kept_rows = kept
+    report.kept = len(kept)
+    report.hours_kept = sum(r.duration or 0.0 for r in kept) / 3600.0
+    logger.info("preflight %s: %d/%d rows kept, %.3f h", csv_path, report.kept, report.total, report.hours_kept)
+    return report
+
+
+def check_usable(
+    report: PreflightReport,
+    eval_report: PreflightReport | None = None,
+    max_excluded_share: float = 0.2,
+) -> None:
+    """Refuse a dataset training cannot use well.
+
+    Raises:
+        DataError: no kept train rows, an empty eval set, or more than ``max_excluded_share`` of
+            the rows (train and eval together) excluded.
+    """
+    if report.kept == 0:
+        raise DataError(
+            f"no usable rows in {report.csv_path} ({report.total} rows, all excluded: {report.reason_counts()}); "
+            f"see preflight_report.json or run scripts/validate_dataset.py on it"
+        )
+    if eval_report is not None and eval_report.kept == 0:
+        raise DataError(
+            f"the eval set {eval_report.csv_path} has no usable rows ({eval_report.total} rows); "
+            f"add clips to it or re-split with scripts/prepare_dataset.py / scripts/merge_datasets.py"
+        )
+    reports = [report] + ([eval_report] if eval_report is not None else [])
+    total = sum(r.total for r in reports)
+    n_excluded = sum(len(r.excluded) for r in reports)
+    share = n_excluded / total if total else 0.0
+    if share > max_excluded_share:
+        counts: Counter[str] = Counter()
+        for r in reports:
+            counts.update(r.reason_counts())
+        raise DataError(
+            f"{n_excluded} of {total} rows ({share:.1%}) fail the preflight, more than the allowed "
+            f"{max_excluded_share:.0%} ({dict(counts.most_common())}); fix the data (see preflight_report.json) "
+            f"or raise the threshold with --max-excluded-share"
+        )

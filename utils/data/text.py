@@ -1,0 +1,79 @@
+"""Transcript text helpers and the tokenizer the preflight checks against.
+
+The preflight needs an object with ``encode(text, language) -> list[int]`` and
+``unknown_characters(text, language) -> list[str]``. The toolkit's own is
+``utils.language.load_tokenizer`` (a ``VoiceBpeTokenizer`` subclass); :class:`CoquiTokenizerAdapter`
+gives the same two methods over Coqui's stock tokenizer when that module is not available.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Protocol
+
+logger = logging.getLogger(__name__)
+
+_WS = re.compile(r"\s+")
+
+
+class TextTokenizer(Protocol):
+    """What the preflight needs from a tokenizer."""
+
+    def encode(self, text: str, language: str) -> list[int]: ...
+
+    def unknown_characters(self, text: str, language: str) -> list[str]: ...
+
+
+def clean_transcript(text: str) -> str:
+    """Collapse whitespace and replace characters the CSV format cannot hold ('|', newlines)."""
+    return _WS.sub(" ", text.replace("|", " ")).strip()
+
+
+def approx_token_count(text: str) -> int:
+    """Upper bound on XTTS text tokens without a vocabulary: every BPE token covers >= 1 character,
+    plus one language token."""
+    return len(text) + 1
+
+
+class CoquiTokenizerAdapter:
+    """``encode`` / ``unknown_characters`` over Coqui's ``VoiceBpeTokenizer``.
+
+    Coqui's tokenizer raises NotImplementedError for languages it has no cleaner for; that
+    propagates so the caller can report the row as ``unsupported_language``.
+    """
+
+    def __init__(self, vocab_path: str | os.PathLike):
+        from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer  # heavy import, only when asked
+
+        self.tok = VoiceBpeTokenizer(str(vocab_path))
+        self.unk_id = self.tok.tokenizer.token_to_id("[UNK]")
+        self._char_cache: dict[str, bool] = {}
+
+    def encode(self, text: str, language: str) -> list[int]:
+        return list(self.tok.encode(text, language))
+
+    def unknown_characters(self, text: str, language: str) -> list[str]:
+        cleaned = self.tok.preprocess_text(text, language.split("-")[0])
+        unknown = []
+        for ch in dict.fromkeys(cleaned):
+            if ch.isspace():
+                continue
+            bad = self._char_cache.get(ch)
+            if bad is None:
+                bad = self.unk_id in self.tok.tokenizer.encode(ch).ids
+                self._char_cache[ch] = bad
+            if bad:
+                unknown.append(ch)
+        return unknown
+
+
+def load_text_tokenizer(vocab_path: str | os.PathLike) -> TextTokenizer:
+    """The toolkit tokenizer for ``vocab_path`` (``utils.language``), or the Coqui adapter."""
+    try:
+        from utils.language import load_tokenizer  # type: ignore[attr-defined]
+    except ImportError:
+        logger.debug("utils.language.load_tokenizer not available; using Coqui's tokenizer")
+        return CoquiTokenizerAdapter(vocab_path)
+    return load_tokenizer(vocab_path)

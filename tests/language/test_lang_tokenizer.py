@@ -36,6 +36,8 @@ def test_base_vocab_cannot_register_amharic(base_vocab):
     assert plain_ours.extra_languages == {}
     with pytest.raises(LanguageError, match="not registered"):
         plain_ours.encode(SENTENCE, "am")
+    with pytest.raises(NotImplementedError):  # Coqui's contract for an unsupported language
+        plain_ours.encode(SENTENCE, "am")
 
 
 def test_unknown_characters_reports_what_becomes_unk(base_vocab, am_extension):

@@ -31,6 +31,14 @@ logger = logging.getLogger(__name__)
 UNK_ID = 1  # Coqui's XTTSDataset drops any row whose tokens contain id 1
 
 
+class UnregisteredLanguageError(LanguageError, NotImplementedError):
+    """A language this tokenizer instance does not encode.
+
+    Also a NotImplementedError, the exception Coqui's ``preprocess_text`` raises, so code written
+    against Coqui's contract (e.g. the preflight's per-row check) handles it the same way.
+    """
+
+
 class TextTokenizer(VoiceBpeTokenizer):
     """``VoiceBpeTokenizer`` that also accepts the new languages registered on this instance.
 
@@ -73,7 +81,7 @@ class TextTokenizer(VoiceBpeTokenizer):
         if spec is not None:
             return spec.normalize(txt)
         if lang not in XTTS_LANGUAGES and lang != "zh":
-            raise LanguageError(
+            raise UnregisteredLanguageError(
                 f"language '{lang}' is not registered on this tokenizer; supported: {', '.join(self.languages)}. "
                 "Load the vocab.json extended for it (load_tokenizer registers its language tokens)"
             )

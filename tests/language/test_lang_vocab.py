@@ -113,3 +113,24 @@ def test_basic_language_extension(base_vocab, tmp_path):
     assert "ti" in tok.extra_languages and tok.char_limits["ti"] == 250
     for text in texts:
         assert tok.decode(tok.encode(text, "ti")) == "[ti]" + text
+
+
+def test_string_merges_format_is_kept(base_vocab, tmp_path):
+    # the XTTS v2 release (older tokenizers) writes merges as "a b" strings
+    data = json.loads(base_vocab.read_text(encoding="utf-8"))
+    data["model"]["merges"] = [" ".join(m) for m in data["model"]["merges"]]
+    old = tmp_path / "old_format.json"
+    old.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    ext = extend_vocab(old, AMHARIC_DEMO_SENTENCES, "am", 20, tmp_path / "ext.json")
+    merges = json.loads(ext.path.read_text(encoding="utf-8"))["model"]["merges"]
+    assert all(isinstance(m, str) for m in merges) and len(merges) == len(data["model"]["merges"]) + ext.merges_added
+    tok = load_tokenizer(ext.path)
+    assert tok.decode(tok.encode(AMHARIC_DEMO_SENTENCES[5], "am")) == "[am]" + normalize_text(AMHARIC_DEMO_SENTENCES[5], "am")
+
+
+def test_extended_tokenizer_pickles_for_loader_workers(am_extension):
+    import pickle
+
+    tok = pickle.loads(pickle.dumps(load_tokenizer(am_extension.path)))
+    assert tok.encode(AMHARIC_DEMO_SENTENCES[2], "am") == load_tokenizer(am_extension.path).encode(AMHARIC_DEMO_SENTENCES[2], "am")
+    assert tok.char_limits["am"] == 150

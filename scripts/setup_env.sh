@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project virtualenv .venv and install the toolkit into it.
+#
+#   bash scripts/setup_env.sh          # the toolkit
+#   bash scripts/setup_env.sh --test   # the toolkit and its test extra
+#
+# System packages (Debian/Ubuntu): espeak-ng (demo and test speech), ffmpeg (compressed media in
+# data prep). Installed with apt-get when missing and we are root (or have sudo).
+# torch and torchaudio are pinned as a matching pair (2.11.0; torchaudio stops at 2.11 on PyPI).
+# PyPI's Linux wheels are CUDA builds that also run on CPU-only machines; set TORCH_INDEX_URL
+# (e.g. https://download.pytorch.org/whl/cu126) to take them from another PyTorch index.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extra=""
+[ "${1:-}" = "--test" ] && extra="[test]"
+
+missing=()
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then apt=(apt-get); elif command -v sudo >/dev/null 2>&1; then apt=(sudo apt-get); else
+    echo "error: missing system packages: ${missing[*]}; install them (apt-get install ${missing[*]}) and rerun" >&2
+    exit 2
+  fi
+  echo "installing system packages: ${missing[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive "${apt[@]}" update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "creating .venv with $($python --version)" >&2
+  "$python" -m venv .venv
+fi
+
+# Reinstall only when the dependency list (or the extra) changed since the last install.
+stamp=.venv/.toolkit-install-stamp
+want="$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)${extra}"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "installing the toolkit into .venv (first time: several minutes, torch is large)" >&2
+  .venv/bin/python -m pip install -q --upgrade pip
+  index=()
+  [ -n "${TORCH_INDEX_URL:-}" ] && index=(--extra-index-url "$TORCH_INDEX_URL")
+  .venv/bin/python -m pip install -q "${index[@]}" "torch==2.11.0" "torchaudio==2.11.0"
+  .venv/bin/python -m pip install -q "${index[@]}" -e ".${extra}"
+  echo "$want" > "$stamp"
+fi
+.venv/bin/python -c "import torch, torchaudio, TTS, trainer; print('environment ready: torch', torch.__version__, '| CUDA', torch.cuda.is_available())" >&2

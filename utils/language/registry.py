@@ -1,0 +1,157 @@
+"""Which languages the toolkit handles, and how each is normalised.
+
+XTTS v2 knows the 17 codes in :data:`XTTS_LANGUAGES`; Coqui's tokenizer normalises those. Any other
+code is a *new* language: it needs a vocabulary extended for it (``[code]`` token plus its
+characters, see :mod:`utils.language.vocab`) and a normaliser: a dedicated one (Amharic) or the
+basic one (:mod:`utils.language.basic`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from functools import lru_cache, partial
+from pathlib import Path
+from typing import Callable
+
+from utils.errors import LanguageError
+
+logger = logging.getLogger(__name__)
+
+XTTS_LANGUAGES: tuple[str, ...] = (
+    "en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi",
+)  # fmt: skip
+_CODE_RE = re.compile(r"^[a-z]{2,3}$")
+_LANGUAGE_TOKEN_RE = re.compile(r"^\[([a-z]{2,3}(?:-[a-z]{2,4})?)\]$")
+
+# Characters per text chunk when splitting long input (Coqui's VoiceBpeTokenizer.char_limits holds
+# the XTTS ones, 71 (ja) .. 273 (fr)). Ge'ez is a syllabary (one character per syllable), denser
+# than Latin text, so Amharic gets the limit XTTS uses for Hindi.
+DEFAULT_CHAR_LIMIT = 250
+AMHARIC_CHAR_LIMIT = 150
+
+
+def _script_letters(first: int, last: int) -> str:
+    return "".join(chr(c) for c in range(first, last + 1) if unicodedata.category(chr(c)) == "Lo")
+
+
+@dataclass(frozen=True)
+class LanguageSpec:
+    """How one new language is handled.
+
+    Attributes:
+        code: ISO 639 code, as in ``--language`` and the ``[code]`` vocabulary token.
+        normalize: text -> normalised text (what the tokenizer encodes).
+        char_limit: characters per chunk when long text is split for synthesis.
+        alphabet: letters of the script, added to the vocabulary as single-character tokens even
+            if the training text lacks some (so inference never meets [UNK] for them).
+        sentence_ends: characters that end a sentence after normalisation.
+        dedicated: False when the basic normaliser stands in.
+    """
+
+    code: str
+    normalize: Callable[[str], str] = field(repr=False)
+    char_limit: int = DEFAULT_CHAR_LIMIT
+    alphabet: str = field(default="", repr=False)
+    sentence_ends: str = ".!?"
+    dedicated: bool = True
+
+
+def _amharic_spec() -> LanguageSpec:
+    from utils.language.amharic import normalize_amharic
+
+    return LanguageSpec(
+        code="am",
+        normalize=normalize_amharic,
+        char_limit=AMHARIC_CHAR_LIMIT,
+        alphabet=_script_letters(0x1200, 0x135A),  # Ethiopic syllables (numerals/punctuation are normalised away)
+    )
+
+
+# Languages with a dedicated normaliser. Add one: a module with ``normalize_<name>(text) -> str``
+# and an entry here.
+DEDICATED: dict[str, Callable[[], LanguageSpec]] = {"am": _amharic_spec}
+
+
+def is_xtts_language(language: str) -> bool:
+    """True for the 17 XTTS codes (``zh`` counts as ``zh-cn``)."""
+    return language in XTTS_LANGUAGES or language == "zh"
+
+
+@lru_cache(maxsize=None)
+def get_language_spec(language: str) -> LanguageSpec:
+    """The spec of a new language: dedicated if there is one, else the basic normaliser.
+
+    Raises:
+        LanguageError: for an XTTS language (Coqui handles those) or a malformed code.
+    """
+    if is_xtts_language(language):
+        raise LanguageError(f"'{language}' is an XTTS v2 language; it needs no extension")
+    if not _CODE_RE.match(language):
+        raise LanguageError(
+            f"'{language}' is not a language code; use a 2-3 letter ISO 639 code such as 'am' "
+            f"(XTTS v2 codes: {', '.join(XTTS_LANGUAGES)})"
+        )
+    if language in DEDICATED:
+        return DEDICATED[language]()
+    from utils.language.basic import normalize_basic
+
+    logger.info("no dedicated normaliser for '%s'; using the basic one (NFC, case, punctuation, spaces)", language)
+    return LanguageSpec(code=language, normalize=partial(normalize_basic, language=language), dedicated=False)
+
+
+def language_tokens(vocab_path: str | Path) -> list[str]:
+    """Language codes that have a ``[code]`` token in a tokenizers vocab.json, in id order."""
+    try:
+        data = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LanguageError(f"cannot read vocabulary {vocab_path}: {exc}; pass the base model's vocab.json") from exc
+    found = {}
+    for token in data.get("added_tokens", []):
+        m = _LANGUAGE_TOKEN_RE.match(token.get("content", ""))
+        if m:
+            found[m.group(1)] = token["id"]
+    for content, idx in data.get("model", {}).get("vocab", {}).items():
+        m = _LANGUAGE_TOKEN_RE.match(content)
+        if m:
+            found.setdefault(m.group(1), idx)
+    return sorted(found, key=found.get)
+
+
+def check_language(language: str, vocab_path: str | Path | None = None) -> str:
+    """Check that the toolkit can train/synthesise ``language``; return the code.
+
+    XTTS languages always pass. A new language passes if its code is well formed and, when
+    ``vocab_path`` is given, that vocabulary has its ``[code]`` token (i.e. was extended for it).
+
+    Raises:
+        LanguageError: naming the supported codes and the fix.
+    """
+    if is_xtts_language(language):
+        return language
+    get_language_spec(language)  # raises for a malformed code
+    if vocab_path is not None and language not in language_tokens(vocab_path):
+        raise LanguageError(
+            f"vocabulary {vocab_path} has no [{language}] token, so '{language}' text would be [UNK]; extend it "
+            f"(utils.language.vocab.extend_vocab, done by training with --language {language}) or use the run's "
+            f"vocab.json. XTTS v2 codes: {', '.join(XTTS_LANGUAGES)}"
+        )
+    return language
+
+
+@lru_cache(maxsize=1)
+def _coqui_tokenizer():
+    from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer
+
+    return VoiceBpeTokenizer()  # no vocab: only its text cleaners are used
+
+
+def normalize_text(text: str, language: str) -> str:
+    """The text the tokenizer encodes for ``language``: Coqui's cleaners for XTTS codes, ours else."""
+    base = language.split("-")[0]
+    if is_xtts_language(language) or is_xtts_language(base):
+        return _coqui_tokenizer().preprocess_text(text, base)
+    return get_language_spec(language).normalize(text)

@@ -1,0 +1,173 @@
+"""The training dataset: Coqui's XTTSDataset semantics without its silent drops.
+
+Coqui's ``XTTSDataset.__getitem__`` swallows every load error with a bare ``except`` and returns
+sample 1 instead, drops too-long/too-short/[UNK] rows silently, recurses forever when every row
+fails, samples with replacement (so an "epoch" is not a pass over the data) and decodes each wav
+twice (target and conditioning slice). :class:`ToolkitXTTSDataset` keeps its batch format and its
+``collate_fn`` (inherited), but:
+
+- rows come from the preflight, so they are known to load; an item that still fails at run time
+  is replaced by the next row, counted, logged with its reason and appended to
+  ``runtime_exclusions.jsonl`` in the run folder (never silent);
+- an epoch is one pass over every row (the DataLoader shuffles);
+- each clip is decoded once (soundfile, no FFmpeg) and the conditioning slice is cut from the same
+  array, with Coqui's slice rule (random length in [min, max] conditioning samples, eval: the middle
+  length from position 0).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from TTS.tts.layers.xtts.trainer.dataset import XTTSDataset
+
+logger = logging.getLogger(__name__)
+
+
+def load_wav(path: str | os.PathLike[str], sample_rate: int) -> torch.Tensor:
+    """Decode a clip to a (1, T) float tensor at ``sample_rate``, mono, clipped to [-1, 1]."""
+    import soundfile as sf
+
+    audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    wav = torch.from_numpy(np.ascontiguousarray(audio.mean(axis=1)))[None, :]
+    if sr != sample_rate:
+        import torchaudio.functional as AF
+
+        wav = AF.resample(wav, sr, sample_rate)
+    return wav.clamp_(-1.0, 1.0)
+
+
+def prompt_slice(
+    wav: torch.Tensor, max_len: int, min_len: int, *, is_eval: bool, rng: random.Random
+) -> tuple[torch.Tensor, int, list[int]]:
+    """Coqui's conditioning slice (``get_prompt_slice``) cut from an already decoded clip."""
+    length = int((min_len + max_len) / 2) if is_eval else rng.randint(min_len, max_len)
+    if wav.shape[-1] - length < 0:
+        length = wav.shape[-1] // 2
+    gap = wav.shape[-1] - length
+    start = 0 if is_eval else rng.randint(0, gap)
+    cond = wav[:, start : start + length]
+    cond = F.pad(cond, pad=(0, max_len - cond.shape[-1]))
+    return cond, cond.shape[-1], [start, start + length]
+
+
+class ToolkitXTTSDataset(XTTSDataset):
+    """XTTS GPT training dataset over preflight-checked rows; see the module docstring."""
+
+    def __init__(
+        self,
+        config: Any,
+        samples: list[dict[str, Any]],
+        tokenizer: Any,
+        sample_rate: int,
+        is_eval: bool = False,
+        exclusions_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        # Deliberately not calling XTTSDataset.__init__: it groups rows by language for sampling
+        # with replacement and, for eval, filters rows silently. We keep its attributes.
+        torch.utils.data.Dataset.__init__(self)
+        args = config.model_args
+        self.config = config
+        self.samples = list(samples)
+        self.tokenizer = tokenizer
+        self.sample_rate = sample_rate
+        self.is_eval = is_eval
+        self.max_conditioning_length = args.max_conditioning_length
+        self.min_conditioning_length = args.min_conditioning_length
+        self.max_wav_len = args.max_wav_length
+        self.max_text_len = args.max_text_length
+        self.use_masking_gt_prompt_approach = args.gpt_use_masking_gt_prompt_approach
+        self.exclusions_path = Path(exclusions_path) if exclusions_path else None
+        self.failed: dict[int, str] = {}
+        self._rng = random.Random(config.training_seed)
+        if not self.samples:
+            raise ValueError("ToolkitXTTSDataset needs at least one sample")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _report_failure(self, index: int, reason: str, detail: str) -> None:
+        sample = self.samples[index]
+        self.failed[index] = reason
+        logger.warning("run-time exclusion: %s (%s: %s)", sample["audio_file"], reason, detail)
+        if self.exclusions_path is not None:
+            record = {"audio_file": sample["audio_file"], "reason": reason, "detail": detail, "eval": self.is_eval}
+            with open(self.exclusions_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def load_row(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """Load one row into Coqui's item format; raises ValueError with the reason."""
+        text = str(sample["text"])
+        if not text.strip():
+            raise ValueError("empty_text: the transcript is empty")
+        tokens = self.tokenizer.encode(text, sample["language"])
+        tseq = torch.IntTensor(tokens)
+        if torch.any(tseq == 1):
+            raise ValueError(f"unknown_characters: text maps to [UNK]: {self.tokenizer.decode(tseq)!r}")
+        if torch.any(tseq == 0):
+            raise ValueError("stop_token_in_text: text encodes to the [STOP] token")
+        if tseq.shape[0] > self.max_text_len:
+            raise ValueError(f"text_too_long: {tseq.shape[0]} tokens > {self.max_text_len}")
+        wav = load_wav(sample["audio_file"], self.sample_rate)
+        if wav.shape[-1] < 0.5 * self.sample_rate:
+            raise ValueError(f"audio_too_short: {wav.shape[-1] / self.sample_rate:.2f} s < 0.5 s")
+        if wav.shape[-1] > self.max_wav_len:
+            raise ValueError(f"audio_too_long: {wav.shape[-1] / self.sample_rate:.2f} s > max_wav_length")
+        max_len, min_len = self.max_conditioning_length, self.min_conditioning_length
+        cond, cond_len, cond_idxs = prompt_slice(wav, max_len, min_len, is_eval=self.is_eval, rng=self._rng)
+        if self.use_masking_gt_prompt_approach:
+            cond_len_t = torch.tensor([torch.nan])
+            cond_idxs_t = torch.tensor(cond_idxs)
+        else:
+            cond_len_t = torch.tensor(cond_len, dtype=torch.long)
+            cond_idxs_t = torch.tensor([torch.nan])
+        return {
+            "text": tseq,
+            "text_lengths": torch.tensor(tseq.shape[0], dtype=torch.long),
+            "wav": wav,
+            "wav_lengths": torch.tensor(wav.shape[-1], dtype=torch.long),
+            "filenames": sample["audio_file"],
+            "conditioning": cond.unsqueeze(1),
+            "cond_lens": cond_len_t,
+            "cond_idxs": cond_idxs_t,
+        }
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for offset in range(len(self.samples)):
+            idx = (index + offset) % len(self.samples)
+            if idx in self.failed:
+                continue
+            try:
+                return self.load_row(self.samples[idx])
+            except (ValueError, RuntimeError, OSError) as exc:  # decode errors, bad rows
+                reason, _, detail = str(exc).partition(": ")
+                if not detail:
+                    reason, detail = type(exc).__name__, str(exc)
+                self._report_failure(idx, reason, detail)
+        raise RuntimeError(
+            f"every one of the {len(self.samples)} {'eval' if self.is_eval else 'training'} rows failed to load; "
+            "see runtime_exclusions.jsonl in the run folder and run scripts/validate_dataset.py on the CSV"
+        )
+
+
+def read_runtime_exclusions(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The run-time exclusions recorded by every loader worker of a run (deduplicated)."""
+    path = Path(run_dir) / "runtime_exclusions.jsonl"
+    if not path.is_file():
+        return []
+    seen, out = set(), []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        key = (record["audio_file"], record["reason"], record["eval"])
+        if key not in seen:
+            seen.add(key)
+            out.append(record)
+    return out

@@ -1,0 +1,101 @@
+"""The toolkit's adaptation of Coqui's GPTTrainer (subclass, not a fork).
+
+What changes against ``TTS.tts.layers.xtts.trainer.gpt_trainer.GPTTrainer``:
+- ``get_scheduler`` returns :class:`~utils.training.lr_schedule.LRBridge`, because Trainer 0.4
+  never steps a single-optimizer scheduler at epoch end and steps it per optimizer step without
+  the metric ReduceLROnPlateau needs.
+- ``get_data_loader`` builds :class:`~utils.training.dataset.ToolkitXTTSDataset` (no silent drops,
+  one pass per epoch, one decode per clip) and shuffles training rows with a seeded generator.
+- The tokenizer is the toolkit's :class:`~utils.language.tokenizer.TextTokenizer`, so languages XTTS
+  lacks (registered from the vocabulary's ``[code]`` tokens) work in training, evaluation and after
+  a resume; Coqui's ``VoiceBpeTokenizer`` raises NotImplementedError for them.
+- For a new language the base weights are loaded with the base vocabulary (GPTTrainer loads them
+  with ``strict=False``, which still fails on a larger text embedding), then the text embedding and
+  head grow to the extended vocabulary (new rows from the pretrained rows' statistics).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from TTS.tts.layers.xtts.trainer.gpt_trainer import GPTTrainer
+from trainer.torch import DistributedSampler
+from trainer.utils.distributed import is_dist_avail_and_initialized
+
+from utils.training.dataset import ToolkitXTTSDataset
+from utils.training.lr_schedule import LRBridge, ScheduleSpec
+
+logger = logging.getLogger(__name__)
+
+
+class ToolkitGPTTrainer(GPTTrainer):
+    """GPTTrainer with the LR bridge, the toolkit dataset and tokenizer, and vocabulary growth."""
+
+    run_dir: Path | None = None  # set by utils.gpt_train before fit(); run-time exclusions go there
+
+    def __init__(self, config: Any) -> None:
+        from utils.language import use_toolkit_tokenizer
+        from utils.language.embeddings import NewTokenWarmup, grow_xtts_text_vocab
+
+        ext = (getattr(config, "toolkit", None) or {}).get("vocab_extension")
+        if ext:
+            vocab = config.model_args.tokenizer_file
+            config.model_args.tokenizer_file = ext["base_vocab"]
+            try:
+                super().__init__(config)
+            finally:
+                config.model_args.tokenizer_file = vocab
+            info = grow_xtts_text_vocab(self.xtts, int(ext["new_size"]), seed=int(config.training_seed))
+            self.new_token_warmup = NewTokenWarmup(self.xtts.gpt, info.old_num_tokens, int(ext.get("warmup_steps", 0)))
+        else:
+            super().__init__(config)
+            self.new_token_warmup = None
+        # Also checks vocab size == text-embedding rows and adds new codes to config.languages.
+        use_toolkit_tokenizer(self.xtts, config.model_args.tokenizer_file)
+
+    def on_train_epoch_start(self, trainer: Any) -> None:
+        super().on_train_epoch_start(trainer)
+        warmup = self.new_token_warmup
+        if warmup is not None and not warmup.active and trainer.optimizer_steps < warmup.steps:
+            warmup.start()  # also after a resume that stopped inside the warm-up
+
+    def on_train_step_end(self, trainer: Any) -> None:
+        if self.new_token_warmup is not None:
+            self.new_token_warmup.after_step(trainer.optimizer_steps)
+
+    def get_scheduler(self, optimizer: list[torch.optim.Optimizer] | torch.optim.Optimizer) -> LRBridge:
+        opt = optimizer[0] if isinstance(optimizer, (list, tuple)) else optimizer
+        return LRBridge(opt, ScheduleSpec.from_config(self.config))
+
+    def get_data_loader(
+        self,
+        config: Any,
+        *,
+        is_eval: bool = False,
+        samples: list[Any] | None = None,
+        verbose: bool = True,
+    ) -> DataLoader:
+        exclusions = Path(self.run_dir) / "runtime_exclusions.jsonl" if self.run_dir else None
+        dataset = ToolkitXTTSDataset(
+            self.config, samples or [], self.xtts.tokenizer, config.audio.sample_rate, is_eval, exclusions
+        )
+        batch_size = config.eval_batch_size if is_eval else config.batch_size
+        workers = config.num_eval_loader_workers if is_eval else config.num_loader_workers
+        kwargs: dict[str, Any] = {
+            "batch_size": batch_size,
+            "collate_fn": dataset.collate_fn,
+            "num_workers": workers,
+            "pin_memory": torch.cuda.is_available(),
+            "persistent_workers": workers > 0,
+        }
+        if is_eval:
+            return DataLoader(dataset, shuffle=False, drop_last=False, **kwargs)
+        if is_dist_avail_and_initialized():
+            return DataLoader(dataset, sampler=DistributedSampler(dataset, shuffle=True), **kwargs)
+        generator = torch.Generator().manual_seed(int(config.training_seed))
+        return DataLoader(dataset, shuffle=True, drop_last=False, generator=generator, **kwargs)
+

@@ -182,3 +182,31 @@ def test_dataset_stats(bad_dataset, en_tokenizer):
     # durations read from headers when the preflight did not set them
     fresh = [Row(r.row, r.audio_file, r.path, r.text, r.speaker_name) for r in rep.kept_rows]
     assert dataset_stats(fresh)["seconds"] == pytest.approx(st["seconds"], rel=1e-6)
+
+
+def test_toolkit_tokenizer_from_vocab_path(bad_dataset, en_vocab):
+    from utils.data.text import load_text_tokenizer
+
+    tok = load_text_tokenizer(en_vocab)
+    assert type(tok).__name__ == "TextTokenizer"  # utils.language's, not the fallback adapter
+    rep = run_preflight(bad_dataset / "metadata_train.csv", language="en", tokenizer=tok, progress=False)
+    assert {e["row"]: e["reason"] for e in rep.excluded} == EXPECTED
+    am = run_preflight(bad_dataset / "metadata_train.csv", language="am", tokenizer=tok, progress=False)
+    assert {e["reason"] for e in am.excluded if e["row"] <= 7} == {"unsupported_language"}
+    assert "not registered" in next(e["detail"] for e in am.excluded if e["row"] == 2)
+
+
+def test_eval_rows_duplicating_train_are_excluded(bad_dataset, en_tokenizer, tmp_path):
+    train = run_preflight(bad_dataset / "metadata_train.csv", language="en", tokenizer=en_tokenizer, progress=False)
+    ev = bad_dataset / "metadata_eval.csv"
+    ev.write_text("audio_file|text|speaker_name\n"
+                  "wavs/good1.wav|She sells sea shells by the sea shore.|spk\n"       # same file as train row 3
+                  "wavs/copy_of_good0.wav|The quick brown fox.|spk\n"                 # same audio as train row 2
+                  "wavs/long.wav|x|spk\n")
+    try:
+        rep = run_preflight(ev, language="en", tokenizer=en_tokenizer, progress=False, exclude_duplicates_of=train)
+    finally:
+        ev.unlink()
+    assert [(e["row"], e["reason"]) for e in rep.excluded] == [(2, "duplicate_row"), (3, "duplicate_row"), (4, "too_long")]
+    assert "row 3 of metadata_train.csv" in rep.excluded[0]["detail"]
+    assert "row 2 of metadata_train.csv" in rep.excluded[1]["detail"]

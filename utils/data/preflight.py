@@ -72,6 +72,7 @@ class PreflightReport:
     checks_skipped: list[str] = field(default_factory=list)
     limits: dict[str, float] = field(default_factory=dict)
     kept_rows: list[Row] = field(default_factory=list, repr=False)
+    kept_hashes: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def excluded_share(self) -> float:
@@ -228,6 +229,7 @@ def run_preflight(
     max_clipped_fraction: float = MAX_CLIPPED_FRACTION,
     workers: int | None = None,
     progress: bool = True,
+    exclude_duplicates_of: PreflightReport | None = None,
 ) -> PreflightReport:
     """Check every row of a ``coqui``-format CSV.
 
@@ -241,6 +243,9 @@ def run_preflight(
             CSV's folder).
         workers: processes for the audio checks (default: min(2, CPU count)).
         progress: show a tqdm bar on stderr.
+        exclude_duplicates_of: an earlier report (the train CSV's, when checking eval): rows with
+            the same file or audio as one of its kept rows are excluded as ``duplicate_row``, so
+            no clip is on both sides of a split.
 
     Returns:
         The report; ``kept_rows`` carry their ``duration``.
@@ -274,6 +279,13 @@ def run_preflight(
 
     candidates: list[Row] = []
     seen_paths: dict[Path, int] = {}
+    other_paths: dict[Path, int] = {}
+    other_hashes: dict[str, int] = {}
+    other_name = ""
+    if exclude_duplicates_of is not None:
+        other_paths = {r.path: r.row for r in exclude_duplicates_of.kept_rows}
+        other_hashes = exclude_duplicates_of.kept_hashes
+        other_name = Path(exclude_duplicates_of.csv_path).name
     for r in rows:
         if not r.audio_file:
             exclude(r, "missing_file", "audio_file column is empty")
@@ -281,6 +293,8 @@ def run_preflight(
             exclude(r, "path_outside_dataset", f"resolves to {r.path}, outside {root}")
         elif r.path in seen_paths:
             exclude(r, "duplicate_row", f"same file as row {seen_paths[r.path]}")
+        elif r.path in other_paths:
+            exclude(r, "duplicate_row", f"same file as row {other_paths[r.path]} of {other_name}")
         else:
             seen_paths[r.path] = r.row
             candidates.append(r)
@@ -302,6 +316,9 @@ def run_preflight(
         if res["hash"] in seen_hashes:
             exclude(r, "duplicate_row", f"same audio content as row {seen_hashes[res['hash']]}")
             continue
+        if res["hash"] in other_hashes:
+            exclude(r, "duplicate_row", f"same audio content as row {other_hashes[res['hash']]} of {other_name}")
+            continue
         seen_hashes[res["hash"]] = r.row
         r.duration = res["duration"]
         changes = []
@@ -319,6 +336,7 @@ def run_preflight(
 
     report.excluded = [excluded[k] for k in sorted(excluded)]
     report.kept_rows = kept
+    report.kept_hashes = seen_hashes
     report.kept = len(kept)
     report.hours_kept = sum(r.duration or 0.0 for r in kept) / 3600.0
     logger.info("preflight %s: %d/%d rows kept, %.3f h", csv_path, report.kept, report.total, report.hours_kept)

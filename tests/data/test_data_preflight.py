@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,8 +148,8 @@ def test_report_json_schema_and_cli_exit_codes(bad_dataset, en_vocab, tmp_path, 
 
 
 def test_cli_exit_2_on_unreadable_csv(tmp_path):
-    from utils import cli
     from scripts.validate_dataset import main
+    from utils import cli
 
     assert cli.run(main, [str(tmp_path / "nope.csv")]) == 2
     bad = tmp_path / "comma.csv"

@@ -143,8 +143,8 @@ def test_empty_and_malformed_srt(content, match, media, tmp_path):
 
 
 def test_unreadable_media_and_cli_exit_code(media, tmp_path):
-    from utils import cli
     from scripts.import_srt import main
+    from utils import cli
 
     _, layout = media
     srt = write_srt(tmp_path / "ep.srt", layout)

@@ -14,8 +14,9 @@ import logging
 import os
 import re
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -102,7 +103,7 @@ def merge_datasets(
     per_input: list[dict[str, Any]] = []
     total = sum(len(rows) for _, rows, _, _ in loaded)
     bar = tqdm(total=total, desc="merge", unit="clip", disable=not progress)
-    for path, rows, clips, root in loaded:
+    for path, rows, clips, _root in loaded:
         tag = slug(path.stem if path.is_file() else path.resolve().name, 24)
         base, n = tag, 1
         while tag in tags:

@@ -305,7 +305,7 @@ def run_preflight(
 
     seen_hashes: dict[str, int] = {}
     kept: list[Row] = []
-    for r, res in zip(candidates, audio_results):
+    for r, res in zip(candidates, audio_results, strict=True):
         if "reason" in res:
             exclude(r, res["reason"], res["detail"])
             continue

@@ -9,8 +9,11 @@ is returned as skipped with a reason, never dropped silently.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
+
+import numpy as np
 
 from utils.data.text import approx_token_count, clean_transcript
 
@@ -158,7 +161,7 @@ def segment_words(
 
 def refine_word_times(
     words: Sequence[Word],
-    audio: "np.ndarray",
+    audio: np.ndarray,
     sr: int,
     *,
     rel_db: float = -35.0,
@@ -172,8 +175,6 @@ def refine_word_times(
     span is shrunk to its first/last frame louder than ``rel_db`` below the file's loud frames,
     keeping ``keep_s`` of margin. Words with no voiced frame keep their times.
     """
-    import numpy as np
-
     hop = max(1, int(hop_s * sr))
     n = len(audio) // hop
     if n == 0:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from utils.data.csv_io import Row
 from utils.errors import DataError
@@ -30,7 +31,7 @@ class Split:
 
 
 def _rank(seed: int, name: str) -> str:
-    return hashlib.sha256(f"{seed}:{name}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
 
 
 def split_rows(rows: Sequence[Row], *, eval_fraction: float = 0.1, seed: int = 0) -> Split:

@@ -12,9 +12,10 @@ import io
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from utils.data.audio import TARGET_SR, load_audio
 from utils.data.dataset_folder import DatasetFolder, fingerprint
@@ -177,7 +178,8 @@ def group_cues(
     skipped: list[dict[str, Any]] = []
 
     def fits(g: list[Cue]) -> bool:
-        return max(c.end for c in g) - g[0].start <= span_max and count_tokens(" ".join(c.text for c in g)) <= limits.max_tokens
+        span = max(c.end for c in g) - g[0].start
+        return span <= span_max and count_tokens(" ".join(c.text for c in g)) <= limits.max_tokens
 
     for c in cues:
         if groups:
@@ -265,6 +267,7 @@ def import_subtitles(
                         f"{sorted({s['reason'] for s in skipped})}); check the subtitles belong to this media")
     sid = ds.new_source_id(media, fp)
     ds.add_source(sid, file=str(media), fp=fp, clips=clips, speaker=speaker, skipped=skipped, tool="import_srt",
-                  extra={"subtitles": str(subtitles), "cues": n_cues, "cues_out_of_order": out_of_order, "duration_s": round(total_s, 3)})
+                  extra={"subtitles": str(subtitles), "cues": n_cues, "cues_out_of_order": out_of_order,
+                         "duration_s": round(total_s, 3)})
     ds.report["last_run"] = {"tool": "import_srt", "new_clips": len(clips), "skipped_cues": len(skipped)}
     return ds.save(eval_fraction=eval_fraction, seed=seed)

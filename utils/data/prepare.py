@@ -19,7 +19,7 @@ from utils.data.dataset_folder import DatasetFolder, fingerprint
 from utils.data.segment import SegmentLimits, Word, refine_word_times, segment_words
 from utils.data.text import approx_token_count
 from utils.data.transcribe import WHISPER_SR
-from utils.errors import DataError
+from utils.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -114,30 +114,32 @@ def prepare_dataset(
             logger.info("already done, skipped: %s", f)
             continue
         todo.append((f, fp))
+    if todo and transcriber is None:
+        if whisper_model is None:
+            raise ConfigError("no Whisper model given; pass --whisper-model (a CTranslate2 folder or a model name)")
+        from utils.data.transcribe import load_transcriber
+
+        transcriber = load_transcriber(whisper_model, device=device, compute_type=compute_type,
+                                       language=language, batch_size=batch_size)
     n_new = 0
-    bar = tqdm(total=len(todo), desc="transcribe", unit="file", disable=not progress)
-    for f, fp in todo:
+    # one bar in seconds of audio: its total grows as each file is decoded
+    bar = tqdm(total=0.0, desc="transcribe", unit="audio s", disable=not progress,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]{postfix}")
+    for i, (f, fp) in enumerate(todo, start=1):
+        bar.set_postfix_str(f"file {i}/{len(todo)} {f.name[:30]}")
         try:
             audio = load_audio(f, TARGET_SR)[0]
         except DataError as exc:
             logger.warning("%s", exc)
             ds.add_failed(str(f), str(exc))
-            bar.update()
             continue
         if audio.size == 0 or float(np.max(np.abs(audio))) < 1e-4:
             ds.add_failed(str(f), "no audible audio (empty or silent)")
-            bar.update()
             continue
-        if transcriber is None:
-            if whisper_model is None:
-                raise DataError("no --whisper-model given; pass a CTranslate2 model folder or a model name")
-            from utils.data.transcribe import load_transcriber
-
-            transcriber = load_transcriber(whisper_model, device=device, compute_type=compute_type,
-                                           language=language, batch_size=batch_size)
-        bar.set_postfix_str(f.name[:30])
-        words, lang = transcriber(resample(audio, TARGET_SR, WHISPER_SR))
         total_s = len(audio) / TARGET_SR
+        bar.total += total_s
+        bar.refresh()
+        words, lang = transcriber(resample(audio, TARGET_SR, WHISPER_SR), bar if progress else None)
         words = refine_word_times(words, audio, TARGET_SR)
         segments, skipped = segment_words(words, total_s=total_s, limits=limits, count_tokens=count_tokens)
         if not words:
@@ -148,7 +150,6 @@ def prepare_dataset(
         ds.clear_failed(str(f))
         n_new += ds.add_source(sid, file=str(f), fp=fp, clips=clips, speaker=speaker, skipped=skipped,
                                tool="prepare_dataset", extra={"language": lang, "duration_s": round(total_s, 3)})
-        bar.update()
     bar.close()
     if not ds.rows:
         failed = "; ".join(f"{x['file']}: {x['reason']}" for x in ds.report["failed_inputs"]) or "no speech found"

@@ -101,8 +101,9 @@ def load_transcriber(
     try:
         loaded = WhisperModel(str(model), device=device, compute_type=compute_type)
     except Exception as exc:  # faster-whisper/hub raise many types (OSError, ValueError, RuntimeError, hub errors)
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise ConfigError(
-            f"cannot load Whisper model {str(model)!r} on {device} ({type(exc).__name__}: {exc}); "
+            f"cannot load Whisper model {str(model)!r} on {device} ({type(exc).__name__}: {first}); "
             f"pass --whisper-model a local CTranslate2 folder (model.bin, config.json, tokenizer.json) "
             f"when offline, or check the name"
         ) from exc

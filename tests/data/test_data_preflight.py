@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,3 +210,18 @@ def test_eval_rows_duplicating_train_are_excluded(bad_dataset, en_tokenizer, tmp
     assert [(e["row"], e["reason"]) for e in rep.excluded] == [(2, "duplicate_row"), (3, "duplicate_row"), (4, "too_long")]
     assert "row 3 of metadata_train.csv" in rep.excluded[0]["detail"]
     assert "row 2 of metadata_train.csv" in rep.excluded[1]["detail"]
+
+
+def test_validate_script_runs_as_a_program(bad_dataset, tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "validate_dataset.py"
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, str(script), str(bad_dataset / "metadata_train.csv"), "--report", str(out),
+                           "--no-progress"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(out.read_text())["kept"] == 8  # no vocab: text checks skipped
+    assert "missing_file: 1" in proc.stderr and proc.stdout == ""
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "none.csv")], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: metadata file not found")

@@ -151,3 +151,18 @@ def test_unloadable_whisper_model_is_a_config_error(long_recording, tmp_path):
     empty.mkdir()
     with pytest.raises(ConfigError, match="CTranslate2 folder"):
         load_transcriber(empty, device="cpu")
+
+
+def test_batched_pipeline_path_gives_words(long_recording):
+    """The GPU code path (BatchedInferencePipeline), run on the CPU to check the API we call."""
+    from utils.data.audio import load_audio
+    from utils.data.transcribe import load_transcriber
+
+    wav, layout, _ = long_recording
+    tr = load_transcriber(tiny_en_model(), device="cpu", language="en", batch_size=4)
+    tr.batched = True
+    audio, _ = load_audio(wav, 16000)
+    words, lang = tr(audio)
+    assert lang == "en" and len(words) >= 30
+    assert all(b.start >= a.start for a, b in zip(words, words[1:]))
+    assert words[-1].end <= len(audio) / 16000 + 0.1

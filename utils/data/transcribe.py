@@ -39,6 +39,7 @@ class Transcriber:
     batch_size: int = 16
     language: str | None = None
     beam_size: int = 5
+    batched: bool | None = None  # None: batched on GPU only
 
     def __call__(self, audio16k: np.ndarray, progress: Any = None) -> tuple[list[Word], str]:
         """Transcribe 16 kHz mono audio.
@@ -50,7 +51,7 @@ class Transcriber:
             (words in time order, detected or given language code).
         """
         opts: dict[str, Any] = {"language": self.language, "word_timestamps": True, "beam_size": self.beam_size}
-        if self.device == "cuda":
+        if self.batched if self.batched is not None else self.device == "cuda":
             from faster_whisper import BatchedInferencePipeline
 
             pipe = BatchedInferencePipeline(model=self.model)

@@ -225,3 +225,17 @@ def test_validate_script_runs_as_a_program(bad_dataset, tmp_path):
     assert "missing_file: 1" in proc.stderr and proc.stdout == ""
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "none.csv")], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("error: metadata file not found")
+
+
+def test_protocol_only_tokenizer(bad_dataset, en_tokenizer):
+    """Any object with encode + unknown_characters works (no [UNK] id to short-cut with)."""
+
+    class Minimal:
+        def encode(self, text, language):
+            return en_tokenizer.encode(text, language)
+
+        def unknown_characters(self, text, language):
+            return en_tokenizer.unknown_characters(text, language)
+
+    rep = run_preflight(bad_dataset / "metadata_train.csv", language="en", tokenizer=Minimal(), progress=False)
+    assert {e["row"]: e["reason"] for e in rep.excluded} == EXPECTED

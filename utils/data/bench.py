@@ -32,6 +32,7 @@ _SENTENCES = [
     "Every good boy deserves fruit, and every good girl does too.",
 ]
 _SR = 22050
+XTTS_VOCAB_SIZE = 6681
 
 
 def _base_audio(tmp: Path) -> list[np.ndarray]:
@@ -97,6 +98,8 @@ def _vocab(out: Path, texts: list[str]) -> Path:
     special = ["[STOP]", "[UNK]", "[SPACE]", "[START]", "[en]"]
     tok.train_from_iterator([t.lower() for t in texts] + ["abcdefghijklmnopqrstuvwxyz .,!?'-"],
                             trainers.BpeTrainer(vocab_size=300, special_tokens=special, show_progress=False))
+    # pad to the size of XTTS v2's vocabulary (6681) so per-call vocabulary costs are realistic
+    tok.add_tokens([f"<pad{i:04d}>" for i in range(XTTS_VOCAB_SIZE - tok.get_vocab_size())])
     path = out / "vocab.json"
     tok.save(str(path))
     return path
@@ -147,6 +150,7 @@ def bench_preflight(
     finally:
         if not keep and not work_dir:
             shutil.rmtree(tmp, ignore_errors=True)
-    return {"clips": n, "seconds": round(seconds, 2), "clips_per_s": round(n / seconds, 1),
+    return {"vocab_size": tokenizer.tokenizer.get_vocab_size() if hasattr(tokenizer, "tokenizer") else None,
+            "clips": n, "seconds": round(seconds, 2), "clips_per_s": round(n / seconds, 1),
             "hours": round(report.hours_kept, 2), "cores": used_cores, "workers": workers,
             "kept": report.kept, "excluded": len(report.excluded), "cold_cache": cold}

@@ -18,6 +18,7 @@ import math
 import multiprocessing
 import os
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,21 +170,36 @@ def _audio_check(args: tuple[str, float, float, float, float]) -> dict[str, Any]
     return facts
 
 
-def _text_check(text: str, language: str, tokenizer: TextTokenizer | None, max_tokens: int) -> tuple[str, str] | None:
+def _unk_id(tokenizer: Any) -> int | None:
+    """The [UNK] id when the tokenizer exposes it (Coqui's and ours wrap a ``tokenizers`` object)."""
+    inner = getattr(tokenizer, "tokenizer", None)
+    if inner is not None and hasattr(inner, "token_to_id"):
+        return inner.token_to_id("[UNK]")
+    return getattr(tokenizer, "unk_id", None)
+
+
+def _text_check(
+    text: str, language: str, tokenizer: TextTokenizer | None, max_tokens: int, unk_id: int | None = None
+) -> tuple[str, str] | None:
     if not text.strip():
         return "empty_text", "no transcript"
     if tokenizer is None:
         return None
     try:
-        unknown = tokenizer.unknown_characters(text, language)
-        if unknown:
-            shown = " ".join(f"{c!r} (U+{ord(c):04X})" for c in unknown[:10])
-            return "unknown_characters", f"[UNK] for: {shown}; extend the vocabulary or fix the text"
-        n = len(tokenizer.encode(text, language))
+        ids = tokenizer.encode(text, language)
+        # unknown_characters is only asked when the encoding holds [UNK] (or the id is unknown):
+        # it is the slow call, and clean rows are the common case.
+        if unk_id is None or unk_id in ids:
+            unknown = tokenizer.unknown_characters(text, language)
+            if unknown:
+                shown = " ".join(f"{c!r} (U+{ord(c):04X})" for c in unknown[:10])
+                return "unknown_characters", f"[UNK] for: {shown}; extend the vocabulary or fix the text"
+            if unk_id is not None:
+                return "unknown_characters", "the encoding holds [UNK]; extend the vocabulary or fix the text"
     except NotImplementedError as exc:
         return "unsupported_language", f"{exc}; add a normaliser/vocabulary for {language!r}"
-    if n > max_tokens:
-        return "text_too_long", f"{n} tokens > {max_tokens}"
+    if len(ids) > max_tokens:
+        return "text_too_long", f"{len(ids)} tokens > {max_tokens}"
     return None
 
 
@@ -195,12 +211,16 @@ def _inside(path: Path, root: Path) -> bool:
     return True
 
 
-def _run_audio_checks(jobs: list[tuple], workers: int, progress: bool) -> list[dict[str, Any]]:
+def _run_checks(
+    jobs: list[tuple], text_check: Callable[[int], tuple[str, str] | None], workers: int, progress: bool
+) -> tuple[list[dict[str, Any]], list[tuple[str, str] | None]]:
+    """Audio checks in a process pool while the text checks run here; returns both, in row order."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc="preflight", unit="clip", disable=not progress, leave=False)
     results: list[dict[str, Any]] = []
     if workers <= 1 or len(jobs) < _POOL_MIN_ROWS:
+        texts = [text_check(i) for i in range(len(jobs))]
         for job in jobs:
             results.append(_audio_check(job))
             bar.update()
@@ -208,11 +228,13 @@ def _run_audio_checks(jobs: list[tuple], workers: int, progress: bool) -> list[d
         # spawn, not fork: the trainer calls this with torch (and its threads) already loaded.
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            for res in pool.map(_audio_check, jobs, chunksize=64):
+            pending = pool.map(_audio_check, jobs, chunksize=64)  # submitted now, runs meanwhile
+            texts = [text_check(i) for i in range(len(jobs))]
+            for res in pending:
                 results.append(res)
                 bar.update()
     bar.close()
-    return results
+    return results, texts
 
 
 def run_preflight(
@@ -301,15 +323,20 @@ def run_preflight(
 
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     jobs = [(str(r.path), min_audio_s, max_audio_s, silence_rms_db, max_clipped_fraction) for r in candidates]
-    audio_results = _run_audio_checks(jobs, workers, progress)
+    unk_id = _unk_id(tokenizer) if tokenizer is not None else None
+    audio_results, text_results = _run_checks(
+        jobs,
+        lambda i: _text_check(candidates[i].text, language, tokenizer, max_text_tokens, unk_id),
+        workers,
+        progress,
+    )
 
     seen_hashes: dict[str, int] = {}
     kept: list[Row] = []
-    for r, res in zip(candidates, audio_results, strict=True):
+    for r, res, text_problem in zip(candidates, audio_results, text_results, strict=True):
         if "reason" in res:
             exclude(r, res["reason"], res["detail"])
             continue
-        text_problem = _text_check(r.text, language, tokenizer, max_text_tokens)
         if text_problem is not None:
             exclude(r, *text_problem)
             continue

@@ -148,6 +148,8 @@ def test_unreadable_media_and_cli_exit_code(media, tmp_path):
 
     _, layout = media
     srt = write_srt(tmp_path / "ep.srt", layout)
+    with pytest.raises(DataError, match="media file not found"):
+        import_subtitles(tmp_path / "missing.mp4", srt, tmp_path / "ds", progress=False)
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
     with pytest.raises(DataError, match="0 bytes"):

@@ -228,6 +228,8 @@ def import_subtitles(
     from tqdm import tqdm
 
     media, subtitles = Path(media), Path(subtitles)
+    if not media.is_file():
+        raise DataError(f"media file not found: {media}")
     cues, skipped, out_of_order = read_subtitles(subtitles, encoding)
     n_cues = len(cues) + len(skipped)
     ds = DatasetFolder(out_dir)

@@ -139,6 +139,7 @@ def test_report_json_schema_and_cli_exit_codes(bad_dataset, en_vocab, tmp_path, 
     assert {"total", "kept", "hours_kept", "excluded"} <= set(data)
     assert data["total"] == 20 and data["kept"] == 6 and len(data["excluded"]) == 14
     assert set(data["excluded"][0]) == {"row", "audio_file", "reason", "detail"}
+    assert data["stats"]["clips"] == 6 and data["stats"]["hours"] == pytest.approx(data["hours_kept"], abs=1e-6)
     err = capsys.readouterr().err
     assert "too_long: 1" in err and "duplicate_row: 2" in err
 

@@ -28,6 +28,7 @@ import numpy as np
 import soundfile as sf
 
 from utils.data.csv_io import BadRow, Row, read_coqui_csv
+from utils.data.stats import dataset_stats
 from utils.data.text import TextTokenizer, load_text_tokenizer
 from utils.errors import DataError
 
@@ -96,6 +97,7 @@ class PreflightReport:
             "conversions": self.conversions,
             "checks_skipped": self.checks_skipped,
             "limits": self.limits,
+            "stats": dataset_stats(self.kept_rows),
         }
 
     def write_json(self, path: str | os.PathLike) -> Path:
@@ -134,7 +136,7 @@ def _audio_check(args: tuple[str, float, float, float, float]) -> dict[str, Any]
     try:
         info = sf.info(path)
     except (sf.LibsndfileError, RuntimeError) as exc:
-        return {"reason": "unreadable_audio", "detail": str(exc).strip()[:200]}
+        return {"reason": "unreadable_audio", "detail": f"{str(exc).strip()[:200]}; convert it to WAV or FLAC"}
     if info.samplerate <= 0 or info.frames <= 0:
         return {"reason": "unreadable_audio", "detail": "no audio frames"}
     duration = info.frames / info.samplerate

@@ -60,12 +60,21 @@ class Transcriber:
             segments, info = self.model.transcribe(audio16k, vad_filter=True, **opts)
         words: list[Word] = []
         done = 0.0
-        for seg in segments:
-            for w in seg.words or []:
-                words.append(Word(float(w.start), float(w.end), w.word))
-            if progress is not None:
-                progress.update(max(0.0, float(seg.end) - done))
-                done = max(done, float(seg.end))
+        try:  # segments is a generator: the model runs (and CUDA libraries load) while iterating
+            for seg in segments:
+                for w in seg.words or []:
+                    words.append(Word(float(w.start), float(w.end), w.word))
+                if progress is not None:
+                    progress.update(max(0.0, float(seg.end) - done))
+                    done = max(done, float(seg.end))
+        except RuntimeError as exc:
+            if self.device == "cuda" and any(k in str(exc).lower() for k in ("cuda", "cublas", "cudnn")):
+                raise ConfigError(
+                    f"Whisper failed on the GPU ({str(exc).strip().splitlines()[0][:200]}); CTranslate2 needs "
+                    f"CUDA 12 cuBLAS and cuDNN 9 (pip install nvidia-cublas-cu12 nvidia-cudnn-cu12), "
+                    f"or run with --device cpu"
+                ) from exc
+            raise
         if progress is not None:
             progress.update(max(0.0, len(audio16k) / WHISPER_SR - done))
         words.sort(key=lambda w: w.start)

@@ -166,3 +166,24 @@ def test_batched_pipeline_path_gives_words(long_recording):
     assert lang == "en" and len(words) >= 30
     assert all(b.start >= a.start for a, b in zip(words, words[1:]))
     assert words[-1].end <= len(audio) / 16000 + 0.1
+
+
+def test_missing_cuda_libraries_become_a_config_error():
+    import numpy as np
+
+    from utils.data.transcribe import Transcriber
+
+    class Info:
+        language = "en"
+
+    class BrokenGpuModel:
+        def transcribe(self, audio, **kw):
+            def gen():
+                raise RuntimeError("Library libcublas.so.12 is not found or cannot be loaded")
+                yield  # pragma: no cover
+
+            return gen(), Info()
+
+    tr = Transcriber(BrokenGpuModel(), "cuda", batched=False)
+    with pytest.raises(ConfigError, match="--device cpu"):
+        tr(np.zeros(16000, dtype=np.float32))

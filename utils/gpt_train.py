@@ -201,7 +201,10 @@ def check_data(split: DataSplit, language: str, vocab_path: Path, max_excluded_s
 
     tokenizer = _tokenizer(vocab_path, language)
     split.train_report = run_preflight(split.train_csv, language=language, tokenizer=tokenizer)
-    split.eval_report = run_preflight(split.eval_csv, language=language, tokenizer=tokenizer)
+    # a clip in both train and eval is excluded from eval (duplicate_row): eval must be held out
+    split.eval_report = run_preflight(
+        split.eval_csv, language=language, tokenizer=tokenizer, exclude_duplicates_of=split.train_report
+    )
     for name, report in (("train", split.train_report), ("eval", split.eval_report)):
         for line in report.summary_lines():
             logger.info("preflight %s: %s", name, line)

@@ -113,11 +113,12 @@ def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
     return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
 
 
-def training_state(trainer: Any, *, steps_done: int, epochs_done: int, **extra: Any) -> dict[str, Any]:
+def training_state(trainer: Any, *, steps_done: int, epochs_done: int, epoch_batches_done: int = 0, **extra: Any) -> dict[str, Any]:
     """The checkpoint dict Coqui's ``trainer.io.save_model`` writes, plus the toolkit's state.
 
-    ``steps_done``/``epochs_done`` are exact counts of completed trainer steps and epochs
-    (Coqui's ``step`` key is off by one for checkpoints written inside a step).
+    ``steps_done``/``epochs_done``/``epoch_batches_done`` are exact counts of completed trainer
+    steps, epochs and batches of the current epoch (Coqui's ``step`` key is off by one for
+    checkpoints written inside a step).
     """
     import datetime
 
@@ -133,7 +134,12 @@ def training_state(trainer: Any, *, steps_done: int, epochs_done: int, **extra: 
         "step": trainer.total_steps_done,
         "epoch": trainer.epochs_done,
         "date": datetime.date.today().strftime("%B %d, %Y"),
-        "toolkit_state": {"steps_done": int(steps_done), "epochs_done": int(epochs_done), **trainer.toolkit_state()},
+        "toolkit_state": {
+            "steps_done": int(steps_done),
+            "epochs_done": int(epochs_done),
+            "epoch_batches_done": int(epoch_batches_done),
+            **trainer.toolkit_state(),
+        },
     }
     state.update(extra)
     return state

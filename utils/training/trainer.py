@@ -96,6 +96,11 @@ class ToolkitTrainer(Trainer):
         self._train_started = time.time()
         self._in_step = False
         self._finished = False
+        self._epoch_complete = False
+        self._epoch_step = 0  # index of the current batch in this epoch
+        self._epoch_batches_done = 0
+        self._resume_batches = 0  # batches of the interrupted epoch a resume skips
+        self._step_offset = 0
         self._nonfinite_grad = False
         self._bar: Any = None
         self._step_time_ema: float | None = None
@@ -153,7 +158,28 @@ class ToolkitTrainer(Trainer):
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
         self._probe.after(optimizer)
 
+    def train_epoch(self) -> None:
+        """Coqui's epoch; after a mid-epoch resume, only the batches the interrupted epoch had left."""
+        self._epoch_complete = False
+        self._epoch_batches_done = 0
+        skip, self._resume_batches = self._resume_batches, 0
+        if not skip:
+            super().train_epoch()
+        else:
+            if self.train_loader is None:
+                self.train_loader = self.prepare_accelerate_loader(self.get_train_dataloader(self.train_samples, verbose=True))
+            full = self.train_loader
+            self.train_loader, self._step_offset = _Tail(full, skip), skip  # type: ignore[assignment]
+            logger.info("resuming inside epoch %d: %d of its %d batches were done", self.epochs_done + 1, skip, len(full))
+            try:
+                super().train_epoch()
+            finally:
+                self.train_loader, self._step_offset = full, 0
+        self._epoch_complete = True
+
     def train_step(self, batch: Any, batch_n_steps: int, step: int, loader_start_time: float) -> Any:
+        step += self._step_offset
+        self._epoch_step = step
         before = self.optimizer_steps
         started = time.time()
         every = self.health.config.update_ratio_every if self.health else 0
@@ -164,6 +190,7 @@ class ToolkitTrainer(Trainer):
             outputs, loss_dict = super().train_step(batch, batch_n_steps, step, loader_start_time)
         finally:
             self._in_step = False
+        self._epoch_batches_done = step + 1
         after = self.optimizer_steps
         loss = None
         if loss_dict and loss_dict.get("loss") is not None:
@@ -348,7 +375,7 @@ class ToolkitTrainer(Trainer):
             return
         train_loss = self.evaluation_records[-1].get("train_loss") if self.evaluation_records else None
         model_loss = {"train_loss": train_loss if train_loss is not None else math.inf, "eval_loss": eval_loss}
-        path = Path(self.output_path) / f"best_model_{self.total_steps_done}.pth"
+        path = Path(self.output_path) / f"best_model_{self._counts()['steps_done']}.pth"
         state = checkpoints.training_state(self, **self._counts(), model_loss=model_loss)
         checkpoints.atomic_torch_save(state, path)
         for old in Path(self.output_path).glob("best_model_*.pth"):
@@ -359,27 +386,48 @@ class ToolkitTrainer(Trainer):
         logger.info("best model so far (eval loss %.5f): %s", eval_loss, path.name)
 
     def _counts(self) -> dict[str, int]:
-        # Inside a step Coqui saves before incrementing total_steps_done; an unfinished epoch is
-        # counted as not done (a resume runs it again from its start).
+        # Inside a step Coqui saves before incrementing total_steps_done, with that step's update
+        # already applied. File names use these exact counts: checkpoint_N.pth holds the weights
+        # after N trainer steps.
+        epoch_done = self._finished or self._epoch_complete
         return {
             "steps_done": self.total_steps_done + (1 if self._in_step else 0),
-            "epochs_done": self.epochs_done + (1 if self._finished else 0),
+            "epochs_done": self.epochs_done + (1 if epoch_done else 0),
+            "epoch_batches_done": 0 if epoch_done else (self._epoch_step + 1 if self._in_step else self._epoch_batches_done),
         }
 
     def save_checkpoint(self) -> None:
         """Write checkpoint_N.pth atomically (replaces Coqui's direct torch.save)."""
         if self.args.rank not in (None, 0):
             return
-        path = Path(self.output_path) / f"checkpoint_{self.total_steps_done}.pth"
+        counts = self._counts()
+        path = Path(self.output_path) / f"checkpoint_{counts['steps_done']}.pth"
         model_loss = {"train_loss": self._pick_target_avg_loss(self.keep_avg_train),
                       "eval_loss": self._pick_target_avg_loss(self.keep_avg_eval)}  # fmt: skip
-        checkpoints.atomic_torch_save(checkpoints.training_state(self, **self._counts(), model_loss=model_loss), path)
+        checkpoints.atomic_torch_save(checkpoints.training_state(self, **counts, model_loss=model_loss), path)
         logger.info("checkpoint: %s", path)
         if self.config.save_n_checkpoints is not None:
             checkpoints.keep_newest(self.output_path, "checkpoint", int(self.config.save_n_checkpoints))
 
     def save_best_model(self) -> None:
         """Coqui's epoch-end best-model save: done at every evaluation here, so nothing to do."""
+
+    @staticmethod
+    def init_training(args: Any, coqpit_overrides: list[str], config: Any = None) -> Any:
+        """Coqui's set-up, but ``--continue`` resumes from the newest *complete* numbered checkpoint.
+
+        ``trainer.io.get_last_checkpoint`` falls back to ``best_model.pth`` by file time when no
+        numbered best model exists; here the choice is always :func:`checkpoints.last_checkpoint`.
+        """
+        if args.continue_path:
+            checkpoints.remove_partial_files(args.continue_path)
+        config, new_fields = Trainer.init_training(args, coqpit_overrides, config)
+        if args.continue_path:
+            last = checkpoints.last_checkpoint(args.continue_path)
+            if last is not None:
+                args.restore_path = str(last)
+                new_fields["restore_path"] = str(last)
+        return config, new_fields
 
     def restore_model(self) -> None:
         """Coqui's restore, then the exact counters and the toolkit state (continue), or the LR (restore)."""
@@ -389,6 +437,7 @@ class ToolkitTrainer(Trainer):
             if state:
                 self.total_steps_done = int(state["steps_done"])
                 self.epochs_done = int(state["epochs_done"])
+                self._resume_batches = int(state.get("epoch_batches_done", 0))
                 self._last_eval_step = state.get("last_eval_step")
                 if self.health is not None and state.get("health"):
                     self.health.load_state_dict(state["health"])
@@ -424,6 +473,25 @@ class ToolkitTrainer(Trainer):
         self._finished = True
         if self.args.rank in (None, 0) and self.save_final_checkpoint:
             self.save_checkpoint()
+
+
+class _Tail:
+    """The first ``len(loader) - skip`` batches of a fresh pass, reporting the full length.
+
+    Coqui's ``train_epoch`` takes the epoch length from ``len(loader)`` and the accumulation
+    phase from the batch index; the trainer adds ``skip`` to that index.
+    """
+
+    def __init__(self, loader: Any, skip: int) -> None:
+        self.loader, self.skip = loader, skip
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Any:
+        import itertools
+
+        return itertools.islice(iter(self.loader), max(0, len(self.loader) - self.skip))
 
 
 def _fmt(value: float | None) -> str:

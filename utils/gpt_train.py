@@ -466,7 +466,11 @@ def train(
         merged = {name: report.to_dict() for name, report in preflight_reports.items()}
         (run_dir / "preflight_report.json").write_text(json.dumps(merged, indent=2), encoding="utf-8")
     logger.info("run folder: %s", run_dir)
-    trainer.fit()
+    try:
+        trainer.fit()
+    finally:
+        if plots and trainer.evaluation_records:
+            _refresh_plots(trainer, force=True)
     exclusions = read_runtime_exclusions(run_dir)
     if exclusions:
         logger.warning("%d rows failed to load during training; see %s", len(exclusions), run_dir / "runtime_exclusions.jsonl")
@@ -481,9 +485,17 @@ def train(
     )
 
 
-def _refresh_plots(trainer: Any, _record: dict[str, Any]) -> None:
+PLOT_MIN_INTERVAL_S = 10.0  # evaluations closer than this (tiny runs) skip the refresh; the end of training plots anyway
+
+
+def _refresh_plots(trainer: Any, _record: dict[str, Any] | None = None, *, force: bool = False) -> None:
+    """Redraw training_curves.png in the run folder (about 0.5 s)."""
     from utils.training.plots import plot_training
 
+    now = time.time()
+    if not force and now - getattr(trainer, "_last_plot_time", 0.0) < PLOT_MIN_INTERVAL_S:
+        return
+    trainer._last_plot_time = now
     try:
         plot_training(trainer.output_path)
     except (OSError, ValueError, RuntimeError) as exc:  # a plot must never stop training
@@ -693,7 +705,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     language = args.language or "en"
     preview = args.dry_run or args.preview_schedule
     # 1. base model (dry runs without --base-model or --demo resolve hyperparameters only)
-    base = locate_base_model(args) if (args.base_model or args.demo or not preview) else None
+    need_base = (args.base_model or args.demo or not preview) and not args.preview_schedule
+    base = locate_base_model(args) if need_base else None
     # 2. data (a dry run without data is fine when --dataset-hours is given)
     have_data = args.demo or args.dataset or args.train_csv or args.eval_csv
     train_csv, eval_csv = locate_data(args) if (have_data or not preview) else (None, None)

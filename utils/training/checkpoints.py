@@ -28,9 +28,27 @@ import torch
 logger = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
-# Test hook only: "NAME:SECONDS" pauses SECONDS after writing NAME's temporary file, before the
-# rename, so a test can kill the process in the middle of a checkpoint write.
+# Test hook only: "NAME:SECONDS" pauses SECONDS after the first MiB of NAME's temporary file, so a
+# test can kill the process in the middle of a checkpoint write.
 _PAUSE_ENV = "XTTS_TOOLKIT_TEST_SAVE_PAUSE"
+
+
+class _PausingWriter:
+    """A file wrapper that sleeps once after ``after`` bytes (see ``_PAUSE_ENV``)."""
+
+    def __init__(self, fh: Any, after: int, seconds: float) -> None:
+        self.fh, self.after, self.seconds, self.written = fh, after, seconds, 0
+
+    def write(self, data: Any) -> int:
+        n = self.fh.write(data)
+        before, self.written = self.written, self.written + n
+        if before < self.after <= self.written:
+            self.fh.flush()
+            time.sleep(self.seconds)
+        return n
+
+    def flush(self) -> None:
+        self.fh.flush()
 
 
 def _partial_path(path: Path) -> Path:
@@ -54,13 +72,11 @@ def atomic_torch_save(state: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save(state, path)`` so that ``path`` is either the old file or the complete new one."""
     path = Path(path)
     tmp = _partial_path(path)
+    pause = os.environ.get(_PAUSE_ENV, "").rpartition(":")
     with open(tmp, "wb") as fh:
-        torch.save(state, fh)
+        torch.save(state, _PausingWriter(fh, 1 << 20, float(pause[2])) if pause[0] == path.name else fh)
         fh.flush()
         os.fsync(fh.fileno())
-    pause = os.environ.get(_PAUSE_ENV, "")
-    if pause.rpartition(":")[0] == path.name:
-        time.sleep(float(pause.rpartition(":")[2]))
     os.replace(tmp, path)
     _fsync_dir(path.parent)
     return path
@@ -101,9 +117,11 @@ def checkpoint_step(path: Path) -> int | None:
 def last_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     """The newest complete ``checkpoint_N.pth`` or ``best_model_N.pth`` (highest N), or None.
 
-    Same choice as ``trainer.io.get_last_checkpoint``, which ``--continue`` uses.
+    As ``trainer.io.get_last_checkpoint``, but on equal N the file written last wins (an
+    epoch-end best model written after the evaluation knows more than the checkpoint of the same
+    step written before it), and ``best_model.pth`` is never guessed by file time.
     """
-    found = [(checkpoint_step(p), p.name.startswith("checkpoint"), p) for p in Path(run_dir).glob("*_*.pth")]
+    found = [(checkpoint_step(p), p.stat().st_mtime_ns, p) for p in Path(run_dir).glob("*_*.pth")]
     found = [f for f in found if f[0] is not None]
     return max(found)[2] if found else None
 

@@ -692,6 +692,57 @@ def _dry_run(args: argparse.Namespace, base: Any, train_csv: Path | None, eval_c
     return 0
 
 
+def prepare_training(
+    args: argparse.Namespace,
+    base: Any = None,
+    train_csv: Path | None = None,
+    eval_csv: Path | None = None,
+    language: str | None = None,
+    restored: RestoreSource | None = None,
+    lr_reference: tuple[float, str] | None = None,
+) -> tuple[Any, DataSplit]:
+    """Steps 4-7: vocabulary, preflight, hyperparameters, schedule plan and checks, config.
+
+    Also used by scripts/lr_find.py, which passes only ``args`` (base model and data are then
+    located from it).
+    """
+    if base is None:
+        base = locate_base_model(args)
+    if train_csv is None or eval_csv is None:
+        train_csv, eval_csv = locate_data(args)
+    language = language or args.language or "en"
+    # 4. language: a language XTTS lacks gets an extended vocabulary (BPE on the training text);
+    #    a restored run brings its own
+    if restored is not None:
+        vocab, extension = _restored_vocab(restored)
+    else:
+        vocab, extension = prepare_language(
+            language, base, train_csv, args.output_path / ".staging",
+            new_tokens=getattr(args, "new_tokens", 2000), warmup_steps=getattr(args, "new_token_warmup_steps", 0),
+        )  # fmt: skip
+    # 5. preflight: every row of both CSVs, with the vocabulary training will use
+    split = check_data(DataSplit(train_csv, eval_csv), language, vocab, getattr(args, "max_excluded_share", 0.2))
+    hparams = resolve_hparams(args, split.train_report.hours_kept, lr_reference)
+    logger.info(
+        "dataset hours %.4g (kept by the preflight%s): lr %.3g (%s), weight decay %.3g (%s)",
+        hparams.dataset_hours or 0.0, ", overridden by --dataset-hours" if args.dataset_hours else "",
+        hparams["lr"], hparams.sources["lr"], hparams["weight_decay"], hparams.sources["weight_decay"],
+    )  # fmt: skip
+    # 6. the LR schedule over the planned steps, checked before any training
+    _spec, total, check = plan_schedule(hparams, len(split.train_samples))
+    report_schedule_check(check)
+    # 7. config and training
+    config = build_config(
+        hparams, base, output_path=args.output_path, language=language, run_name=getattr(args, "run_name", "xtts_ft"),
+        vocab_path=vocab, vocab_extension=extension,
+    )  # fmt: skip
+    config.lr_scheduler_params["total_steps"] = total
+    config.toolkit.update({"planned_optimizer_steps": total, "train_csv": str(train_csv.resolve()),
+                           "eval_csv": str(eval_csv.resolve()), "preset": getattr(args, "preset", None),
+                           "restored_from": str(restored.checkpoint) if restored else None})  # fmt: skip
+    return config, split
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose)
@@ -714,35 +765,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 3. hyperparameters; a dry run reads only wav headers, and only when the hours are not given
     if preview:
         return _dry_run(args, base, train_csv, eval_csv, language, lr_reference)
-    # 4. language: a language XTTS lacks gets an extended vocabulary (BPE on the training text);
-    #    a restored run brings its own
-    if restored is not None:
-        vocab, extension = _restored_vocab(restored)
-    else:
-        vocab, extension = prepare_language(
-            language, base, train_csv, args.output_path / ".staging",
-            new_tokens=args.new_tokens, warmup_steps=args.new_token_warmup_steps,
-        )  # fmt: skip
-    # 5. preflight: every row of both CSVs, with the vocabulary training will use
-    split = check_data(DataSplit(train_csv, eval_csv), language, vocab, args.max_excluded_share)
-    hparams = resolve_hparams(args, split.train_report.hours_kept, lr_reference)
-    logger.info(
-        "dataset hours %.4g (kept by the preflight%s): lr %.3g (%s), weight decay %.3g (%s)",
-        hparams.dataset_hours or 0.0, ", overridden by --dataset-hours" if args.dataset_hours else "",
-        hparams["lr"], hparams.sources["lr"], hparams["weight_decay"], hparams.sources["weight_decay"],
-    )  # fmt: skip
-    # 6. the LR schedule over the planned steps, checked before any training
-    _spec, total, check = plan_schedule(hparams, len(split.train_samples))
-    report_schedule_check(check)
-    # 7. config and training
-    config = build_config(
-        hparams, base, output_path=args.output_path, language=language, run_name=args.run_name,
-        vocab_path=vocab, vocab_extension=extension,
-    )  # fmt: skip
-    config.lr_scheduler_params["total_steps"] = total
-    config.toolkit.update({"planned_optimizer_steps": total, "train_csv": str(train_csv.resolve()),
-                           "eval_csv": str(eval_csv.resolve()), "preset": args.preset,
-                           "restored_from": str(restored.checkpoint) if restored else None})  # fmt: skip
+    config, split = prepare_training(args, base, train_csv, eval_csv, language, restored, lr_reference)
     result = train(
         config, split.train_samples, split.eval_samples,
         preflight_reports={"train": split.train_report, "eval": split.eval_report},

@@ -90,10 +90,15 @@ def test_loss_spike_and_clipping_saturation(tiny_base, demo_en, tmp_path, monkey
 
     _patch_train_loss(monkeypatch, inject)
     extra = {"ema_alpha": 0.5, "spike_burn_in": 2}
+    # update/weight ratio measured every 2 optimizer steps; at LR 5e-5 it is ~1e-4, so a floor of 0.1
+    # flags every parameter group as "LR too small" (once each)
     result = _run(tiny_base, demo_en, tmp_path, extra=extra, spike_window=3, spike_ratio=0.3, grad_clip=0.05,
-                  clip_window=4, clip_share=0.5)  # fmt: skip
+                  clip_window=4, clip_share=0.5, update_ratio_every=2, update_ratio_low=0.1)  # fmt: skip
     names = [e["event"] for e in result.events]
     assert names.count("loss_spike") == 1 and names.count("clipping_saturation") == 1
+    small = [e for e in result.events if e["event"] == "lr_too_small"]
+    assert small and len({e["group"] for e in small}) == len(small)
+    assert all(0 < e["ratio"] < 0.1 and e["optimizer_step"] == 2 for e in small)
     spike = next(e for e in result.events if e["event"] == "loss_spike")
     assert spike["optimizer_step"] == 7  # steps 5, 6, 7 above 1.3 x the minimum: the third fires
     assert spike["ema"] > 1.3 * spike["ema_min"]
@@ -101,7 +106,7 @@ def test_loss_spike_and_clipping_saturation(tiny_base, demo_en, tmp_path, monkey
     assert clip["optimizer_step"] == 4 and clip["share"] == 1.0  # grad norms ~1-10 vs clip 0.05
     # the evaluation record after the events names them; metrics.jsonl stays one line per evaluation
     lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert len(lines) == 2 and set(lines[0]["health_events"]) | set(lines[1]["health_events"]) == set(names)
+    assert len(lines) == 2 and lines[0]["health_events"] + lines[1]["health_events"] == names
 
 
 def test_flat_then_rising_eval_loss_plateau_overfitting_early_stop(tiny_base, demo_en, tmp_path, monkeypatch):

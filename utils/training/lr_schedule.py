@@ -261,6 +261,9 @@ def optimizer_steps_per_epoch(num_samples: int, batch_size: int, grad_accum: int
     return math.ceil(batches / max(1, grad_accum)) if batches else 0
 
 
+EFFECTIVELY_ZERO_LR = 1e-12  # far under any useful fine-tuning LR (the table's smallest is 5e-7)
+
+
 @dataclass
 class ScheduleCheck:
     """What :func:`check_schedule` found: ``errors`` refuse the run, ``warnings`` are logged."""
@@ -302,9 +305,10 @@ def check_schedule(
         out.errors.append(f"the {spec.name} schedule needs total_steps (the planned optimizer steps)")
         return out
     for s, lr in zip(steps := sample_steps(total_steps, spec), spec.lrs(steps)):
-        if not math.isfinite(lr) or lr <= 0:
+        if not math.isfinite(lr) or lr < EFFECTIVELY_ZERO_LR:
             out.errors.append(
-                f"the {spec.name} schedule gives LR {lr!r} at optimizer step {s}; check --lr, --min-lr and the "
+                f"the {spec.name} schedule gives LR {lr!r} at optimizer step {s} (NaN, infinite, or below "
+                f"{EFFECTIVELY_ZERO_LR:g}, where the weights no longer move); check --lr, --min-lr and the "
                 "schedule's parameters (preview them with --preview-schedule)"
             )
             break

@@ -55,7 +55,7 @@ DEMO_RECIPE: dict[str, Any] = {
 }
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None, defaults: dict[str, Any] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="gpt_train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -120,6 +120,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     mode.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
     mode.add_argument("--demo", action="store_true", help="tiny base + bundled demo data, a few epochs")
     mode.add_argument("-v", "--verbose", action="store_true")
+    if defaults:
+        p.set_defaults(**defaults)
     return p.parse_args(argv)
 
 
@@ -211,11 +213,16 @@ def locate_base_model(args: argparse.Namespace, cache_dir: Path = DEFAULT_CACHE)
     return check_base_model(tiny)
 
 
-def resolve_hparams(args: argparse.Namespace, measured_hours: float | None, lr_reference: tuple[float, str] | None = None) -> Resolved:
-    """Step 3: defaults -> table row -> preset -> recipe (demo) -> command line."""
+def resolve_hparams(
+    args: argparse.Namespace,
+    measured_hours: float | None,
+    recipe: dict[str, Any] | None = None,
+    lr_reference: tuple[float, str] | None = None,
+) -> Resolved:
+    """Step 3: defaults -> table row -> preset -> recipe (the demo's or a recipe file's) -> command line."""
     cli_values = {k: getattr(args, k, None) for k in CLI_HPARAMS}
     if args.dataset_hours is not None:
-        hours, source = check_hours(args.dataset_hours), "cli"
+        hours, source = check_hours(args.dataset_hours), "cli" if getattr(args, "hours_from_cli", True) else "recipe"
     else:
         hours, source = measured_hours, "measured from the training metadata"
     preset = getattr(args, "preset", None)
@@ -223,8 +230,10 @@ def resolve_hparams(args: argparse.Namespace, measured_hours: float | None, lr_r
         raise ConfigError(
             f"preset {preset} restarts from a checkpoint: add --restore RUN_DIR (its best_model.pth) or --restore CHECKPOINT.pth"
         )
+    layer = dict(DEMO_RECIPE) if args.demo else {}
+    layer.update({k: v for k, v in (recipe or {}).items() if k in CLI_HPARAMS})
     resolved = resolve(
-        dataset_hours=hours, hours_source=source, cli=cli_values, recipe=DEMO_RECIPE if args.demo else None,
+        dataset_hours=hours, hours_source=source, cli=cli_values, recipe=layer or None,
         preset_name=preset, lr_reference=lr_reference,
     )  # fmt: skip
     for note in resolved.notes:
@@ -661,9 +670,9 @@ def continue_training(args: argparse.Namespace) -> TrainResult:
 
 
 def _dry_run(args: argparse.Namespace, base: Any, train_csv: Path | None, eval_csv: Path | None, language: str,
-             lr_reference: tuple[float, str] | None) -> int:  # fmt: skip
+             lr_reference: tuple[float, str] | None, recipe: dict[str, Any] | None = None) -> int:  # fmt: skip
     hours = measure_header_hours(train_csv) if (args.dataset_hours is None and train_csv) else None
-    hparams = resolve_hparams(args, hours, lr_reference)
+    hparams = resolve_hparams(args, hours, recipe, lr_reference)
     rows = count_rows(train_csv) if train_csv else None
     plan = plan_schedule(hparams, rows) if rows else None
     if args.preview_schedule:
@@ -700,6 +709,7 @@ def prepare_training(
     language: str | None = None,
     restored: RestoreSource | None = None,
     lr_reference: tuple[float, str] | None = None,
+    recipe: dict[str, Any] | None = None,
 ) -> tuple[Any, DataSplit]:
     """Steps 4-7: vocabulary, preflight, hyperparameters, schedule plan and checks, config.
 
@@ -722,7 +732,7 @@ def prepare_training(
         )  # fmt: skip
     # 5. preflight: every row of both CSVs, with the vocabulary training will use
     split = check_data(DataSplit(train_csv, eval_csv), language, vocab, getattr(args, "max_excluded_share", 0.2))
-    hparams = resolve_hparams(args, split.train_report.hours_kept, lr_reference)
+    hparams = resolve_hparams(args, split.train_report.hours_kept, recipe, lr_reference)
     logger.info(
         "dataset hours %.4g (kept by the preflight%s): lr %.3g (%s), weight decay %.3g (%s)",
         hparams.dataset_hours or 0.0, ", overridden by --dataset-hours" if args.dataset_hours else "",
@@ -743,8 +753,13 @@ def prepare_training(
     return config, split
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, recipe: dict[str, Any] | None = None) -> int:
+    """Run the command. ``recipe`` maps option names (dest form, e.g. ``grad_accum``) to values:
+    hyperparameters form the "recipe" layer (under the command line); other options become defaults.
+    """
+    recipe = dict(recipe or {})
+    args = parse_args(argv, {k: v for k, v in recipe.items() if k not in CLI_HPARAMS})
+    args.hours_from_cli = args.dataset_hours is not None and args.dataset_hours != recipe.get("dataset_hours")
     cli.setup_logging(args.verbose)
     # 0. resume: --continue takes everything from the run folder
     if args.continue_run is not None:
@@ -764,8 +779,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_language(language)
     # 3. hyperparameters; a dry run reads only wav headers, and only when the hours are not given
     if preview:
-        return _dry_run(args, base, train_csv, eval_csv, language, lr_reference)
-    config, split = prepare_training(args, base, train_csv, eval_csv, language, restored, lr_reference)
+        return _dry_run(args, base, train_csv, eval_csv, language, lr_reference, recipe)
+    config, split = prepare_training(args, base, train_csv, eval_csv, language, restored, lr_reference, recipe)
     result = train(
         config, split.train_samples, split.eval_samples,
         preflight_reports={"train": split.train_report, "eval": split.eval_report},

@@ -630,7 +630,9 @@ def continue_training(args: argparse.Namespace) -> TrainResult:
     if not (run_dir / "config.json").is_file():
         raise ConfigError(f"--continue {run_dir}: no config.json there; give a run folder made by utils/gpt_train.py")
     changed = [k for k in CLI_HPARAMS if getattr(args, k, None) is not None and k not in CONTINUE_ALLOWED]
-    changed += [k for k in ("preset", "restore", "dataset_hours", "base_model") if getattr(args, k, None)]
+    changed += [k for k in ("preset", "restore", "base_model") if getattr(args, k, None)]
+    if getattr(args, "hours_from_cli", False):  # a recipe's dataset_hours is a default, not a change
+        changed.append("dataset_hours")
     if changed:
         raise ConfigError(
             f"--continue resumes {run_dir} exactly and takes only --epochs; to change {', '.join(changed)} start a new "

@@ -147,7 +147,8 @@ class ToolkitTrainer(Trainer):
     def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
         """Optimizer step pre-hook: drop non-finite gradients so the step changes nothing."""
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if grads and not all(bool(torch.isfinite(n)) for n in torch._foreach_norm(grads)):
+        # one fused pass over the gradients and one device sync per optimizer step
+        if grads and not bool(torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(grads)])).all()):
             self._nonfinite_grad = True
             for g in optimizer.param_groups:
                 for p in g["params"]:

@@ -66,7 +66,8 @@ def plot_training(run_dir: str | os.PathLike[str]) -> Path | None:
     for key in ("loss_text_ce", "loss_mel_ce"):
         ax.plot(steps, series(f"train_{key}"), "-", label=f"train {key}")
         ax.plot(steps, series(f"eval_{key}"), "--", label=f"eval {key}")
-    ax.set_title("loss components")
+    ax.set_yscale("log")  # text CE is ~100x smaller than mel CE
+    ax.set_title("loss components (log scale)")
     ax = axes[1][0]
     ax.plot(steps, series("lr"), "o-", ms=3)
     ax.set_yscale("log")

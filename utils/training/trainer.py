@@ -100,6 +100,7 @@ class ToolkitTrainer(Trainer):
         self._epoch_step = 0  # index of the current batch in this epoch
         self._epoch_batches_done = 0
         self._resume_batches = 0  # batches of the interrupted epoch a resume skips
+        self._opt_step_losses: list[float] = []  # micro-batch losses since the last optimizer step
         self._step_offset = 0
         self._nonfinite_grad = False
         self._bar: Any = None
@@ -209,13 +210,19 @@ class ToolkitTrainer(Trainer):
                     if math.isfinite(value):
                         self._train_sums[key] = self._train_sums.get(key, 0.0) + value
             self._train_count += 1
+            if loss is not None and math.isfinite(loss):
+                self._opt_step_losses.append(loss)
             if self.health is not None and after != before:
-                self.health.check_step(step=self.total_steps_done, optimizer_step=after, loss=loss, grad_norm=grad_norm)
+                # the loss of the whole optimizer step: the mean over its accumulated micro-batches
+                step_loss = sum(self._opt_step_losses) / len(self._opt_step_losses) if self._opt_step_losses else None
+                self.health.check_step(step=self.total_steps_done, optimizer_step=after, loss=step_loss, grad_norm=grad_norm)
                 if self._probe.last:
                     self.health.check_update_ratios(
                         self._probe.last, step=self.total_steps_done, optimizer_step=after, lr=self._current_lr()
                     )  # fmt: skip
                     self._probe.last = {}
+        if after != before or self.health is None or self.health.is_divergent(loss, self._nonfinite_grad):
+            self._opt_step_losses = []
         self._update_progress(step, batch_n_steps, loss, time.time() - started)
         info = {"step": self.total_steps_done, "optimizer_step": after, "loss": loss, "lr": self._current_lr(),
                 "grad_norm": grad_norm, "stepped": after != before}  # fmt: skip

@@ -379,42 +379,51 @@ TRAIN_KEYS = ("loss", "loss_text_ce", "loss_mel_ce", "grad_norm")
 
 
 def build_trainer(trainer_cls: type, args: Any, config: Any, **kwargs: Any) -> Any:
-    """Construct ``trainer_cls(args, config, **kwargs)``; in a distributed worker, rank-aware.
+    """Construct ``trainer_cls(args, config, **kwargs)``, rank-aware in a distributed worker.
 
     In a worker: ``args.rank`` is set; ``args.grad_accum_steps`` (micro-batches per optimizer
-    step over all GPUs) becomes the per-rank count (:func:`plan_batch`), recorded in
-    ``config.toolkit["distributed"]``; rank 0 writes the run folder, other ranks write only to a
-    scratch folder (for ``args.continue_path``: a mirror of the run folder) and afterwards point
-    ``trainer.output_path`` at rank 0's run folder; the callbacks of :func:`trainer_callbacks`
-    are added. In a single process it is exactly ``trainer_cls(args, config, **kwargs)``.
+    step over all GPUs) becomes the per-rank count (:func:`plan_batch`); rank 0 writes the run
+    folder, other ranks write only to a scratch folder (for ``args.continue_path``: a mirror of
+    the run folder) and afterwards point ``trainer.output_path`` at rank 0's run folder; the
+    trainer class gets :class:`DataParallelMixin` and the callbacks of :func:`trainer_callbacks`.
+    In a single process it is ``trainer_cls(args, config, **kwargs)``. Either way the batch plan
+    is recorded in ``config.toolkit["distributed"]`` (config.json and every checkpoint).
     """
-    if not is_distributed():
-        return trainer_cls(args, config, **kwargs)
     r, n = rank(), world_size()
-    args.rank = r
     plan = plan_batch(int(config.batch_size), int(args.grad_accum_steps), n)
-    args.grad_accum_steps = plan.per_rank_grad_accum
-    if r != 0:
-        scratch = _scratch_dir(r)
-        kwargs["output_path"] = str(scratch)
-        if args.continue_path:
-            args.continue_path = str(_mirror_run_folder(Path(args.continue_path), scratch / "continue"))
-    barrier()  # the mirrors exist before rank 0 rewrites anything in the run folder
-    callbacks = dict(kwargs.pop("callbacks", None) or {})
-    for key, fn in trainer_callbacks(int(config.training_seed)).items():
-        callbacks[key] = _chain(callbacks.get(key), fn)
-    kwargs["callbacks"] = callbacks
-    cls = type(f"DataParallel{trainer_cls.__name__}", (DataParallelMixin, trainer_cls), {})
-    trainer = cls(args, config, **kwargs)
-    run_dir = broadcast_object(str(trainer.output_path) if r == 0 else None)
-    trainer.output_path = Path(run_dir)
-    record = {**plan.as_dict(), "backend": _dist().get_backend()}
-    for cfg in {id(config): config, id(trainer.config): trainer.config}.values():
-        if isinstance(getattr(cfg, "toolkit", None), dict):
-            cfg.toolkit["distributed"] = record
+    record = {**plan.as_dict(), "backend": _dist().get_backend() if n > 1 else None}
+    _record(config, record)
+    if n == 1:
+        trainer = trainer_cls(args, config, **kwargs)
+    else:
+        args.rank = r
+        args.grad_accum_steps = plan.per_rank_grad_accum
+        if r != 0:
+            scratch = _scratch_dir(r)
+            kwargs["output_path"] = str(scratch)
+            if args.continue_path:
+                args.continue_path = str(_mirror_run_folder(Path(args.continue_path), scratch / "continue"))
+        barrier()  # the mirrors exist before rank 0 rewrites anything in the run folder
+        callbacks = dict(kwargs.pop("callbacks", None) or {})
+        for key, fn in trainer_callbacks(int(config.training_seed)).items():
+            callbacks[key] = _chain(callbacks.get(key), fn)
+        kwargs["callbacks"] = callbacks
+        cls = type(f"DataParallel{trainer_cls.__name__}", (DataParallelMixin, trainer_cls), {})
+        trainer = cls(args, config, **kwargs)
+        trainer.output_path = Path(broadcast_object(str(trainer.output_path) if r == 0 else None))
+    if args.continue_path and _record(trainer.config, record) and r == 0:
+        trainer.config.save_json(str(Path(trainer.output_path) / "config.json"))  # the resumed run's record
     if r == 0:
-        logger.info("data parallel: %s", describe_plan(plan))
+        logger.info("batch: %s", describe_plan(plan))
     return trainer
+
+
+def _record(config: Any, record: dict[str, Any]) -> bool:
+    toolkit = getattr(config, "toolkit", None)
+    if not isinstance(toolkit, dict) or toolkit.get("distributed") == record:
+        return False
+    toolkit["distributed"] = dict(record)
+    return True
 
 
 def _chain(first: Callable[[Any], None] | None, second: Callable[[Any], None]) -> Callable[[Any], None]:
@@ -437,14 +446,25 @@ def _scratch_dir(r: int) -> Path:
 
 
 def _mirror_run_folder(run_dir: Path, dest: Path) -> Path:
-    """config.json copied and every checkpoint linked, so a rank > 0 resumes without writing there."""
+    """config.json copied and every other file linked, so a rank > 0 resumes without writing there."""
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(run_dir / "config.json", dest / "config.json")
-    for pth in run_dir.glob("*.pth"):
-        link = dest / pth.name
-        if not link.exists():
-            link.symlink_to(pth.resolve())
+    for item in run_dir.iterdir():
+        target = dest / item.name
+        if item.name == "config.json":
+            shutil.copy2(item, target)  # the Trainer rewrites it on resume
+        elif item.is_file() and not target.exists():
+            target.symlink_to(item.resolve())
     return dest
+
+
+def resume_batches(batches_done: int, saved_world_size: int, world_size_now: int) -> int:
+    """Batches of the interrupted epoch to skip on resume when the number of ranks changed.
+
+    Each rank's epoch has ``1 / world_size`` of the batches, so the same share of the epoch is
+    ``batches_done x saved / now``. (Which rows those were cannot be kept across world sizes:
+    the shards are drawn differently; resuming at an epoch boundary avoids the question.)
+    """
+    return (int(batches_done) * int(saved_world_size)) // max(1, int(world_size_now))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -18,7 +18,10 @@ def _write(out_dir: str, payload: dict[str, Any]) -> None:
 
 
 def lr_decisions(out_dir: str, losses_by_rank: list[list[float]], patience: int) -> list[float]:
-    """Two LR bridges per rank over rank-dependent eval losses: one on the shared mean, one local."""
+    """Two LR bridges per rank over rank-dependent eval losses: one on the shared mean, one local.
+
+    Then the gradient and weight checks of :func:`grads_and_weights` (one launch for both).
+    """
     import torch
 
     from utils.training.lr_schedule import LRBridge, ScheduleSpec
@@ -34,7 +37,9 @@ def lr_decisions(out_dir: str, losses_by_rank: list[list[float]], patience: int)
         means.append(mean)
         shared_lrs.append(shared.on_evaluation(mean)["lr"])
         local_lrs.append(local.on_evaluation(loss)["lr"])
-    _write(out_dir, {"shared": shared_lrs, "local": local_lrs, "means": means, "world": distributed.world_size()})
+    payload = {"shared": shared_lrs, "local": local_lrs, "means": means, "world": distributed.world_size()}
+    payload.update(grads_and_weights())
+    _write(out_dir, payload)
     return shared_lrs
 
 
@@ -46,7 +51,7 @@ def fail_on_rank(out_dir: str, failing_rank: int) -> None:
     distributed.barrier()
 
 
-def grads_and_weights(out_dir: str) -> None:
+def grads_and_weights() -> dict[str, Any]:
     """sync_gradients with rank-dependent gradients (one None on rank 1); broadcast_module."""
     import torch
 
@@ -59,15 +64,18 @@ def grads_and_weights(out_dir: str) -> None:
     b.weight.grad = None if r == 1 else torch.full_like(b.weight, 4.0)
     c.weight.grad = None  # None everywhere: stays None
     distributed.sync_gradients(model.parameters())
-    _write(out_dir, {
+    return {
         "weights": [p.detach().flatten().tolist() for p in model.parameters()],
         "a_grad": a.weight.grad.flatten().tolist(),
         "b_grad": b.weight.grad.flatten().tolist(),
         "c_grad_is_none": c.weight.grad is None,
-    })  # fmt: skip
+    }
 
 
-def tiny_run(out_dir: str, tiny_base: str, demo_dir: str, output_path: str, values: dict[str, Any], split_eval: bool) -> Any:
+def tiny_run(
+    out_dir: str, tiny_base: str, demo_dir: str, output_path: str, values: dict[str, Any], split_eval: bool,
+    continue_path: str | None = None,
+) -> Any:
     """A real fine-tune of the tiny base on the demo data, as utils.gpt_train.train runs it.
 
     Records the training rows this rank loaded (per epoch) and a checksum of its GPT weights.
@@ -94,7 +102,7 @@ def tiny_run(out_dir: str, tiny_base: str, demo_dir: str, output_path: str, valu
     eval_rows = read_demo_samples(Path(demo_dir) / "metadata_eval.csv")
     if split_eval:
         eval_rows = eval_rows[distributed.rank() :: distributed.world_size()]
-    result, trainer = run_train(config, train_rows, eval_rows)
+    result, trainer = run_train(config, train_rows, eval_rows, continue_path=continue_path)
     import torch
 
     gpt = trainer.model.xtts.gpt

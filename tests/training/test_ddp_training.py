@@ -72,8 +72,8 @@ def test_only_rank_zero_writes_the_run_folder(ddp_run: dict) -> None:
     assert not ddp_run["staging"].exists() or not any(ddp_run["staging"].iterdir())  # scratch removed
 
 
-def test_checkpoint_bridge_state_matches_metrics_and_resume_on_one_process(
-    ddp_run: dict, tiny_base: Path, demo_en: Path
+def test_checkpoint_bridge_state_matches_metrics_and_resume_across_world_sizes(
+    ddp_run: dict, tiny_base: Path, demo_en: Path, tmp_path: Path
 ) -> None:
     run_dir = ddp_run["run_dir"]
     ckpt = max(run_dir.glob("checkpoint_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
@@ -81,9 +81,7 @@ def test_checkpoint_bridge_state_matches_metrics_and_resume_on_one_process(
     assert state["optimizer_steps"] == 6 and state["evaluations"] == 6 and state["reductions"] == 1
     assert 8e-7 * state["plateau_scale"] == pytest.approx(LRS[-1])
     # Continue the 2-rank run in this single process (world size 1) for one more epoch.
-    cfg = json.loads((run_dir / "config.json").read_text())
-    cfg["epochs"] = 3
-    (run_dir / "config.json").write_text(json.dumps(cfg))
+    _set_epochs(run_dir, 3)
     config = build_config(resolve(dataset_hours=0.01, cli=VALUES), tiny_base, output_path=run_dir.parent, language="en")
     rows = read_demo_samples(demo_en / "metadata_train.csv")
     result, trainer = run_train(config, rows, read_demo_samples(demo_en / "metadata_eval.csv"), continue_path=str(run_dir))
@@ -93,3 +91,28 @@ def test_checkpoint_bridge_state_matches_metrics_and_resume_on_one_process(
     assert first["lr"] == pytest.approx(4e-7)  # the cut LR, not the configured 8e-7
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 6 + len(result["records"])
+    # ... and back to 2 processes (rank 1 resumes from a mirror of the folder, writes nothing there).
+    _set_epochs(run_dir, 4)
+    before = {p.name for p in run_dir.iterdir()}
+    last_step = result["records"][-1]["optimizer_step"]
+    launch_train(
+        2, "tests.training.ddp_targets:tiny_run", str(tmp_path), str(tiny_base), str(demo_en), str(run_dir.parent),
+        VALUES, False, str(run_dir), backend="gloo", staging_dir=tmp_path / "staging", timeout_s=300,
+    )  # fmt: skip
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    assert r0["records"][0]["optimizer_step"] == last_step + 1 and r0["records"][0]["lr"] == pytest.approx(4e-7)
+    assert [x["lr"] for x in r0["records"]] == [x["lr"] for x in r1["records"]]
+    assert r0["weight_sum"] == pytest.approx(r1["weight_sum"], rel=1e-12, abs=1e-9)
+    assert r0["grad_accum_steps"] == r1["grad_accum_steps"] == 1
+    assert r1["output_path"] == str(run_dir)
+    new = {p.name for p in run_dir.iterdir()} - before
+    assert not any("_1_" in n for n in new) and [p.name for p in run_dir.parent.iterdir()] == [run_dir.name], new
+    assert len(r0["seen"]) == len(r1["seen"]) and not set(r0["seen"][:5]) & set(r1["seen"][:5])
+    saved = json.loads((run_dir / "config.json").read_text())["toolkit"]["distributed"]
+    assert saved["world_size"] == 2
+
+
+def _set_epochs(run_dir: Path, epochs: int) -> None:
+    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg["epochs"] = epochs
+    (run_dir / "config.json").write_text(json.dumps(cfg))

@@ -116,3 +116,26 @@ def _set_epochs(run_dir: Path, epochs: int) -> None:
     cfg = json.loads((run_dir / "config.json").read_text())
     cfg["epochs"] = epochs
     (run_dir / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.slow
+def test_gpt_train_demo_with_gpus_2_on_cpu(tmp_path: Path, tiny_base: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command line end to end: needs the --gpus hooks in utils/gpt_train.py."""
+    from utils import cli
+    from utils.gpt_train import main, parse_args
+
+    try:
+        parse_args(["--demo", "--gpus", "2"])
+    except SystemExit:
+        pytest.skip("utils/gpt_train.py has no --gpus option yet")
+    argv = ["--demo", "--gpus", "2", "--base-model", str(tiny_base), "--output-path", str(tmp_path), "--epochs", "2"]
+    assert cli.run(main, argv) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == [run_dir.name]
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["optimizer_step"] for x in lines] == [3, 6]  # 5 rows per rank, micro-batch 2, 1 step each
+    assert (run_dir / "vocab.json").is_file() and (run_dir / "preflight_report.json").is_file()
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["model_args"]["tokenizer_file"] == str(run_dir / "vocab.json")
+    assert saved["toolkit"]["distributed"]["world_size"] == 2
+    assert not (run_dir / "trainer_1_log.txt").exists()

@@ -9,6 +9,9 @@ What changes against ``TTS.tts.layers.xtts.trainer.gpt_trainer.GPTTrainer``:
 - The tokenizer is the toolkit's :class:`~utils.language.tokenizer.TextTokenizer`, so languages XTTS
   lacks (registered from the vocabulary's ``[code]`` tokens) work in training, evaluation and after
   a resume; Coqui's ``VoiceBpeTokenizer`` raises NotImplementedError for them.
+- ``before_gradient_clipping`` averages the GPT's gradients over data-parallel ranks
+  (:mod:`utils.training.distributed`; Coqui's DDP wrapper never does), and the train sampler of a
+  distributed run is seeded with ``training_seed``.
 - For a new language the base weights are loaded with the base vocabulary (GPTTrainer loads them
   with ``strict=False``, which still fails on a larger text embedding), then the text embedding and
   head grow to the extended vocabulary (new rows from the pretrained rows' statistics).

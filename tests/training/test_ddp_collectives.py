@@ -68,4 +68,4 @@ def test_single_process_helpers_are_identity() -> None:
     assert distributed.any_rank(True) and not distributed.any_rank(False)
     assert distributed.trainer_callbacks(1) == {}
     with pytest.raises(ConfigError, match="--gpus"):
-        distributed.check_gpus(1, "gloo")
+        distributed.check_gpus(0, "gloo")

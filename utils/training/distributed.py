@@ -225,6 +225,8 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 class _SyncState:
     syncs = 0  # gradient averagings in this process; the optimizer pre-hook checks it moved
+    seconds = 0.0  # wall time spent in them (the benchmark reports it)
+    numel = 0  # gradient elements averaged by the last one
 
 
 def sync_gradients(params: Iterable[Any]) -> None:
@@ -239,6 +241,7 @@ def sync_gradients(params: Iterable[Any]) -> None:
     from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
     dist = _dist()
+    started = time.perf_counter()
     params = [p for p in params if p.requires_grad]
     device = _device()
     present = torch.tensor([0.0 if p.grad is None else 1.0 for p in params], device=device)
@@ -269,7 +272,16 @@ def sync_gradients(params: Iterable[Any]) -> None:
         bucket.append(p)
         size += p.numel()
     flush()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     _SyncState.syncs += 1
+    _SyncState.seconds += time.perf_counter() - started
+    _SyncState.numel = sum(p.numel() for p in live)
+
+
+def sync_stats() -> dict[str, float]:
+    """Gradient averagings so far in this process: count, seconds, elements in the last one."""
+    return {"syncs": _SyncState.syncs, "seconds": _SyncState.seconds, "numel": _SyncState.numel}
 
 
 def broadcast_module(module: Any, src: int = 0) -> None:
@@ -482,10 +494,10 @@ def check_gpus(nprocs: int, backend: str) -> list[str]:
     """The device ids the workers get (one each); CPU workers get none.
 
     Raises:
-        ConfigError: more workers than visible GPUs, or fewer than 2.
+        ConfigError: more workers than visible GPUs, or fewer than 1.
     """
-    if int(nprocs) != nprocs or nprocs < 2:
-        raise ConfigError(f"--gpus must be a whole number >= 2 for data-parallel training (got {nprocs!r}); leave it out for one GPU")
+    if int(nprocs) != nprocs or nprocs < 1:
+        raise ConfigError(f"--gpus must be a whole number >= 1 (got {nprocs!r})")
     if backend != "nccl":
         return []
     import torch

@@ -11,7 +11,8 @@ import pytest
 
 from utils.errors import ConfigError, DataError
 from utils.training import distributed
-from utils.training.distributed import launch_train, plan_batch
+from utils.training.distributed import plan_batch
+from utils.training.launch import check_gpus, launch_train
 
 
 def _ranks(out: Path, n: int = 2) -> list[dict]:
@@ -60,6 +61,9 @@ def test_batch_plan_keeps_the_planned_effective_batch() -> None:
     assert "planned" not in distributed.describe_plan(two)
     with pytest.raises(ConfigError):
         plan_batch(3, 0, 2)
+    # What the 2-process test run does: 10 rows, micro-batch 2, grad_accum 2 -> 3 steps per epoch either way.
+    assert plan_batch(2, 2, 2).optimizer_steps_per_epoch(10) == plan_batch(2, 2, 1).optimizer_steps_per_epoch(10) == 3
+    assert plan_batch(3, 84, 2).optimizer_steps_per_epoch(10_001) == 40  # 5001 rows/rank, 1667 batches, 42 per step
 
 
 def test_single_process_helpers_are_identity() -> None:
@@ -68,4 +72,4 @@ def test_single_process_helpers_are_identity() -> None:
     assert distributed.any_rank(True) and not distributed.any_rank(False)
     assert distributed.trainer_callbacks(1) == {}
     with pytest.raises(ConfigError, match="--gpus"):
-        distributed.check_gpus(0, "gloo")
+        check_gpus(0, "gloo")

@@ -12,7 +12,7 @@ from tests.conftest import read_demo_samples
 from tests.training.ddp_targets import run_train
 from utils.gpt_train import build_config
 from utils.hparams import resolve
-from utils.training.distributed import launch_train
+from utils.training.launch import launch_train
 
 # An LR this small leaves the eval loss flat (< 1 % moves): with patience 1 the plateau rule cuts
 # the LR at the third evaluation, to min_lr. 10 train rows / 2 ranks = 5 per rank = 3 micro-batches

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from utils.training.distributed import launch_train
+from utils.training.launch import launch_train
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
 """Data-parallel fine-tuning on one host: N worker processes, one GPU each (or N CPU processes).
 
 ``python utils/gpt_train.py --gpus N ...`` prepares everything once (base model, preflight,
-vocabulary, config), then :func:`launch_train` starts N workers that each run
-:func:`utils.gpt_train.train` on their own shard of the training rows. Gradients are averaged
+vocabulary, config), then :func:`utils.training.launch.launch_train` starts N workers that each
+run :func:`utils.gpt_train.train` on their own shard of the training rows; inside it,
+:func:`build_trainer` makes the Trainer rank-aware. Gradients are averaged
 over the workers before clipping, so N workers with micro-batch B and G accumulation steps train
 exactly like one worker with micro-batch B and N x G accumulation steps.
 
@@ -20,7 +21,7 @@ Upstream behaviours this works around (Coqui Trainer 0.4, coqui-tts 0.28):
 - The train loader's ``DistributedSampler`` never gets ``set_epoch``: every epoch would visit
   each rank's shard in the same order. :func:`trainer_callbacks` sets it at each epoch start.
 - ``python -m trainer.distribute`` waits on its children one by one: when one rank fails the
-  others hang in their next collective. :func:`launch_train` stops the rest at the first failure
+  others hang in their next collective. ``launch_train`` stops the rest at the first failure
   and re-raises the failing rank's error (a toolkit error keeps its one-line message).
 - Every rank's Trainer writes config.json, ``trainer_N_log.txt`` and a copy of the script into
   its own timestamped run folder. Here only rank 0 writes the run folder; other ranks get a
@@ -38,33 +39,22 @@ Importing this module does not import torch (``--dry-run`` uses :func:`plan_batc
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import pickle
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from utils.errors import ConfigError, ToolkitError
+from utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ENV_STAGING = "XTTS_FT_DDP_STAGING"  # set by launch_train in every worker: the job folder
-ENV_BACKEND = "XTTS_FT_DDP_BACKEND"
+ENV_STAGING = "XTTS_FT_DDP_STAGING"  # set by utils.training.launch in every worker: the job folder
 BUCKET_NUMEL = 32 * 1024 * 1024  # gradient elements per all-reduce (128 MB in fp32)
-COLLECTIVE_TIMEOUT = timedelta(minutes=30)  # an evaluation on rank 0 must fit inside it
 
 
 # ------------------------------------------------------------------------------------------------
@@ -90,6 +80,17 @@ class BatchPlan:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+    def optimizer_steps_per_epoch(self, num_rows: int) -> int:
+        """Optimizer steps in one epoch over ``num_rows`` training rows, as the Trainer counts them.
+
+        Each rank gets ``ceil(rows / world_size)`` rows (DistributedSampler pads with repeats),
+        makes ``ceil(rows / batch_size)`` micro-batches and steps every ``per_rank_grad_accum``
+        of them and at the epoch's last one.
+        """
+        per_rank_rows = -(-int(num_rows) // self.world_size)
+        batches = -(-per_rank_rows // self.batch_size)
+        return -(-batches // self.per_rank_grad_accum)
 
 
 def plan_batch(batch_size: int, grad_accum: int, world_size: int) -> BatchPlan:
@@ -357,7 +358,8 @@ def _check_synced(_optimizer: Any, *_: Any) -> None:
 # The Trainer in a worker
 # ------------------------------------------------------------------------------------------------
 
-EVAL_KEYS = ("avg_loss", "avg_loss_text_ce", "avg_loss_mel_ce")
+EVAL_KEYS = ("avg_loss", "avg_loss_text_ce", "avg_loss_mel_ce")  # Coqui's KeepAverage names
+TRAIN_KEYS = ("loss", "loss_text_ce", "loss_mel_ce", "grad_norm")  # ToolkitTrainer._train_sums names
 
 
 class DataParallelMixin:
@@ -384,10 +386,6 @@ class DataParallelMixin:
         self._train_sums = {k: totals[k] * n for k in keys if k in sums and k in totals}
         self._train_count = int(round(totals.get("_count", 0.0) * n))
         super()._after_evaluation()  # type: ignore[misc]
-
-
-TRAIN_KEYS = ("loss", "loss_text_ce", "loss_mel_ce", "grad_norm")
-
 
 
 def build_trainer(trainer_cls: type, args: Any, config: Any, **kwargs: Any) -> Any:
@@ -477,224 +475,3 @@ def resume_batches(batches_done: int, saved_world_size: int, world_size_now: int
     the shards are drawn differently; resuming at an epoch boundary avoids the question.)
     """
     return (int(batches_done) * int(saved_world_size)) // max(1, int(world_size_now))
-
-
-# ------------------------------------------------------------------------------------------------
-# Launcher
-# ------------------------------------------------------------------------------------------------
-
-
-def default_backend() -> str:
-    import torch
-
-    return "nccl" if torch.cuda.is_available() else "gloo"
-
-
-def check_gpus(nprocs: int, backend: str) -> list[str]:
-    """The device ids the workers get (one each); CPU workers get none.
-
-    Raises:
-        ConfigError: more workers than visible GPUs, or fewer than 1.
-    """
-    if int(nprocs) != nprocs or nprocs < 1:
-        raise ConfigError(f"--gpus must be a whole number >= 1 (got {nprocs!r})")
-    if backend != "nccl":
-        return []
-    import torch
-
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [x.strip() for x in visible.split(",") if x.strip()] if visible else [str(i) for i in range(torch.cuda.device_count())]
-    if len(ids) < nprocs:
-        raise ConfigError(f"--gpus {nprocs} but only {len(ids)} GPU(s) are visible ({', '.join(ids) or 'none'}); lower --gpus")
-    return ids[:nprocs]
-
-
-def launch_train(
-    nprocs: int,
-    fn: Callable[..., Any] | str,
-    *args: Any,
-    backend: str | None = None,
-    staging_dir: str | Path | None = None,
-    timeout_s: float | None = None,
-    **kwargs: Any,
-) -> Any:
-    """Run ``fn(*args, **kwargs)`` in ``nprocs`` worker processes; return rank 0's result.
-
-    Each worker initialises the process group (nccl on CUDA, one GPU per worker; gloo on CPU),
-    then calls ``fn``. At the first failing worker the others are stopped and its error is raised
-    here (the same toolkit error, so the CLI prints one line; otherwise a RuntimeError naming the
-    rank and its log). Rank 0 writes to this process's stdout/stderr; other ranks to
-    ``<staging>/rankN.log``. The staging folder is removed after a successful run.
-
-    Args:
-        fn: a module-level function, or ``"module:function"``; arguments must pickle.
-        staging_dir: parent of the job folder (default: the system temp folder).
-        timeout_s: stop everything and raise after this many seconds (None: no limit).
-    """
-    backend = backend or default_backend()
-    gpu_ids = check_gpus(nprocs, backend)
-    root = Path(staging_dir) if staging_dir else Path(tempfile.gettempdir())
-    job_dir = root / f"ddp-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-    job_dir.mkdir(parents=True)
-    with open(job_dir / "job.pkl", "wb") as fh:
-        pickle.dump({"fn": _fn_ref(fn), "args": args, "kwargs": kwargs, "log_level": logging.getLogger().level}, fh)
-    port = _free_port()
-    procs: list[subprocess.Popen] = []
-    logs: list[Any] = []
-    logger.info("starting %d workers (%s backend); job folder %s", nprocs, backend, job_dir)
-    try:
-        for r in range(nprocs):
-            env = _worker_env(r, nprocs, port, backend, gpu_ids, job_dir)
-            out = None if r == 0 else open(job_dir / f"rank{r}.log", "wb")  # noqa: SIM115 - closed below
-            logs.append(out)
-            cmd = [sys.executable, "-c", "import sys; from utils.training.distributed import _worker_main; "
-                   "sys.exit(_worker_main(sys.argv[1]))", str(job_dir)]  # fmt: skip
-            procs.append(subprocess.Popen(cmd, env=env, cwd=str(REPO_ROOT), stdout=out, stderr=out))
-        failed = _wait(procs, timeout_s)
-    except BaseException:
-        _stop(procs)
-        raise
-    finally:
-        for fh in logs:
-            if fh is not None:
-                fh.close()
-    if failed is not None:
-        _raise_failure(job_dir, failed, procs[failed].returncode)
-    with open(job_dir / "result.pkl", "rb") as fh:
-        result = pickle.load(fh)
-    shutil.rmtree(job_dir, ignore_errors=True)
-    return result
-
-
-def _fn_ref(fn: Callable[..., Any] | str) -> str:
-    if isinstance(fn, str):
-        return fn
-    module = fn.__module__
-    if module == "__main__":  # e.g. `python utils/gpt_train.py`: name the module by its file
-        main = sys.modules["__main__"]
-        spec = getattr(main, "__spec__", None)
-        if spec is not None and spec.name:
-            module = spec.name
-        else:
-            rel = Path(main.__file__).resolve().relative_to(REPO_ROOT).with_suffix("")
-            module = ".".join(rel.parts)
-    return f"{module}:{fn.__qualname__}"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _worker_env(r: int, n: int, port: int, backend: str, gpu_ids: list[str], job_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(n), "LOCAL_WORLD_SIZE": str(n),
-        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), ENV_BACKEND: backend, ENV_STAGING: str(job_dir),
-    })  # fmt: skip
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
-    if gpu_ids:
-        env["CUDA_VISIBLE_DEVICES"] = gpu_ids[r]  # one GPU per worker: Coqui's own DDP path stays off
-    else:
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
-    return env
-
-
-def _wait(procs: list[subprocess.Popen], timeout_s: float | None) -> int | None:
-    """Wait for all workers; at the first failure stop the others and return its rank."""
-    start = time.monotonic()
-    while True:
-        codes = [p.poll() for p in procs]
-        for r, code in enumerate(codes):
-            if code is not None and code != 0:
-                _stop(procs)
-                return r
-        if all(code == 0 for code in codes):
-            return None
-        if timeout_s is not None and time.monotonic() - start > timeout_s:
-            _stop(procs)
-            raise RuntimeError(f"distributed training did not finish within {timeout_s:.0f} s; workers stopped")
-        time.sleep(0.1)
-
-
-def _stop(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for p in procs:
-        if p.poll() is None:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-def _raise_failure(job_dir: Path, r: int, code: int) -> None:
-    err_path = job_dir / f"error_rank{r}.pkl"
-    log = "its output is above" if r == 0 else f"its log: {job_dir / f'rank{r}.log'}"
-    if err_path.is_file():
-        with open(err_path, "rb") as fh:
-            info = pickle.load(fh)
-        exc = info.get("exception")
-        if isinstance(exc, ToolkitError):
-            raise exc
-        raise RuntimeError(f"rank {r} failed: {info['type']}: {info['message']} ({log})\n{info['traceback']}")
-    raise RuntimeError(f"rank {r} exited with code {code} before reporting an error ({log})")
-
-
-def _worker_main(job_dir: str) -> int:
-    """Entry point of a worker process (started by :func:`launch_train`)."""
-    job_path = Path(job_dir)
-    r, n = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    with open(job_path / "job.pkl", "rb") as fh:
-        job = pickle.load(fh)
-    from utils import cli
-
-    cli.setup_logging(job.get("log_level") == logging.DEBUG)
-    if r != 0:
-        logging.getLogger().handlers[-1].setFormatter(logging.Formatter(f"%(asctime)s rank {r} %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    import torch
-
-    backend = os.environ.get(ENV_BACKEND) or default_backend()
-    if backend == "nccl":
-        torch.cuda.set_device(0)  # the one GPU this worker sees
-    dist = _dist()
-    dist.init_process_group(backend, init_method="env://", rank=r, world_size=n, timeout=COLLECTIVE_TIMEOUT)
-    try:
-        module, _, name = job["fn"].partition(":")
-        fn: Any = importlib.import_module(module)
-        for part in name.split("."):
-            fn = getattr(fn, part)
-        result = fn(*job["args"], **job["kwargs"])
-        if r == 0:
-            tmp = job_path / "result.pkl.tmp"
-            with open(tmp, "wb") as fh:
-                pickle.dump(result, fh)
-            tmp.replace(job_path / "result.pkl")
-    except BaseException as exc:  # noqa: BLE001 - reported to the launcher, then a non-zero exit
-        _write_error(job_path / f"error_rank{r}.pkl", exc)
-        logger.error("rank %d failed: %s", r, exc)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(2 if isinstance(exc, ToolkitError) else 1)  # peers may be blocked in a collective
-    dist.barrier()
-    dist.destroy_process_group()
-    return 0
-
-
-def _write_error(path: Path, exc: BaseException) -> None:
-    info: dict[str, Any] = {
-        "type": type(exc).__name__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
-    }
-    try:
-        pickle.loads(pickle.dumps(exc))
-        info["exception"] = exc
-    except (pickle.PicklingError, TypeError, AttributeError, ValueError):
-        pass  # the exception itself does not pickle: type, message and traceback still go back
-    with open(path, "wb") as fh:
-        pickle.dump(info, fh)

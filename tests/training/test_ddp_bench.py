@@ -25,3 +25,4 @@ def test_scaling_report_on_cpu(tiny_base: Path, demo_en: Path, tmp_path: Path) -
     assert one["samples_per_s"] > 0 and two["samples_per_s"] > 0 and one["speedup"] == 1.0
     assert one["grad_allreduce_s_per_step"] == 0.0 and two["grad_allreduce_s_per_step"] > 0
     assert two["grad_elements"] > 1_000_000  # the tiny GPT's gradients were averaged
+    assert 0 < two["rank0_cpu_s_per_step"] <= two["step_s"] * 1.5

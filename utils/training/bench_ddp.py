@@ -65,6 +65,9 @@ def measure(spec: ScalingSpec, world_size: int, workdir: Path, backend: str | No
         "step_s": round(seconds / spec.steps, 4),
         "grad_allreduce_s_per_step": round((result["sync_s"][-1] - result["sync_s"][spec.warmup - 1]) / spec.steps, 4),
         "grad_elements": result["grad_numel"],
+        # CPU time of rank 0's process per step: near step_s on an idle CPU machine; far below it
+        # when the workers wait (for the GPU, for each other, or for cores other programs use).
+        "rank0_cpu_s_per_step": round((result["cpu_s"][-1] - result["cpu_s"][spec.warmup - 1]) / spec.steps, 4),
         "micro_batch_per_worker": spec.batch_size,
         "timed_steps": spec.steps,
         "device": result["device"],
@@ -105,16 +108,19 @@ def _worker(spec: ScalingSpec, samples: list[dict[str, Any]], workdir: str) -> d
     cuda = torch.cuda.is_available()
     times: list[float] = []
     sync_s: list[float] = []
+    cpu_s: list[float] = []
     total = spec.warmup + spec.steps
 
     def on_step_end(_trainer: Any) -> None:
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter())
+        cpu_s.append(time.process_time())
         sync_s.append(distributed.sync_stats()["seconds"])
         if len(times) >= total:
             raise _Done
 
+    distributed.enable_sync_timing()
     # grad_accum here is per worker: build_trainer divides the TrainerArgs count by the world size.
     args = TrainerArgs(grad_accum_steps=spec.grad_accum * distributed.world_size())
     model = ToolkitGPTTrainer(config)
@@ -131,4 +137,4 @@ def _worker(spec: ScalingSpec, samples: list[dict[str, Any]], workdir: str) -> d
         raise RuntimeError(f"only {len(times)} of {total} steps ran; give more rows or fewer steps")
     device = torch.cuda.get_device_name(0) if cuda else f"cpu ({torch.get_num_threads()} threads per worker)"
     stats = distributed.sync_stats()
-    return {"times": times, "sync_s": sync_s, "device": device, "grad_numel": stats["numel"]}
+    return {"times": times, "sync_s": sync_s, "cpu_s": cpu_s, "device": device, "grad_numel": stats["numel"]}

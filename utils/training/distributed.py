@@ -4,8 +4,9 @@
 vocabulary, config), then :func:`utils.training.launch.launch_train` starts N workers that each
 run :func:`utils.gpt_train.train` on their own shard of the training rows; inside it,
 :func:`build_trainer` makes the Trainer rank-aware. Gradients are averaged
-over the workers before clipping, so N workers with micro-batch B and G accumulation steps train
-exactly like one worker with micro-batch B and N x G accumulation steps.
+over the workers before clipping, so N workers with micro-batch B and G accumulation steps take
+the optimizer step one worker takes with micro-batch B and N x G accumulation steps (same number
+of samples per step; only which rows and which dropout masks differ).
 
 Upstream behaviours this works around (Coqui Trainer 0.4, coqui-tts 0.28):
 
@@ -226,8 +227,14 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 class _SyncState:
     syncs = 0  # gradient averagings in this process; the optimizer pre-hook checks it moved
-    seconds = 0.0  # wall time spent in them (the benchmark reports it)
+    timing = False  # measure their wall time (waits for the GPU: for the benchmark only)
+    seconds = 0.0
     numel = 0  # gradient elements averaged by the last one
+
+
+def enable_sync_timing() -> None:
+    """Time each gradient averaging (synchronises the GPU after it; used by the benchmark)."""
+    _SyncState.timing = True
 
 
 def sync_gradients(params: Iterable[Any]) -> None:
@@ -273,15 +280,16 @@ def sync_gradients(params: Iterable[Any]) -> None:
         bucket.append(p)
         size += p.numel()
     flush()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    if _SyncState.timing:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        _SyncState.seconds += time.perf_counter() - started
     _SyncState.syncs += 1
-    _SyncState.seconds += time.perf_counter() - started
     _SyncState.numel = sum(p.numel() for p in live)
 
 
 def sync_stats() -> dict[str, float]:
-    """Gradient averagings so far in this process: count, seconds, elements in the last one."""
+    """Gradient averagings so far in this process: count, seconds (0 unless timed), elements in the last one."""
     return {"syncs": _SyncState.syncs, "seconds": _SyncState.seconds, "numel": _SyncState.numel}
 
 

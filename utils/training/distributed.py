@@ -35,6 +35,11 @@ Evaluation runs on every rank over the full eval set (identical weights, so iden
 :func:`all_reduce_mean` makes the value every rank's LR bridge and health monitor decide on
 provably the same. Metrics, plots, TensorBoard and checkpoints come from rank 0 only.
 
+Where the toolkit calls in: ``utils.gpt_train.train`` builds its Trainer with
+:func:`build_trainer` and writes vocab.json/preflight_report.json/plots on rank 0 only;
+``main`` runs ``train`` through ``launch_train`` when ``--gpus`` > 1 and shows :func:`plan_batch`
+in ``--dry-run``; ``ToolkitGPTTrainer.before_gradient_clipping`` calls :func:`sync_gradients`.
+
 Importing this module does not import torch (``--dry-run`` uses :func:`plan_batch`).
 """
 

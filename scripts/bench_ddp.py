@@ -1,6 +1,7 @@
 """Data-parallel scaling: training samples/s on 1 and N GPUs (the issue's 2-GPU figure).
 
     python scripts/bench_ddp.py --base-model XTTS_DIR --dataset DATA_DIR --gpus 1,2 --batch-size 3 --out ddp.json
+    python scripts/bench_ddp.py --full-size-random /tmp/xtts_random --gpus 1,2 --batch-size 3 --out ddp.json
     python scripts/bench_ddp.py --tiny --gpus 1,2 --steps 6 --warmup 2 --out ddp_cpu.json   # CPU smoke run
 
 Each world size runs in fresh worker processes with the toolkit's real Trainer loop (same
@@ -22,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base-model", type=Path, help="XTTS v2 folder (model.pth, dvae.pth, vocab.json, ...)")
     p.add_argument("--tiny", action="store_true", help="use (and build once) the tiny demo base in .cache/tiny_base")
+    p.add_argument("--full-size-random", type=Path, metavar="DIR",
+                   help="build once in DIR (and use) a random base with XTTS v2's GPT size; no weights needed")
     p.add_argument("--dataset", type=Path, default=Path(__file__).resolve().parents[1] / "demo" / "en")
     p.add_argument("--language", default="en")
     p.add_argument("--gpus", default="1,2", help="world sizes to time, comma-separated (default 1,2)")
@@ -37,10 +40,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from utils.errors import ConfigError
     from utils.gpt_train import locate_base_model
-    from utils.training.bench_ddp import ScalingSpec, run_scaling
+    from utils.training.bench_ddp import ScalingSpec, make_full_size_random_base, run_scaling
 
+    if a.full_size_random:
+        a.base_model = make_full_size_random_base(a.full_size_random)
     if not (a.base_model or a.tiny):
-        raise ConfigError("give --base-model XTTS_DIR, or --tiny for a CPU smoke run")
+        raise ConfigError("give --base-model XTTS_DIR, --full-size-random DIR, or --tiny for a CPU smoke run")
     base = locate_base_model(argparse.Namespace(base_model=a.base_model, demo=a.tiny))
     spec = ScalingSpec(
         base_model=str(base.root), dataset=str(a.dataset), language=a.language, batch_size=a.batch_size,

@@ -22,6 +22,28 @@ from utils.training.launch import launch_train
 logger = logging.getLogger(__name__)
 
 
+# XTTS v2's GPT size (427.6 M parameters); the rest of TINY_GPT_ARGS already matches XTTS v2.
+FULL_GPT_ARGS = {"gpt_layers": 30, "gpt_n_model_channels": 1024, "gpt_n_heads": 16, "decoder_input_dim": 1024}
+
+
+def make_full_size_random_base(out_dir: str | Path) -> Path:
+    """A random XTTS v2 base with the real GPT size (for timing on machines without the weights).
+
+    Same files and loader as :func:`utils.base_model.make_tiny_base`, with the full GPT; the
+    vocabulary stays the tiny one, so the text embedding is smaller than XTTS v2's 6681 rows.
+    Reuses ``out_dir`` if it already holds one.
+    """
+    from unittest import mock
+
+    from utils import base_model
+
+    out = Path(out_dir)
+    if (out / "model.pth").is_file():
+        return out
+    with mock.patch.dict(base_model.TINY_GPT_ARGS, FULL_GPT_ARGS):  # restored on exit
+        return base_model.make_tiny_base(out)
+
+
 @dataclass(frozen=True)
 class ScalingSpec:
     """What to time. ``grad_accum`` is per worker here (1: every micro-batch is an optimizer step)."""

@@ -9,6 +9,9 @@ What changes against ``TTS.tts.layers.xtts.trainer.gpt_trainer.GPTTrainer``:
 - The tokenizer is the toolkit's :class:`~utils.language.tokenizer.TextTokenizer`, so languages XTTS
   lacks (registered from the vocabulary's ``[code]`` tokens) work in training, evaluation and after
   a resume; Coqui's ``VoiceBpeTokenizer`` raises NotImplementedError for them.
+- ``before_gradient_clipping`` averages the GPT's gradients over data-parallel ranks
+  (:mod:`utils.training.distributed`; Coqui's DDP wrapper never does), and the train sampler of a
+  distributed run is seeded with ``training_seed``.
 - For a new language the base weights are loaded with the base vocabulary (GPTTrainer loads them
   with ``strict=False``, which still fails on a larger text embedding), then the text embedding and
   head grow to the extended vocabulary (new rows from the pretrained rows' statistics).
@@ -27,6 +30,7 @@ from trainer.torch import DistributedSampler
 from trainer.utils.distributed import is_dist_avail_and_initialized
 
 from utils.training.dataset import ToolkitXTTSDataset
+from utils.training.distributed import sync_gradients
 from utils.training.lr_schedule import LRBridge, ScheduleSpec
 
 logger = logging.getLogger(__name__)
@@ -67,6 +71,11 @@ class ToolkitGPTTrainer(GPTTrainer):
         if self.new_token_warmup is not None:
             self.new_token_warmup.after_step(trainer.optimizer_steps)
 
+    def before_gradient_clipping(self) -> None:
+        # Data parallel: average the GPT's gradients over the ranks before clipping (a no-op in a
+        # single process). Coqui's DDP wrapper never does it; see utils/training/distributed.py.
+        sync_gradients(self.xtts.gpt.parameters())
+
     def get_scheduler(self, optimizer: list[torch.optim.Optimizer] | torch.optim.Optimizer) -> LRBridge:
         opt = optimizer[0] if isinstance(optimizer, (list, tuple)) else optimizer
         return LRBridge(opt, ScheduleSpec.from_config(self.config))
@@ -95,7 +104,9 @@ class ToolkitGPTTrainer(GPTTrainer):
         if is_eval:
             return DataLoader(dataset, shuffle=False, drop_last=False, **kwargs)
         if is_dist_avail_and_initialized():
-            return DataLoader(dataset, sampler=DistributedSampler(dataset, shuffle=True), **kwargs)
+            # Each rank its own shard; the Trainer callbacks of utils.training.distributed call set_epoch.
+            sampler = DistributedSampler(dataset, shuffle=True, seed=int(config.training_seed), drop_last=False)
+            return DataLoader(dataset, sampler=sampler, **kwargs)
         generator = torch.Generator().manual_seed(int(config.training_seed))
         return DataLoader(dataset, shuffle=True, drop_last=False, generator=generator, **kwargs)
 

@@ -1,0 +1,162 @@
+"""Data-parallel scaling benchmark: training samples/s of the toolkit's real Trainer loop on
+1 and N workers (one GPU each, or CPU processes), same micro-batch per worker.
+
+Each measurement runs in fresh worker processes started by
+:func:`utils.training.distributed.launch_train` (also for 1 worker, so both sides pay the same
+start-up), builds the model and Trainer exactly as ``utils/gpt_train.py`` does (through
+:func:`~utils.training.distributed.build_trainer`), trains ``warmup + steps`` micro-batches per
+worker without evaluation or checkpoints, and times the last ``steps`` on rank 0 (the gradient
+averaging keeps the ranks in lockstep). samples/s = steps x micro-batch x workers / seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from utils.training.launch import launch_train
+
+logger = logging.getLogger(__name__)
+
+
+# XTTS v2's GPT size (427.6 M parameters); the rest of TINY_GPT_ARGS already matches XTTS v2.
+FULL_GPT_ARGS = {"gpt_layers": 30, "gpt_n_model_channels": 1024, "gpt_n_heads": 16, "decoder_input_dim": 1024}
+
+
+def make_full_size_random_base(out_dir: str | Path) -> Path:
+    """A random XTTS v2 base with the real GPT size (for timing on machines without the weights).
+
+    Same files and loader as :func:`utils.base_model.make_tiny_base`, with the full GPT; the
+    vocabulary stays the tiny one, so the text embedding is smaller than XTTS v2's 6681 rows.
+    Reuses ``out_dir`` if it already holds one.
+    """
+    from unittest import mock
+
+    from utils import base_model
+
+    out = Path(out_dir)
+    if (out / "model.pth").is_file():
+        return out
+    with mock.patch.dict(base_model.TINY_GPT_ARGS, FULL_GPT_ARGS):  # restored on exit
+        return base_model.make_tiny_base(out)
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    """What to time. ``grad_accum`` is per worker here (1: every micro-batch is an optimizer step)."""
+
+    base_model: str
+    dataset: str
+    language: str = "en"
+    batch_size: int = 2
+    grad_accum: int = 1
+    steps: int = 20
+    warmup: int = 4
+    num_loader_workers: int = 0
+    lr: float = 1e-5
+
+
+def samples_for(spec: ScalingSpec, world_size: int) -> list[dict[str, Any]]:
+    """The dataset's training rows repeated so each worker gets ``warmup + steps`` micro-batches."""
+    from utils.data.csv_io import read_coqui_csv
+
+    rows = [
+        {"audio_file": str(r.path), "text": r.text, "speaker_name": r.speaker_name, "language": spec.language,
+         "root_path": str(Path(r.path).parent), "audio_unique_name": str(r.path)}
+        for r in read_coqui_csv(Path(spec.dataset) / "metadata_train.csv")
+    ]  # fmt: skip
+    need = (spec.warmup + spec.steps) * spec.batch_size * world_size
+    return [rows[i % len(rows)] for i in range(need)]
+
+
+def measure(spec: ScalingSpec, world_size: int, workdir: Path, backend: str | None = None) -> dict[str, Any]:
+    """Samples/s of ``world_size`` workers (a dict with the timing and the set-up)."""
+    samples = samples_for(spec, world_size)
+    result = launch_train(
+        world_size, "utils.training.bench_ddp:_worker", spec, samples, str(workdir), backend=backend,
+        staging_dir=workdir / ".staging",
+    )  # fmt: skip
+    seconds = result["times"][-1] - result["times"][spec.warmup - 1]
+    samples_timed = spec.steps * spec.batch_size * world_size
+    return {
+        "world_size": world_size,
+        "samples_per_s": round(samples_timed / seconds, 3),
+        "step_s": round(seconds / spec.steps, 4),
+        "grad_allreduce_s_per_step": round((result["sync_s"][-1] - result["sync_s"][spec.warmup - 1]) / spec.steps, 4),
+        "grad_elements": result["grad_numel"],
+        # CPU time of rank 0's process per step: near step_s on an idle CPU machine; far below it
+        # when the workers wait (for the GPU, for each other, or for cores other programs use).
+        "rank0_cpu_s_per_step": round((result["cpu_s"][-1] - result["cpu_s"][spec.warmup - 1]) / spec.steps, 4),
+        "micro_batch_per_worker": spec.batch_size,
+        "timed_steps": spec.steps,
+        "device": result["device"],
+    }
+
+
+def run_scaling(spec: ScalingSpec, world_sizes: list[int], workdir: Path, backend: str | None = None) -> dict[str, Any]:
+    """Measure each world size; ``speedup`` is samples/s relative to the first (usually 1)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    rows = [measure(spec, n, workdir, backend) for n in world_sizes]
+    base = rows[0]["samples_per_s"]
+    for row in rows:
+        row["speedup"] = round(row["samples_per_s"] / base, 3)
+        row["efficiency"] = round(row["speedup"] * rows[0]["world_size"] / row["world_size"], 3)
+    return {"spec": asdict(spec), "results": rows, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+class _Done(Exception):
+    """Raised from a step callback to end the timed run (no final checkpoint)."""
+
+
+def _worker(spec: ScalingSpec, samples: list[dict[str, Any]], workdir: str) -> dict[str, Any]:
+    import torch
+    from trainer import TrainerArgs
+
+    from utils.gpt_train import build_config
+    from utils.hparams import resolve
+    from utils.training import distributed
+    from utils.training.model import ToolkitGPTTrainer
+    from utils.training.trainer import ToolkitTrainer
+
+    values = {"epochs": 1, "batch_size": spec.batch_size, "grad_accum": spec.grad_accum, "lr": spec.lr,
+              "num_loader_workers": spec.num_loader_workers, "save_every_steps": 10**9}  # fmt: skip
+    config = build_config(resolve(dataset_hours=1.0, cli=values), spec.base_model, output_path=workdir,
+                          language=spec.language, run_name="bench_ddp")  # fmt: skip
+    config.run_eval = False
+    config.print_step = 10**9
+    cuda = torch.cuda.is_available()
+    times: list[float] = []
+    sync_s: list[float] = []
+    cpu_s: list[float] = []
+    total = spec.warmup + spec.steps
+
+    def on_step_end(_trainer: Any) -> None:
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter())
+        cpu_s.append(time.process_time())
+        sync_s.append(distributed.sync_stats()["seconds"])
+        if len(times) >= total:
+            raise _Done
+
+    distributed.enable_sync_timing()
+    # grad_accum here is per worker: build_trainer divides the TrainerArgs count by the world size.
+    args = TrainerArgs(grad_accum_steps=spec.grad_accum * distributed.world_size())
+    model = ToolkitGPTTrainer(config)
+    trainer = distributed.build_trainer(
+        ToolkitTrainer, args, config, output_path=workdir, model=model, train_samples=samples,
+        eval_samples=samples[:1], callbacks={"on_train_step_end": on_step_end},
+    )  # fmt: skip
+    model.run_dir = Path(trainer.output_path)
+    try:
+        trainer.fit()
+    except _Done:
+        pass
+    if len(times) < total:
+        raise RuntimeError(f"only {len(times)} of {total} steps ran; give more rows or fewer steps")
+    device = torch.cuda.get_device_name(0) if cuda else f"cpu ({torch.get_num_threads()} threads per worker)"
+    stats = distributed.sync_stats()
+    return {"times": times, "sync_s": sync_s, "cpu_s": cpu_s, "device": device, "grad_numel": stats["numel"]}

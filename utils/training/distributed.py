@@ -1,0 +1,490 @@
+"""Data-parallel fine-tuning on one host: N worker processes, one GPU each (or N CPU processes).
+
+``python utils/gpt_train.py --gpus N ...`` prepares everything once (base model, preflight,
+vocabulary, config), then :func:`utils.training.launch.launch_train` starts N workers that each
+run :func:`utils.gpt_train.train` on their own shard of the training rows; inside it,
+:func:`build_trainer` makes the Trainer rank-aware. Gradients are averaged
+over the workers before clipping, so N workers with micro-batch B and G accumulation steps take
+the optimizer step one worker takes with micro-batch B and N x G accumulation steps (same number
+of samples per step; only which rows and which dropout masks differ).
+
+Upstream behaviours this works around (Coqui Trainer 0.4, coqui-tts 0.28):
+
+- The Trainer's DDP path wraps the model in ``DistributedDataParallel`` and then keeps only
+  ``ddp_model.module`` (``self.wrapped_model = ddp_model.module``); GPTTrainer's ``train_step``
+  calls its own ``forward``, so DDP's forward never runs and its reducer never averages a
+  gradient: every rank trains its own copy (checked with gloo: gradients through ``.module``
+  stay rank-local). Here gradients are averaged explicitly (:func:`sync_gradients`, called by
+  ``ToolkitGPTTrainer.before_gradient_clipping``) and Coqui's DDP path stays off: each worker
+  sees one GPU (``CUDA_VISIBLE_DEVICES``), and the process group is ours.
+- ``trainer.utils.distributed.init_distributed`` asserts CUDA: there is no CPU (gloo) path. The
+  workers here use nccl on CUDA and gloo on CPU.
+- The train loader's ``DistributedSampler`` never gets ``set_epoch``: every epoch would visit
+  each rank's shard in the same order. :func:`trainer_callbacks` sets it at each epoch start.
+- ``python -m trainer.distribute`` waits on its children one by one: when one rank fails the
+  others hang in their next collective. ``launch_train`` stops the rest at the first failure
+  and re-raises the failing rank's error (a toolkit error keeps its one-line message).
+- Every rank's Trainer writes config.json, ``trainer_N_log.txt`` and a copy of the script into
+  its own timestamped run folder. Here only rank 0 writes the run folder; other ranks get a
+  scratch folder (deleted at the end) and then follow rank 0's run folder (checkpoint reloads).
+- GPTTrainer's weight-decay grouping (``optimizer_wd_only_on_weights``), which users were told
+  to switch off for Coqui's DDP, works unchanged: the gradient averaging goes over the GPT's
+  parameters, whatever the optimizer's groups are.
+
+Evaluation runs on every rank over the full eval set (identical weights, so identical losses);
+:func:`all_reduce_mean` makes the value every rank's LR bridge and health monitor decide on
+provably the same. Metrics, plots, TensorBoard and checkpoints come from rank 0 only.
+
+Where the toolkit calls in: ``utils.gpt_train.train`` builds its Trainer with
+:func:`build_trainer` and writes vocab.json/preflight_report.json/plots on rank 0 only;
+``main`` runs ``train`` through ``launch_train`` when ``--gpus`` > 1 and shows :func:`plan_batch`
+in ``--dry-run``; ``ToolkitGPTTrainer.before_gradient_clipping`` calls :func:`sync_gradients`.
+
+Importing this module does not import torch (``--dry-run`` uses :func:`plan_batch`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from utils.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+ENV_STAGING = "XTTS_FT_DDP_STAGING"  # set by utils.training.launch in every worker: the job folder
+BUCKET_NUMEL = 32 * 1024 * 1024  # gradient elements per all-reduce (128 MB in fp32)
+
+
+# ------------------------------------------------------------------------------------------------
+# Batch arithmetic (pure Python: used by --dry-run)
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How the planned optimizer batch is split over GPUs.
+
+    ``grad_accum`` in the hyperparameters counts micro-batches per optimizer step over all GPUs,
+    so the table's LR (chosen for ``batch_size x grad_accum`` samples per step) stays valid:
+    each of ``world_size`` ranks accumulates ``ceil(grad_accum / world_size)`` micro-batches.
+    """
+
+    world_size: int
+    batch_size: int
+    grad_accum: int
+    per_rank_grad_accum: int
+    effective_batch: int
+    planned_effective_batch: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def optimizer_steps_per_epoch(self, num_rows: int) -> int:
+        """Optimizer steps in one epoch over ``num_rows`` training rows, as the Trainer counts them.
+
+        Each rank gets ``ceil(rows / world_size)`` rows (DistributedSampler pads with repeats),
+        makes ``ceil(rows / batch_size)`` micro-batches and steps every ``per_rank_grad_accum``
+        of them and at the epoch's last one.
+        """
+        per_rank_rows = -(-int(num_rows) // self.world_size)
+        batches = -(-per_rank_rows // self.batch_size)
+        return -(-batches // self.per_rank_grad_accum)
+
+
+def plan_batch(batch_size: int, grad_accum: int, world_size: int) -> BatchPlan:
+    """Split ``batch_size x grad_accum`` samples per optimizer step over ``world_size`` ranks.
+
+    Raises:
+        ConfigError: on a non-positive value.
+    """
+    for name, value in (("batch size", batch_size), ("grad accum", grad_accum), ("number of GPUs", world_size)):
+        if int(value) != value or value < 1:
+            raise ConfigError(f"{name} must be a whole number >= 1 (got {value!r})")
+    per_rank = -(-int(grad_accum) // int(world_size))
+    plan = BatchPlan(
+        world_size=int(world_size),
+        batch_size=int(batch_size),
+        grad_accum=int(grad_accum),
+        per_rank_grad_accum=per_rank,
+        effective_batch=int(batch_size) * per_rank * int(world_size),
+        planned_effective_batch=int(batch_size) * int(grad_accum),
+    )
+    return plan
+
+
+def describe_plan(plan: BatchPlan) -> str:
+    """One log line; says when the effective batch differs from the planned one (and why)."""
+    text = (
+        f"{plan.world_size} rank(s) x micro-batch {plan.batch_size} x {plan.per_rank_grad_accum} accumulation "
+        f"step(s) = {plan.effective_batch} samples per optimizer step"
+    )
+    if plan.effective_batch != plan.planned_effective_batch:
+        text += (
+            f" (planned {plan.planned_effective_batch}: --grad-accum {plan.grad_accum} does not divide over "
+            f"{plan.world_size} GPUs; give a --grad-accum that is a multiple of --gpus to keep the table's LR exact)"
+        )
+    return text
+
+
+# ------------------------------------------------------------------------------------------------
+# Rank queries and collectives (no-ops in a single process)
+# ------------------------------------------------------------------------------------------------
+
+
+def _dist() -> Any:
+    import torch.distributed as dist
+
+    return dist
+
+
+def is_distributed() -> bool:
+    """True inside a worker whose process group is initialised with more than one rank."""
+    if "torch" not in sys.modules:
+        return False
+    dist = _dist()
+    return bool(dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
+
+
+def rank() -> int:
+    return _dist().get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return _dist().get_world_size() if is_distributed() else 1
+
+
+def is_rank_zero() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        _dist().barrier()
+
+
+def _device() -> Any:
+    import torch
+
+    return torch.device("cuda", torch.cuda.current_device()) if _dist().get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_reduce_mean(value: float | None) -> float | None:
+    """The mean of ``value`` over all ranks (None on a rank counts as absent; None if all are).
+
+    A non-finite value on any rank makes the result non-finite, so every rank sees the same
+    divergence. In a single process the value is returned unchanged.
+    """
+    return all_reduce_mean_dict({"value": value}, ("value",)).get("value")
+
+
+def all_reduce_mean_dict(values: dict[str, float | None], keys: Iterable[str]) -> dict[str, float]:
+    """Mean over ranks of each of ``keys`` (absent or None on a rank: not counted there).
+
+    Every rank must pass the same ``keys``. Keys absent on every rank are left out of the result.
+    """
+    keys = list(keys)
+    if not is_distributed():
+        return {k: float(values[k]) for k in keys if values.get(k) is not None}
+    import torch
+
+    buf = torch.zeros(2 * len(keys), dtype=torch.float64, device=_device())
+    for i, key in enumerate(keys):
+        if values.get(key) is not None:
+            buf[2 * i] = float(values[key])
+            buf[2 * i + 1] = 1.0
+    _dist().all_reduce(buf)
+    out = buf.cpu().tolist()
+    return {k: out[2 * i] / out[2 * i + 1] for i, k in enumerate(keys) if out[2 * i + 1] > 0}
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any rank (a shared stop/recover decision)."""
+    if not is_distributed():
+        return bool(flag)
+    import torch
+
+    t = torch.tensor([1.0 if flag else 0.0], device=_device())
+    _dist().all_reduce(t, op=_dist().ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (picklable objects)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    _dist().broadcast_object_list(box, src=src)
+    return box[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Gradients, weights, samplers
+# ------------------------------------------------------------------------------------------------
+
+
+class _SyncState:
+    syncs = 0  # gradient averagings in this process; the optimizer pre-hook checks it moved
+    timing = False  # measure their wall time (waits for the GPU: for the benchmark only)
+    seconds = 0.0
+    numel = 0  # gradient elements averaged by the last one
+
+
+def enable_sync_timing() -> None:
+    """Time each gradient averaging (synchronises the GPU after it; used by the benchmark)."""
+    _SyncState.timing = True
+
+
+def sync_gradients(params: Iterable[Any]) -> None:
+    """Average the gradients of ``params`` over all ranks (in place), in buckets.
+
+    A parameter whose gradient is None on every rank stays None (AdamW then skips it, as in a
+    single process); one that has a gradient on some rank only gets zeros on the others.
+    """
+    if not is_distributed():
+        return
+    import torch
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    dist = _dist()
+    started = time.perf_counter()
+    params = [p for p in params if p.requires_grad]
+    device = _device()
+    present = torch.tensor([0.0 if p.grad is None else 1.0 for p in params], device=device)
+    dist.all_reduce(present, op=dist.ReduceOp.MAX)
+    live = [p for p, flag in zip(params, present.tolist()) if flag > 0]
+    for p in live:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    n = dist.get_world_size()
+    bucket: list[Any] = []
+    size = 0
+
+    def flush() -> None:
+        if not bucket:
+            return
+        grads = [p.grad for p in bucket]
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat.div_(n)
+        for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            g.copy_(synced)
+        bucket.clear()
+
+    for p in live:
+        if bucket and (size + p.numel() > BUCKET_NUMEL or p.grad.dtype != bucket[0].grad.dtype):
+            flush()
+            size = 0
+        bucket.append(p)
+        size += p.numel()
+    flush()
+    if _SyncState.timing:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        _SyncState.seconds += time.perf_counter() - started
+    _SyncState.syncs += 1
+    _SyncState.numel = sum(p.numel() for p in live)
+
+
+def sync_stats() -> dict[str, float]:
+    """Gradient averagings so far in this process: count, seconds (0 unless timed), elements in the last one."""
+    return {"syncs": _SyncState.syncs, "seconds": _SyncState.seconds, "numel": _SyncState.numel}
+
+
+def broadcast_module(module: Any, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers into every rank's ``module`` (as DDP does)."""
+    if not is_distributed():
+        return
+    dist = _dist()
+    device = _device()
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.device == device:
+            dist.broadcast(tensor.data, src=src)
+        else:  # e.g. a CPU buffer with nccl
+            moved = tensor.data.to(device)
+            dist.broadcast(moved, src=src)
+            tensor.data.copy_(moved)
+
+
+def set_sampler_epoch(loader: Any, epoch: int) -> bool:
+    """Call ``set_epoch`` on a loader's sampler (a DistributedSampler reshuffles its shards)."""
+    sampler = getattr(loader, "sampler", None)
+    if sampler is not None and hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(int(epoch))
+        return True
+    return False
+
+
+def trainer_callbacks(seed: int) -> dict[str, Callable[[Any], None]]:
+    """Coqui Trainer callbacks for a distributed run (an empty dict in a single process).
+
+    - ``on_init_end`` (after a checkpoint restore): rank 0's weights to every rank; per-rank
+      random seeds (dropout, conditioning slices) so ranks do not draw the same noise; a guard
+      that fails loudly if an optimizer step ever runs on unaveraged gradients.
+    - ``on_train_epoch_start``: ``set_epoch`` on the train sampler.
+    """
+    if not is_distributed():
+        return {}
+
+    def on_init_end(trainer: Any) -> None:
+        import random
+
+        import torch
+
+        if getattr(trainer, "use_amp_scaler", False):
+            raise ConfigError(
+                "fp16 mixed precision with a gradient scaler is not supported with --gpus > 1 (each rank would decide "
+                "on skipped steps alone); use bf16 (precision 'bf16') or fp32"
+            )
+        broadcast_module(trainer.model)
+        torch.manual_seed(seed + rank())
+        random.seed(seed + rank())
+        for opt in trainer.optimizer:
+            opt.register_step_pre_hook(_check_synced)
+
+    def on_train_epoch_start(trainer: Any) -> None:
+        set_sampler_epoch(trainer.train_loader, trainer.epochs_done)
+
+    return {"on_init_end": on_init_end, "on_train_epoch_start": on_train_epoch_start}
+
+
+_last_checked_sync = [0]
+
+
+def _check_synced(_optimizer: Any, *_: Any) -> None:
+    if _SyncState.syncs == _last_checked_sync[0]:
+        raise RuntimeError(
+            "optimizer step without averaged gradients: the model must call "
+            "utils.training.distributed.sync_gradients in before_gradient_clipping"
+        )
+    _last_checked_sync[0] = _SyncState.syncs
+
+
+# ------------------------------------------------------------------------------------------------
+# The Trainer in a worker
+# ------------------------------------------------------------------------------------------------
+
+EVAL_KEYS = ("avg_loss", "avg_loss_text_ce", "avg_loss_mel_ce")  # Coqui's KeepAverage names
+TRAIN_KEYS = ("loss", "loss_text_ce", "loss_mel_ce", "grad_norm")  # ToolkitTrainer._train_sums names
+
+
+class DataParallelMixin:
+    """Shares each evaluation's numbers across ranks before the toolkit trainer uses them.
+
+    Put in front of :class:`utils.training.trainer.ToolkitTrainer` (:func:`build_trainer` does
+    it in a worker). Before ``_after_evaluation`` reads them, the eval-loss averages are replaced
+    by their mean over ranks and the train-loss sums and counts by their totals, so the LR
+    bridge, the health monitor, early stopping and metrics.jsonl see the same numbers on every
+    rank (the train loss then covers every rank's batches, not rank 0's).
+    """
+
+    def _after_evaluation(self) -> None:
+        keep = getattr(self, "keep_avg_eval", None)
+        if keep is not None:
+            shared = all_reduce_mean_dict(keep.avg_values, EVAL_KEYS)
+            for key in EVAL_KEYS:
+                if key in keep.avg_values or key in shared:
+                    keep.avg_values[key] = shared.get(key, float("nan"))
+        sums: dict[str, float] = getattr(self, "_train_sums", {})
+        keys = sorted(TRAIN_KEYS)
+        totals = all_reduce_mean_dict({**sums, "_count": float(getattr(self, "_train_count", 0))}, [*keys, "_count"])
+        n = world_size()
+        self._train_sums = {k: totals[k] * n for k in keys if k in sums and k in totals}
+        self._train_count = int(round(totals.get("_count", 0.0) * n))
+        super()._after_evaluation()  # type: ignore[misc]
+
+
+def build_trainer(trainer_cls: type, args: Any, config: Any, **kwargs: Any) -> Any:
+    """Construct ``trainer_cls(args, config, **kwargs)``, rank-aware in a distributed worker.
+
+    In a worker: ``args.rank`` is set; ``args.grad_accum_steps`` (micro-batches per optimizer
+    step over all GPUs) becomes the per-rank count (:func:`plan_batch`); rank 0 writes the run
+    folder, other ranks write only to a scratch folder (for ``args.continue_path``: a mirror of
+    the run folder) and afterwards point ``trainer.output_path`` at rank 0's run folder; the
+    trainer class gets :class:`DataParallelMixin` and the callbacks of :func:`trainer_callbacks`.
+    In a single process it is ``trainer_cls(args, config, **kwargs)``. Either way the batch plan
+    is recorded in ``config.toolkit["distributed"]`` (config.json and every checkpoint).
+    """
+    r, n = rank(), world_size()
+    plan = plan_batch(int(config.batch_size), int(args.grad_accum_steps), n)
+    record = {**plan.as_dict(), "backend": _dist().get_backend() if n > 1 else None}
+    _record(config, record)
+    if n == 1:
+        trainer = trainer_cls(args, config, **kwargs)
+    else:
+        args.rank = r
+        args.grad_accum_steps = plan.per_rank_grad_accum
+        if r != 0:
+            scratch = _scratch_dir(r)
+            kwargs["output_path"] = str(scratch)
+            if args.continue_path:
+                args.continue_path = str(_mirror_run_folder(Path(args.continue_path), scratch / "continue"))
+        barrier()  # the mirrors exist before rank 0 rewrites anything in the run folder
+        callbacks = dict(kwargs.pop("callbacks", None) or {})
+        for key, fn in trainer_callbacks(int(config.training_seed)).items():
+            callbacks[key] = _chain(callbacks.get(key), fn)
+        kwargs["callbacks"] = callbacks
+        cls = type(f"DataParallel{trainer_cls.__name__}", (DataParallelMixin, trainer_cls), {})
+        trainer = cls(args, config, **kwargs)
+        trainer.output_path = Path(broadcast_object(str(trainer.output_path) if r == 0 else None))
+    if args.continue_path and _record(trainer.config, record) and r == 0:
+        trainer.config.save_json(str(Path(trainer.output_path) / "config.json"))  # the resumed run's record
+    if r == 0:
+        logger.info("batch: %s", describe_plan(plan))
+    return trainer
+
+
+def _record(config: Any, record: dict[str, Any]) -> bool:
+    toolkit = getattr(config, "toolkit", None)
+    if not isinstance(toolkit, dict) or toolkit.get("distributed") == record:
+        return False
+    toolkit["distributed"] = dict(record)
+    return True
+
+
+def _chain(first: Callable[[Any], None] | None, second: Callable[[Any], None]) -> Callable[[Any], None]:
+    if first is None:
+        return second
+
+    def both(trainer: Any) -> None:
+        first(trainer)
+        second(trainer)
+
+    return both
+
+
+def _scratch_dir(r: int) -> Path:
+    staging = os.environ.get(ENV_STAGING)
+    base = Path(staging) if staging else Path(tempfile.mkdtemp(prefix="xtts-ddp-"))
+    path = base / f"rank{r}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _mirror_run_folder(run_dir: Path, dest: Path) -> Path:
+    """config.json copied and every other file linked, so a rank > 0 resumes without writing there."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in run_dir.iterdir():
+        target = dest / item.name
+        if item.name == "config.json":
+            shutil.copy2(item, target)  # the Trainer rewrites it on resume
+        elif item.is_file() and not target.exists():
+            target.symlink_to(item.resolve())
+    return dest
+
+
+def resume_batches(batches_done: int, saved_world_size: int, world_size_now: int) -> int:
+    """Batches of the interrupted epoch to skip on resume when the number of ranks changed.
+
+    Each rank's epoch has ``1 / world_size`` of the batches, so the same share of the epoch is
+    ``batches_done x saved / now``. (Which rows those were cannot be kept across world sizes:
+    the shards are drawn differently; resuming at an epoch boundary avoids the question.)
+    """
+    return (int(batches_done) * int(saved_world_size)) // max(1, int(world_size_now))

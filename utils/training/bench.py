@@ -70,6 +70,7 @@ class BenchSpec:
     parity_batch_size: int = 4
     ladder: bool = True
     compile_rung: bool = False
+    profile: bool = False
     lowvram: bool = False
     lowvram_budget_gib: float = 7.0
     lowvram_accum: int = 8
@@ -555,6 +556,12 @@ def run_main(spec: BenchSpec) -> dict[str, Any]:
         ladder.append(run_ours_variant(f"ours (all defaults) b{bsz}", model, config, loader, bsz, spec, device,
                                        n_params, peak))
         del loader
+    if spec.profile and device.type == "cuda":
+        ok = [r for r in ladder if "samples_per_s" in r and r["name"].startswith("ours")]
+        bsz = max(ok, key=lambda r: r["samples_per_s"])["micro_batch"] if ok else spec.ladder_batch
+        loader = fast_data.build_fast_loader(dataset, bsz, num_workers=workers, seed=spec.seed)
+        result["profile"] = profile_steps(model, config, loader, device, bsz)
+        del loader
     if spec.compile_rung and device.type == "cuda":
         apply_speed_options(model, config, SpeedOptions(**{**opts.to_dict(), "compile": True}), device)
         bsz = spec.ours_batches[-1]
@@ -579,6 +586,41 @@ def run_main(spec: BenchSpec) -> dict[str, Any]:
                           "speedup_vs_stock_fp32": round(best["samples_per_s"] / ref["samples_per_s"], 2)}
     result["total_s"] = round(time.perf_counter() - t_start, 1)
     return result
+
+
+def profile_steps(model: Any, config: Any, loader: Any, device: torch.device, bsz: int, n: int = 3
+                  ) -> dict[str, Any]:
+    """torch.profiler over ``n`` steps of ours: top kernels by GPU time, top ops by CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    opt = model.get_optimizer()
+    set_train_mode(model)
+    it = iter(loader)
+    batches = [next(it) for _ in range(n + 2)]
+    for b in batches[:2]:
+        trainer_step(model, config, opt, b, device)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for b in batches[2:]:
+            trainer_step(model, config, opt, b, device)
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t
+    ka = prof.key_averages()
+    gpu_us = sum(e.self_device_time_total for e in ka)
+    out = {
+        "micro_batch": bsz,
+        "steps": n,
+        "wall_ms_per_step": round(1000 * wall / n, 1),
+        "gpu_busy_ms_per_step": round(gpu_us / 1000 / n, 1),
+        "cuda_table": ka.table(sort_by="self_cuda_time_total", row_limit=35, max_name_column_width=70),
+        "cpu_table": ka.table(sort_by="cpu_time_total", row_limit=20, max_name_column_width=70),
+    }
+    logger.info("profile b%d: wall %.1f ms/step, GPU busy %.1f ms/step (profiler overhead included)", bsz,
+                out["wall_ms_per_step"], out["gpu_busy_ms_per_step"])
+    del opt
+    _free(device)
+    return out
 
 
 def stock_reference(model: Any, config: Any, raw: list[dict[str, Any]], device: torch.device

@@ -162,10 +162,16 @@ def exclude_cudnn_attention(module: nn.Module) -> None:
 
 
 def enable_grad_checkpointing(model: Any) -> None:
-    """Recompute each GPT2 block (and conditioning-encoder block) in backward instead of storing it."""
+    """Recompute each GPT2 block and conditioning-encoder block in backward instead of storing it.
+
+    Not through ``GPT2Model.gradient_checkpointing_enable``: transformers then asks for the input
+    embeddings, and Coqui deletes ``gpt.wte`` (build_hf_gpt_transformer). ``use_cache`` goes off
+    so no KV cache is built inside a checkpointed block.
+    """
     gpt2 = model.xtts.gpt.gpt
     gpt2.config.use_cache = False
-    gpt2.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for block in gpt2.h:
+        _checkpoint_module(block)
     enc = getattr(model.xtts.gpt, "conditioning_encoder", None)
     if enc is not None:
         for block in enc.attn:
@@ -345,8 +351,9 @@ def apply_speed_options(model: Any, config: Any, opts: SpeedOptions, device: tor
         torch.set_float32_matmul_precision("high")
         applied.append("tf32")
     if opts.expandable_segments and cuda:
+        setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
         try:
-            torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+            setter("expandable_segments:True")
             applied.append("expandable_segments")
         except RuntimeError as exc:  # older allocators
             logger.info("expandable_segments not available: %s", exc)

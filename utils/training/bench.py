@@ -24,7 +24,7 @@ import os
 import platform
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -458,7 +458,10 @@ def run_stock(model: Any, config: Any, samples: list[dict[str, Any]], spec: Benc
         opt = model.get_optimizer()
         set_train_mode(model)
         logger.info("stock %s micro-batch %d", precision, bsz)
-        res = timed_loop(lambda b: trainer_step(model, config, opt, b, device), loader, spec, device, n_params, peak)
+        # Small micro-batches get more steps (same samples as about `steps` batches of 32, at most 80).
+        steps = min(80, spec.steps * max(1, 32 // bsz))
+        res = timed_loop(lambda b: trainer_step(model, config, opt, b, device), loader, spec, device, n_params, peak,
+                         steps=steps)
         res.update({"name": f"stock {precision} b{bsz}", "precision": precision, "micro_batch": bsz})
         logger.info("%s", json.dumps(res))
         results.append(res)
@@ -528,9 +531,10 @@ def run_main(spec: BenchSpec) -> dict[str, Any]:
     rungs = [("no_cudnn_attention", {"no_cudnn_attention": True}),
              ("fast_gelu", {"fast_gelu": True}),
              ("sdpa_conditioning", {"sdpa_conditioning": True}),
+             ("fast_heads", {"fast_heads": True}),
              ("host_lengths", {"host_lengths": True}),
              ("fused_adamw", {"fused_adamw": True, "tf32": True})]
-    base_off = {f: False for f in ("bf16", "tf32", "fused_adamw", "fast_gelu", "sdpa_conditioning",
+    base_off = {f: False for f in ("bf16", "tf32", "fused_adamw", "fast_gelu", "sdpa_conditioning", "fast_heads",
                                    "no_cudnn_attention", "host_lengths", "cache_dvae_codes", "bucket_lengths",
                                    "pin_memory", "compile", "grad_checkpointing", "optimizer_8bit",
                                    "offload_frozen", "expandable_segments", "auto_batch")}
@@ -563,11 +567,16 @@ def run_main(spec: BenchSpec) -> dict[str, Any]:
         result["profile"] = profile_steps(model, config, loader, device, bsz)
         del loader
     if spec.compile_rung and device.type == "cuda":
-        apply_speed_options(model, config, SpeedOptions(**{**opts.to_dict(), "compile": True}), device)
-        bsz = spec.ours_batches[-1]
+        ok = [r for r in ladder if "samples_per_s" in r and r["name"].startswith("ours")]
+        bsz = max(ok, key=lambda r: r["samples_per_s"])["micro_batch"] if ok else spec.ladder_batch
         loader = fast_data.build_fast_loader(dataset, bsz, num_workers=workers, seed=spec.seed)
-        ladder.append(run_ours_variant(f"ours + compile b{bsz}", model, config, loader, bsz, spec, device,
-                                       n_params, peak))
+        try:
+            apply_speed_options(model, config, SpeedOptions(**{**opts.to_dict(), "compile": True}), device)
+            ladder.append(run_ours_variant(f"ours + compile b{bsz}", model, config, loader, bsz,
+                                           replace(spec, warmup=max(spec.warmup, 8)), device, n_params, peak))
+        except Exception as exc:  # noqa: BLE001 - optional rung: record why it failed, keep the run
+            logger.exception("compile rung failed")
+            ladder.append({"name": f"ours + compile b{bsz}", "error": f"{type(exc).__name__}: {exc}"[:500]})
     result["ours"] = ladder
 
     # Parity: same weights (the model kept training through the runs above; both checks use the
@@ -681,8 +690,8 @@ def run_lowvram(spec: BenchSpec) -> dict[str, Any]:
     levers = apply_speed_options(model, config, opts, device)
     _free(device)
     budget = int(spec.lowvram_budget_gib * 2**30)
-    total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), torch.cuda.current_device())
     torch.cuda.reset_peak_memory_stats()
     opt = model.get_optimizer()
     set_train_mode(model)

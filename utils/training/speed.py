@@ -50,7 +50,8 @@ class SpeedOptions:
     tf32: bool = True  # TF32 for the float32 matmuls left outside autocast
     fused_adamw: bool = True  # optimizer_params["fused"] = True for AdamW (one kernel per step)
     fast_gelu: bool = True  # GPT2 MLP gelu_new (7 elementwise ops) -> nn.GELU("tanh"), same function
-    sdpa_conditioning: bool = True  # conditioning encoder's einsum attention -> SDPA (flash)
+    sdpa_conditioning: bool = True  # conditioning encoder: 1x1 convs as GEMMs, attention via SDPA
+    fast_heads: bool = True  # text/mel heads as one aligned 2D GEMM (1026 outputs padded to 1032)
     no_cudnn_attention: bool = True  # keep SDPA off the cuDNN backend (per-shape planning cost)
     host_lengths: bool = True  # keep length tensors on the CPU: no GPU syncs in GPT.forward loops
     cache_dvae_codes: bool = True  # frozen DVAE run once per clip (fast_data), not per batch
@@ -106,39 +107,92 @@ def swap_gelu(gpt2: nn.Module) -> int:
     return n
 
 
-class SdpaQKVAttention(nn.Module):
-    """Drop-in for tortoise's ``QKVAttentionLegacy`` (no mask, no relative bias) through SDPA.
+def _fast_attention_block(block: nn.Module) -> None:
+    """Give one tortoise ``AttentionBlock`` (no mask, no relative bias) a faster forward.
 
-    Legacy: heads split before q/k/v, scale 1/sqrt(ch) split over q and k, softmax in float32,
-    attention matrix (B*H, T, T) materialised. SDPA computes the same function with flash
-    attention in bf16 (float32 accumulation) without the T x T matrix.
+    Coqui's block: GroupNorm, 1x1 Conv1d to q/k/v, ``QKVAttentionLegacy`` (einsum, float32
+    softmax, (B*H, T, T) matrix), 1x1 Conv1d out, residual on the normalised input. At T = 517
+    conditioning frames the 1x1 convolutions and the attention matrix run through slow kernels
+    (517 is not a multiple of 8). Same function here with channels last: the 1x1 convolutions as
+    one GEMM each over B*T rows (the same weights, viewed), attention through SDPA (flash).
     """
+    heads = block.attention.n_heads
+    qkv_conv, proj = block.qkv, block.proj_out
 
-    def __init__(self, n_heads: int) -> None:
-        super().__init__()
-        self.n_heads = n_heads
+    def forward(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:
+            raise NotImplementedError("the fast attention block takes no mask")
+        b, c, *spatial = x.shape
+        x = x.reshape(b, c, -1)
+        x_norm = block.norm(x)
+        t = x_norm.shape[-1]
+        qkv = F.linear(x_norm.transpose(1, 2), qkv_conv.weight.squeeze(-1), qkv_conv.bias)  # (b, t, 3c)
+        ch = qkv.shape[-1] // (3 * heads)
+        # Legacy layout: heads split first, then q/k/v inside each head's 3*ch channels.
+        q, k, v = qkv.reshape(b, t, heads, 3 * ch).permute(0, 2, 1, 3).split(ch, dim=-1)
+        a = F.scaled_dot_product_attention(q, k, v)  # (b, heads, t, ch)
+        a = a.transpose(1, 2).reshape(b, t, heads * ch)
+        h = F.linear(a, proj.weight.squeeze(-1), proj.bias).transpose(1, 2)  # (b, c, t)
+        out = x + h if block.tortoise_norm else x_norm + h
+        return out.reshape(b, c, *spatial)
 
-    def forward(self, qkv: torch.Tensor, mask: torch.Tensor | None = None, rel_pos: Any = None) -> torch.Tensor:
-        if mask is not None or rel_pos is not None:
-            raise NotImplementedError("SdpaQKVAttention supports neither masks nor relative position bias")
-        bs, width, length = qkv.shape
-        ch = width // (3 * self.n_heads)
-        qkv = qkv.reshape(bs, self.n_heads, 3 * ch, length).transpose(-1, -2)  # (b, h, t, 3ch)
-        q, k, v = qkv.split(ch, dim=-1)
-        a = F.scaled_dot_product_attention(q, k, v)  # (b, h, t, ch)
-        return a.transpose(-1, -2).reshape(bs, -1, length)
+    block.forward = forward
 
 
 def swap_conditioning_attention(gpt: nn.Module) -> int:
-    """Put :class:`SdpaQKVAttention` into every conditioning-encoder attention block that allows it."""
+    """Install the fast forward on every conditioning-encoder attention block that allows it."""
     n = 0
     enc = getattr(gpt, "conditioning_encoder", None)
     if enc is None:
         return 0
     for block in enc.modules():
         att = getattr(block, "attention", None)
-        if type(att).__name__ == "QKVAttentionLegacy" and getattr(block, "relative_pos_embeddings", None) is None:
-            block.attention = SdpaQKVAttention(att.n_heads)
+        if (
+            type(att).__name__ == "QKVAttentionLegacy"
+            and getattr(block, "relative_pos_embeddings", None) is None
+            and not getattr(block, "_toolkit_fast", False)
+            and block.qkv.kernel_size == (1,)
+            and block.proj_out.kernel_size == (1,)
+        ):
+            _fast_attention_block(block)
+            block._toolkit_fast = True
+            n += 1
+    return n
+
+
+def _fast_head(head: nn.Linear, multiple: int = 8) -> None:
+    """Output head as one 2D GEMM on a contiguous input, output features padded to ``multiple``.
+
+    ``GPT.get_logits`` applies ``mel_head`` (1026 outputs) and ``text_head`` to a sliced, hence
+    non-contiguous, 3D view: PyTorch then runs a batched GEMM, and 1026 is not a multiple of 8, so
+    cuBLAS picks slow kernels. Zero rows pad the weight for the product only; the parameters and
+    the result are unchanged.
+    """
+    pad = (-head.out_features) % multiple
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        w, b = head.weight, head.bias
+        if pad:
+            w = F.pad(w, (0, 0, 0, pad))
+            b = F.pad(b, (0, pad)) if b is not None else None
+        y = F.linear(x2, w, b)
+        if pad:
+            y = y[:, : head.out_features]
+        return y.reshape(*shape[:-1], head.out_features)
+
+    head.forward = forward
+
+
+def swap_heads(gpt: nn.Module) -> int:
+    """Install :func:`_fast_head` on the GPT's text and mel heads."""
+    n = 0
+    for name in ("text_head", "mel_head"):
+        head = getattr(gpt, name, None)
+        if isinstance(head, nn.Linear) and not getattr(head, "_toolkit_fast", False):
+            _fast_head(head)
+            head._toolkit_fast = True
             n += 1
     return n
 
@@ -365,6 +419,8 @@ def apply_speed_options(model: Any, config: Any, opts: SpeedOptions, device: tor
         applied.append("fast_gelu")
     if opts.sdpa_conditioning and swap_conditioning_attention(gpt):
         applied.append("sdpa_conditioning")
+    if opts.fast_heads and swap_heads(gpt):
+        applied.append("fast_heads")
     if opts.no_cudnn_attention and cuda:
         exclude_cudnn_attention(gpt)
         applied.append("no_cudnn_attention")

@@ -54,6 +54,7 @@ class SpeedOptions:
     fast_heads: bool = True  # text/mel heads as one aligned 2D GEMM (1026 outputs padded to 1032)
     no_cudnn_attention: bool = True  # keep SDPA off the cuDNN backend (per-shape planning cost)
     host_lengths: bool = True  # keep length tensors on the CPU: no GPU syncs in GPT.forward loops
+    no_kv_cache: bool = True  # GPT2 fills no (unused) KV cache during training forwards
     cache_dvae_codes: bool = True  # frozen DVAE run once per clip (fast_data), not per batch
     bucket_lengths: bool = True  # length-bucketed batches (fast_data.LengthBucketBatchSampler)
     pin_memory: bool = True  # pinned host batches, asynchronous copies
@@ -203,10 +204,10 @@ def exclude_cudnn_attention(module: nn.Module) -> None:
     cuDNN attention (which PyTorch prefers for bf16 on Hopper) plans each new shape; XTTS batches
     have a new padded length almost every step. The backward kernel follows the forward's choice.
     """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention import sdpa_kernel
 
     inner = module.forward
-    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    backends = _NO_CUDNN_BACKENDS()
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         with sdpa_kernel(backends):
@@ -215,34 +216,66 @@ def exclude_cudnn_attention(module: nn.Module) -> None:
     module.forward = forward  # instance attribute: only this module is affected
 
 
-def enable_grad_checkpointing(model: Any) -> None:
+def enable_grad_checkpointing(model: Any, *, exclude_cudnn: bool = False) -> None:
     """Recompute each GPT2 block and conditioning-encoder block in backward instead of storing it.
 
     Not through ``GPT2Model.gradient_checkpointing_enable``: transformers then asks for the input
     embeddings, and Coqui deletes ``gpt.wte`` (build_hf_gpt_transformer). ``use_cache`` goes off
-    so no KV cache is built inside a checkpointed block.
+    so no KV cache is built inside a checkpointed block. With ``exclude_cudnn`` the recomputation
+    runs under the same SDPA backend choice as the forward (else the saved tensors differ).
     """
     gpt2 = model.xtts.gpt.gpt
     gpt2.config.use_cache = False
     for block in gpt2.h:
-        _checkpoint_module(block)
+        _checkpoint_module(block, exclude_cudnn)
     enc = getattr(model.xtts.gpt, "conditioning_encoder", None)
     if enc is not None:
         for block in enc.attn:
-            _checkpoint_module(block)
+            _checkpoint_module(block, exclude_cudnn)
 
 
-def _checkpoint_module(module: nn.Module) -> None:
+def _checkpoint_module(module: nn.Module, exclude_cudnn: bool = False) -> None:
     from torch.utils.checkpoint import checkpoint
 
     inner = module.forward
 
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if exclude_cudnn:
+            from torch.nn.attention import sdpa_kernel
+
+            with sdpa_kernel(_NO_CUDNN_BACKENDS()):
+                return inner(*args, **kwargs)
+        return inner(*args, **kwargs)
+
     def forward(*args: Any, **kwargs: Any) -> Any:
         if module.training and torch.is_grad_enabled():
-            return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+            return checkpoint(run, *args, use_reentrant=False, **kwargs)
         return inner(*args, **kwargs)
 
     module.forward = forward
+
+
+def _NO_CUDNN_BACKENDS() -> list[Any]:  # noqa: N802 - a constant that needs an import
+    from torch.nn.attention import SDPBackend
+
+    return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def train_without_kv_cache(gpt2: nn.Module) -> None:
+    """Call the GPT2 stack with ``use_cache=False`` while training.
+
+    Coqui builds it with ``use_cache=True`` (build_hf_gpt_transformer), so every training forward
+    fills a transformers ``DynamicCache``: a concatenated copy of each layer's keys and values that
+    nothing reads. Inference (eval mode, ``GPT2InferenceModel``) is untouched.
+    """
+    inner = gpt2.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if gpt2.training:
+            kwargs["use_cache"] = False
+        return inner(*args, **kwargs)
+
+    gpt2.forward = forward
 
 
 def compile_blocks(model: Any) -> int:
@@ -424,8 +457,12 @@ def apply_speed_options(model: Any, config: Any, opts: SpeedOptions, device: tor
     if opts.no_cudnn_attention and cuda:
         exclude_cudnn_attention(gpt)
         applied.append("no_cudnn_attention")
+    if opts.no_kv_cache and not getattr(gpt.gpt, "_toolkit_no_cache", False):
+        train_without_kv_cache(gpt.gpt)
+        gpt.gpt._toolkit_no_cache = True
+        applied.append("no_kv_cache")
     if opts.grad_checkpointing:
-        enable_grad_checkpointing(model)
+        enable_grad_checkpointing(model, exclude_cudnn=opts.no_cudnn_attention and cuda)
         applied.append("grad_checkpointing")
     if opts.compile and cuda:
         compile_blocks(model)

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="profile 3 steps of ours (top kernels)")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--lowvram-budget-gib", type=float, default=7.0)
-    p.add_argument("--lowvram-accum", type=int, default=8)
+    p.add_argument("--lowvram-accum", type=int, default=4)
     p.add_argument("--progress", action="store_true")
     a = p.parse_args(argv)
     utils.cli.setup_logging()

@@ -148,6 +148,7 @@ def test_oom_backoff_halves_micro_batch_and_keeps_gradient_scale(caplog: pytest.
     calls: list[tuple[int, float]] = []
 
     def step(part: dict, scale: float) -> float:
+        part.pop("padded_text")  # formatting pops keys, as format_batch_on_device does
         if len(part["text_lengths"]) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         calls.append((len(part["text_lengths"]), scale))
@@ -157,6 +158,7 @@ def test_oom_backoff_halves_micro_batch_and_keeps_gradient_scale(caplog: pytest.
     backoff = speed.OomBackoff(micro_batch=4, accumulation=2)
     with caplog.at_level("WARNING"):
         out = speed.run_with_oom_backoff(step, batch, backoff, lambda: zeroed.append(1))
+    assert "padded_text" in batch  # the caller's batch is left as it came
     assert out == [1.0, 1.0]
     assert calls == [(2, 0.5), (2, 0.5)]
     assert backoff.parts == 2 and zeroed == [1]
@@ -172,3 +174,20 @@ def test_presets() -> None:
     stock = speed.SpeedOptions.stock()
     assert not any(v for k, v in stock.to_dict().items() if isinstance(v, bool))
     assert speed.SpeedOptions().bf16 and speed.SpeedOptions().cache_dvae_codes
+
+
+def test_continuous_loader_keeps_epochs_exact() -> None:
+    class Items(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 10
+
+        def __getitem__(self, i: int) -> int:
+            return i
+
+    sampler = fast_data.LengthBucketBatchSampler(list(range(10)), 3, seed=1)
+    loader = torch.utils.data.DataLoader(Items(), batch_sampler=fast_data._Cycle(sampler), collate_fn=list,
+                                         num_workers=2, persistent_workers=True, prefetch_factor=2)
+    cont = fast_data.ContinuousLoader(loader, len(sampler), 3)
+    assert len(cont) == 4
+    for _ in range(3):  # each epoch: every item exactly once
+        assert sorted(i for b in cont for i in b) == list(range(10))

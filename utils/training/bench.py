@@ -73,7 +73,7 @@ class BenchSpec:
     profile: bool = False
     lowvram: bool = False
     lowvram_budget_gib: float = 7.0
-    lowvram_accum: int = 8
+    lowvram_accum: int = 4
     device: str = "cuda"
     seed: int = 1
     progress: bool = False

@@ -366,6 +366,45 @@ class LengthBucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         return full * math.ceil(self.pool / self.batch_size) + math.ceil(rest / self.batch_size)
 
 
+class _Cycle(torch.utils.data.Sampler[list[int]]):
+    """Endless batches: the wrapped batch sampler's passes one after another (a new shuffle each)."""
+
+    def __init__(self, inner: torch.utils.data.Sampler[list[int]]) -> None:
+        self.inner = inner
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            yield from iter(self.inner)
+
+
+class ContinuousLoader:
+    """A DataLoader whose workers keep prefetching across epoch boundaries.
+
+    A plain DataLoader starts a new iterator each epoch and waits for its workers to produce the
+    first batch again (a stall per epoch, a few percent of the step time when an epoch is only
+    tens of batches). Here one iterator over an endless sampler lives on; each ``iter()`` yields
+    the next ``len(self)`` batches, which is exactly one pass of the bucketing sampler.
+    Exposes ``dataset``, ``batch_sampler`` and ``batch_size`` like a DataLoader.
+    """
+
+    def __init__(self, loader: torch.utils.data.DataLoader, batches_per_epoch: int, batch_size: int) -> None:
+        self.loader = loader
+        self.dataset = loader.dataset
+        self.batch_sampler = loader.batch_sampler
+        self.batch_size = batch_size
+        self._n = batches_per_epoch
+        self._it: Iterator[Any] | None = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._it is None:
+            self._it = iter(self.loader)
+        for _ in range(self._n):
+            yield next(self._it)
+
+
 def build_fast_loader(
     dataset: CachedClipDataset,
     batch_size: int,
@@ -377,10 +416,13 @@ def build_fast_loader(
     drop_last: bool = False,
     seed: int = 0,
     prefetch_factor: int = 4,
-) -> torch.utils.data.DataLoader:
+    continuous: bool | None = None,
+) -> torch.utils.data.DataLoader | ContinuousLoader:
     """DataLoader over :class:`CachedClipDataset` with bucketing, pinned memory and workers.
 
-    Without bucketing the batches are plain shuffled (or ordered for eval) chunks.
+    Without bucketing the batches are plain shuffled (or ordered for eval) chunks. ``continuous``
+    (default: when shuffling with workers) returns a :class:`ContinuousLoader`, so the workers
+    run ahead across epoch boundaries.
     """
     lengths = dataset.lengths()
     if bucket_lengths:
@@ -391,11 +433,16 @@ def build_fast_loader(
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs = {"persistent_workers": True, "prefetch_factor": prefetch_factor}
-    return torch.utils.data.DataLoader(
+    if continuous is None:
+        continuous = shuffle and num_workers > 0
+    loader = torch.utils.data.DataLoader(
         dataset,
-        batch_sampler=sampler,
+        batch_sampler=_Cycle(sampler) if continuous else sampler,
         collate_fn=collate_cached,
         num_workers=num_workers,
         pin_memory=pin_memory and torch.cuda.is_available(),
         **kwargs,
     )
+    if continuous:
+        return ContinuousLoader(loader, len(sampler), batch_size)
+    return loader

@@ -507,7 +507,7 @@ def auto_micro_batch(
     budget_bytes: int,
     *,
     max_batch: int = 256,
-    headroom: float = 0.85,
+    headroom: float = 0.8,
 ) -> int:
     """Pick the largest micro-batch whose step fits ``budget_bytes`` of reserved GPU memory.
 
@@ -612,7 +612,8 @@ def run_with_oom_backoff(
     that case (logged); pass ``zero_grad`` that clears only what this batch wrote if that matters.
     """
     while True:
-        parts = split_batch(batch, backoff.parts) if backoff.parts > 1 else [batch]
+        # shallow copies: formatting pops keys, and a retry needs the batch as it came
+        parts = split_batch(batch, backoff.parts) if backoff.parts > 1 else [dict(batch)]
         try:
             n = len(batch["text_lengths"])
             return [step(p, len(p["text_lengths"]) / n) for p in parts]

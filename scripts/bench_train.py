@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--lowvram-budget-gib", type=float, default=7.0)
     p.add_argument("--lowvram-accum", type=int, default=4)
+    p.add_argument("--lowvram-micro", type=int, default=0, help="fixed micro-batch for --phase lowvram (0: auto)")
     p.add_argument("--progress", action="store_true")
     a = p.parse_args(argv)
     utils.cli.setup_logging()
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         vocab_size=a.vocab_size, steps=a.steps, warmup=a.warmup, stock=a.stock,
         ours_batches=[int(x) for x in a.ours.split(",") if x], ladder_batch=a.ladder_batch, ladder=not a.no_ladder,
         compile_rung=a.compile_rung, profile=a.profile, workers=a.workers, lowvram_budget_gib=a.lowvram_budget_gib,
-        lowvram_accum=a.lowvram_accum, device=a.device, progress=a.progress,
+        lowvram_accum=a.lowvram_accum, lowvram_micro=a.lowvram_micro, device=a.device, progress=a.progress,
     )
     result = run_lowvram(spec) if a.phase == "lowvram" else run_main(spec)
     prof = result.pop("profile", None)

@@ -74,6 +74,7 @@ class BenchSpec:
     lowvram: bool = False
     lowvram_budget_gib: float = 7.0
     lowvram_accum: int = 4
+    lowvram_micro: int = 0  # 0: automatic micro-batch
     device: str = "cuda"
     seed: int = 1
     progress: bool = False
@@ -713,7 +714,7 @@ def run_lowvram(spec: BenchSpec) -> dict[str, Any]:
         opt.state.clear()
         opt.zero_grad(set_to_none=True)
 
-    micro = auto_micro_batch(probe, budget, max_batch=64)
+    micro = spec.lowvram_micro or auto_micro_batch(probe, budget, max_batch=64)
     probe_peak = torch.cuda.max_memory_reserved()
     backoff = OomBackoff(micro_batch=micro, accumulation=spec.lowvram_accum)
     loader = fast_data.build_fast_loader(dataset, micro, num_workers=spec.workers, seed=spec.seed)

@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 #: Coqui's GPT reads ``ceil(wav_length / code_stride_len)`` codes per clip (gpt.py, ``forward``).
 CODE_STRIDE = 1024
+#: Zero samples appended after each clip when computing its codes (see compute_dvae_codes).
+PAD_AFTER = 2048
 
 
 def load_audio_soundfile(path: str | Path, sample_rate: int) -> torch.Tensor:
@@ -89,7 +91,9 @@ def compute_dvae_codes(model: Any, wavs: Sequence[torch.Tensor], device: torch.d
     """
     config = model.config
     lengths = [int(w.shape[-1]) for w in wavs]
-    batch = torch.zeros(len(wavs), 1, max(lengths))
+    # At least PAD_AFTER zeros after every clip: in a stock batch a clip is followed by zero padding
+    # unless it is the batch's longest, so its last code sees zeros, not the STFT's reflection.
+    batch = torch.zeros(len(wavs), 1, max(lengths) + PAD_AFTER)
     for i, w in enumerate(wavs):
         batch[i, :, : lengths[i]] = w
     dvae_param = next(model.dvae.parameters())

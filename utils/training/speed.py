@@ -512,8 +512,9 @@ def auto_micro_batch(
     """Pick the largest micro-batch whose step fits ``budget_bytes`` of reserved GPU memory.
 
     ``probe(b)`` must run one full training step (forward, backward, optimizer) on a worst-case
-    batch of ``b`` clips (the longest clips). Peak reserved memory at b=1 and b=2 gives the fixed
-    and per-sample cost; the guess is verified with one probe and halved on OOM.
+    batch of ``b`` clips (the longest clips). Peak reserved memory at b=2 and b=4 gives the fixed
+    and per-clip cost; the guess must then leave 10% of the budget free in one more probe, else
+    it is halved (also on OOM).
 
     Returns:
         The micro-batch size (>= 1).
@@ -527,10 +528,11 @@ def auto_micro_batch(
         torch.cuda.synchronize()
         return torch.cuda.max_memory_reserved()
 
-    p1 = peak(1)
     p2 = peak(2)
-    per = max(p2 - p1, 1)
-    fixed = p1 - per
+    p4 = peak(4)
+    per = max((p4 - p2) // 2, 1)
+    fixed = p2 - 2 * per
+    limit = int(budget_bytes * 0.9)  # the verified step must leave 10% of the budget free
     guess = int((budget_bytes * headroom - fixed) // per)
     b = max(1, min(max_batch, guess))
     logger.info(
@@ -542,7 +544,7 @@ def auto_micro_batch(
     )
     while b > 1:
         try:
-            if peak(b) <= budget_bytes:
+            if peak(b) <= limit:
                 return b
         except RuntimeError as exc:
             if not is_oom(exc):

@@ -191,3 +191,22 @@ def test_continuous_loader_keeps_epochs_exact() -> None:
     assert len(cont) == 4
     for _ in range(3):  # each epoch: every item exactly once
         assert sorted(i for b in cont for i in b) == list(range(10))
+
+
+def test_auto_micro_batch_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    mem = {"peak": 0}
+    for name in ("synchronize", "empty_cache", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: mem["peak"])
+    sizes: list[int] = []
+
+    def probe(b: int) -> None:  # 4.2 GiB fixed + 60 MiB per clip, OOM above 40 clips
+        sizes.append(b)
+        if b > 40:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        mem["peak"] = int((4.2 + 0.06 * b) * 2**30)
+
+    b = speed.auto_micro_batch(probe, 7 * 2**30, max_batch=64)
+    assert 4.2 + 0.06 * b <= 0.9 * 7  # fits with the 10% margin
+    assert b >= 28  # and is not far below the largest that fits (35)
+    assert sizes[:2] == [1, 1] and 64 in sizes

@@ -701,21 +701,23 @@ def run_lowvram(spec: BenchSpec) -> dict[str, Any]:
     longest = sorted(range(len(items)), key=lambda i: -items[i].num_samples)
 
     def probe(b: int) -> None:
-        # One step on the b longest clips; lr 0 and a cleared state afterwards, so the probe
-        # allocates the optimizer state at its real size without changing the weights.
+        # One step on the b longest clips at lr 0 (the weights stay as they are); the optimizer
+        # state stays allocated, as in training, and is cleared once the size is chosen.
         batch = fast_data.collate_cached([dataset[i] for i in longest[:b]])
-        trainer_step(model, config, opt, batch, device, step_optimizer=False)
-        lrs = [g["lr"] for g in opt.param_groups]
-        for g in opt.param_groups:
-            g["lr"] = 0.0
-        opt.step()
-        for g, lr in zip(opt.param_groups, lrs):
-            g["lr"] = lr
-        opt.state.clear()
-        opt.zero_grad(set_to_none=True)
+        try:
+            trainer_step(model, config, opt, batch, device, step_optimizer=False)
+            lrs = [g["lr"] for g in opt.param_groups]
+            for g in opt.param_groups:
+                g["lr"] = 0.0
+            opt.step()
+            for g, lr in zip(opt.param_groups, lrs):
+                g["lr"] = lr
+        finally:
+            opt.zero_grad(set_to_none=True)
 
     micro = spec.lowvram_micro or auto_micro_batch(probe, budget, max_batch=64)
     probe_peak = torch.cuda.max_memory_reserved()
+    opt.state.clear()  # the probes' moments are not training's
     backoff = OomBackoff(micro_batch=micro, accumulation=spec.lowvram_accum)
     loader = fast_data.build_fast_loader(dataset, micro, num_workers=spec.workers, seed=spec.seed)
     counter = {"n": 0}

@@ -507,51 +507,54 @@ def auto_micro_batch(
     budget_bytes: int,
     *,
     max_batch: int = 256,
-    headroom: float = 0.8,
+    margin: float = 0.9,
 ) -> int:
-    """Pick the largest micro-batch whose step fits ``budget_bytes`` of reserved GPU memory.
+    """Pick the largest micro-batch whose step fits ``margin * budget_bytes`` of reserved memory.
 
-    ``probe(b)`` must run one full training step (forward, backward, optimizer) on a worst-case
-    batch of ``b`` clips (the longest clips). Peak reserved memory at b=2 and b=4 gives the fixed
-    and per-clip cost; the guess must then leave 10% of the budget free in one more probe, else
-    it is halved (also on OOM).
+    ``probe(b)`` must run one full training step (forward, backward, optimizer step) on a
+    worst-case batch of ``b`` clips (the longest clips) and leave the optimizer state allocated,
+    as it is during training. A first ``probe(1)`` allocates that state; then ``b`` doubles while
+    the measured peak stays under the limit, and a bisection between the last fitting and the
+    first failing size settles it. A CUDA OOM counts as not fitting.
 
     Returns:
         The micro-batch size (>= 1).
     """
+    limit = int(budget_bytes * margin)
 
-    def peak(b: int) -> int:
+    def fits(b: int) -> bool:
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-        probe(b)
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_reserved()
-
-    p2 = peak(2)
-    p4 = peak(4)
-    per = max((p4 - p2) // 2, 1)
-    fixed = p2 - 2 * per
-    limit = int(budget_bytes * 0.9)  # the verified step must leave 10% of the budget free
-    guess = int((budget_bytes * headroom - fixed) // per)
-    b = max(1, min(max_batch, guess))
-    logger.info(
-        "auto micro-batch: fixed %.2f GiB, %.3f GiB per clip, budget %.2f GiB -> micro-batch %d",
-        fixed / 2**30,
-        per / 2**30,
-        budget_bytes / 2**30,
-        b,
-    )
-    while b > 1:
         try:
-            if peak(b) <= limit:
-                return b
+            probe(b)
+            torch.cuda.synchronize()
         except RuntimeError as exc:
             if not is_oom(exc):
                 raise
-        b //= 2
-        logger.info("auto micro-batch: over budget, trying %d", b)
-    return 1
+            torch.cuda.empty_cache()
+            return False
+        peak = torch.cuda.max_memory_reserved()
+        logger.info("auto micro-batch: %d clips peak at %.2f GiB reserved", b, peak / 2**30)
+        return peak <= limit
+
+    if not fits(1) or not fits(1):  # first call allocates the optimizer state, second measures with it
+        return 1
+    good, bad = 1, None
+    while bad is None and good < max_batch:
+        b = min(good * 2, max_batch)
+        if fits(b):
+            good = b
+        else:
+            bad = b
+    while bad is not None and bad - good > max(1, good // 8):
+        mid = (good + bad) // 2
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    logger.info("auto micro-batch: %d (budget %.2f GiB, limit %.0f%%)", good, budget_bytes / 2**30, 100 * margin)
+    return good
 
 
 def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:

@@ -713,11 +713,14 @@ def run_lowvram(spec: BenchSpec) -> dict[str, Any]:
             for g, lr in zip(opt.param_groups, lrs):
                 g["lr"] = lr
         finally:
-            opt.zero_grad(set_to_none=True)
+            # Keep the gradient buffers: with accumulation, training's later micro-steps run
+            # forward and backward while they exist.
+            opt.zero_grad(set_to_none=False)
 
     micro = spec.lowvram_micro or auto_micro_batch(probe, budget, max_batch=64)
     probe_peak = torch.cuda.max_memory_reserved()
     opt.state.clear()  # the probes' moments are not training's
+    opt.zero_grad(set_to_none=True)
     backoff = OomBackoff(micro_batch=micro, accumulation=spec.lowvram_accum)
     loader = fast_data.build_fast_loader(dataset, micro, num_workers=spec.workers, seed=spec.seed)
     counter = {"n": 0}

@@ -512,8 +512,9 @@ def auto_micro_batch(
     """Pick the largest micro-batch whose step fits ``margin * budget_bytes`` of reserved memory.
 
     ``probe(b)`` must run one full training step (forward, backward, optimizer step) on a
-    worst-case batch of ``b`` clips (the longest clips) and leave the optimizer state allocated,
-    as it is during training. A first ``probe(1)`` allocates that state; then ``b`` doubles while
+    worst-case batch of ``b`` clips (the longest clips) and leave the optimizer state and the
+    gradient buffers allocated (``zero_grad(set_to_none=False)``), as they are during training
+    with gradient accumulation. A first ``probe(1)`` allocates that state; then ``b`` doubles while
     the measured peak stays under the limit, and a bisection between the last fitting and the
     first failing size settles it. A CUDA OOM counts as not fitting.
 

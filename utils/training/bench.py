@@ -39,6 +39,7 @@ from utils.training.speed import (
     auto_micro_batch,
     is_oom,
     offload_frozen_modules,
+    probe_training_step,
     run_with_oom_backoff,
 )
 
@@ -701,21 +702,7 @@ def run_lowvram(spec: BenchSpec) -> dict[str, Any]:
     longest = sorted(range(len(items)), key=lambda i: -items[i].num_samples)
 
     def probe(b: int) -> None:
-        # One step on the b longest clips at lr 0 (the weights stay as they are); the optimizer
-        # state stays allocated, as in training, and is cleared once the size is chosen.
-        batch = fast_data.collate_cached([dataset[i] for i in longest[:b]])
-        try:
-            trainer_step(model, config, opt, batch, device, step_optimizer=False)
-            lrs = [g["lr"] for g in opt.param_groups]
-            for g in opt.param_groups:
-                g["lr"] = 0.0
-            opt.step()
-            for g, lr in zip(opt.param_groups, lrs):
-                g["lr"] = lr
-        finally:
-            # Keep the gradient buffers: with accumulation, training's later micro-steps run
-            # forward and backward while they exist.
-            opt.zero_grad(set_to_none=False)
+        probe_training_step(model, config, opt, fast_data.collate_cached([dataset[i] for i in longest[:b]]), device)
 
     micro = spec.lowvram_micro or auto_micro_batch(probe, budget, max_batch=64)
     probe_peak = torch.cuda.max_memory_reserved()

@@ -11,8 +11,8 @@ padded to the maximum; middle length from the start for evaluation).
 
 How the trainer uses it (see also :mod:`utils.training.speed`):
 
-1. ``items, excluded = prepare_clip_cache(model, samples, cache_dir, device=...)`` once, after the
-   model is on the GPU and before ``Trainer.fit`` (it needs the model's DVAE and mel extractor).
+1. ``items, excluded = prepare_clip_cache(model, samples, cache_dir, device="cuda")`` once, e.g.
+   in ``get_data_loader`` (it borrows the DVAE back onto ``device`` if it was offloaded).
 2. ``dataset = CachedClipDataset(items, model.config)`` and
    ``loader = build_fast_loader(dataset, batch_size, opts)`` in ``get_data_loader``.
 3. ``model.format_batch`` / ``format_batch_on_device`` replaced by the ones that
@@ -146,7 +146,7 @@ def prepare_clip_cache(
         samples: Coqui sample dicts (``audio_file``, ``text``, ``language``).
         cache_dir: folder for the decoded waveforms (reused across runs: a file already there is
             not decoded again).
-        device: unused for placement (the DVAE's own device is used); documents intent.
+        device: where the DVAE runs for this pass (moved there and back if it lives elsewhere).
         batch_size: clips per DVAE batch (length-sorted).
         load_audio: decoder, ``(path, sample_rate) -> (1, n)`` float tensor.
         progress: show one tqdm bar.
@@ -201,15 +201,24 @@ def prepare_clip_cache(
 
     order = sorted(range(len(pending)), key=lambda i: pending[i][3])
     items: list[CachedClip | None] = [None] * len(pending)
-    for start in tqdm(range(0, len(order), batch_size), desc="DVAE codes", disable=not progress):
-        idx = order[start : start + batch_size]
-        wavs = [torch.from_numpy(np.load(pending[i][2])).unsqueeze(0) for i in idx]
-        codes = compute_dvae_codes(model, wavs, device)
-        for i, c in zip(idx, codes):
-            s, tokens, npy, n = pending[i]
-            items[i] = CachedClip(
-                audio_npy=npy, num_samples=n, tokens=tokens, codes=c, language=s["language"], source=str(s["audio_file"])
-            )
+    # The DVAE may have been moved off the GPU (speed.offload_frozen_modules): borrow it back.
+    home = next(model.dvae.parameters()).device
+    model.dvae.to(device)
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc="DVAE codes", disable=not progress):
+            idx = order[start : start + batch_size]
+            wavs = [torch.from_numpy(np.load(pending[i][2])).unsqueeze(0) for i in idx]
+            codes = compute_dvae_codes(model, wavs, device)
+            for i, c in zip(idx, codes):
+                s, tokens, npy, n = pending[i]
+                items[i] = CachedClip(
+                    audio_npy=npy, num_samples=n, tokens=tokens, codes=c, language=s["language"],
+                    source=str(s["audio_file"]),
+                )
+    finally:
+        model.dvae.to(home)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     kept = [it for it in items if it is not None]
     for e in excluded:
         logger.warning("excluded %s: %s %s", e["audio_file"], e["reason"], e["detail"])

@@ -119,6 +119,11 @@ def parse_args(argv: Sequence[str] | None, defaults: dict[str, Any] | None = Non
     mode.add_argument("--no-plots", action="store_true", help="do not refresh training_curves.png at each evaluation")
     mode.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
     mode.add_argument("--demo", action="store_true", help="tiny base + bundled demo data, a few epochs")
+    mode.add_argument(
+        "--gpus", type=int, default=1,
+        help="data-parallel training on N GPUs of this host (one worker process each; on a machine without CUDA, "
+        "N CPU processes). --grad-accum counts micro-batches over all GPUs, so the table's LR stays valid",
+    )  # fmt: skip
     mode.add_argument("-v", "--verbose", action="store_true")
     if defaults:
         p.set_defaults(**defaults)
@@ -247,16 +252,18 @@ def plan_schedule(hparams: Resolved, num_train_rows: int, num_gpus: int = 1):
     Returns:
         (ScheduleSpec with total_steps, planned optimizer steps, ScheduleCheck).
     """
-    from utils.training.lr_schedule import ScheduleSpec, check_schedule, optimizer_steps_per_epoch
+    from utils.training.distributed import plan_batch
+    from utils.training.lr_schedule import ScheduleSpec, check_schedule
 
     v = hparams.values
-    per_epoch = optimizer_steps_per_epoch(num_train_rows, int(v["batch_size"]), int(v["grad_accum"]), num_gpus)
+    batch_plan = plan_batch(int(v["batch_size"]), int(v["grad_accum"]), num_gpus)
+    per_epoch = batch_plan.optimizer_steps_per_epoch(num_train_rows)
     total = max(1, per_epoch * int(v["epochs"]))
     params = {k: val for k, val in hparams.scheduler_params().items() if k != "mode"}
     spec = ScheduleSpec(name=v["lr_scheduler"], base_lr=float(v["lr"]), total_steps=total, **params)
     check = check_schedule(
         spec, total, table_lr=hparams.row.lr if hparams.row else None,
-        effective_batch=int(v["batch_size"]) * int(v["grad_accum"]) * num_gpus,
+        effective_batch=batch_plan.effective_batch,
     )  # fmt: skip
     return spec, total, check
 
@@ -435,6 +442,7 @@ def train(
     """
     from trainer import TrainerArgs
 
+    from utils.training import distributed
     from utils.training.dataset import read_runtime_exclusions
     from utils.training.health import EarlyStopping, HealthConfig, HealthMonitor
     from utils.training.model import ToolkitGPTTrainer
@@ -457,7 +465,8 @@ def train(
     elif restore_path is not None:
         args.restore_path = str(restore_path)
     model = ToolkitGPTTrainer(config)
-    trainer = ToolkitTrainer(
+    trainer = distributed.build_trainer(
+        ToolkitTrainer,
         args,
         config,
         output_path=config.output_path,
@@ -465,7 +474,7 @@ def train(
         train_samples=train_samples,
         eval_samples=eval_samples,
         eval_every_steps=toolkit.get("eval_every_steps"),
-        on_evaluation=[_refresh_plots] if plots else [],
+        on_evaluation=[_refresh_plots] if plots and distributed.is_rank_zero() else [],
         health=health,
         early_stopping=early,
         progress=progress,
@@ -473,15 +482,16 @@ def train(
     config.run_name = base_name
     run_dir = Path(trainer.output_path)
     model.run_dir = run_dir
-    _keep_vocab_with_run(config, run_dir)
-    if preflight_reports:
+    if distributed.is_rank_zero():
+        _keep_vocab_with_run(config, run_dir)
+    if preflight_reports and distributed.is_rank_zero():
         merged = {name: report.to_dict() for name, report in preflight_reports.items()}
         (run_dir / "preflight_report.json").write_text(json.dumps(merged, indent=2), encoding="utf-8")
     logger.info("run folder: %s", run_dir)
     try:
         trainer.fit()
     finally:
-        if plots and trainer.evaluation_records:
+        if plots and trainer.evaluation_records and distributed.is_rank_zero():
             _refresh_plots(trainer, force=True)
     exclusions = read_runtime_exclusions(run_dir)
     if exclusions:
@@ -670,8 +680,8 @@ def continue_training(args: argparse.Namespace) -> TrainResult:
         train_csv, eval_csv = Path(tk["train_csv"]), Path(tk["eval_csv"])
     language = tk.get("language", "en")
     split = check_data(DataSplit(train_csv, eval_csv), language, run_dir / "vocab.json", args.max_excluded_share)
-    return train(config, split.train_samples, split.eval_samples, continue_path=run_dir,
-                 progress=not args.no_progress, plots=not args.no_plots)  # fmt: skip
+    return run_training(args, config, split.train_samples, split.eval_samples, run_dir.parent / ".staging",
+                        continue_path=run_dir)  # fmt: skip
 
 
 def _dry_run(args: argparse.Namespace, base: Any, train_csv: Path | None, eval_csv: Path | None, language: str,
@@ -679,7 +689,7 @@ def _dry_run(args: argparse.Namespace, base: Any, train_csv: Path | None, eval_c
     hours = measure_header_hours(train_csv) if (args.dataset_hours is None and train_csv) else None
     hparams = resolve_hparams(args, hours, recipe, lr_reference)
     rows = count_rows(train_csv) if train_csv else None
-    plan = plan_schedule(hparams, rows) if rows else None
+    plan = plan_schedule(hparams, rows, args.gpus) if rows else None
     if args.preview_schedule:
         if plan is None:
             raise ConfigError("--preview-schedule counts the planned steps from the training rows: give --dataset or --train-csv")
@@ -698,6 +708,9 @@ def _dry_run(args: argparse.Namespace, base: Any, train_csv: Path | None, eval_c
         spec, total, check = plan
         out["planned_optimizer_steps"] = total
         out["schedule_warnings"], out["schedule_errors"] = check.warnings, check.errors
+    from utils.training.distributed import plan_batch
+
+    out["batch_plan"] = plan_batch(hparams["batch_size"], hparams["grad_accum"], args.gpus).as_dict()
     out["presets"] = preset_table()
     logger.info("presets (--preset NAME; the command line always wins):")
     for row in out["presets"]:
@@ -744,7 +757,7 @@ def prepare_training(
         hparams["lr"], hparams.sources["lr"], hparams["weight_decay"], hparams.sources["weight_decay"],
     )  # fmt: skip
     # 6. the LR schedule over the planned steps, checked before any training
-    _spec, total, check = plan_schedule(hparams, len(split.train_samples))
+    _spec, total, check = plan_schedule(hparams, len(split.train_samples), getattr(args, "gpus", 1))
     report_schedule_check(check)
     # 7. config and training
     config = build_config(
@@ -766,6 +779,8 @@ def main(argv: Sequence[str] | None = None, *, recipe: dict[str, Any] | None = N
     args = parse_args(argv, {k: v for k, v in recipe.items() if k not in CLI_HPARAMS})
     args.hours_from_cli = args.dataset_hours is not None and args.dataset_hours != recipe.get("dataset_hours")
     cli.setup_logging(args.verbose)
+    if args.gpus < 1:
+        raise ConfigError(f"--gpus must be a whole number >= 1 (got {args.gpus})")
     # 0. resume: --continue takes everything from the run folder
     if args.continue_run is not None:
         return _finish(continue_training(args))
@@ -786,13 +801,23 @@ def main(argv: Sequence[str] | None = None, *, recipe: dict[str, Any] | None = N
     if preview:
         return _dry_run(args, base, train_csv, eval_csv, language, lr_reference, recipe)
     config, split = prepare_training(args, base, train_csv, eval_csv, language, restored, lr_reference, recipe)
-    result = train(
-        config, split.train_samples, split.eval_samples,
+    result = run_training(
+        args, config, split.train_samples, split.eval_samples, args.output_path / ".staging",
         preflight_reports={"train": split.train_report, "eval": split.eval_report},
         restore_path=restored.checkpoint if restored else None,
-        progress=not args.no_progress, plots=not args.no_plots,
     )  # fmt: skip
     return _finish(result)
+
+
+def run_training(args: argparse.Namespace, config: Any, train_samples: list, eval_samples: list, staging: Path,
+                 **kwargs: Any) -> TrainResult:  # fmt: skip
+    """:func:`train` in this process, or in ``--gpus N`` worker processes (rank 0's result)."""
+    kwargs.update(progress=not args.no_progress, plots=not args.no_plots)
+    if args.gpus > 1:
+        from utils.training.launch import launch_train
+
+        return launch_train(args.gpus, train, config, train_samples, eval_samples, staging_dir=staging, **kwargs)
+    return train(config, train_samples, eval_samples, **kwargs)
 
 
 def _finish(result: TrainResult) -> int:

@@ -195,6 +195,13 @@ def _stop(procs: list[subprocess.Popen], grace_s: float = 10.0, signal_first: bo
 
 
 def _raise_failure(job_dir: Path, r: int, code: int) -> None:
+    # A user error on any rank explains the run better than the connection errors it caused on the
+    # others (whichever process exited first): raise that one when there is one.
+    for path in sorted(job_dir.glob("error_rank*.pkl")):
+        with open(path, "rb") as fh:
+            exc = pickle.load(fh).get("exception")
+        if isinstance(exc, ToolkitError):
+            raise exc
     err_path = job_dir / f"error_rank{r}.pkl"
     log = "its output is above" if r == 0 else f"its log: {job_dir / f'rank{r}.log'}"
     if err_path.is_file():

@@ -43,7 +43,7 @@ import torch
 from trainer import Trainer
 from trainer.generic_utils import KeepAverage
 
-from utils.training import checkpoints
+from utils.training import checkpoints, distributed
 from utils.training.health import DivergenceError, EarlyStopping, HealthMonitor, StopTraining, UpdateRatioProbe
 from utils.training.lr_schedule import LRBridge
 
@@ -198,7 +198,8 @@ class ToolkitTrainer(Trainer):
         if loss_dict and loss_dict.get("loss") is not None:
             loss = float(loss_dict["loss"]) * self.grad_accum_steps  # Trainer divides it by grad_accum_steps
         grad_norm = float(loss_dict["grad_norm"]) if loss_dict and loss_dict.get("grad_norm") is not None else None
-        if self.health is not None and self.health.is_divergent(loss, self._nonfinite_grad):
+        # under DDP every rank recovers together or none does
+        if self.health is not None and distributed.any_rank(self.health.is_divergent(loss, self._nonfinite_grad)):
             self._recover_from_divergence(loss)
         elif loss_dict:
             for key in (*LOSS_KEYS, "grad_norm"):
@@ -440,12 +441,18 @@ class ToolkitTrainer(Trainer):
     def restore_model(self) -> None:
         """Coqui's restore, then the exact counters and the toolkit state (continue), or the LR (restore)."""
         super().restore_model()
-        state = checkpoints.load_checkpoint(self.args.restore_path, mmap=True).get("toolkit_state") or {}
+        full = checkpoints.load_checkpoint(self.args.restore_path, mmap=True)
+        state = full.get("toolkit_state") or {}
+        saved_world = int((((full.get("config") or {}).get("toolkit") or {}).get("distributed") or {}).get("world_size", 1))
+        del full
         if self.continue_run:
             if state:
                 self.total_steps_done = int(state["steps_done"])
                 self.epochs_done = int(state["epochs_done"])
-                self._resume_batches = int(state.get("epoch_batches_done", 0))
+                # the same share of the interrupted epoch is skipped when the GPU count changed
+                self._resume_batches = distributed.resume_batches(
+                    int(state.get("epoch_batches_done", 0)), saved_world, distributed.world_size()
+                )
                 self._last_eval_step = state.get("last_eval_step")
                 if self.health is not None and state.get("health"):
                     self.health.load_state_dict(state["health"])

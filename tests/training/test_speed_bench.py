@@ -1,0 +1,212 @@
+"""Speed levers and the training-step benchmark, on the CPU with a tiny XTTS GPT."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from utils.training import fast_data, speed  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bench_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_train
+
+    work = tmp_path_factory.mktemp("bench")
+    out = work / "bench.json"
+    rc = bench_train.main([
+        "--workdir", str(work), "--out", str(out), "--size", "tiny", "--device", "cpu", "--clips", "8",
+        "--min-s", "1", "--max-s", "3", "--steps", "2", "--warmup", "1", "--stock", "fp32:2", "--ours", "2",
+        "--no-ladder", "--workers", "0", "--vocab-size", "300",
+    ])
+    assert rc == 0
+    return json.loads(out.read_text())
+
+
+def test_bench_writes_every_figure(bench_result: dict) -> None:
+    for key in ("env", "workload", "gpt_params", "stock", "ours", "parity", "prepare", "code_agreement", "levers"):
+        assert key in bench_result, key
+    for run in bench_result["stock"] + bench_result["ours"]:
+        for key in ("samples_per_s", "audio_s_per_s", "tokens_per_s", "tflops_real_tokens",
+                    "tflops_padded_tokens", "loader_wait_share", "padding_share", "step_ms"):
+            assert run[key] >= 0, key
+        assert run["tflops_padded_tokens"] >= run["tflops_real_tokens"]
+    assert bench_result["stock"][0]["name"] == "stock fp32 b2"
+    assert bench_result["prepare"]["clips"] == 8
+    assert 1.0 <= bench_result["workload"]["duration_s"]["min"] <= bench_result["workload"]["duration_s"]["max"] <= 3.0
+    assert "host_lengths" in bench_result["levers"] and "fast_gelu" in bench_result["levers"]
+
+
+def test_bench_loss_parity_fp32(bench_result: dict) -> None:
+    parity = bench_result["parity"]
+    assert parity["ours_precision"] == "fp32"
+    assert parity["passed"] is True
+    assert parity["max_rel_loss_diff"] <= 1e-4
+    assert parity["grad_cosine"] >= 0.9999
+    assert abs(parity["grad_norm_ratio"] - 1) < 1e-3
+    # cached codes equal the codes Coqui computes inside a padded batch (deterministic DVAE)
+    assert bench_result["code_agreement"]["codes_compared"] > 0
+    assert bench_result["code_agreement"]["equal_share"] >= 0.9
+
+
+def test_fast_gelu_is_gelu_new() -> None:
+    from transformers.activations import NewGELUActivation
+
+    mlp = nn.Module()
+    mlp.act = NewGELUActivation()
+    x = torch.randn(1000) * 4
+    ref = mlp.act(x)
+    assert speed.swap_gelu(mlp) == 1
+    assert isinstance(mlp.act, nn.GELU)
+    torch.testing.assert_close(mlp.act(x), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_fast_attention_block_matches_legacy() -> None:
+    from TTS.tts.layers.tortoise.autoregressive import ConditioningEncoder
+
+    torch.manual_seed(0)
+    enc = ConditioningEncoder(80, 64, attn_blocks=2, num_attn_heads=4)
+    for block in enc.attn:
+        nn.init.normal_(block.proj_out.weight, std=0.1)  # Coqui zero-initialises it
+    x = torch.randn(3, 80, 37)
+    ref = enc(x)
+    gpt = nn.Module()
+    gpt.conditioning_encoder = enc
+    assert speed.swap_conditioning_attention(gpt) == 2
+    out = enc(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    assert speed.swap_conditioning_attention(gpt) == 0  # idempotent
+
+
+def test_fast_head_matches_on_sliced_input() -> None:
+    torch.manual_seed(0)
+    head = nn.Linear(32, 1026)
+    x = torch.randn(4, 50, 32)[:, 7:]  # non-contiguous, as in GPT.get_logits
+    ref = head(x)
+    gpt = nn.Module()
+    gpt.mel_head = head
+    assert speed.swap_heads(gpt) == 1
+    out = head(x)
+    assert out.shape == ref.shape == (4, 43, 1026)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert set(dict(head.named_parameters())) == {"weight", "bias"}
+
+
+def test_bucket_sampler_covers_each_clip_once_and_cuts_padding() -> None:
+    rng = random.Random(0)
+    lengths = [rng.randint(44100, 242550) for _ in range(1000)]
+    sampler = fast_data.LengthBucketBatchSampler(lengths, 16, seed=3)
+    batches = list(sampler)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(1000))
+    assert len(batches) == len(sampler)
+
+    def padding(bs: list[list[int]]) -> float:
+        real = sum(lengths[i] for b in bs for i in b)
+        padded = sum(len(b) * max(lengths[i] for i in b) for b in bs)
+        return 1 - real / padded
+
+    plain = [flat_i for flat_i in [list(range(k, min(k + 16, 1000))) for k in range(0, 1000, 16)]]
+    assert padding(batches) < 0.05 < 0.25 < padding(plain)
+    assert [i for b in sampler for i in b] != flat  # a new order each epoch
+
+
+def test_prompt_slice_matches_coqui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import TTS.tts.layers.xtts.trainer.dataset as xds
+
+    clip = np.random.default_rng(0).uniform(-0.5, 0.5, 90000).astype(np.float32)
+    monkeypatch.setattr(xds, "load_audio", lambda path, sr: torch.from_numpy(clip).unsqueeze(0))
+    for is_eval in (False, True):
+        for seed in range(5):
+            random.seed(seed)
+            ref, _, ref_idx = xds.get_prompt_slice("x.wav", 132300, 66150, 22050, is_eval)
+            random.seed(seed)
+            out, idx = fast_data.prompt_slice(clip, 132300, 66150, is_eval)
+            assert idx == ref_idx
+            torch.testing.assert_close(out, ref)
+
+
+def test_oom_backoff_halves_micro_batch_and_keeps_gradient_scale(caplog: pytest.LogCaptureFixture) -> None:
+    batch = {
+        "text_lengths": torch.tensor([3, 5, 2, 4]),
+        "wav_lengths": torch.tensor([10, 20, 30, 40]),
+        "padded_text": torch.ones(4, 5, dtype=torch.int32),
+        "filenames": ["a", "b", "c", "d"],
+        "cond_lens": None,
+    }
+    calls: list[tuple[int, float]] = []
+
+    def step(part: dict, scale: float) -> float:
+        part.pop("padded_text")  # formatting pops keys, as format_batch_on_device does
+        if len(part["text_lengths"]) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        calls.append((len(part["text_lengths"]), scale))
+        return 1.0
+
+    zeroed = []
+    backoff = speed.OomBackoff(micro_batch=4, accumulation=2)
+    with caplog.at_level("WARNING"):
+        out = speed.run_with_oom_backoff(step, batch, backoff, lambda: zeroed.append(1))
+    assert "padded_text" in batch  # the caller's batch is left as it came
+    assert out == [1.0, 1.0]
+    assert calls == [(2, 0.5), (2, 0.5)]
+    assert backoff.parts == 2 and zeroed == [1]
+    assert "micro-batch 4 -> 2, gradient accumulation 2 -> 4" in caplog.text
+    parts = speed.split_batch(batch, 2)
+    assert parts[0]["padded_text"].shape == (2, 5) and parts[1]["padded_text"].shape == (2, 4)
+    assert parts[1]["filenames"] == ["c", "d"]
+
+
+def test_presets() -> None:
+    low = speed.SpeedOptions.low_vram()
+    assert low.grad_checkpointing and low.optimizer_8bit and low.offload_frozen and not low.fused_adamw
+    stock = speed.SpeedOptions.stock()
+    assert not any(v for k, v in stock.to_dict().items() if isinstance(v, bool))
+    assert speed.SpeedOptions().bf16 and speed.SpeedOptions().cache_dvae_codes
+
+
+def test_continuous_loader_keeps_epochs_exact() -> None:
+    class Items(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 10
+
+        def __getitem__(self, i: int) -> int:
+            return i
+
+    sampler = fast_data.LengthBucketBatchSampler(list(range(10)), 3, seed=1)
+    loader = torch.utils.data.DataLoader(Items(), batch_sampler=fast_data._Cycle(sampler), collate_fn=list,
+                                         num_workers=2, persistent_workers=True, prefetch_factor=2)
+    cont = fast_data.ContinuousLoader(loader, len(sampler), 3)
+    assert len(cont) == 4
+    for _ in range(3):  # each epoch: every item exactly once
+        assert sorted(i for b in cont for i in b) == list(range(10))
+
+
+def test_auto_micro_batch_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    mem = {"peak": 0}
+    for name in ("synchronize", "empty_cache", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: mem["peak"])
+    sizes: list[int] = []
+
+    def probe(b: int) -> None:  # 4.2 GiB fixed + 60 MiB per clip, OOM above 40 clips
+        sizes.append(b)
+        if b > 40:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        mem["peak"] = int((4.2 + 0.06 * b) * 2**30)
+
+    b = speed.auto_micro_batch(probe, 7 * 2**30, max_batch=64)
+    assert 4.2 + 0.06 * b <= 0.9 * 7  # fits with the 10% margin
+    assert b >= 28  # and is not far below the largest that fits (35)
+    assert sizes[:2] == [1, 1] and 64 in sizes

@@ -1,0 +1,670 @@
+"""Speed and memory levers for Coqui's XTTS GPT training step, applied to a model instance.
+
+One entry: :func:`apply_speed_options` mutates a ``GPTTrainer`` (or subclass) and its
+``GPTTrainerConfig`` in place, before ``Trainer(...)`` is built. Nothing is patched globally
+except the process-wide float32 matmul precision (``tf32``) and, for ``expandable_segments``, the
+CUDA allocator setting; every model change is on the instance's own submodules or bound methods.
+
+What the trainer must do (the lead's ``ToolkitGPTTrainer`` / ``ToolkitTrainer``):
+
+1. Build the model, then ``apply_speed_options(model, config, opts, device)``; then build the
+   ``Trainer``. bf16 reaches the Trainer through ``config.mixed_precision`` / ``config.precision``
+   (Trainer 0.4 wraps ``train_step`` in ``torch.autocast`` with them and uses no GradScaler for
+   bf16: ``use_amp_scaler`` is only true for fp16). Set ``config.batch_size`` (micro-batch; 96-128
+   on an 80 GB card) and ``grad_accum_steps`` for the effective batch.
+2. With ``cache_dvae_codes``: in ``get_data_loader`` call
+   :func:`utils.training.fast_data.prepare_clip_cache` once (it borrows the DVAE back onto the
+   GPU), then return :func:`utils.training.fast_data.build_fast_loader` over a
+   ``CachedClipDataset`` (training: bucketing, pinned memory, ``opts.num_workers`` workers, a
+   ``ContinuousLoader`` that prefetches across epochs; eval: ``shuffle=False``). The installed
+   ``format_batch`` / ``format_batch_on_device`` take these batches and stock ``XTTSDataset``
+   batches alike (stock batches need the DVAE on the GPU: ``offload_frozen=False``).
+3. The installed ``on_init_end`` moves the frozen HiFiGAN (never used by a training step) and, with
+   cached codes, the DVAE to the CPU after the Trainer's ``model.cuda()``. Anything that
+   synthesises (``test_run``) must move ``model.xtts.hifigan_decoder`` back first.
+4. With ``optimizer_8bit`` the installed ``get_optimizer`` returns bitsandbytes' ``AdamW8bit``
+   with Coqui's parameter groups (needs ``bitsandbytes``).
+5. With ``auto_batch``: before ``fit``, ``auto_micro_batch(lambda b: probe_training_step(model,
+   config, optimizer, worst_batch(b), device), budget_bytes)`` on the longest clips, then
+   ``optimizer.state.clear()``; set ``config.batch_size`` and scale ``grad_accum_steps``.
+6. For the OOM fallback, wrap the optimize call with :func:`run_with_oom_backoff` (splits the
+   batch into halves, then quarters, ..., each part's loss scaled so the summed gradient is the
+   full batch's: micro-batch halved, accumulation doubled, one log line).
+
+Measured on one H100 (perf_notes.md): 343 samples/s at micro-batch 128 against 21 for Coqui's
+fp32 micro-batch-3 step in the same run; the low-VRAM preset trains the full GPT within 6.4 GiB
+of reserved memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import types
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from utils.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """Switches for each lever; the defaults are the fast, safe path for one modern GPU."""
+
+    bf16: bool = True  # bf16 autocast in the real Trainer loop (config.mixed_precision/precision)
+    tf32: bool = True  # TF32 for the float32 matmuls left outside autocast
+    fused_adamw: bool = True  # optimizer_params["fused"] = True for AdamW (one kernel per step)
+    fast_gelu: bool = True  # GPT2 MLP gelu_new (7 elementwise ops) -> nn.GELU("tanh"), same function
+    sdpa_conditioning: bool = True  # conditioning encoder: 1x1 convs as GEMMs, attention via SDPA
+    fast_heads: bool = True  # text/mel heads as one aligned 2D GEMM (1026 outputs padded to 1032)
+    no_cudnn_attention: bool = True  # keep SDPA off the cuDNN backend (per-shape planning cost)
+    host_lengths: bool = True  # keep length tensors on the CPU: no GPU syncs in GPT.forward loops
+    no_kv_cache: bool = True  # GPT2 fills no (unused) KV cache during training forwards
+    cache_dvae_codes: bool = True  # frozen DVAE run once per clip (fast_data), not per batch
+    bucket_lengths: bool = True  # length-bucketed batches (fast_data.LengthBucketBatchSampler)
+    pin_memory: bool = True  # pinned host batches, asynchronous copies
+    num_workers: int = 8  # loader worker processes
+    compile: bool = False  # torch.compile each GPT2 block (dynamic shapes)
+    grad_checkpointing: bool = False  # recompute GPT2 blocks in backward (low VRAM)
+    optimizer_8bit: bool = False  # bitsandbytes AdamW8bit states (low VRAM)
+    offload_frozen: bool = True  # HiFiGAN (and DVAE when codes are cached) off the GPU
+    expandable_segments: bool = True  # CUDA allocator segments that grow (less fragmentation)
+    auto_batch: bool = False  # pick the micro-batch from free GPU memory (see auto_micro_batch)
+    oom_backoff: bool = True  # on CUDA OOM: halve micro-batch, double accumulation, log it
+
+    @classmethod
+    def low_vram(cls, **overrides: Any) -> "SpeedOptions":
+        """The 8 GB-card preset: checkpointing, 8-bit AdamW, frozen modules off the GPU."""
+        base = dict(
+            grad_checkpointing=True, optimizer_8bit=True, offload_frozen=True, fused_adamw=False, auto_batch=True
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def stock(cls) -> "SpeedOptions":
+        """Every lever off: Coqui's own step (fp32, stock loader settings)."""
+        return cls(**{f.name: False for f in fields(cls) if f.type in ("bool", bool)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# --------------------------------------------------------------------------------------------
+# Model-level levers (each on the instance; no global monkeypatch)
+# --------------------------------------------------------------------------------------------
+
+
+def swap_gelu(gpt2: nn.Module) -> int:
+    """Replace each GPT2 MLP's ``gelu_new`` (a Python chain of ~7 kernels) by one fused kernel.
+
+    ``transformers``' ``NewGELUActivation`` is ``0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x**3)))``,
+    which is exactly ``F.gelu(x, approximate="tanh")``.
+
+    Returns:
+        Number of MLPs changed.
+    """
+    n = 0
+    for module in gpt2.modules():
+        act = getattr(module, "act", None)
+        if act is not None and type(act).__name__ in ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh"):
+            module.act = nn.GELU(approximate="tanh")
+            n += 1
+    return n
+
+
+def _fast_attention_block(block: nn.Module) -> None:
+    """Give one tortoise ``AttentionBlock`` (no mask, no relative bias) a faster forward.
+
+    Coqui's block: GroupNorm, 1x1 Conv1d to q/k/v, ``QKVAttentionLegacy`` (einsum, float32
+    softmax, (B*H, T, T) matrix), 1x1 Conv1d out, residual on the normalised input. At T = 517
+    conditioning frames the 1x1 convolutions and the attention matrix run through slow kernels
+    (517 is not a multiple of 8). Same function here with channels last: the 1x1 convolutions as
+    one GEMM each over B*T rows (the same weights, viewed), attention through SDPA (flash).
+    """
+    heads = block.attention.n_heads
+    qkv_conv, proj = block.qkv, block.proj_out
+
+    def forward(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:
+            raise NotImplementedError("the fast attention block takes no mask")
+        b, c, *spatial = x.shape
+        x = x.reshape(b, c, -1)
+        x_norm = block.norm(x)
+        t = x_norm.shape[-1]
+        qkv = F.linear(x_norm.transpose(1, 2), qkv_conv.weight.squeeze(-1), qkv_conv.bias)  # (b, t, 3c)
+        ch = qkv.shape[-1] // (3 * heads)
+        # Legacy layout: heads split first, then q/k/v inside each head's 3*ch channels.
+        q, k, v = qkv.reshape(b, t, heads, 3 * ch).permute(0, 2, 1, 3).split(ch, dim=-1)
+        a = F.scaled_dot_product_attention(q, k, v)  # (b, heads, t, ch)
+        a = a.transpose(1, 2).reshape(b, t, heads * ch)
+        h = F.linear(a, proj.weight.squeeze(-1), proj.bias).transpose(1, 2)  # (b, c, t)
+        out = x + h if block.tortoise_norm else x_norm + h
+        return out.reshape(b, c, *spatial)
+
+    block.forward = forward
+
+
+def swap_conditioning_attention(gpt: nn.Module) -> int:
+    """Install the fast forward on every conditioning-encoder attention block that allows it."""
+    n = 0
+    enc = getattr(gpt, "conditioning_encoder", None)
+    if enc is None:
+        return 0
+    for block in enc.modules():
+        att = getattr(block, "attention", None)
+        if (
+            type(att).__name__ == "QKVAttentionLegacy"
+            and getattr(block, "relative_pos_embeddings", None) is None
+            and not getattr(block, "_toolkit_fast", False)
+            and block.qkv.kernel_size == (1,)
+            and block.proj_out.kernel_size == (1,)
+        ):
+            _fast_attention_block(block)
+            block._toolkit_fast = True
+            n += 1
+    return n
+
+
+def _fast_head(head: nn.Linear, multiple: int = 8) -> None:
+    """Output head as one 2D GEMM on a contiguous input, output features padded to ``multiple``.
+
+    ``GPT.get_logits`` applies ``mel_head`` (1026 outputs) and ``text_head`` to a sliced, hence
+    non-contiguous, 3D view: PyTorch then runs a batched GEMM, and 1026 is not a multiple of 8, so
+    cuBLAS picks slow kernels. Zero rows pad the weight for the product only; the parameters and
+    the result are unchanged.
+    """
+    pad = (-head.out_features) % multiple
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        w, b = head.weight, head.bias
+        if pad:
+            w = F.pad(w, (0, 0, 0, pad))
+            b = F.pad(b, (0, pad)) if b is not None else None
+        y = F.linear(x2, w, b)
+        if pad:
+            y = y[:, : head.out_features]
+        return y.reshape(*shape[:-1], head.out_features)
+
+    head.forward = forward
+
+
+def swap_heads(gpt: nn.Module) -> int:
+    """Install :func:`_fast_head` on the GPT's text and mel heads."""
+    n = 0
+    for name in ("text_head", "mel_head"):
+        head = getattr(gpt, name, None)
+        if isinstance(head, nn.Linear) and not getattr(head, "_toolkit_fast", False):
+            _fast_head(head)
+            head._toolkit_fast = True
+            n += 1
+    return n
+
+
+def exclude_cudnn_attention(module: nn.Module) -> None:
+    """Run ``module.forward`` with SDPA limited to flash / memory-efficient / math backends.
+
+    cuDNN attention (which PyTorch prefers for bf16 on Hopper) plans each new shape; XTTS batches
+    have a new padded length almost every step. The backward kernel follows the forward's choice.
+    """
+    from torch.nn.attention import sdpa_kernel
+
+    inner = module.forward
+    backends = _NO_CUDNN_BACKENDS()
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        with sdpa_kernel(backends):
+            return inner(*args, **kwargs)
+
+    module.forward = forward  # instance attribute: only this module is affected
+
+
+def enable_grad_checkpointing(model: Any, *, exclude_cudnn: bool = False) -> None:
+    """Recompute each GPT2 block and conditioning-encoder block in backward instead of storing it.
+
+    Not through ``GPT2Model.gradient_checkpointing_enable``: transformers then asks for the input
+    embeddings, and Coqui deletes ``gpt.wte`` (build_hf_gpt_transformer). ``use_cache`` goes off
+    so no KV cache is built inside a checkpointed block. With ``exclude_cudnn`` the recomputation
+    runs under the same SDPA backend choice as the forward (else the saved tensors differ).
+    """
+    gpt2 = model.xtts.gpt.gpt
+    gpt2.config.use_cache = False
+    for block in gpt2.h:
+        _checkpoint_module(block, exclude_cudnn)
+    enc = getattr(model.xtts.gpt, "conditioning_encoder", None)
+    if enc is not None:
+        for block in enc.attn:
+            _checkpoint_module(block, exclude_cudnn)
+
+
+def _checkpoint_module(module: nn.Module, exclude_cudnn: bool = False) -> None:
+    from torch.utils.checkpoint import checkpoint
+
+    inner = module.forward
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if exclude_cudnn:
+            from torch.nn.attention import sdpa_kernel
+
+            with sdpa_kernel(_NO_CUDNN_BACKENDS()):
+                return inner(*args, **kwargs)
+        return inner(*args, **kwargs)
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if module.training and torch.is_grad_enabled():
+            return checkpoint(run, *args, use_reentrant=False, **kwargs)
+        return inner(*args, **kwargs)
+
+    module.forward = forward
+
+
+def _NO_CUDNN_BACKENDS() -> list[Any]:  # noqa: N802 - a constant that needs an import
+    from torch.nn.attention import SDPBackend
+
+    return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def train_without_kv_cache(gpt2: nn.Module) -> None:
+    """Call the GPT2 stack with ``use_cache=False`` while training.
+
+    Coqui builds it with ``use_cache=True`` (build_hf_gpt_transformer), so every training forward
+    fills a transformers ``DynamicCache``: a concatenated copy of each layer's keys and values that
+    nothing reads. Inference (eval mode, ``GPT2InferenceModel``) is untouched.
+    """
+    inner = gpt2.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if gpt2.training:
+            kwargs["use_cache"] = False
+        return inner(*args, **kwargs)
+
+    gpt2.forward = forward
+
+
+def compile_blocks(model: Any) -> int:
+    """``torch.compile`` each GPT2 block in place (dynamic shapes: a new padded length each batch)."""
+    n = 0
+    for block in model.xtts.gpt.gpt.h:
+        block.compile(dynamic=True)
+        n += 1
+    return n
+
+
+def offload_frozen_modules(model: Any, *, dvae: bool) -> list[str]:
+    """Move modules a training step never uses to the CPU and release their GPU memory.
+
+    Args:
+        model: the GPTTrainer.
+        dvae: also move the DVAE (only when codes come from a cache).
+
+    Returns:
+        Names of the modules moved.
+    """
+    moved = []
+    if getattr(model.xtts, "hifigan_decoder", None) is not None:
+        model.xtts.hifigan_decoder.to("cpu")
+        moved.append("xtts.hifigan_decoder")
+    if dvae:
+        model.dvae.to("cpu")
+        moved.append("dvae")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return moved
+
+
+def build_optimizer(model: Any, config: Any, opts: SpeedOptions) -> torch.optim.Optimizer:
+    """Coqui's optimizer (same parameter groups and hyper-parameters), 8-bit when asked.
+
+    Raises:
+        ConfigError: 8-bit asked and bitsandbytes missing.
+    """
+    base = type(model).get_optimizer(model)  # Coqui's groups; no state is allocated yet
+    if not opts.optimizer_8bit:
+        return base
+    try:
+        import bitsandbytes as bnb
+    except ImportError as exc:
+        raise ConfigError(
+            "the 8-bit optimizer needs bitsandbytes: pip install 'bitsandbytes>=0.45', "
+            "or turn it off (--no-optimizer-8bit)"
+        ) from exc
+    params = dict(config.optimizer_params or {})
+    params.pop("fused", None)
+    groups = [{k: v for k, v in g.items() if k in ("params", "weight_decay")} for g in base.param_groups]
+    opt = bnb.optim.AdamW8bit(
+        groups,
+        lr=config.lr,
+        betas=tuple(params.get("betas", (0.9, 0.999))),
+        eps=params.get("eps", 1e-8),
+        weight_decay=params.get("weight_decay", 1e-2),
+    )
+    if hasattr(base, "_group_names"):
+        opt._group_names = base._group_names
+    return opt
+
+
+# --------------------------------------------------------------------------------------------
+# Batch formatting (installed on the instance)
+# --------------------------------------------------------------------------------------------
+
+
+def fast_format_batch(self: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    """Before the Trainer moves tensors to the GPU: keep CPU copies of the lengths.
+
+    Coqui's ``GPT.forward`` loops over the batch indexing with the length tensors; on the GPU each
+    index is a device sync. A plain dict is not moved by Trainer's ``to_cuda``.
+    """
+    host = {"text_lengths": batch["text_lengths"].clone(), "wav_lengths": batch["wav_lengths"].clone()}
+    if batch.get("cond_idxs") is not None:
+        host["cond_idxs"] = batch["cond_idxs"].clone()
+    batch["host"] = host
+    return batch
+
+
+@torch.no_grad()
+def fast_format_batch_on_device(self: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    """Coqui's ``format_batch_on_device`` with cached codes and CPU lengths.
+
+    Same conditioning mel as Coqui's; DVAE codes taken from ``batch["audio_codes"]`` when present
+    (cached), else computed exactly as Coqui does.
+    """
+    host = batch.pop("host", None)
+    batch["text_inputs"] = batch.pop("padded_text")
+    cond = batch.pop("conditioning")
+    b, n, c, t = cond.size()
+    mel = self.torch_mel_spectrogram_style_encoder(cond.view(b * n, c, t))
+    batch["cond_mels"] = mel.view(b, n, self.torch_mel_spectrogram_style_encoder.n_mel_channels, mel.size(2))
+    wav = batch.pop("wav", None)
+    if batch.get("audio_codes") is None:
+        if wav is None:
+            raise ValueError("batch has neither cached audio_codes nor wav")
+        dvae_dev = next(self.dvae.parameters()).device
+        if dvae_dev != wav.device:
+            raise ConfigError(
+                "the DVAE was moved off the GPU but this batch has no cached codes: "
+                "use the cached-code loader or turn off offload_frozen"
+            )
+        if self.config.audio.sample_rate != self.config.audio.dvae_sample_rate:
+            import torchaudio
+
+            wav = torchaudio.functional.resample(
+                wav,
+                orig_freq=self.config.audio.sample_rate,
+                new_freq=self.config.audio.dvae_sample_rate,
+                lowpass_filter_width=64,
+                rolloff=0.9475937167399596,
+                resampling_method="kaiser_window",
+                beta=14.769656459379492,
+            )
+        batch["audio_codes"] = self.dvae.get_codebook_indices(self.torch_mel_spectrogram_dvae(wav))
+    if host is not None:
+        batch["text_lengths"] = host["text_lengths"]
+        batch["wav_lengths"] = host["wav_lengths"]
+        if batch.get("cond_idxs") is not None and "cond_idxs" in host:
+            batch["cond_idxs"] = host["cond_idxs"]
+    return batch
+
+
+# --------------------------------------------------------------------------------------------
+# The one entry
+# --------------------------------------------------------------------------------------------
+
+
+def apply_speed_options(model: Any, config: Any, opts: SpeedOptions, device: torch.device | str) -> list[str]:
+    """Apply every lever ``opts`` turns on to ``model`` and ``config`` (in place).
+
+    Call after the GPTTrainer is built and before ``Trainer(...)``; the model may be on the CPU
+    or already on ``device``. Levers needing CUDA (bf16, fused AdamW, TF32, cuDNN exclusion,
+    compile) are skipped with a log line on other devices.
+
+    Args:
+        model: a ``GPTTrainer`` (or subclass).
+        config: its ``GPTTrainerConfig`` (the Trainer reads ``mixed_precision``, ``precision``,
+            ``optimizer_params``, ``num_loader_workers``).
+        opts: the switches.
+        device: where training runs.
+
+    Returns:
+        Names of the levers applied, for the run log.
+    """
+    dev = torch.device(device)
+    cuda = dev.type == "cuda" and torch.cuda.is_available()
+    applied: list[str] = []
+    if opts.bf16:
+        if cuda and torch.cuda.is_bf16_supported():
+            config.mixed_precision = True
+            config.precision = "bf16"
+            applied.append("bf16")
+        else:
+            logger.info("bf16 autocast skipped: needs a CUDA GPU with bf16 support (training in fp32)")
+    if opts.tf32 and cuda:
+        torch.set_float32_matmul_precision("high")
+        applied.append("tf32")
+    if opts.expandable_segments and cuda:
+        setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
+        try:
+            setter("expandable_segments:True")
+            applied.append("expandable_segments")
+        except RuntimeError as exc:  # older allocators
+            logger.info("expandable_segments not available: %s", exc)
+    if opts.fused_adamw and cuda and not opts.optimizer_8bit and str(config.optimizer).lower() == "adamw":
+        config.optimizer_params = {**(config.optimizer_params or {}), "fused": True}
+        applied.append("fused_adamw")
+    gpt = model.xtts.gpt
+    if opts.fast_gelu and swap_gelu(gpt.gpt):
+        applied.append("fast_gelu")
+    if opts.sdpa_conditioning and swap_conditioning_attention(gpt):
+        applied.append("sdpa_conditioning")
+    if opts.fast_heads and swap_heads(gpt):
+        applied.append("fast_heads")
+    if opts.no_cudnn_attention and cuda:
+        exclude_cudnn_attention(gpt)
+        applied.append("no_cudnn_attention")
+    if opts.no_kv_cache and not getattr(gpt.gpt, "_toolkit_no_cache", False):
+        train_without_kv_cache(gpt.gpt)
+        gpt.gpt._toolkit_no_cache = True
+        applied.append("no_kv_cache")
+    if opts.grad_checkpointing:
+        enable_grad_checkpointing(model, exclude_cudnn=opts.no_cudnn_attention and cuda)
+        applied.append("grad_checkpointing")
+    if opts.compile and cuda:
+        compile_blocks(model)
+        applied.append("compile")
+    if opts.host_lengths or opts.cache_dvae_codes:
+        model.format_batch = types.MethodType(fast_format_batch if opts.host_lengths else type(model).format_batch, model)
+        model.format_batch_on_device = types.MethodType(fast_format_batch_on_device, model)
+        applied.append("host_lengths" if opts.host_lengths else "fast_format_batch")
+    if opts.optimizer_8bit:
+        model.get_optimizer = lambda: build_optimizer(model, config, opts)
+        applied.append("optimizer_8bit")
+    if opts.offload_frozen:
+        stock_on_init_end = model.on_init_end
+
+        def on_init_end(trainer: Any) -> None:
+            stock_on_init_end(trainer)
+            moved = offload_frozen_modules(model, dvae=opts.cache_dvae_codes)
+            logger.info("moved frozen modules to the CPU: %s", ", ".join(moved))
+
+        model.on_init_end = on_init_end
+        if next(model.parameters()).is_cuda:
+            offload_frozen_modules(model, dvae=opts.cache_dvae_codes)
+        applied.append("offload_frozen")
+    if opts.num_workers:
+        config.num_loader_workers = opts.num_workers
+    logger.info("speed levers: %s", ", ".join(applied) or "none")
+    return applied
+
+
+# --------------------------------------------------------------------------------------------
+# Micro-batch sizing and OOM fallback
+# --------------------------------------------------------------------------------------------
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for CUDA out-of-memory errors (including the older RuntimeError form)."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc)
+
+
+def auto_micro_batch(
+    probe: Callable[[int], None],
+    budget_bytes: int,
+    *,
+    max_batch: int = 256,
+    margin: float = 0.9,
+) -> int:
+    """Pick the largest micro-batch whose step fits ``margin * budget_bytes`` of reserved memory.
+
+    ``probe(b)`` must run one full training step (forward, backward, optimizer step) on a
+    worst-case batch of ``b`` clips (the longest clips) and leave the optimizer state and the
+    gradient buffers allocated (``zero_grad(set_to_none=False)``), as they are during training
+    with gradient accumulation. A first ``probe(1)`` allocates that state; then ``b`` doubles while
+    the measured peak stays under the limit, and a bisection between the last fitting and the
+    first failing size settles it. A CUDA OOM counts as not fitting.
+
+    Returns:
+        The micro-batch size (>= 1).
+    """
+    limit = int(budget_bytes * margin)
+
+    def fits(b: int) -> bool:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            probe(b)
+            torch.cuda.synchronize()
+        except RuntimeError as exc:
+            if not is_oom(exc):
+                raise
+            torch.cuda.empty_cache()
+            return False
+        peak = torch.cuda.max_memory_reserved()
+        logger.info("auto micro-batch: %d clips peak at %.2f GiB reserved", b, peak / 2**30)
+        return peak <= limit
+
+    if not fits(1) or not fits(1):  # first call allocates the optimizer state, second measures with it
+        return 1
+    good, bad = 1, None
+    while bad is None and good < max_batch:
+        b = min(good * 2, max_batch)
+        if fits(b):
+            good = b
+        else:
+            bad = b
+    while bad is not None and bad - good > max(1, good // 8):
+        mid = (good + bad) // 2
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    logger.info("auto micro-batch: %d (budget %.2f GiB, limit %.0f%%)", good, budget_bytes / 2**30, 100 * margin)
+    return good
+
+
+def probe_training_step(model: Any, config: Any, optimizer: Any, batch: dict[str, Any], device: torch.device) -> None:
+    """One training step for :func:`auto_micro_batch` that leaves the weights unchanged.
+
+    Forward and backward as Trainer 0.4 runs them, then an optimizer step at learning rate 0 (so
+    the optimizer state is allocated at its real size), then ``zero_grad(set_to_none=False)`` (the
+    gradient buffers stay, as during accumulation). After choosing the size, call
+    ``optimizer.state.clear()`` and ``optimizer.zero_grad(set_to_none=True)``.
+    """
+    batch = model.format_batch(dict(batch))
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            batch[k] = v.contiguous().to(device, non_blocking=True)
+    batch = model.format_batch_on_device(batch)
+    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float16
+    try:
+        with torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=bool(config.mixed_precision)):
+            _, loss_dict = model.train_step(batch, None)
+        loss_dict["loss"].backward()
+        lrs = [g["lr"] for g in optimizer.param_groups]
+        for g in optimizer.param_groups:
+            g["lr"] = 0.0
+        optimizer.step()
+        for g, lr in zip(optimizer.param_groups, lrs):
+            g["lr"] = lr
+    finally:
+        optimizer.zero_grad(set_to_none=False)
+
+
+def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
+    """Split a collated batch (before ``format_batch``) into ``parts`` smaller ones along dim 0."""
+    n = len(batch["text_lengths"])
+    size = math.ceil(n / parts)
+    out = []
+    for s in range(0, n, size):
+        sub: dict[str, Any] = {}
+        for k, v in batch.items():
+            if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == n:
+                sub[k] = v[s : s + size]
+            elif isinstance(v, list) and len(v) == n:
+                sub[k] = v[s : s + size]
+            else:
+                sub[k] = v
+        # trim padding to the part's own longest item
+        tl = int(sub["text_lengths"].max())
+        if "padded_text" in sub:
+            sub["padded_text"] = sub["padded_text"][:, :tl]
+        out.append(sub)
+    return out
+
+
+@dataclass
+class OomBackoff:
+    """State of the OOM fallback: how many parts each loader batch is split into."""
+
+    micro_batch: int
+    accumulation: int = 1
+    parts: int = 1
+
+    def halve(self) -> None:
+        """Halve the micro-batch, double accumulation (effective batch unchanged), log it."""
+        if self.micro_batch // (self.parts * 2) < 1:
+            raise RuntimeError("CUDA out of memory even at micro-batch 1: use the low-VRAM preset or a shorter max clip")
+        self.parts *= 2
+        logger.warning(
+            "CUDA out of memory: micro-batch %d -> %d, gradient accumulation %d -> %d (effective batch %d unchanged)",
+            math.ceil(self.micro_batch / (self.parts // 2)),
+            math.ceil(self.micro_batch / self.parts),
+            self.accumulation * self.parts // 2,
+            self.accumulation * self.parts,
+            self.micro_batch * self.accumulation,
+        )
+
+
+def run_with_oom_backoff(
+    step: Callable[[dict[str, Any], float], Any],
+    batch: dict[str, Any],
+    backoff: OomBackoff,
+    zero_grad: Callable[[], None],
+) -> list[Any]:
+    """Run ``step(part, loss_scale)`` over the batch split into ``backoff.parts``; on OOM split more.
+
+    ``step`` must run forward and backward with its loss multiplied by ``loss_scale`` and must NOT
+    step the optimizer (the caller does, once, after this returns). On OOM the gradients of this
+    batch are cleared with ``zero_grad`` (they may be partial) and the whole batch is redone in
+    twice as many parts. Gradients from earlier batches of an accumulation window are lost in
+    that case (logged); pass ``zero_grad`` that clears only what this batch wrote if that matters.
+    """
+    while True:
+        # shallow copies: formatting pops keys, and a retry needs the batch as it came
+        parts = split_batch(batch, backoff.parts) if backoff.parts > 1 else [dict(batch)]
+        try:
+            n = len(batch["text_lengths"])
+            return [step(p, len(p["text_lengths"]) / n) for p in parts]
+        except RuntimeError as exc:
+            if not is_oom(exc):
+                raise
+            zero_grad()
+            torch.cuda.empty_cache()
+            backoff.halve()

@@ -128,7 +128,7 @@ def _load_export(model_dir: Path) -> LoadedModel:
 
     config = XttsConfig()
     config.load_json(str(model_dir / "config.json"))
-    model = Xtts.init_from_config(config)
+    model = Xtts(config)
     model.load_checkpoint(config, checkpoint_dir=str(model_dir), eval=True)
     use_toolkit_tokenizer(model, model_dir / "vocab.json")  # Coqui's tokenizer raises for new languages
     info_path = model_dir / "export_info.json"
@@ -158,7 +158,7 @@ def _load_checkpoint(source: Path, which: str) -> LoadedModel:
     run_config = read_run_config(run_dir)
     vocab = _run_vocab(run_dir, run_config)
     config = inference_config(run_config, _base_config_path(run_config))
-    model = Xtts.init_from_config(config)
+    model = Xtts(config)
     model.tokenizer = load_tokenizer(vocab)
     model.init_models()  # sizes the text embedding from the (possibly extended) vocabulary
     model.load_state_dict(compact_state_dict(load_state_dict(ckpt)), strict=True)

@@ -353,19 +353,19 @@ def _f(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def speaker_rate(rows: list[Any], language: str) -> float:
-    """Median seconds per letter over training rows (wav headers only); the default if none."""
+def speaker_rate(clips: Sequence[tuple[Any, str]], language: str) -> float:
+    """Median seconds per letter over ``(audio path, text)`` pairs (wav headers only); the default if none."""
     import soundfile as sf
 
     from utils.reference import letters
 
     rates = []
-    for r in rows[:500]:
+    for path, text in list(clips)[:500]:
         try:
-            info = sf.info(str(r.path))
+            info = sf.info(str(path))
         except (sf.LibsndfileError, RuntimeError, OSError):
             continue
-        n = letters(metric_text(r.text, language))
+        n = letters(metric_text(text, language))
         if n:
             rates.append(info.frames / info.samplerate / n)
     return float(np.median(rates)) if rates else DEFAULT_S_PER_LETTER
@@ -425,7 +425,7 @@ def evaluate(
         logger.warning("CER/WER skipped: %s", asr_note)
     out_dir = Path(out_dir) if out_dir else run_dir / "eval"
     report = EvalReport(run_dir, language, list(sentences), references, asr_note)
-    rate = speaker_rate(train_rows, language)
+    rate = speaker_rate([(r.path, r.text) for r in train_rows], language)
     bar = tqdm(total=len(ckpts) * len(sentences), desc="evaluate", unit="wav")
     for ckpt in ckpts:
         loaded = load_model(ckpt, device=device)
@@ -483,3 +483,80 @@ def copy_best(report: EvalReport, dest: str | os.PathLike | None = None) -> Path
         shutil.copy2(src, dest)
     logger.info("best checkpoint by evaluation: %s -> %s", src.name, dest)
     return dest
+
+
+# --------------------------------------------------------------------------------------------
+# During training
+# --------------------------------------------------------------------------------------------
+
+
+class EvaluationHook:
+    """A ToolkitTrainer ``on_evaluation`` hook: score held-out sentences with the current weights.
+
+    Appends one JSON line per call to ``<run>/eval_during_training.jsonl`` (step, the
+    :func:`summarize` fields, the selection score) and logs CER, WER, similarity and the flagged
+    share to TensorBoard under ``TestEval/``. Training is unchanged (see
+    :func:`utils.synthesize.trainer_model`).
+
+    Args:
+        sentences / language / references / max_sentences / every / options: as
+            :class:`utils.synthesize.TestSentencesHook`.
+        asr_model / use_asr: as :func:`evaluate`.
+    """
+
+    def __init__(
+        self,
+        sentences: list[str] | None = None,
+        *,
+        language: str | None = None,
+        references: list[str | os.PathLike] | None = None,
+        max_sentences: int = 3,
+        every: int = 1,
+        asr_model: str | os.PathLike | None = None,
+        use_asr: bool = True,
+        options: Any = None,
+    ) -> None:
+        from utils.synthesize import SynthesisOptions, TestSentencesHook
+
+        self._inputs = TestSentencesHook(sentences, language=language, references=references, max_sentences=max_sentences)
+        self.every = max(1, int(every))
+        self.asr_model, self.use_asr = asr_model, use_asr
+        self.options = options or SynthesisOptions(seed=0)
+        self.calls = 0
+        self._asr: tuple[Transcriber | None, str] | None = None
+        self._rate: float | None = None
+        self.records: list[dict[str, Any]] = []
+
+    def __call__(self, trainer: Any, record: dict[str, Any]) -> None:
+        from utils.synthesize import synthesize, trainer_model
+
+        self.calls += 1
+        if (self.calls - 1) % self.every:
+            return
+        src = self._inputs
+        if src.sentences is None or src.references is None or src.language is None:
+            src._setup(trainer)
+        if not src.sentences:
+            return
+        if self._asr is None:
+            self._asr = load_asr(src.language, self.asr_model) if self.use_asr else (None, "ASR disabled")
+            train = list(getattr(trainer, "train_samples", None) or [])
+            self._rate = speaker_rate([(s["audio_file"], s["text"]) for s in train], src.language)
+        step = int(record.get("step", getattr(trainer, "total_steps_done", 0)))
+        with trainer_model(trainer, src.language, src.references) as loaded:
+            scorer = Scorer(loaded.model, src.language, list(src.references), *self._asr, self._rate or DEFAULT_S_PER_LETTER)
+            samples = []
+            for text in src.sentences:
+                wav = synthesize(loaded, text, language=src.language, options=self.options)
+                samples.append(scorer.score(wav, loaded.sample_rate, text))
+        summary = summarize(samples)
+        line = {"step": step, **summary, "score": selection_score(summary), "asr": self._asr[1]}
+        self.records.append(line)
+        with open(Path(trainer.output_path) / "eval_during_training.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+        dashboard = getattr(trainer, "dashboard_logger", None)
+        if dashboard is not None:
+            scalars = {k: summary[k] for k in ("cer", "wer", "similarity", "flagged_share") if summary[k] is not None}
+            dashboard.add_scalars("TestEval", scalars, step)
+        logger.info("evaluation of test sentences at step %d: CER %s, similarity %s, %d/%d flagged",
+                    step, _f(summary["cer"]), _f(summary["similarity"]), summary["flagged"], summary["n"])  # fmt: skip

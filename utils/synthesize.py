@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -292,6 +293,36 @@ def synthesize_to_files(
 # --------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def trainer_model(trainer: Any, language: str, references: list[Path]) -> Iterator[LoadedModel]:
+    """The training model as a :class:`LoadedModel`, for inference in the middle of training.
+
+    Builds the GPT's inference wrapper and puts every module in eval mode; afterwards removes the
+    wrapper (as ``GPTTrainer.test_run`` does), restores each module's mode and torch's RNG state,
+    so training goes on exactly as without the detour.
+    """
+    import torch
+
+    model = trainer._get_model() if hasattr(trainer, "_get_model") else trainer.model
+    xtts = model.xtts
+    modes = {m: m.training for m in xtts.modules()}
+    gpt = xtts.gpt
+    built = not hasattr(gpt, "gpt_inference")
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    try:
+        if built:
+            gpt.init_gpt_for_inference(kv_cache=xtts.args.kv_cache, use_deepspeed=False)
+        torch.nn.Module.train(xtts, False)
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            yield LoadedModel(model=xtts, source=Path(trainer.output_path), language=language, references=list(references))
+    finally:
+        if built:
+            del gpt.gpt_inference
+            del gpt.gpt.wte
+        for m, mode in modes.items():
+            m.training = mode
+
+
 class TestSentencesHook:
     """A ToolkitTrainer ``on_evaluation`` hook: speak held-out sentences with the current weights.
 
@@ -342,8 +373,6 @@ class TestSentencesHook:
             logger.info("test sentences: reference %s (%s)", self.references[0].name, choice.note)
 
     def __call__(self, trainer: Any, record: dict[str, Any]) -> None:
-        import torch
-
         self.calls += 1
         if (self.calls - 1) % self.every:
             return
@@ -351,31 +380,13 @@ class TestSentencesHook:
             self._setup(trainer)
         if not self.sentences:
             return
-        model = trainer._get_model() if hasattr(trainer, "_get_model") else trainer.model
-        xtts = model.xtts
         step = int(record.get("step", getattr(trainer, "total_steps_done", 0)))
         out_dir = Path(trainer.output_path) / "test_sentences" / f"step_{step}"
-        modes = {m: m.training for m in xtts.modules()}
-        gpt = xtts.gpt
-        built = not hasattr(gpt, "gpt_inference")
-        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-        try:
-            if built:
-                gpt.init_gpt_for_inference(kv_cache=xtts.args.kv_cache, use_deepspeed=False)
-            torch.nn.Module.train(xtts, False)
-            with torch.random.fork_rng(devices=devices), torch.inference_mode():
-                loaded = LoadedModel(model=xtts, source=Path(trainer.output_path), language=self.language,
-                                     references=list(self.references))  # fmt: skip
-                audios = self._speak(loaded, out_dir)
-        finally:
-            if built:  # as GPTTrainer.test_run: the inference wrappers are not part of training
-                del gpt.gpt_inference
-                del gpt.gpt.wte
-            for m, mode in modes.items():
-                m.training = mode
-        logger_ = getattr(trainer, "dashboard_logger", None)
-        if logger_ is not None and audios:
-            logger_.test_audios(step, audios, OUTPUT_SR)
+        with trainer_model(trainer, self.language, self.references) as loaded:
+            audios = self._speak(loaded, out_dir)
+        dashboard = getattr(trainer, "dashboard_logger", None)
+        if dashboard is not None and audios:
+            dashboard.test_audios(step, audios, OUTPUT_SR)
 
     def _speak(self, loaded: LoadedModel, out_dir: Path) -> dict[str, np.ndarray]:
         from utils.data.audio import write_wav

@@ -94,10 +94,12 @@ def _train(tiny_base, demo_en, out, hooks):
 def test_test_sentences_hook_writes_wavs_and_tensorboard_and_leaves_training_unchanged(tiny_base, demo_en, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from utils.evaluate import EvaluationHook
     from utils.synthesize import test_sentences_hook
 
     hook = test_sentences_hook(max_sentences=2, options=SynthesisOptions(max_new_tokens=4, seed=0))
-    with_hook = _train(tiny_base, demo_en, tmp_path / "a", [hook])
+    scoring = EvaluationHook(max_sentences=1, options=SynthesisOptions(max_new_tokens=4, seed=0))
+    with_hook = _train(tiny_base, demo_en, tmp_path / "a", [hook, scoring])
     without = _train(tiny_base, demo_en, tmp_path / "b", [])
     steps = [r["step"] for r in with_hook.evaluation_records]
     assert steps == [2, 4, 5]
@@ -109,6 +111,10 @@ def test_test_sentences_hook_writes_wavs_and_tensorboard_and_leaves_training_unc
         assert sf.info(str(wavs[0])).samplerate == 24000
     acc = EventAccumulator(str(run_dir), size_guidance={"audio": 0}).Reload()
     assert {"TestAudios/01", "TestAudios/02"} <= set(acc.Tags()["audio"])
+    assert "TestEval/similarity" in acc.Tags()["scalars"]
+    lines = [json.loads(x) for x in (run_dir / "eval_during_training.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == steps
+    assert all(x["similarity"] is not None and x["n"] == 1 for x in lines)
     # Same losses with and without the hook: the RNG and the GPT's training mode were restored.
     loss = lambda t: [r[k] for r in t.evaluation_records for k in ("train_loss", "eval_loss")]  # noqa: E731
     assert loss(with_hook) == pytest.approx(loss(without), rel=1e-6)

@@ -51,7 +51,7 @@ DEMO_RECIPE: dict[str, Any] = {
 }
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None, defaults: dict[str, Any] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="gpt_train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -96,6 +96,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     mode.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
     mode.add_argument("--demo", action="store_true", help="tiny base + bundled demo data, a few epochs")
     mode.add_argument("-v", "--verbose", action="store_true")
+    if defaults:
+        p.set_defaults(**defaults)
     return p.parse_args(argv)
 
 
@@ -163,14 +165,18 @@ def locate_base_model(args: argparse.Namespace, cache_dir: Path = DEFAULT_CACHE)
     return check_base_model(tiny)
 
 
-def resolve_hparams(args: argparse.Namespace, measured_hours: float | None) -> Resolved:
-    """Step 3: defaults -> table row -> recipe (demo) -> command line."""
+def resolve_hparams(
+    args: argparse.Namespace, measured_hours: float | None, recipe: dict[str, Any] | None = None
+) -> Resolved:
+    """Step 3: defaults -> table row -> recipe (the demo's or a recipe file's) -> command line."""
     cli_values = {k: getattr(args, k) for k in CLI_HPARAMS}
     if args.dataset_hours is not None:
-        hours, source = check_hours(args.dataset_hours), "cli"
+        hours, source = check_hours(args.dataset_hours), "cli" if args.hours_from_cli else "recipe"
     else:
         hours, source = measured_hours, "measured from the training metadata"
-    return resolve(dataset_hours=hours, hours_source=source, cli=cli_values, recipe=DEMO_RECIPE if args.demo else None)
+    layer = dict(DEMO_RECIPE) if args.demo else {}
+    layer.update({k: v for k, v in (recipe or {}).items() if k in CLI_HPARAMS})
+    return resolve(dataset_hours=hours, hours_source=source, cli=cli_values, recipe=layer or None)
 
 
 def measure_header_hours(csv_path: Path) -> float | None:
@@ -383,8 +389,13 @@ def summary_lines(result: TrainResult) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, recipe: dict[str, Any] | None = None) -> int:
+    """Run the command. ``recipe`` maps option names (dest form, e.g. ``grad_accum``) to values:
+    hyperparameters form the "recipe" layer (under the command line); other options become defaults.
+    """
+    recipe = dict(recipe or {})
+    args = parse_args(argv, {k: v for k, v in recipe.items() if k not in CLI_HPARAMS})
+    args.hours_from_cli = args.dataset_hours is not None and args.dataset_hours != recipe.get("dataset_hours")
     cli.setup_logging(args.verbose)
     language = args.language or "en"
     # 1. base model (dry runs without --base-model or --demo resolve hyperparameters only)
@@ -396,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 3. hyperparameters; a dry run reads only wav headers, and only when the hours are not given
     if args.dry_run:
         hours = measure_header_hours(train_csv) if (args.dataset_hours is None and train_csv) else None
-        hparams = resolve_hparams(args, hours)
+        hparams = resolve_hparams(args, hours, recipe)
         out = hparams.as_dict()
         out.update({"language": language, "base_model": str(base.root) if base else None,
                     "train_csv": str(train_csv) if train_csv else None, "eval_csv": str(eval_csv) if eval_csv else None})  # fmt: skip
@@ -409,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     # 5. preflight: every row of both CSVs, with the vocabulary training will use
     split = check_data(DataSplit(train_csv, eval_csv), language, vocab, args.max_excluded_share)
-    hparams = resolve_hparams(args, split.train_report.hours_kept)
+    hparams = resolve_hparams(args, split.train_report.hours_kept, recipe)
     logger.info(
         "dataset hours %.4g (kept by the preflight%s): lr %.3g (%s), weight decay %.3g (%s)",
         hparams.dataset_hours or 0.0, ", overridden by --dataset-hours" if args.dataset_hours else "",

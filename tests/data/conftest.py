@@ -49,7 +49,7 @@ def en_vocab(tmp_path_factory) -> Path:
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     special = ["[STOP]", "[UNK]", "[SPACE]", "[START]"] + [f"[{lang}]" for lang in LANGS]
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special)
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special, show_progress=False)
     corpus = [s.lower() for s in SENTENCES] + ["abcdefghijklmnopqrstuvwxyz .,!?'\"-:;()0123456789"] * 3
     tok.train_from_iterator(corpus, trainer)
     tok.save(str(out))
@@ -68,3 +68,45 @@ def speech_bank(tmp_path_factory) -> dict[str, Path]:
     """One espeak-ng WAV per sentence in SENTENCES (session-wide, read-only)."""
     d = tmp_path_factory.mktemp("speech")
     return {s: espeak(s, d / f"s{i}.wav") for i, s in enumerate(SENTENCES)}
+
+
+@pytest.fixture(scope="session")
+def long_recording(tmp_path_factory, speech_bank):
+    """Sentences from SENTENCES joined by 1.5 s of silence at 22.05 kHz.
+
+    Returns (wav path, [(start_s, end_s, sentence)], 22050).
+    """
+    d = tmp_path_factory.mktemp("rec")
+    sr = 22050
+    gap = np.zeros(int(1.5 * sr), dtype=np.float32)
+    parts, layout, t = [gap[: sr // 2]], [], 0.5
+    for text, path in list(speech_bank.items())[:5]:
+        a, file_sr = sf.read(str(path), dtype="float32")
+        assert file_sr == sr
+        nz = np.flatnonzero(np.abs(a) > 0.01)
+        a = a[nz[0]: nz[-1] + 1]  # trim espeak's own silence so the layout times are exact
+        layout.append((t, t + len(a) / sr, text))
+        parts += [a, gap]
+        t += len(a) / sr + len(gap) / sr
+    audio = np.concatenate(parts)
+    path = d / "recording.wav"
+    sf.write(str(path), audio, sr, subtype="PCM_16")
+    return path, layout, sr
+
+
+def words_from_layout(layout):
+    """Fake Whisper output: each sentence's words spread evenly over its span."""
+    from utils.data.segment import Word
+
+    words = []
+    for start, end, text in layout:
+        toks = text.split()
+        step = (end - start) / len(toks)
+        for i, tok in enumerate(toks):
+            words.append(Word(start + i * step, start + (i + 1) * step - 0.02, " " + tok))
+    return words
+
+
+@pytest.fixture(scope="session")
+def layout_words():
+    return words_from_layout

@@ -139,6 +139,7 @@ def test_report_json_schema_and_cli_exit_codes(bad_dataset, en_vocab, tmp_path, 
     assert {"total", "kept", "hours_kept", "excluded"} <= set(data)
     assert data["total"] == 20 and data["kept"] == 6 and len(data["excluded"]) == 14
     assert set(data["excluded"][0]) == {"row", "audio_file", "reason", "detail"}
+    assert data["stats"]["clips"] == 6 and data["stats"]["hours"] == pytest.approx(data["hours_kept"], abs=1e-6)
     err = capsys.readouterr().err
     assert "too_long: 1" in err and "duplicate_row: 2" in err
 
@@ -149,8 +150,8 @@ def test_report_json_schema_and_cli_exit_codes(bad_dataset, en_vocab, tmp_path, 
 
 
 def test_cli_exit_2_on_unreadable_csv(tmp_path):
-    from utils import cli
     from scripts.validate_dataset import main
+    from utils import cli
 
     assert cli.run(main, [str(tmp_path / "nope.csv")]) == 2
     bad = tmp_path / "comma.csv"
@@ -182,3 +183,60 @@ def test_dataset_stats(bad_dataset, en_tokenizer):
     # durations read from headers when the preflight did not set them
     fresh = [Row(r.row, r.audio_file, r.path, r.text, r.speaker_name) for r in rep.kept_rows]
     assert dataset_stats(fresh)["seconds"] == pytest.approx(st["seconds"], rel=1e-6)
+
+
+def test_toolkit_tokenizer_from_vocab_path(bad_dataset, en_vocab):
+    from utils.data.text import load_text_tokenizer
+
+    tok = load_text_tokenizer(en_vocab)
+    assert type(tok).__name__ == "TextTokenizer"  # utils.language's, not the fallback adapter
+    rep = run_preflight(bad_dataset / "metadata_train.csv", language="en", tokenizer=tok, progress=False)
+    assert {e["row"]: e["reason"] for e in rep.excluded} == EXPECTED
+    am = run_preflight(bad_dataset / "metadata_train.csv", language="am", tokenizer=tok, progress=False)
+    assert {e["reason"] for e in am.excluded if e["row"] <= 7} == {"unsupported_language"}
+    assert "not registered" in next(e["detail"] for e in am.excluded if e["row"] == 2)
+
+
+def test_eval_rows_duplicating_train_are_excluded(bad_dataset, en_tokenizer, tmp_path):
+    train = run_preflight(bad_dataset / "metadata_train.csv", language="en", tokenizer=en_tokenizer, progress=False)
+    ev = bad_dataset / "metadata_eval.csv"
+    ev.write_text("audio_file|text|speaker_name\n"
+                  "wavs/good1.wav|She sells sea shells by the sea shore.|spk\n"       # same file as train row 3
+                  "wavs/copy_of_good0.wav|The quick brown fox.|spk\n"                 # same audio as train row 2
+                  "wavs/long.wav|x|spk\n")
+    try:
+        rep = run_preflight(ev, language="en", tokenizer=en_tokenizer, progress=False, exclude_duplicates_of=train)
+    finally:
+        ev.unlink()
+    assert [(e["row"], e["reason"]) for e in rep.excluded] == [(2, "duplicate_row"), (3, "duplicate_row"), (4, "too_long")]
+    assert "row 3 of metadata_train.csv" in rep.excluded[0]["detail"]
+    assert "row 2 of metadata_train.csv" in rep.excluded[1]["detail"]
+
+
+def test_validate_script_runs_as_a_program(bad_dataset, tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "validate_dataset.py"
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, str(script), str(bad_dataset / "metadata_train.csv"), "--report", str(out),
+                           "--no-progress"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(out.read_text())["kept"] == 8  # no vocab: text checks skipped
+    assert "missing_file: 1" in proc.stderr and proc.stdout == ""
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "none.csv")], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: metadata file not found")
+
+
+def test_protocol_only_tokenizer(bad_dataset, en_tokenizer):
+    """Any object with encode + unknown_characters works (no [UNK] id to short-cut with)."""
+
+    class Minimal:
+        def encode(self, text, language):
+            return en_tokenizer.encode(text, language)
+
+        def unknown_characters(self, text, language):
+            return en_tokenizer.unknown_characters(text, language)
+
+    rep = run_preflight(bad_dataset / "metadata_train.csv", language="en", tokenizer=Minimal(), progress=False)
+    assert {e["row"]: e["reason"] for e in rep.excluded} == EXPECTED

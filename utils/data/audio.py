@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 TARGET_SR = 22050
 SOUNDFILE_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".w64", ".rf64"})
 FFMPEG_EXTENSIONS = frozenset(
-    {".mp3", ".m4a", ".aac", ".opus", ".wma", ".mp4", ".mkv", ".mov", ".webm", ".avi", ".flv", ".mpg", ".mpeg", ".ts", ".m4v", ".3gp"}
+    {".mp3", ".m4a", ".aac", ".opus", ".wma", ".mp4", ".mkv", ".mov", ".webm", ".avi", ".flv", ".mpg", ".mpeg",
+     ".ts", ".m4v", ".3gp"}
 )
 MEDIA_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
 

@@ -11,9 +11,9 @@ import csv
 import io
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from utils.errors import DataError
 

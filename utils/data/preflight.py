@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import os
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ import numpy as np
 import soundfile as sf
 
 from utils.data.csv_io import BadRow, Row, read_coqui_csv
+from utils.data.stats import dataset_stats
 from utils.data.text import TextTokenizer, load_text_tokenizer
 from utils.errors import DataError
 
@@ -71,6 +74,7 @@ class PreflightReport:
     checks_skipped: list[str] = field(default_factory=list)
     limits: dict[str, float] = field(default_factory=dict)
     kept_rows: list[Row] = field(default_factory=list, repr=False)
+    kept_hashes: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def excluded_share(self) -> float:
@@ -93,6 +97,7 @@ class PreflightReport:
             "conversions": self.conversions,
             "checks_skipped": self.checks_skipped,
             "limits": self.limits,
+            "stats": dataset_stats(self.kept_rows),
         }
 
     def write_json(self, path: str | os.PathLike) -> Path:
@@ -131,7 +136,7 @@ def _audio_check(args: tuple[str, float, float, float, float]) -> dict[str, Any]
     try:
         info = sf.info(path)
     except (sf.LibsndfileError, RuntimeError) as exc:
-        return {"reason": "unreadable_audio", "detail": str(exc).strip()[:200]}
+        return {"reason": "unreadable_audio", "detail": f"{str(exc).strip()[:200]}; convert it to WAV or FLAC"}
     if info.samplerate <= 0 or info.frames <= 0:
         return {"reason": "unreadable_audio", "detail": "no audio frames"}
     duration = info.frames / info.samplerate
@@ -141,38 +146,62 @@ def _audio_check(args: tuple[str, float, float, float, float]) -> dict[str, Any]
     if duration > max_s:
         return {**facts, "reason": "too_long", "detail": f"{duration:.2f} s > {max_s} s"}
     try:
-        data, _ = sf.read(path, dtype="float32", always_2d=True)
+        # int16 whatever the file holds: the clip is trained as 16-bit, so clipping and silence
+        # are judged on what training will see, and hashing half the bytes of float32 is faster.
+        # (float files are read as float: libsndfile does not scale float to int on read)
+        if info.subtype.startswith("PCM") or info.subtype in ("ULAW", "ALAW"):
+            data, _ = sf.read(path, dtype="int16", always_2d=True)
+        else:
+            f32, _ = sf.read(path, dtype="float32", always_2d=True)
+            data = np.round(np.clip(f32, -1.0, 1.0) * 32767.0).astype(np.int16)
     except (sf.LibsndfileError, RuntimeError) as exc:
         return {**facts, "reason": "unreadable_audio", "detail": str(exc).strip()[:200]}
     if data.shape[0] == 0:
         return {**facts, "reason": "unreadable_audio", "detail": "no audio frames decoded"}
-    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    facts["hash"] = hashlib.blake2b(mono.tobytes(), digest_size=16).hexdigest()
-    rms = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64))))
-    rms_db = 20.0 * np.log10(max(rms, 1e-10))
+    facts["hash"] = hashlib.sha1(data.tobytes()).hexdigest()
+    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0].astype(np.float32)
+    rms = math.sqrt(float(np.dot(mono, mono)) / mono.size) / 32768.0
+    rms_db = 20.0 * math.log10(max(rms, 1e-10))
     if rms_db < silence_db:
         return {**facts, "reason": "silent", "detail": f"RMS {rms_db:.1f} dBFS < {silence_db} dBFS"}
-    clipped = float(np.count_nonzero(np.abs(mono) >= 0.999)) / mono.size
-    if clipped > max_clipped:
-        return {**facts, "reason": "clipped", "detail": f"{clipped:.2%} of samples at full scale (> {max_clipped:.2%})"}
+    full = 0.999 * 32767
+    if max(float(mono.max()), -float(mono.min())) >= full:
+        clipped = float(np.count_nonzero(np.abs(mono) >= full)) / mono.size
+        if clipped > max_clipped:
+            return {**facts, "reason": "clipped", "detail": f"{clipped:.2%} of samples at full scale (> {max_clipped:.2%})"}
     return facts
 
 
-def _text_check(text: str, language: str, tokenizer: TextTokenizer | None, max_tokens: int) -> tuple[str, str] | None:
+def _unk_id(tokenizer: Any) -> int | None:
+    """The [UNK] id when the tokenizer exposes it (Coqui's and ours wrap a ``tokenizers`` object)."""
+    inner = getattr(tokenizer, "tokenizer", None)
+    if inner is not None and hasattr(inner, "token_to_id"):
+        return inner.token_to_id("[UNK]")
+    return getattr(tokenizer, "unk_id", None)
+
+
+def _text_check(
+    text: str, language: str, tokenizer: TextTokenizer | None, max_tokens: int, unk_id: int | None = None
+) -> tuple[str, str] | None:
     if not text.strip():
         return "empty_text", "no transcript"
     if tokenizer is None:
         return None
     try:
-        unknown = tokenizer.unknown_characters(text, language)
-        if unknown:
-            shown = " ".join(f"{c!r} (U+{ord(c):04X})" for c in unknown[:10])
-            return "unknown_characters", f"[UNK] for: {shown}; extend the vocabulary or fix the text"
-        n = len(tokenizer.encode(text, language))
+        ids = tokenizer.encode(text, language)
+        # unknown_characters is only asked when the encoding holds [UNK] (or the id is unknown):
+        # it is the slow call, and clean rows are the common case.
+        if unk_id is None or unk_id in ids:
+            unknown = tokenizer.unknown_characters(text, language)
+            if unknown:
+                shown = " ".join(f"{c!r} (U+{ord(c):04X})" for c in unknown[:10])
+                return "unknown_characters", f"[UNK] for: {shown}; extend the vocabulary or fix the text"
+            if unk_id is not None:
+                return "unknown_characters", "the encoding holds [UNK]; extend the vocabulary or fix the text"
     except NotImplementedError as exc:
         return "unsupported_language", f"{exc}; add a normaliser/vocabulary for {language!r}"
-    if n > max_tokens:
-        return "text_too_long", f"{n} tokens > {max_tokens}"
+    if len(ids) > max_tokens:
+        return "text_too_long", f"{len(ids)} tokens > {max_tokens}"
     return None
 
 
@@ -184,12 +213,16 @@ def _inside(path: Path, root: Path) -> bool:
     return True
 
 
-def _run_audio_checks(jobs: list[tuple], workers: int, progress: bool) -> list[dict[str, Any]]:
+def _run_checks(
+    jobs: list[tuple], text_check: Callable[[int], tuple[str, str] | None], workers: int, progress: bool
+) -> tuple[list[dict[str, Any]], list[tuple[str, str] | None]]:
+    """Audio checks in a process pool while the text checks run here; returns both, in row order."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc="preflight", unit="clip", disable=not progress, leave=False)
     results: list[dict[str, Any]] = []
     if workers <= 1 or len(jobs) < _POOL_MIN_ROWS:
+        texts = [text_check(i) for i in range(len(jobs))]
         for job in jobs:
             results.append(_audio_check(job))
             bar.update()
@@ -197,11 +230,13 @@ def _run_audio_checks(jobs: list[tuple], workers: int, progress: bool) -> list[d
         # spawn, not fork: the trainer calls this with torch (and its threads) already loaded.
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            for res in pool.map(_audio_check, jobs, chunksize=64):
+            pending = pool.map(_audio_check, jobs, chunksize=64)  # submitted now, runs meanwhile
+            texts = [text_check(i) for i in range(len(jobs))]
+            for res in pending:
                 results.append(res)
                 bar.update()
     bar.close()
-    return results
+    return results, texts
 
 
 def run_preflight(
@@ -218,6 +253,7 @@ def run_preflight(
     max_clipped_fraction: float = MAX_CLIPPED_FRACTION,
     workers: int | None = None,
     progress: bool = True,
+    exclude_duplicates_of: PreflightReport | None = None,
 ) -> PreflightReport:
     """Check every row of a ``coqui``-format CSV.
 
@@ -231,6 +267,9 @@ def run_preflight(
             CSV's folder).
         workers: processes for the audio checks (default: min(2, CPU count)).
         progress: show a tqdm bar on stderr.
+        exclude_duplicates_of: an earlier report (the train CSV's, when checking eval): rows with
+            the same file or audio as one of its kept rows are excluded as ``duplicate_row``, so
+            no clip is on both sides of a split.
 
     Returns:
         The report; ``kept_rows`` carry their ``duration``.
@@ -264,6 +303,13 @@ def run_preflight(
 
     candidates: list[Row] = []
     seen_paths: dict[Path, int] = {}
+    other_paths: dict[Path, int] = {}
+    other_hashes: dict[str, int] = {}
+    other_name = ""
+    if exclude_duplicates_of is not None:
+        other_paths = {r.path: r.row for r in exclude_duplicates_of.kept_rows}
+        other_hashes = exclude_duplicates_of.kept_hashes
+        other_name = Path(exclude_duplicates_of.csv_path).name
     for r in rows:
         if not r.audio_file:
             exclude(r, "missing_file", "audio_file column is empty")
@@ -271,26 +317,36 @@ def run_preflight(
             exclude(r, "path_outside_dataset", f"resolves to {r.path}, outside {root}")
         elif r.path in seen_paths:
             exclude(r, "duplicate_row", f"same file as row {seen_paths[r.path]}")
+        elif r.path in other_paths:
+            exclude(r, "duplicate_row", f"same file as row {other_paths[r.path]} of {other_name}")
         else:
             seen_paths[r.path] = r.row
             candidates.append(r)
 
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     jobs = [(str(r.path), min_audio_s, max_audio_s, silence_rms_db, max_clipped_fraction) for r in candidates]
-    audio_results = _run_audio_checks(jobs, workers, progress)
+    unk_id = _unk_id(tokenizer) if tokenizer is not None else None
+    audio_results, text_results = _run_checks(
+        jobs,
+        lambda i: _text_check(candidates[i].text, language, tokenizer, max_text_tokens, unk_id),
+        workers,
+        progress,
+    )
 
     seen_hashes: dict[str, int] = {}
     kept: list[Row] = []
-    for r, res in zip(candidates, audio_results):
+    for r, res, text_problem in zip(candidates, audio_results, text_results, strict=True):
         if "reason" in res:
             exclude(r, res["reason"], res["detail"])
             continue
-        text_problem = _text_check(r.text, language, tokenizer, max_text_tokens)
         if text_problem is not None:
             exclude(r, *text_problem)
             continue
         if res["hash"] in seen_hashes:
             exclude(r, "duplicate_row", f"same audio content as row {seen_hashes[res['hash']]}")
+            continue
+        if res["hash"] in other_hashes:
+            exclude(r, "duplicate_row", f"same audio content as row {other_hashes[res['hash']]} of {other_name}")
             continue
         seen_hashes[res["hash"]] = r.row
         r.duration = res["duration"]
@@ -309,6 +365,7 @@ def run_preflight(
 
     report.excluded = [excluded[k] for k in sorted(excluded)]
     report.kept_rows = kept
+    report.kept_hashes = seen_hashes
     report.kept = len(kept)
     report.hours_kept = sum(r.duration or 0.0 for r in kept) / 3600.0
     logger.info("preflight %s: %d/%d rows kept, %.3f h", csv_path, report.kept, report.total, report.hours_kept)

@@ -178,7 +178,7 @@ def parse_ethiopic_numeral(numeral: str) -> int:
 
 def _int_words(digits: str) -> str:
     n = int(digits)
-    if n > MAX_NUMBER:  # read very long digit strings (phone numbers, ids) digit by digit
+    if n > MAX_NUMBER or (len(digits) > 1 and digits[0] == "0"):  # phone numbers, ids: digit by digit
         return " ".join(number_to_words(int(d)) for d in digits)
     return number_to_words(n)
 

@@ -31,6 +31,14 @@ logger = logging.getLogger(__name__)
 UNK_ID = 1  # Coqui's XTTSDataset drops any row whose tokens contain id 1
 
 
+class UnregisteredLanguageError(LanguageError, NotImplementedError):
+    """A language this tokenizer instance does not encode.
+
+    Also a NotImplementedError, the exception Coqui's ``preprocess_text`` raises, so code written
+    against Coqui's contract (e.g. the preflight's per-row check) handles it the same way.
+    """
+
+
 class TextTokenizer(VoiceBpeTokenizer):
     """``VoiceBpeTokenizer`` that also accepts the new languages registered on this instance.
 
@@ -46,12 +54,16 @@ class TextTokenizer(VoiceBpeTokenizer):
         for code in languages:
             self.add_language(code)
 
-    def add_language(self, code: str, spec: LanguageSpec | None = None) -> None:
-        """Accept ``code`` on this instance (normaliser and char limit from ``spec`` or the registry)."""
+    def add_language(self, code: str, spec: LanguageSpec | None = None, *, require_token: bool = True) -> None:
+        """Accept ``code`` on this instance (normaliser and char limit from ``spec`` or the registry).
+
+        ``require_token=False`` lets a not-yet-extended vocabulary normalise and report
+        :meth:`unknown_characters` for ``code`` (its encodings then lack the language token).
+        """
         if is_xtts_language(code):
             return
         spec = spec or get_language_spec(code)
-        if self.tokenizer is not None and self.tokenizer.token_to_id(f"[{code}]") is None:
+        if require_token and self.tokenizer is not None and self.tokenizer.token_to_id(f"[{code}]") is None:
             raise LanguageError(
                 f"vocabulary {self.vocab_file} has no [{code}] token; extend it for '{code}' "
                 "(utils.language.vocab.extend_vocab) or load the run's vocab.json"
@@ -69,7 +81,7 @@ class TextTokenizer(VoiceBpeTokenizer):
         if spec is not None:
             return spec.normalize(txt)
         if lang not in XTTS_LANGUAGES and lang != "zh":
-            raise LanguageError(
+            raise UnregisteredLanguageError(
                 f"language '{lang}' is not registered on this tokenizer; supported: {', '.join(self.languages)}. "
                 "Load the vocab.json extended for it (load_tokenizer registers its language tokens)"
             )

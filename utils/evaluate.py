@@ -239,7 +239,8 @@ class Scorer:
         bounds = speech_bounds(audio, sr) if audio.size else None
         flags = []
         if bounds is None:
-            rec.update({"speech_s": 0.0, "leading_s": round(duration, 3), "trailing_s": round(duration, 3), "trailing_kind": "none"})
+            d = round(duration, 3)
+            rec.update({"speech_s": 0.0, "leading_s": d, "trailing_s": d, "trailing_kind": "none"})
             flags.append("no_speech")
         else:
             start, end = bounds
@@ -260,7 +261,9 @@ class Scorer:
             flags.append("too_long")
         elif ratio < TOO_SHORT_RATIO:
             flags.append("too_short")
-        rec["similarity"] = round(cosine(speaker_embedding(self.xtts, audio, sr), self.target_embedding()), 4) if audio.size else None
+        rec["similarity"] = None
+        if audio.size:
+            rec["similarity"] = round(cosine(speaker_embedding(self.xtts, audio, sr), self.target_embedding()), 4)
         rec["asr_text"] = rec["cer"] = rec["wer"] = None
         if self.asr is not None and audio.size:
             rec["asr_text"] = self.asr.transcribe(audio, sr, max_new_tokens=len(text) + 20)
@@ -414,7 +417,8 @@ def evaluate(
     if not sentences:
         raise DataError("no eval sentences: the run has no eval rows; pass --sentences FILE")
     if references is None:
-        references = [c.path for c in choose_references([(r.path, r.text) for r in train_rows], count=1, language=language).chosen]
+        choice = choose_references([(r.path, r.text) for r in train_rows], count=1, language=language)
+        references = [c.path for c in choice.chosen]
     references = [Path(r) for r in references]
     ckpts = [Path(c) for c in checkpoints] if checkpoints else list_checkpoints(run_dir)
     if not ckpts:
@@ -528,8 +532,10 @@ class EvaluationHook:
         self.records: list[dict[str, Any]] = []
 
     def __call__(self, trainer: Any, record: dict[str, Any]) -> None:
-        from utils.synthesize import synthesize, trainer_model
+        from utils.synthesize import is_main_process, synthesize, trainer_model
 
+        if not is_main_process(trainer):
+            return
         self.calls += 1
         if (self.calls - 1) % self.every:
             return

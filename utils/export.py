@@ -198,7 +198,8 @@ def inference_config(run_config: dict[str, Any], base_config_path: str | os.Path
     config.model_args.tokenizer_file = ""
     config.model_args.gpt_checkpoint = ""
     audio = run_config.get("audio") or {}
-    config.audio = XttsAudioConfig(**{k: v for k, v in audio.items() if k in ("sample_rate", "output_sample_rate", "dvae_sample_rate")})
+    keys = ("sample_rate", "output_sample_rate", "dvae_sample_rate")
+    config.audio = XttsAudioConfig(**{k: v for k, v in audio.items() if k in keys})
     languages = list(config.languages or [])
     for code in run_config.get("languages") or []:
         if code not in languages:

@@ -120,7 +120,7 @@ def speech_mask(db: np.ndarray, hop_s: float = _HOP_S, bridge_s: float = _BRIDGE
     mask = db > threshold
     gap = int(round(bridge_s / hop_s))
     idx = np.flatnonzero(mask)
-    for a, b in zip(idx[:-1], idx[1:]):
+    for a, b in zip(idx[:-1], idx[1:], strict=True):
         if 1 < b - a <= gap:
             mask[a:b] = True
     return mask, snr

@@ -281,7 +281,7 @@ def synthesize_to_files(
     out = Path(out)
     single = len(texts) == 1 and out.suffix.lower() == ".wav"
     paths = [out] if single else [out / f"{i:03d}.wav" for i in range(1, len(texts) + 1)]
-    for text, path in tqdm(list(zip(texts, paths)), desc="synthesize", unit="text", disable=len(texts) < 2):
+    for text, path in tqdm(list(zip(texts, paths, strict=True)), desc="synthesize", unit="text", disable=len(texts) < 2):
         wav = synthesize(loaded, text, language=language, speaker_wav=speaker_wav, options=options)
         write_wav(path, wav, loaded.sample_rate)
         logger.info("%s: %.2f s for %d characters", path, wav.size / loaded.sample_rate, len(text))
@@ -291,6 +291,12 @@ def synthesize_to_files(
 # --------------------------------------------------------------------------------------------
 # During training
 # --------------------------------------------------------------------------------------------
+
+
+def is_main_process(trainer: Any) -> bool:
+    """True on the process that writes files (rank 0, or a single-process run)."""
+    args = getattr(trainer, "args", None)
+    return getattr(args, "rank", None) in (None, 0)
 
 
 @contextmanager
@@ -373,6 +379,8 @@ class TestSentencesHook:
             logger.info("test sentences: reference %s (%s)", self.references[0].name, choice.note)
 
     def __call__(self, trainer: Any, record: dict[str, Any]) -> None:
+        if not is_main_process(trainer):
+            return
         self.calls += 1
         if (self.calls - 1) % self.every:
             return

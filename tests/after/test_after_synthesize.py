@@ -78,8 +78,9 @@ def _train(tiny_base, demo_en, out, hooks):
     from utils.training.model import ToolkitGPTTrainer
     from utils.training.trainer import ToolkitTrainer
 
-    hp = resolve(dataset_hours=0.01, cli={"epochs": 1, "batch_size": 2, "grad_accum": 1, "eval_every_steps": 2, "lr": 1e-4,
-                                          "num_loader_workers": 0, "save_every_steps": 10_000, "keep_checkpoints": 1})  # fmt: skip
+    values = {"epochs": 1, "batch_size": 2, "grad_accum": 1, "eval_every_steps": 2, "lr": 1e-4,
+              "num_loader_workers": 0, "save_every_steps": 10_000, "keep_checkpoints": 1}  # fmt: skip
+    hp = resolve(dataset_hours=0.01, cli=values)
     config = build_config(hp, tiny_base, output_path=out, language="en")
     model = ToolkitGPTTrainer(config)
     trainer = ToolkitTrainer(

@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoints", type=Path, nargs="+", help="checkpoints or export folders (default: all of the run)")
     p.add_argument("--sentences", type=Path, help="file with one sentence per line (default: the run's eval rows)")
     p.add_argument("--max-sentences", type=int, default=5, help="eval rows to use (default 5)")
+    p.add_argument("--short-probes", type=int, default=1, help="short texts cut from the eval rows, added to them (default 1)")
     p.add_argument("--language", help="default: the run's language")
     p.add_argument("--speaker-wav", type=Path, nargs="+", help="reference clip(s) (default: chosen from the training rows)")
     p.add_argument("--asr-model", type=Path, help="faster-whisper (CTranslate2) model folder")
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     report = evaluate(
         args.run_dir, checkpoints=args.checkpoints, language=args.language, references=args.speaker_wav,
         sentences=read_texts(args.sentences) if args.sentences else None, max_sentences=args.max_sentences,
+        short_probes=args.short_probes,
         asr_model=args.asr_model, use_asr=not args.no_asr, out_dir=args.out, device=args.device,
         options=SynthesisOptions(seed=args.seed, max_new_tokens=args.max_new_tokens),
     )  # fmt: skip

@@ -356,6 +356,24 @@ def _f(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def short_texts(sentences: Sequence[str], n: int = 1, words: int = 2) -> list[str]:
+    """``n`` short probe texts: the first ``words`` words of the first sentences, with a full stop.
+
+    Fine-tuned XTTS models babble most after short inputs; a probe makes every evaluation
+    include one, in the run's own language and vocabulary.
+    """
+    probes = []
+    for sentence in sentences:
+        if len(probes) >= n:
+            break
+        sentence = sentence.strip()
+        head = " ".join(sentence.split()[:words]).rstrip(",;:፣፤")
+        if head and head != sentence:
+            end = sentence[-1] if unicodedata.category(sentence[-1]).startswith("P") else "."
+            probes.append(head if unicodedata.category(head[-1]).startswith("P") else head + end)
+    return probes
+
+
 def speaker_rate(clips: Sequence[tuple[Any, str]], language: str) -> float:
     """Median seconds per letter over ``(audio path, text)`` pairs (wav headers only); the default if none."""
     import soundfile as sf
@@ -382,6 +400,7 @@ def evaluate(
     language: str | None = None,
     references: list[str | os.PathLike] | None = None,
     max_sentences: int = 5,
+    short_probes: int = 1,
     asr_model: str | os.PathLike | None = None,
     use_asr: bool = True,
     options: Any = None,
@@ -394,6 +413,8 @@ def evaluate(
         run_dir: the run folder (its eval rows give the sentences, its training rows the
             references and the speaker's rate).
         checkpoints: checkpoints or export folders to evaluate; default every checkpoint of the run.
+        short_probes: short texts added to the run's eval sentences (see :func:`short_texts`),
+            where babbling and trailing noise show most.
         sentences / language / references: override the run's.
         asr_model: faster-whisper model folder (default :func:`default_asr_model`).
         options: :class:`utils.synthesize.SynthesisOptions` (default seed 0).
@@ -414,6 +435,7 @@ def evaluate(
     train_rows = run_rows(run_dir, "train")
     if sentences is None:
         sentences = [r.text for r in run_rows(run_dir, "eval")][:max_sentences]
+        sentences += short_texts(sentences, short_probes)
     if not sentences:
         raise DataError("no eval sentences: the run has no eval rows; pass --sentences FILE")
     if references is None:

@@ -287,12 +287,12 @@ def run_rows(run_dir: str | os.PathLike, split: str = "train") -> list[Any]:
         report = json.loads(report_path.read_text(encoding="utf-8"))[split]
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(
-            f"cannot read the {split} rows of {run_dir} from {report_path.name} ({exc}); pass the clips yourself "
-            "(--speaker-wav / --train-csv)"
+            f"cannot read the {split} rows of {run_dir} from {report_path.name} ({exc}); pass the reference clips "
+            "yourself (--speaker-wav)" + (" and the sentences (--sentences)" if split == "eval" else "")
         ) from exc
     csv_path = Path(report["csv"])
     if not csv_path.is_file():
-        raise DataError(f"{csv_path} (the run's {split} metadata) is gone; pass --speaker-wav or --train-csv")
+        raise DataError(f"{csv_path} (the run's {split} metadata) is gone; pass the reference clips yourself (--speaker-wav)")
     excluded = {e["row"] for e in report.get("excluded", [])}
     return [r for r in read_coqui_csv(csv_path) if r.row not in excluded]
 

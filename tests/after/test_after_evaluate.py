@@ -13,6 +13,14 @@ from utils.evaluate import Scorer, cosine, error_rates, levenshtein, load_asr, m
 KNOWN = "Please call me tomorrow morning at the office."
 
 
+def test_short_probes_are_cut_from_the_sentences():
+    from utils.evaluate import short_texts
+
+    assert short_texts(["Hello there, my friend.", "Good morning to you!"], 2) == ["Hello there.", "Good morning!"]
+    assert short_texts(["Hi you."], 1) == []  # already short: no probe
+    assert short_texts(["ዛሬ የአየር ሁኔታው በጣም ጥሩ ነው።"], 1) == ["ዛሬ የአየር።"]
+
+
 def test_levenshtein_and_error_rates():
     assert levenshtein("kitten", "sitting") == 3
     assert levenshtein([], ["a", "b"]) == 2
@@ -83,7 +91,8 @@ def test_evaluate_cli_writes_the_report_with_every_metric_and_selects_the_best(e
     report = json.loads((out / "eval_report.json").read_text())
     assert report["asr"].startswith("faster-whisper")
     (ckpt,) = report["checkpoints"]  # one epoch: one checkpoint (best_model_N has the same step)
-    assert len(ckpt["samples"]) == 2
+    assert len(ckpt["samples"]) == 3  # two eval rows and one short probe cut from the first
+    assert ckpt["samples"][2]["text"] == "Sphinx of."
     for s in ckpt["samples"]:
         for key in ("cer", "wer", "similarity", "s_per_letter", "leading_s", "trailing_s", "duration_s"):
             assert s[key] is not None, key
@@ -106,4 +115,5 @@ def test_evaluate_amharic_run_skips_cer_and_says_why(am_run, tmp_path):
     assert data["language"] == "am"
     s = data["checkpoints"][0]["samples"][0]
     assert s["cer"] is None and s["similarity"] is not None
+    assert data["sentences"] == ["ቡና የኢትዮጵያ ስጦታ ለዓለም ነው።", "ቡና የኢትዮጵያ።"]  # the eval row and its short probe
     assert "CER/WER skipped" in report.table()

@@ -401,6 +401,7 @@ def evaluate(
     references: list[str | os.PathLike] | None = None,
     max_sentences: int = 5,
     short_probes: int = 1,
+    num_references: int = 3,
     asr_model: str | os.PathLike | None = None,
     use_asr: bool = True,
     options: Any = None,
@@ -416,6 +417,7 @@ def evaluate(
         short_probes: short texts added to the run's eval sentences (see :func:`short_texts`),
             where babbling and trailing noise show most.
         sentences / language / references: override the run's.
+        num_references: clips chosen from the training rows when ``references`` is None (as the export).
         asr_model: faster-whisper model folder (default :func:`default_asr_model`).
         options: :class:`utils.synthesize.SynthesisOptions` (default seed 0).
         out_dir: where eval_report.json, eval_report.md and the wavs go (default ``<run>/eval``).
@@ -432,14 +434,19 @@ def evaluate(
 
     run_dir = Path(run_dir)
     language = language or run_language(read_run_config(run_dir))
-    train_rows = run_rows(run_dir, "train")
+    try:
+        train_rows = run_rows(run_dir, "train")
+    except DataError:
+        if references is None:
+            raise
+        train_rows = []  # the speaker's rate then falls back to DEFAULT_S_PER_LETTER
     if sentences is None:
         sentences = [r.text for r in run_rows(run_dir, "eval")][:max_sentences]
         sentences += short_texts(sentences, short_probes)
     if not sentences:
         raise DataError("no eval sentences: the run has no eval rows; pass --sentences FILE")
     if references is None:
-        choice = choose_references([(r.path, r.text) for r in train_rows], count=1, language=language)
+        choice = choose_references([(r.path, r.text) for r in train_rows], count=num_references, language=language)
         references = [c.path for c in choice.chosen]
     references = [Path(r) for r in references]
     ckpts = [Path(c) for c in checkpoints] if checkpoints else list_checkpoints(run_dir)

@@ -71,6 +71,7 @@ class LoadedModel:
     source: Path
     language: str
     references: list[Path] = field(default_factory=list)
+    run_dir: Path | None = None  # a run's model: references are chosen from its training rows when needed
     _latents: dict[tuple[str, ...], tuple[Any, Any]] = field(default_factory=dict, repr=False)
 
     @property
@@ -167,7 +168,7 @@ def _load_checkpoint(source: Path, which: str) -> LoadedModel:
     model.hifigan_decoder.eval()
     use_toolkit_tokenizer(model, vocab)
     logger.info("loaded %s (run %s)", ckpt.name, run_dir)
-    return LoadedModel(model=model, source=ckpt, language=run_language(run_config))
+    return LoadedModel(model=model, source=ckpt, language=run_language(run_config), run_dir=run_dir)
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,9 +189,13 @@ def check_model_language(loaded: LoadedModel, language: str) -> str:
 
 def conditioning(loaded: LoadedModel, speaker_wav: list[str | os.PathLike] | None = None) -> tuple[Any, Any]:
     """GPT conditioning latents and speaker embedding for the reference clip(s) (cached)."""
+    if not speaker_wav and not loaded.references and loaded.run_dir is not None:
+        from utils.reference import choose_references_for_run
+
+        loaded.references = [c.path for c in choose_references_for_run(loaded.run_dir, count=3).chosen]
     refs = [Path(p) for p in (speaker_wav or loaded.references)]
     if not refs:
-        raise ConfigError("no speaker reference: pass --speaker-wav (an export folder carries its own references)")
+        raise ConfigError("no speaker reference: pass --speaker-wav (export folders and run folders supply their own)")
     for ref in refs:
         if not ref.is_file():
             raise DataError(f"speaker reference {ref} not found")

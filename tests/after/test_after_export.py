@@ -86,6 +86,26 @@ def test_amharic_export_needs_only_the_registration_call(am_run, am_export):
     assert len(wav) > 1024
 
 
+def test_export_run_default_folder_is_replaced_on_a_second_call(en_run):
+    from utils.export import export_run
+
+    first = export_run(en_run)
+    (first / "stale.txt").write_text("x")
+    second = export_run(en_run)  # the run's own export (end of training, then again by hand)
+    assert first == second == en_run / "export"
+    assert not (second / "stale.txt").exists() and (second / "model.pth").is_file()
+    assert not [p for p in en_run.iterdir() if p.name.startswith(".export.tmp")]
+
+
+def test_run_folder_synthesizes_with_references_chosen_from_its_training_rows(en_run):
+    from utils.synthesize import SynthesisOptions, load_model, synthesize
+
+    loaded = load_model(en_run, device="cpu")
+    wav = synthesize(loaded, "Hello.", options=SynthesisOptions(max_new_tokens=4, seed=0))
+    assert wav.size > 0 and len(loaded.references) == 3
+    assert all(p.parent.name == "wavs" for p in loaded.references)
+
+
 def test_export_refuses_a_non_empty_folder_and_writes_nothing(en_run, tmp_path):
     from utils.export import export_model
 

@@ -106,14 +106,18 @@ def test_evaluate_cli_writes_the_report_with_every_metric_and_selects_the_best(e
     assert "| checkpoint |" in capsys.readouterr().out
 
 
-def test_evaluate_amharic_run_skips_cer_and_says_why(am_run, tmp_path):
-    from utils.evaluate import evaluate
+def test_evaluate_amharic_export_skips_cer_and_says_why(am_run, am_export, tmp_path):
+    from utils.evaluate import copy_best, evaluate
     from utils.synthesize import SynthesisOptions
 
-    report = evaluate(am_run, max_sentences=1, options=SynthesisOptions(max_new_tokens=5, seed=0), out_dir=tmp_path)
+    opts = SynthesisOptions(max_new_tokens=5, seed=0)
+    report = evaluate(am_run, checkpoints=[am_export], max_sentences=1, options=opts, out_dir=tmp_path)
     data = json.loads((tmp_path / "eval_report.json").read_text())
     assert data["language"] == "am"
     s = data["checkpoints"][0]["samples"][0]
     assert s["cer"] is None and s["similarity"] is not None
     assert data["sentences"] == ["ቡና የኢትዮጵያ ስጦታ ለዓለም ነው።", "ቡና የኢትዮጵያ።"]  # the eval row and its short probe
     assert "CER/WER skipped" in report.table()
+    assert data["best"]["path"] == str(am_export) and data["best"]["step"] is None
+    best = copy_best(report, tmp_path / "best")  # an export folder is copied whole
+    assert (best / "model.pth").is_file() and (best / "vocab.json").is_file()

@@ -98,7 +98,7 @@ def test_test_sentences_hook_writes_wavs_and_tensorboard_and_leaves_training_unc
     from utils.evaluate import EvaluationHook
     from utils.synthesize import test_sentences_hook
 
-    hook = test_sentences_hook(max_sentences=2, options=SynthesisOptions(max_new_tokens=4, seed=0))
+    hook = test_sentences_hook(max_sentences=1, options=SynthesisOptions(max_new_tokens=4, seed=0))
     scoring = EvaluationHook(max_sentences=1, options=SynthesisOptions(max_new_tokens=4, seed=0))
     with_hook = _train(tiny_base, demo_en, tmp_path / "a", [hook, scoring])
     without = _train(tiny_base, demo_en, tmp_path / "b", [])
@@ -108,10 +108,10 @@ def test_test_sentences_hook_writes_wavs_and_tensorboard_and_leaves_training_unc
     run_dir = next(p for p in run.iterdir() if p.is_dir())
     for step in steps:
         wavs = sorted((run_dir / "test_sentences" / f"step_{step}").glob("*.wav"))
-        assert [w.name for w in wavs] == ["01.wav", "02.wav"]
+        assert [w.name for w in wavs] == ["01.wav"]
         assert sf.info(str(wavs[0])).samplerate == 24000
     acc = EventAccumulator(str(run_dir), size_guidance={"audio": 0}).Reload()
-    assert {"TestAudios/01", "TestAudios/02"} <= set(acc.Tags()["audio"])
+    assert "TestAudios/01" in acc.Tags()["audio"]
     assert "TestEval/similarity" in acc.Tags()["scalars"]
     lines = [json.loads(x) for x in (run_dir / "eval_during_training.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == steps

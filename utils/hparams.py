@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from utils.errors import ConfigError
 
@@ -51,6 +51,8 @@ HOURS_TABLE: tuple[HoursRow, ...] = (
 
 # The same scheduler for every row: ReduceLROnPlateau on eval loss.
 SCHEDULER = "ReduceLROnPlateau"
+# Every schedule the LR bridge knows (utils/training/lr_schedule.py); all count optimizer steps.
+SCHEDULERS = ("ReduceLROnPlateau", "cosine", "inverse_sqrt", "MultiStepLR")
 
 # Defaults for everything the table does not choose. Units are stated in the names or comments.
 DEFAULTS: Mapping[str, Any] = {
@@ -73,7 +75,120 @@ DEFAULTS: Mapping[str, Any] = {
     "keep_checkpoints": 2,
     "seed": 1,
     "num_loader_workers": 2,
+    # other schedules (units: optimizer steps)
+    "milestones": (),  # MultiStepLR: multiply the LR by gamma at each of these optimizer steps
+    "gamma": 0.1,
+    "anneal_steps": (),  # inverse_sqrt: multiply the LR by anneal_rate at each of these optimizer steps
+    "anneal_rate": 0.3,
+    # early stopping on eval loss (None: off)
+    "early_stop_patience": None,  # evaluations without an improvement of early_stop_min_delta
+    "early_stop_min_delta": 0.0,  # absolute eval-loss improvement that counts
+    # health monitor thresholds (utils/training/health.py)
+    "divergence_max_recoveries": 3,  # non-finite loss/gradient: reload + LR cut at most this often, then stop
+    "divergence_lr_factor": 0.5,  # LR multiplier after each recovery
+    "spike_ratio": 0.3,  # smoothed train loss this much (relative) above its running minimum ...
+    "spike_window": 20,  # ... for this many optimizer steps in a row: a loss spike
+    "plateau_window": 5,  # evaluations over which the best eval loss must improve ...
+    "plateau_min_improvement": 0.01,  # ... by this much (relative), else a plateau
+    "overfit_window": 3,  # evaluations in a row with eval loss rising while train loss falls
+    "clip_window": 50,  # optimizer steps over which the share of clipped steps is measured
+    "clip_share": 0.5,  # share of clipped steps that counts as saturation
+    "update_ratio_every": 100,  # optimizer steps between update-to-weight ratio measurements (0: off)
+    "update_ratio_low": 1e-6,  # ||update|| / ||weights|| per step below this: LR too small
+    "update_ratio_high": 5e-3,  # above this: LR too large
 }
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named "optimization level": values it sets, why, and an optional LR multiplier.
+
+    ``lr_scale`` multiplies the LR of the layers below the preset (the table row, or with
+    ``--restore`` the LR the restored run had reached); a command-line ``--lr`` still wins.
+    """
+
+    name: str
+    summary: str
+    values: Mapping[str, Any]
+    why: Mapping[str, str]
+    lr_scale: float | None = None
+    lr_why: str = ""
+    needs_restore: bool = False
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(setting, value, why) rows for the --dry-run table."""
+        out = []
+        if self.lr_scale is not None:
+            out.append(("lr", f"x{self.lr_scale:g}", self.lr_why))
+        out += [(k, _show(v), self.why.get(k, "")) for k, v in self.values.items()]
+        return out
+
+
+PRESETS: Mapping[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "stable",
+            "for runs that spike or diverge: smaller, clipped, closely watched steps",
+            values={"grad_clip": 0.5, "eval_every_steps": 100, "save_every_steps": 500, "warmup_steps": 100},
+            why={
+                "grad_clip": "clip at 0.5 instead of 1.0: one bad batch cannot throw the weights far",
+                "eval_every_steps": "evaluate every 100 optimizer steps: problems show within minutes",
+                "save_every_steps": "a checkpoint every 500 trainer steps: little is lost on a crash or a divergence",
+                "warmup_steps": "100 optimizer steps of warmup: Adam's moment estimates settle before full-size steps",
+            },
+            lr_scale=0.5,
+            lr_why="half the table's LR: the owner's loss jumps (6.9 -> 9.1) came with LRs at the top of the range",
+        ),
+        Preset(
+            "fast",
+            "for a first result sooner: warmup + cosine, larger effective batch, higher peak LR",
+            values={"lr_scheduler": "cosine", "warmup_steps": 50, "batch_size": 8, "grad_accum": 42},
+            why={
+                "lr_scheduler": "cosine decay to min_lr over the planned steps: no waiting for plateau cuts",
+                "warmup_steps": "50 optimizer steps of linear warmup in front of the cosine",
+                "batch_size": "micro-batch 8: the GPU does more per step (see XTTS_FACTS throughput table)",
+                "grad_accum": "8 x 42 = 336 samples per optimizer step (default 3 x 84 = 252): less gradient noise",
+            },
+            lr_scale=2.0,
+            lr_why="twice the table's LR: the larger batch and the cosine decay tolerate a higher peak",
+        ),
+        Preset(
+            "plateau-breaker",
+            "restart from the best checkpoint (--restore) with a cut LR and tighter clipping",
+            values={"grad_clip": 0.3, "warmup_steps": 20, "plateau_patience": 3},
+            why={
+                "grad_clip": "clip at 0.3: small careful steps out of the plateau (the owner's 2.8 plateau)",
+                "warmup_steps": "20 optimizer steps of warmup: the optimizer state starts fresh",
+                "plateau_patience": "cut again after 3 evaluations without improvement instead of 5",
+            },
+            lr_scale=0.3,
+            lr_why="0.3x the LR the restored run had reached: the plateau means its steps were too large to settle",
+            needs_restore=True,
+        ),
+    )
+}
+
+
+def _show(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def preset_table(names: Sequence[str] | None = None) -> list[dict[str, str]]:
+    """Rows (preset, setting, value, why) of the named presets (default all), for --dry-run."""
+    rows = []
+    for name in names or PRESETS:
+        preset = get_preset(name)
+        for key, value, why in preset.rows():
+            rows.append({"preset": name, "setting": key, "value": value, "why": why})
+    return rows
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
 
 HYPERPARAMETERS: tuple[str, ...] = ("lr", "weight_decay", *DEFAULTS.keys())
 
@@ -117,25 +232,35 @@ class Resolved:
     dataset_hours: float | None
     row: HoursRow | None = None
     notes: list[str] = field(default_factory=list)
+    preset: str | None = None
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
 
     def scheduler_params(self) -> dict[str, Any]:
         """Parameters of the LR scheduler, as written into the GPTTrainerConfig."""
-        return {
+        v = self.values
+        params = {
             "mode": "min",
-            "factor": self.values["plateau_factor"],
-            "patience": self.values["plateau_patience"],
-            "threshold": self.values["plateau_threshold"],
-            "min_lr": self.values["min_lr"],
-            "warmup_steps": self.values["warmup_steps"],
+            "factor": v["plateau_factor"],
+            "patience": v["plateau_patience"],
+            "threshold": v["plateau_threshold"],
+            "min_lr": v["min_lr"],
+            "warmup_steps": v["warmup_steps"],
         }
+        if v["lr_scheduler"] == "MultiStepLR":
+            params.update(milestones=list(v["milestones"]), gamma=v["gamma"])
+        if v["lr_scheduler"] == "inverse_sqrt":
+            params.update(anneal_steps=list(v["anneal_steps"]), anneal_rate=v["anneal_rate"])
+        return params
 
     def as_dict(self) -> dict[str, Any]:
         """The dry-run view: one flat JSON-able object."""
         order = ["lr", "weight_decay", *(k for k in self.values if k not in ("lr", "weight_decay"))]
         out = {k: (list(self.values[k]) if isinstance(self.values[k], tuple) else self.values[k]) for k in order}
+        if self.preset:
+            out["preset"] = self.preset
+            out["preset_table"] = preset_table([self.preset])
         out["lr_scheduler_params"] = self.scheduler_params()
         out["dataset_hours"] = self.dataset_hours
         out["table_row"] = self.row.label if self.row else None
@@ -153,6 +278,7 @@ def resolve(
     recipe: Mapping[str, Any] | None = None,
     preset: Mapping[str, Any] | None = None,
     preset_name: str | None = None,
+    lr_reference: tuple[float, str] | None = None,
 ) -> Resolved:
     """Resolve every hyperparameter: defaults, table row, preset, recipe, command line.
 
@@ -162,7 +288,10 @@ def resolve(
         hours_source: where the hours came from ("cli", "measured from metadata", ...).
         cli: values the user gave on the command line (only those given; None values ignored).
         recipe: values a recipe chose.
-        preset: values a named preset chose.
+        preset: values a preset chose (a mapping), or leave it None and name one of
+            :data:`PRESETS` with ``preset_name``.
+        lr_reference: (LR, source) that replaces the table's LR as the base a preset's
+            ``lr_scale`` multiplies (``--restore``: the LR the restored run had reached).
 
     Raises:
         ConfigError: on unknown keys or invalid values.
@@ -175,6 +304,19 @@ def resolve(
         row = row_for_hours(dataset_hours)
         values["lr"], values["weight_decay"] = row.lr, row.weight_decay
         sources["lr"] = sources["weight_decay"] = f"{row.label} ({dataset_hours:g} h, {hours_source})"
+    notes: list[str] = []
+    scale = None
+    if preset is None and preset_name:
+        named = get_preset(preset_name)
+        preset, scale = dict(named.values), named.lr_scale
+        if named.lr_scale is not None:
+            base_lr, base_src = lr_reference or (values.get("lr"), sources.get("lr"))
+            if base_lr is not None:
+                preset["lr"] = base_lr * named.lr_scale
+                scale = f"{base_src} x{named.lr_scale:g}"
+    explicit = {k for k, v in (cli or {}).items() if v is not None}
+    for key in sorted(explicit & set(preset or {})):
+        notes.append(f"preset {preset_name}: {key} {_show(preset[key])} not applied; the command line's {_show(cli[key])} wins")
     for layer_name, layer in (
         (f"preset {preset_name}" if preset_name else "preset", preset),
         ("recipe", recipe),
@@ -186,11 +328,11 @@ def resolve(
             if key not in HYPERPARAMETERS:
                 raise ConfigError(f"unknown hyperparameter {key!r} in {layer_name}; known: {', '.join(HYPERPARAMETERS)}")
             values[key] = value
-            sources[key] = layer_name
+            sources[key] = f"{layer_name} ({scale})" if key == "lr" and layer is preset and isinstance(scale, str) else layer_name
     if "lr" not in values:
         raise ConfigError("no learning rate: give --dataset-hours (the table picks one) or --lr")
     _validate(values)
-    return Resolved(values=values, sources=sources, dataset_hours=dataset_hours, row=row)
+    return Resolved(values=values, sources=sources, dataset_hours=dataset_hours, row=row, notes=notes, preset=preset_name)
 
 
 def _validate(v: dict[str, Any]) -> None:
@@ -213,5 +355,16 @@ def _validate(v: dict[str, Any]) -> None:
     for key in ("epochs", "batch_size", "grad_accum"):
         if int(v[key]) != v[key] or v[key] < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be a whole number >= 1 (got {v[key]})")
+    if v["lr_scheduler"] not in SCHEDULERS:
+        raise ConfigError(f"--lr-scheduler must be one of {', '.join(SCHEDULERS)} (got {v['lr_scheduler']!r})")
+    for key in ("milestones", "anneal_steps"):
+        steps = v[key]
+        if not isinstance(steps, (list, tuple)) or any(int(s) != s or s < 1 for s in steps) or list(steps) != sorted(steps):
+            raise ConfigError(f"--{key.replace('_', '-')} must be increasing whole optimizer steps >= 1 (got {steps!r})")
+    for key in ("gamma", "anneal_rate", "divergence_lr_factor"):
+        if not 0 < v[key] < 1:
+            raise ConfigError(f"--{key.replace('_', '-')} must be between 0 and 1 (got {v[key]})")
+    if v["early_stop_patience"] is not None and (int(v["early_stop_patience"]) != v["early_stop_patience"] or v["early_stop_patience"] < 1):
+        raise ConfigError(f"--early-stop-patience must be a whole number of evaluations >= 1 (got {v['early_stop_patience']})")
     if v["eval_every_steps"] is not None and (int(v["eval_every_steps"]) != v["eval_every_steps"] or v["eval_every_steps"] < 1):
         raise ConfigError(f"--eval-every-steps must be a whole number >= 1 (got {v['eval_every_steps']})")

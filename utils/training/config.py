@@ -1,6 +1,6 @@
 """Build the Coqui ``GPTTrainerConfig`` for a fine-tune from resolved hyperparameters."""
 
-from __future__ import annotations
+# No "from __future__ import annotations": Coqpit (load_json, used by --continue) rejects string type hints.
 
 import logging
 from dataclasses import dataclass, field

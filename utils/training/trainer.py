@@ -13,6 +13,20 @@ Upstream behaviours this works around (Trainer 0.4):
 - ``fit()`` turns every exception into ``sys.exit(1)`` and deletes a run folder that has no
   checkpoint (taking the preflight report and logs with it): here errors propagate and the run
   folder stays. A final checkpoint is written when training ends, so ``--continue`` always has one.
+- Checkpoints are written with ``torch.save`` straight to the final path and ``best_model.pth`` is
+  a byte copy (``trainer.io``): a kill mid-write leaves a truncated newest checkpoint that
+  ``--continue`` picks. ``save_checkpoint``/``save_best_model`` here write atomically
+  (utils/training/checkpoints.py) and add the toolkit's state (exact step and epoch counts, health
+  monitor, early stopping), which ``restore_model`` reads back.
+- ``restore_model`` sets ``total_steps_done = step + 1`` (right only for checkpoints written inside
+  a step) and, for ``--restore``, ``reset_lr`` sets the config LR ignoring warmup: both corrected.
+- The best model is saved only at epoch end; here it is saved at every evaluation that improves
+  the eval loss (so early stopping keeps the best weights even with mid-epoch evaluations).
+- A NaN loss is backpropagated and stepped (Coqui only zeroes the logged grad norm): an optimizer
+  step pre-hook drops non-finite gradients so the step changes nothing, and the health monitor
+  (utils/training/health.py) reloads the last checkpoint and cuts the LR.
+- The console logger prints a block per ``print_step``; with ``progress=True`` it is quieted and
+  one tqdm bar per epoch (stderr) shows loss, LR and the ETA of the run. TensorBoard is unchanged.
 """
 
 from __future__ import annotations
@@ -20,13 +34,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from trainer import Trainer
 from trainer.generic_utils import KeepAverage
 
+from utils.training import checkpoints
+from utils.training.health import DivergenceError, EarlyStopping, HealthMonitor, StopTraining, UpdateRatioProbe
 from utils.training.lr_schedule import LRBridge
 
 logger = logging.getLogger(__name__)
@@ -40,7 +58,13 @@ class ToolkitTrainer(Trainer):
     Args:
         eval_every_steps: evaluate every this many optimizer steps (None: once per epoch).
         on_evaluation: optional callables ``fn(trainer, record)`` run after each evaluation record
-            is written (plots, health checks).
+            is written (plots).
+        on_step: optional callables ``fn(trainer, info)`` run after each trainer step with
+            ``info = {"step", "optimizer_step", "loss", "lr", "grad_norm", "stepped"}`` (LR range test).
+        health: the health monitor (None: no checks, no divergence recovery).
+        early_stopping: stop when the eval loss stops improving (None: off).
+        progress: one tqdm bar per epoch on stderr; quiets Coqui's per-step console prints.
+        save_final_checkpoint: write a checkpoint when training ends (off for the LR range test).
         Other arguments are Coqui's ``Trainer`` arguments.
     """
 
@@ -49,19 +73,50 @@ class ToolkitTrainer(Trainer):
         *args: Any,
         eval_every_steps: int | None = None,
         on_evaluation: list[Callable[["ToolkitTrainer", dict[str, Any]], None]] | None = None,
+        on_step: list[Callable[["ToolkitTrainer", dict[str, Any]], None]] | None = None,
+        health: HealthMonitor | None = None,
+        early_stopping: EarlyStopping | None = None,
+        progress: bool = True,
+        save_final_checkpoint: bool = True,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("parse_command_line_args", False)  # never parse the caller's sys.argv
         self.eval_every_steps = eval_every_steps
         self.on_evaluation_hooks = list(on_evaluation or [])
+        self.on_step_hooks = list(on_step or [])
+        self.health = health
+        self.early_stopping = early_stopping
+        self.progress = progress
+        self.save_final_checkpoint = save_final_checkpoint
+        self.stop_reason: str | None = None
         self._last_eval_step: int | None = None
         self._last_eval_opt_step = -1
         self._train_sums: dict[str, float] = {}
         self._train_count = 0
         self._train_started = time.time()
+        self._in_step = False
+        self._finished = False
+        self._epoch_complete = False
+        self._epoch_step = 0  # index of the current batch in this epoch
+        self._epoch_batches_done = 0
+        self._resume_batches = 0  # batches of the interrupted epoch a resume skips
+        self._opt_step_losses: list[float] = []  # micro-batch losses since the last optimizer step
+        self._step_offset = 0
+        self._nonfinite_grad = False
+        self._bar: Any = None
+        self._step_time_ema: float | None = None
+        self._probe = UpdateRatioProbe()
         self.evaluation_records: list[dict[str, Any]] = []
+        config = args[1] if len(args) > 1 else kwargs.get("config")
+        if progress and config is not None:
+            config.print_step = 10**9  # the progress bar replaces Coqui's console blocks (TensorBoard unchanged)
         super().__init__(*args, **kwargs)
         self.metrics_path = Path(self.output_path) / "metrics.jsonl"
+        if self.health is not None and self.health.events_path is None:
+            self.health.events_path = Path(self.output_path) / "events.jsonl"
+        for opt in self.optimizer:
+            opt.register_step_pre_hook(self._before_optimizer_step)
+            opt.register_step_post_hook(self._after_optimizer_step)
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -75,6 +130,14 @@ class ToolkitTrainer(Trainer):
         bridge = self.lr_bridge
         return bridge.optimizer_steps if bridge else self.total_steps_done // max(1, self.grad_accum_steps)
 
+    def toolkit_state(self) -> dict[str, Any]:
+        """What the toolkit adds to every checkpoint (read back by :meth:`restore_model`)."""
+        return {
+            "health": self.health.state_dict() if self.health else None,
+            "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
+            "last_eval_step": self._last_eval_step,
+        }
+
     def _restore_gpt_only_training(self) -> None:
         model = self._get_model()
         if hasattr(model, "on_train_epoch_start"):
@@ -82,19 +145,89 @@ class ToolkitTrainer(Trainer):
 
     # --- training steps -----------------------------------------------------------------------
 
+    def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        """Optimizer step pre-hook: drop non-finite gradients so the step changes nothing."""
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        # one fused pass over the gradients and one device sync per optimizer step
+        if grads and not bool(torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(grads)])).all()):
+            self._nonfinite_grad = True
+            for g in optimizer.param_groups:
+                for p in g["params"]:
+                    p.grad = None  # AdamW skips parameters without a gradient: no update, no state change
+            return
+        self._probe.before(optimizer)
+
+    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        self._probe.after(optimizer)
+
+    def train_epoch(self) -> None:
+        """Coqui's epoch; after a mid-epoch resume, only the batches the interrupted epoch had left."""
+        self._epoch_complete = False
+        self._epoch_batches_done = 0
+        skip, self._resume_batches = self._resume_batches, 0
+        if not skip:
+            super().train_epoch()
+        else:
+            if self.train_loader is None:
+                self.train_loader = self.prepare_accelerate_loader(self.get_train_dataloader(self.train_samples, verbose=True))
+            full = self.train_loader
+            self.train_loader, self._step_offset = _Tail(full, skip), skip  # type: ignore[assignment]
+            logger.info("resuming inside epoch %d: %d of its %d batches were done", self.epochs_done + 1, skip, len(full))
+            try:
+                super().train_epoch()
+            finally:
+                self.train_loader, self._step_offset = full, 0
+        self._epoch_complete = True
+
     def train_step(self, batch: Any, batch_n_steps: int, step: int, loader_start_time: float) -> Any:
+        step += self._step_offset
+        self._epoch_step = step
         before = self.optimizer_steps
-        outputs, loss_dict = super().train_step(batch, batch_n_steps, step, loader_start_time)
-        if loss_dict:
+        started = time.time()
+        every = self.health.config.update_ratio_every if self.health else 0
+        self._probe.armed = bool(every) and (before + 1) % every == 0
+        self._nonfinite_grad = False
+        self._in_step = True
+        try:
+            outputs, loss_dict = super().train_step(batch, batch_n_steps, step, loader_start_time)
+        finally:
+            self._in_step = False
+        self._epoch_batches_done = step + 1
+        after = self.optimizer_steps
+        loss = None
+        if loss_dict and loss_dict.get("loss") is not None:
+            loss = float(loss_dict["loss"]) * self.grad_accum_steps  # Trainer divides it by grad_accum_steps
+        grad_norm = float(loss_dict["grad_norm"]) if loss_dict and loss_dict.get("grad_norm") is not None else None
+        if self.health is not None and self.health.is_divergent(loss, self._nonfinite_grad):
+            self._recover_from_divergence(loss)
+        elif loss_dict:
             for key in (*LOSS_KEYS, "grad_norm"):
                 value = loss_dict.get(key)
                 if value is not None:
                     value = float(value)
-                    if key == "loss":  # Trainer divides the loss by grad_accum_steps before logging
+                    if key == "loss":
                         value *= self.grad_accum_steps
-                    self._train_sums[key] = self._train_sums.get(key, 0.0) + value
+                    if math.isfinite(value):
+                        self._train_sums[key] = self._train_sums.get(key, 0.0) + value
             self._train_count += 1
-        after = self.optimizer_steps
+            if loss is not None and math.isfinite(loss):
+                self._opt_step_losses.append(loss)
+            if self.health is not None and after != before:
+                # the loss of the whole optimizer step: the mean over its accumulated micro-batches
+                step_loss = sum(self._opt_step_losses) / len(self._opt_step_losses) if self._opt_step_losses else None
+                self.health.check_step(step=self.total_steps_done, optimizer_step=after, loss=step_loss, grad_norm=grad_norm)
+                if self._probe.last:
+                    self.health.check_update_ratios(
+                        self._probe.last, step=self.total_steps_done, optimizer_step=after, lr=self._current_lr()
+                    )  # fmt: skip
+                    self._probe.last = {}
+        if after != before or self.health is None or self.health.is_divergent(loss, self._nonfinite_grad):
+            self._opt_step_losses = []
+        self._update_progress(step, batch_n_steps, loss, time.time() - started)
+        info = {"step": self.total_steps_done, "optimizer_step": after, "loss": loss, "lr": self._current_lr(),
+                "grad_norm": grad_norm, "stepped": after != before}  # fmt: skip
+        for hook in self.on_step_hooks:
+            hook(self, info)
         if (
             self.config.run_eval
             and self.eval_every_steps
@@ -104,6 +237,74 @@ class ToolkitTrainer(Trainer):
             self.eval_epoch()
             self._restore_gpt_only_training()
         return outputs, loss_dict
+
+    def _current_lr(self) -> float:
+        bridge = self.lr_bridge
+        return bridge.current_lr() if bridge else float(self.optimizer[0].param_groups[0]["lr"])
+
+    def _recover_from_divergence(self, loss: float | None) -> None:
+        """Skip (already done by the pre-hook), reload the last checkpoint, cut the LR; or stop."""
+        assert self.health is not None
+        for opt in self.optimizer:
+            opt.zero_grad(set_to_none=True)  # accumulated non-finite gradients must not reach a later step
+        step, opt_step = self.total_steps_done, self.optimizer_steps
+        if not self.health.can_recover():
+            self.health.divergence_event(step=step, optimizer_step=opt_step, loss=loss, action="stopped training", recovered=False)
+            self.stop_reason = "divergence"
+            raise DivergenceError(
+                f"training diverged (non-finite loss or gradient) {self.health.recoveries + 1} times; the last "
+                f"{self.health.recoveries} recoveries (checkpoint reload + LR cut) did not help. Restart from the best "
+                f"checkpoint with a lower LR: python utils/gpt_train.py --restore {self.output_path} --preset "
+                "plateau-breaker (or --lr at a quarter of the current one); see events.jsonl in the run folder"
+            )
+        path = checkpoints.last_checkpoint(self.output_path)
+        reloaded = ""
+        if path is not None:
+            state = checkpoints.load_checkpoint(path)
+            self._get_model().load_state_dict(state["model"])
+            if state.get("optimizer"):
+                for opt, opt_state in zip(self.optimizer, state["optimizer"]):
+                    opt.load_state_dict(opt_state)
+            reloaded = f"reloaded weights and optimizer state from {path.name}, "
+            del state
+        factor = self.health.config.divergence_lr_factor
+        bridge = self.lr_bridge
+        if bridge is not None:
+            lr_before, lr_after = bridge.cut_lr(factor)
+        else:
+            lr_before = self.optimizer[0].param_groups[0]["lr"]
+            lr_after = lr_before * factor
+            for opt in self.optimizer:
+                for group in opt.param_groups:
+                    group["lr"] *= factor
+        action = f"skipped the step, {reloaded or 'no checkpoint yet to reload, '}LR {lr_before:.3g} -> {lr_after:.3g}"
+        self.health.divergence_event(step=step, optimizer_step=opt_step, loss=loss, action=action, recovered=True)
+
+    def _update_progress(self, step: int, batch_n_steps: int, loss: float | None, seconds: float) -> None:
+        if not self.progress or self.args.rank not in (None, 0):
+            return
+        from tqdm import tqdm
+
+        if self._bar is None or step == 0:
+            self._close_bar()
+            self._bar = tqdm(total=batch_n_steps, desc=f"epoch {self.epochs_done + 1}/{self.config.epochs}",
+                             file=sys.stderr, dynamic_ncols=True, leave=True, initial=step)  # fmt: skip
+        a = 0.1
+        self._step_time_ema = seconds if self._step_time_ema is None else a * seconds + (1 - a) * self._step_time_ema
+        left = (self.config.epochs - self.epochs_done - 1) * batch_n_steps + (batch_n_steps - step - 1)
+        eta = left * self._step_time_ema
+        self._bar.set_postfix_str(
+            f"loss {'n/a' if loss is None else f'{loss:.4f}'}, lr {self._current_lr():.3g}, run ETA {_hms(eta)}",
+            refresh=False,
+        )  # fmt: skip
+        self._bar.update(1)
+        if step + 1 >= batch_n_steps:
+            self._close_bar()
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     # --- evaluation ---------------------------------------------------------------------------
 
@@ -146,8 +347,16 @@ class ToolkitTrainer(Trainer):
         if eval_loss is not None and not math.isfinite(eval_loss):
             record["eval_loss_nonfinite"] = str(eval_loss)
         self._train_sums, self._train_count = {}, 0
+        if self.health is not None:
+            self.health.check_evaluation(record, plateau_rule=bool(bridge and bridge.spec.name == "ReduceLROnPlateau"))
+            record["health_events"] = self.health.take_pending()
+        stop = False
+        if self.early_stopping is not None:
+            stop = self.early_stopping.update(eval_loss)
+            record["early_stop_bad_evals"] = self.early_stopping.bad_evals
         self.evaluation_records.append(record)
         if self.args.rank in (None, 0):
+            self._save_best_if_improved(eval_loss)
             with open(self.metrics_path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
         logger.info(
@@ -156,23 +365,147 @@ class ToolkitTrainer(Trainer):
         )  # fmt: skip
         for hook in self.on_evaluation_hooks:
             hook(self, record)
+        if stop:
+            assert self.early_stopping is not None
+            self.stop_reason = "early_stopping"
+            logger.info(
+                "early stopping: eval loss has not improved on %.5f by %g for %d evaluations; best model: %s",
+                self.early_stopping.best, self.early_stopping.min_delta, self.early_stopping.bad_evals,
+                Path(self.output_path) / "best_model.pth",
+            )  # fmt: skip
+            raise StopTraining("early stopping")
+
+    # --- checkpoints (atomic; see utils/training/checkpoints.py) -------------------------------
+
+    def _save_best_if_improved(self, eval_loss: float | None) -> None:
+        best = self.best_loss.get("eval_loss") if isinstance(self.best_loss, dict) else None
+        if eval_loss is None or not math.isfinite(eval_loss) or (best is not None and eval_loss >= best):
+            return
+        train_loss = self.evaluation_records[-1].get("train_loss") if self.evaluation_records else None
+        model_loss = {"train_loss": train_loss if train_loss is not None else math.inf, "eval_loss": eval_loss}
+        path = Path(self.output_path) / f"best_model_{self._counts()['steps_done']}.pth"
+        state = checkpoints.training_state(self, **self._counts(), model_loss=model_loss)
+        checkpoints.atomic_torch_save(state, path)
+        for old in Path(self.output_path).glob("best_model_*.pth"):
+            if old != path and not self.config.save_all_best:
+                old.unlink(missing_ok=True)
+        checkpoints.atomic_link(path, Path(self.output_path) / "best_model.pth")
+        self.best_loss = model_loss
+        logger.info("best model so far (eval loss %.5f): %s", eval_loss, path.name)
+
+    def _counts(self) -> dict[str, int]:
+        # Inside a step Coqui saves before incrementing total_steps_done, with that step's update
+        # already applied. File names use these exact counts: checkpoint_N.pth holds the weights
+        # after N trainer steps.
+        epoch_done = self._finished or self._epoch_complete
+        return {
+            "steps_done": self.total_steps_done + (1 if self._in_step else 0),
+            "epochs_done": self.epochs_done + (1 if epoch_done else 0),
+            "epoch_batches_done": 0 if epoch_done else (self._epoch_step + 1 if self._in_step else self._epoch_batches_done),
+        }
+
+    def save_checkpoint(self) -> None:
+        """Write checkpoint_N.pth atomically (replaces Coqui's direct torch.save)."""
+        if self.args.rank not in (None, 0):
+            return
+        counts = self._counts()
+        path = Path(self.output_path) / f"checkpoint_{counts['steps_done']}.pth"
+        model_loss = {"train_loss": self._pick_target_avg_loss(self.keep_avg_train),
+                      "eval_loss": self._pick_target_avg_loss(self.keep_avg_eval)}  # fmt: skip
+        checkpoints.atomic_torch_save(checkpoints.training_state(self, **counts, model_loss=model_loss), path)
+        logger.info("checkpoint: %s", path)
+        if self.config.save_n_checkpoints is not None:
+            checkpoints.keep_newest(self.output_path, "checkpoint", int(self.config.save_n_checkpoints))
+
+    def save_best_model(self) -> None:
+        """Coqui's epoch-end best-model save: done at every evaluation here, so nothing to do."""
+
+    @staticmethod
+    def init_training(args: Any, coqpit_overrides: list[str], config: Any = None) -> Any:
+        """Coqui's set-up, but ``--continue`` resumes from the newest *complete* numbered checkpoint.
+
+        ``trainer.io.get_last_checkpoint`` falls back to ``best_model.pth`` by file time when no
+        numbered best model exists; here the choice is always :func:`checkpoints.last_checkpoint`.
+        """
+        if args.continue_path:
+            checkpoints.remove_partial_files(args.continue_path)
+        config, new_fields = Trainer.init_training(args, coqpit_overrides, config)
+        if args.continue_path:
+            last = checkpoints.last_checkpoint(args.continue_path)
+            if last is not None:
+                args.restore_path = str(last)
+                new_fields["restore_path"] = str(last)
+        return config, new_fields
+
+    def restore_model(self) -> None:
+        """Coqui's restore, then the exact counters and the toolkit state (continue), or the LR (restore)."""
+        super().restore_model()
+        state = checkpoints.load_checkpoint(self.args.restore_path, mmap=True).get("toolkit_state") or {}
+        if self.continue_run:
+            if state:
+                self.total_steps_done = int(state["steps_done"])
+                self.epochs_done = int(state["epochs_done"])
+                self._resume_batches = int(state.get("epoch_batches_done", 0))
+                self._last_eval_step = state.get("last_eval_step")
+                if self.health is not None and state.get("health"):
+                    self.health.load_state_dict(state["health"])
+                if self.early_stopping is not None and state.get("early_stopping"):
+                    self.early_stopping.load_state_dict(state["early_stopping"])
+            logger.info(
+                "continuing at trainer step %d, optimizer step %d, epoch %d, LR %.3g", self.total_steps_done,
+                self.optimizer_steps, self.epochs_done, self._current_lr(),
+            )  # fmt: skip
+        elif self.lr_bridge is not None:
+            self.lr_bridge._apply()  # Coqui's reset_lr wrote the config LR over the warmup's first LR
 
     # --- fit ----------------------------------------------------------------------------------
 
     def fit(self) -> None:
-        """Train for the configured epochs; errors propagate and the run folder is kept."""
+        """Train for the configured epochs; errors propagate and the run folder is kept.
+
+        Early stopping ends training normally (final checkpoint written); a divergence that the
+        health monitor could not recover from raises :class:`DivergenceError` without one.
+        """
         try:
             self._fit()
+        except StopTraining as stop:
+            logger.info("training stopped: %s", stop)
         except KeyboardInterrupt:
             logger.info("interrupted: saving a checkpoint in %s", self.output_path)
             self.save_checkpoint()
             raise
         finally:
+            self._close_bar()
             if self.args.rank in (None, 0):
                 self.dashboard_logger.finish()
-        if self.args.rank in (None, 0):
+        self._finished = True
+        if self.args.rank in (None, 0) and self.save_final_checkpoint:
             self.save_checkpoint()
+
+
+class _Tail:
+    """The first ``len(loader) - skip`` batches of a fresh pass, reporting the full length.
+
+    Coqui's ``train_epoch`` takes the epoch length from ``len(loader)`` and the accumulation
+    phase from the batch index; the trainer adds ``skip`` to that index.
+    """
+
+    def __init__(self, loader: Any, skip: int) -> None:
+        self.loader, self.skip = loader, skip
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Any:
+        import itertools
+
+        return itertools.islice(iter(self.loader), max(0, len(self.loader) - self.skip))
 
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.5f}"
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,62 @@
+"""Speak text with a fine-tuned XTTS v2 (export folder, run folder or checkpoint).
+
+    python scripts/synthesize.py --model my_voice --language en --text "Hello there." --out hello.wav
+    python scripts/synthesize.py --model my_voice --texts lines.txt --out wavs/      # one wav per line
+    python scripts/synthesize.py --model runs/xtts_ft_... --speaker-wav me.wav --text "..." --out x.wav
+
+An export folder carries its reference clips; --speaker-wav overrides them. Long text is split at
+sentence ends into chunks of the language's character limit. The written paths go to stdout.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+
+from utils import cli  # noqa: E402
+from utils.errors import ConfigError  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, required=True, help="export folder, run folder or checkpoint .pth")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="the text to speak")
+    src.add_argument("--texts", type=Path, help="a file with one text per line ('#' comments)")
+    p.add_argument("--out", type=Path, required=True, help="wav path (one text) or folder (several)")
+    p.add_argument("--language", help="language code (default: the language the model was trained on)")
+    p.add_argument("--speaker-wav", type=Path, nargs="+", help="reference clip(s) of the voice")
+    s = p.add_argument_group("sampling (default: the model config's values)")
+    s.add_argument("--temperature", type=float)
+    s.add_argument("--top-k", type=int)
+    s.add_argument("--top-p", type=float)
+    s.add_argument("--repetition-penalty", type=float)
+    s.add_argument("--length-penalty", type=float)
+    s.add_argument("--speed", type=float, default=1.0)
+    s.add_argument("--max-new-tokens", type=int, help="cap on audio tokens per chunk (~21.5 per second)")
+    s.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    s.add_argument("--no-split", action="store_true", help="do not split long text into sentences")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    args = p.parse_args(argv)
+    cli.setup_logging()
+
+    from utils.synthesize import SynthesisOptions, load_model, read_texts, synthesize_to_files
+
+    texts = [args.text] if args.text is not None else read_texts(args.texts)
+    if len(texts) > 1 and args.out.suffix.lower() == ".wav":
+        raise ConfigError(f"{len(texts)} texts need a folder for --out, not {args.out}")
+    options = SynthesisOptions(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+        length_penalty=args.length_penalty, speed=args.speed, max_new_tokens=args.max_new_tokens, seed=args.seed,
+        split_sentences=not args.no_split,
+    )  # fmt: skip
+    loaded = load_model(args.model, device=args.device)
+    paths = synthesize_to_files(loaded, texts, args.out, language=args.language, speaker_wav=args.speaker_wav, options=options)
+    sys.stdout.write("".join(f"{p}\n" for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,123 @@
+"""Synthesis: CLI, options, sentence splitting (Amharic included), the test-sentence hook."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from utils.synthesize import SynthesisOptions, load_model, split_text, synthesize
+
+
+@pytest.fixture(scope="module")
+def en_model(en_export):
+    return load_model(en_export, device="cpu")
+
+
+def test_cli_speaks_each_line_of_a_text_file(en_export, tmp_path, capsys):
+    from scripts.synthesize import main
+
+    texts = tmp_path / "lines.txt"
+    texts.write_text("# a comment\nHello there.\n\nGood morning.\n", encoding="utf-8")
+    rc = main(["--model", str(en_export), "--texts", str(texts), "--out", str(tmp_path / "wavs"),
+               "--max-new-tokens", "6", "--seed", "3", "--temperature", "0.5", "--top-k", "20"])  # fmt: skip
+    assert rc == 0
+    paths = capsys.readouterr().out.split()
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["001.wav", "002.wav"]
+    for p in paths:
+        info = sf.info(p)
+        assert info.samplerate == 24000 and 0 < info.frames <= 6 * 1115
+
+
+def test_same_seed_same_audio_and_options_reach_the_model(en_model):
+    opts = SynthesisOptions(max_new_tokens=6, seed=7)
+    a = synthesize(en_model, "Hello there.", options=opts)
+    b = synthesize(en_model, "Hello there.", options=opts)
+    np.testing.assert_array_equal(a, b)
+    kwargs = SynthesisOptions(temperature=0.3, max_new_tokens=6).inference_kwargs(en_model.model.config)
+    assert kwargs["temperature"] == 0.3 and kwargs["top_k"] == en_model.model.config.top_k and kwargs["max_new_tokens"] == 6
+
+
+def test_long_text_is_split_and_each_chunk_spoken(en_model):
+    text = " ".join(["This sentence is about fifty characters long, roughly."] * 8)  # ~440 chars, limit 250
+    chunks = split_text(en_model, text, "en")
+    assert len(chunks) == 2 and all(len(c) <= 250 for c in chunks)
+    opts = SynthesisOptions(max_new_tokens=4, seed=0, gap_s=0.1)
+    wav = synthesize(en_model, text, options=opts)
+    one = synthesize(en_model, chunks[0], options=opts)
+    assert wav.size == pytest.approx(2 * one.size + int(0.1 * 24000), abs=2 * 1115)
+
+
+def test_amharic_splits_at_ethiopic_sentence_ends(am_export):
+    model = load_model(am_export, device="cpu")
+    sentence = "ዛሬ የአየር ሁኔታው በጣም ጥሩ ነው። "
+    chunks = split_text(model, sentence * 8, "am")  # 8 x 26 characters, limit 150
+    assert len(chunks) == 2 and all(c.endswith("።") for c in chunks)
+    wav = synthesize(model, sentence * 8, language="am", options=SynthesisOptions(max_new_tokens=3, seed=0))
+    assert wav.size > 2 * 1024
+
+
+def test_unknown_language_is_one_line_and_exit_code_2(en_export, tmp_path, capsys):
+    from scripts.synthesize import main
+    from utils.cli import run
+
+    rc = run(main, ["--model", str(en_export), "--text", "Selam", "--language", "am", "--out", str(tmp_path / "x.wav")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "does not know language 'am'" in err and not (tmp_path / "x.wav").exists()
+
+
+def _train(tiny_base, demo_en, out, hooks):
+    from trainer import TrainerArgs
+
+    from tests.conftest import read_demo_samples
+    from utils.gpt_train import build_config
+    from utils.hparams import resolve
+    from utils.training.model import ToolkitGPTTrainer
+    from utils.training.trainer import ToolkitTrainer
+
+    values = {"epochs": 1, "batch_size": 2, "grad_accum": 1, "eval_every_steps": 2, "lr": 1e-4,
+              "num_loader_workers": 0, "save_every_steps": 10_000, "keep_checkpoints": 1}  # fmt: skip
+    hp = resolve(dataset_hours=0.01, cli=values)
+    config = build_config(hp, tiny_base, output_path=out, language="en")
+    model = ToolkitGPTTrainer(config)
+    trainer = ToolkitTrainer(
+        TrainerArgs(), config, output_path=str(out), model=model, eval_every_steps=2, on_evaluation=hooks,
+        train_samples=read_demo_samples(demo_en / "metadata_train.csv"),
+        eval_samples=read_demo_samples(demo_en / "metadata_eval.csv"),
+    )  # fmt: skip
+    trainer.fit()
+    return trainer
+
+
+def test_test_sentences_hook_writes_wavs_and_tensorboard_and_leaves_training_unchanged(tiny_base, demo_en, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from utils.evaluate import EvaluationHook
+    from utils.synthesize import test_sentences_hook
+
+    hook = test_sentences_hook(max_sentences=1, options=SynthesisOptions(max_new_tokens=4, seed=0))
+    scoring = EvaluationHook(max_sentences=1, options=SynthesisOptions(max_new_tokens=4, seed=0))
+    with_hook = _train(tiny_base, demo_en, tmp_path / "a", [hook, scoring])
+    without = _train(tiny_base, demo_en, tmp_path / "b", [])
+    steps = [r["step"] for r in with_hook.evaluation_records]
+    assert steps == [2, 4, 5]
+    run = tmp_path / "a"
+    run_dir = next(p for p in run.iterdir() if p.is_dir())
+    for step in steps:
+        wavs = sorted((run_dir / "test_sentences" / f"step_{step}").glob("*.wav"))
+        assert [w.name for w in wavs] == ["01.wav"]
+        assert sf.info(str(wavs[0])).samplerate == 24000
+    acc = EventAccumulator(str(run_dir), size_guidance={"audio": 0}).Reload()
+    assert "TestAudios/01" in acc.Tags()["audio"]
+    assert "TestEval/similarity" in acc.Tags()["scalars"]
+    lines = [json.loads(x) for x in (run_dir / "eval_during_training.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == steps
+    assert all(x["similarity"] is not None and x["n"] == 1 for x in lines)
+    # Same losses with and without the hook: the RNG and the GPT's training mode were restored.
+    loss = lambda t: [r[k] for r in t.evaluation_records for k in ("train_loss", "eval_loss")]  # noqa: E731
+    assert loss(with_hook) == pytest.approx(loss(without), rel=1e-6)
+    assert not hasattr(with_hook.model.xtts.gpt, "gpt_inference")
+    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 5

@@ -1,6 +1,7 @@
-"""Rebuild the bundled English demo dataset (demo/en) with espeak-ng.
+"""Rebuild a bundled demo dataset with espeak-ng.
 
     python scripts/make_demo_dataset.py demo/en
+    python scripts/make_demo_dataset.py demo/am --language am
 """
 
 import argparse
@@ -15,11 +16,16 @@ from utils import cli  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path, help="empty folder for wavs/ and the metadata CSVs")
+    parser.add_argument("--language", default="en", help="en (default) or am")
     args = parser.parse_args(argv)
     cli.setup_logging()
     from utils.demo import ENGLISH_DEMO_SENTENCES, make_espeak_dataset
+    from utils.language.demo_sentences import make_language_demo
 
-    make_espeak_dataset(args.out_dir, ENGLISH_DEMO_SENTENCES, voice="en-us", prefix="en")
+    if args.language == "en":
+        make_espeak_dataset(args.out_dir, ENGLISH_DEMO_SENTENCES, voice="en-us", prefix="en")
+    else:
+        make_language_demo(args.out_dir, args.language)
     return 0
 
 

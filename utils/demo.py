@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from utils.errors import ConfigError
 
@@ -67,11 +67,15 @@ def make_espeak_dataset(
     prefix: str = "en",
     speaker: str = "demo",
     n_eval: int = 2,
+    spoken: Callable[[str], str] | None = None,
+    base_speed: int = 140,
 ) -> Path:
     """Write ``wavs/`` + ``metadata_train.csv`` + ``metadata_eval.csv`` (Coqui ``coqui`` format).
 
     Pitch and speed vary a little per clip so clips differ the way real recordings do. The last
-    ``n_eval`` sentences form the eval set.
+    ``n_eval`` sentences form the eval set. ``spoken`` maps a sentence to what espeak-ng says (e.g.
+    the language's normaliser: the CSV keeps the text as written, the audio says the normalised
+    text the model is taught to read).
     """
     out = Path(out_dir)
     if (out / "metadata_train.csv").exists():
@@ -80,7 +84,8 @@ def make_espeak_dataset(
     with tempfile.TemporaryDirectory() as tmp:
         for idx, text in enumerate(sentences, start=1):
             name = f"wavs/{prefix}_{idx:03d}.wav"
-            espeak_to_wav(text, Path(tmp) / name, voice=voice, speed=140 + (idx * 7) % 30, pitch=40 + (idx * 11) % 25)
+            said = spoken(text) if spoken else text
+            espeak_to_wav(said, Path(tmp) / name, voice=voice, speed=base_speed + (idx * 7) % 30, pitch=40 + (idx * 11) % 25)
             rows.append((name, text))
         (out / "wavs").mkdir(parents=True, exist_ok=True)
         for name, _ in rows:

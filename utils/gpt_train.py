@@ -119,6 +119,21 @@ def parse_args(argv: Sequence[str] | None, defaults: dict[str, Any] | None = Non
     mode.add_argument("--no-plots", action="store_true", help="do not refresh training_curves.png at each evaluation")
     mode.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
     mode.add_argument("--demo", action="store_true", help="tiny base + bundled demo data, a few epochs")
+    speed = p.add_argument_group("speed and memory (see BENCHMARKS.md)")
+    speed.add_argument(
+        "--speed", choices=("fast", "low-vram", "stock"), default="fast",
+        help="fast: every safe lever (default); low-vram: gradient checkpointing + 8-bit AdamW + frozen "
+        "modules off the GPU (full GPT on an 8 GB card); stock: Coqui's own step",
+    )  # fmt: skip
+    for name in SPEED_SWITCHES:
+        speed.add_argument(f"--no-{name.replace('_', '-')}", dest=f"speed_{name}", action="store_false", default=None,
+                           help=f"turn off the {name} lever")  # fmt: skip
+    after = p.add_argument_group("during and after training")
+    after.add_argument("--test-sentences", type=int, default=3,
+                       help="eval sentences spoken at each evaluation into <run>/test_sentences and TensorBoard "
+                       "(0: off; default 3)")  # fmt: skip
+    after.add_argument("--no-export", action="store_true",
+                       help="skip the compact inference export (<run>/export) at the end of training")
     mode.add_argument(
         "--gpus", type=int, default=1,
         help="data-parallel training on N GPUs of this host (one worker process each; on a machine without CUDA, "
@@ -144,6 +159,30 @@ HEALTH_OPTIONS = (
     ("update_ratio_low", float, "LR too small below this update/weight norm ratio"),
     ("update_ratio_high", float, "LR too large above this update/weight norm ratio"),
 )
+
+# SpeedOptions switches that get a --no-NAME flag (auto_batch and oom_backoff are benchmark-only).
+SPEED_SWITCHES = (
+    "bf16", "tf32", "fused_adamw", "fast_gelu", "sdpa_conditioning", "fast_heads", "no_cudnn_attention",
+    "host_lengths", "no_kv_cache", "cache_dvae_codes", "bucket_lengths", "pin_memory", "compile",
+    "grad_checkpointing", "optimizer_8bit", "offload_frozen", "expandable_segments",
+)  # fmt: skip
+
+
+def speed_options(args: argparse.Namespace, num_loader_workers: int) -> dict[str, Any]:
+    """The speed levers for this run (as a dict for the config): preset, then --no-NAME flags."""
+    from utils.training.speed import SpeedOptions
+
+    preset = {"fast": SpeedOptions, "low-vram": SpeedOptions.low_vram, "stock": SpeedOptions.stock}[
+        getattr(args, "speed", "fast")
+    ]
+    opts = preset().to_dict()
+    for name in SPEED_SWITCHES:
+        if getattr(args, f"speed_{name}", None) is False:
+            opts[name] = False
+    # micro-batch search and the OOM fallback are wired into the benchmark only (BENCHMARKS.md)
+    opts.update(auto_batch=False, oom_backoff=False, num_workers=int(num_loader_workers))
+    return opts
+
 
 CLI_HPARAMS = (
     "epochs", "batch_size", "grad_accum", "lr", "weight_decay", "plateau_factor", "plateau_patience", "min_lr",
@@ -465,6 +504,7 @@ def train(
     elif restore_path is not None:
         args.restore_path = str(restore_path)
     model = ToolkitGPTTrainer(config)
+    _apply_speed(model, config, distributed.world_size())
     trainer = distributed.build_trainer(
         ToolkitTrainer,
         args,
@@ -474,7 +514,7 @@ def train(
         train_samples=train_samples,
         eval_samples=eval_samples,
         eval_every_steps=toolkit.get("eval_every_steps"),
-        on_evaluation=[_refresh_plots] if plots and distributed.is_rank_zero() else [],
+        on_evaluation=_evaluation_hooks(config, plots=plots) if distributed.is_rank_zero() else [],
         health=health,
         early_stopping=early,
         progress=progress,
@@ -493,6 +533,11 @@ def train(
     finally:
         if plots and trainer.evaluation_records and distributed.is_rank_zero():
             _refresh_plots(trainer, force=True)
+    if toolkit.get("export") and distributed.is_rank_zero() and trainer.stop_reason != "divergence":
+        from utils.export import export_run
+
+        export_dir = export_run(run_dir)
+        logger.info("inference export: %s (load it with scripts/synthesize.py --model %s)", export_dir, export_dir)
     exclusions = read_runtime_exclusions(run_dir)
     if exclusions:
         logger.warning("%d rows failed to load during training; see %s", len(exclusions), run_dir / "runtime_exclusions.jsonl")
@@ -522,6 +567,38 @@ def _refresh_plots(trainer: Any, _record: dict[str, Any] | None = None, *, force
         plot_training(trainer.output_path)
     except (OSError, ValueError, RuntimeError) as exc:  # a plot must never stop training
         logger.warning("could not refresh training_curves.png: %s", exc)
+
+
+def _evaluation_hooks(config: Any, *, plots: bool) -> list[Any]:
+    """What runs after each evaluation on rank 0: plot refresh and test sentences."""
+    hooks: list[Any] = [_refresh_plots] if plots else []
+    count = int(config.toolkit.get("test_sentences") or 0)
+    if count:
+        from utils.synthesize import SynthesisOptions, test_sentences_hook
+
+        options = SynthesisOptions(seed=0, max_new_tokens=config.toolkit.get("test_max_new_tokens"))
+        hooks.append(test_sentences_hook(max_sentences=count, options=options))
+    return hooks
+
+
+def _apply_speed(model: Any, config: Any, world_size: int) -> None:
+    """Apply the run's speed levers (config.toolkit["speed"]; default: all safe ones) to the model."""
+    import dataclasses
+
+    import torch
+
+    from utils.training.speed import SpeedOptions, apply_speed_options
+
+    values = dict(config.toolkit.get("speed") or {"num_workers": config.num_loader_workers})
+    known = {f.name for f in dataclasses.fields(SpeedOptions)}
+    opts = SpeedOptions(**{k: v for k, v in values.items() if k in known})
+    if world_size > 1:  # the cached-code loader has no rank sharding yet: the sharded toolkit dataset
+        opts = dataclasses.replace(opts, cache_dvae_codes=False, bucket_lengths=False)
+    model.speed = opts
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    applied = apply_speed_options(model, config, opts, device)
+    applied += [name for name in ("cache_dvae_codes", "bucket_lengths") if getattr(opts, name)]  # loader levers
+    config.toolkit["speed_applied"] = applied
 
 
 def _keep_vocab_with_run(config: Any, run_dir: Path) -> None:
@@ -765,6 +842,11 @@ def prepare_training(
         vocab_path=vocab, vocab_extension=extension,
     )  # fmt: skip
     config.lr_scheduler_params["total_steps"] = total
+    config.toolkit["speed"] = speed_options(args, config.num_loader_workers)
+    config.toolkit["test_sentences"] = int(getattr(args, "test_sentences", 0))
+    # a random tiny GPT never emits its stop token: cap what the demo's test sentences generate
+    config.toolkit["test_max_new_tokens"] = 20 if getattr(args, "demo", False) else None
+    config.toolkit["export"] = not getattr(args, "no_export", False)
     config.toolkit.update({"planned_optimizer_steps": total, "train_csv": str(train_csv.resolve()),
                            "eval_csv": str(eval_csv.resolve()), "preset": getattr(args, "preset", None),
                            "restored_from": str(restored.checkpoint) if restored else None})  # fmt: skip

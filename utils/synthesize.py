@@ -201,15 +201,35 @@ def conditioning(loaded: LoadedModel, speaker_wav: list[str | os.PathLike] | Non
             raise DataError(f"speaker reference {ref} not found")
     key = tuple(str(r.resolve()) for r in refs)
     if key not in loaded._latents:
-        cfg = loaded.model.config
-        loaded._latents[key] = loaded.model.get_conditioning_latents(
-            audio_path=[str(r) for r in refs],
-            gpt_cond_len=cfg.gpt_cond_len,
-            gpt_cond_chunk_len=cfg.gpt_cond_chunk_len,
-            max_ref_length=cfg.max_ref_len,
-            sound_norm_refs=cfg.sound_norm_refs,
-        )
+        loaded._latents[key] = _conditioning_latents(loaded.model, refs)
     return loaded._latents[key]
+
+
+def _conditioning_latents(model: Any, refs: list[Path], load_sr: int = 22050) -> tuple[Any, Any]:
+    """``Xtts.get_conditioning_latents`` with the clips decoded by soundfile.
+
+    Coqui's version decodes through ``torchaudio.load``, which with torchaudio >= 2.9 needs
+    torchcodec and the system FFmpeg libraries; wav/flac/ogg need neither here. The rest is the same
+    public calls in the same order: each clip (up to ``max_ref_len`` s, optionally peak-normalised)
+    gives a speaker embedding (averaged), and the clips joined give the GPT conditioning latents.
+    """
+    import torch
+
+    from utils.data.audio import load_audio
+
+    cfg = model.config
+    embeddings, audios = [], []
+    for ref in refs:
+        audio, _sr = load_audio(ref, target_sr=load_sr)
+        wav = torch.from_numpy(audio).float()[None, : load_sr * int(cfg.max_ref_len)].to(model.device)
+        if cfg.sound_norm_refs:
+            wav = (wav / torch.abs(wav).max()) * 0.75
+        embeddings.append(model.get_speaker_embedding(wav, load_sr))
+        audios.append(wav)
+    latents = model.get_gpt_cond_latents(
+        torch.cat(audios, dim=-1), load_sr, length=cfg.gpt_cond_len, chunk_length=cfg.gpt_cond_chunk_len
+    )
+    return latents, torch.stack(embeddings).mean(dim=0)
 
 
 def split_text(loaded: LoadedModel, text: str, language: str) -> list[str]:
@@ -320,7 +340,13 @@ def trainer_model(trainer: Any, language: str, references: list[Path]) -> Iterat
     gpt = xtts.gpt
     built = not hasattr(gpt, "gpt_inference")
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    # The speed levers keep the frozen HiFiGAN decoder on the CPU during training
+    # (utils.training.speed.offload_frozen_modules): borrow it onto the GPT's device.
+    gpt_device = next(gpt.parameters()).device
+    decoder_home = next(xtts.hifigan_decoder.parameters()).device
     try:
+        if decoder_home != gpt_device:
+            xtts.hifigan_decoder.to(gpt_device)
         if built:
             gpt.init_gpt_for_inference(kv_cache=xtts.args.kv_cache, use_deepspeed=False)
         torch.nn.Module.train(xtts, False)
@@ -332,6 +358,10 @@ def trainer_model(trainer: Any, language: str, references: list[Path]) -> Iterat
             del gpt.gpt.wte
         for m, mode in modes.items():
             m.training = mode
+        if decoder_home != gpt_device:
+            xtts.hifigan_decoder.to(decoder_home)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
 
 class TestSentencesHook:

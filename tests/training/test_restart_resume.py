@@ -20,7 +20,7 @@ from utils.training.checkpoints import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 COMMON = ["--lr", "5e-5", "--batch-size", "2", "--grad-accum", "1", "--num-workers", "0", "--save-every-steps", "4",
-          "--keep-checkpoints", "1", "--no-progress", "--no-plots"]  # fmt: skip
+          "--keep-checkpoints", "1", "--no-progress", "--no-plots", "--test-sentences", "0"]  # fmt: skip
 
 
 def _records(run_dir: Path) -> list[dict]:

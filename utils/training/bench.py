@@ -26,7 +26,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -730,3 +730,56 @@ def run_lowvram(spec: BenchSpec) -> dict[str, Any]:
                 "probe_peak_reserved_gib": round(probe_peak / 2**30, 2), "oom_splits": backoff.parts,
                 "levers": levers, "speed_options": opts.to_dict(), "workload": workload, "env": _env(device)})
     return res
+
+
+# --------------------------------------------------------------------------------------------
+# The whole command: utils/gpt_train.py's default path, end to end
+# --------------------------------------------------------------------------------------------
+
+
+def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int = 128, epochs: int = 3,
+                      workers: int = 8, extra_args: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
+    """Train a full-size random XTTS v2 GPT through ``utils.gpt_train.main`` and time its epochs.
+
+    The same synthetic workload as :func:`build_workload` (clips uniform 2-11 s), written as coqui
+    CSVs (1/32 of the clips held out for eval). Epoch 1 includes the one-off clip decode and DVAE
+    code pass; the figure is samples/s over the later epochs, from the wall time between the
+    epoch-end evaluations in metrics.jsonl (each evaluation's own time included, so it slightly
+    understates the training step).
+    """
+    import json
+
+    from utils.gpt_train import main
+    from utils.training.bench_ddp import make_full_size_random_base
+
+    root = Path(workdir)
+    samples, facts = build_workload(BenchSpec(workdir=str(root / "clips"), clips=clips))
+    base = make_full_size_random_base(root / "base")
+    n_eval = max(8, clips // 32)
+    for name, part in (("metadata_train.csv", samples[n_eval:]), ("metadata_eval.csv", samples[:n_eval])):
+        lines = "".join(f"wavs/{Path(s['audio_file']).name}|{s['text']}|bench\n" for s in part)
+        (root / "clips" / name).write_text("audio_file|text|speaker_name\n" + lines, encoding="utf-8")
+    out = root / "runs"
+    argv = ["--base-model", str(base), "--dataset", str(root / "clips"), "--dataset-hours", "5",
+            "--batch-size", str(batch_size), "--grad-accum", "1", "--epochs", str(epochs),
+            "--num-workers", str(workers), "--output-path", str(out), "--test-sentences", "0", "--no-export",
+            "--no-plots", "--max-excluded-share", "1.0", "--save-every-steps", "1000000", *extra_args]  # fmt: skip
+    started = time.time()
+    code = main(argv)
+    wall = time.time() - started
+    run_dir = sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))[-1]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    report = json.loads((run_dir / "preflight_report.json").read_text())
+    train_rows = report["train"]["kept"]
+    per_epoch = [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(records, records[1:])]
+    steady = sum(per_epoch) / len(per_epoch) if per_epoch else None
+    config = json.loads((run_dir / "config.json").read_text())
+    return {
+        "exit_code": code, "wall_s": round(wall, 1), "workload": facts, "train_rows": train_rows,
+        "excluded": len(report["train"]["excluded"]) + len(report["eval"]["excluded"]),
+        "batch_size": batch_size, "epoch_s": [round(x, 2) for x in per_epoch],
+        "first_eval_elapsed_s": records[0]["elapsed_s"] if records else None,
+        "samples_per_s": round(train_rows / steady, 1) if steady else None,
+        "speed_applied": config["toolkit"].get("speed_applied"),
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if torch.cuda.is_available() else None,
+    }

@@ -40,6 +40,7 @@ class ToolkitGPTTrainer(GPTTrainer):
     """GPTTrainer with the LR bridge, the toolkit dataset and tokenizer, and vocabulary growth."""
 
     run_dir: Path | None = None  # set by utils.gpt_train before fit(); run-time exclusions go there
+    speed: Any = None  # utils.training.speed.SpeedOptions applied to this model (set by utils.gpt_train)
 
     def __init__(self, config: Any) -> None:
         from utils.language import use_toolkit_tokenizer
@@ -89,6 +90,8 @@ class ToolkitGPTTrainer(GPTTrainer):
         verbose: bool = True,
     ) -> DataLoader:
         exclusions = Path(self.run_dir) / "runtime_exclusions.jsonl" if self.run_dir else None
+        if self.speed is not None and self.speed.cache_dvae_codes and not is_dist_avail_and_initialized():
+            return self._cached_code_loader(config, samples or [], is_eval, exclusions)
         dataset = ToolkitXTTSDataset(
             self.config, samples or [], self.xtts.tokenizer, config.audio.sample_rate, is_eval, exclusions
         )
@@ -109,4 +112,39 @@ class ToolkitGPTTrainer(GPTTrainer):
             return DataLoader(dataset, sampler=sampler, **kwargs)
         generator = torch.Generator().manual_seed(int(config.training_seed))
         return DataLoader(dataset, shuffle=True, drop_last=False, generator=generator, **kwargs)
+
+    def _cached_code_loader(self, config: Any, samples: list[Any], is_eval: bool, exclusions: Path | None) -> Any:
+        """The fast path: each clip decoded once, DVAE codes computed once, length-bucketed batches.
+
+        Clips that cannot be used are recorded in runtime_exclusions.jsonl with their reason (the
+        preflight normally keeps none of them).
+        """
+        import json
+
+        from utils.errors import DataError
+        from utils.training.fast_data import CachedClipDataset, build_fast_loader, prepare_clip_cache
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        cache_dir = Path(config.output_path) / ".clip_cache"
+        items, excluded = prepare_clip_cache(self, samples, cache_dir, device=device)
+        if excluded and exclusions is not None:
+            with open(exclusions, "a", encoding="utf-8") as fh:
+                for record in excluded:
+                    fh.write(json.dumps({**record, "eval": is_eval}) + "\n")
+        if not items:
+            raise DataError(
+                f"none of the {len(samples)} {'eval' if is_eval else 'training'} rows could be used "
+                "(see runtime_exclusions.jsonl in the run folder); run scripts/validate_dataset.py on the CSV"
+            )
+        speed = self.speed
+        workers = config.num_eval_loader_workers if is_eval else config.num_loader_workers
+        return build_fast_loader(
+            CachedClipDataset(items, config, is_eval),
+            config.eval_batch_size if is_eval else config.batch_size,
+            bucket_lengths=speed.bucket_lengths,
+            num_workers=workers,
+            pin_memory=speed.pin_memory,
+            shuffle=not is_eval,
+            seed=int(config.training_seed),
+        )
 

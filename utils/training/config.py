@@ -5,7 +5,6 @@
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from TTS.tts.configs.xtts_config import XttsAudioConfig
 from TTS.tts.layers.xtts.trainer.gpt_trainer import GPTArgs, GPTTrainerConfig

@@ -24,39 +24,12 @@ import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from TTS.tts.layers.xtts.trainer.dataset import XTTSDataset
 
+from utils.training.fast_data import load_audio_soundfile, prompt_slice
+
 logger = logging.getLogger(__name__)
-
-
-def load_wav(path: str | os.PathLike[str], sample_rate: int) -> torch.Tensor:
-    """Decode a clip to a (1, T) float tensor at ``sample_rate``, mono, clipped to [-1, 1]."""
-    import soundfile as sf
-
-    audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    wav = torch.from_numpy(np.ascontiguousarray(audio.mean(axis=1)))[None, :]
-    if sr != sample_rate:
-        import torchaudio.functional as AF
-
-        wav = AF.resample(wav, sr, sample_rate)
-    return wav.clamp_(-1.0, 1.0)
-
-
-def prompt_slice(
-    wav: torch.Tensor, max_len: int, min_len: int, *, is_eval: bool, rng: random.Random
-) -> tuple[torch.Tensor, int, list[int]]:
-    """Coqui's conditioning slice (``get_prompt_slice``) cut from an already decoded clip."""
-    length = int((min_len + max_len) / 2) if is_eval else rng.randint(min_len, max_len)
-    if wav.shape[-1] - length < 0:
-        length = wav.shape[-1] // 2
-    gap = wav.shape[-1] - length
-    start = 0 if is_eval else rng.randint(0, gap)
-    cond = wav[:, start : start + length]
-    cond = F.pad(cond, pad=(0, max_len - cond.shape[-1]))
-    return cond, cond.shape[-1], [start, start + length]
 
 
 class ToolkitXTTSDataset(XTTSDataset):
@@ -116,13 +89,17 @@ class ToolkitXTTSDataset(XTTSDataset):
             raise ValueError("stop_token_in_text: text encodes to the [STOP] token")
         if tseq.shape[0] > self.max_text_len:
             raise ValueError(f"text_too_long: {tseq.shape[0]} tokens > {self.max_text_len}")
-        wav = load_wav(sample["audio_file"], self.sample_rate)
+        try:
+            wav = load_audio_soundfile(sample["audio_file"], self.sample_rate)
+        except (RuntimeError, OSError) as exc:  # soundfile's LibsndfileError is a RuntimeError
+            raise ValueError(f"unreadable_audio: {exc}") from exc
         if wav.shape[-1] < 0.5 * self.sample_rate:
             raise ValueError(f"audio_too_short: {wav.shape[-1] / self.sample_rate:.2f} s < 0.5 s")
         if wav.shape[-1] > self.max_wav_len:
             raise ValueError(f"audio_too_long: {wav.shape[-1] / self.sample_rate:.2f} s > max_wav_length")
         max_len, min_len = self.max_conditioning_length, self.min_conditioning_length
-        cond, cond_len, cond_idxs = prompt_slice(wav, max_len, min_len, is_eval=self.is_eval, rng=self._rng)
+        cond, cond_idxs = prompt_slice(wav[0].numpy(), max_len, min_len, self.is_eval, rng=self._rng)
+        cond_len = cond.shape[-1]
         if self.use_masking_gt_prompt_approach:
             cond_len_t = torch.tensor([torch.nan])
             cond_idxs_t = torch.tensor(cond_idxs)

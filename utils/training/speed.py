@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import math
 import types
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 import torch

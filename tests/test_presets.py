@@ -13,7 +13,7 @@ def test_stable_halves_the_table_lr_and_tightens_clipping() -> None:
     r = resolve(dataset_hours=37.7, preset_name="stable")
     assert r["lr"] == pytest.approx(5e-6)  # table row 10-40 h: 1e-5, x0.5
     assert r.sources["lr"].startswith("preset stable (table row 10-40 h")
-    assert (r["grad_clip"], r["eval_every_steps"], r["save_every_steps"]) == (0.5, 100, 500)
+    assert (r["grad_clip"], r["eval_every_steps"], r["save_every_minutes"], r["save_every_steps"]) == (0.5, 100, 5.0, None)
     assert r.sources["grad_clip"] == "preset stable"
 
 

@@ -98,7 +98,9 @@ def parse_args(argv: Sequence[str] | None, defaults: dict[str, Any] | None = Non
     hp.add_argument("--anneal-rate", type=float, help="inverse_sqrt: LR multiplier at each anneal step (default 0.3)")
     hp.add_argument("--keep-checkpoints", type=int, help="checkpoint_N.pth files kept (default 2)")
     hp.add_argument("--eval-every-steps", type=int, help="evaluate every N optimizer steps (default: once per epoch)")
-    hp.add_argument("--save-every-steps", type=int, help="checkpoint every N trainer steps")
+    hp.add_argument("--save-every-steps", type=int, help="checkpoint every N trainer steps (default: by time only)")
+    hp.add_argument("--save-every-minutes", type=float,
+                    help="checkpoint (weights + optimizer state, for --continue) every N minutes (default 15)")
     hp.add_argument("--grad-clip", type=float)
     hp.add_argument("--seed", type=int)
     hp.add_argument("--num-workers", type=int, dest="num_loader_workers", help="data loader worker processes")
@@ -127,7 +129,7 @@ def parse_args(argv: Sequence[str] | None, defaults: dict[str, Any] | None = Non
     )  # fmt: skip
     for name in SPEED_SWITCHES:
         speed.add_argument(f"--no-{name.replace('_', '-')}", dest=f"speed_{name}", action="store_false", default=None,
-                           help=f"turn off the {name} lever")  # fmt: skip
+                           help=f"turn off: {SPEED_HELP[name]}" if name in SPEED_HELP else f"turn off the {name} lever")  # fmt: skip
     after = p.add_argument_group("during and after training")
     after.add_argument("--test-sentences", type=int, default=3,
                        help="eval sentences spoken at each evaluation into <run>/test_sentences and TensorBoard "
@@ -160,12 +162,17 @@ HEALTH_OPTIONS = (
     ("update_ratio_high", float, "LR too large above this update/weight norm ratio"),
 )
 
-# SpeedOptions switches that get a --no-NAME flag (auto_batch and oom_backoff are benchmark-only).
+# SpeedOptions switches that get a --no-NAME flag.
 SPEED_SWITCHES = (
     "bf16", "tf32", "fused_adamw", "fast_gelu", "sdpa_conditioning", "fast_heads", "no_cudnn_attention",
     "host_lengths", "no_kv_cache", "cache_dvae_codes", "bucket_lengths", "pin_memory", "compile",
-    "grad_checkpointing", "optimizer_8bit", "offload_frozen", "expandable_segments",
+    "grad_checkpointing", "optimizer_8bit", "offload_frozen", "expandable_segments", "auto_batch", "oom_backoff",
 )  # fmt: skip
+SPEED_HELP = {
+    "auto_batch": "pick the micro-batch from GPU memory, keeping the effective batch (off: the table's "
+    "micro-batch, or --batch-size)",
+    "oom_backoff": "on CUDA out of memory: halve the micro-batch, double the accumulation, go on",
+}
 
 
 def speed_options(args: argparse.Namespace, num_loader_workers: int) -> dict[str, Any]:
@@ -179,14 +186,13 @@ def speed_options(args: argparse.Namespace, num_loader_workers: int) -> dict[str
     for name in SPEED_SWITCHES:
         if getattr(args, f"speed_{name}", None) is False:
             opts[name] = False
-    # micro-batch search and the OOM fallback are wired into the benchmark only (BENCHMARKS.md)
-    opts.update(auto_batch=False, oom_backoff=False, num_workers=int(num_loader_workers))
+    opts["num_workers"] = int(num_loader_workers)
     return opts
 
 
 CLI_HPARAMS = (
     "epochs", "batch_size", "grad_accum", "lr", "weight_decay", "plateau_factor", "plateau_patience", "min_lr",
-    "warmup_steps", "eval_every_steps", "save_every_steps", "grad_clip", "seed", "num_loader_workers",
+    "warmup_steps", "eval_every_steps", "save_every_steps", "save_every_minutes", "grad_clip", "seed", "num_loader_workers",
     "lr_scheduler", "milestones", "gamma", "anneal_steps", "anneal_rate", "keep_checkpoints",
     "early_stop_patience", "early_stop_min_delta", *(name for name, _, _ in HEALTH_OPTIONS),
 )  # fmt: skip
@@ -518,6 +524,7 @@ def train(
         health=health,
         early_stopping=early,
         progress=progress,
+        save_every_minutes=hp.get("save_every_minutes"),
     )
     config.run_name = base_name
     run_dir = Path(trainer.output_path)
@@ -528,6 +535,7 @@ def train(
         merged = {name: report.to_dict() for name, report in preflight_reports.items()}
         (run_dir / "preflight_report.json").write_text(json.dumps(merged, indent=2), encoding="utf-8")
     logger.info("run folder: %s", run_dir)
+    _size_micro_batch(trainer, config, continuing=continue_path is not None)
     try:
         trainer.fit()
     finally:
@@ -599,6 +607,26 @@ def _apply_speed(model: Any, config: Any, world_size: int) -> None:
     applied = apply_speed_options(model, config, opts, device)
     applied += [name for name in ("cache_dvae_codes", "bucket_lengths") if getattr(opts, name)]  # loader levers
     config.toolkit["speed_applied"] = applied
+
+
+def _size_micro_batch(trainer: Any, config: Any, *, continuing: bool) -> None:
+    """The automatic micro-batch (speed option auto_batch): GPU memory decides the micro-batch, the
+    effective batch stays. Not when resuming (the run keeps its sizes), when --batch-size was
+    given, or with several GPUs (each rank would probe alone)."""
+    from utils.training import distributed
+    from utils.training.autobatch import autosize_micro_batch
+
+    speed = trainer._get_model().speed
+    source = ((config.toolkit.get("hparams") or {}).get("sources") or {}).get("batch_size", "")
+    if not getattr(speed, "auto_batch", False) or continuing:
+        return
+    if source == "cli":
+        logger.info("micro-batch %d from --batch-size (automatic sizing off)", config.batch_size)
+        return
+    if distributed.world_size() > 1:
+        logger.info("automatic micro-batch: off with several GPUs; micro-batch %d per GPU", config.batch_size)
+        return
+    autosize_micro_batch(trainer)
 
 
 def _keep_vocab_with_run(config: Any, run_dir: Path) -> None:

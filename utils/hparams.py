@@ -71,7 +71,8 @@ DEFAULTS: Mapping[str, Any] = {
     "grad_accum": 84,  # Coqui's recipe: 3 x 84 = 252 samples per optimizer step
     "eval_every_steps": None,  # None: once per epoch (Trainer steps = micro-batches)
     "grad_clip": 1.0,
-    "save_every_steps": 1000,
+    "save_every_steps": None,  # checkpoint every N trainer steps (None: by time only, below)
+    "save_every_minutes": 15.0,  # checkpoint (full training state) at the first optimizer step after this
     "keep_checkpoints": 2,
     "seed": 1,
     "num_loader_workers": 2,
@@ -130,11 +131,11 @@ PRESETS: Mapping[str, Preset] = {
         Preset(
             "stable",
             "for runs that spike or diverge: smaller, clipped, closely watched steps",
-            values={"grad_clip": 0.5, "eval_every_steps": 100, "save_every_steps": 500, "warmup_steps": 100},
+            values={"grad_clip": 0.5, "eval_every_steps": 100, "save_every_minutes": 5.0, "warmup_steps": 100},
             why={
                 "grad_clip": "clip at 0.5 instead of 1.0: one bad batch cannot throw the weights far",
                 "eval_every_steps": "evaluate every 100 optimizer steps: problems show within minutes",
-                "save_every_steps": "a checkpoint every 500 trainer steps: little is lost on a crash or a divergence",
+                "save_every_minutes": "a checkpoint every 5 minutes (default 15): little is lost on a crash or a divergence",
                 "warmup_steps": "100 optimizer steps of warmup: Adam's moment estimates settle before full-size steps",
             },
             lr_scale=0.5,

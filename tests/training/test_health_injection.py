@@ -67,9 +67,11 @@ def test_nan_loss_skips_step_reloads_checkpoint_cuts_lr_then_stops(tiny_base, de
     run_dir = _only_run_dir(tmp_path)
     events = _events(run_dir)
     assert [e["event"] for e in events] == ["divergence"] * 3
-    # the newest complete checkpoint at step 6 is the epoch-end best model (5 steps done); trainer
-    # step 6 then wrote checkpoint_7 (7 steps done, after recovery 1), reloaded by recovery 2
-    assert events[0]["step"] == 6 and "reloaded weights and optimizer state from best_model_5.pth" in events[0]["action"]
+    # the newest weights at step 6 are the epoch-end best model (5 steps done, weights only: the
+    # optimizer state is reset); trainer step 6 then wrote checkpoint_7 (7 steps done, full state,
+    # after recovery 1), reloaded by recovery 2
+    assert events[0]["step"] == 6
+    assert "reloaded weights from best_model_5.pth (optimizer state reset)" in events[0]["action"]
     assert "LR 5e-05 -> 2.5e-05" in events[0]["action"]
     assert events[1]["step"] == 8 and "checkpoint_7.pth" in events[1]["action"]
     assert "LR 2.5e-05 -> 1.25e-05" in events[1]["action"]

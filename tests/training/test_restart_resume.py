@@ -92,7 +92,11 @@ def test_kill_during_checkpoint_write_then_continue(killed_and_continued):
     # at the kill: the half-written file was only a temporary; the previous checkpoints were whole
     assert "checkpoint_9.pth" not in before and {"checkpoint_5.pth", "best_model_5.pth"} <= set(before)
     assert "removed 1 incomplete checkpoint" in resumed.stderr
-    assert "continuing at trainer step 5, optimizer step 5, epoch 1" in resumed.stderr
+    # checkpoint_5 (full state) was written inside epoch 1's last step, before its evaluation;
+    # best_model_5 (after the evaluation) holds weights only. The resume redoes that evaluation and
+    # replaces its record.
+    assert "continuing at trainer step 5, optimizer step 5, epoch 0" in resumed.stderr
+    assert "metrics.jsonl: 1 record(s) after the checkpoint removed" in resumed.stderr
     assert not list(run_dir.glob(".*.partial"))
     records = _records(run_dir)
     assert [(r["step"], r["epoch"]) for r in records] == [(5, 0), (10, 1)]  # no step lost or repeated

@@ -210,3 +210,21 @@ def test_auto_micro_batch_search(monkeypatch: pytest.MonkeyPatch) -> None:
     assert 4.2 + 0.06 * b <= 0.9 * 7  # fits with the 10% margin
     assert b >= 28  # and is not far below the largest that fits (35)
     assert sizes[:2] == [1, 1] and 64 in sizes
+
+
+def test_end_to_end_bench_reports_training_and_all_in_rates(tiny_base: Path, tmp_path: Path) -> None:
+    """scripts/bench_gpt_train.py's measurement on the tiny base (CPU): the real command, two epochs."""
+    from utils.training.bench import measure_gpt_train
+
+    r = measure_gpt_train(tmp_path, clips=40, epochs=2, workers=0, base_model=tiny_base, extra_args=["--no-progress"],
+                          profile_steps=2)  # fmt: skip
+    assert r["exit_code"] == 0 and r["train_rows"] == 32 and r["excluded"] == 0
+    assert [e["train_samples"] for e in r["per_evaluation"]] == [32, 32]  # every kept clip once per epoch
+    assert r["training_samples_per_s"] > 0 and r["all_in_samples_per_s"] > 0
+    # evaluation and checkpoint writes are outside the training figure, inside the all-in one
+    assert r["training_samples_per_s"] > r["all_in_samples_per_s"]
+    assert any(w.startswith("best_model_") for w in r["checkpoint_writes"])
+    assert (r["micro_batch"], r["grad_accum"]) == (3, 84)  # the table's sizes: no GPU to size from
+    assert "needs a CUDA GPU" in r["micro_batch_log"][0]
+    assert r["profile"]["steps"] == 2 and r["profile"]["wall_s"] > 0 and r["profile"]["top_cpu"]
+    assert (tmp_path / "profile.txt").is_file()

@@ -90,7 +90,7 @@ def build_config(
         print_step=50,
         plot_step=100,
         log_model_step=None,
-        save_step=int(v["save_every_steps"]),
+        save_step=int(v["save_every_steps"] or 10**9),  # None: time-based saves (ToolkitTrainer) only
         save_n_checkpoints=int(v["keep_checkpoints"]),
         save_checkpoints=True,
         print_eval=False,

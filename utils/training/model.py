@@ -119,11 +119,33 @@ class ToolkitGPTTrainer(GPTTrainer):
         Clips that cannot be used are recorded in runtime_exclusions.jsonl with their reason (the
         preflight normally keeps none of them).
         """
+        from utils.training.fast_data import build_fast_loader
+
+        speed = self.speed
+        workers = config.num_eval_loader_workers if is_eval else config.num_loader_workers
+        return build_fast_loader(
+            self.clip_dataset(config, samples, is_eval=is_eval, exclusions=exclusions),
+            config.eval_batch_size if is_eval else config.batch_size,
+            bucket_lengths=speed.bucket_lengths,
+            num_workers=workers,
+            pin_memory=speed.pin_memory,
+            shuffle=not is_eval,
+            seed=int(config.training_seed),
+        )
+
+    def clip_dataset(self, config: Any, samples: list[Any], *, is_eval: bool, exclusions: Path | None = None) -> Any:
+        """The cached-code dataset of these rows, built once per split and kept (loader rebuilds
+        after a micro-batch change and the micro-batch probe reuse it)."""
         import json
 
         from utils.errors import DataError
-        from utils.training.fast_data import CachedClipDataset, build_fast_loader, prepare_clip_cache
+        from utils.training.fast_data import CachedClipDataset, prepare_clip_cache
 
+        memo = self.__dict__.setdefault("_clip_datasets", {})
+        if is_eval in memo and memo[is_eval][0] == len(samples):
+            return memo[is_eval][1]
+        if exclusions is None and self.run_dir:
+            exclusions = Path(self.run_dir) / "runtime_exclusions.jsonl"
         device = "cuda" if torch.cuda.is_available() else "cpu"
         cache_dir = Path(config.output_path) / ".clip_cache"
         items, excluded = prepare_clip_cache(self, samples, cache_dir, device=device)
@@ -136,15 +158,6 @@ class ToolkitGPTTrainer(GPTTrainer):
                 f"none of the {len(samples)} {'eval' if is_eval else 'training'} rows could be used "
                 "(see runtime_exclusions.jsonl in the run folder); run scripts/validate_dataset.py on the CSV"
             )
-        speed = self.speed
-        workers = config.num_eval_loader_workers if is_eval else config.num_loader_workers
-        return build_fast_loader(
-            CachedClipDataset(items, config, is_eval),
-            config.eval_batch_size if is_eval else config.batch_size,
-            bucket_lengths=speed.bucket_lengths,
-            num_workers=workers,
-            pin_memory=speed.pin_memory,
-            shuffle=not is_eval,
-            seed=int(config.training_seed),
-        )
-
+        dataset = CachedClipDataset(items, config, is_eval)
+        memo[is_eval] = (len(samples), dataset)
+        return dataset

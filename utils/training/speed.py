@@ -75,7 +75,7 @@ class SpeedOptions:
     optimizer_8bit: bool = False  # bitsandbytes AdamW8bit states (low VRAM)
     offload_frozen: bool = True  # HiFiGAN (and DVAE when codes are cached) off the GPU
     expandable_segments: bool = True  # CUDA allocator segments that grow (less fragmentation)
-    auto_batch: bool = False  # pick the micro-batch from free GPU memory (see auto_micro_batch)
+    auto_batch: bool = True  # pick the micro-batch from free GPU memory (utils.training.autobatch)
     oom_backoff: bool = True  # on CUDA OOM: halve micro-batch, double accumulation, log it
 
     @classmethod

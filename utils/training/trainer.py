@@ -36,6 +36,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,6 +47,7 @@ from trainer.generic_utils import KeepAverage
 from utils.training import checkpoints, distributed
 from utils.training.health import DivergenceError, EarlyStopping, HealthMonitor, StopTraining, UpdateRatioProbe
 from utils.training.lr_schedule import LRBridge
+from utils.training.speed import is_oom
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ class ToolkitTrainer(Trainer):
         early_stopping: stop when the eval loss stops improving (None: off).
         progress: one tqdm bar per epoch on stderr; quiets Coqui's per-step console prints.
         save_final_checkpoint: write a checkpoint when training ends (off for the LR range test).
+        save_every_minutes: also write a checkpoint (the full training state) at the first optimizer
+            step boundary after this many minutes since the last one (None: only Coqui's save_step).
         Other arguments are Coqui's ``Trainer`` arguments.
     """
 
@@ -78,6 +82,7 @@ class ToolkitTrainer(Trainer):
         early_stopping: EarlyStopping | None = None,
         progress: bool = True,
         save_final_checkpoint: bool = True,
+        save_every_minutes: float | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("parse_command_line_args", False)  # never parse the caller's sys.argv
@@ -88,6 +93,9 @@ class ToolkitTrainer(Trainer):
         self.early_stopping = early_stopping
         self.progress = progress
         self.save_final_checkpoint = save_final_checkpoint
+        self.save_every_s = 60.0 * save_every_minutes if save_every_minutes else None
+        self._last_save_time = time.time()
+        self._period = _Throughput()
         self.stop_reason: str | None = None
         self._last_eval_step: int | None = None
         self._last_eval_opt_step = -1
@@ -161,37 +169,87 @@ class ToolkitTrainer(Trainer):
         self._probe.after(optimizer)
 
     def train_epoch(self) -> None:
-        """Coqui's epoch; after a mid-epoch resume, only the batches the interrupted epoch had left."""
+        """Coqui's epoch; after a mid-epoch resume, only the batches the interrupted epoch had left.
+
+        After a CUDA OOM with the OOM fallback on, the epoch goes on from the start of the
+        interrupted accumulation window with half the micro-batch (:meth:`_back_off_after_oom`).
+        """
         self._epoch_complete = False
         self._epoch_batches_done = 0
-        skip, self._resume_batches = self._resume_batches, 0
+        while True:
+            skip, self._resume_batches = self._resume_batches, 0
+            try:
+                self._train_epoch_from(skip)
+                break
+            except _MicroBatchHalved as halved:
+                self._resume_batches = halved.skip
+        self._epoch_complete = True
+
+    def _train_epoch_from(self, skip: int) -> None:
         if not skip:
             super().train_epoch()
-        else:
-            if self.train_loader is None:
-                self.train_loader = self.prepare_accelerate_loader(self.get_train_dataloader(self.train_samples, verbose=True))
-            full = self.train_loader
-            self.train_loader, self._step_offset = _Tail(full, skip), skip  # type: ignore[assignment]
-            logger.info("resuming inside epoch %d: %d of its %d batches were done", self.epochs_done + 1, skip, len(full))
-            try:
-                super().train_epoch()
-            finally:
-                self.train_loader, self._step_offset = full, 0
-        self._epoch_complete = True
+            return
+        if self.train_loader is None:
+            self.train_loader = self.prepare_accelerate_loader(self.get_train_dataloader(self.train_samples, verbose=True))
+        full = self.train_loader
+        self.train_loader, self._step_offset = _Tail(full, skip), skip  # type: ignore[assignment]
+        logger.info("going on inside epoch %d: %d of its %d batches were done", self.epochs_done + 1, skip, len(full))
+        try:
+            super().train_epoch()
+        finally:
+            if self.train_loader is not None:  # None: a micro-batch change asked for a new loader
+                self.train_loader = full
+            self._step_offset = 0
+
+    @property
+    def oom_backoff(self) -> bool:
+        """The OOM fallback is on (speed option ``oom_backoff``; one process only: under DDP one
+        rank alone cannot change its batch size)."""
+        speed = getattr(self._get_model(), "speed", None)
+        return bool(getattr(speed, "oom_backoff", False)) and distributed.world_size() == 1
+
+    def _back_off_after_oom(self, step: int) -> None:
+        """Free this step's memory, halve the micro-batch, and restart from the window's start."""
+        import gc
+
+        from utils.training.autobatch import halve_micro_batch
+
+        for opt in self.optimizer:
+            opt.zero_grad(set_to_none=True)  # the window's partial gradients: the window is redone
+        self._opt_step_losses = []
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        old_accum = int(self.grad_accum_steps)
+        halve_micro_batch(self)
+        windows_done = step // old_accum  # Coqui's windows start at batch 0 of the epoch
+        self._epoch_batches_done = windows_done * old_accum * 2  # in batches of the new size
+        self._close_bar()
+        raise _MicroBatchHalved(self._epoch_batches_done)
 
     def train_step(self, batch: Any, batch_n_steps: int, step: int, loader_start_time: float) -> Any:
         step += self._step_offset
         self._epoch_step = step
         before = self.optimizer_steps
         started = time.time()
+        self._period.loader_wait_s += max(0.0, started - loader_start_time)
+        self._period.samples += _batch_len(batch)
         every = self.health.config.update_ratio_every if self.health else 0
         self._probe.armed = bool(every) and (before + 1) % every == 0
         self._nonfinite_grad = False
         self._in_step = True
+        out_of_memory = False
         try:
             outputs, loss_dict = super().train_step(batch, batch_n_steps, step, loader_start_time)
+        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one
+            if not (self.oom_backoff and is_oom(exc)):
+                raise
+            out_of_memory = True  # handled below, once the traceback (and the activations it holds) is gone
         finally:
             self._in_step = False
+        if out_of_memory:
+            del batch
+            self._back_off_after_oom(step)
         self._epoch_batches_done = step + 1
         after = self.optimizer_steps
         loss = None
@@ -224,7 +282,15 @@ class ToolkitTrainer(Trainer):
                     self._probe.last = {}
         if after != before or self.health is None or self.health.is_divergent(loss, self._nonfinite_grad):
             self._opt_step_losses = []
+        self._period.steps += 1
+        self._period.step_s += time.time() - started
         self._update_progress(step, batch_n_steps, loss, time.time() - started)
+        if (
+            self.save_every_s is not None
+            and after != before
+            and time.time() - self._last_save_time >= self.save_every_s
+        ):
+            self.save_checkpoint()  # the full training state, so --continue loses at most the interval
         info = {"step": self.total_steps_done, "optimizer_step": after, "loss": loss, "lr": self._current_lr(),
                 "grad_norm": grad_norm, "stepped": after != before}  # fmt: skip
         for hook in self.on_step_hooks:
@@ -258,7 +324,8 @@ class ToolkitTrainer(Trainer):
                 f"checkpoint with a lower LR: python utils/gpt_train.py --restore {self.output_path} --preset "
                 "plateau-breaker (or --lr at a quarter of the current one); see events.jsonl in the run folder"
             )
-        path = checkpoints.last_checkpoint(self.output_path)
+        # the newest weights on disk: a full checkpoint, or a weights-only best model that is newer
+        path = checkpoints.last_checkpoint(self.output_path, resumable=False)
         reloaded = ""
         if path is not None:
             state = checkpoints.load_checkpoint(path)
@@ -266,7 +333,11 @@ class ToolkitTrainer(Trainer):
             if state.get("optimizer"):
                 for opt, opt_state in zip(self.optimizer, state["optimizer"]):
                     opt.load_state_dict(opt_state)
-            reloaded = f"reloaded weights and optimizer state from {path.name}, "
+                reloaded = f"reloaded weights and optimizer state from {path.name}, "
+            else:
+                for opt in self.optimizer:
+                    opt.state.clear()  # moments of the diverged trajectory do not belong to these weights
+                reloaded = f"reloaded weights from {path.name} (optimizer state reset), "
             del state
         factor = self.health.config.divergence_lr_factor
         bridge = self.lr_bridge
@@ -344,6 +415,8 @@ class ToolkitTrainer(Trainer):
             record[f"train_{key}"] = train.get(key)
             record[f"eval_{key}"] = eval_losses.get(key)
         record["grad_norm"] = train.get("grad_norm")
+        record.update(self._period.as_record())
+        self._period = _Throughput()
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         if eval_loss is not None and not math.isfinite(eval_loss):
             record["eval_loss_nonfinite"] = str(eval_loss)
@@ -385,14 +458,17 @@ class ToolkitTrainer(Trainer):
         train_loss = self.evaluation_records[-1].get("train_loss") if self.evaluation_records else None
         model_loss = {"train_loss": train_loss if train_loss is not None else math.inf, "eval_loss": eval_loss}
         path = Path(self.output_path) / f"best_model_{self._counts()['steps_done']}.pth"
-        state = checkpoints.training_state(self, **self._counts(), model_loss=model_loss)
+        started = time.time()
+        # weights only: the optimizer state (2x the weights) lives in checkpoint_N.pth, for resuming
+        state = checkpoints.training_state(self, **self._counts(), model_loss=model_loss, optimizer=False)
         checkpoints.atomic_torch_save(state, path)
+        del state
         for old in Path(self.output_path).glob("best_model_*.pth"):
             if old != path and not self.config.save_all_best:
                 old.unlink(missing_ok=True)
         checkpoints.atomic_link(path, Path(self.output_path) / "best_model.pth")
         self.best_loss = model_loss
-        logger.info("best model so far (eval loss %.5f): %s", eval_loss, path.name)
+        logger.info("best model so far (eval loss %.5f): %s (written in %.1f s)", eval_loss, path.name, time.time() - started)
 
     def _counts(self) -> dict[str, int]:
         # Inside a step Coqui saves before incrementing total_steps_done, with that step's update
@@ -413,8 +489,10 @@ class ToolkitTrainer(Trainer):
         path = Path(self.output_path) / f"checkpoint_{counts['steps_done']}.pth"
         model_loss = {"train_loss": self._pick_target_avg_loss(self.keep_avg_train),
                       "eval_loss": self._pick_target_avg_loss(self.keep_avg_eval)}  # fmt: skip
+        started = time.time()
         checkpoints.atomic_torch_save(checkpoints.training_state(self, **counts, model_loss=model_loss), path)
-        logger.info("checkpoint: %s", path)
+        self._last_save_time = time.time()
+        logger.info("checkpoint: %s (written in %.1f s)", path, self._last_save_time - started)
         if self.config.save_n_checkpoints is not None:
             checkpoints.keep_newest(self.output_path, "checkpoint", int(self.config.save_n_checkpoints))
 
@@ -454,6 +532,8 @@ class ToolkitTrainer(Trainer):
                     int(state.get("epoch_batches_done", 0)), saved_world, distributed.world_size()
                 )
                 self._last_eval_step = state.get("last_eval_step")
+                if self.args.rank in (None, 0):
+                    self._drop_records_after(int(state["steps_done"]), self._last_eval_step)
                 if self.health is not None and state.get("health"):
                     self.health.load_state_dict(state["health"])
                 if self.early_stopping is not None and state.get("early_stopping"):
@@ -464,6 +544,42 @@ class ToolkitTrainer(Trainer):
             )  # fmt: skip
         elif self.lr_bridge is not None:
             self.lr_bridge._apply()  # Coqui's reset_lr wrote the config LR over the warmup's first LR
+
+    def _drop_records_after(self, steps_done: int, last_eval_step: int | None) -> None:
+        """Remove metrics and health events the resumed run will produce again.
+
+        A checkpoint can predate work that was logged (Coqui's numbered checkpoint is written
+        inside the epoch's last step, before the epoch-end evaluation); the resumed run redoes that
+        work, so its records would otherwise appear twice.
+        """
+        last = -1 if last_eval_step is None else int(last_eval_step)
+        for path, keep in (
+            (Path(self.output_path) / "metrics.jsonl", lambda r: int(r.get("step", 0)) <= last),  # before __init__ ends
+            (Path(self.output_path) / "events.jsonl",
+             lambda r: int(r.get("step", 0)) < steps_done or (int(r.get("step", 0)) == steps_done == last)),
+        ):  # fmt: skip
+            if not path.is_file():
+                continue
+            lines = path.read_text(encoding="utf-8").splitlines()
+            kept = [line for line in lines if line.strip() and keep(json.loads(line))]
+            if len(kept) != len(lines):
+                tmp = path.with_name(f".{path.name}.partial")
+                tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+                tmp.replace(path)
+                logger.info("%s: %d record(s) after the checkpoint removed (the resumed run redoes them)",
+                            path.name, len(lines) - len(kept))  # fmt: skip
+
+    def _restore_best_loss(self) -> None:
+        """Coqui's, then the lowest eval loss of the run's best models (they can be newer than the
+        checkpoint a ``--continue`` resumes from; a worse model must not replace them)."""
+        super()._restore_best_loss()
+        if not self.continue_run:
+            return
+        best = checkpoints.best_eval_loss(self.output_path)
+        current = self.best_loss.get("eval_loss") if isinstance(self.best_loss, dict) else None
+        if best is not None and (current is None or best["eval_loss"] < float(current)):
+            self.best_loss = {"train_loss": best.get("train_loss", math.inf), "eval_loss": best["eval_loss"]}
+            logger.info("best eval loss so far (from the run's best models): %.5f", best["eval_loss"])
 
     # --- fit ----------------------------------------------------------------------------------
 
@@ -488,6 +604,49 @@ class ToolkitTrainer(Trainer):
         self._finished = True
         if self.args.rank in (None, 0) and self.save_final_checkpoint:
             self.save_checkpoint()
+
+
+@dataclass
+class _Throughput:
+    """Training-step figures between two evaluations (evaluation and checkpoint time excluded)."""
+
+    samples: int = 0
+    steps: int = 0
+    step_s: float = 0.0  # inside train_step (forward, backward, optimizer, host syncs)
+    loader_wait_s: float = 0.0  # blocked waiting for the next batch
+
+    def as_record(self) -> dict[str, Any]:
+        busy = self.step_s + self.loader_wait_s
+        out: dict[str, Any] = {
+            "train_samples": self.samples,
+            "train_samples_per_s": round(self.samples / busy, 2) if busy > 0 and self.samples else None,
+            "step_s": round(self.step_s / self.steps, 4) if self.steps else None,
+            "loader_wait_share": round(self.loader_wait_s / busy, 4) if busy > 0 else None,
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            stats = torch.cuda.memory_stats()
+            out["gpu_peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
+            out["gpu_alloc_retries"] = int(stats.get("num_alloc_retries", 0))
+            torch.cuda.reset_peak_memory_stats()
+        return out
+
+
+def _batch_len(batch: Any) -> int:
+    """Clips in a collated batch (0 when it cannot tell)."""
+    if isinstance(batch, dict):
+        for key in ("text_lengths", "wav_lengths", "padded_text", "wav"):
+            value = batch.get(key)
+            if torch.is_tensor(value) and value.dim() > 0:
+                return int(value.shape[0])
+    return 0
+
+
+class _MicroBatchHalved(Exception):
+    """Raised out of a step after an OOM: the epoch restarts ``skip`` batches in, smaller batches."""
+
+    def __init__(self, skip: int) -> None:
+        super().__init__(f"micro-batch halved; going on after {skip} batches")
+        self.skip = skip
 
 
 class _Tail:

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One GPU session's measurements for BENCHMARKS.md (issue 6), run on the device machine:
+#   bash scripts/gpu_bench_session.sh OUT_DIR [fast|lowvram|all]
+# Expects the Coqui stack as wheels in .whl/ (see ../shared/OFFLINE_GPU.md); each step has its own
+# time limit so a slow one cannot take the rest with it. Results: OUT_DIR/*.json and *.log.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [fast|lowvram|all]}
+WHAT=${2:-all}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+if [ -d .whl ] && ! python3 -c "import TTS" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  mkdir -p /tmp/site/torchcodec /tmp/site/torchcodec-0.10.0.dist-info
+  touch /tmp/site/torchcodec/__init__.py
+  printf 'Metadata-Version: 2.1\nName: torchcodec\nVersion: 0.10.0\n' > /tmp/site/torchcodec-0.10.0.dist-info/METADATA
+  export PYTHONPATH=/tmp/site
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+W=/tmp/bgt
+if [ "$WHAT" = fast ] || [ "$WHAT" = all ]; then
+  # the default path: automatic micro-batch, every safe lever, profile of 4 steps in epoch 2
+  timeout 330 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 3 --profile-steps 4 \
+    --out "$OUT/e2e_default.json" --no-progress > "$OUT/e2e_default.log" 2>&1
+  cp $W/profile.txt "$OUT/" 2>/dev/null
+  # the OOM fallback for real: a fixed micro-batch of 128 in 20 GiB
+  timeout 200 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 2 --batch-size 128 \
+    --memory-cap-gib 20 --out "$OUT/e2e_oom.json" --no-progress > "$OUT/e2e_oom.log" 2>&1
+fi
+if [ "$WHAT" = lowvram ] || [ "$WHAT" = all ]; then
+  # an 8 GB card: low-VRAM preset, automatic micro-batch under a 7 GiB cap
+  timeout 400 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 2 --speed low-vram \
+    --memory-cap-gib 7 --out "$OUT/e2e_lowvram.json" --no-progress > "$OUT/e2e_lowvram.log" 2>&1
+fi
+ls -la "$OUT"

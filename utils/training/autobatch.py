@@ -1,0 +1,163 @@
+"""The micro-batch of a training run: sized from GPU memory at the start, halved on CUDA OOM.
+
+The hours table gives an effective batch (micro-batch x gradient accumulation; 3 x 84 = 252 for
+Coqui's recipe). The micro-batch only decides how much of it the GPU does per forward pass, so the
+toolkit picks it from memory and keeps the effective batch, and with it the table's LR:
+
+- :func:`autosize_micro_batch` (before ``fit``, one GPU, DVAE-code cache on): probes full training
+  steps on the longest clips of the training set (:func:`utils.training.speed.auto_micro_batch`),
+  then :func:`plan_micro_batch` splits the effective batch into micro-batch x accumulation.
+- :func:`halve_micro_batch` (``ToolkitTrainer`` on a CUDA OOM during a step): micro-batch halved,
+  accumulation doubled, one warning line; the trainer redoes the interrupted accumulation window
+  with the smaller batches.
+
+Both rewrite the run's config (``config.json`` in the run folder), so ``--continue`` resumes with
+the sizes in effect.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_cuda = torch.cuda  # a seam for the CPU tests, which stand in a fake GPU memory report
+
+# Keep at least this share of the largest micro-batch that fits when looking for one that
+# divides the effective batch exactly.
+EXACT_DIVISOR_MIN_SHARE = 0.6
+
+
+@dataclass(frozen=True)
+class MicroBatchPlan:
+    """How an effective batch is split: ``micro_batch`` clips per pass, ``accumulation`` passes."""
+
+    micro_batch: int
+    accumulation: int
+    requested_effective: int
+
+    @property
+    def effective(self) -> int:
+        return self.micro_batch * self.accumulation
+
+    def as_dict(self) -> dict[str, int]:
+        return {"micro_batch": self.micro_batch, "grad_accum": self.accumulation, "effective_batch": self.effective,
+                "requested_effective_batch": self.requested_effective}  # fmt: skip
+
+
+def plan_micro_batch(fits: int, effective: int) -> MicroBatchPlan:
+    """Split ``effective`` into micro-batch x accumulation with the micro-batch at most ``fits``.
+
+    The largest divisor of ``effective`` in ``[0.6 * fits, fits]`` keeps the effective batch exact
+    (252 with 128 fitting: 126 x 2). Without one, the micro-batch is ``min(fits, effective)`` and the
+    accumulation the nearest whole number (the effective batch moves by less than one micro-batch).
+    """
+    if fits < 1 or effective < 1:
+        raise ValueError(f"micro-batch and effective batch must be >= 1 (got {fits}, {effective})")
+    top = min(fits, effective)
+    floor = max(1, math.ceil(EXACT_DIVISOR_MIN_SHARE * top))
+    for m in range(top, floor - 1, -1):
+        if effective % m == 0:
+            return MicroBatchPlan(m, effective // m, effective)
+    return MicroBatchPlan(top, max(1, round(effective / top)), effective)
+
+
+def autosize_micro_batch(trainer: Any, *, max_batch: int = 256, margin: float = 0.9) -> MicroBatchPlan | None:
+    """Pick the run's micro-batch from GPU memory and apply it to ``trainer`` (see module doc).
+
+    Returns None (sizes unchanged, reason logged) where it cannot run: no CUDA, or the model has
+    no DVAE-code cache to build worst-case batches from.
+    """
+    from utils.training import speed
+    from utils.training.fast_data import collate_cached
+
+    model = trainer._get_model()
+    config = trainer.config
+    requested = int(config.batch_size) * int(trainer.grad_accum_steps)
+    if not _cuda.is_available():
+        logger.info("automatic micro-batch: needs a CUDA GPU; keeping micro-batch %d", config.batch_size)
+        return None
+    if not hasattr(model, "clip_dataset") or not getattr(model.speed, "cache_dvae_codes", False):
+        logger.info("automatic micro-batch: needs the DVAE-code cache (on by default); keeping micro-batch %d",
+                    config.batch_size)  # fmt: skip
+        return None
+    dataset = model.clip_dataset(config, trainer.train_samples, is_eval=False)
+    longest = sorted(range(len(dataset)), key=lambda i: -dataset.items[i].num_samples)
+    device = next(model.xtts.gpt.parameters()).device
+    optimizer = trainer.optimizer[0]
+    model.on_train_epoch_start(trainer)  # GPTTrainer: GPT in train mode, the frozen parts in eval
+
+    def probe(b: int) -> None:
+        batch = collate_cached([dataset[longest[i % len(longest)]] for i in range(b)])
+        speed.probe_training_step(model, config, optimizer, batch, device)
+
+    free, total = _cuda.mem_get_info(device)
+    budget = free + _cuda.memory_reserved(device)  # what this process can hold ...
+    fraction = getattr(_cuda, "get_per_process_memory_fraction", None)
+    if fraction is not None:
+        budget = min(budget, int(fraction(device) * total))  # ... under torch.cuda.set_per_process_memory_fraction
+    logger.info("automatic micro-batch: probing training steps on the %d longest clips (budget %.1f GiB)",
+                min(len(longest), max_batch), budget / 2**30)  # fmt: skip
+    fits = speed.auto_micro_batch(probe, budget, max_batch=max(1, min(max_batch, requested)), margin=margin)
+    for opt in trainer.optimizer:
+        opt.state.clear()  # the probes' moments are not training's
+        opt.zero_grad(set_to_none=True)
+    _cuda.empty_cache()
+    _cuda.reset_peak_memory_stats()
+    plan = plan_micro_batch(fits, requested)
+    config.toolkit["micro_batch_plan"] = {**plan.as_dict(), "fits": fits}
+    _apply(trainer, plan.micro_batch, plan.accumulation, source="auto (GPU memory)")
+    logger.info(
+        "automatic micro-batch: %d clips fit; micro-batch %d x accumulation %d = effective batch %d (asked %d)",
+        fits, plan.micro_batch, plan.accumulation, plan.effective, requested,
+    )  # fmt: skip
+    return plan
+
+
+def halve_micro_batch(trainer: Any) -> tuple[int, int]:
+    """After a CUDA OOM: micro-batch halved (rounded up), accumulation doubled; returns the new pair.
+
+    Raises:
+        ConfigError: the micro-batch is already 1 (the message names the low-VRAM preset).
+    """
+    from utils.errors import ConfigError
+
+    old_b, old_a = int(trainer.config.batch_size), int(trainer.grad_accum_steps)
+    if old_b <= 1:
+        raise ConfigError(
+            "CUDA out of memory at micro-batch 1: use --speed low-vram (gradient checkpointing, 8-bit AdamW), "
+            "or drop the longest clips (scripts/validate_dataset.py lists clip lengths)"
+        )
+    new_b, new_a = (old_b + 1) // 2, old_a * 2
+    _apply(trainer, new_b, new_a, source="halved after CUDA out of memory")
+    logger.warning(
+        "CUDA out of memory at micro-batch %d: micro-batch %d -> %d, gradient accumulation %d -> %d "
+        "(effective batch %d -> %d); redoing the interrupted accumulation window, the rest of this epoch re-batched",
+        old_b, old_b, new_b, old_a, new_a, old_b * old_a, new_b * new_a,
+    )  # fmt: skip
+    return new_b, new_a
+
+
+def _apply(trainer: Any, micro: int, accumulation: int, *, source: str) -> None:
+    """Set the sizes on the trainer and its config; rewrite the run folder's config.json."""
+    from pathlib import Path
+
+    config = trainer.config
+    config.batch_size = int(micro)
+    config.eval_batch_size = int(micro)
+    trainer.grad_accum_steps = int(accumulation)
+    tk = config.toolkit
+    tk["grad_accum"] = int(accumulation)
+    hp = tk.setdefault("hparams", {})
+    hp["batch_size"], hp["grad_accum"] = int(micro), int(accumulation)
+    sources = hp.setdefault("sources", {})
+    sources["batch_size"] = sources["grad_accum"] = source
+    trainer.train_loader = None  # rebuilt with the new batch size
+    trainer.eval_loader = None
+    if trainer.args.rank in (None, 0) and getattr(trainer, "output_path", None):
+        config.save_json(str(Path(trainer.output_path) / "config.json"))

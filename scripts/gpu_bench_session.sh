@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's measurements for BENCHMARKS.md (issue 6), run on the device machine:
-#   bash scripts/gpu_bench_session.sh OUT_DIR [fast|lowvram|all]
+#   bash scripts/gpu_bench_session.sh OUT_DIR [fast|lowvram|compile|all]
 # Expects the Coqui stack as wheels in .whl/ (see ../shared/OFFLINE_GPU.md); each step has its own
 # time limit so a slow one cannot take the rest with it. Results: OUT_DIR/*.json and *.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [fast|lowvram|all]}
+OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [fast|lowvram|compile|all]}
 WHAT=${2:-all}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -18,7 +18,8 @@ if [ -d .whl ] && ! python3 -c "import TTS" 2>/dev/null; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 W=/tmp/bgt
-if [ "$WHAT" = fast ] || [ "$WHAT" = all ]; then
+run() { [ "$WHAT" = all ] || [[ " $WHAT " == *" $1 "* ]]; }
+if run fast; then
   # the default path: automatic micro-batch, every safe lever, profile of 4 steps in epoch 2
   timeout 330 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 3 --profile-steps 4 \
     --out "$OUT/e2e_default.json" --no-progress > "$OUT/e2e_default.log" 2>&1
@@ -27,9 +28,14 @@ if [ "$WHAT" = fast ] || [ "$WHAT" = all ]; then
   timeout 200 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 2 --batch-size 128 \
     --memory-cap-gib 20 --out "$OUT/e2e_oom.json" --no-progress > "$OUT/e2e_oom.log" 2>&1
 fi
-if [ "$WHAT" = lowvram ] || [ "$WHAT" = all ]; then
+if run lowvram; then
   # an 8 GB card: low-VRAM preset, automatic micro-batch under a 7 GiB cap
-  timeout 400 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 2 --speed low-vram \
+  timeout 240 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 2 --speed low-vram \
     --memory-cap-gib 7 --out "$OUT/e2e_lowvram.json" --no-progress > "$OUT/e2e_lowvram.log" 2>&1
+fi
+if run compile; then
+  # the default path plus torch.compile of the GPT2 blocks (off by default)
+  timeout 330 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 3 --compile \
+    --out "$OUT/e2e_compile.json" --no-progress > "$OUT/e2e_compile.log" 2>&1
 fi
 ls -la "$OUT"

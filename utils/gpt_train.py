@@ -127,6 +127,9 @@ def parse_args(argv: Sequence[str] | None, defaults: dict[str, Any] | None = Non
         help="fast: every safe lever (default); low-vram: gradient checkpointing + 8-bit AdamW + frozen "
         "modules off the GPU (full GPT on an 8 GB card); stock: Coqui's own step",
     )  # fmt: skip
+    speed.add_argument("--compile", dest="speed_compile", action="store_true", default=None,
+                       help="torch.compile each GPT2 block (off by default: about 25 s of compiling at the start; "
+                       "see BENCHMARKS.md for the gain)")  # fmt: skip
     for name in SPEED_SWITCHES:
         speed.add_argument(f"--no-{name.replace('_', '-')}", dest=f"speed_{name}", action="store_false", default=None,
                            help=f"turn off: {SPEED_HELP[name]}" if name in SPEED_HELP else f"turn off the {name} lever")  # fmt: skip
@@ -184,8 +187,9 @@ def speed_options(args: argparse.Namespace, num_loader_workers: int) -> dict[str
     ]
     opts = preset().to_dict()
     for name in SPEED_SWITCHES:
-        if getattr(args, f"speed_{name}", None) is False:
-            opts[name] = False
+        value = getattr(args, f"speed_{name}", None)
+        if value is not None:  # --no-NAME (False), or --compile (True)
+            opts[name] = bool(value)
     opts["num_workers"] = int(num_loader_workers)
     return opts
 
@@ -816,6 +820,7 @@ def _dry_run(args: argparse.Namespace, base: Any, train_csv: Path | None, eval_c
     from utils.training.distributed import plan_batch
 
     out["batch_plan"] = plan_batch(hparams["batch_size"], hparams["grad_accum"], args.gpus).as_dict()
+    out["speed"] = speed_options(args, int(hparams["num_loader_workers"]))  # auto_batch: sized on the GPU at the start
     out["presets"] = preset_table()
     logger.info("presets (--preset NAME; the command line always wins):")
     for row in out["presets"]:

@@ -809,7 +809,8 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
     report = json.loads((run_dir / "preflight_report.json").read_text())
     train_rows = report["train"]["kept"]
     per_epoch = [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(records, records[1:])]
-    steady = sum(per_epoch) / len(per_epoch) if per_epoch else None
+    timed = per_epoch[1:] if profile and len(per_epoch) > 1 else per_epoch  # not the profiled epoch
+    steady = sum(timed) / len(timed) if timed else None
     later = records[1:] or records
     busy = sum(r["train_samples"] / r["train_samples_per_s"] for r in later if r.get("train_samples_per_s"))
     config = json.loads((run_dir / "config.json").read_text())
@@ -857,14 +858,18 @@ def _profiled_train_step(original: Callable[..., Any], steps: int, out: dict[str
                 prof = state["prof"]
                 prof.__exit__(None, None, None)
                 events = prof.key_averages()
-                gpu_us = sum(e.self_device_time_total for e in events)
+                from torch.autograd import DeviceType
+
+                # kernels only: an operator's row repeats the time of the kernels it launched
+                gpu_us = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA)
                 out.update({"steps": steps, "wall_s": round(wall, 3), "gpu_busy_s": round(gpu_us / 1e6, 3),
                             "gpu_busy_share": round(gpu_us / 1e6 / wall, 3)})  # fmt: skip
                 table = events.table(sort_by="self_device_time_total", row_limit=25)
                 cpu_table = events.table(sort_by="self_cpu_time_total", row_limit=25)
                 (root / "profile.txt").write_text(table + "\n\n" + cpu_table, encoding="utf-8")
+                kernels = [e for e in events if e.device_type == DeviceType.CUDA]
                 out["top_gpu"] = [(e.key[:60], round(e.self_device_time_total / 1e3, 1))
-                                  for e in sorted(events, key=lambda e: -e.self_device_time_total)[:12]]  # fmt: skip
+                                  for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:12]]  # fmt: skip
                 out["top_cpu"] = [(e.key[:60], round(e.self_cpu_time_total / 1e3, 1))
                                   for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]]  # fmt: skip
         return result

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's measurements for BENCHMARKS.md (issue 6), run on the device machine:
-#   bash scripts/gpu_bench_session.sh OUT_DIR [fast|lowvram|compile|all]
+#   bash scripts/gpu_bench_session.sh OUT_DIR [fast synth lowvram compile | all]
 # Expects the Coqui stack as wheels in .whl/ (see ../shared/OFFLINE_GPU.md); each step has its own
 # time limit so a slow one cannot take the rest with it. Results: OUT_DIR/*.json and *.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [fast|lowvram|compile|all]}
+OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [fast synth lowvram compile | all]}
 WHAT=${2:-all}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -28,14 +28,19 @@ if run fast; then
   timeout 200 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 2 --batch-size 128 \
     --memory-cap-gib 20 --out "$OUT/e2e_oom.json" --no-progress > "$OUT/e2e_oom.log" 2>&1
 fi
+if run synth; then
+  # compiled training blocks next to eager evaluation and test sentences (the run's default hooks)
+  timeout 240 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 1 --test-sentences 1 \
+    --out "$OUT/e2e_synth.json" --no-progress > "$OUT/e2e_synth.log" 2>&1
+fi
 if run lowvram; then
   # an 8 GB card: low-VRAM preset, automatic micro-batch under a 7 GiB cap
   timeout 240 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 2 --speed low-vram \
     --memory-cap-gib 7 --out "$OUT/e2e_lowvram.json" --no-progress > "$OUT/e2e_lowvram.log" 2>&1
 fi
 if run compile; then
-  # the default path plus torch.compile of the GPT2 blocks (off by default)
-  timeout 330 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 3 --compile \
-    --out "$OUT/e2e_compile.json" --no-progress > "$OUT/e2e_compile.log" 2>&1
+  # the default path without torch.compile
+  timeout 330 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 3 --no-compile \
+    --out "$OUT/e2e_nocompile.json" --no-progress > "$OUT/e2e_nocompile.log" 2>&1
 fi
 ls -la "$OUT"

@@ -128,8 +128,8 @@ def parse_args(argv: Sequence[str] | None, defaults: dict[str, Any] | None = Non
         "modules off the GPU (full GPT on an 8 GB card); stock: Coqui's own step",
     )  # fmt: skip
     speed.add_argument("--compile", dest="speed_compile", action="store_true", default=None,
-                       help="torch.compile each GPT2 block (off by default: about 25 s of compiling at the start; "
-                       "see BENCHMARKS.md for the gain)")  # fmt: skip
+                       help="torch.compile the GPT2 blocks' training forward (on by default with --speed fast; "
+                       "this turns it on with --speed low-vram)")  # fmt: skip
     for name in SPEED_SWITCHES:
         speed.add_argument(f"--no-{name.replace('_', '-')}", dest=f"speed_{name}", action="store_false", default=None,
                            help=f"turn off: {SPEED_HELP[name]}" if name in SPEED_HELP else f"turn off the {name} lever")  # fmt: skip
@@ -175,6 +175,8 @@ SPEED_HELP = {
     "auto_batch": "pick the micro-batch from GPU memory, keeping the effective batch (off: the table's "
     "micro-batch, or --batch-size)",
     "oom_backoff": "on CUDA out of memory: halve the micro-batch, double the accumulation, go on",
+    "compile": "torch.compile of the GPT2 blocks' training forward (about 30 s of compiling in the first steps, "
+    "then about 9%% more samples/s; BENCHMARKS.md)",
 }
 
 
@@ -604,8 +606,9 @@ def _apply_speed(model: Any, config: Any, world_size: int) -> None:
     values = dict(config.toolkit.get("speed") or {"num_workers": config.num_loader_workers})
     known = {f.name for f in dataclasses.fields(SpeedOptions)}
     opts = SpeedOptions(**{k: v for k, v in values.items() if k in known})
-    if world_size > 1:  # the cached-code loader has no rank sharding yet: the sharded toolkit dataset
-        opts = dataclasses.replace(opts, cache_dvae_codes=False, bucket_lengths=False)
+    if world_size > 1:  # the cached-code loader has no rank sharding yet: the sharded toolkit dataset;
+        # compile is unmeasured under DDP (no multi-GPU machine so far)
+        opts = dataclasses.replace(opts, cache_dvae_codes=False, bucket_lengths=False, compile=False)
     model.speed = opts
     device = "cuda" if torch.cuda.is_available() else "cpu"
     applied = apply_speed_options(model, config, opts, device)

@@ -228,3 +228,40 @@ def test_end_to_end_bench_reports_training_and_all_in_rates(tiny_base: Path, tmp
     assert "needs a CUDA GPU" in r["micro_batch_log"][0]
     assert r["profile"]["steps"] == 2 and r["profile"]["wall_s"] > 0 and r["profile"]["top_cpu"]
     assert (tmp_path / "profile.txt").is_file()
+
+
+def test_compiled_blocks_serve_training_steps_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluation and synthesis (eval mode or no autograd) stay eager; training forwards compile."""
+    import types
+
+    from transformers import GPT2Config, GPT2Model
+
+    calls = {"compiled": 0}
+
+    def fake_compile(fn, dynamic=None):
+        assert dynamic is True
+
+        def run(*args, **kwargs):
+            calls["compiled"] += 1
+            return fn(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    torch.manual_seed(0)
+    gpt2 = GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    model = types.SimpleNamespace(xtts=types.SimpleNamespace(gpt=types.SimpleNamespace(gpt=gpt2)))
+    x = torch.randn(2, 5, 32)
+    block = gpt2.h[0]
+    block.train()
+    ref = block(x)
+    assert speed.compile_blocks(model) == 2 and speed.compile_blocks(model) == 0  # once per block
+    out = block(x)
+    assert calls["compiled"] == 1
+    with torch.no_grad():
+        block(x)
+    block.eval()
+    block(x)
+    assert calls["compiled"] == 1  # the no-grad and eval-mode calls took the eager forward
+    first = lambda o: o[0] if isinstance(o, tuple) else o  # noqa: E731
+    torch.testing.assert_close(first(out), first(ref))

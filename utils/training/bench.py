@@ -552,7 +552,7 @@ def run_main(spec: BenchSpec) -> dict[str, Any]:
                                            spec.ladder_batch, spec, device, n_params, peak))
             del loader
     # Full default options: cached codes, bucketing, pinned memory, frozen modules off the GPU.
-    opts = SpeedOptions(num_workers=spec.workers)
+    opts = SpeedOptions(num_workers=spec.workers, compile=False)  # compile has its own rung below
     result["levers"] = apply_speed_options(model, config, opts, device)
     result["speed_options"] = opts.to_dict()
     dataset = fast_data.CachedClipDataset(items, config)

@@ -70,7 +70,7 @@ class SpeedOptions:
     bucket_lengths: bool = True  # length-bucketed batches (fast_data.LengthBucketBatchSampler)
     pin_memory: bool = True  # pinned host batches, asynchronous copies
     num_workers: int = 8  # loader worker processes
-    compile: bool = False  # torch.compile each GPT2 block (dynamic shapes)
+    compile: bool = True  # torch.compile each GPT2 block for training steps (dynamic shapes; eager on failure)
     grad_checkpointing: bool = False  # recompute GPT2 blocks in backward (low VRAM)
     optimizer_8bit: bool = False  # bitsandbytes AdamW8bit states (low VRAM)
     offload_frozen: bool = True  # HiFiGAN (and DVAE when codes are cached) off the GPU
@@ -82,7 +82,8 @@ class SpeedOptions:
     def low_vram(cls, **overrides: Any) -> "SpeedOptions":
         """The 8 GB-card preset: checkpointing, 8-bit AdamW, frozen modules off the GPU."""
         base = dict(
-            grad_checkpointing=True, optimizer_8bit=True, offload_frozen=True, fused_adamw=False, auto_batch=True
+            grad_checkpointing=True, optimizer_8bit=True, offload_frozen=True, fused_adamw=False, auto_batch=True,
+            compile=False,  # measured without it (BENCHMARKS.md); checkpointing recomputes through the blocks
         )
         base.update(overrides)
         return cls(**base)
@@ -290,10 +291,30 @@ def train_without_kv_cache(gpt2: nn.Module) -> None:
 
 
 def compile_blocks(model: Any) -> int:
-    """``torch.compile`` each GPT2 block in place (dynamic shapes: a new padded length each batch)."""
+    """``torch.compile`` each GPT2 block's training forward (dynamic shapes: a new padded length each batch).
+
+    Only training steps (block in train mode, autograd on) take the compiled path; evaluation and
+    synthesis (eval mode, KV cache, one token at a time) stay eager, so they never wait for a
+    compile. A compile that fails (no C compiler, an unsupported op) falls back to eager with a
+    warning from torch (``torch._dynamo.config.suppress_errors``) instead of stopping training.
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
     n = 0
     for block in model.xtts.gpt.gpt.h:
-        block.compile(dynamic=True)
+        if getattr(block, "_toolkit_compiled", False):
+            continue
+        eager = block.forward
+        compiled = torch.compile(eager, dynamic=True)
+
+        def forward(*args: Any, _block: nn.Module = block, _eager: Any = eager, _compiled: Any = compiled, **kwargs: Any) -> Any:
+            if _block.training and torch.is_grad_enabled():
+                return _compiled(*args, **kwargs)
+            return _eager(*args, **kwargs)
+
+        block.forward = forward
+        block._toolkit_compiled = True
         n += 1
     return n
 

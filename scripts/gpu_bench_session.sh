@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's measurements for BENCHMARKS.md (issue 6), run on the device machine:
-#   bash scripts/gpu_bench_session.sh OUT_DIR [fast synth lowvram compile | all]
+#   bash scripts/gpu_bench_session.sh OUT_DIR [fast oom synth lowvram compile | all]
 # Expects the Coqui stack as wheels in .whl/ (see ../shared/OFFLINE_GPU.md); each step has its own
 # time limit so a slow one cannot take the rest with it. Results: OUT_DIR/*.json and *.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [fast synth lowvram compile | all]}
+OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [fast oom synth lowvram compile | all]}
 WHAT=${2:-all}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -24,6 +24,8 @@ if run fast; then
   timeout 330 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 3 --profile-steps 4 \
     --out "$OUT/e2e_default.json" --no-progress > "$OUT/e2e_default.log" 2>&1
   cp $W/profile.txt "$OUT/" 2>/dev/null
+fi
+if run oom; then
   # the OOM fallback for real: a fixed micro-batch of 128 in 20 GiB
   timeout 200 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 2 --batch-size 128 \
     --memory-cap-gib 20 --out "$OUT/e2e_oom.json" --no-progress > "$OUT/e2e_oom.log" 2>&1

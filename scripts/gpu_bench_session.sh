@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # One GPU session's measurements for BENCHMARKS.md (issue 6), run on the device machine:
-#   bash scripts/gpu_bench_session.sh OUT_DIR [fast oom synth lowvram compile | all]
+#   bash scripts/gpu_bench_session.sh OUT_DIR [fast oom synth stock lowvram compile | all]
 # Expects the Coqui stack as wheels in .whl/ (see ../shared/OFFLINE_GPU.md); each step has its own
 # time limit so a slow one cannot take the rest with it. Results: OUT_DIR/*.json and *.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [fast oom synth lowvram compile | all]}
+OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [fast oom synth stock lowvram compile | all]}
 WHAT=${2:-all}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 if [ -d .whl ] && ! python3 -c "import TTS" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  [ -d /tmp/site/TTS ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
   mkdir -p /tmp/site/torchcodec /tmp/site/torchcodec-0.10.0.dist-info
   touch /tmp/site/torchcodec/__init__.py
   printf 'Metadata-Version: 2.1\nName: torchcodec\nVersion: 0.10.0\n' > /tmp/site/torchcodec-0.10.0.dist-info/METADATA
@@ -34,6 +34,14 @@ if run synth; then
   # compiled training blocks next to eager evaluation and test sentences (the run's default hooks)
   timeout 240 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 1 --test-sentences 1 \
     --out "$OUT/e2e_synth.json" --no-progress > "$OUT/e2e_synth.log" 2>&1
+fi
+if run stock; then
+  # the command with every lever off (Coqui's fp32 step at the table's micro-batch 3) next to its
+  # defaults, same clips, same call
+  timeout 200 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 2 \
+    --out "$OUT/e2e_default_1024.json" --no-progress > "$OUT/e2e_default_1024.log" 2>&1
+  timeout 250 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 1 --speed stock \
+    --out "$OUT/e2e_stock_1024.json" --no-progress > "$OUT/e2e_stock_1024.log" 2>&1
 fi
 if run lowvram; then
   # an 8 GB card: low-VRAM preset, automatic micro-batch under a 7 GiB cap

@@ -305,15 +305,15 @@ def compile_blocks(model: Any) -> int:
     for block in model.xtts.gpt.gpt.h:
         if getattr(block, "_toolkit_compiled", False):
             continue
-        eager = block.forward
-        compiled = torch.compile(eager, dynamic=True)
+        # as nn.Module.compile (torch.compile of _call_impl, used by Module.__call__), routed
+        compiled = torch.compile(block._call_impl, dynamic=True)
 
-        def forward(*args: Any, _block: nn.Module = block, _eager: Any = eager, _compiled: Any = compiled, **kwargs: Any) -> Any:
+        def call(*args: Any, _block: nn.Module = block, _compiled: Any = compiled, **kwargs: Any) -> Any:
             if _block.training and torch.is_grad_enabled():
                 return _compiled(*args, **kwargs)
-            return _eager(*args, **kwargs)
+            return _block._call_impl(*args, **kwargs)
 
-        block.forward = forward
+        block._compiled_call_impl = call
         block._toolkit_compiled = True
         n += 1
     return n

@@ -182,7 +182,7 @@ SPEED_HELP = {
 
 def speed_options(args: argparse.Namespace, num_loader_workers: int) -> dict[str, Any]:
     """The speed levers for this run (as a dict for the config): preset, then --no-NAME flags."""
-    from utils.training.speed import SpeedOptions
+    from utils.training.speed_options import SpeedOptions
 
     preset = {"fast": SpeedOptions, "low-vram": SpeedOptions.low_vram, "stock": SpeedOptions.stock}[
         getattr(args, "speed", "fast")

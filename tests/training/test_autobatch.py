@@ -90,6 +90,8 @@ def test_oom_at_first_step_halves_micro_batch_and_trains_every_clip(tiny_base, d
     # 10 clips a epoch in micro-batches of 2: 5 passes, optimizer steps after passes 4 and 5
     assert seen == [2] * 10
     assert result.optimizer_steps == 4 and result.total_steps == 10
+    records = [json.loads(line) for line in (_run_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_samples"] for r in records] == [10, 10]  # the failed pass of 4 is not counted
     saved = json.loads((_run_dir(tmp_path) / "config.json").read_text())
     assert (saved["batch_size"], saved["toolkit"]["grad_accum"]) == (2, 4)
     assert saved["toolkit"]["hparams"]["sources"]["batch_size"] == "halved after CUDA out of memory"

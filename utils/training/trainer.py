@@ -233,7 +233,7 @@ class ToolkitTrainer(Trainer):
         before = self.optimizer_steps
         started = time.time()
         self._period.loader_wait_s += max(0.0, started - loader_start_time)
-        self._period.samples += _batch_len(batch)
+        clips = _batch_len(batch)
         every = self.health.config.update_ratio_every if self.health else 0
         self._probe.armed = bool(every) and (before + 1) % every == 0
         self._nonfinite_grad = False
@@ -250,6 +250,7 @@ class ToolkitTrainer(Trainer):
         if out_of_memory:
             del batch
             self._back_off_after_oom(step)
+        self._period.samples += clips  # passes that ran (a redone window's earlier passes included)
         self._epoch_batches_done = step + 1
         after = self.optimizer_steps
         loss = None

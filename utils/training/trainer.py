@@ -192,6 +192,9 @@ class ToolkitTrainer(Trainer):
         if self.train_loader is None:
             self.train_loader = self.prepare_accelerate_loader(self.get_train_dataloader(self.train_samples, verbose=True))
         full = self.train_loader
+        # The same share of the epoch is skipped, not the same clips: after a resume or an OOM
+        # re-batch a few clips of this one epoch can repeat or be left out. With the continuous
+        # loader (fast_data.ContinuousLoader) later epochs then start inside a sampler pass.
         self.train_loader, self._step_offset = _Tail(full, skip), skip  # type: ignore[assignment]
         logger.info("going on inside epoch %d: %d of its %d batches were done", self.epochs_done + 1, skip, len(full))
         try:

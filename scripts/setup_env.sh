@@ -2,7 +2,7 @@
 # Create (or reuse) the project virtualenv .venv and install the toolkit into it.
 #
 #   bash scripts/setup_env.sh          # the toolkit
-#   bash scripts/setup_env.sh --test   # the toolkit and its test extra
+#   bash scripts/setup_env.sh --test   # the same (the lock holds every extra: test, webui, gpu-asr)
 #
 # System packages (Debian/Ubuntu): espeak-ng (demo and test speech), ffmpeg (compressed media in
 # data prep). Installed with apt-get when missing and we are root (or have sudo).
@@ -12,8 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extra=""
-[ "${1:-}" = "--test" ] && extra="[test]"
+# --test is accepted for the README's test command; the lock already holds the test extra.
 
 missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
@@ -34,16 +33,19 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 
-# Reinstall only when the dependency list (or the extra) changed since the last install.
+# Every package comes from the committed lock (requirements/lock.txt: exact versions and hashes,
+# made by scripts/update_lock.sh), so an install today and one next month give the same program.
+# The toolkit itself is then installed on top, editable and without dependencies.
+# Reinstall only when the lock or the package metadata changed since the last install.
+lock=requirements/lock.txt
 stamp=.venv/.toolkit-install-stamp
-want="$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)${extra}"
+want="$(cat "$lock" setup.cfg pyproject.toml | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "installing the toolkit into .venv (first time: several minutes, torch is large)" >&2
-  .venv/bin/python -m pip install -q --upgrade pip
+  echo "installing the locked packages into .venv (first time: several minutes, torch is large)" >&2
   index=()
   [ -n "${TORCH_INDEX_URL:-}" ] && index=(--extra-index-url "$TORCH_INDEX_URL")
-  .venv/bin/python -m pip install -q "${index[@]}" "torch==2.11.0" "torchaudio==2.11.0"
-  .venv/bin/python -m pip install -q "${index[@]}" -e ".${extra}"
+  .venv/bin/python -m pip install -q --disable-pip-version-check "${index[@]}" --require-hashes -r "$lock"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi
 .venv/bin/python -c "import torch, torchaudio, TTS, trainer; print('environment ready: torch', torch.__version__, '| CUDA', torch.cuda.is_available())" >&2

@@ -114,14 +114,21 @@ def lr_range_test(
         if info["optimizer_step"] >= num_steps:
             raise StopTraining("range covered")
 
+    from utils.events import ProgressBar
+
     model = ToolkitGPTTrainer(config)
+    bar = ProgressBar.as_hook() if progress else None
     trainer = ToolkitTrainer(
         TrainerArgs(grad_accum_steps=accum), config, output_path=config.output_path, model=model,
         train_samples=train_samples, eval_samples=train_samples[:1], on_step=[on_step], health=None,
-        progress=progress, save_final_checkpoint=False,
+        progress=progress, on_progress=[bar] if bar else None, save_final_checkpoint=False,
     )  # fmt: skip
     model.run_dir = Path(trainer.output_path)
-    trainer.fit()
+    try:
+        trainer.fit()
+    finally:
+        if bar is not None:
+            bar.close()
     smoothed = smooth(losses)
     suggestion, at_min = suggest_lr(lrs, smoothed)
     result = LRFindResult(lrs, losses, smoothed, suggestion, at_min, state["stopped_early"], Path(trainer.output_path))

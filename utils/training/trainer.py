@@ -26,7 +26,7 @@ Upstream behaviours this works around (Trainer 0.4):
   step pre-hook drops non-finite gradients so the step changes nothing, and the health monitor
   (utils/training/health.py) reloads the last checkpoint and cuts the LR.
 - The console logger prints a block per ``print_step``; with ``progress=True`` it is quieted and
-  one tqdm bar per epoch (stderr) shows loss, LR and the ETA of the run. TensorBoard is unchanged.
+  progress records go to the ``on_progress`` hooks (the tqdm bar is one). TensorBoard is unchanged.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +64,10 @@ class ToolkitTrainer(Trainer):
             ``info = {"step", "optimizer_step", "loss", "lr", "grad_norm", "stepped"}`` (LR range test).
         health: the health monitor (None: no checks, no divergence recovery).
         early_stopping: stop when the eval loss stops improving (None: off).
-        progress: one tqdm bar per epoch on stderr; quiets Coqui's per-step console prints.
+        on_progress: optional callables ``fn(info)`` run after each trainer step on rank 0 with
+            ``info = {"step", "steps_in_epoch", "epoch", "epochs", "total_steps", "optimizer_step",
+            "loss", "lr", "eta_s"}`` (the progress bar and other front ends subscribe through it).
+        progress: quiets Coqui's per-step console prints (a progress subscriber replaces them).
         save_final_checkpoint: write a checkpoint when training ends (off for the LR range test).
         save_every_minutes: also write a checkpoint (the full training state) at the first optimizer
             step boundary after this many minutes since the last one (None: only Coqui's save_step).
@@ -78,6 +80,7 @@ class ToolkitTrainer(Trainer):
         eval_every_steps: int | None = None,
         on_evaluation: list[Callable[["ToolkitTrainer", dict[str, Any]], None]] | None = None,
         on_step: list[Callable[["ToolkitTrainer", dict[str, Any]], None]] | None = None,
+        on_progress: list[Callable[[dict[str, Any]], None]] | None = None,
         health: HealthMonitor | None = None,
         early_stopping: EarlyStopping | None = None,
         progress: bool = True,
@@ -89,6 +92,7 @@ class ToolkitTrainer(Trainer):
         self.eval_every_steps = eval_every_steps
         self.on_evaluation_hooks = list(on_evaluation or [])
         self.on_step_hooks = list(on_step or [])
+        self.on_progress_hooks = list(on_progress or [])
         self.health = health
         self.early_stopping = early_stopping
         self.progress = progress
@@ -111,7 +115,6 @@ class ToolkitTrainer(Trainer):
         self._opt_step_losses: list[float] = []  # micro-batch losses since the last optimizer step
         self._step_offset = 0
         self._nonfinite_grad = False
-        self._bar: Any = None
         self._step_time_ema: float | None = None
         self._probe = UpdateRatioProbe()
         self.evaluation_records: list[dict[str, Any]] = []
@@ -227,7 +230,6 @@ class ToolkitTrainer(Trainer):
         halve_micro_batch(self)
         windows_done = step // old_accum  # Coqui's windows start at batch 0 of the epoch
         self._epoch_batches_done = windows_done * old_accum * 2  # in batches of the new size
-        self._close_bar()
         raise _MicroBatchHalved(self._epoch_batches_done)
 
     def train_step(self, batch: Any, batch_n_steps: int, step: int, loader_start_time: float) -> Any:
@@ -357,30 +359,19 @@ class ToolkitTrainer(Trainer):
         self.health.divergence_event(step=step, optimizer_step=opt_step, loss=loss, action=action, recovered=True)
 
     def _update_progress(self, step: int, batch_n_steps: int, loss: float | None, seconds: float) -> None:
-        if not self.progress or self.args.rank not in (None, 0):
+        """Send one progress record (step, epoch, loss, LR, the run's ETA) to the on_progress hooks."""
+        if not self.on_progress_hooks or self.args.rank not in (None, 0):
             return
-        from tqdm import tqdm
-
-        if self._bar is None or step == 0:
-            self._close_bar()
-            self._bar = tqdm(total=batch_n_steps, desc=f"epoch {self.epochs_done + 1}/{self.config.epochs}",
-                             file=sys.stderr, dynamic_ncols=True, leave=True, initial=step)  # fmt: skip
         a = 0.1
         self._step_time_ema = seconds if self._step_time_ema is None else a * seconds + (1 - a) * self._step_time_ema
         left = (self.config.epochs - self.epochs_done - 1) * batch_n_steps + (batch_n_steps - step - 1)
-        eta = left * self._step_time_ema
-        self._bar.set_postfix_str(
-            f"loss {'n/a' if loss is None else f'{loss:.4f}'}, lr {self._current_lr():.3g}, run ETA {_hms(eta)}",
-            refresh=False,
-        )  # fmt: skip
-        self._bar.update(1)
-        if step + 1 >= batch_n_steps:
-            self._close_bar()
-
-    def _close_bar(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        info = {
+            "step": step, "steps_in_epoch": batch_n_steps, "epoch": self.epochs_done + 1, "epochs": self.config.epochs,
+            "total_steps": self.total_steps_done, "optimizer_step": self.optimizer_steps, "loss": loss,
+            "lr": self._current_lr(), "eta_s": left * self._step_time_ema,
+        }  # fmt: skip
+        for hook in self.on_progress_hooks:
+            hook(info)
 
     # --- evaluation ---------------------------------------------------------------------------
 
@@ -602,7 +593,6 @@ class ToolkitTrainer(Trainer):
             self.save_checkpoint()
             raise
         finally:
-            self._close_bar()
             if self.args.rank in (None, 0):
                 self.dashboard_logger.finish()
         self._finished = True
@@ -674,8 +664,3 @@ class _Tail:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.5f}"
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

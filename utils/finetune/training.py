@@ -174,7 +174,7 @@ def _refresh_plots(trainer: Any, _record: dict[str, Any] | None = None, *, force
     now = time.time()
     if not force and now - getattr(trainer, "_last_plot_time", 0.0) < PLOT_MIN_INTERVAL_S:
         return
-    trainer._last_plot_time = now
+    trainer._last_plot_time = now  # the toolkit's own attribute on its trainer
     try:
         plot_training(trainer.output_path)
     except (OSError, ValueError, RuntimeError) as exc:  # a plot must never stop training

@@ -127,7 +127,9 @@ def training_state(trainer: Any, *, steps_done: int, epochs_done: int, epoch_bat
     """
     import datetime
 
-    model = trainer._get_model()
+    from utils.training.compat import unwrap_model
+
+    model = unwrap_model(trainer)
     config = trainer.config.to_dict() if hasattr(trainer.config, "to_dict") else trainer.config
     scheduler = [s.state_dict() for s in trainer.scheduler if s is not None] if trainer.scheduler else None
     state = {

@@ -1,6 +1,6 @@
 """Training that watches itself: health checks, early stopping and the actions they take.
 
-Each problem the owner once found by staring at logs after days of GPU time is a check here,
+Each problem once found by staring at logs after days of GPU time is a check here,
 run inside the Trainer loop by :class:`utils.training.trainer.ToolkitTrainer`:
 
 - divergence: a non-finite loss or gradient. The optimizer step is skipped (the gradients are

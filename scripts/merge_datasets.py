@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    from utils.fs import check_writable_dir
+
+    check_writable_dir(args.out, "--out")  # before any slow work
     cli.setup_logging()
 
     report = merge_datasets(

@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pad", type=float, default=0.15, help="seconds of padding around each clip")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    from utils.fs import check_writable_dir
+
+    check_writable_dir(args.out, "--out")  # before any slow work
     cli.setup_logging()
 
     report = prepare_dataset(

@@ -3,7 +3,10 @@
     python scripts/validate_dataset.py dataset/metadata_train.csv --language en \
         --vocab base/vocab.json --report preflight_report.json
 
-Exit code 0: nothing excluded; 1: some rows excluded (see the report); 2: the CSV cannot be read.
+Exit codes (the same for every toolkit command): 0 done (excluded rows, if any, are listed with
+their reasons); 2 a problem you can fix, named in one line (no usable row, an unreadable CSV, an
+unwritable --report; with --strict also any excluded row); 1 an unexpected error (a bug: please
+report it with the traceback); 130 interrupted (Ctrl-C).
 """
 
 import sys
@@ -14,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse  # noqa: E402
 
 from utils import cli  # noqa: E402
+from utils.errors import DataError  # noqa: E402
 from utils.data.preflight import MAX_AUDIO_S, MAX_TEXT_TOKENS, MIN_AUDIO_S, run_preflight  # noqa: E402
 
 
@@ -29,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-text-tokens", type=int, default=MAX_TEXT_TOKENS)
     p.add_argument("--workers", type=int, help="processes for the audio checks (default: 2)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--strict", action="store_true", help="exit 2 when any row is excluded")
     args = p.parse_args(argv)
+    if args.report:
+        from utils.fs import check_writable_file
+
+        check_writable_file(args.report, "--report")  # before any slow work
     cli.setup_logging()
 
     report = run_preflight(
@@ -40,7 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         report.write_json(args.report)
     sys.stderr.write("\n".join(report.summary_lines()) + "\n")
-    return 1 if report.excluded else 0
+    if report.total == 0 or report.kept == 0:
+        from utils.data.preflight import check_usable
+
+        check_usable(report, max_excluded_share=1.0)  # raises the same one-line error as training
+    if args.strict and report.excluded:
+        raise DataError(f"{len(report.excluded)} of {report.total} rows excluded (--strict); see the reasons above")
+    return 0
 
 
 if __name__ == "__main__":

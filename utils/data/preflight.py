@@ -426,10 +426,12 @@ def check_usable(
         DataError: no kept train rows, an empty eval set, or more than ``max_excluded_share`` of
             the rows (train and eval together) excluded.
     """
+    if report.total == 0:
+        raise DataError(f"{report.csv_path} has no rows (only a header, or empty); add audio_file|text|speaker_name rows")
     if report.kept == 0:
         raise DataError(
             f"no usable rows in {report.csv_path} ({report.total} rows, all excluded: {report.reason_counts()}); "
-            f"see preflight_report.json or run scripts/validate_dataset.py on it"
+            f"list each row's reason with: python scripts/validate_dataset.py {report.csv_path} --report rows.json"
         )
     if eval_report is not None and eval_report.kept == 0:
         raise DataError(
@@ -446,6 +448,6 @@ def check_usable(
             counts.update(r.reason_counts())
         raise DataError(
             f"{n_excluded} of {total} rows ({share:.1%}) fail the preflight, more than the allowed "
-            f"{max_excluded_share:.0%} ({dict(counts.most_common())}); fix the data (see preflight_report.json) "
-            f"or raise the threshold with --max-excluded-share"
+            f"{max_excluded_share:.0%} ({dict(counts.most_common())}); fix the data (each row's reason: "
+            f"python scripts/validate_dataset.py CSV --report rows.json) or raise the threshold with --max-excluded-share"
         )

@@ -241,6 +241,9 @@ class FineTune:
 
     def prepare(self) -> Any:
         """Steps 1-7 (everything before training); returns the trainer config."""
+        from utils.fs import check_writable_dir
+
+        check_writable_dir(self.continue_dir or self.config.output_path, "--continue" if self.continue_dir else "--output-path")
         if self.continue_dir is None:
             self.locate_base()
             self.load_data()

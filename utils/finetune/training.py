@@ -145,7 +145,7 @@ def _build_trainer(config: Any, train_samples: list, eval_samples: list, *, cont
         early = EarlyStopping(int(hp["early_stop_patience"]), float(hp.get("early_stop_min_delta") or 0.0))
     base_name = config.run_name
     if continue_path is None:
-        config.run_name = f"{base_name}_{time.strftime('%Y%m%d-%H%M%S')}_{secrets.token_hex(2)}"
+        config.run_name = unique_run_name(config.output_path, base_name)
     args = TrainerArgs(grad_accum_steps=int(toolkit.get("grad_accum", 1)))
     if continue_path is not None:
         args.continue_path = str(continue_path)
@@ -165,6 +165,25 @@ def _build_trainer(config: Any, train_samples: list, eval_samples: list, *, cont
     config.run_name = base_name
     model.run_dir = Path(trainer.output_path)
     return trainer, health
+
+
+def unique_run_name(output_path: str | Path, base: str) -> str:
+    """A run name no other run in ``output_path`` has, claimed exclusively (retried on collision).
+
+    Coqui makes the run folder with ``mkdir(exist_ok=True)`` from the name, so two runs started in
+    the same second could share a folder; here each name is claimed first as an empty folder in
+    ``output_path/.run_names`` (``mkdir`` fails if it exists), so no two runs get the same name.
+    """
+    claims = Path(output_path) / ".run_names"
+    claims.mkdir(parents=True, exist_ok=True)
+    for _ in range(1000):
+        name = f"{base}_{time.strftime('%Y%m%d-%H%M%S')}_{secrets.token_hex(3)}"
+        try:
+            (claims / name).mkdir()
+        except FileExistsError:
+            continue
+        return name
+    raise RuntimeError(f"could not claim a unique run name in {claims}")
 
 
 def _refresh_plots(trainer: Any, _record: dict[str, Any] | None = None, *, force: bool = False) -> None:

@@ -130,6 +130,8 @@ def check_language(language: str, vocab_path: str | Path | None = None) -> str:
     Raises:
         LanguageError: naming the supported codes and the fix.
     """
+    if language == "zh":
+        raise LanguageError("'zh': XTTS v2's code for Mandarin Chinese is 'zh-cn'; use --language zh-cn")
     if is_xtts_language(language):
         return language
     get_language_spec(language)  # raises for a malformed code

@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from utils.errors import DataError
+
 # Readers live with the run folder (utils.runs); re-exported for the trainer, which writes.
 from utils.runs import best_eval_loss, checkpoint_step, has_training_state, last_checkpoint, load_checkpoint  # noqa: F401
 
@@ -75,18 +77,117 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+class DiskFullError(DataError):
+    """The disk filled up while a checkpoint was written (the partial file is removed)."""
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def tensor_bytes(state: Any) -> int:
+    """Bytes of all tensors in a (nested) checkpoint dict: about its size on disk."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(tensor_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(tensor_bytes(v) for v in state)
+    return 0
+
+
+def _disk_full(path: Path, need: int) -> DiskFullError:
+    run_dir = path.parent
+    last = last_checkpoint(run_dir)
+    best = run_dir / "best_model.pth"
+    if last is not None:
+        then = f"run: python utils/gpt_train.py --continue {run_dir}"
+        kept = f"the last complete checkpoint is {last}"
+    elif best.is_file():
+        then = f"run: python utils/gpt_train.py --restore {best} (same options)"
+        kept = f"no full checkpoint yet; the best weights so far are {best}"
+    else:
+        then, kept = "start the run again", "no checkpoint was written yet"
+    free = shutil.disk_usage(run_dir).free
+    return DiskFullError(
+        f"no space left on {_mount_point(run_dir)} while writing {path.name}; {kept}; "
+        f"free {max(need - free, 0) / 1e9 + 0.05:.1f} GB and {then}"
+    )
+
+
+def _is_disk_full(exc: BaseException, folder: Path) -> bool:
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # torch's zip writer reports a failed write as RuntimeError ("file write failed")
+    return isinstance(exc, RuntimeError) and "write" in str(exc) and shutil.disk_usage(folder).free < (1 << 20)
+
+
 def atomic_torch_save(state: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save(state, path)`` so that ``path`` is either the old file or the complete new one."""
+    """``torch.save(state, path)`` so that ``path`` is either the old file or the complete new one.
+
+    Ctrl-C while it writes is held back until the file is complete (then raised). A full disk
+    removes the partial file and raises :class:`DiskFullError` naming the way to go on.
+    """
     path = Path(path)
     tmp = _partial_path(path)
     pause = os.environ.get(_PAUSE_ENV, "").rpartition(":")
-    with open(tmp, "wb") as fh:
-        torch.save(state, _PausingWriter(fh, 1 << 20, float(pause[2])) if pause[0] == path.name else fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    with _sigint_deferred(path.name):
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save(state, _PausingWriter(fh, 1 << 20, float(pause[2])) if pause[0] == path.name else fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except (OSError, RuntimeError) as exc:
+            tmp.unlink(missing_ok=True)
+            if _is_disk_full(exc, path.parent):
+                raise _disk_full(path, tensor_bytes(state)) from None
+            raise
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
     return path
+
+
+class _sigint_deferred:
+    """Hold SIGINT back while a checkpoint is written (main thread only); re-raise it afterwards."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.hit, self.old = name, False, None
+
+    def _handler(self, *_: Any) -> None:
+        if not self.hit:
+            logger.warning("Ctrl-C: %s is being written; it finishes first (a few seconds), then the run stops", self.name)
+        self.hit = True
+
+    def __enter__(self) -> "_sigint_deferred":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        import signal
+
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+        if self.hit and exc_type is None:
+            raise KeyboardInterrupt
+
+
+def free_space_warning(run_dir: str | os.PathLike[str], need: int) -> str | None:
+    """A warning when the run folder's disk has less free space than the run's checkpoints need."""
+    free = shutil.disk_usage(run_dir).free
+    if free >= need:
+        return None
+    return (f"only {free / 1e9:.1f} GB free on {_mount_point(Path(run_dir))}; this run's checkpoints need about "
+            f"{need / 1e9:.1f} GB (a full checkpoint while the previous one is kept, plus the best model); "
+            f"free space or choose another --output-path")  # fmt: skip
 
 
 def atomic_link(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:

@@ -105,6 +105,8 @@ class ToolkitTrainer(Trainer):
         self._last_eval_opt_step = -1
         self._train_sums: dict[str, float] = {}
         self._train_count = 0
+        self._in_coqui_step = False
+        self._save_pending = False
         self._train_started = time.time()
         self._in_step = False
         self._finished = False
@@ -147,6 +149,10 @@ class ToolkitTrainer(Trainer):
             "health": self.health.state_dict() if self.health else None,
             "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
             "last_eval_step": self._last_eval_step,
+            # the running train-loss sums since the last evaluation, so the next evaluation after a
+            # resume still reports the train loss of its whole period
+            "train_sums": dict(self._train_sums),
+            "train_count": self._train_count,
         }
 
     def _restore_gpt_only_training(self) -> None:
@@ -244,6 +250,7 @@ class ToolkitTrainer(Trainer):
         self._nonfinite_grad = False
         self._in_step = True
         out_of_memory = False
+        self._in_coqui_step = True
         try:
             outputs, loss_dict = super().train_step(batch, batch_n_steps, step, loader_start_time)
         except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one
@@ -251,7 +258,7 @@ class ToolkitTrainer(Trainer):
                 raise
             out_of_memory = True  # handled below, once the traceback (and the activations it holds) is gone
         finally:
-            self._in_step = False
+            self._in_step = self._in_coqui_step = False
         if out_of_memory:
             del batch
             self._back_off_after_oom(step)
@@ -267,6 +274,7 @@ class ToolkitTrainer(Trainer):
             self._recover_from_divergence(loss)
         elif loss_dict:
             self._account_step(loss_dict, loss, grad_norm, stepped_to=after if after != before else None)
+        self._run_deferred_save()
         if after != before or self.health is None or self.health.is_divergent(loss, self._nonfinite_grad):
             self._opt_step_losses = []
         self._period.steps += 1
@@ -316,7 +324,7 @@ class ToolkitTrainer(Trainer):
         return bridge.current_lr() if bridge else float(self.optimizer[0].param_groups[0]["lr"])
 
     def _recover_from_divergence(self, loss: float | None) -> None:
-        """Skip (already done by the pre-hook), reload the last checkpoint, cut the LR; or stop."""
+        """Skip (already done by the pre-hook), go back to good weights, cut the LR; or stop."""
         assert self.health is not None
         for opt in self.optimizer:
             opt.zero_grad(set_to_none=True)  # accumulated non-finite gradients must not reach a later step
@@ -326,25 +334,10 @@ class ToolkitTrainer(Trainer):
             self.stop_reason = "divergence"
             raise DivergenceError(
                 f"training diverged (non-finite loss or gradient) {self.health.recoveries + 1} times; the last "
-                f"{self.health.recoveries} recoveries (checkpoint reload + LR cut) did not help. Restart from the best "
-                f"checkpoint with a lower LR: python utils/gpt_train.py --restore {self.output_path} --preset "
-                "plateau-breaker (or --lr at a quarter of the current one); see events.jsonl in the run folder"
+                f"{self.health.recoveries} recoveries (weights reload + LR cut) did not help. {self._divergence_advice()}; "
+                "see events.jsonl in the run folder"
             )
-        # the newest weights on disk: a full checkpoint, or a weights-only best model that is newer
-        path = checkpoints.last_checkpoint(self.output_path, resumable=False)
-        reloaded = ""
-        if path is not None:
-            state = checkpoints.load_checkpoint(path)
-            compat.unwrap_model(self).load_state_dict(state["model"])
-            if state.get("optimizer"):
-                for opt, opt_state in zip(self.optimizer, state["optimizer"]):
-                    opt.load_state_dict(opt_state)
-                reloaded = f"reloaded weights and optimizer state from {path.name}, "
-            else:
-                for opt in self.optimizer:
-                    opt.state.clear()  # moments of the diverged trajectory do not belong to these weights
-                reloaded = f"reloaded weights from {path.name} (optimizer state reset), "
-            del state
+        reloaded = self._reload_good_weights()
         factor = self.health.config.divergence_lr_factor
         bridge = self.lr_bridge
         if bridge is not None:
@@ -355,8 +348,40 @@ class ToolkitTrainer(Trainer):
             for opt in self.optimizer:
                 for group in opt.param_groups:
                     group["lr"] *= factor
-        action = f"skipped the step, {reloaded or 'no checkpoint yet to reload, '}LR {lr_before:.3g} -> {lr_after:.3g}"
+        action = f"skipped the step, {reloaded}LR {lr_before:.3g} -> {lr_after:.3g}"
         self.health.divergence_event(step=step, optimizer_step=opt_step, loss=loss, action=action, recovered=True)
+
+    def _divergence_advice(self) -> str:
+        """A command that works for this run: restore from a checkpoint it has, or start again."""
+        lr = self.optimizer[0].param_groups[0]["lr"] / (self.health.config.divergence_lr_factor ** self.health.recoveries)
+        if checkpoints.last_checkpoint(self.output_path, resumable=False) is not None:
+            return (f"Restart from the best checkpoint with a lower LR: python utils/gpt_train.py --restore "
+                    f"{self.output_path} --preset plateau-breaker (or --lr {lr / 4:.2g})")  # fmt: skip
+        return (f"No checkpoint was written before it diverged: start again with a lower LR "
+                f"(the same command with --lr {lr / 10:.2g}, a tenth of this run's starting LR)")  # fmt: skip
+
+    def _reload_good_weights(self) -> str:
+        """The newest weights on disk (full checkpoint or newer best model), else the starting weights."""
+        path = checkpoints.last_checkpoint(self.output_path, resumable=False)
+        if path is None:
+            if not getattr(self, "_start_weights", None):
+                return "no good weights to go back to, "
+            with torch.no_grad():
+                for name, param in compat.unwrap_model(self).named_parameters():
+                    if name in self._start_weights:
+                        param.copy_(self._start_weights[name].to(param.device))
+            for opt in self.optimizer:
+                opt.state.clear()
+            return "no checkpoint yet: went back to the starting weights (optimizer state reset), "
+        state = checkpoints.load_checkpoint(path)
+        compat.unwrap_model(self).load_state_dict(state["model"])
+        if state.get("optimizer"):
+            for opt, opt_state in zip(self.optimizer, state["optimizer"]):
+                opt.load_state_dict(opt_state)
+            return f"reloaded weights and optimizer state from {path.name}, "
+        for opt in self.optimizer:
+            opt.state.clear()  # moments of the diverged trajectory do not belong to these weights
+        return f"reloaded weights from {path.name} (optimizer state reset), "
 
     def _update_progress(self, step: int, batch_n_steps: int, loss: float | None, seconds: float) -> None:
         """Send one progress record (step, epoch, loss, LR, the run's ETA) to the on_progress hooks."""
@@ -476,9 +501,28 @@ class ToolkitTrainer(Trainer):
             "epoch_batches_done": 0 if epoch_done else (self._epoch_step + 1 if self._in_step else self._epoch_batches_done),
         }
 
+    def _run_deferred_save(self) -> None:
+        """The save Coqui asked for inside this step, now that the step's checks are counted."""
+        if not self._save_pending:
+            return
+        self._save_pending = False
+        self._in_step = True  # the counts of the step just done (Coqui increments after train_step)
+        try:
+            self.save_checkpoint()
+        finally:
+            self._in_step = False
+
     def save_checkpoint(self) -> None:
-        """Write checkpoint_N.pth atomically (replaces Coqui's direct torch.save)."""
+        """Write checkpoint_N.pth atomically (replaces Coqui's direct torch.save).
+
+        Coqui's step-interval save runs inside ``train_step``, before the toolkit has counted the
+        step (health monitor, loss sums): that save is deferred to the end of the step, so a resume
+        from it sees exactly the same state. A second Ctrl-C while it writes does not cut it short.
+        """
         if self.args.rank not in (None, 0):
+            return
+        if self._in_coqui_step:
+            self._save_pending = True
             return
         counts = self._counts()
         path = Path(self.output_path) / f"checkpoint_{counts['steps_done']}.pth"
@@ -527,6 +571,8 @@ class ToolkitTrainer(Trainer):
                     int(state.get("epoch_batches_done", 0)), saved_world, distributed.world_size()
                 )
                 self._last_eval_step = state.get("last_eval_step")
+                self._train_sums = {k: float(v) for k, v in (state.get("train_sums") or {}).items()}
+                self._train_count = int(state.get("train_count") or 0)
                 if self.args.rank in (None, 0):
                     self._drop_records_after(int(state["steps_done"]), self._last_eval_step)
                 if self.health is not None and state.get("health"):
@@ -584,13 +630,14 @@ class ToolkitTrainer(Trainer):
         Early stopping ends training normally (final checkpoint written); a divergence that the
         health monitor could not recover from raises :class:`DivergenceError` without one.
         """
+        self._check_free_space()
+        self._keep_start_weights()
         try:
             compat.run_fit_loop(self)
         except StopTraining as stop:
             logger.info("training stopped: %s", stop)
         except KeyboardInterrupt:
-            logger.info("interrupted: saving a checkpoint in %s", self.output_path)
-            self.save_checkpoint()
+            self._save_on_interrupt()
             raise
         finally:
             if self.args.rank in (None, 0):
@@ -598,6 +645,46 @@ class ToolkitTrainer(Trainer):
         self._finished = True
         if self.args.rank in (None, 0) and self.save_final_checkpoint:
             self.save_checkpoint()
+
+    def _save_on_interrupt(self) -> None:
+        """Ctrl-C: write the full state, then name the exact command that goes on from it."""
+        if self.args.rank not in (None, 0):
+            return
+        logger.info("interrupted: saving a checkpoint in %s", self.output_path)
+        try:
+            self.save_checkpoint()
+        except KeyboardInterrupt:  # a Ctrl-C before the write started: the file was not begun
+            pass
+        last = checkpoints.last_checkpoint(self.output_path)
+        if last is not None:
+            logger.warning("interrupted; %s holds the state; to go on: python utils/gpt_train.py --continue %s",
+                           last.name, self.output_path)  # fmt: skip
+        elif (Path(self.output_path) / "best_model.pth").is_file():
+            logger.warning("interrupted before a full checkpoint; the best weights are in %s; to go on from them: "
+                           "python utils/gpt_train.py --restore %s (with the same options)",
+                           Path(self.output_path) / "best_model.pth", Path(self.output_path) / "best_model.pth")  # fmt: skip
+        else:
+            logger.warning("interrupted before any checkpoint was written; start the run again")
+
+    def _check_free_space(self) -> None:
+        if self.args.rank not in (None, 0):
+            return
+        weights = checkpoints.tensor_bytes(compat.unwrap_model(self).state_dict())
+        # two full checkpoints at once (the new one is complete before the old is deleted), each
+        # weights + AdamW's two moments of the trainable part, plus one weights-only best model
+        trainable = sum(p.numel() * p.element_size() for p in compat.unwrap_model(self).parameters() if p.requires_grad)
+        warning = checkpoints.free_space_warning(self.output_path, 3 * weights + 4 * trainable)
+        if warning:
+            logger.warning(warning)
+
+    def _keep_start_weights(self) -> None:
+        """A CPU copy of the trainable weights at the start: divergence before the first checkpoint
+        has good weights to go back to (about 1.7 GB of host memory for XTTS v2's GPT)."""
+        self._start_weights = None
+        if self.health is None or checkpoints.last_checkpoint(self.output_path, resumable=False) is not None:
+            return
+        model = compat.unwrap_model(self)
+        self._start_weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
 
 @dataclass

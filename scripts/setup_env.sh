@@ -44,7 +44,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing the locked packages into .venv (first time: several minutes, torch is large)" >&2
   index=()
   [ -n "${TORCH_INDEX_URL:-}" ] && index=(--extra-index-url "$TORCH_INDEX_URL")
-  .venv/bin/python -m pip install -q --disable-pip-version-check "${index[@]}" --require-hashes -r "$lock"
+  .venv/bin/python -m pip install -q --disable-pip-version-check "${index[@]}" --no-deps --require-hashes -r "$lock"
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi

@@ -11,12 +11,15 @@ read with ``weights_only=True`` (nothing in them can run code).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 from utils.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
 
 _STEP_RE = re.compile(r"^(checkpoint|best_model)_(\d+)\.pth$")
 BEST = "best_model.pth"
@@ -29,10 +32,15 @@ def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, Any]:
-    """Load a checkpoint on the CPU with ``weights_only=True`` (``mmap``: lazy tensors)."""
-    import torch
+    """Load a checkpoint on the CPU, never running code from it (``mmap``: lazy tensors).
 
-    return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    Raises:
+        UnsafeModelFileError: the file pickles more than tensors and plain data.
+        DataError: the file is missing, truncated or not a PyTorch file.
+    """
+    from utils.safe_load import load_torch_file
+
+    return load_torch_file(path, mmap=mmap)
 
 
 # --- config -----------------------------------------------------------------------------------
@@ -82,9 +90,17 @@ def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
 
 def has_training_state(path: str | os.PathLike[str]) -> bool:
     """True when the checkpoint holds optimizer state (so a run can resume from it exactly)."""
+    from utils.safe_load import UnsafeModelFileError
+
     try:
         state = load_checkpoint(path, mmap=True)
-    except (OSError, RuntimeError, ValueError, EOFError):  # unreadable: not a resume point
+    except UnsafeModelFileError:
+        raise  # a file that could run code is refused, not skipped quietly
+    except DataError as exc:  # truncated or not a PyTorch file: not a resume point
+        logger.warning("skipping %s as a resume point: %s", Path(path).name, exc)
+        return False
+    if not isinstance(state, dict) or "model" not in state:
+        logger.warning("skipping %s as a resume point: no model state in it", Path(path).name)
         return False
     return bool(state.get("optimizer"))
 
@@ -99,10 +115,19 @@ def last_checkpoint(run_dir: str | os.PathLike[str], *, resumable: bool = True) 
     """
     found = [(checkpoint_step(p), p.stat().st_mtime_ns, p) for p in Path(run_dir).glob("*_*.pth")]
     found = sorted((f for f in found if f[0] is not None), reverse=True)
-    for _, _, path in found:
-        if not resumable or path.name.startswith("checkpoint_") or has_training_state(path):
+    for _, _, path in found:  # each candidate is opened (lazily mapped): a truncated file is skipped
+        if (has_training_state(path) if resumable else _readable(path)):
             return path
     return None
+
+
+def _readable(path: Path) -> bool:
+    try:
+        state = load_checkpoint(path, mmap=True)
+    except DataError as exc:
+        logger.warning("skipping %s: %s", path.name, exc)
+        return False
+    return isinstance(state, dict) and "model" in state
 
 
 def best_eval_loss(run_dir: str | os.PathLike[str]) -> dict[str, float] | None:
@@ -113,7 +138,7 @@ def best_eval_loss(run_dir: str | os.PathLike[str]) -> dict[str, float] | None:
             continue
         try:
             loss = load_checkpoint(path, mmap=True).get("model_loss")
-        except (OSError, RuntimeError, ValueError, EOFError):
+        except DataError:  # unreadable (a refused file included): its loss is unknown
             continue
         if isinstance(loss, dict) and loss.get("eval_loss") is not None:
             if best is None or float(loss["eval_loss"]) < float(best["eval_loss"]):

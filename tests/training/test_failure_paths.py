@@ -217,7 +217,7 @@ def test_divergence_before_any_checkpoint_goes_back_to_the_starting_weights(tiny
     _poison_weights_at(monkeypatch, {1})  # step 2, before the first evaluation or checkpoint
     result = _run(tiny_base, demo_en, tmp_path)
     (event,) = [e for e in result.events if e["event"] == "divergence"]
-    assert "went back to the starting weights" in event["action"] and event["step"] == 1
+    assert "went back to the starting weights" in event["action"] and event["step"] == 2  # trainer steps done
     assert all(math.isfinite(r["eval_loss"]) for r in result.records)  # it trained on after recovering
     state = checkpoints.load_checkpoint(result.run_dir / "best_model.pth")
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -242,8 +242,9 @@ def test_resume_keeps_health_steps_and_train_loss(tiny_base, demo_en, tmp_path) 
     out = tmp_path / "runs"
     common = ["--base-model", str(tiny_base), "--dataset", str(demo_en), "--language", "en", "--no-progress",
               "--test-sentences", "0", "--no-export", "--batch-size", "2", "--grad-accum", "1"]  # fmt: skip
-    # 8 train rows, batch 2: 4 steps per epoch; an evaluation each epoch; a full checkpoint at step 3
-    assert main([*common, "--epochs", "1", "--save-every-steps", "3", "--output-path", str(out)]) == 0
+    # 8 train rows, batch 2: 4 steps per epoch; Coqui saves inside the step after 2 steps done, so
+    # checkpoint_3.pth holds the state after 3 steps (and the final one checkpoint_4.pth)
+    assert main([*common, "--epochs", "1", "--save-every-steps", "2", "--output-path", str(out)]) == 0
     (run,) = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
     state = checkpoints.load_checkpoint(run / "checkpoint_3.pth")
     assert state["toolkit_state"]["health"]["steps_seen"] == 3  # the save came after the step's checks

@@ -121,10 +121,13 @@ def _disk_full(path: Path, need: int) -> DiskFullError:
 def _is_disk_full(exc: BaseException, folder: Path) -> bool:
     import errno
 
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    # torch's zip writer reports a failed write as RuntimeError ("file write failed")
-    return isinstance(exc, RuntimeError) and "write" in str(exc) and shutil.disk_usage(folder).free < (1 << 20)
+    seen: BaseException | None = exc
+    while seen is not None:  # torch's zip writer may raise RuntimeError from inside the OSError
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    # or report the failed write as RuntimeError alone ("file write failed")
+    return isinstance(exc, RuntimeError) and shutil.disk_usage(folder).free < (1 << 20)
 
 
 def atomic_torch_save(state: Any, path: str | os.PathLike[str]) -> Path:

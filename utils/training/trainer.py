@@ -506,11 +506,7 @@ class ToolkitTrainer(Trainer):
         if not self._save_pending:
             return
         self._save_pending = False
-        self._in_step = True  # the counts of the step just done (Coqui increments after train_step)
-        try:
-            self.save_checkpoint()
-        finally:
-            self._in_step = False
+        self.save_checkpoint()  # Coqui has counted the step by now: the plain counts are this step's
 
     def save_checkpoint(self) -> None:
         """Write checkpoint_N.pth atomically (replaces Coqui's direct torch.save).

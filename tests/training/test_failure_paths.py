@@ -249,3 +249,13 @@ def test_resume_keeps_health_steps_and_train_loss(tiny_base, demo_en, tmp_path) 
     state = checkpoints.load_checkpoint(run / "checkpoint_3.pth")
     assert state["toolkit_state"]["health"]["steps_seen"] == 3  # the save came after the step's checks
     assert state["toolkit_state"]["train_count"] == 3 and state["toolkit_state"]["train_sums"]["loss"] > 0
+
+
+def test_no_progress_prints_no_bars(tiny_base, demo_en, tmp_path, capfd) -> None:
+    from utils.gpt_train import main
+
+    argv = ["--base-model", str(tiny_base), "--dataset", str(demo_en), "--language", "en", "--epochs", "1",
+            "--no-progress", "--test-sentences", "0", "--no-export", "--output-path", str(tmp_path / "runs")]  # fmt: skip
+    assert main(argv) == 0
+    err = capfd.readouterr().err
+    assert "%|" not in err and "clip/s" not in err, [ln for ln in err.splitlines() if "%|" in ln][:3]

@@ -149,7 +149,8 @@ class FineTune:
             self.prepare_language()
         assert self.vocab is not None
         split = DataSplit(train_csv, eval_csv)
-        self.data = steps.check_data(split, self.config.language_code, self.vocab, self.config.max_excluded_share)
+        self.data = steps.check_data(split, self.config.language_code, self.vocab, self.config.max_excluded_share,
+                                     progress=self.config.progress)  # fmt: skip
         return self.data
 
     @_step
@@ -332,7 +333,8 @@ class FineTune:
         else:
             train_csv, eval_csv = Path(tk["train_csv"]), Path(tk["eval_csv"])
         language = tk.get("language", "en")
-        self.data = steps.check_data(DataSplit(train_csv, eval_csv), language, run_dir / "vocab.json", cfg.max_excluded_share)
+        self.data = steps.check_data(DataSplit(train_csv, eval_csv), language, run_dir / "vocab.json", cfg.max_excluded_share,
+                                     progress=cfg.progress)  # fmt: skip
         self.result = self._fit(self.trainer_config, self.data, output=run_dir.parent, continue_path=run_dir)
         return self.result
 

@@ -124,17 +124,19 @@ def prepare_language(
     return out, record
 
 
-def check_data(split: DataSplit, language: str, vocab_path: Path, max_excluded_share: float) -> DataSplit:
+def check_data(split: DataSplit, language: str, vocab_path: Path, max_excluded_share: float,
+               progress: bool = True) -> DataSplit:  # fmt: skip
     """Preflight every row of both CSVs; keep what passes, refuse unusable data."""
     from utils.data.preflight import check_usable, run_preflight
     from utils.language import load_tokenizer
 
     tokenizer = load_tokenizer(vocab_path)
-    split.train_report = run_preflight(split.train_csv, language=language, tokenizer=tokenizer)
+    split.train_report = run_preflight(split.train_csv, language=language, tokenizer=tokenizer, progress=progress)
     # a clip in both train and eval is excluded from eval (duplicate_row): eval must be held out
     split.eval_report = run_preflight(
-        split.eval_csv, language=language, tokenizer=tokenizer, exclude_duplicates_of=split.train_report
-    )
+        split.eval_csv, language=language, tokenizer=tokenizer, exclude_duplicates_of=split.train_report,
+        progress=progress,
+    )  # fmt: skip
     for name, report in (("train", split.train_report), ("eval", split.eval_report)):
         for line in report.summary_lines():
             logger.info("preflight %s: %s", name, line)

@@ -152,6 +152,7 @@ def _build_trainer(config: Any, train_samples: list, eval_samples: list, *, cont
     elif restore_path is not None:
         args.restore_path = str(restore_path)
     model = ToolkitGPTTrainer(config)
+    model.show_progress = bool(progress)  # the clip-cache bars follow the run's progress setting
     _apply_speed(model, config, distributed.world_size())
     hooks = []
     if distributed.is_rank_zero():

@@ -148,7 +148,8 @@ class ToolkitGPTTrainer(GPTTrainer):
             exclusions = Path(self.run_dir) / "runtime_exclusions.jsonl"
         device = "cuda" if torch.cuda.is_available() else "cpu"
         cache_dir = Path(config.output_path) / ".clip_cache"
-        items, excluded = prepare_clip_cache(self, samples, cache_dir, device=device)
+        items, excluded = prepare_clip_cache(self, samples, cache_dir, device=device,
+                                             progress=getattr(self, "show_progress", True))  # fmt: skip
         if excluded and exclusions is not None:
             with open(exclusions, "a", encoding="utf-8") as fh:
                 for record in excluded:

@@ -111,7 +111,11 @@ def train(
         trainer.fit()
     finally:
         if plots and trainer.evaluation_records and distributed.is_rank_zero():
-            _refresh_plots(trainer, force=True)
+            try:
+                _refresh_plots(trainer, force=True)
+            except Exception as exc:  # noqa: BLE001 - e.g. a Ctrl-C cut a matplotlib import short
+                # a plot must never hide why training ended (an interrupt, a full disk)
+                logger.warning("could not redraw training_curves.png (%s: %s)", type(exc).__name__, exc)
     exclusions = read_runtime_exclusions(run_dir)
     if exclusions:
         logger.warning("%d rows failed to load during training; see %s", len(exclusions), run_dir / "runtime_exclusions.jsonl")

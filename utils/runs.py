@@ -11,6 +11,7 @@ read with ``weights_only=True`` (nothing in them can run code).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -18,8 +19,11 @@ from typing import Any
 
 from utils.errors import ConfigError, DataError
 
+logger = logging.getLogger(__name__)
+
 _STEP_RE = re.compile(r"^(checkpoint|best_model)_(\d+)\.pth$")
 BEST = "best_model.pth"
+PARTIAL_SUFFIX = ".partial"  # a checkpoint being written (utils/training/checkpoints.py renames it into place)
 
 
 def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
@@ -168,10 +172,22 @@ def restore_checkpoint(path: str | os.PathLike[str]) -> Path:
     raise ConfigError(f"--restore {path}: no such checkpoint file or run folder")
 
 
+def remove_partial_files(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporary files a killed save left behind; return what was deleted."""
+    removed = []
+    for tmp in Path(run_dir).glob(f".*{PARTIAL_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    if removed:
+        logger.warning(
+            "removed %d incomplete checkpoint file(s) left by an interrupted save: %s", len(removed),
+            ", ".join(p.name for p in removed),
+        )  # fmt: skip
+    return removed
+
+
 def resume_checkpoint(run_dir: str | os.PathLike[str]) -> Path:
     """``--continue``: the newest complete checkpoint with optimizer state (partial files removed first)."""
-    from utils.training.checkpoints import remove_partial_files
-
     remove_partial_files(run_dir)
     last = last_checkpoint(run_dir)
     if last is None:
@@ -183,15 +199,3 @@ def epochs_done(checkpoint: str | os.PathLike[str]) -> int:
     """Complete epochs at this checkpoint (the toolkit's exact count; Coqui's ``epoch`` otherwise)."""
     state = load_checkpoint(checkpoint, mmap=True)
     return int((state.get("toolkit_state") or {}).get("epochs_done", state.get("epoch", 0)))
-
-
-def lr_at_checkpoint(checkpoint: str | os.PathLike[str]) -> float | None:
-    """The LR the run had reached at this checkpoint (from the LR bridge's state), or None."""
-    from utils.training.lr_schedule import ScheduleSpec
-
-    state = load_checkpoint(checkpoint, mmap=True)
-    sched = (state.get("scheduler") or [None])[0]
-    if not (isinstance(sched, dict) and "spec" in sched):
-        return None
-    spec = ScheduleSpec(**dict(sched["spec"]))
-    return spec.lr_at(int(sched["optimizer_steps"]), float(sched["plateau_scale"]), float(sched.get("health_scale", 1.0)))

@@ -41,7 +41,20 @@ def locate_restore(path: Path) -> RestoreSource:
     ckpt = runs.restore_checkpoint(path)
     run_dir = ckpt.parent
     toolkit = runs.read_toolkit_record(run_dir)
-    return RestoreSource(checkpoint=ckpt, run_dir=run_dir, toolkit=toolkit, lr=runs.lr_at_checkpoint(ckpt))
+    return RestoreSource(checkpoint=ckpt, run_dir=run_dir, toolkit=toolkit, lr=lr_at_checkpoint(ckpt))
+
+
+def lr_at_checkpoint(checkpoint: str | Path) -> float | None:
+    """The LR the run had reached at this checkpoint (from the LR bridge's state), or None."""
+    from utils.runs import load_checkpoint
+    from utils.training.lr_schedule import ScheduleSpec
+
+    state = load_checkpoint(checkpoint, mmap=True)
+    sched = (state.get("scheduler") or [None])[0]
+    if not (isinstance(sched, dict) and "spec" in sched):
+        return None
+    spec = ScheduleSpec(**dict(sched["spec"]))
+    return spec.lr_at(int(sched["optimizer_steps"]), float(sched["plateau_scale"]), float(sched.get("health_scale", 1.0)))
 
 
 def apply_restore_defaults(config: RunConfig, src: RestoreSource) -> RunConfig:

@@ -5,7 +5,7 @@ optimizer state), ``--restore`` and export (the best model), evaluation (all che
 synthesis. A run folder holds config.json (with the toolkit's record under ``"toolkit"``),
 vocab.json, ``checkpoint_N.pth`` (full training state), ``best_model_N.pth`` (weights only) and
 ``best_model.pth`` (a link to the newest best), metrics.jsonl and events.jsonl. Checkpoints are
-read with ``weights_only=True`` (nothing in them can run code).
+read through :func:`utils.safe_load.load_torch_file` (nothing in them can run code).
 """
 
 from __future__ import annotations
@@ -33,10 +33,15 @@ def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, Any]:
-    """Load a checkpoint on the CPU with ``weights_only=True`` (``mmap``: lazy tensors)."""
-    import torch
+    """Load a checkpoint on the CPU, never running code from it (``mmap``: lazy tensors).
 
-    return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    Raises:
+        UnsafeModelFileError: the file pickles more than tensors and plain data.
+        DataError: the file is missing, truncated or not a PyTorch file.
+    """
+    from utils.safe_load import load_torch_file
+
+    return load_torch_file(path, mmap=mmap)
 
 
 # --- config -----------------------------------------------------------------------------------
@@ -86,9 +91,14 @@ def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
 
 def has_training_state(path: str | os.PathLike[str]) -> bool:
     """True when the checkpoint holds optimizer state (so a run can resume from it exactly)."""
+    from utils.safe_load import UnsafeModelFileError
+
     try:
         state = load_checkpoint(path, mmap=True)
-    except (OSError, RuntimeError, ValueError, EOFError):  # unreadable: not a resume point
+    except UnsafeModelFileError:
+        raise  # a file that could run code is refused, not skipped quietly
+    except DataError as exc:  # truncated or not a PyTorch file: not a resume point
+        logger.warning("skipping %s as a resume point: %s", path, exc)
         return False
     return bool(state.get("optimizer"))
 
@@ -117,7 +127,7 @@ def best_eval_loss(run_dir: str | os.PathLike[str]) -> dict[str, float] | None:
             continue
         try:
             loss = load_checkpoint(path, mmap=True).get("model_loss")
-        except (OSError, RuntimeError, ValueError, EOFError):
+        except DataError:  # unreadable (UnsafeModelFileError included): its loss is unknown
             continue
         if isinstance(loss, dict) and loss.get("eval_loss") is not None:
             if best is None or float(loss["eval_loss"]) < float(best["eval_loss"]):

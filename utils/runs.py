@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from utils.errors import ConfigError, DataError
 
@@ -63,10 +64,58 @@ def read_toolkit_record(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return dict(read_run_config(run_dir).get("toolkit") or {})
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """The toolkit's record of a run (config.json's ``"toolkit"``), typed for its readers.
+
+    Written when the run starts (:meth:`utils.finetune.FineTune.build_trainer`); the trainer adds
+    what it decides at the start (``speed_applied``, ``distributed``, ``micro_batch_plan``).
+    Keys this class does not name are kept in ``extra``.
+    """
+
+    language: str = "en"
+    base_model: str | None = None
+    train_csv: str | None = None
+    eval_csv: str | None = None
+    grad_accum: int = 1
+    eval_every_steps: int | None = None
+    hparams: Mapping[str, Any] = field(default_factory=dict)  # values, "sources", table row (Resolved.as_dict)
+    vocab_extension: Mapping[str, Any] | None = None  # a language XTTS lacks: utils.language.vocab.VocabExtension
+    speed: Mapping[str, Any] = field(default_factory=dict)
+    speed_applied: tuple[str, ...] = ()
+    test_sentences: int = 0
+    test_max_new_tokens: int | None = None
+    export: bool = True
+    planned_optimizer_steps: int | None = None
+    preset: str | None = None
+    restored_from: str | None = None
+    run_config: Mapping[str, Any] | None = None  # utils.finetune.RunConfig.to_dict()
+    distributed: Mapping[str, Any] | None = None
+    micro_batch_plan: Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, toolkit: Mapping[str, Any] | None) -> "RunRecord":
+        data = dict(toolkit or {})
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: data.pop(k) for k in list(data) if k in known and data[k] is not None}
+        if "speed_applied" in values:
+            values["speed_applied"] = tuple(values["speed_applied"])
+        return cls(**values, extra=data)
+
+    @classmethod
+    def read(cls, run_dir: str | os.PathLike[str]) -> "RunRecord":
+        """The record of ``run_dir`` (an empty one when config.json is missing)."""
+        return cls.from_dict(read_toolkit_record(run_dir))
+
+    @property
+    def hparam_sources(self) -> dict[str, str]:
+        return dict(self.hparams.get("sources") or {})
+
+
 def run_language(run_config: dict[str, Any]) -> str:
     """The language the run trained on (the toolkit record; else en)."""
-    toolkit = run_config.get("toolkit") or {}
-    return str(toolkit.get("language") or "en")
+    return RunRecord.from_dict(run_config.get("toolkit")).language
 
 
 # --- listing and checking ---------------------------------------------------------------------

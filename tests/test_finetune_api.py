@@ -20,6 +20,14 @@ from utils.gpt_train import main
 RECIPE = {"language": "am", "dataset_hours": 37.7, "batch_size": 3, "grad_accum": 84, "epochs": 10}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _import_coqui_outside_capsys() -> None:
+    """transformers and Coqui's Trainer bind sys.stderr/stdout when first imported: not inside a
+    capsys test, whose stream is closed afterwards (the later in-process training would write to it)."""
+    import trainer  # noqa: F401
+    import TTS.tts.models.xtts  # noqa: F401
+
+
 def _cli_dry_run(argv: list[str], capsys: pytest.CaptureFixture[str], recipe: dict | None = None) -> dict:
     capsys.readouterr()
     assert main([*argv, "--dry-run"], recipe=recipe) == 0

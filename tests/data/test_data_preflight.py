@@ -134,7 +134,7 @@ def test_report_json_schema_and_cli_exit_codes(bad_dataset, en_vocab, tmp_path, 
     out = tmp_path / "r.json"
     code = main([str(bad_dataset / "metadata_train.csv"), "--language", "en", "--vocab", str(en_vocab),
                  "--report", str(out), "--no-progress"])
-    assert code == 1
+    assert code == 0  # excluded rows are reported, not an error (--strict makes them one)
     data = json.loads(out.read_text())
     assert {"total", "kept", "hours_kept", "excluded"} <= set(data)
     assert data["total"] == 20 and data["kept"] == 6 and len(data["excluded"]) == 14
@@ -221,11 +221,18 @@ def test_validate_script_runs_as_a_program(bad_dataset, tmp_path):
     out = tmp_path / "r.json"
     proc = subprocess.run([sys.executable, str(script), str(bad_dataset / "metadata_train.csv"), "--report", str(out),
                            "--no-progress"], capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["kept"] == 8  # no vocab: text checks skipped
     assert "missing_file: 1" in proc.stderr and proc.stdout == ""
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "none.csv")], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("error: metadata file not found")
+    proc = subprocess.run([sys.executable, str(script), str(bad_dataset / "metadata_train.csv"), "--no-progress",
+                           "--strict"], capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: 12 of 20 rows excluded (--strict)")
+    header_only = tmp_path / "h.csv"
+    header_only.write_text("audio_file|text|speaker_name\n")
+    proc = subprocess.run([sys.executable, str(script), str(header_only), "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "has no rows" in proc.stderr.strip().splitlines()[-1], proc.stderr
 
 
 def test_protocol_only_tokenizer(bad_dataset, en_tokenizer):

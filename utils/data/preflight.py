@@ -150,6 +150,7 @@ class PreflightReport:
     limits: dict[str, float] = field(default_factory=dict)
     kept_rows: list[Row] = field(default_factory=list, repr=False)
     kept_hashes: dict[str, int] = field(default_factory=dict, repr=False)
+    flagged: list[dict[str, Any]] = field(default_factory=list)  # kept, but worth a look (see flag_rates)
 
     @property
     def excluded_share(self) -> float:
@@ -172,6 +173,7 @@ class PreflightReport:
             "conversions": self.conversions,
             "checks_skipped": self.checks_skipped,
             "limits": self.limits,
+            "flagged": self.flagged,
             "stats": dataset_stats(self.kept_rows),
         }
 
@@ -192,6 +194,10 @@ class PreflightReport:
             lines.append(f"  {self.converted} rows will be converted on load to 22050 Hz mono 16-bit ({what})")
         for check in self.checks_skipped:
             lines.append(f"  skipped check: {check}")
+        if self.flagged:
+            lines.append(f"  {len(self.flagged)} kept rows flagged for review (speaking rate far from the dataset's):")
+            for f in self.flagged[:examples]:
+                lines.append(f"    row {f['row']} {f['audio_file']}: {f['detail']}")
         for reason, count in self.reason_counts().items():
             lines.append(f"  {reason}: {count} ({REASONS.get(reason, '')})")
             for e in [e for e in self.excluded if e["reason"] == reason][:examples]:
@@ -359,7 +365,12 @@ def run_preflight(
     report.excluded = [screen.excluded[k] for k in sorted(screen.excluded)]
     report.kept_rows, report.kept_hashes, report.kept = kept, screen.seen_hashes, len(kept)
     report.hours_kept = sum(r.duration or 0.0 for r in kept) / 3600.0
+    report.flagged = flag_rates(report)
     logger.info("preflight %s: %d/%d rows kept, %.3f h", csv_path, report.kept, report.total, report.hours_kept)
+    if report.flagged:
+        logger.warning("preflight %s: %d kept rows have a speaking rate far from the rest (listed in the report, "
+                       "e.g. row %d: %s)", csv_path, len(report.flagged), report.flagged[0]["row"],
+                       report.flagged[0]["detail"])  # fmt: skip
     return report
 
 
@@ -385,7 +396,9 @@ class _Screen:
         if not r.audio_file:
             return self.exclude(r, Reason.MISSING_FILE, "audio_file column is empty")
         if not _inside(r.path, self.root):
-            return self.exclude(r, Reason.PATH_OUTSIDE_DATASET, f"resolves to {r.path}, outside {self.root}")
+            return self.exclude(r, Reason.PATH_OUTSIDE_DATASET, f"resolves to {r.path}, outside {self.root}; move the "
+                                f"file into that folder (paths relative to the CSV), or check against a folder that "
+                                f"holds both with scripts/validate_dataset.py --dataset-root DIR")  # fmt: skip
         if r.path in self.seen_paths:
             return self.exclude(r, Reason.DUPLICATE_ROW, f"same file as row {self.seen_paths[r.path]}")
         if r.path in self.other_paths:
@@ -413,6 +426,32 @@ class _Screen:
             for c in changes:
                 report.conversions[c] = report.conversions.get(c, 0) + 1
         return True
+
+
+# A transcript whose characters per second are this far from the dataset's median (by this factor,
+# either way) is flagged: "A" for a 2.3 s clip (0.4/s against ~14/s) has lost most of its words.
+RATE_FACTOR = 2.5
+RATE_MIN_ROWS = 5  # below this many rows the median means little: fixed bounds instead
+RATE_BOUNDS = (2.0, 40.0)  # characters per second, any language's speech
+
+
+def flag_rates(report: PreflightReport) -> list[dict[str, Any]]:
+    """Flag kept rows whose characters per second are far from the dataset's typical rate."""
+    rates = [(r, len(r.text.strip()) / r.duration) for r in report.kept_rows if r.duration]
+    if not rates:
+        return []
+    if len(rates) >= RATE_MIN_ROWS:
+        median = sorted(v for _, v in rates)[len(rates) // 2]
+        low, high, basis = median / RATE_FACTOR, median * RATE_FACTOR, f"dataset median {median:.1f}"
+    else:
+        (low, high), basis = RATE_BOUNDS, f"expected {RATE_BOUNDS[0]:g}-{RATE_BOUNDS[1]:g}"
+    flagged = []
+    for r, rate in rates:
+        if rate < low or rate > high:
+            hint = "the transcript may be missing words" if rate < low else "the audio may be cut short"
+            flagged.append({"row": r.row, "audio_file": r.audio_file, "reason": "chars_per_second",
+                            "detail": f"{rate:.1f} characters/s over {r.duration:.1f} s ({basis}): {hint}"})  # fmt: skip
+    return flagged
 
 
 def check_usable(

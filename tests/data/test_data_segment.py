@@ -59,39 +59,59 @@ def test_unusable_segments_are_reported_not_dropped():
     assert [s["reason"] for s in skipped] == ["too_short", "too_long"]
 
 
-def _rows(spec):
-    return [Row(i, f"wavs/{i}.wav", Path(f"/x/{i}.wav"), "t", spk, src) for i, (spk, src) in enumerate(spec)]
+def _rows(spec, texts=None):
+    return [Row(i, f"wavs/{i}.wav", Path(f"/x/{i}.wav"), texts[i] if texts else f"sentence {i}", spk, src)
+            for i, (spk, src) in enumerate(spec)]
 
 
 def test_split_by_source_keeps_recordings_whole_and_is_deterministic():
     rows = _rows([("a", f"rec{i % 7}") for i in range(70)])
     s1 = split_rows(rows, eval_fraction=0.1, seed=3)
     s2 = split_rows(list(reversed(rows)), eval_fraction=0.1, seed=3)
-    assert s1.info["by"] == "source"
+    assert s1.info["by"] == "source+text"  # one speaker: speaker dropped from the keys, and said so
+    assert "speaker appears in train and eval" in s1.info["note"]
     assert {r.audio_file for r in s1.eval} == {r.audio_file for r in s2.eval}
     train_src, eval_src = {r.source for r in s1.train}, {r.source for r in s1.eval}
     assert train_src.isdisjoint(eval_src) and len(s1.eval) == 10
     assert len(s1.train) + len(s1.eval) == 70
     # a new recording later does not move the existing ones
-    more = rows + _rows([("a", "rec_new")] * 10)
+    more = rows + _rows([("a", "rec_new")] * 10, texts=[f"new line {i}" for i in range(10)])
     s3 = split_rows(more, eval_fraction=0.1, seed=3)
     assert {r.source for r in s3.eval} <= eval_src | {"rec_new"}
     other = [split_rows(rows, eval_fraction=0.1, seed=k).info["eval_groups"] for k in range(6)]
     assert len({tuple(g) for g in other}) > 1  # the seed matters
 
 
-def test_split_by_speaker_then_by_clip_with_note():
+def test_split_by_speaker_then_by_sentence_then_by_clip_with_note():
     rows = _rows([("a", "")] * 10 + [("b", "")] * 10)
     s = split_rows(rows, eval_fraction=0.2)
-    assert s.info["by"] == "speaker" and len({r.speaker_name for r in s.eval}) == 1
+    assert s.info["by"] == "source+speaker+text" and len({r.speaker_name for r in s.eval}) == 1
     one = _rows([("a", "rec")] * 20)
     s = split_rows(one, eval_fraction=0.1)
-    assert s.info["by"] == "clip" and len(s.eval) == 2 and "split by clip" in s.info["note"]
+    assert s.info["by"] == "text" and len(s.eval) == 2 and "source and speaker appears" in s.info["note"]
+    same = _rows([("a", "rec")] * 4, texts=["Hello there."] * 4)
+    s = split_rows(same, eval_fraction=0.3)
+    assert s.info["by"] == "clip" and "split by clip" in s.info["note"] and len(s.eval) == 1
     tiny = _rows([("a", "rec")] * 2)
     s = split_rows(tiny, eval_fraction=0.1)
     assert len(s.eval) == 1 and len(s.train) == 1
     with pytest.raises(DataError, match="at least 2"):
         split_rows(tiny[:1])
+
+
+def test_split_keeps_speakers_and_sentences_on_one_side():
+    # speaker x in recordings r1 and r2; the sentence "Good morning!" said by x (r1) and by y (r3)
+    spec = [("x", "r1")] * 6 + [("x", "r2")] * 6 + [("y", "r3")] * 6 + [("z", "r4")] * 6 + [("w", "r5")] * 6
+    texts = [f"line {i}" for i in range(30)]
+    texts[0], texts[12] = "Good morning!", "good  morning"
+    rows = _rows(spec, texts)
+    for seed in range(8):
+        s = split_rows(rows, eval_fraction=0.2, seed=seed)
+        assert s.info["by"] == "source+speaker+text"
+        for key in (lambda r: r.speaker_name, lambda r: r.source, lambda r: r.text.lower().strip("!").split()):
+            tr, ev = {str(key(r)) for r in s.train}, {str(key(r)) for r in s.eval}
+            assert tr.isdisjoint(ev), (seed, tr & ev)
+        assert 1 <= len(s.eval) < 30
 
 
 def test_split_uneven_sources_eval_never_empty():
@@ -100,17 +120,17 @@ def test_split_uneven_sources_eval_never_empty():
     assert len(s.eval) == 8 and {r.source for r in s.eval} == {"small"} and s.info["note"]
 
 
-def test_refine_word_times_pulls_stretched_ends_out_of_silence():
+def test_snap_words_pulls_stretched_ends_out_of_silence():
     import numpy as np
 
-    from utils.data.segment import refine_word_times
+    from utils.data.boundaries import frame_levels, snap_words
 
     sr = 16000
     rng = np.random.default_rng(0)
-    audio = np.zeros(4 * sr, dtype=np.float32)
-    audio[sr: 2 * sr] = 0.3 * rng.standard_normal(sr).astype(np.float32)  # "speech" 1.0-2.0 s
+    audio = (1e-4 * rng.standard_normal(4 * sr)).astype(np.float32)
+    audio[sr: 2 * sr] += 0.3 * rng.standard_normal(sr).astype(np.float32)  # "speech" 1.0-2.0 s
     words = [Word(0.9, 1.5, " a"), Word(1.5, 3.2, " b."), Word(3.3, 3.5, " c")]  # b stretched into silence
-    out = refine_word_times(words, audio, sr)
-    assert out[0].start == pytest.approx(0.95, abs=0.011) and out[0].end == 1.5
-    assert out[1].end == pytest.approx(2.05, abs=0.011)
+    out = snap_words(words, frame_levels(audio, sr))
+    assert out[0].start == pytest.approx(0.97, abs=0.021) and out[0].end == 1.5
+    assert out[1].end == pytest.approx(2.03, abs=0.021)
     assert out[2] == words[2]  # no voiced frame: unchanged

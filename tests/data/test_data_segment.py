@@ -134,3 +134,64 @@ def test_snap_words_pulls_stretched_ends_out_of_silence():
     assert out[0].start == pytest.approx(0.97, abs=0.021) and out[0].end == 1.5
     assert out[1].end == pytest.approx(2.03, abs=0.021)
     assert out[2] == words[2]  # no voiced frame: unchanged
+
+
+def _bursts(spec, sr=16000, total=None, seed=0):
+    """Noise bursts as 'words' at known times over a -60 dB noise floor: (audio, words)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    total = total or spec[-1][1] + 1.0
+    audio = (1e-3 * rng.standard_normal(int(total * sr))).astype(np.float32)
+    for s, e, _ in spec:
+        audio[int(s * sr): int(e * sr)] += (0.2 * rng.standard_normal(int(e * sr) - int(s * sr))).astype(np.float32)
+    return audio, total
+
+
+def test_edges_go_in_measured_pauses_even_when_word_times_are_off():
+    from utils.data.boundaries import frame_levels
+
+    truth = [(0.5, 1.0, "one"), (1.04, 1.6, "two."), (2.2, 2.7, "three"), (2.74, 3.3, "four.")]
+    audio, total = _bursts(truth)
+    # the ASR's times are late by 0.12 s and stretch the sentence ends into the pause
+    words = [Word(s + 0.12, e + 0.12 + (0.3 if t.endswith(".") else 0.0), " " + t) for s, e, t in truth]
+    levels = frame_levels(audio, 16000)
+    segs, skipped = segment_words(words, total_s=total, levels=levels, limits=SegmentLimits(short_s=0.5))
+    assert skipped == [] and [s.text for s in segs] == ["one two.", "three four."]
+    for s in segs:
+        for edge in (s.start, s.end):
+            assert not any(a - 0.005 < edge < b + 0.005 for a, b, _ in truth), edge
+    assert segs[0].end == pytest.approx(1.6 + 0.15, abs=0.03) and segs[1].start == pytest.approx(2.2 - 0.15, abs=0.03)
+    assert segs[0].margin_end == pytest.approx(0.15, abs=0.03)
+
+
+def test_run_on_splits_at_the_widest_pause_and_no_pause_means_no_clip():
+    from utils.data.boundaries import frame_levels
+
+    # 24 words of 0.45 s with 40 ms gaps, one 200 ms pause after word 11: 12 s of speech
+    truth, t = [], 0.3
+    for i in range(24):
+        truth.append((t, t + 0.45, f"w{i}"))
+        t += 0.45 + (0.2 if i == 11 else 0.04)
+    audio, total = _bursts(truth)
+    words = [Word(s, e, " " + w) for s, e, w in truth]
+    segs, skipped = segment_words(words, total_s=total, levels=frame_levels(audio, 16000))
+    assert skipped == [] and [s.text.split()[-1] for s in segs] == ["w11", "w23"]
+    assert truth[11][1] < segs[0].end <= truth[12][0] and segs[0].end == segs[1].start
+    # without any pause (a speaker change inside continuous sound) nothing can be cut cleanly
+    solid = [(0.3, 12.5, "x")]
+    audio, total = _bursts(solid, total=13.0)
+    words = [Word(0.3 + i * 0.5, 0.3 + i * 0.5 + 0.5, f" v{i}") for i in range(24)]
+    segs, skipped = segment_words(words, total_s=total, levels=frame_levels(audio, 16000),
+                                  speakers=[0] * 12 + [1] * 12)
+    assert segs == [] and {s["reason"] for s in skipped} == {"no_clean_cut"}
+    assert "no pause between 'v11' and 'v12'" in skipped[0]["detail"]
+    segs, skipped = segment_words(words, total_s=total, levels=frame_levels(audio, 16000))
+    assert segs == [] and [s["reason"] for s in skipped] == ["too_long"]
+
+
+def test_two_speakers_are_never_merged():
+    words = _words([(0.0, 0.5, "Yes."), (0.9, 1.4, "No."), (1.8, 2.3, "Maybe.")])
+    segs, _ = segment_words(words, total_s=3.0, speakers=[0, 1, 1])
+    assert [(s.text, s.speaker) for s in segs] == [("Yes.", 0), ("No. Maybe.", 1)]
+    assert segs[0].end <= segs[1].start

@@ -66,7 +66,7 @@ class Gap:
 
 
 def frame_levels(audio: np.ndarray, sr: int, hop_s: float = HOP_S, min_rise_db: float = 8.0,
-                 peak_rise_db: float = 10.0) -> Levels:
+                 peak_rise_db: float = 10.0, near_s: float = 0.15) -> Levels:
     """Frame RMS in dB and which frames are quiet.
 
     The threshold sits ``min_rise_db`` above the noise floor (5th percentile), or 25 dB below
@@ -85,10 +85,18 @@ def frame_levels(audio: np.ndarray, sr: int, hop_s: float = HOP_S, min_rise_db: 
     floor, speech = float(np.percentile(db, 5)), float(np.percentile(db, 95))
     thr = max(floor + min_rise_db, min(floor + 0.25 * (speech - floor), speech - 25.0))
     quiet = db < thr
-    # hysteresis: a loud run that never rises ``peak_rise_db`` above the threshold is a noise swell
-    # (pink noise moves several dB over tens of ms), not a word
-    for a, b in _runs(~quiet):
-        if db[a:b].max() < thr + peak_rise_db:
+    # hysteresis: a weak loud run (never ``peak_rise_db`` above the threshold) far from any strong
+    # one is a noise swell (pink noise moves several dB over tens of ms); near a word it is a weak
+    # consonant (a final 's' or 't' after its closure) and stays speech
+    runs = _runs(~quiet)
+    strong = np.zeros(n, dtype=bool)
+    for a, b in runs:
+        if db[a:b].max() >= thr + peak_rise_db:
+            strong[a:b] = True
+    reach = int(round(near_s / hop_s))
+    near = np.convolve(strong.astype(np.int8), np.ones(2 * reach + 1, dtype=np.int8), mode="same") > 0
+    for a, b in runs:
+        if not near[a:b].any():
             quiet[a:b] = True
     return Levels(db, quiet, thr, hop_s)
 

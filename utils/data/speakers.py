@@ -50,6 +50,35 @@ class SpeakerLabels:
     reference_similarity: dict[int, float] = field(default_factory=dict)
 
 
+def _hz_to_slaney_mel(f: np.ndarray) -> np.ndarray:
+    f = np.asarray(f, dtype=np.float64)
+    lin = f / (200.0 / 3)
+    log_start = 1000.0 / (200.0 / 3)
+    return np.where(f >= 1000.0, log_start + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0), lin)
+
+
+def _slaney_mel_to_hz(m: np.ndarray) -> np.ndarray:
+    log_start = 1000.0 / (200.0 / 3)
+    return np.where(m >= log_start, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - log_start)), m * (200.0 / 3))
+
+
+def slaney_mel_filters(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """librosa's default mel filterbank (Slaney scale and area normalisation, 0 Hz to sr/2).
+
+    Computed here because importing librosa costs seconds in a fresh process; equal to
+    ``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)`` (checked in the tests).
+    """
+    fft_hz = np.linspace(0, sr / 2, 1 + n_fft // 2)
+    mel_hz = _slaney_mel_to_hz(np.linspace(_hz_to_slaney_mel(0.0), _hz_to_slaney_mel(sr / 2.0), n_mels + 2))
+    fdiff = np.diff(mel_hz)
+    ramps = mel_hz[:, None] - fft_hz[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_hz[2: n_mels + 2] - mel_hz[:n_mels]))[:, None]
+    return weights.astype(np.float32)
+
+
 class SpeakerEncoder:
     """Resemblyzer's GE2E ``VoiceEncoder``, loaded on first use, embedding many pieces in one batch.
 
@@ -76,9 +105,7 @@ class SpeakerEncoder:
     def _mel(self, wav: np.ndarray) -> np.ndarray:
         n_fft, hop = 400, 160
         if self._fb is None:
-            from librosa.filters import mel
-
-            self._fb = mel(sr=ENCODER_SR, n_fft=n_fft, n_mels=40).astype(np.float32)
+            self._fb = slaney_mel_filters(ENCODER_SR, n_fft, 40)
         x = np.pad(wav, n_fft // 2)
         n = 1 + (len(x) - n_fft) // hop
         idx = np.arange(n_fft)[None, :] + hop * np.arange(n)[:, None]

@@ -77,6 +77,11 @@ def frame_levels(audio: np.ndarray, sr: int, hop_s: float = HOP_S, min_rise_db: 
     n = len(audio) // hop
     if n == 0:
         return Levels(np.zeros(0), np.zeros(0, dtype=bool), 0.0, hop_s)
+    from scipy.signal import butter, sosfilt
+
+    # rumble below 80 Hz (handling, air conditioning, unfiltered pink noise) swings the level over
+    # whole pauses and carries no speech cue worth cutting by
+    audio = sosfilt(butter(2, 80.0, btype="highpass", fs=sr, output="sos"), audio)
     frames = audio[: n * hop].reshape(n, hop).astype(np.float64)
     power = np.mean(frames**2, axis=1)
     # a 30 ms window (3 frames) steadies noise, so a noisy pause reads as one quiet run

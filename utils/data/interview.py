@@ -50,6 +50,12 @@ LONG_SCRIPT_EXTRA: tuple[tuple[str, str, float], ...] = (
     ("guest", "I agree completely.", 0.4),
     ("host", "Where can listeners learn more about the project?", 1.0),
     ("guest", "Our website has the recordings and the stories behind them.", 0.5),
+    ("host", "Before we finish, what would you tell someone who wants to start a similar project?", 0.8),
+    ("guest", "Start small, record every day, and listen to everything you record.", 0.5),
+    ("host", "Is there a mistake you would avoid next time?", 1.3),
+    ("guest", "We kept some noisy files for too long, and they cost us weeks later on.", 0.4),
+    ("host", "How did you fix that?", 0.6),
+    ("guest", "We checked each clip by ear and wrote down every problem we heard.", 2.0),
     ("host", "Thank you for coming.", 0.6),
     ("guest", "It was a pleasure.", 1.0),
 )

@@ -77,3 +77,19 @@ def load_audio_array(audio: np.ndarray, sr: int) -> np.ndarray:
     from utils.data.audio import resample
 
     return resample(audio.astype(np.float32), sr, 16000)
+
+
+def test_average_linkage_matches_scikit_learn():
+    cluster = pytest.importorskip("sklearn.cluster")
+    from utils.data.speakers import average_linkage
+
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        centres = rng.standard_normal((3, 16))
+        x = np.concatenate([c + 0.5 * rng.standard_normal((7, 16)) for c in centres])
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        for ours, ref in ((average_linkage(x, 0.5), cluster.AgglomerativeClustering(
+                n_clusters=None, metric="cosine", linkage="average", distance_threshold=0.5).fit_predict(x)),
+                          (average_linkage(x, 0.5, 2), cluster.AgglomerativeClustering(
+                              n_clusters=2, metric="cosine", linkage="average").fit_predict(x))):
+            assert (ours[:, None] == ours[None, :]).tolist() == (ref[:, None] == ref[None, :]).tolist()

@@ -65,27 +65,49 @@ class Gap:
         return self.end - self.start
 
 
-def frame_levels(audio: np.ndarray, sr: int, hop_s: float = HOP_S, min_rise_db: float = 8.0,
-                 peak_rise_db: float = 10.0, near_s: float = 0.15) -> Levels:
-    """Frame RMS in dB and which frames are quiet.
+def band_power(audio: np.ndarray, sr: int, bands_hz: Sequence[tuple[float, float]], hop_s: float = HOP_S,
+               win_s: float = 0.032) -> np.ndarray:
+    """Power in frequency bands per ``hop_s`` frame (Hann window of ``win_s`` centred on the frame).
 
-    The threshold sits ``min_rise_db`` above the noise floor (5th percentile), or 25 dB below
-    the speech level (95th percentile) when that is higher and still under a quarter of the way
-    from floor to speech: silent gaps in noisy audio and in clean digital silence both count.
+    Returns:
+        (frames, bands) array; frame i covers [i * hop_s, (i + 1) * hop_s). One short-time
+        Fourier transform serves the frame levels and the fingerprint.
     """
-    hop = max(1, int(round(hop_s * sr)))
+    hop, win = max(1, int(round(hop_s * sr))), max(2, int(round(win_s * sr)))
     n = len(audio) // hop
+    out = np.zeros((n, len(bands_hz)))
+    if n == 0:
+        return out
+    x = np.pad(np.asarray(audio, dtype=np.float32), (win // 2 - hop // 2, win))
+    bins = np.fft.rfftfreq(win, 1.0 / sr)
+    ranges = [(int(np.searchsorted(bins, lo)), int(np.searchsorted(bins, hi, side="right"))) for lo, hi in bands_hz]
+    window = np.hanning(win).astype(np.float32)
+    for k0 in range(0, n, 8192):  # blocks of frames keep memory flat for hour-long inputs
+        idx = np.arange(win)[None, :] + hop * np.arange(k0, min(n, k0 + 8192))[:, None]
+        spec = np.abs(np.fft.rfft(x[idx] * window, axis=1)) ** 2
+        csum = np.concatenate([np.zeros((len(spec), 1)), np.cumsum(spec, axis=1)], axis=1)
+        out[k0: k0 + len(spec)] = np.stack([csum[:, b] - csum[:, a] for a, b in ranges], axis=1) / (win * win)
+    return out
+
+
+def frame_levels(audio: np.ndarray, sr: int, hop_s: float = HOP_S, min_rise_db: float = 8.0,
+                 peak_rise_db: float = 10.0, near_s: float = 0.15, power: np.ndarray | None = None) -> Levels:
+    """Frame level in dB (speech band, 80 Hz up) and which frames are quiet.
+
+    Rumble below 80 Hz (handling, air conditioning) swings the level over whole pauses and is
+    left out. The threshold sits ``min_rise_db`` above the noise floor (5th percentile), or 25 dB
+    below the speech level (95th percentile) when that is higher and still under a quarter of
+    the way from floor to speech: silent gaps in noisy audio and in clean digital silence both
+    count.
+
+    Args:
+        power: the speech-band power per frame when already computed (see :func:`band_power`).
+    """
+    if power is None:
+        power = band_power(audio, sr, [(80.0, sr / 2)], hop_s)[:, 0]
+    n = len(power)
     if n == 0:
         return Levels(np.zeros(0), np.zeros(0, dtype=bool), 0.0, hop_s)
-    from scipy.signal import butter, sosfilt
-
-    # rumble below 80 Hz (handling, air conditioning, unfiltered pink noise) swings the level over
-    # whole pauses and carries no speech cue worth cutting by
-    audio = sosfilt(butter(2, 80.0, btype="highpass", fs=sr, output="sos"), audio)
-    frames = audio[: n * hop].reshape(n, hop).astype(np.float64)
-    power = np.mean(frames**2, axis=1)
-    # a 30 ms window (3 frames) steadies noise, so a noisy pause reads as one quiet run
-    power = np.convolve(power, np.ones(3) / 3, mode="same")
     db = 10 * np.log10(power + 1e-10)
     floor, speech = float(np.percentile(db, 5)), float(np.percentile(db, 95))
     thr = max(floor + min_rise_db, min(floor + 0.25 * (speech - floor), speech - 25.0))

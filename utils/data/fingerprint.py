@@ -41,29 +41,26 @@ class AudioPrint:
     duration: float
 
 
-def _band_edges(n_bins: int) -> np.ndarray:
-    # log-spaced from 100 Hz to 7.6 kHz over a 512-point FFT at 16 kHz
-    hz = np.geomspace(100.0, 7600.0, N_BANDS + 1)
-    return np.clip(np.round(hz / (FP_SR / 2) * (n_bins - 1)).astype(int), 1, n_bins - 1)
+# log-spaced from 100 Hz to 7.6 kHz
+BANDS_HZ: tuple[tuple[float, float], ...] = tuple(
+    (float(a), float(b)) for a, b in zip(np.geomspace(100.0, 7600.0, N_BANDS + 1)[:-1],
+                                         np.geomspace(100.0, 7600.0, N_BANDS + 1)[1:]))
 
 
-def audio_print(audio16k: np.ndarray) -> AudioPrint:
-    """Fingerprint of 16 kHz mono float audio."""
+def audio_print(audio16k: np.ndarray, bands: np.ndarray | None = None) -> AudioPrint:
+    """Fingerprint of 16 kHz mono float audio.
+
+    Args:
+        bands: power in ``BANDS_HZ`` per 10 ms frame when already computed
+            (``boundaries.band_power``), else computed here.
+    """
+    from utils.data.boundaries import band_power
+
     pcm = np.round(np.clip(audio16k, -1.0, 1.0) * 32767).astype("<i2")
     exact = hashlib.blake2b(pcm.tobytes(), digest_size=16).hexdigest()
-    hop, win = 160, 512
-    n = max(0, (len(audio16k) - win) // hop + 1)
-    if n == 0:
-        return AudioPrint(exact, np.zeros((0, N_BANDS), dtype=np.float32), len(audio16k) / FP_SR)
-    edges = _band_edges(win // 2 + 1)
-    window = np.hanning(win).astype(np.float32)
-    blocks = []
-    for k0 in range(0, n, 8192):  # blocks of frames keep memory flat for hour-long inputs
-        idx = np.arange(win)[None, :] + hop * np.arange(k0, min(n, k0 + 8192))[:, None]
-        spec = np.abs(np.fft.rfft(audio16k[idx] * window, axis=1)) ** 2
-        blocks.append(np.stack([spec[:, a:b].sum(axis=1) for a, b in zip(edges[:-1], edges[1:])], axis=1))
-    bands = np.concatenate(blocks)
-    per = int(FRAME_S * FP_SR / hop)
+    if bands is None:
+        bands = band_power(audio16k, FP_SR, BANDS_HZ)
+    per = int(round(FRAME_S / 0.01))
     m = len(bands) // per
     coarse = bands[: m * per].reshape(m, per, N_BANDS).mean(axis=1)
     return AudioPrint(exact, (10 * np.log10(coarse + 1e-10)).astype(np.float32), len(audio16k) / FP_SR)

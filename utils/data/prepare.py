@@ -23,9 +23,11 @@ import numpy as np
 
 from utils.data import review
 from utils.data.audio import MEDIA_EXTENSIONS, TARGET_SR, load_audio, resample
-from utils.data.boundaries import frame_levels, snap_words, word_gaps
+from utils.data.boundaries import band_power, frame_levels, snap_words, word_gaps
 from utils.data.dataset_folder import DatasetFolder, fingerprint
-from utils.data.fingerprint import NEAR_THRESHOLD, AudioPrint, audio_print, load_print, save_print, similarity
+from utils.data.fingerprint import (
+    BANDS_HZ, NEAR_THRESHOLD, AudioPrint, audio_print, load_print, save_print, similarity,
+)
 from utils.data.segment import SegmentLimits, Word, segment_words
 from utils.data.speakers import SpeakerEncoder, SpeakerOptions, label_words
 from utils.data.text import approx_token_count
@@ -109,12 +111,12 @@ def _duplicate_of(ds: DatasetFolder, ap: AudioPrint, taken: dict[str, AudioPrint
     return best if best is not None and best[1] >= NEAR_THRESHOLD else None
 
 
-def _cut_recording(audio: np.ndarray, audio16: np.ndarray, words: list[Word], sid: str, plan: SpeakerPlan,
-                   encoder: SpeakerEncoder | None, reference: np.ndarray | None, limits: SegmentLimits,
-                   count_tokens: Callable[[str], int]) -> tuple[list[tuple], list[dict[str, Any]], dict[str, Any]]:
+def _cut_recording(audio: np.ndarray, audio16: np.ndarray, power: np.ndarray, words: list[Word], sid: str,
+                   plan: SpeakerPlan, encoder: SpeakerEncoder | None, reference: np.ndarray | None,
+                   limits: SegmentLimits, count_tokens: Callable[[str], int]) -> tuple[list[tuple], list[dict[str, Any]], dict[str, Any]]:
     """Clips (audio, text, start, end, meta), skipped spans and speaker facts of one recording."""
     total_s = len(audio) / TARGET_SR
-    levels = frame_levels(audio16, WHISPER_SR)
+    levels = frame_levels(audio16, WHISPER_SR, power=power)
     words = [w for w in snap_words(words, levels) if w.text.strip()]
     labels = None
     if plan.diarize and encoder is not None and words:
@@ -218,7 +220,8 @@ def prepare_dataset(
         if audio is None:
             continue
         audio16 = resample(audio, TARGET_SR, WHISPER_SR)
-        ap = audio_print(audio16)
+        power = band_power(audio16, WHISPER_SR, BANDS_HZ + ((80.0, WHISPER_SR / 2),))  # one STFT for both uses
+        ap = audio_print(audio16, power[:, :-1])
         dup = _duplicate_of(ds, ap, taken)
         if dup is not None:
             n_dup += 1
@@ -229,8 +232,8 @@ def prepare_dataset(
         bar.refresh()
         words, lang = transcriber(audio16, bar if progress else None)
         sid = ds.new_source_id(f, fp)
-        clips, skipped, facts = _cut_recording(audio, audio16, words, sid, plan, encoder, reference, limits,
-                                               count_tokens)
+        clips, skipped, facts = _cut_recording(audio, audio16, power[:, -1], words, sid, plan, encoder, reference,
+                                               limits, count_tokens)
         ds.clear_failed(str(f))
         n_new += ds.add_source(sid, file=str(f), fp=fp, clips=clips, speaker=plan.name, skipped=skipped,
                                tool="prepare_dataset",

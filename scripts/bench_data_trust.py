@@ -100,10 +100,13 @@ def run(model: str, work: Path, device: str) -> dict:
     offset = _offset_s(files[0], original, sr)
     voiced = [Voiced(v.start + offset, v.end + offset, v.speaker, v.text) for v in iv.voiced]
     asr = TimedTranscriber(load_transcriber(model, device=device, language="en"))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), os.times()
     rep = prepare_dataset([inputs], work / "ds", transcriber=asr, speaker=SpeakerPlan(name="guest", others="keep"),
                           progress=False)
     wall = time.perf_counter() - t0
+    c1 = os.times()
+    cpu = (c1.user - c0.user) + (c1.system - c0.system) + (c1.children_user - c0.children_user) + (
+        c1.children_system - c0.children_system)
     result = _score(work / "ds", rep, voiced)
     result["edges_inside_a_word_at"] = edges_inside_speech(
         [e for m in rep["clips"].values() for e in (m["start"], m["end"])], voiced)
@@ -111,6 +114,8 @@ def run(model: str, work: Path, device: str) -> dict:
         "audio_s": round(iv.duration, 2), "speech_s": round(iv.speech_seconds(), 2), "inputs": len(files),
         "decode_offset_s": round(offset, 4), "wall_s": round(wall, 2), "asr_s": round(asr.seconds, 2),
         "x_real_time": round(iv.duration / wall, 2), "x_real_time_asr_only": round(iv.duration / asr.seconds, 2),
+        "cpu_s": round(cpu, 2), "cpu_s_per_audio_s": round(cpu / iv.duration, 3),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "device": device, "cores": len(os.sched_getaffinity(0)),
     })
     return result

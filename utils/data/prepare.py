@@ -207,6 +207,8 @@ def prepare_dataset(
     if todo and transcriber is None:
         transcriber = _load_whisper(whisper_model, device, compute_type, language, batch_size)
     encoder = (speaker_encoder or SpeakerEncoder()) if plan.diarize and todo else None
+    if encoder is not None:
+        encoder.warm_up()  # torch's import and the weights load while the first file is decoded and transcribed
     reference = _reference_embedding(plan, encoder)
     taken: dict[str, AudioPrint] = {}
     prints: dict[str, AudioPrint] = {}

@@ -11,6 +11,7 @@ diarisation (downloadable, see the README) handles overlapping and pause-free tu
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -94,13 +95,21 @@ class SpeakerEncoder:
         self.device = device
         self._enc = None
         self._fb: np.ndarray | None = None
+        self._lock = threading.Lock()
 
     def _encoder(self):
-        if self._enc is None:
-            from resemblyzer import VoiceEncoder
+        with self._lock:
+            if self._enc is None:
+                from resemblyzer import VoiceEncoder
 
-            self._enc = VoiceEncoder(device=self.device, verbose=False)
+                self._enc = VoiceEncoder(device=self.device, verbose=False)
         return self._enc
+
+    def warm_up(self) -> threading.Thread:
+        """Import torch and load the encoder in a background thread (e.g. while the ASR runs)."""
+        t = threading.Thread(target=self._encoder, name="ge2e-load", daemon=True)
+        t.start()
+        return t
 
     def _mel(self, wav: np.ndarray) -> np.ndarray:
         n_fft, hop = 400, 160

@@ -65,6 +65,7 @@ def test_speakers_are_consistent_and_named(kept_all, interview):
     by_name: dict[str, set[str]] = {}
     for r in _rows(out):
         m = rep["clips"][r.audio_file]
+        assert m["speaker"] == r.speaker_name
         by_name.setdefault(r.speaker_name, set()).update(speakers_in(m["start"], m["end"], interview.voiced))
     # the guest speaks most, so the target name goes to the guest; the host is the other voice
     assert by_name.pop("guest") == {"guest"}

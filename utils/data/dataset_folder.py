@@ -148,7 +148,7 @@ class DatasetFolder:
         row = Row(row=0, audio_file=rel, path=(self.root / rel).resolve(), text=text,
                   speaker_name=speaker, source=source, duration=duration)
         self.rows.append(row)
-        self.report["clips"][rel] = {"source": source, **meta, "duration": round(duration, 4)}
+        self.report["clips"][rel] = {"source": source, "speaker": speaker, **meta, "duration": round(duration, 4)}
         return row
 
     def write_report(self) -> Path:

@@ -113,12 +113,10 @@ def _pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     return (noise / (np.sqrt(np.mean(noise**2)) + 1e-12)).astype(np.float32)
 
 
-def _runon(text: str, voice: str, tmp: Path, speed: int, rng: np.random.Generator) -> tuple[list[np.ndarray], list[str]]:
-    """Words spoken one by one; gaps of 30-50 ms, 120-220 ms after a comma."""
-    parts, words = [], text.split()
-    for w in words:
-        parts.append(_speak(w.strip(",."), voice, tmp, speed))
-    return parts, words
+def _runon(text: str, voice: str, tmp: Path, speed: int) -> tuple[list[np.ndarray], list[str]]:
+    """Each word spoken on its own (the caller joins them with gaps of known length)."""
+    words = text.split()
+    return [_speak(w.strip(",."), voice, tmp, speed) for w in words], words
 
 
 def make_interview(
@@ -132,7 +130,8 @@ def make_interview(
     """Write the interview as a 22.05 kHz mono WAV at ``out_path`` and return its truth.
 
     Args:
-        script: (speaker, text, pause after) per turn; speakers are keys of ``VOICES``.
+        script: (speaker, text, pause after) per turn; speakers are keys of ``VOICES``. In a
+            run-on, words are joined by gaps of 30-50 ms, 120-220 ms after a comma.
         noise_db: pink-noise level in dB full scale (RMS).
     """
     rng = np.random.default_rng(seed)
@@ -146,7 +145,7 @@ def make_interview(
         for speaker, text, pause in script:
             voice = VOICES[speaker]
             if text.startswith("RUNON:"):
-                parts, words = _runon(text[len("RUNON:"):], voice, tmp, speed, rng)
+                parts, words = _runon(text[len("RUNON:"):], voice, tmp, speed)
                 for k, (a, w) in enumerate(zip(parts, words)):
                     voiced.append(Voiced(t, t + len(a) / sr, speaker, w))
                     chunks.append(a)

@@ -59,6 +59,33 @@ def _read_input(path: Path) -> tuple[list[tuple[Path, Row]], dict[str, Any], Pat
     return rows, clips, root
 
 
+def _unique_tag(base: str, tags: set[str]) -> str:
+    tag, n = base, 1
+    while tag in tags:
+        n += 1
+        tag = f"{base}-{n}"
+    tags.add(tag)
+    return tag
+
+
+def _check_row(r: Row, where: dict[str, Any], seen_audio: dict[str, str], seen_text: dict[tuple[str, str], str],
+               dedupe_text: bool) -> tuple[np.ndarray, str, tuple[str, str]] | dict[str, Any]:
+    """(audio, audio hash, text key) of a row to keep, or its removal entry."""
+    try:
+        audio, _ = load_audio(r.path, TARGET_SR)
+    except DataError as exc:
+        return {**where, "reason": "unreadable_audio", "detail": str(exc)}
+    h = audio_hash(audio)
+    if h in seen_audio:
+        return {**where, "reason": "duplicate_audio", "detail": f"same audio as {seen_audio[h]}",
+                "duplicate_of": seen_audio[h]}
+    tkey = (r.speaker_name, normalise_for_dedupe(r.text))
+    if dedupe_text and tkey[1] and tkey in seen_text:
+        return {**where, "reason": "duplicate_text", "detail": f"same speaker and text as {seen_text[tkey]}",
+                "duplicate_of": seen_text[tkey]}
+    return audio, h, tkey
+
+
 def merge_datasets(
     inputs: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -97,33 +124,18 @@ def merge_datasets(
     total = sum(len(rows) for _, rows, _, _ in loaded)
     bar = tqdm(total=total, desc="merge", unit="clip", disable=not progress)
     for path, rows, clips, _root in loaded:
-        tag = slug(path.stem if path.is_file() else path.resolve().name, 24)
-        base, n = tag, 1
-        while tag in tags:
-            n += 1
-            tag = f"{base}-{n}"
-        tags.add(tag)
+        tag = _unique_tag(slug(path.stem if path.is_file() else path.resolve().name, 24), tags)
         kept = 0
         for csv_path, r in rows:
             bar.update()
             origin = f"{csv_path}:{r.row}"  # the CSV file and its line: unambiguous across inputs
             rel_in = str(Path(r.audio_file))
             where = {"input": str(path), "csv": str(csv_path), "row": r.row, "audio_file": r.audio_file}
-            try:
-                audio, _ = load_audio(r.path, TARGET_SR)
-            except DataError as exc:
-                removed.append({**where, "reason": "unreadable_audio", "detail": str(exc)})
+            got = _check_row(r, where, seen_audio, seen_text, dedupe_text)
+            if isinstance(got, dict):
+                removed.append(got)
                 continue
-            h = audio_hash(audio)
-            if h in seen_audio:
-                removed.append({**where, "reason": "duplicate_audio", "detail": f"same audio as {seen_audio[h]}",
-                                "duplicate_of": seen_audio[h]})
-                continue
-            tkey = (r.speaker_name, normalise_for_dedupe(r.text))
-            if dedupe_text and tkey[1] and tkey in seen_text:
-                removed.append({**where, "reason": "duplicate_text",
-                                "detail": f"same speaker and text as {seen_text[tkey]}", "duplicate_of": seen_text[tkey]})
-                continue
+            audio, h, tkey = got
             seen_audio[h] = origin
             seen_text[tkey] = origin
             flat = slug(str(Path(rel_in).with_suffix("")).replace(os.sep, "__"), 120)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -209,44 +209,21 @@ def prepare_dataset(
     encoder = (speaker_encoder or SpeakerEncoder()) if plan.diarize and todo else None
     if encoder is not None:
         encoder.warm_up()  # torch's import and the weights load while the first file is decoded and transcribed
-    reference = _reference_embedding(plan, encoder)
-    taken: dict[str, AudioPrint] = {}
-    prints: dict[str, AudioPrint] = {}
-    n_new, n_dup = 0, 0
+    run = _Run(ds, transcriber, plan, encoder, _reference_embedding(plan, encoder), limits, count_tokens)
     # one bar in seconds of audio: its total grows as each file is decoded
     bar = tqdm(total=0.0, desc="prepare", unit="audio s", disable=not progress,
                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]{postfix}")
+    n_new, n_dup = 0, 0
     for i, (f, fp) in enumerate(todo, start=1):
         bar.set_postfix_str(f"file {i}/{len(todo)} {f.name[:30]}")
-        audio = _decode(ds, f)
-        if audio is None:
-            continue
-        audio16 = resample(audio, TARGET_SR, WHISPER_SR)
-        power = band_power(audio16, WHISPER_SR, BANDS_HZ + ((80.0, WHISPER_SR / 2),))  # one STFT for both uses
-        ap = audio_print(audio16, power[:, :-1])
-        dup = _duplicate_of(ds, ap, taken)
-        if dup is not None:
-            n_dup += 1
-            _record_duplicate(ds, f, fp, dup, ap)
-            continue
-        total_s = len(audio) / TARGET_SR
-        bar.total += total_s
-        bar.refresh()
-        words, lang = transcriber(audio16, bar if progress else None)
-        sid = ds.new_source_id(f, fp)
-        clips, skipped, facts = _cut_recording(audio, audio16, power[:, -1], words, sid, plan, encoder, reference,
-                                               limits, count_tokens)
-        ds.clear_failed(str(f))
-        n_new += ds.add_source(sid, file=str(f), fp=fp, clips=clips, speaker=plan.name, skipped=skipped,
-                               tool="prepare_dataset",
-                               extra={"language": lang, "duration_s": round(total_s, 3),
-                                      "audio_fingerprint": ap.exact, **facts})
-        taken[sid] = prints[sid] = ap
+        added = run.take(f, fp, bar if progress else None)
+        n_new += max(0, added)
+        n_dup += added == DUPLICATE
     bar.close()
     if not ds.rows:
         failed = "; ".join(f"{x['file']}: {x['reason']}" for x in ds.report["failed_inputs"]) or "no speech found"
         raise DataError(f"no clips could be made ({failed}); check the inputs are audio with speech")
-    for sid, ap in prints.items():
+    for sid, ap in run.prints.items():
         save_print(ds.root, sid, ap)
     _review(ds, recheck)
     ds.report["last_run"] = {"tool": "prepare_dataset", "new_inputs": len(todo), "new_clips": n_new,
@@ -254,6 +231,55 @@ def prepare_dataset(
     report = ds.save(eval_fraction=eval_fraction, seed=seed)
     logger.info("%s: %d new clips, %d in total", out_dir, n_new, len(ds.rows))
     return report
+
+
+DUPLICATE = -1
+
+
+@dataclass
+class _Run:
+    """What one prepare call needs per input, and the fingerprints it has taken so far."""
+
+    ds: DatasetFolder
+    transcriber: TranscribeFn
+    plan: SpeakerPlan
+    encoder: SpeakerEncoder | None
+    reference: np.ndarray | None
+    limits: SegmentLimits
+    count_tokens: Callable[[str], int]
+    taken: dict[str, AudioPrint] = field(default_factory=dict)
+    prints: dict[str, AudioPrint] = field(default_factory=dict)
+
+    def take(self, f: Path, fp: str, bar: Any) -> int:
+        """Decode, check for a copy, transcribe and cut one input.
+
+        Returns:
+            Clips added (0 when it failed: the reason is in the report), or DUPLICATE.
+        """
+        audio = _decode(self.ds, f)
+        if audio is None:
+            return 0
+        audio16 = resample(audio, TARGET_SR, WHISPER_SR)
+        power = band_power(audio16, WHISPER_SR, BANDS_HZ + ((80.0, WHISPER_SR / 2),))  # one STFT for both uses
+        ap = audio_print(audio16, power[:, :-1])
+        dup = _duplicate_of(self.ds, ap, self.taken)
+        if dup is not None:
+            _record_duplicate(self.ds, f, fp, dup, ap)
+            return DUPLICATE
+        total_s = len(audio) / TARGET_SR
+        if bar is not None:
+            bar.total += total_s
+            bar.refresh()
+        words, lang = self.transcriber(audio16, bar)
+        sid = self.ds.new_source_id(f, fp)
+        clips, skipped, facts = _cut_recording(audio, audio16, power[:, -1], words, sid, self.plan, self.encoder,
+                                               self.reference, self.limits, self.count_tokens)
+        self.ds.clear_failed(str(f))
+        self.taken[sid] = self.prints[sid] = ap
+        return self.ds.add_source(sid, file=str(f), fp=fp, clips=clips, speaker=self.plan.name, skipped=skipped,
+                                  tool="prepare_dataset",
+                                  extra={"language": lang, "duration_s": round(total_s, 3),
+                                         "audio_fingerprint": ap.exact, **facts})
 
 
 def _new_inputs(ds: DatasetFolder, files: list[Path]) -> list[tuple[Path, str]]:

@@ -12,7 +12,6 @@ are reported as skipped with a reason and the cue number.
 from __future__ import annotations
 
 import html
-import io
 import logging
 import os
 import re
@@ -329,13 +328,9 @@ def import_subtitles(
         return ds.report
     audio, _ = load_audio(media, TARGET_SR)
     total_s = len(audio) / TARGET_SR
-    inside = []
-    for c in cues:
-        if c.start >= total_s:
-            skipped.append({"cue": c.index, "start": c.start, "end": c.end, "text": c.raw, "reason": "outside_media",
-                            "detail": f"starts after the media ends ({total_s:.2f} s)"})
-        else:
-            inside.append(c)
+    inside = [c for c in cues if c.start < total_s]
+    skipped.extend({"cue": c.index, "start": c.start, "end": c.end, "text": c.raw, "reason": "outside_media",
+                    "detail": f"starts after the media ends ({total_s:.2f} s)"} for c in cues if c.start >= total_s)
     inside, more = split_overlapping_voices(inside)
     skipped.extend(more)
     groups, more = group_cues(inside, limits=limits, count_tokens=count_tokens)
@@ -343,13 +338,10 @@ def import_subtitles(
     # pads stop half-way to any other cue with speech, kept or skipped
     speech = sorted([(c.start, c.end) for c in cues]
                     + [(x["start"], x["end"]) for x in skipped if x["reason"] == "several_voices"])
-    clips = []
-    for g in tqdm(groups, desc="import", unit="clip", disable=not progress):
-        clip = _group_clip(g, audio, total_s, speech, speaker, limits, count_tokens)
-        if isinstance(clip, dict):
-            skipped.append(clip)
-        else:
-            clips.append(clip)
+    made = [_group_clip(g, audio, total_s, speech, speaker, limits, count_tokens)
+            for g in tqdm(groups, desc="import", unit="clip", disable=not progress)]
+    clips = [c for c in made if not isinstance(c, dict)]
+    skipped.extend(c for c in made if isinstance(c, dict))
     skipped.sort(key=lambda s: s["start"])
     if not clips and not ds.rows:
         raise DataError(f"no clip could be cut from {media} with {subtitles} ({len(skipped)} cue(s) skipped: "

@@ -238,3 +238,19 @@ def test_missing_cuda_libraries_become_a_config_error():
     tr = Transcriber(BrokenGpuModel(), "cuda", batched=False)
     with pytest.raises(ConfigError, match="--device cpu"):
         tr(np.zeros(16000, dtype=np.float32))
+
+
+def test_prepare_cli_rejects_bad_speaker_options(long_recording, tmp_path, capsys):
+    from scripts.prepare_dataset import main
+    from utils import cli
+
+    wav, _, _ = long_recording
+    base = [str(wav), "--out", str(tmp_path / "ds"), "--whisper-model", str(tmp_path / "none")]
+    assert cli.run(main, base + ["--num-speakers", "0"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(base + ["--other-speakers", "sometimes"])
+    assert exc.value.code == 2
+    capsys.readouterr()
+    assert cli.run(main, base + ["--speaker-reference", str(tmp_path / "missing.wav")]) == 2
+    assert "speaker reference" in capsys.readouterr().err
+    assert not (tmp_path / "ds").exists()

@@ -97,6 +97,8 @@ class SpeakerPlan:
     def __post_init__(self) -> None:
         if self.others not in ("drop", "keep"):
             raise ConfigError(f"other speakers: {self.others!r}; use drop or keep")
+        if self.reference is not None and not Path(self.reference).is_file():
+            raise ConfigError(f"speaker reference {self.reference} not found; pass a recording of the target voice")
 
 
 def _duplicate_of(ds: DatasetFolder, ap: AudioPrint, taken: dict[str, AudioPrint]) -> tuple[str, float] | None:

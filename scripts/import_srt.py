@@ -2,8 +2,10 @@
 
     python scripts/import_srt.py episode.mkv episode.srt --out dataset/ --speaker host
 
-Tags, speaker labels and bracketed sound notes are removed; adjacent cues are merged up to
-XTTS's limits; every cue not turned into a clip is listed with a reason in dataset_report.json.
+Tags, speaker labels and bracketed sound notes are removed; WebVTT voice tags (<v Name>) become
+the clips' speakers; adjacent cues of one voice are merged up to XTTS's limits, cues of two
+voices never; every cue not turned into a clip (empty, sound notes only, several voices,
+overlapping another voice, ...) is listed with its cue number and reason in dataset_report.json.
 """
 
 import sys
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("media", help="audio or video file")
     p.add_argument("subtitles", help=".srt or .vtt file")
     p.add_argument("--out", required=True, help="dataset folder (created or extended)")
-    p.add_argument("--speaker", default="speaker")
+    p.add_argument("--speaker", default="speaker", help="speaker_name of cues without a <v Name> voice tag")
     p.add_argument("--encoding", help="subtitle text encoding when not UTF-8 (e.g. cp1252)")
     p.add_argument("--max-gap", type=float, default=1.0, help="merge cues at most this many seconds apart")
     p.add_argument("--pad", type=float, default=0.1, help="seconds of padding around each clip")

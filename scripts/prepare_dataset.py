@@ -3,8 +3,13 @@
     python scripts/prepare_dataset.py interviews/ talk.mp4 --out dataset/ \
         --whisper-model /models/faster-whisper-large-v3 --language en --speaker anna
 
-Writes dataset/wavs/ (22.05 kHz mono 16-bit), metadata_train.csv, metadata_eval.csv and
-dataset_report.json. Running it again on the same --out skips inputs already done.
+Clips are cut only in pauses measured on the audio and never hold two voices: the voice with most
+speech in each recording (or the one nearest --speaker-reference) is --speaker, the others are
+dropped (or kept as their own speakers with --other-speakers keep). A second copy of a recording
+(another container, rate or channel count) is reported and skipped. Writes dataset/wavs/
+(22.05 kHz mono 16-bit), metadata_train.csv, metadata_eval.csv, dataset_report.json (every clip's
+edge margins, speaker and checks; everything skipped, with its reason) and review.csv (clips whose
+transcript looks wrong). Running it again on the same --out skips inputs already done.
 """
 
 import sys
@@ -16,8 +21,11 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 
 from utils import cli  # noqa: E402
-from utils.data.prepare import prepare_dataset  # noqa: E402
+from utils.data.prepare import SpeakerPlan, prepare_dataset  # noqa: E402
 from utils.data.segment import SegmentLimits  # noqa: E402
+from utils.data.speakers import SpeakerOptions  # noqa: E402
+from utils.data.transcribe import load_transcriber  # noqa: E402
+from utils.errors import ConfigError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="dataset folder (created or extended)")
     p.add_argument("--whisper-model", required=True, help="local CTranslate2 model folder or model name (e.g. large-v3)")
     p.add_argument("--language", help="language of the speech (default: detect)")
-    p.add_argument("--speaker", default="speaker", help="speaker_name for these clips")
+    p.add_argument("--speaker", default="speaker", help="speaker_name of the target voice")
+    p.add_argument("--other-speakers", choices=["drop", "keep"], default="drop",
+                   help="voices other than the target: dropped (reported) or kept as their own speakers")
+    p.add_argument("--speaker-reference", help="a few seconds of the target voice (default: the voice with most speech)")
+    p.add_argument("--num-speakers", type=int, help="voices per recording, when known (default: found by clustering)")
+    p.add_argument("--no-diarize", action="store_true", help="treat each recording as one speaker (no speaker model)")
+    p.add_argument("--recheck-model", help="second Whisper model: flag clips whose transcript it disagrees with")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--compute-type", help="CTranslate2 compute type (default: float16 on GPU, int8 on CPU)")
     p.add_argument("--batch-size", type=int, default=16, help="batched inference size on GPU")
@@ -40,14 +54,23 @@ def main(argv: list[str] | None = None) -> int:
     check_writable_dir(args.out, "--out")  # before any slow work
     cli.setup_logging()
 
+    if args.num_speakers is not None and args.num_speakers < 1:
+        raise ConfigError(f"--num-speakers {args.num_speakers}: give 1 or more")
+    plan = SpeakerPlan(name=args.speaker, others=args.other_speakers, diarize=not args.no_diarize,
+                       options=SpeakerOptions(num_speakers=args.num_speakers), reference=args.speaker_reference)
+    recheck = None
+    if args.recheck_model:
+        recheck = load_transcriber(args.recheck_model, device=args.device, compute_type=args.compute_type,
+                                   language=args.language, batch_size=args.batch_size)
     report = prepare_dataset(
-        args.inputs, args.out, whisper_model=args.whisper_model, language=args.language, speaker=args.speaker,
+        args.inputs, args.out, whisper_model=args.whisper_model, language=args.language, speaker=plan,
         device=args.device, compute_type=args.compute_type, batch_size=args.batch_size,
         limits=SegmentLimits(pad_s=args.pad), eval_fraction=args.eval_fraction, seed=args.seed,
-        progress=not args.no_progress,
+        progress=not args.no_progress, recheck=recheck,
     )
     summary = {"out": args.out, **report["last_run"], "split": report["split"],
-               "failed_inputs": report["failed_inputs"], "hours_train": report["stats"]["train"]["hours"]}
+               "failed_inputs": report["failed_inputs"], "duplicates": report.get("duplicates", []),
+               "review": report.get("review"), "hours_train": report["stats"]["train"]["hours"]}
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     return 0
 

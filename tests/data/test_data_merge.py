@@ -76,11 +76,12 @@ def test_merge_keeps_sources_of_prepared_datasets_and_splits_by_them(tmp_path, s
     prepare_dataset([shifted], tmp_path / "p2", transcriber=fake, progress=False)
     rep = merge_datasets([tmp_path / "p1", tmp_path / "p2"], tmp_path / "all", dedupe_text=False, progress=False)
     assert len(rep["clips"]) == 10 and rep["merge"]["removed"] == []
-    assert rep["split"]["by"] == "source"
+    # the same five sentences by the same speaker in both: only keeping sentences apart is possible
+    assert rep["split"]["by"] == "text" and "speaker appears in train and eval" in rep["split"]["note"]
     ev = read_coqui_csv(tmp_path / "all" / "metadata_eval.csv")
     tr = read_coqui_csv(tmp_path / "all" / "metadata_train.csv")
-    src = lambda rows: {rep["clips"][r.audio_file]["source"] for r in rows}  # noqa: E731
-    assert src(ev).isdisjoint(src(tr)) and len(ev) >= 1
+    norm = lambda rows: {normalise_for_dedupe(r.text) for r in rows}  # noqa: E731
+    assert norm(ev).isdisjoint(norm(tr)) and len(ev) >= 1
     # with text de-duplication the second (same sentences, same speaker) collapses
     rep2 = merge_datasets([tmp_path / "p1", tmp_path / "p2"], tmp_path / "all2", progress=False)
     assert len(rep2["clips"]) == 5
@@ -111,3 +112,31 @@ def test_merge_refuses_bad_inputs_and_writes_nothing(tmp_path, speech_bank):
 def test_normalise_for_dedupe():
     assert normalise_for_dedupe("Hello,  World!") == normalise_for_dedupe("hello world")
     assert normalise_for_dedupe("Hello there") != normalise_for_dedupe("Hello where")
+
+
+def test_merge_keeps_speakers_and_sentences_on_one_side_and_cites_csv_rows(tmp_path, speech_bank, espeak_clip):
+    texts = list(speech_bank)
+    extra = ["Bright stars shine over the quiet harbour.", "Seven ducks crossed the muddy road.",
+             "Nobody expected the rain to stop so soon.", "The library opens early on Mondays."]
+    clips = {t: espeak_clip(t, tmp_path / "bank" / f"x{i}.wav", voice="en-us", speed=150 + 5 * i)
+             for i, t in enumerate(extra)}
+    # no dataset_report.json anywhere: sources unknown, so only speakers and sentences can group
+    a = make_ds(tmp_path / "a", [(f"{i}.wav", speech_bank[t], t) for i, t in enumerate(texts[:3])], speaker="anna")
+    b = make_ds(tmp_path / "b", [(f"{i}.wav", speech_bank[t], t) for i, t in enumerate(texts[3:6])], speaker="anna")
+    c = make_ds(tmp_path / "c", [("0.wav", clips[extra[0]], texts[0])]  # anna's first sentence, by ben
+                + [(f"{i}.wav", clips[t], t) for i, t in enumerate(extra[1:3], start=1)], speaker="ben")
+    d = make_ds(tmp_path / "d", [(f"{i}.wav", clips[t], t) for i, t in enumerate(extra[3:])]
+                + [("dup.wav", speech_bank[texts[4]], "copied")], speaker="cleo")
+    for seed in range(4):
+        out = tmp_path / f"all{seed}"
+        rep = merge_datasets([a, b, c, d], out, dedupe_text=False, seed=seed, eval_fraction=0.3, progress=False)
+        assert rep["split"]["by"] == "source+speaker+text"
+        tr = read_coqui_csv(out / "metadata_train.csv")
+        ev = read_coqui_csv(out / "metadata_eval.csv")
+        assert ev and tr
+        assert {r.speaker_name for r in tr}.isdisjoint({r.speaker_name for r in ev})
+        assert {normalise_for_dedupe(r.text) for r in tr}.isdisjoint({normalise_for_dedupe(r.text) for r in ev})
+    # the copied clip is cited by CSV file and line, not by a folder name that two inputs could share
+    (removed,) = rep["merge"]["removed"]
+    assert removed["reason"] == "duplicate_audio" and removed["csv"] == str(d / "metadata_eval.csv")
+    assert removed["duplicate_of"] == f"{b / 'metadata_train.csv'}:3" and removed["row"] == 2

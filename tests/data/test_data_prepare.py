@@ -81,36 +81,72 @@ def test_real_whisper_transcribes_and_cuts_at_known_pauses(long_recording, tmp_p
         assert 0.5 <= info.duration <= 11.6
     # the one check that fails whenever transcription is broken (wrong language, garbage, empty)
     assert sum(cers) / len(cers) <= MAX_MEAN_CER, [rows[n].text for n, _ in clips]
-    assert report["split"]["by"] == "clip" and report["split"]["eval_clips"] >= 1
+    assert report["split"]["by"] == "text" and report["split"]["eval_clips"] >= 1
 
 
-def test_rerun_skips_done_files_and_appends_new(long_recording, layout_words, tmp_path):
+class ByLength:
+    """Fake Whisper for several recordings: the words of the layout whose length matches."""
+
+    def __init__(self, recordings, words_from_layout):
+        self.by_len = {round(len(a) / sr, 1): words_from_layout(lay) for a, lay, sr in recordings}
+        self.calls = 0
+
+    def __call__(self, audio16k, progress=None):
+        self.calls += 1
+        return list(self.by_len[round(len(audio16k) / 16000, 1)]), "en"
+
+
+OTHER_SENTENCES = ["Bright stars shine over the quiet harbour.", "Seven ducks crossed the muddy road.",
+                   "Nobody expected the rain to stop so soon.", "The library opens early on Mondays."]
+
+
+def _recording(espeak_clip, tmp, sentences, lead_s, sr=22050):
+    """Sentences spoken with espeak-ng, 1.5 s pauses between them: (audio, layout)."""
+    parts, layout, t = [np.zeros(int(lead_s * sr), dtype=np.float32)], [], lead_s
+    for i, text in enumerate(sentences):
+        a, _ = sf.read(str(espeak_clip(text, tmp / f"o{i}.wav")), dtype="float32")
+        nz = np.flatnonzero(np.abs(a) > 0.01)
+        a = a[nz[0]: nz[-1] + 1]
+        layout.append((t, t + len(a) / sr, text))
+        parts += [a, np.zeros(int(1.5 * sr), dtype=np.float32)]
+        t += len(a) / sr + 1.5
+    return np.concatenate(parts), layout
+
+
+def test_rerun_skips_done_files_and_appends_new(long_recording, layout_words, espeak_clip, tmp_path):
     wav, layout, sr = long_recording
     src = tmp_path / "in"
     src.mkdir()
     shutil.copy(wav, src / "a.wav")
     (src / "notes.txt").write_text("not audio")
     out = tmp_path / "ds"
-    fake = FakeWhisper(layout, layout_words)
+    other, other_layout = _recording(espeak_clip, tmp_path, OTHER_SENTENCES, lead_s=1.0)
+    a, _ = sf.read(str(wav), dtype="float32")
+    fake = ByLength([(a, layout, sr), (other, other_layout, sr)], layout_words)
     rep = prepare_dataset([src], out, transcriber=fake, progress=False)
     assert fake.calls == 1 and rep["last_run"]["new_clips"] == 5
     assert rep["ignored_files"] == [str(src / "notes.txt")]
     first = {p.name: p.stat().st_mtime_ns for p in (out / "wavs").iterdir()}
-    # a second recording (48 kHz stereo float: converted on the way)
-    a, _ = sf.read(str(wav), dtype="float32")
+    # a second recording (48 kHz stereo 24-bit: converted on the way), and a copy of the first as AAC
     import soxr
 
-    b = soxr.resample(a, sr, 48000) * 0.7
+    b = soxr.resample(other, sr, 48000) * 0.7
     sf.write(str(src / "b.flac"), np.stack([b, b], axis=1), 48000, subtype="PCM_24")
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), "-ar", "44100", "-ac", "2", "-c:a", "aac",
+                    str(src / "c.m4a")], check=True)
     rep = prepare_dataset([src], out, transcriber=fake, progress=False)
-    assert fake.calls == 2 and rep["last_run"]["new_clips"] == 5 and rep["last_run"]["skipped_already_done"] == 1
-    assert len(_all_rows(out)) == 10
+    assert fake.calls == 2 and rep["last_run"]["new_clips"] == 4 and rep["last_run"]["skipped_already_done"] == 1
+    assert rep["last_run"]["skipped_duplicates"] == 1
+    assert [(Path(d["file"]).name, Path(d["duplicate_of"]).name, d["kind"]) for d in rep["duplicates"]] == [
+        ("c.m4a", "a.wav", "near")]
+    assert rep["duplicates"][0]["similarity"] >= 0.9
+    assert len(_all_rows(out)) == 9
     assert {p.name: p.stat().st_mtime_ns for p in (out / "wavs").iterdir() if p.name in first} == first
-    assert rep["split"]["by"] == "source"  # two recordings now: no recording on both sides
+    assert rep["split"]["by"] == "source+text"  # two recordings, one speaker: no recording on both sides
     sources = {rep["clips"][r.audio_file]["source"] for r in read_coqui_csv(out / "metadata_eval.csv")}
     assert len(sources) == 1
     rep = prepare_dataset([src], out, transcriber=fake, progress=False)
-    assert fake.calls == 2 and rep["last_run"]["new_clips"] == 0
+    assert fake.calls == 2 and rep["last_run"]["new_clips"] == 0 and len(rep["duplicates"]) == 1
 
 
 def test_bad_media_reported_and_good_ones_kept(long_recording, layout_words, tmp_path):
@@ -202,3 +238,19 @@ def test_missing_cuda_libraries_become_a_config_error():
     tr = Transcriber(BrokenGpuModel(), "cuda", batched=False)
     with pytest.raises(ConfigError, match="--device cpu"):
         tr(np.zeros(16000, dtype=np.float32))
+
+
+def test_prepare_cli_rejects_bad_speaker_options(long_recording, tmp_path, capsys):
+    from scripts.prepare_dataset import main
+    from utils import cli
+
+    wav, _, _ = long_recording
+    base = [str(wav), "--out", str(tmp_path / "ds"), "--whisper-model", str(tmp_path / "none")]
+    assert cli.run(main, base + ["--num-speakers", "0"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(base + ["--other-speakers", "sometimes"])
+    assert exc.value.code == 2
+    capsys.readouterr()
+    assert cli.run(main, base + ["--speaker-reference", str(tmp_path / "missing.wav")]) == 2
+    assert "speaker reference" in capsys.readouterr().err
+    assert not (tmp_path / "ds").exists()

@@ -160,3 +160,49 @@ def test_unreadable_media_and_cli_exit_code(media, tmp_path):
         import_subtitles(junk, srt, tmp_path / "ds", progress=False)
     assert cli.run(main, [str(junk), str(srt), "--out", str(tmp_path / "ds")]) == 2
     assert not (tmp_path / "ds").exists()
+
+
+def test_empty_cues_reported_with_the_file_cue_numbers(media, tmp_path):
+    mp3, layout = media
+    (s0, e0, t0), (s1, e1, t1), (s2, e2, t2) = layout[:3]
+    srt = tmp_path / "ep.srt"
+    srt.write_text(f"1\n{ts(s0)} --> {ts(e0)}\n{t0}\n\n2\n{ts(e0 + 0.2)} --> {ts(e0 + 0.6)}\n\n"
+                   f"3\n{ts(s1)} --> {ts(e1)}\n{t1}\n\n4\n{ts(e1 + 0.2)} --> {ts(e1 + 0.5)}\n   \n\n"
+                   f"5\n{ts(s2)} --> {ts(e2)}\n{t2} \U0001F600\n", encoding="utf-8")
+    report = import_subtitles(mp3, srt, tmp_path / "ds", progress=False)
+    src = next(iter(report["sources"].values()))
+    assert [(x["cue"], x["reason"]) for x in src["skipped"]] == [(2, "empty_cue"), (4, "empty_cue")]
+    assert src["cues"] == 5
+    _, clips = _clips(tmp_path / "ds")
+    assert [t for _, t in clips] == [t0, t1, t2]  # the emoji is gone from the transcript ...
+    assert [m["cues"] for m, _ in clips] == [[1], [3], [5]]
+    assert report["emoji_stripped"] == [{"clip": next(n for n, m in report["clips"].items() if m["cues"] == [5]),
+                                         "removed": "\U0001F600"}]  # ... and reported
+    vtt = tmp_path / "ep.vtt"
+    vtt.write_text(f"WEBVTT\n\n{ts(s0, '.')} --> {ts(e0, '.')}\n{t0}\n\nintro\n{ts(e0 + 0.2, '.')} --> "
+                   f"{ts(e0 + 0.6, '.')}\n\n{ts(s1, '.')} --> {ts(e1, '.')}\n{t1}\n", encoding="utf-8")
+    cues, skipped, _ = read_subtitles(vtt)
+    assert [c.index for c in cues] == [1, 3] and [(x["cue"], x["reason"]) for x in skipped] == [(2, "empty_cue")]
+
+
+def test_vtt_voice_tags_become_speakers_and_overlaps_of_two_voices_are_not_merged(media, tmp_path):
+    mp3, layout = media
+    (s0, e0, t0), (s1, e1, t1), (s2, e2, t2), (s3, e3, t3), (s4, e4, t4) = layout
+    v = lambda s, e, body: [f"{ts(s, '.')} --> {ts(e, '.')}", body, ""]  # noqa: E731
+    lines = ["WEBVTT", ""]
+    lines += v(s0, e0, f"<v Anna>{t0}</v>")
+    lines += v(s1, (s1 + e1) / 2, f"<v.loud Ben Ray>{' '.join(t1.split()[:3])}</v>")
+    lines += v((s1 + e1) / 2, e1, f"<v Anna>{' '.join(t1.split()[3:])}</v>")  # touches Ben's cue: not merged
+    lines += v(s2, e2, f"<v Ben Ray>{t2}")
+    lines += v(e2 - 0.8, e2 + 0.6, f"<v Anna>{'Sorry, go on.'}")  # overlaps Ben: both skipped
+    lines += v(s3, e3, f"<v Anna>First</v>\n<v Ben Ray>second</v>")  # two voices in one cue
+    lines += v(s4, e4, t4)  # untagged: the --speaker name
+    vtt = tmp_path / "talk.vtt"
+    vtt.write_text("\n".join(lines), encoding="utf-8")
+    report = import_subtitles(mp3, vtt, tmp_path / "ds", speaker="narrator", progress=False)
+    rows = read_coqui_csv(tmp_path / "ds" / "metadata_train.csv") + read_coqui_csv(tmp_path / "ds" / "metadata_eval.csv")
+    got = sorted((report["clips"][r.audio_file]["cues"], r.speaker_name) for r in rows)
+    assert got == [([1], "Anna"), ([2], "Ben Ray"), ([3], "Anna"), ([7], "narrator")]
+    skipped = sorted((x["cue"], x["reason"]) for x in next(iter(report["sources"].values()))["skipped"])
+    assert skipped == [(4, "overlapping_voices"), (5, "overlapping_voices"), (6, "several_voices")]
+    assert report["split"]["eval_clips"] >= 1

@@ -21,7 +21,7 @@ from utils.data.audio import TARGET_SR, write_wav
 from utils.data.csv_io import Row, read_coqui_csv, write_coqui_csv
 from utils.data.split import split_rows
 from utils.data.stats import dataset_stats
-from utils.data.text import clean_transcript
+from utils.data.text import clean_transcript, strip_emoji
 from utils.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class DatasetFolder:
         *,
         file: str,
         fp: str,
-        clips: list[tuple[np.ndarray, str, float, float]],
+        clips: list[tuple],
         speaker: str,
         skipped: list[dict[str, Any]],
         tool: str,
@@ -115,15 +115,19 @@ class DatasetFolder:
         """Write one input's clips to ``wavs/`` and remember them.
 
         Args:
-            clips: (audio at 22.05 kHz, text, start s, end s) per clip, in time order.
+            clips: (audio at 22.05 kHz, text, start s, end s[, meta]) per clip, in time order;
+                ``meta`` goes into the clip's report entry, and its ``speaker`` (if any) replaces
+                ``speaker`` for that clip.
             skipped: segments/cues not turned into clips, each with a ``reason``.
 
         Returns:
             Number of clips written.
         """
-        for k, (audio, text, start, end) in enumerate(clips, start=1):
-            self.add_clip(f"wavs/{source_id}_{k:04d}.wav", audio, text, speaker=speaker, source=source_id,
-                          meta={"start": round(start, 3), "end": round(end, 3)})
+        for k, (audio, text, start, end, *rest) in enumerate(clips, start=1):
+            meta = dict(rest[0]) if rest else {}
+            spk = meta.pop("speaker", speaker)
+            self.add_clip(f"wavs/{source_id}_{k:04d}.wav", audio, text, speaker=spk, source=source_id,
+                          meta={"start": round(start, 3), "end": round(end, 3), **meta})
         self.report["sources"][source_id] = {
             "file": file, "fingerprint": fp, "tool": tool, "speaker": speaker, "clips": len(clips),
             "seconds_kept": round(sum(len(c[0]) for c in clips) / TARGET_SR, 3),
@@ -136,10 +140,15 @@ class DatasetFolder:
         """Write one clip (22.05 kHz mono 16-bit) at ``rel`` and add its row."""
         self._new_files.append(write_wav(self.root / rel, audio, TARGET_SR))
         duration = len(audio) / TARGET_SR
-        row = Row(row=0, audio_file=rel, path=(self.root / rel).resolve(), text=clean_transcript(text),
+        text, emoji = strip_emoji(clean_transcript(text))
+        meta = dict(meta or {})
+        if emoji:
+            meta["emoji_stripped"] = emoji
+            self.report.setdefault("emoji_stripped", []).append({"clip": rel, "removed": emoji})
+        row = Row(row=0, audio_file=rel, path=(self.root / rel).resolve(), text=text,
                   speaker_name=speaker, source=source, duration=duration)
         self.rows.append(row)
-        self.report["clips"][rel] = {"source": source, **(meta or {}), "duration": round(duration, 4)}
+        self.report["clips"][rel] = {"source": source, "speaker": speaker, **meta, "duration": round(duration, 4)}
         return row
 
     def write_report(self) -> Path:

@@ -2,8 +2,9 @@
 
 Every clip is re-encoded to 22.05 kHz mono 16-bit on the way. A clip is a duplicate when its
 decoded audio equals an earlier clip's, or (unless disabled) when the same speaker already has
-the same normalised text. Every removed or unreadable row is listed in the report. The merged
-folder is split again and then re-validated with the preflight.
+the same normalised text. Every removed or unreadable row is listed in the report by its CSV
+file and line. The merged folder is split again (no recording, speaker or sentence on both
+sides, see :mod:`utils.data.split`) and then re-validated with the preflight.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import re
-import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,16 +23,10 @@ from utils.data.audio import TARGET_SR, load_audio
 from utils.data.csv_io import Row, read_coqui_csv
 from utils.data.dataset_folder import EVAL_CSV, REPORT_NAME, TRAIN_CSV, DatasetFolder, slug
 from utils.data.preflight import run_preflight
+from utils.data.text import normalise_for_dedupe  # noqa: F401  (re-exported for callers)
 from utils.errors import DataError
 
 logger = logging.getLogger(__name__)
-
-
-def normalise_for_dedupe(text: str) -> str:
-    """Lower case, no punctuation, single spaces: 'Hello, World!' == 'hello world'."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("P"))
-    return re.sub(r"\s+", " ", text).strip()
 
 
 def audio_hash(audio: np.ndarray) -> str:
@@ -42,8 +35,8 @@ def audio_hash(audio: np.ndarray) -> str:
     return hashlib.blake2b(pcm.tobytes(), digest_size=16).hexdigest()
 
 
-def _read_input(path: Path) -> tuple[list[Row], dict[str, Any], Path]:
-    """Rows and the source map of one input (a dataset folder or a single CSV)."""
+def _read_input(path: Path) -> tuple[list[tuple[Path, Row]], dict[str, Any], Path]:
+    """(CSV, row) pairs and the source map of one input (a dataset folder or a single CSV)."""
     if path.is_file():
         csvs, root = [path], path.parent
     elif path.is_dir():
@@ -60,10 +53,37 @@ def _read_input(path: Path) -> tuple[list[Row], dict[str, Any], Path]:
             clips = json.loads(report.read_text(encoding="utf-8")).get("clips", {})
         except ValueError:
             logger.warning("%s is not valid JSON; sources of %s unknown", report, path)
-    rows: list[Row] = []
+    rows: list[tuple[Path, Row]] = []
     for c in csvs:
-        rows.extend(read_coqui_csv(c))
+        rows.extend((c, r) for r in read_coqui_csv(c))
     return rows, clips, root
+
+
+def _unique_tag(base: str, tags: set[str]) -> str:
+    tag, n = base, 1
+    while tag in tags:
+        n += 1
+        tag = f"{base}-{n}"
+    tags.add(tag)
+    return tag
+
+
+def _check_row(r: Row, where: dict[str, Any], seen_audio: dict[str, str], seen_text: dict[tuple[str, str], str],
+               dedupe_text: bool) -> tuple[np.ndarray, str, tuple[str, str]] | dict[str, Any]:
+    """(audio, audio hash, text key) of a row to keep, or its removal entry."""
+    try:
+        audio, _ = load_audio(r.path, TARGET_SR)
+    except DataError as exc:
+        return {**where, "reason": "unreadable_audio", "detail": str(exc)}
+    h = audio_hash(audio)
+    if h in seen_audio:
+        return {**where, "reason": "duplicate_audio", "detail": f"same audio as {seen_audio[h]}",
+                "duplicate_of": seen_audio[h]}
+    tkey = (r.speaker_name, normalise_for_dedupe(r.text))
+    if dedupe_text and tkey[1] and tkey in seen_text:
+        return {**where, "reason": "duplicate_text", "detail": f"same speaker and text as {seen_text[tkey]}",
+                "duplicate_of": seen_text[tkey]}
+    return audio, h, tkey
 
 
 def merge_datasets(
@@ -104,33 +124,18 @@ def merge_datasets(
     total = sum(len(rows) for _, rows, _, _ in loaded)
     bar = tqdm(total=total, desc="merge", unit="clip", disable=not progress)
     for path, rows, clips, _root in loaded:
-        tag = slug(path.stem if path.is_file() else path.resolve().name, 24)
-        base, n = tag, 1
-        while tag in tags:
-            n += 1
-            tag = f"{base}-{n}"
-        tags.add(tag)
+        tag = _unique_tag(slug(path.stem if path.is_file() else path.resolve().name, 24), tags)
         kept = 0
-        for r in rows:
+        for csv_path, r in rows:
             bar.update()
-            origin = f"{path}:{r.row}"
+            origin = f"{csv_path}:{r.row}"  # the CSV file and its line: unambiguous across inputs
             rel_in = str(Path(r.audio_file))
-            try:
-                audio, _ = load_audio(r.path, TARGET_SR)
-            except DataError as exc:
-                removed.append({"input": str(path), "row": r.row, "audio_file": r.audio_file,
-                                "reason": "unreadable_audio", "detail": str(exc)})
+            where = {"input": str(path), "csv": str(csv_path), "row": r.row, "audio_file": r.audio_file}
+            got = _check_row(r, where, seen_audio, seen_text, dedupe_text)
+            if isinstance(got, dict):
+                removed.append(got)
                 continue
-            h = audio_hash(audio)
-            if h in seen_audio:
-                removed.append({"input": str(path), "row": r.row, "audio_file": r.audio_file,
-                                "reason": "duplicate_audio", "detail": f"same audio as {seen_audio[h]}"})
-                continue
-            tkey = (r.speaker_name, normalise_for_dedupe(r.text))
-            if dedupe_text and tkey[1] and tkey in seen_text:
-                removed.append({"input": str(path), "row": r.row, "audio_file": r.audio_file,
-                                "reason": "duplicate_text", "detail": f"same speaker and text as {seen_text[tkey]}"})
-                continue
+            audio, h, tkey = got
             seen_audio[h] = origin
             seen_text[tkey] = origin
             flat = slug(str(Path(rel_in).with_suffix("")).replace(os.sep, "__"), 120)
@@ -140,10 +145,10 @@ def merge_datasets(
                 k += 1
                 rel = f"wavs/{tag}__{flat}-{k}.wav"
             orig_source = clips.get(r.audio_file, {}).get("source") or r.source
-            # unknown recording: each clip is its own group, so the split cannot leak a recording
+            # unknown recording: each clip is its own source; the split still groups by speaker and text
             source = f"{tag}/{orig_source}" if orig_source else f"{tag}/{rel_in}"
             ds.add_clip(rel, audio, r.text, speaker=r.speaker_name, source=source,
-                        meta={"origin": f"{path}/{r.audio_file}" if path.is_dir() else origin})
+                        meta={"origin": f"{path}/{r.audio_file}" if path.is_dir() else origin, "row": origin})
             kept += 1
         per_input.append({"input": str(path), "tag": tag, "rows": len(rows), "kept": kept})
         ds.report["sources"][tag] = {"file": str(path), "tool": "merge_datasets", "clips": kept,

@@ -1,43 +1,50 @@
-"""Turn word timestamps into training clips within XTTS's limits.
+"""Turn word timestamps into training clips within XTTS's limits, cut only in pauses.
 
-Cut at sentence ends and pauses; split over-long phrases at the widest word gap (commas
-preferred); merge short neighbours while the result stays within the limits; pad each clip a
-little without reaching into the neighbouring words. Anything that cannot become a valid clip
-is returned as skipped with a reason, never dropped silently.
+Cut at sentence ends and pauses; never join words of two speakers; split over-long phrases at
+the widest inter-word gap (punctuation preferred); merge short neighbours while the result stays
+within the limits. Clip edges go inside the quiet gaps that :mod:`utils.data.boundaries` finds
+in the audio (or, without audio, the space between word times), padded without reaching the
+neighbouring word. Anything that cannot become a clean clip is returned as skipped with a reason.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
-
+from utils.data.boundaries import Gap, Levels, edges_in_gap, lead_gap, time_gaps, trail_gap, word_gaps
 from utils.data.text import approx_token_count, clean_transcript
 
 logger = logging.getLogger(__name__)
 
 SENTENCE_END = (".", "!", "?", "\u2026", "\u3002", "\uff01", "\uff1f", "\u0964", "\u1362")
+CLAUSE_END = (",", ";", ":", "\u060c", "\u3001", "\uff0c", "\u1363", "\u1364")
 
 
 @dataclass(frozen=True)
 class Word:
-    """One recognised word with its time span in seconds."""
+    """One recognised word with its time span in seconds and the ASR's confidence."""
 
     start: float
     end: float
     text: str
+    probability: float = 1.0
 
 
 @dataclass(frozen=True)
 class Segment:
-    """A clip to cut: audio span (padding included) and transcript."""
+    """A clip to cut: audio span (padding included), transcript, speaker index and edge margins."""
 
     start: float
     end: float
     text: str
+    speaker: int = 0
+    margin_start: float | None = None
+    margin_end: float | None = None
+    logprob: float | None = None
+    speech_s: float = 0.0
 
     @property
     def duration(self) -> float:
@@ -65,31 +72,72 @@ def _ends_sentence(w: Word) -> bool:
     return w.text.strip().rstrip("\"')]\u201d\u2019").endswith(SENTENCE_END)
 
 
-def _phrases(words: Sequence[Word], pause_s: float) -> list[list[Word]]:
-    out: list[list[Word]] = []
-    cur: list[Word] = []
-    for i, w in enumerate(words):
-        cur.append(w)
-        nxt = words[i + 1] if i + 1 < len(words) else None
-        if nxt is None or _ends_sentence(w) or nxt.start - w.end >= pause_s:
-            out.append(cur)
-            cur = []
+def _ends_clause(w: Word) -> bool:
+    return w.text.strip().rstrip("\"')]\u201d\u2019").endswith(CLAUSE_END + SENTENCE_END)
+
+
+@dataclass
+class _Plan:
+    """Words with the gap after each (None: no clean cut) and a speaker index per word."""
+
+    words: list[Word]
+    gaps: list[Gap | None]
+    speakers: list[int]
+
+    def hard(self, i: int) -> bool:
+        """A speaker change between word i and i+1."""
+        return self.speakers[i] != self.speakers[i + 1]
+
+
+def _phrases(plan: _Plan, pause_s: float) -> list[tuple[int, int]]:
+    """(first, last) word index of each phrase: cut at speaker changes, sentence ends, pauses."""
+    out, first = [], 0
+    n = len(plan.words)
+    for i in range(n - 1):
+        g = plan.gaps[i]
+        if plan.hard(i) or (g is not None and (_ends_sentence(plan.words[i]) or g.width >= pause_s)):
+            out.append((first, i))
+            first = i + 1
+    out.append((first, n - 1))
     return out
 
 
-def _split_long(phrase: list[Word], fits: Callable[[list[Word]], bool]) -> list[list[Word]]:
-    if len(phrase) <= 1 or fits(phrase):
-        return [phrase]
-    best, best_score = 1, -1.0
-    n = len(phrase)
-    for i in range(1, n):
-        gap = phrase[i].start - phrase[i - 1].end
-        comma = 0.3 if phrase[i - 1].text.strip().endswith((",", ";", ":")) else 0.0
-        balance = 0.1 * (1.0 - abs(i - n / 2) / (n / 2))  # mild preference for the middle
-        score = gap + comma + balance
+def _split_long(plan: _Plan, a: int, b: int, fits: Callable[[int, int], bool]) -> list[tuple[int, int]]:
+    """Split words a..b at the widest clean gap (punctuation preferred) until each piece fits."""
+    if a == b or fits(a, b):
+        return [(a, b)]
+    best, best_score = None, -math.inf
+    n = b - a + 1
+    for i in range(a, b):
+        g = plan.gaps[i]
+        if g is None:
+            continue
+        k = i - a + 1
+        punct = 0.3 if _ends_clause(plan.words[i]) else 0.0
+        balance = 0.1 * (1.0 - abs(k - n / 2) / (n / 2))  # mild preference for the middle
+        score = g.width + punct + balance
         if score > best_score:
             best, best_score = i, score
-    return _split_long(phrase[:best], fits) + _split_long(phrase[best:], fits)
+    if best is None:  # no pause to cut at: stays whole and is reported as too long
+        return [(a, b)]
+    return _split_long(plan, a, best, fits) + _split_long(plan, best + 1, b, fits)
+
+
+def _merge_short(plan: _Plan, pieces: list[tuple[int, int]], limits: SegmentLimits,
+                 fits: Callable[[int, int], bool]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    w = plan.words
+    for a, b in pieces:
+        if merged:
+            ma, mb = merged[-1]
+            g = plan.gaps[mb]
+            short = w[mb].end - w[ma].start < limits.short_s or w[b].end - w[a].start < limits.short_s
+            if (g is not None and not plan.hard(mb) and g.width <= limits.max_merge_gap_s and short
+                    and fits(ma, b)):
+                merged[-1] = (ma, b)
+                continue
+        merged.append((a, b))
+    return merged
 
 
 def segment_words(
@@ -98,99 +146,87 @@ def segment_words(
     total_s: float,
     limits: SegmentLimits = SegmentLimits(),
     count_tokens: Callable[[str], int] = approx_token_count,
-) -> tuple[list[Segment], list[dict[str, Any]]]:
-    """Group words into clips.
+    levels: Levels | None = None,
+    speakers: Sequence[int] | None = None,
+) -> tuple[list[Segment], list[dict]]:
+    """Group words into clips cut in pauses.
 
     Args:
         words: recognised words in time order.
         total_s: length of the audio (clips are clamped to it).
         limits: duration/token limits and cutting preferences.
         count_tokens: text -> token count (default: a safe upper bound without a vocabulary).
+        levels: frame levels of the audio; gaps are found in it (None: from word times only).
+        speakers: a speaker index per word; words of two speakers never share a clip.
 
     Returns:
         (segments in time order, skipped spans as dicts with start, end, text, reason, detail).
     """
-    words = [w for w in words if w.text.strip()]
-    if not words:
+    keep = [i for i, w in enumerate(words) if w.text.strip()]
+    ws = [words[i] for i in keep]
+    if not ws:
         return [], []
+    spk = [int(speakers[i]) for i in keep] if speakers is not None else [0] * len(ws)
+    gaps = word_gaps(ws, levels) if levels is not None else time_gaps(ws)
+    plan = _Plan(ws, gaps, spk)
     span_max = limits.max_s - 2 * limits.pad_s
 
-    def fits(ws: list[Word]) -> bool:
-        return ws[-1].end - ws[0].start <= span_max and count_tokens(_text(ws)) <= limits.max_tokens
+    def fits(a: int, b: int) -> bool:
+        return ws[b].end - ws[a].start <= span_max and count_tokens(_text(ws[a:b + 1])) <= limits.max_tokens
 
-    pieces: list[list[Word]] = []
-    for ph in _phrases(words, limits.pause_s):
-        pieces.extend(_split_long(ph, fits))
-
-    merged: list[list[Word]] = []
-    for p in pieces:
-        if merged:
-            cur = merged[-1]
-            gap = p[0].start - cur[-1].end
-            cur_d = cur[-1].end - cur[0].start
-            p_d = p[-1].end - p[0].start
-            if gap <= limits.max_merge_gap_s and (cur_d < limits.short_s or p_d < limits.short_s) and fits(cur + p):
-                merged[-1] = cur + p
-                continue
-        merged.append(list(p))
-
+    pieces: list[tuple[int, int]] = []
+    for a, b in _phrases(plan, limits.pause_s):
+        pieces.extend(_split_long(plan, a, b, fits))
+    pieces = _merge_short(plan, pieces, limits, fits)
+    if levels is not None:
+        lead, trail = lead_gap(levels, ws[0].start), trail_gap(levels, ws[-1].end, total_s)
+    else:
+        lead, trail = Gap(0.0, ws[0].start, 0.0), Gap(ws[-1].end, total_s, total_s)
     segments: list[Segment] = []
-    skipped: list[dict[str, Any]] = []
-    index = {id(w): i for i, w in enumerate(words)}
-    for ws in merged:
-        i0, i1 = index[id(ws[0])], index[id(ws[-1])]
-        lo = ws[0].start - limits.pad_s
-        hi = ws[-1].end + limits.pad_s
-        if i0 > 0:
-            lo = max(lo, (words[i0 - 1].end + ws[0].start) / 2)
-        if i1 + 1 < len(words):
-            hi = min(hi, (ws[-1].end + words[i1 + 1].start) / 2)
-        lo, hi = max(0.0, lo), min(total_s, hi)
-        text = _text(ws)
-        seg = Segment(round(lo, 3), round(hi, 3), text)
-        if seg.duration < limits.min_s:
-            skipped.append({"start": seg.start, "end": seg.end, "text": text, "reason": "too_short",
-                            "detail": f"{seg.duration:.2f} s < {limits.min_s} s with no neighbour to merge with"})
-        elif seg.duration > limits.max_s or count_tokens(text) > limits.max_tokens:
-            skipped.append({"start": seg.start, "end": seg.end, "text": text, "reason": "too_long",
-                            "detail": f"{seg.duration:.2f} s / {count_tokens(text)} tokens; a single word over the limits"})
-        else:
+    skipped: list[dict] = []
+    for a, b in pieces:
+        seg, why = _cut(plan, a, b, lead, trail, total_s, limits, count_tokens, levels)
+        if why is None:
             segments.append(seg)
+        else:
+            skipped.append(why)
     return segments, skipped
 
 
-def refine_word_times(
-    words: Sequence[Word],
-    audio: np.ndarray,
-    sr: int,
-    *,
-    rel_db: float = -35.0,
-    hop_s: float = 0.01,
-    keep_s: float = 0.05,
-) -> list[Word]:
-    """Pull word edges in to where the audio is actually voiced.
-
-    Whisper often stretches the last word of a sentence far into the following silence (and
-    starts the first word early), which hides pauses and puts silence into clips. Each word's
-    span is shrunk to its first/last frame louder than ``rel_db`` below the file's loud frames,
-    keeping ``keep_s`` of margin. Words with no voiced frame keep their times.
-    """
-    hop = max(1, int(hop_s * sr))
-    n = len(audio) // hop
-    if n == 0:
-        return list(words)
-    frames = audio[: n * hop].reshape(n, hop)
-    rms = np.sqrt(np.mean(np.square(frames, dtype=np.float64), axis=1))
-    loud = float(np.percentile(rms, 95))
-    voiced = rms > max(loud * 10 ** (rel_db / 20.0), 1e-4)
-    out = []
-    for w in words:
-        a, b = int(w.start / hop_s), min(n, int(np.ceil(w.end / hop_s)))
-        idx = np.flatnonzero(voiced[a:b]) if b > a else np.array([], dtype=int)
-        if idx.size == 0:
-            out.append(w)
-            continue
-        start = max(w.start, (a + idx[0]) * hop_s - keep_s)
-        end = min(w.end, (a + idx[-1] + 1) * hop_s + keep_s)
-        out.append(Word(start, max(end, start + hop_s), w.text))
-    return out
+def _cut(plan: _Plan, a: int, b: int, lead: Gap, trail: Gap, total_s: float, limits: SegmentLimits,
+         count_tokens: Callable[[str], int], levels: Levels | None) -> tuple[Segment | None, dict | None]:
+    """Place the edges of words a..b in their gaps; a reason when that is not possible."""
+    ws = plan.words
+    text = _text(ws[a:b + 1])
+    before = plan.gaps[a - 1] if a > 0 else None
+    after = plan.gaps[b] if b + 1 < len(ws) else None
+    lo = max(0.0, lead.end - limits.pad_s) if a == 0 else (edges_in_gap(before, limits.pad_s)[1] if before else None)
+    hi = min(total_s, trail.start + limits.pad_s) if b + 1 == len(ws) else (
+        edges_in_gap(after, limits.pad_s)[0] if after else None)
+    base = {"start": round(ws[a].start, 3), "end": round(ws[b].end, 3), "text": text}
+    if lo is None or hi is None:
+        where = (a - 1, a) if lo is None else (b, b + 1)
+        left, right = ws[where[0]], ws[where[1]]
+        return None, {**base, "reason": "no_clean_cut",
+                      "detail": f"no pause between {left.text.strip()!r} and {right.text.strip()!r} "
+                                f"near {right.start:.2f} s to cut at"}
+    lo, hi = max(0.0, lo), min(total_s, hi)
+    seg_d = hi - lo
+    if seg_d < limits.min_s:
+        return None, {**base, "start": round(lo, 3), "end": round(hi, 3), "reason": "too_short",
+                      "detail": f"{seg_d:.2f} s < {limits.min_s} s with no neighbour to merge with"}
+    if seg_d > limits.max_s or count_tokens(text) > limits.max_tokens:
+        return None, {**base, "start": round(lo, 3), "end": round(hi, 3), "reason": "too_long",
+                      "detail": f"{seg_d:.2f} s / {count_tokens(text)} tokens and no pause inside to split at"}
+    lo, hi = float(lo), float(hi)
+    m0 = levels.margin(lo) if levels is not None and lo > 0 else None
+    m1 = levels.margin(hi) if levels is not None and hi < total_s - 1e-3 else None
+    if (m0 is not None and m0 <= 0.0) or (m1 is not None and m1 <= 0.0):
+        return None, {**base, "start": round(lo, 3), "end": round(hi, 3), "reason": "edge_in_speech",
+                      "detail": f"an edge falls in a voiced frame (margins {m0}, {m1})"}
+    probs = [max(w.probability, 1e-6) for w in ws[a:b + 1]]
+    logprob = sum(math.log(p) for p in probs) / len(probs)
+    speech = sum(w.end - w.start for w in ws[a:b + 1])
+    return Segment(round(float(lo), 3), round(float(hi), 3), text, plan.speakers[a],
+                   None if m0 is None else round(m0, 3), None if m1 is None else round(m1, 3),
+                   round(logprob, 4), round(speech, 3)), None

@@ -1,14 +1,17 @@
 """Subtitle import: a media file plus an SRT or VTT file in, one clip per cue (or merged cues) out.
 
-Parsing uses ``webvtt-py`` (SRT and WebVTT). Cue text is cleaned of markup, speaker labels and
-bracketed sound notes; cues that are only sound notes, overlap beyond the limits, have broken
-timing or lie outside the media are reported as skipped with a reason.
+The cue blocks are parsed here (``webvtt-py`` drops cues with no text, which shifts every later
+cue number), so each report entry names the cue as the file numbers it. Cue text is cleaned of
+markup, speaker labels and bracketed sound notes; WebVTT voice tags (``<v Name>``) become the
+clip's speaker. Cues of different voices are never merged, and cues that overlap a cue of
+another voice are skipped (their audio holds both). Empty cues, cues that are only sound notes,
+cues with several voices, overlaps beyond the limits, broken timing or cues outside the media
+are reported as skipped with a reason and the cue number.
 """
 
 from __future__ import annotations
 
 import html
-import io
 import logging
 import os
 import re
@@ -37,13 +40,31 @@ _LABEL_NAME = re.compile(r"^\s*[A-Z][a-z]+(?: [A-Z][a-z]+)?:\s+")
 
 @dataclass(frozen=True)
 class Cue:
-    """One subtitle cue: times in seconds, cleaned text, original text."""
+    """One subtitle cue: its number in the file, times in seconds, cleaned text, original text, voice."""
 
     index: int
     start: float
     end: float
     text: str
     raw: str
+    speaker: str | None = None
+
+
+_VOICE = re.compile(r"<v(?:\.[^\s>]*)?\s+([^>]+)>")
+_TIME = re.compile(r"(?:(\d+):)?(\d{1,2}):(\d{2})[,.](\d{1,3})")
+
+
+def cue_voices(raw: str) -> list[str]:
+    """Distinct WebVTT voice names in a cue's raw text, in order (``<v Bob>``, ``<v.loud Ann Lee>``)."""
+    return list(dict.fromkeys(" ".join(v.replace("|", " ").split()) for v in _VOICE.findall(raw)))
+
+
+def _seconds(stamp: str) -> float:
+    m = _TIME.match(stamp.strip())
+    if m is None:
+        raise ValueError(stamp)
+    h, mi, sec, frac = m.groups()
+    return int(h or 0) * 3600 + int(mi) * 60 + int(sec) + int(frac.ljust(3, "0")) / 1000.0
 
 
 def clean_cue_text(raw: str) -> str:
@@ -108,19 +129,44 @@ def _first_bad_block(text: str) -> str | None:
     return None
 
 
+def _cue_blocks(text: str, is_vtt: bool) -> list[tuple[int, str | None, str, list[str]]]:
+    """(cue number, identifier, timing line, text lines) of each cue, empty cues included.
+
+    SRT cues are numbered as the file numbers them (their identifier), VTT cues by position.
+    """
+    blocks: list[list[str]] = []
+    cur: list[str] = []
+    for line in text.splitlines():
+        if line.strip():
+            cur.append(line)
+        elif cur:
+            blocks.append(cur)
+            cur = []
+    if cur:
+        blocks.append(cur)
+    out = []
+    for lines in blocks:
+        if lines[0].lstrip("\ufeff").strip().upper().startswith(("WEBVTT", "NOTE", "STYLE", "REGION")):
+            continue
+        k = next(i for i, ln in enumerate(lines) if "-->" in ln)
+        ident = lines[k - 1].strip() if k > 0 else None
+        number = len(out) + 1
+        if not is_vtt and ident is not None and ident.isdigit():
+            number = int(ident)
+        out.append((number, ident, lines[k], lines[k + 1:]))
+    return out
+
+
 def read_subtitles(path: str | os.PathLike, encoding: str | None = None) -> tuple[list[Cue], list[dict[str, Any]], int]:
     """Parse an SRT or VTT file.
 
     Returns:
-        (cues sorted by start time with cleaned text, skipped cues with reasons, number of cues
-        that were out of order in the file).
+        (cues sorted by start time with cleaned text and voice, skipped cues with reasons and
+        their numbers in the file, number of cues that were out of order in the file).
 
     Raises:
         DataError: missing, empty, undecodable or malformed file, or no cue at all.
     """
-    import webvtt
-    from webvtt.errors import MalformedFileError
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"subtitle file not found: {path}")
@@ -132,30 +178,51 @@ def read_subtitles(path: str | os.PathLike, encoding: str | None = None) -> tupl
     bad_block = _first_bad_block(text)
     if bad_block is not None:
         raise DataError(f"{path} is not a valid {kind} file: {bad_block}; fix or remove that block")
-    try:
-        captions = list(webvtt.from_buffer(io.StringIO(text), format=kind.lower()))
-    except MalformedFileError as exc:
-        raise DataError(f"{path} is not a valid {kind} file ({exc}); {_TIMING_HELP}") from exc
-    if not captions:
+    blocks = _cue_blocks(text, is_vtt)
+    if not blocks:
         raise DataError(f"{path} has no subtitle cues; check it is the right file")
     cues: list[Cue] = []
     skipped: list[dict[str, Any]] = []
-    for i, c in enumerate(captions, start=1):
-        start = c.start_time.in_milliseconds() / 1000.0
-        end = c.end_time.in_milliseconds() / 1000.0
-        raw = c.raw_text
+    for number, _ident, timing, lines in blocks:
+        left, right = timing.split("-->", 1)
+        start, end = _seconds(left), _seconds(right.split()[0])
+        raw = "\n".join(lines)
+        entry = {"cue": number, "start": start, "end": end, "text": raw}
+        voices = cue_voices(raw)
         cleaned = clean_cue_text(raw)
         if end <= start:
-            skipped.append({"cue": i, "start": start, "end": end, "text": raw, "reason": "invalid_timing",
-                            "detail": "end is not after start"})
+            skipped.append({**entry, "reason": "invalid_timing", "detail": "end is not after start"})
+        elif not raw.strip():
+            skipped.append({**entry, "reason": "empty_cue", "detail": "the cue has timing but no text"})
         elif not cleaned:
-            skipped.append({"cue": i, "start": start, "end": end, "text": raw, "reason": "no_speech_text",
-                            "detail": "only tags, labels or sound notes"})
+            skipped.append({**entry, "reason": "no_speech_text", "detail": "only tags, labels or sound notes"})
+        elif len(voices) > 1:
+            skipped.append({**entry, "reason": "several_voices",
+                            "detail": f"voices {', '.join(voices)} in one cue; their audio cannot be separated"})
         else:
-            cues.append(Cue(i, start, end, cleaned, raw))
+            cues.append(Cue(number, start, end, cleaned, raw, voices[0] if voices else None))
     out_of_order = sum(1 for a, b in zip(cues, cues[1:]) if b.start < a.start)
     cues.sort(key=lambda c: (c.start, c.end))
     return cues, skipped, out_of_order
+
+
+def split_overlapping_voices(cues: list[Cue]) -> tuple[list[Cue], list[dict[str, Any]]]:
+    """Skip every cue that overlaps a cue of another voice (the audio there holds both).
+
+    Returns:
+        (the remaining cues, skipped cues with reason ``overlapping_voices``).
+    """
+    bad: dict[int, Cue] = {}
+    for i, a in enumerate(cues):
+        for b in cues[i + 1:]:
+            if b.start >= a.end:
+                break
+            if (a.speaker or "") != (b.speaker or ""):
+                bad[id(a)], bad[id(b)] = b, a
+    skipped = [{"cue": c.index, "start": c.start, "end": c.end, "text": c.raw, "reason": "overlapping_voices",
+                "detail": f"overlaps cue {bad[id(c)].index} of another voice ({bad[id(c)].speaker or 'untagged'})"}
+               for c in cues if id(c) in bad]
+    return [c for c in cues if id(c) not in bad], skipped
 
 
 def group_cues(
@@ -164,9 +231,9 @@ def group_cues(
     limits: SegmentLimits = SegmentLimits(max_merge_gap_s=1.0),
     count_tokens: Callable[[str], int] = approx_token_count,
 ) -> tuple[list[list[Cue]], list[dict[str, Any]]]:
-    """Merge adjacent cues into clips within the limits.
+    """Merge adjacent cues of one voice into clips within the limits.
 
-    Cues overlapping the group so far must join it (their audio is shared); if that breaks the
+    A cue of another voice always starts a new group. Cues overlapping the group so far must join it (their audio is shared); if that breaks the
     limits the overlapping cue is skipped. Otherwise a cue joins when the gap is small and the
     group is still short or does not end a sentence.
 
@@ -182,6 +249,9 @@ def group_cues(
         return span <= span_max and count_tokens(" ".join(c.text for c in g)) <= limits.max_tokens
 
     for c in cues:
+        if groups and (groups[-1][-1].speaker or "") != (c.speaker or ""):
+            groups.append([c])  # never two voices in one clip
+            continue
         if groups:
             g = groups[-1]
             g_end = max(x.end for x in g)
@@ -201,6 +271,25 @@ def group_cues(
                 continue
         groups.append([c])
     return groups, skipped
+
+
+def _group_clip(g: list[Cue], audio: Any, total_s: float, speech: list[tuple[float, float]], speaker: str,
+                limits: SegmentLimits, count_tokens: Callable[[str], int]) -> tuple | dict[str, Any]:
+    """The clip of a cue group (audio, text, start, end, meta), or a skip entry with its reason."""
+    start, end = g[0].start, min(max(c.end for c in g), total_s)
+    own = {(c.start, c.end) for c in g}
+    prev_end = max((e for s_, e in speech if e <= start and (s_, e) not in own), default=0.0)
+    next_start = min((s_ for s_, e in speech if s_ >= end and (s_, e) not in own), default=total_s)
+    lo = max(0.0, start - limits.pad_s, (prev_end + start) / 2)
+    hi = min(total_s, end + limits.pad_s, (end + next_start) / 2)
+    text = clean_transcript(" ".join(c.text for c in g))
+    d = hi - lo
+    if d < limits.min_s or d > limits.max_s or count_tokens(text) > limits.max_tokens:
+        return {"cue": g[0].index, "start": round(lo, 3), "end": round(hi, 3), "text": text,
+                "reason": "too_short" if d < limits.min_s else "too_long",
+                "detail": f"{d:.2f} s, {count_tokens(text)} tokens"}
+    meta = {"speaker": g[0].speaker or speaker, "cues": [c.index for c in g]}
+    return audio[int(lo * TARGET_SR): int(hi * TARGET_SR)], text, lo, hi, meta
 
 
 def import_subtitles(
@@ -239,30 +328,20 @@ def import_subtitles(
         return ds.report
     audio, _ = load_audio(media, TARGET_SR)
     total_s = len(audio) / TARGET_SR
-    inside = []
-    for c in cues:
-        if c.start >= total_s:
-            skipped.append({"cue": c.index, "start": c.start, "end": c.end, "text": c.raw, "reason": "outside_media",
-                            "detail": f"starts after the media ends ({total_s:.2f} s)"})
-        else:
-            inside.append(c)
+    inside = [c for c in cues if c.start < total_s]
+    skipped.extend({"cue": c.index, "start": c.start, "end": c.end, "text": c.raw, "reason": "outside_media",
+                    "detail": f"starts after the media ends ({total_s:.2f} s)"} for c in cues if c.start >= total_s)
+    inside, more = split_overlapping_voices(inside)
+    skipped.extend(more)
     groups, more = group_cues(inside, limits=limits, count_tokens=count_tokens)
     skipped.extend(more)
-    clips = []
-    for k, g in enumerate(tqdm(groups, desc="import", unit="clip", disable=not progress)):
-        start, end = g[0].start, min(max(c.end for c in g), total_s)
-        prev_end = max(c.end for c in groups[k - 1]) if k > 0 else 0.0
-        next_start = groups[k + 1][0].start if k + 1 < len(groups) else total_s
-        lo = max(0.0, start - limits.pad_s, (prev_end + start) / 2 if prev_end <= start else start)
-        hi = min(total_s, end + limits.pad_s, (end + next_start) / 2 if next_start >= end else end)
-        text = clean_transcript(" ".join(c.text for c in g))
-        d = hi - lo
-        if d < limits.min_s or d > limits.max_s or count_tokens(text) > limits.max_tokens:
-            reason = "too_short" if d < limits.min_s else "too_long"
-            skipped.append({"cue": g[0].index, "start": round(lo, 3), "end": round(hi, 3), "text": text,
-                            "reason": reason, "detail": f"{d:.2f} s, {count_tokens(text)} tokens"})
-            continue
-        clips.append((audio[int(lo * TARGET_SR): int(hi * TARGET_SR)], text, lo, hi))
+    # pads stop half-way to any other cue with speech, kept or skipped
+    speech = sorted([(c.start, c.end) for c in cues]
+                    + [(x["start"], x["end"]) for x in skipped if x["reason"] == "several_voices"])
+    made = [_group_clip(g, audio, total_s, speech, speaker, limits, count_tokens)
+            for g in tqdm(groups, desc="import", unit="clip", disable=not progress)]
+    clips = [c for c in made if not isinstance(c, dict)]
+    skipped.extend(c for c in made if isinstance(c, dict))
     skipped.sort(key=lambda s: s["start"])
     if not clips and not ds.rows:
         raise DataError(f"no clip could be cut from {media} with {subtitles} ({len(skipped)} cue(s) skipped: "

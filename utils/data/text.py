@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import unicodedata
 from typing import Protocol
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,37 @@ class TextTokenizer(Protocol):
 def clean_transcript(text: str) -> str:
     """Collapse whitespace and replace characters the CSV format cannot hold ('|', newlines)."""
     return _WS.sub(" ", text.replace("|", " ")).strip()
+
+
+_EMOJI_CHARS = (
+    "\U0001F000-\U0001FAFF"  # pictographs, emoticons, transport, flags' letters, supplemental symbols
+    "\u2600-\u27BF"  # miscellaneous symbols and dingbats
+    "\u2B00-\u2BFF"  # arrows and stars used as emoji
+    "\u231A\u231B\u2328\u23CF\u23E9-\u23FA\u24C2\u25AA-\u25FE\u2934\u2935\u3030\u303D\u3297\u3299"
+)
+_EMOJI = re.compile(
+    f"[{_EMOJI_CHARS}](?:[\uFE0E\uFE0F\U0001F3FB-\U0001F3FF\u20E3]|\u200D[{_EMOJI_CHARS}]|[\U000E0020-\U000E007F])*"
+    "|[0-9#*]\uFE0F?\u20E3"
+)
+
+
+def strip_emoji(text: str) -> tuple[str, str]:
+    """Remove emoji (with their modifiers, joiners and keycaps); XTTS cannot speak them.
+
+    Returns:
+        (text without emoji, whitespace-collapsed; the removed emoji joined, "" when none).
+    """
+    removed = _EMOJI.findall(text)
+    if not removed:
+        return text, ""
+    return clean_transcript(_EMOJI.sub(" ", text)), "".join(removed)
+
+
+def normalise_for_dedupe(text: str) -> str:
+    """Lower case, no punctuation, single spaces: 'Hello, World!' == 'hello world'."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("P"))
+    return re.sub(r"\s+", " ", text).strip()
 
 
 def approx_token_count(text: str) -> int:

@@ -68,7 +68,7 @@ class Transcriber:
         try:  # segments is a generator: the model runs (and CUDA libraries load) while iterating
             for seg in segments:
                 for w in seg.words or []:
-                    words.append(Word(float(w.start), float(w.end), w.word))
+                    words.append(Word(float(w.start), float(w.end), w.word, float(getattr(w, "probability", 1.0))))
                 if progress is not None:
                     progress.update(max(0.0, float(seg.end) - done))
                     done = max(done, float(seg.end))

@@ -53,7 +53,10 @@ class GE2ESimilarity:
         """L2-normalised embedding of one clip; None when no speech is left after preprocessing."""
         from resemblyzer import preprocess_wav
 
-        wav = preprocess_wav(_to16k(audio, sr), source_sr=QUALITY_SR)
+        wav = _to16k(audio, sr)
+        if not wav.size or float(np.max(np.abs(wav))) < 1e-4:  # silence: Resemblyzer would divide by zero
+            return None
+        wav = preprocess_wav(wav, source_sr=QUALITY_SR)
         if wav.size < QUALITY_SR // 4:  # under 0.25 s of speech: too little to embed
             return None
         emb = np.asarray(self.encoder.embed_utterance(wav), dtype=np.float64)

@@ -17,7 +17,7 @@ checkpoint does after the last word is measured, not hidden. Each output is scor
   (:mod:`utils.quality`, independent of XTTS) and ``similarity_xtts`` from XTTS's own speaker
   encoder (``hifigan_decoder.speaker_encoder``, which the model is conditioned on: biased, and
   near 1.0 even for noise on an untrained model). Cosine with the references' mean; 1.0 is the
-  same voice.
+  same voice. An output in which GE2E finds no speech to embed scores 0.0.
 - DNSMOS (``dnsmos_ovrl``, ``dnsmos_sig``, ``dnsmos_bak``; 1-5): noise and distortion, no
   reference needed.
 - Timing: seconds per letter of the normalised text, leading/trailing non-speech (Silero VAD,
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import unicodedata
@@ -48,6 +47,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from utils.errors import ConfigError, DataError
+from utils.generation_guard import NOISE_DBFS, rms_dbfs, speech_bounds
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,6 @@ TOO_SHORT_RATIO = 0.4
 MAX_TRAILING_S = 1.0
 MAX_LEADING_S = 1.0
 ASR_MISMATCH_CER = 0.5
-NOISE_DBFS = -45.0
 DEFAULT_S_PER_LETTER = 0.075  # ~13 letters/s, when the speaker's own rate is unknown
 SELECT_RULE = (
     "lowest mean CER + 0.5 * (1 - mean GE2E similarity) + 0.25 * (5 - mean DNSMOS OVRL) / 4 "
@@ -193,25 +192,6 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
 
 
-def speech_bounds(audio: np.ndarray, sr: int) -> tuple[float, float] | None:
-    """(start, end) in seconds of the speech Silero VAD finds; None when it finds none."""
-    from faster_whisper.vad import VadOptions, get_speech_timestamps
-
-    from utils.data.audio import resample
-
-    audio16 = resample(np.asarray(audio, dtype=np.float32), sr, ASR_SR)
-    stamps = get_speech_timestamps(audio16, VadOptions(min_silence_duration_ms=300, speech_pad_ms=30))
-    if not stamps:
-        return None
-    return stamps[0]["start"] / ASR_SR, stamps[-1]["end"] / ASR_SR
-
-
-def _rms_dbfs(audio: np.ndarray) -> float:
-    if audio.size == 0:
-        return -100.0
-    return 20.0 * math.log10(max(float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))), 1e-5))
-
-
 # --------------------------------------------------------------------------------------------
 # Scoring one output
 # --------------------------------------------------------------------------------------------
@@ -288,9 +268,10 @@ class Scorer:
         rec["similarity_xtts"] = rec["similarity_ge2e"] = None
         if audio.size:
             rec["similarity_xtts"] = round(cosine(speaker_embedding(self.xtts, audio, sr), self.target_embedding()), 4)
-            if self.ge2e is not None:
-                sim = self.ge2e.similarity(audio, sr, self.ge2e_target())
-                rec["similarity_ge2e"] = None if sim is None else round(sim, 4)
+            target = self.ge2e_target() if self.ge2e is not None else None
+            if target is not None:  # no speech GE2E can embed counts as no likeness (0.0), not as skipped
+                sim = self.ge2e.similarity(audio, sr, target)
+                rec["similarity_ge2e"] = 0.0 if sim is None else round(sim, 4)
         rec.update(self._dnsmos(audio, sr))
         self._asr(rec, audio, sr, text, flags)
         rec["hallucination"] = bool({"extra_words", "too_long"} & set(flags))
@@ -311,7 +292,7 @@ class Scorer:
             "speech_s": round(end - start, 3),
             "leading_s": round(start, 3),
             "trailing_s": round(max(0.0, duration - end), 3),
-            "trailing_kind": "noise" if _rms_dbfs(tail) > NOISE_DBFS else "silence",
+            "trailing_kind": "noise" if rms_dbfs(tail) > NOISE_DBFS else "silence",
         })  # fmt: skip
         if rec["trailing_s"] > MAX_TRAILING_S:
             flags.append("trailing_noise" if rec["trailing_kind"] == "noise" else "long_trailing_silence")
@@ -584,10 +565,15 @@ def evaluate(
             entry = _evaluate_checkpoint(ckpt, sentences, out_dir, ctx, bar)
             entry["same_step"] = same_step
             report.checkpoints.append(entry)
-    best = min(report.checkpoints, key=lambda c: (c["score"], -(c["step"] or 0)))
-    report.best = {"name": best["name"], "path": best["path"], "step": best["step"], "score": best["score"]}
+    report.best = choose_best(report.checkpoints)
     write_report(report, out_dir)
     return report
+
+
+def choose_best(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The entry :data:`SELECT_RULE` picks: the lowest score, ties to the later step."""
+    best = min(entries, key=lambda c: (c["score"], -(c["step"] or 0)))
+    return {"name": best["name"], "path": best["path"], "step": best["step"], "score": best["score"]}
 
 
 def _evaluate_checkpoint(ckpt: Path, sentences: list[str], out_dir: Path, ctx: dict[str, Any], bar: Any) -> dict[str, Any]:

@@ -199,15 +199,15 @@ def find_token_loop(codes: Sequence[int], *, max_period: int = 16, min_repeats: 
     return best
 
 
-def speech_end(audio: np.ndarray, sr: int) -> float | None:
-    """End in seconds of the last speech Silero VAD (inside faster-whisper) finds; None if none."""
+def speech_bounds(audio: np.ndarray, sr: int) -> tuple[float, float] | None:
+    """(start, end) in seconds of the speech Silero VAD (inside faster-whisper) finds; None if none."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
     from utils.data.audio import resample
 
     audio16 = resample(np.asarray(audio, dtype=np.float32), sr, VAD_SR)
     stamps = get_speech_timestamps(audio16, VadOptions(min_silence_duration_ms=300, speech_pad_ms=30))
-    return stamps[-1]["end"] / VAD_SR if stamps else None
+    return (stamps[0]["start"] / VAD_SR, stamps[-1]["end"] / VAD_SR) if stamps else None
 
 
 def rms_dbfs(audio: np.ndarray) -> float:
@@ -261,7 +261,8 @@ def analyse_output(
     stopped = bool(gen) and stop_token is not None and gen[-1] == stop_token
     if stopped:
         gen = gen[:-1]
-    end = speech_end(audio, sr) if audio.size else None
+    bounds = speech_bounds(audio, sr) if audio.size else None
+    end = bounds[1] if bounds else None
     tail = audio[int((end or 0.0) * sr) :]
     att = Attempt(seed=seed, codes=len(gen), stop_token=stopped, duration_s=duration, speech_end_s=end,
                   tail_s=max(0.0, duration - (end or 0.0)), tail_kind="noise" if rms_dbfs(tail) > NOISE_DBFS else "silence")  # fmt: skip

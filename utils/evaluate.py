@@ -623,15 +623,15 @@ def plot_metrics(report: EvalReport, path: str | os.PathLike) -> Path:
     plt = _pyplot()
     entries = report.checkpoints
     xs = [c["step"] if c["step"] is not None else i for i, c in enumerate(entries)]
-    panels = (
-        ("ASR error rate (lower is better)", ("cer", "wer")),
-        ("speaker similarity (higher is better)", ("similarity_ge2e", "similarity_xtts")),
-        ("DNSMOS 1-5 (higher is better)", ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak")),
-        ("seconds after speech / last word; share flagged", ("trailing_s", "after_last_word_s", "flagged_share")),
+    panels = (  # fixed ranges where the scale is bounded, so small wiggles don't look like trends
+        ("ASR error rate (lower is better)", ("cer", "wer"), (0.0, None)),
+        ("speaker similarity, cosine (higher is better)", ("similarity_ge2e", "similarity_xtts"), (0.0, 1.02)),
+        ("DNSMOS 1-5 (higher is better)", ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak"), (1.0, 5.0)),
+        ("seconds after speech / last word; share flagged", ("trailing_s", "after_last_word_s", "flagged_share"), (0.0, None)),
     )
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     best_x = next((x for x, c in zip(xs, entries) if report.best and c["name"] == report.best["name"]), None)
-    for ax, (title, keys) in zip(axes.flat, panels):
+    for ax, (title, keys, ylim) in zip(axes.flat, panels):
         for key in keys:
             ys = [c["summary"].get(key) for c in entries]
             if any(y is not None for y in ys):
@@ -640,6 +640,7 @@ def plot_metrics(report: EvalReport, path: str | os.PathLike) -> Path:
             ax.axvline(best_x, color="grey", linestyle="--", linewidth=1, label="best (select rule)")
         ax.set_title(title)
         ax.set_xlabel("step")
+        ax.set_ylim(bottom=ylim[0], top=ylim[1])
         ax.grid(alpha=0.3)
         if ax.has_data():
             ax.legend(fontsize=8)

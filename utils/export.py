@@ -146,18 +146,9 @@ def resolve_checkpoint(source: str | os.PathLike, which: str = "best") -> tuple[
 
 def load_state_dict(checkpoint: str | os.PathLike) -> dict[str, Any]:
     """The ``model`` state dict of a Trainer checkpoint or an exported model.pth (tensors only)."""
-    import pickle
+    from utils.safe_load import load_torch_file
 
-    import torch
-
-    try:
-        data = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # The toolkit's own Trainer checkpoints may hold plain Python objects in "config"; they
-        # are trusted files the run wrote.
-        data = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError) as exc:
-        raise DataError(f"cannot read checkpoint {checkpoint}: {exc}; is the file complete?") from exc
+    data = load_torch_file(checkpoint)
     state = data.get("model", data) if isinstance(data, dict) else None
     if not isinstance(state, dict):
         raise DataError(f"{checkpoint} holds no model state dict; pass a Trainer checkpoint or an exported model.pth")

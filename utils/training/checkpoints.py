@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from utils.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
@@ -121,9 +123,14 @@ def checkpoint_step(path: Path) -> int | None:
 
 def has_training_state(path: str | os.PathLike[str]) -> bool:
     """True when the checkpoint holds optimizer state (so a run can resume from it exactly)."""
+    from utils.safe_load import UnsafeModelFileError
+
     try:
         state = load_checkpoint(path, mmap=True)
-    except (OSError, RuntimeError, ValueError, EOFError):  # unreadable: not a resume point
+    except UnsafeModelFileError:
+        raise  # a file that could run code is refused, not skipped quietly
+    except DataError as exc:  # truncated or not a PyTorch file: not a resume point
+        logger.warning("skipping %s as a resume point: %s", path, exc)
         return False
     return bool(state.get("optimizer"))
 
@@ -152,7 +159,7 @@ def best_eval_loss(run_dir: str | os.PathLike[str]) -> dict[str, float] | None:
             continue
         try:
             loss = load_checkpoint(path, mmap=True).get("model_loss")
-        except (OSError, RuntimeError, ValueError, EOFError):
+        except DataError:  # unreadable (UnsafeModelFileError included): its loss is unknown
             continue
         if isinstance(loss, dict) and loss.get("eval_loss") is not None:
             if best is None or float(loss["eval_loss"]) < float(best["eval_loss"]):
@@ -161,8 +168,15 @@ def best_eval_loss(run_dir: str | os.PathLike[str]) -> dict[str, float] | None:
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, Any]:
-    """Load a Trainer checkpoint on the CPU with ``weights_only=True`` (``mmap``: lazy tensors)."""
-    return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    """Load a Trainer checkpoint on the CPU, never running code from it (``mmap``: lazy tensors).
+
+    Raises:
+        UnsafeModelFileError: the file pickles more than tensors and plain data.
+        DataError: the file is missing, truncated or not a PyTorch file.
+    """
+    from utils.safe_load import load_torch_file
+
+    return load_torch_file(path, mmap=mmap)
 
 
 def training_state(trainer: Any, *, steps_done: int, epochs_done: int, epoch_batches_done: int = 0,

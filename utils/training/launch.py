@@ -17,7 +17,6 @@ import importlib
 import logging
 import os
 import pickle
-import secrets
 import shutil
 import signal
 import socket
@@ -90,9 +89,11 @@ def launch_train(
     backend = backend or default_backend()
     gpu_ids = check_gpus(nprocs, backend)
     root = Path(staging_dir) if staging_dir else Path(tempfile.gettempdir())
-    job_dir = root / f"ddp-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-    job_dir.mkdir(parents=True)
-    with open(job_dir / "job.pkl", "wb") as fh:
+    root.mkdir(parents=True, exist_ok=True)
+    # The job files are pickles that the workers load: keep them private to this user (mkdtemp
+    # creates the folder with mode 0700, exclusively, so nobody else can plant or swap a file).
+    job_dir = Path(tempfile.mkdtemp(prefix=f"ddp-{time.strftime('%Y%m%d-%H%M%S')}-", dir=root))
+    with open(os.open(job_dir / "job.pkl", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
         pickle.dump({"fn": _fn_ref(fn), "args": args, "kwargs": kwargs, "log_level": logging.getLogger().level}, fh)
     port = _free_port()
     procs: list[subprocess.Popen] = []

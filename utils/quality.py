@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 QUALITY_SR = 16000
 DNSMOS_KEYS = ("ovrl_mos", "sig_mos", "bak_mos", "p808_mos")
+DNSMOS_WINDOW_S = 9.01  # speechmos' INPUT_LENGTH
 
 
 def _to16k(audio: np.ndarray, sr: int) -> np.ndarray:
@@ -81,8 +82,10 @@ class GE2ESimilarity:
 def dnsmos(audio: np.ndarray, sr: int) -> dict[str, float | None]:
     """DNSMOS scores of one clip (:data:`DNSMOS_KEYS`, 1-5, higher is better).
 
-    speechmos repeats a clip shorter than the model's 9 s window until it fills it, and averages
-    9 s windows one second apart over a longer one. Silence gets None for every key.
+    The model reads 9.01 s windows, one second apart, and averages them. A shorter clip is
+    repeated to exactly one window here (speechmos would double it until it is longer, up to
+    18 s, and score up to nine overlapping windows of the same repeated audio: the same score,
+    several times the time). Silence gets None for every key.
     """
     from speechmos import dnsmos as _dnsmos
 
@@ -92,5 +95,8 @@ def dnsmos(audio: np.ndarray, sr: int) -> dict[str, float | None]:
         return {k: None for k in DNSMOS_KEYS}
     if peak > 1.0:  # speechmos rejects samples outside [-1, 1]
         wav = wav / peak
+    window = int(DNSMOS_WINDOW_S * QUALITY_SR) + 1
+    if wav.size < window:
+        wav = np.tile(wav, int(np.ceil(window / wav.size)))[:window]
     scores = _dnsmos.run(wav.astype(np.float32), sr=QUALITY_SR)
     return {k: round(float(scores[k]), 4) if scores.get(k) is not None else None for k in DNSMOS_KEYS}

@@ -29,6 +29,18 @@ def test_cli_speaks_each_line_of_a_text_file(en_export, tmp_path, capsys):
     for p in paths:
         info = sf.info(p)
         assert info.samplerate == 24000 and 0 < info.frames <= 6 * 1115
+        side = json.loads(open(p[: -len(".wav")] + ".json").read())  # the guard's sidecar
+        assert side["chunks"][0]["max_new_tokens"] == 6 and side["chunks"][0]["cap_source"] == "max_new_tokens"
+        assert len(side["chunks"][0]["attempts"]) == 2  # the command retries once by default: no stop token
+        assert side["guard"]["retries"] == 1 and side["seed"] == 3
+
+
+def test_cli_refuses_a_negative_retry_count_with_one_line(en_export, tmp_path, capsys):
+    from scripts.synthesize import main
+    from utils.cli import run
+
+    rc = run(main, ["--model", str(en_export), "--text", "Hi.", "--retries", "-1", "--out", str(tmp_path / "x.wav")])
+    assert rc == 2 and "--retries must be >= 0" in capsys.readouterr().err and not (tmp_path / "x.wav").exists()
 
 
 def test_same_seed_same_audio_and_options_reach_the_model(en_model):

@@ -10,7 +10,7 @@ sentence ends into chunks of the language's character limit. The written paths g
 Generation guard (on by default): each chunk may last at most
 max(2 s, 1 s + margin * letters / speaker's letters per second) (margin 2), so a model that never
 emits its stop token stops soon after the text ends instead of at about 28 s. The output is then
-checked (stop token, repeated audio codes, non-speech after the last word, and with an ASR model
+checked (stop token, repeated audio codes, noise after the last word, and with an ASR model
 words after the text's last word), trimmed at the end of the last word, and generated again with
 another seed when a check fails (--retries). Every decision goes to NAME.json next to NAME.wav.
 """

@@ -13,9 +13,10 @@ noise until the token cap, and the stock cap (``gpt_max_audio_tokens``, about 28
    ``max_new_tokens``.
 2. **Checks on the output** (:func:`analyse_output`):
    ``no_stop_token`` (generation ran to the cap), ``token_loop`` (the audio codes end in a
-   repeated pattern), ``no_speech`` (Silero VAD finds none), ``trailing_nonspeech`` (more than
-   ``max_tail_s`` after the end of speech; ``tail_kind`` says noise or silence), and with an ASR
-   model, ``extra_words`` (words transcribed after the text's last word: babble).
+   repeated pattern), ``no_speech`` (Silero VAD finds none), ``trailing_noise`` (more than
+   ``max_tail_s`` of sound louder than -45 dBFS after the end of speech; ``trailing_silence`` when
+   it is quiet, which trimming fixes and which is no failure), and with an ASR model,
+   ``extra_words`` (words transcribed after the text's last word: babble).
 3. **Trimming** at the end of the last word (ASR word times when there are extra words, else the
    VAD's speech end; the start of a trailing token loop if earlier), keeping ``keep_tail_s`` and a
    10 ms fade.
@@ -42,7 +43,7 @@ DEFAULT_LETTERS_PER_S = 13.0  # typical read speech, when the speaker's own rate
 VAD_SR = 16000
 NOISE_DBFS = -45.0  # a tail louder than this is noise, not silence
 FADE_S = 0.01
-RETRY_FLAGS: frozenset[str] = frozenset({"no_stop_token", "token_loop", "no_speech", "extra_words", "trailing_nonspeech"})
+RETRY_FLAGS: frozenset[str] = frozenset({"no_stop_token", "token_loop", "no_speech", "extra_words", "trailing_noise"})
 
 
 @dataclass
@@ -55,7 +56,8 @@ class GuardOptions:
         margin / pad_s / min_cap_s: the text-based cap ``max(min_cap_s, pad_s + margin * letters / rate)``.
         trim: cut what follows the last word (checks run either way).
         keep_tail_s: silence kept after the last word when trimming.
-        max_tail_s: more non-speech than this after the last word fails ``trailing_nonspeech``.
+        max_tail_s: more non-speech than this after the last word is flagged (``trailing_noise``
+            fails, ``trailing_silence`` is only trimmed).
         use_asr: align faster-whisper word times with the text (English with the bundled model).
         retries: extra attempts with another seed when a check in :data:`RETRY_FLAGS` fails.
     """
@@ -277,7 +279,7 @@ def analyse_output(
     if end is None:
         att.flags.append("no_speech")
     elif att.tail_s > options.max_tail_s:
-        att.flags.append("trailing_nonspeech")
+        att.flags.append("trailing_noise" if att.tail_kind == "noise" else "trailing_silence")
     if end is not None:
         cuts.append((end + options.keep_tail_s, "end of speech (VAD)"))
     if transcriber is not None and end is not None:

@@ -68,11 +68,14 @@ def test_noise_after_the_speech_is_trimmed_within_0_2_s_and_flagged(tmp_path):
     noise = np.random.default_rng(0).normal(0, 0.05, 3 * sr).astype(np.float32)
     out = np.concatenate([audio, noise])
     att = analyse_output(out, sr, SPEECH, "en", options=GuardOptions())
-    assert "trailing_nonspeech" in att.flags and att.tail_kind == "noise" and att.tail_s > 2.8
-    assert "trailing_nonspeech" in att.failures  # a retry-worthy failure
+    assert "trailing_noise" in att.flags and att.tail_kind == "noise" and att.tail_s > 2.8
+    assert "trailing_noise" in att.failures  # a retry-worthy failure
     trimmed = trim(out, sr, att.cut_s)
     assert abs(trimmed.size / sr - end) <= 0.2, (trimmed.size / sr, end)
     assert abs(float(trimmed[-1])) < 1e-3  # faded out, no click
+    # 3 s of digital silence instead: flagged and trimmed the same way, but no failure (no retry).
+    quiet = analyse_output(np.concatenate([audio, np.zeros(3 * sr, np.float32)]), sr, SPEECH, "en", options=GuardOptions())
+    assert "trailing_silence" in quiet.flags and quiet.failures == [] and abs(quiet.cut_s - end) <= 0.2
     # The clean recording passes every check and keeps its length.
     clean = analyse_output(audio, sr, SPEECH, "en", options=GuardOptions())
     assert clean.flags == [] and (clean.cut_s is None or clean.cut_s > end - 0.05)

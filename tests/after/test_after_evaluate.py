@@ -160,3 +160,22 @@ def test_every_step_is_evaluated_best_models_included_and_the_rule_picks_one(en_
     assert selection_score(summary) == pytest.approx(expected, abs=1e-3) and "GE2E" in SELECT_RULE
     assert (tmp_path / "eval" / "eval_metrics.png").is_file()
     assert json.loads((tmp_path / "eval" / "best_model_3" / "01.json").read_text())["chunks"][0]["max_new_tokens"] == 6
+
+
+def test_seconds_after_the_last_word_and_the_hallucination_flag_have_known_answers(asr, en_export, tmp_path):
+    from utils.synthesize import load_model
+
+    loaded = load_model(en_export, device="cpu")
+    text = "Please call me tomorrow."
+    speech, sr = read(espeak(tmp_path / "speech.wav", text))
+    babble, _ = read(espeak(tmp_path / "babble.wav", "Banana apple orange, grape melon."))
+    scorer = Scorer(loaded.model, "en", [tmp_path / "speech.wav"], asr=asr, s_per_letter=0.075)
+    # 2 s of silence after the text: about 2 s after the last word, no hallucination.
+    quiet = scorer.score(np.concatenate([speech, np.zeros(2 * sr, np.float32)]), sr, text)
+    assert quiet["cer"] < 0.15 and quiet["hallucination"] is False and quiet["extra_words"] == []
+    assert abs(quiet["after_last_word_s"] - (2.0 + speech.size / sr - quiet["last_word_end_s"])) < 1e-3
+    assert 1.8 < quiet["after_last_word_s"] < 2.6
+    # Words after the text: flagged as a hallucination, with the words named.
+    rec = scorer.score(np.concatenate([speech, babble]), sr, text)
+    assert rec["hallucination"] is True and "extra_words" in rec["flags"] and len(rec["extra_words"]) >= 3
+    assert rec["after_last_word_s"] == pytest.approx(babble.size / sr, abs=0.5)

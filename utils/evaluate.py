@@ -1,32 +1,42 @@
-"""Objective evaluation of a fine-tune: ASR error rates, speaker similarity, timing checks.
+"""Objective evaluation of a fine-tune: ASR error rates, two speaker encoders, DNSMOS, timing.
 
-For each checkpoint the eval sentences are synthesized with the same reference clip(s) and seed,
-and each output is scored:
+For each checkpoint (``checkpoint_N.pth`` and ``best_model_N.pth``, one per step) the eval
+sentences are synthesized with the same reference clip(s) and seed, through the generation guard
+(:mod:`utils.generation_guard`) with its text-based length cap but without trimming, so what a
+checkpoint does after the last word is measured, not hidden. Each output is scored:
 
 - CER / WER: faster-whisper transcribes the output; both the transcript and the sentence pass
   through the language's normaliser (XTTS's cleaners, or the toolkit's for a new language), are
   lower-cased and stripped of punctuation, then compared by Levenshtein distance. Skipped, with
   the reason in the report, when no ASR model covers the language (an English-only model and
   another language, no model folder, or Whisper lacks the language).
-- Speaker similarity: cosine between the speaker embeddings of the reference and of the output,
-  from XTTS's own speaker encoder (``hifigan_decoder.speaker_encoder``, the one
-  ``get_conditioning_latents`` uses). 1.0 is the same voice.
+- Where the text ends: the transcript's word times are aligned with the text
+  (:func:`utils.generation_guard.align_last_word`); ``after_last_word_s`` is the audio after the
+  text's last word, ``extra_words`` what was transcribed after it.
+- Speaker similarity, twice: ``similarity_ge2e`` from Resemblyzer's GE2E encoder
+  (:mod:`utils.quality`, independent of XTTS) and ``similarity_xtts`` from XTTS's own speaker
+  encoder (``hifigan_decoder.speaker_encoder``, which the model is conditioned on: biased, and
+  near 1.0 even for noise on an untrained model). Cosine with the references' mean; 1.0 is the
+  same voice. An output in which GE2E finds no speech to embed scores 0.0.
+- DNSMOS (``dnsmos_ovrl``, ``dnsmos_sig``, ``dnsmos_bak``; 1-5): noise and distortion, no
+  reference needed.
 - Timing: seconds per letter of the normalised text, leading/trailing non-speech (Silero VAD,
   shipped inside faster-whisper) and whether the tail is silence or noise. Flags mark likely
-  hallucinations: ``too_long`` (more than 2.5x the speaker's seconds per letter: babbling),
+  failures: ``too_long`` (more than 2.5x the speaker's seconds per letter: babbling),
   ``too_short`` (under 0.4x: words vanish), ``trailing_noise``, ``long_leading_silence``,
-  ``no_speech``, ``asr_mismatch`` (CER > 0.5).
+  ``no_speech``, ``asr_mismatch`` (CER > 0.5), ``extra_words``. ``hallucination`` is true for
+  ``extra_words`` or ``too_long``.
 
 The best checkpoint (:data:`SELECT_RULE`) has the lowest
-``mean CER + 0.5 * (1 - mean similarity) + 0.5 * share of flagged outputs`` (the CER term is
-dropped when ASR is skipped); ties go to the later step.
+``mean CER + 0.5 * (1 - mean GE2E similarity) + 0.25 * (5 - mean DNSMOS OVRL) / 4 + 0.5 * share
+of flagged outputs``; a term whose metric was skipped is dropped; ties go to the later step.
+XTTS's own similarity is reported but not used: it favours the model's own bias.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import unicodedata
@@ -37,6 +47,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from utils.errors import ConfigError, DataError
+from utils.generation_guard import NOISE_DBFS, rms_dbfs, speech_bounds
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +57,10 @@ TOO_SHORT_RATIO = 0.4
 MAX_TRAILING_S = 1.0
 MAX_LEADING_S = 1.0
 ASR_MISMATCH_CER = 0.5
-NOISE_DBFS = -45.0
 DEFAULT_S_PER_LETTER = 0.075  # ~13 letters/s, when the speaker's own rate is unknown
 SELECT_RULE = (
-    "lowest mean CER + 0.5 * (1 - mean speaker similarity) + 0.5 * share of flagged outputs "
-    "(CER term dropped when ASR is skipped); ties go to the later step"
+    "lowest mean CER + 0.5 * (1 - mean GE2E similarity) + 0.25 * (5 - mean DNSMOS OVRL) / 4 "
+    "+ 0.5 * share of flagged outputs (a skipped metric's term is dropped); ties go to the later step"
 )
 
 
@@ -131,6 +141,17 @@ class Transcriber:
         )  # fmt: skip
         return " ".join(s.text.strip() for s in segments).strip()
 
+    def words(self, audio: np.ndarray, sr: int, max_new_tokens: int | None = None) -> list[tuple[str, float, float]]:
+        """``(word, start_s, end_s)`` of each transcribed word (faster-whisper word timestamps)."""
+        from utils.data.audio import resample
+
+        audio16 = resample(np.asarray(audio, dtype=np.float32), sr, ASR_SR)
+        segments, _ = self.model.transcribe(
+            audio16, language=self.language, beam_size=1, temperature=0.0, condition_on_previous_text=False,
+            vad_filter=False, word_timestamps=True, max_new_tokens=max_new_tokens,
+        )  # fmt: skip
+        return [(w.word.strip(), float(w.start), float(w.end)) for s in segments for w in (s.words or [])]
+
 
 def load_asr(language: str, model_dir: str | os.PathLike | None = None, device: str = "cpu") -> tuple[Transcriber | None, str]:
     """A :class:`Transcriber` for ``language``, or None and the reason ASR metrics are skipped."""
@@ -171,25 +192,6 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
 
 
-def speech_bounds(audio: np.ndarray, sr: int) -> tuple[float, float] | None:
-    """(start, end) in seconds of the speech Silero VAD finds; None when it finds none."""
-    from faster_whisper.vad import VadOptions, get_speech_timestamps
-
-    from utils.data.audio import resample
-
-    audio16 = resample(np.asarray(audio, dtype=np.float32), sr, ASR_SR)
-    stamps = get_speech_timestamps(audio16, VadOptions(min_silence_duration_ms=300, speech_pad_ms=30))
-    if not stamps:
-        return None
-    return stamps[0]["start"] / ASR_SR, stamps[-1]["end"] / ASR_SR
-
-
-def _rms_dbfs(audio: np.ndarray) -> float:
-    if audio.size == 0:
-        return -100.0
-    return 20.0 * math.log10(max(float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))), 1e-5))
-
-
 # --------------------------------------------------------------------------------------------
 # Scoring one output
 # --------------------------------------------------------------------------------------------
@@ -200,11 +202,14 @@ class Scorer:
     """Scores synthesized audio against its text and the reference voice.
 
     Args:
-        xtts: an ``Xtts`` (its speaker encoder gives the embeddings).
+        xtts: an ``Xtts`` (its speaker encoder gives ``similarity_xtts``).
         language: language of the texts.
         references: the reference clip(s); their mean embedding is the target voice.
         asr: a Transcriber, or None (``asr_note`` says why).
         s_per_letter: the speaker's typical seconds per letter (for the timing flags).
+        ge2e: the independent speaker encoder (default a new :class:`utils.quality.GE2ESimilarity`);
+            None skips ``similarity_ge2e``.
+        quality: False skips DNSMOS.
     """
 
     xtts: Any
@@ -213,19 +218,35 @@ class Scorer:
     asr: Transcriber | None = None
     asr_note: str = ""
     s_per_letter: float = DEFAULT_S_PER_LETTER
+    ge2e: Any = "default"
+    quality: bool = True
     _target: np.ndarray | None = field(default=None, repr=False)
+    _ge2e_target: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.ge2e == "default":
+            from utils.quality import GE2ESimilarity
+
+            self.ge2e = GE2ESimilarity()
+
+    def _reference_audio(self) -> list[tuple[np.ndarray, int]]:
+        from utils.data.audio import load_audio
+
+        return [load_audio(ref, target_sr=None) for ref in self.references]
 
     def target_embedding(self) -> np.ndarray:
+        """XTTS's mean speaker embedding of the references."""
         if self._target is None:
-            from utils.data.audio import load_audio
-
-            embs = []
-            for ref in self.references:
-                audio, sr = load_audio(ref, target_sr=None)
-                embs.append(speaker_embedding(self.xtts, audio, sr))
+            embs = [speaker_embedding(self.xtts, audio, sr) for audio, sr in self._reference_audio()]
             mean = np.mean(embs, axis=0)
             self._target = mean / max(float(np.linalg.norm(mean)), 1e-12)
         return self._target
+
+    def ge2e_target(self) -> np.ndarray | None:
+        """GE2E's mean embedding of the references (None when they hold no speech)."""
+        if self._ge2e_target is None and self.ge2e is not None:
+            self._ge2e_target = self.ge2e.target(self._reference_audio())
+        return self._ge2e_target
 
     def score(self, audio: np.ndarray, sr: int, text: str) -> dict[str, Any]:
         """Metrics and flags for one output (see the module docstring)."""
@@ -236,43 +257,78 @@ class Scorer:
         n_letters = max(1, letters(metric_text(text, self.language)))
         rec: dict[str, Any] = {"text": text, "duration_s": round(duration, 3), "letters": n_letters}
         rec["s_per_letter"] = round(duration / n_letters, 4)
-        bounds = speech_bounds(audio, sr) if audio.size else None
-        flags = []
-        if bounds is None:
-            d = round(duration, 3)
-            rec.update({"speech_s": 0.0, "leading_s": d, "trailing_s": d, "trailing_kind": "none"})
-            flags.append("no_speech")
-        else:
-            start, end = bounds
-            tail = audio[int(end * sr) :]
-            rec.update({
-                "speech_s": round(end - start, 3),
-                "leading_s": round(start, 3),
-                "trailing_s": round(max(0.0, duration - end), 3),
-                "trailing_kind": "noise" if _rms_dbfs(tail) > NOISE_DBFS else "silence",
-            })  # fmt: skip
-            if rec["trailing_s"] > MAX_TRAILING_S:
-                flags.append("trailing_noise" if rec["trailing_kind"] == "noise" else "long_trailing_silence")
-            if start > MAX_LEADING_S:
-                flags.append("long_leading_silence")
+        flags: list[str] = []
+        self._timing(rec, audio, sr, flags)
         ratio = rec["s_per_letter"] / self.s_per_letter
         rec["rate_ratio"] = round(ratio, 3)
         if ratio > TOO_LONG_RATIO:
             flags.append("too_long")
         elif ratio < TOO_SHORT_RATIO:
             flags.append("too_short")
-        rec["similarity"] = None
+        rec["similarity_xtts"] = rec["similarity_ge2e"] = None
         if audio.size:
-            rec["similarity"] = round(cosine(speaker_embedding(self.xtts, audio, sr), self.target_embedding()), 4)
-        rec["asr_text"] = rec["cer"] = rec["wer"] = None
-        if self.asr is not None and audio.size:
-            rec["asr_text"] = self.asr.transcribe(audio, sr, max_new_tokens=len(text) + 20)
-            cer, wer = error_rates(text, rec["asr_text"], self.language)
-            rec["cer"], rec["wer"] = round(cer, 4), round(wer, 4)
-            if cer > ASR_MISMATCH_CER:
-                flags.append("asr_mismatch")
+            rec["similarity_xtts"] = round(cosine(speaker_embedding(self.xtts, audio, sr), self.target_embedding()), 4)
+            target = self.ge2e_target() if self.ge2e is not None else None
+            if target is not None:  # no speech GE2E can embed counts as no likeness (0.0), not as skipped
+                sim = self.ge2e.similarity(audio, sr, target)
+                rec["similarity_ge2e"] = 0.0 if sim is None else round(sim, 4)
+        rec.update(self._dnsmos(audio, sr))
+        self._asr(rec, audio, sr, text, flags)
+        rec["hallucination"] = bool({"extra_words", "too_long"} & set(flags))
         rec["flags"] = flags
         return rec
+
+    def _timing(self, rec: dict[str, Any], audio: np.ndarray, sr: int, flags: list[str]) -> None:
+        duration = audio.size / sr
+        bounds = speech_bounds(audio, sr) if audio.size else None
+        if bounds is None:
+            d = round(duration, 3)
+            rec.update({"speech_s": 0.0, "leading_s": d, "trailing_s": d, "trailing_kind": "none"})
+            flags.append("no_speech")
+            return
+        start, end = bounds
+        tail = audio[int(end * sr) :]
+        rec.update({
+            "speech_s": round(end - start, 3),
+            "leading_s": round(start, 3),
+            "trailing_s": round(max(0.0, duration - end), 3),
+            "trailing_kind": "noise" if rms_dbfs(tail) > NOISE_DBFS else "silence",
+        })  # fmt: skip
+        if rec["trailing_s"] > MAX_TRAILING_S:
+            flags.append("trailing_noise" if rec["trailing_kind"] == "noise" else "long_trailing_silence")
+        if start > MAX_LEADING_S:
+            flags.append("long_leading_silence")
+
+    def _dnsmos(self, audio: np.ndarray, sr: int) -> dict[str, float | None]:
+        from utils.quality import dnsmos
+
+        keys = ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak")
+        if not self.quality or not audio.size:
+            return dict.fromkeys(keys)
+        scores = dnsmos(audio, sr)
+        return {"dnsmos_ovrl": scores["ovrl_mos"], "dnsmos_sig": scores["sig_mos"], "dnsmos_bak": scores["bak_mos"]}
+
+    def _asr(self, rec: dict[str, Any], audio: np.ndarray, sr: int, text: str, flags: list[str]) -> None:
+        """CER/WER, and where the text's last word ends in the audio (word times aligned to the text)."""
+        from utils.generation_guard import align_last_word
+
+        rec.update(dict.fromkeys(("asr_text", "cer", "wer", "last_word_end_s", "after_last_word_s")))
+        rec["extra_words"] = []
+        if self.asr is None or not audio.size:
+            return
+        words = self.asr.words(audio, sr, max_new_tokens=len(text) + 20)
+        rec["asr_text"] = " ".join(w for w, _s, _e in words).strip()
+        cer, wer = error_rates(text, rec["asr_text"], self.language)
+        rec["cer"], rec["wer"] = round(cer, 4), round(wer, 4)
+        if cer > ASR_MISMATCH_CER:
+            flags.append("asr_mismatch")
+        last, extra = align_last_word(text, words, self.language) if words else (-1, [])
+        if last >= 0:
+            rec["last_word_end_s"] = round(words[last][2], 3)
+            rec["after_last_word_s"] = round(max(0.0, audio.size / sr - words[last][2]), 3)
+        if extra and sum(len(w) for w in extra) >= 3:
+            rec["extra_words"] = extra
+            flags.append("extra_words")
 
 
 def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -283,14 +339,12 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
         return round(float(np.mean(vals)), 4) if vals else None
 
     flagged = sum(1 for s in samples if s["flags"])
+    keys = ("cer", "wer", "similarity_xtts", "similarity_ge2e", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak",
+            "s_per_letter", "leading_s", "trailing_s", "after_last_word_s")  # fmt: skip
     return {
         "n": len(samples),
-        "cer": mean("cer"),
-        "wer": mean("wer"),
-        "similarity": mean("similarity"),
-        "s_per_letter": mean("s_per_letter"),
-        "leading_s": mean("leading_s"),
-        "trailing_s": mean("trailing_s"),
+        **{k: mean(k) for k in keys},
+        "hallucinations": sum(1 for s in samples if s.get("hallucination")),
         "flagged": flagged,
         "flagged_share": round(flagged / len(samples), 4) if samples else None,
         "flag_counts": {f: sum(1 for s in samples if f in s["flags"]) for f in sorted({f for s in samples for f in s["flags"]})},
@@ -298,9 +352,12 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def selection_score(summary: dict[str, Any]) -> float:
-    """The number :data:`SELECT_RULE` minimises."""
+    """The number :data:`SELECT_RULE` minimises (lower is better)."""
     score = summary["cer"] or 0.0
-    score += 0.5 * (1.0 - (summary["similarity"] if summary["similarity"] is not None else 0.0))
+    if summary.get("similarity_ge2e") is not None:
+        score += 0.5 * (1.0 - summary["similarity_ge2e"])
+    if summary.get("dnsmos_ovrl") is not None:
+        score += 0.25 * (5.0 - summary["dnsmos_ovrl"]) / 4.0
     score += 0.5 * (summary["flagged_share"] or 0.0)
     return round(score, 4)
 
@@ -336,14 +393,18 @@ class EvalReport:
 
     def table(self) -> str:
         """A Markdown table: one row per checkpoint."""
-        head = "| checkpoint | step | CER | WER | similarity | s/letter | trailing s | flagged | score |"
-        lines = [head, "|" + "---|" * 9]
+        cols = ("CER", "WER", "sim GE2E", "sim XTTS", "DNSMOS", "s/letter", "trailing s", "after last word s")
+        keys = ("cer", "wer", "similarity_ge2e", "similarity_xtts", "dnsmos_ovrl", "s_per_letter", "trailing_s",
+                "after_last_word_s")  # fmt: skip
+        lines = ["| checkpoint | step | " + " | ".join(cols) + " | hallucinations | flagged | score |",
+                 "|" + "---|" * (len(cols) + 5)]  # fmt: skip
         for c in self.checkpoints:
             s = c["summary"]
+            name = c["name"] + (f" (= {', '.join(c['same_step'])})" if c.get("same_step") else "")
+            values = " | ".join(_f(s.get(k)) for k in keys)
             lines.append(
-                f"| {c['name']} | {c['step'] if c['step'] is not None else '-'} | {_f(s['cer'])} | {_f(s['wer'])} | "
-                f"{_f(s['similarity'])} | {_f(s['s_per_letter'])} | {_f(s['trailing_s'])} | {s['flagged']}/{s['n']} | "
-                f"{c['score']:.3f} |"
+                f"| {name} | {c['step'] if c['step'] is not None else '-'} | {values} | {s['hallucinations']}/{s['n']} | "
+                f"{s['flagged']}/{s['n']} | {c['score']:.3f} |"
             )
         if self.best:
             lines.append(f"\nbest: {self.best['name']} ({SELECT_RULE})")
@@ -392,6 +453,59 @@ def speaker_rate(clips: Sequence[tuple[Any, str]], language: str) -> float:
     return float(np.median(rates)) if rates else DEFAULT_S_PER_LETTER
 
 
+def run_checkpoints(run_dir: str | os.PathLike) -> list[tuple[Path, list[str]]]:
+    """Every checkpoint of a run, one per step, each with the names of the other files of its step.
+
+    ``checkpoint_N.pth`` and ``best_model_N.pth`` of one step hold the same weights, so the step
+    is evaluated once (see :func:`utils.export.list_checkpoints`); a ``best_model_N.pth`` whose step
+    has no full checkpoint is evaluated on its own.
+    """
+    from utils.export import checkpoint_step, list_checkpoints
+
+    run_dir = Path(run_dir)
+    steps: dict[int, list[str]] = {}
+    for path in sorted(run_dir.glob("*.pth")):
+        step = checkpoint_step(path)
+        if step is not None:
+            steps.setdefault(step, []).append(path.name)
+    out = []
+    for ckpt in list_checkpoints(run_dir):
+        step = checkpoint_step(ckpt)
+        out.append((ckpt, [n for n in steps.get(step, []) if n != ckpt.name] if step is not None else []))
+    return out
+
+
+def _eval_inputs(run_dir: Path, language: str, sentences: list[str] | None, references: list[Any] | None,
+                 max_sentences: int, short_probes: int, num_references: int) -> tuple[list[str], list[Path], float]:  # fmt: skip
+    """The sentences, the reference clips and the speaker's seconds per letter of an evaluation."""
+    from utils.reference import choose_references, run_rows
+
+    try:
+        train_rows = run_rows(run_dir, "train")
+    except DataError:
+        if references is None:
+            raise
+        train_rows = []  # the speaker's rate then falls back to DEFAULT_S_PER_LETTER
+    if sentences is None:
+        sentences = [r.text for r in run_rows(run_dir, "eval")][:max_sentences]
+        sentences += short_texts(sentences, short_probes)
+    if not sentences:
+        raise DataError("no eval sentences: the run has no eval rows; pass --sentences FILE")
+    if references is None:
+        choice = choose_references([(r.path, r.text) for r in train_rows], count=num_references, language=language)
+        references = [c.path for c in choice.chosen]
+    rate = speaker_rate([(r.path, r.text) for r in train_rows], language)
+    return list(sentences), [Path(r) for r in references], rate
+
+
+def default_eval_options() -> Any:
+    """Seed 0 and the guard's length cap, without trimming (the tail is what is measured)."""
+    from utils.generation_guard import GuardOptions
+    from utils.synthesize import SynthesisOptions
+
+    return SynthesisOptions(seed=0, guard=GuardOptions(trim=False))
+
+
 def evaluate(
     run_dir: str | os.PathLike,
     *,
@@ -413,88 +527,130 @@ def evaluate(
     Args:
         run_dir: the run folder (its eval rows give the sentences, its training rows the
             references and the speaker's rate).
-        checkpoints: checkpoints or export folders to evaluate; default every checkpoint of the run.
+        checkpoints: checkpoints or export folders to evaluate; default every checkpoint of the
+            run (:func:`run_checkpoints`, best models included).
         short_probes: short texts added to the run's eval sentences (see :func:`short_texts`),
             where babbling and trailing noise show most.
         sentences / language / references: override the run's.
         num_references: clips chosen from the training rows when ``references`` is None (as the export).
         asr_model: faster-whisper model folder (default :func:`default_asr_model`).
-        options: :class:`utils.synthesize.SynthesisOptions` (default seed 0).
-        out_dir: where eval_report.json, eval_report.md and the wavs go (default ``<run>/eval``).
+        options: :class:`utils.synthesize.SynthesisOptions` (default :func:`default_eval_options`).
+        out_dir: where eval_report.json, eval_report.md, eval_metrics.png and the wavs go
+            (default ``<run>/eval``).
 
     Returns:
-        The :class:`EvalReport` (also written as eval_report.json and eval_report.md).
+        The :class:`EvalReport` (also written as eval_report.json, eval_report.md, eval_metrics.png).
     """
     from tqdm import tqdm
 
-    from utils.data.audio import write_wav
-    from utils.runs import list_checkpoints, read_run_config, run_language
-    from utils.reference import choose_references, run_rows
-    from utils.synthesize import SynthesisOptions, load_model, synthesize
+    from utils.export import read_run_config, run_language
+    from utils.quality import GE2ESimilarity
 
     run_dir = Path(run_dir)
     language = language or run_language(read_run_config(run_dir))
-    try:
-        train_rows = run_rows(run_dir, "train")
-    except DataError:
-        if references is None:
-            raise
-        train_rows = []  # the speaker's rate then falls back to DEFAULT_S_PER_LETTER
-    if sentences is None:
-        sentences = [r.text for r in run_rows(run_dir, "eval")][:max_sentences]
-        sentences += short_texts(sentences, short_probes)
-    if not sentences:
-        raise DataError("no eval sentences: the run has no eval rows; pass --sentences FILE")
-    if references is None:
-        choice = choose_references([(r.path, r.text) for r in train_rows], count=num_references, language=language)
-        references = [c.path for c in choice.chosen]
-    references = [Path(r) for r in references]
-    ckpts = [Path(c) for c in checkpoints] if checkpoints else list_checkpoints(run_dir)
+    sentences, references, rate = _eval_inputs(run_dir, language, sentences, references, max_sentences, short_probes,
+                                               num_references)  # fmt: skip
+    ckpts = [(Path(c), []) for c in checkpoints] if checkpoints else run_checkpoints(run_dir)
     if not ckpts:
         raise DataError(f"{run_dir} holds no checkpoint to evaluate")
-    options = options or SynthesisOptions(seed=0)
     asr, asr_note = load_asr(language, asr_model) if use_asr else (None, "ASR disabled (--no-asr)")
     if asr is None:
         logger.warning("CER/WER skipped: %s", asr_note)
     out_dir = Path(out_dir) if out_dir else run_dir / "eval"
-    report = EvalReport(run_dir, language, list(sentences), references, asr_note)
-    rate = speaker_rate([(r.path, r.text) for r in train_rows], language)
-    bar = tqdm(total=len(ckpts) * len(sentences), desc="evaluate", unit="wav")
-    for ckpt in ckpts:
-        loaded = load_model(ckpt, device=device)
-        scorer = Scorer(loaded.model, language, references, asr, asr_note, rate)
-        samples = []
-        for i, text in enumerate(sentences, start=1):
-            wav = synthesize(loaded, text, language=language, speaker_wav=references, options=options)
-            path = write_wav(out_dir / ckpt.stem / f"{i:02d}.wav", wav, loaded.sample_rate)
-            rec = scorer.score(wav, loaded.sample_rate, text)
-            rec["wav"] = str(path)
-            samples.append(rec)
-            bar.update()
-        summary = summarize(samples)
-        from utils.runs import checkpoint_step
-
-        entry = {"name": ckpt.name, "path": str(ckpt), "step": checkpoint_step(ckpt), "summary": summary, "samples": samples}
-        entry["score"] = selection_score(summary)
-        report.checkpoints.append(entry)
-        del loaded
-    bar.close()
-    best = min(report.checkpoints, key=lambda c: (c["score"], -(c["step"] or 0)))
-    report.best = {"name": best["name"], "path": best["path"], "step": best["step"], "score": best["score"]}
+    report = EvalReport(run_dir, language, sentences, references, asr_note)
+    ctx = {"language": language, "references": references, "asr": (asr, asr_note), "s_per_letter": rate,
+           "ge2e": GE2ESimilarity(), "options": options or default_eval_options(), "device": device}  # fmt: skip
+    with tqdm(total=len(ckpts) * len(sentences), desc="evaluate", unit="wav") as bar:
+        for ckpt, same_step in ckpts:
+            entry = _evaluate_checkpoint(ckpt, sentences, out_dir, ctx, bar)
+            entry["same_step"] = same_step
+            report.checkpoints.append(entry)
+    report.best = choose_best(report.checkpoints)
     write_report(report, out_dir)
     return report
 
 
+def choose_best(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The entry :data:`SELECT_RULE` picks: the lowest score, ties to the later step."""
+    best = min(entries, key=lambda c: (c["score"], -(c["step"] or 0)))
+    return {"name": best["name"], "path": best["path"], "step": best["step"], "score": best["score"]}
+
+
+def _evaluate_checkpoint(ckpt: Path, sentences: list[str], out_dir: Path, ctx: dict[str, Any], bar: Any) -> dict[str, Any]:
+    """Speak and score every sentence with one checkpoint: its entry in the report."""
+    from utils.data.audio import write_wav
+    from utils.export import checkpoint_step
+    from utils.synthesize import load_model, synthesize_with_report, write_sidecar
+
+    loaded = load_model(ckpt, device=ctx["device"])
+    loaded.letters_per_s, loaded.rate_source = 1.0 / ctx["s_per_letter"], "the run's training rows"
+    scorer = Scorer(loaded.model, ctx["language"], ctx["references"], *ctx["asr"], ctx["s_per_letter"], ge2e=ctx["ge2e"])
+    samples = []
+    for i, text in enumerate(sentences, start=1):
+        result = synthesize_with_report(loaded, text, language=ctx["language"], speaker_wav=ctx["references"],
+                                        options=ctx["options"])  # fmt: skip
+        path = write_wav(out_dir / ckpt.stem / f"{i:02d}.wav", result.wav, loaded.sample_rate)
+        write_sidecar(path, result)
+        rec = scorer.score(result.wav, loaded.sample_rate, text)
+        rec["guard_flags"] = result.flags
+        rec["max_new_tokens"] = sum(c.max_new_tokens for c in result.chunks)
+        rec["wav"] = str(path)
+        samples.append(rec)
+        bar.update()
+    summary = summarize(samples)
+    entry = {"name": ckpt.name, "path": str(ckpt), "step": checkpoint_step(ckpt), "summary": summary, "samples": samples}
+    entry["score"] = selection_score(summary)
+    return entry
+
+
 def write_report(report: EvalReport, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write eval_report.json and eval_report.md into ``out_dir``."""
+    """Write eval_report.json, eval_report.md and eval_metrics.png into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     js = out_dir / "eval_report.json"
     md = out_dir / "eval_report.md"
     js.write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     md.write_text(report.table(), encoding="utf-8")
+    plot_metrics(report, out_dir / "eval_metrics.png")
     logger.info("evaluation report: %s", js)
     return js, md
+
+
+def plot_metrics(report: EvalReport, path: str | os.PathLike) -> Path:
+    """One PNG of the metrics over the checkpoints' steps (the best one marked)."""
+    from utils.training.plots import _pyplot, _save
+
+    plt = _pyplot()
+    entries = report.checkpoints
+    xs = [c["step"] if c["step"] is not None else i for i, c in enumerate(entries)]
+    panels = (  # fixed ranges where the scale is bounded, so small wiggles don't look like trends
+        ("ASR error rate (lower is better)", ("cer", "wer"), (0.0, None)),
+        ("speaker similarity, cosine (higher is better)", ("similarity_ge2e", "similarity_xtts"), (0.0, 1.02)),
+        ("DNSMOS 1-5 (higher is better)", ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak"), (1.0, 5.0)),
+        ("seconds after speech / last word; share flagged", ("trailing_s", "after_last_word_s", "flagged_share"), (0.0, None)),
+    )
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    best_x = next((x for x, c in zip(xs, entries) if report.best and c["name"] == report.best["name"]), None)
+    for ax, (title, keys, ylim) in zip(axes.flat, panels):
+        for key in keys:
+            ys = [c["summary"].get(key) for c in entries]
+            if any(y is not None for y in ys):
+                ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", label=key)
+        if best_x is not None:
+            ax.axvline(best_x, color="grey", linestyle="--", linewidth=1, label="best (select rule)")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylim(bottom=ylim[0], top=ylim[1])
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "skipped", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(f"evaluation of {len(entries)} checkpoint(s), {len(report.sentences)} sentences each")
+    fig.tight_layout()
+    out = _save(fig, Path(path))
+    plt.close(fig)
+    return out
 
 
 def copy_best(report: EvalReport, dest: str | os.PathLike | None = None) -> Path:
@@ -516,82 +672,3 @@ def copy_best(report: EvalReport, dest: str | os.PathLike | None = None) -> Path
         shutil.copy2(src, dest)
     logger.info("best checkpoint by evaluation: %s -> %s", src.name, dest)
     return dest
-
-
-# --------------------------------------------------------------------------------------------
-# During training
-# --------------------------------------------------------------------------------------------
-
-
-class EvaluationHook:
-    """A ToolkitTrainer ``on_evaluation`` hook: score held-out sentences with the current weights.
-
-    Appends one JSON line per call to ``<run>/eval_during_training.jsonl`` (step, the
-    :func:`summarize` fields, the selection score) and logs CER, WER, similarity and the flagged
-    share to TensorBoard under ``TestEval/``. Training is unchanged (see
-    :func:`utils.synthesize.trainer_model`).
-
-    Args:
-        sentences / language / references / max_sentences / every / options: as
-            :class:`utils.synthesize.TestSentencesHook`.
-        asr_model / use_asr: as :func:`evaluate`.
-    """
-
-    def __init__(
-        self,
-        sentences: list[str] | None = None,
-        *,
-        language: str | None = None,
-        references: list[str | os.PathLike] | None = None,
-        max_sentences: int = 3,
-        every: int = 1,
-        asr_model: str | os.PathLike | None = None,
-        use_asr: bool = True,
-        options: Any = None,
-    ) -> None:
-        from utils.synthesize import SynthesisOptions, TestSentencesHook
-
-        self._inputs = TestSentencesHook(sentences, language=language, references=references, max_sentences=max_sentences)
-        self.every = max(1, int(every))
-        self.asr_model, self.use_asr = asr_model, use_asr
-        self.options = options or SynthesisOptions(seed=0)
-        self.calls = 0
-        self._asr: tuple[Transcriber | None, str] | None = None
-        self._rate: float | None = None
-        self.records: list[dict[str, Any]] = []
-
-    def __call__(self, trainer: Any, record: dict[str, Any]) -> None:
-        from utils.synthesize import is_main_process, synthesize, trainer_model
-
-        if not is_main_process(trainer):
-            return
-        self.calls += 1
-        if (self.calls - 1) % self.every:
-            return
-        src = self._inputs
-        if src.sentences is None or src.references is None or src.language is None:
-            src._setup(trainer)
-        if not src.sentences:
-            return
-        if self._asr is None:
-            self._asr = load_asr(src.language, self.asr_model) if self.use_asr else (None, "ASR disabled")
-            train = list(getattr(trainer, "train_samples", None) or [])
-            self._rate = speaker_rate([(s["audio_file"], s["text"]) for s in train], src.language)
-        step = int(record.get("step", getattr(trainer, "total_steps_done", 0)))
-        with trainer_model(trainer, src.language, src.references) as loaded:
-            scorer = Scorer(loaded.model, src.language, list(src.references), *self._asr, self._rate or DEFAULT_S_PER_LETTER)
-            samples = []
-            for text in src.sentences:
-                wav = synthesize(loaded, text, language=src.language, options=self.options)
-                samples.append(scorer.score(wav, loaded.sample_rate, text))
-        summary = summarize(samples)
-        line = {"step": step, **summary, "score": selection_score(summary), "asr": self._asr[1]}
-        self.records.append(line)
-        with open(Path(trainer.output_path) / "eval_during_training.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(line, ensure_ascii=False) + "\n")
-        dashboard = getattr(trainer, "dashboard_logger", None)
-        if dashboard is not None:
-            scalars = {k: summary[k] for k in ("cer", "wer", "similarity", "flagged_share") if summary[k] is not None}
-            dashboard.add_scalars("TestEval", scalars, step)
-        logger.info("evaluation of test sentences at step %d: CER %s, similarity %s, %d/%d flagged",
-                    step, _f(summary["cer"]), _f(summary["similarity"]), summary["flagged"], summary["n"])  # fmt: skip

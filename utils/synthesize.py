@@ -6,6 +6,11 @@ sentence splitting (:func:`utils.language.tokenizer.split_sentences`): Coqui's
 ``enable_text_splitting`` needs spaCy and splits unknown languages with the English sentencizer,
 which does not know Ethiopic sentence ends.
 
+Every chunk goes through the generation guard (:mod:`utils.generation_guard`): a token cap from
+the text's length and the speaker's rate, checks for what follows the last word, trimming and an
+optional retry. :func:`synthesize_with_report` returns the decisions; :func:`write_sidecar` writes
+them next to the wav (``NAME.json``).
+
 ``TestSentencesHook`` synthesizes a few held-out sentences during training (a ToolkitTrainer
 ``on_evaluation`` hook): wavs in ``<run>/test_sentences/step_N/`` and in TensorBoard.
 """
@@ -22,6 +27,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from utils.errors import ConfigError, DataError, LanguageError
+from utils.generation_guard import GuardOptions
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +39,13 @@ class SynthesisOptions:
     """XTTS sampling settings; None takes the model config's value (the base model's defaults).
 
     Attributes:
-        max_new_tokens: cap on generated audio tokens (~21.5 per second of audio). None: the
-            model's limit. An untrained or broken model runs to the cap, so tests and demos set it.
+        max_new_tokens: upper bound on generated audio tokens per chunk (~21.5 per second of
+            audio), on top of the guard's text-based cap. None: the text-based cap alone (the
+            model's limit when the guard is off).
         seed: seeds torch's RNG before each text (reproducible sampling).
         split_sentences: split long text into chunks of at most the language's character limit.
         gap_s: silence inserted between chunks.
+        guard: the generation guard's settings (:class:`utils.generation_guard.GuardOptions`).
     """
 
     temperature: float | None = None
@@ -50,6 +58,7 @@ class SynthesisOptions:
     seed: int | None = None
     split_sentences: bool = True
     gap_s: float = 0.15
+    guard: GuardOptions = field(default_factory=GuardOptions)
 
     def inference_kwargs(self, config: Any) -> dict[str, Any]:
         """Keyword arguments for ``Xtts.inference`` (unset values from ``config``)."""
@@ -72,6 +81,9 @@ class LoadedModel:
     language: str
     references: list[Path] = field(default_factory=list)
     run_dir: Path | None = None  # a run's model: references are chosen from its training rows when needed
+    letters_per_s: float | None = None  # the speaker's rate for the guard's cap (None: looked up once)
+    rate_source: str = ""
+    _asr: dict[str, tuple[Any, str]] = field(default_factory=dict, repr=False)
     _latents: dict[tuple[str, ...], tuple[Any, Any]] = field(default_factory=dict, repr=False)
 
     @property
@@ -241,6 +253,204 @@ def split_text(loaded: LoadedModel, text: str, language: str) -> list[str]:
     return split_sentences(text, limit)
 
 
+@dataclass
+class SynthesisResult:
+    """One spoken text: the audio and every decision the generation guard took."""
+
+    wav: np.ndarray
+    sample_rate: int
+    text: str
+    language: str
+    seed: int | None
+    letters_per_s: float
+    rate_source: str
+    guard: GuardOptions
+    chunks: list[Any] = field(default_factory=list)  # utils.generation_guard.ChunkReport
+    asr: str = ""
+
+    @property
+    def duration_s(self) -> float:
+        return self.wav.size / self.sample_rate
+
+    @property
+    def flags(self) -> list[str]:
+        """Checks that failed in any chunk (of the attempt kept)."""
+        return sorted({f for c in self.chunks for f in c.flags})
+
+    def sidecar(self) -> dict[str, Any]:
+        """The JSON sidecar: text, settings, the rate and its source, and each chunk's decisions."""
+        from dataclasses import asdict
+
+        return {
+            "text": self.text,
+            "language": self.language,
+            "sample_rate": self.sample_rate,
+            "duration_s": round(self.duration_s, 3),
+            "seed": self.seed,
+            "letters_per_s": round(self.letters_per_s, 3),
+            "rate_source": self.rate_source,
+            "guard": asdict(self.guard),
+            "asr": self.asr,
+            "flags": self.flags,
+            "trimmed_s": round(sum(c.trimmed_s for c in self.chunks), 3),
+            "chunks": [c.to_dict() for c in self.chunks],
+        }
+
+
+def speaking_rate(loaded: LoadedModel, options: SynthesisOptions) -> tuple[float, str]:
+    """The speaker's letters per second for the guard's cap, and where it came from.
+
+    In order: ``options.guard.letters_per_s``; the rate set on ``loaded`` (the training hook
+    sets the training rows'); an export's reference clips (``export_info.json``); a run's
+    training rows (median over clips); :data:`utils.generation_guard.DEFAULT_LETTERS_PER_S`.
+    """
+    from utils.generation_guard import DEFAULT_LETTERS_PER_S
+
+    if options.guard.letters_per_s:
+        return float(options.guard.letters_per_s), "option"
+    if loaded.letters_per_s is None:
+        loaded.letters_per_s, loaded.rate_source = _model_rate(loaded)
+        if loaded.letters_per_s is None:
+            loaded.letters_per_s, loaded.rate_source = DEFAULT_LETTERS_PER_S, "default (speaker's rate unknown)"
+        logger.info("speaking rate for the length cap: %.1f letters/s (%s)", loaded.letters_per_s, loaded.rate_source)
+    return float(loaded.letters_per_s), loaded.rate_source
+
+
+def _model_rate(loaded: LoadedModel) -> tuple[float | None, str]:
+    import json
+    import statistics
+
+    info_path = loaded.source / "export_info.json"
+    if loaded.source.is_dir() and info_path.is_file():
+        chosen = json.loads(info_path.read_text(encoding="utf-8")).get("reference_choice", {}).get("chosen", [])
+        rates = [float(c["chars_per_s"]) for c in chosen if c.get("chars_per_s")]
+        if rates:
+            return statistics.median(rates), "the export's reference clips"
+    if loaded.run_dir is not None:
+        from utils.evaluate import speaker_rate
+        from utils.reference import run_rows
+
+        try:
+            rows = run_rows(loaded.run_dir, "train")
+        except DataError:
+            return None, ""
+        if rows:
+            return 1.0 / speaker_rate([(r.path, r.text) for r in rows], loaded.language), "the run's training rows"
+    return None, ""
+
+
+def _guard_asr(loaded: LoadedModel, language: str, guard: GuardOptions) -> tuple[Any, str]:
+    """The faster-whisper model the guard aligns words with (cached), or None and why not."""
+    if not guard.enabled or not guard.use_asr:
+        return None, "off"
+    if language not in loaded._asr:
+        from utils.evaluate import load_asr
+
+        loaded._asr[language] = load_asr(language)
+        if loaded._asr[language][0] is None:
+            logger.warning("generation guard without ASR: %s", loaded._asr[language][1])
+    return loaded._asr[language]
+
+
+def synthesize_with_report(
+    loaded: LoadedModel,
+    text: str,
+    *,
+    language: str | None = None,
+    speaker_wav: list[str | os.PathLike] | None = None,
+    options: SynthesisOptions | None = None,
+) -> SynthesisResult:
+    """Speak ``text`` through the generation guard; the audio (24 kHz float32) and the decisions.
+
+    Raises:
+        LanguageError: the model lacks ``language``.
+        ConfigError: no reference clip, or empty text.
+    """
+    import torch
+
+    options = options or SynthesisOptions()
+    language = check_model_language(loaded, language or loaded.language)
+    if not text.strip():
+        raise ConfigError("empty text; give the text to speak")
+    latents, speaker = conditioning(loaded, speaker_wav)
+    chunks = split_text(loaded, text, language) if options.split_sentences else [" ".join(text.split())]
+    rate, source = speaking_rate(loaded, options)
+    asr, asr_note = _guard_asr(loaded, language, options.guard)
+    gap = np.zeros(int(options.gap_s * loaded.sample_rate), dtype=np.float32)
+    if options.seed is not None:
+        torch.manual_seed(int(options.seed))
+    result = SynthesisResult(np.zeros(0, np.float32), loaded.sample_rate, text, language, options.seed, rate, source,
+                             options.guard, asr=asr_note)  # fmt: skip
+    pieces: list[np.ndarray] = []
+    for i, chunk in enumerate(chunks):
+        wav, report = _speak_chunk(loaded, chunk, language, (latents, speaker), options, rate, source, i, asr)
+        if i:
+            pieces.append(gap)
+        pieces.append(wav)
+        result.chunks.append(report)
+    result.wav = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+    return result
+
+
+def _speak_chunk(
+    loaded: LoadedModel, chunk: str, language: str, cond: tuple[Any, Any], options: SynthesisOptions,
+    rate: float, source: str, index: int, asr: Any,
+) -> tuple[np.ndarray, Any]:  # fmt: skip
+    """One chunk: cap, generate (with retries), check, trim."""
+    import torch
+
+    from utils.generation_guard import ChunkReport, analyse_output, codes_per_second, text_letters, token_cap, trim
+
+    model, guard, sr = loaded.model, options.guard, loaded.sample_rate
+    kwargs = options.inference_kwargs(model.config)
+    limit = getattr(model.gpt, "max_gen_mel_tokens", None)
+    if guard.enabled:
+        cps = codes_per_second(model.args)
+        tokens, cap_s, cap_source = token_cap(chunk, language, options=guard, letters_per_s=rate, codes_per_s=cps,
+                                              model_limit=limit, explicit=options.max_new_tokens)  # fmt: skip
+        kwargs["max_new_tokens"] = tokens
+    else:
+        tokens = int(options.max_new_tokens or limit or 0)
+        cap_s, cap_source = tokens / codes_per_second(model.args), "max_new_tokens" if options.max_new_tokens else "model limit"
+    report = ChunkReport(chunk, text_letters(chunk, language), rate, source, cap_s, tokens, cap_source)
+    tries = []
+    for k in range(guard.retries + 1 if guard.enabled else 1):
+        seed = options.seed if k == 0 else int(torch.randint(0, 2**31 - 1, (1,)).item())
+        if k:
+            torch.manual_seed(seed)
+        wav, codes = _generate(model, chunk, language, cond, kwargs)
+        if not guard.enabled:
+            report.duration_s = wav.size / sr
+            return wav, report
+        att = analyse_output(wav, sr, chunk, language, options=guard, codes=codes, max_new_tokens=tokens,
+                             stop_token=getattr(model.gpt, "stop_audio_token", None), transcriber=asr, seed=seed)  # fmt: skip
+        report.attempts.append(att)
+        tries.append(wav)
+        if not att.failures:
+            break
+        if k < guard.retries:
+            logger.warning("chunk %d %r: %s; trying again with another seed", index + 1, chunk[:40], ", ".join(att.failures))
+    report.chosen = min(range(len(tries)), key=lambda i: (len(report.attempts[i].failures), i))
+    wav, att = tries[report.chosen], report.attempts[report.chosen]
+    if guard.trim and att.cut_s is not None:
+        trimmed = trim(wav, sr, att.cut_s)
+        report.trimmed_s = (wav.size - trimmed.size) / sr
+        logger.info("chunk %d: trimmed %.2f s after the %s", index + 1, report.trimmed_s, att.cut_reason)
+        wav = trimmed
+    report.duration_s = wav.size / sr
+    return wav, report
+
+
+def _generate(model: Any, chunk: str, language: str, cond: tuple[Any, Any], kwargs: dict[str, Any]) -> tuple[np.ndarray, list[int] | None]:
+    """``Xtts.inference`` on one chunk; the wav and the audio codes it generated."""
+    from utils.generation_guard import recording_codes
+
+    with recording_codes(model.gpt) as captured:
+        out = model.inference(chunk, language, cond[0], cond[1], enable_text_splitting=False, **kwargs)
+    codes = [int(c) for c in captured[-1].reshape(-1).tolist()] if captured else None
+    return np.asarray(out["wav"], dtype=np.float32).reshape(-1), codes
+
+
 def synthesize(
     loaded: LoadedModel,
     text: str,
@@ -251,29 +461,23 @@ def synthesize(
 ) -> np.ndarray:
     """Speak ``text``; returns float32 audio at ``loaded.sample_rate`` (24 kHz).
 
+    The audio of :func:`synthesize_with_report` (the guard's decisions are logged, not returned).
+
     Raises:
         LanguageError: the model lacks ``language``.
         ConfigError: no reference clip.
     """
-    import torch
+    return synthesize_with_report(loaded, text, language=language, speaker_wav=speaker_wav, options=options).wav
 
-    options = options or SynthesisOptions()
-    language = check_model_language(loaded, language or loaded.language)
-    if not text.strip():
-        raise ConfigError("empty text; give the text to speak")
-    latents, speaker = conditioning(loaded, speaker_wav)
-    chunks = split_text(loaded, text, language) if options.split_sentences else [" ".join(text.split())]
-    kwargs = options.inference_kwargs(loaded.model.config)
-    gap = np.zeros(int(options.gap_s * loaded.sample_rate), dtype=np.float32)
-    if options.seed is not None:
-        torch.manual_seed(int(options.seed))
-    pieces: list[np.ndarray] = []
-    for i, chunk in enumerate(chunks):
-        out = loaded.model.inference(chunk, language, latents, speaker, enable_text_splitting=False, **kwargs)
-        if i:
-            pieces.append(gap)
-        pieces.append(np.asarray(out["wav"], dtype=np.float32).reshape(-1))
-    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+
+def write_sidecar(wav_path: str | os.PathLike, result: SynthesisResult) -> Path:
+    """Write ``result.sidecar()`` as ``<wav without .wav>.json`` next to the wav."""
+    import json
+
+    path = Path(wav_path).with_suffix(".json")
+    data = {"wav": Path(wav_path).name, **result.sidecar()}
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
 
 
 def read_texts(path: str | os.PathLike) -> list[str]:
@@ -297,8 +501,8 @@ def synthesize_to_files(
     speaker_wav: list[str | os.PathLike] | None = None,
     options: SynthesisOptions | None = None,
 ) -> list[Path]:
-    """Write one wav per text. With one text, ``out`` is the wav path; with several, a folder
-    (``001.wav``, ``002.wav``, ...)."""
+    """Write one wav per text, each with its guard sidecar (``NAME.json``). With one text, ``out``
+    is the wav path; with several, a folder (``001.wav``, ``002.wav``, ...)."""
     from tqdm import tqdm
 
     from utils.data.audio import write_wav
@@ -308,9 +512,11 @@ def synthesize_to_files(
     single = len(texts) == 1 and out.suffix.lower() == ".wav"
     paths = [out] if single else [out / f"{i:03d}.wav" for i in range(1, len(texts) + 1)]
     for text, path in tqdm(list(zip(texts, paths, strict=True)), desc="synthesize", unit="text", disable=len(texts) < 2):
-        wav = synthesize(loaded, text, language=language, speaker_wav=speaker_wav, options=options)
-        write_wav(path, wav, loaded.sample_rate)
-        logger.info("%s: %.2f s for %d characters", path, wav.size / loaded.sample_rate, len(text))
+        result = synthesize_with_report(loaded, text, language=language, speaker_wav=speaker_wav, options=options)
+        write_wav(path, result.wav, loaded.sample_rate)
+        write_sidecar(path, result)
+        logger.info("%s: %.2f s for %d characters%s", path, result.duration_s, len(text),
+                    f" (checks failed: {', '.join(result.flags)})" if result.flags else "")  # fmt: skip
     return paths
 
 
@@ -399,6 +605,7 @@ class TestSentencesHook:
         self.options = options or SynthesisOptions(seed=0)
         self.calls = 0
         self.written: list[Path] = []
+        self.letters_per_s: float | None = None  # the training rows' speaking rate (the guard's cap)
 
     def _setup(self, trainer: Any) -> None:
         samples = list(getattr(trainer, "eval_samples", None) or [])
@@ -413,6 +620,12 @@ class TestSentencesHook:
             choice = choose_references([(s["audio_file"], s["text"]) for s in train], count=1, language=self.language)
             self.references = [c.path for c in choice.chosen]
             logger.info("test sentences: reference %s (%s)", self.references[0].name, choice.note)
+        if self.letters_per_s is None:
+            from utils.evaluate import speaker_rate
+
+            train = list(getattr(trainer, "train_samples", None) or [])
+            if train:
+                self.letters_per_s = 1.0 / speaker_rate([(s["audio_file"], s["text"]) for s in train], self.language)
 
     def __call__(self, trainer: Any, record: dict[str, Any]) -> None:
         if not is_main_process(trainer):
@@ -427,6 +640,8 @@ class TestSentencesHook:
         step = int(record.get("step", getattr(trainer, "total_steps_done", 0)))
         out_dir = Path(trainer.output_path) / "test_sentences" / f"step_{step}"
         with trainer_model(trainer, self.language, self.references) as loaded:
+            if self.letters_per_s:
+                loaded.letters_per_s, loaded.rate_source = self.letters_per_s, "the run's training rows"
             audios = self._speak(loaded, out_dir)
         dashboard = getattr(trainer, "dashboard_logger", None)
         if dashboard is not None and audios:
@@ -437,9 +652,10 @@ class TestSentencesHook:
 
         audios = {}
         for i, text in enumerate(self.sentences or [], start=1):
-            wav = synthesize(loaded, text, language=self.language, options=self.options)
-            self.written.append(write_wav(out_dir / f"{i:02d}.wav", wav, loaded.sample_rate))
-            audios[f"{i:02d}"] = wav
+            result = synthesize_with_report(loaded, text, language=self.language, options=self.options)
+            self.written.append(write_wav(out_dir / f"{i:02d}.wav", result.wav, loaded.sample_rate))
+            write_sidecar(out_dir / f"{i:02d}.wav", result)
+            audios[f"{i:02d}"] = result.wav
         (out_dir / "sentences.txt").write_text("\n".join(self.sentences or []) + "\n", encoding="utf-8")
         logger.info("test sentences: %d wavs in %s", len(audios), out_dir)
         return audios

@@ -24,7 +24,7 @@ def test_notebook_executes_on_the_demo_defaults(tmp_path, monkeypatch, capsys):
     assert (run_dir / "export" / "model.pth").is_file()
     assert (tmp_path / "runs_notebook" / "sample.wav").stat().st_size > 1000
     report = json.loads((run_dir / "eval" / "eval_report.json").read_text())
-    assert report["best"] is not None and report["checkpoints"][0]["summary"]["similarity"] is not None
+    assert report["best"] is not None and report["checkpoints"][0]["summary"]["similarity_xtts"] is not None
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "| checkpoint |" in text
     # the notebook's resolved configuration is the command line's for the same inputs

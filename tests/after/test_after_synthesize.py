@@ -29,6 +29,18 @@ def test_cli_speaks_each_line_of_a_text_file(en_export, tmp_path, capsys):
     for p in paths:
         info = sf.info(p)
         assert info.samplerate == 24000 and 0 < info.frames <= 6 * 1115
+        side = json.loads(open(p[: -len(".wav")] + ".json").read())  # the guard's sidecar
+        assert side["chunks"][0]["max_new_tokens"] == 6 and side["chunks"][0]["cap_source"] == "max_new_tokens"
+        assert len(side["chunks"][0]["attempts"]) == 2  # the command retries once by default: no stop token
+        assert side["guard"]["retries"] == 1 and side["seed"] == 3
+
+
+def test_cli_refuses_a_negative_retry_count_with_one_line(en_export, tmp_path, capsys):
+    from scripts.synthesize import main
+    from utils.cli import run
+
+    rc = run(main, ["--model", str(en_export), "--text", "Hi.", "--retries", "-1", "--out", str(tmp_path / "x.wav")])
+    assert rc == 2 and "--retries must be >= 0" in capsys.readouterr().err and not (tmp_path / "x.wav").exists()
 
 
 def test_same_seed_same_audio_and_options_reach_the_model(en_model):
@@ -95,11 +107,11 @@ def _train(tiny_base, demo_en, out, hooks):
 def test_test_sentences_hook_writes_wavs_and_tensorboard_and_leaves_training_unchanged(tiny_base, demo_en, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from utils.evaluate import EvaluationHook
+    from utils.eval_hook import QualityEvalHook
     from utils.synthesize import test_sentences_hook
 
     hook = test_sentences_hook(max_sentences=1, options=SynthesisOptions(max_new_tokens=4, seed=0))
-    scoring = EvaluationHook(max_sentences=1, options=SynthesisOptions(max_new_tokens=4, seed=0))
+    scoring = QualityEvalHook(max_sentences=1, enabled=True, when="evaluation", options=SynthesisOptions(max_new_tokens=4, seed=0))
     with_hook = _train(tiny_base, demo_en, tmp_path / "a", [hook, scoring])
     without = _train(tiny_base, demo_en, tmp_path / "b", [])
     steps = [r["step"] for r in with_hook.evaluation_records]
@@ -110,14 +122,39 @@ def test_test_sentences_hook_writes_wavs_and_tensorboard_and_leaves_training_unc
         wavs = sorted((run_dir / "test_sentences" / f"step_{step}").glob("*.wav"))
         assert [w.name for w in wavs] == ["01.wav"]
         assert sf.info(str(wavs[0])).samplerate == 24000
+        side = json.loads((run_dir / "test_sentences" / f"step_{step}" / "01.json").read_text())
+        assert side["rate_source"] == "the run's training rows" and side["chunks"][0]["max_new_tokens"] == 4
     acc = EventAccumulator(str(run_dir), size_guidance={"audio": 0}).Reload()
     assert "TestAudios/01" in acc.Tags()["audio"]
-    assert "TestEval/similarity" in acc.Tags()["scalars"]
-    lines = [json.loads(x) for x in (run_dir / "eval_during_training.jsonl").read_text().splitlines()]
+    assert "Quality/similarity_xtts" in acc.Tags()["scalars"]
+    # The quality numbers are merged into each evaluation's own row: still one line per evaluation.
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == steps
-    assert all(x["similarity"] is not None and x["n"] == 1 for x in lines)
+    assert all(x["quality_n"] == 1 and x["quality_similarity_xtts"] is not None and "quality_dnsmos_ovrl" in x
+               and x["eval_loss"] is not None for x in lines)  # fmt: skip
+    assert with_hook.evaluation_records[-1]["quality_score"] == lines[-1]["quality_score"]
     # Same losses with and without the hook: the RNG and the GPT's training mode were restored.
     loss = lambda t: [r[k] for r in t.evaluation_records for k in ("train_loss", "eval_loss")]  # noqa: E731
     assert loss(with_hook) == pytest.approx(loss(without), rel=1e-6)
     assert not hasattr(with_hook.model.xtts.gpt, "gpt_inference")
-    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 5
+
+
+def test_quality_hook_runs_at_saves_only_and_is_off_on_cpu_by_default(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from utils.eval_hook import QualityEvalHook, merge_into_metrics
+
+    trainer = SimpleNamespace(output_path=str(tmp_path), args=SimpleNamespace(rank=0))
+    (tmp_path / "best_model_4.pth").write_bytes(b"")
+    hook = QualityEvalHook(enabled=True)
+    assert [hook.should_run(trainer, s) for s in (2, 4)] == [False, True]
+    assert QualityEvalHook().enabled is torch.cuda.is_available()
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 2, "eval_loss": 1.0}\n{"step": 4, "eval_loss": 0.5}\n')
+    merge_into_metrics(metrics, 4, {"quality_cer": 0.1})
+    merge_into_metrics(metrics, 7, {"quality_cer": 0.2})  # no row of that step: appended, not lost
+    rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert rows == [{"step": 2, "eval_loss": 1.0}, {"step": 4, "eval_loss": 0.5, "quality_cer": 0.1},
+                    {"step": 7, "quality_cer": 0.2}]  # fmt: skip

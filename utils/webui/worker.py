@@ -1,0 +1,101 @@
+"""The training child process of the web UI: ``python -m utils.webui.worker JOB/spec.json``.
+
+It trains through the toolkit's Python API (:func:`utils.webui.engine.run_training_spec`) and
+writes its state to ``JOB/status.json`` as it goes: ``running`` (with its pid and, as soon as
+training has made it, the run folder), then ``finished``, ``stopped`` (SIGINT or SIGTERM: the
+trainer writes a checkpoint first) or ``failed`` with the one-line reason. The page reads these
+files and the run folder; it never parses this process's output.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from utils import cli
+from utils.errors import ToolkitError
+from utils.webui.jobs import Job, write_json_atomic
+from utils.webui.runs import read_json
+
+logger = logging.getLogger("utils.webui.worker")
+
+
+class StatusWriter:
+    """Owns JOB/status.json for this process; a watcher thread fills in the run folder."""
+
+    def __init__(self, folder: Path, spec: dict[str, Any]) -> None:
+        self.folder = folder
+        self.job = Job(folder=folder, spec=spec)
+        self.status: dict[str, Any] = {"state": "running", "pid": _pid(), "started": time.time()}
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+
+    def update(self, **values: Any) -> None:
+        with self._lock:
+            self.status.update(values)
+            write_json_atomic(self.folder / "status.json", self.status)
+
+    def watch_run_dir(self) -> None:
+        """Record the run folder once training has created it (its name has a time stamp)."""
+        while not self._done.wait(0.5):
+            run_dir = self.job.run_dir
+            if run_dir is not None and (run_dir / "config.json").is_file():
+                self.update(run_dir=str(run_dir))
+                return
+
+    def finish(self, **values: Any) -> None:
+        self._done.set()
+        run_dir = self.job.run_dir
+        if run_dir is not None and "run_dir" not in self.status:
+            values["run_dir"] = str(run_dir)
+        self.update(ended=time.time(), **values)
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def _sigterm_as_interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt  # the trainer saves a checkpoint on KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the job whose spec.json is ``argv[0]``; returns the exit code (0 finished or stopped)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    spec_path = Path(argv[0])
+    spec = read_json(spec_path)
+    cli.setup_logging()  # stderr is JOB/worker.log
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    status = StatusWriter(spec_path.parent, spec)
+    status.update()
+    threading.Thread(target=status.watch_run_dir, daemon=True).start()
+    from utils.webui.engine import run_training_spec
+
+    try:
+        run_dir = run_training_spec(spec)
+    except KeyboardInterrupt:
+        logger.info("stopped on request")
+        status.finish(state="stopped")
+        return 0
+    except ToolkitError as exc:
+        logger.error("%s", exc)
+        status.finish(state="failed", error=str(exc))
+        return 2
+    except Exception as exc:  # the page must get one line; the traceback goes to worker.log
+        logger.error("training failed:\n%s", traceback.format_exc())
+        status.finish(state="failed", error=f"training failed ({type(exc).__name__}: {exc}); see {status.folder / 'worker.log'}")
+        return 1
+    status.finish(state="finished", run_dir=str(run_dir) if run_dir else status.status.get("run_dir"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

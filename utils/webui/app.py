@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import html
 import logging
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -32,7 +31,12 @@ EVAL_HEADERS = ["step", "optimizer step", "train loss", "eval loss", "LR", "samp
 EVENT_HEADERS = ["step", "event", "message", "recommendation", "action"]
 REPORT_HEADERS = ["checkpoint", "step", "CER", "WER", "similarity", "s/letter", "trailing s", "flagged", "score"]
 PRESETS = ["", "stable", "fast", "plateau-breaker"]
-CSS = ".wui-status {font-family: monospace; white-space: pre-wrap}"
+CSS = """
+.wui-status textarea {font-family: monospace}
+#listen-tests {overflow-x: auto}
+.wui-tests audio {width: 210px}
+.wui-tests td, .wui-tests th {padding: 4px 8px; vertical-align: middle}
+"""
 
 
 def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -232,7 +236,7 @@ class Screens:
         sources = self.engine.model_sources(run)
         clips, auto, why = self.engine.references(run)
         language = str(self.engine.run_view(run).toolkit.get("language") or "en")
-        return (gr.Dropdown(choices=sources, value=sources[0] if sources else None),
+        return (gr.Dropdown(choices=[(_source_label(x), x) for x in sources], value=sources[0] if sources else None),
                 gr.Dropdown(choices=[(Path(c).name, c) for c in clips], value=auto), language,
                 self.test_sentences_html(run), f"automatic reference: {Path(auto).name if auto else 'none'} ({why})")  # fmt: skip
 
@@ -309,6 +313,11 @@ class Screens:
         return f"exported {Path(out['checkpoint']).name} to `{out['folder']}` ({out['size']})\n\nUse it:\n\n```\n{out['command']}\n```"
 
 
+def _source_label(path: str) -> str:
+    p = Path(path)
+    return f"{p.name} (export)" if p.is_dir() else p.name
+
+
 def _empty_curves() -> pd.DataFrame:
     return pd.DataFrame({"step": pd.Series(dtype=float), "value": pd.Series(dtype=float), "series": pd.Series(dtype=str)})
 
@@ -335,12 +344,14 @@ def build_app(engine: Engine, *, refresh_s: float = 2.0) -> gr.Blocks:
             with gr.Tab("Train", id="train"):
                 train = _train_screen(s, data, refresh_s)
             with gr.Tab("Listen", id="listen"):
-                _listen_screen(s)
+                listen = _listen_screen(s)
             with gr.Tab("Evaluate / export", id="evaluate"):
-                _evaluate_screen(s)
+                evaluate = _evaluate_screen(s)
         app.load(s.dataset_choices, outputs=data["dataset"])
         app.load(s.train_lists, outputs=[train["base"], train["dataset"], train["shown"], train["restore"]])
         app.load(s.refresh_train, inputs=train["shown"], outputs=train["live"])
+        app.load(s.listen_runs, outputs=listen["run"])
+        app.load(s.listen_runs, outputs=evaluate["run"])
     return app
 
 
@@ -365,12 +376,14 @@ def _data_screen(s: Screens) -> dict[str, Any]:
     flagged_table = gr.Dataframe(headers=FLAGGED_HEADERS, label="flagged clips", interactive=False)
     flagged = gr.State([])
     with gr.Row():
-        pick = gr.Dropdown(label="clip", choices=[], scale=2)
-        audio = gr.Audio(label="clip audio", type="filepath", interactive=False, scale=2)
+        pick = gr.Dropdown(label="clip", choices=[], scale=2, elem_id="data-pick")
+        audio = gr.Audio(label="clip audio", type="filepath", interactive=False, scale=2, elem_id="data-clip")
     why = gr.Markdown()
-    text = gr.Textbox(label="transcript (edit it, then Fix)")
+    text = gr.Textbox(label="transcript (edit it, then Fix)", elem_id="data-text")
     with gr.Row():
-        keep, fix, drop = gr.Button("Keep"), gr.Button("Fix", variant="primary"), gr.Button("Drop", variant="stop")
+        keep = gr.Button("Keep", elem_id="data-keep")
+        fix = gr.Button("Fix", variant="primary", elem_id="data-fix")
+        drop = gr.Button("Drop", variant="stop", elem_id="data-drop")
     outs = [summary, excluded, flagged_table, flagged, pick, dataset]
     demo.click(s.use_demo, inputs=language, outputs=[dataset, message])
     upload.click(s.upload, inputs=[files, upload_name], outputs=[dataset, message])
@@ -407,7 +420,7 @@ def _train_screen(s: Screens, data: dict[str, Any], refresh_s: float) -> dict[st
         stop = gr.Button("Stop (writes a checkpoint)", variant="stop", elem_id="train-stop")
     with gr.Row():
         shown = gr.Dropdown(label="run shown (empty: the current training)", choices=[""], value="", allow_custom_value=True, scale=2)
-        epochs = gr.Number(label="continue: new total epochs (empty: as planned)", value=None, scale=1)
+        epochs = gr.Number(label="continue: new total epochs (0: as planned)", value=0, precision=0, scale=1)
         cont = gr.Button("Continue this run", scale=1)
     with gr.Row():
         restore = gr.Dropdown(label="restore: a checkpoint to start a new run from", choices=[], allow_custom_value=True, scale=3)
@@ -434,7 +447,7 @@ def _train_screen(s: Screens, data: dict[str, Any], refresh_s: float) -> dict[st
     return {"base": base, "dataset": dataset, "shown": shown, "restore": restore, "live": live}
 
 
-def _listen_screen(s: Screens) -> None:
+def _listen_screen(s: Screens) -> dict[str, Any]:
     with gr.Row():
         run = gr.Dropdown(label="run", choices=[], allow_custom_value=True, scale=2, elem_id="listen-run")
         reload = gr.Button("Refresh runs", scale=1)
@@ -455,12 +468,14 @@ def _listen_screen(s: Screens) -> None:
     out = gr.Audio(label="result (play or download)", type="filepath", interactive=False, elem_id="listen-audio")
     gr.Markdown("### Test sentences of each evaluation, side by side")
     tests = gr.HTML(elem_id="listen-tests")
-    reload.click(s.listen_runs, outputs=run)
-    run.change(s.pick_run, inputs=run, outputs=[source, reference, language, tests, why])
+    picked = [source, reference, language, tests, why]
+    reload.click(s.listen_runs, outputs=run).then(s.pick_run, inputs=run, outputs=picked)
+    run.change(s.pick_run, inputs=run, outputs=picked)
     speak.click(s.speak, inputs=[source, text, language, reference, temperature, top_p, speed, seed, max_new], outputs=out)
+    return {"run": run}
 
 
-def _evaluate_screen(s: Screens) -> None:
+def _evaluate_screen(s: Screens) -> dict[str, Any]:
     with gr.Row():
         run = gr.Dropdown(label="run", choices=[], allow_custom_value=True, scale=3, elem_id="eval-run")
         reload = gr.Button("Refresh runs", scale=1)
@@ -476,21 +491,22 @@ def _evaluate_screen(s: Screens) -> None:
         export_ckpt = gr.Dropdown(label="checkpoint to export", choices=[], allow_custom_value=True, scale=3)
         export = gr.Button("Export", variant="primary", scale=1, elem_id="eval-export")
     exported = gr.Markdown(elem_id="eval-exported")
-    reload.click(s.listen_runs, outputs=run)
-    run.change(s.eval_pick, inputs=run, outputs=[ckpts, export_ckpt, table, plot, best])
+    picked = [ckpts, export_ckpt, table, plot, best]
+    reload.click(s.listen_runs, outputs=run).then(s.eval_pick, inputs=run, outputs=picked)
+    run.change(s.eval_pick, inputs=run, outputs=picked)
     evaluate.click(s.evaluate, inputs=[run, ckpts], outputs=[table, plot, best])
     select.click(s.select_best, inputs=run, outputs=exported)
     export.click(s.export, inputs=[run, export_ckpt], outputs=exported)
+    return {"run": run}
 
 
 def launch(app: gr.Blocks, engine: Engine, *, host: str, port: int, auth: tuple[str, str] | None,
            block: bool = True) -> Any:  # fmt: skip
     """Serve ``app``; only the data and runs folders are reachable as files."""
-    started = time.time()
+    logger.info("web UI at http://%s:%d", host, port)
     result = app.queue(default_concurrency_limit=2).launch(
         server_name=host, server_port=port, auth=auth, prevent_thread_lock=not block, show_error=False, quiet=True,
         allowed_paths=[str(engine.data_root), str(engine.runs_root)], css=CSS, theme=gr.themes.Soft(),
         footer_links=[], ssr_mode=False,
     )  # fmt: skip
-    logger.info("web UI at http://%s:%d (started in %.1f s)", host, port, time.time() - started)
     return result

@@ -215,7 +215,7 @@ class Engine:
                     else:
                         kept_seen.add(f"{split}:{r.row}")
                 out.append(r)
-            shutil.copy2(csv_path, csv_path.with_name(f"{csv_path.name}.before-review-{stamp}"))
+            shutil.copy2(csv_path, _free_name(csv_path.with_name(f"{csv_path.name}.before-review-{stamp}")))
             write_coqui_csv(csv_path, out)
         if counts["drop"] or counts["fix"]:
             kept_seen = set()  # row numbers shift when rows are dropped: the next preflight lists afresh
@@ -453,6 +453,15 @@ def _rate_outliers(rows: Sequence[Any], split: str) -> list[dict[str, Any]]:
             out.append({"row": r.row, "audio_file": r.audio_file, "split": split, "reason": "speaking_rate", "text": r.text,
                         "detail": f"{rate:.1f} characters/s against the dataset's median {median:.1f}: check the transcript"})  # fmt: skip
     return out
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ... when taken (two reviews in one second keep both backups)."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
 
 
 def _row_text(folder: Path, split: str, row: int) -> str:

@@ -1,4 +1,4 @@
-"""Recipe: the owner's Amharic voice, 37.7 hours, vocabulary extension.
+"""Recipe: an Amharic voice, 37.7 hours, vocabulary extension.
 
     python recipes/amharic_37h.py --dataset DATA_DIR --base-model XTTS_V2_DIR [more gpt_train options]
 

@@ -1,11 +1,11 @@
-"""Data-parallel scaling: training samples/s on 1 and N GPUs (the issue's 2-GPU figure).
+"""Data-parallel scaling: training samples/s on 1 and N GPUs (the 2-GPU figure).
 
     python scripts/bench_ddp.py --base-model XTTS_DIR --dataset DATA_DIR --gpus 1,2 --batch-size 3 --out ddp.json
     python scripts/bench_ddp.py --full-size-random /tmp/xtts_random --gpus 1,2 --batch-size 3 --out ddp.json
     python scripts/bench_ddp.py --tiny --gpus 1,2 --steps 6 --warmup 2 --out ddp_cpu.json   # CPU smoke run
 
 Each world size runs in fresh worker processes with the toolkit's real Trainer loop (same
-micro-batch per worker, no evaluation, no checkpoints); see utils/training/bench_ddp.py. The JSON
+micro-batch per worker, no evaluation, no checkpoints); see bench/ddp.py. The JSON
 lists samples/s, seconds per step, speedup and efficiency per world size.
 """
 
@@ -38,15 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     cli.setup_logging()
 
+    from bench.ddp import ScalingSpec, make_full_size_random_base, run_scaling
     from utils.errors import ConfigError
-    from utils.gpt_train import locate_base_model
-    from utils.training.bench_ddp import ScalingSpec, make_full_size_random_base, run_scaling
+    from utils.finetune import FineTune, RunConfig
 
     if a.full_size_random:
         a.base_model = make_full_size_random_base(a.full_size_random)
     if not (a.base_model or a.tiny):
         raise ConfigError("give --base-model XTTS_DIR, --full-size-random DIR, or --tiny for a CPU smoke run")
-    base = locate_base_model(argparse.Namespace(base_model=a.base_model, demo=a.tiny))
+    base = FineTune(RunConfig.build(base_model=a.base_model, demo=a.tiny or None, progress=False)).locate_base()
     spec = ScalingSpec(
         base_model=str(base.root), dataset=str(a.dataset), language=a.language, batch_size=a.batch_size,
         steps=a.steps, warmup=a.warmup, num_loader_workers=a.num_workers,

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args, extra = parser.parse_known_args(argv)
     cli.setup_logging()
-    from utils.training.bench import measure_gpt_train
+    from bench.gpt_train import measure_gpt_train
 
     result = measure_gpt_train(args.workdir, clips=args.clips, batch_size=args.batch_size, epochs=args.epochs,
                                workers=args.workers, extra_args=extra, memory_cap_gib=args.memory_cap_gib,

@@ -12,7 +12,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 
 from utils import cli  # noqa: E402
-from utils.data.bench import bench_preflight  # noqa: E402
+from bench.preflight import bench_preflight  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

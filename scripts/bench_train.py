@@ -1,6 +1,6 @@
 """Benchmark Coqui's stock XTTS GPT training step against the toolkit's, in one process.
 
-Example (one GPU, the issue's workload):
+Example (one GPU, the reference workload):
     python scripts/bench_train.py --workdir /tmp/bench --out bench.json
     python scripts/bench_train.py --workdir /tmp/bench --phase lowvram --out lowvram.json
 Tiny CPU smoke run:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     utils.cli.setup_logging()
 
-    from utils.training.bench import BenchSpec, run_lowvram, run_main
+    from bench.train_step import BenchSpec, run_lowvram, run_main
 
     spec = BenchSpec(
         workdir=a.workdir, size=a.size, clips=a.clips, min_s=a.min_s, max_s=a.max_s, chars_per_s=a.chars_per_s,

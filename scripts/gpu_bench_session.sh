@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session's measurements for BENCHMARKS.md (issue 6), run on the device machine:
+# One GPU session's measurements for BENCHMARKS.md, run on the device machine:
 #   bash scripts/gpu_bench_session.sh OUT_DIR [fast oom synth stock lowvram compile | all]
 # Expects the Coqui stack as wheels in .whl/ (see ../shared/OFFLINE_GPU.md); each step has its own
 # time limit so a slow one cannot take the rest with it. Results: OUT_DIR/*.json and *.log.

@@ -15,7 +15,7 @@ import argparse  # noqa: E402
 import logging  # noqa: E402
 
 from utils import cli  # noqa: E402
-from utils import gpt_train as gt  # noqa: E402
+from utils.finetune import FineTune, RunConfig  # noqa: E402
 
 logger = logging.getLogger("scripts.lr_find")
 
@@ -35,12 +35,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    args.preset = args.restore = None
     cli.setup_logging(args.verbose)
     from utils.training.lr_find import lr_range_test
 
-    config, split = gt.prepare_training(args)
-    result = lr_range_test(config, split.train_samples, start_lr=args.start_lr, end_lr=args.end_lr,
+    # the fine-tune's own steps up to the trainer config (base, data, language, preflight, table)
+    ft = FineTune(RunConfig.build(
+        dataset=args.dataset, train_csv=args.train_csv, eval_csv=args.eval_csv, base_model=args.base_model,
+        language=args.language, dataset_hours=args.dataset_hours, output_path=args.output_path, demo=args.demo or None,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, num_loader_workers=args.num_loader_workers,
+        test_sentences=0, export=False, progress=False,
+    ))  # fmt: skip
+    config = ft.prepare()
+    result = lr_range_test(config, ft.data.train_samples, start_lr=args.start_lr, end_lr=args.end_lr,
                            num_steps=args.steps, divergence_factor=args.divergence_factor, progress=not args.no_progress)  # fmt: skip
     for note in result.notes:
         logger.warning("%s", note)

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from utils.errors import BaseModelError
 
@@ -243,13 +243,17 @@ def build_tiny_vocab(path: Path, extra_text: Iterable[str] = (), vocab_size: int
     return path
 
 
-def make_tiny_base(out_dir: str | os.PathLike[str], *, extra_text: Iterable[str] = (), seed: int = 0) -> Path:
+def make_tiny_base(
+    out_dir: str | os.PathLike[str], *, extra_text: Iterable[str] = (), seed: int = 0,
+    gpt_args: Mapping[str, Any] | None = None,
+) -> Path:
     """Write a tiny random XTTS v2 base in the real on-disk layout.
 
     Files: vocab.json (BPE from ``tokenizers``), mel_stats.pth (ones, shape (80,)), dvae.pth (a real
     DVAE, seeded random weights, so every process computes the same audio codes), model.pth
     (``{"model": Xtts state dict}`` with a 2-layer GPT and the real HiFiGAN decoder), config.json
-    (an XttsConfig whose model_args hold the tiny architecture).
+    (an XttsConfig whose model_args hold the tiny architecture). ``gpt_args`` replaces
+    :data:`TINY_GPT_ARGS` (e.g. the full XTTS v2 GPT size, for benchmarks).
 
     Raises:
         BaseModelError: if ``out_dir`` already holds a base model (nothing is overwritten).
@@ -267,7 +271,7 @@ def make_tiny_base(out_dir: str | os.PathLike[str], *, extra_text: Iterable[str]
     torch.manual_seed(seed)
     build_tiny_vocab(out / "vocab.json", extra_text)
     torch.save(torch.ones(80), out / "mel_stats.pth")
-    args = XttsArgs(**TINY_GPT_ARGS)
+    args = XttsArgs(**dict(gpt_args or TINY_GPT_ARGS))
     dvae = DiscreteVAE(
         channels=80, normalization=None, positional_dims=1, num_tokens=args.gpt_num_audio_tokens - 2,
         codebook_dim=512, hidden_dim=512, num_resnet_blocks=3, kernel_size=3, num_layers=2, use_transposed_convs=False,

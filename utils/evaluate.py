@@ -428,7 +428,7 @@ def evaluate(
     from tqdm import tqdm
 
     from utils.data.audio import write_wav
-    from utils.export import list_checkpoints, read_run_config, run_language
+    from utils.runs import list_checkpoints, read_run_config, run_language
     from utils.reference import choose_references, run_rows
     from utils.synthesize import SynthesisOptions, load_model, synthesize
 
@@ -472,7 +472,7 @@ def evaluate(
             samples.append(rec)
             bar.update()
         summary = summarize(samples)
-        from utils.export import checkpoint_step
+        from utils.runs import checkpoint_step
 
         entry = {"name": ckpt.name, "path": str(ckpt), "step": checkpoint_step(ckpt), "summary": summary, "samples": samples}
         entry["score"] = selection_score(summary)

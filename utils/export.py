@@ -24,14 +24,14 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utils.errors import ConfigError, DataError
+from utils.errors import DataError
+from utils.runs import checkpoint_step, list_checkpoints, read_run_config, resolve_checkpoint, run_language  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 TRAINING_ONLY_PREFIXES = ("dvae.", "torch_mel_spectrogram_style_encoder.", "torch_mel_spectrogram_dvae.")
 # Built by GPT.init_gpt_for_inference from weights that are saved anyway (mel_embedding, mel_head, ...).
 INFERENCE_ALIAS_PREFIXES = ("gpt.gpt_inference.", "gpt.gpt.wte.")
-_STEP_RE = re.compile(r"^(checkpoint|best_model)_(\d+)\.pth$")
 README_TEMPLATE = """XTTS v2 fine-tune exported by xtts-finetune-toolkit
 =================================================
 
@@ -77,66 +76,6 @@ class ExportResult:
 
     def size_text(self) -> str:
         return f"{self.size_bytes / 1e6:.1f} MB"
-
-
-# --------------------------------------------------------------------------------------------
-# Locating checkpoints
-# --------------------------------------------------------------------------------------------
-
-
-def checkpoint_step(path: str | os.PathLike) -> int | None:
-    """The training step in a Trainer checkpoint name (``checkpoint_N.pth``/``best_model_N.pth``)."""
-    m = _STEP_RE.match(Path(path).name)
-    return int(m.group(2)) if m else None
-
-
-def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
-    """The run's checkpoints, one per step, oldest first (``checkpoint_N`` preferred over ``best_model_N``).
-
-    ``best_model.pth`` is a copy of a ``best_model_N.pth``; it is listed only when nothing else is.
-    """
-    run_dir = Path(run_dir)
-    by_step: dict[int, Path] = {}
-    for path in run_dir.glob("*.pth"):
-        step = checkpoint_step(path)
-        if step is not None and (step not in by_step or path.name.startswith("checkpoint_")):
-            by_step[step] = path
-    found = [by_step[s] for s in sorted(by_step)]
-    if not found and (run_dir / "best_model.pth").is_file():
-        found = [run_dir / "best_model.pth"]
-    return found
-
-
-def resolve_checkpoint(source: str | os.PathLike, which: str = "best") -> tuple[Path, Path]:
-    """``(run_dir, checkpoint)`` for a run folder or a checkpoint file.
-
-    Args:
-        source: a run folder or one of its ``.pth`` files.
-        which: for a run folder, "best" (``best_model.pth``, the lowest eval loss) or "last".
-
-    Raises:
-        DataError: no checkpoint, or no config.json beside it.
-    """
-    source = Path(source)
-    if source.is_file():
-        run_dir, ckpt = source.parent, source
-    elif source.is_dir():
-        run_dir = source
-        ckpts = list_checkpoints(source)
-        best = source / "best_model.pth"
-        if which not in ("best", "last"):
-            raise ConfigError(f"checkpoint choice {which!r}: use 'best' or 'last'")
-        if which == "best" and best.is_file():
-            ckpt = best
-        elif ckpts:
-            ckpt = ckpts[-1]
-        else:
-            raise DataError(f"{source} holds no checkpoint (*.pth); pass a run folder that finished at least one save")
-    else:
-        raise DataError(f"{source} does not exist; pass a run folder or a checkpoint .pth")
-    if not (run_dir / "config.json").is_file():
-        raise DataError(f"{run_dir} has no config.json; pass a run folder written by utils/gpt_train.py")
-    return run_dir, ckpt
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,26 +146,6 @@ def inference_config(run_config: dict[str, Any], base_config_path: str | os.Path
     config.languages = languages
     config.output_path = ""
     return config
-
-
-def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The run folder's config.json as a dict."""
-    path = Path(run_dir) / "config.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path}: {exc}; pass a run folder written by utils/gpt_train.py") from exc
-
-
-def run_language(run_config: dict[str, Any]) -> str:
-    """The language the run trained on (the toolkit record; else the first new language; else en)."""
-    toolkit = run_config.get("toolkit") or {}
-    return str(toolkit.get("language") or "en")
-
-
-# --------------------------------------------------------------------------------------------
-# Export
-# --------------------------------------------------------------------------------------------
 
 
 def folder_size(path: str | os.PathLike) -> int:

@@ -40,7 +40,7 @@ class HoursRow:
         return hours >= self.min_hours and (self.max_hours is None or hours < self.max_hours)
 
 
-# From the owner's analysis of their 37.7-hour Amharic fine-tune. Lower bounds inclusive.
+# From the analysis of a 37.7-hour Amharic fine-tune. Lower bounds inclusive.
 HOURS_TABLE: tuple[HoursRow, ...] = (
     HoursRow(0.0, 1.0, lr=5e-7, weight_decay=0.05),
     HoursRow(1.0, 3.0, lr=1e-6, weight_decay=0.05),
@@ -139,7 +139,7 @@ PRESETS: Mapping[str, Preset] = {
                 "warmup_steps": "100 optimizer steps of warmup: Adam's moment estimates settle before full-size steps",
             },
             lr_scale=0.5,
-            lr_why="half the table's LR: the owner's loss jumps (6.9 -> 9.1) came with LRs at the top of the range",
+            lr_why="half the table's LR: the loss jumps (6.9 -> 9.1) of a 37.7-hour run came with LRs at the top of the range",
         ),
         Preset(
             "fast",
@@ -148,7 +148,7 @@ PRESETS: Mapping[str, Preset] = {
             why={
                 "lr_scheduler": "cosine decay to min_lr over the planned steps: no waiting for plateau cuts",
                 "warmup_steps": "50 optimizer steps of linear warmup in front of the cosine",
-                "batch_size": "micro-batch 8: the GPU does more per step (see XTTS_FACTS throughput table)",
+                "batch_size": "micro-batch 8: the GPU does more per step (see BENCHMARKS.md)",
                 "grad_accum": "8 x 42 = 336 samples per optimizer step (default 3 x 84 = 252): less gradient noise",
             },
             lr_scale=2.0,
@@ -159,7 +159,7 @@ PRESETS: Mapping[str, Preset] = {
             "restart from the best checkpoint (--restore) with a cut LR and tighter clipping",
             values={"grad_clip": 0.3, "warmup_steps": 20, "plateau_patience": 3},
             why={
-                "grad_clip": "clip at 0.3: small careful steps out of the plateau (the owner's 2.8 plateau)",
+                "grad_clip": "clip at 0.3: small careful steps out of the plateau (the 2.8 plateau of a 37.7-hour run)",
                 "warmup_steps": "20 optimizer steps of warmup: the optimizer state starts fresh",
                 "plateau_patience": "cut again after 3 evaluations without improvement instead of 5",
             },
@@ -308,13 +308,7 @@ def resolve(
     notes: list[str] = []
     scale = None
     if preset is None and preset_name:
-        named = get_preset(preset_name)
-        preset, scale = dict(named.values), named.lr_scale
-        if named.lr_scale is not None:
-            base_lr, base_src = lr_reference or (values.get("lr"), sources.get("lr"))
-            if base_lr is not None:
-                preset["lr"] = base_lr * named.lr_scale
-                scale = f"{base_src} x{named.lr_scale:g}"
+        preset, scale = _named_preset(preset_name, lr_reference or (values.get("lr"), sources.get("lr")))
     explicit = {k for k, v in (cli or {}).items() if v is not None}
     for key in sorted(explicit & set(preset or {})):
         notes.append(f"preset {preset_name}: {key} {_show(preset[key])} not applied; the command line's {_show(cli[key])} wins")
@@ -334,6 +328,18 @@ def resolve(
         raise ConfigError("no learning rate: give --dataset-hours (the table picks one) or --lr")
     _validate(values)
     return Resolved(values=values, sources=sources, dataset_hours=dataset_hours, row=row, notes=notes, preset=preset_name)
+
+
+def _named_preset(name: str, lr_base: tuple[Any, Any]) -> tuple[dict[str, Any], Any]:
+    """A preset's values, its ``lr_scale`` applied to ``(base LR, its source)``; and the LR's source note."""
+    named = get_preset(name)
+    preset, scale = dict(named.values), named.lr_scale
+    if named.lr_scale is not None:
+        base_lr, base_src = lr_base
+        if base_lr is not None:
+            preset["lr"] = base_lr * named.lr_scale
+            scale = f"{base_src} x{named.lr_scale:g}"
+    return preset, scale
 
 
 def _validate(v: dict[str, Any]) -> None:

@@ -311,7 +311,7 @@ def choose_references_for_run(
     speaker = speaker or main_speaker(rows)
     rows = [r for r in rows if r.speaker_name == speaker]
     if language is None:
-        from utils.export import read_run_config, run_language
+        from utils.runs import read_run_config, run_language
 
         language = run_language(read_run_config(run_dir))
     choice = choose_references([(r.path, r.text) for r in rows], count=count, language=language)

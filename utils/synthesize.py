@@ -150,10 +150,8 @@ def _load_checkpoint(source: Path, which: str) -> LoadedModel:
         compact_state_dict,
         inference_config,
         load_state_dict,
-        read_run_config,
-        resolve_checkpoint,
-        run_language,
     )
+    from utils.runs import read_run_config, resolve_checkpoint, run_language
     from utils.language import load_tokenizer, use_toolkit_tokenizer
 
     run_dir, ckpt = resolve_checkpoint(source, which=which)

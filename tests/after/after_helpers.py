@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +11,12 @@ import soundfile as sf
 
 
 def espeak(path: Path, text: str, *, voice: str = "en-us", speed: int = 160) -> Path:
-    """Speak ``text`` with espeak-ng into a 22.05 kHz mono wav."""
+    """Speak ``text`` with espeak-ng into a 22.05 kHz mono wav (the toolkit's own :func:`espeak_to_wav`)."""
+    from utils.demo import espeak_to_wav
+
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text], check=True, capture_output=True)
-    return path
+    return espeak_to_wav(text, path, voice=voice, speed=speed)
 
 
 def read(path: Path) -> tuple[np.ndarray, int]:

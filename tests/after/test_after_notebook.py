@@ -10,7 +10,7 @@ import pytest
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "finetune_xtts.ipynb"
 
 
-def test_notebook_executes_on_the_demo_defaults(tmp_path, monkeypatch):
+def test_notebook_executes_on_the_demo_defaults(tmp_path, monkeypatch, capsys):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
@@ -27,3 +27,14 @@ def test_notebook_executes_on_the_demo_defaults(tmp_path, monkeypatch):
     assert report["best"] is not None and report["checkpoints"][0]["summary"]["similarity"] is not None
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "| checkpoint |" in text
+    # the notebook's resolved configuration is the command line's for the same inputs
+    from utils.gpt_train import main
+
+    notebook_config = json.loads((tmp_path / "runs_notebook" / "resolved_config.json").read_text())
+    capsys.readouterr()
+    assert main(["--demo", "--language", "en", "--output-path", str(tmp_path / "runs_notebook"), "--test-sentences", "0",
+                 "--dry-run"]) == 0  # fmt: skip
+    cli_config = json.loads(capsys.readouterr().out)
+    assert notebook_config == cli_config
+    assert notebook_config["lr"] == 5e-5 and notebook_config["sources"]["lr"] == "recipe"
+    assert notebook_config["planned_optimizer_steps"] > 0 and notebook_config["speed"]["bf16"] is True

@@ -76,7 +76,7 @@ def tiny_run(
     out_dir: str, tiny_base: str, demo_dir: str, output_path: str, values: dict[str, Any], split_eval: bool,
     continue_path: str | None = None,
 ) -> Any:
-    """A real fine-tune of the tiny base on the demo data, as utils.gpt_train.train runs it.
+    """A real fine-tune of the tiny base on the demo data, as utils.finetune.training.train runs it.
 
     Records the training rows this rank loaded (per epoch) and a checksum of its GPT weights.
     With ``split_eval`` each rank evaluates a different half of the eval rows, so the rank-local
@@ -120,7 +120,7 @@ def tiny_run(
 
 
 def run_train(config: Any, train_rows: list, eval_rows: list, continue_path: str | None = None) -> tuple[dict, Any]:
-    """What utils.gpt_train.train does, through distributed.build_trainer (the lead's hook)."""
+    """What utils.gpt_train.train does, through distributed.build_trainer."""
     from trainer import TrainerArgs
 
     from utils.training.model import ToolkitGPTTrainer

@@ -1,4 +1,4 @@
-"""The data-parallel scaling benchmark (utils/training/bench_ddp.py)."""
+"""The data-parallel scaling benchmark (bench/ddp.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.training.bench_ddp import ScalingSpec, run_scaling, samples_for
+from bench.ddp import ScalingSpec, run_scaling, samples_for
 
 
 def test_each_worker_gets_warmup_plus_steps_batches(demo_en: Path) -> None:

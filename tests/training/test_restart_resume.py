@@ -102,6 +102,10 @@ def test_kill_during_checkpoint_write_then_continue(killed_and_continued):
     assert [(r["step"], r["epoch"]) for r in records] == [(5, 0), (10, 1)]  # no step lost or repeated
     state = load_checkpoint(run_dir / "checkpoint_10.pth", mmap=True)
     assert state["toolkit_state"]["steps_done"] == 10 and state["toolkit_state"]["epochs_done"] == 2
+    # the optimizer state went on: AdamW counts 10 steps per parameter (5 before the kill + 5), not 5
+    assert {float(p["step"]) for p in state["optimizer"][0]["state"].values()} == {10.0}
+    # the health monitor's state went on too: it has seen more steps than the resumed part holds
+    assert state["toolkit_state"]["health"]["steps_seen"] > 5
 
 
 def test_restore_resets_step_and_lr_and_keeps_weights(killed_and_continued, tmp_path, capsys):
@@ -119,6 +123,10 @@ def test_restore_resets_step_and_lr_and_keeps_weights(killed_and_continued, tmp_
     assert config["toolkit"]["restored_from"] == str(run_dir / "best_model.pth")
     (rec,) = _records(new_dir)
     assert rec["step"] == 5 and rec["optimizer_step"] == 5  # the step counter starts again
+    state = load_checkpoint(new_dir / "checkpoint_5.pth", mmap=True)
+    # new optimizer state (AdamW counts only the new run's 5 steps) and a fresh health monitor
+    assert {float(p["step"]) for p in state["optimizer"][0]["state"].values()} == {5.0}
+    assert state["toolkit_state"]["health"]["steps_seen"] <= 5
     assert rec["lr"] == pytest.approx(1.5e-5 * 6 / 20)  # the new schedule from its start (warmup)
     # the weights came from the restored run: better than the base model after 5 steps
     assert rec["eval_loss"] < original[0]["eval_loss"]

@@ -36,7 +36,7 @@ def test_cosine_with_warmup_at_given_steps() -> None:
     assert lrs[10] == pytest.approx(1e-4)  # cosine starts at the peak
     assert lrs[60] == pytest.approx(1e-6 + (1e-4 - 1e-6) * 0.5)  # half way through the cosine
     assert lrs[110] == pytest.approx(1e-6)  # end of horizon: min_lr
-    assert lrs[199] == pytest.approx(1e-6)  # past the horizon: held, never NaN (the owner's 30k-step bug)
+    assert lrs[199] == pytest.approx(1e-6)  # past the horizon: held, never NaN (a 30k-step run once hit this)
     assert all(math.isfinite(x) and x > 0 for x in lrs)
 
 

@@ -15,6 +15,7 @@ import torch.nn as nn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from bench import train_step as bench_step  # noqa: E402
 from utils.training import fast_data, speed  # noqa: E402
 
 
@@ -155,15 +156,15 @@ def test_oom_backoff_halves_micro_batch_and_keeps_gradient_scale(caplog: pytest.
         return 1.0
 
     zeroed = []
-    backoff = speed.OomBackoff(micro_batch=4, accumulation=2)
+    backoff = bench_step.OomBackoff(micro_batch=4, accumulation=2)
     with caplog.at_level("WARNING"):
-        out = speed.run_with_oom_backoff(step, batch, backoff, lambda: zeroed.append(1))
+        out = bench_step.run_with_oom_backoff(step, batch, backoff, lambda: zeroed.append(1))
     assert "padded_text" in batch  # the caller's batch is left as it came
     assert out == [1.0, 1.0]
     assert calls == [(2, 0.5), (2, 0.5)]
     assert backoff.parts == 2 and zeroed == [1]
     assert "micro-batch 4 -> 2, gradient accumulation 2 -> 4" in caplog.text
-    parts = speed.split_batch(batch, 2)
+    parts = bench_step.split_batch(batch, 2)
     assert parts[0]["padded_text"].shape == (2, 5) and parts[1]["padded_text"].shape == (2, 4)
     assert parts[1]["filenames"] == ["c", "d"]
 
@@ -214,7 +215,7 @@ def test_auto_micro_batch_search(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_end_to_end_bench_reports_training_and_all_in_rates(tiny_base: Path, tmp_path: Path) -> None:
     """scripts/bench_gpt_train.py's measurement on the tiny base (CPU): the real command, two epochs."""
-    from utils.training.bench import measure_gpt_train
+    from bench.gpt_train import measure_gpt_train
 
     r = measure_gpt_train(tmp_path, clips=40, epochs=2, workers=0, base_model=tiny_base, extra_args=["--no-progress"],
                           profile_steps=2)  # fmt: skip

@@ -18,9 +18,10 @@ import math
 import multiprocessing
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -41,22 +42,96 @@ SILENCE_RMS_DB = -55.0
 MAX_CLIPPED_FRACTION = 0.001
 _POOL_MIN_ROWS = 256  # below this, a process pool costs more than it saves
 
+class Reason(str, Enum):
+    """Why a sample is excluded: the one vocabulary of the preflight, the training dataset and the
+    clip cache (reports and ``runtime_exclusions.jsonl`` hold the values)."""
+
+    MALFORMED_ROW = "malformed_row"
+    PATH_OUTSIDE_DATASET = "path_outside_dataset"
+    MISSING_FILE = "missing_file"
+    EMPTY_FILE = "empty_file"
+    UNREADABLE_AUDIO = "unreadable_audio"
+    TOO_SHORT = "too_short"
+    TOO_LONG = "too_long"
+    SILENT = "silent"
+    CLIPPED = "clipped"
+    EMPTY_TEXT = "empty_text"
+    UNSUPPORTED_LANGUAGE = "unsupported_language"
+    UNKNOWN_CHARACTERS = "unknown_characters"
+    STOP_TOKEN_IN_TEXT = "stop_token_in_text"
+    TEXT_TOO_LONG = "text_too_long"
+    DUPLICATE_ROW = "duplicate_row"
+
+
 REASONS = {
-    "malformed_row": "CSV line could not be parsed",
-    "path_outside_dataset": "audio path escapes the dataset folder",
-    "missing_file": "audio file does not exist",
-    "empty_file": "audio file has 0 bytes",
-    "unreadable_audio": "audio file does not decode",
-    "too_short": "audio shorter than the minimum",
-    "too_long": "audio longer than the maximum XTTS trains on",
-    "silent": "audio is (near) silent",
-    "clipped": "audio is clipped",
-    "empty_text": "transcript is empty",
-    "unsupported_language": "the tokenizer has no support for this language",
-    "unknown_characters": "transcript has characters the tokenizer maps to [UNK]",
-    "text_too_long": "transcript exceeds the text token limit",
-    "duplicate_row": "same audio as an earlier row",
+    Reason.MALFORMED_ROW.value: "CSV line could not be parsed",
+    Reason.PATH_OUTSIDE_DATASET.value: "audio path escapes the dataset folder",
+    Reason.MISSING_FILE.value: "audio file does not exist",
+    Reason.EMPTY_FILE.value: "audio file has 0 bytes",
+    Reason.UNREADABLE_AUDIO.value: "audio file does not decode",
+    Reason.TOO_SHORT.value: "audio shorter than the minimum",
+    Reason.TOO_LONG.value: "audio longer than the maximum XTTS trains on",
+    Reason.SILENT.value: "audio is (near) silent",
+    Reason.CLIPPED.value: "audio is clipped",
+    Reason.EMPTY_TEXT.value: "transcript is empty",
+    Reason.UNSUPPORTED_LANGUAGE.value: "the tokenizer has no support for this language",
+    Reason.UNKNOWN_CHARACTERS.value: "transcript has characters the tokenizer maps to [UNK]",
+    Reason.STOP_TOKEN_IN_TEXT.value: "transcript encodes to the [STOP] token",
+    Reason.TEXT_TOO_LONG.value: "transcript exceeds the text token limit",
+    Reason.DUPLICATE_ROW.value: "same audio as an earlier row",
 }
+
+
+class SampleProblem(ValueError):
+    """A sample that cannot be trained on: its :class:`Reason` and a detail for the report."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason, self.detail = reason, detail
+
+    def record(self, audio_file: str) -> dict[str, Any]:
+        return {"audio_file": audio_file, "reason": self.reason.value, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The ids of the tokens a transcript must not encode to, read from the tokenizer's vocabulary."""
+
+    unk: int | None
+    stop: int | None
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> "SpecialTokens":
+        """From Coqui's ``VoiceBpeTokenizer`` or the toolkit's (both wrap a ``tokenizers`` object)."""
+        inner = getattr(tokenizer, "tokenizer", None)
+        if inner is not None and hasattr(inner, "token_to_id"):
+            return cls(unk=inner.token_to_id("[UNK]"), stop=inner.token_to_id("[STOP]"))
+        return cls(unk=getattr(tokenizer, "unk_id", None), stop=getattr(tokenizer, "stop_id", None))
+
+
+def check_text(text: str) -> None:
+    """Raise :class:`SampleProblem` for an empty transcript."""
+    if not text.strip():
+        raise SampleProblem(Reason.EMPTY_TEXT, "no transcript")
+
+
+def check_tokens(ids: Sequence[int], special: SpecialTokens, max_tokens: int) -> None:
+    """Raise :class:`SampleProblem` for [UNK] or [STOP] in the token ids, or too many of them."""
+    if special.unk is not None and special.unk in ids:
+        raise SampleProblem(Reason.UNKNOWN_CHARACTERS, "the encoding holds [UNK]; extend the vocabulary or fix the text")
+    if special.stop is not None and special.stop in ids:
+        raise SampleProblem(Reason.STOP_TOKEN_IN_TEXT, "the text encodes to the [STOP] token")
+    if len(ids) > max_tokens:
+        raise SampleProblem(Reason.TEXT_TOO_LONG, f"{len(ids)} tokens > {max_tokens}")
+
+
+def check_length(num_samples: int, sample_rate: int, *, max_samples: int, min_s: float = MIN_AUDIO_S) -> None:
+    """Raise :class:`SampleProblem` for a clip shorter than ``min_s`` or longer than ``max_samples``."""
+    seconds = num_samples / sample_rate
+    if seconds < min_s:
+        raise SampleProblem(Reason.TOO_SHORT, f"{seconds:.2f} s < {min_s} s")
+    if num_samples > max_samples:
+        raise SampleProblem(Reason.TOO_LONG, f"{seconds:.2f} s > {max_samples / sample_rate:.2f} s (max_wav_length)")
 
 
 @dataclass
@@ -130,21 +205,21 @@ def _audio_check(args: tuple[str, float, float, float, float]) -> dict[str, Any]
     try:
         size = os.path.getsize(path)
     except OSError:
-        return {"reason": "missing_file", "detail": f"{path} not found"}
+        return {"reason": Reason.MISSING_FILE.value, "detail": f"{path} not found"}
     if size == 0:
-        return {"reason": "empty_file", "detail": "0 bytes"}
+        return {"reason": Reason.EMPTY_FILE.value, "detail": "0 bytes"}
     try:
         info = sf.info(path)
     except (sf.LibsndfileError, RuntimeError) as exc:
-        return {"reason": "unreadable_audio", "detail": f"{str(exc).strip()[:200]}; convert it to WAV or FLAC"}
+        return {"reason": Reason.UNREADABLE_AUDIO.value, "detail": f"{str(exc).strip()[:200]}; convert it to WAV or FLAC"}
     if info.samplerate <= 0 or info.frames <= 0:
-        return {"reason": "unreadable_audio", "detail": "no audio frames"}
+        return {"reason": Reason.UNREADABLE_AUDIO.value, "detail": "no audio frames"}
     duration = info.frames / info.samplerate
     facts = {"duration": duration, "sr": int(info.samplerate), "channels": int(info.channels), "subtype": str(info.subtype)}
     if duration < min_s:
-        return {**facts, "reason": "too_short", "detail": f"{duration:.2f} s < {min_s} s"}
+        return {**facts, "reason": Reason.TOO_SHORT.value, "detail": f"{duration:.2f} s < {min_s} s"}
     if duration > max_s:
-        return {**facts, "reason": "too_long", "detail": f"{duration:.2f} s > {max_s} s"}
+        return {**facts, "reason": Reason.TOO_LONG.value, "detail": f"{duration:.2f} s > {max_s} s"}
     try:
         # int16 whatever the file holds: the clip is trained as 16-bit, so clipping and silence
         # are judged on what training will see, and hashing half the bytes of float32 is faster.
@@ -155,53 +230,44 @@ def _audio_check(args: tuple[str, float, float, float, float]) -> dict[str, Any]
             f32, _ = sf.read(path, dtype="float32", always_2d=True)
             data = np.round(np.clip(f32, -1.0, 1.0) * 32767.0).astype(np.int16)
     except (sf.LibsndfileError, RuntimeError) as exc:
-        return {**facts, "reason": "unreadable_audio", "detail": str(exc).strip()[:200]}
+        return {**facts, "reason": Reason.UNREADABLE_AUDIO.value, "detail": str(exc).strip()[:200]}
     if data.shape[0] == 0:
-        return {**facts, "reason": "unreadable_audio", "detail": "no audio frames decoded"}
+        return {**facts, "reason": Reason.UNREADABLE_AUDIO.value, "detail": "no audio frames decoded"}
     facts["hash"] = hashlib.sha1(data.tobytes()).hexdigest()
     mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0].astype(np.float32)
     rms = math.sqrt(float(np.dot(mono, mono)) / mono.size) / 32768.0
     rms_db = 20.0 * math.log10(max(rms, 1e-10))
     if rms_db < silence_db:
-        return {**facts, "reason": "silent", "detail": f"RMS {rms_db:.1f} dBFS < {silence_db} dBFS"}
+        return {**facts, "reason": Reason.SILENT.value, "detail": f"RMS {rms_db:.1f} dBFS < {silence_db} dBFS"}
     full = 0.999 * 32767
     if max(float(mono.max()), -float(mono.min())) >= full:
         clipped = float(np.count_nonzero(np.abs(mono) >= full)) / mono.size
         if clipped > max_clipped:
-            return {**facts, "reason": "clipped", "detail": f"{clipped:.2%} of samples at full scale (> {max_clipped:.2%})"}
+            return {**facts, "reason": Reason.CLIPPED.value, "detail": f"{clipped:.2%} of samples at full scale (> {max_clipped:.2%})"}
     return facts
 
 
-def _unk_id(tokenizer: Any) -> int | None:
-    """The [UNK] id when the tokenizer exposes it (Coqui's and ours wrap a ``tokenizers`` object)."""
-    inner = getattr(tokenizer, "tokenizer", None)
-    if inner is not None and hasattr(inner, "token_to_id"):
-        return inner.token_to_id("[UNK]")
-    return getattr(tokenizer, "unk_id", None)
-
-
 def _text_check(
-    text: str, language: str, tokenizer: TextTokenizer | None, max_tokens: int, unk_id: int | None = None
+    text: str, language: str, tokenizer: TextTokenizer | None, max_tokens: int, special: SpecialTokens | None = None
 ) -> tuple[str, str] | None:
-    if not text.strip():
-        return "empty_text", "no transcript"
-    if tokenizer is None:
-        return None
     try:
+        check_text(text)
+        if tokenizer is None:
+            return None
+        special = special or SpecialTokens(None, None)
         ids = tokenizer.encode(text, language)
         # unknown_characters is only asked when the encoding holds [UNK] (or the id is unknown):
         # it is the slow call, and clean rows are the common case.
-        if unk_id is None or unk_id in ids:
+        if special.unk is None or special.unk in ids:
             unknown = tokenizer.unknown_characters(text, language)
             if unknown:
                 shown = " ".join(f"{c!r} (U+{ord(c):04X})" for c in unknown[:10])
-                return "unknown_characters", f"[UNK] for: {shown}; extend the vocabulary or fix the text"
-            if unk_id is not None:
-                return "unknown_characters", "the encoding holds [UNK]; extend the vocabulary or fix the text"
+                raise SampleProblem(Reason.UNKNOWN_CHARACTERS, f"[UNK] for: {shown}; extend the vocabulary or fix the text")
+        check_tokens(ids, special, max_tokens)
+    except SampleProblem as problem:
+        return problem.reason.value, problem.detail
     except NotImplementedError as exc:
-        return "unsupported_language", f"{exc}; add a normaliser/vocabulary for {language!r}"
-    if len(ids) > max_tokens:
-        return "text_too_long", f"{len(ids)} tokens > {max_tokens}"
+        return Reason.UNSUPPORTED_LANGUAGE.value, f"{exc}; add a normaliser/vocabulary for {language!r}"
     return None
 
 
@@ -240,21 +306,12 @@ def _run_checks(
 
 
 def run_preflight(
-    csv_path: str | os.PathLike,
-    *,
-    language: str,
-    tokenizer: TextTokenizer | None = None,
-    vocab_path: str | os.PathLike | None = None,
-    dataset_root: str | os.PathLike | None = None,
-    max_audio_s: float = MAX_AUDIO_S,
-    min_audio_s: float = MIN_AUDIO_S,
-    max_text_tokens: int = MAX_TEXT_TOKENS,
-    silence_rms_db: float = SILENCE_RMS_DB,
-    max_clipped_fraction: float = MAX_CLIPPED_FRACTION,
-    workers: int | None = None,
-    progress: bool = True,
-    exclude_duplicates_of: PreflightReport | None = None,
-) -> PreflightReport:
+    csv_path: str | os.PathLike, *, language: str, tokenizer: TextTokenizer | None = None,
+    vocab_path: str | os.PathLike | None = None, dataset_root: str | os.PathLike | None = None,
+    max_audio_s: float = MAX_AUDIO_S, min_audio_s: float = MIN_AUDIO_S, max_text_tokens: int = MAX_TEXT_TOKENS,
+    silence_rms_db: float = SILENCE_RMS_DB, max_clipped_fraction: float = MAX_CLIPPED_FRACTION,
+    workers: int | None = None, progress: bool = True, exclude_duplicates_of: PreflightReport | None = None,
+) -> PreflightReport:  # fmt: skip
     """Check every row of a ``coqui``-format CSV.
 
     Args:
@@ -282,94 +339,80 @@ def run_preflight(
     root = Path(dataset_root).resolve() if dataset_root is not None else csv_path.resolve().parent
     bad: list[BadRow] = []
     rows = read_coqui_csv(csv_path, dataset_root=root, bad_rows=bad)
-    report = PreflightReport(
-        csv_path=str(csv_path),
-        language=language,
-        total=len(rows) + len(bad),
-        limits={"min_audio_s": min_audio_s, "max_audio_s": max_audio_s, "max_text_tokens": max_text_tokens,
-                "silence_rms_db": silence_rms_db, "max_clipped_fraction": max_clipped_fraction},
-    )
-    if tokenizer is None and vocab_path is not None:
-        tokenizer = load_text_tokenizer(vocab_path)
+    limits = {"min_audio_s": min_audio_s, "max_audio_s": max_audio_s, "max_text_tokens": max_text_tokens,
+              "silence_rms_db": silence_rms_db, "max_clipped_fraction": max_clipped_fraction}  # fmt: skip
+    report = PreflightReport(csv_path=str(csv_path), language=language, total=len(rows) + len(bad), limits=limits)
+    tokenizer = tokenizer if tokenizer is not None or vocab_path is None else load_text_tokenizer(vocab_path)
     if tokenizer is None:
         report.checks_skipped.append("unknown_characters and text_too_long: no --vocab/tokenizer given")
-    excluded: dict[int, dict[str, Any]] = {}
-
-    def exclude(r: Row | BadRow, reason: str, detail: str) -> None:
-        excluded[r.row] = {"row": r.row, "audio_file": r.audio_file, "reason": reason, "detail": detail}
-
+    screen = _Screen(root, exclude_duplicates_of)
     for b in bad:
-        exclude(b, "malformed_row", b.detail)
-
-    candidates: list[Row] = []
-    seen_paths: dict[Path, int] = {}
-    other_paths: dict[Path, int] = {}
-    other_hashes: dict[str, int] = {}
-    other_name = ""
-    if exclude_duplicates_of is not None:
-        other_paths = {r.path: r.row for r in exclude_duplicates_of.kept_rows}
-        other_hashes = exclude_duplicates_of.kept_hashes
-        other_name = Path(exclude_duplicates_of.csv_path).name
-    for r in rows:
-        if not r.audio_file:
-            exclude(r, "missing_file", "audio_file column is empty")
-        elif not _inside(r.path, root):
-            exclude(r, "path_outside_dataset", f"resolves to {r.path}, outside {root}")
-        elif r.path in seen_paths:
-            exclude(r, "duplicate_row", f"same file as row {seen_paths[r.path]}")
-        elif r.path in other_paths:
-            exclude(r, "duplicate_row", f"same file as row {other_paths[r.path]} of {other_name}")
-        else:
-            seen_paths[r.path] = r.row
-            candidates.append(r)
-
+        screen.exclude(b, Reason.MALFORMED_ROW, b.detail)
+    candidates = [r for r in rows if screen.admit(r)]
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     jobs = [(str(r.path), min_audio_s, max_audio_s, silence_rms_db, max_clipped_fraction) for r in candidates]
-    unk_id = _unk_id(tokenizer) if tokenizer is not None else None
+    special = SpecialTokens.of(tokenizer) if tokenizer is not None else None
     audio_results, text_results = _run_checks(
-        jobs,
-        lambda i: _text_check(candidates[i].text, language, tokenizer, max_text_tokens, unk_id),
-        workers,
-        progress,
+        jobs, lambda i: _text_check(candidates[i].text, language, tokenizer, max_text_tokens, special), workers, progress
     )
+    kept = [r for r, res, text in zip(candidates, audio_results, text_results, strict=True) if screen.keep(r, res, text, report)]
+    report.excluded = [screen.excluded[k] for k in sorted(screen.excluded)]
+    report.kept_rows, report.kept_hashes, report.kept = kept, screen.seen_hashes, len(kept)
+    report.hours_kept = sum(r.duration or 0.0 for r in kept) / 3600.0
+    logger.info("preflight %s: %d/%d rows kept, %.3f h", csv_path, report.kept, report.total, report.hours_kept)
+    return report
 
-    seen_hashes: dict[str, int] = {}
-    kept: list[Row] = []
-    for r, res, text_problem in zip(candidates, audio_results, text_results, strict=True):
+
+class _Screen:
+    """The per-row bookkeeping of one preflight: exclusions, duplicates within and across CSVs."""
+
+    def __init__(self, root: Path, other: PreflightReport | None) -> None:
+        self.root = root
+        self.excluded: dict[int, dict[str, Any]] = {}
+        self.seen_paths: dict[Path, int] = {}
+        self.seen_hashes: dict[str, int] = {}
+        self.other_paths = {r.path: r.row for r in other.kept_rows} if other is not None else {}
+        self.other_hashes = other.kept_hashes if other is not None else {}
+        self.other_name = Path(other.csv_path).name if other is not None else ""
+
+    def exclude(self, r: Row | BadRow, reason: Reason | str, detail: str) -> bool:
+        reason = reason.value if isinstance(reason, Reason) else reason
+        self.excluded[r.row] = {"row": r.row, "audio_file": r.audio_file, "reason": reason, "detail": detail}
+        return False
+
+    def admit(self, r: Row) -> bool:
+        """Checks before any file is opened: path present, inside the dataset, not a repeat."""
+        if not r.audio_file:
+            return self.exclude(r, Reason.MISSING_FILE, "audio_file column is empty")
+        if not _inside(r.path, self.root):
+            return self.exclude(r, Reason.PATH_OUTSIDE_DATASET, f"resolves to {r.path}, outside {self.root}")
+        if r.path in self.seen_paths:
+            return self.exclude(r, Reason.DUPLICATE_ROW, f"same file as row {self.seen_paths[r.path]}")
+        if r.path in self.other_paths:
+            return self.exclude(r, Reason.DUPLICATE_ROW, f"same file as row {self.other_paths[r.path]} of {self.other_name}")
+        self.seen_paths[r.path] = r.row
+        return True
+
+    def keep(self, r: Row, res: dict[str, Any], text_problem: tuple[str, str] | None, report: PreflightReport) -> bool:
+        """The audio and text results of one row: excluded with its reason, or kept (and counted)."""
         if "reason" in res:
-            exclude(r, res["reason"], res["detail"])
-            continue
+            return self.exclude(r, res["reason"], res["detail"])
         if text_problem is not None:
-            exclude(r, *text_problem)
-            continue
-        if res["hash"] in seen_hashes:
-            exclude(r, "duplicate_row", f"same audio content as row {seen_hashes[res['hash']]}")
-            continue
-        if res["hash"] in other_hashes:
-            exclude(r, "duplicate_row", f"same audio content as row {other_hashes[res['hash']]} of {other_name}")
-            continue
-        seen_hashes[res["hash"]] = r.row
+            return self.exclude(r, *text_problem)
+        if res["hash"] in self.seen_hashes:
+            return self.exclude(r, Reason.DUPLICATE_ROW, f"same audio content as row {self.seen_hashes[res['hash']]}")
+        if res["hash"] in self.other_hashes:
+            row = self.other_hashes[res["hash"]]
+            return self.exclude(r, Reason.DUPLICATE_ROW, f"same audio content as row {row} of {self.other_name}")
+        self.seen_hashes[res["hash"]] = r.row
         r.duration = res["duration"]
-        changes = []
-        if res["sr"] != 22050:
-            changes.append("sample_rate")
-        if res["channels"] != 1:
-            changes.append("channels")
-        if res["subtype"] != "PCM_16":
-            changes.append("bit_depth")
+        changes = [name for name, changed in (("sample_rate", res["sr"] != 22050), ("channels", res["channels"] != 1),
+                                              ("bit_depth", res["subtype"] != "PCM_16")) if changed]  # fmt: skip
         if changes:
             report.converted += 1
             for c in changes:
                 report.conversions[c] = report.conversions.get(c, 0) + 1
-        kept.append(r)
-
-    report.excluded = [excluded[k] for k in sorted(excluded)]
-    report.kept_rows = kept
-    report.kept_hashes = seen_hashes
-    report.kept = len(kept)
-    report.hours_kept = sum(r.duration or 0.0 for r in kept) / 3600.0
-    logger.info("preflight %s: %d/%d rows kept, %.3f h", csv_path, report.kept, report.total, report.hours_kept)
-    return report
+        return True
 
 
 def check_usable(

@@ -18,7 +18,7 @@ import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from utils.errors import LanguageError
 from utils.language.registry import get_language_spec, is_xtts_language, language_tokens
@@ -103,8 +103,7 @@ def extend_vocab(
     num_new_tokens: int = DEFAULT_NUM_NEW_TOKENS,
     out_path: str | Path = "vocab.json",
     *,
-    add_script_alphabet: bool = True,
-    min_frequency: int = 2,
+    add_script_alphabet: bool = True, min_frequency: int = 2,
 ) -> VocabExtension:
     """Extend an XTTS vocab.json for ``language`` and write it to ``out_path``.
 
@@ -125,7 +124,7 @@ def extend_vocab(
     Raises:
         LanguageError: XTTS language, already-extended vocabulary, no usable text, or a failed check.
     """
-    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import Tokenizer
 
     base_path, out = Path(base_vocab_json), Path(out_path)
     if is_xtts_language(language):
@@ -136,24 +135,47 @@ def extend_vocab(
     data = _load_bpe_json(base_path)
     vocab: dict[str, int] = data["model"]["vocab"]
     merges: list = data["model"]["merges"]
-    merges_as_str = bool(merges) and isinstance(merges[0], str)
+    merges_as_str = bool(merges) and isinstance(merges[0], str)  # the file's own merge format
     base_size = max([*vocab.values(), *(t["id"] for t in data.get("added_tokens", []))]) + 1
+    normalised = [t for t in (spec.normalize(t) for t in texts) if t]
+    new_chars = _new_characters(normalised, vocab, spec, language, add_script_alphabet)
+    trained = _train_new_merges(normalised, set(new_chars), num_new_tokens, min_frequency)
+    lang_id, next_id, new_tokens, added_merges = _append_tokens(
+        data, base_size, language, new_chars, trained, num_new_tokens, merges_as_str
+    )
+    ext = VocabExtension(
+        path=out, language=language, base_size=base_size, new_size=next_id, language_token_id=lang_id,
+        new_characters=new_chars, new_tokens=new_tokens, merges_added=len(added_merges), texts=len(normalised),
+    )  # fmt: skip
+    text = json.dumps(data, ensure_ascii=False)
+    _verify(Tokenizer.from_file(str(base_path)), Tokenizer.from_str(text), normalised, ext)
+    _write_atomic(out, text)
+    logger.info(
+        "vocabulary extended for '%s': %d -> %d tokens (%d characters, %d merged tokens with merges) from %d texts: %s",
+        language, base_size, ext.new_size, len(new_chars), len(new_tokens), len(normalised), out,
+    )  # fmt: skip
+    return ext
 
-    normalised = [spec.normalize(t) for t in texts]
-    normalised = [t for t in normalised if t]
+
+def _new_characters(normalised: list[str], vocab: dict[str, int], spec: Any, language: str, add_alphabet: bool) -> list[str]:
+    """The characters of the texts (and, with ``add_alphabet``, of the script) the base vocabulary lacks."""
     char_counts = Counter(ch for t in normalised for ch in t if not ch.isspace())
     new_chars = sorted(ch for ch in char_counts if ch not in vocab)
-    if add_script_alphabet:
+    if add_alphabet:
         new_chars = sorted(set(new_chars) | {ch for ch in spec.alphabet if ch not in vocab})
     if not new_chars:
         raise LanguageError(
             f"the {len(normalised)} normalised '{language}' texts have no character the base vocabulary lacks; "
             "check --language and the transcripts"
         )
-    new_char_set = set(new_chars)
+    return new_chars
 
-    # BPE on the words that hold new characters only: merges among base characters could change
-    # how existing languages encode, so none are learned.
+
+def _train_new_merges(normalised: list[str], new_char_set: set[str], num_new_tokens: int, min_frequency: int) -> list:
+    """BPE on the words that hold new characters only: merges among base characters could change
+    how existing languages encode, so none are learned."""
+    from tokenizers import pre_tokenizers
+
     splitter = pre_tokenizers.Whitespace()
     words: Counter = Counter()
     for line in normalised:
@@ -161,13 +183,21 @@ def extend_vocab(
             if any(ch in new_char_set for ch in piece):
                 words[piece] += 1
     train_alphabet = sorted({ch for w in words for ch in w})
-    trained = _train_bpe(words, train_alphabet, num_new_tokens, min_frequency) if words else []
+    return _train_bpe(words, train_alphabet, num_new_tokens, min_frequency) if words else []
 
-    next_id = base_size
-    lang_token = f"[{language}]"
-    lang_id = next_id
+
+def _append_tokens(data: dict, base_size: int, language: str, new_chars: list[str], trained: list,
+                   num_new_tokens: int, merges_as_str: bool) -> tuple[int, int, list[str], list]:  # fmt: skip
+    """Add ``[language]``, the new characters and the merged tokens after the base ids (in place).
+
+    Returns:
+        (language token id, the new vocabulary size, the merged tokens, the merges added).
+    """
+    vocab: dict[str, int] = data["model"]["vocab"]
+    new_char_set = set(new_chars)
+    lang_token, lang_id = f"[{language}]", base_size
     vocab[lang_token] = lang_id
-    next_id += 1
+    next_id = base_size + 1
     for ch in new_chars:
         vocab[ch] = next_id
         next_id += 1
@@ -183,35 +213,20 @@ def extend_vocab(
         next_id += 1
         new_tokens.append(merged)
         added_merges.append(f"{a} {b}" if merges_as_str else [a, b])
-    merges.extend(added_merges)
+    data["model"]["merges"].extend(added_merges)
     template = next((t for t in data.get("added_tokens", []) if t.get("content") == "[en]"), None)
     entry = dict(template) if template else {"single_word": False, "lstrip": False, "rstrip": False,
                                              "normalized": False, "special": True}  # fmt: skip
     entry.update(id=lang_id, content=lang_token)
     data.setdefault("added_tokens", []).append(entry)
+    return lang_id, next_id, new_tokens, added_merges
 
-    ext = VocabExtension(
-        path=out,
-        language=language,
-        base_size=base_size,
-        new_size=next_id,
-        language_token_id=lang_id,
-        new_characters=new_chars,
-        new_tokens=new_tokens,
-        merges_added=len(added_merges),
-        texts=len(normalised),
-    )
-    text = json.dumps(data, ensure_ascii=False)
-    _verify(Tokenizer.from_file(str(base_path)), Tokenizer.from_str(text), normalised, ext)
+
+def _write_atomic(out: Path, text: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=out.parent, delete=False, suffix=".tmp") as fh:
         fh.write(text)
     os.replace(fh.name, out)
-    logger.info(
-        "vocabulary extended for '%s': %d -> %d tokens (%d characters, %d merged tokens with merges) from %d texts: %s",
-        language, base_size, ext.new_size, len(new_chars), len(new_tokens), len(normalised), out,
-    )  # fmt: skip
-    return ext
 
 
 def _encode_ids(tokenizer, text: str, language: str) -> list[int]:

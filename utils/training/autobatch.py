@@ -76,7 +76,9 @@ def autosize_micro_batch(trainer: Any, *, max_batch: int = 256, margin: float = 
     from utils.training import speed
     from utils.training.fast_data import collate_cached
 
-    model = trainer._get_model()
+    from utils.training.compat import unwrap_model
+
+    model = unwrap_model(trainer)
     config = trainer.config
     requested = int(config.batch_size) * int(trainer.grad_accum_steps)
     if not _cuda.is_available():

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+# Readers live with the run folder (utils.runs); re-exported for the trainer, which writes.
+from utils.runs import best_eval_loss, checkpoint_step, has_training_state, last_checkpoint, load_checkpoint  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -114,57 +116,6 @@ def remove_partial_files(run_dir: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
-def checkpoint_step(path: Path) -> int | None:
-    match = re.fullmatch(r"(?:checkpoint|best_model)_(\d+)\.pth", path.name)
-    return int(match.group(1)) if match else None
-
-
-def has_training_state(path: str | os.PathLike[str]) -> bool:
-    """True when the checkpoint holds optimizer state (so a run can resume from it exactly)."""
-    try:
-        state = load_checkpoint(path, mmap=True)
-    except (OSError, RuntimeError, ValueError, EOFError):  # unreadable: not a resume point
-        return False
-    return bool(state.get("optimizer"))
-
-
-def last_checkpoint(run_dir: str | os.PathLike[str], *, resumable: bool = True) -> Path | None:
-    """The newest complete checkpoint (highest N), or None.
-
-    As ``trainer.io.get_last_checkpoint``, but ``best_model.pth`` is never guessed by file time,
-    and with ``resumable`` only files holding optimizer state count: ``checkpoint_N.pth``, and
-    ``best_model_N.pth`` written by older versions that kept the optimizer in it. On equal N the
-    file written last wins. ``resumable=False`` also takes weights-only best models.
-    """
-    found = [(checkpoint_step(p), p.stat().st_mtime_ns, p) for p in Path(run_dir).glob("*_*.pth")]
-    found = sorted((f for f in found if f[0] is not None), reverse=True)
-    for _, _, path in found:
-        if not resumable or path.name.startswith("checkpoint_") or has_training_state(path):
-            return path
-    return None
-
-
-def best_eval_loss(run_dir: str | os.PathLike[str]) -> dict[str, float] | None:
-    """The ``model_loss`` of the run's lowest-eval-loss ``best_model_N.pth`` (None without one)."""
-    best = None
-    for path in Path(run_dir).glob("best_model_*.pth"):
-        if checkpoint_step(path) is None:
-            continue
-        try:
-            loss = load_checkpoint(path, mmap=True).get("model_loss")
-        except (OSError, RuntimeError, ValueError, EOFError):
-            continue
-        if isinstance(loss, dict) and loss.get("eval_loss") is not None:
-            if best is None or float(loss["eval_loss"]) < float(best["eval_loss"]):
-                best = {k: float(v) for k, v in loss.items() if v is not None}
-    return best
-
-
-def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, Any]:
-    """Load a Trainer checkpoint on the CPU with ``weights_only=True`` (``mmap``: lazy tensors)."""
-    return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
-
-
 def training_state(trainer: Any, *, steps_done: int, epochs_done: int, epoch_batches_done: int = 0,
                    optimizer: bool = True, **extra: Any) -> dict[str, Any]:  # fmt: skip
     """The checkpoint dict Coqui's ``trainer.io.save_model`` writes, plus the toolkit's state.
@@ -176,7 +127,9 @@ def training_state(trainer: Any, *, steps_done: int, epochs_done: int, epoch_bat
     """
     import datetime
 
-    model = trainer._get_model()
+    from utils.training.compat import unwrap_model
+
+    model = unwrap_model(trainer)
     config = trainer.config.to_dict() if hasattr(trainer.config, "to_dict") else trainer.config
     scheduler = [s.state_dict() for s in trainer.scheduler if s is not None] if trainer.scheduler else None
     state = {

@@ -26,13 +26,33 @@ class ToolkitGPTConfig(GPTTrainerConfig):
     toolkit: dict = field(default_factory=dict)
 
 
+def _model_args(base: BaseModelFiles, arch: dict, vocab_path: str | Path | None) -> GPTArgs:
+    """The GPT's arguments: the base's architecture, the toolkit's data limits, local files only."""
+    return GPTArgs(
+        max_conditioning_length=132300,  # 6 s at 22.05 kHz, as Coqui's XTTS v2 recipe
+        min_conditioning_length=66150,  # 3 s
+        debug_loading_failures=False,
+        max_wav_length=255995,  # ~11.6 s
+        max_text_length=200,
+        mel_norm_file=str(base.mel_stats),  # never the default URL: it fails offline
+        dvae_checkpoint=str(base.dvae),
+        xtts_checkpoint=str(base.model),
+        tokenizer_file=str(vocab_path or base.vocab),
+        gpt_num_audio_tokens=arch.pop("gpt_num_audio_tokens", 1026),
+        gpt_start_audio_token=arch.pop("gpt_start_audio_token", 1024),
+        gpt_stop_audio_token=arch.pop("gpt_stop_audio_token", 1025),
+        gpt_use_masking_gt_prompt_approach=arch.pop("gpt_use_masking_gt_prompt_approach", True),
+        gpt_use_perceiver_resampler=arch.pop("gpt_use_perceiver_resampler", True),
+        **arch,
+    )
+
+
 def build_config(
     hparams: Resolved,
     base: BaseModelFiles,
     *,
     output_path: str | Path,
-    language: str = "en",
-    run_name: str = "xtts_ft",
+    language: str = "en", run_name: str = "xtts_ft",
     vocab_path: str | Path | None = None,
     extra_languages: list[str] | None = None,
     eval_batch_size: int | None = None,
@@ -53,49 +73,20 @@ def build_config(
     for code in [language, *(extra_languages or [])]:
         if code not in languages:
             languages.append(code)
-    model_args = GPTArgs(
-        max_conditioning_length=132300,  # 6 s at 22.05 kHz, as Coqui's XTTS v2 recipe
-        min_conditioning_length=66150,  # 3 s
-        debug_loading_failures=False,
-        max_wav_length=255995,  # ~11.6 s
-        max_text_length=200,
-        mel_norm_file=str(base.mel_stats),  # never the default URL: it fails offline
-        dvae_checkpoint=str(base.dvae),
-        xtts_checkpoint=str(base.model),
-        tokenizer_file=str(vocab_path or base.vocab),
-        gpt_num_audio_tokens=arch.pop("gpt_num_audio_tokens", 1026),
-        gpt_start_audio_token=arch.pop("gpt_start_audio_token", 1024),
-        gpt_stop_audio_token=arch.pop("gpt_stop_audio_token", 1025),
-        gpt_use_masking_gt_prompt_approach=arch.pop("gpt_use_masking_gt_prompt_approach", True),
-        gpt_use_perceiver_resampler=arch.pop("gpt_use_perceiver_resampler", True),
-        **arch,
-    )
+    model_args = _model_args(base, arch, vocab_path)
     audio = XttsAudioConfig(sample_rate=22050, dvae_sample_rate=22050, output_sample_rate=24000)
     sched = hparams.scheduler_params()
-    config = ToolkitGPTConfig(
-        epochs=int(v["epochs"]),
-        output_path=str(output_path),
-        model_args=model_args,
-        run_name=run_name,
-        project_name="xtts_finetune",
-        run_description="XTTS v2 GPT fine-tune (xtts-finetune-toolkit)",
-        dashboard_logger="tensorboard",
-        audio=audio,
-        languages=languages,
+    config = ToolkitGPTConfig(  # fmt: skip
+        epochs=int(v["epochs"]), output_path=str(output_path), model_args=model_args, run_name=run_name,
+        project_name="xtts_finetune", run_description="XTTS v2 GPT fine-tune (xtts-finetune-toolkit)",
+        dashboard_logger="tensorboard", audio=audio, languages=languages,
         batch_size=int(v["batch_size"]),
         eval_batch_size=int(eval_batch_size or v["batch_size"]),
         num_loader_workers=int(v["num_loader_workers"]),
         num_eval_loader_workers=min(1, int(v["num_loader_workers"])),
-        eval_split_max_size=256,
-        print_step=50,
-        plot_step=100,
-        log_model_step=None,
+        eval_split_max_size=256, print_step=50, plot_step=100, log_model_step=None, print_eval=False, run_eval=True,
         save_step=int(v["save_every_steps"] or 10**9),  # None: time-based saves (ToolkitTrainer) only
-        save_n_checkpoints=int(v["keep_checkpoints"]),
-        save_checkpoints=True,
-        print_eval=False,
-        run_eval=True,
-        test_delay_epochs=0,
+        save_n_checkpoints=int(v["keep_checkpoints"]), save_checkpoints=True, test_delay_epochs=0,
         training_seed=int(v["seed"]),
         optimizer=v["optimizer"],
         optimizer_wd_only_on_weights=bool(v["weight_decay_only_on_weights"]),

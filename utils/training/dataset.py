@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from TTS.tts.layers.xtts.trainer.dataset import XTTSDataset
 
+from utils.data.preflight import Reason, SampleProblem, SpecialTokens, check_length, check_text, check_tokens
 from utils.training.fast_data import load_audio_soundfile, prompt_slice
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class ToolkitXTTSDataset(XTTSDataset):
         self.exclusions_path = Path(exclusions_path) if exclusions_path else None
         self.failed: dict[int, str] = {}
         self._rng = random.Random(config.training_seed)
+        self.special = SpecialTokens.of(tokenizer)
         if not self.samples:
             raise ValueError("ToolkitXTTSDataset needs at least one sample")
 
@@ -77,26 +79,17 @@ class ToolkitXTTSDataset(XTTSDataset):
                 fh.write(json.dumps(record) + "\n")
 
     def load_row(self, sample: dict[str, Any]) -> dict[str, Any]:
-        """Load one row into Coqui's item format; raises ValueError with the reason."""
+        """Load one row into Coqui's item format; raises :class:`SampleProblem` with the reason."""
         text = str(sample["text"])
-        if not text.strip():
-            raise ValueError("empty_text: the transcript is empty")
+        check_text(text)
         tokens = self.tokenizer.encode(text, sample["language"])
+        check_tokens(tokens, self.special, self.max_text_len)
         tseq = torch.IntTensor(tokens)
-        if torch.any(tseq == 1):
-            raise ValueError(f"unknown_characters: text maps to [UNK]: {self.tokenizer.decode(tseq)!r}")
-        if torch.any(tseq == 0):
-            raise ValueError("stop_token_in_text: text encodes to the [STOP] token")
-        if tseq.shape[0] > self.max_text_len:
-            raise ValueError(f"text_too_long: {tseq.shape[0]} tokens > {self.max_text_len}")
         try:
             wav = load_audio_soundfile(sample["audio_file"], self.sample_rate)
         except (RuntimeError, OSError) as exc:  # soundfile's LibsndfileError is a RuntimeError
-            raise ValueError(f"unreadable_audio: {exc}") from exc
-        if wav.shape[-1] < 0.5 * self.sample_rate:
-            raise ValueError(f"audio_too_short: {wav.shape[-1] / self.sample_rate:.2f} s < 0.5 s")
-        if wav.shape[-1] > self.max_wav_len:
-            raise ValueError(f"audio_too_long: {wav.shape[-1] / self.sample_rate:.2f} s > max_wav_length")
+            raise SampleProblem(Reason.UNREADABLE_AUDIO, str(exc)) from exc
+        check_length(int(wav.shape[-1]), self.sample_rate, max_samples=self.max_wav_len)
         max_len, min_len = self.max_conditioning_length, self.min_conditioning_length
         cond, cond_idxs = prompt_slice(wav[0].numpy(), max_len, min_len, self.is_eval, rng=self._rng)
         cond_len = cond.shape[-1]
@@ -124,11 +117,10 @@ class ToolkitXTTSDataset(XTTSDataset):
                 continue
             try:
                 return self.load_row(self.samples[idx])
-            except (ValueError, RuntimeError, OSError) as exc:  # decode errors, bad rows
-                reason, _, detail = str(exc).partition(": ")
-                if not detail:
-                    reason, detail = type(exc).__name__, str(exc)
-                self._report_failure(idx, reason, detail)
+            except SampleProblem as problem:
+                self._report_failure(idx, problem.reason.value, problem.detail)
+            except (ValueError, RuntimeError, OSError) as exc:  # decode errors past the checks
+                self._report_failure(idx, Reason.UNREADABLE_AUDIO.value, f"{type(exc).__name__}: {exc}")
         raise RuntimeError(
             f"every one of the {len(self.samples)} {'eval' if self.is_eval else 'training'} rows failed to load; "
             "see runtime_exclusions.jsonl in the run folder and run scripts/validate_dataset.py on the CSV"

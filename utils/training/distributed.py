@@ -251,7 +251,9 @@ def sync_gradients(params: Iterable[Any]) -> None:
     if not is_distributed():
         return
     import torch
-    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    from utils.training.compat import flatten_dense_tensors as _flatten_dense_tensors
+    from utils.training.compat import unflatten_dense_tensors as _unflatten_dense_tensors
 
     dist = _dist()
     started = time.perf_counter()

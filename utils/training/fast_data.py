@@ -34,6 +34,8 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from utils.data.preflight import SampleProblem, SpecialTokens, check_length, check_text, check_tokens
+
 logger = logging.getLogger(__name__)
 
 #: Coqui's GPT reads ``ceil(wav_length / code_stride_len)`` codes per clip (gpt.py, ``forward``).
@@ -101,15 +103,11 @@ def compute_dvae_codes(model: Any, wavs: Sequence[torch.Tensor], device: torch.d
     if config.audio.sample_rate != config.audio.dvae_sample_rate:
         import torchaudio
 
+        from utils.training.compat import DVAE_RESAMPLE
+
         # Same call as GPTTrainer.format_batch_on_device.
         batch = torchaudio.functional.resample(
-            batch,
-            orig_freq=config.audio.sample_rate,
-            new_freq=config.audio.dvae_sample_rate,
-            lowpass_filter_width=64,
-            rolloff=0.9475937167399596,
-            resampling_method="kaiser_window",
-            beta=14.769656459379492,
+            batch, orig_freq=config.audio.sample_rate, new_freq=config.audio.dvae_sample_rate, **DVAE_RESAMPLE
         )
     mel = model.torch_mel_spectrogram_dvae.to(batch.device)(batch)
     codes = model.dvae.get_codebook_indices(mel).cpu()
@@ -122,6 +120,57 @@ def compute_dvae_codes(model: Any, wavs: Sequence[torch.Tensor], device: torch.d
         out.append(c.to(torch.int16 if int(codes.max()) < 32767 else torch.int64).clone())
     del device  # the DVAE decides the device; kept in the signature for clarity at call sites
     return out
+
+
+def _check_and_decode(s: dict[str, Any], tokenizer: Any, special: SpecialTokens, args: Any, sr: int, cache_dir: Path,
+                      load_audio: Callable[[str, int], torch.Tensor]) -> tuple[dict[str, Any], torch.Tensor, str, int]:  # fmt: skip
+    """The sample checks (utils.data.preflight) on one row, and its waveform in the cache.
+
+    Raises:
+        SampleProblem: the row fails a check (empty text, [UNK]/[STOP] tokens, too long, length).
+    """
+    text = str(s["text"])
+    check_text(text)
+    ids = tokenizer.encode(text, s["language"])
+    check_tokens(ids, special, int(args.max_text_length))
+    npy = cache_dir / _cache_name(str(s["audio_file"]), sr)
+    if npy.exists():
+        wav, n = None, int(np.load(npy, mmap_mode="r").shape[-1])
+    else:
+        wav = load_audio(s["audio_file"], sr)
+        n = int(wav.shape[-1])
+    check_length(n, sr, max_samples=int(args.max_wav_length))
+    if wav is not None:
+        np.save(npy, wav[0].numpy().astype(np.float32))
+    return s, torch.IntTensor(ids), str(npy), n
+
+
+def _codes_for(model: Any, pending: list[tuple[dict[str, Any], torch.Tensor, str, int]], device: torch.device | str,
+               batch_size: int, progress: bool) -> list[CachedClip | None]:  # fmt: skip
+    """DVAE codes of the decoded clips in length-sorted batches; the clips in the input order."""
+    from tqdm import tqdm
+
+    order = sorted(range(len(pending)), key=lambda i: pending[i][3])
+    items: list[CachedClip | None] = [None] * len(pending)
+    # The DVAE may have been moved off the GPU (speed.offload_frozen_modules): borrow it back.
+    home = next(model.dvae.parameters()).device
+    model.dvae.to(device)
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc="DVAE codes", disable=not progress):
+            idx = order[start : start + batch_size]
+            wavs = [torch.from_numpy(np.load(pending[i][2])).unsqueeze(0) for i in idx]
+            codes = compute_dvae_codes(model, wavs, device)
+            for i, c in zip(idx, codes):
+                s, tokens, npy, n = pending[i]
+                items[i] = CachedClip(
+                    audio_npy=npy, num_samples=n, tokens=tokens, codes=c, language=s["language"],
+                    source=str(s["audio_file"]),
+                )
+    finally:
+        model.dvae.to(home)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return items
 
 
 def prepare_clip_cache(
@@ -162,63 +211,16 @@ def prepare_clip_cache(
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = model.xtts.tokenizer
-
+    special = SpecialTokens.of(tokenizer)
     pending: list[tuple[dict[str, Any], torch.Tensor, str, int]] = []
     excluded: list[dict[str, Any]] = []
     for s in tqdm(samples, desc="decode clips", disable=not progress, file=None):
-        text = str(s["text"])
-        if not text.strip():
-            excluded.append({"audio_file": s["audio_file"], "reason": "empty_text", "detail": ""})
-            continue
-        tokens = torch.IntTensor(tokenizer.encode(text, s["language"]))
-        if bool(torch.any(tokens == 1)):
-            excluded.append({"audio_file": s["audio_file"], "reason": "unknown_token", "detail": text[:80]})
-            continue
-        if bool(torch.any(tokens == 0)):
-            excluded.append({"audio_file": s["audio_file"], "reason": "stop_token_in_text", "detail": text[:80]})
-            continue
-        if tokens.shape[0] > args.max_text_length:
-            excluded.append(
-                {"audio_file": s["audio_file"], "reason": "text_too_long", "detail": f"{tokens.shape[0]} tokens"}
-            )
-            continue
-        npy = cache_dir / _cache_name(str(s["audio_file"]), sr)
-        if npy.exists():
-            n = int(np.load(npy, mmap_mode="r").shape[-1])
-            wav = None
-        else:
-            wav = load_audio(s["audio_file"], sr)
-            n = int(wav.shape[-1])
-        if n < 0.5 * sr:
-            excluded.append({"audio_file": s["audio_file"], "reason": "audio_too_short", "detail": f"{n} samples"})
-            continue
-        if n > args.max_wav_length:
-            excluded.append({"audio_file": s["audio_file"], "reason": "audio_too_long", "detail": f"{n} samples"})
-            continue
-        if wav is not None:
-            np.save(npy, wav[0].numpy().astype(np.float32))
-        pending.append((s, tokens, str(npy), n))
+        try:
+            pending.append(_check_and_decode(s, tokenizer, special, args, sr, cache_dir, load_audio))
+        except SampleProblem as problem:
+            excluded.append(problem.record(s["audio_file"]))
 
-    order = sorted(range(len(pending)), key=lambda i: pending[i][3])
-    items: list[CachedClip | None] = [None] * len(pending)
-    # The DVAE may have been moved off the GPU (speed.offload_frozen_modules): borrow it back.
-    home = next(model.dvae.parameters()).device
-    model.dvae.to(device)
-    try:
-        for start in tqdm(range(0, len(order), batch_size), desc="DVAE codes", disable=not progress):
-            idx = order[start : start + batch_size]
-            wavs = [torch.from_numpy(np.load(pending[i][2])).unsqueeze(0) for i in idx]
-            codes = compute_dvae_codes(model, wavs, device)
-            for i, c in zip(idx, codes):
-                s, tokens, npy, n = pending[i]
-                items[i] = CachedClip(
-                    audio_npy=npy, num_samples=n, tokens=tokens, codes=c, language=s["language"],
-                    source=str(s["audio_file"]),
-                )
-    finally:
-        model.dvae.to(home)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    items = _codes_for(model, pending, device, batch_size, progress)
     kept = [it for it in items if it is not None]
     for e in excluded:
         logger.warning("excluded %s: %s %s", e["audio_file"], e["reason"], e["detail"])

@@ -1,6 +1,6 @@
 """Training that watches itself: health checks, early stopping and the actions they take.
 
-Each problem the owner once found by staring at logs after days of GPU time is a check here,
+Each problem once found by staring at logs after days of GPU time is a check here,
 run inside the Trainer loop by :class:`utils.training.trainer.ToolkitTrainer`:
 
 - divergence: a non-finite loss or gradient. The optimizer step is skipped (the gradients are
@@ -31,7 +31,7 @@ import math
 from collections import deque
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from utils.errors import ToolkitError
 
@@ -124,6 +124,7 @@ class HealthMonitor:
         self.overfit_run = 0
         self.in_overfit = False
         self.ratio_flags: dict[str, bool] = {}
+        self.on_event: Callable[[dict[str, Any]], None] | None = None  # e.g. an event bus (utils.events)
 
     # --- events -------------------------------------------------------------------------------
 
@@ -135,6 +136,8 @@ class HealthMonitor:
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self.events.append(record)
         self.pending.append(event)
+        if self.on_event is not None:
+            self.on_event(record)
         if self.events_path is not None:
             with open(self.events_path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")

@@ -70,8 +70,7 @@ def launch_train(
     fn: Callable[..., Any] | str,
     *args: Any,
     backend: str | None = None,
-    staging_dir: str | Path | None = None,
-    timeout_s: float | None = None,
+    staging_dir: str | Path | None = None, timeout_s: float | None = None,
     **kwargs: Any,
 ) -> Any:
     """Run ``fn(*args, **kwargs)`` in ``nprocs`` worker processes; return rank 0's result.

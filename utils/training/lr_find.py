@@ -68,24 +68,75 @@ def lr_range_test(
     divergence_factor: float = 4.0,
     progress: bool = True,
 ) -> LRFindResult:
-    """Run the range test with ``config`` (from :func:`utils.gpt_train.build_config`).
+    """Run the range test with ``config`` (from :meth:`utils.finetune.FineTune.build_trainer`).
 
     Args:
         config: the training config; its batch size and ``toolkit["grad_accum"]`` are used as is.
-        train_samples: training rows (dicts as for :func:`utils.gpt_train.train`).
+        train_samples: training rows (dicts as for :func:`utils.finetune.training.train`).
         start_lr / end_lr: the LR range, covered exponentially over ``num_steps`` optimizer steps.
         divergence_factor: stop when the smoothed loss exceeds this times its minimum.
     """
     from trainer import TrainerArgs
 
-    from utils.training.health import StopTraining
-    from utils.training.lr_schedule import optimizer_steps_per_epoch
     from utils.training.model import ToolkitGPTTrainer
-    from utils.training.plots import plot_lr_find
     from utils.training.trainer import ToolkitTrainer
 
     accum = int(config.toolkit.get("grad_accum", 1))
-    per_epoch = max(1, optimizer_steps_per_epoch(len(train_samples), int(config.batch_size), accum))
+    _range_config(config, len(train_samples), accum, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps)
+    watch = _RangeWatch(num_steps, divergence_factor)
+    from utils.events import ProgressBar
+
+    model = ToolkitGPTTrainer(config)
+    bar = ProgressBar.as_hook() if progress else None
+    trainer = ToolkitTrainer(
+        TrainerArgs(grad_accum_steps=accum), config, output_path=config.output_path, model=model,
+        train_samples=train_samples, eval_samples=train_samples[:1], on_step=[watch], health=None,
+        progress=progress, on_progress=[bar] if bar else None, save_final_checkpoint=False,
+    )  # fmt: skip
+    model.run_dir = Path(trainer.output_path)
+    try:
+        trainer.fit()
+    finally:
+        if bar is not None:
+            bar.close()
+    result = _result(watch.lrs, watch.losses, watch.stopped_early, Path(trainer.output_path))
+    return result
+
+
+class _RangeWatch:
+    """Trainer on_step hook: records (LR, loss) per optimizer step; stops at divergence or the end."""
+
+    def __init__(self, num_steps: int, divergence_factor: float) -> None:
+        self.num_steps, self.divergence_factor = num_steps, divergence_factor
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.stopped_early = False
+
+    def __call__(self, trainer: Any, info: dict[str, Any]) -> None:
+        from utils.training.health import StopTraining
+
+        if not info["stepped"]:
+            return
+        lr_used = trainer.lr_bridge.spec.lr_at(info["optimizer_step"] - 1)
+        loss = info["loss"]
+        if loss is None or not math.isfinite(loss):
+            self.stopped_early = True
+            raise StopTraining(f"loss {loss} at LR {lr_used:.3g}")
+        self.lrs.append(lr_used)
+        self.losses.append(loss)
+        sm = smooth(self.losses)
+        if len(sm) > 5 and sm[-1] > self.divergence_factor * min(sm):
+            self.stopped_early = True
+            raise StopTraining(f"smoothed loss {sm[-1]:.3f} > {self.divergence_factor:g} x its minimum at LR {lr_used:.3g}")
+        if info["optimizer_step"] >= self.num_steps:
+            raise StopTraining("range covered")
+
+
+def _range_config(config: Any, rows: int, accum: int, *, start_lr: float, end_lr: float, num_steps: int) -> None:
+    """The training config turned into a range test: exponential LR, no evaluation, no saves."""
+    from utils.training.lr_schedule import optimizer_steps_per_epoch
+
+    per_epoch = max(1, optimizer_steps_per_epoch(rows, int(config.batch_size), accum))
     config.epochs = math.ceil(num_steps / per_epoch)
     config.lr = float(start_lr)
     config.lr_scheduler = "exponential"
@@ -93,39 +144,16 @@ def lr_range_test(
     config.run_eval = False
     config.save_step = 10**9
     config.run_name = f"lr_find_{config.run_name}"
-    lrs: list[float] = []
-    losses: list[float] = []
-    state = {"stopped_early": False}
 
-    def on_step(trainer: Any, info: dict[str, Any]) -> None:
-        if not info["stepped"]:
-            return
-        lr_used = trainer.lr_bridge.spec.lr_at(info["optimizer_step"] - 1)
-        loss = info["loss"]
-        if loss is None or not math.isfinite(loss):
-            state["stopped_early"] = True
-            raise StopTraining(f"loss {loss} at LR {lr_used:.3g}")
-        lrs.append(lr_used)
-        losses.append(loss)
-        sm = smooth(losses)
-        if len(sm) > 5 and sm[-1] > divergence_factor * min(sm):
-            state["stopped_early"] = True
-            raise StopTraining(f"smoothed loss {sm[-1]:.3f} > {divergence_factor:g} x its minimum at LR {lr_used:.3g}")
-        if info["optimizer_step"] >= num_steps:
-            raise StopTraining("range covered")
 
-    model = ToolkitGPTTrainer(config)
-    trainer = ToolkitTrainer(
-        TrainerArgs(grad_accum_steps=accum), config, output_path=config.output_path, model=model,
-        train_samples=train_samples, eval_samples=train_samples[:1], on_step=[on_step], health=None,
-        progress=progress, save_final_checkpoint=False,
-    )  # fmt: skip
-    model.run_dir = Path(trainer.output_path)
-    trainer.fit()
+def _result(lrs: list[float], losses: list[float], stopped_early: bool, run_dir: Path) -> LRFindResult:
+    """The suggestion, the notes, lr_find.png and lr_find.json in the run folder."""
+    from utils.training.plots import plot_lr_find
+
     smoothed = smooth(losses)
     suggestion, at_min = suggest_lr(lrs, smoothed)
-    result = LRFindResult(lrs, losses, smoothed, suggestion, at_min, state["stopped_early"], Path(trainer.output_path))
-    if not state["stopped_early"]:
+    result = LRFindResult(lrs, losses, smoothed, suggestion, at_min, stopped_early, run_dir)
+    if not stopped_early:
         result.notes.append("the loss never diverged: the range may end too low; raise --end-lr")
     if suggestion is None:
         result.notes.append("too few steps for a suggestion; raise --steps")

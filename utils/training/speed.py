@@ -5,7 +5,8 @@ One entry: :func:`apply_speed_options` mutates a ``GPTTrainer`` (or subclass) an
 except the process-wide float32 matmul precision (``tf32``) and, for ``expandable_segments``, the
 CUDA allocator setting; every model change is on the instance's own submodules or bound methods.
 
-What the trainer must do (the lead's ``ToolkitGPTTrainer`` / ``ToolkitTrainer``):
+What the trainer does (:class:`utils.training.model.ToolkitGPTTrainer` and
+:class:`utils.training.trainer.ToolkitTrainer`):
 
 1. Build the model, then ``apply_speed_options(model, config, opts, device)``; then build the
    ``Trainer``. bf16 reaches the Trainer through ``config.mixed_precision`` / ``config.precision``
@@ -27,13 +28,10 @@ What the trainer must do (the lead's ``ToolkitGPTTrainer`` / ``ToolkitTrainer``)
 5. With ``auto_batch``: before ``fit``, ``auto_micro_batch(lambda b: probe_training_step(model,
    config, optimizer, worst_batch(b), device), budget_bytes)`` on the longest clips, then
    ``optimizer.state.clear()``; set ``config.batch_size`` and scale ``grad_accum_steps``.
-6. For the OOM fallback, wrap the optimize call with :func:`run_with_oom_backoff` (splits the
-   batch into halves, then quarters, ..., each part's loss scaled so the summed gradient is the
-   full batch's: micro-batch halved, accumulation doubled, one log line).
+6. With ``oom_backoff``: on CUDA out of memory the trainer halves the micro-batch and doubles
+   the accumulation (:func:`utils.training.autobatch.halve_micro_batch`), one log line.
 
-Measured on one H100 (perf_notes.md): 343 samples/s at micro-batch 128 against 21 for Coqui's
-fp32 micro-batch-3 step in the same run; the low-VRAM preset trains the full GPT within 6.4 GiB
-of reserved memory.
+Measured figures are in BENCHMARKS.md (``scripts/bench_train.py``, ``scripts/bench_gpt_train.py``).
 """
 
 from __future__ import annotations
@@ -41,7 +39,6 @@ from __future__ import annotations
 import logging
 import math
 import types
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -255,22 +252,23 @@ def compile_blocks(model: Any) -> int:
     compile. A compile that fails (no C compiler, an unsupported op) falls back to eager with a
     warning from torch (``torch._dynamo.config.suppress_errors``) instead of stopping training.
     """
-    import torch._dynamo
+    from utils.training import compat
 
-    torch._dynamo.config.suppress_errors = True
+    compat.suppress_compile_errors()
     n = 0
     for block in model.xtts.gpt.gpt.h:
         if getattr(block, "_toolkit_compiled", False):
             continue
         # as nn.Module.compile (torch.compile of _call_impl, used by Module.__call__), routed
-        compiled = torch.compile(block._call_impl, dynamic=True)
+        eager = compat.eager_call(block)
+        compiled = torch.compile(eager, dynamic=True)
 
-        def call(*args: Any, _block: nn.Module = block, _compiled: Any = compiled, **kwargs: Any) -> Any:
+        def call(*args: Any, _block: nn.Module = block, _compiled: Any = compiled, _eager: Any = eager, **kwargs: Any) -> Any:
             if _block.training and torch.is_grad_enabled():
                 return _compiled(*args, **kwargs)
-            return _block._call_impl(*args, **kwargs)
+            return _eager(*args, **kwargs)
 
-        block._compiled_call_impl = call
+        compat.set_compiled_call(block, call)
         block._toolkit_compiled = True
         n += 1
     return n
@@ -373,14 +371,10 @@ def fast_format_batch_on_device(self: Any, batch: dict[str, Any]) -> dict[str, A
         if self.config.audio.sample_rate != self.config.audio.dvae_sample_rate:
             import torchaudio
 
+            from utils.training.compat import DVAE_RESAMPLE
+
             wav = torchaudio.functional.resample(
-                wav,
-                orig_freq=self.config.audio.sample_rate,
-                new_freq=self.config.audio.dvae_sample_rate,
-                lowpass_filter_width=64,
-                rolloff=0.9475937167399596,
-                resampling_method="kaiser_window",
-                beta=14.769656459379492,
+                wav, orig_freq=self.config.audio.sample_rate, new_freq=self.config.audio.dvae_sample_rate, **DVAE_RESAMPLE
             )
         batch["audio_codes"] = self.dvae.get_codebook_indices(self.torch_mel_spectrogram_dvae(wav))
     if host is not None:
@@ -415,6 +409,25 @@ def apply_speed_options(model: Any, config: Any, opts: SpeedOptions, device: tor
     """
     dev = torch.device(device)
     cuda = dev.type == "cuda" and torch.cuda.is_available()
+    applied = _precision_levers(config, opts, cuda) + _model_levers(model, opts, cuda)
+    if opts.host_lengths or opts.cache_dvae_codes:
+        model.format_batch = types.MethodType(fast_format_batch if opts.host_lengths else type(model).format_batch, model)
+        model.format_batch_on_device = types.MethodType(fast_format_batch_on_device, model)
+        applied.append("host_lengths" if opts.host_lengths else "fast_format_batch")
+    if opts.optimizer_8bit:
+        model.get_optimizer = lambda: build_optimizer(model, config, opts)
+        applied.append("optimizer_8bit")
+    if opts.offload_frozen:
+        _offload_after_init(model, opts)
+        applied.append("offload_frozen")
+    if opts.num_workers:
+        config.num_loader_workers = opts.num_workers
+    logger.info("speed levers: %s", ", ".join(applied) or "none")
+    return applied
+
+
+def _precision_levers(config: Any, opts: SpeedOptions, cuda: bool) -> list[str]:
+    """bf16 autocast, TF32, the allocator setting and fused AdamW (config and process settings)."""
     applied: list[str] = []
     if opts.bf16:
         if cuda and torch.cuda.is_bf16_supported():
@@ -427,15 +440,22 @@ def apply_speed_options(model: Any, config: Any, opts: SpeedOptions, device: tor
         torch.set_float32_matmul_precision("high")
         applied.append("tf32")
     if opts.expandable_segments and cuda:
-        setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
+        from utils.training.compat import set_allocator_settings
+
         try:
-            setter("expandable_segments:True")
+            set_allocator_settings("expandable_segments:True")
             applied.append("expandable_segments")
         except RuntimeError as exc:  # older allocators
             logger.info("expandable_segments not available: %s", exc)
     if opts.fused_adamw and cuda and not opts.optimizer_8bit and str(config.optimizer).lower() == "adamw":
         config.optimizer_params = {**(config.optimizer_params or {}), "fused": True}
         applied.append("fused_adamw")
+    return applied
+
+
+def _model_levers(model: Any, opts: SpeedOptions, cuda: bool) -> list[str]:
+    """The levers that change the GPT's modules (activation, attention, heads, cache, checkpointing, compile)."""
+    applied: list[str] = []
     gpt = model.xtts.gpt
     if opts.fast_gelu and swap_gelu(gpt.gpt):
         applied.append("fast_gelu")
@@ -456,29 +476,21 @@ def apply_speed_options(model: Any, config: Any, opts: SpeedOptions, device: tor
     if opts.compile and cuda:
         compile_blocks(model)
         applied.append("compile")
-    if opts.host_lengths or opts.cache_dvae_codes:
-        model.format_batch = types.MethodType(fast_format_batch if opts.host_lengths else type(model).format_batch, model)
-        model.format_batch_on_device = types.MethodType(fast_format_batch_on_device, model)
-        applied.append("host_lengths" if opts.host_lengths else "fast_format_batch")
-    if opts.optimizer_8bit:
-        model.get_optimizer = lambda: build_optimizer(model, config, opts)
-        applied.append("optimizer_8bit")
-    if opts.offload_frozen:
-        stock_on_init_end = model.on_init_end
-
-        def on_init_end(trainer: Any) -> None:
-            stock_on_init_end(trainer)
-            moved = offload_frozen_modules(model, dvae=opts.cache_dvae_codes)
-            logger.info("moved frozen modules to the CPU: %s", ", ".join(moved))
-
-        model.on_init_end = on_init_end
-        if next(model.parameters()).is_cuda:
-            offload_frozen_modules(model, dvae=opts.cache_dvae_codes)
-        applied.append("offload_frozen")
-    if opts.num_workers:
-        config.num_loader_workers = opts.num_workers
-    logger.info("speed levers: %s", ", ".join(applied) or "none")
     return applied
+
+
+def _offload_after_init(model: Any, opts: SpeedOptions) -> None:
+    """Frozen modules (HiFiGAN, the DVAE with cached codes) to the CPU once the Trainer has moved the model."""
+    stock_on_init_end = model.on_init_end
+
+    def on_init_end(trainer: Any) -> None:
+        stock_on_init_end(trainer)
+        moved = offload_frozen_modules(model, dvae=opts.cache_dvae_codes)
+        logger.info("moved frozen modules to the CPU: %s", ", ".join(moved))
+
+    model.on_init_end = on_init_end
+    if next(model.parameters()).is_cuda:
+        offload_frozen_modules(model, dvae=opts.cache_dvae_codes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -573,76 +585,3 @@ def probe_training_step(model: Any, config: Any, optimizer: Any, batch: dict[str
             g["lr"] = lr
     finally:
         optimizer.zero_grad(set_to_none=False)
-
-
-def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
-    """Split a collated batch (before ``format_batch``) into ``parts`` smaller ones along dim 0."""
-    n = len(batch["text_lengths"])
-    size = math.ceil(n / parts)
-    out = []
-    for s in range(0, n, size):
-        sub: dict[str, Any] = {}
-        for k, v in batch.items():
-            if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == n:
-                sub[k] = v[s : s + size]
-            elif isinstance(v, list) and len(v) == n:
-                sub[k] = v[s : s + size]
-            else:
-                sub[k] = v
-        # trim padding to the part's own longest item
-        tl = int(sub["text_lengths"].max())
-        if "padded_text" in sub:
-            sub["padded_text"] = sub["padded_text"][:, :tl]
-        out.append(sub)
-    return out
-
-
-@dataclass
-class OomBackoff:
-    """State of the OOM fallback: how many parts each loader batch is split into."""
-
-    micro_batch: int
-    accumulation: int = 1
-    parts: int = 1
-
-    def halve(self) -> None:
-        """Halve the micro-batch, double accumulation (effective batch unchanged), log it."""
-        if self.micro_batch // (self.parts * 2) < 1:
-            raise RuntimeError("CUDA out of memory even at micro-batch 1: use the low-VRAM preset or a shorter max clip")
-        self.parts *= 2
-        logger.warning(
-            "CUDA out of memory: micro-batch %d -> %d, gradient accumulation %d -> %d (effective batch %d unchanged)",
-            math.ceil(self.micro_batch / (self.parts // 2)),
-            math.ceil(self.micro_batch / self.parts),
-            self.accumulation * self.parts // 2,
-            self.accumulation * self.parts,
-            self.micro_batch * self.accumulation,
-        )
-
-
-def run_with_oom_backoff(
-    step: Callable[[dict[str, Any], float], Any],
-    batch: dict[str, Any],
-    backoff: OomBackoff,
-    zero_grad: Callable[[], None],
-) -> list[Any]:
-    """Run ``step(part, loss_scale)`` over the batch split into ``backoff.parts``; on OOM split more.
-
-    ``step`` must run forward and backward with its loss multiplied by ``loss_scale`` and must NOT
-    step the optimizer (the caller does, once, after this returns). On OOM the gradients of this
-    batch are cleared with ``zero_grad`` (they may be partial) and the whole batch is redone in
-    twice as many parts. Gradients from earlier batches of an accumulation window are lost in
-    that case (logged); pass ``zero_grad`` that clears only what this batch wrote if that matters.
-    """
-    while True:
-        # shallow copies: formatting pops keys, and a retry needs the batch as it came
-        parts = split_batch(batch, backoff.parts) if backoff.parts > 1 else [dict(batch)]
-        try:
-            n = len(batch["text_lengths"])
-            return [step(p, len(p["text_lengths"]) / n) for p in parts]
-        except RuntimeError as exc:
-            if not is_oom(exc):
-                raise
-            zero_grad()
-            torch.cuda.empty_cache()
-            backoff.halve()

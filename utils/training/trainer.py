@@ -26,7 +26,7 @@ Upstream behaviours this works around (Trainer 0.4):
   step pre-hook drops non-finite gradients so the step changes nothing, and the health monitor
   (utils/training/health.py) reloads the last checkpoint and cuts the LR.
 - The console logger prints a block per ``print_step``; with ``progress=True`` it is quieted and
-  one tqdm bar per epoch (stderr) shows loss, LR and the ETA of the run. TensorBoard is unchanged.
+  progress records go to the ``on_progress`` hooks (the tqdm bar is one). TensorBoard is unchanged.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ import torch
 from trainer import Trainer
 from trainer.generic_utils import KeepAverage
 
-from utils.training import checkpoints, distributed
+from utils.training import checkpoints, compat, distributed
 from utils.training.health import DivergenceError, EarlyStopping, HealthMonitor, StopTraining, UpdateRatioProbe
 from utils.training.lr_schedule import LRBridge
 from utils.training.speed import is_oom
@@ -65,7 +64,10 @@ class ToolkitTrainer(Trainer):
             ``info = {"step", "optimizer_step", "loss", "lr", "grad_norm", "stepped"}`` (LR range test).
         health: the health monitor (None: no checks, no divergence recovery).
         early_stopping: stop when the eval loss stops improving (None: off).
-        progress: one tqdm bar per epoch on stderr; quiets Coqui's per-step console prints.
+        on_progress: optional callables ``fn(info)`` run after each trainer step on rank 0 with
+            ``info = {"step", "steps_in_epoch", "epoch", "epochs", "total_steps", "optimizer_step",
+            "loss", "lr", "eta_s"}`` (the progress bar and other front ends subscribe through it).
+        progress: quiets Coqui's per-step console prints (a progress subscriber replaces them).
         save_final_checkpoint: write a checkpoint when training ends (off for the LR range test).
         save_every_minutes: also write a checkpoint (the full training state) at the first optimizer
             step boundary after this many minutes since the last one (None: only Coqui's save_step).
@@ -78,6 +80,7 @@ class ToolkitTrainer(Trainer):
         eval_every_steps: int | None = None,
         on_evaluation: list[Callable[["ToolkitTrainer", dict[str, Any]], None]] | None = None,
         on_step: list[Callable[["ToolkitTrainer", dict[str, Any]], None]] | None = None,
+        on_progress: list[Callable[[dict[str, Any]], None]] | None = None,
         health: HealthMonitor | None = None,
         early_stopping: EarlyStopping | None = None,
         progress: bool = True,
@@ -89,6 +92,7 @@ class ToolkitTrainer(Trainer):
         self.eval_every_steps = eval_every_steps
         self.on_evaluation_hooks = list(on_evaluation or [])
         self.on_step_hooks = list(on_step or [])
+        self.on_progress_hooks = list(on_progress or [])
         self.health = health
         self.early_stopping = early_stopping
         self.progress = progress
@@ -111,7 +115,6 @@ class ToolkitTrainer(Trainer):
         self._opt_step_losses: list[float] = []  # micro-batch losses since the last optimizer step
         self._step_offset = 0
         self._nonfinite_grad = False
-        self._bar: Any = None
         self._step_time_ema: float | None = None
         self._probe = UpdateRatioProbe()
         self.evaluation_records: list[dict[str, Any]] = []
@@ -147,7 +150,7 @@ class ToolkitTrainer(Trainer):
         }
 
     def _restore_gpt_only_training(self) -> None:
-        model = self._get_model()
+        model = compat.unwrap_model(self)
         if hasattr(model, "on_train_epoch_start"):
             model.on_train_epoch_start(self)  # GPTTrainer: whole model eval(), GPT train()
 
@@ -157,7 +160,7 @@ class ToolkitTrainer(Trainer):
         """Optimizer step pre-hook: drop non-finite gradients so the step changes nothing."""
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         # one fused pass over the gradients and one device sync per optimizer step
-        if grads and not bool(torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(grads)])).all()):
+        if grads and not bool(torch.isfinite(torch.stack([n.float() for n in compat.foreach_norm(grads)])).all()):
             self._nonfinite_grad = True
             for g in optimizer.param_groups:
                 for p in g["params"]:
@@ -195,7 +198,7 @@ class ToolkitTrainer(Trainer):
         # The same share of the epoch is skipped, not the same clips: after a resume or an OOM
         # re-batch a few clips of this one epoch can repeat or be left out. With the continuous
         # loader (fast_data.ContinuousLoader) later epochs then start inside a sampler pass.
-        self.train_loader, self._step_offset = _Tail(full, skip), skip  # type: ignore[assignment]
+        self.train_loader, self._step_offset = compat.EpochTail(full, skip), skip  # type: ignore[assignment]
         logger.info("going on inside epoch %d: %d of its %d batches were done", self.epochs_done + 1, skip, len(full))
         try:
             super().train_epoch()
@@ -208,7 +211,7 @@ class ToolkitTrainer(Trainer):
     def oom_backoff(self) -> bool:
         """The OOM fallback is on (speed option ``oom_backoff``; one process only: under DDP one
         rank alone cannot change its batch size)."""
-        speed = getattr(self._get_model(), "speed", None)
+        speed = getattr(compat.unwrap_model(self), "speed", None)
         return bool(getattr(speed, "oom_backoff", False)) and distributed.world_size() == 1
 
     def _back_off_after_oom(self, step: int) -> None:
@@ -227,7 +230,6 @@ class ToolkitTrainer(Trainer):
         halve_micro_batch(self)
         windows_done = step // old_accum  # Coqui's windows start at batch 0 of the epoch
         self._epoch_batches_done = windows_done * old_accum * 2  # in batches of the new size
-        self._close_bar()
         raise _MicroBatchHalved(self._epoch_batches_done)
 
     def train_step(self, batch: Any, batch_n_steps: int, step: int, loader_start_time: float) -> Any:
@@ -264,50 +266,50 @@ class ToolkitTrainer(Trainer):
         if self.health is not None and distributed.any_rank(self.health.is_divergent(loss, self._nonfinite_grad)):
             self._recover_from_divergence(loss)
         elif loss_dict:
-            for key in (*LOSS_KEYS, "grad_norm"):
-                value = loss_dict.get(key)
-                if value is not None:
-                    value = float(value)
-                    if key == "loss":
-                        value *= self.grad_accum_steps
-                    if math.isfinite(value):
-                        self._train_sums[key] = self._train_sums.get(key, 0.0) + value
-            self._train_count += 1
-            if loss is not None and math.isfinite(loss):
-                self._opt_step_losses.append(loss)
-            if self.health is not None and after != before:
-                # the loss of the whole optimizer step: the mean over its accumulated micro-batches
-                step_loss = sum(self._opt_step_losses) / len(self._opt_step_losses) if self._opt_step_losses else None
-                self.health.check_step(step=self.total_steps_done, optimizer_step=after, loss=step_loss, grad_norm=grad_norm)
-                if self._probe.last:
-                    self.health.check_update_ratios(
-                        self._probe.last, step=self.total_steps_done, optimizer_step=after, lr=self._current_lr()
-                    )  # fmt: skip
-                    self._probe.last = {}
+            self._account_step(loss_dict, loss, grad_norm, stepped_to=after if after != before else None)
         if after != before or self.health is None or self.health.is_divergent(loss, self._nonfinite_grad):
             self._opt_step_losses = []
         self._period.steps += 1
         self._period.step_s += time.time() - started
         self._update_progress(step, batch_n_steps, loss, time.time() - started)
-        if (
-            self.save_every_s is not None
-            and after != before
-            and time.time() - self._last_save_time >= self.save_every_s
-        ):
+        self._after_step(loss, grad_norm, after, stepped=after != before)
+        return outputs, loss_dict
+
+    def _account_step(self, loss_dict: dict[str, Any], loss: float | None, grad_norm: float | None,
+                      stepped_to: int | None) -> None:  # fmt: skip
+        """Sums for the next evaluation record; the health checks at each optimizer step."""
+        for key in (*LOSS_KEYS, "grad_norm"):
+            value = loss_dict.get(key)
+            if value is not None:
+                value = float(value)
+                if key == "loss":
+                    value *= self.grad_accum_steps
+                if math.isfinite(value):
+                    self._train_sums[key] = self._train_sums.get(key, 0.0) + value
+        self._train_count += 1
+        if loss is not None and math.isfinite(loss):
+            self._opt_step_losses.append(loss)
+        if self.health is not None and stepped_to is not None:
+            # the loss of the whole optimizer step: the mean over its accumulated micro-batches
+            step_loss = sum(self._opt_step_losses) / len(self._opt_step_losses) if self._opt_step_losses else None
+            self.health.check_step(step=self.total_steps_done, optimizer_step=stepped_to, loss=step_loss, grad_norm=grad_norm)
+            if self._probe.last:
+                self.health.check_update_ratios(
+                    self._probe.last, step=self.total_steps_done, optimizer_step=stepped_to, lr=self._current_lr()
+                )  # fmt: skip
+                self._probe.last = {}
+
+    def _after_step(self, loss: float | None, grad_norm: float | None, after: int, *, stepped: bool) -> None:
+        """Time-based checkpoint, the on_step hooks, and the evaluation every eval_every_steps."""
+        if self.save_every_s is not None and stepped and time.time() - self._last_save_time >= self.save_every_s:
             self.save_checkpoint()  # the full training state, so --continue loses at most the interval
         info = {"step": self.total_steps_done, "optimizer_step": after, "loss": loss, "lr": self._current_lr(),
-                "grad_norm": grad_norm, "stepped": after != before}  # fmt: skip
+                "grad_norm": grad_norm, "stepped": stepped}  # fmt: skip
         for hook in self.on_step_hooks:
             hook(self, info)
-        if (
-            self.config.run_eval
-            and self.eval_every_steps
-            and after != before
-            and after % self.eval_every_steps == 0
-        ):
+        if self.config.run_eval and self.eval_every_steps and stepped and after % self.eval_every_steps == 0:
             self.eval_epoch()
             self._restore_gpt_only_training()
-        return outputs, loss_dict
 
     def _current_lr(self) -> float:
         bridge = self.lr_bridge
@@ -333,7 +335,7 @@ class ToolkitTrainer(Trainer):
         reloaded = ""
         if path is not None:
             state = checkpoints.load_checkpoint(path)
-            self._get_model().load_state_dict(state["model"])
+            compat.unwrap_model(self).load_state_dict(state["model"])
             if state.get("optimizer"):
                 for opt, opt_state in zip(self.optimizer, state["optimizer"]):
                     opt.load_state_dict(opt_state)
@@ -357,30 +359,19 @@ class ToolkitTrainer(Trainer):
         self.health.divergence_event(step=step, optimizer_step=opt_step, loss=loss, action=action, recovered=True)
 
     def _update_progress(self, step: int, batch_n_steps: int, loss: float | None, seconds: float) -> None:
-        if not self.progress or self.args.rank not in (None, 0):
+        """Send one progress record (step, epoch, loss, LR, the run's ETA) to the on_progress hooks."""
+        if not self.on_progress_hooks or self.args.rank not in (None, 0):
             return
-        from tqdm import tqdm
-
-        if self._bar is None or step == 0:
-            self._close_bar()
-            self._bar = tqdm(total=batch_n_steps, desc=f"epoch {self.epochs_done + 1}/{self.config.epochs}",
-                             file=sys.stderr, dynamic_ncols=True, leave=True, initial=step)  # fmt: skip
         a = 0.1
         self._step_time_ema = seconds if self._step_time_ema is None else a * seconds + (1 - a) * self._step_time_ema
         left = (self.config.epochs - self.epochs_done - 1) * batch_n_steps + (batch_n_steps - step - 1)
-        eta = left * self._step_time_ema
-        self._bar.set_postfix_str(
-            f"loss {'n/a' if loss is None else f'{loss:.4f}'}, lr {self._current_lr():.3g}, run ETA {_hms(eta)}",
-            refresh=False,
-        )  # fmt: skip
-        self._bar.update(1)
-        if step + 1 >= batch_n_steps:
-            self._close_bar()
-
-    def _close_bar(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        info = {
+            "step": step, "steps_in_epoch": batch_n_steps, "epoch": self.epochs_done + 1, "epochs": self.config.epochs,
+            "total_steps": self.total_steps_done, "optimizer_step": self.optimizer_steps, "loss": loss,
+            "lr": self._current_lr(), "eta_s": left * self._step_time_ema,
+        }  # fmt: skip
+        for hook in self.on_progress_hooks:
+            hook(info)
 
     # --- evaluation ---------------------------------------------------------------------------
 
@@ -491,8 +482,8 @@ class ToolkitTrainer(Trainer):
             return
         counts = self._counts()
         path = Path(self.output_path) / f"checkpoint_{counts['steps_done']}.pth"
-        model_loss = {"train_loss": self._pick_target_avg_loss(self.keep_avg_train),
-                      "eval_loss": self._pick_target_avg_loss(self.keep_avg_eval)}  # fmt: skip
+        model_loss = {"train_loss": compat.target_avg_loss(self, self.keep_avg_train),
+                      "eval_loss": compat.target_avg_loss(self, self.keep_avg_eval)}  # fmt: skip
         started = time.time()
         checkpoints.atomic_torch_save(checkpoints.training_state(self, **counts, model_loss=model_loss), path)
         self._last_save_time = time.time()
@@ -573,7 +564,7 @@ class ToolkitTrainer(Trainer):
                 logger.info("%s: %d record(s) after the checkpoint removed (the resumed run redoes them)",
                             path.name, len(lines) - len(kept))  # fmt: skip
 
-    def _restore_best_loss(self) -> None:
+    def _restore_best_loss(self) -> None:  # overrides a private Trainer method (utils/training/compat.py)
         """Coqui's, then the lowest eval loss of the run's best models (they can be newer than the
         checkpoint a ``--continue`` resumes from; a worse model must not replace them)."""
         super()._restore_best_loss()
@@ -594,7 +585,7 @@ class ToolkitTrainer(Trainer):
         health monitor could not recover from raises :class:`DivergenceError` without one.
         """
         try:
-            self._fit()
+            compat.run_fit_loop(self)
         except StopTraining as stop:
             logger.info("training stopped: %s", stop)
         except KeyboardInterrupt:
@@ -602,7 +593,6 @@ class ToolkitTrainer(Trainer):
             self.save_checkpoint()
             raise
         finally:
-            self._close_bar()
             if self.args.rank in (None, 0):
                 self.dashboard_logger.finish()
         self._finished = True
@@ -653,29 +643,5 @@ class _MicroBatchHalved(Exception):
         self.skip = skip
 
 
-class _Tail:
-    """The first ``len(loader) - skip`` batches of a fresh pass, reporting the full length.
-
-    Coqui's ``train_epoch`` takes the epoch length from ``len(loader)`` and the accumulation
-    phase from the batch index; the trainer adds ``skip`` to that index.
-    """
-
-    def __init__(self, loader: Any, skip: int) -> None:
-        self.loader, self.skip = loader, skip
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Any:
-        import itertools
-
-        return itertools.islice(iter(self.loader), max(0, len(self.loader) - self.skip))
-
-
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.5f}"
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

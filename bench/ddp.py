@@ -33,15 +33,12 @@ def make_full_size_random_base(out_dir: str | Path) -> Path:
     vocabulary stays the tiny one, so the text embedding is smaller than XTTS v2's 6681 rows.
     Reuses ``out_dir`` if it already holds one.
     """
-    from unittest import mock
-
     from utils import base_model
 
     out = Path(out_dir)
     if (out / "model.pth").is_file():
         return out
-    with mock.patch.dict(base_model.TINY_GPT_ARGS, FULL_GPT_ARGS):  # restored on exit
-        return base_model.make_tiny_base(out)
+    return base_model.make_tiny_base(out, gpt_args={**base_model.TINY_GPT_ARGS, **FULL_GPT_ARGS})
 
 
 @dataclass(frozen=True)
@@ -76,7 +73,7 @@ def measure(spec: ScalingSpec, world_size: int, workdir: Path, backend: str | No
     """Samples/s of ``world_size`` workers (a dict with the timing and the set-up)."""
     samples = samples_for(spec, world_size)
     result = launch_train(
-        world_size, "utils.training.bench_ddp:_worker", spec, samples, str(workdir), backend=backend,
+        world_size, "bench.ddp:_worker", spec, samples, str(workdir), backend=backend,
         staging_dir=workdir / ".staging",
     )  # fmt: skip
     seconds = result["times"][-1] - result["times"][spec.warmup - 1]
@@ -115,7 +112,7 @@ def _worker(spec: ScalingSpec, samples: list[dict[str, Any]], workdir: str) -> d
     import torch
     from trainer import TrainerArgs
 
-    from utils.gpt_train import build_config
+    from utils.finetune.training import build_config
     from utils.hparams import resolve
     from utils.training import distributed
     from utils.training.model import ToolkitGPTTrainer

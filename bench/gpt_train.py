@@ -1,0 +1,163 @@
+"""End-to-end benchmark: the fine-tune's default path (the FineTune recipe) on a synthetic workload.
+
+    python scripts/bench_gpt_train.py --workdir /tmp/bench_gt --clips 4096 --out gt.json
+
+A full-size random XTTS v2 GPT (or a given base model) trained through
+:class:`utils.finetune.FineTune`, the object behind ``utils/gpt_train.py``, with the options the
+command would take.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from bench.train_step import BenchSpec, _sync, build_workload
+
+
+
+def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int | None = None, epochs: int = 3,
+                      workers: int = 8, extra_args: Sequence[str] = (), memory_cap_gib: float | None = None,
+                      profile_steps: int = 0, base_model: str | Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train a full-size random XTTS v2 GPT (or ``base_model``) through the FineTune recipe and time it.
+
+    The same synthetic workload as :func:`build_workload` (clips uniform 2-11 s), written as coqui
+    CSVs (1/32 of the clips held out for eval), trained with the command's defaults (the table's
+    effective batch of 252, automatic micro-batch) unless ``batch_size`` or ``extra_args`` say
+    otherwise. Epoch 1 includes the one-off clip decode and DVAE-code pass. Two figures per run:
+
+    - training samples/s, from the trainer's own per-evaluation-period figures in metrics.jsonl
+      (time inside training steps plus time waiting for batches; evaluation and checkpoint writes
+      excluded), over the epochs after the first;
+    - all-in samples/s, from the wall time between the epoch-end evaluations (evaluation and the
+      best-model write included).
+
+    ``memory_cap_gib`` caps this process's GPU memory (``torch.cuda.set_per_process_memory_fraction``)
+    to stand in for a smaller card. ``profile_steps`` > 0 runs that many training steps of epoch 2
+    under ``torch.profiler`` and reports the GPU-busy share and the top kernels.
+    """
+    from bench.ddp import make_full_size_random_base
+    from utils.finetune import FineTune
+    from utils.gpt_train import parse_args, run_config
+    from utils.training.trainer import ToolkitTrainer
+
+    root = Path(workdir)
+    samples, facts = build_workload(BenchSpec(workdir=str(root / "clips"), clips=clips))
+    base = Path(base_model) if base_model else make_full_size_random_base(root / "base")
+    n_eval = max(8, clips // 32)
+    for name, part in (("metadata_train.csv", samples[n_eval:]), ("metadata_eval.csv", samples[:n_eval])):
+        lines = "".join(f"wavs/{Path(s['audio_file']).name}|{s['text']}|bench\n" for s in part)
+        (root / "clips" / name).write_text("audio_file|text|speaker_name\n" + lines, encoding="utf-8")
+    out = root / "runs"
+    argv = ["--base-model", str(base), "--dataset", str(root / "clips"), "--dataset-hours", "5",
+            "--epochs", str(epochs), "--num-workers", str(workers), "--output-path", str(out),
+            "--test-sentences", "0", "--no-export", "--no-plots", "--max-excluded-share", "1.0", *extra_args]  # fmt: skip
+    if batch_size:
+        argv += ["--batch-size", str(batch_size), "--grad-accum", "1"]
+    cuda = torch.cuda.is_available()
+    if cuda and memory_cap_gib:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, memory_cap_gib * 2**30 / total), 0)
+    saves: list[str] = []
+    backoffs: list[str] = []
+
+    class _Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            msg = record.getMessage()
+            if "written in" in msg:
+                saves.append(msg.rsplit(": ", 1)[-1])
+            if "CUDA out of memory at micro-batch" in msg or "automatic micro-batch:" in msg:
+                backoffs.append(msg)
+
+    catcher = _Catch()
+    for name in ("utils.training.trainer", "utils.training.autobatch"):
+        logging.getLogger(name).addHandler(catcher)
+    profile: dict[str, Any] = {}
+    original_step = ToolkitTrainer.train_step
+    if profile_steps:
+        ToolkitTrainer.train_step = _profiled_train_step(original_step, profile_steps, profile, root)  # type: ignore[method-assign]
+    started = time.time()
+    try:
+        FineTune(run_config(parse_args(argv))).run()  # the command's options, the command's recipe object
+        code = 0
+    finally:
+        ToolkitTrainer.train_step = original_step  # type: ignore[method-assign]
+        for name in ("utils.training.trainer", "utils.training.autobatch"):
+            logging.getLogger(name).removeHandler(catcher)
+    wall = time.time() - started
+    run_dir = sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))[-1]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    report = json.loads((run_dir / "preflight_report.json").read_text())
+    train_rows = report["train"]["kept"]
+    per_epoch = [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(records, records[1:])]
+    timed = per_epoch[1:] if profile and len(per_epoch) > 1 else per_epoch  # not the profiled epoch
+    steady = sum(timed) / len(timed) if timed else None
+    later = records[1:] or records
+    busy = sum(r["train_samples"] / r["train_samples_per_s"] for r in later if r.get("train_samples_per_s"))
+    config = json.loads((run_dir / "config.json").read_text())
+    return {
+        "exit_code": code, "wall_s": round(wall, 1), "workload": facts, "train_rows": train_rows,
+        "excluded": len(report["train"]["excluded"]) + len(report["eval"]["excluded"]),
+        "micro_batch": config["batch_size"], "grad_accum": config["toolkit"].get("grad_accum"),
+        "micro_batch_plan": config["toolkit"].get("micro_batch_plan"),
+        "batch_size_source": config["toolkit"]["hparams"]["sources"].get("batch_size"),
+        "memory_cap_gib": memory_cap_gib,
+        "training_samples_per_s": round(sum(r["train_samples"] for r in later) / busy, 1) if busy else None,
+        "all_in_samples_per_s": round(train_rows / steady, 1) if steady else None,
+        "epoch_s": [round(x, 2) for x in per_epoch],
+        "first_eval_elapsed_s": records[0]["elapsed_s"] if records else None,
+        "per_evaluation": [{k: r.get(k) for k in ("optimizer_step", "train_samples", "train_samples_per_s", "step_s",
+                                                   "loader_wait_share", "gpu_peak_reserved_gib", "gpu_alloc_retries",
+                                                   "train_loss", "eval_loss")} for r in records],  # fmt: skip
+        "checkpoint_writes": saves, "micro_batch_log": backoffs, "profile": profile or None,
+        "speed_applied": config["toolkit"].get("speed_applied"),
+        "peak_reserved_gib": max((r.get("gpu_peak_reserved_gib") or 0 for r in records), default=None),
+    }
+
+
+def _profiled_train_step(original: Callable[..., Any], steps: int, out: dict[str, Any], root: Path) -> Callable[..., Any]:
+    """Wrap ``ToolkitTrainer.train_step``: profile ``steps`` steps from the second epoch's 3rd."""
+    from torch.profiler import ProfilerActivity, profile
+
+    state: dict[str, Any] = {"prof": None, "n": 0, "t0": 0.0}
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+
+    def train_step(self: Any, batch: Any, batch_n_steps: int, step: int, loader_start_time: float) -> Any:
+        armed = self.epochs_done == 1 and step >= 2 and state["n"] < steps
+        if armed and state["prof"] is None:
+            _sync(torch.device("cuda" if cuda else "cpu"))
+            state["prof"] = profile(activities=activities)
+            state["prof"].__enter__()
+            state["t0"] = time.perf_counter()
+        result = original(self, batch, batch_n_steps, step, loader_start_time)
+        if armed:
+            state["n"] += 1
+            if state["n"] == steps:
+                _sync(torch.device("cuda" if cuda else "cpu"))
+                wall = time.perf_counter() - state["t0"]
+                prof = state["prof"]
+                prof.__exit__(None, None, None)
+                events = prof.key_averages()
+                from torch.autograd import DeviceType
+
+                # kernels only: an operator's row repeats the time of the kernels it launched
+                gpu_us = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA)
+                out.update({"steps": steps, "wall_s": round(wall, 3), "gpu_busy_s": round(gpu_us / 1e6, 3),
+                            "gpu_busy_share": round(gpu_us / 1e6 / wall, 3)})  # fmt: skip
+                table = events.table(sort_by="self_device_time_total", row_limit=25)
+                cpu_table = events.table(sort_by="self_cpu_time_total", row_limit=25)
+                (root / "profile.txt").write_text(table + "\n\n" + cpu_table, encoding="utf-8")
+                kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+                out["top_gpu"] = [(e.key[:60], round(e.self_device_time_total / 1e3, 1))
+                                  for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:12]]  # fmt: skip
+                out["top_cpu"] = [(e.key[:60], round(e.self_cpu_time_total / 1e3, 1))
+                                  for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]]  # fmt: skip
+        return result
+
+    return train_step

@@ -1,0 +1,348 @@
+"""The fine-tune recipe: one object whose named steps run the whole flow, for every front end.
+
+    from utils.finetune import FineTune, RunConfig
+    ft = FineTune(RunConfig.build(dataset="data/", base_model="xtts_v2/", language="en"))
+    result = ft.run()          # or the steps one by one, in this order:
+    # ft.locate_base(); ft.load_data(); ft.prepare_language(); ft.preflight(); ft.resolve_hparams()
+    # ft.plan_schedule(); ft.build_trainer(); ft.train(); ft.export()
+
+``FineTune.resume(run_dir)`` continues a run exactly; ``FineTune.restore(checkpoint, overrides)``
+starts a new run from a checkpoint's weights. The command line (utils/gpt_train.py), the
+notebook, scripts/lr_find.py, the benchmarks and the web UI all drive this object; progress and
+events leave it through :attr:`FineTune.events` (:mod:`utils.events`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, TypeVar
+
+from utils.errors import ConfigError
+from utils.events import EventBus, EventKind, ProgressBar, Subscriber
+from utils.finetune import restart, steps
+from utils.finetune.config import RunConfig
+from utils.finetune.steps import DEFAULT_CACHE, DataSplit, SchedulePlan
+from utils.finetune.training import TrainResult
+from utils.hparams import Resolved, preset_table
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _step(fn: Callable[..., T]) -> Callable[..., T]:
+    """Announce a recipe step on the event bus (``stage`` started / done)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: "FineTune", *args: Any, **kwargs: Any) -> T:
+        self.events.emit(EventKind.STAGE, name=fn.__name__, status="started")
+        out = fn(self, *args, **kwargs)
+        self.events.emit(EventKind.STAGE, name=fn.__name__, status="done")
+        return out
+
+    return wrapper
+
+
+class FineTune:
+    """A fine-tune of the XTTS v2 GPT, step by step.
+
+    Args:
+        config: the run's values (:class:`RunConfig`).
+        subscribers: callables ``fn(event)`` to subscribe to :attr:`events` at once.
+        cache_dir: where the demo's tiny base model is built (once).
+
+    Each step stores what it found on the object (``base``, ``train_csv``/``eval_csv``,
+    ``vocab``/``vocab_extension``, ``data``, ``hparams``, ``schedule``, ``trainer_config``,
+    ``result``, ``export_dir``) and returns it; a step runs the steps it needs that have not run.
+    """
+
+    def __init__(self, config: RunConfig, *, subscribers: Iterable[Subscriber] = (), cache_dir: Path = DEFAULT_CACHE) -> None:
+        self.events = EventBus(list(subscribers))
+        if config.progress:
+            self.events.subscribe(ProgressBar())
+        self.cache_dir = Path(cache_dir)
+        self.restored: restart.RestoreSource | None = None
+        if config.restore is not None:
+            self.restored = restart.locate_restore(config.restore)
+            config = restart.apply_restore_defaults(config, self.restored)
+        self.config = config
+        self.continue_dir: Path | None = None
+        self.base: Any = None
+        self.train_csv: Path | None = None
+        self.eval_csv: Path | None = None
+        self.vocab: Path | None = None
+        self.vocab_extension: dict[str, Any] | None = None
+        self.data: DataSplit | None = None
+        self.hparams: Resolved | None = None
+        self.schedule: SchedulePlan | None = None
+        self.trainer_config: Any = None
+        self.result: TrainResult | None = None
+        self.export_dir: Path | None = None
+
+    # --- other ways in ------------------------------------------------------------------------
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, *, epochs: int | None = None, config: RunConfig | None = None,
+               subscribers: Iterable[Subscriber] = ()) -> "FineTune":  # fmt: skip
+        """Continue ``run_dir`` exactly from its newest checkpoint with optimizer state.
+
+        Only ``epochs`` (the new total) may change; ``config`` may say where the data now lies
+        and set progress/plots. Anything else is refused (start a new run with :meth:`restore`).
+        """
+        config = config or RunConfig()
+        if epochs is not None:
+            config = config.replace(epochs=int(epochs))
+        run_dir = Path(run_dir)
+        restart.check_continue_request(run_dir, config)
+        ft = cls(config, subscribers=subscribers)
+        ft.continue_dir = run_dir
+        return ft
+
+    @classmethod
+    def restore(cls, checkpoint: str | Path, overrides: RunConfig | Mapping[str, Any] | None = None, *,
+                subscribers: Iterable[Subscriber] = ()) -> "FineTune":  # fmt: skip
+        """A new run from a checkpoint's weights (a ``.pth`` or a run folder: its best model).
+
+        ``overrides`` are the new values (a :class:`RunConfig` or a mapping for :meth:`RunConfig.build`);
+        language, base model and data default to the restored run's. Step, LR schedule and
+        optimizer start afresh.
+        """
+        config = overrides if isinstance(overrides, RunConfig) else RunConfig.build(**dict(overrides or {}))
+        return cls(config.replace(restore=Path(checkpoint)), subscribers=subscribers)
+
+    # --- the steps, in order ------------------------------------------------------------------
+
+    @_step
+    def locate_base(self) -> Any:
+        """1. The base model's files, checked (the demo: a tiny random base, built once)."""
+        self.base = steps.locate_base_model(self.config, self.cache_dir)
+        return self.base
+
+    @_step
+    def load_data(self) -> tuple[Path, Path]:
+        """2. The train and eval metadata files (the language code is checked too)."""
+        self.train_csv, self.eval_csv = steps.locate_data(self.config)
+        steps.check_language(self.config.language_code)
+        return self.train_csv, self.eval_csv
+
+    @_step
+    def prepare_language(self) -> tuple[Path, dict[str, Any] | None]:
+        """3. The vocabulary: the base's, a restored run's, or extended for a language XTTS lacks."""
+        if self.restored is not None:
+            self.vocab, self.vocab_extension = restart.restored_vocab(self.restored)
+            return self.vocab, self.vocab_extension
+        base, (train_csv, _) = self._need_base(), self._need_data()
+        cfg = self.config
+        self.vocab, self.vocab_extension = steps.prepare_language(
+            cfg.language_code, base, train_csv, cfg.output_path / ".staging",
+            new_tokens=cfg.new_tokens, warmup_steps=cfg.new_token_warmup_steps,
+        )  # fmt: skip
+        return self.vocab, self.vocab_extension
+
+    @_step
+    def preflight(self) -> DataSplit:
+        """4. Every row of both CSVs checked with the vocabulary training uses; unusable data refused."""
+        train_csv, eval_csv = self._need_data()
+        if self.vocab is None:
+            self.prepare_language()
+        assert self.vocab is not None
+        split = DataSplit(train_csv, eval_csv)
+        self.data = steps.check_data(split, self.config.language_code, self.vocab, self.config.max_excluded_share)
+        return self.data
+
+    @_step
+    def resolve_hparams(self, measured_hours: float | None = None) -> Resolved:
+        """5. Every hyperparameter with its source: defaults, table row, preset, recipe, caller.
+
+        Without ``dataset_hours`` the hours are ``measured_hours``, else those the preflight kept.
+        """
+        if measured_hours is None and self.config.dataset_hours is None:
+            measured_hours = self._need_preflight().train_report.hours_kept
+        lr_reference = self.restored.lr_reference if self.restored else None
+        self.hparams = steps.resolve_hparams(self.config, measured_hours, lr_reference)
+        h = self.hparams
+        logger.info(
+            "dataset hours %.4g (%s): lr %.3g (%s), weight decay %.3g (%s)", h.dataset_hours or 0.0,
+            "given" if self.config.dataset_hours is not None else "kept by the preflight",
+            h["lr"], h.sources["lr"], h["weight_decay"], h.sources["weight_decay"],
+        )  # fmt: skip
+        return self.hparams
+
+    @_step
+    def plan_schedule(self, num_train_rows: int | None = None, *, strict: bool = True) -> SchedulePlan:
+        """6. The LR schedule over the planned optimizer steps, checked before any training.
+
+        Args:
+            num_train_rows: rows per epoch (default: the rows the preflight kept).
+            strict: raise :class:`ConfigError` when the check finds errors (warnings are logged).
+        """
+        hparams = self.hparams or self.resolve_hparams()
+        rows = num_train_rows if num_train_rows is not None else len(self._need_preflight().train_samples)
+        self.schedule = steps.plan_schedule(hparams, rows, self.config.gpus)
+        if strict:
+            steps.report_schedule_check(self.schedule.check)
+        return self.schedule
+
+    @_step
+    def build_trainer(self) -> Any:
+        """7. The Coqui trainer config (GPTTrainerConfig + the toolkit's run record)."""
+        from utils.finetune.training import build_config
+
+        cfg, data = self.config, self._need_preflight()
+        hparams = self.hparams or self.resolve_hparams()
+        plan = self.schedule or self.plan_schedule()
+        config = build_config(
+            hparams, self._need_base(), output_path=cfg.output_path, language=cfg.language_code,
+            run_name=cfg.run_name, vocab_path=self.vocab, vocab_extension=self.vocab_extension,
+        )  # fmt: skip
+        config.lr_scheduler_params["total_steps"] = plan.total_steps
+        tk = config.toolkit
+        tk["speed"] = steps.speed_options(cfg, config.num_loader_workers)
+        tk["test_sentences"] = int(cfg.test_sentences)
+        tk["test_max_new_tokens"] = 20 if cfg.demo else None  # a random tiny GPT never emits its stop token
+        tk["export"] = bool(cfg.export)
+        tk.update({"planned_optimizer_steps": plan.total_steps, "train_csv": str(data.train_csv.resolve()),
+                   "eval_csv": str(data.eval_csv.resolve()), "preset": cfg.preset,
+                   "restored_from": str(self.restored.checkpoint) if self.restored else None,
+                   "run_config": cfg.to_dict()})  # fmt: skip
+        self.trainer_config = config
+        return config
+
+    @_step
+    def train(self) -> TrainResult:
+        """8. Fit with Coqui's Trainer (``gpus`` > 1: one worker process per GPU)."""
+        if self.continue_dir is not None:
+            return self._train_continued()
+        config = self.trainer_config or self.build_trainer()
+        data = self._need_preflight()
+        self.result = self._fit(config, data, output=self.config.output_path,
+                                preflight_reports={"train": data.train_report, "eval": data.eval_report},
+                                restore_path=self.restored.checkpoint if self.restored else None)  # fmt: skip
+        return self.result
+
+    @_step
+    def export(self) -> Path | None:
+        """9. The compact inference folder (RUN_DIR/export); None when export is off or the run diverged."""
+        from utils.export import export_run
+
+        if self.result is None:
+            raise ConfigError("export: nothing trained yet; call train() first (or export a run with scripts/export_model.py)")
+        toolkit = getattr(self.trainer_config, "toolkit", {}) or {}
+        if not toolkit.get("export", self.config.export) or self.result.stop_reason == "divergence":
+            return None
+        self.export_dir = export_run(self.result.run_dir)
+        self.result.export_dir = self.export_dir
+        logger.info("inference export: %s (load it with scripts/synthesize.py --model %s)", self.export_dir, self.export_dir)
+        return self.export_dir
+
+    # --- whole flows --------------------------------------------------------------------------
+
+    def prepare(self) -> Any:
+        """Steps 1-7 (everything before training); returns the trainer config."""
+        if self.continue_dir is None:
+            self.locate_base()
+            self.load_data()
+            self.prepare_language()
+            self.preflight()
+            self.resolve_hparams()
+            self.plan_schedule()
+        return self.build_trainer() if self.continue_dir is None else None
+
+    def run(self) -> TrainResult:
+        """Every step in order; the result (``finished`` or ``error`` goes to the event bus)."""
+        try:
+            self.prepare()
+            result = self.train()
+            self.export()
+        except Exception as exc:
+            self.events.emit(EventKind.ERROR, message=str(exc), type=type(exc).__name__)
+            raise
+        self.events.emit(EventKind.FINISHED, run_dir=str(result.run_dir), stop_reason=result.stop_reason,
+                         total_steps=result.total_steps, optimizer_steps=result.optimizer_steps,
+                         export_dir=str(self.export_dir) if self.export_dir else None)  # fmt: skip
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        """The resolved configuration as plain data (what ``--dry-run`` prints), without training.
+
+        Reads only wav headers (hours, when not given) and row counts; imports no torch.
+        """
+        cfg = self.config
+        base = steps.locate_base_model(cfg, self.cache_dir) if (cfg.base_model or cfg.demo) else None
+        train_csv, eval_csv = steps.locate_data(cfg) if steps.has_data(cfg) else (None, None)
+        steps.check_language(cfg.language_code)
+        hours = steps.measure_header_hours(train_csv) if (cfg.dataset_hours is None and train_csv) else None
+        lr_reference = self.restored.lr_reference if self.restored else None
+        hparams = steps.resolve_hparams(cfg, hours, lr_reference)
+        out = hparams.as_dict()
+        out.update({"language": cfg.language_code, "base_model": str(base.root) if base else None,
+                    "train_csv": str(train_csv) if train_csv else None, "eval_csv": str(eval_csv) if eval_csv else None})  # fmt: skip
+        if train_csv is not None:
+            plan = steps.plan_schedule(hparams, steps.count_rows(train_csv), cfg.gpus)
+            out["planned_optimizer_steps"] = plan.total_steps
+            out["schedule_warnings"], out["schedule_errors"] = plan.check.warnings, plan.check.errors
+        from utils.training.distributed import plan_batch
+
+        out["batch_plan"] = plan_batch(hparams["batch_size"], hparams["grad_accum"], cfg.gpus).as_dict()
+        out["speed"] = steps.speed_options(cfg, int(hparams["num_loader_workers"]))  # auto_batch: sized at the start
+        out["presets"] = preset_table()
+        return out
+
+    def preview_schedule(self, path: str | Path | None = None) -> Path:
+        """Write a PNG of the LR over the planned optimizer steps (default OUTPUT/lr_schedule.png)."""
+        cfg = self.config
+        if not steps.has_data(cfg):
+            raise ConfigError("--preview-schedule counts the planned steps from the training rows: give --dataset or --train-csv")
+        train_csv, _ = steps.locate_data(cfg)
+        hours = steps.measure_header_hours(train_csv) if cfg.dataset_hours is None else None
+        hparams = steps.resolve_hparams(cfg, hours, self.restored.lr_reference if self.restored else None)
+        plan = steps.plan_schedule(hparams, steps.count_rows(train_csv), cfg.gpus)
+        for line in plan.check.warnings + plan.check.errors:
+            logger.warning("schedule: %s", line)
+        dest = Path(path) if path is not None else cfg.output_path / "lr_schedule.png"
+        return steps.preview_schedule(plan, dest)
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _need_base(self) -> Any:
+        return self.base if self.base is not None else self.locate_base()
+
+    def _need_data(self) -> tuple[Path, Path]:
+        if self.train_csv is None or self.eval_csv is None:
+            self.load_data()
+        assert self.train_csv is not None and self.eval_csv is not None
+        return self.train_csv, self.eval_csv
+
+    def _need_preflight(self) -> DataSplit:
+        return self.data if self.data is not None else self.preflight()
+
+    def _train_continued(self) -> TrainResult:
+        assert self.continue_dir is not None
+        run_dir, cfg = self.continue_dir, self.config
+        epochs = cfg.hparams.get("epochs")
+        self.trainer_config, _last = restart.load_continue_config(run_dir, int(epochs) if epochs is not None else None)
+        tk = self.trainer_config.toolkit
+        if steps.has_data(cfg):
+            train_csv, eval_csv = steps.locate_data(cfg)
+        else:
+            train_csv, eval_csv = Path(tk["train_csv"]), Path(tk["eval_csv"])
+        language = tk.get("language", "en")
+        self.data = steps.check_data(DataSplit(train_csv, eval_csv), language, run_dir / "vocab.json", cfg.max_excluded_share)
+        self.result = self._fit(self.trainer_config, self.data, output=run_dir.parent, continue_path=run_dir)
+        return self.result
+
+    def _fit(self, config: Any, data: DataSplit, *, output: Path, **kwargs: Any) -> TrainResult:
+        from utils.finetune.training import train
+
+        cfg = self.config
+        kwargs.update(progress=cfg.progress, plots=cfg.plots)
+        if cfg.gpus > 1:
+            from utils.training.launch import launch_train
+
+            # the workers run in their own processes: they report through the run folder
+            # (metrics.jsonl, events.jsonl) and their own progress bar, not through this bus
+            return launch_train(cfg.gpus, train, config, data.train_samples, data.eval_samples,
+                                staging_dir=output / ".staging", **kwargs)  # fmt: skip
+        return train(config, data.train_samples, data.eval_samples, events=self.events, **kwargs)

@@ -1,0 +1,120 @@
+"""Starting again from a run: ``--continue`` (resume exactly) and ``--restore`` (new run, old weights).
+
+See RESTART_TRAINING_GUIDE.md. Checkpoints are found and read through :mod:`utils.runs`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from utils.errors import ConfigError
+from utils.finetune.config import RunConfig
+
+logger = logging.getLogger(__name__)
+
+# What --continue may change: the new total of epochs (and where the data now lies, progress, plots).
+CONTINUE_ALLOWED = {"epochs"}
+
+
+@dataclass
+class RestoreSource:
+    """A checkpoint to start a new run from, and what its run folder says about it."""
+
+    checkpoint: Path
+    run_dir: Path
+    toolkit: dict[str, Any]
+    lr: float | None  # the LR the run had reached at this checkpoint
+
+    @property
+    def lr_reference(self) -> tuple[float, str] | None:
+        """(LR, source) for a preset's lr_scale: the LR reached at the checkpoint."""
+        return (self.lr, f"LR reached at {self.checkpoint.name}") if self.lr else None
+
+
+def locate_restore(path: Path) -> RestoreSource:
+    """A checkpoint file, or a run folder (its best_model.pth, else the last checkpoint)."""
+    from utils import runs
+
+    ckpt = runs.restore_checkpoint(path)
+    run_dir = ckpt.parent
+    toolkit = runs.read_toolkit_record(run_dir)
+    return RestoreSource(checkpoint=ckpt, run_dir=run_dir, toolkit=toolkit, lr=runs.lr_at_checkpoint(ckpt))
+
+
+def apply_restore_defaults(config: RunConfig, src: RestoreSource) -> RunConfig:
+    """Language, base model and data default to the restored run's (the weights fit them)."""
+    tk = src.toolkit
+    if config.language and tk.get("language") and config.language != tk["language"]:
+        raise ConfigError(
+            f"--restore keeps the restored run's language ({tk['language']}); drop --language {config.language} or "
+            "start from the base model"
+        )
+    changes: dict[str, Any] = {}
+    if not config.language and tk.get("language"):
+        changes["language"] = tk["language"]
+    if config.base_model is None and tk.get("base_model"):
+        changes["base_model"] = Path(tk["base_model"])
+    if not (config.dataset or config.train_csv or config.eval_csv or config.demo) and tk.get("train_csv"):
+        changes.update(train_csv=Path(tk["train_csv"]), eval_csv=Path(tk["eval_csv"]))
+    if not changes:
+        return config
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
+def restored_vocab(src: RestoreSource) -> tuple[Path, dict[str, Any] | None]:
+    """The restored run's vocabulary (and its extension record): the weights' rows fit it."""
+    vocab = src.run_dir / "vocab.json"
+    if not vocab.is_file():
+        raise ConfigError(f"--restore: {vocab} is missing; the vocabulary must come with the checkpoint's run folder")
+    ext = src.toolkit.get("vocab_extension")
+    return vocab, (dict(ext) if ext else None)
+
+
+def check_continue_request(run_dir: Path, config: RunConfig) -> None:
+    """``--continue`` resumes exactly: refuse any change but the number of epochs."""
+    if not (run_dir / "config.json").is_file():
+        raise ConfigError(f"--continue {run_dir}: no config.json there; give a run folder made by utils/gpt_train.py")
+    changed = [k for k in config.hparams if k not in CONTINUE_ALLOWED]
+    changed += [k for k in ("preset", "restore", "base_model") if getattr(config, k)]
+    if config.dataset_hours is not None and config.source("dataset_hours") == "cli":
+        changed.append("dataset_hours")  # a recipe's dataset_hours is a default, not a change
+    if changed:
+        raise ConfigError(
+            f"--continue resumes {run_dir} exactly and takes only --epochs; to change {', '.join(changed)} start a new "
+            f"run from its weights: --restore {run_dir} plus the new values (see RESTART_TRAINING_GUIDE.md)"
+        )
+
+
+def load_continue_config(run_dir: Path, epochs: int | None) -> tuple[Any, Path]:
+    """The run's own config (Coqui's Trainer reads it back anyway) with the new total of epochs.
+
+    Returns:
+        (the ToolkitGPTConfig from run_dir/config.json, the checkpoint to resume from).
+    """
+    from utils import runs
+    from utils.training.config import ToolkitGPTConfig
+
+    last = runs.resume_checkpoint(run_dir)
+    done = runs.epochs_done(last)
+    config = ToolkitGPTConfig()
+    config.load_json(str(run_dir / "config.json"))
+    tk = config.toolkit
+    if epochs is not None:
+        if epochs <= done:
+            raise ConfigError(f"--epochs {epochs}: {run_dir} has already completed {done} epochs; --epochs is the new total, give more than {done}")
+        if config.lr_scheduler in ("cosine",) and epochs > config.epochs:
+            logger.warning("cosine schedule: its horizon stays the original %s optimizer steps; the extra epochs run at min_lr",
+                           config.lr_scheduler_params.get("total_steps"))  # fmt: skip
+        config.epochs = int(epochs)
+        tk.setdefault("hparams", {})["epochs"] = config.epochs
+        tk["hparams"].setdefault("sources", {})["epochs"] = "cli (--continue)"
+        config.save_json(str(run_dir / "config.json"))
+    elif done >= config.epochs:
+        raise ConfigError(f"{run_dir} has finished its {config.epochs} epochs; to train longer: --continue {run_dir} --epochs N with N > {config.epochs}")
+    logger.info("continuing %s from %s (%d of %d epochs done)", run_dir, last.name, done, config.epochs)
+    return config, last

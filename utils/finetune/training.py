@@ -1,0 +1,271 @@
+"""Training with Coqui's Trainer through the toolkit's subclasses, and what runs around it.
+
+:func:`build_config` turns resolved hyperparameters into the Coqui config; :func:`train` builds
+the model and Trainer, fits, and returns a :class:`TrainResult`. Progress, evaluations and health
+events go out through an :class:`~utils.events.EventBus`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from utils.errors import DataError
+from utils.events import EventBus, EventKind, ProgressBar
+from utils.hparams import Resolved
+
+logger = logging.getLogger(__name__)
+
+PLOT_MIN_INTERVAL_S = 10.0  # evaluations closer than this (tiny runs) skip the refresh; the end of training plots anyway
+
+
+def build_config(
+    hparams: Resolved,
+    base_model: Any,
+    *,
+    output_path: str | Path = "runs",
+    language: str = "en",
+    run_name: str = "xtts_ft",
+    vocab_path: str | Path | None = None,
+    vocab_extension: dict[str, Any] | None = None,
+) -> Any:
+    """Return the GPTTrainerConfig for a fine-tune (see :func:`utils.training.config.build_config`).
+
+    ``base_model`` is a folder path or :class:`utils.base_model.BaseModelFiles`;
+    ``vocab_path``/``vocab_extension`` come from the language step for a new language.
+    """
+    from utils.base_model import BaseModelFiles, check_base_model
+    from utils.training.config import build_config as _build
+
+    base = base_model if isinstance(base_model, BaseModelFiles) else check_base_model(base_model)
+    config = _build(hparams, base, output_path=output_path, language=language, run_name=run_name, vocab_path=vocab_path)
+    if vocab_extension:
+        config.toolkit["vocab_extension"] = dict(vocab_extension)
+    return config
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    run_dir: Path
+    records: list[dict[str, Any]]
+    total_steps: int
+    optimizer_steps: int
+    runtime_exclusions: list[dict[str, Any]]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    stop_reason: str | None = None
+    export_dir: Path | None = None
+
+
+def train(
+    config: Any,
+    train_samples: list[dict[str, Any]],
+    eval_samples: list[dict[str, Any]],
+    *,
+    preflight_reports: dict[str, Any] | None = None,
+    continue_path: str | Path | None = None,
+    restore_path: str | Path | None = None,
+    progress: bool = True,
+    plots: bool = True,
+    events: EventBus | None = None,
+) -> TrainResult:
+    """Fine-tune with Coqui's Trainer (through the toolkit's subclasses) and return the result.
+
+    Args:
+        config: a config from :func:`build_config` (for ``continue_path``: the run's config.json).
+        train_samples / eval_samples: rows as dicts (audio_file, text, speaker_name, language).
+        preflight_reports: {"train": report, "eval": report} to save as preflight_report.json.
+        continue_path: resume this run folder from its last complete checkpoint.
+        restore_path: start a new run from this checkpoint's weights (step, LR, optimizer reset).
+        progress: a tqdm bar per epoch instead of Coqui's console prints (when ``events`` is None;
+            with a bus, subscribe :class:`~utils.events.ProgressBar` to it instead).
+        plots: refresh training_curves.png in the run folder at each evaluation.
+        events: the bus that receives run_dir, progress, evaluation and health events.
+    """
+    from utils.training import distributed
+    from utils.training.dataset import read_runtime_exclusions
+
+    if not eval_samples:
+        raise DataError("the eval set is empty; put at least one clip in metadata_eval.csv")
+    bus = events if events is not None else EventBus([ProgressBar()] if progress else [])
+    trainer, health = _build_trainer(config, train_samples, eval_samples, continue_path=continue_path,
+                                     restore_path=restore_path, progress=progress, plots=plots, bus=bus)  # fmt: skip
+    run_dir = Path(trainer.output_path)
+    if distributed.is_rank_zero():
+        _keep_vocab_with_run(config, run_dir)
+        if preflight_reports:
+            merged = {name: report.to_dict() for name, report in preflight_reports.items()}
+            (run_dir / "preflight_report.json").write_text(json.dumps(merged, indent=2), encoding="utf-8")
+        bus.emit(EventKind.RUN_DIR, path=str(run_dir))
+    logger.info("run folder: %s", run_dir)
+    _size_micro_batch(trainer, config, continuing=continue_path is not None)
+    try:
+        trainer.fit()
+    finally:
+        if plots and trainer.evaluation_records and distributed.is_rank_zero():
+            _refresh_plots(trainer, force=True)
+    exclusions = read_runtime_exclusions(run_dir)
+    if exclusions:
+        logger.warning("%d rows failed to load during training; see %s", len(exclusions), run_dir / "runtime_exclusions.jsonl")
+    return TrainResult(
+        run_dir=run_dir,
+        records=list(trainer.evaluation_records),
+        total_steps=trainer.total_steps_done,
+        optimizer_steps=trainer.optimizer_steps,
+        runtime_exclusions=exclusions,
+        events=list(health.events),
+        stop_reason=trainer.stop_reason,
+    )
+
+
+def _build_trainer(config: Any, train_samples: list, eval_samples: list, *, continue_path: Any, restore_path: Any,
+                   progress: bool, plots: bool, bus: EventBus) -> tuple[Any, Any]:  # fmt: skip
+    """The model (speed levers applied) and the ToolkitTrainer, wired to the event bus."""
+    from trainer import TrainerArgs
+
+    from utils.training import distributed
+    from utils.training.health import EarlyStopping, HealthConfig, HealthMonitor
+    from utils.training.model import ToolkitGPTTrainer
+    from utils.training.trainer import ToolkitTrainer
+
+    toolkit = config.toolkit
+    hp = dict(toolkit.get("hparams") or {})
+    health = HealthMonitor(HealthConfig.from_values(hp), grad_clip=float(config.grad_clip or 0.0))
+    health.on_event = lambda record: bus.emit(EventKind.HEALTH, **record)
+    early = None
+    if hp.get("early_stop_patience"):
+        early = EarlyStopping(int(hp["early_stop_patience"]), float(hp.get("early_stop_min_delta") or 0.0))
+    base_name = config.run_name
+    if continue_path is None:
+        config.run_name = f"{base_name}_{time.strftime('%Y%m%d-%H%M%S')}_{secrets.token_hex(2)}"
+    args = TrainerArgs(grad_accum_steps=int(toolkit.get("grad_accum", 1)))
+    if continue_path is not None:
+        args.continue_path = str(continue_path)
+    elif restore_path is not None:
+        args.restore_path = str(restore_path)
+    model = ToolkitGPTTrainer(config)
+    _apply_speed(model, config, distributed.world_size())
+    hooks = []
+    if distributed.is_rank_zero():
+        hooks = [*_evaluation_hooks(config, plots=plots), lambda _t, record: bus.emit(EventKind.EVALUATION, **record)]
+    trainer = distributed.build_trainer(
+        ToolkitTrainer, args, config, output_path=config.output_path, model=model, train_samples=train_samples,
+        eval_samples=eval_samples, eval_every_steps=toolkit.get("eval_every_steps"), on_evaluation=hooks,
+        on_progress=[lambda info: bus.emit(EventKind.PROGRESS, **info)], health=health, early_stopping=early,
+        progress=progress, save_every_minutes=hp.get("save_every_minutes"),
+    )  # fmt: skip
+    config.run_name = base_name
+    model.run_dir = Path(trainer.output_path)
+    return trainer, health
+
+
+def _refresh_plots(trainer: Any, _record: dict[str, Any] | None = None, *, force: bool = False) -> None:
+    """Redraw training_curves.png in the run folder (about 0.5 s)."""
+    from utils.training.plots import plot_training
+
+    now = time.time()
+    if not force and now - getattr(trainer, "_last_plot_time", 0.0) < PLOT_MIN_INTERVAL_S:
+        return
+    trainer._last_plot_time = now  # the toolkit's own attribute on its trainer
+    try:
+        plot_training(trainer.output_path)
+    except (OSError, ValueError, RuntimeError) as exc:  # a plot must never stop training
+        logger.warning("could not refresh training_curves.png: %s", exc)
+
+
+def _evaluation_hooks(config: Any, *, plots: bool) -> list[Any]:
+    """What runs after each evaluation on rank 0: plot refresh and test sentences."""
+    hooks: list[Any] = [_refresh_plots] if plots else []
+    count = int(config.toolkit.get("test_sentences") or 0)
+    if count:
+        from utils.synthesize import SynthesisOptions, test_sentences_hook
+
+        options = SynthesisOptions(seed=0, max_new_tokens=config.toolkit.get("test_max_new_tokens"))
+        hooks.append(test_sentences_hook(max_sentences=count, options=options))
+    return hooks
+
+
+def _apply_speed(model: Any, config: Any, world_size: int) -> None:
+    """Apply the run's speed levers (config.toolkit["speed"]; default: all safe ones) to the model."""
+    import torch
+
+    from utils.training.speed import SpeedOptions, apply_speed_options
+
+    values = dict(config.toolkit.get("speed") or {"num_workers": config.num_loader_workers})
+    known = {f.name for f in dataclasses.fields(SpeedOptions)}
+    opts = SpeedOptions(**{k: v for k, v in values.items() if k in known})
+    if world_size > 1:  # the cached-code loader has no rank sharding yet: the sharded toolkit dataset;
+        # compile is unmeasured under DDP (no multi-GPU machine so far)
+        opts = dataclasses.replace(opts, cache_dvae_codes=False, bucket_lengths=False, compile=False)
+    model.speed = opts
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    applied = apply_speed_options(model, config, opts, device)
+    applied += [name for name in ("cache_dvae_codes", "bucket_lengths") if getattr(opts, name)]  # loader levers
+    config.toolkit["speed_applied"] = applied
+
+
+def _size_micro_batch(trainer: Any, config: Any, *, continuing: bool) -> None:
+    """The automatic micro-batch (speed option auto_batch): GPU memory decides the micro-batch, the
+    effective batch stays. Not when resuming (the run keeps its sizes), when --batch-size was
+    given, or with several GPUs (each rank would probe alone)."""
+    from utils.training import distributed
+    from utils.training.autobatch import autosize_micro_batch
+    from utils.training.compat import unwrap_model
+
+    speed = unwrap_model(trainer).speed
+    source = ((config.toolkit.get("hparams") or {}).get("sources") or {}).get("batch_size", "")
+    if not getattr(speed, "auto_batch", False) or continuing:
+        return
+    if source == "cli":
+        logger.info("micro-batch %d from --batch-size (automatic sizing off)", config.batch_size)
+        return
+    if distributed.world_size() > 1:
+        logger.info("automatic micro-batch: off with several GPUs; micro-batch %d per GPU", config.batch_size)
+        return
+    autosize_micro_batch(trainer)
+
+
+def _keep_vocab_with_run(config: Any, run_dir: Path) -> None:
+    """Copy the vocabulary into the run folder and point the saved config at the copy.
+
+    The Trainer wrote config.json at start-up; it is rewritten so that --continue, export and
+    inference find run_dir/vocab.json (for a new language, the extended one).
+    """
+    src = Path(config.model_args.tokenizer_file)
+    dest = run_dir / "vocab.json"
+    if src.resolve() != dest.resolve():
+        shutil.copy2(src, dest)
+    ext = config.toolkit.get("vocab_extension")
+    if ext:
+        if src.parent.name == ".staging":
+            src.unlink(missing_ok=True)
+        ext["path"] = str(dest)
+    config.model_args.tokenizer_file = str(dest)
+    config.save_json(str(run_dir / "config.json"))
+
+
+def summary_lines(result: TrainResult) -> list[str]:
+    """A short human summary: steps, LR and eval loss per evaluation, run folder."""
+    lines = [f"trained {result.total_steps} steps ({result.optimizer_steps} optimizer steps), {len(result.records)} evaluations"]
+    for rec in result.records:
+        ev = "n/a" if rec["eval_loss"] is None else f"{rec['eval_loss']:.4f}"
+        lines.append(f"  eval at step {rec['step']:>6}: eval loss {ev}  LR {rec['lr']:.3g}{'  (reduced)' if rec['lr_reduced'] else ''}")
+    if result.events:
+        counts: dict[str, int] = {}
+        for ev in result.events:
+            counts[ev["event"]] = counts.get(ev["event"], 0) + 1
+        lines.append("health events: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())) + " (events.jsonl)")
+    if result.stop_reason:
+        lines.append(f"stopped early: {result.stop_reason}")
+    if result.export_dir is not None:
+        lines.append(f"inference export: {result.export_dir}")
+    lines.append(f"run folder: {result.run_dir}")
+    return lines

@@ -1,0 +1,197 @@
+"""The run folder: its config, its checkpoints (listed and checked), and which one to use.
+
+Every tool that reads a run goes through here: ``--continue`` (the newest checkpoint with
+optimizer state), ``--restore`` and export (the best model), evaluation (all checkpoints) and
+synthesis. A run folder holds config.json (with the toolkit's record under ``"toolkit"``),
+vocab.json, ``checkpoint_N.pth`` (full training state), ``best_model_N.pth`` (weights only) and
+``best_model.pth`` (a link to the newest best), metrics.jsonl and events.jsonl. Checkpoints are
+read with ``weights_only=True`` (nothing in them can run code).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from utils.errors import ConfigError, DataError
+
+_STEP_RE = re.compile(r"^(checkpoint|best_model)_(\d+)\.pth$")
+BEST = "best_model.pth"
+
+
+def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
+    """The training step in a checkpoint name (``checkpoint_N.pth``/``best_model_N.pth``), else None."""
+    m = _STEP_RE.match(Path(path).name)
+    return int(m.group(2)) if m else None
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint on the CPU with ``weights_only=True`` (``mmap``: lazy tensors)."""
+    import torch
+
+    return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+
+
+# --- config -----------------------------------------------------------------------------------
+
+
+def read_run_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The run folder's config.json as a dict."""
+    path = Path(run_dir) / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}; pass a run folder written by utils/gpt_train.py") from exc
+
+
+def read_toolkit_record(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The toolkit's record in config.json (language, data, hyperparameters and their sources); {} if none."""
+    if not (Path(run_dir) / "config.json").is_file():
+        return {}
+    return dict(read_run_config(run_dir).get("toolkit") or {})
+
+
+def run_language(run_config: dict[str, Any]) -> str:
+    """The language the run trained on (the toolkit record; else en)."""
+    toolkit = run_config.get("toolkit") or {}
+    return str(toolkit.get("language") or "en")
+
+
+# --- listing and checking ---------------------------------------------------------------------
+
+
+def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """The run's checkpoints, one per step, oldest first (``checkpoint_N`` preferred over ``best_model_N``).
+
+    ``best_model.pth`` is a copy of a ``best_model_N.pth``; it is listed only when nothing else is.
+    """
+    run_dir = Path(run_dir)
+    by_step: dict[int, Path] = {}
+    for path in run_dir.glob("*.pth"):
+        step = checkpoint_step(path)
+        if step is not None and (step not in by_step or path.name.startswith("checkpoint_")):
+            by_step[step] = path
+    found = [by_step[s] for s in sorted(by_step)]
+    if not found and (run_dir / BEST).is_file():
+        found = [run_dir / BEST]
+    return found
+
+
+def has_training_state(path: str | os.PathLike[str]) -> bool:
+    """True when the checkpoint holds optimizer state (so a run can resume from it exactly)."""
+    try:
+        state = load_checkpoint(path, mmap=True)
+    except (OSError, RuntimeError, ValueError, EOFError):  # unreadable: not a resume point
+        return False
+    return bool(state.get("optimizer"))
+
+
+def last_checkpoint(run_dir: str | os.PathLike[str], *, resumable: bool = True) -> Path | None:
+    """The newest complete checkpoint (highest N), or None.
+
+    As ``trainer.io.get_last_checkpoint``, but ``best_model.pth`` is never guessed by file time,
+    and with ``resumable`` only files holding optimizer state count: ``checkpoint_N.pth``, and
+    ``best_model_N.pth`` written by older versions that kept the optimizer in it. On equal N the
+    file written last wins. ``resumable=False`` also takes weights-only best models.
+    """
+    found = [(checkpoint_step(p), p.stat().st_mtime_ns, p) for p in Path(run_dir).glob("*_*.pth")]
+    found = sorted((f for f in found if f[0] is not None), reverse=True)
+    for _, _, path in found:
+        if not resumable or path.name.startswith("checkpoint_") or has_training_state(path):
+            return path
+    return None
+
+
+def best_eval_loss(run_dir: str | os.PathLike[str]) -> dict[str, float] | None:
+    """The ``model_loss`` of the run's lowest-eval-loss ``best_model_N.pth`` (None without one)."""
+    best = None
+    for path in Path(run_dir).glob("best_model_*.pth"):
+        if checkpoint_step(path) is None:
+            continue
+        try:
+            loss = load_checkpoint(path, mmap=True).get("model_loss")
+        except (OSError, RuntimeError, ValueError, EOFError):
+            continue
+        if isinstance(loss, dict) and loss.get("eval_loss") is not None:
+            if best is None or float(loss["eval_loss"]) < float(best["eval_loss"]):
+                best = {k: float(v) for k, v in loss.items() if v is not None}
+    return best
+
+
+# --- which checkpoint -------------------------------------------------------------------------
+
+
+def resolve_checkpoint(source: str | os.PathLike[str], which: str = "best") -> tuple[Path, Path]:
+    """``(run_dir, checkpoint)`` for a run folder or a checkpoint file (export, evaluate, synthesize).
+
+    Args:
+        source: a run folder or one of its ``.pth`` files.
+        which: for a run folder, "best" (``best_model.pth``, the lowest eval loss) or "last".
+
+    Raises:
+        DataError: no checkpoint, or no config.json beside it.
+    """
+    source = Path(source)
+    if source.is_file():
+        run_dir, ckpt = source.parent, source
+    elif source.is_dir():
+        run_dir = source
+        if which not in ("best", "last"):
+            raise ConfigError(f"checkpoint choice {which!r}: use 'best' or 'last'")
+        ckpts = list_checkpoints(source)
+        if which == "best" and (source / BEST).is_file():
+            ckpt = source / BEST
+        elif ckpts:
+            ckpt = ckpts[-1]
+        else:
+            raise DataError(f"{source} holds no checkpoint (*.pth); pass a run folder that finished at least one save")
+    else:
+        raise DataError(f"{source} does not exist; pass a run folder or a checkpoint .pth")
+    if not (run_dir / "config.json").is_file():
+        raise DataError(f"{run_dir} has no config.json; pass a run folder written by utils/gpt_train.py")
+    return run_dir, ckpt
+
+
+def restore_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """``--restore``: a checkpoint file, or a run folder (its best_model.pth, else the newest checkpoint)."""
+    path = Path(path)
+    if path.is_dir():
+        ckpt = path / BEST if (path / BEST).is_file() else last_checkpoint(path)
+        if ckpt is None:
+            raise ConfigError(f"--restore {path}: no checkpoint in this folder; give a .pth file or a run folder with one")
+        return ckpt
+    if path.is_file():
+        return path
+    raise ConfigError(f"--restore {path}: no such checkpoint file or run folder")
+
+
+def resume_checkpoint(run_dir: str | os.PathLike[str]) -> Path:
+    """``--continue``: the newest complete checkpoint with optimizer state (partial files removed first)."""
+    from utils.training.checkpoints import remove_partial_files
+
+    remove_partial_files(run_dir)
+    last = last_checkpoint(run_dir)
+    if last is None:
+        raise ConfigError(f"--continue {run_dir}: no complete checkpoint in the folder; start the run again")
+    return last
+
+
+def epochs_done(checkpoint: str | os.PathLike[str]) -> int:
+    """Complete epochs at this checkpoint (the toolkit's exact count; Coqui's ``epoch`` otherwise)."""
+    state = load_checkpoint(checkpoint, mmap=True)
+    return int((state.get("toolkit_state") or {}).get("epochs_done", state.get("epoch", 0)))
+
+
+def lr_at_checkpoint(checkpoint: str | os.PathLike[str]) -> float | None:
+    """The LR the run had reached at this checkpoint (from the LR bridge's state), or None."""
+    from utils.training.lr_schedule import ScheduleSpec
+
+    state = load_checkpoint(checkpoint, mmap=True)
+    sched = (state.get("scheduler") or [None])[0]
+    if not (isinstance(sched, dict) and "spec" in sched):
+        return None
+    spec = ScheduleSpec(**dict(sched["spec"]))
+    return spec.lr_at(int(sched["optimizer_steps"]), float(sched["plateau_scale"]), float(sched.get("health_scale", 1.0)))

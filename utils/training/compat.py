@@ -1,0 +1,168 @@
+"""Every touch of a Coqui or torch private name, in one place, with the versions it was written for.
+
+None of the names below is public API; each may change in any release. Importing this module
+checks the installed versions and that each private name still exists, so a different version
+fails at once with one clear line instead of deep inside a training step.
+
+What the toolkit relies on (upstream behaviour, by name):
+
+- ``trainer.Trainer._get_model()``: the model without its DDP/DataParallel wrapper.
+- ``trainer.Trainer._fit()``: the training loop; ``Trainer.fit()`` wraps it in a bare ``except``
+  that calls ``sys.exit(1)`` and deletes a run folder without checkpoints, so the toolkit calls
+  ``_fit`` itself (utils/training/trainer.py).
+- ``trainer.Trainer._pick_target_avg_loss(keep_avg)``: the loss Coqui compares for "best model".
+- ``trainer.Trainer._restore_best_loss()``: reads the best loss back on ``--continue``; the
+  toolkit's trainer overrides it (Coqui's reads ``best_model.pth`` by file time).
+- ``trainer.Trainer.train_epoch`` reads ``len(self.train_loader)`` for its step count: the
+  toolkit's mid-epoch resume hands it a loader wrapper whose ``len`` is the batches left.
+- ``TTS.tts.layers.xtts.trainer.dataset.XTTSDataset.__init__`` is skipped by
+  ``ToolkitXTTSDataset`` (it groups rows for sampling with replacement and filters eval rows
+  silently); the subclass sets the attributes ``__getitem__``/``collate_fn`` read.
+- ``GPTTrainer.format_batch_on_device`` resamples 22.05 kHz audio to the DVAE's rate with
+  :data:`DVAE_RESAMPLE` (the toolkit's cached-code path must compute the same codes).
+- ``torch.nn.Module._compiled_call_impl``: what ``Module.compile()`` sets; ``Module.__call__``
+  runs it instead of ``_call_impl`` (the eager call with hooks) when present.
+- ``torch._dynamo.config.suppress_errors``: a failing compile falls back to eager.
+- ``torch._C._accelerator_setAllocatorSettings`` (newer) / ``torch.cuda.memory._set_allocator_settings``.
+- ``torch._foreach_norm`` and ``torch._utils._flatten_dense_tensors``/``_unflatten_dense_tensors``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from utils.errors import ConfigError
+
+# Tested ranges (inclusive lower, exclusive upper), as (major, minor).
+TESTED = {"coqui-tts": ((0, 28), (0, 29)), "coqui-tts-trainer": ((0, 4), (0, 5)), "torch": ((2, 6), (2, 12))}
+
+# Keyword arguments of torchaudio.functional.resample in GPTTrainer.format_batch_on_device (coqui-tts 0.28).
+DVAE_RESAMPLE = {
+    "lowpass_filter_width": 64,
+    "rolloff": 0.9475937167399596,
+    "resampling_method": "kaiser_window",
+    "beta": 14.769656459379492,
+}
+
+_TRAINER_PRIVATE = ("_get_model", "_fit", "_pick_target_avg_loss", "_restore_best_loss", "train_epoch")
+
+
+def _version(dist: str) -> tuple[int, int] | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        parts = version(dist).split("+")[0].split(".")
+    except PackageNotFoundError:
+        return None
+    return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+
+
+def check_versions() -> None:
+    """Raise :class:`ConfigError` when an installed version is outside the tested range."""
+    for dist, (low, high) in TESTED.items():
+        found = _version(dist)
+        if found is not None and not (low <= found < high):
+            raise ConfigError(
+                f"{dist} {found[0]}.{found[1]} is installed; the toolkit's adaptations of its private names were written "
+                f"for {low[0]}.{low[1]} up to (not including) {high[0]}.{high[1]}: install the locked versions "
+                "(scripts/setup_env.sh)"
+            )
+
+
+def check_private_names() -> None:
+    """Raise :class:`ConfigError` when a private name the toolkit relies on is gone."""
+    from trainer import Trainer
+
+    missing = [f"trainer.Trainer.{name}" for name in _TRAINER_PRIVATE if not hasattr(Trainer, name)]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} not found in the installed Coqui Trainer: install the locked versions")
+
+
+check_versions()
+check_private_names()
+
+
+# --- Coqui Trainer ----------------------------------------------------------------------------
+
+
+def unwrap_model(trainer: Any) -> Any:
+    """The model inside a Coqui Trainer (``Trainer._get_model``: the DDP/DataParallel wrapper removed)."""
+    return trainer._get_model()
+
+
+def run_fit_loop(trainer: Any) -> None:
+    """``Trainer._fit``: the training loop without ``fit``'s ``sys.exit(1)`` on any exception."""
+    trainer._fit()
+
+
+def target_avg_loss(trainer: Any, keep_avg: Any) -> Any:
+    """``Trainer._pick_target_avg_loss``: the averaged loss Coqui ranks checkpoints by."""
+    return trainer._pick_target_avg_loss(keep_avg)
+
+
+# Trainer 0.4's train_epoch reads len(self.train_loader) for its step count and the
+# batch index for its accumulation phase: a resumed epoch hands it this wrapper.
+class EpochTail:
+    """The first ``len(loader) - skip`` batches of a fresh pass, reporting the full length.
+
+    Coqui's ``train_epoch`` takes the epoch length from ``len(loader)`` and the accumulation
+    phase from the batch index; the trainer adds ``skip`` to that index.
+    """
+
+    def __init__(self, loader: Any, skip: int) -> None:
+        self.loader, self.skip = loader, skip
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Any:
+        import itertools
+
+        return itertools.islice(iter(self.loader), max(0, len(self.loader) - self.skip))
+
+
+# --- torch --------------------------------------------------------------------------------------
+
+
+def eager_call(module: Any) -> Callable[..., Any]:
+    """``nn.Module._call_impl``: the module's call with hooks, what ``torch.compile`` wraps for modules."""
+    return module._call_impl
+
+
+def set_compiled_call(module: Any, call: Callable[..., Any]) -> None:
+    """What ``nn.Module.compile`` does: ``Module.__call__`` runs ``_compiled_call_impl`` when set."""
+    module._compiled_call_impl = call
+
+
+def suppress_compile_errors() -> None:
+    """A compile that fails falls back to eager with a warning (``torch._dynamo.config.suppress_errors``)."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+
+
+def set_allocator_settings(settings: str) -> None:
+    """CUDA caching-allocator settings at run time (raises RuntimeError on allocators without them)."""
+    import torch
+
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
+    setter(settings)
+
+
+def foreach_norm(tensors: list[Any]) -> list[Any]:
+    """One norm per tensor in a single fused call (``torch._foreach_norm``)."""
+    import torch
+
+    return torch._foreach_norm(tensors)
+
+
+def flatten_dense_tensors(tensors: list[Any]) -> Any:
+    from torch._utils import _flatten_dense_tensors
+
+    return _flatten_dense_tensors(tensors)
+
+
+def unflatten_dense_tensors(flat: Any, tensors: list[Any]) -> Any:
+    from torch._utils import _unflatten_dense_tensors
+
+    return _unflatten_dense_tensors(flat, tensors)

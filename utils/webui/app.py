@@ -156,17 +156,17 @@ class Screens:
 
     @guard
     def resolve(self, dataset: str, base: str, preset: str) -> pd.DataFrame:
-        rows = self.engine.resolve_hparams(dataset, tiny=(base == TINY_BASE), preset=preset or None)
+        rows = self.engine.resolve_hparams(dataset, base_model=base or TINY_BASE, preset=preset or None)
         return pd.DataFrame(rows, columns=HPARAM_HEADERS)
 
     @guard
-    def start(self, dataset: str, base: str, language: str, preset: str, name: str, table: Any) -> tuple[str, gr.Dropdown]:
-        tiny = base == TINY_BASE
-        overrides = self.engine.edited_overrides(_rows(table), dataset, tiny=tiny, preset=preset or None) if table is not None else {}
+    def start(self, dataset: str, base: str, language: str, preset: str, name: str, table: Any) -> tuple[str, Any]:
+        overrides = self.engine.edited_overrides(_rows(table), dataset, base_model=base or TINY_BASE,
+                                                 preset=preset or None) if table is not None else {}  # fmt: skip
         job = self.engine.start_training(dataset=dataset, base_model=base, language=language or "en", overrides=overrides,
                                          preset=preset or None, name=name or "xtts_ft")  # fmt: skip
         edits = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"
-        return f"training started (job {job.job_id}, process {job.pid}); your edits: {edits}", gr.Dropdown(value="")
+        return f"training started (job {job.job_id}, process {job.pid}); your edits: {edits}", gr.update(value="")
 
     @guard
     def stop(self) -> str:
@@ -174,14 +174,14 @@ class Screens:
         return f"stop requested (job {job.job_id}): a checkpoint is written, then the process ends"
 
     @guard
-    def continue_run(self, run: str, epochs: float | None) -> tuple[str, gr.Dropdown]:
+    def continue_run(self, run: str, epochs: float | None) -> tuple[str, Any]:
         job = self.engine.continue_training(run, int(epochs) if epochs else None)
-        return f"continuing {run} (job {job.job_id})", gr.Dropdown(value="")
+        return f"continuing {run} (job {job.job_id})", gr.update(value="")
 
     @guard
-    def restore_run(self, checkpoint: str, preset: str, name: str) -> tuple[str, gr.Dropdown]:
+    def restore_run(self, checkpoint: str, preset: str, name: str) -> tuple[str, Any]:
         job = self.engine.restore_training(checkpoint, preset=preset or None, name=name or "restored")
-        return f"new run from {Path(checkpoint).name} (job {job.job_id})", gr.Dropdown(value="")
+        return f"new run from {Path(checkpoint).name} (job {job.job_id})", gr.update(value="")
 
     def train_lists(self) -> tuple[gr.Dropdown, gr.Dropdown, gr.Dropdown, gr.Dropdown]:
         runs = self.engine.runs()
@@ -192,36 +192,37 @@ class Screens:
     def refresh_train(self, shown: str | None) -> tuple:
         """The live view: the run chosen, else the newest job's run (re-attach after reload/restart)."""
         job = self.engine.current_job()
-        run_dir = None
-        if shown:
-            run_dir = self.engine.runs_root / shown
-        elif job is not None:
-            run_dir = job.run_dir
-        lines = []
-        if job is not None and (not shown or (job.run_dir and job.run_dir.name == shown)):
-            lines.append(f"training: {job.state}" + (f" (process {job.pid})" if job.state in ACTIVE_STATES else ""))
-            if job.status.get("error"):
-                lines.append(f"error: {job.status['error']}")
+        run_dir = (self.engine.runs_root / shown) if shown else (job.run_dir if job is not None else None)
+        if job is not None and shown and (job.run_dir is None or job.run_dir.name != shown):
+            job = None  # another run is shown: its own folder tells its story
+        lines = self._job_lines(job)
+        steps = self.engine.step_progress(job) if job is not None else []
+        if steps and job is not None and job.state in ACTIVE_STATES:
+            p = steps[-1]
+            lines.append(f"trainer step {p.get('step')} of {p.get('total_steps') or '?'} (epoch {p.get('epoch')} of "
+                         f"{p.get('epochs')}), loss {_fmt(p.get('loss'))}, ETA {_hms(p.get('eta_s'))}")  # fmt: skip
         if run_dir is None or not run_dir.is_dir():
             lines.append("no run yet: prepare a dataset, then start a training")
-            return ("\n".join(lines), _empty_curves(), _empty_curves(), pd.DataFrame(columns=EVAL_HEADERS),
+            return ("\n".join(lines), _loss_curves([], steps), _empty_curves(), pd.DataFrame(columns=EVAL_HEADERS),
                     pd.DataFrame(columns=EVENT_HEADERS), pd.DataFrame(columns=HPARAM_HEADERS))  # fmt: skip
         view = self.engine.run_view(run_dir)
-        p = view.progress()
-        share = f" ({p['share']:.0%})" if p["share"] is not None else ""
-        gpu = f"{p['gpu_peak_gib']} GiB peak" if p["gpu_peak_gib"] is not None else "no GPU in use (CPU)"
-        lines += [
-            f"run: {run_dir.name}",
-            f"optimizer step {p['optimizer_step']} of {p['planned_steps'] or '?'}{share}; evaluations: {p['evaluations']}",
-            f"train loss {_fmt(p['train_loss'])}, eval loss {_fmt(p['eval_loss'])}, LR {_fmt(p['lr'], '.3g')}",
-            f"samples/s {_fmt(p['samples_per_s'], '.3g')}, ETA {_hms(p['eta_s'])}, GPU memory: {gpu}",
-            f"checkpoints: {', '.join(c.name for c in view.checkpoints) or 'none yet'}; export: {'yes' if view.has_export else 'no'}",
-        ]
+        lines += _run_lines(view)
         evals = [[m.get("step"), m.get("optimizer_step"), _fmt(m.get("train_loss")), _fmt(m.get("eval_loss")),
                   _fmt(m.get("lr"), ".3g"), _fmt(m.get("train_samples_per_s"), ".3g")] for m in view.metrics]  # fmt: skip
         events = [[e.get("step"), e.get("event"), e.get("message"), e.get("recommendation"), e.get("action")] for e in view.events]
-        return ("\n".join(lines), _loss_curves(view.metrics), _lr_curve(view.metrics), pd.DataFrame(evals, columns=EVAL_HEADERS),
+        return ("\n".join(lines), _loss_curves(view.metrics, steps), _lr_curve(view.metrics), pd.DataFrame(evals, columns=EVAL_HEADERS),
                 pd.DataFrame(events, columns=EVENT_HEADERS), pd.DataFrame(view.hparams(), columns=HPARAM_HEADERS))  # fmt: skip
+
+    @staticmethod
+    def _job_lines(job: Any) -> list[str]:
+        if job is None:
+            return []
+        lines = [f"training: {job.state}" + (f" (process {job.pid})" if job.state in ACTIVE_STATES else "")]
+        if job.state in ACTIVE_STATES and job.status.get("stage") and job.status.get("stage") != "train":
+            lines.append(f"step of the recipe: {job.status['stage']}")
+        if job.status.get("error"):
+            lines.append(f"error: {job.status['error']}")
+        return lines
 
     # --- Listen ----------------------------------------------------------------------------
 
@@ -322,9 +323,25 @@ def _empty_curves() -> pd.DataFrame:
     return pd.DataFrame({"step": pd.Series(dtype=float), "value": pd.Series(dtype=float), "series": pd.Series(dtype=str)})
 
 
-def _loss_curves(metrics: list[dict[str, Any]]) -> pd.DataFrame:
+def _run_lines(view: Any) -> list[str]:
+    p = view.progress()
+    share = f" ({p['share']:.0%})" if p["share"] is not None else ""
+    gpu = f"{p['gpu_peak_gib']} GiB peak" if p["gpu_peak_gib"] is not None else "no GPU in use (CPU)"
+    return [
+        f"run: {view.run_dir.name}",
+        f"optimizer step {p['optimizer_step']} of {p['planned_steps'] or '?'}{share}; evaluations: {p['evaluations']}",
+        f"train loss {_fmt(p['train_loss'])}, eval loss {_fmt(p['eval_loss'])}, LR {_fmt(p['lr'], '.3g')}",
+        f"samples/s {_fmt(p['samples_per_s'], '.3g')}, ETA {_hms(p['eta_s'])}, GPU memory: {gpu}",
+        f"checkpoints: {', '.join(c.name for c in view.checkpoints) or 'none yet'}; export: {'yes' if view.has_export else 'no'}",
+    ]
+
+
+def _loss_curves(metrics: list[dict[str, Any]], steps: list[dict[str, Any]] | None = None) -> pd.DataFrame:
+    """Train and eval loss per evaluation, plus the per-step training loss while a job reports it."""
     points = [{"step": m["optimizer_step"], "value": m[k], "series": k.replace("_", " ")}
               for m in metrics for k in ("train_loss", "eval_loss") if m.get(k) is not None]  # fmt: skip
+    points += [{"step": p["optimizer_step"], "value": p["loss"], "series": "train loss (each step)"}
+               for p in steps or [] if p.get("loss") is not None and p.get("optimizer_step") is not None]  # fmt: skip
     return pd.DataFrame(points) if points else _empty_curves()
 
 

@@ -81,6 +81,7 @@ class Engine:
         self.jobs = JobManager(self.runs_root)
         self._model_key: tuple[str, float] | None = None
         self._model: Any = None
+        self._progress_cache: dict[str, tuple[int, list[dict[str, Any]]]] = {}
 
     # --- paths -----------------------------------------------------------------------------
 
@@ -237,14 +238,10 @@ class Engine:
 
     def tiny_base(self) -> Path:
         """The tiny random base in the cache (built the first time, about 10 s)."""
-        from utils.base_model import check_base_model, make_tiny_base
+        from utils.finetune import RunConfig
+        from utils.finetune.steps import locate_base_model
 
-        tiny = self.cache_dir / "tiny_base"
-        if not (tiny / "model.pth").is_file():
-            tmp = self.cache_dir / f"tiny_base.tmp-{time.time_ns()}"
-            make_tiny_base(tmp)
-            tmp.rename(tiny)
-        return check_base_model(tiny).root
+        return Path(locate_base_model(RunConfig.build(demo=True), self.cache_dir).root)
 
     def download_base(self) -> Path:
         """Download XTTS v2 into the cache (tqdm progress; idempotent)."""
@@ -261,53 +258,87 @@ class Engine:
         folder = confine(choice, [self.cache_dir, self.data_root], what="base model folder")
         return Path(check_base_model(folder).root)
 
-    def resolve_hparams(self, dataset: str | Path, *, tiny: bool, preset: str | None = None,
-                        overrides: dict[str, Any] | None = None) -> list[list[Any]]:  # fmt: skip
-        """[name, value, source] for every hyperparameter the run can take (defaults -> table ->
-        preset -> recipe -> the page's edits, which show as "cli")."""
-        from utils import gpt_train
-        from utils.hparams import resolve
+    def run_config(self, dataset: str | Path, *, base_model: str = TINY_BASE, language: str = "en", preset: str | None = None,
+                   overrides: dict[str, Any] | None = None, name: str = "xtts_ft", test_sentences: int = 1) -> Any:  # fmt: skip
+        """The :class:`utils.finetune.RunConfig` of a new run (the page's edits are the caller's layer)."""
+        from utils.finetune import RunConfig
 
         folder = self.data_path(dataset)
-        hours = gpt_train.measure_header_hours(_csvs(folder)["train"])
-        resolved = resolve(dataset_hours=hours, hours_source="measured from the wav headers", cli=overrides or {},
-                           recipe=dict(gpt_train.DEMO_RECIPE) if tiny else None, preset_name=preset or None)  # fmt: skip
-        return [[k, _show(resolved.values.get(k)), resolved.sources.get(k, "default")] for k in gpt_train.CLI_HPARAMS
-                if k in resolved.values]  # fmt: skip
+        if not is_dataset(folder):
+            raise DataError(f"{folder.name} is not a prepared dataset (metadata_train.csv + metadata_eval.csv); prepare it first")
+        base = self.base_path(base_model)
+        return RunConfig.build(
+            dataset=folder, demo=base is None, base_model=base, language=language or "en", preset=preset or None,
+            output_path=self.runs_root, run_name=f"{safe_name(name, 'run')[:40]}_{time.strftime('%H%M%S')}",
+            test_sentences=int(test_sentences), progress=False, plots=True, **dict(overrides or {}),
+        )  # fmt: skip
 
-    def edited_overrides(self, rows: Sequence[Sequence[Any]], dataset: str | Path, *, tiny: bool,
-                         preset: str | None = None) -> dict[str, Any]:  # fmt: skip
+    def describe(self, config: Any) -> dict[str, Any]:
+        """What the run would do (hyperparameters and sources, planned steps, schedule checks)."""
+        from utils.finetune import FineTune
+
+        return FineTune(config, cache_dir=self.cache_dir).describe()
+
+    def resolve_hparams(self, dataset: str | Path, *, tiny: bool = True, base_model: str | None = None, preset: str | None = None,
+                        overrides: dict[str, Any] | None = None, language: str = "en") -> list[list[Any]]:  # fmt: skip
+        """[name, value, source] for every hyperparameter a run can take (defaults -> table ->
+        preset -> recipe -> the page's edits, which show as "cli")."""
+        from utils.finetune import RUN_HPARAMS
+
+        base = base_model if base_model is not None else (TINY_BASE if tiny else "")
+        if not tiny and not base:
+            return self._table_only(dataset, preset, overrides)
+        plan = self.describe(self.run_config(dataset, base_model=base, language=language, preset=preset, overrides=overrides))
+        return [[k, _show(plan.get(k)), plan["sources"].get(k, "default")] for k in RUN_HPARAMS if k in plan]
+
+    def _table_only(self, dataset: str | Path, preset: str | None, overrides: dict[str, Any] | None) -> list[list[Any]]:
+        """The resolution for a base model not chosen yet (no base files needed for the values)."""
+        from utils.finetune import RUN_HPARAMS, RunConfig
+        from utils.finetune import steps as recipe_steps
+
+        folder = self.data_path(dataset)
+        cfg = RunConfig.build(dataset=folder, preset=preset or None, progress=False, **dict(overrides or {}))
+        hours = recipe_steps.measure_header_hours(_csvs(folder)["train"])
+        resolved = recipe_steps.resolve_hparams(cfg, hours)
+        return [[k, _show(resolved.values.get(k)), resolved.sources.get(k, "default")] for k in RUN_HPARAMS if k in resolved.values]
+
+    def edited_overrides(self, rows: Sequence[Sequence[Any]], dataset: str | Path, *, tiny: bool = True,
+                         base_model: str | None = None, preset: str | None = None) -> dict[str, Any]:  # fmt: skip
         """The values the page changed (compared with a fresh resolution), parsed to their types."""
-        base = {r[0]: r[1] for r in self.resolve_hparams(dataset, tiny=tiny, preset=preset)}
+        base = {r[0]: r[1] for r in self.resolve_hparams(dataset, tiny=tiny, base_model=base_model, preset=preset)}
         out: dict[str, Any] = {}
         for row in rows:
             name, value = str(row[0]), row[1]
             if name in base and str(value).strip() != str(base[name]).strip():
                 out[name] = _parse_value(name, value)
-        if out:
-            self.resolve_hparams(dataset, tiny=tiny, preset=preset, overrides=out)  # validates them now
+        if out:  # validated now, so a bad value is refused before anything starts
+            self.resolve_hparams(dataset, tiny=tiny, base_model=base_model, preset=preset, overrides=out)
         return out
 
     # --- training ----------------------------------------------------------------------------
 
     def start_training(self, *, dataset: str | Path, base_model: str, language: str = "en", overrides: dict[str, Any] | None = None,
                        preset: str | None = None, name: str = "xtts_ft", test_sentences: int = 1) -> Job:  # fmt: skip
-        """Start a new run in a child process (refused while another training runs)."""
-        folder = self.data_path(dataset)
-        if not is_dataset(folder):
-            raise DataError(f"{folder.name} is not a prepared dataset (metadata_train.csv + metadata_eval.csv)")
-        base = self.base_path(base_model)
-        spec = {"mode": "new", "dataset": str(folder), "base_model": str(base) if base else None, "tiny_base": base is None,
-                "language": language, "overrides": dict(overrides or {}), "preset": preset or None,
-                "output_path": str(self.runs_root), "test_sentences": int(test_sentences)}  # fmt: skip
-        return self._start(spec, name)
+        """Start a new run in a child process (refused while another training runs, or when the
+        planned schedule has errors)."""
+        config = self.run_config(dataset, base_model=base_model, language=language, preset=preset, overrides=overrides,
+                                 name=name, test_sentences=test_sentences)  # fmt: skip
+        plan = self.describe(config)
+        if plan.get("schedule_errors"):
+            raise ConfigError("; ".join(plan["schedule_errors"]))
+        spec = {"mode": "new", "config": config.to_dict(), "run_name": config.run_name, "output_path": str(self.runs_root),
+                "planned_optimizer_steps": plan.get("planned_optimizer_steps")}  # fmt: skip
+        return self.jobs.start(spec)
 
     def continue_training(self, run: str | Path, epochs: int | None = None) -> Job:
         """Resume a run exactly from its last complete checkpoint (``epochs``: a new total)."""
+        from utils.finetune import FineTune, RunConfig
+
         run_dir = self.run_path(run)
+        FineTune.resume(run_dir, epochs=epochs, config=RunConfig.build(progress=False))  # refuses a bad request here
         spec = {"mode": "continue", "continue_run": str(run_dir), "epochs": int(epochs) if epochs else None,
                 "output_path": str(self.runs_root)}  # fmt: skip
-        return self._start(spec, run_dir.name)
+        return self.jobs.start(spec)
 
     def restore_training(self, checkpoint: str | Path, *, overrides: dict[str, Any] | None = None, preset: str | None = None,
                          name: str = "restored", test_sentences: int = 1) -> Job:  # fmt: skip
@@ -316,15 +347,27 @@ class Engine:
         run_dir = ckpt if ckpt.is_dir() else ckpt.parent
         tk = runs_mod.read_run(run_dir).toolkit
         tiny = Path(str(tk.get("base_model", ""))).name == "tiny_base"
-        dataset = str(Path(tk["train_csv"]).parent) if tk.get("train_csv") else None
-        spec = {"mode": "restore", "restore": str(ckpt), "tiny_base": tiny, "dataset": dataset,
-                "overrides": dict(overrides or {}), "preset": preset or None, "output_path": str(self.runs_root),
-                "test_sentences": int(test_sentences)}  # fmt: skip
-        return self._start(spec, name)
-
-    def _start(self, spec: dict[str, Any], name: str) -> Job:
-        spec["run_name"] = f"{safe_name(name, 'run')[:40]}_{time.strftime('%H%M%S')}"
+        values = dict(overrides or {}, preset=preset or None, output_path=str(self.runs_root), progress=False,
+                      run_name=f"{safe_name(name, 'run')[:40]}_{time.strftime('%H%M%S')}", test_sentences=int(test_sentences))  # fmt: skip
+        if tiny and tk.get("train_csv"):  # the demo recipe again, on the run's own data
+            values.update(demo=True, dataset=str(Path(tk["train_csv"]).parent))
+        spec = {"mode": "restore", "restore": str(ckpt), "values": values, "run_name": values["run_name"],
+                "output_path": str(self.runs_root)}  # fmt: skip
         return self.jobs.start(spec)
+
+    def step_progress(self, job: Job, max_points: int = 400) -> list[dict[str, Any]]:
+        """The job's per-step ``progress`` events (thinned to ``max_points``), re-read only when the file grew."""
+        from utils.events import EventKind, read_events
+
+        path = job.events_path
+        size = path.stat().st_size if path.is_file() else 0
+        cached = self._progress_cache.get(str(path))
+        if cached is None or cached[0] != size:
+            rows = [dict(e.data) for e in read_events(path) if e.kind == EventKind.PROGRESS]
+            self._progress_cache[str(path)] = (size, rows)
+        rows = self._progress_cache[str(path)][1]
+        stride = max(1, len(rows) // max_points)
+        return rows[::stride] + ([rows[-1]] if rows and (len(rows) - 1) % stride else [])
 
     def stop_training(self) -> Job:
         return self.jobs.stop()
@@ -421,7 +464,8 @@ class Engine:
 
     def export(self, run: str | Path, checkpoint: str | None = None) -> dict[str, Any]:
         """Export one checkpoint (default: the best) to RUN/export-STEP; size and the command to use it."""
-        from utils.export import export_model, resolve_checkpoint
+        from utils.export import export_model
+        from utils.runs import resolve_checkpoint
 
         run_dir = self.run_path(run)
         if checkpoint:
@@ -502,47 +546,20 @@ def _parse_value(name: str, value: Any) -> Any:
         raise ConfigError(f"hyperparameter {name}: {text!r} is not a number; type a number (e.g. 5e-6 or 2)") from None
 
 
-def _argv_overrides(overrides: dict[str, Any]) -> list[str]:
-    names = {"num_loader_workers": "num-workers"}
-    out: list[str] = []
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        flag = "--" + names.get(key, key.replace("_", "-"))
-        out += [flag, ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)]
-    return out
+def run_training_spec(spec: dict[str, Any], subscribers: Sequence[Any] = ()) -> Path | None:
+    """Run a job spec through the recipe API in this process (the worker calls it).
 
+    Returns:
+        The run folder.
+    """
+    from utils.finetune import FineTune, RunConfig
 
-def training_argv(spec: dict[str, Any]) -> list[str]:
-    """The training options of a job spec, in the form the toolkit's ``main(argv)`` takes."""
     mode = spec.get("mode", "new")
     if mode == "continue":
-        argv = ["--continue", spec["continue_run"]]
-        return argv + (["--epochs", str(spec["epochs"])] if spec.get("epochs") else [])
-    argv = ["--output-path", spec["output_path"], "--run-name", spec["run_name"],
-            "--test-sentences", str(spec.get("test_sentences", 1))]  # fmt: skip
-    if mode == "restore":
-        argv += ["--restore", spec["restore"]]
+        ft = FineTune.resume(spec["continue_run"], epochs=spec.get("epochs"), config=RunConfig.build(progress=False),
+                             subscribers=subscribers)  # fmt: skip
+    elif mode == "restore":
+        ft = FineTune.restore(spec["restore"], dict(spec.get("values") or {}), subscribers=subscribers)
     else:
-        argv += ["--language", spec.get("language") or "en"]
-    if spec.get("tiny_base"):
-        argv.append("--demo")  # the tiny base and the demo recipe (few epochs, an LR that moves it)
-    elif spec.get("base_model"):
-        argv += ["--base-model", spec["base_model"]]
-    if spec.get("dataset"):
-        argv += ["--dataset", spec["dataset"]]
-    if spec.get("preset"):
-        argv += ["--preset", spec["preset"]]
-    return argv + _argv_overrides(dict(spec.get("overrides") or {}))
-
-
-def run_training_spec(spec: dict[str, Any]) -> Path | None:
-    """Run a job spec in this process (the worker calls it). Returns the run folder when known."""
-    from utils import gpt_train
-
-    argv = training_argv(spec)
-    logger.info("training: %s", " ".join(argv))
-    gpt_train.main(argv)
-    if spec.get("continue_run"):
-        return Path(spec["continue_run"])
-    return None
+        ft = FineTune(RunConfig.from_dict(spec["config"]), subscribers=subscribers)
+    return Path(ft.run().run_dir)

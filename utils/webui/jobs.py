@@ -65,6 +65,11 @@ class Job:
         return found[-1] if found else None
 
     @property
+    def events_path(self) -> Path:
+        """The recipe's events (utils.events.JsonlWriter): stages, per-step progress, evaluations."""
+        return self.folder / "events.jsonl"
+
+    @property
     def log_path(self) -> Path:
         return self.folder / "worker.log"
 

@@ -1,10 +1,12 @@
 """The training child process of the web UI: ``python -m utils.webui.worker JOB/spec.json``.
 
-It trains through the toolkit's Python API (:func:`utils.webui.engine.run_training_spec`) and
-writes its state to ``JOB/status.json`` as it goes: ``running`` (with its pid and, as soon as
-training has made it, the run folder), then ``finished``, ``stopped`` (SIGINT or SIGTERM: the
-trainer writes a checkpoint first) or ``failed`` with the one-line reason. The page reads these
-files and the run folder; it never parses this process's output.
+It trains through the recipe API (:class:`utils.finetune.FineTune`, via
+:func:`utils.webui.engine.run_training_spec`). The recipe's events go to ``JOB/events.jsonl``
+(:class:`utils.events.JsonlWriter`: stages, per-step progress, evaluations, health), and its
+state to ``JOB/status.json``: ``running`` (with its pid and, from the ``run_dir`` event, the run
+folder), then ``finished``, ``stopped`` (SIGINT or SIGTERM: the trainer writes a checkpoint
+first) or ``failed`` with the one-line reason. The page reads these files and the run folder;
+it never parses this process's output.
 """
 
 from __future__ import annotations
@@ -27,30 +29,27 @@ logger = logging.getLogger("utils.webui.worker")
 
 
 class StatusWriter:
-    """Owns JOB/status.json for this process; a watcher thread fills in the run folder."""
+    """Owns JOB/status.json for this process; an event subscriber records the run folder."""
 
     def __init__(self, folder: Path, spec: dict[str, Any]) -> None:
         self.folder = folder
         self.job = Job(folder=folder, spec=spec)
         self.status: dict[str, Any] = {"state": "running", "pid": _pid(), "started": time.time()}
         self._lock = threading.Lock()
-        self._done = threading.Event()
 
     def update(self, **values: Any) -> None:
         with self._lock:
             self.status.update(values)
             write_json_atomic(self.folder / "status.json", self.status)
 
-    def watch_run_dir(self) -> None:
-        """Record the run folder once training has created it (its name has a time stamp)."""
-        while not self._done.wait(0.5):
-            run_dir = self.job.run_dir
-            if run_dir is not None and (run_dir / "config.json").is_file():
-                self.update(run_dir=str(run_dir))
-                return
+    def __call__(self, event: Any) -> None:
+        """Event subscriber: the run folder as soon as training has made it, and the stage."""
+        if event.kind.value == "run_dir":
+            self.update(run_dir=str(event.data["path"]))
+        elif event.kind.value == "stage" and event.data.get("status") == "started":
+            self.update(stage=event.data.get("name"))
 
     def finish(self, **values: Any) -> None:
-        self._done.set()
         run_dir = self.job.run_dir
         if run_dir is not None and "run_dir" not in self.status:
             values["run_dir"] = str(run_dir)
@@ -76,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     status = StatusWriter(spec_path.parent, spec)
     status.update()
-    threading.Thread(target=status.watch_run_dir, daemon=True).start()
+    from utils.events import JsonlWriter
     from utils.webui.engine import run_training_spec
 
     try:
-        run_dir = run_training_spec(spec)
+        run_dir = run_training_spec(spec, subscribers=[JsonlWriter(spec_path.parent / "events.jsonl"), status])
     except KeyboardInterrupt:
         logger.info("stopped on request")
         status.finish(state="stopped")
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("training failed:\n%s", traceback.format_exc())
         status.finish(state="failed", error=f"training failed ({type(exc).__name__}: {exc}); see {status.folder / 'worker.log'}")
         return 1
-    status.finish(state="finished", run_dir=str(run_dir) if run_dir else status.status.get("run_dir"))
+    status.finish(state="finished", run_dir=str(run_dir))
     return 0
 
 

@@ -25,6 +25,7 @@ def _table(screens: Screens, edits: dict[str, str]) -> list[list[str]]:
     return [[n, edits.get(n, v), s] for n, v, s in rows]
 
 
+@pytest.mark.slow  # three training processes on the tiny base: about 2-3 minutes on 2 busy cores
 def test_start_refuse_stop_continue_speak_export(tmp_path: Path) -> None:
     engine = Engine(tmp_path / "data", tmp_path / "runs", cache_dir=REPO_ROOT / ".cache")
     screens = Screens(engine)
@@ -55,6 +56,22 @@ def test_start_refuse_stop_continue_speak_export(tmp_path: Path) -> None:
     assert rows[-1]["optimizer_step"] == 10 and (run / "checkpoint_10.pth").is_file()
     assert [r["step"] for r in rows] == sorted({r["step"] for r in rows})  # resumed records are not duplicated
     _speak_and_export(screens, run)
+    _restore(screens, engine, run)
+
+
+def _restore(screens: Screens, engine: Engine, run: Path) -> None:
+    """A new run from checkpoint_10 with the table's edit (1 epoch): a fresh step count, the weights kept."""
+    table = _table(screens, {"epochs": "1"})
+    message, _ = screens.restore_run(str(run / "checkpoint_10.pth"), "", "again", "demo_en", TINY_BASE, table)
+    assert "new run from checkpoint_10.pth" in message
+    job = engine.jobs.wait(engine.current_job(), 300)
+    assert job.state == "finished", (job.status, job.log_tail())
+    new_run = job.run_dir
+    assert new_run != run and new_run.name.startswith("again_")
+    config = json.loads((new_run / "config.json").read_text())
+    assert config["epochs"] == 1 and config["toolkit"]["restored_from"] == str(run / "checkpoint_10.pth")
+    rows = [json.loads(line) for line in (new_run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["optimizer_step"] == 5  # counted afresh: 1 epoch of 5 micro-batches
 
 
 def _speak_and_export(screens: Screens, run: Path) -> None:

@@ -179,8 +179,13 @@ class Screens:
         return f"continuing {run} (job {job.job_id})", gr.update(value="")
 
     @guard
-    def restore_run(self, checkpoint: str, preset: str, name: str) -> tuple[str, Any]:
-        job = self.engine.restore_training(checkpoint, preset=preset or None, name=name or "restored")
+    def restore_run(self, checkpoint: str, preset: str, name: str, dataset: str | None = None, base: str | None = None,
+                    table: Any = None) -> tuple[str, Any]:  # fmt: skip
+        """A new run from ``checkpoint``; the table's edits (against the chosen dataset) are its new values."""
+        overrides = {}
+        if dataset and table is not None and _rows(table):
+            overrides = self.engine.edited_overrides(_rows(table), dataset, base_model=base or TINY_BASE, preset=preset or None)
+        job = self.engine.restore_training(checkpoint, overrides=overrides, preset=preset or None, name=name or "restored")
         return f"new run from {Path(checkpoint).name} (job {job.job_id})", gr.update(value="")
 
     def train_lists(self) -> tuple[gr.Dropdown, gr.Dropdown, gr.Dropdown, gr.Dropdown]:
@@ -276,8 +281,9 @@ class Screens:
         if not run:
             return gr.CheckboxGroup(choices=[]), gr.Dropdown(choices=[]), pd.DataFrame(columns=REPORT_HEADERS), _empty_curves(), ""
         ckpts = [str(c) for c in self.engine.run_view(run).checkpoints]
+        per_step = self.engine.checkpoints_by_step(run)
         table, plot, best = self._report_outputs(self.engine.eval_report(run))
-        return (gr.CheckboxGroup(choices=[(Path(c).name, c) for c in ckpts], value=ckpts[-1:]),
+        return (gr.CheckboxGroup(choices=[(Path(c).name, c) for c in ckpts], value=per_step),
                 gr.Dropdown(choices=[(Path(c).name, c) for c in ckpts], value=ckpts[-1] if ckpts else None), table, plot, best)  # fmt: skip
 
     @guard
@@ -456,7 +462,7 @@ def _train_screen(s: Screens, data: dict[str, Any], refresh_s: float) -> dict[st
     start.click(s.start, inputs=[dataset, base, language, preset, name, hparams], outputs=[message, shown])
     stop.click(s.stop, outputs=message)
     cont.click(s.continue_run, inputs=[shown, epochs], outputs=[message, shown])
-    restore_btn.click(s.restore_run, inputs=[restore, preset, name], outputs=[message, shown])
+    restore_btn.click(s.restore_run, inputs=[restore, preset, name, dataset, base, hparams], outputs=[message, shown])
     data["dataset"].change(lambda d: gr.Dropdown(value=d), inputs=data["dataset"], outputs=dataset)
     shown.change(s.refresh_train, inputs=shown, outputs=live, show_progress="hidden")
     timer = gr.Timer(refresh_s)
@@ -502,7 +508,7 @@ def _evaluate_screen(s: Screens) -> dict[str, Any]:
     with gr.Row():
         table = gr.Dataframe(headers=REPORT_HEADERS, label="objective report per checkpoint", interactive=False, scale=3,
                              elem_id="eval-table")  # fmt: skip
-        plot = gr.LinePlot(x="step", y="value", color="series", title="report by step", x_title="step", scale=2)
+        plot = gr.ScatterPlot(x="step", y="value", color="series", title="report by step", x_title="step", scale=2)
     select = gr.Button("Select the best (copy to best_eval_model.pth)")
     with gr.Row():
         export_ckpt = gr.Dropdown(label="checkpoint to export", choices=[], allow_custom_value=True, scale=3)

@@ -389,6 +389,12 @@ class Engine:
         out = [str(p) for p in sorted(run_dir.glob("export*")) if (p / "model.pth").is_file()]
         return out + [str(p) for p in reversed(runs_mod.checkpoints(run_dir))]
 
+    def checkpoints_by_step(self, run: str | Path) -> list[str]:
+        """One checkpoint per step (``checkpoint_N`` over ``best_model_N``): what an evaluation compares."""
+        from utils.runs import list_checkpoints
+
+        return [str(p) for p in list_checkpoints(self.run_path(run))]
+
     def references(self, run: str | Path) -> tuple[list[str], str | None, str]:
         """(candidate clips, the automatic choice, why) from the run's training rows."""
         from utils.reference import choose_references_for_run, run_rows

@@ -66,6 +66,22 @@ def _sigterm_as_interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt  # the trainer saves a checkpoint on KeyboardInterrupt
 
 
+def _preload() -> None:
+    """Import what the evaluation hooks import lazily, before training starts.
+
+    Stop is a SIGINT, which raises KeyboardInterrupt wherever the main thread is; landing inside
+    a first ``import matplotlib`` (the first evaluation's plot) leaves a half-imported package
+    behind, and the plot in the trainer's ``finally`` then fails instead of the run stopping.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+    import utils.synthesize  # noqa: F401
+    import utils.training.plots  # noqa: F401
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the job whose spec.json is ``argv[0]``; returns the exit code (0 finished or stopped)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -75,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     status = StatusWriter(spec_path.parent, spec)
     status.update()
+    _preload()
     from utils.events import JsonlWriter
     from utils.webui.engine import run_training_spec
 

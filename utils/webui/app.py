@@ -93,7 +93,15 @@ class Screens:
     # --- Data ------------------------------------------------------------------------------
 
     def dataset_choices(self) -> gr.Dropdown:
-        return gr.Dropdown(choices=self.engine.datasets())
+        """The datasets; the newest training's one selected (what a reopened page was working on)."""
+        choices = self.engine.datasets()
+        job = self.engine.current_job()
+        current = None
+        if job is not None and job.spec.get("config", {}).get("dataset"):
+            folder = Path(job.spec["config"]["dataset"])
+            if folder.is_relative_to(self.engine.data_root):
+                current = str(folder.relative_to(self.engine.data_root))
+        return gr.Dropdown(choices=choices, value=current if current in choices else None)
 
     @guard
     def use_demo(self, language: str) -> tuple[gr.Dropdown, str]:

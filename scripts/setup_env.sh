@@ -6,17 +6,24 @@
 #
 # System packages (Debian/Ubuntu): espeak-ng (demo and test speech), ffmpeg (compressed media in
 # data prep). Installed with apt-get when missing and we are root (or have sudo).
-# torch and torchaudio are pinned as a matching pair (2.11.0; torchaudio stops at 2.11 on PyPI).
-# PyPI's Linux wheels are CUDA builds that also run on CPU-only machines; set TORCH_INDEX_URL
-# (e.g. https://download.pytorch.org/whl/cu126) to take them from another PyTorch index.
+# Python packages come from requirements/lock.txt only (exact versions and hashes, Linux x86_64,
+# Python 3.11): torch 2.11.0 with torchaudio 2.11.0 (PyPI's Linux wheels are CUDA 13 builds that
+# also run on CPU-only machines), CTranslate2's CUDA 12 libraries, and every extra. For another
+# CUDA build of torch, regenerate the lock against that index (scripts/update_lock.sh --index-url ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# --test is accepted for the README's test command; the lock already holds the test extra.
+# --test: the test suite's system packages too (chromium for the web UI's browser test); the
+# lock already holds the Python test extra.
+with_test=0
+[ "${1:-}" = "--test" ] && with_test=1
 
 missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+if [ "$with_test" = 1 ]; then
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then apt=(apt-get); elif command -v sudo >/dev/null 2>&1; then apt=(sudo apt-get); else
     echo "error: missing system packages: ${missing[*]}; install them (apt-get install ${missing[*]}) and rerun" >&2
@@ -28,6 +35,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ] && ! "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  echo "error: the lock (requirements/lock.txt) is for Python 3.11, and $python is $($python --version 2>&1); run with PYTHON=python3.11" >&2
+  exit 2
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "creating .venv with $($python --version)" >&2
   "$python" -m venv .venv
@@ -42,9 +53,7 @@ stamp=.venv/.toolkit-install-stamp
 want="$(cat "$lock" setup.cfg pyproject.toml | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing the locked packages into .venv (first time: several minutes, torch is large)" >&2
-  index=()
-  [ -n "${TORCH_INDEX_URL:-}" ] && index=(--extra-index-url "$TORCH_INDEX_URL")
-  .venv/bin/python -m pip install -q --disable-pip-version-check "${index[@]}" --require-hashes -r "$lock"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r "$lock"
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi

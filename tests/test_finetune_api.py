@@ -124,3 +124,16 @@ def test_finetune_run_reports_every_step_through_events(tiny_base: Path, tmp_pat
     assert len(read_events(tmp_path / "events.jsonl")) == len(events)
     record = json.loads((result.run_dir / "config.json").read_text())["toolkit"]["run_config"]
     assert RunConfig.from_dict(record) == cfg
+
+
+def test_a_job_in_a_child_process_reports_its_error_through_the_event_file(tmp_path: Path) -> None:
+    from utils.finetune.child import start_job
+
+    cfg = RunConfig.build(dataset=REPO_ROOT / "demo" / "en", output_path=tmp_path / "runs", progress=False)
+    proc = start_job(cfg, tmp_path / "events.jsonl")  # no base model: refused before any training
+    proc.join(timeout=120)
+    assert proc.exitcode == 2
+    events = read_events(tmp_path / "events.jsonl")
+    assert [e.kind for e in events][-1] is EventKind.ERROR
+    assert "no base model" in events[-1].data["message"] and events[-1].data["type"] == "ConfigError"
+    assert events[0].kind is EventKind.STAGE and events[0].data == {"name": "locate_base", "status": "started"}

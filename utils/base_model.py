@@ -79,6 +79,11 @@ def check_base_model(root: str | os.PathLike[str]) -> BaseModelFiles:
         BaseModelError: naming each missing or empty file and how to get the files.
     """
     root = Path(root).expanduser()
+    if root.is_file():
+        raise BaseModelError(
+            f"base model {root} is a file; pass the folder that holds model.pth, config.json, vocab.json, "
+            f"dvae.pth and mel_stats.pth (here: --base-model {root.parent})"
+        )
     if not root.is_dir():
         raise BaseModelError(
             f"base model folder {root} does not exist; download XTTS v2 with "
@@ -99,6 +104,11 @@ def check_base_model(root: str | os.PathLike[str]) -> BaseModelFiles:
             f"`python scripts/download_xtts_v2.py {root}` again"
         ) from None
     speakers = root / "speakers_xtts.pth"
+    from utils.safe_load import check_model_files
+
+    # Coqui loads these itself (weights_only=True, but its refusal is a raw traceback): refuse a
+    # file that pickles code here, with one line naming it.
+    check_model_files([root / n for n in ("model.pth", "dvae.pth", "mel_stats.pth")] + ([speakers] if speakers.is_file() else []))
     return BaseModelFiles(
         root=root,
         model=root / "model.pth",

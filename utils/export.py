@@ -85,18 +85,9 @@ class ExportResult:
 
 def load_state_dict(checkpoint: str | os.PathLike) -> dict[str, Any]:
     """The ``model`` state dict of a Trainer checkpoint or an exported model.pth (tensors only)."""
-    import pickle
+    from utils.safe_load import load_torch_file
 
-    import torch
-
-    try:
-        data = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # The toolkit's own Trainer checkpoints may hold plain Python objects in "config"; they
-        # are trusted files the run wrote.
-        data = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError) as exc:
-        raise DataError(f"cannot read checkpoint {checkpoint}: {exc}; is the file complete?") from exc
+    data = load_torch_file(checkpoint)
     state = data.get("model", data) if isinstance(data, dict) else None
     if not isinstance(state, dict):
         raise DataError(f"{checkpoint} holds no model state dict; pass a Trainer checkpoint or an exported model.pth")
@@ -179,8 +170,6 @@ def export_model(
     Raises:
         DataError: missing checkpoint/config/vocab, or ``out_dir`` in the way.
     """
-    import torch
-
     checkpoint = Path(checkpoint)
     run_dir = Path(run_dir) if run_dir is not None else checkpoint.parent
     out_dir = Path(out_dir)
@@ -191,16 +180,41 @@ def export_model(
     run_config = read_run_config(run_dir)
     vocab = _run_vocab(run_dir, run_config)
     language = run_language(run_config)
-    if references is None:
-        from utils.reference import choose_references_for_run
-
-        choice = choose_references_for_run(run_dir, count=num_references)
-        references = [c.path for c in choice.chosen]
-        reference_info = choice.to_dict()
-    else:
-        reference_info = {"given": [str(p) for p in references]}
+    references, reference_info = _references(run_dir, references, num_references)
     state = compact_state_dict(load_state_dict(checkpoint))
     config = inference_config(run_config, _base_config_path(run_config))
+    new_languages, shipped = _write_folder(out_dir, state, config, vocab, references, info={
+        "checkpoint": str(checkpoint.resolve()), "step": checkpoint_step(checkpoint), "run_dir": str(run_dir.resolve()),
+        "language": language, "reference_choice": reference_info, "parameters": int(sum(v.numel() for v in state.values())),
+    }, readme=lambda shipped, new: _readme(out_dir, checkpoint, language, shipped, new, _example_text(run_dir)))  # fmt: skip
+    result = ExportResult(
+        out_dir=out_dir, size_bytes=folder_size(out_dir), checkpoint=checkpoint, languages=list(config.languages),
+        new_languages=new_languages, references=[out_dir / p for p in shipped],
+    )  # fmt: skip
+    logger.info("exported %s -> %s (%s, %d references)", checkpoint.name, out_dir, result.size_text(), len(shipped))
+    return result
+
+
+def _references(run_dir: Path, references: list | None, count: int) -> tuple[list, dict[str, Any]]:
+    """The speaker clips to ship (given, or chosen from the run's training rows) and why."""
+    if references is not None:
+        return references, {"given": [str(p) for p in references]}
+    from utils.reference import choose_references_for_run
+
+    choice = choose_references_for_run(run_dir, count=count)
+    return [c.path for c in choice.chosen], choice.to_dict()
+
+
+def _write_folder(out_dir: Path, state: dict[str, Any], config: Any, vocab: Path, references: list,
+                  info: dict[str, Any], readme: Any) -> tuple[list[str], list[str]]:  # fmt: skip
+    """Write the folder under a temporary name, then rename it into place (never half written).
+
+    Returns:
+        (the model's languages XTTS v2 lacks, the shipped reference paths relative to the folder).
+    """
+    import torch
+
+    from utils.language.registry import is_xtts_language
 
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{secrets.token_hex(3)}")
     tmp.mkdir(parents=True)
@@ -215,40 +229,17 @@ def export_model(
             dest = ref_dir / f"ref_{i:02d}{Path(ref).suffix or '.wav'}"
             shutil.copy2(ref, dest)
             shipped.append(dest.relative_to(tmp).as_posix())
-        from utils.language.registry import is_xtts_language
-
         new_languages = [c for c in config.languages if not is_xtts_language(c)]
-        info = {
-            "checkpoint": str(checkpoint.resolve()),
-            "step": checkpoint_step(checkpoint),
-            "run_dir": str(run_dir.resolve()),
-            "language": language,
-            "languages": list(config.languages),
-            "new_languages": new_languages,
-            "references": shipped,
-            "reference_choice": reference_info,
-            "parameters": int(sum(v.numel() for v in state.values())),
-        }
+        info = {**info, "languages": list(config.languages), "new_languages": new_languages, "references": shipped}
         (tmp / "export_info.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        example = _example_text(run_dir)
-        (tmp / "README.txt").write_text(_readme(out_dir, checkpoint, language, shipped, new_languages, example), encoding="utf-8")
+        (tmp / "README.txt").write_text(readme(shipped, new_languages), encoding="utf-8")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    size = folder_size(out_dir)
-    result = ExportResult(
-        out_dir=out_dir,
-        size_bytes=size,
-        checkpoint=checkpoint,
-        languages=list(config.languages),
-        new_languages=new_languages,
-        references=[out_dir / p for p in shipped],
-    )
-    logger.info("exported %s -> %s (%s, %d references)", checkpoint.name, out_dir, result.size_text(), len(shipped))
-    return result
+    return new_languages, shipped
 
 
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, which: str = "best") -> Path:

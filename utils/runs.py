@@ -5,21 +5,26 @@ optimizer state), ``--restore`` and export (the best model), evaluation (all che
 synthesis. A run folder holds config.json (with the toolkit's record under ``"toolkit"``),
 vocab.json, ``checkpoint_N.pth`` (full training state), ``best_model_N.pth`` (weights only) and
 ``best_model.pth`` (a link to the newest best), metrics.jsonl and events.jsonl. Checkpoints are
-read with ``weights_only=True`` (nothing in them can run code).
+read through :func:`utils.safe_load.load_torch_file` (nothing in them can run code).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from utils.errors import ConfigError, DataError
 
+logger = logging.getLogger(__name__)
+
 _STEP_RE = re.compile(r"^(checkpoint|best_model)_(\d+)\.pth$")
 BEST = "best_model.pth"
+PARTIAL_SUFFIX = ".partial"  # a checkpoint being written (utils/training/checkpoints.py renames it into place)
 
 
 def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
@@ -29,10 +34,15 @@ def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, Any]:
-    """Load a checkpoint on the CPU with ``weights_only=True`` (``mmap``: lazy tensors)."""
-    import torch
+    """Load a checkpoint on the CPU, never running code from it (``mmap``: lazy tensors).
 
-    return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    Raises:
+        UnsafeModelFileError: the file pickles more than tensors and plain data.
+        DataError: the file is missing, truncated or not a PyTorch file.
+    """
+    from utils.safe_load import load_torch_file
+
+    return load_torch_file(path, mmap=mmap)
 
 
 # --- config -----------------------------------------------------------------------------------
@@ -54,10 +64,58 @@ def read_toolkit_record(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return dict(read_run_config(run_dir).get("toolkit") or {})
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """The toolkit's record of a run (config.json's ``"toolkit"``), typed for its readers.
+
+    Written when the run starts (:meth:`utils.finetune.FineTune.build_trainer`); the trainer adds
+    what it decides at the start (``speed_applied``, ``distributed``, ``micro_batch_plan``).
+    Keys this class does not name are kept in ``extra``.
+    """
+
+    language: str = "en"
+    base_model: str | None = None
+    train_csv: str | None = None
+    eval_csv: str | None = None
+    grad_accum: int = 1
+    eval_every_steps: int | None = None
+    hparams: Mapping[str, Any] = field(default_factory=dict)  # values, "sources", table row (Resolved.as_dict)
+    vocab_extension: Mapping[str, Any] | None = None  # a language XTTS lacks: utils.language.vocab.VocabExtension
+    speed: Mapping[str, Any] = field(default_factory=dict)
+    speed_applied: tuple[str, ...] = ()
+    test_sentences: int = 0
+    test_max_new_tokens: int | None = None
+    export: bool = True
+    planned_optimizer_steps: int | None = None
+    preset: str | None = None
+    restored_from: str | None = None
+    run_config: Mapping[str, Any] | None = None  # utils.finetune.RunConfig.to_dict()
+    distributed: Mapping[str, Any] | None = None
+    micro_batch_plan: Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, toolkit: Mapping[str, Any] | None) -> "RunRecord":
+        data = dict(toolkit or {})
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: data.pop(k) for k in list(data) if k in known and data[k] is not None}
+        if "speed_applied" in values:
+            values["speed_applied"] = tuple(values["speed_applied"])
+        return cls(**values, extra=data)
+
+    @classmethod
+    def read(cls, run_dir: str | os.PathLike[str]) -> "RunRecord":
+        """The record of ``run_dir`` (an empty one when config.json is missing)."""
+        return cls.from_dict(read_toolkit_record(run_dir))
+
+    @property
+    def hparam_sources(self) -> dict[str, str]:
+        return dict(self.hparams.get("sources") or {})
+
+
 def run_language(run_config: dict[str, Any]) -> str:
     """The language the run trained on (the toolkit record; else en)."""
-    toolkit = run_config.get("toolkit") or {}
-    return str(toolkit.get("language") or "en")
+    return RunRecord.from_dict(run_config.get("toolkit")).language
 
 
 # --- listing and checking ---------------------------------------------------------------------
@@ -82,9 +140,14 @@ def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
 
 def has_training_state(path: str | os.PathLike[str]) -> bool:
     """True when the checkpoint holds optimizer state (so a run can resume from it exactly)."""
+    from utils.safe_load import UnsafeModelFileError
+
     try:
         state = load_checkpoint(path, mmap=True)
-    except (OSError, RuntimeError, ValueError, EOFError):  # unreadable: not a resume point
+    except UnsafeModelFileError:
+        raise  # a file that could run code is refused, not skipped quietly
+    except DataError as exc:  # truncated or not a PyTorch file: not a resume point
+        logger.warning("skipping %s as a resume point: %s", path, exc)
         return False
     return bool(state.get("optimizer"))
 
@@ -113,7 +176,7 @@ def best_eval_loss(run_dir: str | os.PathLike[str]) -> dict[str, float] | None:
             continue
         try:
             loss = load_checkpoint(path, mmap=True).get("model_loss")
-        except (OSError, RuntimeError, ValueError, EOFError):
+        except DataError:  # unreadable (UnsafeModelFileError included): its loss is unknown
             continue
         if isinstance(loss, dict) and loss.get("eval_loss") is not None:
             if best is None or float(loss["eval_loss"]) < float(best["eval_loss"]):
@@ -168,10 +231,22 @@ def restore_checkpoint(path: str | os.PathLike[str]) -> Path:
     raise ConfigError(f"--restore {path}: no such checkpoint file or run folder")
 
 
+def remove_partial_files(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporary files a killed save left behind; return what was deleted."""
+    removed = []
+    for tmp in Path(run_dir).glob(f".*{PARTIAL_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    if removed:
+        logger.warning(
+            "removed %d incomplete checkpoint file(s) left by an interrupted save: %s", len(removed),
+            ", ".join(p.name for p in removed),
+        )  # fmt: skip
+    return removed
+
+
 def resume_checkpoint(run_dir: str | os.PathLike[str]) -> Path:
     """``--continue``: the newest complete checkpoint with optimizer state (partial files removed first)."""
-    from utils.training.checkpoints import remove_partial_files
-
     remove_partial_files(run_dir)
     last = last_checkpoint(run_dir)
     if last is None:
@@ -183,15 +258,3 @@ def epochs_done(checkpoint: str | os.PathLike[str]) -> int:
     """Complete epochs at this checkpoint (the toolkit's exact count; Coqui's ``epoch`` otherwise)."""
     state = load_checkpoint(checkpoint, mmap=True)
     return int((state.get("toolkit_state") or {}).get("epochs_done", state.get("epoch", 0)))
-
-
-def lr_at_checkpoint(checkpoint: str | os.PathLike[str]) -> float | None:
-    """The LR the run had reached at this checkpoint (from the LR bridge's state), or None."""
-    from utils.training.lr_schedule import ScheduleSpec
-
-    state = load_checkpoint(checkpoint, mmap=True)
-    sched = (state.get("scheduler") or [None])[0]
-    if not (isinstance(sched, dict) and "spec" in sched):
-        return None
-    spec = ScheduleSpec(**dict(sched["spec"]))
-    return spec.lr_at(int(sched["optimizer_steps"]), float(sched["plateau_scale"]), float(sched.get("health_scale", 1.0)))

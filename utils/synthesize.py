@@ -131,6 +131,9 @@ def _load_export(model_dir: Path) -> LoadedModel:
     config = XttsConfig()
     config.load_json(str(model_dir / "config.json"))
     model = Xtts(config)
+    from utils.safe_load import check_model_files
+
+    check_model_files(sorted(model_dir.glob("*.pth")))  # Coqui's own refusal would be a raw traceback
     model.load_checkpoint(config, checkpoint_dir=str(model_dir), eval=True)
     use_toolkit_tokenizer(model, model_dir / "vocab.json")  # Coqui's tokenizer raises for new languages
     info_path = model_dir / "export_info.json"

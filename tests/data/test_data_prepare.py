@@ -45,7 +45,18 @@ class FakeWhisper:
         return list(self.words), "en"
 
 
+# Whisper tiny.en (int8 on the CPU) reads espeak-ng speech well but not perfectly, and its int8
+# kernels differ by CPU instruction set (CT2_FORCE_CPU_ISA=GENERIC/AVX/AVX2/AVX512 give different
+# words for the same audio): a tongue twister can come out as "Peter Piper, big tapek, and big old
+# peppers." on one machine and right on another. So transcripts are checked by character error
+# rate against the truth, per sentence loosely and over the whole recording tightly.
+MAX_SENTENCE_CER = 0.6  # one sentence may be misheard badly, not replaced by another
+MAX_MEAN_CER = 0.25  # seen here: 0.08-0.13 over the five sentences on the four instruction sets
+
+
 def test_real_whisper_transcribes_and_cuts_at_known_pauses(long_recording, tmp_path):
+    from utils.evaluate import error_rates
+
     wav, layout, sr = long_recording
     out = tmp_path / "ds"
     from scripts.prepare_dataset import main
@@ -57,15 +68,19 @@ def test_real_whisper_transcribes_and_cuts_at_known_pauses(long_recording, tmp_p
     clips = sorted(report["clips"].items(), key=lambda kv: kv[1]["start"])
     assert len(clips) == len(layout)  # 1.5 s pauses > merge gap: one clip per sentence
     rows = {r.audio_file: r for r in _all_rows(out)}
+    cers = []
     for (name, meta), (start, end, text) in zip(clips, layout):
         # the clip holds its sentence (within Whisper's timing error) and stays out of its neighbours
         assert meta["start"] <= start + 0.3 and meta["end"] >= end - 0.3
         assert meta["start"] >= start - 1.5 and meta["end"] <= end + 1.5
-        truth, got = _words_of(text), _words_of(rows[name].text)
-        assert len(truth & got) / len(truth) >= 0.5, (text, rows[name].text)
+        cer, _ = error_rates(text, rows[name].text, "en")
+        assert cer <= MAX_SENTENCE_CER, (text, rows[name].text, cer)
+        cers.append(cer)
         info = sf.info(str(out / name))
         assert (info.samplerate, info.channels, info.subtype) == (22050, 1, "PCM_16")
         assert 0.5 <= info.duration <= 11.6
+    # the one check that fails whenever transcription is broken (wrong language, garbage, empty)
+    assert sum(cers) / len(cers) <= MAX_MEAN_CER, [rows[n].text for n, _ in clips]
     assert report["split"]["by"] == "clip" and report["split"]["eval_clips"] >= 1
 
 

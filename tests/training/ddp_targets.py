@@ -138,3 +138,14 @@ def run_train(config: Any, train_rows: list, eval_rows: list, continue_path: str
     trainer.fit()
     return {"run_dir": str(trainer.output_path), "records": trainer.evaluation_records,
             "total_steps": trainer.total_steps_done, "optimizer_steps": trainer.optimizer_steps}, trainer  # fmt: skip
+
+
+def job_folder_modes() -> list[int]:
+    """Permission bits of this worker's job folder and of its pickled job file."""
+    import os
+    import stat
+
+    from utils.training.launch import ENV_STAGING
+
+    job = Path(os.environ[ENV_STAGING])
+    return [stat.S_IMODE(job.stat().st_mode), stat.S_IMODE((job / "job.pkl").stat().st_mode)]

@@ -323,12 +323,16 @@ class FineTune:
         run_dir, cfg = self.continue_dir, self.config
         epochs = cfg.hparams.get("epochs")
         self.trainer_config, _last = restart.load_continue_config(run_dir, int(epochs) if epochs is not None else None)
-        tk = self.trainer_config.toolkit
+        from utils.runs import RunRecord
+
+        rec = RunRecord.from_dict(self.trainer_config.toolkit)
         if steps.has_data(cfg):
             train_csv, eval_csv = steps.locate_data(cfg)
+        elif rec.train_csv and rec.eval_csv:
+            train_csv, eval_csv = Path(rec.train_csv), Path(rec.eval_csv)
         else:
-            train_csv, eval_csv = Path(tk["train_csv"]), Path(tk["eval_csv"])
-        language = tk.get("language", "en")
+            raise ConfigError(f"--continue {run_dir}: its config.json names no data; give --dataset DIR")
+        language = rec.language
         self.data = steps.check_data(DataSplit(train_csv, eval_csv), language, run_dir / "vocab.json", cfg.max_excluded_share)
         self.result = self._fit(self.trainer_config, self.data, output=run_dir.parent, continue_path=run_dir)
         return self.result

@@ -25,8 +25,15 @@ class RestoreSource:
 
     checkpoint: Path
     run_dir: Path
-    toolkit: dict[str, Any]
+    toolkit: dict[str, Any]  # config.json's "toolkit" as stored; typed: :attr:`record`
     lr: float | None  # the LR the run had reached at this checkpoint
+
+    @property
+    def record(self) -> Any:
+        """The run's :class:`utils.runs.RunRecord`."""
+        from utils.runs import RunRecord
+
+        return RunRecord.from_dict(self.toolkit)
 
     @property
     def lr_reference(self) -> tuple[float, str] | None:
@@ -41,24 +48,37 @@ def locate_restore(path: Path) -> RestoreSource:
     ckpt = runs.restore_checkpoint(path)
     run_dir = ckpt.parent
     toolkit = runs.read_toolkit_record(run_dir)
-    return RestoreSource(checkpoint=ckpt, run_dir=run_dir, toolkit=toolkit, lr=runs.lr_at_checkpoint(ckpt))
+    return RestoreSource(checkpoint=ckpt, run_dir=run_dir, toolkit=toolkit, lr=lr_at_checkpoint(ckpt))
+
+
+def lr_at_checkpoint(checkpoint: str | Path) -> float | None:
+    """The LR the run had reached at this checkpoint (from the LR bridge's state), or None."""
+    from utils.runs import load_checkpoint
+    from utils.training.lr_schedule import ScheduleSpec
+
+    state = load_checkpoint(checkpoint, mmap=True)
+    sched = (state.get("scheduler") or [None])[0]
+    if not (isinstance(sched, dict) and "spec" in sched):
+        return None
+    spec = ScheduleSpec(**dict(sched["spec"]))
+    return spec.lr_at(int(sched["optimizer_steps"]), float(sched["plateau_scale"]), float(sched.get("health_scale", 1.0)))
 
 
 def apply_restore_defaults(config: RunConfig, src: RestoreSource) -> RunConfig:
     """Language, base model and data default to the restored run's (the weights fit them)."""
-    tk = src.toolkit
-    if config.language and tk.get("language") and config.language != tk["language"]:
+    rec, stored_language = src.record, src.toolkit.get("language")
+    if config.language and stored_language and config.language != stored_language:
         raise ConfigError(
-            f"--restore keeps the restored run's language ({tk['language']}); drop --language {config.language} or "
+            f"--restore keeps the restored run's language ({stored_language}); drop --language {config.language} or "
             "start from the base model"
         )
     changes: dict[str, Any] = {}
-    if not config.language and tk.get("language"):
-        changes["language"] = tk["language"]
-    if config.base_model is None and tk.get("base_model"):
-        changes["base_model"] = Path(tk["base_model"])
-    if not (config.dataset or config.train_csv or config.eval_csv or config.demo) and tk.get("train_csv"):
-        changes.update(train_csv=Path(tk["train_csv"]), eval_csv=Path(tk["eval_csv"]))
+    if not config.language and stored_language:
+        changes["language"] = stored_language
+    if config.base_model is None and rec.base_model:
+        changes["base_model"] = Path(rec.base_model)
+    if not (config.dataset or config.train_csv or config.eval_csv or config.demo) and rec.train_csv and rec.eval_csv:
+        changes.update(train_csv=Path(rec.train_csv), eval_csv=Path(rec.eval_csv))
     if not changes:
         return config
     import dataclasses
@@ -71,7 +91,7 @@ def restored_vocab(src: RestoreSource) -> tuple[Path, dict[str, Any] | None]:
     vocab = src.run_dir / "vocab.json"
     if not vocab.is_file():
         raise ConfigError(f"--restore: {vocab} is missing; the vocabulary must come with the checkpoint's run folder")
-    ext = src.toolkit.get("vocab_extension")
+    ext = src.record.vocab_extension
     return vocab, (dict(ext) if ext else None)
 
 

@@ -30,11 +30,18 @@ from typing import Any
 import torch
 
 # Readers live with the run folder (utils.runs); re-exported for the trainer, which writes.
-from utils.runs import best_eval_loss, checkpoint_step, has_training_state, last_checkpoint, load_checkpoint  # noqa: F401
+from utils.runs import (  # noqa: F401
+    PARTIAL_SUFFIX,
+    best_eval_loss,
+    checkpoint_step,
+    has_training_state,
+    last_checkpoint,
+    load_checkpoint,
+    remove_partial_files,
+)
 
 logger = logging.getLogger(__name__)
 
-PARTIAL_SUFFIX = ".partial"
 # Test hook only: "NAME:SECONDS" pauses SECONDS after the first MiB of NAME's temporary file, so a
 # test can kill the process in the middle of a checkpoint write.
 _PAUSE_ENV = "XTTS_TOOLKIT_TEST_SAVE_PAUSE"
@@ -100,20 +107,6 @@ def atomic_link(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Pa
         shutil.copyfile(src, tmp)
     os.replace(tmp, dest)
     return dest
-
-
-def remove_partial_files(run_dir: str | os.PathLike[str]) -> list[Path]:
-    """Delete temporary files a killed save left behind; return what was deleted."""
-    removed = []
-    for tmp in Path(run_dir).glob(f".*{PARTIAL_SUFFIX}"):
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    if removed:
-        logger.warning(
-            "removed %d incomplete checkpoint file(s) left by an interrupted save: %s", len(removed),
-            ", ".join(p.name for p in removed),
-        )  # fmt: skip
-    return removed
 
 
 def training_state(trainer: Any, *, steps_done: int, epochs_done: int, epoch_batches_done: int = 0,

@@ -2,7 +2,7 @@
 
 ``python utils/gpt_train.py --gpus N ...`` prepares everything once (base model, preflight,
 vocabulary, config), then :func:`utils.training.launch.launch_train` starts N workers that each
-run :func:`utils.gpt_train.train` on their own shard of the training rows; inside it,
+run :func:`utils.finetune.training.train` on their own shard of the training rows; inside it,
 :func:`build_trainer` makes the Trainer rank-aware. Gradients are averaged
 over the workers before clipping, so N workers with micro-batch B and G accumulation steps take
 the optimizer step one worker takes with micro-batch B and N x G accumulation steps (same number
@@ -35,7 +35,7 @@ Evaluation runs on every rank over the full eval set (identical weights, so iden
 :func:`all_reduce_mean` makes the value every rank's LR bridge and health monitor decide on
 provably the same. Metrics, plots, TensorBoard and checkpoints come from rank 0 only.
 
-Where the toolkit calls in: ``utils.gpt_train.train`` builds its Trainer with
+Where the toolkit calls in: ``utils.finetune.training.train`` builds its Trainer with
 :func:`build_trainer` and writes vocab.json/preflight_report.json/plots on rank 0 only;
 ``main`` runs ``train`` through ``launch_train`` when ``--gpus`` > 1 and shows :func:`plan_batch`
 in ``--dry-run``; ``ToolkitGPTTrainer.before_gradient_clipping`` calls :func:`sync_gradients`.

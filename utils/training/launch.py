@@ -17,7 +17,6 @@ import importlib
 import logging
 import os
 import pickle
-import secrets
 import shutil
 import signal
 import socket
@@ -88,11 +87,8 @@ def launch_train(
     """
     backend = backend or default_backend()
     gpu_ids = check_gpus(nprocs, backend)
-    root = Path(staging_dir) if staging_dir else Path(tempfile.gettempdir())
-    job_dir = root / f"ddp-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-    job_dir.mkdir(parents=True)
-    with open(job_dir / "job.pkl", "wb") as fh:
-        pickle.dump({"fn": _fn_ref(fn), "args": args, "kwargs": kwargs, "log_level": logging.getLogger().level}, fh)
+    job_dir = _private_job_dir(staging_dir, {"fn": _fn_ref(fn), "args": args, "kwargs": kwargs,
+                                             "log_level": logging.getLogger().level})  # fmt: skip
     port = _free_port()
     procs: list[subprocess.Popen] = []
     logs: list[Any] = []
@@ -124,6 +120,20 @@ def launch_train(
         result = pickle.load(fh)
     shutil.rmtree(job_dir, ignore_errors=True)
     return result
+
+
+def _private_job_dir(staging_dir: str | Path | None, job: dict[str, Any]) -> Path:
+    """A new job folder holding ``job.pkl``.
+
+    The job files are pickles that the workers load: keep them private to this user (mkdtemp
+    creates the folder with mode 0700, exclusively, so nobody else can plant or swap a file).
+    """
+    root = Path(staging_dir) if staging_dir else Path(tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    job_dir = Path(tempfile.mkdtemp(prefix=f"ddp-{time.strftime('%Y%m%d-%H%M%S')}-", dir=root))
+    with open(os.open(job_dir / "job.pkl", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
+        pickle.dump(job, fh)
+    return job_dir
 
 
 def _fn_ref(fn: Callable[..., Any] | str) -> str:

@@ -39,8 +39,8 @@ logger = logging.getLogger(__name__)
 class ToolkitGPTTrainer(GPTTrainer):
     """GPTTrainer with the LR bridge, the toolkit dataset and tokenizer, and vocabulary growth."""
 
-    run_dir: Path | None = None  # set by utils.gpt_train before fit(); run-time exclusions go there
-    speed: Any = None  # utils.training.speed.SpeedOptions applied to this model (set by utils.gpt_train)
+    run_dir: Path | None = None  # set by utils.finetune.training before fit(); run-time exclusions go there
+    speed: Any = None  # utils.training.speed.SpeedOptions applied to this model (set by utils.finetune.training)
 
     def __init__(self, config: Any) -> None:
         from utils.language import use_toolkit_tokenizer

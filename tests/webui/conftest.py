@@ -29,7 +29,8 @@ def free_port() -> int:
 class Server:
     """``scripts/webui.py`` in a child process; ``restart()`` stops and starts it on the same folders."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.extra_args = list(extra_args)
         self.data, self.runs = root / "data", root / "runs"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -39,7 +40,7 @@ class Server:
     def start(self, timeout: float = 90.0) -> None:
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
         cmd = [sys.executable, str(REPO_ROOT / "scripts" / "webui.py"), "--port", str(self.port), "--data", str(self.data),
-               "--runs", str(self.runs)]  # fmt: skip
+               "--runs", str(self.runs), *self.extra_args]  # fmt: skip
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + timeout

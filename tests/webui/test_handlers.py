@@ -190,3 +190,12 @@ def test_upload_recordings_then_prepare_transcribes_them(screens: Screens, tmp_p
     assert clips >= 2, summary
     text = (made / "metadata_train.csv").read_text().lower() + (made / "metadata_eval.csv").read_text().lower()
     assert "quiet afternoon" in text and "speaker sounds" in text
+
+
+def test_download_without_a_network_is_one_message(screens: Screens, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The download button's failure offline (a mirror that refuses connections) is one line."""
+    real = screens.engine.download_base
+    monkeypatch.setattr(screens.engine, "download_base", lambda: real(base_url="http://127.0.0.1:9"))
+    message = _one_line_error(screens.download_base)
+    assert "127.0.0.1:9" in message or "reach" in message, message
+    assert not (screens.engine.cache_dir / "xtts_v2" / "model.pth").exists()

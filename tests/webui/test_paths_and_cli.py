@@ -83,3 +83,35 @@ def test_non_loopback_bind_without_auth_is_refused() -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: --host 0.0.0.0") and "--auth USER:PASS" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_auth_guards_the_app(tmp_path: Path) -> None:
+    """With --auth, nothing but the login page answers until the right USER:PASS is given."""
+    import http.cookiejar
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from tests.webui.conftest import Server
+
+    server = Server(tmp_path, ("--auth", "alice:s3cret"))
+    server.start()
+    try:
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+
+        def status(path: str, form: dict[str, str] | None = None) -> int:
+            data = urllib.parse.urlencode(form).encode() if form else None
+            try:
+                with opener.open(server.url.rstrip("/") + path, data=data, timeout=10) as resp:
+                    return resp.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert status("/config") == 401 and status("/gradio_api/info") == 401
+        assert status("/login", {"username": "alice", "password": "wrong"}) == 400
+        assert status("/config") == 401
+        assert status("/login", {"username": "alice", "password": "s3cret"}) == 200
+        assert status("/config") == 200
+    finally:
+        server.stop()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from utils.errors import ConfigError, DataError
-from utils.webui import runs as runs_mod
+from utils.webui import run_view as runs_mod
 from utils.webui.jobs import Job, JobManager
 from utils.webui.paths import confine, safe_name
 
@@ -243,11 +243,12 @@ class Engine:
 
         return Path(locate_base_model(RunConfig.build(demo=True), self.cache_dir).root)
 
-    def download_base(self) -> Path:
-        """Download XTTS v2 into the cache (tqdm progress; idempotent)."""
+    def download_base(self, base_url: str | None = None) -> Path:
+        """Download XTTS v2 into the cache (tqdm progress; idempotent; ``base_url``: a mirror)."""
         from utils.base_model import download_xtts_v2
 
-        return Path(download_xtts_v2(self.cache_dir / "xtts_v2"))
+        kwargs = {"base_url": base_url} if base_url else {}
+        return Path(download_xtts_v2(self.cache_dir / "xtts_v2", **kwargs))
 
     def base_path(self, choice: str) -> Path | None:
         """None for the tiny base; else the checked folder (cache or data folder only)."""

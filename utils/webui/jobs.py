@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.errors import ConfigError
-from utils.webui.runs import read_json
+from utils.webui.run_view import read_json
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any
 from utils import cli
 from utils.errors import ToolkitError
 from utils.webui.jobs import Job, write_json_atomic
-from utils.webui.runs import read_json
+from utils.webui.run_view import read_json
 
 logger = logging.getLogger("utils.webui.worker")
 

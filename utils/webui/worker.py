@@ -12,6 +12,7 @@ it never parses this process's output.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -34,7 +35,7 @@ class StatusWriter:
     def __init__(self, folder: Path, spec: dict[str, Any]) -> None:
         self.folder = folder
         self.job = Job(folder=folder, spec=spec)
-        self.status: dict[str, Any] = {"state": "running", "pid": _pid(), "started": time.time()}
+        self.status: dict[str, Any] = {"state": "running", "pid": os.getpid(), "started": time.time()}
         self._lock = threading.Lock()
 
     def update(self, **values: Any) -> None:
@@ -54,12 +55,6 @@ class StatusWriter:
         if run_dir is not None and "run_dir" not in self.status:
             values["run_dir"] = str(run_dir)
         self.update(ended=time.time(), **values)
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
 
 
 def _sigterm_as_interrupt(_signum: int, _frame: Any) -> None:

@@ -162,6 +162,8 @@ def test_reattach_after_a_server_restart_from_the_run_folder(tmp_path: Path) -> 
     assert _rows(events)[0][1:4] == ["plateau", "flat", "cut the LR"]
     assert {r[0]: r[2] for r in _rows(hparams)} == {"lr": "recipe", "epochs": "recipe"}
     assert screens.engine.jobs.active() is None  # a dead worker does not block the next start
+    assert "outside the folders this server may use" in screens.refresh_train("../../etc")[0]
+    assert f"run: {run.name}" in screens.refresh_train(run.name)[0]
     html = screens.test_sentences_html(run.name)
     assert html.count("<audio") == 2 and "step 2" in html and "step 4" in html and "Sphinx of black quartz." in html
 

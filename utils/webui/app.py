@@ -205,7 +205,11 @@ class Screens:
     def refresh_train(self, shown: str | None) -> tuple:
         """The live view: the run chosen, else the newest job's run (re-attach after reload/restart)."""
         job = self.engine.current_job()
-        run_dir = (self.engine.runs_root / shown) if shown else (job.run_dir if job is not None else None)
+        try:  # the timer calls this every few seconds: a bad choice shows in the status, not as a toast each time
+            run_dir = self.engine.run_path(shown) if shown else (job.run_dir if job is not None else None)
+        except ToolkitError as exc:
+            return (str(exc), _empty_curves(), _empty_curves(), pd.DataFrame(columns=EVAL_HEADERS),
+                    pd.DataFrame(columns=EVENT_HEADERS), pd.DataFrame(columns=HPARAM_HEADERS))  # fmt: skip
         if job is not None and shown and (job.run_dir is None or job.run_dir.name != shown):
             job = None  # another run is shown: its own folder tells its story
         lines = self._job_lines(job)

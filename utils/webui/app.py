@@ -1,0 +1,547 @@
+"""The four screens (Data, Train, Listen, Evaluate / export) as a Gradio 6 app.
+
+:class:`Screens` holds one handler per user action; each calls :class:`utils.webui.engine.Engine`
+and returns what the components show, so tests drive the handlers without a browser. Every
+handler goes through :func:`guard`: a problem the user can fix shows as one message in the page
+(``gr.Error``), never as a traceback. :func:`build_app` lays the screens out.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import gradio as gr
+import pandas as pd
+
+from utils.errors import ToolkitError
+from utils.webui.engine import TINY_BASE, DataSummary, Engine
+from utils.webui.jobs import ACTIVE_STATES
+
+logger = logging.getLogger(__name__)
+
+TITLE = "XTTS v2 fine-tuning"
+EXCLUDED_HEADERS = ["split", "row", "audio_file", "reason", "detail"]
+FLAGGED_HEADERS = ["#", "split", "row", "audio_file", "reason", "text"]
+HPARAM_HEADERS = ["hyperparameter", "value", "source"]
+EVAL_HEADERS = ["step", "optimizer step", "train loss", "eval loss", "LR", "samples/s"]
+EVENT_HEADERS = ["step", "event", "message", "recommendation", "action"]
+REPORT_HEADERS = ["checkpoint", "step", "CER", "WER", "similarity", "s/letter", "trailing s", "flagged", "score"]
+PRESETS = ["", "stable", "fast", "plateau-breaker"]
+CSS = """
+.wui-status textarea {font-family: monospace}
+#listen-tests {overflow-x: auto}
+.wui-tests audio {width: 210px}
+.wui-tests td, .wui-tests th {padding: 4px 8px; vertical-align: middle}
+"""
+
+
+def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn every failure into one message in the page (the traceback goes to the server log)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except ToolkitError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        except Exception as exc:  # an unexpected failure: one line for the page, details in the log
+            logger.exception("%s failed", fn.__name__)
+            raise gr.Error(f"{fn.__name__.replace('_', ' ')} failed: {type(exc).__name__}: {exc}", print_exception=False) from None
+
+    return wrapper
+
+
+def _fmt(value: Any, spec: str = ".4g") -> str:
+    if value is None:
+        return "-"
+    try:
+        return format(float(value), spec)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _hms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _rows(df: Any) -> list[list[Any]]:
+    """A Dataframe component's value (pandas or a list of lists) as a list of rows."""
+    if df is None:
+        return []
+    if isinstance(df, pd.DataFrame):
+        return df.values.tolist()
+    if isinstance(df, dict) and "data" in df:
+        return list(df["data"])
+    return [list(r) for r in df]
+
+
+class Screens:
+    """Handlers of the four screens over one :class:`Engine`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # --- Data ------------------------------------------------------------------------------
+
+    def dataset_choices(self) -> gr.Dropdown:
+        """The datasets; the newest training's one selected (what a reopened page was working on)."""
+        choices = self.engine.datasets()
+        job = self.engine.current_job()
+        current = None
+        if job is not None and job.spec.get("config", {}).get("dataset"):
+            folder = Path(job.spec["config"]["dataset"])
+            if folder.is_relative_to(self.engine.data_root):
+                current = str(folder.relative_to(self.engine.data_root))
+        return gr.Dropdown(choices=choices, value=current if current in choices else None)
+
+    @guard
+    def use_demo(self, language: str) -> tuple[gr.Dropdown, str]:
+        folder = self.engine.copy_demo(language or "en")
+        rel = str(folder.relative_to(self.engine.data_root))
+        return gr.Dropdown(choices=self.engine.datasets(), value=rel), f"bundled demo copied to {folder}"
+
+    @guard
+    def upload(self, files: Sequence[Any] | None, name: str) -> tuple[gr.Dropdown, str]:
+        paths = [getattr(f, "name", f) for f in (files or [])]
+        folder = self.engine.save_uploads(paths, name or "recordings")
+        rel = str(folder.relative_to(self.engine.data_root))
+        choices = sorted(set(self.engine.datasets()) | {rel})
+        return gr.Dropdown(choices=choices, value=rel), f"{len(paths)} file(s) saved in {folder}; now prepare it"
+
+    @guard
+    def prepare(self, dataset: str, language: str, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
+        progress(0.0, desc="preparing")
+        summary = self.engine.prepare(dataset, language=language or "en")
+        return self._data_outputs(summary)
+
+    def _data_outputs(self, summary: DataSummary) -> tuple:
+        excluded = [[e["split"], e["row"], e["audio_file"], e["reason"], e["detail"]] for e in summary.excluded]
+        flagged = [[i, f["split"], f["row"], f["audio_file"], f["reason"], f.get("text", "")] for i, f in enumerate(summary.flagged)]
+        note = f"\n\nNot checked here: {'; '.join(summary.checks_skipped)} (checked at the start of training)." if summary.checks_skipped else ""
+        rel = str(summary.dataset.relative_to(self.engine.data_root))
+        return (
+            f"**{summary.headline()}**{note}",
+            pd.DataFrame(excluded, columns=EXCLUDED_HEADERS),
+            pd.DataFrame(flagged, columns=FLAGGED_HEADERS),
+            summary.flagged,
+            gr.Dropdown(choices=[(f"{i}: {f['audio_file']} ({f['reason']})", i) for i, f in enumerate(summary.flagged)],
+                        value=0 if summary.flagged else None),  # fmt: skip
+            gr.Dropdown(choices=self.engine.datasets(), value=rel),
+        )
+
+    def pick_flagged(self, flagged: list[dict[str, Any]], index: int | None) -> tuple[str | None, str, str]:
+        if not flagged or index is None or int(index) >= len(flagged):
+            return None, "", "nothing to review"
+        item = flagged[int(index)]
+        return item["path"] if Path(item["path"]).is_file() else None, item.get("text", ""), f"{item['reason']}: {item['detail']}"
+
+    @guard
+    def review(self, dataset: str, language: str, flagged: list[dict[str, Any]], index: int | None, action: str,
+               text: str, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:  # fmt: skip
+        if not flagged or index is None:
+            raise gr.Error("no clip selected; prepare the dataset and pick a flagged clip first", print_exception=False)
+        item = flagged[int(index)]
+        counts = self.engine.apply_review(dataset, [{"split": item["split"], "row": item["row"], "action": action, "text": text}])
+        summary = self.engine.preflight(dataset, language=language or "en")
+        done = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+        return (f"review written ({done}); the CSV before it is kept beside it",) + self._data_outputs(summary)
+
+    # --- Train -----------------------------------------------------------------------------
+
+    @guard
+    def download_base(self, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[gr.Dropdown, str]:
+        folder = self.engine.download_base()
+        return gr.Dropdown(choices=self.engine.base_models(), value=str(folder)), f"XTTS v2 downloaded to {folder}"
+
+    @guard
+    def resolve(self, dataset: str, base: str, preset: str) -> pd.DataFrame:
+        rows = self.engine.resolve_hparams(dataset, base_model=base or TINY_BASE, preset=preset or None)
+        return pd.DataFrame(rows, columns=HPARAM_HEADERS)
+
+    @guard
+    def start(self, dataset: str, base: str, language: str, preset: str, name: str, table: Any) -> tuple[str, Any]:
+        overrides = self.engine.edited_overrides(_rows(table), dataset, base_model=base or TINY_BASE,
+                                                 preset=preset or None) if table is not None else {}  # fmt: skip
+        job = self.engine.start_training(dataset=dataset, base_model=base, language=language or "en", overrides=overrides,
+                                         preset=preset or None, name=name or "xtts_ft")  # fmt: skip
+        edits = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"
+        return f"training started (job {job.job_id}, process {job.pid}); your edits: {edits}", gr.update(value="")
+
+    @guard
+    def stop(self) -> str:
+        job = self.engine.stop_training()
+        return f"stop requested (job {job.job_id}): a checkpoint is written, then the process ends"
+
+    @guard
+    def continue_run(self, run: str, epochs: float | None) -> tuple[str, Any]:
+        job = self.engine.continue_training(run, int(epochs) if epochs else None)
+        return f"continuing {run} (job {job.job_id})", gr.update(value="")
+
+    @guard
+    def restore_run(self, checkpoint: str, preset: str, name: str, dataset: str | None = None, base: str | None = None,
+                    table: Any = None) -> tuple[str, Any]:  # fmt: skip
+        """A new run from ``checkpoint``; the table's edits (against the chosen dataset) are its new values."""
+        overrides = {}
+        if dataset and table is not None and _rows(table):
+            overrides = self.engine.edited_overrides(_rows(table), dataset, base_model=base or TINY_BASE, preset=preset or None)
+        job = self.engine.restore_training(checkpoint, overrides=overrides, preset=preset or None, name=name or "restored")
+        return f"new run from {Path(checkpoint).name} (job {job.job_id})", gr.update(value="")
+
+    def train_lists(self) -> tuple[gr.Dropdown, gr.Dropdown, gr.Dropdown, gr.Dropdown]:
+        runs = self.engine.runs()
+        ckpts = [str(c) for r in runs[:10] for c in self.engine.run_view(r).checkpoints]
+        return (gr.Dropdown(choices=self.engine.base_models()), gr.Dropdown(choices=self.engine.datasets()),
+                gr.Dropdown(choices=[""] + runs), gr.Dropdown(choices=ckpts))  # fmt: skip
+
+    def refresh_train(self, shown: str | None) -> tuple:
+        """The live view: the run chosen, else the newest job's run (re-attach after reload/restart)."""
+        job = self.engine.current_job()
+        try:  # the timer calls this every few seconds: a bad choice shows in the status, not as a toast each time
+            run_dir = self.engine.run_path(shown) if shown else (job.run_dir if job is not None else None)
+        except ToolkitError as exc:
+            return (str(exc), _empty_curves(), _empty_curves(), pd.DataFrame(columns=EVAL_HEADERS),
+                    pd.DataFrame(columns=EVENT_HEADERS), pd.DataFrame(columns=HPARAM_HEADERS))  # fmt: skip
+        if job is not None and shown and (job.run_dir is None or job.run_dir.name != shown):
+            job = None  # another run is shown: its own folder tells its story
+        lines = self._job_lines(job)
+        steps = self.engine.step_progress(job) if job is not None else []
+        if steps and job is not None and job.state in ACTIVE_STATES:
+            p = steps[-1]
+            lines.append(f"trainer step {p.get('step')} of {p.get('total_steps') or '?'} (epoch {p.get('epoch')} of "
+                         f"{p.get('epochs')}), loss {_fmt(p.get('loss'))}, ETA {_hms(p.get('eta_s'))}")  # fmt: skip
+        if run_dir is None or not run_dir.is_dir():
+            lines.append("no run yet: prepare a dataset, then start a training")
+            return ("\n".join(lines), _loss_curves([], steps), _empty_curves(), pd.DataFrame(columns=EVAL_HEADERS),
+                    pd.DataFrame(columns=EVENT_HEADERS), pd.DataFrame(columns=HPARAM_HEADERS))  # fmt: skip
+        view = self.engine.run_view(run_dir)
+        lines += _run_lines(view)
+        evals = [[m.get("step"), m.get("optimizer_step"), _fmt(m.get("train_loss")), _fmt(m.get("eval_loss")),
+                  _fmt(m.get("lr"), ".3g"), _fmt(m.get("train_samples_per_s"), ".3g")] for m in view.metrics]  # fmt: skip
+        events = [[e.get("step"), e.get("event"), e.get("message"), e.get("recommendation"), e.get("action")] for e in view.events]
+        return ("\n".join(lines), _loss_curves(view.metrics, steps), _lr_curve(view.metrics), pd.DataFrame(evals, columns=EVAL_HEADERS),
+                pd.DataFrame(events, columns=EVENT_HEADERS), pd.DataFrame(view.hparams(), columns=HPARAM_HEADERS))  # fmt: skip
+
+    @staticmethod
+    def _job_lines(job: Any) -> list[str]:
+        if job is None:
+            return []
+        lines = [f"training: {job.state}" + (f" (process {job.pid})" if job.state in ACTIVE_STATES else "")]
+        if job.state in ACTIVE_STATES and job.status.get("stage") and job.status.get("stage") != "train":
+            lines.append(f"step of the recipe: {job.status['stage']}")
+        if job.status.get("error"):
+            lines.append(f"error: {job.status['error']}")
+        return lines
+
+    # --- Listen ----------------------------------------------------------------------------
+
+    def listen_runs(self) -> gr.Dropdown:
+        runs = self.engine.runs()
+        return gr.Dropdown(choices=runs, value=runs[0] if runs else None)
+
+    @guard
+    def pick_run(self, run: str | None) -> tuple[gr.Dropdown, gr.Dropdown, str, str, str]:
+        if not run:
+            return gr.Dropdown(choices=[]), gr.Dropdown(choices=[]), "", "", "pick a run"
+        sources = self.engine.model_sources(run)
+        clips, auto, why = self.engine.references(run)
+        language = str(self.engine.run_view(run).toolkit.get("language") or "en")
+        return (gr.Dropdown(choices=[(_source_label(x), x) for x in sources], value=sources[0] if sources else None),
+                gr.Dropdown(choices=[(Path(c).name, c) for c in clips], value=auto), language,
+                self.test_sentences_html(run), f"automatic reference: {Path(auto).name if auto else 'none'} ({why})")  # fmt: skip
+
+    @guard
+    def speak(self, source: str, text: str, language: str, reference: str, temperature: float, top_p: float,
+              speed: float, seed: float | None, max_new_tokens: float | None) -> str:  # fmt: skip
+        path = self.engine.speak(source, text, language=language or None, reference=reference or None,
+                                 temperature=temperature, top_p=top_p, speed=speed,
+                                 seed=int(seed) if seed is not None else None,
+                                 max_new_tokens=int(max_new_tokens) if max_new_tokens else None)  # fmt: skip
+        return str(path)
+
+    def test_sentences_html(self, run: str | None) -> str:
+        """The test sentences of every evaluation side by side: a row per sentence, a column per step."""
+        if not run:
+            return ""
+        evals = self.engine.test_sentences(run)
+        if not evals:
+            return "<p>no test sentences yet (they are spoken at each evaluation)</p>"
+        texts = evals[-1]["texts"]
+        head = "".join(f"<th>step {e['step']}</th>" for e in evals)
+        body = []
+        for i, text in enumerate(texts):
+            cells = []
+            for e in evals:
+                wav = e["wavs"][i] if i < len(e["wavs"]) else None
+                cells.append(f'<td><audio class="wui-test" controls preload="metadata" src="/gradio_api/file={html.escape(str(wav))}"></audio></td>'
+                             if wav else "<td>-</td>")  # fmt: skip
+            body.append(f"<tr><td>{html.escape(text)}</td>{''.join(cells)}</tr>")
+        return f'<table class="wui-tests"><tr><th>sentence</th>{head}</tr>{"".join(body)}</table>'
+
+    # --- Evaluate / export -----------------------------------------------------------------
+
+    @guard
+    def eval_pick(self, run: str | None) -> tuple[gr.CheckboxGroup, gr.Dropdown, pd.DataFrame, pd.DataFrame, str]:
+        if not run:
+            return gr.CheckboxGroup(choices=[]), gr.Dropdown(choices=[]), pd.DataFrame(columns=REPORT_HEADERS), _empty_curves(), ""
+        ckpts = [str(c) for c in self.engine.run_view(run).checkpoints]
+        per_step = self.engine.checkpoints_by_step(run)
+        table, plot, best = self._report_outputs(self.engine.eval_report(run))
+        return (gr.CheckboxGroup(choices=[(Path(c).name, c) for c in ckpts], value=per_step),
+                gr.Dropdown(choices=[(Path(c).name, c) for c in ckpts], value=ckpts[-1] if ckpts else None), table, plot, best)  # fmt: skip
+
+    @guard
+    def evaluate(self, run: str, checkpoints: list[str], progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
+        if not checkpoints:
+            raise gr.Error("choose at least one checkpoint to evaluate", print_exception=False)
+        report = self.engine.evaluate(run, checkpoints)
+        return self._report_outputs(report)
+
+    def _report_outputs(self, report: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+        rows, points = [], []
+        for c in report.get("checkpoints", []):
+            s = c["summary"]
+            rows.append([c["name"], c["step"], _fmt(s["cer"]), _fmt(s["wer"]), _fmt(s["similarity"]), _fmt(s["s_per_letter"]),
+                         _fmt(s["trailing_s"]), f"{s['flagged']}/{s['n']}", _fmt(c["score"])])  # fmt: skip
+            for key in ("cer", "similarity"):
+                if s.get(key) is not None:
+                    points.append({"step": c["step"] or 0, "value": s[key], "series": key})
+            points.append({"step": c["step"] or 0, "value": c["score"], "series": "score (lower is better)"})
+        best = report.get("best")
+        text = f"best: {best['name']} (score {best['score']:.3f}); rule: {report.get('select_rule', '')}" if best else "no evaluation yet"
+        if report.get("asr") and not str(report["asr"]).startswith("faster-whisper"):
+            text += f"\n\nCER/WER skipped: {report['asr']}"
+        plot = pd.DataFrame(points) if points else _empty_curves()
+        return pd.DataFrame(rows, columns=REPORT_HEADERS), plot, text
+
+    @guard
+    def select_best(self, run: str) -> str:
+        return f"best checkpoint copied to {self.engine.select_best(run)}"
+
+    @guard
+    def export(self, run: str, checkpoint: str | None, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> str:
+        out = self.engine.export(run, checkpoint or None)
+        return f"exported {Path(out['checkpoint']).name} to `{out['folder']}` ({out['size']})\n\nUse it:\n\n```\n{out['command']}\n```"
+
+
+def _source_label(path: str) -> str:
+    p = Path(path)
+    return f"{p.name} (export)" if p.is_dir() else p.name
+
+
+def _empty_curves() -> pd.DataFrame:
+    return pd.DataFrame({"step": pd.Series(dtype=float), "value": pd.Series(dtype=float), "series": pd.Series(dtype=str)})
+
+
+def _run_lines(view: Any) -> list[str]:
+    p = view.progress()
+    share = f" ({p['share']:.0%})" if p["share"] is not None else ""
+    gpu = f"{p['gpu_peak_gib']} GiB peak" if p["gpu_peak_gib"] is not None else "no GPU in use (CPU)"
+    return [
+        f"run: {view.run_dir.name}",
+        f"optimizer step {p['optimizer_step']} of {p['planned_steps'] or '?'}{share}; evaluations: {p['evaluations']}",
+        f"train loss {_fmt(p['train_loss'])}, eval loss {_fmt(p['eval_loss'])}, LR {_fmt(p['lr'], '.3g')}",
+        f"samples/s {_fmt(p['samples_per_s'], '.3g')}, ETA {_hms(p['eta_s'])}, GPU memory: {gpu}",
+        f"checkpoints: {', '.join(c.name for c in view.checkpoints) or 'none yet'}; export: {'yes' if view.has_export else 'no'}",
+    ]
+
+
+def _loss_curves(metrics: list[dict[str, Any]], steps: list[dict[str, Any]] | None = None) -> pd.DataFrame:
+    """Train and eval loss per evaluation, plus the per-step training loss while a job reports it."""
+    points = [{"step": m["optimizer_step"], "value": m[k], "series": k.replace("_", " ")}
+              for m in metrics for k in ("train_loss", "eval_loss") if m.get(k) is not None]  # fmt: skip
+    points += [{"step": p["optimizer_step"], "value": p["loss"], "series": "train loss (each step)"}
+               for p in steps or [] if p.get("loss") is not None and p.get("optimizer_step") is not None]  # fmt: skip
+    return pd.DataFrame(points) if points else _empty_curves()
+
+
+def _lr_curve(metrics: list[dict[str, Any]]) -> pd.DataFrame:
+    points = [{"step": m["optimizer_step"], "value": m["lr"], "series": "LR"} for m in metrics if m.get("lr") is not None]
+    return pd.DataFrame(points) if points else _empty_curves()
+
+
+def build_app(engine: Engine, *, refresh_s: float = 2.0) -> gr.Blocks:
+    """The Blocks app with the four screens wired to a :class:`Screens` over ``engine``."""
+    s = Screens(engine)
+    with gr.Blocks(title=TITLE) as app:
+        gr.Markdown(f"# {TITLE}\nData folder: `{engine.data_root}` - runs folder: `{engine.runs_root}`")
+        with gr.Tabs():
+            with gr.Tab("Data", id="data"):
+                data = _data_screen(s)
+            with gr.Tab("Train", id="train"):
+                train = _train_screen(s, data, refresh_s)
+            with gr.Tab("Listen", id="listen"):
+                listen = _listen_screen(s)
+            with gr.Tab("Evaluate / export", id="evaluate"):
+                evaluate = _evaluate_screen(s)
+        app.load(s.dataset_choices, outputs=data["dataset"])
+        app.load(s.train_lists, outputs=[train["base"], train["dataset"], train["shown"], train["restore"]])
+        app.load(s.refresh_train, inputs=train["shown"], outputs=train["live"])
+        app.load(s.listen_runs, outputs=listen["run"])
+        app.load(s.listen_runs, outputs=evaluate["run"])
+    return app
+
+
+def _data_screen(s: Screens) -> dict[str, Any]:
+    gr.Markdown("Point at a dataset folder (`metadata_train.csv` + `metadata_eval.csv` + wavs) or upload recordings; "
+                "preparation transcribes recordings and checks every row.")  # fmt: skip
+    with gr.Row():
+        dataset = gr.Dropdown(label="dataset or recordings folder (inside the data folder)", allow_custom_value=True, scale=3,
+                              elem_id="data-dataset")  # fmt: skip
+        language = gr.Textbox(label="language", value="en", scale=1, elem_id="data-language")
+        demo = gr.Button("Use the bundled demo data", elem_id="data-demo", scale=1)
+    with gr.Accordion("Upload recordings or a dataset", open=False):
+        files = gr.File(label="files", file_count="multiple")
+        upload_name = gr.Textbox(label="folder name for the upload", value="recordings")
+        upload = gr.Button("Upload")
+    prepare = gr.Button("Prepare and check", variant="primary", elem_id="data-prepare")
+    message = gr.Markdown(elem_id="data-message")
+    summary = gr.Markdown(elem_id="data-summary")
+    excluded = gr.Dataframe(headers=EXCLUDED_HEADERS, label="preflight: every excluded row and its reason", interactive=False,
+                            elem_id="data-excluded")  # fmt: skip
+    gr.Markdown("### Review the flagged clips")
+    flagged_table = gr.Dataframe(headers=FLAGGED_HEADERS, label="flagged clips", interactive=False)
+    flagged = gr.State([])
+    with gr.Row():
+        pick = gr.Dropdown(label="clip", choices=[], scale=2, elem_id="data-pick")
+        audio = gr.Audio(label="clip audio", type="filepath", interactive=False, scale=2, elem_id="data-clip")
+    why = gr.Markdown()
+    text = gr.Textbox(label="transcript (edit it, then Fix)", elem_id="data-text")
+    with gr.Row():
+        keep = gr.Button("Keep", elem_id="data-keep")
+        fix = gr.Button("Fix", variant="primary", elem_id="data-fix")
+        drop = gr.Button("Drop", variant="stop", elem_id="data-drop")
+    outs = [summary, excluded, flagged_table, flagged, pick, dataset]
+    demo.click(s.use_demo, inputs=language, outputs=[dataset, message])
+    upload.click(s.upload, inputs=[files, upload_name], outputs=[dataset, message])
+    prepare.click(s.prepare, inputs=[dataset, language], outputs=outs)
+    pick.change(s.pick_flagged, inputs=[flagged, pick], outputs=[audio, text, why])
+    for button, action in ((keep, "keep"), (fix, "fix"), (drop, "drop")):
+        button.click(_review_fn(s, action), inputs=[dataset, language, flagged, pick, text], outputs=[message] + outs)
+    return {"dataset": dataset, "language": language}
+
+
+def _review_fn(s: Screens, action: str) -> Callable[..., tuple]:
+    def review(dataset: str, language: str, flagged: list, index: int | None, text: str,
+               progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:  # fmt: skip
+        return s.review(dataset, language, flagged, index, action, text)
+
+    review.__name__ = f"review_{action}"
+    return review
+
+
+def _train_screen(s: Screens, data: dict[str, Any], refresh_s: float) -> dict[str, Any]:
+    with gr.Row():
+        base = gr.Dropdown(label="base model", choices=[TINY_BASE], value=TINY_BASE, allow_custom_value=True, scale=3, elem_id="train-base")
+        download = gr.Button("Download XTTS v2", scale=1)
+    with gr.Row():
+        dataset = gr.Dropdown(label="dataset", allow_custom_value=True, scale=3, elem_id="train-dataset")
+        language = gr.Textbox(label="language", value="en", scale=1)
+        preset = gr.Dropdown(label="preset", choices=PRESETS, value="", scale=1)
+        name = gr.Textbox(label="run name", value="xtts_ft", scale=1)
+    resolve = gr.Button("Show the hyperparameters", elem_id="train-resolve")
+    hparams = gr.Dataframe(headers=HPARAM_HEADERS, label="hyperparameters: value and where it comes from (edit a value to override it)",
+                           interactive=True, static_columns=[0, 2], elem_id="train-hparams")  # fmt: skip
+    with gr.Row():
+        start = gr.Button("Start training", variant="primary", elem_id="train-start")
+        stop = gr.Button("Stop (writes a checkpoint)", variant="stop", elem_id="train-stop")
+    with gr.Row():
+        shown = gr.Dropdown(label="run shown (empty: the current training)", choices=[""], value="", allow_custom_value=True, scale=2)
+        epochs = gr.Number(label="continue: new total epochs (0: as planned)", value=0, precision=0, scale=1)
+        cont = gr.Button("Continue this run", scale=1)
+    with gr.Row():
+        restore = gr.Dropdown(label="restore: a checkpoint to start a new run from", choices=[], allow_custom_value=True, scale=3)
+        restore_btn = gr.Button("Restore into a new run", scale=1)
+    message = gr.Markdown(elem_id="train-message")
+    status = gr.Textbox(label="live status", lines=7, interactive=False, elem_id="train-status", elem_classes="wui-status")
+    with gr.Row():
+        loss = gr.LinePlot(x="step", y="value", color="series", title="loss", x_title="optimizer step", elem_id="train-loss")
+        lr = gr.LinePlot(x="step", y="value", color="series", title="learning rate", x_title="optimizer step", elem_id="train-lr")
+    evals = gr.Dataframe(headers=EVAL_HEADERS, label="evaluations", interactive=False, elem_id="train-evals")
+    events = gr.Dataframe(headers=EVENT_HEADERS, label="health events and recommendations", interactive=False, wrap=True)
+    run_hp = gr.Dataframe(headers=HPARAM_HEADERS, label="the run's hyperparameters (from its config.json)", interactive=False)
+    live = [status, loss, lr, evals, events, run_hp]
+    download.click(s.download_base, outputs=[base, message])
+    resolve.click(s.resolve, inputs=[dataset, base, preset], outputs=hparams)
+    start.click(s.start, inputs=[dataset, base, language, preset, name, hparams], outputs=[message, shown])
+    stop.click(s.stop, outputs=message)
+    cont.click(s.continue_run, inputs=[shown, epochs], outputs=[message, shown])
+    restore_btn.click(s.restore_run, inputs=[restore, preset, name, dataset, base, hparams], outputs=[message, shown])
+    data["dataset"].change(lambda d: gr.Dropdown(value=d), inputs=data["dataset"], outputs=dataset)
+    shown.change(s.refresh_train, inputs=shown, outputs=live, show_progress="hidden")
+    timer = gr.Timer(refresh_s)
+    timer.tick(s.refresh_train, inputs=shown, outputs=live, show_progress="hidden")
+    return {"base": base, "dataset": dataset, "shown": shown, "restore": restore, "live": live}
+
+
+def _listen_screen(s: Screens) -> dict[str, Any]:
+    with gr.Row():
+        run = gr.Dropdown(label="run", choices=[], allow_custom_value=True, scale=2, elem_id="listen-run")
+        reload = gr.Button("Refresh runs", scale=1)
+        source = gr.Dropdown(label="checkpoint or export", choices=[], allow_custom_value=True, scale=3, elem_id="listen-source")
+    text = gr.Textbox(label="text", value="The model learns how this speaker sounds.", elem_id="listen-text")
+    with gr.Row():
+        language = gr.Textbox(label="language", value="en", scale=1)
+        reference = gr.Dropdown(label="reference clip (the automatic choice is pre-selected)", choices=[], allow_custom_value=True, scale=3)
+    why = gr.Markdown()
+    with gr.Accordion("sampling", open=False):
+        with gr.Row():
+            temperature = gr.Slider(0.05, 1.5, value=0.75, step=0.05, label="temperature")
+            top_p = gr.Slider(0.05, 1.0, value=0.85, step=0.05, label="top p")
+            speed = gr.Slider(0.5, 2.0, value=1.0, step=0.05, label="speed")
+            seed = gr.Number(label="seed", value=0, precision=0)
+            max_new = gr.Number(label="max new audio tokens (empty: the run's cap)", value=None, precision=0)
+    speak = gr.Button("Speak", variant="primary", elem_id="listen-speak")
+    out = gr.Audio(label="result (play or download)", type="filepath", interactive=False, elem_id="listen-audio")
+    gr.Markdown("### Test sentences of each evaluation, side by side")
+    tests = gr.HTML(elem_id="listen-tests")
+    picked = [source, reference, language, tests, why]
+    reload.click(s.listen_runs, outputs=run).then(s.pick_run, inputs=run, outputs=picked)
+    run.change(s.pick_run, inputs=run, outputs=picked)
+    speak.click(s.speak, inputs=[source, text, language, reference, temperature, top_p, speed, seed, max_new], outputs=out)
+    return {"run": run}
+
+
+def _evaluate_screen(s: Screens) -> dict[str, Any]:
+    with gr.Row():
+        run = gr.Dropdown(label="run", choices=[], allow_custom_value=True, scale=3, elem_id="eval-run")
+        reload = gr.Button("Refresh runs", scale=1)
+    ckpts = gr.CheckboxGroup(label="checkpoints to evaluate", choices=[])
+    evaluate = gr.Button("Evaluate", variant="primary", elem_id="eval-run-button")
+    best = gr.Markdown(elem_id="eval-best")
+    with gr.Row():
+        table = gr.Dataframe(headers=REPORT_HEADERS, label="objective report per checkpoint", interactive=False, scale=3,
+                             elem_id="eval-table")  # fmt: skip
+        plot = gr.ScatterPlot(x="step", y="value", color="series", title="report by step", x_title="step", scale=2)
+    select = gr.Button("Select the best (copy to best_eval_model.pth)")
+    with gr.Row():
+        export_ckpt = gr.Dropdown(label="checkpoint to export", choices=[], allow_custom_value=True, scale=3)
+        export = gr.Button("Export", variant="primary", scale=1, elem_id="eval-export")
+    exported = gr.Markdown(elem_id="eval-exported")
+    picked = [ckpts, export_ckpt, table, plot, best]
+    reload.click(s.listen_runs, outputs=run).then(s.eval_pick, inputs=run, outputs=picked)
+    run.change(s.eval_pick, inputs=run, outputs=picked)
+    evaluate.click(s.evaluate, inputs=[run, ckpts], outputs=[table, plot, best])
+    select.click(s.select_best, inputs=run, outputs=exported)
+    export.click(s.export, inputs=[run, export_ckpt], outputs=exported)
+    return {"run": run}
+
+
+def launch(app: gr.Blocks, engine: Engine, *, host: str, port: int, auth: tuple[str, str] | None,
+           block: bool = True) -> Any:  # fmt: skip
+    """Serve ``app``; only the data and runs folders are reachable as files."""
+    logger.info("web UI at http://%s:%d", host, port)
+    result = app.queue(default_concurrency_limit=2).launch(
+        server_name=host, server_port=port, auth=auth, prevent_thread_lock=not block, show_error=False, quiet=True,
+        allowed_paths=[str(engine.data_root), str(engine.runs_root)], css=CSS, theme=gr.themes.Soft(),
+        footer_links=[], ssr_mode=False,
+    )  # fmt: skip
+    return result

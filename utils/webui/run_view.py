@@ -1,0 +1,177 @@
+"""Read a run folder back: what every screen shows comes from the files training writes.
+
+Nothing here imports torch or the training code, so the page re-attaches to a run (running,
+finished, stopped or crashed) from its folder alone, after a closed tab or a server restart:
+
+- ``config.json``: the toolkit section (language, data, base model, hyperparameters and their
+  sources, planned optimizer steps);
+- ``metrics.jsonl``: one row per evaluation (losses, LR, throughput, GPU memory);
+- ``events.jsonl``: health events with their recommendations;
+- ``checkpoint_N.pth`` / ``best_model_N.pth`` / ``best_model.pth``; ``export/``;
+  ``test_sentences/step_N/``; ``eval/eval_report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_CKPT_RE = re.compile(r"^(checkpoint|best_model)_(\d+)\.pth$")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file; a half-written last line (training is appending) is skipped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            logger.debug("skipping an incomplete line of %s", path)
+    return rows
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object, or {} when the file is missing or being rewritten."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    """Write JSON atomically (a temporary name, then a rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def is_run_dir(path: Path) -> bool:
+    """A folder training made: config.json with a toolkit section, or metrics.jsonl."""
+    return path.is_dir() and ((path / "config.json").is_file() or (path / "metrics.jsonl").is_file())
+
+
+def list_runs(runs_root: Path) -> list[Path]:
+    """Run folders under ``runs_root``, newest first (hidden and staging folders skipped)."""
+    if not runs_root.is_dir():
+        return []
+    found = [p for p in runs_root.iterdir() if not p.name.startswith(".") and is_run_dir(p)]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """``checkpoint_N.pth`` and ``best_model_N.pth``, by step (oldest first), then ``best_model.pth``."""
+    found = []
+    for path in run_dir.glob("*.pth"):
+        m = _CKPT_RE.match(path.name)
+        if m:
+            found.append((int(m.group(2)), m.group(1) != "checkpoint", path))
+    out = [p for _, _, p in sorted(found)]
+    if (run_dir / "best_model.pth").is_file():
+        out.append(run_dir / "best_model.pth")
+    return out
+
+
+def checkpoint_step(path: Path) -> int | None:
+    m = _CKPT_RE.match(path.name)
+    return int(m.group(2)) if m else None
+
+
+def test_sentences(run_dir: Path) -> list[dict[str, Any]]:
+    """One entry per evaluation that spoke test sentences: step, texts and wav paths, by step."""
+    root = run_dir / "test_sentences"
+    if not root.is_dir():
+        return []
+    out = []
+    for folder in root.glob("step_*"):
+        try:
+            step = int(folder.name.split("_", 1)[1])
+        except ValueError:
+            continue
+        texts_file = folder / "sentences.txt"
+        if not texts_file.is_file():  # written last: the evaluation's wavs are complete
+            continue
+        texts = [t for t in texts_file.read_text(encoding="utf-8").splitlines() if t.strip()]
+        wavs = sorted(folder.glob("*.wav"))
+        out.append({"step": step, "texts": texts, "wavs": wavs})
+    return sorted(out, key=lambda e: e["step"])
+
+
+@dataclass
+class RunView:
+    """Everything the Train screen shows about one run, read from its folder."""
+
+    run_dir: Path
+    toolkit: dict[str, Any] = field(default_factory=dict)
+    epochs: int | None = None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
+    has_export: bool = False
+
+    @property
+    def planned_steps(self) -> int | None:
+        steps = self.toolkit.get("planned_optimizer_steps")
+        return int(steps) if steps else None
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.metrics[-1] if self.metrics else {}
+
+    def progress(self) -> dict[str, Any]:
+        """Step, share done, samples/s, ETA (s) and GPU memory from the newest evaluation row."""
+        last = self.last
+        step = int(last.get("optimizer_step") or 0)
+        planned = self.planned_steps
+        elapsed = float(last.get("elapsed_s") or 0.0)
+        eta = None
+        if planned and step and elapsed:
+            eta = max(0.0, elapsed / step * (planned - step))
+        return {
+            "optimizer_step": step,
+            "planned_steps": planned,
+            "share": (step / planned) if planned else None,
+            "samples_per_s": last.get("train_samples_per_s"),
+            "eta_s": eta,
+            "gpu_peak_gib": last.get("gpu_peak_reserved_gib"),
+            "train_loss": last.get("train_loss"),
+            "eval_loss": last.get("eval_loss"),
+            "lr": last.get("lr"),
+            "evaluations": len(self.metrics),
+        }
+
+    def hparams(self) -> list[tuple[str, Any, str]]:
+        """(name, value, source) of the run's resolved hyperparameters."""
+        hp = dict(self.toolkit.get("hparams") or {})
+        sources = dict(hp.pop("sources", {}) or {})
+        return [(k, v, sources.get(k, "")) for k, v in hp.items() if not isinstance(v, dict)]
+
+
+def read_run(run_dir: Path) -> RunView:
+    """A :class:`RunView` of ``run_dir`` (empty parts while training has not written them yet)."""
+    config = read_json(run_dir / "config.json")
+    return RunView(
+        run_dir=run_dir,
+        toolkit=dict(config.get("toolkit") or {}),
+        epochs=config.get("epochs"),
+        metrics=read_jsonl(run_dir / "metrics.jsonl"),
+        events=read_jsonl(run_dir / "events.jsonl"),
+        checkpoints=checkpoints(run_dir),
+        has_export=(run_dir / "export" / "model.pth").is_file(),
+    )
+
+
+def folder_size(path: Path) -> int:
+    """Bytes in every file below ``path``."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

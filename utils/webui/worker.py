@@ -1,0 +1,112 @@
+"""The training child process of the web UI: ``python -m utils.webui.worker JOB/spec.json``.
+
+It trains through the recipe API (:class:`utils.finetune.FineTune`, via
+:func:`utils.webui.engine.run_training_spec`). The recipe's events go to ``JOB/events.jsonl``
+(:class:`utils.events.JsonlWriter`: stages, per-step progress, evaluations, health), and its
+state to ``JOB/status.json``: ``running`` (with its pid and, from the ``run_dir`` event, the run
+folder), then ``finished``, ``stopped`` (SIGINT or SIGTERM: the trainer writes a checkpoint
+first) or ``failed`` with the one-line reason. The page reads these files and the run folder;
+it never parses this process's output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from utils import cli
+from utils.errors import ToolkitError
+from utils.webui.jobs import Job, write_json_atomic
+from utils.webui.run_view import read_json
+
+logger = logging.getLogger("utils.webui.worker")
+
+
+class StatusWriter:
+    """Owns JOB/status.json for this process; an event subscriber records the run folder."""
+
+    def __init__(self, folder: Path, spec: dict[str, Any]) -> None:
+        self.folder = folder
+        self.job = Job(folder=folder, spec=spec)
+        self.status: dict[str, Any] = {"state": "running", "pid": os.getpid(), "started": time.time()}
+        self._lock = threading.Lock()
+
+    def update(self, **values: Any) -> None:
+        with self._lock:
+            self.status.update(values)
+            write_json_atomic(self.folder / "status.json", self.status)
+
+    def __call__(self, event: Any) -> None:
+        """Event subscriber: the run folder as soon as training has made it, and the stage."""
+        if event.kind.value == "run_dir":
+            self.update(run_dir=str(event.data["path"]))
+        elif event.kind.value == "stage" and event.data.get("status") == "started":
+            self.update(stage=event.data.get("name"))
+
+    def finish(self, **values: Any) -> None:
+        run_dir = self.job.run_dir
+        if run_dir is not None and "run_dir" not in self.status:
+            values["run_dir"] = str(run_dir)
+        self.update(ended=time.time(), **values)
+
+
+def _sigterm_as_interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt  # the trainer saves a checkpoint on KeyboardInterrupt
+
+
+def _preload() -> None:
+    """Import what the evaluation hooks import lazily, before training starts.
+
+    Stop is a SIGINT, which raises KeyboardInterrupt wherever the main thread is; landing inside
+    a first ``import matplotlib`` (the first evaluation's plot) leaves a half-imported package
+    behind, and the plot in the trainer's ``finally`` then fails instead of the run stopping.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+    import utils.synthesize  # noqa: F401
+    import utils.training.plots  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the job whose spec.json is ``argv[0]``; returns the exit code (0 finished or stopped)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    spec_path = Path(argv[0])
+    spec = read_json(spec_path)
+    cli.setup_logging()  # stderr is JOB/worker.log
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    status = StatusWriter(spec_path.parent, spec)
+    status.update()
+    _preload()
+    from utils.events import JsonlWriter
+    from utils.webui.engine import run_training_spec
+
+    try:
+        run_dir = run_training_spec(spec, subscribers=[JsonlWriter(spec_path.parent / "events.jsonl"), status])
+    except KeyboardInterrupt:
+        logger.info("stopped on request")
+        status.finish(state="stopped")
+        return 0
+    except ToolkitError as exc:
+        logger.error("%s", exc)
+        status.finish(state="failed", error=str(exc))
+        return 2
+    except Exception as exc:  # the page must get one line; the traceback goes to worker.log
+        logger.error("training failed:\n%s", traceback.format_exc())
+        status.finish(state="failed", error=f"training failed ({type(exc).__name__}: {exc}); see {status.folder / 'worker.log'}")
+        return 1
+    status.finish(state="finished", run_dir=str(run_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

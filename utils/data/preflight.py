@@ -365,12 +365,8 @@ def run_preflight(
     report.excluded = [screen.excluded[k] for k in sorted(screen.excluded)]
     report.kept_rows, report.kept_hashes, report.kept = kept, screen.seen_hashes, len(kept)
     report.hours_kept = sum(r.duration or 0.0 for r in kept) / 3600.0
-    report.flagged = flag_rates(report)
     logger.info("preflight %s: %d/%d rows kept, %.3f h", csv_path, report.kept, report.total, report.hours_kept)
-    if report.flagged:
-        logger.warning("preflight %s: %d kept rows have a speaking rate far from the rest (listed in the report, "
-                       "e.g. row %d: %s)", csv_path, len(report.flagged), report.flagged[0]["row"],
-                       report.flagged[0]["detail"])  # fmt: skip
+    report.flagged = flag_rates(report)
     return report
 
 
@@ -451,6 +447,9 @@ def flag_rates(report: PreflightReport) -> list[dict[str, Any]]:
             hint = "the transcript may be missing words" if rate < low else "the audio may be cut short"
             flagged.append({"row": r.row, "audio_file": r.audio_file, "reason": "chars_per_second",
                             "detail": f"{rate:.1f} characters/s over {r.duration:.1f} s ({basis}): {hint}"})  # fmt: skip
+    if flagged:
+        logger.warning("preflight %s: %d kept rows have a speaking rate far from the rest (listed in the report, "
+                       "e.g. row %d: %s)", report.csv_path, len(flagged), flagged[0]["row"], flagged[0]["detail"])  # fmt: skip
     return flagged
 
 

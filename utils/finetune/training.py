@@ -109,12 +109,7 @@ def train(
     try:
         trainer.fit()
     finally:
-        if plots and trainer.evaluation_records and distributed.is_rank_zero():
-            try:
-                _refresh_plots(trainer, force=True)
-            except Exception as exc:  # noqa: BLE001 - e.g. a Ctrl-C cut a matplotlib import short
-                # a plot must never hide why training ended (an interrupt, a full disk)
-                logger.warning("could not redraw training_curves.png (%s: %s)", type(exc).__name__, exc)
+        _final_plots(trainer, plots)
     exclusions = read_runtime_exclusions(run_dir)
     if exclusions:
         logger.warning("%d rows failed to load during training; see %s", len(exclusions), run_dir / "runtime_exclusions.jsonl")
@@ -188,6 +183,17 @@ def unique_run_name(output_path: str | Path, base: str) -> str:
             continue
         return name
     raise RuntimeError(f"could not claim a unique run name in {claims}")
+
+
+def _final_plots(trainer: Any, plots: bool) -> None:
+    """Redraw the curves once training ended, however it ended."""
+    if not (plots and trainer.evaluation_records and distributed.is_rank_zero()):
+        return
+    try:
+        _refresh_plots(trainer, force=True)
+    except Exception as exc:  # noqa: BLE001 - e.g. a Ctrl-C cut a matplotlib import short
+        # a plot must never hide why training ended (an interrupt, a full disk)
+        logger.warning("could not redraw training_curves.png (%s: %s)", type(exc).__name__, exc)
 
 
 def _refresh_plots(trainer: Any, _record: dict[str, Any] | None = None, *, force: bool = False) -> None:

@@ -254,3 +254,12 @@ def test_prepare_cli_rejects_bad_speaker_options(long_recording, tmp_path, capsy
     assert cli.run(main, base + ["--speaker-reference", str(tmp_path / "missing.wav")]) == 2
     assert "speaker reference" in capsys.readouterr().err
     assert not (tmp_path / "ds").exists()
+
+
+def test_a_single_clip_is_refused_and_leaves_nothing_behind(long_recording, layout_words, tmp_path):
+    wav, layout, _ = long_recording
+    one = FakeWhisper(layout[:1], layout_words)
+    out = tmp_path / "ds"
+    with pytest.raises(DataError, match="at least 2"):
+        prepare_dataset([wav], out, transcriber=one, progress=False)
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))

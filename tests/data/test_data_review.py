@@ -34,3 +34,27 @@ def test_flags_rate_outliers_low_confidence_and_mismatches(tmp_path):
     rows = read_review(path)
     assert [(r["audio_file"], r["reason"]) for r in rows] == [(f["audio_file"], f["reason"]) for f in flags]
     assert rows[0]["text"] == texts[rows[0]["audio_file"]]
+
+
+def test_prepare_with_a_second_asr_pass_writes_the_review_file(long_recording, layout_words, tmp_path):
+    from utils.data.prepare import SpeakerPlan, prepare_dataset
+
+    wav, layout, _ = long_recording
+    words = layout_words(layout)
+    heard = []
+
+    def second_pass(audio16k, progress=None):  # clips come in file-name (time) order; hears the third wrong
+        heard.append(len(audio16k))
+        k = len(heard) - 1
+        text = "something else entirely" if k == 2 else layout[k][2]
+        return [type(words[0])(0.0, 1.0, " " + text)], "en"
+
+    rep = prepare_dataset([wav], tmp_path / "ds", transcriber=lambda a, p=None: (list(words), "en"),
+                          speaker=SpeakerPlan(diarize=False), recheck=second_pass, progress=False)
+    assert len(heard) == 5 and rep["review"]["second_asr_pass"] is True
+    rows = read_review(tmp_path / "ds" / "review.csv")
+    third = sorted(rep["clips"])[2]
+    assert [(r["audio_file"], r["reason"]) for r in rows] == [(third, "transcript_mismatch")]
+    assert rows[0]["text"] == layout[2][2] and "something else entirely" in rows[0]["detail"]
+    assert [rep["clips"][n]["checks"]["cer"] for n in sorted(rep["clips"])][:2] == [0.0, 0.0]
+    assert rep["review"]["clips_flagged"] == 1 and rep["review"]["by_reason"] == {"transcript_mismatch": 1}

@@ -93,3 +93,41 @@ def test_average_linkage_matches_scikit_learn():
                           (average_linkage(x, 0.5, 2), cluster.AgglomerativeClustering(
                               n_clusters=2, metric="cosine", linkage="average").fit_predict(x))):
             assert (ours[:, None] == ours[None, :]).tolist() == (ref[:, None] == ref[None, :]).tolist()
+
+
+def test_a_change_of_voice_without_a_pause_is_found_inside_a_piece(speaker_encoder, espeak_clip, tmp_path):
+    from utils.data.boundaries import Gap
+    from utils.data.segment import Word
+    from utils.data.speakers import label_words
+
+    lines = [("en-us", "Good morning, and welcome to our little studio by the river."),
+             ("gmw/en+f3", "Thank you, it is lovely to be here with all of you today."),
+             ("en-us", "Shall we begin with the first question from our listeners?"),
+             ("gmw/en+f3", "Yes, please go ahead, I have been looking forward to it.")]
+    pauses = [0.6, 0.6, 0.06, 0.0]  # the last two turns touch: 60 ms, less than a turn gap
+    parts, words, gaps, truth, t = [], [], [], [], 0.0
+    for k, ((voice, text), pause) in enumerate(zip(lines, pauses)):
+        a, sr = sf.read(str(espeak_clip(text, tmp_path / f"{k}.wav", voice=voice)), dtype="float32")
+        nz = np.flatnonzero(np.abs(a) > 0.01)
+        a = a[nz[0]: nz[-1]]
+        toks = text.split()
+        step = len(a) / sr / len(toks)
+        for i, tok in enumerate(toks):
+            words.append(Word(t + i * step, t + (i + 1) * step, " " + tok))
+            truth.append(k % 2)
+            gaps.append(None)
+        gaps[-1] = Gap(t + len(a) / sr, t + len(a) / sr + pause, t + len(a) / sr + pause / 2)
+        parts += [a, np.zeros(int(pause * sr), dtype=np.float32)]
+        t += len(a) / sr + pause
+    gaps = gaps[:-1]
+    import soxr
+
+    audio16 = soxr.resample(np.concatenate(parts), sr, 16000).astype(np.float32)
+    labels = label_words(words, gaps, audio16, speaker_encoder)
+    got = np.array(labels.per_word)
+    flip = got if got[0] == truth[0] else 1 - got
+    wrong = int((flip != np.array(truth)).sum())
+    assert labels.pieces >= 4 and wrong <= 3, (wrong, got.tolist())  # a word or two at the change may go either way
+    n3 = len(lines[2][1].split())
+    start4 = len(words) - len(lines[3][1].split())
+    assert flip[start4 - n3 // 2] == 0 and flip[start4 + 3] == 1

@@ -149,15 +149,14 @@ def _cut_recording(audio: np.ndarray, audio16: np.ndarray, power: np.ndarray, wo
     return clips, skipped, facts
 
 
-def _review(ds: DatasetFolder, recheck: Any) -> None:
-    """Transcript checks over every clip of the folder; writes review.csv and the report's summary."""
+def _review(ds: DatasetFolder, recheck: Any) -> list[dict[str, Any]]:
+    """Transcript checks over every clip of the folder: the flags for review.csv (summary in the report)."""
     texts = {r.audio_file: r.text for r in ds.rows}
     speakers = {r.audio_file: r.speaker_name for r in ds.rows}
     fn = review.recheck_with(recheck, ds.root) if recheck is not None else None
     flags = review.check_clips(ds.report["clips"], texts, speakers, recheck=fn)
-    ds.root.mkdir(parents=True, exist_ok=True)
-    review.write_review(ds.root, flags)
     ds.report["review"] = review.summary(flags, len(texts), fn is not None)
+    return flags
 
 
 def prepare_dataset(
@@ -225,12 +224,13 @@ def prepare_dataset(
     if not ds.rows:
         failed = "; ".join(f"{x['file']}: {x['reason']}" for x in ds.report["failed_inputs"]) or "no speech found"
         raise DataError(f"no clips could be made ({failed}); check the inputs are audio with speech")
-    for sid, ap in run.prints.items():
-        save_print(ds.root, sid, ap)
-    _review(ds, recheck)
+    flags = _review(ds, recheck)
     ds.report["last_run"] = {"tool": "prepare_dataset", "new_inputs": len(todo), "new_clips": n_new,
                              "skipped_already_done": len(files) - len(todo), "skipped_duplicates": n_dup}
-    report = ds.save(eval_fraction=eval_fraction, seed=seed)
+    report = ds.save(eval_fraction=eval_fraction, seed=seed)  # nothing else is written if this refuses
+    review.write_review(ds.root, flags)
+    for sid, ap in run.prints.items():
+        save_print(ds.root, sid, ap)
     logger.info("%s: %d new clips, %d in total", out_dir, n_new, len(ds.rows))
     return report
 

@@ -1,11 +1,13 @@
 """Who speaks when: speaker turns and per-recording speaker clusters from GE2E embeddings.
 
 The encoder is Resemblyzer's GE2E model (its weights ship inside the wheel, so it runs offline).
-Words are grouped into pieces at pauses of at least ``turn_gap_s``; each piece long enough is
-embedded, and the pieces are clustered (average-linkage agglomerative clustering on cosine
-distance), so the labels are consistent across the recording. Short pieces take the label of the
-nearest cluster. Speaker changes without any pause are not detected at this level; pyannote's
-diarisation (downloadable, see the README) handles overlapping and pause-free turns better.
+Words are grouped into pieces at pauses of at least ``turn_gap_s`` (and long pieces split at
+their widest inter-word gap); each piece long enough is embedded, and the pieces are clustered
+(average-linkage agglomerative clustering on cosine distance), so the labels are consistent
+across the recording. Short pieces take the label of the nearest cluster. Inside a piece, 1.6 s
+windows every 0.4 s find a change of voice without a pause, when each voice holds for a window.
+Overlapping speech is not separated; pyannote's diarisation (downloadable, see the README) is
+the stronger tool for that.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ class SpeakerOptions:
     Attributes:
         turn_gap_s: pauses at least this long may separate two speakers' turns.
         min_piece_s: pieces shorter than this are not clustered (too little voice), only assigned.
+        max_piece_s: longer pieces are split at their widest inter-word gap.
         threshold: cosine distance at which clusters stop merging.
         num_speakers: force this many clusters (None: decided by ``threshold``).
     """
 
     turn_gap_s: float = 0.2
     min_piece_s: float = 0.8
+    max_piece_s: float = 3.0
     threshold: float = 0.33
     num_speakers: int | None = None
 
@@ -122,12 +126,17 @@ class SpeakerEncoder:
         power = np.abs(np.fft.rfft(x[idx] * window, axis=1)) ** 2
         return (power.astype(np.float32) @ self._fb.T).astype(np.float32)
 
-    def embed_many(self, wavs: Sequence[np.ndarray], rate: float = 1.3, min_coverage: float = 0.75) -> np.ndarray:
-        """L2-normalised 256-d embeddings of 16 kHz mono pieces (each volume-normalised first)."""
+    def partial_embeddings(self, wavs: Sequence[np.ndarray], rate: float = 1.3,
+                           min_coverage: float = 0.75) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """GE2E embeddings of the 1.6 s partial windows of each piece (each volume-normalised first).
+
+        Returns:
+            (embeddings (n, 256), index of the piece each window belongs to, window start in s).
+        """
         import torch
 
         enc = self._encoder()
-        mels, owner = [], []
+        mels, owner, starts = [], [], []
         for k, w in enumerate(wavs):
             w = np.asarray(w, dtype=np.float32)
             rms = float(np.sqrt(np.mean(np.square(w, dtype=np.float64)))) if w.size else 0.0
@@ -137,9 +146,10 @@ class SpeakerEncoder:
             if wav_slices[-1].stop > len(w):
                 w = np.pad(w, (0, wav_slices[-1].stop - len(w)))
             mel = self._mel(w)
-            for sl in mel_slices:
-                mels.append(mel[sl])
+            for ws, ms in zip(wav_slices, mel_slices):
+                mels.append(mel[ms])
                 owner.append(k)
+                starts.append(ws.start / ENCODER_SR)
         threads = torch.get_num_threads()
         # one thread: the small LSTM gains little from more, and on a busy CPU it runs several times faster
         torch.set_num_threads(1)
@@ -148,8 +158,12 @@ class SpeakerEncoder:
                 partial = enc(torch.from_numpy(np.stack(mels)).to(enc.device)).cpu().numpy()
         finally:
             torch.set_num_threads(threads)
-        owner_arr = np.asarray(owner)
-        out = np.stack([partial[owner_arr == k].mean(axis=0) for k in range(len(wavs))])
+        return partial, np.asarray(owner), np.asarray(starts)
+
+    def embed_many(self, wavs: Sequence[np.ndarray], rate: float = 1.3, min_coverage: float = 0.75) -> np.ndarray:
+        """L2-normalised 256-d embeddings of 16 kHz mono pieces (the mean of their partial windows)."""
+        partial, owner, _ = self.partial_embeddings(wavs, rate, min_coverage)
+        out = np.stack([partial[owner == k].mean(axis=0) for k in range(len(wavs))])
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
     def embed(self, audio16k: np.ndarray) -> np.ndarray:
@@ -157,14 +171,34 @@ class SpeakerEncoder:
         return self.embed_many([audio16k])[0]
 
 
-def _pieces(words: Sequence, gaps: Sequence[Gap | None], turn_gap_s: float) -> list[tuple[int, int]]:
+def _pieces(words: Sequence, gaps: Sequence[Gap | None], opts: SpeakerOptions) -> list[tuple[int, int]]:
+    """Word ranges between pauses of ``turn_gap_s``; longer than ``max_piece_s`` split at their widest gap.
+
+    Short pieces keep a voice change without a real pause from blending two voices into one
+    embedding (which would pull the two clusters together).
+    """
     out, first = [], 0
     for i, g in enumerate(gaps):
-        if g is not None and g.width >= turn_gap_s:
+        if g is not None and g.width >= opts.turn_gap_s:
             out.append((first, i))
             first = i + 1
     out.append((first, len(words) - 1))
-    return out
+    return [q for a, b in out for q in _split_piece(words, gaps, a, b, opts)]
+
+
+def _split_piece(words: Sequence, gaps: Sequence[Gap | None], a: int, b: int,
+                 opts: SpeakerOptions) -> list[tuple[int, int]]:
+    if words[b].end - words[a].start <= opts.max_piece_s:
+        return [(a, b)]
+    best, width = None, -1.0
+    for i in range(a, b):
+        g = gaps[i]
+        if (g is not None and g.width > width and words[i].end - words[a].start >= opts.min_piece_s
+                and words[b].end - words[i + 1].start >= opts.min_piece_s):
+            best, width = i, g.width
+    if best is None:
+        return [(a, b)]
+    return _split_piece(words, gaps, a, best, opts) + _split_piece(words, gaps, best + 1, b, opts)
 
 
 def average_linkage(emb: np.ndarray, threshold: float, n_clusters: int | None = None) -> np.ndarray:
@@ -230,7 +264,7 @@ def label_words(
     """
     if not words:
         return SpeakerLabels([])
-    pieces = _pieces(words, gaps, opts.turn_gap_s)
+    pieces = _pieces(words, gaps, opts)
     spans = []
     for a, b in pieces:  # the audio between the pauses around the piece (word times can be late or early)
         s = gaps[a - 1].end if a > 0 and gaps[a - 1] is not None else words[a].start
@@ -249,7 +283,13 @@ def label_words(
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
     if (~big).any():
         labels[~big] = np.argmax(emb[~big] @ centroids.T, axis=1)
-    seconds = {int(k): float(durations[labels == k].sum()) for k in np.unique(labels)}
+    word_labels = np.zeros(len(words), dtype=int)
+    for (a, b), lab in zip(pieces, labels):
+        word_labels[a: b + 1] = lab
+    if len(centroids) > 1:
+        _changes_inside_pieces(words, pieces, spans, audio16k, encoder, centroids, word_labels)
+    seconds = {int(k): float(sum(w.end - w.start for w, lab in zip(words, word_labels) if lab == k))
+               for k in np.unique(word_labels)}
     ref_sim: dict[int, float] = {}
     if reference is not None:
         ref_sim = {k: float(centroids[k] @ reference) for k in seconds}
@@ -257,10 +297,59 @@ def label_words(
     else:
         order = sorted(seconds, key=lambda k: -seconds[k])
     remap = {old: new for new, old in enumerate(order)}
-    per_word = [0] * len(words)
-    for (a, b), lab in zip(pieces, labels):
-        for i in range(a, b + 1):
-            per_word[i] = remap[int(lab)]
+    per_word = [remap[int(lab)] for lab in word_labels]
     logger.info("speakers: %d piece(s), %d cluster(s)", len(pieces), len(order))
     return SpeakerLabels(per_word, {remap[k]: round(v, 2) for k, v in seconds.items()}, len(pieces),
                          {remap[k]: round(v, 3) for k, v in ref_sim.items()})
+
+
+CHANGE_WINDOW_S = 1.6  # GE2E's partial window
+CHANGE_MARGIN = 0.05  # a window must be this much closer to another voice to count for it
+
+
+def _changes_inside_pieces(words: Sequence, pieces: list[tuple[int, int]], spans: list[tuple[float, float]],
+                           audio16k: np.ndarray, encoder: SpeakerEncoder, centroids: np.ndarray,
+                           word_labels: np.ndarray) -> None:
+    """Relabel words where another voice takes over inside a piece (a turn with no pause).
+
+    Pieces of at least two windows are scanned with 1.6 s windows every 0.4 s; a word takes the
+    voice most of the confident windows over it choose, and a new voice must hold for a full
+    window, so a single odd window does not split a turn. Changes ``word_labels`` in place.
+    """
+    long = [k for k, (s, e) in enumerate(spans) if e - s >= 2 * CHANGE_WINDOW_S]
+    if not long:
+        return
+    wavs = [audio16k[int(spans[k][0] * ENCODER_SR): int(spans[k][1] * ENCODER_SR)] for k in long]
+    partial, owner, starts = encoder.partial_embeddings(wavs, rate=2.5)
+    sims = partial @ centroids.T
+    top = np.sort(sims, axis=1)
+    choice, confident = np.argmax(sims, axis=1), (top[:, -1] - top[:, -2]) >= CHANGE_MARGIN
+    for j, k in enumerate(long):
+        a, b = pieces[k]
+        here = (owner == j) & confident
+        t0 = spans[k][0] + starts[here]
+        votes = choice[here]
+        labs = word_labels[a: b + 1].copy()
+        for i, w in enumerate(words[a: b + 1]):
+            mid = (w.start + w.end) / 2
+            cover = votes[(t0 <= mid) & (mid < t0 + CHANGE_WINDOW_S)]
+            if cover.size:
+                labs[i] = np.bincount(cover).argmax()
+        _drop_short_runs(labs, words[a: b + 1])
+        word_labels[a: b + 1] = labs
+
+
+def _drop_short_runs(labs: np.ndarray, words: Sequence) -> None:
+    """Give runs of one label shorter than a window the label of the run before (or after) them."""
+    changed = True
+    while changed:
+        changed = False
+        starts = [0] + [i for i in range(1, len(labs)) if labs[i] != labs[i - 1]]
+        bounds = list(zip(starts, starts[1:] + [len(labs)]))
+        if len(bounds) < 2:
+            return
+        for r, (i, j) in enumerate(bounds):
+            if words[j - 1].end - words[i].start < CHANGE_WINDOW_S:
+                labs[i:j] = labs[bounds[r - 1][0]] if r > 0 else labs[bounds[1][0]]
+                changed = True
+                break

@@ -60,6 +60,27 @@ class SynthesisOptions:
     gap_s: float = 0.15
     guard: GuardOptions = field(default_factory=GuardOptions)
 
+    # (name, lowest, highest, lowest included): the ranges XTTS's sampler accepts and makes sense of
+    _RANGES = (
+        ("temperature", 0.0, 5.0, False),  # 0 divides the logits by zero
+        ("top_k", 1, 10_000, True),
+        ("top_p", 0.0, 1.0, False),
+        ("repetition_penalty", 0.0, 100.0, False),
+        ("length_penalty", -100.0, 100.0, True),
+        ("speed", 0.25, 4.0, True),  # XTTS stretches the latents; outside this it is noise or silence
+        ("max_new_tokens", 1, 100_000, True),
+        ("gap_s", 0.0, 10.0, True),
+    )
+
+    def __post_init__(self) -> None:
+        for name, low, high, low_ok in self._RANGES:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not (low <= value if low_ok else low < value) or value > high:
+                bound = f"{'>=' if low_ok else '>'} {low:g} and <= {high:g}"
+                raise ConfigError(f"--{name.replace('_', '-')} {value:g}: must be {bound}")
+
     def inference_kwargs(self, config: Any) -> dict[str, Any]:
         """Keyword arguments for ``Xtts.inference`` (unset values from ``config``)."""
         kwargs: dict[str, Any] = {}
@@ -253,6 +274,16 @@ def split_text(loaded: LoadedModel, text: str, language: str) -> list[str]:
     return split_sentences(text, limit)
 
 
+def _one_chunk(loaded: LoadedModel, text: str, language: str) -> str:
+    """The whole text as one chunk (``--no-split``), refused past the language's character limit."""
+    text = " ".join(text.split())
+    limit = int(loaded.model.tokenizer.char_limits.get(language.split("-")[0], 250))
+    if len(text) > limit:
+        raise ConfigError(f"--no-split: the text has {len(text)} characters, more than XTTS's limit of {limit} for "
+                          f"'{language}' in one piece; drop --no-split to speak it sentence by sentence")  # fmt: skip
+    return text
+
+
 @dataclass
 class SynthesisResult:
     """One spoken text: the audio and every decision the generation guard took."""
@@ -373,7 +404,7 @@ def synthesize_with_report(
     if not text.strip():
         raise ConfigError("empty text; give the text to speak")
     latents, speaker = conditioning(loaded, speaker_wav)
-    chunks = split_text(loaded, text, language) if options.split_sentences else [" ".join(text.split())]
+    chunks = split_text(loaded, text, language) if options.split_sentences else [_one_chunk(loaded, text, language)]
     rate, source = speaking_rate(loaded, options)
     asr, asr_note = _guard_asr(loaded, language, options.guard)
     gap = np.zeros(int(options.gap_s * loaded.sample_rate), dtype=np.float32)

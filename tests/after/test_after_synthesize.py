@@ -158,3 +158,28 @@ def test_quality_hook_runs_at_saves_only_and_is_off_on_cpu_by_default(tmp_path):
     rows = [json.loads(x) for x in metrics.read_text().splitlines()]
     assert rows == [{"step": 2, "eval_loss": 1.0}, {"step": 4, "eval_loss": 0.5, "quality_cer": 0.1},
                     {"step": 7, "quality_cer": 0.2}]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [("--temperature", "0", "must be > 0 and <= 5"), ("--top-p", "2", "must be > 0 and <= 1"),
+     ("--speed", "0", "must be >= 0.25 and <= 4"), ("--speed", "-1", "must be >= 0.25"),
+     ("--max-new-tokens", "0", "must be >= 1"), ("--top-k", "0", "must be >= 1")],
+)  # fmt: skip
+def test_sampling_options_out_of_range_are_one_line(en_export, tmp_path, capsys, option, value, says):
+    from scripts.synthesize import main
+    from utils import cli
+
+    out = tmp_path / "o.wav"
+    code = cli.run(main, ["--model", str(en_export), "--text", "Hello.", "--out", str(out), option, value])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines()[-1].startswith(f"error: {option} {float(value):g}: {says}"), err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_no_split_with_a_text_over_the_limit_is_one_line(en_model):
+    from utils.errors import ConfigError
+
+    text = "This sentence is long enough. " * 12  # about 360 characters, over English's 250
+    with pytest.raises(ConfigError, match=r"--no-split: the text has 3\d\d characters, more than XTTS's limit of 250"):
+        synthesize(en_model, text, language="en", options=SynthesisOptions(split_sentences=False, seed=0))

@@ -544,7 +544,6 @@ def evaluate(
     from tqdm import tqdm
 
     from utils.export import read_run_config, run_language
-    from utils.quality import GE2ESimilarity
 
     run_dir = Path(run_dir)
     language = language or run_language(read_run_config(run_dir))
@@ -553,13 +552,9 @@ def evaluate(
     ckpts = [(Path(c), []) for c in checkpoints] if checkpoints else run_checkpoints(run_dir)
     if not ckpts:
         raise DataError(f"{run_dir} holds no checkpoint to evaluate")
-    asr, asr_note = load_asr(language, asr_model) if use_asr else (None, "ASR disabled (--no-asr)")
-    if asr is None:
-        logger.warning("CER/WER skipped: %s", asr_note)
     out_dir = Path(out_dir) if out_dir else run_dir / "eval"
-    report = EvalReport(run_dir, language, sentences, references, asr_note)
-    ctx = {"language": language, "references": references, "asr": (asr, asr_note), "s_per_letter": rate,
-           "ge2e": GE2ESimilarity(), "options": options or default_eval_options(), "device": device}  # fmt: skip
+    ctx = _eval_context(language, references, rate, asr_model if use_asr else False, options, device)
+    report = EvalReport(run_dir, language, sentences, references, ctx["asr"][1])
     with tqdm(total=len(ckpts) * len(sentences), desc="evaluate", unit="wav") as bar:
         for ckpt, same_step in ckpts:
             entry = _evaluate_checkpoint(ckpt, sentences, out_dir, ctx, bar)
@@ -568,6 +563,17 @@ def evaluate(
     report.best = choose_best(report.checkpoints)
     write_report(report, out_dir)
     return report
+
+
+def _eval_context(language: str, references: list, rate: float, asr_model: Any, options: Any, device: str | None) -> dict[str, Any]:
+    """What scoring each checkpoint needs: ASR (``asr_model`` False: off), GE2E, options."""
+    from utils.quality import GE2ESimilarity
+
+    asr, asr_note = load_asr(language, asr_model or None) if asr_model is not False else (None, "ASR disabled (--no-asr)")
+    if asr is None:
+        logger.warning("CER/WER skipped: %s", asr_note)
+    return {"language": language, "references": references, "asr": (asr, asr_note), "s_per_letter": rate,
+            "ge2e": GE2ESimilarity(), "options": options or default_eval_options(), "device": device}  # fmt: skip
 
 
 def choose_best(entries: list[dict[str, Any]]) -> dict[str, Any]:

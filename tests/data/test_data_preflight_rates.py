@@ -21,9 +21,9 @@ def test_a_one_letter_transcript_is_flagged_not_dropped(demo_en: Path, tmp_path:
     assert report.kept == len(lines) - 1  # flagged rows stay in the set
     (flag,) = report.flagged
     duration = sf.info(str(ds / audio)).duration
-    assert flag["row"] == 4 and flag["reason"] == "chars_per_second"
+    assert flag["row"] == 4 and flag["reason"] == "speaking_rate"
     assert flag["detail"].startswith(f"{1 / duration:.1f} characters/s") and "missing words" in flag["detail"]
-    median = float(flag["detail"].split("dataset median ")[1].split(")")[0])
+    median = float(flag["detail"].split("speaker's median ")[1].split(")")[0])
     assert 1 / duration < median / RATE_FACTOR
     assert report.to_dict()["flagged"] == report.flagged
     assert any("flagged for review" in line for line in report.summary_lines())

@@ -11,6 +11,7 @@ import csv
 import io
 import logging
 import os
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,23 +100,7 @@ def read_coqui_csv(
     text = _decode(path)
     root = Path(dataset_root) if dataset_root is not None else path.parent
     root = root.resolve()
-    lines = text.splitlines()
-    if not lines or not lines[0].strip():
-        raise DataError(f"{path} is empty; expected a header line 'audio_file|text|speaker_name' and rows")
-    header = [h.strip() for h in lines[0].split("|")]
-    if len(header) == 1:
-        hint = next((d for d in _OTHER_DELIMITERS if d in lines[0]), None)
-        if hint is not None:
-            raise DataError(
-                f"{path} uses {hint!r} as delimiter; the coqui format needs '|' "
-                f"(header 'audio_file|text|speaker_name')"
-            )
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        raise DataError(
-            f"{path} lacks column(s) {', '.join(missing)} in its header {lines[0]!r}; "
-            f"the first line must be 'audio_file|text|speaker_name'"
-        )
+    header = _check_header(path, text.splitlines())
     reader = csv.reader(io.StringIO(text), delimiter="|", quoting=csv.QUOTE_NONE)
     next(reader)
     rows: list[Row] = []
@@ -134,7 +119,7 @@ def read_coqui_csv(
             Row(
                 row=line_no,
                 audio_file=audio_file,
-                path=(root / audio_file).resolve() if audio_file else root,
+                path=resolve_audio_path(root, audio_file) if audio_file else root,
                 text=rec.pop("text").strip(),
                 speaker_name=(rec.pop("speaker_name", "") or DEFAULT_SPEAKER).strip(),
                 source=rec.pop("source", "").strip(),
@@ -142,6 +127,50 @@ def read_coqui_csv(
             )
         )
     return rows
+
+
+def _check_header(path: Path, lines: list[str]) -> list[str]:
+    """The header's column names, or a DataError naming what is wrong with it."""
+    if not lines or not lines[0].strip():
+        raise DataError(f"{path} is empty; expected a header line 'audio_file|text|speaker_name' and rows")
+    header = [h.strip() for h in lines[0].split("|")]
+    if len(header) == 1:
+        hint = next((d for d in _OTHER_DELIMITERS if d in lines[0]), None)
+        if hint is not None:
+            raise DataError(
+                f"{path} uses {hint!r} as delimiter; the coqui format needs '|' "
+                f"(header 'audio_file|text|speaker_name')"
+            )
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise DataError(
+            f"{path} lacks column(s) {', '.join(missing)} in its header {lines[0]!r}; "
+            f"the first line must be 'audio_file|text|speaker_name'"
+        )
+    return header
+
+
+def resolve_audio_path(root: Path, audio_file: str) -> Path:
+    """``root / audio_file``, matching a file whose name differs only in Unicode normalisation.
+
+    macOS writes file names decomposed (NFD, "e" + combining accent) while most editors write a
+    CSV composed (NFC): the two look identical and compare unequal. When the path as written does
+    not exist, each part is matched against the folder's entries by their NFC form.
+    """
+    path = (root / audio_file).resolve()
+    if path.exists():
+        return path
+    current = root
+    for part in Path(audio_file).parts:
+        candidate = current / part
+        if not candidate.exists() and current.is_dir():
+            want = unicodedata.normalize("NFC", part)
+            match = next((e for e in current.iterdir() if unicodedata.normalize("NFC", e.name) == want), None)
+            if match is None:
+                return path
+            candidate = match
+        current = candidate
+    return current.resolve()
 
 
 def write_coqui_csv(path: str | os.PathLike, rows: Iterable[Row]) -> Path:

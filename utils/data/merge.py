@@ -116,45 +116,17 @@ def merge_datasets(
         raise DataError(f"{out} exists and is not empty; choose a new --out folder (nothing was written)")
     loaded = [(Path(p), *_read_input(Path(p))) for p in inputs]  # all inputs checked before writing
     ds = DatasetFolder(out)
-    tags: set[str] = set()
-    seen_audio: dict[str, str] = {}
-    seen_text: dict[tuple[str, str], str] = {}
-    removed: list[dict[str, Any]] = []
-    per_input: list[dict[str, Any]] = []
+    state = _MergeState(dedupe_text)
     total = sum(len(rows) for _, rows, _, _ in loaded)
     bar = tqdm(total=total, desc="merge", unit="clip", disable=not progress)
     for path, rows, clips, _root in loaded:
-        tag = _unique_tag(slug(path.stem if path.is_file() else path.resolve().name, 24), tags)
-        kept = 0
-        for csv_path, r in rows:
-            bar.update()
-            origin = f"{csv_path}:{r.row}"  # the CSV file and its line: unambiguous across inputs
-            rel_in = str(Path(r.audio_file))
-            where = {"input": str(path), "csv": str(csv_path), "row": r.row, "audio_file": r.audio_file}
-            got = _check_row(r, where, seen_audio, seen_text, dedupe_text)
-            if isinstance(got, dict):
-                removed.append(got)
-                continue
-            audio, h, tkey = got
-            seen_audio[h] = origin
-            seen_text[tkey] = origin
-            flat = slug(str(Path(rel_in).with_suffix("")).replace(os.sep, "__"), 120)
-            rel = f"wavs/{tag}__{flat}.wav"
-            k = 1
-            while rel in ds.report["clips"]:
-                k += 1
-                rel = f"wavs/{tag}__{flat}-{k}.wav"
-            orig_source = clips.get(r.audio_file, {}).get("source") or r.source
-            # unknown recording: each clip is its own source; the split still groups by speaker and text
-            source = f"{tag}/{orig_source}" if orig_source else f"{tag}/{rel_in}"
-            ds.add_clip(rel, audio, r.text, speaker=r.speaker_name, source=source,
-                        meta={"origin": f"{path}/{r.audio_file}" if path.is_dir() else origin, "row": origin})
-            kept += 1
-        per_input.append({"input": str(path), "tag": tag, "rows": len(rows), "kept": kept})
+        tag = _unique_tag(slug(path.stem if path.is_file() else path.resolve().name, 24), state.tags)
+        kept = sum(state.add(ds, path, tag, csv_path, r, clips, bar) for csv_path, r in rows)
+        state.per_input.append({"input": str(path), "tag": tag, "rows": len(rows), "kept": kept})
         ds.report["sources"][tag] = {"file": str(path), "tool": "merge_datasets", "clips": kept,
-                                     "skipped": [x for x in removed if x["input"] == str(path)]}
+                                     "skipped": [x for x in state.removed if x["input"] == str(path)]}
     bar.close()
-    ds.report["merge"] = {"inputs": per_input, "removed": removed, "dedupe_text": dedupe_text}
+    ds.report["merge"] = {"inputs": state.per_input, "removed": state.removed, "dedupe_text": dedupe_text}
     ds.save(eval_fraction=eval_fraction, seed=seed)
     validation = {}
     for name in (TRAIN_CSV, EVAL_CSV):
@@ -162,5 +134,42 @@ def merge_datasets(
         validation[name] = {k: v for k, v in rep.to_dict().items() if k != "excluded"} | {"excluded": rep.excluded}
     ds.report["validation"] = validation
     ds.write_report()
-    logger.info("merged %d rows into %s: %d kept, %d removed", total, out, len(ds.rows), len(removed))
+    logger.info("merged %d rows into %s: %d kept, %d removed", total, out, len(ds.rows), len(state.removed))
     return ds.report
+
+
+class _MergeState:
+    """What the merge has seen so far: audio and text keys, removed rows, per-input counts."""
+
+    def __init__(self, dedupe_text: bool) -> None:
+        self.dedupe_text = dedupe_text
+        self.tags: set[str] = set()
+        self.seen_audio: dict[str, str] = {}
+        self.seen_text: dict[tuple[str, str], str] = {}
+        self.removed: list[dict[str, Any]] = []
+        self.per_input: list[dict[str, Any]] = []
+
+    def add(self, ds: DatasetFolder, path: Path, tag: str, csv_path: Path, r: Any, clips: dict, bar: Any) -> bool:
+        """Add one row to ``ds`` (True), or record why it was removed (False)."""
+        bar.update()
+        origin = f"{csv_path}:{r.row}"  # the CSV file and its line: unambiguous across inputs
+        rel_in = str(Path(r.audio_file))
+        where = {"input": str(path), "csv": str(csv_path), "row": r.row, "audio_file": r.audio_file}
+        got = _check_row(r, where, self.seen_audio, self.seen_text, self.dedupe_text)
+        if isinstance(got, dict):
+            self.removed.append(got)
+            return False
+        audio, h, tkey = got
+        self.seen_audio[h] = origin
+        self.seen_text[tkey] = origin
+        flat = slug(str(Path(rel_in).with_suffix("")).replace(os.sep, "__"), 120)
+        rel, k = f"wavs/{tag}__{flat}.wav", 1
+        while rel in ds.report["clips"]:
+            k += 1
+            rel = f"wavs/{tag}__{flat}-{k}.wav"
+        orig_source = clips.get(r.audio_file, {}).get("source") or r.source
+        # unknown recording: each clip is its own source; the split still groups by speaker and text
+        source = f"{tag}/{orig_source}" if orig_source else f"{tag}/{rel_in}"
+        ds.add_clip(rel, audio, r.text, speaker=r.speaker_name, source=source,
+                    meta={"origin": f"{path}/{r.audio_file}" if path.is_dir() else origin, "row": origin})
+        return True

@@ -424,7 +424,7 @@ class _Screen:
         return True
 
 
-# A transcript whose characters per second are this far from the dataset's median (by this factor,
+# A transcript whose characters per second are this far from its speaker's median (by this factor,
 # either way) is flagged: "A" for a 2.3 s clip (0.4/s against ~14/s) has lost most of its words.
 RATE_FACTOR = 2.5
 RATE_MIN_ROWS = 5  # below this many rows the median means little: fixed bounds instead
@@ -432,20 +432,31 @@ RATE_BOUNDS = (2.0, 40.0)  # characters per second, any language's speech
 
 
 def flag_rates(report: PreflightReport) -> list[dict[str, Any]]:
-    """Flag kept rows whose characters per second are far from the dataset's typical rate."""
-    rates = [(r, len(r.text.strip()) / r.duration) for r in report.kept_rows if r.duration]
-    if not rates:
-        return []
-    if len(rates) >= RATE_MIN_ROWS:
-        median = sorted(v for _, v in rates)[len(rates) // 2]
-        low, high, basis = median / RATE_FACTOR, median * RATE_FACTOR, f"dataset median {median:.1f}"
-    else:
-        (low, high), basis = RATE_BOUNDS, f"expected {RATE_BOUNDS[0]:g}-{RATE_BOUNDS[1]:g}"
+    """Flag kept rows whose speaking rate is far from their speaker's typical rate.
+
+    The same measure as data preparation's transcript review (:func:`utils.data.review.chars_per_second`:
+    letters and digits per second, against the speaker's median), with a looser factor: any dataset
+    reaches the preflight, recorded in many sessions, while the review compares clips of one recording.
+    """
+    from collections import defaultdict
+
+    from utils.data.review import chars_per_second
+
+    rates = [(r, chars_per_second(r.text, r.duration)) for r in report.kept_rows if r.duration]
+    by_speaker: dict[str, list[float]] = defaultdict(list)
+    for r, rate in rates:
+        by_speaker[r.speaker_name].append(rate)
     flagged = []
     for r, rate in rates:
+        values = by_speaker[r.speaker_name]
+        if len(values) >= RATE_MIN_ROWS:
+            median = sorted(values)[len(values) // 2]
+            low, high, basis = median / RATE_FACTOR, median * RATE_FACTOR, f"speaker's median {median:.1f}"
+        else:
+            (low, high), basis = RATE_BOUNDS, f"expected {RATE_BOUNDS[0]:g}-{RATE_BOUNDS[1]:g}"
         if rate < low or rate > high:
             hint = "the transcript may be missing words" if rate < low else "the audio may be cut short"
-            flagged.append({"row": r.row, "audio_file": r.audio_file, "reason": "chars_per_second",
+            flagged.append({"row": r.row, "audio_file": r.audio_file, "reason": "speaking_rate",
                             "detail": f"{rate:.1f} characters/s over {r.duration:.1f} s ({basis}): {hint}"})  # fmt: skip
     if flagged:
         logger.warning("preflight %s: %d kept rows have a speaking rate far from the rest (listed in the report, "

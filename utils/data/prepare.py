@@ -198,8 +198,6 @@ def prepare_dataset(
         DataError: no media, or no input produced any clip and the folder had none before.
         ConfigError: the Whisper model cannot be loaded.
     """
-    from tqdm import tqdm
-
     plan = speaker if isinstance(speaker, SpeakerPlan) else SpeakerPlan(name=speaker)
     files, ignored = collect_media(inputs)
     ds = DatasetFolder(out_dir)
@@ -211,31 +209,44 @@ def prepare_dataset(
     if encoder is not None:
         encoder.warm_up()  # torch's import and the weights load while the first file is decoded and transcribed
     run = _Run(ds, transcriber, plan, encoder, _reference_embedding(plan, encoder), limits, count_tokens)
-    # one bar in seconds of audio: its total grows as each file is decoded
-    bar = tqdm(total=0.0, desc="prepare", unit="audio s", disable=not progress,
-               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]{postfix}")
-    n_new, n_dup = 0, 0
-    for i, (f, fp) in enumerate(todo, start=1):
-        bar.set_postfix_str(f"file {i}/{len(todo)} {f.name[:30]}")
-        added = run.take(f, fp, bar if progress else None)
-        n_new += max(0, added)
-        n_dup += added == DUPLICATE
-    bar.close()
+    n_new, n_dup = _take_all(run, todo, progress)
     if not ds.rows:
         failed = "; ".join(f"{x['file']}: {x['reason']}" for x in ds.report["failed_inputs"]) or "no speech found"
         raise DataError(f"no clips could be made ({failed}); check the inputs are audio with speech")
-    flags = _review(ds, recheck)
     ds.report["last_run"] = {"tool": "prepare_dataset", "new_inputs": len(todo), "new_clips": n_new,
                              "skipped_already_done": len(files) - len(todo), "skipped_duplicates": n_dup}
+    return _save(ds, run, _review(ds, recheck), eval_fraction, seed)
+
+
+def _save(ds: DatasetFolder, run: "_Run", flags: list[dict[str, Any]], eval_fraction: float, seed: int) -> dict[str, Any]:
     report = ds.save(eval_fraction=eval_fraction, seed=seed)  # nothing else is written if this refuses
     review.write_review(ds.root, flags)
     for sid, ap in run.prints.items():
         save_print(ds.root, sid, ap)
-    logger.info("%s: %d new clips, %d in total", out_dir, n_new, len(ds.rows))
+    logger.info("%s: %d new clips, %d in total", ds.root, report["last_run"]["new_clips"], len(ds.rows))
     return report
 
 
 DUPLICATE = -1
+
+
+def _take_all(run: "_Run", todo: list, progress: bool) -> tuple[int, int]:
+    """Every new input through ``run``, under one bar in hours of audio; (new clips, duplicates)."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    # the bar's total grows as each file is decoded; log lines (faster-whisper's too) print above it
+    bar = tqdm(total=0.0, desc="prepare", unit="audio h", unit_scale=1 / 3600, disable=not progress,
+               bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h of audio [{elapsed}<{remaining}]{postfix}")  # fmt: skip
+    n_new, n_dup = 0, 0
+    with logging_redirect_tqdm():
+        for i, (f, fp) in enumerate(todo, start=1):
+            bar.set_postfix_str(f"file {i}/{len(todo)} {f.name[:30]}")
+            added = run.take(f, fp, bar if progress else None)
+            n_new += max(0, added)
+            n_dup += added == DUPLICATE
+    bar.close()
+    return n_new, n_dup
 
 
 @dataclass

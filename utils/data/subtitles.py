@@ -292,6 +292,22 @@ def _group_clip(g: list[Cue], audio: Any, total_s: float, speech: list[tuple[flo
     return audio[int(lo * TARGET_SR): int(hi * TARGET_SR)], text, lo, hi, meta
 
 
+def _cue_groups(cues: list, skipped: list[dict[str, Any]], total_s: float, limits: SegmentLimits,
+                count_tokens: Callable[[str], int]) -> tuple[list, list[tuple[float, float]]]:  # fmt: skip
+    """The cue groups to cut (reasons for the rest appended to ``skipped``) and every speech span."""
+    inside = [c for c in cues if c.start < total_s]
+    skipped.extend({"cue": c.index, "start": c.start, "end": c.end, "text": c.raw, "reason": "outside_media",
+                    "detail": f"starts after the media ends ({total_s:.2f} s)"} for c in cues if c.start >= total_s)
+    inside, more = split_overlapping_voices(inside)
+    skipped.extend(more)
+    groups, more = group_cues(inside, limits=limits, count_tokens=count_tokens)
+    skipped.extend(more)
+    # pads stop half-way to any other cue with speech, kept or skipped
+    speech = sorted([(c.start, c.end) for c in cues]
+                    + [(x["start"], x["end"]) for x in skipped if x["reason"] == "several_voices"])
+    return groups, speech
+
+
 def import_subtitles(
     media: str | os.PathLike,
     subtitles: str | os.PathLike,
@@ -328,16 +344,7 @@ def import_subtitles(
         return ds.report
     audio, _ = load_audio(media, TARGET_SR)
     total_s = len(audio) / TARGET_SR
-    inside = [c for c in cues if c.start < total_s]
-    skipped.extend({"cue": c.index, "start": c.start, "end": c.end, "text": c.raw, "reason": "outside_media",
-                    "detail": f"starts after the media ends ({total_s:.2f} s)"} for c in cues if c.start >= total_s)
-    inside, more = split_overlapping_voices(inside)
-    skipped.extend(more)
-    groups, more = group_cues(inside, limits=limits, count_tokens=count_tokens)
-    skipped.extend(more)
-    # pads stop half-way to any other cue with speech, kept or skipped
-    speech = sorted([(c.start, c.end) for c in cues]
-                    + [(x["start"], x["end"]) for x in skipped if x["reason"] == "several_voices"])
+    groups, speech = _cue_groups(cues, skipped, total_s, limits, count_tokens)
     made = [_group_clip(g, audio, total_s, speech, speaker, limits, count_tokens)
             for g in tqdm(groups, desc="import", unit="clip", disable=not progress)]
     clips = [c for c in made if not isinstance(c, dict)]

@@ -20,6 +20,14 @@ from utils.gpt_train import main
 RECIPE = {"language": "am", "dataset_hours": 37.7, "batch_size": 3, "grad_accum": 84, "epochs": 10}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _import_coqui_outside_capsys() -> None:
+    """transformers and Coqui's Trainer bind sys.stderr/stdout when first imported: not inside a
+    capsys test, whose stream is closed afterwards (the later in-process training would write to it)."""
+    import trainer  # noqa: F401
+    import TTS.tts.models.xtts  # noqa: F401
+
+
 def _cli_dry_run(argv: list[str], capsys: pytest.CaptureFixture[str], recipe: dict | None = None) -> dict:
     capsys.readouterr()
     assert main([*argv, "--dry-run"], recipe=recipe) == 0
@@ -137,3 +145,19 @@ def test_a_job_in_a_child_process_reports_its_error_through_the_event_file(tmp_p
     assert [e.kind for e in events][-1] is EventKind.ERROR
     assert "no base model" in events[-1].data["message"] and events[-1].data["type"] == "ConfigError"
     assert events[0].kind is EventKind.STAGE and events[0].data == {"name": "locate_base", "status": "started"}
+
+
+def test_the_amharic_recipe_is_values_for_the_same_object(capsys) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recipe_amharic_37h", REPO_ROOT / "recipes" / "amharic_37h.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    capsys.readouterr()
+    assert module.main(["--dry-run"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert cli == FineTune(RunConfig.build(recipe=module.RECIPE)).describe()
+    # the header's arithmetic: the 10-40 h row, 3 x 84 = 252 samples per optimizer step
+    assert cli["lr"] == 1e-5 and cli["sources"]["lr"] == "table row 10-40 h (37.7 h, recipe)"
+    assert (cli["batch_size"], cli["grad_accum"], cli["epochs"]) == (3, 84, 10)
+    assert cli["batch_plan"]["effective_batch"] == 252 and cli["language"] == "am"

@@ -121,15 +121,19 @@ def read_events(path: str | Path) -> list[Event]:
 
 
 class LogSubscriber:
-    """Subscriber: stages and the run folder to the log (evaluations and health log themselves)."""
+    """Subscriber: stages, the run folder and the end of a run to the log.
+
+    Evaluations and health events are logged where they happen (the trainer, the monitor); an
+    error is reported once, by the front end that shows it (the command line's one line).
+    """
 
     def __call__(self, event: Event) -> None:
         if event.kind is EventKind.STAGE and event.data.get("status") == "started":
             logger.debug("step %s", event.data.get("name"))
         elif event.kind is EventKind.RUN_DIR:
             logger.info("run folder: %s", event.data.get("path"))
-        elif event.kind is EventKind.ERROR:
-            logger.error("%s", event.data.get("message"))
+        elif event.kind is EventKind.FINISHED:
+            logger.debug("finished: %s", event.data.get("run_dir"))
 
 
 class ProgressBar:

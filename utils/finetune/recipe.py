@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from utils.errors import ConfigError
-from utils.events import EventBus, EventKind, ProgressBar, Subscriber
+from utils.events import EventBus, EventKind, LogSubscriber, ProgressBar, Subscriber
 from utils.finetune import restart, steps
 from utils.finetune.config import RunConfig
 from utils.finetune.steps import DEFAULT_CACHE, DataSplit, SchedulePlan
@@ -59,7 +59,7 @@ class FineTune:
     """
 
     def __init__(self, config: RunConfig, *, subscribers: Iterable[Subscriber] = (), cache_dir: Path = DEFAULT_CACHE) -> None:
-        self.events = EventBus(list(subscribers))
+        self.events = EventBus([LogSubscriber(), *subscribers])  # the log is one subscriber, the bar another
         if config.progress:
             self.events.subscribe(ProgressBar())
         self.cache_dir = Path(cache_dir)

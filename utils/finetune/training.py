@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.errors import DataError
-from utils.events import EventBus, EventKind, ProgressBar
+from utils.events import EventBus, EventKind, LogSubscriber, ProgressBar
 from utils.hparams import Resolved
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def train(
 
     if not eval_samples:
         raise DataError("the eval set is empty; put at least one clip in metadata_eval.csv")
-    bus = events if events is not None else EventBus([ProgressBar()] if progress else [])
+    bus = events if events is not None else EventBus([LogSubscriber(), *([ProgressBar()] if progress else [])])
     trainer, health = _build_trainer(config, train_samples, eval_samples, continue_path=continue_path,
                                      restore_path=restore_path, progress=progress, plots=plots, bus=bus)  # fmt: skip
     run_dir = Path(trainer.output_path)
@@ -104,8 +104,7 @@ def train(
         if preflight_reports:
             merged = {name: report.to_dict() for name, report in preflight_reports.items()}
             (run_dir / "preflight_report.json").write_text(json.dumps(merged, indent=2), encoding="utf-8")
-        bus.emit(EventKind.RUN_DIR, path=str(run_dir))
-    logger.info("run folder: %s", run_dir)
+        bus.emit(EventKind.RUN_DIR, path=str(run_dir))  # the log subscriber names it
     _size_micro_batch(trainer, config, continuing=continue_path is not None)
     try:
         trainer.fit()

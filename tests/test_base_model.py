@@ -51,7 +51,14 @@ class _Response(io.BytesIO):
 
 
 def _payload(name: str) -> bytes:
-    return b'{"ok": true}' if name.endswith(".json") else b"PK" + bytes(range(256)) * 40
+    """A file's bytes: JSON, or a real (tiny) torch file, which the safe model-file check accepts."""
+    if name.endswith(".json"):
+        return b'{"ok": true}'
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"name": name.rsplit("/", 1)[-1], "weights": torch.arange(2560, dtype=torch.float32)}, buf)
+    return buf.getvalue()
 
 
 def test_download_fetches_verifies_and_skips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

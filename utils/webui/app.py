@@ -92,7 +92,7 @@ class Screens:
 
     # --- Data ------------------------------------------------------------------------------
 
-    def dataset_choices(self) -> gr.Dropdown:
+    def dataset_choices(self) -> Any:
         """The datasets; the newest training's one selected (what a reopened page was working on)."""
         choices = self.engine.datasets()
         job = self.engine.current_job()
@@ -101,7 +101,9 @@ class Screens:
             folder = Path(job.spec["config"]["dataset"])
             if folder.is_relative_to(self.engine.data_root):
                 current = str(folder.relative_to(self.engine.data_root))
-        return gr.Dropdown(choices=choices, value=current if current in choices else None)
+        if current in choices:
+            return gr.update(choices=choices, value=current)
+        return gr.update(choices=choices)  # the value stays: a click may have set it before this load answered
 
     @guard
     def use_demo(self, language: str) -> tuple[gr.Dropdown, str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,6 @@ MEDIA_EXTS = {".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus", ".mp4", ".mkv", 
 # preflight reasons whose clip can be listened to and fixed in the review view
 REVIEWABLE = {"unreadable_audio", "too_short", "too_long", "silent", "clipped", "empty_text", "unknown_characters",
               "text_too_long", "unsupported_language"}  # fmt: skip
-RATE_OUTLIER = 1.8  # characters per second this many times above or below the dataset median: a suspect transcript
 
 
 # ------------------------------------------------------------------------------------------------
@@ -162,7 +160,7 @@ class Engine:
         stats = dataset_stats(kept)
         reviewed = runs_mod.read_json(folder / "review.json").get("kept", [])
         flagged = [e for e in excluded if e["reason"] in REVIEWABLE]
-        flagged += _rate_outliers(train.kept_rows, "train") + _rate_outliers(evalr.kept_rows, "eval")
+        flagged += _kept_flags(folder, {"train": train, "eval": evalr})
         for item in flagged:
             item["path"] = str((folder / item["audio_file"]).resolve())
             item["text"] = item.get("text") or _row_text(folder, item["split"], item["row"])
@@ -492,17 +490,21 @@ class Engine:
 # ------------------------------------------------------------------------------------------------
 
 
-def _rate_outliers(rows: Sequence[Any], split: str) -> list[dict[str, Any]]:
-    """Kept clips whose characters per second are far from the median: likely a wrong transcript."""
-    rates = [(r, len(r.text) / r.duration) for r in rows if r.duration]
-    if len(rates) < 4:
-        return []
-    median = statistics.median(rate for _, rate in rates)
-    out = []
-    for r, rate in rates:
-        if rate > median * RATE_OUTLIER or rate < median / RATE_OUTLIER:
-            out.append({"row": r.row, "audio_file": r.audio_file, "split": split, "reason": "speaking_rate", "text": r.text,
-                        "detail": f"{rate:.1f} characters/s against the dataset's median {median:.1f}: check the transcript"})  # fmt: skip
+def _kept_flags(folder: Path, reports: dict[str, Any]) -> list[dict[str, Any]]:
+    """Kept clips worth a look: the preflight's speaking-rate flags, and the transcript review
+    that data preparation wrote (review.csv: low ASR confidence, a second ASR pass disagreeing)."""
+    from utils.data.review import REVIEW_NAME, read_review
+
+    out = [dict(f, split=split, text=next((r.text for r in rep.kept_rows if r.row == f["row"]), ""))
+           for split, rep in reports.items() for f in rep.flagged]  # fmt: skip
+    if (folder / REVIEW_NAME).is_file():
+        where = {r.audio_file: (split, r) for split, rep in reports.items() for r in rep.kept_rows}
+        seen = {(f["split"], f["row"], f["reason"]) for f in out}
+        for item in read_review(folder / REVIEW_NAME):
+            split, r = where.get(item["audio_file"], (None, None))
+            if r is not None and (split, r.row, item["reason"]) not in seen:
+                out.append({"row": r.row, "audio_file": r.audio_file, "split": split, "reason": item["reason"],
+                            "text": r.text, "detail": item["detail"]})  # fmt: skip
     return out
 
 

@@ -56,7 +56,7 @@ SPEED_HELP = {
 # Options that map one to one onto RunConfig fields (dest name = field name).
 _FIELDS = ("dataset", "train_csv", "eval_csv", "language", "dataset_hours", "new_tokens", "new_token_warmup_steps",
            "max_excluded_share", "base_model", "output_path", "run_name", "preset", "restore", "speed",
-           "test_sentences", "gpus", "demo")  # fmt: skip
+           "test_sentences", "quality_eval", "gpus", "demo")  # fmt: skip
 
 
 def parse_args(argv: Sequence[str] | None, defaults: dict[str, Any] | None = None) -> argparse.Namespace:
@@ -76,6 +76,10 @@ def parse_args(argv: Sequence[str] | None, defaults: dict[str, Any] | None = Non
     after.add_argument("--test-sentences", type=int,
                        help="eval sentences spoken at each evaluation into <run>/test_sentences and TensorBoard "
                        "(0: off; default 3)")  # fmt: skip
+    after.add_argument("--quality-eval", dest="quality_eval", action="store_const", const=True,
+                       help="at each save, score held-out sentences (CER, GE2E similarity, DNSMOS, trailing "
+                       "seconds) into metrics.jsonl (default: on with a CUDA GPU, off on the CPU)")  # fmt: skip
+    after.add_argument("--no-quality-eval", dest="quality_eval", action="store_const", const=False)
     after.add_argument("--no-export", action="store_true",
                        help="skip the compact inference export (<run>/export) at the end of training")
     after.add_argument("--events-jsonl", type=Path, metavar="FILE",

@@ -84,6 +84,7 @@ class RunRecord:
     speed: Mapping[str, Any] = field(default_factory=dict)
     speed_applied: tuple[str, ...] = ()
     test_sentences: int = 0
+    quality_eval: bool | None = None
     test_max_new_tokens: int | None = None
     export: bool = True
     planned_optimizer_steps: int | None = None

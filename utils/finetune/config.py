@@ -100,6 +100,7 @@ class RunConfig:
     speed: str = "fast"
     speed_switches: Mapping[str, bool] = field(default_factory=dict)
     test_sentences: int = 3
+    quality_eval: bool | None = None  # objective scores at each save into metrics.jsonl; None: on with CUDA
     export: bool = True
     progress: bool = True
     plots: bool = True

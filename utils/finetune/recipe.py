@@ -202,6 +202,7 @@ class FineTune:
         tk = config.toolkit
         tk["speed"] = steps.speed_options(cfg, config.num_loader_workers)
         tk["test_sentences"] = int(cfg.test_sentences)
+        tk["quality_eval"] = cfg.quality_eval
         tk["test_max_new_tokens"] = 20 if cfg.demo else None  # a random tiny GPT never emits its stop token
         tk["export"] = bool(cfg.export)
         tk.update({"planned_optimizer_steps": plan.total_steps, "train_csv": str(data.train_csv.resolve()),

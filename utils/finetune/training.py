@@ -187,6 +187,8 @@ def unique_run_name(output_path: str | Path, base: str) -> str:
 
 def _final_plots(trainer: Any, plots: bool) -> None:
     """Redraw the curves once training ended, however it ended."""
+    from utils.training import distributed
+
     if not (plots and trainer.evaluation_records and distributed.is_rank_zero()):
         return
     try:
@@ -211,7 +213,7 @@ def _refresh_plots(trainer: Any, _record: dict[str, Any] | None = None, *, force
 
 
 def _evaluation_hooks(config: Any, *, plots: bool) -> list[Any]:
-    """What runs after each evaluation on rank 0: plot refresh and test sentences."""
+    """What runs after each evaluation on rank 0: plot refresh, test sentences, quality scores."""
     hooks: list[Any] = [_refresh_plots] if plots else []
     count = int(config.toolkit.get("test_sentences") or 0)
     if count:
@@ -219,6 +221,10 @@ def _evaluation_hooks(config: Any, *, plots: bool) -> list[Any]:
 
         options = SynthesisOptions(seed=0, max_new_tokens=config.toolkit.get("test_max_new_tokens"))
         hooks.append(test_sentences_hook(max_sentences=count, options=options))
+    from utils.eval_hook import QualityEvalHook
+
+    # objective scores at each save (None: only with CUDA; on the CPU they cost minutes per save)
+    hooks.append(QualityEvalHook(max_sentences=count or 3, enabled=config.toolkit.get("quality_eval")))
     return hooks
 
 

@@ -187,6 +187,8 @@ def unique_run_name(output_path: str | Path, base: str) -> str:
 
 def _final_plots(trainer: Any, plots: bool) -> None:
     """Redraw the curves once training ended, however it ended."""
+    from utils.training import distributed
+
     if not (plots and trainer.evaluation_records and distributed.is_rank_zero()):
         return
     try:

@@ -259,3 +259,39 @@ def test_no_progress_prints_no_bars(tiny_base, demo_en, tmp_path, capfd) -> None
     assert main(argv) == 0
     err = capfd.readouterr().err
     assert "%|" not in err and "clip/s" not in err, [ln for ln in err.splitlines() if "%|" in ln][:3]
+
+
+# --- inputs that were accepted but wrong -----------------------------------------------------------
+
+
+def test_language_zh_and_a_base_model_file_get_the_fix(tiny_base, demo_copy, tmp_path, capsys) -> None:
+    from utils.gpt_train import main
+
+    common = ["--dataset", str(demo_copy), "--epochs", "1", "--output-path", str(tmp_path / "runs")]
+    assert cli.run(main, [*common, "--base-model", str(tiny_base), "--language", "zh"]) == 2
+    assert _one_error_line(capsys) == "error: 'zh': XTTS v2's code for Mandarin Chinese is 'zh-cn'; use --language zh-cn"
+    assert cli.run(main, [*common, "--base-model", str(tiny_base / "model.pth"), "--language", "en"]) == 2
+    line = _one_error_line(capsys)
+    assert "is a file" in line and f"--base-model {tiny_base}" in line, line
+
+
+def test_run_names_are_claimed_exclusively(tmp_path, monkeypatch) -> None:
+    from utils.finetune import training
+
+    tokens = iter(["aaaaaa", "aaaaaa", "bbbbbb"])
+    monkeypatch.setattr(training.secrets, "token_hex", lambda n: next(tokens))
+    monkeypatch.setattr(training.time, "strftime", lambda fmt: "20260101-000000")
+    first = training.unique_run_name(tmp_path, "xtts_ft")
+    second = training.unique_run_name(tmp_path, "xtts_ft")  # the same random part comes up again: retried
+    assert (first, second) == ("xtts_ft_20260101-000000_aaaaaa", "xtts_ft_20260101-000000_bbbbbb")
+
+
+def test_a_path_outside_the_dataset_names_the_way_out(tmp_path, demo_en) -> None:
+    from utils.data.preflight import run_preflight
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    shutil.copy(demo_en / "wavs" / "en_001.wav", tmp_path / "outside.wav")
+    (ds / "metadata.csv").write_text("audio_file|text|speaker_name\n../outside.wav|The quick brown fox.|demo\n")
+    (row,) = run_preflight(ds / "metadata.csv", language="en", progress=False).excluded
+    assert row["reason"] == "path_outside_dataset" and "--dataset-root" in row["detail"] and "move the file" in row["detail"]

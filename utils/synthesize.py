@@ -572,7 +572,9 @@ def trainer_model(trainer: Any, language: str, references: list[Path]) -> Iterat
     """
     import torch
 
-    model = trainer._get_model() if hasattr(trainer, "_get_model") else trainer.model
+    from utils.training import compat
+
+    model = compat.unwrap_model(trainer) if hasattr(trainer, "_get_model") else trainer.model
     xtts = model.xtts
     modes = {m: m.training for m in xtts.modules()}
     gpt = xtts.gpt

@@ -29,7 +29,8 @@ FLAGGED_HEADERS = ["#", "split", "row", "audio_file", "reason", "text"]
 HPARAM_HEADERS = ["hyperparameter", "value", "source"]
 EVAL_HEADERS = ["step", "optimizer step", "train loss", "eval loss", "LR", "samples/s"]
 EVENT_HEADERS = ["step", "event", "message", "recommendation", "action"]
-REPORT_HEADERS = ["checkpoint", "step", "CER", "WER", "similarity", "s/letter", "trailing s", "flagged", "score"]
+REPORT_HEADERS = ["checkpoint", "step", "CER", "WER", "similarity (GE2E)", "similarity (XTTS)", "DNSMOS", "trailing s",
+                  "after last word s", "flagged", "score"]
 PRESETS = ["", "stable", "fast", "plateau-breaker"]
 CSS = """
 .wui-status textarea {font-family: monospace}
@@ -311,9 +312,10 @@ class Screens:
         rows, points = [], []
         for c in report.get("checkpoints", []):
             s = c["summary"]
-            rows.append([c["name"], c["step"], _fmt(s["cer"]), _fmt(s["wer"]), _fmt(s["similarity"]), _fmt(s["s_per_letter"]),
-                         _fmt(s["trailing_s"]), f"{s['flagged']}/{s['n']}", _fmt(c["score"])])  # fmt: skip
-            for key in ("cer", "similarity"):
+            rows.append([c["name"], c["step"], _fmt(s.get("cer")), _fmt(s.get("wer")), _fmt(s.get("similarity_ge2e")),
+                         _fmt(s.get("similarity_xtts")), _fmt(s.get("dnsmos_ovrl")), _fmt(s.get("trailing_s")),
+                         _fmt(s.get("after_last_word_s")), f"{s.get('flagged', 0)}/{s.get('n', 0)}", _fmt(c["score"])])  # fmt: skip
+            for key in ("cer", "similarity_ge2e", "dnsmos_ovrl"):
                 if s.get(key) is not None:
                     points.append({"step": c["step"] or 0, "value": s[key], "series": key})
             points.append({"step": c["step"] or 0, "value": c["score"], "series": "score (lower is better)"})

@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--select-best", action="store_true", help="copy the best checkpoint to <run>/best_eval_model.pth")
     p.add_argument("--device", choices=("cpu", "cuda"))
     args = p.parse_args(argv)
+    if args.out is not None:
+        from utils.fs import check_writable_dir
+
+        check_writable_dir(args.out, "--out")  # before any model is loaded
     cli.setup_logging()
 
     from utils.evaluate import copy_best, evaluate

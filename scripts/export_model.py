@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-references", type=int, default=3, help="clips to choose automatically (default 3)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     args = p.parse_args(argv)
+    if args.out is not None:
+        from utils.fs import check_writable_dir
+
+        check_writable_dir(args.out, "--out")  # before the model is loaded
     cli.setup_logging()
 
     from utils.export import export_model, resolve_checkpoint

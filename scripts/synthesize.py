@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--no-asr-check", action="store_true", help="do not align faster-whisper word times with the text")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     args = p.parse_args(argv)
+    from utils.fs import check_writable_dir, check_writable_file
+
+    (check_writable_file if args.out.suffix.lower() == ".wav" else check_writable_dir)(args.out, "--out")
     cli.setup_logging()
 
     from utils.generation_guard import GuardOptions

@@ -82,6 +82,11 @@ def test_unwritable_outputs_refused_at_once(tmp_path, read_only_dir, demo_en, ca
         ("import_srt", [str(wav), str(srt), "--out", str(a_file)], "--out"),
         ("merge_datasets", [str(demo_en), str(demo_en), "--out", str(read_only_dir / "m")], "--out"),
         ("validate_dataset", [str(demo_en / "metadata_train.csv"), "--report", str(read_only_dir / "r.json")], "--report"),
+        # the model folders do not exist: the output check comes first
+        ("export_model", [str(tmp_path / "no_run"), "--out", str(read_only_dir / "e")], "--out"),
+        ("synthesize", ["--model", str(tmp_path / "no_run"), "--text", "Hi.", "--out", str(read_only_dir / "a.wav")], "--out"),
+        ("synthesize", ["--model", str(tmp_path / "no_run"), "--text", "Hi.", "--out", str(a_file)], "--out"),
+        ("evaluate", [str(tmp_path / "no_run"), "--out", str(a_file)], "--out"),
     ]
     for name, argv, option in cases:
         started = time.time()

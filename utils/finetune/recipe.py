@@ -244,7 +244,13 @@ class FineTune:
     def prepare(self) -> Any:
         """Steps 1-7 (everything before training); returns the trainer config."""
         from utils.fs import check_writable_dir
+        from utils.training import distributed
 
+        if self.config.gpus != distributed.world_size():
+            raise ConfigError(
+                f"gpus={self.config.gpus} but this process is one of {distributed.world_size()}: start data-parallel runs "
+                "with utils/gpt_train.py --gpus N or torchrun --nproc_per_node N utils/gpt_train.py"
+            )
         check_writable_dir(self.continue_dir or self.config.output_path, "--continue" if self.continue_dir else "--output-path")
         if self.continue_dir is None:
             self.locate_base()

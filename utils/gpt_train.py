@@ -5,6 +5,8 @@
     python utils/gpt_train.py --dataset-hours 37.7 --dry-run   # the resolved configuration as JSON
     python utils/gpt_train.py --continue RUN_DIR        # resume a run exactly (kill, crash, more epochs)
     python utils/gpt_train.py --restore RUN_DIR/best_model.pth --lr 5e-6 ...   # new run from those weights
+    python utils/gpt_train.py --gpus 4 ...              # data parallel on 4 GPUs (torch.distributed.run)
+    torchrun --nproc_per_node 4 utils/gpt_train.py ...  # the same; --nnodes M for several machines (README)
 
 Learning rate and weight decay come from the dataset-hours table (utils/hparams.py); the LR
 scheduler is ReduceLROnPlateau on the eval loss (or cosine, inverse_sqrt, MultiStepLR; all in
@@ -211,6 +213,7 @@ def main(argv: Sequence[str] | None = None, *, recipe: dict[str, Any] | None = N
     config = run_config(args, recipe)
     worker = torchrun.worker_env()
     if worker is not None and worker.world_size > 1:  # started by torchrun (or by --gpus N below)
+        torchrun.pin_gpu(worker)  # first, before anything starts CUDA
         if args.gpus is not None and args.gpus != worker.world_size:
             raise ConfigError(f"--gpus {args.gpus} but torchrun started {worker.world_size} workers; leave out --gpus under torchrun")
         config = config.replace(gpus=worker.world_size)

@@ -61,17 +61,23 @@ def worker_env(environ: dict[str, str] | None = None) -> WorkerEnv | None:
         raise ConfigError("RANK, LOCAL_RANK and WORLD_SIZE must be whole numbers (as torchrun sets them)") from None
 
 
-def _pin_gpu(local_rank: int) -> None:
-    """One GPU per worker, before CUDA starts: Coqui's Trainer then sees one GPU and keeps its own
-    DDP path off (it raises on several visible GPUs without it)."""
+def pin_gpu(env: WorkerEnv) -> None:
+    """One GPU per worker (its local rank's), set before anything starts CUDA: Coqui's Trainer then
+    sees one GPU and keeps its own DDP path off (it raises on several visible GPUs without it).
+
+    Harmless on a machine without GPUs; a no-op for a job of one process or once narrowed.
+    """
+    if env.world_size == 1:
+        return
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = [x.strip() for x in visible.split(",") if x.strip()] if visible is not None else None
     if ids is None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(local_rank)
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(env.local_rank)
     elif len(ids) > 1:
-        if local_rank >= len(ids):
-            raise ConfigError(f"local rank {local_rank} but only {len(ids)} GPU(s) visible ({visible}); lower --nproc_per_node")
-        os.environ["CUDA_VISIBLE_DEVICES"] = ids[local_rank]
+        if env.local_rank >= len(ids):
+            raise ConfigError(f"local rank {env.local_rank} but only {len(ids)} GPU(s) visible ({visible}); "
+                              "lower --nproc_per_node")  # fmt: skip
+        os.environ["CUDA_VISIBLE_DEVICES"] = ids[env.local_rank]
 
 
 def init_worker(env: WorkerEnv) -> str | None:
@@ -82,11 +88,10 @@ def init_worker(env: WorkerEnv) -> str | None:
     """
     if env.world_size == 1:
         return None
+    pin_gpu(env)  # before the first CUDA call below
     import torch
 
-    if torch.cuda.is_available():
-        _pin_gpu(env.local_rank)
-    backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() > 0 else "gloo"
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
     import torch.distributed as dist
 
     if backend == "nccl":

@@ -49,6 +49,8 @@ SPEED_HELP = {
     "oom_backoff": "on CUDA out of memory: halve the micro-batch, double the accumulation, go on",
     "compile": "torch.compile of the GPT2 blocks' training forward (about 30 s of compiling in the first steps, "
     "then about 9%% more samples/s; BENCHMARKS.md)",
+    "packed_attention": "the loss forward on packed rows: causal attention with no mask (the flash kernel), "
+    "no per-row loops; same losses as Coqui's forward (off: Coqui's masked forward)",
     "no_cudnn_attention": "allow SDPA's cuDNN attention backend (off by default: per-shape planning cost)",
     "no_kv_cache": "let GPT2 fill its (unused) KV cache in training forwards",
 }

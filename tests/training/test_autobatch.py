@@ -32,7 +32,8 @@ from utils.training.model import ToolkitGPTTrainer
         (300, 252, 252, 1),  # never above the effective batch
         (5, 252, 4, 63),
         (1, 252, 1, 252),
-        (128, 251, 128, 2),  # a prime: no divisor near 128, the nearest whole accumulation (256)
+        (221, 252, 126, 2),  # the H200: 221 fit, 221 x 1 would have been 221 samples per step
+        (128, 251, 1, 251),  # a prime: exact, with a warning naming 128 x 2 = 256
         (2, 2, 2, 1),
     ],
 )
@@ -40,6 +41,24 @@ def test_plan_keeps_the_effective_batch(fits, effective, micro, accum):
     plan = plan_micro_batch(fits, effective)
     assert (plan.micro_batch, plan.accumulation) == (micro, accum)
     assert plan.micro_batch <= fits
+
+
+def test_a_prime_effective_batch_stays_exact_and_the_warning_names_a_better_one(caplog):
+    with caplog.at_level(logging.WARNING, logger="utils.training.autobatch"):
+        plan = plan_micro_batch(128, 251)
+    assert plan.effective == 251
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "micro-batch 1 x accumulation 251" in line and "--batch-size 128 --grad-accum 2" in line
+
+
+@pytest.mark.parametrize(("micro", "accum", "after"), [(126, 2, (63, 4)), (63, 4, (28, 9)), (3, 84, (1, 252)), (221, 1, (17, 13))])
+def test_halving_after_oom_keeps_the_effective_batch_exact(micro, accum, after):
+    config = types.SimpleNamespace(batch_size=micro, eval_batch_size=micro, toolkit={})
+    trainer = types.SimpleNamespace(config=config, grad_accum_steps=accum, args=types.SimpleNamespace(rank=0),
+                                    output_path=None, train_loader=object(), eval_loader=object())  # fmt: skip
+    assert autobatch.halve_micro_batch(trainer) == after
+    assert config.batch_size * trainer.grad_accum_steps == micro * accum
+    assert config.toolkit["hparams"]["sources"]["batch_size"] == "halved after CUDA out of memory"
 
 
 def _config(tiny_base: Path, out: Path, **cli):

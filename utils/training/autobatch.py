@@ -28,9 +28,9 @@ logger = logging.getLogger(__name__)
 
 _cuda = torch.cuda  # a seam for the CPU tests, which stand in a fake GPU memory report
 
-# Keep at least this share of the largest micro-batch that fits when looking for one that
-# divides the effective batch exactly.
-EXACT_DIVISOR_MIN_SHARE = 0.6
+# Below this share of the largest micro-batch that fits, the exact split wastes most of the GPU's
+# memory: the log line then names an effective batch that splits better.
+POOR_SPLIT_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -50,21 +50,37 @@ class MicroBatchPlan:
                 "requested_effective_batch": self.requested_effective}  # fmt: skip
 
 
+def largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of ``n`` that is at most ``at_most`` (1 at least)."""
+    for m in range(min(n, max(1, at_most)), 0, -1):
+        if n % m == 0:
+            return m
+    return 1
+
+
 def plan_micro_batch(fits: int, effective: int) -> MicroBatchPlan:
     """Split ``effective`` into micro-batch x accumulation with the micro-batch at most ``fits``.
 
-    The largest divisor of ``effective`` in ``[0.6 * fits, fits]`` keeps the effective batch exact
-    (252 with 128 fitting: 126 x 2). Without one, the micro-batch is ``min(fits, effective)`` and the
-    accumulation the nearest whole number (the effective batch moves by less than one micro-batch).
+    The split is always exact: the micro-batch is the largest divisor of ``effective`` that fits
+    (252 with 221 fitting: 126 x 2, not 221 x 1), so every optimizer step sees the table's number
+    of samples and the table's LR stays valid. An effective batch with no divisor near ``fits``
+    (a prime, say) still splits exactly, with a warning that names a better effective batch.
     """
     if fits < 1 or effective < 1:
         raise ValueError(f"micro-batch and effective batch must be >= 1 (got {fits}, {effective})")
     top = min(fits, effective)
-    floor = max(1, math.ceil(EXACT_DIVISOR_MIN_SHARE * top))
-    for m in range(top, floor - 1, -1):
-        if effective % m == 0:
-            return MicroBatchPlan(m, effective // m, effective)
-    return MicroBatchPlan(top, max(1, round(effective / top)), effective)
+    micro = largest_divisor(effective, top)
+    if micro < POOR_SPLIT_SHARE * top:
+        accum = math.ceil(effective / top)
+        better = top * accum
+        logger.warning(
+            "effective batch %d has no divisor between %d and %d: training at micro-batch %d x accumulation %d "
+            "keeps it exact but uses %.0f%% of what fits; an effective batch of %d (--batch-size %d --grad-accum %d) "
+            "would use it all (scale --lr with it)",
+            effective, math.ceil(POOR_SPLIT_SHARE * top), top, micro, effective // micro, 100 * micro / top,
+            better, top, accum,
+        )  # fmt: skip
+    return MicroBatchPlan(micro, effective // micro, effective)
 
 
 def autosize_micro_batch(trainer: Any, *, max_batch: int = 256, margin: float = 0.9) -> MicroBatchPlan | None:
@@ -122,7 +138,10 @@ def autosize_micro_batch(trainer: Any, *, max_batch: int = 256, margin: float = 
 
 
 def halve_micro_batch(trainer: Any) -> tuple[int, int]:
-    """After a CUDA OOM: micro-batch halved (rounded up), accumulation doubled; returns the new pair.
+    """After a CUDA OOM: the largest exact split with at most half the micro-batch; returns the new pair.
+
+    The effective batch is kept exactly (micro-batch x accumulation unchanged): 126 x 2 -> 63 x 4,
+    63 x 4 -> 28 x 9 for 252.
 
     Raises:
         ConfigError: the micro-batch is already 1 (the message names the low-VRAM preset).
@@ -135,12 +154,14 @@ def halve_micro_batch(trainer: Any) -> tuple[int, int]:
             "CUDA out of memory at micro-batch 1: use --speed low-vram (gradient checkpointing, 8-bit AdamW), "
             "or drop the longest clips (scripts/validate_dataset.py lists clip lengths)"
         )
-    new_b, new_a = (old_b + 1) // 2, old_a * 2
+    effective = old_b * old_a
+    new_b = largest_divisor(effective, old_b // 2)
+    new_a = effective // new_b
     _apply(trainer, new_b, new_a, source="halved after CUDA out of memory")
     logger.warning(
         "CUDA out of memory at micro-batch %d: micro-batch %d -> %d, gradient accumulation %d -> %d "
         "(effective batch %d -> %d); redoing the interrupted accumulation window, the rest of this epoch re-batched",
-        old_b, old_b, new_b, old_a, new_a, old_b * old_a, new_b * new_a,
+        old_b, old_b, new_b, old_a, new_a, effective, new_b * new_a,
     )  # fmt: skip
     return new_b, new_a
 

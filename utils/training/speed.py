@@ -463,6 +463,11 @@ def _model_levers(model: Any, opts: SpeedOptions, cuda: bool) -> list[str]:
         applied.append("sdpa_conditioning")
     if opts.fast_heads and swap_heads(gpt):
         applied.append("fast_heads")
+    if opts.packed_attention:
+        from utils.training.packed import install_packed_forward
+
+        if install_packed_forward(gpt):
+            applied.append("packed_attention")
     if opts.no_cudnn_attention and cuda:
         exclude_cudnn_attention(gpt)
         applied.append("no_cudnn_attention")

@@ -19,6 +19,7 @@ class SpeedOptions:
     fast_gelu: bool = True  # GPT2 MLP gelu_new (7 elementwise ops) -> nn.GELU("tanh"), same function
     sdpa_conditioning: bool = True  # conditioning encoder: 1x1 convs as GEMMs, attention via SDPA
     fast_heads: bool = True  # text/mel heads as one aligned 2D GEMM (1026 outputs padded to 1032)
+    packed_attention: bool = True  # loss forward on packed rows: causal attention without a mask (flash), no per-row loops
     no_cudnn_attention: bool = True  # keep SDPA off the cuDNN backend (per-shape planning cost)
     host_lengths: bool = True  # keep length tensors on the CPU: no GPU syncs in GPT.forward loops
     no_kv_cache: bool = True  # GPT2 fills no (unused) KV cache during training forwards

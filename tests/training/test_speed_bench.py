@@ -229,6 +229,12 @@ def test_end_to_end_bench_reports_training_and_all_in_rates(tiny_base: Path, tmp
     assert "needs a CUDA GPU" in r["micro_batch_log"][0]
     assert r["profile"]["steps"] == 2 and r["profile"]["wall_s"] > 0 and r["profile"]["top_cpu"]
     assert (tmp_path / "profile.txt").is_file()
+    assert r["profile"]["calls"]["aten::item"] >= 0
+    # token counts for MFU: 32 prompt latents + text + 2 + codes + 5 per clip, clips of 1-11 s
+    assert 32 + 7 + 22 < r["useful_tokens_per_sample"] < 32 + 250 + 7 + 240
+    assert 0 <= r["padding_share"] < 0.5
+    assert r["gpt_params"] > 0 and r["mfu_useful_tokens"] is None  # no GPU: no peak to divide by
+    assert 0 < r["start_to_first_step_s"] < r["wall_s"]
 
 
 def test_compiled_blocks_serve_training_steps_only(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -56,7 +56,7 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
     out = root / "runs"
     argv = ["--base-model", str(base), "--dataset", str(root / "clips"), "--dataset-hours", "5",
             "--epochs", str(epochs), "--num-workers", str(workers), "--output-path", str(out),
-            "--test-sentences", "0", "--no-export", "--no-plots", "--max-excluded-share", "1.0", *extra_args]  # fmt: skip
+            "--test-sentences", "0", "--no-quality-eval", "--no-export", "--no-plots", "--max-excluded-share", "1.0", *extra_args]  # fmt: skip
     if batch_size:
         argv += ["--batch-size", str(batch_size), "--grad-accum", "1"]
     cuda = torch.cuda.is_available()

@@ -160,6 +160,7 @@ def test_automatic_micro_batch_probes_without_changing_weights(tiny_base, demo_e
     fake_cuda = types.SimpleNamespace(
         is_available=lambda: True, mem_get_info=lambda device=None: (8 << 30, 16 << 30),
         memory_reserved=lambda device=None: 0, empty_cache=lambda: None, reset_peak_memory_stats=lambda: None,
+        get_device_properties=lambda device=None: types.SimpleNamespace(name="Fake GPU", total_memory=16 << 30),
     )  # fmt: skip
     monkeypatch.setattr(autobatch, "_cuda", fake_cuda)
     probes: dict[str, object] = {}
@@ -192,6 +193,22 @@ def test_automatic_micro_batch_probes_without_changing_weights(tiny_base, demo_e
                                                     "requested_effective_batch": 12, "fits": 4}  # fmt: skip
     assert (saved["batch_size"], saved["toolkit"]["grad_accum"]) == (4, 3)
     assert result.total_steps == 3 and result.optimizer_steps == 1  # 10 clips: passes of 4, 4, 2; one step
+    # a second run on the same GPU, data and model takes the probe's result from the clip cache
+    monkeypatch.setattr(speed, "auto_micro_batch", lambda *a, **k: pytest.fail("must not probe again"))
+    caplog.clear()
+    config = _config(tiny_base, tmp_path, grad_accum=4, epochs=1)
+    with caplog.at_level(logging.INFO, logger="utils.training.autobatch"):
+        train(config, *_rows(demo_en), progress=False, plots=False)
+    assert "4 clips fit (measured by an earlier run" in caplog.text
+    assert "micro-batch 4 x accumulation 3 = effective batch 12" in caplog.text
+    # another GPU: probed again
+    fake_cuda.get_device_properties = lambda device=None: types.SimpleNamespace(name="Other GPU", total_memory=16 << 30)
+    monkeypatch.setattr(speed, "auto_micro_batch", lambda probe, budget, *, max_batch, margin=0.9: 2)
+    caplog.clear()
+    config = _config(tiny_base, tmp_path, grad_accum=4, epochs=1)
+    with caplog.at_level(logging.INFO, logger="utils.training.autobatch"):
+        train(config, *_rows(demo_en), progress=False, plots=False)
+    assert "micro-batch 2 x accumulation 6 = effective batch 12" in caplog.text
 
 
 def test_explicit_batch_size_turns_automatic_sizing_off(tiny_base, demo_en, tmp_path, monkeypatch, caplog):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -121,12 +122,21 @@ def autosize_micro_batch(trainer: Any, *, max_batch: int = 256, margin: float = 
         budget = min(budget, int(fraction(device) * total))  # ... under torch.cuda.set_per_process_memory_fraction
     logger.info("automatic micro-batch: probing training steps on the %d longest clips (budget %.1f GiB)",
                 min(len(longest), max_batch), budget / 2**30)  # fmt: skip
-    fits = speed.auto_micro_batch(probe, budget, max_batch=max(1, min(max_batch, requested)), margin=margin)
-    for opt in trainer.optimizer:
-        opt.state.clear()  # the probes' moments are not training's
-        opt.zero_grad(set_to_none=True)
-    _cuda.empty_cache()
-    _cuda.reset_peak_memory_stats()
+    top = max(1, min(max_batch, requested))
+    memo_path = Path(config.output_path) / ".clip_cache" / "micro_batch_probes.json"
+    key = _probe_key(model, config, dataset, longest[:top], device, budget, top, margin)
+    fits = _read_probe_memo(memo_path, key)
+    if fits is not None:
+        logger.info("automatic micro-batch: %d clips fit (measured by an earlier run on this GPU, data and "
+                    "model: %s)", fits, memo_path)  # fmt: skip
+    else:
+        fits = speed.auto_micro_batch(probe, budget, max_batch=top, margin=margin)
+        _write_probe_memo(memo_path, key, fits)
+        for opt in trainer.optimizer:
+            opt.state.clear()  # the probes' moments are not training's
+            opt.zero_grad(set_to_none=True)
+        _cuda.empty_cache()
+        _cuda.reset_peak_memory_stats()
     plan = plan_micro_batch(fits, requested)
     config.toolkit["micro_batch_plan"] = {**plan.as_dict(), "fits": fits}
     _apply(trainer, plan.micro_batch, plan.accumulation, source="auto (GPU memory)")
@@ -135,6 +145,53 @@ def autosize_micro_batch(trainer: Any, *, max_batch: int = 256, margin: float = 
         fits, plan.micro_batch, plan.accumulation, plan.effective, requested,
     )  # fmt: skip
     return plan
+
+
+def _probe_key(model: Any, config: Any, dataset: Any, longest: list[int], device: Any, budget: int, top: int,
+               margin: float) -> str:  # fmt: skip
+    """What the largest fitting micro-batch depends on: the GPU, its budget, the model, the levers, the longest clips."""
+    import hashlib
+    import json
+
+    props = _cuda.get_device_properties(device)
+    gpt = model.xtts.gpt
+    facts = {
+        "gpu": [props.name, int(props.total_memory)], "budget_gib": round(budget / 2**30, 1), "top": top,
+        "margin": margin, "torch": torch.__version__,
+        "gpt": [sum(p.numel() for p in gpt.parameters()), int(gpt.layers), int(gpt.model_dim)],
+        "speed": getattr(model, "speed").to_dict() if hasattr(getattr(model, "speed", None), "to_dict") else None,
+        "precision": [bool(config.mixed_precision), str(config.precision)],
+        "clips": [[int(dataset.items[i].num_samples), int(dataset.items[i].tokens.numel())] for i in longest],
+    }  # fmt: skip
+    return hashlib.sha1(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _read_probe_memo(path: Path, key: str) -> int | None:
+    import json
+
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) and value >= 1 else None
+
+
+def _write_probe_memo(path: Path, key: str, fits: int) -> None:
+    """Keep the probe's result for the next run on the same GPU, data and model (best effort)."""
+    import json
+    import os
+
+    try:
+        memo = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if not isinstance(memo, dict):
+            memo = {}
+        memo[key] = int(fits)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except (OSError, ValueError) as exc:
+        logger.info("automatic micro-batch: could not keep the probe result in %s (%s)", path, exc)
 
 
 def halve_micro_batch(trainer: Any) -> tuple[int, int]:

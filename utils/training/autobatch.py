@@ -156,7 +156,8 @@ def _probe_key(model: Any, config: Any, dataset: Any, longest: list[int], device
     props = _cuda.get_device_properties(device)
     gpt = model.xtts.gpt
     facts = {
-        "gpu": [props.name, int(props.total_memory)], "budget_gib": round(budget / 2**30, 1), "top": top,
+        # the budget in 4 GiB steps: free memory moves by a few MB between runs
+        "gpu": [props.name, int(props.total_memory)], "budget_4gib": int(budget // (4 * 2**30)), "top": top,
         "margin": margin, "torch": torch.__version__,
         "gpt": [sum(p.numel() for p in gpt.parameters()), int(gpt.layers), int(gpt.model_dim)],
         "speed": getattr(model, "speed").to_dict() if hasattr(getattr(model, "speed", None), "to_dict") else None,

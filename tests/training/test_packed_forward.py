@@ -90,7 +90,10 @@ def test_packing_order_is_a_permutation_with_real_tokens_first():
 
 
 def test_attention_runs_causal_without_a_mask(monkeypatch):
+    from utils.training.speed import train_without_kv_cache
+
     gpt = _gpt().train()
+    train_without_kv_cache(gpt.gpt)  # as in training: no cache, so transformers would check the position ids
     seen = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -99,10 +102,17 @@ def test_attention_runs_causal_without_a_mask(monkeypatch):
         return sdpa(*args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    from transformers import masking_utils
+
+    checks = []
+    find = masking_utils.find_packed_sequence_indices
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda *a, **k: checks.append(1) or find(*a, **k))
     batch = _batch()
     packed.packed_forward(gpt, **batch)
     gpt_blocks = len(gpt.gpt.h)
     assert seen.count((True, True)) == gpt_blocks  # every GPT2 block: no mask, causal (the flash path)
+    assert checks == []  # no host read of the position ids (a device sync on the GPU)
+    assert gpt.gpt.config._attn_implementation == "sdpa"  # restored for evaluation and synthesis
     seen.clear()
     gpt.forward(**copy.deepcopy(batch))
     assert seen.count((True, True)) == 0  # Coqui's forward passes its padding mask

@@ -140,7 +140,10 @@ def packed_logits(gpt: Any, prompt: torch.Tensor, text_emb: torch.Tensor, mel_em
     d = emb.shape[-1]
     src = torch.empty_like(dst).scatter_(1, dst, torch.arange(dst.shape[1], device=dst.device).expand_as(dst))
     packed = emb.gather(1, src[..., None].expand(-1, -1, d))
-    hidden = gpt.gpt(inputs_embeds=packed, return_dict=True).last_hidden_state
+    from utils.training.compat import causal_attention
+
+    with causal_attention(gpt.gpt):  # no mask to build: and no host check of the position ids
+        hidden = gpt.gpt(inputs_embeds=packed, return_dict=True).last_hidden_state
     hidden = hidden.gather(1, dst[..., None].expand(-1, -1, hidden.shape[-1]))  # back to Coqui's layout
     enc = gpt.final_norm(hidden[:, p:])
     text_logits = gpt.text_head(enc[:, :tt]).permute(0, 2, 1)

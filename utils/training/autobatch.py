@@ -7,8 +7,8 @@ toolkit picks it from memory and keeps the effective batch, and with it the tabl
 - :func:`autosize_micro_batch` (before ``fit``, one GPU, DVAE-code cache on): probes full training
   steps on the longest clips of the training set (:func:`utils.training.speed.auto_micro_batch`),
   then :func:`plan_micro_batch` splits the effective batch into micro-batch x accumulation.
-- :func:`halve_micro_batch` (``ToolkitTrainer`` on a CUDA OOM during a step): micro-batch halved,
-  accumulation doubled, one warning line; the trainer redoes the interrupted accumulation window
+- :func:`halve_micro_batch` (``ToolkitTrainer`` on a CUDA OOM during a step): the next exact split
+  with at most half the micro-batch (126 x 2 -> 63 x 4), one warning line; the trainer redoes the interrupted accumulation window
   with the smaller batches.
 
 Both rewrite the run's config (``config.json`` in the run folder), so ``--continue`` resumes with

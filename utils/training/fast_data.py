@@ -3,7 +3,8 @@
 Coqui's ``XTTSDataset`` decodes every clip twice per step (target and conditioning slice) and the
 model recomputes the frozen DVAE's codes for every batch on the GPU (``GPTTrainer.
 format_batch_on_device``). Here a one-off pass (:func:`prepare_clip_cache`) decodes each clip once,
-stores the 22.05 kHz mono waveform as a ``.npy`` file and its DVAE codes in memory; training then
+stores the 22.05 kHz mono waveform as a ``.npy`` file and its DVAE codes beside it (both keyed by
+the audio's content, the codes also by the DVAE files, so a later run reuses them); training then
 reads only the random conditioning slice from a memory map and ships the cached codes, not the
 waveform. The conditioning slice keeps Coqui's semantics exactly (``get_prompt_slice``: random
 length between ``min_conditioning_length`` and ``max_conditioning_length``, random start, zero

@@ -28,7 +28,7 @@ What the trainer does (:class:`utils.training.model.ToolkitGPTTrainer` and
 5. With ``auto_batch``: before ``fit``, ``auto_micro_batch(lambda b: probe_training_step(model,
    config, optimizer, worst_batch(b), device), budget_bytes)`` on the longest clips, then
    ``optimizer.state.clear()``; set ``config.batch_size`` and scale ``grad_accum_steps``.
-6. With ``oom_backoff``: on CUDA out of memory the trainer halves the micro-batch and doubles
+6. With ``oom_backoff``: on CUDA out of memory the trainer at least halves the micro-batch and raises
    the accumulation (:func:`utils.training.autobatch.halve_micro_batch`), one log line.
 
 Measured figures are in BENCHMARKS.md (``scripts/bench_train.py``, ``scripts/bench_gpt_train.py``).

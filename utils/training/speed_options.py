@@ -33,7 +33,7 @@ class SpeedOptions:
     offload_frozen: bool = True  # HiFiGAN (and DVAE when codes are cached) off the GPU
     expandable_segments: bool = True  # CUDA allocator segments that grow (less fragmentation)
     auto_batch: bool = True  # pick the micro-batch from free GPU memory (utils.training.autobatch)
-    oom_backoff: bool = True  # on CUDA OOM: halve micro-batch, double accumulation, log it
+    oom_backoff: bool = True  # on CUDA OOM: at most half the micro-batch, same effective batch, log it
 
     @classmethod
     def low_vram(cls, **overrides: Any) -> "SpeedOptions":

@@ -165,12 +165,12 @@ def test_automatic_micro_batch_probes_without_changing_weights(tiny_base, demo_e
     monkeypatch.setattr(autobatch, "_cuda", fake_cuda)
     probes: dict[str, object] = {}
 
-    def fake_search(probe, budget, *, max_batch, margin=0.9):
+    def fake_search(probe, budget, *, max_batch, margin=0.9, candidates=None):
         gpt = probes["model"].xtts.gpt
         before = [p.detach().clone() for p in gpt.parameters()]
         for b in (1, 2, 4, max_batch):
             probe(b)
-        probes.update(budget=budget, max_batch=max_batch,
+        probes.update(budget=budget, max_batch=max_batch, candidates=candidates,
                       unchanged=all(torch.equal(a, p) for a, p in zip(before, gpt.parameters())))  # fmt: skip
         return 4  # "4 clips fit"
 
@@ -186,6 +186,7 @@ def test_automatic_micro_batch_probes_without_changing_weights(tiny_base, demo_e
     with caplog.at_level(logging.INFO, logger="utils.training.autobatch"):
         result = train(config, *_rows(demo_en), progress=False, plots=False)
     assert probes["budget"] == 8 << 30 and probes["max_batch"] == 12
+    assert probes["candidates"] == [1, 2, 3, 4, 6, 12]  # only the exact splits of 12 are probed
     assert probes["unchanged"]  # probe steps run at LR 0
     assert "micro-batch 4 x accumulation 3 = effective batch 12 (asked 12)" in caplog.text
     saved = json.loads((_run_dir(tmp_path) / "config.json").read_text())
@@ -203,7 +204,7 @@ def test_automatic_micro_batch_probes_without_changing_weights(tiny_base, demo_e
     assert "micro-batch 4 x accumulation 3 = effective batch 12" in caplog.text
     # another GPU: probed again
     fake_cuda.get_device_properties = lambda device=None: types.SimpleNamespace(name="Other GPU", total_memory=16 << 30)
-    monkeypatch.setattr(speed, "auto_micro_batch", lambda probe, budget, *, max_batch, margin=0.9: 2)
+    monkeypatch.setattr(speed, "auto_micro_batch", lambda probe, budget, *, max_batch, margin=0.9, candidates=None: 2)
     caplog.clear()
     config = _config(tiny_base, tmp_path, grad_accum=4, epochs=1)
     with caplog.at_level(logging.INFO, logger="utils.training.autobatch"):

@@ -130,7 +130,8 @@ def autosize_micro_batch(trainer: Any, *, max_batch: int = 256, margin: float = 
         logger.info("automatic micro-batch: %d clips fit (measured by an earlier run on this GPU, data and "
                     "model: %s)", fits, memo_path)  # fmt: skip
     else:
-        fits = speed.auto_micro_batch(probe, budget, max_batch=top, margin=margin)
+        divisors = [d for d in range(1, top + 1) if requested % d == 0]  # the sizes an exact plan can use
+        fits = speed.auto_micro_batch(probe, budget, max_batch=top, margin=margin, candidates=divisors)
         _write_probe_memo(memo_path, key, fits)
         for opt in trainer.optimizer:
             opt.state.clear()  # the probes' moments are not training's

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from bench.train_step import BenchSpec, _sync, build_workload
+from bench.train_step import BenchSpec, _sync, batch_counts, build_workload, measure_matmul_peak
 
 
 
@@ -56,7 +56,7 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
     out = root / "runs"
     argv = ["--base-model", str(base), "--dataset", str(root / "clips"), "--dataset-hours", "5",
             "--epochs", str(epochs), "--num-workers", str(workers), "--output-path", str(out),
-            "--test-sentences", "0", "--no-export", "--no-plots", "--max-excluded-share", "1.0", *extra_args]  # fmt: skip
+            "--test-sentences", "0", "--no-quality-eval", "--no-export", "--no-plots", "--max-excluded-share", "1.0", *extra_args]  # fmt: skip
     if batch_size:
         argv += ["--batch-size", str(batch_size), "--grad-accum", "1"]
     cuda = torch.cuda.is_available()
@@ -75,13 +75,20 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
                 backoffs.append(msg)
 
     catcher = _Catch()
+    levels = {}
     for name in ("utils.training.trainer", "utils.training.autobatch"):
-        logging.getLogger(name).addHandler(catcher)
+        logger = logging.getLogger(name)
+        levels[name] = logger.level
+        logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))  # the lines caught are INFO
+        logger.addHandler(catcher)
     profile: dict[str, Any] = {}
+    counts: dict[str, Any] = {"tokens": 0, "padded_tokens": 0, "samples": 0, "params": None, "first_step_at": None}
     original_step = ToolkitTrainer.train_step
+    ToolkitTrainer.train_step = _counted_train_step(original_step, counts)  # type: ignore[method-assign]
     if profile_steps:
-        ToolkitTrainer.train_step = _profiled_train_step(original_step, profile_steps, profile, root)  # type: ignore[method-assign]
-    started = time.time()
+        ToolkitTrainer.train_step = _profiled_train_step(ToolkitTrainer.train_step, profile_steps, profile, root)  # type: ignore[method-assign]
+    peak_tflops = measure_matmul_peak(torch.device("cuda")) if cuda else None
+    started = counts["started"] = time.time()
     try:
         FineTune(run_config(parse_args(argv))).run()  # the command's options, the command's recipe object
         code = 0
@@ -89,6 +96,7 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
         ToolkitTrainer.train_step = original_step  # type: ignore[method-assign]
         for name in ("utils.training.trainer", "utils.training.autobatch"):
             logging.getLogger(name).removeHandler(catcher)
+            logging.getLogger(name).setLevel(levels[name])
     wall = time.time() - started
     run_dir = sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))[-1]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -100,6 +108,12 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
     later = records[1:] or records
     busy = sum(r["train_samples"] / r["train_samples_per_s"] for r in later if r.get("train_samples_per_s"))
     config = json.loads((run_dir / "config.json").read_text())
+    train_rate = sum(r["train_samples"] for r in later) / busy if busy else None
+    tokens_per_sample = counts["tokens"] / counts["samples"] if counts["samples"] else None
+    mfu = None
+    if train_rate and tokens_per_sample and peak_tflops and counts["params"]:
+        # 6 x parameters x useful (non-padding) tokens per second, against the measured bf16 matmul peak
+        mfu = round(6 * counts["params"] * tokens_per_sample * train_rate / (peak_tflops * 1e12), 4)
     return {
         "exit_code": code, "wall_s": round(wall, 1), "workload": facts, "train_rows": train_rows,
         "excluded": len(report["train"]["excluded"]) + len(report["eval"]["excluded"]),
@@ -111,13 +125,37 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
         "all_in_samples_per_s": round(train_rows / steady, 1) if steady else None,
         "epoch_s": [round(x, 2) for x in per_epoch],
         "first_eval_elapsed_s": records[0]["elapsed_s"] if records else None,
+        # from the recipe's start (preflight, base model, clip cache, micro-batch probes) to the first training step
+        "start_to_first_step_s": round(counts["first_step_at"] - started, 1) if counts["first_step_at"] else None,
         "per_evaluation": [{k: r.get(k) for k in ("optimizer_step", "train_samples", "train_samples_per_s", "step_s",
                                                    "loader_wait_share", "gpu_peak_reserved_gib", "gpu_alloc_retries",
                                                    "train_loss", "eval_loss")} for r in records],  # fmt: skip
         "checkpoint_writes": saves, "micro_batch_log": backoffs, "profile": profile or None,
         "speed_applied": config["toolkit"].get("speed_applied"),
+        "gpt_params": counts["params"], "useful_tokens_per_sample": round(tokens_per_sample, 1) if tokens_per_sample else None,
+        "padding_share": round(1 - counts["tokens"] / counts["padded_tokens"], 4) if counts["padded_tokens"] else None,
+        "matmul_peak_tflops": peak_tflops, "mfu_useful_tokens": mfu,
         "peak_reserved_gib": max((r.get("gpu_peak_reserved_gib") or 0 for r in records), default=None),
     }
+
+
+def _counted_train_step(original: Callable[..., Any], counts: dict[str, Any]) -> Callable[..., Any]:
+    """Wrap ``ToolkitTrainer.train_step``: count each batch's useful and padded GPT tokens (for MFU)."""
+
+    def train_step(self: Any, batch: Any, batch_n_steps: int, step: int, loader_start_time: float) -> Any:
+        if counts["params"] is None:
+            from utils.training.compat import unwrap_model
+
+            counts["first_step_at"] = time.time()
+            counts["params"] = sum(p.numel() for p in unwrap_model(self).xtts.gpt.parameters())
+        if isinstance(batch, dict) and "text_lengths" in batch and "wav_lengths" in batch:
+            c = batch_counts(batch)
+            counts["tokens"] += c["tokens"]
+            counts["padded_tokens"] += c["padded_tokens"]
+            counts["samples"] += c["samples"]
+        return original(self, batch, batch_n_steps, step, loader_start_time)
+
+    return train_step
 
 
 def _profiled_train_step(original: Callable[..., Any], steps: int, out: dict[str, Any], root: Path) -> Callable[..., Any]:
@@ -135,7 +173,24 @@ def _profiled_train_step(original: Callable[..., Any], steps: int, out: dict[str
             state["prof"] = profile(activities=activities)
             state["prof"].__enter__()
             state["t0"] = time.perf_counter()
-        result = original(self, batch, batch_n_steps, step, loader_start_time)
+        if armed and cuda:
+            import warnings
+
+            # every synchronizing CUDA call in the step warns once, with the Python line that made it
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    result = original(self, batch, batch_n_steps, step, loader_start_time)
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            syncs = state.setdefault("syncs", {})
+            for w in caught:
+                if "synchroniz" in str(w.message):
+                    where = f"{Path(w.filename).name}:{w.lineno}"
+                    syncs[where] = syncs.get(where, 0) + 1
+        else:
+            result = original(self, batch, batch_n_steps, step, loader_start_time)
         if armed:
             state["n"] += 1
             if state["n"] == steps:
@@ -150,6 +205,12 @@ def _profiled_train_step(original: Callable[..., Any], steps: int, out: dict[str
                 gpu_us = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA)
                 out.update({"steps": steps, "wall_s": round(wall, 3), "gpu_busy_s": round(gpu_us / 1e6, 3),
                             "gpu_busy_share": round(gpu_us / 1e6 / wall, 3)})  # fmt: skip
+                by_name = {e.key: e.count for e in events}
+                out["calls"] = {k: by_name.get(k, 0) for k in ("aten::item", "aten::_local_scalar_dense",
+                                                               "cudaStreamSynchronize", "cudaDeviceSynchronize")}
+                syncs = state.get("syncs", {})
+                out["device_syncs"] = sum(syncs.values())
+                out["device_sync_sites"] = sorted(syncs.items(), key=lambda kv: -kv[1])[:15]
                 table = events.table(sort_by="self_device_time_total", row_limit=25)
                 cpu_table = events.table(sort_by="self_cpu_time_total", row_limit=25)
                 (root / "profile.txt").write_text(table + "\n\n" + cpu_table, encoding="utf-8")

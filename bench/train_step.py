@@ -534,9 +534,10 @@ def run_main(spec: BenchSpec) -> dict[str, Any]:
              ("fast_heads", {"fast_heads": True}),
              ("host_lengths", {"host_lengths": True}),
              ("no_kv_cache", {"no_kv_cache": True}),
+             ("packed_attention", {"packed_attention": True}),
              ("fused_adamw", {"fused_adamw": True, "tf32": True})]
     base_off = {f: False for f in ("bf16", "tf32", "fused_adamw", "fast_gelu", "sdpa_conditioning", "fast_heads", "no_kv_cache",
-                                   "no_cudnn_attention", "host_lengths", "cache_dvae_codes", "bucket_lengths",
+                                   "packed_attention", "no_cudnn_attention", "host_lengths", "cache_dvae_codes", "bucket_lengths",
                                    "pin_memory", "compile", "grad_checkpointing", "optimizer_8bit",
                                    "offload_frozen", "expandable_segments", "auto_batch")}
     config.batch_size = spec.ladder_batch

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's measurements for BENCHMARKS.md, run on the device machine:
-#   bash scripts/gpu_bench_session.sh OUT_DIR [fast oom synth stock lowvram compile | all]
+#   bash scripts/gpu_bench_session.sh OUT_DIR [parity fast rerun oom synth stock lowvram compile | all]
 # Expects the Coqui stack as wheels in .whl/ (see ../shared/OFFLINE_GPU.md); each step has its own
 # time limit so a slow one cannot take the rest with it. Results: OUT_DIR/*.json and *.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [fast oom synth stock lowvram compile | all]}
+OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [parity fast rerun oom synth stock lowvram compile | all]}
 WHAT=${2:-all}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -19,11 +19,21 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 W=/tmp/bgt
 run() { [ "$WHAT" = all ] || [[ " $WHAT " == *" $1 "* ]]; }
+if run parity; then
+  # the harness: stock Coqui step and ours in one process, loss and gradient parity, the lever ladder
+  timeout 300 python3 scripts/bench_train.py --workdir /tmp/bench --clips 1024 --steps 12 --warmup 4 \
+    --stock fp32:3 --ours 126 --compile-rung --profile --out "$OUT/harness.json" > "$OUT/harness.log" 2>&1
+fi
 if run fast; then
   # the default path: automatic micro-batch, every safe lever, profile of 4 steps in epoch 2
   timeout 330 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 3 --profile-steps 4 \
     --out "$OUT/e2e_default.json" --no-progress > "$OUT/e2e_default.log" 2>&1
   cp $W/profile.txt "$OUT/" 2>/dev/null
+fi
+if run rerun; then
+  # a second run on the same clips: the clip cache (waveforms, DVAE codes) and the compile cache are warm
+  timeout 200 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 1 \
+    --out "$OUT/e2e_rerun.json" --no-progress > "$OUT/e2e_rerun.log" 2>&1
 fi
 if run oom; then
   # the OOM fallback for real: a fixed micro-batch of 128 in 20 GiB

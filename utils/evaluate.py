@@ -155,7 +155,10 @@ class Transcriber:
 
 def load_asr(language: str, model_dir: str | os.PathLike | None = None, device: str = "cpu") -> tuple[Transcriber | None, str]:
     """A :class:`Transcriber` for ``language``, or None and the reason ASR metrics are skipped."""
-    from faster_whisper.tokenizer import _LANGUAGE_CODES
+    try:
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+    except ImportError:
+        return None, "faster-whisper is not installed (bash scripts/setup_env.sh installs it); CER/WER skipped"
 
     path = Path(model_dir) if model_dir else default_asr_model()
     if path is None or not (path / "model.bin").is_file():

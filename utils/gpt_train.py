@@ -49,9 +49,11 @@ SPEED_FLAGS = {"no_cudnn_attention": "cudnn-attention", "no_kv_cache": "kv-cache
 SPEED_HELP = {
     "auto_batch": "pick the micro-batch from GPU memory, keeping the effective batch (off: the table's "
     "micro-batch, or --batch-size)",
-    "oom_backoff": "on CUDA out of memory: halve the micro-batch, double the accumulation, go on",
+    "oom_backoff": "on CUDA out of memory: at most half the micro-batch, the same effective batch, go on",
     "compile": "torch.compile of the GPT2 blocks' training forward (about 30 s of compiling in the first steps, "
     "then about 9%% more samples/s; BENCHMARKS.md)",
+    "packed_attention": "the loss forward on packed rows: causal attention with no mask (the flash kernel), "
+    "no per-row loops; same losses as Coqui's forward (off: Coqui's masked forward)",
     "no_cudnn_attention": "allow SDPA's cuDNN attention backend (off by default: per-shape planning cost)",
     "no_kv_cache": "let GPT2 fill its (unused) KV cache in training forwards",
 }

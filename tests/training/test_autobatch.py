@@ -32,7 +32,8 @@ from utils.training.model import ToolkitGPTTrainer
         (300, 252, 252, 1),  # never above the effective batch
         (5, 252, 4, 63),
         (1, 252, 1, 252),
-        (128, 251, 128, 2),  # a prime: no divisor near 128, the nearest whole accumulation (256)
+        (221, 252, 126, 2),  # the H200: 221 fit, 221 x 1 would have been 221 samples per step
+        (128, 251, 1, 251),  # a prime: exact, with a warning naming 128 x 2 = 256
         (2, 2, 2, 1),
     ],
 )
@@ -40,6 +41,24 @@ def test_plan_keeps_the_effective_batch(fits, effective, micro, accum):
     plan = plan_micro_batch(fits, effective)
     assert (plan.micro_batch, plan.accumulation) == (micro, accum)
     assert plan.micro_batch <= fits
+
+
+def test_a_prime_effective_batch_stays_exact_and_the_warning_names_a_better_one(caplog):
+    with caplog.at_level(logging.WARNING, logger="utils.training.autobatch"):
+        plan = plan_micro_batch(128, 251)
+    assert plan.effective == 251
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "micro-batch 1 x accumulation 251" in line and "--batch-size 128 --grad-accum 2" in line
+
+
+@pytest.mark.parametrize(("micro", "accum", "after"), [(126, 2, (63, 4)), (63, 4, (28, 9)), (3, 84, (1, 252)), (221, 1, (17, 13))])
+def test_halving_after_oom_keeps_the_effective_batch_exact(micro, accum, after):
+    config = types.SimpleNamespace(batch_size=micro, eval_batch_size=micro, toolkit={})
+    trainer = types.SimpleNamespace(config=config, grad_accum_steps=accum, args=types.SimpleNamespace(rank=0),
+                                    output_path=None, train_loader=object(), eval_loader=object())  # fmt: skip
+    assert autobatch.halve_micro_batch(trainer) == after
+    assert config.batch_size * trainer.grad_accum_steps == micro * accum
+    assert config.toolkit["hparams"]["sources"]["batch_size"] == "halved after CUDA out of memory"
 
 
 def _config(tiny_base: Path, out: Path, **cli):
@@ -141,16 +160,17 @@ def test_automatic_micro_batch_probes_without_changing_weights(tiny_base, demo_e
     fake_cuda = types.SimpleNamespace(
         is_available=lambda: True, mem_get_info=lambda device=None: (8 << 30, 16 << 30),
         memory_reserved=lambda device=None: 0, empty_cache=lambda: None, reset_peak_memory_stats=lambda: None,
+        get_device_properties=lambda device=None: types.SimpleNamespace(name="Fake GPU", total_memory=16 << 30),
     )  # fmt: skip
     monkeypatch.setattr(autobatch, "_cuda", fake_cuda)
     probes: dict[str, object] = {}
 
-    def fake_search(probe, budget, *, max_batch, margin=0.9):
+    def fake_search(probe, budget, *, max_batch, margin=0.9, candidates=None):
         gpt = probes["model"].xtts.gpt
         before = [p.detach().clone() for p in gpt.parameters()]
         for b in (1, 2, 4, max_batch):
             probe(b)
-        probes.update(budget=budget, max_batch=max_batch,
+        probes.update(budget=budget, max_batch=max_batch, candidates=candidates,
                       unchanged=all(torch.equal(a, p) for a, p in zip(before, gpt.parameters())))  # fmt: skip
         return 4  # "4 clips fit"
 
@@ -166,6 +186,7 @@ def test_automatic_micro_batch_probes_without_changing_weights(tiny_base, demo_e
     with caplog.at_level(logging.INFO, logger="utils.training.autobatch"):
         result = train(config, *_rows(demo_en), progress=False, plots=False)
     assert probes["budget"] == 8 << 30 and probes["max_batch"] == 12
+    assert probes["candidates"] == [1, 2, 3, 4, 6, 12]  # only the exact splits of 12 are probed
     assert probes["unchanged"]  # probe steps run at LR 0
     assert "micro-batch 4 x accumulation 3 = effective batch 12 (asked 12)" in caplog.text
     saved = json.loads((_run_dir(tmp_path) / "config.json").read_text())
@@ -173,6 +194,22 @@ def test_automatic_micro_batch_probes_without_changing_weights(tiny_base, demo_e
                                                     "requested_effective_batch": 12, "fits": 4}  # fmt: skip
     assert (saved["batch_size"], saved["toolkit"]["grad_accum"]) == (4, 3)
     assert result.total_steps == 3 and result.optimizer_steps == 1  # 10 clips: passes of 4, 4, 2; one step
+    # a second run on the same GPU, data and model takes the probe's result from the clip cache
+    monkeypatch.setattr(speed, "auto_micro_batch", lambda *a, **k: pytest.fail("must not probe again"))
+    caplog.clear()
+    config = _config(tiny_base, tmp_path, grad_accum=4, epochs=1)
+    with caplog.at_level(logging.INFO, logger="utils.training.autobatch"):
+        train(config, *_rows(demo_en), progress=False, plots=False)
+    assert "4 clips fit (measured by an earlier run" in caplog.text
+    assert "micro-batch 4 x accumulation 3 = effective batch 12" in caplog.text
+    # another GPU: probed again
+    fake_cuda.get_device_properties = lambda device=None: types.SimpleNamespace(name="Other GPU", total_memory=16 << 30)
+    monkeypatch.setattr(speed, "auto_micro_batch", lambda probe, budget, *, max_batch, margin=0.9, candidates=None: 2)
+    caplog.clear()
+    config = _config(tiny_base, tmp_path, grad_accum=4, epochs=1)
+    with caplog.at_level(logging.INFO, logger="utils.training.autobatch"):
+        train(config, *_rows(demo_en), progress=False, plots=False)
+    assert "micro-batch 2 x accumulation 6 = effective batch 12" in caplog.text
 
 
 def test_explicit_batch_size_turns_automatic_sizing_off(tiny_base, demo_en, tmp_path, monkeypatch, caplog):

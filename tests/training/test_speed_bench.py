@@ -241,6 +241,34 @@ def test_auto_micro_batch_search(monkeypatch: pytest.MonkeyPatch) -> None:
     assert sizes[:2] == [1, 1] and 64 in sizes
 
 
+@pytest.mark.parametrize(
+    ("effective", "limit_clips", "chosen", "most_probes"),
+    [
+        (252, 221, 126, 7),  # the H200: 1, 1, then 5 of the 18 divisors (earlier: 13 probes)
+        (252, 100, 84, 7),
+        (251, 128, 128, 16),  # a prime: 1 and 251 only, so the sizes between are searched for the warning
+    ],
+)
+def test_auto_micro_batch_probes_only_the_exact_splits(monkeypatch, effective, limit_clips, chosen, most_probes):
+    mem = {"peak": 0}
+    for name in ("synchronize", "empty_cache", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: mem["peak"])
+    sizes: list[int] = []
+
+    def probe(b: int) -> None:  # 8 GiB fixed + 0.5 GiB per clip: limit_clips fit in 90% of the budget
+        sizes.append(b)
+        mem["peak"] = int((8 + 0.5 * b) * 2**30)
+
+    budget = int((8 + 0.5 * limit_clips) * 2**30 / 0.9) + 1
+    divisors = [d for d in range(1, effective + 1) if effective % d == 0]
+    b = speed.auto_micro_batch(probe, budget, max_batch=effective, candidates=divisors)
+    assert b >= chosen - max(1, chosen // 8) and b <= limit_clips
+    if effective % chosen == 0:
+        assert b == chosen and set(sizes) <= set(divisors)
+    assert len(sizes) <= most_probes
+
+
 def test_end_to_end_bench_reports_training_and_all_in_rates(tiny_base: Path, tmp_path: Path) -> None:
     """scripts/bench_gpt_train.py's measurement on the tiny base (CPU): the real command, two epochs."""
     from bench.gpt_train import measure_gpt_train
@@ -257,6 +285,12 @@ def test_end_to_end_bench_reports_training_and_all_in_rates(tiny_base: Path, tmp
     assert "needs a CUDA GPU" in r["micro_batch_log"][0]
     assert r["profile"]["steps"] == 2 and r["profile"]["wall_s"] > 0 and r["profile"]["top_cpu"]
     assert (tmp_path / "profile.txt").is_file()
+    assert r["profile"]["calls"]["aten::item"] >= 0
+    # token counts for MFU: 32 prompt latents + text + 2 + codes + 5 per clip, clips of 1-11 s
+    assert 32 + 7 + 22 < r["useful_tokens_per_sample"] < 32 + 250 + 7 + 240
+    assert 0 <= r["padding_share"] < 0.5
+    assert r["gpt_params"] > 0 and r["mfu_useful_tokens"] is None  # no GPU: no peak to divide by
+    assert 0 < r["start_to_first_step_s"] < r["wall_s"]
 
 
 def test_compiled_blocks_serve_training_steps_only(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,8 +8,8 @@ toolkit picks it from memory and keeps the effective batch, and with it the tabl
   steps on the longest clips of the training set (:func:`utils.training.speed.auto_micro_batch`),
   then :func:`plan_micro_batch` splits the effective batch into micro-batch x accumulation.
   Data parallel: every rank probes its own GPU and the smallest fit is every rank's.
-- :func:`halve_micro_batch` (``ToolkitTrainer`` on a CUDA OOM during a step): micro-batch halved,
-  accumulation doubled, one warning line; the trainer redoes the interrupted accumulation window
+- :func:`halve_micro_batch` (``ToolkitTrainer`` on a CUDA OOM during a step): the next exact split
+  with at most half the micro-batch (126 x 2 -> 63 x 4), one warning line; the trainer redoes the interrupted accumulation window
   with the smaller batches.
 
 Both rewrite the run's config (``config.json`` in the run folder), so ``--continue`` resumes with
@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,9 +30,9 @@ logger = logging.getLogger(__name__)
 
 _cuda = torch.cuda  # a seam for the CPU tests, which stand in a fake GPU memory report
 
-# Keep at least this share of the largest micro-batch that fits when looking for one that
-# divides the effective batch exactly.
-EXACT_DIVISOR_MIN_SHARE = 0.6
+# Below this share of the largest micro-batch that fits, the exact split wastes most of the GPU's
+# memory: the log line then names an effective batch that splits better.
+POOR_SPLIT_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -51,21 +52,37 @@ class MicroBatchPlan:
                 "requested_effective_batch": self.requested_effective}  # fmt: skip
 
 
+def largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of ``n`` that is at most ``at_most`` (1 at least)."""
+    for m in range(min(n, max(1, at_most)), 0, -1):
+        if n % m == 0:
+            return m
+    return 1
+
+
 def plan_micro_batch(fits: int, effective: int) -> MicroBatchPlan:
     """Split ``effective`` into micro-batch x accumulation with the micro-batch at most ``fits``.
 
-    The largest divisor of ``effective`` in ``[0.6 * fits, fits]`` keeps the effective batch exact
-    (252 with 128 fitting: 126 x 2). Without one, the micro-batch is ``min(fits, effective)`` and the
-    accumulation the nearest whole number (the effective batch moves by less than one micro-batch).
+    The split is always exact: the micro-batch is the largest divisor of ``effective`` that fits
+    (252 with 221 fitting: 126 x 2, not 221 x 1), so every optimizer step sees the table's number
+    of samples and the table's LR stays valid. An effective batch with no divisor near ``fits``
+    (a prime, say) still splits exactly, with a warning that names a better effective batch.
     """
     if fits < 1 or effective < 1:
         raise ValueError(f"micro-batch and effective batch must be >= 1 (got {fits}, {effective})")
     top = min(fits, effective)
-    floor = max(1, math.ceil(EXACT_DIVISOR_MIN_SHARE * top))
-    for m in range(top, floor - 1, -1):
-        if effective % m == 0:
-            return MicroBatchPlan(m, effective // m, effective)
-    return MicroBatchPlan(top, max(1, round(effective / top)), effective)
+    micro = largest_divisor(effective, top)
+    if micro < POOR_SPLIT_SHARE * top:
+        accum = math.ceil(effective / top)
+        better = top * accum
+        logger.warning(
+            "effective batch %d has no divisor between %d and %d: training at micro-batch %d x accumulation %d "
+            "keeps it exact but uses %.0f%% of what fits; an effective batch of %d (--batch-size %d --grad-accum %d) "
+            "would use it all (scale --lr with it)",
+            effective, math.ceil(POOR_SPLIT_SHARE * top), top, micro, effective // micro, 100 * micro / top,
+            better, top, accum,
+        )  # fmt: skip
+    return MicroBatchPlan(micro, effective // micro, effective)
 
 
 def autosize_micro_batch(trainer: Any, *, max_batch: int = 256, margin: float = 0.9) -> MicroBatchPlan | None:
@@ -105,18 +122,28 @@ def autosize_micro_batch(trainer: Any, *, max_batch: int = 256, margin: float = 
         budget = min(budget, int(fraction(device) * total))  # ... under torch.cuda.set_per_process_memory_fraction
     logger.info("automatic micro-batch: probing training steps on the %d longest clips (budget %.1f GiB)",
                 min(len(longest), max_batch), budget / 2**30)  # fmt: skip
-    with distributed.local_optimizer_steps():  # probes step at LR 0 on each rank alone
-        fits = speed.auto_micro_batch(probe, budget, max_batch=max(1, min(max_batch, requested)), margin=margin)
+    top = max(1, min(max_batch, requested))
+    memo_path = Path(config.output_path) / ".clip_cache" / "micro_batch_probes.json"
+    key = _probe_key(model, config, dataset, longest[:top], device, budget, top, margin)
+    fits = _read_probe_memo(memo_path, key)
+    if fits is not None:
+        logger.info("automatic micro-batch: %d clips fit (measured by an earlier run on this GPU, data and "
+                    "model: %s)", fits, memo_path)  # fmt: skip
+    else:
+        divisors = [d for d in range(1, top + 1) if requested % d == 0]  # the sizes an exact plan can use
+        with distributed.local_optimizer_steps():  # probes step at LR 0 on each rank alone
+            fits = speed.auto_micro_batch(probe, budget, max_batch=top, margin=margin, candidates=divisors)
+        _write_probe_memo(memo_path, key, fits)
+        for opt in trainer.optimizer:
+            opt.state.clear()  # the probes' moments are not training's
+            opt.zero_grad(set_to_none=True)
+        _cuda.empty_cache()
+        _cuda.reset_peak_memory_stats()
     # Data parallel: one micro-batch for every rank (the collectives of each step stay in step),
-    # the largest the smallest GPU holds.
+    # the largest the smallest GPU holds (a divisor of the same effective batch on every rank).
     local_fits, fits = fits, distributed.all_reduce_min(fits)
     if fits != local_fits:
         logger.info("automatic micro-batch: %d clips fit here, %d on every rank", local_fits, fits)
-    for opt in trainer.optimizer:
-        opt.state.clear()  # the probes' moments are not training's
-        opt.zero_grad(set_to_none=True)
-    _cuda.empty_cache()
-    _cuda.reset_peak_memory_stats()
     plan = plan_micro_batch(fits, requested)
     config.toolkit["micro_batch_plan"] = {**plan.as_dict(), "fits": fits}
     _apply(trainer, plan.micro_batch, plan.accumulation, source="auto (GPU memory)")
@@ -127,8 +154,59 @@ def autosize_micro_batch(trainer: Any, *, max_batch: int = 256, margin: float = 
     return plan
 
 
+def _probe_key(model: Any, config: Any, dataset: Any, longest: list[int], device: Any, budget: int, top: int,
+               margin: float) -> str:  # fmt: skip
+    """What the largest fitting micro-batch depends on: the GPU, its budget, the model, the levers, the longest clips."""
+    import hashlib
+    import json
+
+    props = _cuda.get_device_properties(device)
+    gpt = model.xtts.gpt
+    facts = {
+        # the budget in 4 GiB steps: free memory moves by a few MB between runs
+        "gpu": [props.name, int(props.total_memory)], "budget_4gib": int(budget // (4 * 2**30)), "top": top,
+        "margin": margin, "torch": torch.__version__,
+        "gpt": [sum(p.numel() for p in gpt.parameters()), int(gpt.layers), int(gpt.model_dim)],
+        "speed": getattr(model, "speed").to_dict() if hasattr(getattr(model, "speed", None), "to_dict") else None,
+        "precision": [bool(config.mixed_precision), str(config.precision)],
+        "clips": [[int(dataset.items[i].num_samples), int(dataset.items[i].tokens.numel())] for i in longest],
+    }  # fmt: skip
+    return hashlib.sha1(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _read_probe_memo(path: Path, key: str) -> int | None:
+    import json
+
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) and value >= 1 else None
+
+
+def _write_probe_memo(path: Path, key: str, fits: int) -> None:
+    """Keep the probe's result for the next run on the same GPU, data and model (best effort)."""
+    import json
+    import os
+
+    try:
+        memo = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if not isinstance(memo, dict):
+            memo = {}
+        memo[key] = int(fits)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except (OSError, ValueError) as exc:
+        logger.info("automatic micro-batch: could not keep the probe result in %s (%s)", path, exc)
+
+
 def halve_micro_batch(trainer: Any) -> tuple[int, int]:
-    """After a CUDA OOM: micro-batch halved (rounded up), accumulation doubled; returns the new pair.
+    """After a CUDA OOM: the largest exact split with at most half the micro-batch; returns the new pair.
+
+    The effective batch is kept exactly (micro-batch x accumulation unchanged): 126 x 2 -> 63 x 4,
+    63 x 4 -> 28 x 9 for 252.
 
     Raises:
         ConfigError: the micro-batch is already 1 (the message names the low-VRAM preset).
@@ -141,12 +219,14 @@ def halve_micro_batch(trainer: Any) -> tuple[int, int]:
             "CUDA out of memory at micro-batch 1: use --speed low-vram (gradient checkpointing, 8-bit AdamW), "
             "or drop the longest clips (scripts/validate_dataset.py lists clip lengths)"
         )
-    new_b, new_a = (old_b + 1) // 2, old_a * 2
+    effective = old_b * old_a
+    new_b = largest_divisor(effective, old_b // 2)
+    new_a = effective // new_b
     _apply(trainer, new_b, new_a, source="halved after CUDA out of memory")
     logger.warning(
         "CUDA out of memory at micro-batch %d: micro-batch %d -> %d, gradient accumulation %d -> %d "
         "(effective batch %d -> %d); redoing the interrupted accumulation window, the rest of this epoch re-batched",
-        old_b, old_b, new_b, old_a, new_a, old_b * old_a, new_b * new_a,
+        old_b, old_b, new_b, old_a, new_a, effective, new_b * new_a,
     )  # fmt: skip
     return new_b, new_a
 

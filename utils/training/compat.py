@@ -25,6 +25,12 @@ What the toolkit relies on (upstream behaviour, by name):
 - ``torch._dynamo.config.suppress_errors``: a failing compile falls back to eager.
 - ``torch._C._accelerator_setAllocatorSettings`` (newer) / ``torch.cuda.memory._set_allocator_settings``.
 - ``torch._foreach_norm`` and ``torch._utils._flatten_dense_tensors``/``_unflatten_dense_tensors``.
+- ``transformers`` ``PretrainedConfig._attn_implementation``: the packed loss forward switches the
+  XTTS GPT2 to an attention function registered under :data:`CAUSAL_ATTENTION` (public
+  ``AttentionInterface.register``) while it runs. transformers builds no mask for a name it has no
+  mask function for, so it also skips the host check of the position ids for packed sequences (a
+  device sync in every forward); the function is transformers' own SDPA attention with no mask,
+  which then runs causal (``is_causal``, the flash kernel).
 """
 
 from __future__ import annotations
@@ -166,3 +172,42 @@ def unflatten_dense_tensors(flat: Any, tensors: list[Any]) -> Any:
     from torch._utils import _unflatten_dense_tensors
 
     return _unflatten_dense_tensors(flat, tensors)
+
+
+# --- transformers -----------------------------------------------------------------------------
+
+CAUSAL_ATTENTION = "xtts_toolkit_causal_sdpa"
+
+
+def _causal_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, None, **kwargs)
+
+
+def causal_attention(gpt2: Any) -> Any:
+    """Context: ``gpt2`` (a transformers GPT2Model on SDPA) runs causal attention with no mask step.
+
+    Only for inputs whose rows need no padding mask (the packed loss forward). Other attention
+    implementations (eager) are left as they are.
+    """
+    from contextlib import contextmanager
+
+    @contextmanager
+    def scope() -> Any:
+        config = gpt2.config
+        old = config._attn_implementation
+        if old != "sdpa":
+            yield
+            return
+        from transformers import AttentionInterface
+
+        if CAUSAL_ATTENTION not in AttentionInterface._global_mapping:
+            AttentionInterface.register(CAUSAL_ATTENTION, _causal_sdpa)
+        config._attn_implementation = CAUSAL_ATTENTION
+        try:
+            yield
+        finally:
+            config._attn_implementation = old
+
+    return scope()

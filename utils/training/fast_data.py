@@ -3,7 +3,8 @@
 Coqui's ``XTTSDataset`` decodes every clip twice per step (target and conditioning slice) and the
 model recomputes the frozen DVAE's codes for every batch on the GPU (``GPTTrainer.
 format_batch_on_device``). Here a one-off pass (:func:`prepare_clip_cache`) decodes each clip once,
-stores the 22.05 kHz mono waveform as a ``.npy`` file and its DVAE codes in memory; training then
+stores the 22.05 kHz mono waveform as a ``.npy`` file and its DVAE codes beside it (both keyed by
+the audio's content, the codes also by the DVAE files, so a later run reuses them); training then
 reads only the random conditioning slice from a memory map and ships the cached codes, not the
 waveform. The conditioning slice keeps Coqui's semantics exactly (``get_prompt_slice``: random
 length between ``min_conditioning_length`` and ``max_conditioning_length``, random start, zero
@@ -79,8 +80,59 @@ class CachedClip:
     source: str  # the original audio_file, for reports
 
 
-def _cache_name(path: str, sample_rate: int) -> str:
-    return hashlib.sha1(f"{path}|{sample_rate}".encode()).hexdigest()[:20] + ".npy"
+#: Bump when the cached codes' meaning changes (PAD_AFTER, CODE_STRIDE, the resampling call).
+CODES_VERSION = 2
+
+
+def _cache_name(content: str, sample_rate: int) -> str:
+    return f"{content}-{sample_rate}.npy"
+
+
+def file_digest(path: str | Path) -> str:
+    """The audio file's content key (BLAKE2b, 20 hex digits): a changed file is decoded again."""
+    h = hashlib.blake2b(digest_size=10)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digests(paths: Sequence[str], workers: int = 8) -> list[str | None]:
+    """:func:`file_digest` of each path in a thread pool (hashing releases the GIL); None where unreadable."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(p: str) -> str | None:
+        try:
+            return file_digest(p)
+        except OSError:
+            return None  # the decode step reports it with its reason
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(one, paths))
+
+
+def dvae_key(config: Any) -> str:
+    """What the DVAE codes depend on besides the audio: the DVAE and mel-statistics files, rates, this code."""
+    args = config.model_args
+    parts = [f"v{CODES_VERSION}", str(config.audio.sample_rate), str(config.audio.dvae_sample_rate)]
+    for f in (getattr(args, "dvae_checkpoint", None), getattr(args, "mel_norm_file", None)):
+        if f and Path(f).is_file():
+            st = Path(f).stat()
+            parts += [str(Path(f).resolve()), str(st.st_size), str(st.st_mtime_ns)]
+        else:
+            parts.append(str(f))
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    """np.save through a temporary name, so a reader (another rank, a later run) never sees half a file."""
+    import os
+    import secrets
+
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, array)
+    os.replace(tmp, path)
 
 
 @torch.no_grad()
@@ -123,7 +175,7 @@ def compute_dvae_codes(model: Any, wavs: Sequence[torch.Tensor], device: torch.d
 
 
 def _check_and_decode(s: dict[str, Any], tokenizer: Any, special: SpecialTokens, args: Any, sr: int, cache_dir: Path,
-                      load_audio: Callable[[str, int], torch.Tensor]) -> tuple[dict[str, Any], torch.Tensor, str, int]:  # fmt: skip
+                      load_audio: Callable[[str, int], torch.Tensor], content: str | None) -> tuple[dict[str, Any], torch.Tensor, str, int]:  # fmt: skip
     """The sample checks (utils.data.preflight) on one row, and its waveform in the cache.
 
     Raises:
@@ -133,25 +185,53 @@ def _check_and_decode(s: dict[str, Any], tokenizer: Any, special: SpecialTokens,
     check_text(text)
     ids = tokenizer.encode(text, s["language"])
     check_tokens(ids, special, int(args.max_text_length))
-    npy = cache_dir / _cache_name(str(s["audio_file"]), sr)
-    if npy.exists():
+    key = content or hashlib.sha1(str(s["audio_file"]).encode()).hexdigest()[:20]
+    npy = cache_dir / _cache_name(key, sr)
+    if content is not None and npy.exists():
         wav, n = None, int(np.load(npy, mmap_mode="r").shape[-1])
     else:
         wav = load_audio(s["audio_file"], sr)
         n = int(wav.shape[-1])
     check_length(n, sr, max_samples=int(args.max_wav_length))
     if wav is not None:
-        np.save(npy, wav[0].numpy().astype(np.float32))
+        _save_atomic(npy, wav[0].numpy().astype(np.float32))
     return s, torch.IntTensor(ids), str(npy), n
 
 
+def _codes_path(npy: str, key: str) -> Path:
+    return Path(npy).with_suffix(f".codes-{key}.npy")
+
+
 def _codes_for(model: Any, pending: list[tuple[dict[str, Any], torch.Tensor, str, int]], device: torch.device | str,
-               batch_size: int, progress: bool) -> list[CachedClip | None]:  # fmt: skip
-    """DVAE codes of the decoded clips in length-sorted batches; the clips in the input order."""
+               batch_size: int, progress: bool, codes_key: str | None = None) -> list[CachedClip | None]:  # fmt: skip
+    """DVAE codes of the decoded clips in length-sorted batches; the clips in the input order.
+
+    With ``codes_key``, codes already on disk for that key are read instead of computed, and the
+    computed ones are written there for the next run.
+    """
     from tqdm import tqdm
 
-    order = sorted(range(len(pending)), key=lambda i: pending[i][3])
     items: list[CachedClip | None] = [None] * len(pending)
+
+    def item(i: int, c: torch.Tensor) -> CachedClip:
+        s, tokens, npy, n = pending[i]
+        return CachedClip(audio_npy=npy, num_samples=n, tokens=tokens, codes=c, language=s["language"],
+                          source=str(s["audio_file"]))  # fmt: skip
+
+    todo = []
+    for i, (_s, _t, npy, n) in enumerate(pending):
+        path = _codes_path(npy, codes_key) if codes_key else None
+        if path is not None and path.exists():
+            c = torch.from_numpy(np.load(path))
+            if c.shape[0] == math.ceil(n / CODE_STRIDE):
+                items[i] = item(i, c)
+                continue
+        todo.append(i)
+    if len(todo) < len(pending):
+        logger.info("DVAE codes: %d of %d clips read from the cache", len(pending) - len(todo), len(pending))
+    if not todo:
+        return items
+    order = sorted(todo, key=lambda i: pending[i][3])
     # The DVAE may have been moved off the GPU (speed.offload_frozen_modules): borrow it back.
     home = next(model.dvae.parameters()).device
     model.dvae.to(device)
@@ -161,11 +241,9 @@ def _codes_for(model: Any, pending: list[tuple[dict[str, Any], torch.Tensor, str
             wavs = [torch.from_numpy(np.load(pending[i][2])).unsqueeze(0) for i in idx]
             codes = compute_dvae_codes(model, wavs, device)
             for i, c in zip(idx, codes):
-                s, tokens, npy, n = pending[i]
-                items[i] = CachedClip(
-                    audio_npy=npy, num_samples=n, tokens=tokens, codes=c, language=s["language"],
-                    source=str(s["audio_file"]),
-                )
+                items[i] = item(i, c)
+                if codes_key:
+                    _save_atomic(_codes_path(pending[i][2], codes_key), c.numpy())
     finally:
         model.dvae.to(home)
         if torch.cuda.is_available():
@@ -193,8 +271,9 @@ def prepare_clip_cache(
         model: a ``GPTTrainer`` (uses ``config``, ``xtts.tokenizer``, ``dvae``,
             ``torch_mel_spectrogram_dvae``); its DVAE may sit on the GPU or the CPU.
         samples: Coqui sample dicts (``audio_file``, ``text``, ``language``).
-        cache_dir: folder for the decoded waveforms (reused across runs: a file already there is
-            not decoded again).
+        cache_dir: folder for the decoded waveforms and their DVAE codes, reused across runs: both
+            are keyed by the audio file's content, the codes also by the DVAE and mel-statistics
+            files (:func:`dvae_key`), so a second run on the same data decodes and encodes nothing.
         device: where the DVAE runs for this pass (moved there and back if it lives elsewhere).
         batch_size: clips per DVAE batch (length-sorted).
         load_audio: decoder, ``(path, sample_rate) -> (1, n)`` float tensor.
@@ -214,13 +293,14 @@ def prepare_clip_cache(
     special = SpecialTokens.of(tokenizer)
     pending: list[tuple[dict[str, Any], torch.Tensor, str, int]] = []
     excluded: list[dict[str, Any]] = []
-    for s in tqdm(samples, desc="decode clips", disable=not progress, file=None):
+    contents = file_digests([str(s["audio_file"]) for s in samples])
+    for s, content in tqdm(zip(samples, contents), total=len(samples), desc="decode clips", disable=not progress):
         try:
-            pending.append(_check_and_decode(s, tokenizer, special, args, sr, cache_dir, load_audio))
+            pending.append(_check_and_decode(s, tokenizer, special, args, sr, cache_dir, load_audio, content))
         except SampleProblem as problem:
             excluded.append(problem.record(s["audio_file"]))
 
-    items = _codes_for(model, pending, device, batch_size, progress)
+    items = _codes_for(model, pending, device, batch_size, progress, codes_key=dvae_key(config))
     kept = [it for it in items if it is not None]
     for e in excluded:
         logger.warning("excluded %s: %s %s", e["audio_file"], e["reason"], e["detail"])

@@ -28,7 +28,7 @@ What the trainer does (:class:`utils.training.model.ToolkitGPTTrainer` and
 5. With ``auto_batch``: before ``fit``, ``auto_micro_batch(lambda b: probe_training_step(model,
    config, optimizer, worst_batch(b), device), budget_bytes)`` on the longest clips, then
    ``optimizer.state.clear()``; set ``config.batch_size`` and scale ``grad_accum_steps``.
-6. With ``oom_backoff``: on CUDA out of memory the trainer halves the micro-batch and doubles
+6. With ``oom_backoff``: on CUDA out of memory the trainer at least halves the micro-batch and raises
    the accumulation (:func:`utils.training.autobatch.halve_micro_batch`), one log line.
 
 Measured figures are in BENCHMARKS.md (``scripts/bench_train.py``, ``scripts/bench_gpt_train.py``).
@@ -463,6 +463,11 @@ def _model_levers(model: Any, opts: SpeedOptions, cuda: bool) -> list[str]:
         applied.append("sdpa_conditioning")
     if opts.fast_heads and swap_heads(gpt):
         applied.append("fast_heads")
+    if opts.packed_attention:
+        from utils.training.packed import install_packed_forward
+
+        if install_packed_forward(gpt):
+            applied.append("packed_attention")
     if opts.no_cudnn_attention and cuda:
         exclude_cudnn_attention(gpt)
         applied.append("no_cudnn_attention")
@@ -509,15 +514,21 @@ def auto_micro_batch(
     *,
     max_batch: int = 256,
     margin: float = 0.9,
+    candidates: list[int] | None = None,
 ) -> int:
     """Pick the largest micro-batch whose step fits ``margin * budget_bytes`` of reserved memory.
 
     ``probe(b)`` must run one full training step (forward, backward, optimizer step) on a
     worst-case batch of ``b`` clips (the longest clips) and leave the optimizer state and the
     gradient buffers allocated (``zero_grad(set_to_none=False)``), as they are during training
-    with gradient accumulation. A first ``probe(1)`` allocates that state; then ``b`` doubles while
-    the measured peak stays under the limit, and a bisection between the last fitting and the
-    first failing size settles it. A CUDA OOM counts as not fitting.
+    with gradient accumulation. A first ``probe(1)`` allocates that state (and compiles). A CUDA
+    OOM counts as not fitting.
+
+    With ``candidates`` (the sizes a plan can use, e.g. the divisors of the effective batch), a
+    bisection over them finds the largest that fits: 5 probes for the 18 divisors of 252. Only
+    where that one is below half of the next candidate does a bisection between the two find the
+    largest size of all (so a poor split can name what would fit). Without ``candidates``, ``b``
+    doubles while it fits, then a bisection between the last fitting and the first failing size.
 
     Returns:
         The micro-batch size (>= 1).
@@ -543,6 +554,20 @@ def auto_micro_batch(
     if not fits(1) or not fits(1):  # first call allocates the optimizer state, second measures with it
         return 1
     good, bad = 1, None
+    sizes = sorted({c for c in (candidates or []) if 1 < c <= max_batch})
+    if sizes:
+        lo, hi = -1, len(sizes)  # sizes[lo] fits (-1: size 1), sizes[hi] does not (len: beyond the list)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if fits(sizes[mid]):
+                lo = mid
+            else:
+                hi = mid
+        good = sizes[lo] if lo >= 0 else 1
+        bad = sizes[hi] if hi < len(sizes) else None
+        if bad is None or good >= bad // 2:
+            logger.info("auto micro-batch: %d (budget %.2f GiB, limit %.0f%%)", good, budget_bytes / 2**30, 100 * margin)
+            return good
     while bad is None and good < max_batch:
         b = min(good * 2, max_batch)
         if fits(b):

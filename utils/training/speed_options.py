@@ -19,6 +19,7 @@ class SpeedOptions:
     fast_gelu: bool = True  # GPT2 MLP gelu_new (7 elementwise ops) -> nn.GELU("tanh"), same function
     sdpa_conditioning: bool = True  # conditioning encoder: 1x1 convs as GEMMs, attention via SDPA
     fast_heads: bool = True  # text/mel heads as one aligned 2D GEMM (1026 outputs padded to 1032)
+    packed_attention: bool = True  # loss forward on packed rows: causal attention without a mask (flash), no per-row loops
     no_cudnn_attention: bool = True  # keep SDPA off the cuDNN backend (per-shape planning cost)
     host_lengths: bool = True  # keep length tensors on the CPU: no GPU syncs in GPT.forward loops
     no_kv_cache: bool = True  # GPT2 fills no (unused) KV cache during training forwards
@@ -32,7 +33,7 @@ class SpeedOptions:
     offload_frozen: bool = True  # HiFiGAN (and DVAE when codes are cached) off the GPU
     expandable_segments: bool = True  # CUDA allocator segments that grow (less fragmentation)
     auto_batch: bool = True  # pick the micro-batch from free GPU memory (utils.training.autobatch)
-    oom_backoff: bool = True  # on CUDA OOM: halve micro-batch, double accumulation, log it
+    oom_backoff: bool = True  # on CUDA OOM: at most half the micro-batch, same effective batch, log it
 
     @classmethod
     def low_vram(cls, **overrides: Any) -> "SpeedOptions":

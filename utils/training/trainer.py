@@ -233,9 +233,9 @@ class ToolkitTrainer(Trainer):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         old_accum = int(self.grad_accum_steps)
-        halve_micro_batch(self)
+        _new_micro, new_accum = halve_micro_batch(self)
         windows_done = step // old_accum  # Coqui's windows start at batch 0 of the epoch
-        self._epoch_batches_done = windows_done * old_accum * 2  # in batches of the new size
+        self._epoch_batches_done = windows_done * new_accum  # in batches of the new size
         raise _MicroBatchHalved(self._epoch_batches_done)
 
     def train_step(self, batch: Any, batch_n_steps: int, step: int, loader_start_time: float) -> Any:

@@ -1,0 +1,83 @@
+"""The clip cache on disk: a second run on the same data decodes and encodes nothing; a change is seen."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+from tests.conftest import read_demo_samples
+from utils.gpt_train import build_config
+from utils.hparams import resolve
+from utils.training import fast_data
+
+
+@pytest.fixture(scope="module")
+def model_and_rows(tiny_base: Path, demo_en: Path, tmp_path_factory: pytest.TempPathFactory):
+    from utils.training.model import ToolkitGPTTrainer
+
+    work = tmp_path_factory.mktemp("clipcache")
+    base = work / "base"
+    shutil.copytree(tiny_base, base)
+    config = build_config(resolve(dataset_hours=0.01), base, output_path=work / "runs", language="en")
+    model = ToolkitGPTTrainer(config)
+    audio = work / "wavs"
+    audio.mkdir()
+    rows = []
+    for r in read_demo_samples(demo_en / "metadata_train.csv")[:6]:
+        dest = audio / Path(r["audio_file"]).name
+        shutil.copy(r["audio_file"], dest)
+        rows.append({**r, "audio_file": str(dest)})
+    return model, rows, work
+
+
+def _counting(monkeypatch):
+    calls = {"decoded": 0, "encoded": 0}
+    load, encode = fast_data.load_audio_soundfile, fast_data.compute_dvae_codes
+
+    def counted_load(path, sr):
+        calls["decoded"] += 1
+        return load(path, sr)
+
+    def counted_encode(model, wavs, device):
+        calls["encoded"] += len(wavs)
+        return encode(model, wavs, device)
+
+    monkeypatch.setattr(fast_data, "compute_dvae_codes", counted_encode)
+    return calls, counted_load
+
+
+def test_second_preparation_reads_everything_from_disk(model_and_rows, monkeypatch, tmp_path):
+    model, rows, _ = model_and_rows
+    cache = tmp_path / "cache"
+    calls, load = _counting(monkeypatch)
+    first, _ = fast_data.prepare_clip_cache(model, rows, cache, device="cpu", load_audio=load, progress=False)
+    assert calls == {"decoded": 6, "encoded": 6}
+    again, _ = fast_data.prepare_clip_cache(model, rows, cache, device="cpu", load_audio=load, progress=False)
+    assert calls == {"decoded": 6, "encoded": 6}  # nothing decoded or encoded the second time
+    assert [torch.equal(a.codes, b.codes) for a, b in zip(first, again)] == [True] * 6
+    assert [a.num_samples for a in first] == [b.num_samples for b in again]
+    assert not list(cache.glob(".*.tmp"))  # every file was written whole
+
+
+def test_a_changed_clip_and_a_changed_dvae_are_computed_again(model_and_rows, monkeypatch, tmp_path):
+    model, rows, _ = model_and_rows
+    cache = tmp_path / "cache"
+    calls, load = _counting(monkeypatch)
+    fast_data.prepare_clip_cache(model, rows, cache, device="cpu", load_audio=load, progress=False)
+    # same path, new content: decoded and encoded again, the rest read from disk
+    data, sr = sf.read(rows[2]["audio_file"])
+    sf.write(rows[2]["audio_file"], data[: len(data) // 2], sr)
+    items, _ = fast_data.prepare_clip_cache(model, rows, cache, device="cpu", load_audio=load, progress=False)
+    assert calls == {"decoded": 7, "encoded": 7}
+    assert items[2].num_samples == len(data) // 2
+    # another DVAE file (a new base model): every clip's codes again, no audio decoded
+    dvae = Path(model.config.model_args.dvae_checkpoint)
+    st = dvae.stat()
+    os.utime(dvae, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    fast_data.prepare_clip_cache(model, rows, cache, device="cpu", load_audio=load, progress=False)
+    assert calls == {"decoded": 7, "encoded": 13}

@@ -225,14 +225,21 @@ def run_worker(env: WorkerEnv, fn: Any) -> int:
             wait_to_be_stopped()
         traceback.print_exc()
         quiet_exit(1)
-    finish_worker()
-    return code
+    finish_worker(code)
+    return code  # not reached: finish_worker ends the process
 
 
-def finish_worker() -> None:
-    """After a worker's successful run: every rank done, then the process group closed."""
+def finish_worker(code: int) -> None:
+    """After a worker's successful run: wait until every rank is done, then end the process at once.
+
+    Not ``destroy_process_group`` and the interpreter's teardown: gloo's threads, torn down while
+    a peer process exits, can abort the process (``terminate called without an active
+    exception``, seen once in the tests on a loaded machine). The run's files are closed by then;
+    the log is flushed here.
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+    logging.shutdown()
+    quiet_exit(code)

@@ -214,16 +214,10 @@ def main(argv: Sequence[str] | None = None, *, recipe: dict[str, Any] | None = N
         recipe = {**(recipe or {}), **json.loads(args.recipe_json)}
     config = run_config(args, recipe)
     worker = torchrun.worker_env()
-    if worker is not None and worker.world_size > 1:  # started by torchrun (or by --gpus N below)
-        torchrun.pin_gpu(worker)  # first, before anything starts CUDA
-        if args.gpus is not None and args.gpus != worker.world_size:
-            raise ConfigError(f"--gpus {args.gpus} but torchrun started {worker.world_size} workers; leave out --gpus under torchrun")
-        config = config.replace(gpus=worker.world_size)
-    elif config.gpus > 1 and not (args.dry_run or args.preview_schedule):
-        # --gpus N: the same command line in N workers, started by torch.distributed.run
-        extra = ["--recipe-json", json.dumps(recipe)] if recipe and not args.recipe_json else []
-        torchrun.launch_local(config.gpus, Path(__file__).resolve(), [*argv, *extra])
-        return 0
+    if worker is None and config.gpus > 1 and not (args.dry_run or args.preview_schedule):
+        return _launch_workers(config.gpus, argv, recipe if not args.recipe_json else None)
+    if worker is not None and worker.world_size > 1:
+        config = _as_worker(worker, args, config)
     subscribers = [JsonlWriter(args.events_jsonl)] if args.events_jsonl else []
     if args.continue_run is not None:
         ft = FineTune.resume(args.continue_run, config=config, subscribers=subscribers)
@@ -242,6 +236,25 @@ def main(argv: Sequence[str] | None = None, *, recipe: dict[str, Any] | None = N
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return 0
     return _in_worker(worker, lambda: _finish(ft.run()))
+
+
+def _launch_workers(gpus: int, argv: list[str], recipe: dict[str, Any] | None) -> int:
+    """--gpus N: this command line in N workers on this host, started by torch.distributed.run."""
+    from utils.training import torchrun
+
+    extra = ["--recipe-json", json.dumps(recipe)] if recipe else []
+    torchrun.launch_local(gpus, Path(__file__).resolve(), [*argv, *extra])
+    return 0
+
+
+def _as_worker(worker: Any, args: argparse.Namespace, config: RunConfig) -> RunConfig:
+    """A torchrun worker (started by torchrun, or by --gpus N): its GPU, and gpus = the world size."""
+    from utils.training import torchrun
+
+    torchrun.pin_gpu(worker)  # first, before anything starts CUDA
+    if args.gpus is not None and args.gpus != worker.world_size:
+        raise ConfigError(f"--gpus {args.gpus} but torchrun started {worker.world_size} workers; leave out --gpus under torchrun")
+    return config.replace(gpus=worker.world_size)
 
 
 def _in_worker(worker: Any, fn: Any) -> int:

@@ -360,7 +360,6 @@ class FineTune:
 
     def _fit(self, config: Any, data: DataSplit, *, output: Path, **kwargs: Any) -> TrainResult:
         from utils.finetune.training import train
-
         from utils.training import distributed
 
         cfg = self.config

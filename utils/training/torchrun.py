@@ -18,7 +18,6 @@ rank exited) waits quietly for the agent to stop it: no second traceback (:func:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -174,7 +173,9 @@ def report_failure(exc: BaseException) -> bool:
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not (os.environ.get(ENV_LAUNCHED) and path and isinstance(exc, ToolkitError)):
         return False
-    Path(path).write_text(json.dumps({"message": str(exc), "timestamp": int(time.time())}), encoding="utf-8")
+    from utils.training.compat import write_elastic_error
+
+    write_elastic_error(path, str(exc))
     return True
 
 

@@ -1,9 +1,10 @@
 """Data-parallel scaling benchmark: training samples/s of the toolkit's real Trainer loop on
 1 and N workers (one GPU each, or CPU processes), same micro-batch per worker.
 
-Each measurement runs in fresh worker processes started by
-:func:`utils.training.distributed.launch_train` (also for 1 worker, so both sides pay the same
-start-up), builds the model and Trainer exactly as ``utils/gpt_train.py`` does (through
+Each measurement runs in fresh worker processes started by torch.distributed.run
+(:func:`utils.training.torchrun.launch_local`, also for 1 worker, so both sides pay the same
+start-up; ``python -m bench.ddp`` is the worker), builds the model and Trainer as
+``utils/gpt_train.py`` does (through
 :func:`~utils.training.distributed.build_trainer`), trains ``warmup + steps`` micro-batches per
 worker without evaluation or checkpoints, and times the last ``steps`` on rank 0 (the gradient
 averaging keeps the ranks in lockstep). samples/s = steps x micro-batch x workers / seconds.
@@ -11,13 +12,14 @@ averaging keeps the ranks in lockstep). samples/s = steps x micro-batch x worker
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-
-from utils.training.launch import launch_train
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +71,15 @@ def samples_for(spec: ScalingSpec, world_size: int) -> list[dict[str, Any]]:
     return [rows[i % len(rows)] for i in range(need)]
 
 
-def measure(spec: ScalingSpec, world_size: int, workdir: Path, backend: str | None = None) -> dict[str, Any]:
+def measure(spec: ScalingSpec, world_size: int, workdir: Path) -> dict[str, Any]:
     """Samples/s of ``world_size`` workers (a dict with the timing and the set-up)."""
-    samples = samples_for(spec, world_size)
-    result = launch_train(
-        world_size, "bench.ddp:_worker", spec, samples, str(workdir), backend=backend,
-        staging_dir=workdir / ".staging",
-    )  # fmt: skip
+    from utils.training.torchrun import launch_local
+
+    out = workdir / f"result_{world_size}.json"
+    out.unlink(missing_ok=True)
+    launch_local(world_size, "bench.ddp", ["--spec", json.dumps(asdict(spec)), "--workdir", str(workdir), "--out", str(out)],
+                 module=True)  # fmt: skip
+    result = json.loads(out.read_text(encoding="utf-8"))
     seconds = result["times"][-1] - result["times"][spec.warmup - 1]
     samples_timed = spec.steps * spec.batch_size * world_size
     return {
@@ -93,10 +97,10 @@ def measure(spec: ScalingSpec, world_size: int, workdir: Path, backend: str | No
     }
 
 
-def run_scaling(spec: ScalingSpec, world_sizes: list[int], workdir: Path, backend: str | None = None) -> dict[str, Any]:
+def run_scaling(spec: ScalingSpec, world_sizes: list[int], workdir: Path) -> dict[str, Any]:
     """Measure each world size; ``speedup`` is samples/s relative to the first (usually 1)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    rows = [measure(spec, n, workdir, backend) for n in world_sizes]
+    rows = [measure(spec, n, workdir) for n in world_sizes]
     base = rows[0]["samples_per_s"]
     for row in rows:
         row["speedup"] = round(row["samples_per_s"] / base, 3)
@@ -157,3 +161,32 @@ def _worker(spec: ScalingSpec, samples: list[dict[str, Any]], workdir: str) -> d
     device = torch.cuda.get_device_name(0) if cuda else f"cpu ({torch.get_num_threads()} threads per worker)"
     stats = distributed.sync_stats()
     return {"times": times, "sync_s": sync_s, "cpu_s": cpu_s, "device": device, "grad_numel": stats["numel"]}
+
+
+def _worker_main(argv: list[str]) -> int:
+    """A torchrun worker of :func:`measure`: rank 0 writes the timings to ``--out`` (JSON)."""
+    from utils import cli
+    from utils.training import distributed, torchrun
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--spec", required=True)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args(argv)
+    cli.setup_logging()
+    spec = ScalingSpec(**json.loads(a.spec))
+    env = torchrun.worker_env()
+
+    def run() -> int:
+        result = _worker(spec, samples_for(spec, distributed.world_size()), a.workdir)
+        if distributed.is_rank_zero():
+            a.out.write_text(json.dumps(result), encoding="utf-8")
+        return 0
+
+    if env is None or env.world_size == 1:
+        return run()
+    return torchrun.run_worker(env, run)
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))

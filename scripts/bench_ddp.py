@@ -32,7 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed micro-batches per worker")
     p.add_argument("--warmup", type=int, default=4, help="untimed micro-batches first")
     p.add_argument("--num-workers", type=int, default=4, help="data loader workers per GPU worker")
-    p.add_argument("--backend", choices=["nccl", "gloo"], help="default: nccl with CUDA, gloo without")
     p.add_argument("--workdir", type=Path, default=Path("runs") / "bench_ddp")
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
     a = p.parse_args(argv)
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         steps=a.steps, warmup=a.warmup, num_loader_workers=a.num_workers,
     )  # fmt: skip
     sizes = [int(x) for x in a.gpus.split(",") if x.strip()]
-    report = run_scaling(spec, sizes, a.workdir, backend=a.backend)
+    report = run_scaling(spec, sizes, a.workdir)  # nccl with CUDA, gloo without
     a.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     for row in report["results"]:
         sys.stdout.write(

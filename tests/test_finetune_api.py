@@ -161,3 +161,10 @@ def test_the_amharic_recipe_is_values_for_the_same_object(capsys) -> None:
     assert cli["lr"] == 1e-5 and cli["sources"]["lr"] == "table row 10-40 h (37.7 h, recipe)"
     assert (cli["batch_size"], cli["grad_accum"], cli["epochs"]) == (3, 84, 10)
     assert cli["batch_plan"]["effective_batch"] == 252 and cli["language"] == "am"
+
+
+def test_a_data_parallel_config_outside_torchrun_is_refused(tmp_path: Path) -> None:
+    ft = FineTune(RunConfig.build(demo=True, gpus=2, output_path=tmp_path, progress=False))
+    with pytest.raises(ConfigError, match="torchrun --nproc_per_node N"):
+        ft.prepare()
+    assert not any(tmp_path.iterdir())  # refused before anything was written

@@ -5,6 +5,8 @@
     python utils/gpt_train.py --dataset-hours 37.7 --dry-run   # the resolved configuration as JSON
     python utils/gpt_train.py --continue RUN_DIR        # resume a run exactly (kill, crash, more epochs)
     python utils/gpt_train.py --restore RUN_DIR/best_model.pth --lr 5e-6 ...   # new run from those weights
+    python utils/gpt_train.py --gpus 4 ...              # data parallel on 4 GPUs (torch.distributed.run)
+    torchrun --nproc_per_node 4 utils/gpt_train.py ...  # the same; --nnodes M for several machines (README)
 
 Learning rate and weight decay come from the dataset-hours table (utils/hparams.py); the LR
 scheduler is ReduceLROnPlateau on the eval loss (or cosine, inverse_sqrt, MultiStepLR; all in
@@ -30,6 +32,7 @@ if __name__ == "__main__":  # run as a script: make the repository root importab
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from utils import cli
+from utils.errors import ConfigError
 from utils.finetune.config import HEALTH_OPTIONS, RUN_HPARAMS, SPEED_PRESETS, SPEED_SWITCHES, RunConfig
 from utils.hparams import DEFAULTS, SCHEDULERS
 
@@ -151,8 +154,10 @@ def _mode_options(g: Any) -> None:
     g.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
     g.add_argument("--demo", action="store_true", default=None, help="tiny base + bundled demo data, a few epochs")
     g.add_argument("--gpus", type=int,
-                   help="data-parallel training on N GPUs of this host (one worker process each; on a machine without "
-                   "CUDA, N CPU processes). --grad-accum counts micro-batches over all GPUs, so the table's LR stays valid")  # fmt: skip
+                   help="data-parallel training on N GPUs of this host (torch.distributed.run starts one worker each; on a "
+                   "machine without CUDA, N CPU processes). --grad-accum counts micro-batches over all GPUs, so the "
+                   "table's LR stays valid. Several machines: run this script under torchrun instead (README)")  # fmt: skip
+    g.add_argument("--recipe-json", help=argparse.SUPPRESS)  # a recipe's values, passed on to --gpus workers
     g.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -200,13 +205,23 @@ def main(argv: Sequence[str] | None = None, *, recipe: dict[str, Any] | None = N
     from utils.events import JsonlWriter
     from utils.finetune import FineTune
 
+    from utils.training import torchrun
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     cli.setup_logging(args.verbose)
+    if args.recipe_json:
+        recipe = {**(recipe or {}), **json.loads(args.recipe_json)}
     config = run_config(args, recipe)
+    worker = torchrun.worker_env()
+    if worker is None and config.gpus > 1 and not (args.dry_run or args.preview_schedule):
+        return _launch_workers(config.gpus, argv, recipe if not args.recipe_json else None)
+    if worker is not None and worker.world_size > 1:
+        config = _as_worker(worker, args, config)
     subscribers = [JsonlWriter(args.events_jsonl)] if args.events_jsonl else []
     if args.continue_run is not None:
         ft = FineTune.resume(args.continue_run, config=config, subscribers=subscribers)
-        return _finish(ft.run())
+        return _in_worker(worker, lambda: _finish(ft.run()))
     ft = FineTune(config, subscribers=subscribers)
     if args.preview_schedule:
         path = ft.preview_schedule(None if args.preview_schedule is True else Path(args.preview_schedule))
@@ -220,11 +235,41 @@ def main(argv: Sequence[str] | None = None, *, recipe: dict[str, Any] | None = N
             logger.info("  %-16s %-18s %-8s %s", row["preset"], row["setting"], row["value"], row["why"])
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return 0
-    return _finish(ft.run())
+    return _in_worker(worker, lambda: _finish(ft.run()))
 
 
-def _finish(result: TrainResult) -> int:
-    """The summary to the log; the run folder is the last line of stdout."""
+def _launch_workers(gpus: int, argv: list[str], recipe: dict[str, Any] | None) -> int:
+    """--gpus N: this command line in N workers on this host, started by torch.distributed.run."""
+    from utils.training import torchrun
+
+    extra = ["--recipe-json", json.dumps(recipe)] if recipe else []
+    torchrun.launch_local(gpus, Path(__file__).resolve(), [*argv, *extra])
+    return 0
+
+
+def _as_worker(worker: Any, args: argparse.Namespace, config: RunConfig) -> RunConfig:
+    """A torchrun worker (started by torchrun, or by --gpus N): its GPU, and gpus = the world size."""
+    from utils.training import torchrun
+
+    torchrun.pin_gpu(worker)  # first, before anything starts CUDA
+    if args.gpus is not None and args.gpus != worker.world_size:
+        raise ConfigError(f"--gpus {args.gpus} but torchrun started {worker.world_size} workers; leave out --gpus under torchrun")
+    return config.replace(gpus=worker.world_size)
+
+
+def _in_worker(worker: Any, fn: Any) -> int:
+    """``fn()``; in a torchrun worker with its process group around it (utils.training.torchrun)."""
+    from utils.training import torchrun
+
+    if worker is None or worker.world_size == 1:
+        return int(fn())
+    return torchrun.run_worker(worker, fn)
+
+
+def _finish(result: TrainResult | None) -> int:
+    """The summary to the log; the run folder is the last line of stdout (rank 0 only under DDP)."""
+    if result is None:  # a data-parallel rank other than 0
+        return 0
     for line in summary_lines(result)[:-1]:
         logger.info("%s", line)
     sys.stdout.write(f"{result.run_dir}\n")

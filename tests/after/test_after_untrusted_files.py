@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -169,10 +168,21 @@ def test_base_model_files_are_loaded_safely(tiny_base: Path, demo_copy: Path, tm
     assert code == 2 and "dvae.pth" in err and "Traceback" not in err, err
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="POSIX permissions")
-def test_launcher_job_files_are_private(tmp_path: Path) -> None:
-    # The multi-process launcher passes pickles to its workers: only this user may read or plant them.
-    from utils.training.launch import launch_train
+def test_gpus_launch_passes_a_command_line_not_pickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # --gpus N hands torch.distributed.run a command line (a recipe's values as JSON); no file the
+    # workers load can run code.
+    import json
 
-    modes = launch_train(1, "tests.training.ddp_targets:job_folder_modes", backend="gloo", staging_dir=str(tmp_path))
-    assert modes == [0o700, 0o600]
+    import torch.distributed.run as torch_run
+
+    from utils.gpt_train import main
+
+    seen: dict = {}
+    monkeypatch.setattr(torch_run, "run", lambda args: seen.update(vars(args)))
+    assert main(["--demo", "--gpus", "2", "--output-path", str(tmp_path)], recipe={"grad_accum": 4}) == 0
+    assert seen["nproc_per_node"] == "2" and seen["standalone"]
+    assert Path(seen["training_script"]).name == "gpt_train.py"
+    args = seen["training_script_args"]
+    assert args[:5] == ["--demo", "--gpus", "2", "--output-path", str(tmp_path)]
+    assert json.loads(args[args.index("--recipe-json") + 1]) == {"grad_accum": 4}
+    assert all(isinstance(a, str) for a in args) and not list(tmp_path.rglob("*.pkl"))

@@ -19,7 +19,7 @@ def test_each_worker_gets_warmup_plus_steps_batches(demo_en: Path) -> None:
 @pytest.mark.slow
 def test_scaling_report_on_cpu(tiny_base: Path, demo_en: Path, tmp_path: Path) -> None:
     spec = ScalingSpec(base_model=str(tiny_base), dataset=str(demo_en), batch_size=2, steps=3, warmup=1)
-    report = run_scaling(spec, [1, 2], tmp_path, backend="gloo")
+    report = run_scaling(spec, [1, 2], tmp_path)
     one, two = report["results"]
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert one["samples_per_s"] > 0 and two["samples_per_s"] > 0 and one["speedup"] == 1.0

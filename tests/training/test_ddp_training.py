@@ -1,139 +1,178 @@
-"""A real 2-process (gloo, CPU) fine-tune of the tiny base, then a 1-process resume of it."""
+"""Real data-parallel fine-tunes of the tiny base through torchrun (gloo, CPU processes).
+
+One 2-process run (``torchrun --nproc-per-node 2 utils/gpt_train.py``, through tests/training/
+ddp_entry.py, which records each rank) is checked for averaged gradients, sharded batches and
+rank 0's run folder; it is then resumed on 1 process, and back on 2 by two torchrun agents on
+loopback (``--nnodes 2``, the rehearsal of a two-machine run).
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.conftest import read_demo_samples
-from tests.training.ddp_targets import run_train
-from utils.gpt_train import build_config
-from utils.hparams import resolve
-from utils.training.launch import launch_train
+from tests.conftest import REPO_ROOT, read_demo_samples
 
-# An LR this small leaves the eval loss flat (< 1 % moves): with patience 1 the plateau rule cuts
-# the LR at the third evaluation, to min_lr. 10 train rows / 2 ranks = 5 per rank = 3 micro-batches
-# of 2 per epoch; grad_accum 2 over 2 ranks = 1 per rank: 3 optimizer steps (and evaluations) per epoch.
-VALUES = {"epochs": 2, "batch_size": 2, "grad_accum": 2, "eval_every_steps": 1, "num_loader_workers": 0,
-          "save_every_steps": 10_000, "keep_checkpoints": 1, "lr": 8e-7, "min_lr": 4e-7,
-          "plateau_threshold": 0.01, "plateau_patience": 1}  # fmt: skip
-LRS = [8e-7, 8e-7, 4e-7, 4e-7, 4e-7, 4e-7]
+ENTRY = REPO_ROOT / "tests" / "training" / "ddp_entry.py"
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+# 10 train rows, micro-batch 2: 5 batches per epoch, 3 per rank (one padded); grad_accum 2 over
+# 2 ranks = 1 per rank, so 3 optimizer steps (and evaluations) per epoch.
+OPTIONS = ["--batch-size", "2", "--grad-accum", "2", "--eval-every-steps", "1", "--num-workers", "0",
+           "--save-every-steps", "10000", "--keep-checkpoints", "1", "--lr", "1e-5", "--test-sentences", "0",
+           "--no-export", "--no-progress", "--no-plots"]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+
+
+def _torchrun(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*TORCHRUN, *args], cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _ranks(out: Path, n: int = 2) -> list[dict]:
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(n)]
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tiny_base: Path, demo_en: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def ddp_run(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("ddp")
-    out, runs, staging = root / "ranks", root / "runs", root / "staging"
-    out.mkdir()
-    result = launch_train(
-        2, "tests.training.ddp_targets:tiny_run", str(out), str(tiny_base), str(demo_en), str(runs), VALUES, True,
-        backend="gloo", staging_dir=staging, timeout_s=300,
-    )  # fmt: skip
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
-    return {"result": result, "ranks": ranks, "runs": runs, "staging": staging, "run_dir": Path(result["run_dir"])}
+    out, runs = root / "ranks", root / "runs"
+    started = time.monotonic()
+    proc = _torchrun(["--standalone", "--nproc-per-node", "2", str(ENTRY), str(out), "--demo", "--base-model",
+                      str(tiny_base), "--output-path", str(runs), "--epochs", "2", *OPTIONS])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    return {"ranks": _ranks(out), "runs": runs, "run_dir": run_dir, "stdout": proc.stdout, "stderr": proc.stderr,
+            "seconds": time.monotonic() - started}  # fmt: skip
 
 
-def test_each_rank_trains_on_its_own_shard_reshuffled_every_epoch(ddp_run: dict, demo_en: Path) -> None:
-    train_files = {Path(r["audio_file"]).name for r in read_demo_samples(demo_en / "metadata_train.csv")}
-    r0, r1 = (r["seen"] for r in ddp_run["ranks"])
-    assert len(r0) == len(r1) == 10  # 5 rows per rank per epoch, 2 epochs
-    for epoch in range(2):
-        a, b = set(r0[5 * epoch : 5 * epoch + 5]), set(r1[5 * epoch : 5 * epoch + 5])
-        assert not a & b, f"epoch {epoch}: both ranks loaded {a & b}"
-        assert a | b == train_files
-    assert set(r0[:5]) != set(r0[5:])  # set_epoch: new shards in epoch 2, not the same rows again
-
-
-def test_ranks_keep_identical_weights_and_decisions(ddp_run: dict) -> None:
+def test_ranks_end_bit_identical_after_training(ddp_run: dict) -> None:
     r0, r1 = ddp_run["ranks"]
-    assert r0["weight_sum"] == pytest.approx(r1["weight_sum"], rel=1e-12, abs=1e-9)
-    assert r0["weight_abs"] == pytest.approx(r1["weight_abs"], rel=1e-12)
-    # Each rank evaluated a different eval row: only the shared mean keeps the records equal.
+    assert (r0["world"], r1["world"], r0["rank"], r1["rank"]) == (2, 2, 0, 1)
+    assert r0["optimizer_steps"] == r1["optimizer_steps"] == 6
+    assert r0["after"] != r0["before"]  # the weights moved ...
+    assert r1["max_diff_to_rank0"] == 0.0 and r0["after"] == r1["after"]  # ... identically: gradients averaged
     for key in ("eval_loss", "lr", "lr_reduced", "train_loss", "optimizer_step", "best_eval_loss"):
         assert [x[key] for x in r0["records"]] == [x[key] for x in r1["records"]], key
-    assert [x["lr"] for x in r0["records"]] == pytest.approx(LRS, rel=1e-9)
     assert r0["grad_accum_steps"] == r1["grad_accum_steps"] == 1  # grad_accum 2 over 2 ranks
+
+
+def test_sampler_shards_are_disjoint_and_cover_each_epoch(ddp_run: dict, demo_en: Path) -> None:
+    train_files = {Path(r["audio_file"]).name for r in read_demo_samples(demo_en / "metadata_train.csv")}
+    p0, p1 = (r["passes"] for r in ddp_run["ranks"])
+    assert [p["epoch"] for p in p0] == [p["epoch"] for p in p1] == [0, 1]  # set_epoch: the ranks agree
+    for a, b in zip(p0, p1):
+        assert len(a["batches"]) == len(b["batches"]) == 3  # same count per rank: collectives stay in step
+        clips0 = [c for batch in a["batches"] for c in batch]
+        clips1 = [c for batch in b["batches"] for c in batch]
+        assert set(clips0) | set(clips1) == train_files
+        assert len(clips0) + len(clips1) == 12 and len(set(clips0) & set(clips1)) == 2  # only the padding batch repeats
+    assert p0[0]["batches"] != p0[1]["batches"]  # a new shuffle in epoch 2
 
 
 def test_only_rank_zero_writes_the_run_folder(ddp_run: dict) -> None:
     run_dir, r0, r1 = ddp_run["run_dir"], *ddp_run["ranks"]
-    assert [p.name for p in ddp_run["runs"].iterdir()] == [run_dir.name]  # one run folder, rank 0's
-    assert r1["output_path"] == str(run_dir)  # rank 1 follows rank 0's folder after start-up
+    assert [p.name for p in ddp_run["runs"].iterdir() if not p.name.startswith(".")] == [run_dir.name]
+    assert r0["output_path"] == r1["output_path"] == str(run_dir)  # rank 1 follows rank 0's folder
     names = {p.name for p in run_dir.iterdir()}
     assert "trainer_0_log.txt" in names and not any("_1_" in n or "rank1" in n for n in names), names
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert len(lines) == 6 and [x["step"] for x in lines] == [x["step"] for x in r0["records"]]
-    assert [x["lr"] for x in lines] == pytest.approx(LRS, rel=1e-9)
-    saved = json.loads((run_dir / "config.json").read_text())["toolkit"]["distributed"]
-    assert saved["world_size"] == 2 and saved["effective_batch"] == 4 and saved["per_rank_grad_accum"] == 1
-    assert not ddp_run["staging"].exists() or not any(ddp_run["staging"].iterdir())  # scratch removed
+    assert [x["optimizer_step"] for x in _metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
+    saved = json.loads((run_dir / "config.json").read_text())["toolkit"]
+    assert saved["distributed"]["world_size"] == 2 and saved["distributed"]["effective_batch"] == 4
+    assert "cache_dvae_codes" in saved["speed_applied"] and "bucket_lengths" in saved["speed_applied"]
+    assert ddp_run["stdout"].strip().splitlines()[-1] == str(run_dir)  # printed once, by rank 0
 
 
-def test_checkpoint_bridge_state_matches_metrics_and_resume_across_world_sizes(
-    ddp_run: dict, tiny_base: Path, demo_en: Path, tmp_path: Path
-) -> None:
+def test_resume_two_then_one_then_two_machines(ddp_run: dict, tiny_base: Path, tmp_path: Path) -> None:
+    """2 -> 1 process (this one) -> 2 torchrun agents with --nnodes 2 on loopback, one process each."""
+    from utils import cli
+    from utils.gpt_train import main
+
     run_dir = ddp_run["run_dir"]
-    ckpt = max(run_dir.glob("checkpoint_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["scheduler"][0]
-    assert state["optimizer_steps"] == 6 and state["evaluations"] == 6 and state["reductions"] == 1
-    assert 8e-7 * state["plateau_scale"] == pytest.approx(LRS[-1])
-    # Continue the 2-rank run in this single process (world size 1) for one more epoch.
-    _set_epochs(run_dir, 3)
-    config = build_config(resolve(dataset_hours=0.01, cli=VALUES), tiny_base, output_path=run_dir.parent, language="en")
-    rows = read_demo_samples(demo_en / "metadata_train.csv")
-    result, trainer = run_train(config, rows, read_demo_samples(demo_en / "metadata_eval.csv"), continue_path=str(run_dir))
-    assert trainer.grad_accum_steps == 2  # one rank now accumulates what two did: 4 samples per step still
-    first = result["records"][0]
-    assert first["optimizer_step"] == 7  # continues after the 6 steps of the 2-rank run
-    assert first["lr"] == pytest.approx(4e-7)  # the cut LR, not the configured 8e-7
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 6 + len(result["records"])
-    # ... and back to 2 processes (rank 1 resumes from a mirror of the folder, writes nothing there).
-    _set_epochs(run_dir, 4)
-    before = {p.name for p in run_dir.iterdir()}
-    last_step = result["records"][-1]["optimizer_step"]
-    launch_train(
-        2, "tests.training.ddp_targets:tiny_run", str(tmp_path), str(tiny_base), str(demo_en), str(run_dir.parent),
-        VALUES, False, str(run_dir), backend="gloo", staging_dir=tmp_path / "staging", timeout_s=300,
-    )  # fmt: skip
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
-    assert r0["records"][0]["optimizer_step"] == last_step + 1 and r0["records"][0]["lr"] == pytest.approx(4e-7)
-    assert [x["lr"] for x in r0["records"]] == [x["lr"] for x in r1["records"]]
-    assert r0["weight_sum"] == pytest.approx(r1["weight_sum"], rel=1e-12, abs=1e-9)
+    assert cli.run(main, ["--continue", str(run_dir), "--epochs", "3", "--no-progress"]) == 0
+    one = _metrics(run_dir)
+    # one rank now accumulates what two did: 10 rows / micro-batch 2 / accumulation 2 = 3 steps
+    assert [x["optimizer_step"] for x in one] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert json.loads((run_dir / "config.json").read_text())["toolkit"]["distributed"]["world_size"] == 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ranks"
+    agent = [*TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+             f"127.0.0.1:{port}", "--rdzv-id", "rehearsal", str(ENTRY), str(out), "--continue", str(run_dir),
+             "--epochs", "4", "--no-progress"]  # fmt: skip
+    agents = [subprocess.Popen(agent, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(2)]  # fmt: skip
+    results = [p.communicate(timeout=300) for p in agents]
+    assert [p.returncode for p in agents] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+    r0, r1 = _ranks(out)
+    assert (r0["local_rank"], r1["local_rank"], r0["world"]) == (0, 0, 2)  # two "machines", one process each
+    assert r1["max_diff_to_rank0"] == 0.0 and r0["after"] == r1["after"]
     assert r0["grad_accum_steps"] == r1["grad_accum_steps"] == 1
     assert r1["output_path"] == str(run_dir)
-    new = {p.name for p in run_dir.iterdir()} - before
-    assert not any("_1_" in n for n in new) and [p.name for p in run_dir.parent.iterdir()] == [run_dir.name], new
-    assert len(r0["seen"]) == len(r1["seen"]) and not set(r0["seen"][:5]) & set(r1["seen"][:5])
-    saved = json.loads((run_dir / "config.json").read_text())["toolkit"]["distributed"]
-    assert saved["world_size"] == 2
+    assert [x["optimizer_step"] for x in _metrics(run_dir)] == list(range(1, 13))  # 9 + 3 more, none twice
+    assert json.loads((run_dir / "config.json").read_text())["toolkit"]["distributed"]["world_size"] == 2
+    assert not any("_1_" in p.name for p in run_dir.iterdir())
 
 
-def _set_epochs(run_dir: Path, epochs: int) -> None:
-    cfg = json.loads((run_dir / "config.json").read_text())
-    cfg["epochs"] = epochs
-    (run_dir / "config.json").write_text(json.dumps(cfg))
+def test_one_rank_failing_stops_both_with_its_error_once(tiny_base: Path, tmp_path: Path) -> None:
+    started = time.monotonic()
+    proc = subprocess.run(
+        [*TORCHRUN, "--standalone", "--nproc-per-node", "2", str(ENTRY), str(tmp_path / "ranks"), "--demo",
+         "--base-model", str(tiny_base), "--output-path", str(tmp_path / "runs"), "--epochs", "1", *OPTIONS],
+        cwd=REPO_ROOT, env={**_env(), "XTTS_TEST_FAIL_RANK": "1"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    assert proc.returncode != 0
+    assert proc.stderr.count("rank-specific bad row; fix the CSV") == 1, proc.stderr[-4000:]
+    assert "error: rank-specific bad row; fix the CSV" in proc.stderr
+    # rank 0 was stopped quietly: the only traceback is torchrun's own report, with no frame of ours
+    assert not re.search(r'File ".*/(utils|tests)/', proc.stderr), proc.stderr[-4000:]
+    root_cause = proc.stderr.split("Root Cause (first observed failure)")[1]
+    assert "rank      : 1 (local_rank: 1)" in root_cause and "exitcode  : 2" in root_cause
+    assert seconds < 120 and not (tmp_path / "ranks").exists()
+
+
+def test_gpus_option_reports_a_workers_error_as_one_line(tmp_path: Path, tiny_base: Path,
+                                                         capfd: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """--gpus 2 runs torch.distributed.run in this process; rank 0's preparation fails."""
+    from utils import cli
+    from utils.gpt_train import main
+
+    missing = tmp_path / "no_such_dataset"
+    code = cli.run(main, ["--gpus", "2", "--dataset", str(missing), "--base-model", str(tiny_base),
+                          "--output-path", str(tmp_path / "runs"), "--no-progress"])  # fmt: skip
+    err = capfd.readouterr().err
+    assert code == 2
+    lines = [x for x in err.splitlines() if str(missing) in x and x.startswith("error:")]
+    assert len(lines) == 1, err[-3000:]
+    assert "Traceback (most recent call last)" not in err
 
 
 @pytest.mark.slow
-def test_gpt_train_demo_with_gpus_2_on_cpu(tmp_path: Path, tiny_base: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The command line end to end: needs the --gpus hooks in utils/gpt_train.py."""
+def test_gpt_train_demo_with_gpus_2_on_cpu(tmp_path: Path, tiny_base: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """The --gpus convenience end to end (the same workers as torchrun's)."""
     from utils import cli
-    from utils.gpt_train import main, parse_args
+    from utils.gpt_train import main
 
-    try:
-        parse_args(["--demo", "--gpus", "2"])
-    except SystemExit:
-        pytest.skip("utils/gpt_train.py has no --gpus option yet")
-    argv = ["--demo", "--gpus", "2", "--base-model", str(tiny_base), "--output-path", str(tmp_path), "--epochs", "2"]
+    argv = ["--demo", "--gpus", "2", "--base-model", str(tiny_base), "--output-path", str(tmp_path), "--epochs", "2",
+            "--no-progress", "--test-sentences", "0"]  # fmt: skip
     assert cli.run(main, argv) == 0
-    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    run_dir = Path(capfd.readouterr().out.strip().splitlines()[-1])
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == [run_dir.name]
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [x["optimizer_step"] for x in lines] == [3, 6]  # 5 rows per rank, micro-batch 2, 1 step each
     assert (run_dir / "vocab.json").is_file() and (run_dir / "preflight_report.json").is_file()
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["model_args"]["tokenizer_file"] == str(run_dir / "vocab.json")

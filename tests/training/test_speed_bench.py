@@ -123,6 +123,34 @@ def test_bucket_sampler_covers_each_clip_once_and_cuts_padding() -> None:
     assert [i for b in sampler for i in b] != flat  # a new order each epoch
 
 
+def test_bucket_sampler_shards_by_rank_disjoint_equal_and_reshuffled() -> None:
+    rng = random.Random(1)
+    lengths = [rng.randint(44100, 242550) for _ in range(1001)]  # 63 batches of 16 (one short)
+    full = fast_data.LengthBucketBatchSampler(lengths, 16, seed=5)
+    for replicas in (2, 3, 4):
+        shards = [fast_data.LengthBucketBatchSampler(lengths, 16, seed=5, num_replicas=replicas, rank=r)
+                  for r in range(replicas)]  # fmt: skip
+        for epoch in (0, 7):
+            full.set_epoch(epoch)
+            everything = full._all_batches()  # the unsharded epoch
+            for shard in shards:
+                shard.set_epoch(epoch)
+            drawn = [list(shard) for shard in shards]
+            per_rank = -(-63 // replicas)
+            assert len(everything) == 63
+            assert [len(d) for d in drawn] == [len(shard) for shard in shards] == [per_rank] * replicas
+            padding = everything[: per_rank * replicas - 63]  # the first batches again, on the last ranks
+            assert sorted(tuple(x) for d in drawn for x in d) == sorted(tuple(x) for x in everything + padding)
+            clips = [i for d in drawn for x in d for i in x]
+            assert set(clips) == set(range(1001))  # together the shards cover the epoch ...
+            assert len(clips) == 1001 + sum(len(x) for x in padding)  # ... and overlap only in the padding
+    a, b = (fast_data.LengthBucketBatchSampler(lengths, 16, seed=5, num_replicas=2, rank=0) for _ in range(2))
+    b.set_epoch(1)
+    assert list(a) != list(b)  # set_epoch: a new shuffle of the shards
+    with pytest.raises(ValueError, match="rank 2 of 2"):
+        fast_data.LengthBucketBatchSampler(lengths, 16, num_replicas=2, rank=2)
+
+
 def test_prompt_slice_matches_coqui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import TTS.tts.layers.xtts.trainer.dataset as xds
 

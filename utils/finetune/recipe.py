@@ -214,7 +214,7 @@ class FineTune:
 
     @_step
     def train(self) -> TrainResult:
-        """8. Fit with Coqui's Trainer (``gpus`` > 1: one worker process per GPU)."""
+        """8. Fit with Coqui's Trainer (in a torchrun worker: data-parallel with the other ranks)."""
         if self.continue_dir is not None:
             return self._train_continued()
         config = self.trainer_config or self.build_trainer()
@@ -244,7 +244,13 @@ class FineTune:
     def prepare(self) -> Any:
         """Steps 1-7 (everything before training); returns the trainer config."""
         from utils.fs import check_writable_dir
+        from utils.training import distributed
 
+        if self.config.gpus != distributed.world_size():
+            raise ConfigError(
+                f"gpus={self.config.gpus} but this process is one of {distributed.world_size()}: start data-parallel runs "
+                "with utils/gpt_train.py --gpus N or torchrun --nproc_per_node N utils/gpt_train.py"
+            )
         check_writable_dir(self.continue_dir or self.config.output_path, "--continue" if self.continue_dir else "--output-path")
         if self.continue_dir is None:
             self.locate_base()
@@ -255,8 +261,17 @@ class FineTune:
             self.plan_schedule()
         return self.build_trainer() if self.continue_dir is None else None
 
-    def run(self) -> TrainResult:
-        """Every step in order; the result (``finished`` or ``error`` goes to the event bus)."""
+    def run(self) -> TrainResult | None:
+        """Every step in order; the result (``finished`` or ``error`` goes to the event bus).
+
+        In a data-parallel worker (torchrun) rank 0 runs the steps and the other ranks train on
+        what it prepared (:meth:`_follow_rank_zero`); they return None.
+        """
+        from utils.training import distributed
+
+        if not distributed.is_rank_zero():
+            self._follow_rank_zero()
+            return None
         try:
             self.prepare()
             result = self.train()
@@ -345,14 +360,37 @@ class FineTune:
 
     def _fit(self, config: Any, data: DataSplit, *, output: Path, **kwargs: Any) -> TrainResult:
         from utils.finetune.training import train
+        from utils.training import distributed
 
         cfg = self.config
         kwargs.update(progress=cfg.progress, plots=cfg.plots)
-        if cfg.gpus > 1:
-            from utils.training.launch import launch_train
-
-            # the workers run in their own processes: they report through the run folder
-            # (metrics.jsonl, events.jsonl) and their own progress bar, not through this bus
-            return launch_train(cfg.gpus, train, config, data.train_samples, data.eval_samples,
-                                staging_dir=output / ".staging", **kwargs)  # fmt: skip
+        if distributed.is_distributed():  # rank 0: what the other ranks need to train (plain JSON)
+            distributed.broadcast_json({
+                "config": config.to_dict(), "train_samples": data.train_samples, "eval_samples": data.eval_samples,
+                "continue_path": _str_or_none(kwargs.get("continue_path")),
+                "restore_path": _str_or_none(kwargs.get("restore_path")),
+            })  # fmt: skip
         return train(config, data.train_samples, data.eval_samples, events=self.events, **kwargs)
+
+    def _follow_rank_zero(self) -> TrainResult:
+        """A rank other than 0: wait for rank 0's preparation, then train on what it sent.
+
+        Rank 0 alone locates the base, runs the preflight, builds the vocabulary and the config
+        and writes the run folder, so N ranks do that work once and never race on files.
+        """
+        from utils.finetune.training import train
+        from utils.training import distributed
+        from utils.training.config import ToolkitGPTConfig
+
+        job = distributed.broadcast_json(None)
+        config = ToolkitGPTConfig()
+        config.from_dict(job["config"])
+        self.trainer_config = config
+        self.result = train(config, job["train_samples"], job["eval_samples"], continue_path=job["continue_path"],
+                            restore_path=job["restore_path"], progress=False, plots=self.config.plots,
+                            events=self.events)  # fmt: skip
+        return self.result
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)

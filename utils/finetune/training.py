@@ -110,6 +110,7 @@ def train(
         trainer.fit()
     finally:
         _final_plots(trainer, plots)
+        distributed.remove_scratch()
     exclusions = read_runtime_exclusions(run_dir)
     if exclusions:
         logger.warning("%d rows failed to load during training; see %s", len(exclusions), run_dir / "runtime_exclusions.jsonl")
@@ -151,7 +152,7 @@ def _build_trainer(config: Any, train_samples: list, eval_samples: list, *, cont
         args.restore_path = str(restore_path)
     model = ToolkitGPTTrainer(config)
     model.show_progress = bool(progress)  # the clip-cache bars follow the run's progress setting
-    _apply_speed(model, config, distributed.world_size())
+    _apply_speed(model, config)
     hooks = []
     if distributed.is_rank_zero():
         hooks = [*_evaluation_hooks(config, plots=plots), lambda _t, record: bus.emit(EventKind.EVALUATION, **record)]
@@ -228,8 +229,11 @@ def _evaluation_hooks(config: Any, *, plots: bool) -> list[Any]:
     return hooks
 
 
-def _apply_speed(model: Any, config: Any, world_size: int) -> None:
-    """Apply the run's speed levers (config.toolkit["speed"]; default: all safe ones) to the model."""
+def _apply_speed(model: Any, config: Any) -> None:
+    """Apply the run's speed levers (config.toolkit["speed"]; default: all safe ones) to the model.
+
+    The same under data parallel: the cached-code loader shards its length buckets by rank.
+    """
     import torch
 
     from utils.training.speed import SpeedOptions, apply_speed_options
@@ -237,9 +241,6 @@ def _apply_speed(model: Any, config: Any, world_size: int) -> None:
     values = dict(config.toolkit.get("speed") or {"num_workers": config.num_loader_workers})
     known = {f.name for f in dataclasses.fields(SpeedOptions)}
     opts = SpeedOptions(**{k: v for k, v in values.items() if k in known})
-    if world_size > 1:  # the cached-code loader has no rank sharding yet: the sharded toolkit dataset;
-        # compile is unmeasured under DDP (no multi-GPU machine so far)
-        opts = dataclasses.replace(opts, cache_dvae_codes=False, bucket_lengths=False, compile=False)
     model.speed = opts
     device = "cuda" if torch.cuda.is_available() else "cpu"
     applied = apply_speed_options(model, config, opts, device)
@@ -249,9 +250,8 @@ def _apply_speed(model: Any, config: Any, world_size: int) -> None:
 
 def _size_micro_batch(trainer: Any, config: Any, *, continuing: bool) -> None:
     """The automatic micro-batch (speed option auto_batch): GPU memory decides the micro-batch, the
-    effective batch stays. Not when resuming (the run keeps its sizes), when --batch-size was
-    given, or with several GPUs (each rank would probe alone)."""
-    from utils.training import distributed
+    effective batch stays. Not when resuming (the run keeps its sizes) or when --batch-size was
+    given. With several GPUs every rank probes and the smallest fit wins (autosize_micro_batch)."""
     from utils.training.autobatch import autosize_micro_batch
     from utils.training.compat import unwrap_model
 
@@ -261,9 +261,6 @@ def _size_micro_batch(trainer: Any, config: Any, *, continuing: bool) -> None:
         return
     if source == "cli":
         logger.info("micro-batch %d from --batch-size (automatic sizing off)", config.batch_size)
-        return
-    if distributed.world_size() > 1:
-        logger.info("automatic micro-batch: off with several GPUs; micro-batch %d per GPU", config.batch_size)
         return
     autosize_micro_batch(trainer)
 

@@ -4,9 +4,10 @@ The hours table gives an effective batch (micro-batch x gradient accumulation; 3
 Coqui's recipe). The micro-batch only decides how much of it the GPU does per forward pass, so the
 toolkit picks it from memory and keeps the effective batch, and with it the table's LR:
 
-- :func:`autosize_micro_batch` (before ``fit``, one GPU, DVAE-code cache on): probes full training
+- :func:`autosize_micro_batch` (before ``fit``, DVAE-code cache on): probes full training
   steps on the longest clips of the training set (:func:`utils.training.speed.auto_micro_batch`),
   then :func:`plan_micro_batch` splits the effective batch into micro-batch x accumulation.
+  Data parallel: every rank probes its own GPU and the smallest fit is every rank's.
 - :func:`halve_micro_batch` (``ToolkitTrainer`` on a CUDA OOM during a step): the next exact split
   with at most half the micro-batch (126 x 2 -> 63 x 4), one warning line; the trainer redoes the interrupted accumulation window
   with the smaller batches.
@@ -90,10 +91,9 @@ def autosize_micro_batch(trainer: Any, *, max_batch: int = 256, margin: float = 
     Returns None (sizes unchanged, reason logged) where it cannot run: no CUDA, or the model has
     no DVAE-code cache to build worst-case batches from.
     """
-    from utils.training import speed
-    from utils.training.fast_data import collate_cached
-
+    from utils.training import distributed, speed
     from utils.training.compat import unwrap_model
+    from utils.training.fast_data import collate_cached
 
     model = unwrap_model(trainer)
     config = trainer.config
@@ -131,13 +131,19 @@ def autosize_micro_batch(trainer: Any, *, max_batch: int = 256, margin: float = 
                     "model: %s)", fits, memo_path)  # fmt: skip
     else:
         divisors = [d for d in range(1, top + 1) if requested % d == 0]  # the sizes an exact plan can use
-        fits = speed.auto_micro_batch(probe, budget, max_batch=top, margin=margin, candidates=divisors)
+        with distributed.local_optimizer_steps():  # probes step at LR 0 on each rank alone
+            fits = speed.auto_micro_batch(probe, budget, max_batch=top, margin=margin, candidates=divisors)
         _write_probe_memo(memo_path, key, fits)
         for opt in trainer.optimizer:
             opt.state.clear()  # the probes' moments are not training's
             opt.zero_grad(set_to_none=True)
         _cuda.empty_cache()
         _cuda.reset_peak_memory_stats()
+    # Data parallel: one micro-batch for every rank (the collectives of each step stay in step),
+    # the largest the smallest GPU holds (a divisor of the same effective batch on every rank).
+    local_fits, fits = fits, distributed.all_reduce_min(fits)
+    if fits != local_fits:
+        logger.info("automatic micro-batch: %d clips fit here, %d on every rank", local_fits, fits)
     plan = plan_micro_batch(fits, requested)
     config.toolkit["micro_batch_plan"] = {**plan.as_dict(), "fits": fits}
     _apply(trainer, plan.micro_batch, plan.accumulation, source="auto (GPU memory)")
@@ -229,14 +235,21 @@ def _apply(trainer: Any, micro: int, accumulation: int, *, source: str) -> None:
     """Set the sizes on the trainer and its config; rewrite the run folder's config.json."""
     from pathlib import Path
 
+    from utils.training import distributed
+
     config = trainer.config
     config.batch_size = int(micro)
     config.eval_batch_size = int(micro)
     trainer.grad_accum_steps = int(accumulation)
     tk = config.toolkit
-    tk["grad_accum"] = int(accumulation)
+    # grad_accum in the config counts micro-batches over all ranks (distributed.plan_batch)
+    world = distributed.world_size()
+    tk["grad_accum"] = int(accumulation) * world
     hp = tk.setdefault("hparams", {})
-    hp["batch_size"], hp["grad_accum"] = int(micro), int(accumulation)
+    hp["batch_size"], hp["grad_accum"] = int(micro), int(accumulation) * world
+    if world > 1:
+        plan = distributed.plan_batch(int(micro), int(accumulation) * world, world)
+        tk["distributed"] = {**(tk.get("distributed") or {}), **plan.as_dict()}
     sources = hp.setdefault("sources", {})
     sources["batch_size"] = sources["grad_accum"] = source
     trainer.train_loader = None  # rebuilt with the new batch size

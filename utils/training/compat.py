@@ -25,6 +25,9 @@ What the toolkit relies on (upstream behaviour, by name):
 - ``torch._dynamo.config.suppress_errors``: a failing compile falls back to eager.
 - ``torch._C._accelerator_setAllocatorSettings`` (newer) / ``torch.cuda.memory._set_allocator_settings``.
 - ``torch._foreach_norm`` and ``torch._utils._flatten_dense_tensors``/``_unflatten_dense_tensors``.
+- torchrun's error file (``TORCHELASTIC_ERROR_FILE``): ``ProcessFailure`` reads
+  ``{"message": str, "timestamp": int}`` from it into ``ChildFailedError``'s failures; the
+  toolkit's ``--gpus N`` workers write a toolkit error there (:func:`write_elastic_error`).
 - ``transformers`` ``PretrainedConfig._attn_implementation``: the packed loss forward switches the
   XTTS GPT2 to an attention function registered under :data:`CAUSAL_ATTENTION` (public
   ``AttentionInterface.register``) while it runs. transformers builds no mask for a name it has no
@@ -128,6 +131,15 @@ class EpochTail:
 
 
 # --- torch --------------------------------------------------------------------------------------
+
+
+def write_elastic_error(path: str, message: str) -> None:
+    """Record ``message`` as this torchrun worker's error (what ``@record`` would write, minus the traceback)."""
+    import json
+    import time
+    from pathlib import Path
+
+    Path(path).write_text(json.dumps({"message": message, "timestamp": int(time.time())}), encoding="utf-8")
 
 
 def eager_call(module: Any) -> Callable[..., Any]:

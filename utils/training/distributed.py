@@ -1,12 +1,15 @@
-"""Data-parallel fine-tuning on one host: N worker processes, one GPU each (or N CPU processes).
+"""Data-parallel fine-tuning: N worker processes started by torchrun, one GPU each (or N CPU processes).
 
-``python utils/gpt_train.py --gpus N ...`` prepares everything once (base model, preflight,
-vocabulary, config), then :func:`utils.training.launch.launch_train` starts N workers that each
-run :func:`utils.finetune.training.train` on their own shard of the training rows; inside it,
-:func:`build_trainer` makes the Trainer rank-aware. Gradients are averaged
-over the workers before clipping, so N workers with micro-batch B and G accumulation steps take
-the optimizer step one worker takes with micro-batch B and N x G accumulation steps (same number
-of samples per step; only which rows and which dropout masks differ).
+``torchrun --nproc_per_node N utils/gpt_train.py ...`` (or ``--nnodes M`` for several machines,
+or ``python utils/gpt_train.py --gpus N ...``, which runs ``torch.distributed.run`` in-process)
+starts the workers; :mod:`utils.training.torchrun` joins them to the process group. Rank 0
+prepares everything once (base model, preflight, vocabulary, config) and sends the config and
+the rows to the other ranks (:func:`broadcast_json`); every rank then runs
+:func:`utils.finetune.training.train` on its own shard of the training rows; inside it,
+:func:`build_trainer` makes the Trainer rank-aware. Gradients are averaged over the workers
+before clipping, so N workers with micro-batch B and G accumulation steps take the optimizer
+step one worker takes with micro-batch B and N x G accumulation steps (same number of samples
+per step; only which rows and which dropout masks differ).
 
 Upstream behaviours this works around (Coqui Trainer 0.4, coqui-tts 0.28):
 
@@ -16,17 +19,16 @@ Upstream behaviours this works around (Coqui Trainer 0.4, coqui-tts 0.28):
   gradient: every rank trains its own copy (checked with gloo: gradients through ``.module``
   stay rank-local). Here gradients are averaged explicitly (:func:`sync_gradients`, called by
   ``ToolkitGPTTrainer.before_gradient_clipping``) and Coqui's DDP path stays off: each worker
-  sees one GPU (``CUDA_VISIBLE_DEVICES``), and the process group is ours.
+  sees one GPU (``CUDA_VISIBLE_DEVICES``, set before CUDA starts), and the process group is ours.
 - ``trainer.utils.distributed.init_distributed`` asserts CUDA: there is no CPU (gloo) path. The
   workers here use nccl on CUDA and gloo on CPU.
-- The train loader's ``DistributedSampler`` never gets ``set_epoch``: every epoch would visit
-  each rank's shard in the same order. :func:`trainer_callbacks` sets it at each epoch start.
-- ``python -m trainer.distribute`` waits on its children one by one: when one rank fails the
-  others hang in their next collective. ``launch_train`` stops the rest at the first failure
-  and re-raises the failing rank's error (a toolkit error keeps its one-line message).
+- The train loader's sampler never gets ``set_epoch``: every epoch would visit each rank's shard
+  in the same order. :func:`trainer_callbacks` sets it at each epoch start (the length-bucketed
+  sampler of the cached-code loader and the ``DistributedSampler`` of the stock one alike).
 - Every rank's Trainer writes config.json, ``trainer_N_log.txt`` and a copy of the script into
   its own timestamped run folder. Here only rank 0 writes the run folder; other ranks get a
   scratch folder (deleted at the end) and then follow rank 0's run folder (checkpoint reloads).
+  With several machines the output path must be on a file system they share.
 - GPTTrainer's weight-decay grouping (``optimizer_wd_only_on_weights``), which users were told
   to switch off for Coqui's DDP, works unchanged: the gradient averaging goes over the GPT's
   parameters, whatever the optimizer's groups are.
@@ -35,31 +37,33 @@ Evaluation runs on every rank over the full eval set (identical weights, so iden
 :func:`all_reduce_mean` makes the value every rank's LR bridge and health monitor decide on
 provably the same. Metrics, plots, TensorBoard and checkpoints come from rank 0 only.
 
-Where the toolkit calls in: ``utils.finetune.training.train`` builds its Trainer with
-:func:`build_trainer` and writes vocab.json/preflight_report.json/plots on rank 0 only;
-``main`` runs ``train`` through ``launch_train`` when ``--gpus`` > 1 and shows :func:`plan_batch`
-in ``--dry-run``; ``ToolkitGPTTrainer.before_gradient_clipping`` calls :func:`sync_gradients`.
+Where the toolkit calls in: ``utils.finetune.recipe.FineTune`` prepares on rank 0 and shares;
+``utils.finetune.training.train`` builds its Trainer with :func:`build_trainer` and writes
+vocab.json/preflight_report.json/plots on rank 0 only; ``--dry-run`` shows :func:`plan_batch`;
+``ToolkitGPTTrainer.before_gradient_clipping`` calls :func:`sync_gradients`; the cached DVAE codes
+are prepared by rank 0 first (``ToolkitGPTTrainer.clip_dataset``); the automatic micro-batch is
+the smallest that fits on every rank (:func:`all_reduce_min`).
 
 Importing this module does not import torch (``--dry-run`` uses :func:`plan_batch`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-ENV_STAGING = "XTTS_FT_DDP_STAGING"  # set by utils.training.launch in every worker: the job folder
 BUCKET_NUMEL = 32 * 1024 * 1024  # gradient elements per all-reduce (128 MB in fp32)
 
 
@@ -216,13 +220,33 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every rank (picklable objects)."""
+def all_reduce_min(value: int) -> int:
+    """The smallest ``value`` over all ranks (e.g. the micro-batch every rank's GPU can hold)."""
+    if not is_distributed():
+        return int(value)
+    import torch
+
+    t = torch.tensor([int(value)], dtype=torch.long, device=_device())
+    _dist().all_reduce(t, op=_dist().ReduceOp.MIN)
+    return int(t.item())
+
+
+def broadcast_json(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` (JSON data) on every rank; sent as UTF-8 bytes, never a pickle."""
     if not is_distributed():
         return obj
-    box = [obj]
-    _dist().broadcast_object_list(box, src=src)
-    return box[0]
+    import torch
+
+    device = _device()
+    data = json.dumps(obj).encode("utf-8") if rank() == src else b""
+    size = torch.tensor([len(data)], dtype=torch.long, device=device)
+    _dist().broadcast(size, src=src)
+    if rank() == src:
+        buf = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
+    else:
+        buf = torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    _dist().broadcast(buf, src=src)
+    return json.loads(buf.cpu().numpy().tobytes().decode("utf-8"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -232,6 +256,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 class _SyncState:
     syncs = 0  # gradient averagings in this process; the optimizer pre-hook checks it moved
+    local = False  # optimizer steps that need no averaged gradients (local_optimizer_steps)
     timing = False  # measure their wall time (waits for the GPU: for the benchmark only)
     seconds = 0.0
     numel = 0  # gradient elements averaged by the last one
@@ -316,11 +341,13 @@ def broadcast_module(module: Any, src: int = 0) -> None:
 
 
 def set_sampler_epoch(loader: Any, epoch: int) -> bool:
-    """Call ``set_epoch`` on a loader's sampler (a DistributedSampler reshuffles its shards)."""
-    sampler = getattr(loader, "sampler", None)
-    if sampler is not None and hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(int(epoch))
-        return True
+    """Call ``set_epoch`` on a loader (``fast_data.ContinuousLoader``), its batch sampler
+    (``fast_data.LengthBucketBatchSampler``) or its sampler (``DistributedSampler``)."""
+    loader = getattr(loader, "loader", loader) if not hasattr(loader, "set_epoch") else loader  # compat.EpochTail
+    for obj in (loader, getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):
+        if obj is not None and hasattr(obj, "set_epoch"):
+            obj.set_epoch(int(epoch))
+            return True
     return False
 
 
@@ -360,7 +387,20 @@ def trainer_callbacks(seed: int) -> dict[str, Callable[[Any], None]]:
 _last_checked_sync = [0]
 
 
+@contextlib.contextmanager
+def local_optimizer_steps() -> Iterator[None]:
+    """Optimizer steps on one rank alone (the micro-batch probe's, at learning rate 0) pass the
+    guard that every step follows a gradient averaging."""
+    _SyncState.local = True
+    try:
+        yield
+    finally:
+        _SyncState.local = False
+
+
 def _check_synced(_optimizer: Any, *_: Any) -> None:
+    if _SyncState.local:
+        return
     if _SyncState.syncs == _last_checked_sync[0]:
         raise RuntimeError(
             "optimizer step without averaged gradients: the model must call "
@@ -435,7 +475,7 @@ def build_trainer(trainer_cls: type, args: Any, config: Any, **kwargs: Any) -> A
         kwargs["callbacks"] = callbacks
         cls = type(f"DataParallel{trainer_cls.__name__}", (DataParallelMixin, trainer_cls), {})
         trainer = cls(args, config, **kwargs)
-        trainer.output_path = Path(broadcast_object(str(trainer.output_path) if r == 0 else None))
+        trainer.output_path = Path(broadcast_json(str(trainer.output_path) if r == 0 else None))
     if args.continue_path and _record(trainer.config, record) and r == 0:
         trainer.config.save_json(str(Path(trainer.output_path) / "config.json"))  # the resumed run's record
     if r == 0:
@@ -463,11 +503,18 @@ def _chain(first: Callable[[Any], None] | None, second: Callable[[Any], None]) -
 
 
 def _scratch_dir(r: int) -> Path:
-    staging = os.environ.get(ENV_STAGING)
-    base = Path(staging) if staging else Path(tempfile.mkdtemp(prefix="xtts-ddp-"))
-    path = base / f"rank{r}"
-    path.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f"xtts-ddp-rank{r}-"))
+    _scratch_dirs.append(path)
     return path
+
+
+_scratch_dirs: list[Path] = []
+
+
+def remove_scratch() -> None:
+    """Delete the scratch folders this rank's Trainer wrote instead of the run folder."""
+    while _scratch_dirs:
+        shutil.rmtree(_scratch_dirs.pop(), ignore_errors=True)
 
 
 def _mirror_run_folder(run_dir: Path, dest: Path) -> Path:

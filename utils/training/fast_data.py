@@ -404,6 +404,13 @@ class LengthBucketBatchSampler(torch.utils.data.Sampler[list[int]]):
     The shuffled index list is cut into pools of ``batch_size * pool_batches`` clips; each pool is
     sorted by length and cut into batches; all batches are then shuffled. Small pools keep the
     order random, large pools cut more padding.
+
+    Data parallel (``num_replicas`` > 1): every rank draws the same epoch's batches (same seed and
+    epoch) and keeps every ``num_replicas``-th from ``rank`` on, so the shards are disjoint and
+    cover the epoch. Every rank gets the same number of batches (the collectives of each step
+    stay in step): the list is padded with its first batches, as ``DistributedSampler`` pads
+    rows. ``set_epoch`` (called by the Trainer callbacks at each epoch start) and each pass's own
+    increment keep the ranks on the same epoch.
     """
 
     def __init__(
@@ -415,9 +422,13 @@ class LengthBucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         shuffle: bool = True,
         drop_last: bool = False,
         seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} of {num_replicas} replicas")
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.pool = max(1, pool_batches) * batch_size
@@ -425,12 +436,14 @@ class LengthBucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.drop_last = drop_last
         self.seed = seed
         self.epoch = 0
+        self.num_replicas = num_replicas
+        self.rank = rank
 
     def set_epoch(self, epoch: int) -> None:
         """Change the shuffle for a new epoch (called automatically on each ``__iter__``)."""
         self.epoch = epoch
 
-    def _batches(self) -> list[list[int]]:
+    def _all_batches(self) -> list[list[int]]:
         rng = random.Random(self.seed + self.epoch)
         idx = list(range(len(self.lengths)))
         if self.shuffle:
@@ -447,18 +460,28 @@ class LengthBucketBatchSampler(torch.utils.data.Sampler[list[int]]):
             rng.shuffle(batches)
         return batches
 
+    def _batches(self) -> list[list[int]]:
+        batches = self._all_batches()
+        if self.num_replicas == 1 or not batches:
+            return batches
+        per_rank = math.ceil(len(batches) / self.num_replicas)
+        padded = batches + [batches[i % len(batches)] for i in range(per_rank * self.num_replicas - len(batches))]
+        return padded[self.rank :: self.num_replicas]
+
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._batches()
         self.epoch += 1
         return iter(batches)
 
-    def __len__(self) -> int:
-        n = len(self.lengths)
+    def _num_all_batches(self) -> int:
         if self.drop_last:
             # pools may leave a short batch each; count exactly
-            return len(self._batches())
-        full, rest = divmod(n, self.pool)
+            return len(self._all_batches())
+        full, rest = divmod(len(self.lengths), self.pool)
         return full * math.ceil(self.pool / self.batch_size) + math.ceil(rest / self.batch_size)
+
+    def __len__(self) -> int:
+        return math.ceil(self._num_all_batches() / self.num_replicas)
 
 
 class _Cycle(torch.utils.data.Sampler[list[int]]):
@@ -466,6 +489,10 @@ class _Cycle(torch.utils.data.Sampler[list[int]]):
 
     def __init__(self, inner: torch.utils.data.Sampler[list[int]]) -> None:
         self.inner = inner
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
         while True:
@@ -493,6 +520,12 @@ class ContinuousLoader:
     def __len__(self) -> int:
         return self._n
 
+    def set_epoch(self, epoch: int) -> None:
+        """The sampler's epoch, before the first pass only: later passes are already being
+        prefetched and count their epochs themselves (set on resume, to the epochs done)."""
+        if self._it is None and hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)
+
     def __iter__(self) -> Iterator[Any]:
         if self._it is None:
             self._it = iter(self.loader)
@@ -512,16 +545,22 @@ def build_fast_loader(
     seed: int = 0,
     prefetch_factor: int = 4,
     continuous: bool | None = None,
+    num_replicas: int = 1,
+    rank: int = 0,
 ) -> torch.utils.data.DataLoader | ContinuousLoader:
     """DataLoader over :class:`CachedClipDataset` with bucketing, pinned memory and workers.
 
     Without bucketing the batches are plain shuffled (or ordered for eval) chunks. ``continuous``
     (default: when shuffling with workers) returns a :class:`ContinuousLoader`, so the workers
-    run ahead across epoch boundaries.
+    run ahead across epoch boundaries. ``num_replicas`` > 1 (data parallel): this rank's shard
+    of the batches (:class:`LengthBucketBatchSampler`; without bucketing, one length for all).
     """
     lengths = dataset.lengths()
-    if bucket_lengths:
-        sampler = LengthBucketBatchSampler(lengths, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed)
+    if bucket_lengths or num_replicas > 1:
+        sampler = LengthBucketBatchSampler(
+            lengths if bucket_lengths else [0] * len(lengths), batch_size, shuffle=shuffle, drop_last=drop_last,
+            seed=seed, num_replicas=num_replicas, rank=rank,
+        )  # fmt: skip
     else:
         base = torch.utils.data.RandomSampler(dataset) if shuffle else torch.utils.data.SequentialSampler(dataset)
         sampler = torch.utils.data.BatchSampler(base, batch_size, drop_last)

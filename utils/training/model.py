@@ -11,7 +11,8 @@ What changes against ``TTS.tts.layers.xtts.trainer.gpt_trainer.GPTTrainer``:
   a resume; Coqui's ``VoiceBpeTokenizer`` raises NotImplementedError for them.
 - ``before_gradient_clipping`` averages the GPT's gradients over data-parallel ranks
   (:mod:`utils.training.distributed`; Coqui's DDP wrapper never does), and the train sampler of a
-  distributed run is seeded with ``training_seed``.
+  distributed run is seeded with ``training_seed`` and sharded by rank (the cached-code loader's
+  length buckets too); rank 0 fills the shared clip cache before the other ranks read it.
 - For a new language the base weights are loaded with the base vocabulary (GPTTrainer loads them
   with ``strict=False``, which still fails on a larger text embedding), then the text embedding and
   head grow to the extended vocabulary (new rows from the pretrained rows' statistics).
@@ -90,7 +91,7 @@ class ToolkitGPTTrainer(GPTTrainer):
         verbose: bool = True,
     ) -> DataLoader:
         exclusions = Path(self.run_dir) / "runtime_exclusions.jsonl" if self.run_dir else None
-        if self.speed is not None and self.speed.cache_dvae_codes and not is_dist_avail_and_initialized():
+        if self.speed is not None and self.speed.cache_dvae_codes:
             return self._cached_code_loader(config, samples or [], is_eval, exclusions)
         dataset = ToolkitXTTSDataset(
             self.config, samples or [], self.xtts.tokenizer, config.audio.sample_rate, is_eval, exclusions
@@ -119,10 +120,14 @@ class ToolkitGPTTrainer(GPTTrainer):
         Clips that cannot be used are recorded in runtime_exclusions.jsonl with their reason (the
         preflight normally keeps none of them).
         """
+        from utils.training import distributed
         from utils.training.fast_data import build_fast_loader
 
         speed = self.speed
         workers = config.num_eval_loader_workers if is_eval else config.num_loader_workers
+        # Data parallel: each rank its shard of the training batches (set_epoch from the Trainer
+        # callbacks of utils.training.distributed); every rank evaluates the whole eval set.
+        replicas, rank = (1, 0) if is_eval else (distributed.world_size(), distributed.rank())
         return build_fast_loader(
             self.clip_dataset(config, samples, is_eval=is_eval, exclusions=exclusions),
             config.eval_batch_size if is_eval else config.batch_size,
@@ -131,6 +136,8 @@ class ToolkitGPTTrainer(GPTTrainer):
             pin_memory=speed.pin_memory,
             shuffle=not is_eval,
             seed=int(config.training_seed),
+            num_replicas=replicas,
+            rank=rank,
         )
 
     def clip_dataset(self, config: Any, samples: list[Any], *, is_eval: bool, exclusions: Path | None = None) -> Any:
@@ -146,11 +153,20 @@ class ToolkitGPTTrainer(GPTTrainer):
             return memo[is_eval][1]
         if exclusions is None and self.run_dir:
             exclusions = Path(self.run_dir) / "runtime_exclusions.jsonl"
+        from utils.training import distributed
+
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        cache_dir = Path(config.output_path) / ".clip_cache"
+        cache_dir = Path(config.output_path) / ".clip_cache"  # one folder for every rank (and machine)
+        # Data parallel: rank 0 decodes the clips into the shared cache first; the other ranks then
+        # find them there instead of writing the same files at the same time.
+        first = distributed.is_rank_zero()
+        if not first:
+            distributed.barrier()
         items, excluded = prepare_clip_cache(self, samples, cache_dir, device=device,
-                                             progress=getattr(self, "show_progress", True))  # fmt: skip
-        if excluded and exclusions is not None:
+                                             progress=first and getattr(self, "show_progress", True))  # fmt: skip
+        if first:
+            distributed.barrier()
+        if excluded and exclusions is not None and distributed.is_rank_zero():
             with open(exclusions, "a", encoding="utf-8") as fh:
                 for record in excluded:
                     fh.write(json.dumps({**record, "eval": is_eval}) + "\n")

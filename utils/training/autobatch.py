@@ -188,6 +188,7 @@ def _write_probe_memo(path: Path, key: str, fits: int) -> None:
     """Keep the probe's result for the next run on the same GPU, data and model (best effort)."""
     import json
     import os
+    import secrets
 
     try:
         memo = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -195,7 +196,7 @@ def _write_probe_memo(path: Path, key: str, fits: int) -> None:
             memo = {}
         memo[key] = int(fits)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")  # unique across ranks and machines
         tmp.write_text(json.dumps(memo, indent=1), encoding="utf-8")
         os.replace(tmp, path)
     except (OSError, ValueError) as exc:

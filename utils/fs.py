@@ -1,14 +1,19 @@
-"""Checks that an output location can be written, made before any slow work starts.
+"""Checks that an output location can be written, made before any slow work starts; whole-file writes.
 
 Permission bits are not enough (root ignores them; a read-only mount refuses everyone), so the
-check creates and removes a temporary file where the output will go.
+check creates and removes a temporary file where the output will go. :func:`replace_atomically`
+writes a file under a temporary name beside it and renames it, so a reader (another process,
+another rank, a later run) never sees half of it.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 from utils.errors import ConfigError
 
@@ -55,3 +60,22 @@ def check_writable_file(path: str | os.PathLike[str], option: str) -> Path:
         raise ConfigError(f"{option} {path}: {base} is a file, so the file cannot be made there; choose another path")
     _probe(base, option, path)
     return path
+
+
+def replace_atomically(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` to a temporary name beside ``path``, then rename it onto ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")  # unique across processes and machines
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
+    """JSON written whole (:func:`replace_atomically`)."""
+    text = json.dumps(data, indent=2, default=str)
+    return replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

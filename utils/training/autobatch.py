@@ -187,8 +187,8 @@ def _read_probe_memo(path: Path, key: str) -> int | None:
 def _write_probe_memo(path: Path, key: str, fits: int) -> None:
     """Keep the probe's result for the next run on the same GPU, data and model (best effort)."""
     import json
-    import os
-    import secrets
+
+    from utils.fs import write_json_atomic
 
     try:
         memo = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -196,9 +196,7 @@ def _write_probe_memo(path: Path, key: str, fits: int) -> None:
             memo = {}
         memo[key] = int(fits)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")  # unique across ranks and machines
-        tmp.write_text(json.dumps(memo, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
+        write_json_atomic(path, memo)
     except (OSError, ValueError) as exc:
         logger.info("automatic micro-batch: could not keep the probe result in %s (%s)", path, exc)
 

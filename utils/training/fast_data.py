@@ -125,14 +125,14 @@ def dvae_key(config: Any) -> str:
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    """np.save through a temporary name, so a reader (another rank, a later run) never sees half a file."""
-    import os
-    import secrets
+    """np.save written whole (another rank or a later run never reads half a file)."""
+    from utils.fs import replace_atomically
 
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+
+    replace_atomically(path, write)
 
 
 @torch.no_grad()

@@ -9,7 +9,6 @@ from these files and re-attaches. Stopping sends SIGINT: the trainer writes a ch
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.errors import ConfigError
+from utils.fs import write_json_atomic  # noqa: F401 - the job files are written whole (also used by the worker)
 from utils.webui.run_view import read_json
 
 logger = logging.getLogger(__name__)
@@ -77,13 +77,6 @@ class Job:
         if not self.log_path.is_file():
             return ""
         return "\n".join(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to a temporary name and rename it, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(3)}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _pid_is_worker(pid: int) -> bool:

@@ -152,11 +152,16 @@ def test_gpus_option_reports_a_workers_error_as_one_line(tmp_path: Path, tiny_ba
     from utils import cli
     from utils.gpt_train import main
 
+    import signal
+
     missing = tmp_path / "no_such_dataset"
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     code = cli.run(main, ["--gpus", "2", "--dataset", str(missing), "--base-model", str(tiny_base),
                           "--output-path", str(tmp_path / "runs"), "--no-progress"])  # fmt: skip
     err = capfd.readouterr().err
     assert code == 2
+    # the elastic agent's signal handlers do not outlive the launch (Ctrl-C keeps its meaning here)
+    assert {sig: signal.getsignal(sig) for sig in before} == before
     lines = [x for x in err.splitlines() if str(missing) in x and x.startswith("error:")]
     assert len(lines) == 1, err[-3000:]
     assert "Traceback (most recent call last)" not in err

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ ENV_LAUNCHED = "XTTS_FT_GPUS_LAUNCH"  # set by --gpus N for its workers: the lau
 # A collective waits this long, e.g. for rank 0's preflight of a large dataset or a long evaluation.
 COLLECTIVE_TIMEOUT = timedelta(minutes=60)
 PEER_LOST_WAIT_S = 60.0  # a rank whose peer died waits this long for the agent to stop it
+_AGENT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, name))
 
 
 @dataclass(frozen=True)
@@ -136,12 +138,16 @@ def launch_local(nprocs: int, script: str | Path, args: Sequence[str], *, module
     os.environ[ENV_LAUNCHED] = "1"
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [saved["PYTHONPATH"]])])  # for --module
     logger.info("starting %d workers through torch.distributed.run", nprocs)
+    # the elastic agent installs its own SIGINT/SIGTERM handlers in this process: put ours back after
+    handlers = {sig: signal.getsignal(sig) for sig in _AGENT_SIGNALS}
     try:
         run(parse_args(argv))
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         raise WorkerFailed(_failure_line(rank, failure), failure.exitcode) from None
     finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -13,6 +13,11 @@ What the toolkit relies on (upstream behaviour, by name):
 - ``trainer.Trainer._pick_target_avg_loss(keep_avg)``: the loss Coqui compares for "best model".
 - ``trainer.Trainer._restore_best_loss()``: reads the best loss back on ``--continue``; the
   toolkit's trainer overrides it (Coqui's reads ``best_model.pth`` by file time).
+- ``trainer.Trainer._set_grad_clip_per_optimizer(config, optimizer_idx)``: the clip threshold
+  ``optimize`` uses; the toolkit's trainer returns 0 where it clips on the device itself.
+- ``torch.optim.Adam``'s ``found_inf`` attribute (the protocol ``torch.amp.GradScaler`` uses): a
+  fused Adam/AdamW step with ``found_inf`` = 1 changes nothing, decided on the device
+  (:func:`set_found_inf`).
 - ``trainer.Trainer.train_epoch`` reads ``len(self.train_loader)`` for its step count: the
   toolkit's mid-epoch resume hands it a loader wrapper whose ``len`` is the batches left.
 - ``TTS.tts.layers.xtts.trainer.dataset.XTTSDataset.__init__`` is skipped by
@@ -53,7 +58,8 @@ DVAE_RESAMPLE = {
     "beta": 14.769656459379492,
 }
 
-_TRAINER_PRIVATE = ("_get_model", "_fit", "_pick_target_avg_loss", "_restore_best_loss", "train_epoch")
+_TRAINER_PRIVATE = ("_get_model", "_fit", "_pick_target_avg_loss", "_restore_best_loss", "train_epoch",
+                    "_set_grad_clip_per_optimizer")
 
 
 def _version(dist: str) -> tuple[int, int] | None:
@@ -165,6 +171,22 @@ def set_allocator_settings(settings: str) -> None:
 
     setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
     setter(settings)
+
+
+def supports_found_inf(optimizer: Any) -> bool:
+    """A fused torch Adam/AdamW: its step reads ``found_inf`` and skips itself on the device."""
+    import torch
+
+    return isinstance(optimizer, torch.optim.Adam) and bool(optimizer.defaults.get("fused"))
+
+
+def set_found_inf(optimizer: Any, flag: Any) -> None:
+    """``optimizer.found_inf = flag`` for the next step (None: no flag)."""
+    if flag is None:
+        if getattr(optimizer, "found_inf", None) is not None:
+            optimizer.found_inf = None
+        return
+    optimizer.found_inf = flag
 
 
 def foreach_norm(tensors: list[Any]) -> list[Any]:

@@ -27,6 +27,14 @@ Upstream behaviours this works around (Trainer 0.4):
   (utils/training/health.py) reloads the last checkpoint and cuts the LR.
 - The console logger prints a block per ``print_step``; with ``progress=True`` it is quieted and
   progress records go to the ``on_progress`` hooks (the tqdm bar is one). TensorBoard is unchanged.
+- ``detach_loss_dict`` reads every loss back with ``.item()`` and ``optimize`` checks the clipped
+  gradient norm with ``isnan``/``isinf`` on the host: several device syncs per step, each of which
+  drains the GPU's queue. On a GPU (one process) the toolkit keeps the step's values on the device
+  and reads them all at once every :func:`default_read_every` optimizer steps (and before each
+  evaluation, checkpoint and epoch end); it clips the gradients itself and skips a non-finite step
+  on the device (fused AdamW's ``found_inf``), so a step needs no host read at all. The health
+  checks, the loss sums and the progress records then see each step's values in order, a few
+  steps late.
 """
 
 from __future__ import annotations
@@ -51,6 +59,23 @@ from utils.training.speed import is_oom
 logger = logging.getLogger(__name__)
 
 LOSS_KEYS = ("loss", "loss_text_ce", "loss_mel_ce")
+
+
+def default_read_every() -> int:
+    """Optimizer steps between host reads of the step values: 10 on a GPU, every step elsewhere."""
+    return 10 if torch.cuda.is_available() else 1
+
+
+@dataclass
+class _StepValues:
+    """One trainer step's values, kept on the device until they are read (:meth:`ToolkitTrainer._read_pending`)."""
+
+    step: int  # total_steps_done after the step
+    optimizer_step: int
+    stepped: bool
+    accum: int
+    values: dict[str, Any]  # LOSS_KEYS and grad_norm: tensors (or floats) until read
+    nonfinite: Any  # bool, or a 0-dim tensor (1.0: the optimizer step was skipped on the device)
 
 
 class ToolkitTrainer(Trainer):
@@ -117,6 +142,10 @@ class ToolkitTrainer(Trainer):
         self._opt_step_losses: list[float] = []  # micro-batch losses since the last optimizer step
         self._step_offset = 0
         self._nonfinite_grad = False
+        self._nonfinite_flag: torch.Tensor | None = None  # the device-side skip of this step (found_inf)
+        self._grad_norm_dev: torch.Tensor | None = None  # this step's gradient norm, on the device
+        self._pending: list[_StepValues] = []
+        self._last_loss: float | None = None
         self._step_time_ema: float | None = None
         self._probe = UpdateRatioProbe()
         self.evaluation_records: list[dict[str, Any]] = []
@@ -143,6 +172,37 @@ class ToolkitTrainer(Trainer):
         bridge = self.lr_bridge
         return bridge.optimizer_steps if bridge else self.total_steps_done // max(1, self.grad_accum_steps)
 
+    @property
+    def read_every(self) -> int:
+        """Optimizer steps between host reads of the step values (1: every step, as Coqui does).
+
+        Every step under several processes (the reads hold collectives that every rank must make
+        at the same step) and with on_step hooks (the LR range test acts on each step's loss).
+        """
+        if distributed.world_size() > 1 or self.on_step_hooks:
+            return 1
+        return max(1, int(default_read_every()))
+
+    def detach_loss_dict(self, loss_dict: dict[str, Any], *, step_optimizer: bool, optimizer_idx: int | None = None,
+                         grad_norm: Any = None) -> dict[str, Any]:  # fmt: skip
+        """Coqui's, but with reads deferred the values stay tensors on the device (no ``.item()``)."""
+        if self.read_every == 1 or optimizer_idx is not None:
+            return super().detach_loss_dict(loss_dict, step_optimizer=step_optimizer, optimizer_idx=optimizer_idx,
+                                            grad_norm=grad_norm)  # fmt: skip
+        out = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in loss_dict.items()}
+        if step_optimizer and grad_norm is not None:
+            out["grad_norm"] = grad_norm.detach() if torch.is_tensor(grad_norm) else grad_norm
+        return out
+
+    def _set_grad_clip_per_optimizer(self, config: Any, optimizer_idx: int | None) -> float:  # noqa: D102 - compat.py
+        """Coqui's clip threshold; 0 (Coqui does not clip) where the toolkit clips in the step pre-hook."""
+        clip = Trainer._set_grad_clip_per_optimizer(config=config, optimizer_idx=optimizer_idx)
+        return 0.0 if self._clips_itself() else clip
+
+    def _clips_itself(self) -> bool:
+        """The device-side step: deferred reads and an optimizer that can skip a step without a host read."""
+        return self.read_every > 1 and len(self.optimizer) == 1 and compat.supports_found_inf(self.optimizer[0])
+
     def toolkit_state(self) -> dict[str, Any]:
         """What the toolkit adds to every checkpoint (read back by :meth:`restore_model`)."""
         return {
@@ -163,8 +223,25 @@ class ToolkitTrainer(Trainer):
     # --- training steps -----------------------------------------------------------------------
 
     def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
-        """Optimizer step pre-hook: drop non-finite gradients so the step changes nothing."""
+        """Optimizer step pre-hook: a step with non-finite gradients changes nothing.
+
+        On the device path (:meth:`_clips_itself`) the gradients are clipped here and the fused
+        optimizer skips the step itself when their norm is not finite: no host read. Otherwise the
+        non-finite check is read on the host and the gradients are dropped.
+        """
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grads and self._clips_itself():
+            clip = float(Trainer._set_grad_clip_per_optimizer(config=self.config, optimizer_idx=None) or 0.0)
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if clip > 0:
+                total = torch.nn.utils.clip_grad_norm_(params, clip)
+            else:
+                total = torch.linalg.vector_norm(torch.stack([n.float() for n in compat.foreach_norm(grads)]))
+            self._grad_norm_dev = total.detach()
+            self._nonfinite_flag = (~torch.isfinite(total)).float()
+            compat.set_found_inf(optimizer, self._nonfinite_flag)
+            self._probe.before(optimizer)
+            return
         # one fused pass over the gradients and one device sync per optimizer step
         if grads and not bool(torch.isfinite(torch.stack([n.float() for n in compat.foreach_norm(grads)])).all()):
             self._nonfinite_grad = True
@@ -175,6 +252,7 @@ class ToolkitTrainer(Trainer):
         self._probe.before(optimizer)
 
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        compat.set_found_inf(optimizer, None)
         self._probe.after(optimizer)
 
     def train_epoch(self) -> None:
@@ -192,6 +270,7 @@ class ToolkitTrainer(Trainer):
                 break
             except _MicroBatchHalved as halved:
                 self._resume_batches = halved.skip
+        self._read_pending()
         self._epoch_complete = True
 
     def _train_epoch_from(self, skip: int) -> None:
@@ -248,6 +327,7 @@ class ToolkitTrainer(Trainer):
         every = self.health.config.update_ratio_every if self.health else 0
         self._probe.armed = bool(every) and (before + 1) % every == 0
         self._nonfinite_grad = False
+        self._nonfinite_flag = self._grad_norm_dev = None
         self._in_step = True
         out_of_memory = False
         self._in_coqui_step = True
@@ -261,60 +341,104 @@ class ToolkitTrainer(Trainer):
             self._in_step = self._in_coqui_step = False
         if out_of_memory:
             del batch
+            self._read_pending()  # the window's earlier passes are counted before it is redone
             self._back_off_after_oom(step)
         self._period.samples += clips  # passes that ran (a redone window's earlier passes included)
         self._epoch_batches_done = step + 1
         after = self.optimizer_steps
-        loss = None
-        if loss_dict and loss_dict.get("loss") is not None:
-            loss = float(loss_dict["loss"]) * self.grad_accum_steps  # Trainer divides it by grad_accum_steps
-        grad_norm = float(loss_dict["grad_norm"]) if loss_dict and loss_dict.get("grad_norm") is not None else None
-        # under DDP every rank recovers together or none does
-        if self.health is not None and distributed.any_rank(self.health.is_divergent(loss, self._nonfinite_grad)):
-            self._recover_from_divergence(loss)
-        elif loss_dict:
-            self._account_step(loss_dict, loss, grad_norm, stepped_to=after if after != before else None)
+        stepped = after != before
+        self._pending.append(self._step_values(loss_dict, after, stepped))
+        if self._read_due(step, batch_n_steps, after, stepped):
+            self._read_pending()  # inside the step's time: the device work it waits for is training
         self._run_deferred_save()
-        if after != before or self.health is None or self.health.is_divergent(loss, self._nonfinite_grad):
-            self._opt_step_losses = []
         self._period.steps += 1
         self._period.step_s += time.time() - started
-        self._update_progress(step, batch_n_steps, loss, time.time() - started)
-        self._after_step(loss, grad_norm, after, stepped=after != before)
+        self._update_progress(step, batch_n_steps, self._last_loss, time.time() - started)
+        self._after_step(after, stepped=stepped)
         return outputs, loss_dict
 
-    def _account_step(self, loss_dict: dict[str, Any], loss: float | None, grad_norm: float | None,
-                      stepped_to: int | None) -> None:  # fmt: skip
+    def _step_values(self, loss_dict: dict[str, Any] | None, after: int, stepped: bool) -> _StepValues:
+        values: dict[str, Any] = {}
+        for key in (*LOSS_KEYS, "grad_norm"):
+            value = (loss_dict or {}).get(key)
+            if value is not None:
+                values[key] = value
+        if stepped and self._grad_norm_dev is not None:
+            values["grad_norm"] = self._grad_norm_dev
+        nonfinite = self._nonfinite_flag if self._nonfinite_flag is not None else self._nonfinite_grad
+        return _StepValues(step=self.total_steps_done, optimizer_step=after, stepped=stepped,
+                           accum=int(self.grad_accum_steps), values=values, nonfinite=nonfinite)  # fmt: skip
+
+    def _read_due(self, step: int, batch_n_steps: int, after: int, stepped: bool) -> bool:
+        """Read now: every step without deferral; else at every read_every-th optimizer step, before
+        an evaluation, at the epoch's last batch and on steps the update-ratio probe measured."""
+        n = self.read_every
+        if n == 1 or self._probe.last or step + 1 >= batch_n_steps:
+            return True
+        due_eval = bool(self.config.run_eval and self.eval_every_steps) and after % int(self.eval_every_steps) == 0
+        return stepped and (after % n == 0 or due_eval)
+
+    def _read_pending(self) -> None:
+        """Read every pending step's values from the device at once, then count each step in order."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        tensors = [v for p in pending for v in (*p.values.values(), p.nonfinite) if torch.is_tensor(v)]
+        host = iter(torch.stack([t.detach().float().reshape(()) for t in tensors]).tolist() if tensors else [])
+        for p in pending:  # the same order as above
+            p.values = {k: (next(host) if torch.is_tensor(v) else float(v)) for k, v in p.values.items()}
+            p.nonfinite = bool(next(host)) if torch.is_tensor(p.nonfinite) else bool(p.nonfinite)
+        for i, p in enumerate(pending):
+            if self._count_step(p) and i + 1 < len(pending):
+                logger.info("the %d steps after the diverged step %d ran on the weights before the recovery; "
+                            "not counted", len(pending) - i - 1, p.step)  # fmt: skip
+                break
+
+    def _count_step(self, p: _StepValues) -> bool:
+        """Divergence check, loss sums, health checks and on_step hooks of one step; True if it diverged."""
+        loss = p.values["loss"] * p.accum if "loss" in p.values else None  # Trainer divides it by grad_accum_steps
+        grad_norm = p.values.get("grad_norm")
+        # under DDP every rank recovers together or none does
+        diverged = self.health is not None and distributed.any_rank(self.health.is_divergent(loss, p.nonfinite))
+        if diverged:
+            self._recover_from_divergence(loss, step=p.step, optimizer_step=p.optimizer_step)
+        elif p.values:
+            self._account_step(p, loss, grad_norm)
+        if p.stepped or self.health is None or diverged:
+            self._opt_step_losses = []
+        if loss is not None:
+            self._last_loss = loss
+        info = {"step": p.step, "optimizer_step": p.optimizer_step, "loss": loss, "lr": self._current_lr(),
+                "grad_norm": grad_norm, "stepped": p.stepped}  # fmt: skip
+        for hook in self.on_step_hooks:
+            hook(self, info)
+        return diverged
+
+    def _account_step(self, p: _StepValues, loss: float | None, grad_norm: float | None) -> None:
         """Sums for the next evaluation record; the health checks at each optimizer step."""
         for key in (*LOSS_KEYS, "grad_norm"):
-            value = loss_dict.get(key)
+            value = p.values.get(key)
             if value is not None:
-                value = float(value)
-                if key == "loss":
-                    value *= self.grad_accum_steps
+                value = float(value) * (p.accum if key == "loss" else 1)
                 if math.isfinite(value):
                     self._train_sums[key] = self._train_sums.get(key, 0.0) + value
         self._train_count += 1
         if loss is not None and math.isfinite(loss):
             self._opt_step_losses.append(loss)
-        if self.health is not None and stepped_to is not None:
+        if self.health is not None and p.stepped:
             # the loss of the whole optimizer step: the mean over its accumulated micro-batches
             step_loss = sum(self._opt_step_losses) / len(self._opt_step_losses) if self._opt_step_losses else None
-            self.health.check_step(step=self.total_steps_done, optimizer_step=stepped_to, loss=step_loss, grad_norm=grad_norm)
+            self.health.check_step(step=p.step, optimizer_step=p.optimizer_step, loss=step_loss, grad_norm=grad_norm)
             if self._probe.last:
                 self.health.check_update_ratios(
-                    self._probe.last, step=self.total_steps_done, optimizer_step=stepped_to, lr=self._current_lr()
+                    self._probe.last, step=p.step, optimizer_step=p.optimizer_step, lr=self._current_lr()
                 )  # fmt: skip
                 self._probe.last = {}
 
-    def _after_step(self, loss: float | None, grad_norm: float | None, after: int, *, stepped: bool) -> None:
-        """Time-based checkpoint, the on_step hooks, and the evaluation every eval_every_steps."""
+    def _after_step(self, after: int, *, stepped: bool) -> None:
+        """Time-based checkpoint and the evaluation every eval_every_steps."""
         if self.save_every_s is not None and stepped and time.time() - self._last_save_time >= self.save_every_s:
             self.save_checkpoint()  # the full training state, so --continue loses at most the interval
-        info = {"step": self.total_steps_done, "optimizer_step": after, "loss": loss, "lr": self._current_lr(),
-                "grad_norm": grad_norm, "stepped": stepped}  # fmt: skip
-        for hook in self.on_step_hooks:
-            hook(self, info)
         if self.config.run_eval and self.eval_every_steps and stepped and after % self.eval_every_steps == 0:
             self.eval_epoch()
             self._restore_gpt_only_training()
@@ -323,12 +447,14 @@ class ToolkitTrainer(Trainer):
         bridge = self.lr_bridge
         return bridge.current_lr() if bridge else float(self.optimizer[0].param_groups[0]["lr"])
 
-    def _recover_from_divergence(self, loss: float | None) -> None:
+    def _recover_from_divergence(self, loss: float | None, *, step: int | None = None,
+                                 optimizer_step: int | None = None) -> None:  # fmt: skip
         """Skip (already done by the pre-hook), go back to good weights, cut the LR; or stop."""
         assert self.health is not None
         for opt in self.optimizer:
             opt.zero_grad(set_to_none=True)  # accumulated non-finite gradients must not reach a later step
-        step, opt_step = self.total_steps_done, self.optimizer_steps
+        step = self.total_steps_done if step is None else step
+        opt_step = self.optimizer_steps if optimizer_step is None else optimizer_step
         if not self.health.can_recover():
             self.health.divergence_event(step=step, optimizer_step=opt_step, loss=loss, action="stopped training", recovered=False)
             self.stop_reason = "divergence"
@@ -401,6 +527,7 @@ class ToolkitTrainer(Trainer):
     # --- evaluation ---------------------------------------------------------------------------
 
     def eval_epoch(self) -> None:
+        self._read_pending()
         if self._last_eval_step == self.total_steps_done:
             logger.debug("step %d already evaluated; skipping the repeated evaluation", self.total_steps_done)
             return
@@ -520,10 +647,11 @@ class ToolkitTrainer(Trainer):
         if self._in_coqui_step:
             self._save_pending = True
             return
+        self._read_pending()  # every step before the save counted in the state it saves
         counts = self._counts()
         path = Path(self.output_path) / f"checkpoint_{counts['steps_done']}.pth"
-        model_loss = {"train_loss": compat.target_avg_loss(self, self.keep_avg_train),
-                      "eval_loss": compat.target_avg_loss(self, self.keep_avg_eval)}  # fmt: skip
+        model_loss = {"train_loss": _plain(compat.target_avg_loss(self, self.keep_avg_train)),
+                      "eval_loss": _plain(compat.target_avg_loss(self, self.keep_avg_eval))}  # fmt: skip
         started = time.time()
         checkpoints.atomic_torch_save(checkpoints.training_state(self, **counts, model_loss=model_loss), path)
         self._last_save_time = time.time()
@@ -724,6 +852,11 @@ class _MicroBatchHalved(Exception):
     def __init__(self, skip: int) -> None:
         super().__init__(f"micro-batch halved; going on after {skip} batches")
         self.skip = skip
+
+
+def _plain(value: Any) -> Any:
+    """A float for a 0-dim tensor (Coqui's running averages hold tensors while reads are deferred)."""
+    return float(value) if torch.is_tensor(value) else value
 
 
 def _fmt(value: float | None) -> str:

@@ -88,7 +88,7 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
     if profile_steps:
         ToolkitTrainer.train_step = _profiled_train_step(ToolkitTrainer.train_step, profile_steps, profile, root)  # type: ignore[method-assign]
     peak_tflops = measure_matmul_peak(torch.device("cuda")) if cuda else None
-    started = counts["started"] = time.time()
+    started = time.time()
     try:
         FineTune(run_config(parse_args(argv))).run()  # the command's options, the command's recipe object
         code = 0

@@ -64,6 +64,22 @@ def test_second_preparation_reads_everything_from_disk(model_and_rows, monkeypat
     assert not list(cache.glob(".*.tmp"))  # every file was written whole
 
 
+def test_unchanged_files_are_not_hashed_again(model_and_rows, monkeypatch, tmp_path):
+    model, rows, _ = model_and_rows
+    hashed = []
+    digest = fast_data.file_digest
+    monkeypatch.setattr(fast_data, "file_digest", lambda p: hashed.append(p) or digest(p))
+    index = tmp_path / "file_digests.json"
+    first = fast_data.file_digests([r["audio_file"] for r in rows], index=index)
+    assert len(hashed) == 6 and index.is_file()
+    assert fast_data.file_digests([r["audio_file"] for r in rows], index=index) == first
+    assert len(hashed) == 6  # size and modification time unchanged: read from the index
+    st = os.stat(rows[0]["audio_file"])
+    os.utime(rows[0]["audio_file"], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    fast_data.file_digests([r["audio_file"] for r in rows], index=index)
+    assert hashed[6:] == [rows[0]["audio_file"]]  # touched: hashed again, the others not
+
+
 def test_a_changed_clip_and_a_changed_dvae_are_computed_again(model_and_rows, monkeypatch, tmp_path):
     model, rows, _ = model_and_rows
     cache = tmp_path / "cache"

@@ -9,8 +9,8 @@ toolkit picks it from memory and keeps the effective batch, and with it the tabl
   then :func:`plan_micro_batch` splits the effective batch into micro-batch x accumulation.
   Data parallel: every rank probes its own GPU and the smallest fit is every rank's.
 - :func:`halve_micro_batch` (``ToolkitTrainer`` on a CUDA OOM during a step): the next exact split
-  with at most half the micro-batch (126 x 2 -> 63 x 4), one warning line; the trainer redoes the interrupted accumulation window
-  with the smaller batches.
+  with at most half the micro-batch (126 x 2 -> 63 x 4), one warning line; the trainer redoes the
+  interrupted accumulation window with the smaller batches.
 
 Both rewrite the run's config (``config.json`` in the run folder), so ``--continue`` resumes with
 the sizes in effect.

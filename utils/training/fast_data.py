@@ -97,18 +97,48 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def file_digests(paths: Sequence[str], workers: int = 8) -> list[str | None]:
-    """:func:`file_digest` of each path in a thread pool (hashing releases the GIL); None where unreadable."""
+def file_digests(paths: Sequence[str], index: Path | None = None, workers: int = 8) -> list[str | None]:
+    """:func:`file_digest` of each path (None where unreadable), in a thread pool.
+
+    With ``index`` (a JSON file in the clip cache: path -> size, modification time, digest), a file
+    whose size and modification time are unchanged is not read again: a second run on the same
+    data hashes nothing. The index is rewritten when something changed.
+    """
+    import json
+    import os
     from concurrent.futures import ThreadPoolExecutor
 
-    def one(p: str) -> str | None:
+    from utils.fs import write_json_atomic
+
+    known: dict[str, Any] = {}
+    if index is not None and index.is_file():
         try:
-            return file_digest(p)
+            known = json.loads(index.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            known = {}
+    if not isinstance(known, dict):
+        known = {}
+
+    def one(p: str) -> tuple[str, list[Any] | None]:
+        key = os.path.abspath(p)
+        try:
+            st = os.stat(p)
+            entry = known.get(key)
+            if isinstance(entry, list) and len(entry) == 3 and entry[:2] == [st.st_size, st.st_mtime_ns]:
+                return key, entry
+            return key, [st.st_size, st.st_mtime_ns, file_digest(p)]
         except OSError:
-            return None  # the decode step reports it with its reason
+            return key, None  # the decode step reports it with its reason
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(one, paths))
+        found = list(pool.map(one, paths))
+    fresh = {k: e for k, e in found if e is not None}
+    if index is not None and any(known.get(k) != e for k, e in fresh.items()):
+        try:
+            write_json_atomic(index, {**known, **fresh})
+        except OSError as exc:
+            logger.info("clip cache: could not keep the file digests in %s (%s)", index, exc)
+    return [e[2] if e is not None else None for _k, e in found]
 
 
 def dvae_key(config: Any) -> str:
@@ -293,7 +323,7 @@ def prepare_clip_cache(
     special = SpecialTokens.of(tokenizer)
     pending: list[tuple[dict[str, Any], torch.Tensor, str, int]] = []
     excluded: list[dict[str, Any]] = []
-    contents = file_digests([str(s["audio_file"]) for s in samples])
+    contents = file_digests([str(s["audio_file"]) for s in samples], index=cache_dir / "file_digests.json")
     for s, content in tqdm(zip(samples, contents), total=len(samples), desc="decode clips", disable=not progress):
         try:
             pending.append(_check_and_decode(s, tokenizer, special, args, sr, cache_dir, load_audio, content))

@@ -528,16 +528,17 @@ def run_main(spec: BenchSpec) -> dict[str, Any]:
     if device.type == "cuda":
         config.mixed_precision, config.precision = True, "bf16"
     on = {}
-    rungs = [("no_cudnn_attention", {"no_cudnn_attention": True}),
+    rungs = [("no_cudnn_attention", {"cudnn_attention": False}),
              ("fast_gelu", {"fast_gelu": True}),
              ("sdpa_conditioning", {"sdpa_conditioning": True}),
              ("fast_heads", {"fast_heads": True}),
              ("host_lengths", {"host_lengths": True}),
              ("no_kv_cache", {"no_kv_cache": True}),
              ("packed_attention", {"packed_attention": True}),
-             ("fused_adamw", {"fused_adamw": True, "tf32": True})]
+             ("fused_adamw", {"fused_adamw": True, "tf32": True}),
+             ("cudnn_attention (packed rows)", {"cudnn_attention": True})]
     base_off = {f: False for f in ("bf16", "tf32", "fused_adamw", "fast_gelu", "sdpa_conditioning", "fast_heads", "no_kv_cache",
-                                   "packed_attention", "no_cudnn_attention", "host_lengths", "cache_dvae_codes", "bucket_lengths",
+                                   "packed_attention", "host_lengths", "cache_dvae_codes", "bucket_lengths",
                                    "pin_memory", "compile", "grad_checkpointing", "optimizer_8bit",
                                    "offload_frozen", "expandable_segments", "auto_batch")}
     config.batch_size = spec.ladder_batch

@@ -85,7 +85,7 @@ def test_describe_equals_the_command_lines_dry_run(argv, values, recipe, capsys)
 def test_help_has_no_double_negatives_and_argparse_stays_in_the_command() -> None:
     out = subprocess.run([sys.executable, "utils/gpt_train.py", "--help"], cwd=REPO_ROOT, capture_output=True,
                          text=True, timeout=60).stdout  # fmt: skip
-    assert "--cudnn-attention" in out and "--kv-cache" in out and "--no-no-" not in out
+    assert "--no-cudnn-attention" in out and "--kv-cache" in out and "--no-no-" not in out
     users = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "utils").rglob("*.py") if "argparse" in p.read_text())
     assert users == ["utils/gpt_train.py"]
     importers = [p for p in (REPO_ROOT / "utils").rglob("*.py") if re.search(r"^\s*(from|import) bench\b", p.read_text(), re.M)]

@@ -45,7 +45,7 @@ CLI_HPARAMS = RUN_HPARAMS  # the hyperparameter options (dest names)
 
 # Switches named for what they turn off ("no_kv_cache"): the flag turns the lever off, so it
 # names what comes back (--kv-cache), not a double negative.
-SPEED_FLAGS = {"no_cudnn_attention": "cudnn-attention", "no_kv_cache": "kv-cache"}
+SPEED_FLAGS = {"no_kv_cache": "kv-cache"}
 SPEED_HELP = {
     "auto_batch": "pick the micro-batch from GPU memory, keeping the effective batch (off: the table's "
     "micro-batch, or --batch-size)",
@@ -54,7 +54,8 @@ SPEED_HELP = {
     "then about 9%% more samples/s; BENCHMARKS.md)",
     "packed_attention": "the loss forward on packed rows: causal attention with no mask (the flash kernel), "
     "no per-row loops; same losses as Coqui's forward (off: Coqui's masked forward)",
-    "no_cudnn_attention": "allow SDPA's cuDNN attention backend (off by default: per-shape planning cost)",
+    "cudnn_attention": "SDPA's cuDNN attention backend (on a Hopper card faster than flash on packed rows; "
+    "off: flash and memory-efficient kernels only, as --speed low-vram does)",
     "no_kv_cache": "let GPT2 fill its (unused) KV cache in training forwards",
 }
 
@@ -166,8 +167,8 @@ def _speed_options(g: Any) -> None:
                    help="fast: every safe lever (default); low-vram: gradient checkpointing + 8-bit AdamW + frozen "
                    "modules off the GPU (full GPT on an 8 GB card); stock: Coqui's own step")  # fmt: skip
     g.add_argument("--compile", dest="speed_compile", action="store_true", default=None,
-                   help="torch.compile the GPT2 blocks' training forward (on by default with --speed fast; "
-                   "this turns it on with --speed low-vram)")  # fmt: skip
+                   help="torch.compile the GPT2 blocks' training forward (on by default with --speed fast "
+                   "and --speed low-vram; --no-compile turns it off)")  # fmt: skip
     for name in SPEED_SWITCHES:
         flag = SPEED_FLAGS.get(name, f"no-{name.replace('_', '-')}")
         text = SPEED_HELP.get(name, f"the {name} lever")

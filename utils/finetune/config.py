@@ -48,7 +48,7 @@ RUN_HPARAMS: tuple[str, ...] = (
 # SpeedOptions switches a run may turn off (``speed_switches={"compile": False}``); compile may also be turned on.
 SPEED_SWITCHES: tuple[str, ...] = (
     "bf16", "tf32", "fused_adamw", "fast_gelu", "sdpa_conditioning", "fast_heads", "packed_attention",
-    "no_cudnn_attention", "host_lengths", "no_kv_cache", "cache_dvae_codes", "bucket_lengths", "pin_memory", "compile",
+    "cudnn_attention", "host_lengths", "no_kv_cache", "cache_dvae_codes", "bucket_lengths", "pin_memory", "compile",
     "grad_checkpointing", "optimizer_8bit", "offload_frozen", "expandable_segments", "auto_batch", "oom_backoff",
 )  # fmt: skip
 

@@ -167,8 +167,10 @@ def swap_heads(gpt: nn.Module) -> int:
 def exclude_cudnn_attention(module: nn.Module) -> None:
     """Run ``module.forward`` with SDPA limited to flash / memory-efficient / math backends.
 
-    cuDNN attention (which PyTorch prefers for bf16 on Hopper) plans each new shape; XTTS batches
-    have a new padded length almost every step. The backward kernel follows the forward's choice.
+    cuDNN attention (which PyTorch prefers for bf16 on Hopper) plans each new shape; with Coqui's
+    masked forward that planning cost more than the kernel saved (BENCHMARKS.md). On packed rows
+    (causal, no mask) cuDNN is the faster kernel on an H200, so this is off by default; the
+    low-VRAM preset keeps it, as measured. The backward kernel follows the forward's choice.
     """
     from torch.nn.attention import sdpa_kernel
 
@@ -468,7 +470,7 @@ def _model_levers(model: Any, opts: SpeedOptions, cuda: bool) -> list[str]:
 
         if install_packed_forward(gpt):
             applied.append("packed_attention")
-    if opts.no_cudnn_attention and cuda:
+    if cuda and not opts.cudnn_attention:
         exclude_cudnn_attention(gpt)
         applied.append("no_cudnn_attention")
     if opts.no_kv_cache and not getattr(gpt.gpt, "_toolkit_no_cache", False):
@@ -476,7 +478,7 @@ def _model_levers(model: Any, opts: SpeedOptions, cuda: bool) -> list[str]:
         gpt.gpt._toolkit_no_cache = True
         applied.append("no_kv_cache")
     if opts.grad_checkpointing:
-        enable_grad_checkpointing(model, exclude_cudnn=opts.no_cudnn_attention and cuda)
+        enable_grad_checkpointing(model, exclude_cudnn=cuda and not opts.cudnn_attention)
         applied.append("grad_checkpointing")
     if opts.compile and cuda:
         compile_blocks(model)

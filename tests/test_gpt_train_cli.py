@@ -101,6 +101,8 @@ def test_demo_trains_and_never_overwrites_a_run(tmp_path: Path, tiny_base: Path,
     assert saved["model_args"]["tokenizer_file"] == str(run_dir / "vocab.json")
     assert saved["toolkit"]["hparams"]["sources"]["lr"] == "recipe"
     assert list(run_dir.glob("checkpoint_*.pth"))
+    checked = json.loads((tmp_path / ".clip_cache" / "preflight_audio.json").read_text())["entries"]
+    assert len(checked) == 12  # every clip's audio check, for the next run on these files
     code, out2, _ = _run_cli(argv, capsys)  # same second, same name prefix: a new folder
     assert code == 0 and Path(out2.strip().splitlines()[-1]) != run_dir
     assert (run_dir / "metrics.jsonl").read_text().count("\n") == 2

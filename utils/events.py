@@ -3,7 +3,7 @@
 A :class:`~utils.finetune.FineTune` emits :class:`Event` objects to its :class:`EventBus`;
 front ends subscribe a callable ``fn(event)``. Nobody parses log lines. Kinds:
 
-- ``stage``: a recipe step started or ended (``name``, ``status`` "started" | "done").
+- ``stage``: a recipe step started or ended (``name``, ``status`` "started" | "done"; "done" has ``seconds``).
 - ``run_dir``: the run folder exists (``path``); metrics.jsonl, events.jsonl, checkpoints land there.
 - ``progress``: one trainer step (``step``, ``steps_in_epoch``, ``epoch``, ``epochs``,
   ``optimizer_step``, ``loss``, ``lr``, ``eta_s``).

@@ -286,15 +286,15 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 def _run_checks(
-    jobs: list[tuple], text_check: Callable[[int], tuple[str, str] | None], workers: int, progress: bool
+    jobs: list[tuple], text_check: Callable[[int], tuple[str, str] | None], num_texts: int, workers: int, progress: bool
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str] | None]]:
-    """Audio checks in a process pool while the text checks run here; returns both, in row order."""
+    """Audio checks of ``jobs`` in a process pool while the ``num_texts`` text checks run here."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc="preflight", unit="clip", disable=not progress, leave=False)
     results: list[dict[str, Any]] = []
     if workers <= 1 or len(jobs) < _POOL_MIN_ROWS:
-        texts = [text_check(i) for i in range(len(jobs))]
+        texts = [text_check(i) for i in range(num_texts)]
         for job in jobs:
             results.append(_audio_check(job))
             bar.update()
@@ -302,13 +302,88 @@ def _run_checks(
         # spawn, not fork: the trainer calls this with torch (and its threads) already loaded.
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            pending = pool.map(_audio_check, jobs, chunksize=64)  # submitted now, runs meanwhile
-            texts = [text_check(i) for i in range(len(jobs))]
+            pending = pool.map(_audio_check, jobs, chunksize=max(1, min(64, len(jobs) // (4 * workers))))
+            texts = [text_check(i) for i in range(num_texts)]  # while the pool works
             for res in pending:
                 results.append(res)
                 bar.update()
     bar.close()
     return results, texts
+
+
+class AudioCheckCache:
+    """Audio check results kept in a JSON file, keyed by path, size, modification time and limits.
+
+    A second preflight of the same files reads no audio: the checks (and the audio hash that finds
+    duplicates) depend only on the file's bytes and the limits. A file that changed size or
+    modification time, or a run with other limits, is checked again. Missing and empty files are
+    never cached.
+    """
+
+    VERSION = 1
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.entries: dict[str, list[Any]] = {}
+        self.changed = False
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if data.get("version") == self.VERSION and isinstance(data.get("entries"), dict):
+                self.entries = data["entries"]
+        except (OSError, ValueError, AttributeError):
+            pass  # no cache yet, or an unreadable one: everything is checked again
+
+    @staticmethod
+    def _stamp(job: tuple) -> list[Any] | None:
+        try:
+            st = os.stat(job[0])
+        except OSError:
+            return None
+        return [st.st_size, st.st_mtime_ns, list(job[1:])] if st.st_size > 0 else None
+
+    def get(self, job: tuple) -> dict[str, Any] | None:
+        entry = self.entries.get(job[0])
+        stamp = self._stamp(job)
+        if stamp is None or not entry or entry[:3] != stamp:
+            return None
+        return dict(entry[3])
+
+    def put(self, job: tuple, result: dict[str, Any]) -> None:
+        stamp = self._stamp(job)
+        if stamp is not None and result.get("reason") not in (Reason.MISSING_FILE.value, Reason.EMPTY_FILE.value):
+            self.entries[job[0]] = [*stamp, result]
+            self.changed = True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        from utils.fs import write_json_atomic
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.path, {"version": self.VERSION, "entries": self.entries})
+        except OSError as exc:  # a cache that cannot be written costs time, not correctness
+            logger.warning("preflight cache not written (%s): the next run checks the audio again", exc)
+        self.changed = False
+
+
+def _audio_results(jobs: list[tuple], text_check: Callable[[int], tuple[str, str] | None], workers: int,
+                   progress: bool, cache: AudioCheckCache | None,
+                   save: bool = True) -> tuple[list[dict[str, Any]], list[tuple[str, str] | None]]:  # fmt: skip
+    """Every job's audio check (from ``cache`` where it still holds) and every text check, in row order."""
+    results: list[dict[str, Any] | None] = [cache.get(job) if cache else None for job in jobs]
+    todo = [i for i, res in enumerate(results) if res is None]
+    computed, texts = _run_checks([jobs[i] for i in todo], text_check, len(jobs), workers, progress)
+    for i, res in zip(todo, computed, strict=True):
+        results[i] = res
+        if cache is not None:
+            cache.put(jobs[i], res)
+    if cache is not None:
+        if todo != list(range(len(jobs))):
+            logger.info("preflight: %d of %d audio checks read from %s", len(jobs) - len(todo), len(jobs), cache.path)
+        if save:
+            cache.save()
+    return [r for r in results if r is not None], texts
 
 
 def run_preflight(
@@ -317,6 +392,7 @@ def run_preflight(
     max_audio_s: float = MAX_AUDIO_S, min_audio_s: float = MIN_AUDIO_S, max_text_tokens: int = MAX_TEXT_TOKENS,
     silence_rms_db: float = SILENCE_RMS_DB, max_clipped_fraction: float = MAX_CLIPPED_FRACTION,
     workers: int | None = None, progress: bool = True, exclude_duplicates_of: PreflightReport | None = None,
+    audio_cache: str | os.PathLike | AudioCheckCache | None = None,
 ) -> PreflightReport:  # fmt: skip
     """Check every row of a ``coqui``-format CSV.
 
@@ -328,11 +404,15 @@ def run_preflight(
             skipped and the report says so.
         dataset_root: folder audio paths are relative to and must stay inside (default: the
             CSV's folder).
-        workers: processes for the audio checks (default: min(2, CPU count)).
+        workers: processes for the audio checks (default: min(8, CPU count)).
         progress: show a tqdm bar on stderr.
         exclude_duplicates_of: an earlier report (the train CSV's, when checking eval): rows with
             the same file or audio as one of its kept rows are excluded as ``duplicate_row``, so
             no clip is on both sides of a split.
+        audio_cache: a JSON file of earlier audio check results (:class:`AudioCheckCache`); a
+            file whose size and modification time did not change is not read again. A path is
+            written back at once; an :class:`AudioCheckCache` object is the caller's to ``save()``
+            (a run writes it only once every check of the run has passed).
 
     Returns:
         The report; ``kept_rows`` carry their ``duration``.
@@ -355,12 +435,14 @@ def run_preflight(
     for b in bad:
         screen.exclude(b, Reason.MALFORMED_ROW, b.detail)
     candidates = [r for r in rows if screen.admit(r)]
-    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     jobs = [(str(r.path), min_audio_s, max_audio_s, silence_rms_db, max_clipped_fraction) for r in candidates]
     special = SpecialTokens.of(tokenizer) if tokenizer is not None else None
-    audio_results, text_results = _run_checks(
-        jobs, lambda i: _text_check(candidates[i].text, language, tokenizer, max_text_tokens, special), workers, progress
-    )
+    audio_results, text_results = _audio_results(
+        jobs, lambda i: _text_check(candidates[i].text, language, tokenizer, max_text_tokens, special), workers, progress,
+        audio_cache if isinstance(audio_cache, AudioCheckCache) or audio_cache is None else AudioCheckCache(audio_cache),
+        save=not isinstance(audio_cache, AudioCheckCache),
+    )  # fmt: skip
     kept = [r for r, res, text in zip(candidates, audio_results, text_results, strict=True) if screen.keep(r, res, text, report)]
     report.excluded = [screen.excluded[k] for k in sorted(screen.excluded)]
     report.kept_rows, report.kept_hashes, report.kept = kept, screen.seen_hashes, len(kept)
@@ -446,11 +528,11 @@ def flag_rates(report: PreflightReport) -> list[dict[str, Any]]:
     by_speaker: dict[str, list[float]] = defaultdict(list)
     for r, rate in rates:
         by_speaker[r.speaker_name].append(rate)
+    medians = {name: sorted(values)[len(values) // 2] for name, values in by_speaker.items() if len(values) >= RATE_MIN_ROWS}
     flagged = []
     for r, rate in rates:
-        values = by_speaker[r.speaker_name]
-        if len(values) >= RATE_MIN_ROWS:
-            median = sorted(values)[len(values) // 2]
+        median = medians.get(r.speaker_name)
+        if median is not None:
             low, high, basis = median / RATE_FACTOR, median * RATE_FACTOR, f"speaker's median {median:.1f}"
         else:
             (low, high), basis = RATE_BOUNDS, f"expected {RATE_BOUNDS[0]:g}-{RATE_BOUNDS[1]:g}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
@@ -33,13 +34,20 @@ T = TypeVar("T")
 
 
 def _step(fn: Callable[..., T]) -> Callable[..., T]:
-    """Announce a recipe step on the event bus (``stage`` started / done)."""
+    """Announce a recipe step on the event bus (``stage`` started / done, with its ``seconds``).
+
+    A step that took a second or more is logged with its time, so a slow start-up says where it went.
+    """
 
     @functools.wraps(fn)
     def wrapper(self: "FineTune", *args: Any, **kwargs: Any) -> T:
         self.events.emit(EventKind.STAGE, name=fn.__name__, status="started")
+        started = time.perf_counter()
         out = fn(self, *args, **kwargs)
-        self.events.emit(EventKind.STAGE, name=fn.__name__, status="done")
+        seconds = time.perf_counter() - started
+        if seconds >= 1.0:
+            logger.info("%s took %.1f s", fn.__name__.replace("_", " "), seconds)
+        self.events.emit(EventKind.STAGE, name=fn.__name__, status="done", seconds=round(seconds, 3))
         return out
 
     return wrapper
@@ -150,7 +158,8 @@ class FineTune:
         assert self.vocab is not None
         split = DataSplit(train_csv, eval_csv)
         self.data = steps.check_data(split, self.config.language_code, self.vocab, self.config.max_excluded_share,
-                                     progress=self.config.progress)  # fmt: skip
+                                     progress=self.config.progress,
+                                     cache_dir=Path(self.config.output_path) / ".clip_cache")  # fmt: skip
         return self.data
 
     @_step
@@ -219,6 +228,8 @@ class FineTune:
             return self._train_continued()
         config = self.trainer_config or self.build_trainer()
         data = self._need_preflight()
+        if data.audio_cache is not None:
+            data.audio_cache.save()  # every check passed: the next run on these files reads no audio to check it
         self.result = self._fit(config, data, output=self.config.output_path,
                                 preflight_reports={"train": data.train_report, "eval": data.eval_report},
                                 restore_path=self.restored.checkpoint if self.restored else None)  # fmt: skip

@@ -32,6 +32,7 @@ class DataSplit:
     eval_report: Any = None
     train_samples: list[dict[str, Any]] = field(default_factory=list)
     eval_samples: list[dict[str, Any]] = field(default_factory=list)
+    audio_cache: Any = None  # utils.data.preflight.AudioCheckCache, written once the run starts training
 
 
 @dataclass(frozen=True)
@@ -125,17 +126,25 @@ def prepare_language(
 
 
 def check_data(split: DataSplit, language: str, vocab_path: Path, max_excluded_share: float,
-               progress: bool = True) -> DataSplit:  # fmt: skip
-    """Preflight every row of both CSVs; keep what passes, refuse unusable data."""
-    from utils.data.preflight import check_usable, run_preflight
+               progress: bool = True, cache_dir: Path | None = None) -> DataSplit:  # fmt: skip
+    """Preflight every row of both CSVs; keep what passes, refuse unusable data.
+
+    With ``cache_dir`` the audio check results are read from ``cache_dir/preflight_audio.json``
+    and kept on ``split.audio_cache`` (saved when training starts, so refused input writes
+    nothing): a second run on unchanged files reads no audio to check it.
+    """
+    from utils.data.preflight import AudioCheckCache, check_usable, run_preflight
     from utils.language import load_tokenizer
 
     tokenizer = load_tokenizer(vocab_path)
-    split.train_report = run_preflight(split.train_csv, language=language, tokenizer=tokenizer, progress=progress)
+    cache = AudioCheckCache(cache_dir / "preflight_audio.json") if cache_dir is not None else None
+    split.audio_cache = cache
+    split.train_report = run_preflight(split.train_csv, language=language, tokenizer=tokenizer, progress=progress,
+                                       audio_cache=cache)  # fmt: skip
     # a clip in both train and eval is excluded from eval (duplicate_row): eval must be held out
     split.eval_report = run_preflight(
         split.eval_csv, language=language, tokenizer=tokenizer, exclude_duplicates_of=split.train_report,
-        progress=progress,
+        progress=progress, audio_cache=cache,
     )  # fmt: skip
     for name, report in (("train", split.train_report), ("eval", split.eval_report)):
         for line in report.summary_lines():

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -88,6 +90,11 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
     if profile_steps:
         ToolkitTrainer.train_step = _profiled_train_step(ToolkitTrainer.train_step, profile_steps, profile, root)  # type: ignore[method-assign]
     peak_tflops = measure_matmul_peak(torch.device("cuda")) if cuda else None
+    imports = import_seconds()
+    # the trainer's modules imported before the clock starts, on the first run (which builds the
+    # base model) and on a rerun alike: "imports_s" says what a fresh process pays on top
+    import TTS.tts.layers.xtts.trainer.gpt_trainer  # noqa: F401
+
     started = time.time()
     try:
         FineTune(run_config(parse_args(argv))).run()  # the command's options, the command's recipe object
@@ -127,6 +134,7 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
         "first_eval_elapsed_s": records[0]["elapsed_s"] if records else None,
         # from the recipe's start (preflight, base model, clip cache, micro-batch probes) to the first training step
         "start_to_first_step_s": round(counts["first_step_at"] - started, 1) if counts["first_step_at"] else None,
+        "imports_s": imports,
         "per_evaluation": [{k: r.get(k) for k in ("optimizer_step", "train_samples", "train_samples_per_s", "step_s",
                                                    "loader_wait_share", "gpu_peak_reserved_gib", "gpu_alloc_retries",
                                                    "train_loss", "eval_loss")} for r in records],  # fmt: skip
@@ -137,6 +145,16 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
         "matmul_peak_tflops": peak_tflops, "mfu_useful_tokens": mfu,
         "peak_reserved_gib": max((r.get("gpu_peak_reserved_gib") or 0 for r in records), default=None),
     }
+
+
+def import_seconds() -> dict[str, float]:
+    """Seconds a fresh Python process takes to import torch, and torch with Coqui's XTTS trainer."""
+    out = {}
+    for name, code in (("torch", "import torch"), ("torch_and_coqui", "import torch, TTS.tts.layers.xtts.trainer.gpt_trainer")):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
+        out[name] = round(time.perf_counter() - t, 2)
+    return out
 
 
 def _counted_train_step(original: Callable[..., Any], counts: dict[str, Any]) -> Callable[..., Any]:

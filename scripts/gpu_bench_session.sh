@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's measurements for BENCHMARKS.md, run on the device machine:
-#   bash scripts/gpu_bench_session.sh OUT_DIR [parity fast rerun oom synth stock lowvram compile | all]
+#   bash scripts/gpu_bench_session.sh OUT_DIR [parity fast rerun oom synth stock lowvram tier12 compile | all]
 # Expects the Coqui stack as wheels in .whl/ (see ../shared/OFFLINE_GPU.md); each step has its own
 # time limit so a slow one cannot take the rest with it. Results: OUT_DIR/*.json and *.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [parity fast rerun oom synth stock lowvram compile | all]}
+OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [parity fast rerun oom synth stock lowvram tier12 compile | all]}
 WHAT=${2:-all}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -57,6 +57,11 @@ if run lowvram; then
   # an 8 GB card: low-VRAM preset, automatic micro-batch under a 7 GiB cap
   timeout 240 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 2 --speed low-vram \
     --memory-cap-gib 7 --out "$OUT/e2e_lowvram.json" --no-progress > "$OUT/e2e_lowvram.log" 2>&1
+fi
+if run tier12; then
+  # a 12 GB card: the low-VRAM preset with the automatic micro-batch under an 11 GiB cap
+  timeout 240 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 2 --speed low-vram \
+    --memory-cap-gib 11 --out "$OUT/e2e_tier12.json" --no-progress > "$OUT/e2e_tier12.log" 2>&1
 fi
 if run compile; then
   # the default path without torch.compile

@@ -105,3 +105,21 @@ def test_a_nan_step_is_skipped_on_the_device_and_recovered_when_read(tiny_base, 
     final = load_checkpoint(result.run_dir / "checkpoint_10.pth")
     assert all(torch.isfinite(v).all() for v in final["model"].values() if v.is_floating_point())
     assert final["toolkit_state"]["health"]["recoveries"] == 1
+
+
+def test_the_fused_adamw_lever_reaches_the_optimizer_coqui_builds(tiny_base, tmp_path, monkeypatch):
+    """GPTTrainer builds its optimizer from its own copy of the config: the lever must reach it."""
+    import dataclasses
+
+    from utils.training import compat, speed
+
+    config = build_config(resolve(dataset_hours=0.01), tiny_base, output_path=tmp_path, language="en")
+    model = ToolkitGPTTrainer(config)
+    assert model.config is not config  # the copy that get_optimizer reads
+    original = speed._precision_levers
+    monkeypatch.setattr(speed, "_precision_levers", lambda cfg, opts, cuda: original(cfg, opts, True))  # as on a GPU
+    opts = dataclasses.replace(speed.SpeedOptions.stock(), fused_adamw=True)
+    applied = speed.apply_speed_options(model, config, opts, "cpu")
+    assert applied == ["fused_adamw"]
+    optimizer = model.get_optimizer()
+    assert optimizer.defaults.get("fused") is True and compat.supports_found_inf(optimizer)

@@ -412,6 +412,11 @@ def apply_speed_options(model: Any, config: Any, opts: SpeedOptions, device: tor
     dev = torch.device(device)
     cuda = dev.type == "cuda" and torch.cuda.is_available()
     applied = _precision_levers(config, opts, cuda) + _model_levers(model, opts, cuda)
+    own = getattr(model, "config", None)
+    if own is not None and own is not config:
+        # GPTTrainer keeps its own copy of the config and builds the optimizer from it
+        # (get_optimizer -> self.config.optimizer_params): fused AdamW must reach that copy too
+        own.optimizer_params = config.optimizer_params
     if opts.host_lengths or opts.cache_dvae_codes:
         model.format_batch = types.MethodType(fast_format_batch if opts.host_lengths else type(model).format_batch, model)
         model.format_batch_on_device = types.MethodType(fast_format_batch_on_device, model)

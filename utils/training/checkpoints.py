@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,7 @@ def atomic_torch_save(state: Any, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     tmp = _partial_path(path)
     pause = os.environ.get(_PAUSE_ENV, "").rpartition(":")
-    with _sigint_deferred(path.name):
+    with sigint_deferred(path.name):
         try:
             with open(tmp, "wb") as fh:
                 torch.save(state, _PausingWriter(fh, 1 << 20, float(pause[2])) if pause[0] == path.name else fh)
@@ -162,8 +163,9 @@ def atomic_torch_save(state: Any, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-class _sigint_deferred:
-    """Hold SIGINT back while a checkpoint is written (main thread only); re-raise it afterwards."""
+class sigint_deferred:
+    """Hold SIGINT back while a file is written (main thread only); re-raise it afterwards, or hand it
+    to the enclosing deferral when nested (that one raises once its whole block is done)."""
 
     def __init__(self, name: str) -> None:
         self.name, self.hit, self.old = name, False, None
@@ -173,7 +175,7 @@ class _sigint_deferred:
             logger.warning("Ctrl-C: %s is being written; it finishes first (a few seconds), then the run stops", self.name)
         self.hit = True
 
-    def __enter__(self) -> "_sigint_deferred":
+    def __enter__(self) -> "sigint_deferred":
         import signal
         import threading
 
@@ -187,7 +189,71 @@ class _sigint_deferred:
         if self.old is not None:
             signal.signal(signal.SIGINT, self.old)
         if self.hit and exc_type is None:
-            raise KeyboardInterrupt
+            outer = getattr(self.old, "__self__", None)
+            if isinstance(outer, sigint_deferred):
+                outer.hit = True  # inside a larger write (wait, then checkpoint): that one raises when done
+            else:
+                raise KeyboardInterrupt
+
+
+def cpu_copy(state: Any) -> Any:
+    """``state`` with every tensor copied to new CPU memory: what a write beside training reads."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        out = {k: cpu_copy(v) for k, v in state.items()}
+        if isinstance(state, OrderedDict):  # a module's state_dict: keep its version metadata too
+            out = OrderedDict(out)
+            if hasattr(state, "_metadata"):
+                out._metadata = state._metadata  # type: ignore[attr-defined]
+        return out
+    if isinstance(state, (list, tuple)):
+        return type(state)(cpu_copy(v) for v in state)
+    return state
+
+
+class BackgroundWriter:
+    """File writes on a worker thread, one at a time, while training goes on.
+
+    :meth:`submit` waits for the previous write first, so at most one copy of the weights waits
+    in memory. An error in a write (a full disk) is raised by the next :meth:`submit` or
+    :meth:`wait`. The thread is not a daemon: a write that has begun finishes before the process
+    exits, Ctrl-C included.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._thread: Any = None
+        self._error: BaseException | None = None
+
+    def submit(self, write: Any) -> None:
+        import threading
+
+        self.wait()
+
+        def run() -> None:
+            try:
+                write()
+            except BaseException as exc:  # handed to the training thread at its next wait
+                logger.error("%s: %s", self.name, exc)
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name=self.name, daemon=False)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the write in progress (if any) is complete; raise its error.
+
+        Ctrl-C while waiting is held back until the write is complete (a join cut short by
+        KeyboardInterrupt would let the process exit under a thread still writing).
+        """
+        if self._thread is not None:
+            with sigint_deferred(self.name):
+                self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def free_space_warning(run_dir: str | os.PathLike[str], need: int) -> str | None:
@@ -254,3 +320,4 @@ def keep_newest(run_dir: str | os.PathLike[str], prefix: str, keep: int) -> None
     files = sorted((checkpoint_step(p), p) for p in Path(run_dir).glob(f"{prefix}_*.pth") if checkpoint_step(p) is not None)
     for _, path in files[: max(0, len(files) - keep)]:
         path.unlink(missing_ok=True)
+

@@ -21,7 +21,9 @@ Upstream behaviours this works around (Trainer 0.4):
 - ``restore_model`` sets ``total_steps_done = step + 1`` (right only for checkpoints written inside
   a step) and, for ``--restore``, ``reset_lr`` sets the config LR ignoring warmup: both corrected.
 - The best model is saved only at epoch end; here it is saved at every evaluation that improves
-  the eval loss (so early stopping keeps the best weights even with mid-epoch evaluations).
+  the eval loss (so early stopping keeps the best weights even with mid-epoch evaluations), from a
+  CPU copy of the weights on a worker thread while training goes on; the next checkpoint, the end
+  of training and Ctrl-C wait for it.
 - A NaN loss is backpropagated and stepped (Coqui only zeroes the logged grad norm): an optimizer
   step pre-hook drops non-finite gradients so the step changes nothing, and the health monitor
   (utils/training/health.py) reloads the last checkpoint and cuts the LR.
@@ -124,6 +126,7 @@ class ToolkitTrainer(Trainer):
         self.save_final_checkpoint = save_final_checkpoint
         self.save_every_s = 60.0 * save_every_minutes if save_every_minutes else None
         self._last_save_time = time.time()
+        self._best_writer = checkpoints.BackgroundWriter("best-model write")
         self._period = _Throughput()
         self.stop_reason: str | None = None
         self._last_eval_step: int | None = None
@@ -480,6 +483,7 @@ class ToolkitTrainer(Trainer):
     def _divergence_advice(self) -> str:
         """A command that works for this run: restore from a checkpoint it has, or start again."""
         lr = self.optimizer[0].param_groups[0]["lr"] / (self.health.config.divergence_lr_factor ** self.health.recoveries)
+        self.wait_for_writes()
         if checkpoints.last_checkpoint(self.output_path, resumable=False) is not None:
             return (f"Restart from the best checkpoint with a lower LR: python utils/gpt_train.py --restore "
                     f"{self.output_path} --preset plateau-breaker (or --lr {lr / 4:.2g})")  # fmt: skip
@@ -488,6 +492,7 @@ class ToolkitTrainer(Trainer):
 
     def _reload_good_weights(self) -> str:
         """The newest weights on disk (full checkpoint or newer best model), else the starting weights."""
+        self.wait_for_writes()  # a best model still being written is among them
         path = checkpoints.last_checkpoint(self.output_path, resumable=False)
         if path is None:
             if not getattr(self, "_start_weights", None):
@@ -604,18 +609,33 @@ class ToolkitTrainer(Trainer):
             return
         train_loss = self.evaluation_records[-1].get("train_loss") if self.evaluation_records else None
         model_loss = {"train_loss": train_loss if train_loss is not None else math.inf, "eval_loss": eval_loss}
-        path = Path(self.output_path) / f"best_model_{self._counts()['steps_done']}.pth"
+        run_dir = Path(self.output_path)
+        path = run_dir / f"best_model_{self._counts()['steps_done']}.pth"
+        keep_all = bool(self.config.save_all_best)
         started = time.time()
-        # weights only: the optimizer state (2x the weights) lives in checkpoint_N.pth, for resuming
-        state = checkpoints.training_state(self, **self._counts(), model_loss=model_loss, optimizer=False)
-        checkpoints.atomic_torch_save(state, path)
-        del state
-        for old in Path(self.output_path).glob("best_model_*.pth"):
-            if old != path and not self.config.save_all_best:
-                old.unlink(missing_ok=True)
-        checkpoints.atomic_link(path, Path(self.output_path) / "best_model.pth")
+        # weights only: the optimizer state (2x the weights) lives in checkpoint_N.pth, for resuming.
+        # A CPU copy is taken now and written on a worker thread while training goes on.
+        self._best_writer.wait()  # the previous best model is complete (and any error in it raised) first
+        state = checkpoints.cpu_copy(
+            checkpoints.training_state(self, **self._counts(), model_loss=model_loss, optimizer=False))
+        copied = time.time() - started
         self.best_loss = model_loss
-        logger.info("best model so far (eval loss %.5f): %s (written in %.1f s)", eval_loss, path.name, time.time() - started)
+
+        def write() -> None:
+            begun = time.time()
+            checkpoints.atomic_torch_save(state, path)
+            for old in run_dir.glob("best_model_*.pth"):
+                if old != path and not keep_all:
+                    old.unlink(missing_ok=True)
+            checkpoints.atomic_link(path, run_dir / "best_model.pth")
+            logger.info("best model so far (eval loss %.5f): %s (written in %.1f s beside training; training "
+                        "waited %.1f s for the copy)", eval_loss, path.name, time.time() - begun, copied)  # fmt: skip
+
+        self._best_writer.submit(write)
+
+    def wait_for_writes(self) -> None:
+        """Block until the best model being written beside training is on disk (raise its error)."""
+        self._best_writer.wait()
 
     def _counts(self) -> dict[str, int]:
         # Inside a step Coqui saves before incrementing total_steps_done, with that step's update
@@ -653,7 +673,10 @@ class ToolkitTrainer(Trainer):
         model_loss = {"train_loss": _plain(compat.target_avg_loss(self, self.keep_avg_train)),
                       "eval_loss": _plain(compat.target_avg_loss(self, self.keep_avg_eval))}  # fmt: skip
         started = time.time()
-        checkpoints.atomic_torch_save(checkpoints.training_state(self, **counts, model_loss=model_loss), path)
+        # a Ctrl-C while the best model finishes or while this file is written stops the run after it
+        with checkpoints.sigint_deferred(path.name):
+            self.wait_for_writes()  # one file at a time: the best model being written is complete first
+            checkpoints.atomic_torch_save(checkpoints.training_state(self, **counts, model_loss=model_loss), path)
         self._last_save_time = time.time()
         logger.info("checkpoint: %s (written in %.1f s)", path, self._last_save_time - started)
         if self.config.save_n_checkpoints is not None:
@@ -764,8 +787,11 @@ class ToolkitTrainer(Trainer):
             self._save_on_interrupt()
             raise
         finally:
-            if self.args.rank in (None, 0):
-                self.dashboard_logger.finish()
+            try:
+                self.wait_for_writes()  # a Ctrl-C or an error still lets the best model finish
+            finally:
+                if self.args.rank in (None, 0):
+                    self.dashboard_logger.finish()
         self._finished = True
         if self.args.rank in (None, 0) and self.save_final_checkpoint:
             self.save_checkpoint()

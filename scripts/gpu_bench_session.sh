@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's measurements for BENCHMARKS.md, run on the device machine:
-#   bash scripts/gpu_bench_session.sh OUT_DIR [parity fast rerun oom synth stock lowvram tier12 compile | all]
+#   bash scripts/gpu_bench_session.sh OUT_DIR [parity fast rerun oom synth stock lowvram lowvram_profile tier12 big compile | all]
 # Expects the Coqui stack as wheels in .whl/ (see ../shared/OFFLINE_GPU.md); each step has its own
 # time limit so a slow one cannot take the rest with it. Results: OUT_DIR/*.json and *.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [parity fast rerun oom synth stock lowvram tier12 compile | all]}
+OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [parity fast rerun oom synth stock lowvram lowvram_profile tier12 big compile | all]}
 WHAT=${2:-all}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -63,9 +63,23 @@ if run tier12; then
   timeout 240 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 2 --speed low-vram \
     --memory-cap-gib 11 --out "$OUT/e2e_tier12.json" --no-progress > "$OUT/e2e_tier12.log" 2>&1
 fi
+if run lowvram_profile; then
+  # where the low-VRAM step's time goes: 4 profiled steps of epoch 2 under the 7 GiB cap
+  timeout 300 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 3 --speed low-vram \
+    --memory-cap-gib 7 --profile-steps 4 --out "$OUT/e2e_lowvram_profile.json" --no-progress > "$OUT/e2e_lowvram_profile.log" 2>&1
+  cp $W/profile.txt "$OUT/profile_lowvram.txt" 2>/dev/null
+fi
+if run big; then
+  # all-in on long epochs: 20,480 clips (19,840 train), 2 epochs, the default evaluation cadence;
+  # its own call (clip synthesis and DVAE codes for 20k clips come first: several minutes)
+  timeout 480 python3 scripts/bench_gpt_train.py --workdir /tmp/bgt_big --clips 20480 --epochs 2 \
+    --out "$OUT/e2e_big.json" --no-progress > "$OUT/e2e_big.log" 2>&1
+fi
 if run compile; then
   # the default path without torch.compile
   timeout 330 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 3 --no-compile \
     --out "$OUT/e2e_nocompile.json" --no-progress > "$OUT/e2e_nocompile.log" 2>&1
 fi
 ls -la "$OUT"
+# one file to bring back (the device returns a limited number of files per call)
+tar czf "$OUT.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")" && echo "bundle: $OUT.tgz"

@@ -52,7 +52,7 @@ SPEED_HELP = {
     "oom_backoff": "on CUDA out of memory: at most half the micro-batch, the same effective batch, go on",
     "compile": "torch.compile of the GPT2 blocks' training forward (about 30 s of compiling in the first steps, "
     "then about 9%% more samples/s; BENCHMARKS.md)",
-    "packed_attention": "the loss forward on packed rows: causal attention with no mask (the flash kernel), "
+    "packed_attention": "the loss forward on packed rows: causal attention with no mask (flash or cuDNN kernels), "
     "no per-row loops; same losses as Coqui's forward (off: Coqui's masked forward)",
     "cudnn_attention": "SDPA's cuDNN attention backend (on a Hopper card faster than flash on packed rows; "
     "off: flash and memory-efficient kernels only, as --speed low-vram does)",

@@ -25,7 +25,8 @@ from bench.train_step import BenchSpec, _sync, batch_counts, build_workload, mea
 
 def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int | None = None, epochs: int = 3,
                       workers: int = 8, extra_args: Sequence[str] = (), memory_cap_gib: float | None = None,
-                      profile_steps: int = 0, base_model: str | Path | None = None) -> dict[str, Any]:  # fmt: skip
+                      profile_steps: int = 0, base_model: str | Path | None = None,
+                      measure_imports: bool = False) -> dict[str, Any]:  # fmt: skip
     """Train a full-size random XTTS v2 GPT (or ``base_model``) through the FineTune recipe and time it.
 
     The same synthetic workload as :func:`build_workload` (clips uniform 2-11 s), written as coqui
@@ -42,6 +43,8 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
     ``memory_cap_gib`` caps this process's GPU memory (``torch.cuda.set_per_process_memory_fraction``)
     to stand in for a smaller card. ``profile_steps`` > 0 runs that many training steps of epoch 2
     under ``torch.profiler`` and reports the GPU-busy share and the top kernels.
+    ``measure_imports`` also times what a fresh process takes to import torch and Coqui's trainer
+    (two extra processes; not part of the start-up figure, which starts with them imported).
     """
     from bench.ddp import make_full_size_random_base
     from utils.finetune import FineTune
@@ -90,7 +93,7 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
     if profile_steps:
         ToolkitTrainer.train_step = _profiled_train_step(ToolkitTrainer.train_step, profile_steps, profile, root)  # type: ignore[method-assign]
     peak_tflops = measure_matmul_peak(torch.device("cuda")) if cuda else None
-    imports = import_seconds()
+    imports = import_seconds() if measure_imports else None
     # the trainer's modules imported before the clock starts, on the first run (which builds the
     # base model) and on a rerun alike: "imports_s" says what a fresh process pays on top
     import TTS.tts.layers.xtts.trainer.gpt_trainer  # noqa: F401

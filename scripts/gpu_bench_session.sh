@@ -32,7 +32,7 @@ if run fast; then
 fi
 if run rerun; then
   # a second run on the same clips: the clip cache (waveforms, DVAE codes) and the compile cache are warm
-  timeout 200 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 1 \
+  timeout 200 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 1 --measure-imports \
     --out "$OUT/e2e_rerun.json" --no-progress > "$OUT/e2e_rerun.log" 2>&1
 fi
 if run oom; then

@@ -368,8 +368,7 @@ class AudioCheckCache:
 
 
 def _audio_results(jobs: list[tuple], text_check: Callable[[int], tuple[str, str] | None], workers: int,
-                   progress: bool, cache: AudioCheckCache | None,
-                   save: bool = True) -> tuple[list[dict[str, Any]], list[tuple[str, str] | None]]:  # fmt: skip
+                   progress: bool, cache: AudioCheckCache | None) -> tuple[list[dict[str, Any]], list[tuple[str, str] | None]]:  # fmt: skip
     """Every job's audio check (from ``cache`` where it still holds) and every text check, in row order."""
     results: list[dict[str, Any] | None] = [cache.get(job) if cache else None for job in jobs]
     todo = [i for i, res in enumerate(results) if res is None]
@@ -381,8 +380,6 @@ def _audio_results(jobs: list[tuple], text_check: Callable[[int], tuple[str, str
     if cache is not None:
         if todo != list(range(len(jobs))):
             logger.info("preflight: %d of %d audio checks read from %s", len(jobs) - len(todo), len(jobs), cache.path)
-        if save:
-            cache.save()
     return [r for r in results if r is not None], texts
 
 
@@ -438,11 +435,14 @@ def run_preflight(
     workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     jobs = [(str(r.path), min_audio_s, max_audio_s, silence_rms_db, max_clipped_fraction) for r in candidates]
     special = SpecialTokens.of(tokenizer) if tokenizer is not None else None
+    own_cache = audio_cache is not None and not isinstance(audio_cache, AudioCheckCache)
+    cache = AudioCheckCache(audio_cache) if own_cache else audio_cache
     audio_results, text_results = _audio_results(
         jobs, lambda i: _text_check(candidates[i].text, language, tokenizer, max_text_tokens, special), workers, progress,
-        audio_cache if isinstance(audio_cache, AudioCheckCache) or audio_cache is None else AudioCheckCache(audio_cache),
-        save=not isinstance(audio_cache, AudioCheckCache),
+        cache,
     )  # fmt: skip
+    if own_cache:
+        cache.save()  # a path: written back now (a caller's cache object is the caller's to save)
     kept = [r for r, res, text in zip(candidates, audio_results, text_results, strict=True) if screen.keep(r, res, text, report)]
     report.excluded = [screen.excluded[k] for k in sorted(screen.excluded)]
     report.kept_rows, report.kept_hashes, report.kept = kept, screen.seen_hashes, len(kept)

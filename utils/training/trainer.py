@@ -615,7 +615,7 @@ class ToolkitTrainer(Trainer):
         started = time.time()
         # weights only: the optimizer state (2x the weights) lives in checkpoint_N.pth, for resuming.
         # A CPU copy is taken now and written on a worker thread while training goes on.
-        self._best_writer.wait()  # the previous best model is complete (and any error in it raised) first
+        self.wait_for_writes()  # the previous best model is complete (and any error in it raised) first
         state = checkpoints.cpu_copy(
             checkpoints.training_state(self, **self._counts(), model_loss=model_loss, optimizer=False))
         copied = time.time() - started
@@ -834,7 +834,7 @@ class ToolkitTrainer(Trainer):
         if self.health is None or checkpoints.last_checkpoint(self.output_path, resumable=False) is not None:
             return
         model = compat.unwrap_model(self)
-        self._start_weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+        self._start_weights = checkpoints.cpu_copy({n: p for n, p in model.named_parameters() if p.requires_grad})
 
 
 @dataclass

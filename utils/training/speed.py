@@ -184,17 +184,21 @@ def exclude_cudnn_attention(module: nn.Module) -> None:
     module.forward = forward  # instance attribute: only this module is affected
 
 
-def enable_grad_checkpointing(model: Any, *, exclude_cudnn: bool = False) -> None:
+def enable_grad_checkpointing(model: Any, *, exclude_cudnn: bool = False, gpt2_blocks: bool = True) -> None:
     """Recompute each GPT2 block and conditioning-encoder block in backward instead of storing it.
 
     Not through ``GPT2Model.gradient_checkpointing_enable``: transformers then asks for the input
     embeddings, and Coqui deletes ``gpt.wte`` (build_hf_gpt_transformer). ``use_cache`` goes off
     so no KV cache is built inside a checkpointed block. With ``exclude_cudnn`` the recomputation
     runs under the same SDPA backend choice as the forward (else the saved tensors differ).
+    ``gpt2_blocks=False`` leaves the GPT2 blocks to :func:`compile_blocks` (``recompute=True``),
+    which checkpoints around the compiled block: a checkpoint inside the compiled region fails in
+    inductor's partitioner on the full-size GPT (``Node add_... was invalid, but is output``) and
+    the block then ran eager.
     """
     gpt2 = model.xtts.gpt.gpt
     gpt2.config.use_cache = False
-    for block in gpt2.h:
+    for block in gpt2.h if gpt2_blocks else ():
         _checkpoint_module(block, exclude_cudnn)
     enc = getattr(model.xtts.gpt, "conditioning_encoder", None)
     if enc is not None:
@@ -246,14 +250,20 @@ def train_without_kv_cache(gpt2: nn.Module) -> None:
     gpt2.forward = forward
 
 
-def compile_blocks(model: Any) -> int:
+def compile_blocks(model: Any, *, recompute: bool = False, exclude_cudnn: bool = False) -> int:
     """``torch.compile`` each GPT2 block's training forward (dynamic shapes: a new padded length each batch).
 
     Only training steps (block in train mode, autograd on) take the compiled path; evaluation and
     synthesis (eval mode, KV cache, one token at a time) stay eager, so they never wait for a
     compile. A compile that fails (no C compiler, an unsupported op) falls back to eager with a
     warning from torch (``torch._dynamo.config.suppress_errors``) instead of stopping training.
+
+    With ``recompute`` (gradient checkpointing) each training call is a non-reentrant checkpoint
+    of the compiled block: only the block's inputs are kept, and backward runs the compiled forward
+    again (``exclude_cudnn``: under the forward's SDPA backend choice).
     """
+    from torch.utils.checkpoint import checkpoint
+
     from utils.training import compat
 
     compat.suppress_compile_errors()
@@ -264,6 +274,8 @@ def compile_blocks(model: Any) -> int:
         # as nn.Module.compile (torch.compile of _call_impl, used by Module.__call__), routed
         eager = compat.eager_call(block)
         compiled = torch.compile(eager, dynamic=True)
+        if recompute:
+            compiled = _recomputed(compiled, exclude_cudnn, checkpoint)
 
         def call(*args: Any, _block: nn.Module = block, _compiled: Any = compiled, _eager: Any = eager, **kwargs: Any) -> Any:
             if _block.training and torch.is_grad_enabled():
@@ -274,6 +286,23 @@ def compile_blocks(model: Any) -> int:
         block._toolkit_compiled = True
         n += 1
     return n
+
+
+def _recomputed(fn: Any, exclude_cudnn: bool, checkpoint: Any) -> Any:
+    """``fn`` under a non-reentrant activation checkpoint (optionally without cuDNN attention)."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if exclude_cudnn:
+            from torch.nn.attention import sdpa_kernel
+
+            with sdpa_kernel(_NO_CUDNN_BACKENDS()):
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return checkpoint(run, *args, use_reentrant=False, **kwargs)
+
+    return call
 
 
 def offload_frozen_modules(model: Any, *, dvae: bool) -> list[str]:
@@ -482,11 +511,13 @@ def _model_levers(model: Any, opts: SpeedOptions, cuda: bool) -> list[str]:
         train_without_kv_cache(gpt.gpt)
         gpt.gpt._toolkit_no_cache = True
         applied.append("no_kv_cache")
+    compiled = opts.compile and cuda
+    exclude_cudnn = cuda and not opts.cudnn_attention
     if opts.grad_checkpointing:
-        enable_grad_checkpointing(model, exclude_cudnn=cuda and not opts.cudnn_attention)
+        enable_grad_checkpointing(model, exclude_cudnn=exclude_cudnn, gpt2_blocks=not compiled)
         applied.append("grad_checkpointing")
-    if opts.compile and cuda:
-        compile_blocks(model)
+    if compiled:
+        compile_blocks(model, recompute=opts.grad_checkpointing, exclude_cudnn=exclude_cudnn)
         applied.append("compile")
     return applied
 

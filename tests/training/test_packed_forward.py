@@ -67,6 +67,25 @@ def test_packed_forward_gives_coquis_losses_and_gradients(with_cond_idxs):
     assert float((ours[2] - stock[2]).abs().max()) < 1e-5 * float(stock[2].abs().max()) + 1e-7
 
 
+def test_rounded_rows_keep_coquis_losses_and_gradients():
+    """Rows padded to a multiple of 16: the stack sees a rounded length, the losses and grads stay Coqui's."""
+    gpt = _gpt().train()
+    batch = _batch(seed=3)
+    stock = _losses_and_grads(gpt, batch, gpt.forward)
+    lengths = []
+    hook = gpt.gpt.register_forward_pre_hook(lambda m, a, k: lengths.append(k["inputs_embeds"].shape[1]), with_kwargs=True)
+    gpt._toolkit_pack_multiple = 1
+    exact = _losses_and_grads(gpt, batch, lambda *a, **k: packed.packed_forward(gpt, *a, **k))
+    gpt._toolkit_pack_multiple = 16
+    rounded = _losses_and_grads(gpt, batch, lambda *a, **k: packed.packed_forward(gpt, *a, **k))
+    hook.remove()
+    # this batch packs to 158 positions, rounded to 160
+    assert lengths == [158, 160]
+    for ours in (exact, rounded):
+        assert ours[0] == pytest.approx(stock[0], rel=1e-5) and ours[1] == pytest.approx(stock[1], rel=1e-5)
+        assert float((ours[2] - stock[2]).abs().max()) < 1e-5 * float(stock[2].abs().max()) + 1e-7
+
+
 def test_padding_changes_nothing_for_real_tokens():
     """A row's losses do not depend on how much padding its batch gives it."""
     gpt = _gpt().eval()

@@ -48,8 +48,8 @@ RUN_HPARAMS: tuple[str, ...] = (
 # SpeedOptions switches a run may turn off (``speed_switches={"compile": False}``); compile may also be turned on.
 SPEED_SWITCHES: tuple[str, ...] = (
     "bf16", "tf32", "fused_adamw", "fast_gelu", "sdpa_conditioning", "fast_heads", "packed_attention",
-    "cudnn_attention", "host_lengths", "no_kv_cache", "cache_dvae_codes", "bucket_lengths", "pin_memory", "compile",
-    "grad_checkpointing", "optimizer_8bit", "offload_frozen", "expandable_segments", "auto_batch", "oom_backoff",
+    "round_lengths", "cudnn_attention", "host_lengths", "no_kv_cache", "cache_dvae_codes", "bucket_lengths",
+    "pin_memory", "compile", "grad_checkpointing", "optimizer_8bit", "offload_frozen", "expandable_segments", "auto_batch", "oom_backoff",
 )  # fmt: skip
 
 # The demo's values: a recipe layer, so a dry run of the demo shows them with source "recipe".

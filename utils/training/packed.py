@@ -34,11 +34,14 @@ import torch
 import torch.nn.functional as F
 
 
-def install_packed_forward(gpt: Any) -> bool:
+def install_packed_forward(gpt: Any, *, multiple: int = 1) -> bool:
     """Route ``gpt``'s loss forwards (training and evaluation) through :func:`packed_forward`.
 
-    Returns False (nothing changed) for a GPT this does not cover (no perceiver resampler).
+    ``multiple`` > 1 pads each packed row at its end to a multiple of that many positions (see
+    :func:`packed_logits`). Returns False (nothing changed) for a GPT this does not cover (no
+    perceiver resampler).
     """
+    gpt._toolkit_pack_multiple = max(1, int(multiple))
     if getattr(gpt, "_toolkit_packed", False):
         return True
     if not getattr(gpt, "use_perceiver_resampler", False):
@@ -133,13 +136,23 @@ def packing_order(prompt_len: int, text_real: torch.Tensor, mel_real: torch.Tens
 
 def packed_logits(gpt: Any, prompt: torch.Tensor, text_emb: torch.Tensor, mel_emb: torch.Tensor,
                   text_real: torch.Tensor, mel_real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Coqui's ``GPT.get_logits`` (text head, then audio head) over packed rows, causal attention, no mask."""
+    """Coqui's ``GPT.get_logits`` (text head, then audio head) over packed rows, causal attention, no mask.
+
+    With ``gpt._toolkit_pack_multiple`` = m > 1 the rows get zero positions at their end up to a
+    multiple of m. Causal attention keeps them out of every real token's output, and they are
+    dropped before the heads; the point is fewer distinct shapes: cuDNN attention plans each new
+    (batch, length) once, about 2 ms of host time per call, which at small micro-batches cost more
+    than the step's GPU work (BENCHMARKS.md).
+    """
     p, tt = prompt.shape[1], text_emb.shape[1]
     dst = packing_order(p, text_real, mel_real)
     emb = torch.cat([prompt, text_emb, mel_emb], dim=1)
     d = emb.shape[-1]
     src = torch.empty_like(dst).scatter_(1, dst, torch.arange(dst.shape[1], device=dst.device).expand_as(dst))
     packed = emb.gather(1, src[..., None].expand(-1, -1, d))
+    m = getattr(gpt, "_toolkit_pack_multiple", 1)
+    if m > 1 and packed.shape[1] % m:
+        packed = F.pad(packed, (0, 0, 0, m - packed.shape[1] % m))
     from utils.training.compat import causal_attention
 
     with causal_attention(gpt.gpt):  # no mask to build: and no host check of the position ids

@@ -56,6 +56,10 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 
 
+# packed rows are padded to a multiple of this many positions (the round_lengths lever)
+PACK_MULTIPLE = 16
+
+
 def swap_gelu(gpt2: nn.Module) -> int:
     """Replace each GPT2 MLP's ``gelu_new`` (a Python chain of ~7 kernels) by one fused kernel.
 
@@ -502,7 +506,7 @@ def _model_levers(model: Any, opts: SpeedOptions, cuda: bool) -> list[str]:
     if opts.packed_attention:
         from utils.training.packed import install_packed_forward
 
-        if install_packed_forward(gpt):
+        if install_packed_forward(gpt, multiple=PACK_MULTIPLE if opts.round_lengths else 1):
             applied.append("packed_attention")
     if cuda and not opts.cudnn_attention:
         exclude_cudnn_attention(gpt)

@@ -393,3 +393,40 @@ def test_low_vram_levers_checkpoint_compiled_gpt2_blocks_outside_the_compiled_re
     speed.enable_grad_checkpointing(model, gpt2_blocks=False)
     assert all("forward" not in vars(block) for block in gpt2.h)  # untouched: the compiled call checkpoints
     assert "forward" in vars(enc.attn[0]) and gpt2.config.use_cache is False
+
+
+def test_the_attention_backend_choice_is_baked_into_each_compiled_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDPA backends are entered inside the compiled region: dynamo records them in the graph,
+    so graphs traced for cuDNN and for flash-only runs differ (and so do their cache keys)."""
+    import types
+
+    import torch._dynamo
+    from transformers import GPT2Config, GPT2Model
+
+    graphs: list[str] = []
+    real_compile = torch.compile
+
+    def capture(gm: torch.fx.GraphModule, example_inputs: Any) -> Any:
+        graphs.append(gm.code)
+        return gm.forward
+
+    monkeypatch.setattr(torch, "compile", lambda fn, dynamic=None: real_compile(fn, dynamic=dynamic, backend=capture))
+    codes = {}
+    for cudnn in (True, False):
+        torch._dynamo.reset()
+        graphs.clear()
+        gpt2 = GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=2)).train()
+        model = types.SimpleNamespace(xtts=types.SimpleNamespace(gpt=types.SimpleNamespace(gpt=gpt2)))
+        speed.compile_blocks(model, attention_backends=speed.sdpa_backends(cudnn))
+        out = gpt2.h[0](torch.randn(2, 7, 32))
+        assert torch.is_tensor(out[0] if isinstance(out, tuple) else out)
+        assert len(graphs) == 1  # one graph: no break at the context manager
+        codes[cudnn] = graphs[0]
+    import re
+
+    def entered(code: str) -> list[str]:  # the backends named before the graph's first _sdpa_kernel call
+        head = code[: code.index("torch.nn.attention._sdpa_kernel(")]
+        return re.findall(r"_backend_from_string\('(\w+)'\)", head)
+
+    assert entered(codes[True]) == ["CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]
+    assert entered(codes[False]) == ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]

@@ -254,7 +254,7 @@ def train_without_kv_cache(gpt2: nn.Module) -> None:
     gpt2.forward = forward
 
 
-def compile_blocks(model: Any, *, recompute: bool = False, exclude_cudnn: bool = False) -> int:
+def compile_blocks(model: Any, *, recompute: bool = False, attention_backends: list[Any] | None = None) -> int:
     """``torch.compile`` each GPT2 block's training forward (dynamic shapes: a new padded length each batch).
 
     Only training steps (block in train mode, autograd on) take the compiled path; evaluation and
@@ -262,9 +262,14 @@ def compile_blocks(model: Any, *, recompute: bool = False, exclude_cudnn: bool =
     compile. A compile that fails (no C compiler, an unsupported op) falls back to eager with a
     warning from torch (``torch._dynamo.config.suppress_errors``) instead of stopping training.
 
+    ``attention_backends`` (SDPA backends) are entered inside the compiled region, so torch bakes
+    them into the graph: the SDPA backend a compiled block uses is then part of its cache key.
+    Chosen only outside, it is not: torch's compile cache handed a run the graphs that an earlier
+    run on the same machine had traced under another backend choice (BENCHMARKS.md, 2026-12-03).
+
     With ``recompute`` (gradient checkpointing) each training call is a non-reentrant checkpoint
     of the compiled block: only the block's inputs are kept, and backward runs the compiled forward
-    again (``exclude_cudnn``: under the forward's SDPA backend choice).
+    again (the same graph, so the same attention kernel).
     """
     from torch.utils.checkpoint import checkpoint
 
@@ -277,9 +282,9 @@ def compile_blocks(model: Any, *, recompute: bool = False, exclude_cudnn: bool =
             continue
         # as nn.Module.compile (torch.compile of _call_impl, used by Module.__call__), routed
         eager = compat.eager_call(block)
-        compiled = torch.compile(eager, dynamic=True)
+        compiled = torch.compile(_under_backends(eager, attention_backends), dynamic=True)
         if recompute:
-            compiled = _recomputed(compiled, exclude_cudnn, checkpoint)
+            compiled = _recomputed(compiled, checkpoint)
 
         def call(*args: Any, _block: nn.Module = block, _compiled: Any = compiled, _eager: Any = eager, **kwargs: Any) -> Any:
             if _block.training and torch.is_grad_enabled():
@@ -292,19 +297,31 @@ def compile_blocks(model: Any, *, recompute: bool = False, exclude_cudnn: bool =
     return n
 
 
-def _recomputed(fn: Any, exclude_cudnn: bool, checkpoint: Any) -> Any:
-    """``fn`` under a non-reentrant activation checkpoint (optionally without cuDNN attention)."""
+def sdpa_backends(cudnn: bool) -> list[Any]:
+    """The SDPA backends a run's compiled blocks may use (cuDNN first where allowed, as torch orders them)."""
+    from torch.nn.attention import SDPBackend
 
-    def run(*args: Any, **kwargs: Any) -> Any:
-        if exclude_cudnn:
-            from torch.nn.attention import sdpa_kernel
+    return ([SDPBackend.CUDNN_ATTENTION] if cudnn else []) + _NO_CUDNN_BACKENDS()
 
-            with sdpa_kernel(_NO_CUDNN_BACKENDS()):
-                return fn(*args, **kwargs)
-        return fn(*args, **kwargs)
+
+def _under_backends(fn: Any, backends: list[Any] | None) -> Any:
+    """``fn`` inside ``sdpa_kernel(backends)`` (nothing added without backends)."""
+    if not backends:
+        return fn
+    from torch.nn.attention import sdpa_kernel
+
+    def body(*args: Any, **kwargs: Any) -> Any:
+        with sdpa_kernel(backends):
+            return fn(*args, **kwargs)
+
+    return body
+
+
+def _recomputed(fn: Any, checkpoint: Any) -> Any:
+    """``fn`` under a non-reentrant activation checkpoint."""
 
     def call(*args: Any, **kwargs: Any) -> Any:
-        return checkpoint(run, *args, use_reentrant=False, **kwargs)
+        return checkpoint(fn, *args, use_reentrant=False, **kwargs)
 
     return call
 
@@ -521,7 +538,7 @@ def _model_levers(model: Any, opts: SpeedOptions, cuda: bool) -> list[str]:
         enable_grad_checkpointing(model, exclude_cudnn=exclude_cudnn, gpt2_blocks=not compiled)
         applied.append("grad_checkpointing")
     if compiled:
-        compile_blocks(model, recompute=opts.grad_checkpointing, exclude_cudnn=exclude_cudnn)
+        compile_blocks(model, recompute=opts.grad_checkpointing, attention_backends=sdpa_backends(not exclude_cudnn))
         applied.append("compile")
     return applied
 

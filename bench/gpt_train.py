@@ -63,7 +63,7 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
             "--epochs", str(epochs), "--num-workers", str(workers), "--output-path", str(out),
             "--test-sentences", "0", "--no-quality-eval", "--no-export", "--no-plots", "--max-excluded-share", "1.0", *extra_args]  # fmt: skip
     if batch_size:
-        argv += ["--batch-size", str(batch_size), "--grad-accum", "1"]
+        argv += ["--batch-size", str(batch_size)] + ([] if "--grad-accum" in extra_args else ["--grad-accum", "1"])
     cuda = torch.cuda.is_available()
     if cuda and memory_cap_gib:
         total = torch.cuda.get_device_properties(0).total_memory
@@ -234,7 +234,9 @@ def _profiled_train_step(original: Callable[..., Any], steps: int, out: dict[str
                 out["device_sync_sites"] = sorted(syncs.items(), key=lambda kv: -kv[1])[:15]
                 table = events.table(sort_by="self_device_time_total", row_limit=25)
                 cpu_table = events.table(sort_by="self_cpu_time_total", row_limit=25)
-                (root / "profile.txt").write_text(table + "\n\n" + cpu_table, encoding="utf-8")
+                # inclusive host time: which layer of the step (checkpoint, optimizer, compiled call) holds it
+                nested = events.table(sort_by="cpu_time_total", row_limit=40)
+                (root / "profile.txt").write_text(table + "\n\n" + cpu_table + "\n\n" + nested, encoding="utf-8")
                 kernels = [e for e in events if e.device_type == DeviceType.CUDA]
                 out["top_gpu"] = [(e.key[:60], round(e.self_device_time_total / 1e3, 1))
                                   for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:12]]  # fmt: skip

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's measurements for BENCHMARKS.md, run on the device machine:
-#   bash scripts/gpu_bench_session.sh OUT_DIR [parity fast rerun oom synth stock lowvram lowvram_profile tier12 big compile | all]
+#   bash scripts/gpu_bench_session.sh OUT_DIR [parity fast fast_noround rerun oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash imports big compile | all]
 # Expects the Coqui stack as wheels in .whl/ (see ../shared/OFFLINE_GPU.md); each step has its own
 # time limit so a slow one cannot take the rest with it. Results: OUT_DIR/*.json and *.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [parity fast rerun oom synth stock lowvram lowvram_profile tier12 big compile | all]}
+OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [parity fast fast_noround rerun oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash imports big compile | all]}
 WHAT=${2:-all}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -29,6 +29,11 @@ if run fast; then
   timeout 330 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 3 --profile-steps 4 \
     --out "$OUT/e2e_default.json" --no-progress > "$OUT/e2e_default.log" 2>&1
   cp $W/profile.txt "$OUT/" 2>/dev/null
+fi
+if run fast_noround; then
+  # the same run with packed rows at their exact lengths (--no-round-lengths): what the rounding costs or saves
+  timeout 330 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 3 --no-round-lengths \
+    --out "$OUT/e2e_noround.json" --no-progress > "$OUT/e2e_noround.log" 2>&1
 fi
 if run rerun; then
   # a second run on the same clips: the clip cache (waveforms, DVAE codes) and the compile cache are warm
@@ -68,6 +73,24 @@ if run lowvram_profile; then
   timeout 300 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 3 --speed low-vram \
     --memory-cap-gib 7 --profile-steps 4 --out "$OUT/e2e_lowvram_profile.json" --no-progress > "$OUT/e2e_lowvram_profile.log" 2>&1
   cp $W/profile.txt "$OUT/profile_lowvram.txt" 2>/dev/null
+fi
+if run micro14; then
+  # the default levers at the low-VRAM micro-batch (14 x 18, no cap): the per-micro-step cost without checkpointing
+  timeout 240 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 3 --batch-size 14 --grad-accum 18 \
+    --profile-steps 4 --out "$OUT/e2e_micro14.json" --no-progress > "$OUT/e2e_micro14.log" 2>&1
+  cp $W/profile.txt "$OUT/profile_micro14.txt" 2>/dev/null
+fi
+if run micro14_flash; then
+  # the same with flash attention only (--no-cudnn-attention): cuDNN against flash at a small micro-batch
+  timeout 240 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 3 --batch-size 14 --grad-accum 18 \
+    --no-cudnn-attention --out "$OUT/e2e_micro14_flash.json" --no-progress > "$OUT/e2e_micro14_flash.log" 2>&1
+fi
+if run imports; then
+  # where a fresh process's import time goes (twice: the second finds the byte-code written by the first)
+  for i in 1 2; do
+    python3 -X importtime -c "import utils.gpt_train, utils.finetune.recipe, trainer; from TTS.tts.layers.xtts.trainer.gpt_trainer import GPTTrainer" \
+      2> "$OUT/importtime_$i.txt"
+  done
 fi
 if run big; then
   # all-in on long epochs: 20,480 clips (19,840 train), 2 epochs, the default evaluation cadence;

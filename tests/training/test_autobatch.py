@@ -202,6 +202,12 @@ def test_automatic_micro_batch_probes_without_changing_weights(tiny_base, demo_e
         train(config, *_rows(demo_en), progress=False, plots=False)
     assert "4 clips fit (measured by an earlier run" in caplog.text
     assert "micro-batch 4 x accumulation 3 = effective batch 12" in caplog.text
+    # another loader worker count does not change a step's memory: still no probe
+    caplog.clear()
+    config = _config(tiny_base, tmp_path, grad_accum=4, epochs=1, num_loader_workers=1)
+    with caplog.at_level(logging.INFO, logger="utils.training.autobatch"):
+        train(config, *_rows(demo_en), progress=False, plots=False)
+    assert "4 clips fit (measured by an earlier run" in caplog.text
     # another GPU: probed again
     fake_cuda.get_device_properties = lambda device=None: types.SimpleNamespace(name="Other GPU", total_memory=16 << 30)
     monkeypatch.setattr(speed, "auto_micro_batch", lambda probe, budget, *, max_batch, margin=0.9, candidates=None: 2)

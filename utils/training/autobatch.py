@@ -154,6 +154,10 @@ def autosize_micro_batch(trainer: Any, *, max_batch: int = 256, margin: float = 
     return plan
 
 
+# speed switches that do not change a training step's memory: a run that changes only these reuses the probe
+_NOT_MEMORY = frozenset({"num_workers", "pin_memory", "bucket_lengths", "auto_batch", "oom_backoff"})
+
+
 def _probe_key(model: Any, config: Any, dataset: Any, longest: list[int], device: Any, budget: int, top: int,
                margin: float) -> str:  # fmt: skip
     """What the largest fitting micro-batch depends on: the GPU, its budget, the model, the levers, the longest clips."""
@@ -167,11 +171,18 @@ def _probe_key(model: Any, config: Any, dataset: Any, longest: list[int], device
         "gpu": [props.name, int(props.total_memory)], "budget_4gib": int(budget // (4 * 2**30)), "top": top,
         "margin": margin, "torch": torch.__version__,
         "gpt": [sum(p.numel() for p in gpt.parameters()), int(gpt.layers), int(gpt.model_dim)],
-        "speed": getattr(model, "speed").to_dict() if hasattr(getattr(model, "speed", None), "to_dict") else None,
+        "speed": _memory_levers(getattr(model, "speed", None)),
         "precision": [bool(config.mixed_precision), str(config.precision)],
         "clips": [[int(dataset.items[i].num_samples), int(dataset.items[i].tokens.numel())] for i in longest],
     }  # fmt: skip
     return hashlib.sha1(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _memory_levers(opts: Any) -> dict[str, Any] | None:
+    """The speed switches that change a step's memory (see ``_NOT_MEMORY``)."""
+    if not hasattr(opts, "to_dict"):
+        return None
+    return {k: v for k, v in opts.to_dict().items() if k not in _NOT_MEMORY}
 
 
 def _read_probe_memo(path: Path, key: str) -> int | None:

@@ -271,12 +271,20 @@ def test_language_zh_and_a_base_model_file_get_the_fix(tiny_base, demo_copy, tmp
 def test_run_names_are_claimed_exclusively(tmp_path, monkeypatch) -> None:
     from utils.finetune import training
 
-    tokens = iter(["aaaaaa", "aaaaaa", "bbbbbb"])
+    tokens = iter(["aaaaaa", "aaaaaa", "bbbbbb", "cccccc"])
     monkeypatch.setattr(training.secrets, "token_hex", lambda n: next(tokens))
     monkeypatch.setattr(training.time, "strftime", lambda fmt: "20260101-000000")
     first = training.unique_run_name(tmp_path, "xtts_ft")
     second = training.unique_run_name(tmp_path, "xtts_ft")  # the same random part comes up again: retried
     assert (first, second) == ("xtts_ft_20260101-000000_aaaaaa", "xtts_ft_20260101-000000_bbbbbb")
+    # claims older than an hour are removed at the next claim; recent ones and anything not empty stay
+    claims = tmp_path / ".run_names"
+    old, kept = claims / first, claims / "not_empty"
+    (kept / "x").mkdir(parents=True)
+    for path in (old, kept):
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
+    third = training.unique_run_name(tmp_path, "xtts_ft")
+    assert sorted(p.name for p in claims.iterdir()) == sorted([second, third, "not_empty"])
 
 
 def test_a_path_outside_the_dataset_names_the_way_out(tmp_path, demo_en) -> None:

@@ -173,9 +173,12 @@ def unique_run_name(output_path: str | Path, base: str) -> str:
     Coqui makes the run folder with ``mkdir(exist_ok=True)`` from the name, so two runs started in
     the same second could share a folder; here each name is claimed first as an empty folder in
     ``output_path/.run_names`` (``mkdir`` fails if it exists), so no two runs get the same name.
+    A name carries the second it was made in, so claims older than an hour can never collide again
+    and are removed here (the folder stays small).
     """
     claims = Path(output_path) / ".run_names"
     claims.mkdir(parents=True, exist_ok=True)
+    _prune_claims(claims, older_than_s=3600)
     for _ in range(1000):
         name = f"{base}_{time.strftime('%Y%m%d-%H%M%S')}_{secrets.token_hex(3)}"
         try:
@@ -184,6 +187,17 @@ def unique_run_name(output_path: str | Path, base: str) -> str:
             continue
         return name
     raise RuntimeError(f"could not claim a unique run name in {claims}")
+
+
+def _prune_claims(claims: Path, *, older_than_s: float) -> None:
+    """Remove the empty claim folders older than ``older_than_s`` (anything else is left alone)."""
+    cutoff = time.time() - older_than_s
+    for entry in claims.iterdir():
+        try:
+            if entry.is_dir() and entry.stat().st_mtime < cutoff:
+                entry.rmdir()  # fails, and is left, if it is not empty
+        except OSError:
+            continue
 
 
 def _final_plots(trainer: Any, plots: bool) -> None:

@@ -54,8 +54,8 @@ SPEED_HELP = {
     "then about 9%% more samples/s; BENCHMARKS.md)",
     "packed_attention": "the loss forward on packed rows: causal attention with no mask (flash or cuDNN kernels), "
     "no per-row loops; same losses as Coqui's forward (off: Coqui's masked forward)",
-    "round_lengths": "pad packed rows to a multiple of 16 positions, so cuDNN attention plans each of a few "
-    "shapes once (off: every new row length is planned)",
+    "round_lengths": "pad packed rows to a multiple of 16 positions, so attention sees a few shapes (cuDNN "
+    "attention plans each new shape; off: rows keep their exact length)",
     "cudnn_attention": "SDPA's cuDNN attention backend (on a Hopper card faster than flash on packed rows; "
     "off: flash and memory-efficient kernels only, as --speed low-vram does)",
     "no_kv_cache": "let GPT2 fill its (unused) KV cache in training forwards",

@@ -168,9 +168,11 @@ def _counted_train_step(original: Callable[..., Any], counts: dict[str, Any]) ->
             from utils.training.compat import unwrap_model
 
             counts["first_step_at"] = time.time()
-            counts["params"] = sum(p.numel() for p in unwrap_model(self).xtts.gpt.parameters())
+            gpt = unwrap_model(self).xtts.gpt
+            counts["params"] = sum(p.numel() for p in gpt.parameters())
+            counts["multiple"] = getattr(gpt, "_toolkit_pack_multiple", 1)  # the round_lengths lever
         if isinstance(batch, dict) and "text_lengths" in batch and "wav_lengths" in batch:
-            c = batch_counts(batch)
+            c = batch_counts(batch, multiple=counts.get("multiple", 1))
             counts["tokens"] += c["tokens"]
             counts["padded_tokens"] += c["padded_tokens"]
             counts["samples"] += c["samples"]

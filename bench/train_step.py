@@ -198,14 +198,18 @@ def build_model(spec: BenchSpec, batch_size: int) -> tuple[Any, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def batch_counts(batch: dict[str, Any], prompt_tokens: int = 32) -> dict[str, float]:
-    """Samples, audio samples and GPT tokens (real and padded) of one collated batch."""
+def batch_counts(batch: dict[str, Any], prompt_tokens: int = 32, multiple: int = 1) -> dict[str, float]:
+    """Samples, audio samples and GPT tokens (real and padded) of one collated batch.
+
+    ``multiple``: rows padded to a multiple of that many positions (the ``round_lengths`` lever).
+    """
     tl = batch["text_lengths"].long()
     wl = batch["wav_lengths"].long()
     codes = torch.ceil(wl / fast_data.CODE_STRIDE).long()
     b = len(tl)
     real = int((prompt_tokens + tl + 2 + codes + 5).sum())
-    padded = b * (prompt_tokens + int(tl.max()) + 2 + int(codes.max()) + 5)
+    row = prompt_tokens + int(tl.max()) + 2 + int(codes.max()) + 5
+    padded = b * (row + (-row) % max(1, multiple))
     return {"samples": b, "audio_samples": int(wl.sum()), "tokens": real, "padded_tokens": padded}
 
 

@@ -430,3 +430,12 @@ def test_the_attention_backend_choice_is_baked_into_each_compiled_graph(monkeypa
 
     assert entered(codes[True]) == ["CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]
     assert entered(codes[False]) == ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]
+
+
+def test_padded_token_counts_include_the_rounding_of_packed_rows() -> None:
+    """Two clips: rows of 32 + text + 2 + codes + 5 positions; rounded rows count up to a multiple of 16."""
+    batch = {"text_lengths": torch.tensor([10, 4]), "wav_lengths": torch.tensor([20 * 1024, 8 * 1024])}
+    exact = bench_step.batch_counts(batch)
+    rounded = bench_step.batch_counts(batch, multiple=16)
+    assert exact["tokens"] == rounded["tokens"] == (32 + 10 + 2 + 20 + 5) + (32 + 4 + 2 + 8 + 5)  # 69 + 51
+    assert exact["padded_tokens"] == 2 * 69 and rounded["padded_tokens"] == 2 * 80

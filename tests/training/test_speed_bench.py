@@ -439,3 +439,41 @@ def test_padded_token_counts_include_the_rounding_of_packed_rows() -> None:
     rounded = bench_step.batch_counts(batch, multiple=16)
     assert exact["tokens"] == rounded["tokens"] == (32 + 10 + 2 + 20 + 5) + (32 + 4 + 2 + 8 + 5)  # 69 + 51
     assert exact["padded_tokens"] == 2 * 69 and rounded["padded_tokens"] == 2 * 80
+
+
+def test_low_vram_levers_on_a_gpu_checkpoint_around_each_compiled_gpt2_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The low-VRAM preset's wiring (as on a CUDA machine): GPT2 blocks are compiled with the
+    checkpoint outside the compiled call, under the flash-only backends; the conditioning encoder's
+    blocks keep their eager checkpoint."""
+    import types
+
+    import torch.utils.checkpoint as ckpt_module
+
+    from tests.training.test_packed_forward import _gpt
+    from utils.training.speed_options import SpeedOptions
+
+    compiled: list[Any] = []
+
+    def fake_compile(fn, dynamic=None):
+        compiled.append(fn)
+        return fn
+
+    checkpointed: list[Any] = []
+    real_checkpoint = ckpt_module.checkpoint
+
+    def spy_checkpoint(fn, *args, **kwargs):
+        checkpointed.append(fn)
+        return real_checkpoint(fn, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(ckpt_module, "checkpoint", spy_checkpoint)
+    gpt = _gpt().train()
+    model = types.SimpleNamespace(xtts=types.SimpleNamespace(gpt=gpt))
+    applied = speed._model_levers(model, SpeedOptions.low_vram(), cuda=True)
+    assert {"grad_checkpointing", "compile", "no_cudnn_attention"} <= set(applied)
+    assert len(compiled) == len(gpt.gpt.h) == 2
+    assert all("forward" not in vars(block) for block in gpt.gpt.h)  # no eager checkpoint inside
+    assert all("forward" in vars(block) for block in gpt.conditioning_encoder.attn)
+    out = gpt.gpt.h[0](torch.randn(2, 5, gpt.gpt.config.n_embd))
+    assert torch.is_tensor(out[0] if isinstance(out, tuple) else out)
+    assert checkpointed == [compiled[0]]  # the checkpoint ran the compiled call itself

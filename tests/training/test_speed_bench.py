@@ -477,3 +477,30 @@ def test_low_vram_levers_on_a_gpu_checkpoint_around_each_compiled_gpt2_block(mon
     out = gpt.gpt.h[0](torch.randn(2, 5, gpt.gpt.config.n_embd))
     assert torch.is_tensor(out[0] if isinstance(out, tuple) else out)
     assert checkpointed == [compiled[0]]  # the checkpoint ran the compiled call itself
+
+
+def test_eager_paths_keep_cudnn_out_of_the_forward_and_of_its_recompute() -> None:
+    """exclude_cudnn_attention and the eager checkpoint (exclude_cudnn=True) run their module, and the
+    checkpoint's recomputation in backward, with SDPA's cuDNN backend switched off."""
+    from torch.nn.attention import SDPBackend, _cur_sdpa_kernel_backends
+
+    class Probe(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+            self.seen: list[bool] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.seen.append(SDPBackend.CUDNN_ATTENTION in _cur_sdpa_kernel_backends())
+            return self.lin(x).relu()
+
+    outside = Probe()
+    speed.exclude_cudnn_attention(outside)
+    outside(torch.randn(2, 4))
+    checkpointed = Probe().train()
+    speed._checkpoint_module(checkpointed, exclude_cudnn=True)
+    checkpointed(torch.randn(2, 4, requires_grad=True)).sum().backward()  # forward, then the recompute
+    plain = Probe()
+    plain(torch.randn(2, 4))
+    assert outside.seen == [False] and checkpointed.seen == [False, False] and plain.seen == [True]
+    assert SDPBackend.CUDNN_ATTENTION in _cur_sdpa_kernel_backends()  # restored afterwards

@@ -176,16 +176,7 @@ def exclude_cudnn_attention(module: nn.Module) -> None:
     (causal, no mask) cuDNN is the faster kernel on an H200, so this is off by default; the
     low-VRAM preset keeps it, as measured. The backward kernel follows the forward's choice.
     """
-    from torch.nn.attention import sdpa_kernel
-
-    inner = module.forward
-    backends = _NO_CUDNN_BACKENDS()
-
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        with sdpa_kernel(backends):
-            return inner(*args, **kwargs)
-
-    module.forward = forward  # instance attribute: only this module is affected
+    module.forward = _under_backends(module.forward, _NO_CUDNN_BACKENDS())  # this module only
 
 
 def enable_grad_checkpointing(model: Any, *, exclude_cudnn: bool = False, gpt2_blocks: bool = True) -> None:
@@ -214,14 +205,7 @@ def _checkpoint_module(module: nn.Module, exclude_cudnn: bool = False) -> None:
     from torch.utils.checkpoint import checkpoint
 
     inner = module.forward
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        if exclude_cudnn:
-            from torch.nn.attention import sdpa_kernel
-
-            with sdpa_kernel(_NO_CUDNN_BACKENDS()):
-                return inner(*args, **kwargs)
-        return inner(*args, **kwargs)
+    run = _under_backends(inner, _NO_CUDNN_BACKENDS() if exclude_cudnn else None)
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         if module.training and torch.is_grad_enabled():

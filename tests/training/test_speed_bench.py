@@ -7,6 +7,7 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -380,19 +381,85 @@ def test_checkpointed_compiled_blocks_keep_inputs_only_and_eager_gradients(monke
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_low_vram_levers_checkpoint_compiled_gpt2_blocks_outside_the_compiled_region() -> None:
-    """enable_grad_checkpointing(gpt2_blocks=False) leaves GPT2 blocks to compile_blocks; the
-    conditioning encoder's blocks are still checkpointed."""
+def test_low_vram_levers_leave_every_block_to_the_compiled_checkpoint() -> None:
+    """enable_grad_checkpointing(blocks=False) leaves the GPT2 and conditioning blocks to
+    compile_blocks; blocks=True wraps each of them in an eager checkpoint."""
     import types
 
     from transformers import GPT2Config, GPT2Model
 
-    gpt2 = GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=2))
-    enc = types.SimpleNamespace(attn=[torch.nn.Linear(4, 4)])
-    model = types.SimpleNamespace(xtts=types.SimpleNamespace(gpt=types.SimpleNamespace(gpt=gpt2, conditioning_encoder=enc)))
-    speed.enable_grad_checkpointing(model, gpt2_blocks=False)
-    assert all("forward" not in vars(block) for block in gpt2.h)  # untouched: the compiled call checkpoints
-    assert "forward" in vars(enc.attn[0]) and gpt2.config.use_cache is False
+    def model() -> Any:
+        gpt2 = GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=2))
+        enc = types.SimpleNamespace(attn=[torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)])
+        return types.SimpleNamespace(xtts=types.SimpleNamespace(gpt=types.SimpleNamespace(gpt=gpt2, conditioning_encoder=enc)))
+
+    compiled, eager = model(), model()
+    speed.enable_grad_checkpointing(compiled, blocks=False)
+    speed.enable_grad_checkpointing(eager, blocks=True)
+    assert len(speed.training_blocks(compiled)) == 4
+    assert all("forward" not in vars(block) for block in speed.training_blocks(compiled))  # the compiled call checkpoints
+    assert all("forward" in vars(block) for block in speed.training_blocks(eager))
+    assert compiled.xtts.gpt.gpt.config.use_cache is False
+
+
+def _conditioning_gpt(blocks: int = 2) -> Any:
+    """A GPT-like namespace: two GPT2 blocks and a conditioning encoder with the fast attention blocks."""
+    import types
+
+    from transformers import GPT2Config, GPT2Model
+    from TTS.tts.layers.tortoise.autoregressive import ConditioningEncoder
+
+    torch.manual_seed(0)
+    enc = ConditioningEncoder(80, 64, attn_blocks=blocks, num_attn_heads=4)
+    for block in enc.attn:
+        nn.init.normal_(block.proj_out.weight, std=0.1)  # Coqui zero-initialises it
+    holder = nn.Module()
+    holder.conditioning_encoder = enc
+    speed.swap_conditioning_attention(holder)
+    gpt2 = GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    return types.SimpleNamespace(xtts=types.SimpleNamespace(gpt=types.SimpleNamespace(gpt=gpt2, conditioning_encoder=enc)))
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_compiled_conditioning_blocks_give_eager_outputs_and_gradients(recompute: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The conditioning encoder's attention blocks compile with the GPT2 blocks (real inductor on
+    the CPU): the same outputs and gradients as eager; with recompute a training forward keeps only
+    each block's input."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    eager_model, ours_model = _conditioning_gpt(), _conditioning_gpt()  # the fast forwards close over their own blocks
+    assert speed.compile_blocks(ours_model, recompute=recompute) == 2 + 2
+    monkeypatch.setattr(torch._dynamo.config, "suppress_errors", False)  # a failed compile raises here
+    x = torch.randn(3, 80, 37)
+
+    def run(model: Any) -> tuple[int, torch.Tensor, list[torch.Tensor]]:
+        enc = model.xtts.gpt.conditioning_encoder.train()
+        h = enc.init(x).detach().requires_grad_(True)
+        saved = [0]
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            saved[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = enc.attn(h)
+        out.square().sum().backward()
+        return saved[0], h.grad, [p.grad for p in enc.attn.parameters()]
+
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    eager_saved, eager_dh, eager_grads = run(eager_model)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == before
+    ours_saved, ours_dh, ours_grads = run(ours_model)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > before  # the compiled path ran
+    torch.testing.assert_close(ours_dh, eager_dh, rtol=1e-4, atol=1e-4)  # gradients of order 10
+    for a, b in zip(ours_grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    block_input = 3 * 64 * 37 * 4
+    if recompute:
+        assert ours_saved <= 2 * block_input < eager_saved / 4  # one input per block, not its activations
+    else:
+        assert ours_saved > 2 * block_input
 
 
 def test_the_attention_backend_choice_is_baked_into_each_compiled_graph(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -442,9 +509,8 @@ def test_padded_token_counts_include_the_rounding_of_packed_rows() -> None:
 
 
 def test_low_vram_levers_on_a_gpu_checkpoint_around_each_compiled_gpt2_block(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The low-VRAM preset's wiring (as on a CUDA machine): GPT2 blocks are compiled with the
-    checkpoint outside the compiled call, under the flash-only backends; the conditioning encoder's
-    blocks keep their eager checkpoint."""
+    """The low-VRAM preset's wiring (as on a CUDA machine): the GPT2 and conditioning-encoder blocks
+    are compiled with the checkpoint outside the compiled call, under the flash-only backends."""
     import types
 
     import torch.utils.checkpoint as ckpt_module
@@ -471,12 +537,15 @@ def test_low_vram_levers_on_a_gpu_checkpoint_around_each_compiled_gpt2_block(mon
     model = types.SimpleNamespace(xtts=types.SimpleNamespace(gpt=gpt))
     applied = speed._model_levers(model, SpeedOptions.low_vram(), cuda=True)
     assert {"grad_checkpointing", "compile", "no_cudnn_attention"} <= set(applied)
-    assert len(compiled) == len(gpt.gpt.h) == 2
+    blocks = speed.training_blocks(model)
+    assert len(compiled) == len(blocks) == len(gpt.gpt.h) + len(gpt.conditioning_encoder.attn) == 2 + 6
     assert all("forward" not in vars(block) for block in gpt.gpt.h)  # no eager checkpoint inside
-    assert all("forward" in vars(block) for block in gpt.conditioning_encoder.attn)
+    assert all(block.forward.__name__ == "forward" for block in gpt.conditioning_encoder.attn)  # the fast forward, unwrapped
     out = gpt.gpt.h[0](torch.randn(2, 5, gpt.gpt.config.n_embd))
     assert torch.is_tensor(out[0] if isinstance(out, tuple) else out)
-    assert checkpointed == [compiled[0]]  # the checkpoint ran the compiled call itself
+    enc = gpt.conditioning_encoder
+    enc.attn[0](torch.randn(2, enc.dim, 9))
+    assert checkpointed == [compiled[0], compiled[2]]  # the checkpoint ran the compiled calls themselves
 
 
 def test_eager_paths_keep_cudnn_out_of_the_forward_and_of_its_recompute() -> None:

@@ -179,26 +179,35 @@ def exclude_cudnn_attention(module: nn.Module) -> None:
     module.forward = _under_backends(module.forward, _NO_CUDNN_BACKENDS())  # this module only
 
 
-def enable_grad_checkpointing(model: Any, *, exclude_cudnn: bool = False, gpt2_blocks: bool = True) -> None:
+def enable_grad_checkpointing(model: Any, *, exclude_cudnn: bool = False, blocks: bool = True) -> None:
     """Recompute each GPT2 block and conditioning-encoder block in backward instead of storing it.
 
     Not through ``GPT2Model.gradient_checkpointing_enable``: transformers then asks for the input
     embeddings, and Coqui deletes ``gpt.wte`` (build_hf_gpt_transformer). ``use_cache`` goes off
     so no KV cache is built inside a checkpointed block. With ``exclude_cudnn`` the recomputation
     runs under the same SDPA backend choice as the forward (else the saved tensors differ).
-    ``gpt2_blocks=False`` leaves the GPT2 blocks to :func:`compile_blocks` (``recompute=True``),
-    which checkpoints around the compiled block: a checkpoint inside the compiled region fails in
+    ``blocks=False`` leaves the blocks to :func:`compile_blocks` (``recompute=True``), which
+    checkpoints around each compiled block: a checkpoint inside the compiled region fails in
     inductor's partitioner on the full-size GPT (``Node add_... was invalid, but is output``) and
     the block then ran eager.
     """
-    gpt2 = model.xtts.gpt.gpt
-    gpt2.config.use_cache = False
-    for block in gpt2.h if gpt2_blocks else ():
+    model.xtts.gpt.gpt.config.use_cache = False
+    for block in training_blocks(model) if blocks else ():
         _checkpoint_module(block, exclude_cudnn)
-    enc = getattr(model.xtts.gpt, "conditioning_encoder", None)
-    if enc is not None:
-        for block in enc.attn:
-            _checkpoint_module(block, exclude_cudnn)
+
+
+def training_blocks(model: Any) -> list[nn.Module]:
+    """The blocks a training step runs many times: the GPT2 blocks, then the conditioning encoder's.
+
+    The conditioning encoder runs six attention blocks over the 517 frames of each clip's
+    conditioning mel, unmasked: as much attention work as the 30 GPT2 blocks do on causal rows of
+    about 300 positions. Eager, its float32 GroupNorm and transposed layouts add several full-size
+    copies per block, forward and backward. These are what :func:`compile_blocks` compiles and :func:`enable_grad_checkpointing`
+    checkpoints.
+    """
+    gpt = model.xtts.gpt
+    enc = getattr(gpt, "conditioning_encoder", None)
+    return list(gpt.gpt.h) + list(getattr(enc, "attn", None) or ())
 
 
 def _checkpoint_module(module: nn.Module, exclude_cudnn: bool = False) -> None:
@@ -239,7 +248,9 @@ def train_without_kv_cache(gpt2: nn.Module) -> None:
 
 
 def compile_blocks(model: Any, *, recompute: bool = False, attention_backends: list[Any] | None = None) -> int:
-    """``torch.compile`` each GPT2 block's training forward (dynamic shapes: a new padded length each batch).
+    """``torch.compile`` the training forward of each of :func:`training_blocks` (dynamic shapes).
+
+    Shapes are dynamic because each batch brings a new padded length.
 
     Only training steps (block in train mode, autograd on) take the compiled path; evaluation and
     synthesis (eval mode, KV cache, one token at a time) stay eager, so they never wait for a
@@ -261,7 +272,7 @@ def compile_blocks(model: Any, *, recompute: bool = False, attention_backends: l
 
     compat.suppress_compile_errors()
     n = 0
-    for block in model.xtts.gpt.gpt.h:
+    for block in training_blocks(model):
         if getattr(block, "_toolkit_compiled", False):
             continue
         # as nn.Module.compile (torch.compile of _call_impl, used by Module.__call__), routed
@@ -519,7 +530,7 @@ def _model_levers(model: Any, opts: SpeedOptions, cuda: bool) -> list[str]:
     compiled = opts.compile and cuda
     exclude_cudnn = cuda and not opts.cudnn_attention
     if opts.grad_checkpointing:
-        enable_grad_checkpointing(model, exclude_cudnn=exclude_cudnn, gpt2_blocks=not compiled)
+        enable_grad_checkpointing(model, exclude_cudnn=exclude_cudnn, blocks=not compiled)
         applied.append("grad_checkpointing")
     if compiled:
         compile_blocks(model, recompute=opts.grad_checkpointing, attention_backends=sdpa_backends(not exclude_cudnn))

@@ -508,9 +508,11 @@ def test_padded_token_counts_include_the_rounding_of_packed_rows() -> None:
     assert exact["padded_tokens"] == 2 * 69 and rounded["padded_tokens"] == 2 * 80
 
 
-def test_low_vram_levers_on_a_gpu_checkpoint_around_each_compiled_gpt2_block(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("conditioning", [True, False])
+def test_low_vram_levers_on_a_gpu_checkpoint_around_each_compiled_block(conditioning: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """The low-VRAM preset's wiring (as on a CUDA machine): the GPT2 and conditioning-encoder blocks
-    are compiled with the checkpoint outside the compiled call, under the flash-only backends."""
+    are compiled with the checkpoint outside the compiled call, under the flash-only backends.
+    Without compile_conditioning the conditioning blocks keep an eager checkpoint instead."""
     import types
 
     import torch.utils.checkpoint as ckpt_module
@@ -535,17 +537,18 @@ def test_low_vram_levers_on_a_gpu_checkpoint_around_each_compiled_gpt2_block(mon
     monkeypatch.setattr(ckpt_module, "checkpoint", spy_checkpoint)
     gpt = _gpt().train()
     model = types.SimpleNamespace(xtts=types.SimpleNamespace(gpt=gpt))
-    applied = speed._model_levers(model, SpeedOptions.low_vram(), cuda=True)
+    applied = speed._model_levers(model, SpeedOptions.low_vram(compile_conditioning=conditioning), cuda=True)
     assert {"grad_checkpointing", "compile", "no_cudnn_attention"} <= set(applied)
-    blocks = speed.training_blocks(model)
-    assert len(compiled) == len(blocks) == len(gpt.gpt.h) + len(gpt.conditioning_encoder.attn) == 2 + 6
+    enc = gpt.conditioning_encoder
+    assert len(compiled) == len(gpt.gpt.h) + (len(enc.attn) if conditioning else 0) == 2 + (6 if conditioning else 0)
     assert all("forward" not in vars(block) for block in gpt.gpt.h)  # no eager checkpoint inside
-    assert all(block.forward.__name__ == "forward" for block in gpt.conditioning_encoder.attn)  # the fast forward, unwrapped
+    wrapped = [block.forward.__name__ for block in enc.attn]  # the fast forward, or the eager checkpoint around it
+    assert wrapped == ["forward"] * 6 and (vars(enc.attn[0])["forward"].__qualname__.startswith("_checkpoint_module") != conditioning)
     out = gpt.gpt.h[0](torch.randn(2, 5, gpt.gpt.config.n_embd))
     assert torch.is_tensor(out[0] if isinstance(out, tuple) else out)
-    enc = gpt.conditioning_encoder
     enc.attn[0](torch.randn(2, enc.dim, 9))
-    assert checkpointed == [compiled[0], compiled[2]]  # the checkpoint ran the compiled calls themselves
+    assert checkpointed[0] is compiled[0] and len(checkpointed) == 2  # the checkpoint ran the compiled GPT2 call itself
+    assert (checkpointed[1] in compiled) == conditioning  # and the compiled conditioning call, or the eager block
 
 
 def test_eager_paths_keep_cudnn_out_of_the_forward_and_of_its_recompute() -> None:

@@ -179,34 +179,39 @@ def exclude_cudnn_attention(module: nn.Module) -> None:
     module.forward = _under_backends(module.forward, _NO_CUDNN_BACKENDS())  # this module only
 
 
-def enable_grad_checkpointing(model: Any, *, exclude_cudnn: bool = False, blocks: bool = True) -> None:
+def enable_grad_checkpointing(
+    model: Any, *, exclude_cudnn: bool = False, blocks: bool = True, conditioning: bool = True
+) -> None:
     """Recompute each GPT2 block and conditioning-encoder block in backward instead of storing it.
 
     Not through ``GPT2Model.gradient_checkpointing_enable``: transformers then asks for the input
     embeddings, and Coqui deletes ``gpt.wte`` (build_hf_gpt_transformer). ``use_cache`` goes off
     so no KV cache is built inside a checkpointed block. With ``exclude_cudnn`` the recomputation
     runs under the same SDPA backend choice as the forward (else the saved tensors differ).
-    ``blocks=False`` leaves the blocks to :func:`compile_blocks` (``recompute=True``), which
-    checkpoints around each compiled block: a checkpoint inside the compiled region fails in
-    inductor's partitioner on the full-size GPT (``Node add_... was invalid, but is output``) and
-    the block then ran eager.
+    ``blocks=False`` leaves the GPT2 blocks (and with ``conditioning`` the conditioning encoder's)
+    to :func:`compile_blocks` (``recompute=True``), which checkpoints around each compiled block:
+    a checkpoint inside the compiled region fails in inductor's partitioner on the full-size GPT
+    (``Node add_... was invalid, but is output``) and the block then ran eager.
     """
     model.xtts.gpt.gpt.config.use_cache = False
-    for block in training_blocks(model) if blocks else ():
-        _checkpoint_module(block, exclude_cudnn)
+    compiled = set() if blocks else {id(b) for b in training_blocks(model, conditioning=conditioning)}
+    for block in training_blocks(model):
+        if id(block) not in compiled:
+            _checkpoint_module(block, exclude_cudnn)
 
 
-def training_blocks(model: Any) -> list[nn.Module]:
+def training_blocks(model: Any, *, conditioning: bool = True) -> list[nn.Module]:
     """The blocks a training step runs many times: the GPT2 blocks, then the conditioning encoder's.
 
     The conditioning encoder runs six attention blocks over the 517 frames of each clip's
     conditioning mel, unmasked: as much attention work as the 30 GPT2 blocks do on causal rows of
     about 300 positions. Eager, its float32 GroupNorm and transposed layouts add several full-size
-    copies per block, forward and backward. These are what :func:`compile_blocks` compiles and :func:`enable_grad_checkpointing`
-    checkpoints.
+    copies per block, forward and backward. These are what :func:`compile_blocks` compiles and
+    :func:`enable_grad_checkpointing` checkpoints; ``conditioning=False`` leaves the conditioning
+    encoder's out.
     """
     gpt = model.xtts.gpt
-    enc = getattr(gpt, "conditioning_encoder", None)
+    enc = getattr(gpt, "conditioning_encoder", None) if conditioning else None
     return list(gpt.gpt.h) + list(getattr(enc, "attn", None) or ())
 
 
@@ -247,7 +252,9 @@ def train_without_kv_cache(gpt2: nn.Module) -> None:
     gpt2.forward = forward
 
 
-def compile_blocks(model: Any, *, recompute: bool = False, attention_backends: list[Any] | None = None) -> int:
+def compile_blocks(
+    model: Any, *, recompute: bool = False, attention_backends: list[Any] | None = None, conditioning: bool = True
+) -> int:
     """``torch.compile`` the training forward of each of :func:`training_blocks` (dynamic shapes).
 
     Shapes are dynamic because each batch brings a new padded length.
@@ -272,7 +279,7 @@ def compile_blocks(model: Any, *, recompute: bool = False, attention_backends: l
 
     compat.suppress_compile_errors()
     n = 0
-    for block in training_blocks(model):
+    for block in training_blocks(model, conditioning=conditioning):
         if getattr(block, "_toolkit_compiled", False):
             continue
         # as nn.Module.compile (torch.compile of _call_impl, used by Module.__call__), routed
@@ -530,10 +537,12 @@ def _model_levers(model: Any, opts: SpeedOptions, cuda: bool) -> list[str]:
     compiled = opts.compile and cuda
     exclude_cudnn = cuda and not opts.cudnn_attention
     if opts.grad_checkpointing:
-        enable_grad_checkpointing(model, exclude_cudnn=exclude_cudnn, blocks=not compiled)
+        enable_grad_checkpointing(model, exclude_cudnn=exclude_cudnn, blocks=not compiled,
+                                  conditioning=opts.compile_conditioning)  # fmt: skip
         applied.append("grad_checkpointing")
     if compiled:
-        compile_blocks(model, recompute=opts.grad_checkpointing, attention_backends=sdpa_backends(not exclude_cudnn))
+        compile_blocks(model, recompute=opts.grad_checkpointing, attention_backends=sdpa_backends(not exclude_cudnn),
+                       conditioning=opts.compile_conditioning)  # fmt: skip
         applied.append("compile")
     return applied
 

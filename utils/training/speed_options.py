@@ -29,6 +29,7 @@ class SpeedOptions:
     pin_memory: bool = True  # pinned host batches, asynchronous copies
     num_workers: int = 8  # loader worker processes
     compile: bool = True  # torch.compile each GPT2 block for training steps (dynamic shapes; eager on failure)
+    compile_conditioning: bool = True  # with compile: the conditioning encoder's attention blocks too
     grad_checkpointing: bool = False  # recompute GPT2 blocks in backward (low VRAM)
     optimizer_8bit: bool = False  # bitsandbytes AdamW8bit states (low VRAM)
     offload_frozen: bool = True  # HiFiGAN (and DVAE when codes are cached) off the GPU

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's measurements for BENCHMARKS.md, run on the device machine:
-#   bash scripts/gpu_bench_session.sh OUT_DIR [parity fast fast_noround rerun oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash imports big compile | all]
+#   bash scripts/gpu_bench_session.sh OUT_DIR [parity fast fast_noround fast_nocond lowvram_nocond rerun oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash imports big compile | all]
 # Expects the Coqui stack as wheels in .whl/ (see ../shared/OFFLINE_GPU.md); each step has its own
 # time limit so a slow one cannot take the rest with it. Results: OUT_DIR/*.json and *.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [parity fast fast_noround rerun oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash imports big compile | all]}
+OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [parity fast fast_noround fast_nocond lowvram_nocond rerun oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash imports big compile | all]}
 WHAT=${2:-all}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -34,6 +34,18 @@ if run fast_noround; then
   # the same run with packed rows at their exact lengths (--no-round-lengths): what the rounding costs or saves
   timeout 330 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 3 --no-round-lengths \
     --out "$OUT/e2e_noround.json" --no-progress > "$OUT/e2e_noround.log" 2>&1
+fi
+if run fast_nocond; then
+  # the defaults with the conditioning encoder left eager (--no-compile-conditioning), profiled as "fast" is
+  timeout 330 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 3 --no-compile-conditioning \
+    --profile-steps 4 --out "$OUT/e2e_nocond.json" --no-progress > "$OUT/e2e_nocond.log" 2>&1
+  cp $W/profile.txt "$OUT/profile_nocond.txt" 2>/dev/null
+fi
+if run lowvram_nocond; then
+  # the low-VRAM preset under 7 GiB with the conditioning encoder eager (its own eager checkpoint)
+  timeout 240 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 2 --speed low-vram \
+    --no-compile-conditioning --memory-cap-gib 7 --out "$OUT/e2e_lowvram_nocond.json" --no-progress \
+    > "$OUT/e2e_lowvram_nocond.log" 2>&1
 fi
 if run rerun; then
   # a second run on the same clips: the clip cache (waveforms, DVAE codes) and the compile cache are warm
@@ -94,7 +106,8 @@ if run imports; then
 fi
 if run big; then
   # all-in on long epochs: 20,480 clips (19,840 train), 2 epochs, the default evaluation cadence;
-  # its own call (clip synthesis and DVAE codes for 20k clips come first: several minutes)
+  # its own call with the full 600 s: clip synthesis, preflight (10 s), the clip cache (68 s for
+  # 19,840 clips) and the probes come first, about 3 minutes before the first step
   timeout 480 python3 scripts/bench_gpt_train.py --workdir /tmp/bgt_big --clips 20480 --epochs 2 \
     --out "$OUT/e2e_big.json" --no-progress > "$OUT/e2e_big.log" 2>&1
 fi

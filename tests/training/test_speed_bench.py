@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -576,3 +577,38 @@ def test_eager_paths_keep_cudnn_out_of_the_forward_and_of_its_recompute() -> Non
     plain(torch.randn(2, 4))
     assert outside.seen == [False] and checkpointed.seen == [False, False] and plain.seen == [True]
     assert SDPBackend.CUDNN_ATTENTION in _cur_sdpa_kernel_backends()  # restored afterwards
+
+
+def test_compiled_runs_keep_torchs_compile_cache_in_the_output_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With compile on, torch's inductor cache goes to OUTPUT/.compile_cache (a real CPU compile
+    writes its kernels there), also when torch has put its default into TORCHINDUCTOR_CACHE_DIR;
+    a folder the user set there is kept."""
+    import types
+
+    import torch._dynamo
+
+    from tests.training.test_packed_forward import _gpt
+    from utils.training.speed_options import SpeedOptions
+
+    from utils.training.compat import default_compile_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_compile_cache_dir())  # what importing torch._dynamo leaves
+    off = {name: False for name, value in SpeedOptions().to_dict().items() if isinstance(value, bool)}
+    model = types.SimpleNamespace(xtts=types.SimpleNamespace(gpt=_gpt().train()))
+    config = types.SimpleNamespace(output_path=str(tmp_path / "runs"), optimizer_params={}, optimizer="AdamW")
+    with monkeypatch.context() as gpu:  # the levers as on a CUDA machine
+        gpu.setattr(torch.cuda, "is_available", lambda: True)
+        gpu.setattr(torch, "compile", lambda fn, dynamic=None: fn)
+        applied = speed.apply_speed_options(model, config, SpeedOptions(**{**off, "compile": True}), "cuda")
+    cache = tmp_path / "runs" / speed.COMPILE_CACHE
+    assert "compile" in applied
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache) and cache.is_dir()
+
+    torch._dynamo.reset()
+    torch.compile(lambda x: (x * 3).sin() + 1)(torch.randn(16))
+    assert list(cache.rglob("*.py")) or list(cache.rglob("*.so"))  # the compiled kernel landed there
+
+    other = tmp_path / "mine"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(other))
+    assert speed.keep_compile_cache(tmp_path / "elsewhere") == str(other)
+    assert not (tmp_path / "elsewhere").exists()

@@ -158,6 +158,17 @@ def set_compiled_call(module: Any, call: Callable[..., Any]) -> None:
     module._compiled_call_impl = call
 
 
+def default_compile_cache_dir() -> str:
+    """The folder torch's inductor caches go to when ``TORCHINDUCTOR_CACHE_DIR`` is not set.
+
+    Importing ``torch._dynamo`` (transformers does) already writes that default into the
+    environment variable, so a set variable alone does not mean a user chose it.
+    """
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    return default_cache_dir()
+
+
 def suppress_compile_errors() -> None:
     """A compile that fails falls back to eager with a warning (``torch._dynamo.config.suppress_errors``)."""
     import torch._dynamo

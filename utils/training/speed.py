@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import types
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -481,8 +483,36 @@ def apply_speed_options(model: Any, config: Any, opts: SpeedOptions, device: tor
         applied.append("offload_frozen")
     if opts.num_workers:
         config.num_loader_workers = opts.num_workers
+    if "compile" in applied and getattr(config, "output_path", None):
+        where = keep_compile_cache(Path(config.output_path) / COMPILE_CACHE)
+        logger.info("compile cache: %s (a later run with the same model, GPU and torch compiles little)", where)
     logger.info("speed levers: %s", ", ".join(applied) or "none")
     return applied
+
+
+# torch's compile caches, beside the clip cache in the output folder (see keep_compile_cache)
+COMPILE_CACHE = ".compile_cache"
+
+
+def keep_compile_cache(directory: Path) -> str:
+    """Keep torch's compile caches (inductor's graphs and kernels, AOTAutograd, Triton) in ``directory``.
+
+    Torch keeps them in the system's temporary folder by default, which a reboot or a new
+    container empties, and the first run's compiling (most of its start-up) then comes back. In the
+    output folder they last as long as the clip cache. A folder the user set in
+    ``TORCHINDUCTOR_CACHE_DIR`` is kept (torch itself writes its default there on import).
+
+    Returns:
+        The folder in use.
+    """
+    from utils.training.compat import default_compile_cache_dir
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current and current != default_compile_cache_dir():
+        return current
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory)
+    return str(directory)
 
 
 def _precision_levers(config: Any, opts: SpeedOptions, cuda: bool) -> list[str]:

@@ -243,13 +243,14 @@ def test_auto_micro_batch_search(monkeypatch: pytest.MonkeyPatch) -> None:
     b = speed.auto_micro_batch(probe, 7 * 2**30, max_batch=64)
     assert 4.2 + 0.06 * b <= 0.9 * 7  # fits with the 10% margin
     assert b >= 28  # and is not far below the largest that fits (35)
-    assert sizes[:2] == [1, 1] and 64 in sizes
+    assert sizes[:2] == [2, 2] and 64 in sizes  # never 1: a compiled step would specialise on it
+    assert 1 not in sizes
 
 
 @pytest.mark.parametrize(
     ("effective", "limit_clips", "chosen", "most_probes"),
     [
-        (252, 221, 126, 7),  # the H200: 1, 1, then 5 of the 18 divisors (earlier: 13 probes)
+        (252, 221, 126, 7),  # the H200: 2, 2, then 5 of the 18 divisors (earlier: 13 probes)
         (252, 100, 84, 7),
         (251, 128, 128, 16),  # a prime: 1 and 251 only, so the sizes between are searched for the warning
     ],
@@ -271,7 +272,22 @@ def test_auto_micro_batch_probes_only_the_exact_splits(monkeypatch, effective, l
     assert b >= chosen - max(1, chosen // 8) and b <= limit_clips
     if effective % chosen == 0:
         assert b == chosen and set(sizes) <= set(divisors)
-    assert len(sizes) <= most_probes
+    assert len(sizes) <= most_probes and sizes[:2] == [2, 2] and 1 not in sizes
+
+
+def test_auto_micro_batch_falls_back_to_one_clip_when_two_do_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("synchronize", "empty_cache", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: 0)
+    sizes: list[int] = []
+
+    def probe(b: int) -> None:
+        sizes.append(b)
+        if b > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    assert speed.auto_micro_batch(probe, 8 * 2**30, candidates=[1, 2, 3, 6]) == 1
+    assert sizes == [2]
 
 
 def test_end_to_end_bench_reports_training_and_all_in_rates(tiny_base: Path, tmp_path: Path) -> None:

@@ -614,8 +614,8 @@ def auto_micro_batch(
     ``probe(b)`` must run one full training step (forward, backward, optimizer step) on a
     worst-case batch of ``b`` clips (the longest clips) and leave the optimizer state and the
     gradient buffers allocated (``zero_grad(set_to_none=False)``), as they are during training
-    with gradient accumulation. A first ``probe(1)`` allocates that state (and compiles). A CUDA
-    OOM counts as not fitting.
+    with gradient accumulation. A first probe at 2 clips allocates that state (and compiles). A
+    CUDA OOM counts as not fitting.
 
     With ``candidates`` (the sizes a plan can use, e.g. the divisors of the effective batch), a
     bisection over them finds the largest that fits: 5 probes for the 18 divisors of 252. Only
@@ -644,12 +644,18 @@ def auto_micro_batch(
         logger.info("auto micro-batch: %d clips peak at %.2f GiB reserved", b, peak / 2**30)
         return peak <= limit
 
-    if not fits(1) or not fits(1):  # first call allocates the optimizer state, second measures with it
+    # The first call allocates the optimizer state (and compiles), the second measures with it. At
+    # 2 clips, not 1: torch.compile specialises a dimension of size 1, so a probe at 1 compiles
+    # graphs that training never runs (on an H200 the probe at 1 clip took 23 s, and the next, at
+    # 18, compiled again for 11 s: BENCHMARKS.md).
+    warm = min(2, max_batch)
+    if not fits(warm) or not fits(warm):
         return 1
-    good, bad = 1, None
+    good, bad = warm, None
     sizes = sorted({c for c in (candidates or []) if 1 < c <= max_batch})
     if sizes:
-        lo, hi = -1, len(sizes)  # sizes[lo] fits (-1: size 1), sizes[hi] does not (len: beyond the list)
+        # sizes[lo] fits (-1: size 1), sizes[hi] does not (len: beyond the list); those up to warm fit
+        lo, hi = sum(1 for c in sizes if c <= warm) - 1, len(sizes)
         while hi - lo > 1:
             mid = (lo + hi) // 2
             if fits(sizes[mid]):
@@ -661,6 +667,7 @@ def auto_micro_batch(
         if bad is None or good >= bad // 2:
             logger.info("auto micro-batch: %d (budget %.2f GiB, limit %.0f%%)", good, budget_bytes / 2**30, 100 * margin)
             return good
+        good = max(good, warm)  # searching on for the largest size of all (for the split's warning)
     while bad is None and good < max_batch:
         b = min(good * 2, max_batch)
         if fits(b):

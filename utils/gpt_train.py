@@ -50,8 +50,8 @@ SPEED_HELP = {
     "auto_batch": "pick the micro-batch from GPU memory, keeping the effective batch (off: the table's "
     "micro-batch, or --batch-size)",
     "oom_backoff": "on CUDA out of memory: at most half the micro-batch, the same effective batch, go on",
-    "compile": "torch.compile of the GPT2 (and conditioning) blocks' training forward (about 30 s of compiling in the first steps, "
-    "then about 9%% more samples/s; BENCHMARKS.md)",
+    "compile": "torch.compile of the GPT2 (and conditioning) blocks' training forward (about 30 s of compiling "
+    "in the first steps, then about 9%% more samples/s; BENCHMARKS.md)",
     "compile_conditioning": "the conditioning encoder's six attention blocks compiled with the GPT2 blocks "
     "(less GPU time per step, a few more seconds of compiling at the start)",
     "packed_attention": "the loss forward on packed rows: causal attention with no mask (flash or cuDNN kernels), "

@@ -49,8 +49,8 @@ RUN_HPARAMS: tuple[str, ...] = (
 SPEED_SWITCHES: tuple[str, ...] = (
     "bf16", "tf32", "fused_adamw", "fast_gelu", "sdpa_conditioning", "fast_heads", "packed_attention",
     "round_lengths", "cudnn_attention", "host_lengths", "no_kv_cache", "cache_dvae_codes", "bucket_lengths",
-    "pin_memory", "compile", "compile_conditioning", "grad_checkpointing", "optimizer_8bit", "offload_frozen", "expandable_segments",
-    "auto_batch", "oom_backoff",
+    "pin_memory", "compile", "compile_conditioning", "grad_checkpointing", "optimizer_8bit", "offload_frozen",
+    "expandable_segments", "auto_batch", "oom_backoff",
 )  # fmt: skip
 
 # The demo's values: a recipe layer, so a dry run of the demo shows them with source "recipe".

@@ -97,31 +97,3 @@ def test_a_changed_clip_and_a_changed_dvae_are_computed_again(model_and_rows, mo
     os.utime(dvae, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     fast_data.prepare_clip_cache(model, rows, cache, device="cpu", load_audio=load, progress=False)
     assert calls == {"decoded": 7, "encoded": 13}
-
-
-def test_clips_decode_in_threads_and_keep_the_row_order(model_and_rows, monkeypatch, tmp_path):
-    """Decoding runs in several threads; kept clips and exclusions (text and length problems, mixed)
-    come back in row order."""
-    import threading
-    import time
-
-    model, rows, _ = model_and_rows
-    rows = [dict(r) for r in rows]
-    rows[1]["text"] = "   "  # a text problem, found before decoding
-    short = tmp_path / "short.wav"
-    sf.write(short, [0.0] * 2205, 22050)  # 0.1 s: a length problem, found while decoding
-    rows[4]["audio_file"] = str(short)
-    threads: set[str] = set()
-    monkeypatch.setattr(fast_data, "DECODE_WORKERS", 3)
-
-    def slow_load(path, sr):
-        threads.add(threading.current_thread().name)
-        time.sleep(0.05)  # long enough that the pool hands the rows to several threads
-        return fast_data.load_audio_soundfile(path, sr)
-
-    items, excluded = fast_data.prepare_clip_cache(model, rows, tmp_path / "cache", device="cpu", load_audio=slow_load,
-                                                   progress=False)  # fmt: skip
-    assert [it.source for it in items] == [rows[i]["audio_file"] for i in (0, 2, 3, 5)]
-    assert [(e["audio_file"], e["reason"]) for e in excluded] == [
-        (rows[1]["audio_file"], "empty_text"), (str(short), "too_short")]  # fmt: skip
-    assert len(threads) > 1 and all(name.startswith("decode") for name in threads)

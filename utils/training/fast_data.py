@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +43,6 @@ logger = logging.getLogger(__name__)
 CODE_STRIDE = 1024
 #: Zero samples appended after each clip when computing its codes (see compute_dvae_codes).
 PAD_AFTER = 2048
-#: Threads that decode clips into the cache (prepare_clip_cache).
-DECODE_WORKERS = min(8, os.cpu_count() or 1)
 
 
 def load_audio_soundfile(path: str | Path, sample_rate: int) -> torch.Tensor:
@@ -207,26 +204,17 @@ def compute_dvae_codes(model: Any, wavs: Sequence[torch.Tensor], device: torch.d
     return out
 
 
-def _check_text(s: dict[str, Any], tokenizer: Any, special: SpecialTokens, args: Any) -> torch.Tensor:
-    """The text checks of utils.data.preflight on one row; its token ids.
+def _check_and_decode(s: dict[str, Any], tokenizer: Any, special: SpecialTokens, args: Any, sr: int, cache_dir: Path,
+                      load_audio: Callable[[str, int], torch.Tensor], content: str | None) -> tuple[dict[str, Any], torch.Tensor, str, int]:  # fmt: skip
+    """The sample checks (utils.data.preflight) on one row, and its waveform in the cache.
 
     Raises:
-        SampleProblem: empty text, [UNK] or [STOP] tokens, too many tokens.
+        SampleProblem: the row fails a check (empty text, [UNK]/[STOP] tokens, too long, length).
     """
     text = str(s["text"])
     check_text(text)
     ids = tokenizer.encode(text, s["language"])
     check_tokens(ids, special, int(args.max_text_length))
-    return torch.IntTensor(ids)
-
-
-def _decode_into_cache(s: dict[str, Any], args: Any, sr: int, cache_dir: Path,
-                       load_audio: Callable[[str, int], torch.Tensor], content: str | None) -> tuple[str, int]:  # fmt: skip
-    """One row's waveform in the cache (decoded unless its content is there already): ``(npy, samples)``.
-
-    Raises:
-        SampleProblem: the clip is too short or too long.
-    """
     key = content or hashlib.sha1(str(s["audio_file"]).encode()).hexdigest()[:20]
     npy = cache_dir / _cache_name(key, sr)
     if content is not None and npy.exists():
@@ -237,47 +225,7 @@ def _decode_into_cache(s: dict[str, Any], args: Any, sr: int, cache_dir: Path,
     check_length(n, sr, max_samples=int(args.max_wav_length))
     if wav is not None:
         _save_atomic(npy, wav[0].numpy().astype(np.float32))
-    return str(npy), n
-
-
-def _check_and_decode_all(samples: Sequence[dict[str, Any]], contents: Sequence[str | None], tokenizer: Any,
-                          special: SpecialTokens, args: Any, sr: int, cache_dir: Path,
-                          load_audio: Callable[[str, int], torch.Tensor], progress: bool,
-                          workers: int | None = None) -> tuple[list[tuple[dict[str, Any], torch.Tensor, str, int]], list[dict[str, Any]]]:  # fmt: skip
-    """The checks on every row and the waveforms in the cache: ``(pending, excluded)``, both in row order.
-
-    The text checks run here, one row after the other (some of Coqui's text cleaners keep state);
-    decoding and writing the waveforms run in ``workers`` threads (default :data:`DECODE_WORKERS`;
-    soundfile and file writes leave the interpreter free). A first run over 20,000 clips spent 68 s
-    in the clip cache on an H200 machine (BENCHMARKS.md), decoding included.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
-    tokens: list[torch.Tensor | None] = []
-    problems: dict[int, SampleProblem] = {}
-    for i, s in enumerate(samples):
-        try:
-            tokens.append(_check_text(s, tokenizer, special, args))
-        except SampleProblem as problem:
-            tokens.append(None)
-            problems[i] = problem
-    pending: list[tuple[dict[str, Any], torch.Tensor, str, int]] = []
-    with ThreadPoolExecutor(max_workers=max(1, workers or DECODE_WORKERS), thread_name_prefix="decode") as pool:
-        jobs = {i: pool.submit(_decode_into_cache, s, args, sr, cache_dir, load_audio, content)
-                for i, (s, content) in enumerate(zip(samples, contents)) if tokens[i] is not None}  # fmt: skip
-        for i in tqdm(range(len(samples)), desc="decode clips", disable=not progress):
-            if i not in jobs:
-                continue
-            try:
-                npy, n = jobs[i].result()
-            except SampleProblem as problem:
-                problems[i] = problem
-                continue
-            pending.append((samples[i], tokens[i], npy, n))
-    excluded = [problems[i].record(samples[i]["audio_file"]) for i in sorted(problems)]
-    return pending, excluded
+    return s, torch.IntTensor(ids), str(npy), n
 
 
 def _codes_path(npy: str, key: str) -> Path:
@@ -359,11 +307,13 @@ def prepare_clip_cache(
         device: where the DVAE runs for this pass (moved there and back if it lives elsewhere).
         batch_size: clips per DVAE batch (length-sorted).
         load_audio: decoder, ``(path, sample_rate) -> (1, n)`` float tensor.
-        progress: show the progress bars (decoding, DVAE codes).
+        progress: show one tqdm bar.
 
     Returns:
         ``(items, excluded)``: kept clips and ``{"audio_file", "reason", "detail"}`` dicts.
     """
+    from tqdm import tqdm
+
     config = model.config
     args = config.model_args
     sr = int(config.audio.sample_rate)
@@ -371,9 +321,14 @@ def prepare_clip_cache(
     cache_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = model.xtts.tokenizer
     special = SpecialTokens.of(tokenizer)
+    pending: list[tuple[dict[str, Any], torch.Tensor, str, int]] = []
+    excluded: list[dict[str, Any]] = []
     contents = file_digests([str(s["audio_file"]) for s in samples], index=cache_dir / "file_digests.json")
-    pending, excluded = _check_and_decode_all(samples, contents, tokenizer, special, args, sr, cache_dir, load_audio,
-                                              progress)  # fmt: skip
+    for s, content in tqdm(zip(samples, contents), total=len(samples), desc="decode clips", disable=not progress):
+        try:
+            pending.append(_check_and_decode(s, tokenizer, special, args, sr, cache_dir, load_audio, content))
+        except SampleProblem as problem:
+            excluded.append(problem.record(s["audio_file"]))
 
     items = _codes_for(model, pending, device, batch_size, progress, codes_key=dvae_key(config))
     kept = [it for it in items if it is not None]

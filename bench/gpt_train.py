@@ -181,6 +181,22 @@ def _counted_train_step(original: Callable[..., Any], counts: dict[str, Any]) ->
     return train_step
 
 
+def _idle_gaps(prof: Any, trace_gz: Path) -> dict[str, Any]:
+    """The profile's GPU idle gaps by host op (:func:`bench.gpu_gaps.gpu_idle_gaps`); the trace kept gzipped."""
+    import gzip
+    import shutil
+
+    from bench.gpu_gaps import gpu_idle_gaps
+
+    raw = trace_gz.with_suffix("")
+    prof.export_chrome_trace(str(raw))
+    trace = json.loads(raw.read_text(encoding="utf-8"))
+    with open(raw, "rb") as src, gzip.open(trace_gz, "wb", compresslevel=6) as dst:
+        shutil.copyfileobj(src, dst)
+    raw.unlink()
+    return gpu_idle_gaps(trace.get("traceEvents", []))
+
+
 def _profiled_train_step(original: Callable[..., Any], steps: int, out: dict[str, Any], root: Path) -> Callable[..., Any]:
     """Wrap ``ToolkitTrainer.train_step``: profile ``steps`` steps from the second epoch's 3rd."""
     from torch.profiler import ProfilerActivity, profile
@@ -239,6 +255,7 @@ def _profiled_train_step(original: Callable[..., Any], steps: int, out: dict[str
                 # inclusive host time: which layer of the step (checkpoint, optimizer, compiled call) holds it
                 nested = events.table(sort_by="cpu_time_total", row_limit=40)
                 (root / "profile.txt").write_text(table + "\n\n" + cpu_table + "\n\n" + nested, encoding="utf-8")
+                out["gpu_idle"] = _idle_gaps(prof, root / "profile_trace.json.gz")
                 kernels = [e for e in events if e.device_type == DeviceType.CUDA]
                 out["top_gpu"] = [(e.key[:60], round(e.self_device_time_total / 1e3, 1))
                                   for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:12]]  # fmt: skip

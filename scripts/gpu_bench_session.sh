@@ -28,7 +28,7 @@ if run fast; then
   # the default path: automatic micro-batch, every safe lever, profile of 4 steps in epoch 2
   timeout 330 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 3 --profile-steps 4 \
     --out "$OUT/e2e_default.json" --no-progress > "$OUT/e2e_default.log" 2>&1
-  cp $W/profile.txt "$OUT/" 2>/dev/null
+  cp $W/profile.txt $W/profile_trace.json.gz "$OUT/" 2>/dev/null  # the trace: chrome://tracing or Perfetto
 fi
 if run fast_noround; then
   # the same run with packed rows at their exact lengths (--no-round-lengths): what the rounding costs or saves

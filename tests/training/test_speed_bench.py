@@ -305,7 +305,8 @@ def test_end_to_end_bench_reports_training_and_all_in_rates(tiny_base: Path, tmp
     assert (r["micro_batch"], r["grad_accum"]) == (3, 84)  # the table's sizes: no GPU to size from
     assert "needs a CUDA GPU" in r["micro_batch_log"][0]
     assert r["profile"]["steps"] == 2 and r["profile"]["wall_s"] > 0 and r["profile"]["top_cpu"]
-    assert (tmp_path / "profile.txt").is_file()
+    assert (tmp_path / "profile.txt").is_file() and (tmp_path / "profile_trace.json.gz").is_file()
+    assert r["profile"]["gpu_idle"]["gaps"] == 0 and r["profile"]["gpu_idle"]["by_host_op"] == []  # no kernels on a CPU
     assert r["profile"]["calls"]["aten::item"] >= 0
     # token counts for MFU: 32 prompt latents + text + 2 + codes + 5 per clip, clips of 1-11 s
     assert 32 + 7 + 22 < r["useful_tokens_per_sample"] < 32 + 250 + 7 + 240
@@ -628,3 +629,26 @@ def test_compiled_runs_keep_torchs_compile_cache_in_the_output_folder(tmp_path: 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(other))
     assert speed.keep_compile_cache(tmp_path / "elsewhere") == str(other)
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_gpu_idle_gaps_are_charged_to_the_host_ops_open_when_work_resumed() -> None:
+    """Kernels with a 50 us gap (no host op open), a 10 us gap (launch latency, not charged) and a
+    700 us gap that ends inside the optimizer's fused kernel launch; another thread's ops are ignored."""
+    from bench.gpu_gaps import NO_OP, gpu_idle_gaps
+
+    def x(cat: str, name: str, ts: float, dur: float, tid: int = 1) -> dict:
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "pid": 1, "tid": tid}
+
+    events = [
+        x("kernel", "gemm", 0, 100, tid=7), x("kernel", "gelu", 150, 100, tid=7), x("gpu_memset", "m", 260, 40, tid=7),
+        x("kernel", "adamw", 1000, 100, tid=7),
+        x("cpu_op", "aten::mm", 0, 20), x("cpu_op", "aten::gelu", 160, 5), x("cpu_op", "aten::zero_", 255, 4),
+        x("user_annotation", "Optimizer.step#AdamW.step", 900, 150), x("cpu_op", "aten::_fused_adamw_", 990, 10),
+        x("cpu_op", "DataLoader.__next__", 120, 60, tid=2),  # another thread: never charged
+        {"ph": "i", "cat": "kernel", "name": "instant", "ts": 500},  # not a complete event
+    ]
+    r = gpu_idle_gaps(events)
+    assert (r["span_us"], r["busy_us"], r["idle_us"], r["gaps"]) == (1100.0, 340.0, 760.0, 3)
+    assert r["by_host_op"] == [["Optimizer.step#AdamW.step > aten::_fused_adamw_", 700.0, 1], [NO_OP, 50.0, 1]]
+    assert r["charged_us"] == 750.0  # the 10 us gap is idle time but below min_gap_us
+    assert gpu_idle_gaps([])["gaps"] == 0

@@ -108,6 +108,8 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
             logging.getLogger(name).removeHandler(catcher)
             logging.getLogger(name).setLevel(levels[name])
     wall = time.time() - started
+    if "_prof" in profile:
+        profile["gpu_idle"] = _idle_gaps(profile.pop("_prof"), root / "profile_trace.json.gz")
     run_dir = sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))[-1]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     report = json.loads((run_dir / "preflight_report.json").read_text())
@@ -189,8 +191,11 @@ def _idle_gaps(prof: Any, trace_gz: Path) -> dict[str, Any]:
     from bench.gpu_gaps import gpu_idle_gaps
 
     raw = trace_gz.with_suffix("")
-    prof.export_chrome_trace(str(raw))
-    trace = json.loads(raw.read_text(encoding="utf-8"))
+    try:
+        prof.export_chrome_trace(str(raw))
+        trace = json.loads(raw.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RuntimeError) as exc:  # a diagnostic: the run's figures stand without it
+        return {"error": f"{type(exc).__name__}: {exc}"}
     with open(raw, "rb") as src, gzip.open(trace_gz, "wb", compresslevel=6) as dst:
         shutil.copyfileobj(src, dst)
     raw.unlink()
@@ -255,7 +260,7 @@ def _profiled_train_step(original: Callable[..., Any], steps: int, out: dict[str
                 # inclusive host time: which layer of the step (checkpoint, optimizer, compiled call) holds it
                 nested = events.table(sort_by="cpu_time_total", row_limit=40)
                 (root / "profile.txt").write_text(table + "\n\n" + cpu_table + "\n\n" + nested, encoding="utf-8")
-                out["gpu_idle"] = _idle_gaps(prof, root / "profile_trace.json.gz")
+                out["_prof"] = prof  # its trace is written after training (seconds of work, outside the timed steps)
                 kernels = [e for e in events if e.device_type == DeviceType.CUDA]
                 out["top_gpu"] = [(e.key[:60], round(e.self_device_time_total / 1e3, 1))
                                   for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:12]]  # fmt: skip

@@ -88,28 +88,28 @@ def _fast_attention_block(block: nn.Module) -> None:
     conditioning frames the 1x1 convolutions and the attention matrix run through slow kernels
     (517 is not a multiple of 8). Same function here with channels last: the 1x1 convolutions as
     one GEMM each over B*T rows (the same weights, viewed), attention through SDPA (flash).
+    Bound as a method, so a deep copy of the model runs on the copy's own weights.
     """
+    block.forward = types.MethodType(_fast_attention_forward, block)
+
+
+def _fast_attention_forward(block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    if mask is not None:
+        raise NotImplementedError("the fast attention block takes no mask")
     heads = block.attention.n_heads
-    qkv_conv, proj = block.qkv, block.proj_out
-
-    def forward(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if mask is not None:
-            raise NotImplementedError("the fast attention block takes no mask")
-        b, c, *spatial = x.shape
-        x = x.reshape(b, c, -1)
-        x_norm = block.norm(x)
-        t = x_norm.shape[-1]
-        qkv = F.linear(x_norm.transpose(1, 2), qkv_conv.weight.squeeze(-1), qkv_conv.bias)  # (b, t, 3c)
-        ch = qkv.shape[-1] // (3 * heads)
-        # Legacy layout: heads split first, then q/k/v inside each head's 3*ch channels.
-        q, k, v = qkv.reshape(b, t, heads, 3 * ch).permute(0, 2, 1, 3).split(ch, dim=-1)
-        a = F.scaled_dot_product_attention(q, k, v)  # (b, heads, t, ch)
-        a = a.transpose(1, 2).reshape(b, t, heads * ch)
-        h = F.linear(a, proj.weight.squeeze(-1), proj.bias).transpose(1, 2)  # (b, c, t)
-        out = x + h if block.tortoise_norm else x_norm + h
-        return out.reshape(b, c, *spatial)
-
-    block.forward = forward
+    b, c, *spatial = x.shape
+    x = x.reshape(b, c, -1)
+    x_norm = block.norm(x)
+    t = x_norm.shape[-1]
+    qkv = F.linear(x_norm.transpose(1, 2), block.qkv.weight.squeeze(-1), block.qkv.bias)  # (b, t, 3c)
+    ch = qkv.shape[-1] // (3 * heads)
+    # Legacy layout: heads split first, then q/k/v inside each head's 3*ch channels.
+    q, k, v = qkv.reshape(b, t, heads, 3 * ch).permute(0, 2, 1, 3).split(ch, dim=-1)
+    a = F.scaled_dot_product_attention(q, k, v)  # (b, heads, t, ch)
+    a = a.transpose(1, 2).reshape(b, t, heads * ch)
+    h = F.linear(a, block.proj_out.weight.squeeze(-1), block.proj_out.bias).transpose(1, 2)  # (b, c, t)
+    out = x + h if block.tortoise_norm else x_norm + h
+    return out.reshape(b, c, *spatial)
 
 
 def swap_conditioning_attention(gpt: nn.Module) -> int:
@@ -139,23 +139,25 @@ def _fast_head(head: nn.Linear, multiple: int = 8) -> None:
     ``GPT.get_logits`` applies ``mel_head`` (1026 outputs) and ``text_head`` to a sliced, hence
     non-contiguous, 3D view: PyTorch then runs a batched GEMM, and 1026 is not a multiple of 8, so
     cuBLAS picks slow kernels. Zero rows pad the weight for the product only; the parameters and
-    the result are unchanged.
+    the result are unchanged. Bound as a method, so a deep copy of the model runs on the copy's
+    own weights.
     """
-    pad = (-head.out_features) % multiple
+    head._toolkit_pad_to = multiple
+    head.forward = types.MethodType(_fast_head_forward, head)
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        w, b = head.weight, head.bias
-        if pad:
-            w = F.pad(w, (0, 0, 0, pad))
-            b = F.pad(b, (0, pad)) if b is not None else None
-        y = F.linear(x2, w, b)
-        if pad:
-            y = y[:, : head.out_features]
-        return y.reshape(*shape[:-1], head.out_features)
 
-    head.forward = forward
+def _fast_head_forward(head: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    pad = (-head.out_features) % head._toolkit_pad_to
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    w, b = head.weight, head.bias
+    if pad:
+        w = F.pad(w, (0, 0, 0, pad))
+        b = F.pad(b, (0, pad)) if b is not None else None
+    y = F.linear(x2, w, b)
+    if pad:
+        y = y[:, : head.out_features]
+    return y.reshape(*shape[:-1], head.out_features)
 
 
 def swap_heads(gpt: nn.Module) -> int:

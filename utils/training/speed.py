@@ -452,7 +452,9 @@ def apply_speed_options(model: Any, config: Any, opts: SpeedOptions, device: tor
     """Apply every lever ``opts`` turns on to ``model`` and ``config`` (in place).
 
     Call after the GPTTrainer is built and before ``Trainer(...)``; the model may be on the CPU
-    or already on ``device``. Levers needing CUDA (bf16, fused AdamW, TF32, cuDNN exclusion,
+    or already on ``device``. Several levers wrap this instance's forwards (the KV-cache switch,
+    checkpoints, compiled calls); for a second model, build one and load this one's state dict,
+    since a deep copy would still call into this instance. Levers needing CUDA (bf16, fused AdamW, TF32, cuDNN exclusion,
     compile) are skipped with a log line on other devices.
 
     Args:

@@ -97,15 +97,3 @@ def test_a_changed_clip_and_a_changed_dvae_are_computed_again(model_and_rows, mo
     os.utime(dvae, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     fast_data.prepare_clip_cache(model, rows, cache, device="cpu", load_audio=load, progress=False)
     assert calls == {"decoded": 7, "encoded": 13}
-
-
-def test_a_clips_codes_do_not_depend_on_the_batch_it_was_encoded_in(model_and_rows):
-    """The zeros after every clip (PAD_AFTER) keep the STFT's reflection at a batch's end away from
-    its codes: each clip alone gives the codes it gets in one batch with the others."""
-    model, rows, _ = model_and_rows
-    wavs = [fast_data.load_audio_soundfile(r["audio_file"], 22050) for r in rows]
-    assert len({int(w.shape[-1]) for w in wavs}) == len(wavs)  # distinct lengths: one of them is the longest
-    together = fast_data.compute_dvae_codes(model, wavs, "cpu")
-    alone = [fast_data.compute_dvae_codes(model, [w], "cpu")[0] for w in wavs]
-    assert [c.shape[0] for c in together] == [-(-int(w.shape[-1]) // fast_data.CODE_STRIDE) for w in wavs]
-    assert [torch.equal(a, b) for a, b in zip(alone, together)] == [True] * len(wavs)

@@ -97,3 +97,22 @@ def test_a_changed_clip_and_a_changed_dvae_are_computed_again(model_and_rows, mo
     os.utime(dvae, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     fast_data.prepare_clip_cache(model, rows, cache, device="cpu", load_audio=load, progress=False)
     assert calls == {"decoded": 7, "encoded": 13}
+
+
+def test_a_clips_codes_do_not_depend_on_the_batch_it_was_encoded_in(model_and_rows):
+    """The zeros after every clip (PAD_AFTER) keep the end of a batch out of its last codes: each
+    clip alone gets the codes it gets beside a longer one. Lengths just past a code boundary (1 to
+    1,024 samples into the last code) are the hardest case."""
+    model = model_and_rows[0]
+    g = torch.Generator().manual_seed(0)
+    longer = torch.randn(1, 100_000, generator=g) * 0.1
+    depends = []
+    for k in range(20, 80, 4):
+        for extra in (1, 100, 512, 1023, 1024):
+            clip = torch.randn(1, k * 1024 + extra, generator=g) * 0.1
+            alone = fast_data.compute_dvae_codes(model, [clip], "cpu")[0]
+            beside = fast_data.compute_dvae_codes(model, [clip, longer], "cpu")[0]
+            assert alone.shape[0] == k + 1
+            if not torch.equal(alone, beside):
+                depends.append(k * 1024 + extra)
+    assert depends == []  # with PAD_AFTER = 2048: 1 to 3 of these 75 clips

@@ -17,6 +17,11 @@ if [ -d .whl ] && ! python3 -c "import TTS" 2>/dev/null; then
   export PYTHONPATH=/tmp/site
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
+# clocks, power and temperature every 5 s: throttling shows as an epoch's rate falling with the SM clock
+nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu --format=csv \
+  -l 5 > "$OUT/gpu_clocks.csv" 2>&1 &
+CLOCKS=$!
+trap 'kill $CLOCKS 2>/dev/null' EXIT
 W=/tmp/bgt
 run() { [ "$WHAT" = all ] || [[ " $WHAT " == *" $1 "* ]]; }
 if run parity; then
@@ -116,6 +121,7 @@ if run compile; then
   timeout 330 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 3 --no-compile \
     --out "$OUT/e2e_nocompile.json" --no-progress > "$OUT/e2e_nocompile.log" 2>&1
 fi
+kill $CLOCKS 2>/dev/null
 ls -la "$OUT"
 # one file to bring back (the device returns a limited number of files per call)
 tar czf "$OUT.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")" && echo "bundle: $OUT.tgz"

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's measurements for BENCHMARKS.md, run on the device machine:
-#   bash scripts/gpu_bench_session.sh OUT_DIR [parity fast fast_noround fast_nocond lowvram_nocond rerun oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash imports big compile | all]
+#   bash scripts/gpu_bench_session.sh OUT_DIR [parity fast fast_noround fast_nocond lowvram_nocond rerun oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap imports big compile | all]
 # Expects the Coqui stack as wheels in .whl/ (see ../shared/OFFLINE_GPU.md); each step has its own
 # time limit so a slow one cannot take the rest with it. Results: OUT_DIR/*.json and *.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [parity fast fast_noround fast_nocond lowvram_nocond rerun oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash imports big compile | all]}
+OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [parity fast fast_noround fast_nocond lowvram_nocond rerun oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap imports big compile | all]}
 WHAT=${2:-all}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -101,6 +101,13 @@ if run micro14_flash; then
   # the same with flash attention only (--no-cudnn-attention): cuDNN against flash at a small micro-batch
   timeout 240 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 3 --batch-size 14 --grad-accum 18 \
     --no-cudnn-attention --out "$OUT/e2e_micro14_flash.json" --no-progress > "$OUT/e2e_micro14_flash.log" 2>&1
+fi
+if run micro14_cppwrap; then
+  # the same with inductor's C++ wrapper (TORCHINDUCTOR_CPP_WRAPPER=1): less Python per compiled call,
+  # where micro-batch 14 is host-bound (GPU busy 0.215 at 1.2 ms of host time per block call)
+  TORCHINDUCTOR_CPP_WRAPPER=1 timeout 300 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 3 \
+    --batch-size 14 --grad-accum 18 --profile-steps 4 --out "$OUT/e2e_micro14_cppwrap.json" --no-progress \
+    > "$OUT/e2e_micro14_cppwrap.log" 2>&1
 fi
 if run imports; then
   # where a fresh process's import time goes (twice: the second finds the byte-code written by the first)

@@ -6,10 +6,13 @@ was doing while the GPU had nothing to run. Input: the ``traceEvents`` of a Chro
 with ``ts`` and ``dur`` in microseconds and a ``cat`` such as ``kernel``, ``gpu_memcpy``,
 ``gpu_memset``, ``cpu_op``, ``user_annotation`` or ``cuda_runtime``).
 
-Each gap is charged to the host ops that were open when the GPU's next work began: the chain of
-``cpu_op`` / ``user_annotation`` events on the launching thread that cover that moment, outermost
-first. A gap with no op open ("(Python between ops)") is time the step spent in plain Python:
-the trainer's loop, callbacks, logging.
+Each gap is charged to the host ops that were open when the GPU's next work was launched: the
+launch is found through the kernel's ``correlation`` id (its ``cuda_runtime`` / ``cuda_driver``
+call, on whichever thread made it: autograd runs backward on a thread of its own), and the chain is
+the ``cpu_op`` / ``user_annotation`` events of that thread covering the launch, outermost first.
+Without a launch record, the step's busiest thread at the gap's end is used. A gap with no op open
+("(Python between ops)") is time the step spent in plain Python: the trainer's loop, callbacks,
+logging.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, Iterable, Sequence
 
 GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 HOST_CATEGORIES = ("cpu_op", "user_annotation")
+LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")
 NO_OP = "(Python between ops)"
 
 
@@ -43,29 +47,33 @@ def gpu_idle_gaps(events: Sequence[dict[str, Any]], *, min_gap_us: float = 20.0,
     gpu = sorted(_complete(events, GPU_CATEGORIES), key=lambda e: float(e["ts"]))
     if not gpu:
         return {"span_us": 0.0, "busy_us": 0.0, "idle_us": 0.0, "gaps": 0, "charged_us": 0.0, "by_host_op": []}
-    host = _complete(events, HOST_CATEGORIES)
     by_thread: dict[Any, list[dict[str, Any]]] = defaultdict(list)
-    for e in host:
+    for e in _complete(events, HOST_CATEGORIES):
         by_thread[(e.get("pid"), e.get("tid"))].append(e)
+    for ops in by_thread.values():
+        ops.sort(key=lambda e: (float(e["ts"]), -float(e["dur"])))  # outermost first at equal starts
     main = max(by_thread, key=lambda k: len(by_thread[k])) if by_thread else None  # the step's thread
-    ops = sorted(by_thread.get(main, []), key=lambda e: (float(e["ts"]), -float(e["dur"])))
+    launches = {e["args"]["correlation"]: e for e in _complete(events, LAUNCH_CATEGORIES)
+                if isinstance(e.get("args"), dict) and "correlation" in e["args"]}  # fmt: skip
 
     busy = 0.0
-    gaps: list[tuple[float, float]] = []
+    gaps: list[tuple[float, float, dict[str, Any]]] = []  # (idle from, idle to, the work that ended it)
     end = float(gpu[0]["ts"])
     for e in gpu:
         start, stop = float(e["ts"]), float(e["ts"]) + float(e["dur"])
         if start > end:
-            gaps.append((end, start))
+            gaps.append((end, start, e))
         busy += max(0.0, stop - max(start, end))
         end = max(end, stop)
     span = end - float(gpu[0]["ts"])
 
     charged: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-    for g0, g1 in gaps:
+    for g0, g1, work in gaps:
         if g1 - g0 < min_gap_us:
             continue
-        chain = [e["name"] for e in ops if float(e["ts"]) <= g1 <= float(e["ts"]) + float(e["dur"])]
+        launch = launches.get((work.get("args") or {}).get("correlation"))
+        thread, at = ((launch.get("pid"), launch.get("tid")), float(launch["ts"])) if launch else (main, g1)
+        chain = [e["name"] for e in by_thread.get(thread, []) if float(e["ts"]) <= at <= float(e["ts"]) + float(e["dur"])]
         key = " > ".join(chain[-depth:]) if chain else NO_OP
         charged[key][0] += g1 - g0
         charged[key][1] += 1

@@ -672,3 +672,12 @@ def test_gpu_idle_gaps_are_charged_to_the_host_ops_open_when_work_resumed() -> N
     assert r["by_host_op"] == [["Optimizer.step#AdamW.step > aten::_fused_adamw_", 700.0, 1], [NO_OP, 50.0, 1]]
     assert r["charged_us"] == 750.0  # the 10 us gap is idle time but below min_gap_us
     assert gpu_idle_gaps([])["gaps"] == 0
+
+    # with launch records: the kernel after the long gap was launched from the autograd thread
+    # (tid 3) at 980, inside a backward op there, while the main thread sat in the optimizer
+    events[3]["args"] = {"correlation": 42}
+    events += [x("cpu_op", "autograd::engine::evaluate_function: MmBackward0", 950, 40, tid=3),
+               x("cpu_op", "aten::mm", 970, 15, tid=3),
+               {**x("cuda_runtime", "cudaLaunchKernel", 980, 3, tid=3), "args": {"correlation": 42}}]  # fmt: skip
+    r = gpu_idle_gaps(events)
+    assert r["by_host_op"][0] == ["autograd::engine::evaluate_function: MmBackward0 > aten::mm", 700.0, 1]

@@ -97,21 +97,30 @@ def _prepare_demo(page, tmp_path: Path, data_root: Path) -> None:
 
 
 def _edit_hparam(page, name: str, value: str) -> None:
-    """Type a new value into the hyperparameter table's value cell of ``name`` (Gradio 6 grid cells)."""
+    """Type a new value into the hyperparameter table's value cell of ``name`` (Gradio 6 grid cells).
+
+    The cell's editor appears a moment after the double click; keys sent before it exists were
+    lost or appended to the old value ("42" for 2), so the value goes into the editor itself.
+    """
     names = page.locator('#train-hparams [role=gridcell][data-col="0"]')
     texts = [t.strip() for t in names.all_inner_texts()]
     row = names.nth(texts.index(name)).get_attribute("data-row")
-    page.locator(f'#train-hparams [data-testid="cell-{row}-1"]').dblclick()
-    page.keyboard.press("Control+A")
-    page.keyboard.type(value)
-    page.keyboard.press("Enter")
-    page.wait_for_timeout(300)
+    cell = f'#train-hparams [data-testid="cell-{row}-1"]'
+    page.locator(cell).dblclick()
+    editor = page.locator(f"{cell} textarea, {cell} input").first
+    editor.wait_for(timeout=10_000)
+    editor.fill(value)
+    editor.press("Enter")
+    shown = f"{cell} span[data-editable]"
+    page.wait_for_function("([sel, v]) => document.querySelector(sel)?.innerText.trim() === v", arg=[shown, value],
+                           timeout=10_000)  # fmt: skip
+    page.wait_for_timeout(300)  # then Gradio's change event reaches the server
 
 
 def _start_training(page) -> None:
     _tab(page, "Train")
     page.locator("#train-resolve").click()
-    page.locator('#train-hparams [role=gridcell][data-col="0"]', has_text="eval_every_steps").wait_for(timeout=30_000)
+    page.locator('#train-hparams [role=gridcell][data-col="0"]', has_text="eval_every_steps").wait_for(timeout=90_000)
     _edit_hparam(page, "epochs", "2")
     _edit_hparam(page, "eval_every_steps", "3")
     page.locator("#train-start").click()
@@ -150,7 +159,7 @@ def test_whole_flow_in_chromium(server, browser, tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == _evaluations(done)
     page.locator("#train-resolve").click()  # the reopened page selected the run's dataset again
-    page.locator('#train-hparams [role=gridcell][data-col="0"]', has_text="eval_every_steps").wait_for(timeout=30_000)
+    page.locator('#train-hparams [role=gridcell][data-col="0"]', has_text="eval_every_steps").wait_for(timeout=90_000)
     _shot(page, tmp_path, "train")
     # an error is one message in the page, not a traceback
     page.locator("#train-stop").click()

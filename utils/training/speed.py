@@ -133,8 +133,12 @@ def swap_conditioning_attention(gpt: nn.Module) -> int:
     return n
 
 
-def _fast_head(head: nn.Linear, multiple: int = 8) -> None:
-    """Output head as one 2D GEMM on a contiguous input, output features padded to ``multiple``.
+# output features of the fast heads' product are padded to a multiple of this (see _fast_head)
+HEAD_PAD_TO = 8
+
+
+def _fast_head(head: nn.Linear) -> None:
+    """Output head as one 2D GEMM on a contiguous input, output features padded to ``HEAD_PAD_TO``.
 
     ``GPT.get_logits`` applies ``mel_head`` (1026 outputs) and ``text_head`` to a sliced, hence
     non-contiguous, 3D view: PyTorch then runs a batched GEMM, and 1026 is not a multiple of 8, so
@@ -142,12 +146,11 @@ def _fast_head(head: nn.Linear, multiple: int = 8) -> None:
     the result are unchanged. Bound as a method, so a deep copy of the model runs on the copy's
     own weights.
     """
-    head._toolkit_pad_to = multiple
     head.forward = types.MethodType(_fast_head_forward, head)
 
 
 def _fast_head_forward(head: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    pad = (-head.out_features) % head._toolkit_pad_to
+    pad = (-head.out_features) % HEAD_PAD_TO
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     w, b = head.weight, head.bias
@@ -197,11 +200,12 @@ def enable_grad_checkpointing(
     a checkpoint inside the compiled region fails in inductor's partitioner on the full-size GPT
     (``Node add_... was invalid, but is output``) and the block then ran eager.
     """
-    model.xtts.gpt.gpt.config.use_cache = False
-    compiled = set() if blocks else {id(b) for b in training_blocks(model, conditioning=conditioning)}
-    for block in training_blocks(model):
-        if id(block) not in compiled:
-            _checkpoint_module(block, exclude_cudnn)
+    gpt2 = model.xtts.gpt.gpt
+    gpt2.config.use_cache = False
+    conditioning_blocks = training_blocks(model)[len(gpt2.h):]
+    eager = training_blocks(model) if blocks else ([] if conditioning else conditioning_blocks)
+    for block in eager:
+        _checkpoint_module(block, exclude_cudnn)
 
 
 def training_blocks(model: Any, *, conditioning: bool = True) -> list[nn.Module]:
@@ -454,8 +458,8 @@ def apply_speed_options(model: Any, config: Any, opts: SpeedOptions, device: tor
     Call after the GPTTrainer is built and before ``Trainer(...)``; the model may be on the CPU
     or already on ``device``. Several levers wrap this instance's forwards (the KV-cache switch,
     checkpoints, compiled calls); for a second model, build one and load this one's state dict,
-    since a deep copy would still call into this instance. Levers needing CUDA (bf16, fused AdamW, TF32, cuDNN exclusion,
-    compile) are skipped with a log line on other devices.
+    since a deep copy would still call into this instance. Levers needing CUDA (bf16, fused AdamW,
+    TF32, cuDNN exclusion, compile) are skipped with a log line on other devices.
 
     Args:
         model: a ``GPTTrainer`` (or subclass).

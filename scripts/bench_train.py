@@ -48,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ladder-batch", type=int, default=32)
     p.add_argument("--no-ladder", action="store_true", help="skip the one-lever-at-a-time ladder")
     p.add_argument("--compile-rung", action="store_true", help="also time ours + torch.compile")
-    p.add_argument("--fp8-rung", action="store_true", help="also time ours + FP8 matmuls, and their loss parity")
     p.add_argument("--profile", action="store_true", help="profile 3 steps of ours (top kernels)")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--lowvram-budget-gib", type=float, default=7.0)
@@ -64,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir=a.workdir, size=a.size, clips=a.clips, min_s=a.min_s, max_s=a.max_s, chars_per_s=a.chars_per_s,
         vocab_size=a.vocab_size, steps=a.steps, warmup=a.warmup, stock=a.stock,
         ours_batches=[int(x) for x in a.ours.split(",") if x], ladder_batch=a.ladder_batch, ladder=not a.no_ladder,
-        compile_rung=a.compile_rung, fp8_rung=a.fp8_rung, profile=a.profile, workers=a.workers, lowvram_budget_gib=a.lowvram_budget_gib,
+        compile_rung=a.compile_rung, profile=a.profile, workers=a.workers, lowvram_budget_gib=a.lowvram_budget_gib,
         lowvram_accum=a.lowvram_accum, lowvram_micro=a.lowvram_micro, device=a.device, progress=a.progress,
     )
     result = run_lowvram(spec) if a.phase == "lowvram" else run_main(spec)
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{prof['cuda_table']}\n{prof['cpu_table']}\n")
         result["profile"] = {k: v for k, v in prof.items() if not k.endswith("table")}
     Path(a.out).write_text(json.dumps(result, indent=2, default=str))
-    sys.stdout.write(json.dumps({k: result.get(k) for k in ("best", "parity", "parity_fp8") if k in result} or result,
+    sys.stdout.write(json.dumps({k: result.get(k) for k in ("best", "parity") if k in result} or result,
                                 default=str) + "\n")
     return 0
 

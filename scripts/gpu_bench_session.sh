@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's measurements for BENCHMARKS.md, run on the device machine:
-#   bash scripts/gpu_bench_session.sh OUT_DIR [parity fast fast_noround fast_nocond lowvram_nocond rerun oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap fp8 fp8_parity imports big compile | all]
+#   bash scripts/gpu_bench_session.sh OUT_DIR [parity fast fast_noround fast_nocond lowvram_nocond rerun oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap imports big compile | all]
 # Expects the Coqui stack as wheels in .whl/ (see ../shared/OFFLINE_GPU.md); each step has its own
 # time limit so a slow one cannot take the rest with it. Results: OUT_DIR/*.json and *.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [parity fast fast_noround fast_nocond lowvram_nocond rerun oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap fp8 fp8_parity imports big compile | all]}
+OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [parity fast fast_noround fast_nocond lowvram_nocond rerun oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap imports big compile | all]}
 WHAT=${2:-all}
 mkdir -p "$OUT"
 # every step's limit is cut to what is left of BENCH_LIMIT_S (the device's per-call limit, less the
@@ -117,20 +117,6 @@ if run micro14_cppwrap; then
   TORCHINDUCTOR_CPP_WRAPPER=1 timeout 300 python3 scripts/bench_gpt_train.py --workdir $W --clips 1024 --epochs 3 \
     --batch-size 14 --grad-accum 18 --profile-steps 4 --out "$OUT/e2e_micro14_cppwrap.json" --no-progress \
     > "$OUT/e2e_micro14_cppwrap.log" 2>&1
-fi
-if run fp8; then
-  # FP8 products in the GPT2 blocks (--fp8): one block's four linear layers alone, bf16 against FP8,
-  # then the defaults with --fp8, profiled as "fast" is (compare with it in the same call)
-  timeout 120 python3 scripts/bench_fp8_matmul.py --out "$OUT/fp8_matmul.json" > "$OUT/fp8_matmul.log" 2>&1
-  TORCH_LOGS=recompiles timeout 330 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 3 --fp8 --profile-steps 4 \
-    --out "$OUT/e2e_fp8.json" --no-progress > "$OUT/e2e_fp8.log" 2>&1
-  cp $W/profile.txt "$OUT/profile_fp8.txt" 2>/dev/null
-fi
-if run fp8_parity; then
-  # loss and gradient parity of the FP8 products against the stock fp32 step, next to ours in bf16
-  timeout 300 python3 scripts/bench_train.py --workdir /tmp/bench --clips 1024 --steps 12 --warmup 4 \
-    --stock fp32:3 --ours 126 --no-ladder --compile-rung --fp8-rung --out "$OUT/harness_fp8.json" \
-    > "$OUT/harness_fp8.log" 2>&1
 fi
 if run imports; then
   # where a fresh process's import time goes (twice: the second finds the byte-code written by the first)

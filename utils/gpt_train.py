@@ -60,7 +60,6 @@ SPEED_HELP = {
     "attention plans each new shape; off: rows keep their exact length)",
     "cudnn_attention": "SDPA's cuDNN attention backend (on a Hopper card faster than flash on packed rows; "
     "off: flash and memory-efficient kernels only, as --speed low-vram does)",
-    "fp8": "FP8 matmuls in the GPT2 blocks (--fp8 turns them on)",
     "no_kv_cache": "let GPT2 fill its (unused) KV cache in training forwards",
 }
 
@@ -174,9 +173,6 @@ def _speed_options(g: Any) -> None:
     g.add_argument("--compile", dest="speed_compile", action="store_true", default=None,
                    help="torch.compile the GPT2 blocks' training forward (on by default with --speed fast "
                    "and --speed low-vram; --no-compile turns it off)")  # fmt: skip
-    g.add_argument("--fp8", dest="speed_fp8", action="store_true", default=None,
-                   help="multiply the GPT2 blocks' linear layers in FP8 while training (a card with FP8 tensor "
-                   "cores: Ada, Hopper or later; off by default; BENCHMARKS.md has its speed and loss parity)")  # fmt: skip
     for name in SPEED_SWITCHES:
         flag = SPEED_FLAGS.get(name, f"no-{name.replace('_', '-')}")
         text = SPEED_HELP.get(name, f"the {name} lever")

@@ -45,11 +45,11 @@ RUN_HPARAMS: tuple[str, ...] = (
     "early_stop_patience", "early_stop_min_delta", *(name for name, _, _ in HEALTH_OPTIONS),
 )  # fmt: skip
 
-# SpeedOptions switches a run may turn off (``speed_switches={"compile": False}``); compile and fp8 may also be turned on.
+# SpeedOptions switches a run may turn off (``speed_switches={"compile": False}``); compile may also be turned on.
 SPEED_SWITCHES: tuple[str, ...] = (
     "bf16", "tf32", "fused_adamw", "fast_gelu", "sdpa_conditioning", "fast_heads", "packed_attention",
     "round_lengths", "cudnn_attention", "host_lengths", "no_kv_cache", "cache_dvae_codes", "bucket_lengths",
-    "pin_memory", "compile", "compile_conditioning", "fp8", "grad_checkpointing", "optimizer_8bit", "offload_frozen",
+    "pin_memory", "compile", "compile_conditioning", "grad_checkpointing", "optimizer_8bit", "offload_frozen",
     "expandable_segments", "auto_batch", "oom_backoff",
 )  # fmt: skip
 

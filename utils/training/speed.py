@@ -572,13 +572,6 @@ def _model_levers(model: Any, opts: SpeedOptions, cuda: bool) -> list[str]:
         train_without_kv_cache(gpt.gpt)
         gpt.gpt._toolkit_no_cache = True
         applied.append("no_kv_cache")
-    if opts.fp8:
-        from utils.training.fp8 import fp8_supported, swap_fp8_linears
-
-        if not (cuda and opts.bf16 and fp8_supported("cuda")):
-            logger.info("fp8 skipped: needs bf16 on a CUDA card with FP8 tensor cores (compute capability 8.9+)")
-        elif swap_fp8_linears(gpt.gpt):
-            applied.append("fp8")
     compiled = opts.compile and cuda
     exclude_cudnn = cuda and not opts.cudnn_attention
     if opts.grad_checkpointing:

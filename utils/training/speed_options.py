@@ -30,7 +30,6 @@ class SpeedOptions:
     num_workers: int = 8  # loader worker processes
     compile: bool = True  # torch.compile each GPT2 block for training steps (dynamic shapes; eager on failure)
     compile_conditioning: bool = True  # with compile: the conditioning encoder's attention blocks too
-    fp8: bool = False  # GPT2 blocks' linear layers multiply in FP8 while training (Ada/Hopper cards; utils.training.fp8)
     grad_checkpointing: bool = False  # recompute GPT2 blocks in backward (low VRAM)
     optimizer_8bit: bool = False  # bitsandbytes AdamW8bit states (low VRAM)
     offload_frozen: bool = True  # HiFiGAN (and DVAE when codes are cached) off the GPU

@@ -127,9 +127,9 @@ if run imports; then
 fi
 if run big; then
   # all-in on long epochs: 20,480 clips (19,840 train), 2 epochs, the default evaluation cadence;
-  # its own call with the full 600 s: clip synthesis, preflight (10 s), the clip cache (68 s for
-  # 19,840 clips) and the probes come first, about 3 minutes before the first step
-  timeout 480 python3 scripts/bench_gpt_train.py --workdir /tmp/bgt_big --clips 20480 --epochs 2 \
+  # its own call with the full 600 s: clip synthesis (in parallel processes), preflight (10 s), the
+  # clip cache (68 s for 19,840 clips) and the probes come first; recompile reasons in the log
+  TORCH_LOGS=recompiles timeout 570 python3 scripts/bench_gpt_train.py --workdir /tmp/bgt_big --clips 20480 --epochs 2 \
     --out "$OUT/e2e_big.json" --no-progress > "$OUT/e2e_big.log" 2>&1
 fi
 if run compile; then

@@ -263,15 +263,15 @@ def test_auto_micro_batch_search(monkeypatch: pytest.MonkeyPatch) -> None:
     b = speed.auto_micro_batch(probe, 7 * 2**30, max_batch=64)
     assert 4.2 + 0.06 * b <= 0.9 * 7  # fits with the 10% margin
     assert b >= 28  # and is not far below the largest that fits (35)
-    assert sizes[:2] == [2, 2] and 64 in sizes  # never 1: a compiled step would specialise on it
+    assert sizes[:2] == [12, 12] and 48 in sizes  # never 1: a compiled step would specialise on it
     assert 1 not in sizes
 
 
 @pytest.mark.parametrize(
     ("effective", "limit_clips", "chosen", "most_probes"),
     [
-        (252, 221, 126, 7),  # the H200: 2, 2, then 5 of the 18 divisors (earlier: 13 probes)
-        (252, 100, 84, 7),
+        (252, 221, 126, 6),  # the H200: 12, 12, then 36, 84, 126, 252 (earlier: 13 probes)
+        (252, 100, 84, 6),
         (251, 128, 128, 16),  # a prime: 1 and 251 only, so the sizes between are searched for the warning
     ],
 )
@@ -292,7 +292,27 @@ def test_auto_micro_batch_probes_only_the_exact_splits(monkeypatch, effective, l
     assert b >= chosen - max(1, chosen // 8) and b <= limit_clips
     if effective % chosen == 0:
         assert b == chosen and set(sizes) <= set(divisors)
-    assert len(sizes) <= most_probes and sizes[:2] == [2, 2] and 1 not in sizes
+    first = 12 if effective % 12 == 0 else 2  # the compiling probe: a split of at least 12 clips where there is one
+    assert len(sizes) <= most_probes and sizes[:2] == [first, first] and 1 not in sizes
+
+
+def test_auto_micro_batch_compiles_at_two_clips_when_twelve_do_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small card: the probe at 12 clips runs out of memory, 2 fit, and the split in between is found."""
+    mem = {"peak": 0}
+    for name in ("synchronize", "empty_cache", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: mem["peak"])
+    sizes: list[int] = []
+
+    def probe(b: int) -> None:  # 4 GiB fixed + 0.25 GiB per clip: 9 clips within 90% of 7 GiB
+        sizes.append(b)
+        if b > 10:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        mem["peak"] = int((4 + 0.25 * b) * 2**30)
+
+    divisors = [d for d in range(1, 253) if 252 % d == 0]
+    assert speed.auto_micro_batch(probe, 7 * 2**30, max_batch=252, candidates=divisors) == 9
+    assert sizes[:3] == [12, 2, 2] and max(sizes) == 12 and 1 not in sizes
 
 
 def test_auto_micro_batch_falls_back_to_one_clip_when_two_do_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:

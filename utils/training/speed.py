@@ -609,6 +609,10 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc)
 
 
+# the micro-batch of the first probe (the compiling one), where the plan allows one this large
+WARM_PROBE_CLIPS = 12
+
+
 def auto_micro_batch(
     probe: Callable[[int], None],
     budget_bytes: int,
@@ -622,7 +626,8 @@ def auto_micro_batch(
     ``probe(b)`` must run one full training step (forward, backward, optimizer step) on a
     worst-case batch of ``b`` clips (the longest clips) and leave the optimizer state and the
     gradient buffers allocated (``zero_grad(set_to_none=False)``), as they are during training
-    with gradient accumulation. A first probe at 2 clips allocates that state (and compiles). A
+    with gradient accumulation. A first probe allocates that state (and compiles): at the first
+    candidate of at least ``WARM_PROBE_CLIPS`` clips, or at 2 clips where that does not fit. A
     CUDA OOM counts as not fitting.
 
     With ``candidates`` (the sizes a plan can use, e.g. the divisors of the effective batch), a
@@ -652,18 +657,26 @@ def auto_micro_batch(
         logger.info("auto micro-batch: %d clips peak at %.2f GiB reserved", b, peak / 2**30)
         return peak <= limit
 
-    # The first call allocates the optimizer state (and compiles), the second measures with it. At
-    # 2 clips, not 1: torch.compile specialises a dimension of size 1, so a probe at 1 compiles
-    # graphs that training never runs (on an H200 the probe at 1 clip took 23 s, and the next, at
-    # 18, compiled again for 11 s: BENCHMARKS.md).
-    warm = min(2, max_batch)
-    if not fits(warm) or not fits(warm):
-        return 1
-    good, bad = warm, None
+    # The first call allocates the optimizer state (and compiles), the second measures with it. Not
+    # at 1 clip: torch.compile specialises a dimension of size 1, so that probe compiles graphs
+    # training never runs. Not at 2 either where a larger size can be tried: inductor's fusion
+    # choices add guards on tensor sizes (1024 * clips * frames < 5,242,880 in the conditioning
+    # blocks, about 10 clips), so the probe at 2 compiled graphs for small batches and the next
+    # probe compiled again (8 s on an H200: BENCHMARKS.md).
     sizes = sorted({c for c in (candidates or []) if 1 < c <= max_batch})
+    if sizes:  # a split of the plan near WARM_PROBE_CLIPS, else 2 (a prime effective batch: 1 and itself)
+        warm = next((c for c in sizes if WARM_PROBE_CLIPS <= c <= 4 * WARM_PROBE_CLIPS), 2)
+    else:
+        warm = max(min(WARM_PROBE_CLIPS, max_batch), min(2, max_batch))
+    good, bad = warm, None
+    if not fits(warm) or not fits(warm):
+        if warm <= 2 or not fits(2) or not fits(2):
+            return 1
+        good, bad = 2, warm
     if sizes:
-        # sizes[lo] fits (-1: size 1), sizes[hi] does not (len: beyond the list); those up to warm fit
-        lo, hi = sum(1 for c in sizes if c <= warm) - 1, len(sizes)
+        # sizes[lo] fits (-1: size 1), sizes[hi] does not (len: beyond the list); those up to good fit
+        lo = sum(1 for c in sizes if c <= good) - 1
+        hi = sum(1 for c in sizes if c < bad) if bad is not None else len(sizes)
         while hi - lo > 1:
             mid = (lo + hi) // 2
             if fits(sizes[mid]):
@@ -675,7 +688,7 @@ def auto_micro_batch(
         if bad is None or good >= bad // 2:
             logger.info("auto micro-batch: %d (budget %.2f GiB, limit %.0f%%)", good, budget_bytes / 2**30, 100 * margin)
             return good
-        good = max(good, warm)  # searching on for the largest size of all (for the split's warning)
+        good = max(good, 2)  # searching on for the largest size of all (for the split's warning)
     while bad is None and good < max_batch:
         b = min(good * 2, max_batch)
         if fits(b):

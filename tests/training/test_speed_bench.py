@@ -247,11 +247,17 @@ def test_continuous_loader_keeps_epochs_exact() -> None:
         assert sorted(i for b in cont for i in b) == list(range(10))
 
 
-def test_auto_micro_batch_search(monkeypatch: pytest.MonkeyPatch) -> None:
+def _fake_cuda_memory(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """torch.cuda's memory calls for auto_micro_batch without a GPU; a probe sets ``["peak"]`` (bytes)."""
     mem = {"peak": 0}
     for name in ("synchronize", "empty_cache", "reset_peak_memory_stats"):
         monkeypatch.setattr(torch.cuda, name, lambda: None)
     monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: mem["peak"])
+    return mem
+
+
+def test_auto_micro_batch_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    mem = _fake_cuda_memory(monkeypatch)
     sizes: list[int] = []
 
     def probe(b: int) -> None:  # 4.2 GiB fixed + 60 MiB per clip, OOM above 40 clips
@@ -276,10 +282,7 @@ def test_auto_micro_batch_search(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_auto_micro_batch_probes_only_the_exact_splits(monkeypatch, effective, limit_clips, chosen, most_probes):
-    mem = {"peak": 0}
-    for name in ("synchronize", "empty_cache", "reset_peak_memory_stats"):
-        monkeypatch.setattr(torch.cuda, name, lambda: None)
-    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: mem["peak"])
+    mem = _fake_cuda_memory(monkeypatch)
     sizes: list[int] = []
 
     def probe(b: int) -> None:  # 8 GiB fixed + 0.5 GiB per clip: limit_clips fit in 90% of the budget
@@ -298,10 +301,7 @@ def test_auto_micro_batch_probes_only_the_exact_splits(monkeypatch, effective, l
 
 def test_auto_micro_batch_compiles_at_two_clips_when_twelve_do_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
     """A small card: the probe at 12 clips runs out of memory, 2 fit, and the split in between is found."""
-    mem = {"peak": 0}
-    for name in ("synchronize", "empty_cache", "reset_peak_memory_stats"):
-        monkeypatch.setattr(torch.cuda, name, lambda: None)
-    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: mem["peak"])
+    mem = _fake_cuda_memory(monkeypatch)
     sizes: list[int] = []
 
     def probe(b: int) -> None:  # 4 GiB fixed + 0.25 GiB per clip: 9 clips within 90% of 7 GiB
@@ -316,9 +316,7 @@ def test_auto_micro_batch_compiles_at_two_clips_when_twelve_do_not_fit(monkeypat
 
 
 def test_auto_micro_batch_falls_back_to_one_clip_when_two_do_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("synchronize", "empty_cache", "reset_peak_memory_stats"):
-        monkeypatch.setattr(torch.cuda, name, lambda: None)
-    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: 0)
+    _fake_cuda_memory(monkeypatch)
     sizes: list[int] = []
 
     def probe(b: int) -> None:

@@ -202,8 +202,8 @@ def enable_grad_checkpointing(
     """
     gpt2 = model.xtts.gpt.gpt
     gpt2.config.use_cache = False
-    conditioning_blocks = training_blocks(model)[len(gpt2.h):]
-    eager = training_blocks(model) if blocks else ([] if conditioning else conditioning_blocks)
+    every = training_blocks(model)
+    eager = every if blocks else ([] if conditioning else every[len(gpt2.h):])  # the rest is compile_blocks'
     for block in eager:
         _checkpoint_module(block, exclude_cudnn)
 
@@ -626,9 +626,10 @@ def auto_micro_batch(
     ``probe(b)`` must run one full training step (forward, backward, optimizer step) on a
     worst-case batch of ``b`` clips (the longest clips) and leave the optimizer state and the
     gradient buffers allocated (``zero_grad(set_to_none=False)``), as they are during training
-    with gradient accumulation. A first probe allocates that state (and compiles): at the first
-    candidate of at least ``WARM_PROBE_CLIPS`` clips, or at 2 clips where that does not fit. A
-    CUDA OOM counts as not fitting.
+    with gradient accumulation. A first probe allocates that state (and compiles): at the smallest
+    candidate of ``WARM_PROBE_CLIPS`` to 4 x ``WARM_PROBE_CLIPS`` clips (without candidates: at
+    ``WARM_PROBE_CLIPS``), else, or where that does not fit, at 2 clips. A CUDA OOM counts as not
+    fitting.
 
     With ``candidates`` (the sizes a plan can use, e.g. the divisors of the effective batch), a
     bisection over them finds the largest that fits: 5 probes for the 18 divisors of 252. Only
@@ -660,9 +661,9 @@ def auto_micro_batch(
     # The first call allocates the optimizer state (and compiles), the second measures with it. Not
     # at 1 clip: torch.compile specialises a dimension of size 1, so that probe compiles graphs
     # training never runs. Not at 2 either where a larger size can be tried: inductor's fusion
-    # choices add guards on tensor sizes (1024 * clips * frames < 5,242,880 in the conditioning
-    # blocks, about 10 clips), so the probe at 2 compiled graphs for small batches and the next
-    # probe compiled again (8 s on an H200: BENCHMARKS.md).
+    # choices add guards on tensor sizes (a block input of 1,024 channels under 5,120 rows: about 10
+    # clips of 517 conditioning frames), so the probe at 2 compiled graphs for small batches and the
+    # next probe compiled again (8 s on an H200: BENCHMARKS.md).
     sizes = sorted({c for c in (candidates or []) if 1 < c <= max_batch})
     if sizes:  # a split of the plan near WARM_PROBE_CLIPS, else 2 (a prime effective batch: 1 and itself)
         warm = next((c for c in sizes if WARM_PROBE_CLIPS <= c <= 4 * WARM_PROBE_CLIPS), 2)

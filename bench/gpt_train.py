@@ -26,7 +26,7 @@ from bench.train_step import BenchSpec, _sync, batch_counts, build_workload, mea
 def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int | None = None, epochs: int = 3,
                       workers: int = 8, extra_args: Sequence[str] = (), memory_cap_gib: float | None = None,
                       profile_steps: int = 0, base_model: str | Path | None = None,
-                      measure_imports: bool = False) -> dict[str, Any]:  # fmt: skip
+                      measure_imports: bool = False, startup_profile: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """Train a full-size random XTTS v2 GPT (or ``base_model``) through the FineTune recipe and time it.
 
     The same synthetic workload as :func:`build_workload` (clips uniform 2-11 s), written as coqui
@@ -45,6 +45,10 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
     under ``torch.profiler`` and reports the GPU-busy share and the top kernels.
     ``measure_imports`` also times what a fresh process takes to import torch and Coqui's trainer
     (two extra processes; not part of the start-up figure, which starts with them imported).
+    ``startup_profile`` (a file path) samples the main thread's Python stack from the start to the
+    end of the first training step (:class:`bench.stack_sampler.StackSampler`), reports the seconds
+    per function as ``startup_profile`` and writes the collapsed stacks there; ``compile`` holds
+    torch.compile's counters (cache hits and misses) and phase times at the end of that step.
     """
     from bench.ddp import make_full_size_random_base
     from utils.finetune import FineTune
@@ -99,6 +103,10 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
     # base model) and on a rerun alike: "imports_s" says what a fresh process pays on top
     import TTS.tts.layers.xtts.trainer.gpt_trainer  # noqa: F401
 
+    if startup_profile is not None:
+        from bench.stack_sampler import StackSampler
+
+        counts["sampler"] = StackSampler().start()
     started = time.time()
     try:
         FineTune(run_config(parse_args(argv))).run()  # the command's options, the command's recipe object
@@ -144,6 +152,8 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
         "start_to_first_step_done_s": (round(counts["first_step_done_at"] - started, 1)
                                        if counts["first_step_done_at"] else None),
         "imports_s": imports,
+        "startup_profile": _startup_profile(counts, startup_profile),
+        "compile": counts.get("compile"),
         "per_evaluation": [{k: r.get(k) for k in ("optimizer_step", "train_samples", "train_samples_per_s", "step_s",
                                                    "loader_wait_share", "gpu_peak_reserved_gib", "gpu_alloc_retries",
                                                    "train_loss", "eval_loss")} for r in records],  # fmt: skip
@@ -164,6 +174,33 @@ def import_seconds() -> dict[str, float]:
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
         out[name] = round(time.perf_counter() - t, 2)
     return out
+
+
+def compile_facts(top: int = 25) -> dict[str, Any]:
+    """torch.compile's counters (frames, graphs, cache hits and misses) and its slowest phases so far."""
+    from torch._dynamo import utils as dynamo_utils
+
+    counters = {k: dict(v) for k, v in dynamo_utils.counters.items() if v}
+    phases: list[tuple[str, float]] = []
+    text = dynamo_utils.compile_times(repr="str", aggregate=True)
+    for line in (text or "").splitlines()[2:]:  # a title, a header, then "name, seconds"
+        name, _, value = line.rpartition(", ")
+        try:
+            phases.append((name, round(float(value), 2)))
+        except ValueError:
+            continue
+    phases.sort(key=lambda kv: -kv[1])
+    return {"counters": counters, "phases_s": phases[:top]}
+
+
+def _startup_profile(counts: dict[str, Any], path: Path | None) -> dict[str, Any] | None:
+    """The start-up's stack samples: the summary for the report, the collapsed stacks written to ``path``."""
+    sampler = counts.get("sampler")
+    if sampler is None or path is None:
+        return None
+    summary = counts.get("startup_profile") or sampler.stop()  # a run that never stepped: up to its end
+    sampler.write_collapsed(path)
+    return summary
 
 
 def _counted_train_step(original: Callable[..., Any], counts: dict[str, Any]) -> Callable[..., Any]:
@@ -188,6 +225,9 @@ def _counted_train_step(original: Callable[..., Any], counts: dict[str, Any]) ->
         if torch.cuda.is_available():
             torch.cuda.synchronize()  # once: the first step's compile or cached-graph load is part of the start-up
         counts["first_step_done_at"] = time.time()
+        counts["compile"] = compile_facts()
+        if counts.get("sampler") is not None:
+            counts["startup_profile"] = counts["sampler"].stop()
         return out
 
     return train_step
@@ -212,15 +252,57 @@ def _idle_gaps(prof: Any, trace_gz: Path) -> dict[str, Any]:
     return gpu_idle_gaps(trace.get("traceEvents", []))
 
 
+COMMAND_BUFFER_FULL = "Command Buffer Full"
+
+
 def _profiled_train_step(original: Callable[..., Any], steps: int, out: dict[str, Any], root: Path) -> Callable[..., Any]:
-    """Wrap ``ToolkitTrainer.train_step``: profile ``steps`` steps from the second epoch's 3rd."""
+    """Wrap ``ToolkitTrainer.train_step``: profile ``steps`` steps from the second epoch's 3rd.
+
+    On a GPU the ``steps`` steps before those are profiled first with kernels only (no host-op
+    recording, which itself costs host time per op and opens gaps on the GPU): their busy share is
+    ``kernels_only``; the full profile after it gives the attribution (top kernels, idle gaps by
+    host op, synchronizing calls).
+    """
     from torch.profiler import ProfilerActivity, profile
 
-    state: dict[str, Any] = {"prof": None, "n": 0, "t0": 0.0}
+    state: dict[str, Any] = {"prof": None, "n": 0, "t0": 0.0, "lean": None, "lean_n": 0, "lean_t0": 0.0}
     cuda = torch.cuda.is_available()
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
 
+    def lean_window() -> bool:
+        """True while this step belongs to the kernels-only window (opened at its first step)."""
+        if state["lean_n"] >= steps:
+            return False
+        if state["lean"] is None:
+            _sync(torch.device("cuda"))
+            state["lean"] = profile(activities=[ProfilerActivity.CUDA])
+            state["lean"].__enter__()
+            state["lean_t0"] = time.perf_counter()
+        state["lean_n"] += 1
+        return True
+
+    def lean_done() -> None:
+        from torch.autograd import DeviceType
+
+        _sync(torch.device("cuda"))
+        wall = time.perf_counter() - state["lean_t0"]
+        state["lean"].__exit__(None, None, None)
+        events = state["lean"].key_averages()
+        # "Command Buffer Full" (the host waiting for room in the launch queue) carries device time
+        # in these tables but is not a kernel: reported beside the busy time, not in it
+        stalls = sum(e.self_device_time_total for e in events if e.key == COMMAND_BUFFER_FULL)
+        gpu_us = sum(e.self_device_time_total for e in events
+                     if e.device_type == DeviceType.CUDA and e.key != COMMAND_BUFFER_FULL)  # fmt: skip
+        out["kernels_only"] = {"steps": steps, "wall_s": round(wall, 3), "gpu_busy_s": round(gpu_us / 1e6, 3),
+                               "gpu_busy_share": round(gpu_us / 1e6 / wall, 3),
+                               "command_buffer_full_s": round(stalls / 1e6, 3)}  # fmt: skip
+
     def train_step(self: Any, batch: Any, batch_n_steps: int, step: int, loader_start_time: float) -> Any:
+        if cuda and self.epochs_done == 1 and step >= 2 and lean_window():
+            result = original(self, batch, batch_n_steps, step, loader_start_time)
+            if state["lean_n"] == steps:
+                lean_done()
+            return result
         armed = self.epochs_done == 1 and step >= 2 and state["n"] < steps
         if armed and state["prof"] is None:
             _sync(torch.device("cuda" if cuda else "cpu"))
@@ -257,8 +339,10 @@ def _profiled_train_step(original: Callable[..., Any], steps: int, out: dict[str
 
                 # kernels only: an operator's row repeats the time of the kernels it launched
                 gpu_us = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA)
+                stalls = sum(e.self_device_time_total for e in events if e.key == COMMAND_BUFFER_FULL)
                 out.update({"steps": steps, "wall_s": round(wall, 3), "gpu_busy_s": round(gpu_us / 1e6, 3),
-                            "gpu_busy_share": round(gpu_us / 1e6 / wall, 3)})  # fmt: skip
+                            "gpu_busy_share": round(gpu_us / 1e6 / wall, 3),
+                            "command_buffer_full_s": round(stalls / 1e6, 3)})  # fmt: skip
                 by_name = {e.key: e.count for e in events}
                 out["calls"] = {k: by_name.get(k, 0) for k in ("aten::item", "aten::_local_scalar_dense",
                                                                "cudaStreamSynchronize", "cudaDeviceSynchronize")}

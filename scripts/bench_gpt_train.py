@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-steps", type=int, default=0, help="profile this many steps of epoch 2")
     parser.add_argument("--measure-imports", action="store_true",
                         help="also time a fresh process's import of torch and Coqui's trainer")
+    parser.add_argument("--startup-profile", type=Path, default=None, metavar="PATH",
+                        help="sample the start-up's Python stack to the end of the first step; collapsed stacks to PATH")
     parser.add_argument("--out", type=Path, default=None)
     args, extra = parser.parse_known_args(argv)
     cli.setup_logging()
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result = measure_gpt_train(args.workdir, clips=args.clips, batch_size=args.batch_size, epochs=args.epochs,
                                workers=args.workers, extra_args=extra, memory_cap_gib=args.memory_cap_gib,
-                               profile_steps=args.profile_steps, measure_imports=args.measure_imports)  # fmt: skip
+                               profile_steps=args.profile_steps, measure_imports=args.measure_imports,
+                               startup_profile=args.startup_profile)  # fmt: skip
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text)

@@ -333,7 +333,7 @@ def test_end_to_end_bench_reports_training_and_all_in_rates(tiny_base: Path, tmp
     from bench.gpt_train import measure_gpt_train
 
     r = measure_gpt_train(tmp_path, clips=40, epochs=2, workers=0, base_model=tiny_base, extra_args=["--no-progress"],
-                          profile_steps=2, measure_imports=True)  # fmt: skip
+                          profile_steps=2, measure_imports=True, startup_profile=tmp_path / "stacks.txt")  # fmt: skip
     assert r["exit_code"] == 0 and r["train_rows"] == 32 and r["excluded"] == 0
     assert [e["train_samples"] for e in r["per_evaluation"]] == [32, 32]  # every kept clip once per epoch
     assert r["training_samples_per_s"] > 0 and r["all_in_samples_per_s"] > 0
@@ -352,6 +352,14 @@ def test_end_to_end_bench_reports_training_and_all_in_rates(tiny_base: Path, tmp
     assert r["gpt_params"] > 0 and r["mfu_useful_tokens"] is None  # no GPU: no peak to divide by
     assert 0 < r["start_to_first_step_s"] < r["start_to_first_step_done_s"] < r["wall_s"]
     assert 0 < r["imports_s"]["torch"] < r["imports_s"]["torch_and_coqui"]  # coqui-tts adds transformers
+    # the start-up's stack samples end with the first step: the recipe's run holds nearly all of it
+    startup = r["startup_profile"]
+    assert startup["seconds"] == pytest.approx(r["start_to_first_step_done_s"], abs=0.5)
+    inclusive = dict(startup["inclusive"])
+    assert inclusive["finetune/recipe.py:run"] == pytest.approx(startup["seconds"], rel=0.1)
+    assert 0 < inclusive["training/fast_data.py:prepare_clip_cache"] < inclusive["finetune/recipe.py:run"]
+    assert (tmp_path / "stacks.txt").read_text().count("finetune/recipe.py:run") > 0
+    assert set(r["compile"]) == {"counters", "phases_s"}  # torch.compile's facts at the first step's end
 
 
 def test_compiled_blocks_serve_training_steps_only(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's measurements for BENCHMARKS.md, run on the device machine:
-#   bash scripts/gpu_bench_session.sh OUT_DIR [parity fast fast_noround fast_nocond lowvram_nocond rerun oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap imports big compile | all]
+#   bash scripts/gpu_bench_session.sh OUT_DIR [parity fast fast_noround fast_nocond lowvram_nocond rerun fast_cppwrap oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap imports big compile | all]
 # Expects the Coqui stack as wheels in .whl/ (see ../shared/OFFLINE_GPU.md); each step has its own
 # time limit so a slow one cannot take the rest with it. Results: OUT_DIR/*.json and *.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [parity fast fast_noround fast_nocond lowvram_nocond rerun oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap imports big compile | all]}
+OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [parity fast fast_noround fast_nocond lowvram_nocond rerun fast_cppwrap oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap imports big compile | all]}
 WHAT=${2:-all}
 mkdir -p "$OUT"
 # every step's limit is cut to what is left of BENCH_LIMIT_S (the device's per-call limit, less the
@@ -40,8 +40,9 @@ if run parity; then
 fi
 if run fast; then
   # the default path: automatic micro-batch, every safe lever, profile of 4 steps in epoch 2
+  # (the start-up's stack samples: where the first run's seconds before its first step go)
   timeout 330 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 3 --profile-steps 4 \
-    --out "$OUT/e2e_default.json" --no-progress > "$OUT/e2e_default.log" 2>&1
+    --startup-profile "$OUT/startup_first.txt" --out "$OUT/e2e_default.json" --no-progress > "$OUT/e2e_default.log" 2>&1
   cp $W/profile.txt $W/profile_trace.json.gz "$OUT/" 2>/dev/null  # the trace: chrome://tracing or Perfetto
 fi
 if run fast_noround; then
@@ -63,8 +64,16 @@ if run lowvram_nocond; then
 fi
 if run rerun; then
   # a second run on the same clips: the clip cache (waveforms, DVAE codes) and the compile cache are warm
-  timeout 200 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 1 --measure-imports \
-    --out "$OUT/e2e_rerun.json" --no-progress > "$OUT/e2e_rerun.log" 2>&1
+  TORCH_LOGS=recompiles timeout 200 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 1 \
+    --measure-imports --startup-profile "$OUT/startup_rerun.txt" --out "$OUT/e2e_rerun.json" --no-progress \
+    > "$OUT/e2e_rerun.log" 2>&1
+fi
+if run fast_cppwrap; then
+  # the defaults with inductor's C++ wrapper (TORCHINDUCTOR_CPP_WRAPPER=1): less host time per compiled
+  # block call, where the forward is host-bound; its own compile (the wrapper is part of the cache key)
+  TORCHINDUCTOR_CPP_WRAPPER=1 timeout 360 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 3 \
+    --profile-steps 4 --out "$OUT/e2e_cppwrap.json" --no-progress > "$OUT/e2e_cppwrap.log" 2>&1
+  cp $W/profile.txt "$OUT/profile_cppwrap.txt" 2>/dev/null
 fi
 if run oom; then
   # the OOM fallback for real: a fixed micro-batch of 128 in 20 GiB

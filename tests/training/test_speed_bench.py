@@ -707,3 +707,36 @@ def test_gpu_idle_gaps_are_charged_to_the_host_ops_open_when_work_resumed() -> N
                {**x("cuda_runtime", "cudaLaunchKernel", 980, 3, tid=3), "args": {"correlation": 42}}]  # fmt: skip
     r = gpu_idle_gaps(events)
     assert r["by_host_op"][0] == ["autograd::engine::evaluate_function: MmBackward0 > aten::mm", 700.0, 1]
+
+
+def test_graphs_under_sdpa_kernel_are_cacheable_and_keyed_by_their_backends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compiled block enters sdpa_kernel inside its graph; AOTAutograd's cache bypassed such graphs
+    (each run traced again) until the two calls it leaves are marked cacheable. The backends are
+    string constants of the graph, so two backend choices give two graphs (two cache keys)."""
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+    from torch._functorch._aot_autograd.autograd_cache import BypassAOTAutogradCache, check_cacheable
+    from transformers import GPT2Config, GPT2Model
+
+    from utils.training import compat
+
+    monkeypatch.setattr(inductor_config, "unsafe_marked_cacheable_functions", {})
+    block = GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4, attn_implementation="sdpa")).train().h[0]
+    graphs = {}
+    for cudnn in (True, False):
+        def capture(gm, example_inputs, _cudnn=cudnn):
+            graphs[_cudnn] = gm
+            return gm
+
+        torch._dynamo.reset()
+        fn = speed._under_backends(compat.eager_call(block), speed.sdpa_backends(cudnn))
+        torch.compile(fn, backend=capture, dynamic=True)(torch.randn(2, 8, 32))
+    with pytest.raises(BypassAOTAutogradCache, match="_backend_from_string|_sdpa_kernel"):
+        check_cacheable(graphs[True])
+    compat.cache_graphs_with_sdpa_kernel()
+    for gm in graphs.values():
+        check_cacheable(gm)  # no bypass now
+    # entering lists cuDNN only where allowed (leaving restores the outer list, cuDNN included in both)
+    assert graphs[True].code.count("'CUDNN_ATTENTION'") == graphs[False].code.count("'CUDNN_ATTENTION'") + 1
+    assert set(inductor_config.unsafe_marked_cacheable_functions) == set(compat.SDPA_KERNEL_GRAPH_CALLS)
+    torch._dynamo.reset()

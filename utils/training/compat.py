@@ -176,6 +176,28 @@ def suppress_compile_errors() -> None:
     torch._dynamo.config.suppress_errors = True
 
 
+#: The calls ``with sdpa_kernel(backends)`` leaves in a compiled graph (torch.nn.attention).
+SDPA_KERNEL_GRAPH_CALLS = ("torch.nn.attention._backend_from_string", "torch.nn.attention._sdpa_kernel")
+
+
+def cache_graphs_with_sdpa_kernel() -> None:
+    """Let AOTAutograd's on-disk cache keep graphs that enter ``sdpa_kernel`` inside the compiled region.
+
+    AOTAutograd caches only graphs whose calls it knows; the two private functions an
+    ``sdpa_kernel`` block leaves in the graph are not on its list, so every such graph bypassed the
+    cache and every run traced forward and backward again (torch's counter ``autograd_cache_bypass``
+    in a second run on an H200, BENCHMARKS.md). The backends appear in the graph as string
+    constants (``_backend_from_string('CUDNN_ATTENTION')``), which are part of the cache key, so
+    graphs traced under different backend choices keep different entries. Keyed by the torch version,
+    as torch's own example for this setting does.
+    """
+    import torch
+    import torch._inductor.config as inductor_config
+
+    for name in SDPA_KERNEL_GRAPH_CALLS:
+        inductor_config.unsafe_marked_cacheable_functions.setdefault(name, torch.__version__)
+
+
 def set_allocator_settings(settings: str) -> None:
     """CUDA caching-allocator settings at run time (raises RuntimeError on allocators without them)."""
     import torch

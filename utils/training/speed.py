@@ -286,6 +286,8 @@ def compile_blocks(
     from utils.training import compat
 
     compat.suppress_compile_errors()
+    if attention_backends:
+        compat.cache_graphs_with_sdpa_kernel()  # else the sdpa_kernel blocks bypass AOTAutograd's cache
     n = 0
     for block in training_blocks(model, conditioning=conditioning):
         if getattr(block, "_toolkit_compiled", False):

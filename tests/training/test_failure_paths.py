@@ -296,3 +296,58 @@ def test_a_path_outside_the_dataset_names_the_way_out(tmp_path, demo_en) -> None
     (ds / "metadata.csv").write_text("audio_file|text|speaker_name\n../outside.wav|The quick brown fox.|demo\n")
     (row,) = run_preflight(ds / "metadata.csv", language="en", progress=False).excluded
     assert row["reason"] == "path_outside_dataset" and "--dataset-root" in row["detail"] and "move the file" in row["detail"]
+
+
+def test_the_starting_weights_are_copied_beside_the_first_step_and_complete_before_it_changes_them(
+        tiny_base, demo_en, tmp_path, monkeypatch):  # fmt: skip
+    """The start copy (for divergence before any checkpoint) runs on a thread while the first step
+    computes; the first optimizer step waits for it, so it holds the weights from before that step."""
+    times: dict[str, float] = {}
+    real_copy = checkpoints.cpu_copy
+    seen: dict[str, torch.Tensor] = {}
+
+    def slow_copy(state):
+        if isinstance(state, dict) and not times:  # the start copy (the first call, a dict of parameters)
+            times["copy_started"] = time.monotonic()
+            seen.update({n: p.detach().clone() for n, p in state.items()})  # the weights it was given
+            time.sleep(1.5)
+            out = real_copy(state)
+            times["copy_done"] = time.monotonic()
+            return out
+        return real_copy(state)
+
+    monkeypatch.setattr(checkpoints, "cpu_copy", slow_copy)
+    original = ToolkitGPTTrainer.train_step
+
+    def step(self, batch, criterion, optimizer_idx=None):
+        times.setdefault("first_forward", time.monotonic())
+        return original(self, batch, criterion)
+
+    monkeypatch.setattr(ToolkitGPTTrainer, "train_step", step)
+    from utils.training.trainer import ToolkitTrainer
+
+    real_hook = ToolkitTrainer._before_optimizer_step
+    kept: dict[str, dict] = {}
+
+    def before(self, optimizer, *args):
+        real_hook(self, optimizer, *args)
+        times.setdefault("first_optimizer_step", time.monotonic())
+        kept.setdefault("start", self._start_weights)
+
+    monkeypatch.setattr(ToolkitTrainer, "_before_optimizer_step", before)
+    result = _run(tiny_base, demo_en, tmp_path)
+    assert result.records
+    assert times["copy_started"] < times["first_forward"] < times["copy_done"]  # the step did not wait for it
+    assert times["copy_done"] <= times["first_optimizer_step"]  # the weights changed only after the copy
+    start = kept["start"]
+    assert set(start) == set(seen) and all(torch.equal(start[n], seen[n]) for n in seen)
+    assert all(t.device.type == "cpu" for t in start.values())
+
+
+def test_a_background_copy_hands_its_error_to_the_caller(monkeypatch) -> None:
+    def broken(state):
+        raise MemoryError("no host memory for the copy")
+
+    monkeypatch.setattr(checkpoints, "cpu_copy", broken)
+    with pytest.raises(MemoryError, match="no host memory"):
+        checkpoints.BackgroundCopy({"w": torch.ones(3)}).result()

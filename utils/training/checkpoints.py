@@ -212,6 +212,35 @@ def cpu_copy(state: Any) -> Any:
     return state
 
 
+class BackgroundCopy:
+    """:func:`cpu_copy` of ``state`` on a thread of its own; :meth:`result` waits for it.
+
+    The tensors must not change until the copy is complete (the caller waits for :meth:`result`
+    before they do). An error in the copy is raised by :meth:`result`.
+    """
+
+    def __init__(self, state: Any) -> None:
+        import threading
+
+        self._out: Any = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._out = cpu_copy(state)
+            except BaseException as exc:  # handed to result(): the caller decides
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="start-weights-copy", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._out
+
+
 class BackgroundWriter:
     """File writes on a worker thread, one at a time, while training goes on.
 

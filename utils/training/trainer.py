@@ -232,6 +232,7 @@ class ToolkitTrainer(Trainer):
         optimizer skips the step itself when their norm is not finite: no host read. Otherwise the
         non-finite check is read on the host and the gradients are dropped.
         """
+        self._starting_weights()  # the copy of the weights this step changes is complete first
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if grads and self._clips_itself():
             clip = float(Trainer._set_grad_clip_per_optimizer(config=self.config, optimizer_idx=None) or 0.0)
@@ -495,12 +496,13 @@ class ToolkitTrainer(Trainer):
         self.wait_for_writes()  # a best model still being written is among them
         path = checkpoints.last_checkpoint(self.output_path, resumable=False)
         if path is None:
-            if not getattr(self, "_start_weights", None):
+            start = self._starting_weights()
+            if not start:
                 return "no good weights to go back to, "
             with torch.no_grad():
                 for name, param in compat.unwrap_model(self).named_parameters():
-                    if name in self._start_weights:
-                        param.copy_(self._start_weights[name].to(param.device))
+                    if name in start:
+                        param.copy_(start[name].to(param.device))
             for opt in self.optimizer:
                 opt.state.clear()
             return "no checkpoint yet: went back to the starting weights (optimizer state reset), "
@@ -829,12 +831,27 @@ class ToolkitTrainer(Trainer):
 
     def _keep_start_weights(self) -> None:
         """A CPU copy of the trainable weights at the start: divergence before the first checkpoint
-        has good weights to go back to (about 1.7 GB of host memory for XTTS v2's GPT)."""
+        has good weights to go back to (about 1.7 GB of host memory for XTTS v2's GPT).
+
+        The copy runs on a thread beside the first step (whose compile or cached-graph load takes
+        seconds; the copy about 2 s on an H200 host) and is waited for before the first optimizer
+        step changes the weights (:meth:`_starting_weights`).
+        """
         self._start_weights = None
+        self._start_copy = None
         if self.health is None or checkpoints.last_checkpoint(self.output_path, resumable=False) is not None:
             return
         model = compat.unwrap_model(self)
-        self._start_weights = checkpoints.cpu_copy({n: p for n, p in model.named_parameters() if p.requires_grad})
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self._start_copy = checkpoints.BackgroundCopy(params)
+
+    def _starting_weights(self) -> dict[str, torch.Tensor] | None:
+        """The starting weights' CPU copy, once it is complete (waits for it the first time)."""
+        copy = getattr(self, "_start_copy", None)
+        if copy is not None:
+            self._start_copy = None
+            self._start_weights = copy.result()
+        return getattr(self, "_start_weights", None)
 
 
 @dataclass

@@ -64,6 +64,32 @@ def test_second_preparation_reads_everything_from_disk(model_and_rows, monkeypat
     assert not list(cache.glob(".*.tmp"))  # every file was written whole
 
 
+def test_a_second_preparation_takes_the_lengths_from_the_index_without_opening_a_waveform(model_and_rows, monkeypatch,
+                                                                                        tmp_path):  # fmt: skip
+    import json
+
+    import numpy as np
+
+    model, rows, _ = model_and_rows
+    cache = tmp_path / "cache"
+    first, _ = fast_data.prepare_clip_cache(model, rows, cache, device="cpu", progress=False)
+    index = json.loads((cache / fast_data.LENGTHS_INDEX).read_text())
+    assert sorted(index.values()) == sorted(it.num_samples for it in first)
+    assert all(index[Path(it.audio_npy).name] == np.load(it.audio_npy).shape[-1] for it in first)
+    opened = []
+    load = np.load
+    monkeypatch.setattr(np, "load", lambda f, *a, **k: opened.append(str(f)) or load(f, *a, **k))
+    again, _ = fast_data.prepare_clip_cache(model, rows, cache, device="cpu", progress=False)
+    assert [a.num_samples for a in again] == [b.num_samples for b in first]
+    assert not [f for f in opened if ".codes-" not in f]  # only the codes were read, no waveform
+    # an unreadable index: each length read from its waveform again, and the index rewritten
+    (cache / fast_data.LENGTHS_INDEX).write_text("{not json")
+    third, _ = fast_data.prepare_clip_cache(model, rows, cache, device="cpu", progress=False)
+    assert [a.num_samples for a in third] == [b.num_samples for b in first]
+    assert len([f for f in opened if ".codes-" not in f]) == 6
+    assert json.loads((cache / fast_data.LENGTHS_INDEX).read_text()) == index
+
+
 def test_unchanged_files_are_not_hashed_again(model_and_rows, monkeypatch, tmp_path):
     model, rows, _ = model_and_rows
     hashed = []

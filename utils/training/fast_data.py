@@ -207,8 +207,12 @@ def compute_dvae_codes(model: Any, wavs: Sequence[torch.Tensor], device: torch.d
 
 
 def _check_and_decode(s: dict[str, Any], tokenizer: Any, special: SpecialTokens, args: Any, sr: int, cache_dir: Path,
-                      load_audio: Callable[[str, int], torch.Tensor], content: str | None) -> tuple[dict[str, Any], torch.Tensor, str, int]:  # fmt: skip
+                      load_audio: Callable[[str, int], torch.Tensor], content: str | None,
+                      lengths: dict[str, int]) -> tuple[dict[str, Any], torch.Tensor, str, int]:  # fmt: skip
     """The sample checks (utils.data.preflight) on one row, and its waveform in the cache.
+
+    ``lengths`` (cached file name -> samples, see :data:`LENGTHS_INDEX`) spares opening a cached
+    waveform to read its length, and gets the length of each waveform decoded here.
 
     Raises:
         SampleProblem: the row fails a check (empty text, [UNK]/[STOP] tokens, too long, length).
@@ -220,14 +224,34 @@ def _check_and_decode(s: dict[str, Any], tokenizer: Any, special: SpecialTokens,
     key = content or hashlib.sha1(str(s["audio_file"]).encode()).hexdigest()[:20]
     npy = cache_dir / _cache_name(key, sr)
     if content is not None and npy.exists():
-        wav, n = None, int(np.load(npy, mmap_mode="r").shape[-1])
+        n = lengths.get(npy.name)
+        if n is None:
+            n = lengths[npy.name] = int(np.load(npy, mmap_mode="r").shape[-1])
+        wav = None
     else:
         wav = load_audio(s["audio_file"], sr)
         n = int(wav.shape[-1])
     check_length(n, sr, max_samples=int(args.max_wav_length))
     if wav is not None:
         _save_atomic(npy, wav[0].numpy().astype(np.float32))
+        if content is not None:
+            lengths[npy.name] = n
     return s, torch.IntTensor(ids), str(npy), n
+
+
+#: The clip cache's index of waveform lengths (cached file name -> samples). The names are keyed
+#: by the audio's content and sample rate, so a name's length never changes.
+LENGTHS_INDEX = "clip_lengths.json"
+
+
+def _read_lengths(path: Path) -> dict[str, int]:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 def _codes_path(npy: str, key: str) -> Path:
@@ -326,11 +350,17 @@ def prepare_clip_cache(
     pending: list[tuple[dict[str, Any], torch.Tensor, str, int]] = []
     excluded: list[dict[str, Any]] = []
     contents = file_digests([str(s["audio_file"]) for s in samples], index=cache_dir / "file_digests.json")
+    lengths = _read_lengths(cache_dir / LENGTHS_INDEX)
+    known = len(lengths)
     for s, content in tqdm(zip(samples, contents), total=len(samples), desc="decode clips", disable=not progress):
         try:
-            pending.append(_check_and_decode(s, tokenizer, special, args, sr, cache_dir, load_audio, content))
+            pending.append(_check_and_decode(s, tokenizer, special, args, sr, cache_dir, load_audio, content, lengths))
         except SampleProblem as problem:
             excluded.append(problem.record(s["audio_file"]))
+    if len(lengths) != known:
+        from utils.fs import write_json_atomic
+
+        write_json_atomic(cache_dir / LENGTHS_INDEX, lengths)
 
     items = _codes_for(model, pending, device, batch_size, progress, codes_key=dvae_key(config))
     kept = [it for it in items if it is not None]

@@ -744,3 +744,29 @@ def test_graphs_under_sdpa_kernel_are_cacheable_and_keyed_by_their_backends(monk
     assert graphs[True].code.count("'CUDNN_ATTENTION'") == graphs[False].code.count("'CUDNN_ATTENTION'") + 1
     assert set(inductor_config.unsafe_marked_cacheable_functions) == set(compat.SDPA_KERNEL_GRAPH_CALLS)
     torch._dynamo.reset()
+
+
+def test_a_compiled_block_is_traced_once_not_restarted_for_its_float_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With dynamic shapes Dynamo made the block's floats (eps, dropout p, scale) symbols and then
+    restarted the frame once they could not be turned into tensors: AOTAutograd traced twice and the
+    first trace's cache key was never saved (a miss in every run). Fixed floats: one trace."""
+    import torch._dynamo
+    import torch._dynamo.config as dynamo_config
+    from torch._dynamo.utils import counters
+    from transformers import GPT2Config, GPT2Model
+
+    from utils.training import compat
+
+    block = GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4, attn_implementation="sdpa")).train().h[0]
+    traces = {}
+    for fixed in (False, True):
+        monkeypatch.setattr(dynamo_config, "specialize_float", False)
+        if fixed:
+            compat.specialize_float_attributes()
+        torch._dynamo.reset()
+        counters.clear()
+        out = torch.compile(compat.eager_call(block), backend="aot_eager", dynamic=True)(torch.randn(2, 8, 32))
+        out[0].sum().backward()
+        traces[fixed] = (counters["aot_autograd"]["total"], counters["aot_autograd"]["ok"])
+    torch._dynamo.reset()
+    assert traces == {False: (2, 1), True: (1, 1)}  # without: a discarded first attempt

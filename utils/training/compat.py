@@ -198,6 +198,22 @@ def cache_graphs_with_sdpa_kernel() -> None:
         inductor_config.unsafe_marked_cacheable_functions.setdefault(name, torch.__version__)
 
 
+def specialize_float_attributes() -> None:
+    """Trace a module's float attributes (layer-norm eps, dropout p, attention scale) as constants.
+
+    Under ``torch.compile(dynamic=True)`` Dynamo makes each such float a symbol; a later pass that
+    turns symbolic floats into tensors gives up on these and restarts the whole frame with them
+    fixed, after AOTAutograd has already traced (and missed its cache for) the first attempt. That
+    attempt's key is never saved, so every run, a second one on a warm cache too, paid one wasted
+    trace per compiled frame (``autograd_cache_miss: 2`` beside ``hit: 2`` on an H200, BENCHMARKS.md).
+    Fixing the floats from the start gives the same graph the restart ends with. The setting is
+    process-wide; the toolkit compiles nothing whose floats change between calls.
+    """
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.specialize_float = True
+
+
 def set_allocator_settings(settings: str) -> None:
     """CUDA caching-allocator settings at run time (raises RuntimeError on allocators without them)."""
     import torch

@@ -286,6 +286,7 @@ def compile_blocks(
     from utils.training import compat
 
     compat.suppress_compile_errors()
+    compat.specialize_float_attributes()  # else each compiled frame is traced twice, every run
     if attention_backends:
         compat.cache_graphs_with_sdpa_kernel()  # else the sdpa_kernel blocks bypass AOTAutograd's cache
     n = 0

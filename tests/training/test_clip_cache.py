@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -39,8 +41,11 @@ def _counting(monkeypatch):
     calls = {"decoded": 0, "encoded": 0}
     load, encode = fast_data.load_audio_soundfile, fast_data.compute_dvae_codes
 
+    lock = threading.Lock()  # the decode pass runs on several threads
+
     def counted_load(path, sr):
-        calls["decoded"] += 1
+        with lock:
+            calls["decoded"] += 1
         return load(path, sr)
 
     def counted_encode(model, wavs, device):
@@ -142,3 +147,24 @@ def test_a_clips_codes_do_not_depend_on_the_batch_it_was_encoded_in(model_and_ro
             if not torch.equal(alone, beside):
                 depends.append(k * 1024 + extra)
     assert depends == []  # with PAD_AFTER = 2048: 1 to 3 of these 75 clips
+
+
+def test_clips_decoded_on_several_threads_come_back_in_the_rows_order(model_and_rows, monkeypatch, tmp_path):
+    """The earlier rows finish last here; the kept clips still follow the rows, the excluded one reported."""
+    model, rows, _ = model_and_rows
+    rows = [*rows[:2], {**rows[2], "text": "   "}, *rows[3:]]
+    order = {r["audio_file"]: i for i, r in enumerate(rows)}
+    threads = set()
+
+    def slow_load(path, sr):
+        threads.add(threading.get_ident())
+        time.sleep(0.05 * (len(rows) - order[path]))  # the first row sleeps longest
+        return fast_data.load_audio_soundfile(path, sr)
+
+    assert fast_data.decode_workers(1) == 1 and 1 <= fast_data.decode_workers(10_000) <= 8
+    monkeypatch.setattr(fast_data, "decode_workers", lambda clips: 3)
+    items, excluded = fast_data.prepare_clip_cache(model, rows, tmp_path / "cache", device="cpu", load_audio=slow_load,
+                                                   progress=False)  # fmt: skip
+    assert len(threads) == 3
+    assert [it.source for it in items] == [r["audio_file"] for i, r in enumerate(rows) if i != 2]
+    assert [(e["audio_file"], e["reason"]) for e in excluded] == [(rows[2]["audio_file"], "empty_text")]

@@ -26,7 +26,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -307,6 +309,11 @@ def _codes_for(model: Any, pending: list[tuple[dict[str, Any], torch.Tensor, str
     return items
 
 
+def decode_workers(clips: int) -> int:
+    """Threads for the clip cache's decode pass: one per core up to 8, never more than clips."""
+    return max(1, min(8, os.cpu_count() or 1, clips))
+
+
 def prepare_clip_cache(
     model: Any,
     samples: Sequence[dict[str, Any]],
@@ -352,11 +359,23 @@ def prepare_clip_cache(
     contents = file_digests([str(s["audio_file"]) for s in samples], index=cache_dir / "file_digests.json")
     lengths = _read_lengths(cache_dir / LENGTHS_INDEX)
     known = len(lengths)
-    for s, content in tqdm(zip(samples, contents), total=len(samples), desc="decode clips", disable=not progress):
+
+    def check_and_decode(job: tuple[dict[str, Any], str | None]) -> tuple[dict[str, Any], Any]:
+        s, content = job
         try:
-            pending.append(_check_and_decode(s, tokenizer, special, args, sr, cache_dir, load_audio, content, lengths))
+            return s, _check_and_decode(s, tokenizer, special, args, sr, cache_dir, load_audio, content, lengths)
         except SampleProblem as problem:
-            excluded.append(problem.record(s["audio_file"]))
+            return s, problem
+
+    # decoding, resampling and the .npy writes release the GIL: a few threads keep the disk and
+    # the cores busy; results come back in the rows' order
+    with ThreadPoolExecutor(max_workers=decode_workers(len(samples))) as pool:
+        done = pool.map(check_and_decode, zip(samples, contents))
+        for s, result in tqdm(done, total=len(samples), desc="decode clips", disable=not progress):
+            if isinstance(result, SampleProblem):
+                excluded.append(result.record(s["audio_file"]))
+            else:
+                pending.append(result)
     if len(lengths) != known:
         from utils.fs import write_json_atomic
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's measurements for BENCHMARKS.md, run on the device machine:
-#   bash scripts/gpu_bench_session.sh OUT_DIR [parity fast fast_noround fast_nocond lowvram_nocond rerun fast_cppwrap oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap imports big compile | all]
+#   bash scripts/gpu_bench_session.sh OUT_DIR [parity fast fast_noround fast_nocond lowvram_nocond rerun fast_cppwrap fast_autotune oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap imports big compile | all]
 # Expects the Coqui stack as wheels in .whl/ (see ../shared/OFFLINE_GPU.md); each step has its own
 # time limit so a slow one cannot take the rest with it. Results: OUT_DIR/*.json and *.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [parity fast fast_noround fast_nocond lowvram_nocond rerun fast_cppwrap oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap imports big compile | all]}
+OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [parity fast fast_noround fast_nocond lowvram_nocond rerun fast_cppwrap fast_autotune oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap imports big compile | all]}
 WHAT=${2:-all}
 mkdir -p "$OUT"
 # every step's limit is cut to what is left of BENCH_LIMIT_S (the device's per-call limit, less the
@@ -74,6 +74,14 @@ if run fast_cppwrap; then
   TORCHINDUCTOR_CPP_WRAPPER=1 timeout 360 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 --epochs 3 \
     --profile-steps 4 --out "$OUT/e2e_cppwrap.json" --no-progress > "$OUT/e2e_cppwrap.log" 2>&1
   cp $W/profile.txt "$OUT/profile_cppwrap.txt" 2>/dev/null
+fi
+if run fast_autotune; then
+  # the defaults with inductor's matmul autotuning (TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1): Triton matmul
+  # templates beside cuBLAS, and the elementwise work after a matmul fused into it where a template
+  # wins; two epochs, its own compile (the setting is part of the cache key)
+  TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1 timeout 400 python3 scripts/bench_gpt_train.py --workdir $W --clips 4096 \
+    --epochs 2 --startup-profile "$OUT/startup_autotune.txt" --out "$OUT/e2e_autotune.json" --no-progress \
+    > "$OUT/e2e_autotune.log" 2>&1
 fi
 if run oom; then
   # the OOM fallback for real: a fixed micro-batch of 128 in 20 GiB

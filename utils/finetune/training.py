@@ -206,9 +206,14 @@ def _final_plots(trainer: Any, plots: bool) -> None:
 
     if not (plots and trainer.evaluation_records and distributed.is_rank_zero()):
         return
+    from utils.training.checkpoints import sigint_deferred
+
     try:
-        _refresh_plots(trainer, force=True)
-    except Exception as exc:  # noqa: BLE001 - e.g. a Ctrl-C cut a matplotlib import short
+        # a Ctrl-C that cut matplotlib's import short left a half-initialised C extension, and
+        # the interpreter aborted at exit (SIGABRT instead of 130): the plot finishes first
+        with sigint_deferred("training_curves.png"):
+            _refresh_plots(trainer, force=True)
+    except Exception as exc:  # noqa: BLE001 - a plot that fails (no display back end, a full disk)
         # a plot must never hide why training ended (an interrupt, a full disk)
         logger.warning("could not redraw training_curves.png (%s: %s)", type(exc).__name__, exc)
 

@@ -63,10 +63,16 @@ def samples_for(spec: ScalingSpec, world_size: int) -> list[dict[str, Any]]:
     from utils.data.csv_io import read_coqui_csv
 
     rows = [
-        {"audio_file": str(r.path), "text": r.text, "speaker_name": r.speaker_name, "language": spec.language,
-         "root_path": str(Path(r.path).parent), "audio_unique_name": str(r.path)}
+        {
+            "audio_file": str(r.path),
+            "text": r.text,
+            "speaker_name": r.speaker_name,
+            "language": spec.language,
+            "root_path": str(Path(r.path).parent),
+            "audio_unique_name": str(r.path),
+        }
         for r in read_coqui_csv(Path(spec.dataset) / "metadata_train.csv")
-    ]  # fmt: skip
+    ]
     need = (spec.warmup + spec.steps) * spec.batch_size * world_size
     return [rows[i % len(rows)] for i in range(need)]
 
@@ -77,8 +83,12 @@ def measure(spec: ScalingSpec, world_size: int, workdir: Path) -> dict[str, Any]
 
     out = workdir / f"result_{world_size}.json"
     out.unlink(missing_ok=True)
-    launch_local(world_size, "bench.ddp", ["--spec", json.dumps(asdict(spec)), "--workdir", str(workdir), "--out", str(out)],
-                 module=True)  # fmt: skip
+    launch_local(
+        world_size,
+        "bench.ddp",
+        ["--spec", json.dumps(asdict(spec)), "--workdir", str(workdir), "--out", str(out)],
+        module=True,
+    )
     result = json.loads(out.read_text(encoding="utf-8"))
     seconds = result["times"][-1] - result["times"][spec.warmup - 1]
     samples_timed = spec.steps * spec.batch_size * world_size
@@ -122,10 +132,21 @@ def _worker(spec: ScalingSpec, samples: list[dict[str, Any]], workdir: str) -> d
     from utils.training.model import ToolkitGPTTrainer
     from utils.training.trainer import ToolkitTrainer
 
-    values = {"epochs": 1, "batch_size": spec.batch_size, "grad_accum": spec.grad_accum, "lr": spec.lr,
-              "num_loader_workers": spec.num_loader_workers, "save_every_steps": 10**9}  # fmt: skip
-    config = build_config(resolve(dataset_hours=1.0, cli=values), spec.base_model, output_path=workdir,
-                          language=spec.language, run_name="bench_ddp")  # fmt: skip
+    values = {
+        "epochs": 1,
+        "batch_size": spec.batch_size,
+        "grad_accum": spec.grad_accum,
+        "lr": spec.lr,
+        "num_loader_workers": spec.num_loader_workers,
+        "save_every_steps": 10**9,
+    }
+    config = build_config(
+        resolve(dataset_hours=1.0, cli=values),
+        spec.base_model,
+        output_path=workdir,
+        language=spec.language,
+        run_name="bench_ddp",
+    )
     config.run_eval = False
     config.print_step = 10**9
     cuda = torch.cuda.is_available()
@@ -148,9 +169,15 @@ def _worker(spec: ScalingSpec, samples: list[dict[str, Any]], workdir: str) -> d
     args = TrainerArgs(grad_accum_steps=spec.grad_accum * distributed.world_size())
     model = ToolkitGPTTrainer(config)
     trainer = distributed.build_trainer(
-        ToolkitTrainer, args, config, output_path=workdir, model=model, train_samples=samples,
-        eval_samples=samples[:1], callbacks={"on_train_step_end": on_step_end},
-    )  # fmt: skip
+        ToolkitTrainer,
+        args,
+        config,
+        output_path=workdir,
+        model=model,
+        train_samples=samples,
+        eval_samples=samples[:1],
+        callbacks={"on_train_step_end": on_step_end},
+    )
     model.run_dir = Path(trainer.output_path)
     try:
         trainer.fit()

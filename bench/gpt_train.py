@@ -14,19 +14,29 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from bench.train_step import BenchSpec, _sync, batch_counts, build_workload, measure_matmul_peak
 
 
-
-def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int | None = None, epochs: int = 3,
-                      workers: int = 8, extra_args: Sequence[str] = (), memory_cap_gib: float | None = None,
-                      profile_steps: int = 0, base_model: str | Path | None = None,
-                      measure_imports: bool = False, startup_profile: Path | None = None) -> dict[str, Any]:  # fmt: skip
+def measure_gpt_train(
+    workdir: str | Path,
+    *,
+    clips: int = 2048,
+    batch_size: int | None = None,
+    epochs: int = 3,
+    workers: int = 8,
+    extra_args: Sequence[str] = (),
+    memory_cap_gib: float | None = None,
+    profile_steps: int = 0,
+    base_model: str | Path | None = None,
+    measure_imports: bool = False,
+    startup_profile: Path | None = None,
+) -> dict[str, Any]:
     """Train a full-size random XTTS v2 GPT (or ``base_model``) through the FineTune recipe and time it.
 
     The same synthetic workload as :func:`build_workload` (clips uniform 2-11 s), written as coqui
@@ -63,9 +73,28 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
         lines = "".join(f"wavs/{Path(s['audio_file']).name}|{s['text']}|bench\n" for s in part)
         (root / "clips" / name).write_text("audio_file|text|speaker_name\n" + lines, encoding="utf-8")
     out = root / "runs"
-    argv = ["--base-model", str(base), "--dataset", str(root / "clips"), "--dataset-hours", "5",
-            "--epochs", str(epochs), "--num-workers", str(workers), "--output-path", str(out),
-            "--test-sentences", "0", "--no-quality-eval", "--no-export", "--no-plots", "--max-excluded-share", "1.0", *extra_args]  # fmt: skip
+    argv = [
+        "--base-model",
+        str(base),
+        "--dataset",
+        str(root / "clips"),
+        "--dataset-hours",
+        "5",
+        "--epochs",
+        str(epochs),
+        "--num-workers",
+        str(workers),
+        "--output-path",
+        str(out),
+        "--test-sentences",
+        "0",
+        "--no-quality-eval",
+        "--no-export",
+        "--no-plots",
+        "--max-excluded-share",
+        "1.0",
+        *extra_args,
+    ]
     if batch_size:
         argv += ["--batch-size", str(batch_size)] + ([] if "--grad-accum" in extra_args else ["--grad-accum", "1"])
     cuda = torch.cuda.is_available()
@@ -91,8 +120,14 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
         logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))  # the lines caught are INFO
         logger.addHandler(catcher)
     profile: dict[str, Any] = {}
-    counts: dict[str, Any] = {"tokens": 0, "padded_tokens": 0, "samples": 0, "params": None, "first_step_at": None,
-                              "first_step_done_at": None}
+    counts: dict[str, Any] = {
+        "tokens": 0,
+        "padded_tokens": 0,
+        "samples": 0,
+        "params": None,
+        "first_step_at": None,
+        "first_step_done_at": None,
+    }
     original_step = ToolkitTrainer.train_step
     ToolkitTrainer.train_step = _counted_train_step(original_step, counts)  # type: ignore[method-assign]
     if profile_steps:
@@ -136,9 +171,13 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
         # 6 x parameters x useful (non-padding) tokens per second, against the measured bf16 matmul peak
         mfu = round(6 * counts["params"] * tokens_per_sample * train_rate / (peak_tflops * 1e12), 4)
     return {
-        "exit_code": code, "wall_s": round(wall, 1), "workload": facts, "train_rows": train_rows,
+        "exit_code": code,
+        "wall_s": round(wall, 1),
+        "workload": facts,
+        "train_rows": train_rows,
         "excluded": len(report["train"]["excluded"]) + len(report["eval"]["excluded"]),
-        "micro_batch": config["batch_size"], "grad_accum": config["toolkit"].get("grad_accum"),
+        "micro_batch": config["batch_size"],
+        "grad_accum": config["toolkit"].get("grad_accum"),
         "micro_batch_plan": config["toolkit"].get("micro_batch_plan"),
         "batch_size_source": config["toolkit"]["hparams"]["sources"].get("batch_size"),
         "memory_cap_gib": memory_cap_gib,
@@ -149,19 +188,38 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
         # from the recipe's start (preflight, base model, clip cache, micro-batch probes) to the first training step
         "start_to_first_step_s": round(counts["first_step_at"] - started, 1) if counts["first_step_at"] else None,
         # the same to the end of the first step: a run that found its micro-batch in the memo compiles there
-        "start_to_first_step_done_s": (round(counts["first_step_done_at"] - started, 1)
-                                       if counts["first_step_done_at"] else None),
+        "start_to_first_step_done_s": (
+            round(counts["first_step_done_at"] - started, 1) if counts["first_step_done_at"] else None
+        ),
         "imports_s": imports,
         "startup_profile": _startup_profile(counts, startup_profile),
         "compile": counts.get("compile"),
-        "per_evaluation": [{k: r.get(k) for k in ("optimizer_step", "train_samples", "train_samples_per_s", "step_s",
-                                                   "loader_wait_share", "gpu_peak_reserved_gib", "gpu_alloc_retries",
-                                                   "train_loss", "eval_loss")} for r in records],  # fmt: skip
-        "checkpoint_writes": saves, "micro_batch_log": backoffs, "profile": profile or None,
+        "per_evaluation": [
+            {
+                k: r.get(k)
+                for k in (
+                    "optimizer_step",
+                    "train_samples",
+                    "train_samples_per_s",
+                    "step_s",
+                    "loader_wait_share",
+                    "gpu_peak_reserved_gib",
+                    "gpu_alloc_retries",
+                    "train_loss",
+                    "eval_loss",
+                )
+            }
+            for r in records
+        ],
+        "checkpoint_writes": saves,
+        "micro_batch_log": backoffs,
+        "profile": profile or None,
         "speed_applied": config["toolkit"].get("speed_applied"),
-        "gpt_params": counts["params"], "useful_tokens_per_sample": round(tokens_per_sample, 1) if tokens_per_sample else None,
+        "gpt_params": counts["params"],
+        "useful_tokens_per_sample": round(tokens_per_sample, 1) if tokens_per_sample else None,
         "padding_share": round(1 - counts["tokens"] / counts["padded_tokens"], 4) if counts["padded_tokens"] else None,
-        "matmul_peak_tflops": peak_tflops, "mfu_useful_tokens": mfu,
+        "matmul_peak_tflops": peak_tflops,
+        "mfu_useful_tokens": mfu,
         "peak_reserved_gib": max((r.get("gpu_peak_reserved_gib") or 0 for r in records), default=None),
     }
 
@@ -169,7 +227,10 @@ def measure_gpt_train(workdir: str | Path, *, clips: int = 2048, batch_size: int
 def import_seconds() -> dict[str, float]:
     """Seconds a fresh Python process takes to import torch, and torch with Coqui's XTTS trainer."""
     out = {}
-    for name, code in (("torch", "import torch"), ("torch_and_coqui", "import torch, TTS.tts.layers.xtts.trainer.gpt_trainer")):
+    for name, code in (
+        ("torch", "import torch"),
+        ("torch_and_coqui", "import torch, TTS.tts.layers.xtts.trainer.gpt_trainer"),
+    ):
         t = time.perf_counter()
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
         out[name] = round(time.perf_counter() - t, 2)
@@ -255,7 +316,9 @@ def _idle_gaps(prof: Any, trace_gz: Path) -> dict[str, Any]:
 COMMAND_BUFFER_FULL = "Command Buffer Full"
 
 
-def _profiled_train_step(original: Callable[..., Any], steps: int, out: dict[str, Any], root: Path) -> Callable[..., Any]:
+def _profiled_train_step(
+    original: Callable[..., Any], steps: int, out: dict[str, Any], root: Path
+) -> Callable[..., Any]:
     """Wrap ``ToolkitTrainer.train_step``: profile ``steps`` steps from the second epoch's 3rd.
 
     On a GPU the ``steps`` steps before those are profiled first with kernels only (no host-op
@@ -291,11 +354,18 @@ def _profiled_train_step(original: Callable[..., Any], steps: int, out: dict[str
         # "Command Buffer Full" (the host waiting for room in the launch queue) carries device time
         # in these tables but is not a kernel: reported beside the busy time, not in it
         stalls = sum(e.self_device_time_total for e in events if e.key == COMMAND_BUFFER_FULL)
-        gpu_us = sum(e.self_device_time_total for e in events
-                     if e.device_type == DeviceType.CUDA and e.key != COMMAND_BUFFER_FULL)  # fmt: skip
-        out["kernels_only"] = {"steps": steps, "wall_s": round(wall, 3), "gpu_busy_s": round(gpu_us / 1e6, 3),
-                               "gpu_busy_share": round(gpu_us / 1e6 / wall, 3),
-                               "command_buffer_full_s": round(stalls / 1e6, 3)}  # fmt: skip
+        gpu_us = sum(
+            e.self_device_time_total
+            for e in events
+            if e.device_type == DeviceType.CUDA and e.key != COMMAND_BUFFER_FULL
+        )
+        out["kernels_only"] = {
+            "steps": steps,
+            "wall_s": round(wall, 3),
+            "gpu_busy_s": round(gpu_us / 1e6, 3),
+            "gpu_busy_share": round(gpu_us / 1e6 / wall, 3),
+            "command_buffer_full_s": round(stalls / 1e6, 3),
+        }
 
     def train_step(self: Any, batch: Any, batch_n_steps: int, step: int, loader_start_time: float) -> Any:
         if cuda and self.epochs_done == 1 and step >= 2 and lean_window():
@@ -340,12 +410,25 @@ def _profiled_train_step(original: Callable[..., Any], steps: int, out: dict[str
                 # kernels only: an operator's row repeats the time of the kernels it launched
                 gpu_us = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA)
                 stalls = sum(e.self_device_time_total for e in events if e.key == COMMAND_BUFFER_FULL)
-                out.update({"steps": steps, "wall_s": round(wall, 3), "gpu_busy_s": round(gpu_us / 1e6, 3),
-                            "gpu_busy_share": round(gpu_us / 1e6 / wall, 3),
-                            "command_buffer_full_s": round(stalls / 1e6, 3)})  # fmt: skip
+                out.update(
+                    {
+                        "steps": steps,
+                        "wall_s": round(wall, 3),
+                        "gpu_busy_s": round(gpu_us / 1e6, 3),
+                        "gpu_busy_share": round(gpu_us / 1e6 / wall, 3),
+                        "command_buffer_full_s": round(stalls / 1e6, 3),
+                    }
+                )
                 by_name = {e.key: e.count for e in events}
-                out["calls"] = {k: by_name.get(k, 0) for k in ("aten::item", "aten::_local_scalar_dense",
-                                                               "cudaStreamSynchronize", "cudaDeviceSynchronize")}
+                out["calls"] = {
+                    k: by_name.get(k, 0)
+                    for k in (
+                        "aten::item",
+                        "aten::_local_scalar_dense",
+                        "cudaStreamSynchronize",
+                        "cudaDeviceSynchronize",
+                    )
+                }
                 syncs = state.get("syncs", {})
                 out["device_syncs"] = sum(syncs.values())
                 out["device_sync_sites"] = sorted(syncs.items(), key=lambda kv: -kv[1])[:15]
@@ -356,10 +439,14 @@ def _profiled_train_step(original: Callable[..., Any], steps: int, out: dict[str
                 (root / "profile.txt").write_text(table + "\n\n" + cpu_table + "\n\n" + nested, encoding="utf-8")
                 out["_prof"] = prof  # its trace is written after training (seconds of work, outside the timed steps)
                 kernels = [e for e in events if e.device_type == DeviceType.CUDA]
-                out["top_gpu"] = [(e.key[:60], round(e.self_device_time_total / 1e3, 1))
-                                  for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:12]]  # fmt: skip
-                out["top_cpu"] = [(e.key[:60], round(e.self_cpu_time_total / 1e3, 1))
-                                  for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]]  # fmt: skip
+                out["top_gpu"] = [
+                    (e.key[:60], round(e.self_device_time_total / 1e3, 1))
+                    for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:12]
+                ]
+                out["top_cpu"] = [
+                    (e.key[:60], round(e.self_cpu_time_total / 1e3, 1))
+                    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
+                ]
         return result
 
     return train_step

@@ -18,7 +18,8 @@ logging.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 HOST_CATEGORIES = ("cpu_op", "user_annotation")
@@ -30,8 +31,9 @@ def _complete(events: Iterable[dict[str, Any]], categories: Sequence[str]) -> li
     return [e for e in events if e.get("ph") == "X" and e.get("cat") in categories and "ts" in e and "dur" in e]
 
 
-def gpu_idle_gaps(events: Sequence[dict[str, Any]], *, min_gap_us: float = 20.0, depth: int = 3,
-                  top: int = 12) -> dict[str, Any]:  # fmt: skip
+def gpu_idle_gaps(
+    events: Sequence[dict[str, Any]], *, min_gap_us: float = 20.0, depth: int = 3, top: int = 12
+) -> dict[str, Any]:
     """The GPU's idle time between its first and last kernel, and the host ops it is charged to.
 
     Args:
@@ -53,8 +55,11 @@ def gpu_idle_gaps(events: Sequence[dict[str, Any]], *, min_gap_us: float = 20.0,
     for ops in by_thread.values():
         ops.sort(key=lambda e: (float(e["ts"]), -float(e["dur"])))  # outermost first at equal starts
     main = max(by_thread, key=lambda k: len(by_thread[k])) if by_thread else None  # the step's thread
-    launches = {e["args"]["correlation"]: e for e in _complete(events, LAUNCH_CATEGORIES)
-                if isinstance(e.get("args"), dict) and "correlation" in e["args"]}  # fmt: skip
+    launches = {
+        e["args"]["correlation"]: e
+        for e in _complete(events, LAUNCH_CATEGORIES)
+        if isinstance(e.get("args"), dict) and "correlation" in e["args"]
+    }
 
     busy = 0.0
     gaps: list[tuple[float, float, dict[str, Any]]] = []  # (idle from, idle to, the work that ended it)
@@ -73,7 +78,9 @@ def gpu_idle_gaps(events: Sequence[dict[str, Any]], *, min_gap_us: float = 20.0,
             continue
         launch = launches.get((work.get("args") or {}).get("correlation"))
         thread, at = ((launch.get("pid"), launch.get("tid")), float(launch["ts"])) if launch else (main, g1)
-        chain = [e["name"] for e in by_thread.get(thread, []) if float(e["ts"]) <= at <= float(e["ts"]) + float(e["dur"])]
+        chain = [
+            e["name"] for e in by_thread.get(thread, []) if float(e["ts"]) <= at <= float(e["ts"]) + float(e["dur"])
+        ]
         key = " > ".join(chain[-depth:]) if chain else NO_OP
         charged[key][0] += g1 - g0
         charged[key][1] += 1

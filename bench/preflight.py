@@ -96,8 +96,10 @@ def _vocab(out: Path, texts: list[str]) -> Path:
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     special = ["[STOP]", "[UNK]", "[SPACE]", "[START]", "[en]"]
-    tok.train_from_iterator([t.lower() for t in texts] + ["abcdefghijklmnopqrstuvwxyz .,!?'-"],
-                            trainers.BpeTrainer(vocab_size=300, special_tokens=special, show_progress=False))
+    tok.train_from_iterator(
+        [t.lower() for t in texts] + ["abcdefghijklmnopqrstuvwxyz .,!?'-"],
+        trainers.BpeTrainer(vocab_size=300, special_tokens=special, show_progress=False),
+    )
     # pad to the size of XTTS v2's vocabulary (6681) so per-call vocabulary costs are realistic
     tok.add_tokens([f"<pad{i:04d}>" for i in range(XTTS_VOCAB_SIZE - tok.get_vocab_size())])
     path = out / "vocab.json"
@@ -150,7 +152,15 @@ def bench_preflight(
     finally:
         if not keep and not work_dir:
             shutil.rmtree(tmp, ignore_errors=True)
-    return {"vocab_size": tokenizer.tokenizer.get_vocab_size() if hasattr(tokenizer, "tokenizer") else None,
-            "clips": n, "seconds": round(seconds, 2), "clips_per_s": round(n / seconds, 1),
-            "hours": round(report.hours_kept, 2), "cores": used_cores, "workers": workers,
-            "kept": report.kept, "excluded": len(report.excluded), "cold_cache": cold}
+    return {
+        "vocab_size": tokenizer.tokenizer.get_vocab_size() if hasattr(tokenizer, "tokenizer") else None,
+        "clips": n,
+        "seconds": round(seconds, 2),
+        "clips_per_s": round(n / seconds, 1),
+        "hours": round(report.hours_kept, 2),
+        "cores": used_cores,
+        "workers": workers,
+        "kept": report.kept,
+        "excluded": len(report.excluded),
+        "cold_cache": cold,
+    }

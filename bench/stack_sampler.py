@@ -52,7 +52,7 @@ class StackSampler:
         self._t0 = 0.0
         self.seconds = 0.0
 
-    def start(self) -> "StackSampler":
+    def start(self) -> StackSampler:
         self._t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._run, name="stack-sampler", daemon=True)
         self._thread.start()

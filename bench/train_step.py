@@ -17,6 +17,7 @@ Everything is returned as one dict (written as JSON by ``scripts/bench_train.py`
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import math
@@ -24,9 +25,10 @@ import os
 import platform
 import random
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,7 +91,11 @@ def _pseudo_words(rng: random.Random, n: int) -> list[str]:
     words = set()
     while len(words) < n:
         k = rng.randint(1, 4)
-        words.add("".join(rng.choice(cons) + rng.choice(vows) + (rng.choice(cons) if rng.random() < 0.3 else "") for _ in range(k)))
+        words.add(
+            "".join(
+                rng.choice(cons) + rng.choice(vows) + (rng.choice(cons) if rng.random() < 0.3 else "") for _ in range(k)
+            )
+        )
     return sorted(words)
 
 
@@ -154,8 +160,16 @@ def build_workload(spec: BenchSpec) -> tuple[list[dict[str, Any]], dict[str, Any
         if not path.exists():
             todo.append((str(path), n, spec.seed, i))
         text = _sentence(rng, lexicon, int(round(dur * spec.chars_per_s)))
-        samples.append({"text": text, "audio_file": str(path), "speaker_name": "bench", "language": "en",
-                        "root_path": str(root), "audio_unique_name": path.stem})
+        samples.append(
+            {
+                "text": text,
+                "audio_file": str(path),
+                "speaker_name": "bench",
+                "language": "en",
+                "root_path": str(root),
+                "audio_unique_name": path.stem,
+            }
+        )
         durations.append(n / SAMPLE_RATE)
     _write_clips(todo)
     corpus = [_sentence(rng, lexicon, 200) for _ in range(4000)] + [s["text"] for s in samples]
@@ -165,8 +179,12 @@ def build_workload(spec: BenchSpec) -> tuple[list[dict[str, Any]], dict[str, Any
     torch.save({}, root / "dvae.pth")  # GPTTrainer loads it with strict=False: random real-size DVAE
     facts = {
         "clips": spec.clips,
-        "duration_s": {"min": min(durations), "max": max(durations), "mean": float(np.mean(durations)),
-                       "total_h": sum(durations) / 3600},
+        "duration_s": {
+            "min": min(durations),
+            "max": max(durations),
+            "mean": float(np.mean(durations)),
+            "total_h": sum(durations) / 3600,
+        },
         "chars_per_s": float(np.mean([len(s["text"]) / d for s, d in zip(samples, durations)])),
     }
     return samples, facts
@@ -178,8 +196,11 @@ def build_model(spec: BenchSpec, batch_size: int) -> tuple[Any, Any]:
     from TTS.tts.layers.xtts.trainer.gpt_trainer import GPTArgs, GPTTrainer, GPTTrainerConfig
 
     root = Path(spec.workdir)
-    dims = {} if spec.size == "full" else dict(gpt_layers=2, gpt_n_model_channels=128, gpt_n_heads=4,
-                                               decoder_input_dim=128)
+    dims = (
+        {}
+        if spec.size == "full"
+        else dict(gpt_layers=2, gpt_n_model_channels=128, gpt_n_heads=4, decoder_input_dim=128)
+    )
     # Values from Coqui's recipes/ljspeech/xtts_v2/train_gpt_xtts.py; the GPT size is XttsArgs' default.
     args = GPTArgs(
         max_conditioning_length=132300,
@@ -241,8 +262,16 @@ def move_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any
     return batch
 
 
-def trainer_step(model: Any, config: Any, optimizer: Any, batch: dict[str, Any], device: torch.device,
-                 *, loss_scale: float = 1.0, step_optimizer: bool = True) -> float:
+def trainer_step(
+    model: Any,
+    config: Any,
+    optimizer: Any,
+    batch: dict[str, Any],
+    device: torch.device,
+    *,
+    loss_scale: float = 1.0,
+    step_optimizer: bool = True,
+) -> float:
     """One step as Trainer 0.4 runs it for a single-optimizer model (no grad clip: recipe's 0)."""
     batch = model.format_batch(batch)
     batch = move_to_device(batch, device)
@@ -268,8 +297,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed_loop(step: Callable[[dict[str, Any]], float], loader: Any, spec: BenchSpec, device: torch.device,
-               n_params: int, peak_tflops: float | None, *, steps: int | None = None) -> dict[str, Any]:
+def timed_loop(
+    step: Callable[[dict[str, Any]], float],
+    loader: Any,
+    spec: BenchSpec,
+    device: torch.device,
+    n_params: int,
+    peak_tflops: float | None,
+    *,
+    steps: int | None = None,
+) -> dict[str, Any]:
     """Warm up, then time ``steps`` steps; loader wait is the time blocked in ``next(loader)``."""
     steps = steps or spec.steps
     it = iter(loader)
@@ -356,16 +393,21 @@ def measure_matmul_peak(device: torch.device) -> float | None:
 
 
 def _grads(model: Any) -> torch.Tensor:
-    return torch.cat([p.grad.detach().float().flatten().cpu() if p.grad is not None else torch.zeros(p.numel())
-                      for p in model.xtts.gpt.parameters()])
+    return torch.cat(
+        [
+            p.grad.detach().float().flatten().cpu() if p.grad is not None else torch.zeros(p.numel())
+            for p in model.xtts.gpt.parameters()
+        ]
+    )
 
 
 def _clone_batch(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.clone() if torch.is_tensor(v) else copy.deepcopy(v)) for k, v in batch.items()}
 
 
-def stock_parity_batches(model: Any, config: Any, samples: list[dict[str, Any]], spec: BenchSpec,
-                         device: torch.device) -> list[dict[str, Any]]:
+def stock_parity_batches(
+    model: Any, config: Any, samples: list[dict[str, Any]], spec: BenchSpec, device: torch.device
+) -> list[dict[str, Any]]:
     """Fixed raw batches from Coqui's own loader with the codes Coqui computes, for both paths."""
     from TTS.tts.layers.xtts.trainer.dataset import XTTSDataset
 
@@ -380,8 +422,9 @@ def stock_parity_batches(model: Any, config: Any, samples: list[dict[str, Any]],
     return out
 
 
-def losses_and_grads(model: Any, config: Any, batches: list[dict[str, Any]], device: torch.device, *,
-                     stock: bool) -> tuple[list[dict[str, float]], torch.Tensor]:
+def losses_and_grads(
+    model: Any, config: Any, batches: list[dict[str, Any]], device: torch.device, *, stock: bool
+) -> tuple[list[dict[str, float]], torch.Tensor]:
     """Losses per batch and the summed gradient, dropout off (model.eval), no optimizer step.
 
     ``stock``: Coqui's formatting (minus the DVAE call: the batch carries the codes Coqui computed);
@@ -418,8 +461,14 @@ def _stock_format_with_codes(model: Any, batch: dict[str, Any]) -> dict[str, Any
     return batch
 
 
-def compare(stock: list[dict[str, float]], ours: list[dict[str, float]], g_stock: torch.Tensor,
-            g_ours: torch.Tensor, rel_tol: float, cos_tol: float) -> dict[str, Any]:
+def compare(
+    stock: list[dict[str, float]],
+    ours: list[dict[str, float]],
+    g_stock: torch.Tensor,
+    g_ours: torch.Tensor,
+    rel_tol: float,
+    cos_tol: float,
+) -> dict[str, Any]:
     rel = [abs(o["loss"] - s["loss"]) / max(abs(s["loss"]), 1e-12) for s, o in zip(stock, ours)]
     cos = float(torch.nn.functional.cosine_similarity(g_stock.double(), g_ours.double(), dim=0))
     norm_ratio = float(g_ours.norm() / max(float(g_stock.norm()), 1e-30))
@@ -443,8 +492,12 @@ def compare(stock: list[dict[str, float]], ours: list[dict[str, float]], g_stock
 def _env(device: torch.device) -> dict[str, Any]:
     import transformers
 
-    env = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-           "cpu_count": os.cpu_count()}
+    env = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+    }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
@@ -469,8 +522,15 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def run_stock(model: Any, config: Any, samples: list[dict[str, Any]], spec: BenchSpec, device: torch.device,
-              n_params: int, peak: float | None) -> list[dict[str, Any]]:
+def run_stock(
+    model: Any,
+    config: Any,
+    samples: list[dict[str, Any]],
+    spec: BenchSpec,
+    device: torch.device,
+    n_params: int,
+    peak: float | None,
+) -> list[dict[str, Any]]:
     """Coqui's step with its own loader, each variant with a fresh optimizer."""
     results = []
     for precision, bsz in spec.stock:
@@ -484,8 +544,8 @@ def run_stock(model: Any, config: Any, samples: list[dict[str, Any]], spec: Benc
         logger.info("stock %s micro-batch %d", precision, bsz)
         # Small micro-batches get more steps (same samples as about `steps` batches of 32, at most 80).
         steps = min(80, spec.steps * max(1, 32 // bsz))
-        res = timed_loop(lambda b: trainer_step(model, config, opt, b, device), loader, spec, device, n_params, peak,
-                         steps=steps)
+        step = functools.partial(trainer_step, model, config, opt, device=device)
+        res = timed_loop(step, loader, spec, device, n_params, peak, steps=steps)
         res.update({"name": f"stock {precision} b{bsz}", "precision": precision, "micro_batch": bsz})
         logger.info("%s", json.dumps(res))
         results.append(res)
@@ -494,13 +554,23 @@ def run_stock(model: Any, config: Any, samples: list[dict[str, Any]], spec: Benc
     return results
 
 
-def run_ours_variant(name: str, model: Any, config: Any, loader: Any, bsz: int, spec: BenchSpec,
-                     device: torch.device, n_params: int, peak: float | None) -> dict[str, Any]:
+def run_ours_variant(
+    name: str,
+    model: Any,
+    config: Any,
+    loader: Any,
+    bsz: int,
+    spec: BenchSpec,
+    device: torch.device,
+    n_params: int,
+    peak: float | None,
+) -> dict[str, Any]:
     opt = model.get_optimizer()
     set_train_mode(model)
     logger.info("ours: %s", name)
     try:
-        res = timed_loop(lambda b: trainer_step(model, config, opt, b, device), loader, spec, device, n_params, peak)
+        step = functools.partial(trainer_step, model, config, opt, device=device)
+        res = timed_loop(step, loader, spec, device, n_params, peak)
     except RuntimeError as exc:
         if not is_oom(exc):
             raise
@@ -527,11 +597,16 @@ def run_main(spec: BenchSpec) -> dict[str, Any]:
     n_chr = [len(s["text"]) for s in samples[:200]]
     workload["text_tokens_per_char"] = round(sum(n_tok) / sum(n_chr), 3)
     workload["vocab_size"] = tok.get_number_tokens()
-    result: dict[str, Any] = {"env": _env(device), "spec": asdict(spec), "workload": workload,
-                              "gpt_params": n_params, "gpt_params_m": round(n_params / 1e6, 1),
-                              "matmul_peak_tflops": peak,
-                              "flops_note": "TFLOP/s = 6 * GPT params * tokens / s; 'real' counts non-padded "
-                                            "tokens (32 prompt + text+2 + codes+5 per clip), 'padded' the padded batch"}
+    result: dict[str, Any] = {
+        "env": _env(device),
+        "spec": asdict(spec),
+        "workload": workload,
+        "gpt_params": n_params,
+        "gpt_params_m": round(n_params / 1e6, 1),
+        "matmul_peak_tflops": peak,
+        "flops_note": "TFLOP/s = 6 * GPT params * tokens / s; 'real' counts non-padded "
+        "tokens (32 prompt + text+2 + codes+5 per clip), 'padded' the padded batch",
+    }
     result["stock"] = run_stock(model, config, samples, spec, device, n_params, peak)
 
     # Parity batches from the stock path (stock modules, fp32).
@@ -540,11 +615,16 @@ def run_main(spec: BenchSpec) -> dict[str, Any]:
 
     # One-off preparation: decode once, DVAE codes once (DVAE still on the device).
     t = time.perf_counter()
-    items, excluded = fast_data.prepare_clip_cache(model, samples, Path(spec.workdir) / "cache", device=device,
-                                                   progress=spec.progress)
+    items, excluded = fast_data.prepare_clip_cache(
+        model, samples, Path(spec.workdir) / "cache", device=device, progress=spec.progress
+    )
     prep_s = time.perf_counter() - t
-    result["prepare"] = {"seconds": round(prep_s, 2), "clips": len(items), "excluded": len(excluded),
-                         "audio_h": round(sum(i.num_samples for i in items) / SAMPLE_RATE / 3600, 3)}
+    result["prepare"] = {
+        "seconds": round(prep_s, 2),
+        "clips": len(items),
+        "excluded": len(excluded),
+        "audio_h": round(sum(i.num_samples for i in items) / SAMPLE_RATE / 3600, 3),
+    }
     result["code_agreement"] = _code_agreement(parity_raw, items)
 
     # The ladder: stock bf16 micro-batch `ladder_batch`, one lever added per rung.
@@ -552,28 +632,61 @@ def run_main(spec: BenchSpec) -> dict[str, Any]:
     if device.type == "cuda":
         config.mixed_precision, config.precision = True, "bf16"
     on = {}
-    rungs = [("no_cudnn_attention", {"cudnn_attention": False}),
-             ("fast_gelu", {"fast_gelu": True}),
-             ("sdpa_conditioning", {"sdpa_conditioning": True}),
-             ("fast_heads", {"fast_heads": True}),
-             ("host_lengths", {"host_lengths": True}),
-             ("no_kv_cache", {"no_kv_cache": True}),
-             ("packed_attention", {"packed_attention": True}),
-             ("fused_adamw", {"fused_adamw": True, "tf32": True}),
-             ("cudnn_attention (packed rows)", {"cudnn_attention": True})]
-    base_off = {f: False for f in ("bf16", "tf32", "fused_adamw", "fast_gelu", "sdpa_conditioning", "fast_heads", "no_kv_cache",
-                                   "packed_attention", "host_lengths", "cache_dvae_codes", "bucket_lengths",
-                                   "pin_memory", "compile", "grad_checkpointing", "optimizer_8bit",
-                                   "offload_frozen", "expandable_segments", "auto_batch")}
+    rungs = [
+        ("no_cudnn_attention", {"cudnn_attention": False}),
+        ("fast_gelu", {"fast_gelu": True}),
+        ("sdpa_conditioning", {"sdpa_conditioning": True}),
+        ("fast_heads", {"fast_heads": True}),
+        ("host_lengths", {"host_lengths": True}),
+        ("no_kv_cache", {"no_kv_cache": True}),
+        ("packed_attention", {"packed_attention": True}),
+        ("fused_adamw", {"fused_adamw": True, "tf32": True}),
+        ("cudnn_attention (packed rows)", {"cudnn_attention": True}),
+    ]
+    base_off = {
+        f: False
+        for f in (
+            "bf16",
+            "tf32",
+            "fused_adamw",
+            "fast_gelu",
+            "sdpa_conditioning",
+            "fast_heads",
+            "no_kv_cache",
+            "packed_attention",
+            "host_lengths",
+            "cache_dvae_codes",
+            "bucket_lengths",
+            "pin_memory",
+            "compile",
+            "grad_checkpointing",
+            "optimizer_8bit",
+            "offload_frozen",
+            "expandable_segments",
+            "auto_batch",
+        )
+    }
     config.batch_size = spec.ladder_batch
     if spec.ladder and device.type == "cuda":
         for name, extra in rungs:
             on.update(extra)
-            apply_speed_options(model, config, SpeedOptions(**{**base_off, **on, "bf16": True, "num_workers": spec.workers}),
-                                device)
+            apply_speed_options(
+                model, config, SpeedOptions(**{**base_off, **on, "bf16": True, "num_workers": spec.workers}), device
+            )
             loader = model.get_data_loader(config, samples=list(samples))
-            ladder.append(run_ours_variant(f"+{name} (stock loader) b{spec.ladder_batch}", model, config, loader,
-                                           spec.ladder_batch, spec, device, n_params, peak))
+            ladder.append(
+                run_ours_variant(
+                    f"+{name} (stock loader) b{spec.ladder_batch}",
+                    model,
+                    config,
+                    loader,
+                    spec.ladder_batch,
+                    spec,
+                    device,
+                    n_params,
+                    peak,
+                )
+            )
             del loader
     # Full default options: cached codes, bucketing, pinned memory, frozen modules off the GPU.
     opts = SpeedOptions(num_workers=spec.workers, compile=False)  # compile has its own rung below
@@ -582,10 +695,17 @@ def run_main(spec: BenchSpec) -> dict[str, Any]:
     dataset = fast_data.CachedClipDataset(items, config)
     workers = spec.workers if device.type == "cuda" else 0
     for bsz in ([spec.ladder_batch] if spec.ladder else []) + list(spec.ours_batches):
-        loader = fast_data.build_fast_loader(dataset, bsz, bucket_lengths=opts.bucket_lengths, num_workers=workers,
-                                             pin_memory=opts.pin_memory, seed=spec.seed)
-        ladder.append(run_ours_variant(f"ours (all defaults) b{bsz}", model, config, loader, bsz, spec, device,
-                                       n_params, peak))
+        loader = fast_data.build_fast_loader(
+            dataset,
+            bsz,
+            bucket_lengths=opts.bucket_lengths,
+            num_workers=workers,
+            pin_memory=opts.pin_memory,
+            seed=spec.seed,
+        )
+        ladder.append(
+            run_ours_variant(f"ours (all defaults) b{bsz}", model, config, loader, bsz, spec, device, n_params, peak)
+        )
         del loader
     if spec.profile and device.type == "cuda":
         ok = [r for r in ladder if "samples_per_s" in r and r["name"].startswith("ours")]
@@ -599,9 +719,20 @@ def run_main(spec: BenchSpec) -> dict[str, Any]:
         loader = fast_data.build_fast_loader(dataset, bsz, num_workers=workers, seed=spec.seed)
         try:
             apply_speed_options(model, config, SpeedOptions(**{**opts.to_dict(), "compile": True}), device)
-            ladder.append(run_ours_variant(f"ours + compile b{bsz}", model, config, loader, bsz,
-                                           replace(spec, warmup=max(spec.warmup, 8)), device, n_params, peak))
-        except Exception as exc:  # noqa: BLE001 - optional rung: record why it failed, keep the run
+            ladder.append(
+                run_ours_variant(
+                    f"ours + compile b{bsz}",
+                    model,
+                    config,
+                    loader,
+                    bsz,
+                    replace(spec, warmup=max(spec.warmup, 8)),
+                    device,
+                    n_params,
+                    peak,
+                )
+            )
+        except Exception as exc:  # optional rung: record why it failed, keep the run
             logger.exception("compile rung failed")
             ladder.append({"name": f"ours + compile b{bsz}", "error": f"{type(exc).__name__}: {exc}"[:500]})
     result["ours"] = ladder
@@ -611,21 +742,24 @@ def run_main(spec: BenchSpec) -> dict[str, Any]:
     stock_losses, g_stock = stock_reference(model, config, parity_raw, device)
     ours_losses, g_ours = losses_and_grads(model, config, parity_raw, device, stock=False)
     bf16 = bool(config.mixed_precision)
-    result["parity"] = compare(stock_losses, ours_losses, g_stock, g_ours,
-                               rel_tol=2e-2 if bf16 else 1e-4, cos_tol=0.98 if bf16 else 0.9999)
+    result["parity"] = compare(
+        stock_losses, ours_losses, g_stock, g_ours, rel_tol=2e-2 if bf16 else 1e-4, cos_tol=0.98 if bf16 else 0.9999
+    )
     result["parity"]["ours_precision"] = "bf16" if bf16 else "fp32"
     result["parity"]["stock_precision"] = "fp32"
     best = max((r for r in ladder if "samples_per_s" in r), key=lambda r: r["samples_per_s"], default=None)
     ref = next((r for r in result["stock"] if r["precision"] == "fp32"), None)
     if best and ref:
-        result["best"] = {"name": best["name"], "samples_per_s": best["samples_per_s"],
-                          "speedup_vs_stock_fp32": round(best["samples_per_s"] / ref["samples_per_s"], 2)}
+        result["best"] = {
+            "name": best["name"],
+            "samples_per_s": best["samples_per_s"],
+            "speedup_vs_stock_fp32": round(best["samples_per_s"] / ref["samples_per_s"], 2),
+        }
     result["total_s"] = round(time.perf_counter() - t_start, 1)
     return result
 
 
-def profile_steps(model: Any, config: Any, loader: Any, device: torch.device, bsz: int, n: int = 3
-                  ) -> dict[str, Any]:
+def profile_steps(model: Any, config: Any, loader: Any, device: torch.device, bsz: int, n: int = 3) -> dict[str, Any]:
     """torch.profiler over ``n`` steps of ours: top kernels by GPU time, top ops by CPU time."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -652,23 +786,30 @@ def profile_steps(model: Any, config: Any, loader: Any, device: torch.device, bs
         "cuda_table": ka.table(sort_by="self_cuda_time_total", row_limit=35, max_name_column_width=70),
         "cpu_table": ka.table(sort_by="cpu_time_total", row_limit=20, max_name_column_width=70),
     }
-    logger.info("profile b%d: wall %.1f ms/step, GPU busy %.1f ms/step (profiler overhead included)", bsz,
-                out["wall_ms_per_step"], out["gpu_busy_ms_per_step"])
+    logger.info(
+        "profile b%d: wall %.1f ms/step, GPU busy %.1f ms/step (profiler overhead included)",
+        bsz,
+        out["wall_ms_per_step"],
+        out["gpu_busy_ms_per_step"],
+    )
     del opt
     _free(device)
     return out
 
 
-def stock_reference(model: Any, config: Any, raw: list[dict[str, Any]], device: torch.device
-                    ) -> tuple[list[dict[str, float]], torch.Tensor]:
+def stock_reference(
+    model: Any, config: Any, raw: list[dict[str, Any]], device: torch.device
+) -> tuple[list[dict[str, float]], torch.Tensor]:
     """Stock losses and gradients on ``model``'s current GPT weights.
 
     A fresh stock GPTTrainer (fp32, Coqui's GELU and attention, stock formatting) gets a copy of
     the GPT weights, so both sides of the parity check use identical weights and batches.
     """
     state = {k: v.detach().cpu() for k, v in model.xtts.gpt.state_dict().items()}
-    spec_like = BenchSpec(workdir=str(Path(config.model_args.tokenizer_file).parent),
-                          size="full" if model.xtts.gpt.layers == 30 else "tiny")
+    spec_like = BenchSpec(
+        workdir=str(Path(config.model_args.tokenizer_file).parent),
+        size="full" if model.xtts.gpt.layers == 30 else "tiny",
+    )
     ref, ref_cfg = build_model(spec_like, 4)
     ref.xtts.gpt.load_state_dict(state)
     ref.to(device)
@@ -697,8 +838,11 @@ def _code_agreement(raw: list[dict[str, Any]], items: list[fast_data.CachedClip]
             total += int(a.shape[0])
             last_same += int(a[-1] == c[-1])
             last_total += 1
-    return {"codes_compared": total, "equal_share": round(same / max(total, 1), 4),
-            "last_code_equal_share": round(last_same / max(last_total, 1), 4)}
+    return {
+        "codes_compared": total,
+        "equal_share": round(same / max(total, 1), 4),
+        "last_code_equal_share": round(last_same / max(last_total, 1), 4),
+    }
 
 
 def run_lowvram(spec: BenchSpec) -> dict[str, Any]:
@@ -710,8 +854,9 @@ def run_lowvram(spec: BenchSpec) -> dict[str, Any]:
     samples, workload = build_workload(spec)
     model, config = build_model(spec, 4)
     model.to(device)
-    items, _ = fast_data.prepare_clip_cache(model, samples, Path(spec.workdir) / "cache", device=device,
-                                            progress=spec.progress)
+    items, _ = fast_data.prepare_clip_cache(
+        model, samples, Path(spec.workdir) / "cache", device=device, progress=spec.progress
+    )
     n_params = sum(p.numel() for p in model.xtts.gpt.parameters())
     opts = SpeedOptions.low_vram(num_workers=spec.workers)
     levers = apply_speed_options(model, config, opts, device)
@@ -740,25 +885,41 @@ def run_lowvram(spec: BenchSpec) -> dict[str, Any]:
         counter["n"] += 1
         last = counter["n"] % spec.lowvram_accum == 0
         losses = run_with_oom_backoff(
-            lambda part, scale: trainer_step(model, config, opt, part, device,
-                                             loss_scale=scale / spec.lowvram_accum, step_optimizer=False),
-            batch, backoff, lambda: opt.zero_grad(set_to_none=True))
+            lambda part, scale: trainer_step(
+                model, config, opt, part, device, loss_scale=scale / spec.lowvram_accum, step_optimizer=False
+            ),
+            batch,
+            backoff,
+            lambda: opt.zero_grad(set_to_none=True),
+        )
         if last:
             opt.step()
             opt.zero_grad(set_to_none=True)
         return float(np.mean(losses))
 
     res = timed_loop(step, loader, spec, device, n_params, None, steps=max(spec.steps, 2 * spec.lowvram_accum))
-    res.update({"name": "low-VRAM preset", "micro_batch": micro, "grad_accumulation": spec.lowvram_accum,
-                "effective_batch": micro * spec.lowvram_accum, "budget_gib": spec.lowvram_budget_gib,
-                "probe_peak_reserved_gib": round(probe_peak / 2**30, 2), "oom_splits": backoff.parts,
-                "levers": levers, "speed_options": opts.to_dict(), "workload": workload, "env": _env(device)})
+    res.update(
+        {
+            "name": "low-VRAM preset",
+            "micro_batch": micro,
+            "grad_accumulation": spec.lowvram_accum,
+            "effective_batch": micro * spec.lowvram_accum,
+            "budget_gib": spec.lowvram_budget_gib,
+            "probe_peak_reserved_gib": round(probe_peak / 2**30, 2),
+            "oom_splits": backoff.parts,
+            "levers": levers,
+            "speed_options": opts.to_dict(),
+            "workload": workload,
+            "env": _env(device),
+        }
+    )
     return res
 
 
 # --------------------------------------------------------------------------------------------
 # The benchmark's own OOM fallback (the trainer has its own: utils.training.autobatch.halve_micro_batch)
 # --------------------------------------------------------------------------------------------
+
 
 def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
     """Split a collated batch (before ``format_batch``) into ``parts`` smaller ones along dim 0."""
@@ -793,7 +954,9 @@ class OomBackoff:
     def halve(self) -> None:
         """Halve the micro-batch, double accumulation (effective batch unchanged), log it."""
         if self.micro_batch // (self.parts * 2) < 1:
-            raise RuntimeError("CUDA out of memory even at micro-batch 1: use the low-VRAM preset or a shorter max clip")
+            raise RuntimeError(
+                "CUDA out of memory even at micro-batch 1: use the low-VRAM preset or a shorter max clip"
+            )
         self.parts *= 2
         logger.warning(
             "CUDA out of memory: micro-batch %d -> %d, gradient accumulation %d -> %d (effective batch %d unchanged)",

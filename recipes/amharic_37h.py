@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import cli, gpt_train  # noqa: E402
+from utils import cli, gpt_train
 
 RECIPE = {
     "language": "am",  # Amharic normaliser (numbers, Ethiopic numerals, abbreviations) + new vocab

@@ -13,18 +13,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import logging
+import os
+import subprocess
+import tempfile
+import time
 
-import numpy as np  # noqa: E402
-import soundfile as sf  # noqa: E402
+import numpy as np
+import soundfile as sf
 
-from utils import cli  # noqa: E402
+from utils import cli
 
 logger = logging.getLogger("bench_asr")
 
@@ -77,8 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     words, _ = tr(audio)
     wall = time.perf_counter() - t0
     seconds = len(audio) / WHISPER_SR
-    row = {"model": args.whisper_model and Path(model).name or "tiny.en", "device": tr.device, "threads": os.cpu_count(), "audio_s": round(seconds, 1),
-           "wall_s": round(wall, 2), "x_real_time": round(seconds / wall, 1), "words": len(words)}  # fmt: skip
+    row = {
+        "model": args.whisper_model and Path(model).name or "tiny.en",
+        "device": tr.device,
+        "threads": os.cpu_count(),
+        "audio_s": round(seconds, 1),
+        "wall_s": round(wall, 2),
+        "x_real_time": round(seconds / wall, 1),
+        "words": len(words),
+    }
     sys.stdout.write(json.dumps(row) + "\n")
     return 0
 

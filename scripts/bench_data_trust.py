@@ -15,25 +15,31 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from utils import cli  # noqa: E402
-from utils.data.audio import load_audio  # noqa: E402
-from utils.data.csv_io import read_coqui_csv  # noqa: E402
-from utils.data.interview import (  # noqa: E402
-    LONG_SCRIPT_EXTRA, SHORT_SCRIPT, Interview, Voiced, edges_inside_speech, make_interview, speakers_in,
+from utils import cli
+from utils.data.audio import load_audio
+from utils.data.csv_io import read_coqui_csv
+from utils.data.interview import (
+    LONG_SCRIPT_EXTRA,
+    SHORT_SCRIPT,
+    Interview,
+    Voiced,
+    edges_inside_speech,
+    make_interview,
+    speakers_in,
     speech_covered,
 )
-from utils.data.prepare import SpeakerPlan, prepare_dataset  # noqa: E402
-from utils.data.text import normalise_for_dedupe  # noqa: E402
-from utils.data.transcribe import load_transcriber  # noqa: E402
+from utils.data.prepare import SpeakerPlan, prepare_dataset
+from utils.data.text import normalise_for_dedupe
+from utils.data.transcribe import load_transcriber
 
 
 class TimedTranscriber:
@@ -56,7 +62,7 @@ def _offset_s(path: Path, reference: np.ndarray, sr: int) -> float:
     n = min(len(dec), len(reference), 10 * sr)
     a, b = dec[:n] - dec[:n].mean(), reference[:n] - reference[:n].mean()
     corr = np.fft.irfft(np.fft.rfft(a, 2 * n) * np.conj(np.fft.rfft(b, 2 * n)))
-    lag = int(np.argmax(np.concatenate([corr[-sr // 10:], corr[: sr // 10]]))) - sr // 10
+    lag = int(np.argmax(np.concatenate([corr[-sr // 10 :], corr[: sr // 10]]))) - sr // 10
     return lag / sr
 
 
@@ -65,8 +71,28 @@ def _media(iv: Interview, d: Path) -> list[Path]:
     files = [d / "interview.mp3", d / "interview_copy.m4a", d / "interview_copy.mp4"]
     subprocess.run(base + ["-i", str(iv.path), "-ar", "44100", "-ac", "2", "-b:a", "128k", str(files[0])], check=True)
     subprocess.run(base + ["-i", str(iv.path), "-ar", "44100", "-ac", "2", "-c:a", "aac", str(files[1])], check=True)
-    subprocess.run(base + ["-f", "lavfi", "-i", "color=c=black:s=64x64:r=5", "-i", str(iv.path), "-shortest",
-                           "-c:v", "libx264", "-c:a", "aac", "-ar", "48000", "-ac", "2", str(files[2])], check=True)
+    subprocess.run(
+        base
+        + [
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=black:s=64x64:r=5",
+            "-i",
+            str(iv.path),
+            "-shortest",
+            "-c:v",
+            "libx264",
+            "-c:a",
+            "aac",
+            "-ar",
+            "48000",
+            "-ac",
+            "2",
+            str(files[2]),
+        ],
+        check=True,
+    )
     return files
 
 
@@ -78,16 +104,20 @@ def _score(out: Path, rep: dict, voiced: list[Voiced]) -> dict:
     tr, ev = read_coqui_csv(out / "metadata_train.csv"), read_coqui_csv(out / "metadata_eval.csv")
     margins = [m[k] for m in clips for k in ("margin_start_s", "margin_end_s") if m.get(k) is not None]
     return {
-        "clips": len(clips), "edges": len(edges), "edges_inside_a_word": len(edges_inside_speech(edges, voiced)),
+        "clips": len(clips),
+        "edges": len(edges),
+        "edges_inside_a_word": len(edges_inside_speech(edges, voiced)),
         "clips_with_two_voices": sum(len(v) > 1 for v in voices),
         "speech_kept_fraction": round(kept / sum(v.end - v.start for v in voiced), 4),
         "min_edge_margin_s": min(margins) if margins else None,
         "skipped": [(s["reason"], round(s["start"], 2)) for src in rep["sources"].values() for s in src["skipped"]],
         "duplicates_found": len(rep.get("duplicates", [])),
         "speakers_on_both_sides": sorted({r.speaker_name for r in tr} & {r.speaker_name for r in ev}),
-        "sentences_on_both_sides": len({normalise_for_dedupe(r.text) for r in tr}
-                                       & {normalise_for_dedupe(r.text) for r in ev}),
-        "split_by": rep["split"]["by"], "review_flagged": rep["review"]["clips_flagged"],
+        "sentences_on_both_sides": len(
+            {normalise_for_dedupe(r.text) for r in tr} & {normalise_for_dedupe(r.text) for r in ev}
+        ),
+        "split_by": rep["split"]["by"],
+        "review_flagged": rep["review"]["clips_flagged"],
     }
 
 
@@ -101,23 +131,38 @@ def run(model: str, work: Path, device: str) -> dict:
     voiced = [Voiced(v.start + offset, v.end + offset, v.speaker, v.text) for v in iv.voiced]
     asr = TimedTranscriber(load_transcriber(model, device=device, language="en"))
     t0, c0 = time.perf_counter(), os.times()
-    rep = prepare_dataset([inputs], work / "ds", transcriber=asr, speaker=SpeakerPlan(name="guest", others="keep"),
-                          progress=False)
+    rep = prepare_dataset(
+        [inputs], work / "ds", transcriber=asr, speaker=SpeakerPlan(name="guest", others="keep"), progress=False
+    )
     wall = time.perf_counter() - t0
     c1 = os.times()
-    cpu = (c1.user - c0.user) + (c1.system - c0.system) + (c1.children_user - c0.children_user) + (
-        c1.children_system - c0.children_system)
+    cpu = (
+        (c1.user - c0.user)
+        + (c1.system - c0.system)
+        + (c1.children_user - c0.children_user)
+        + (c1.children_system - c0.children_system)
+    )
     result = _score(work / "ds", rep, voiced)
     result["edges_inside_a_word_at"] = edges_inside_speech(
-        [e for m in rep["clips"].values() for e in (m["start"], m["end"])], voiced)
-    result.update({
-        "audio_s": round(iv.duration, 2), "speech_s": round(iv.speech_seconds(), 2), "inputs": len(files),
-        "decode_offset_s": round(offset, 4), "wall_s": round(wall, 2), "asr_s": round(asr.seconds, 2),
-        "x_real_time": round(iv.duration / wall, 2), "x_real_time_asr_only": round(iv.duration / asr.seconds, 2),
-        "cpu_s": round(cpu, 2), "cpu_s_per_audio_s": round(cpu / iv.duration, 3),
-        "load_average_1min": round(os.getloadavg()[0], 2),
-        "device": device, "cores": len(os.sched_getaffinity(0)),
-    })
+        [e for m in rep["clips"].values() for e in (m["start"], m["end"])], voiced
+    )
+    result.update(
+        {
+            "audio_s": round(iv.duration, 2),
+            "speech_s": round(iv.speech_seconds(), 2),
+            "inputs": len(files),
+            "decode_offset_s": round(offset, 4),
+            "wall_s": round(wall, 2),
+            "asr_s": round(asr.seconds, 2),
+            "x_real_time": round(iv.duration / wall, 2),
+            "x_real_time_asr_only": round(iv.duration / asr.seconds, 2),
+            "cpu_s": round(cpu, 2),
+            "cpu_s_per_audio_s": round(cpu / iv.duration, 3),
+            "load_average_1min": round(os.getloadavg()[0], 2),
+            "device": device,
+            "cores": len(os.sched_getaffinity(0)),
+        }
+    )
     return result
 
 

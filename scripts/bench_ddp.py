@@ -16,15 +16,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import cli  # noqa: E402
+from utils import cli
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base-model", type=Path, help="XTTS v2 folder (model.pth, dvae.pth, vocab.json, ...)")
     p.add_argument("--tiny", action="store_true", help="use (and build once) the tiny demo base in .cache/tiny_base")
-    p.add_argument("--full-size-random", type=Path, metavar="DIR",
-                   help="build once in DIR (and use) a random base with XTTS v2's GPT size; no weights needed")
+    p.add_argument(
+        "--full-size-random",
+        type=Path,
+        metavar="DIR",
+        help="build once in DIR (and use) a random base with XTTS v2's GPT size; no weights needed",
+    )
     p.add_argument("--dataset", type=Path, default=Path(__file__).resolve().parents[1] / "demo" / "en")
     p.add_argument("--language", default="en")
     p.add_argument("--gpus", default="1,2", help="world sizes to time, comma-separated (default 1,2)")
@@ -47,15 +51,21 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("give --base-model XTTS_DIR, --full-size-random DIR, or --tiny for a CPU smoke run")
     base = FineTune(RunConfig.build(base_model=a.base_model, demo=a.tiny or None, progress=False)).locate_base()
     spec = ScalingSpec(
-        base_model=str(base.root), dataset=str(a.dataset), language=a.language, batch_size=a.batch_size,
-        steps=a.steps, warmup=a.warmup, num_loader_workers=a.num_workers,
-    )  # fmt: skip
+        base_model=str(base.root),
+        dataset=str(a.dataset),
+        language=a.language,
+        batch_size=a.batch_size,
+        steps=a.steps,
+        warmup=a.warmup,
+        num_loader_workers=a.num_workers,
+    )
     sizes = [int(x) for x in a.gpus.split(",") if x.strip()]
     report = run_scaling(spec, sizes, a.workdir)  # nccl with CUDA, gloo without
     a.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     for row in report["results"]:
         sys.stdout.write(
-            f"{row['world_size']} worker(s): {row['samples_per_s']} samples/s, speedup {row['speedup']}x ({row['device']})\n"
+            f"{row['world_size']} worker(s): {row['samples_per_s']} samples/s, speedup {row['speedup']}x "
+            f"({row['device']})\n"
         )
     return 0
 

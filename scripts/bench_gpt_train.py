@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import cli  # noqa: E402
+from utils import cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,19 +27,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--memory-cap-gib", type=float, default=None, help="cap GPU memory (a smaller card)")
     parser.add_argument("--profile-steps", type=int, default=0, help="profile this many steps of epoch 2")
-    parser.add_argument("--measure-imports", action="store_true",
-                        help="also time a fresh process's import of torch and Coqui's trainer")
-    parser.add_argument("--startup-profile", type=Path, default=None, metavar="PATH",
-                        help="sample the start-up's Python stack to the end of the first step; collapsed stacks to PATH")
+    parser.add_argument(
+        "--measure-imports", action="store_true", help="also time a fresh process's import of torch and Coqui's trainer"
+    )
+    parser.add_argument(
+        "--startup-profile",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="sample the start-up's Python stack to the end of the first step; collapsed stacks to PATH",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args, extra = parser.parse_known_args(argv)
     cli.setup_logging()
     from bench.gpt_train import measure_gpt_train
 
-    result = measure_gpt_train(args.workdir, clips=args.clips, batch_size=args.batch_size, epochs=args.epochs,
-                               workers=args.workers, extra_args=extra, memory_cap_gib=args.memory_cap_gib,
-                               profile_steps=args.profile_steps, measure_imports=args.measure_imports,
-                               startup_profile=args.startup_profile)  # fmt: skip
+    result = measure_gpt_train(
+        args.workdir,
+        clips=args.clips,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        workers=args.workers,
+        extra_args=extra,
+        memory_cap_gib=args.memory_cap_gib,
+        profile_steps=args.profile_steps,
+        measure_imports=args.measure_imports,
+        startup_profile=args.startup_profile,
+    )
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text)

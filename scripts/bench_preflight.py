@@ -1,6 +1,6 @@
 """Benchmark the preflight: validate N synthetic clips and print clips/s (goal: 10,000 in <= 60 s on 2 cores).
 
-    python scripts/bench_preflight.py --clips 10000 --cores 2
+python scripts/bench_preflight.py --clips 10000 --cores 2
 """
 
 import sys
@@ -8,11 +8,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
+import argparse
+import json
 
-from utils import cli  # noqa: E402
-from bench.preflight import bench_preflight  # noqa: E402
+from bench.preflight import bench_preflight
+from utils import cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,8 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cli.setup_logging()
 
-    result = bench_preflight(args.clips, workers=args.workers, cores=args.cores or None, vocab_path=args.vocab,
-                             work_dir=args.work_dir, cold=args.cold)
+    result = bench_preflight(
+        args.clips,
+        workers=args.workers,
+        cores=args.cores or None,
+        vocab_path=args.vocab,
+        work_dir=args.work_dir,
+        cold=args.cold,
+    )
     sys.stdout.write(
         f"preflight: {result['clips']} clips ({result['hours']} h) in {result['seconds']} s "
         f"= {result['clips_per_s']} clips/s on {result['cores']} cores, {result['workers']} workers"

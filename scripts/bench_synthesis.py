@@ -15,13 +15,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import tempfile
+import time
 
-from utils import cli  # noqa: E402
-from utils.errors import ConfigError  # noqa: E402
+from utils import cli
+from utils.errors import ConfigError
 
 SENTENCES = ("Sphinx of black quartz, judge my vow.", "Hello there.")
 
@@ -61,16 +61,24 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             result = synthesize_with_report(loaded, text, options=opts)
             wall = time.perf_counter() - start
-            row = {"text": text, "mode": label, "max_new_tokens": sum(c.max_new_tokens for c in result.chunks),
-                   "audio_s": round(result.duration_s, 2), "wall_s": round(wall, 2), "flags": result.flags}  # fmt: skip
+            row = {
+                "text": text,
+                "mode": label,
+                "max_new_tokens": sum(c.max_new_tokens for c in result.chunks),
+                "audio_s": round(result.duration_s, 2),
+                "wall_s": round(wall, 2),
+                "flags": result.flags,
+            }
             rows.append(row)
             sys.stdout.write(json.dumps(row) + "\n")
     sys.stdout.write("\n| text | mode | max_new_tokens | audio s | wall s | speed-up |\n|---|---|---|---|---|---|\n")
     for guard_row, fixed_row in zip(rows[::2], rows[1::2]):
         for row in (guard_row, fixed_row):
             speedup = fixed_row["wall_s"] / max(guard_row["wall_s"], 1e-9) if row is guard_row else 1.0
-            sys.stdout.write(f"| {row['text']} | {row['mode']} | {row['max_new_tokens']} | {row['audio_s']} | "
-                             f"{row['wall_s']} | {speedup:.1f}x |\n")  # fmt: skip
+            sys.stdout.write(
+                f"| {row['text']} | {row['mode']} | {row['max_new_tokens']} | {row['audio_s']} | "
+                f"{row['wall_s']} | {speedup:.1f}x |\n"
+            )
     return 0
 
 

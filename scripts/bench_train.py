@@ -13,10 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
+import argparse
+import json
 
-import utils.cli  # noqa: E402
+import utils.cli
 
 
 def _stock(text: str) -> list[tuple[str, int]]:
@@ -60,22 +60,40 @@ def main(argv: list[str] | None = None) -> int:
     from bench.train_step import BenchSpec, run_lowvram, run_main
 
     spec = BenchSpec(
-        workdir=a.workdir, size=a.size, clips=a.clips, min_s=a.min_s, max_s=a.max_s, chars_per_s=a.chars_per_s,
-        vocab_size=a.vocab_size, steps=a.steps, warmup=a.warmup, stock=a.stock,
-        ours_batches=[int(x) for x in a.ours.split(",") if x], ladder_batch=a.ladder_batch, ladder=not a.no_ladder,
-        compile_rung=a.compile_rung, profile=a.profile, workers=a.workers, lowvram_budget_gib=a.lowvram_budget_gib,
-        lowvram_accum=a.lowvram_accum, lowvram_micro=a.lowvram_micro, device=a.device, progress=a.progress,
+        workdir=a.workdir,
+        size=a.size,
+        clips=a.clips,
+        min_s=a.min_s,
+        max_s=a.max_s,
+        chars_per_s=a.chars_per_s,
+        vocab_size=a.vocab_size,
+        steps=a.steps,
+        warmup=a.warmup,
+        stock=a.stock,
+        ours_batches=[int(x) for x in a.ours.split(",") if x],
+        ladder_batch=a.ladder_batch,
+        ladder=not a.no_ladder,
+        compile_rung=a.compile_rung,
+        profile=a.profile,
+        workers=a.workers,
+        lowvram_budget_gib=a.lowvram_budget_gib,
+        lowvram_accum=a.lowvram_accum,
+        lowvram_micro=a.lowvram_micro,
+        device=a.device,
+        progress=a.progress,
     )
     result = run_lowvram(spec) if a.phase == "lowvram" else run_main(spec)
     prof = result.pop("profile", None)
     if prof:
         Path(a.out).with_suffix(".profile.txt").write_text(
             f"{json.dumps({k: v for k, v in prof.items() if not k.endswith('table')})}\n"
-            f"{prof['cuda_table']}\n{prof['cpu_table']}\n")
+            f"{prof['cuda_table']}\n{prof['cpu_table']}\n"
+        )
         result["profile"] = {k: v for k, v in prof.items() if not k.endswith("table")}
     Path(a.out).write_text(json.dumps(result, indent=2, default=str))
-    sys.stdout.write(json.dumps({k: result.get(k) for k in ("best", "parity") if k in result} or result,
-                                default=str) + "\n")
+    sys.stdout.write(
+        json.dumps({k: result.get(k) for k in ("best", "parity") if k in result} or result, default=str) + "\n"
+    )
     return 0
 
 

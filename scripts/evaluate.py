@@ -25,20 +25,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
+import argparse
 
-from utils import cli  # noqa: E402
+from utils import cli
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="the run folder")
-    p.add_argument("--checkpoints", type=Path, nargs="+", help="checkpoints or export folders (default: all of the run)")
+    p.add_argument(
+        "--checkpoints", type=Path, nargs="+", help="checkpoints or export folders (default: all of the run)"
+    )
     p.add_argument("--sentences", type=Path, help="file with one sentence per line (default: the run's eval rows)")
     p.add_argument("--max-sentences", type=int, default=5, help="eval rows to use (default 5)")
-    p.add_argument("--short-probes", type=int, default=1, help="short texts cut from the eval rows, added to them (default 1)")
+    p.add_argument(
+        "--short-probes", type=int, default=1, help="short texts cut from the eval rows, added to them (default 1)"
+    )
     p.add_argument("--language", help="default: the run's language")
-    p.add_argument("--speaker-wav", type=Path, nargs="+", help="reference clip(s) (default: chosen from the training rows)")
+    p.add_argument(
+        "--speaker-wav", type=Path, nargs="+", help="reference clip(s) (default: chosen from the training rows)"
+    )
     p.add_argument("--asr-model", type=Path, help="faster-whisper (CTranslate2) model folder")
     p.add_argument("--no-asr", action="store_true", help="skip CER/WER")
     p.add_argument("--max-new-tokens", type=int, help="upper bound on audio tokens per sentence (~21.5 per second)")
@@ -61,12 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     guard = GuardOptions(enabled=not args.no_guard, trim=False)
 
     report = evaluate(
-        args.run_dir, checkpoints=args.checkpoints, language=args.language, references=args.speaker_wav,
-        sentences=read_texts(args.sentences) if args.sentences else None, max_sentences=args.max_sentences,
+        args.run_dir,
+        checkpoints=args.checkpoints,
+        language=args.language,
+        references=args.speaker_wav,
+        sentences=read_texts(args.sentences) if args.sentences else None,
+        max_sentences=args.max_sentences,
         short_probes=args.short_probes,
-        asr_model=args.asr_model, use_asr=not args.no_asr, out_dir=args.out, device=args.device,
+        asr_model=args.asr_model,
+        use_asr=not args.no_asr,
+        out_dir=args.out,
+        device=args.device,
         options=SynthesisOptions(seed=args.seed, max_new_tokens=args.max_new_tokens, guard=guard),
-    )  # fmt: skip
+    )
     sys.stdout.write(report.table())
     if args.select_best:
         dest = copy_best(report)

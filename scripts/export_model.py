@@ -14,17 +14,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
+import argparse
 
-from utils import cli  # noqa: E402
+from utils import cli
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", type=Path, help="run folder or a checkpoint .pth inside one")
     p.add_argument("--out", type=Path, help="folder to create (default: <run>/export)")
-    p.add_argument("--which", choices=("best", "last"), default="best", help="for a run folder: best (lowest eval loss) or last")
-    p.add_argument("--speaker-wav", type=Path, nargs="+", help="reference clip(s) to ship (default: chosen automatically)")
+    p.add_argument(
+        "--which", choices=("best", "last"), default="best", help="for a run folder: best (lowest eval loss) or last"
+    )
+    p.add_argument(
+        "--speaker-wav", type=Path, nargs="+", help="reference clip(s) to ship (default: chosen automatically)"
+    )
     p.add_argument("--num-references", type=int, default=3, help="clips to choose automatically (default 3)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     args = p.parse_args(argv)
@@ -39,9 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     run_dir, ckpt = resolve_checkpoint(args.source, which=args.which)
     out = args.out or run_dir / "export"
     result = export_model(
-        ckpt, out, run_dir=run_dir, references=args.speaker_wav, num_references=args.num_references,
+        ckpt,
+        out,
+        run_dir=run_dir,
+        references=args.speaker_wav,
+        num_references=args.num_references,
         overwrite=args.overwrite or args.out is None,
-    )  # fmt: skip
+    )
     sys.stderr.write(
         f"exported {ckpt.name}: {result.size_text()}, languages {', '.join(result.languages)}, "
         f"{len(result.references)} reference clip(s)\n"

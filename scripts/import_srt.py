@@ -13,12 +13,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
+import argparse
+import json
 
-from utils import cli  # noqa: E402
-from utils.data.segment import SegmentLimits  # noqa: E402
-from utils.data.subtitles import import_subtitles  # noqa: E402
+from utils import cli
+from utils.data.segment import SegmentLimits
+from utils.data.subtitles import import_subtitles
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,9 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging()
 
     report = import_subtitles(
-        args.media, args.subtitles, args.out, speaker=args.speaker, encoding=args.encoding,
+        args.media,
+        args.subtitles,
+        args.out,
+        speaker=args.speaker,
+        encoding=args.encoding,
         limits=SegmentLimits(max_merge_gap_s=args.max_gap, pad_s=args.pad),
-        eval_fraction=args.eval_fraction, seed=args.seed, progress=not args.no_progress,
+        eval_fraction=args.eval_fraction,
+        seed=args.seed,
+        progress=not args.no_progress,
     )
     summary = {"out": args.out, **report.get("last_run", {}), "split": report.get("split")}
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")

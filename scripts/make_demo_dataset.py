@@ -1,7 +1,7 @@
 """Rebuild a bundled demo dataset with espeak-ng.
 
-    python scripts/make_demo_dataset.py demo/en
-    python scripts/make_demo_dataset.py demo/am --language am
+python scripts/make_demo_dataset.py demo/en
+python scripts/make_demo_dataset.py demo/am --language am
 """
 
 import argparse
@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import cli  # noqa: E402
+from utils import cli
 
 
 def main(argv: list[str] | None = None) -> int:

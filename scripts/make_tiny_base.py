@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import cli  # noqa: E402
+from utils import cli
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
+import argparse
+import json
 
-from utils import cli  # noqa: E402
-from utils.data.merge import merge_datasets  # noqa: E402
+from utils import cli
+from utils.data.merge import merge_datasets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,13 +35,23 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging()
 
     report = merge_datasets(
-        args.inputs, args.out, dedupe_text=not args.keep_text_duplicates, eval_fraction=args.eval_fraction,
-        seed=args.seed, language=args.language, vocab_path=args.vocab, progress=not args.no_progress,
+        args.inputs,
+        args.out,
+        dedupe_text=not args.keep_text_duplicates,
+        eval_fraction=args.eval_fraction,
+        seed=args.seed,
+        language=args.language,
+        vocab_path=args.vocab,
+        progress=not args.no_progress,
     )
     merge = report["merge"]
-    summary = {"out": args.out, "inputs": merge["inputs"], "removed": len(merge["removed"]),
-               "split": report["split"],
-               "excluded_by_validation": {k: v["excluded_count"] for k, v in report["validation"].items()}}
+    summary = {
+        "out": args.out,
+        "inputs": merge["inputs"],
+        "removed": len(merge["removed"]),
+        "split": report["split"],
+        "excluded_by_validation": {k: v["excluded_count"] for k, v in report["validation"].items()},
+    }
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     return 0
 

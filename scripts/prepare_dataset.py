@@ -17,27 +17,35 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
+import argparse
+import json
 
-from utils import cli  # noqa: E402
-from utils.data.prepare import SpeakerPlan, prepare_dataset  # noqa: E402
-from utils.data.segment import SegmentLimits  # noqa: E402
-from utils.data.speakers import SpeakerOptions  # noqa: E402
-from utils.data.transcribe import load_transcriber  # noqa: E402
-from utils.errors import ConfigError  # noqa: E402
+from utils import cli
+from utils.data.prepare import SpeakerPlan, prepare_dataset
+from utils.data.segment import SegmentLimits
+from utils.data.speakers import SpeakerOptions
+from utils.data.transcribe import load_transcriber
+from utils.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", help="audio/video files or folders")
     p.add_argument("--out", required=True, help="dataset folder (created or extended)")
-    p.add_argument("--whisper-model", required=True, help="local CTranslate2 model folder or model name (e.g. large-v3)")
+    p.add_argument(
+        "--whisper-model", required=True, help="local CTranslate2 model folder or model name (e.g. large-v3)"
+    )
     p.add_argument("--language", help="language of the speech (default: detect)")
     p.add_argument("--speaker", default="speaker", help="speaker_name of the target voice")
-    p.add_argument("--other-speakers", choices=["drop", "keep"], default="drop",
-                   help="voices other than the target: dropped (reported) or kept as their own speakers")
-    p.add_argument("--speaker-reference", help="a few seconds of the target voice (default: the voice with most speech)")
+    p.add_argument(
+        "--other-speakers",
+        choices=["drop", "keep"],
+        default="drop",
+        help="voices other than the target: dropped (reported) or kept as their own speakers",
+    )
+    p.add_argument(
+        "--speaker-reference", help="a few seconds of the target voice (default: the voice with most speech)"
+    )
     p.add_argument("--num-speakers", type=int, help="voices per recording, when known (default: found by clustering)")
     p.add_argument("--no-diarize", action="store_true", help="treat each recording as one speaker (no speaker model)")
     p.add_argument("--recheck-model", help="second Whisper model: flag clips whose transcript it disagrees with")
@@ -56,21 +64,46 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.num_speakers is not None and args.num_speakers < 1:
         raise ConfigError(f"--num-speakers {args.num_speakers}: give 1 or more")
-    plan = SpeakerPlan(name=args.speaker, others=args.other_speakers, diarize=not args.no_diarize,
-                       options=SpeakerOptions(num_speakers=args.num_speakers), reference=args.speaker_reference)
+    plan = SpeakerPlan(
+        name=args.speaker,
+        others=args.other_speakers,
+        diarize=not args.no_diarize,
+        options=SpeakerOptions(num_speakers=args.num_speakers),
+        reference=args.speaker_reference,
+    )
     recheck = None
     if args.recheck_model:
-        recheck = load_transcriber(args.recheck_model, device=args.device, compute_type=args.compute_type,
-                                   language=args.language, batch_size=args.batch_size)
+        recheck = load_transcriber(
+            args.recheck_model,
+            device=args.device,
+            compute_type=args.compute_type,
+            language=args.language,
+            batch_size=args.batch_size,
+        )
     report = prepare_dataset(
-        args.inputs, args.out, whisper_model=args.whisper_model, language=args.language, speaker=plan,
-        device=args.device, compute_type=args.compute_type, batch_size=args.batch_size,
-        limits=SegmentLimits(pad_s=args.pad), eval_fraction=args.eval_fraction, seed=args.seed,
-        progress=not args.no_progress, recheck=recheck,
+        args.inputs,
+        args.out,
+        whisper_model=args.whisper_model,
+        language=args.language,
+        speaker=plan,
+        device=args.device,
+        compute_type=args.compute_type,
+        batch_size=args.batch_size,
+        limits=SegmentLimits(pad_s=args.pad),
+        eval_fraction=args.eval_fraction,
+        seed=args.seed,
+        progress=not args.no_progress,
+        recheck=recheck,
     )
-    summary = {"out": args.out, **report["last_run"], "split": report["split"],
-               "failed_inputs": report["failed_inputs"], "duplicates": report.get("duplicates", []),
-               "review": report.get("review"), "hours_train": report["stats"]["train"]["hours"]}
+    summary = {
+        "out": args.out,
+        **report["last_run"],
+        "split": report["split"],
+        "failed_inputs": report["failed_inputs"],
+        "duplicates": report.get("duplicates", []),
+        "review": report.get("review"),
+        "hours_train": report["stats"]["train"]["hours"],
+    }
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     return 0
 

@@ -20,18 +20,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
+import argparse
 
-from utils import cli  # noqa: E402
-from utils.errors import ConfigError  # noqa: E402
+from utils import cli
+from utils.errors import ConfigError
 
 
 def guard_options(args: argparse.Namespace, cls: type) -> object:
     """The GuardOptions the command line asks for (checked: one line and exit 2 when wrong)."""
     if args.retries < 0 or args.cap_margin <= 0 or (args.letters_per_s is not None and args.letters_per_s <= 0):
         raise ConfigError("--retries must be >= 0, --cap-margin and --letters-per-s > 0")
-    return cls(enabled=not args.no_guard, retries=args.retries, letters_per_s=args.letters_per_s,
-               margin=args.cap_margin, trim=not args.no_trim, use_asr=not args.no_asr_check)  # fmt: skip
+    return cls(
+        enabled=not args.no_guard,
+        retries=args.retries,
+        letters_per_s=args.letters_per_s,
+        margin=args.cap_margin,
+        trim=not args.no_trim,
+        use_asr=not args.no_asr_check,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,10 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seed", type=int, help="seed for reproducible sampling")
     s.add_argument("--no-split", action="store_true", help="do not split long text into sentences")
     g = p.add_argument_group("generation guard")
-    g.add_argument("--no-guard", action="store_true", help="the stock behaviour: the model's token cap, no checks, no trim")
-    g.add_argument("--retries", type=int, default=1, help="new attempts with another seed when a check fails (default 1)")
-    g.add_argument("--letters-per-s", type=float, help="speaking rate for the length cap (default: the model's speaker)")
-    g.add_argument("--cap-margin", type=float, default=2.0, help="length cap = margin x the text's expected duration (default 2)")
+    g.add_argument(
+        "--no-guard", action="store_true", help="the stock behaviour: the model's token cap, no checks, no trim"
+    )
+    g.add_argument(
+        "--retries", type=int, default=1, help="new attempts with another seed when a check fails (default 1)"
+    )
+    g.add_argument(
+        "--letters-per-s", type=float, help="speaking rate for the length cap (default: the model's speaker)"
+    )
+    g.add_argument(
+        "--cap-margin", type=float, default=2.0, help="length cap = margin x the text's expected duration (default 2)"
+    )
     g.add_argument("--no-trim", action="store_true", help="keep what follows the last word (the checks still run)")
     g.add_argument("--no-asr-check", action="store_true", help="do not align faster-whisper word times with the text")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
@@ -74,12 +88,21 @@ def main(argv: list[str] | None = None) -> int:
     if len(texts) > 1 and args.out.suffix.lower() == ".wav":
         raise ConfigError(f"{len(texts)} texts need a folder for --out, not {args.out}")
     options = SynthesisOptions(
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-        length_penalty=args.length_penalty, speed=args.speed, max_new_tokens=args.max_new_tokens, seed=args.seed,
-        split_sentences=not args.no_split, guard=guard_options(args, GuardOptions),
-    )  # fmt: skip
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        length_penalty=args.length_penalty,
+        speed=args.speed,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        split_sentences=not args.no_split,
+        guard=guard_options(args, GuardOptions),
+    )
     loaded = load_model(args.model, device=args.device)
-    paths = synthesize_to_files(loaded, texts, args.out, language=args.language, speaker_wav=args.speaker_wav, options=options)
+    paths = synthesize_to_files(
+        loaded, texts, args.out, language=args.language, speaker_wav=args.speaker_wav, options=options
+    )
     sys.stdout.write("".join(f"{p}\n" for p in paths))
     return 0
 

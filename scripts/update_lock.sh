@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate requirements/lock.txt: every package of the toolkit and of its extras (test, webui,
-# gpu-asr) pinned with == and its hashes, resolved by uv for Linux x86_64 and Python 3.11.
+# gpu-asr, trackers) pinned with == and its hashes, resolved by uv for Linux x86_64 and Python 3.11.
 #
 #   bash scripts/update_lock.sh                  # resolve today's newest versions within setup.cfg
 #   bash scripts/update_lock.sh --upgrade-package transformers   # move one package, keep the rest
@@ -29,7 +29,7 @@ uv_version=0.13.9
 if ! command -v uv >/dev/null 2>&1 || [ "$(uv --version | cut -d' ' -f2)" != "$uv_version" ]; then
   python3 -m pip install -q "uv==$uv_version"
 fi
-uv pip compile setup.cfg --extra test --extra webui --extra gpu-asr \
+uv pip compile setup.cfg --extra test --extra webui --extra gpu-asr --extra trackers \
   --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
   --generate-hashes --no-emit-package typing -c requirements/pins.txt \
   --custom-compile-command "bash scripts/update_lock.sh" \

@@ -14,11 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import argparse  # noqa: E402
+import argparse
 
-from utils import cli  # noqa: E402
-from utils.errors import DataError  # noqa: E402
-from utils.data.preflight import MAX_AUDIO_S, MAX_TEXT_TOKENS, MIN_AUDIO_S, run_preflight  # noqa: E402
+from utils import cli
+from utils.data.preflight import MAX_AUDIO_S, MAX_TEXT_TOKENS, MIN_AUDIO_S, run_preflight
+from utils.errors import DataError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,9 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging()
 
     report = run_preflight(
-        args.csv, language=args.language, vocab_path=args.vocab, dataset_root=args.dataset_root,
-        min_audio_s=args.min_audio_s, max_audio_s=args.max_audio_s, max_text_tokens=args.max_text_tokens,
-        workers=args.workers, progress=not args.no_progress,
+        args.csv,
+        language=args.language,
+        vocab_path=args.vocab,
+        dataset_root=args.dataset_root,
+        min_audio_s=args.min_audio_s,
+        max_audio_s=args.max_audio_s,
+        max_text_tokens=args.max_text_tokens,
+        workers=args.workers,
+        progress=not args.no_progress,
     )
     if args.report:
         report.write_json(args.report)

@@ -16,13 +16,13 @@ import argparse
 import ipaddress
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import cli  # noqa: E402
-from utils.errors import ConfigError  # noqa: E402
+from utils import cli
+from utils.errors import ConfigError
 
 logger = logging.getLogger("scripts.webui")
 
@@ -57,11 +57,15 @@ def parse_auth(text: str | None, host: str) -> tuple[str, str] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="webui.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="webui.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="the runs folder (default ./runs)")
-    p.add_argument("--data", type=Path, default=Path("data"), help="the data folder: datasets and uploads (default ./data)")
+    p.add_argument(
+        "--data", type=Path, default=Path("data"), help="the data folder: datasets and uploads (default ./data)"
+    )
     p.add_argument("--auth", help="USER:PASS; required for a --host other than loopback")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)

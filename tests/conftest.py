@@ -51,6 +51,14 @@ def read_demo_samples(csv_path: Path, language: str = "en") -> list[dict]:
     for line in csv_path.read_text(encoding="utf-8").splitlines()[1:]:
         audio, text, speaker = line.split("|")
         path = str(csv_path.parent / audio)
-        rows.append({"audio_file": path, "text": text, "speaker_name": speaker, "language": language,
-                     "root_path": str(csv_path.parent), "audio_unique_name": path})  # fmt: skip
+        rows.append(
+            {
+                "audio_file": path,
+                "text": text,
+                "speaker_name": speaker,
+                "language": language,
+                "root_path": str(csv_path.parent),
+                "audio_unique_name": path,
+            }
+        )
     return rows

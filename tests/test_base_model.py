@@ -91,9 +91,7 @@ def test_download_offline_is_one_clear_error(tmp_path: Path, monkeypatch: pytest
 
 
 def test_truncated_download_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        "urllib.request.urlopen", lambda url, timeout: _Response(_payload(url), length=10_000_000)
-    )
+    monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout: _Response(_payload(url), length=10_000_000))
     with pytest.raises(BaseModelError, match="got .* of 10000000 bytes"):
         download_xtts_v2(tmp_path / "xtts")
     assert not any((tmp_path / "xtts" / n).exists() for n in REQUIRED_FILES)

@@ -51,10 +51,14 @@ def test_run_config_layers_defaults_recipe_and_caller_with_sources() -> None:
 
 @pytest.mark.parametrize(
     ("values", "needle"),
-    [({"learning_rate": 1e-5}, "unknown run option"), ({"speed": "turbo"}, "speed 'turbo'"),
-     ({"speed_switches": {"warp": False}}, "unknown speed switch"), ({"gpus": 0}, "--gpus"),
-     ({"preset": "best"}, "preset 'best'")],
-)  # fmt: skip
+    [
+        ({"learning_rate": 1e-5}, "unknown run option"),
+        ({"speed": "turbo"}, "speed 'turbo'"),
+        ({"speed_switches": {"warp": False}}, "unknown speed switch"),
+        ({"gpus": 0}, "--gpus"),
+        ({"preset": "best"}, "preset 'best'"),
+    ],
+)
 def test_run_config_refuses_bad_values_in_one_line(values: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(needle)):
         RunConfig.build(**values)
@@ -64,14 +68,24 @@ def test_run_config_refuses_bad_values_in_one_line(values: dict, needle: str) ->
     ("argv", "values", "recipe"),
     [
         (["--dataset-hours", "37.7"], {"dataset_hours": "37.7"}, None),
-        (["--dataset-hours", "3", "--preset", "fast", "--speed", "low-vram", "--compile", "--no-auto-batch"],
-         {"dataset_hours": "3", "preset": "fast", "speed": "low-vram",
-          "speed_switches": {"compile": True, "auto_batch": False}}, None),
+        (
+            ["--dataset-hours", "3", "--preset", "fast", "--speed", "low-vram", "--compile", "--no-auto-batch"],
+            {
+                "dataset_hours": "3",
+                "preset": "fast",
+                "speed": "low-vram",
+                "speed_switches": {"compile": True, "auto_batch": False},
+            },
+            None,
+        ),
         (["--epochs", "4"], {"epochs": 4}, RECIPE),
-        (["--demo", "--language", "am", "--lr", "1e-5", "--gpus", "2"],
-         {"demo": True, "language": "am", "lr": 1e-5, "gpus": 2}, None),
+        (
+            ["--demo", "--language", "am", "--lr", "1e-5", "--gpus", "2"],
+            {"demo": True, "language": "am", "lr": 1e-5, "gpus": 2},
+            None,
+        ),
     ],
-)  # fmt: skip
+)
 def test_describe_equals_the_command_lines_dry_run(argv, values, recipe, capsys) -> None:
     api = FineTune(RunConfig.build(recipe=recipe, **values)).describe()
     cli = _cli_dry_run(argv, capsys, recipe)
@@ -83,12 +97,17 @@ def test_describe_equals_the_command_lines_dry_run(argv, values, recipe, capsys)
 
 
 def test_help_has_no_double_negatives_and_argparse_stays_in_the_command() -> None:
-    out = subprocess.run([sys.executable, "utils/gpt_train.py", "--help"], cwd=REPO_ROOT, capture_output=True,
-                         text=True, timeout=60).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "utils/gpt_train.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    ).stdout
     assert "--no-cudnn-attention" in out and "--kv-cache" in out and "--no-no-" not in out
-    users = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "utils").rglob("*.py") if "argparse" in p.read_text())
+    users = sorted(
+        str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "utils").rglob("*.py") if "argparse" in p.read_text()
+    )
     assert users == ["utils/gpt_train.py"]
-    importers = [p for p in (REPO_ROOT / "utils").rglob("*.py") if re.search(r"^\s*(from|import) bench\b", p.read_text(), re.M)]
+    importers = [
+        p for p in (REPO_ROOT / "utils").rglob("*.py") if re.search(r"^\s*(from|import) bench\b", p.read_text(), re.M)
+    ]
     assert importers == []
 
 
@@ -111,15 +130,34 @@ def test_event_bus_delivers_in_order_and_survives_a_failing_subscriber(tmp_path:
 
 def test_finetune_run_reports_every_step_through_events(tiny_base: Path, tmp_path: Path) -> None:
     events = []
-    cfg = RunConfig.build(base_model=tiny_base, dataset=REPO_ROOT / "demo" / "en", output_path=tmp_path, epochs=1,
-                          batch_size=2, grad_accum=1, lr=5e-5, num_loader_workers=0, test_sentences=0,
-                          export=False, progress=False, plots=False)  # fmt: skip
+    cfg = RunConfig.build(
+        base_model=tiny_base,
+        dataset=REPO_ROOT / "demo" / "en",
+        output_path=tmp_path,
+        epochs=1,
+        batch_size=2,
+        grad_accum=1,
+        lr=5e-5,
+        num_loader_workers=0,
+        test_sentences=0,
+        export=False,
+        progress=False,
+        plots=False,
+    )
     ft = FineTune(cfg, subscribers=[events.append, JsonlWriter(tmp_path / "events.jsonl")])
     result = ft.run()
     started = [e.data["name"] for e in events if e.kind is EventKind.STAGE and e.data["status"] == "started"]
     assert started[:1] == ["locate_base"] and started[-1] == "export"
-    order = ["locate_base", "load_data", "prepare_language", "preflight", "resolve_hparams", "plan_schedule",
-             "build_trainer", "train"]  # fmt: skip
+    order = [
+        "locate_base",
+        "load_data",
+        "prepare_language",
+        "preflight",
+        "resolve_hparams",
+        "plan_schedule",
+        "build_trainer",
+        "train",
+    ]
     assert [s for s in started if s in order] == order
     (run_dir,) = [e.data["path"] for e in events if e.kind is EventKind.RUN_DIR]
     assert Path(run_dir) == result.run_dir

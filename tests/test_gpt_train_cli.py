@@ -24,8 +24,11 @@ def _run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
 def test_dry_run_37_7_hours_as_a_command() -> None:
     proc = subprocess.run(
         [sys.executable, "utils/gpt_train.py", "--dataset-hours", "37.7", "--dry-run"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads(proc.stdout)
     assert cfg["lr"] == 1e-5 and cfg["weight_decay"] == 0.01 and cfg["dataset_hours"] == 37.7
@@ -37,15 +40,30 @@ def test_dry_run_37_7_hours_as_a_command() -> None:
 
 
 def test_dry_run_does_not_import_torch() -> None:
-    code = "import sys; from utils.gpt_train import main; main(['--dataset-hours','3','--dry-run']); print('torch' in sys.modules)"
+    code = (
+        "import sys; from utils.gpt_train import main; "
+        "main(['--dataset-hours','3','--dry-run']); print('torch' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "False"
 
 
 def test_dry_run_cli_overrides_and_measured_hours(demo_copy: Path, tiny_base: Path, capsys) -> None:
-    code, out, _ = _run_cli(["--dataset", str(demo_copy), "--base-model", str(tiny_base), "--dry-run",
-                             "--lr", "3e-6", "--plateau-patience", "2"], capsys)  # fmt: skip
+    code, out, _ = _run_cli(
+        [
+            "--dataset",
+            str(demo_copy),
+            "--base-model",
+            str(tiny_base),
+            "--dry-run",
+            "--lr",
+            "3e-6",
+            "--plateau-patience",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 0
     cfg = json.loads(out)
     assert cfg["lr"] == 3e-6 and cfg["sources"]["lr"] == "cli"
@@ -61,7 +79,9 @@ def _bad_input_cases(tmp: Path, tiny_base: Path, demo: Path) -> list[tuple[list[
     (broken_base / "mel_stats.pth").unlink()
     wrong_cols = tmp / "wrong"
     shutil.copytree(demo, wrong_cols)
-    text = (wrong_cols / "metadata_train.csv").read_text().replace("audio_file|text|speaker_name", "file|transcript|who")
+    text = (
+        (wrong_cols / "metadata_train.csv").read_text().replace("audio_file|text|speaker_name", "file|transcript|who")
+    )
     (wrong_cols / "metadata_train.csv").write_text(text)
     out = ["--output-path", str(tmp / "runs")]
     return [

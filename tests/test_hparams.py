@@ -11,13 +11,19 @@ from utils.hparams import HOURS_TABLE, resolve, row_for_hours
 @pytest.mark.parametrize(
     ("hours", "lr", "wd"),
     [
-        (0.001, 5e-7, 0.05), (0.999, 5e-7, 0.05),
-        (1.0, 1e-6, 0.05), (2.999, 1e-6, 0.05),
-        (3.0, 5e-6, 0.05), (9.999, 5e-6, 0.05),
-        (10.0, 1e-5, 0.01), (37.7, 1e-5, 0.01), (39.999, 1e-5, 0.01),
-        (40.0, 2e-5, 0.01), (1000.0, 2e-5, 0.01),
+        (0.001, 5e-7, 0.05),
+        (0.999, 5e-7, 0.05),
+        (1.0, 1e-6, 0.05),
+        (2.999, 1e-6, 0.05),
+        (3.0, 5e-6, 0.05),
+        (9.999, 5e-6, 0.05),
+        (10.0, 1e-5, 0.01),
+        (37.7, 1e-5, 0.01),
+        (39.999, 1e-5, 0.01),
+        (40.0, 2e-5, 0.01),
+        (1000.0, 2e-5, 0.01),
     ],
-)  # fmt: skip
+)
 def test_every_row_and_boundary(hours: float, lr: float, wd: float) -> None:
     row = row_for_hours(hours)
     assert (row.lr, row.weight_decay) == (lr, wd)
@@ -61,9 +67,14 @@ def test_bad_hours_rejected(bad: object) -> None:
 
 @pytest.mark.parametrize(
     ("cli", "msg"),
-    [({"plateau_factor": 1.5}, "plateau-factor"), ({"min_lr": 1.0}, "min-lr"), ({"batch_size": 0}, "batch-size"),
-     ({"eval_every_steps": 0}, "eval-every-steps"), ({"lr": -1.0}, "lr must be")],
-)  # fmt: skip
+    [
+        ({"plateau_factor": 1.5}, "plateau-factor"),
+        ({"min_lr": 1.0}, "min-lr"),
+        ({"batch_size": 0}, "batch-size"),
+        ({"eval_every_steps": 0}, "eval-every-steps"),
+        ({"lr": -1.0}, "lr must be"),
+    ],
+)
 def test_bad_values_rejected(cli: dict, msg: str) -> None:
     with pytest.raises(ConfigError, match=msg):
         resolve(dataset_hours=5, cli=cli)

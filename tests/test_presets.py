@@ -13,7 +13,12 @@ def test_stable_halves_the_table_lr_and_tightens_clipping() -> None:
     r = resolve(dataset_hours=37.7, preset_name="stable")
     assert r["lr"] == pytest.approx(5e-6)  # table row 10-40 h: 1e-5, x0.5
     assert r.sources["lr"].startswith("preset stable (table row 10-40 h")
-    assert (r["grad_clip"], r["eval_every_steps"], r["save_every_minutes"], r["save_every_steps"]) == (0.5, 100, 5.0, None)
+    assert (r["grad_clip"], r["eval_every_steps"], r["save_every_minutes"], r["save_every_steps"]) == (
+        0.5,
+        100,
+        5.0,
+        None,
+    )
     assert r.sources["grad_clip"] == "preset stable"
 
 
@@ -38,7 +43,9 @@ def test_recipe_layer_still_wins_over_preset() -> None:
 
 
 def test_plateau_breaker_scales_the_restored_lr() -> None:
-    r = resolve(dataset_hours=37.7, preset_name="plateau-breaker", lr_reference=(4e-6, "LR reached at best_model_900.pth"))
+    r = resolve(
+        dataset_hours=37.7, preset_name="plateau-breaker", lr_reference=(4e-6, "LR reached at best_model_900.pth")
+    )
     assert r["lr"] == pytest.approx(1.2e-6)
     assert "best_model_900.pth x0.3" in r.sources["lr"]
     assert r["grad_clip"] == 0.3

@@ -7,15 +7,17 @@ tiny base exercises the code that loads the real model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from utils.errors import BaseModelError
 
@@ -30,8 +32,24 @@ XTTS_V2_FILES: tuple[str, ...] = (*REQUIRED_FILES, "speakers_xtts.pth")
 
 # The 17 language tokens of XTTS v2's vocab.json, in its order.
 XTTS_LANGUAGE_TOKENS: tuple[str, ...] = (
-    "en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi",
-)  # fmt: skip
+    "en",
+    "es",
+    "fr",
+    "de",
+    "it",
+    "pt",
+    "pl",
+    "tr",
+    "ru",
+    "nl",
+    "cs",
+    "ar",
+    "zh-cn",
+    "hu",
+    "ko",
+    "ja",
+    "hi",
+)
 
 # Architecture of the tiny base: 2 layers x 128 channels. Trains at several steps/s on 2 CPU cores.
 TINY_GPT_ARGS: dict[str, Any] = {
@@ -51,12 +69,25 @@ TINY_GPT_ARGS: dict[str, Any] = {
 
 # Fields of config.json's model_args that define the architecture (copied into GPTArgs).
 ARCHITECTURE_KEYS: tuple[str, ...] = (
-    "gpt_layers", "gpt_n_model_channels", "gpt_n_heads", "decoder_input_dim", "gpt_num_audio_tokens",
-    "gpt_start_audio_token", "gpt_stop_audio_token", "gpt_max_audio_tokens", "gpt_max_text_tokens",
-    "gpt_max_prompt_tokens", "gpt_use_masking_gt_prompt_approach", "gpt_use_perceiver_resampler",
-    "gpt_code_stride_len", "input_sample_rate", "output_sample_rate", "output_hop_length", "d_vector_dim",
+    "gpt_layers",
+    "gpt_n_model_channels",
+    "gpt_n_heads",
+    "decoder_input_dim",
+    "gpt_num_audio_tokens",
+    "gpt_start_audio_token",
+    "gpt_stop_audio_token",
+    "gpt_max_audio_tokens",
+    "gpt_max_text_tokens",
+    "gpt_max_prompt_tokens",
+    "gpt_use_masking_gt_prompt_approach",
+    "gpt_use_perceiver_resampler",
+    "gpt_code_stride_len",
+    "input_sample_rate",
+    "output_sample_rate",
+    "output_hop_length",
+    "d_vector_dim",
     "cond_d_vector_in_each_upsampling_layer",
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -108,7 +139,9 @@ def check_base_model(root: str | os.PathLike[str]) -> BaseModelFiles:
 
     # Coqui loads these itself (weights_only=True, but its refusal is a raw traceback): refuse a
     # file that pickles code here, with one line naming it.
-    check_model_files([root / n for n in ("model.pth", "dvae.pth", "mel_stats.pth")] + ([speakers] if speakers.is_file() else []))
+    check_model_files(
+        [root / n for n in ("model.pth", "dvae.pth", "mel_stats.pth")] + ([speakers] if speakers.is_file() else [])
+    )
     return BaseModelFiles(
         root=root,
         model=root / "model.pth",
@@ -158,7 +191,7 @@ def download_xtts_v2(dest: str | os.PathLike[str], *, base_url: str = XTTS_V2_UR
             continue
         url = f"{base_url}/{name}"
         try:
-            response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (fixed https URL)
+            response = urllib.request.urlopen(url, timeout=timeout)  # fixed https URL
         except (urllib.error.URLError, OSError) as exc:
             raise BaseModelError(
                 f"cannot download {url} ({getattr(exc, 'reason', exc)}); this machine seems offline. Copy the XTTS v2 "
@@ -174,7 +207,7 @@ def download_xtts_v2(dest: str | os.PathLike[str], *, base_url: str = XTTS_V2_UR
             digest = hashlib.sha256()
             size = 0
             with open(part, "wb") as fh, tqdm(total=expected, unit="B", unit_scale=True, desc=name) as bar:
-                for chunk in iter(lambda: response.read(1 << 20), b""):
+                for chunk in iter(functools.partial(response.read, 1 << 20), b""):
                     fh.write(chunk)
                     digest.update(chunk)
                     size += len(chunk)
@@ -254,7 +287,10 @@ def build_tiny_vocab(path: Path, extra_text: Iterable[str] = (), vocab_size: int
 
 
 def make_tiny_base(
-    out_dir: str | os.PathLike[str], *, extra_text: Iterable[str] = (), seed: int = 0,
+    out_dir: str | os.PathLike[str],
+    *,
+    extra_text: Iterable[str] = (),
+    seed: int = 0,
     gpt_args: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a tiny random XTTS v2 base in the real on-disk layout.
@@ -276,16 +312,26 @@ def make_tiny_base(
     out = Path(out_dir).expanduser()
     existing = [name for name in REQUIRED_FILES if (out / name).exists()]
     if existing:
-        raise BaseModelError(f"{out} already holds {', '.join(existing)}; choose an empty folder (nothing was overwritten)")
+        raise BaseModelError(
+            f"{out} already holds {', '.join(existing)}; choose an empty folder (nothing was overwritten)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     build_tiny_vocab(out / "vocab.json", extra_text)
     torch.save(torch.ones(80), out / "mel_stats.pth")
     args = XttsArgs(**dict(gpt_args or TINY_GPT_ARGS))
     dvae = DiscreteVAE(
-        channels=80, normalization=None, positional_dims=1, num_tokens=args.gpt_num_audio_tokens - 2,
-        codebook_dim=512, hidden_dim=512, num_resnet_blocks=3, kernel_size=3, num_layers=2, use_transposed_convs=False,
-    )  # fmt: skip  (the DVAE GPTTrainer builds; same shapes as XTTS v2's dvae.pth)
+        channels=80,
+        normalization=None,
+        positional_dims=1,
+        num_tokens=args.gpt_num_audio_tokens - 2,
+        codebook_dim=512,
+        hidden_dim=512,
+        num_resnet_blocks=3,
+        kernel_size=3,
+        num_layers=2,
+        use_transposed_convs=False,
+    )  #  (the DVAE GPTTrainer builds; same shapes as XTTS v2's dvae.pth)
     torch.save(dvae.state_dict(), out / "dvae.pth")
     config = XttsConfig(model_args=args)
     config.model_args.tokenizer_file = ""  # vocab.json sits beside model.pth, as in the XTTS v2 release

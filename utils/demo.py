@@ -9,8 +9,8 @@ import logging
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from utils.errors import ConfigError
 
@@ -85,7 +85,9 @@ def make_espeak_dataset(
         for idx, text in enumerate(sentences, start=1):
             name = f"wavs/{prefix}_{idx:03d}.wav"
             said = spoken(text) if spoken else text
-            espeak_to_wav(said, Path(tmp) / name, voice=voice, speed=base_speed + (idx * 7) % 30, pitch=40 + (idx * 11) % 25)
+            espeak_to_wav(
+                said, Path(tmp) / name, voice=voice, speed=base_speed + (idx * 7) % 30, pitch=40 + (idx * 11) % 25
+            )
             rows.append((name, text))
         (out / "wavs").mkdir(parents=True, exist_ok=True)
         for name, _ in rows:

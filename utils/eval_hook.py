@@ -26,8 +26,18 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 PREFIX = "quality_"
-ROW_KEYS = ("cer", "wer", "similarity_ge2e", "similarity_xtts", "dnsmos_ovrl", "trailing_s", "after_last_word_s",
-            "flagged_share", "hallucinations", "n")  # fmt: skip
+ROW_KEYS = (
+    "cer",
+    "wer",
+    "similarity_ge2e",
+    "similarity_xtts",
+    "dnsmos_ovrl",
+    "trailing_s",
+    "after_last_word_s",
+    "flagged_share",
+    "hallucinations",
+    "n",
+)
 
 
 class QualityEvalHook:
@@ -67,7 +77,9 @@ class QualityEvalHook:
 
             enabled = torch.cuda.is_available()
         self.enabled, self.when = bool(enabled), when
-        self._inputs = TestSentencesHook(sentences, language=language, references=references, max_sentences=max_sentences)
+        self._inputs = TestSentencesHook(
+            sentences, language=language, references=references, max_sentences=max_sentences
+        )
         self.asr_model, self.use_asr = asr_model, use_asr
         self.options = options or default_eval_options()
         self._asr: tuple[Any, str] | None = None
@@ -105,11 +117,16 @@ class QualityEvalHook:
         self.records.append({"step": step, **row})
         dashboard = getattr(trainer, "dashboard_logger", None)
         if dashboard is not None:
-            scalars = {k[len(PREFIX):]: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None}
+            scalars = {k[len(PREFIX) :]: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None}
             dashboard.add_scalars("Quality", scalars, step)
-        logger.info("quality at step %d: CER %s, GE2E similarity %s, DNSMOS %s, %s flagged", step,
-                    row[PREFIX + "cer"], row[PREFIX + "similarity_ge2e"], row[PREFIX + "dnsmos_ovrl"],
-                    row[PREFIX + "flagged_share"])  # fmt: skip
+        logger.info(
+            "quality at step %d: CER %s, GE2E similarity %s, DNSMOS %s, %s flagged",
+            step,
+            row[PREFIX + "cer"],
+            row[PREFIX + "similarity_ge2e"],
+            row[PREFIX + "dnsmos_ovrl"],
+            row[PREFIX + "flagged_share"],
+        )
 
     def _score(self, trainer: Any, src: Any) -> dict[str, Any]:
         from utils.evaluate import DEFAULT_S_PER_LETTER, Scorer, load_asr, summarize
@@ -122,7 +139,9 @@ class QualityEvalHook:
         rate = 1.0 / src.letters_per_s if src.letters_per_s else DEFAULT_S_PER_LETTER
         with trainer_model(trainer, src.language, src.references) as loaded:
             loaded.letters_per_s, loaded.rate_source = 1.0 / rate, "the run's training rows"
-            scorer = Scorer(loaded.model, src.language, list(src.references), *self._asr, rate, ge2e=self._scorer_parts["ge2e"])
+            scorer = Scorer(
+                loaded.model, src.language, list(src.references), *self._asr, rate, ge2e=self._scorer_parts["ge2e"]
+            )
             samples = []
             for text in src.sentences:
                 result = synthesize_with_report(loaded, text, language=src.language, options=self.options)

@@ -40,9 +40,10 @@ import logging
 import os
 import shutil
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -136,9 +137,15 @@ class Transcriber:
 
         audio16 = resample(np.asarray(audio, dtype=np.float32), sr, ASR_SR)
         segments, _ = self.model.transcribe(
-            audio16, language=self.language, beam_size=1, temperature=0.0, condition_on_previous_text=False,
-            vad_filter=False, without_timestamps=True, max_new_tokens=max_new_tokens,
-        )  # fmt: skip
+            audio16,
+            language=self.language,
+            beam_size=1,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            vad_filter=False,
+            without_timestamps=True,
+            max_new_tokens=max_new_tokens,
+        )
         return " ".join(s.text.strip() for s in segments).strip()
 
     def words(self, audio: np.ndarray, sr: int, max_new_tokens: int | None = None) -> list[tuple[str, float, float]]:
@@ -147,13 +154,21 @@ class Transcriber:
 
         audio16 = resample(np.asarray(audio, dtype=np.float32), sr, ASR_SR)
         segments, _ = self.model.transcribe(
-            audio16, language=self.language, beam_size=1, temperature=0.0, condition_on_previous_text=False,
-            vad_filter=False, word_timestamps=True, max_new_tokens=max_new_tokens,
-        )  # fmt: skip
+            audio16,
+            language=self.language,
+            beam_size=1,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            vad_filter=False,
+            word_timestamps=True,
+            max_new_tokens=max_new_tokens,
+        )
         return [(w.word.strip(), float(w.start), float(w.end)) for s in segments for w in (s.words or [])]
 
 
-def load_asr(language: str, model_dir: str | os.PathLike | None = None, device: str = "cpu") -> tuple[Transcriber | None, str]:
+def load_asr(
+    language: str, model_dir: str | os.PathLike | None = None, device: str = "cpu"
+) -> tuple[Transcriber | None, str]:
     """A :class:`Transcriber` for ``language``, or None and the reason ASR metrics are skipped."""
     try:
         from faster_whisper.tokenizer import _LANGUAGE_CODES
@@ -171,7 +186,10 @@ def load_asr(language: str, model_dir: str | os.PathLike | None = None, device: 
         return None, f"Whisper has no language '{language}'; CER/WER skipped"
     asr = Transcriber(path, code, device)
     if not asr.model.model.is_multilingual and code != "en":
-        return None, f"ASR model {path} is English-only; pass --asr-model with a multilingual Whisper model for '{language}'"
+        return (
+            None,
+            f"ASR model {path} is English-only; pass --asr-model with a multilingual Whisper model for '{language}'",
+        )
     return asr, f"faster-whisper {path}"
 
 
@@ -291,12 +309,14 @@ class Scorer:
             return
         start, end = bounds
         tail = audio[int(end * sr) :]
-        rec.update({
-            "speech_s": round(end - start, 3),
-            "leading_s": round(start, 3),
-            "trailing_s": round(max(0.0, duration - end), 3),
-            "trailing_kind": "noise" if rms_dbfs(tail) > NOISE_DBFS else "silence",
-        })  # fmt: skip
+        rec.update(
+            {
+                "speech_s": round(end - start, 3),
+                "leading_s": round(start, 3),
+                "trailing_s": round(max(0.0, duration - end), 3),
+                "trailing_kind": "noise" if rms_dbfs(tail) > NOISE_DBFS else "silence",
+            }
+        )
         if rec["trailing_s"] > MAX_TRAILING_S:
             flags.append("trailing_noise" if rec["trailing_kind"] == "noise" else "long_trailing_silence")
         if start > MAX_LEADING_S:
@@ -342,15 +362,28 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
         return round(float(np.mean(vals)), 4) if vals else None
 
     flagged = sum(1 for s in samples if s["flags"])
-    keys = ("cer", "wer", "similarity_xtts", "similarity_ge2e", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak",
-            "s_per_letter", "leading_s", "trailing_s", "after_last_word_s")  # fmt: skip
+    keys = (
+        "cer",
+        "wer",
+        "similarity_xtts",
+        "similarity_ge2e",
+        "dnsmos_ovrl",
+        "dnsmos_sig",
+        "dnsmos_bak",
+        "s_per_letter",
+        "leading_s",
+        "trailing_s",
+        "after_last_word_s",
+    )
     return {
         "n": len(samples),
         **{k: mean(k) for k in keys},
         "hallucinations": sum(1 for s in samples if s.get("hallucination")),
         "flagged": flagged,
         "flagged_share": round(flagged / len(samples), 4) if samples else None,
-        "flag_counts": {f: sum(1 for s in samples if f in s["flags"]) for f in sorted({f for s in samples for f in s["flags"]})},
+        "flag_counts": {
+            f: sum(1 for s in samples if f in s["flags"]) for f in sorted({f for s in samples for f in s["flags"]})
+        },
     }
 
 
@@ -397,16 +430,27 @@ class EvalReport:
     def table(self) -> str:
         """A Markdown table: one row per checkpoint."""
         cols = ("CER", "WER", "sim GE2E", "sim XTTS", "DNSMOS", "s/letter", "trailing s", "after last word s")
-        keys = ("cer", "wer", "similarity_ge2e", "similarity_xtts", "dnsmos_ovrl", "s_per_letter", "trailing_s",
-                "after_last_word_s")  # fmt: skip
-        lines = ["| checkpoint | step | " + " | ".join(cols) + " | hallucinations | flagged | score |",
-                 "|" + "---|" * (len(cols) + 5)]  # fmt: skip
+        keys = (
+            "cer",
+            "wer",
+            "similarity_ge2e",
+            "similarity_xtts",
+            "dnsmos_ovrl",
+            "s_per_letter",
+            "trailing_s",
+            "after_last_word_s",
+        )
+        lines = [
+            "| checkpoint | step | " + " | ".join(cols) + " | hallucinations | flagged | score |",
+            "|" + "---|" * (len(cols) + 5),
+        ]
         for c in self.checkpoints:
             s = c["summary"]
             name = c["name"] + (f" (= {', '.join(c['same_step'])})" if c.get("same_step") else "")
             values = " | ".join(_f(s.get(k)) for k in keys)
             lines.append(
-                f"| {name} | {c['step'] if c['step'] is not None else '-'} | {values} | {s['hallucinations']}/{s['n']} | "
+                f"| {name} | {c['step'] if c['step'] is not None else '-'} | {values} | "
+                f"{s['hallucinations']}/{s['n']} | "
                 f"{s['flagged']}/{s['n']} | {c['score']:.3f} |"
             )
         if self.best:
@@ -478,8 +522,15 @@ def run_checkpoints(run_dir: str | os.PathLike) -> list[tuple[Path, list[str]]]:
     return out
 
 
-def _eval_inputs(run_dir: Path, language: str, sentences: list[str] | None, references: list[Any] | None,
-                 max_sentences: int, short_probes: int, num_references: int) -> tuple[list[str], list[Path], float]:  # fmt: skip
+def _eval_inputs(
+    run_dir: Path,
+    language: str,
+    sentences: list[str] | None,
+    references: list[Any] | None,
+    max_sentences: int,
+    short_probes: int,
+    num_references: int,
+) -> tuple[list[str], list[Path], float]:
     """The sentences, the reference clips and the speaker's seconds per letter of an evaluation."""
     from utils.reference import choose_references, run_rows
 
@@ -550,8 +601,9 @@ def evaluate(
 
     run_dir = Path(run_dir)
     language = language or run_language(read_run_config(run_dir))
-    sentences, references, rate = _eval_inputs(run_dir, language, sentences, references, max_sentences, short_probes,
-                                               num_references)  # fmt: skip
+    sentences, references, rate = _eval_inputs(
+        run_dir, language, sentences, references, max_sentences, short_probes, num_references
+    )
     ckpts = [(Path(c), []) for c in checkpoints] if checkpoints else run_checkpoints(run_dir)
     if not ckpts:
         raise DataError(f"{run_dir} holds no checkpoint to evaluate")
@@ -568,15 +620,26 @@ def evaluate(
     return report
 
 
-def _eval_context(language: str, references: list, rate: float, asr_model: Any, options: Any, device: str | None) -> dict[str, Any]:
+def _eval_context(
+    language: str, references: list, rate: float, asr_model: Any, options: Any, device: str | None
+) -> dict[str, Any]:
     """What scoring each checkpoint needs: ASR (``asr_model`` False: off), GE2E, options."""
     from utils.quality import GE2ESimilarity
 
-    asr, asr_note = load_asr(language, asr_model or None) if asr_model is not False else (None, "ASR disabled (--no-asr)")
+    asr, asr_note = (
+        load_asr(language, asr_model or None) if asr_model is not False else (None, "ASR disabled (--no-asr)")
+    )
     if asr is None:
         logger.warning("CER/WER skipped: %s", asr_note)
-    return {"language": language, "references": references, "asr": (asr, asr_note), "s_per_letter": rate,
-            "ge2e": GE2ESimilarity(), "options": options or default_eval_options(), "device": device}  # fmt: skip
+    return {
+        "language": language,
+        "references": references,
+        "asr": (asr, asr_note),
+        "s_per_letter": rate,
+        "ge2e": GE2ESimilarity(),
+        "options": options or default_eval_options(),
+        "device": device,
+    }
 
 
 def choose_best(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -585,7 +648,9 @@ def choose_best(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return {"name": best["name"], "path": best["path"], "step": best["step"], "score": best["score"]}
 
 
-def _evaluate_checkpoint(ckpt: Path, sentences: list[str], out_dir: Path, ctx: dict[str, Any], bar: Any) -> dict[str, Any]:
+def _evaluate_checkpoint(
+    ckpt: Path, sentences: list[str], out_dir: Path, ctx: dict[str, Any], bar: Any
+) -> dict[str, Any]:
     """Speak and score every sentence with one checkpoint: its entry in the report."""
     from utils.data.audio import write_wav
     from utils.export import checkpoint_step
@@ -593,11 +658,14 @@ def _evaluate_checkpoint(ckpt: Path, sentences: list[str], out_dir: Path, ctx: d
 
     loaded = load_model(ckpt, device=ctx["device"])
     loaded.letters_per_s, loaded.rate_source = 1.0 / ctx["s_per_letter"], "the run's training rows"
-    scorer = Scorer(loaded.model, ctx["language"], ctx["references"], *ctx["asr"], ctx["s_per_letter"], ge2e=ctx["ge2e"])
+    scorer = Scorer(
+        loaded.model, ctx["language"], ctx["references"], *ctx["asr"], ctx["s_per_letter"], ge2e=ctx["ge2e"]
+    )
     samples = []
     for i, text in enumerate(sentences, start=1):
-        result = synthesize_with_report(loaded, text, language=ctx["language"], speaker_wav=ctx["references"],
-                                        options=ctx["options"])  # fmt: skip
+        result = synthesize_with_report(
+            loaded, text, language=ctx["language"], speaker_wav=ctx["references"], options=ctx["options"]
+        )
         path = write_wav(out_dir / ckpt.stem / f"{i:02d}.wav", result.wav, loaded.sample_rate)
         write_sidecar(path, result)
         rec = scorer.score(result.wav, loaded.sample_rate, text)
@@ -607,7 +675,13 @@ def _evaluate_checkpoint(ckpt: Path, sentences: list[str], out_dir: Path, ctx: d
         samples.append(rec)
         bar.update()
     summary = summarize(samples)
-    entry = {"name": ckpt.name, "path": str(ckpt), "step": checkpoint_step(ckpt), "summary": summary, "samples": samples}
+    entry = {
+        "name": ckpt.name,
+        "path": str(ckpt),
+        "step": checkpoint_step(ckpt),
+        "summary": summary,
+        "samples": samples,
+    }
     entry["score"] = selection_score(summary)
     return entry
 
@@ -636,7 +710,11 @@ def plot_metrics(report: EvalReport, path: str | os.PathLike) -> Path:
         ("ASR error rate (lower is better)", ("cer", "wer"), (0.0, None)),
         ("speaker similarity, cosine (higher is better)", ("similarity_ge2e", "similarity_xtts"), (0.0, 1.02)),
         ("DNSMOS 1-5 (higher is better)", ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak"), (1.0, 5.0)),
-        ("seconds after speech / last word; share flagged", ("trailing_s", "after_last_word_s", "flagged_share"), (0.0, None)),
+        (
+            "seconds after speech / last word; share flagged",
+            ("trailing_s", "after_last_word_s", "flagged_share"),
+            (0.0, None),
+        ),
     )
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     best_x = next((x for x, c in zip(xs, entries) if report.best and c["name"] == report.best["name"]), None)

@@ -20,10 +20,11 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class Event:
         return {"kind": self.kind.value, "time": round(self.time, 3), **self.data}
 
     @classmethod
-    def from_dict(cls, record: Mapping[str, Any]) -> "Event":
+    def from_dict(cls, record: Mapping[str, Any]) -> Event:
         data = {k: v for k, v in record.items() if k not in ("kind", "time")}
         return cls(EventKind(record["kind"]), data, float(record.get("time", 0.0)))
 
@@ -86,7 +87,7 @@ class EventBus:
         for fn in subscribers:
             try:
                 fn(event)
-            except Exception as exc:  # noqa: BLE001 - a subscriber's bug must not end the run
+            except Exception as exc:  # a subscriber's bug must not end the run
                 logger.warning("event subscriber %r failed on %s: %s", fn, event.kind.value, exc)
         return event
 
@@ -155,20 +156,26 @@ class ProgressBar:
         # a new bar per epoch, and when the epoch's length changes (the micro-batch halved on OOM)
         if self._bar is None or step == 0 or self._bar.total != total:
             self.close()
-            self._bar = tqdm(total=total, desc=f"epoch {d['epoch']}/{d['epochs']}", file=sys.stderr,
-                             dynamic_ncols=True, leave=True, initial=step)  # fmt: skip
+            self._bar = tqdm(
+                total=total,
+                desc=f"epoch {d['epoch']}/{d['epochs']}",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                leave=True,
+                initial=step,
+            )
         loss = d.get("loss")
         self._bar.set_postfix_str(
             f"loss {'n/a' if loss is None else f'{loss:.4f}'}, lr {float(d.get('lr') or 0.0):.3g}, "
             f"run ETA {hms(float(d.get('eta_s') or 0.0))}",
             refresh=False,
-        )  # fmt: skip
+        )
         self._bar.update(1)
         if step + 1 >= total:
             self.close()
 
     @classmethod
-    def as_hook(cls) -> "_ProgressHook":
+    def as_hook(cls) -> _ProgressHook:
         """A bar fed directly with the trainer's progress records (no event bus)."""
         return _ProgressHook(cls())
 

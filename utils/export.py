@@ -183,14 +183,30 @@ def export_model(
     references, reference_info = _references(run_dir, references, num_references)
     state = compact_state_dict(load_state_dict(checkpoint))
     config = inference_config(run_config, _base_config_path(run_config))
-    new_languages, shipped = _write_folder(out_dir, state, config, vocab, references, info={
-        "checkpoint": str(checkpoint.resolve()), "step": checkpoint_step(checkpoint), "run_dir": str(run_dir.resolve()),
-        "language": language, "reference_choice": reference_info, "parameters": int(sum(v.numel() for v in state.values())),
-    }, readme=lambda shipped, new: _readme(out_dir, checkpoint, language, shipped, new, _example_text(run_dir)))  # fmt: skip
+    new_languages, shipped = _write_folder(
+        out_dir,
+        state,
+        config,
+        vocab,
+        references,
+        info={
+            "checkpoint": str(checkpoint.resolve()),
+            "step": checkpoint_step(checkpoint),
+            "run_dir": str(run_dir.resolve()),
+            "language": language,
+            "reference_choice": reference_info,
+            "parameters": int(sum(v.numel() for v in state.values())),
+        },
+        readme=lambda shipped, new: _readme(out_dir, checkpoint, language, shipped, new, _example_text(run_dir)),
+    )
     result = ExportResult(
-        out_dir=out_dir, size_bytes=folder_size(out_dir), checkpoint=checkpoint, languages=list(config.languages),
-        new_languages=new_languages, references=[out_dir / p for p in shipped],
-    )  # fmt: skip
+        out_dir=out_dir,
+        size_bytes=folder_size(out_dir),
+        checkpoint=checkpoint,
+        languages=list(config.languages),
+        new_languages=new_languages,
+        references=[out_dir / p for p in shipped],
+    )
     logger.info("exported %s -> %s (%s, %d references)", checkpoint.name, out_dir, result.size_text(), len(shipped))
     return result
 
@@ -205,8 +221,9 @@ def _references(run_dir: Path, references: list | None, count: int) -> tuple[lis
     return [c.path for c in choice.chosen], choice.to_dict()
 
 
-def _write_folder(out_dir: Path, state: dict[str, Any], config: Any, vocab: Path, references: list,
-                  info: dict[str, Any], readme: Any) -> tuple[list[str], list[str]]:  # fmt: skip
+def _write_folder(
+    out_dir: Path, state: dict[str, Any], config: Any, vocab: Path, references: list, info: dict[str, Any], readme: Any
+) -> tuple[list[str], list[str]]:
     """Write the folder under a temporary name, then rename it into place (never half written).
 
     Returns:
@@ -286,7 +303,9 @@ def _example_text(run_dir: Path) -> str:
     return text.replace('"', "'")
 
 
-def _readme(out_dir: Path, checkpoint: Path, language: str, refs: list[str], new_languages: list[str], example: str) -> str:
+def _readme(
+    out_dir: Path, checkpoint: Path, language: str, refs: list[str], new_languages: list[str], example: str
+) -> str:
     tokenizer_line = (
         "    from utils.language import use_toolkit_tokenizer  # a language XTTS lacks: register it\n"
         f'    use_toolkit_tokenizer(model, "{out_dir}/vocab.json")\n'

@@ -12,8 +12,9 @@ import json
 import os
 import secrets
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from utils.errors import ConfigError
 
@@ -29,7 +30,9 @@ def _probe(folder: Path, option: str, target: Path) -> None:
         fd, name = tempfile.mkstemp(prefix=".write-check-", dir=folder)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise ConfigError(f"{option} {target}: cannot write in {folder} ({reason}); choose a folder you can write to") from None
+        raise ConfigError(
+            f"{option} {target}: cannot write in {folder} ({reason}); choose a folder you can write to"
+        ) from None
     os.close(fd)
     os.unlink(name)
 

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -183,7 +184,9 @@ def token_cap(
 # --------------------------------------------------------------------------------------------
 
 
-def find_token_loop(codes: Sequence[int], *, max_period: int = 16, min_repeats: int = 4, min_len: int = 12) -> int | None:
+def find_token_loop(
+    codes: Sequence[int], *, max_period: int = 16, min_repeats: int = 4, min_len: int = 12
+) -> int | None:
     """Index where a repeated pattern that runs to the end of ``codes`` starts, or None.
 
     A loop is a period ``p`` (1..max_period) with ``codes[i] == codes[i - p]`` for every ``i`` in
@@ -266,8 +269,15 @@ def analyse_output(
     bounds = speech_bounds(audio, sr) if audio.size else None
     end = bounds[1] if bounds else None
     tail = audio[int((end or 0.0) * sr) :]
-    att = Attempt(seed=seed, codes=len(gen), stop_token=stopped, duration_s=duration, speech_end_s=end,
-                  tail_s=max(0.0, duration - (end or 0.0)), tail_kind="noise" if rms_dbfs(tail) > NOISE_DBFS else "silence")  # fmt: skip
+    att = Attempt(
+        seed=seed,
+        codes=len(gen),
+        stop_token=stopped,
+        duration_s=duration,
+        speech_end_s=end,
+        tail_s=max(0.0, duration - (end or 0.0)),
+        tail_kind="noise" if rms_dbfs(tail) > NOISE_DBFS else "silence",
+    )
     if codes is not None and not stopped and max_new_tokens is not None and len(gen) >= max_new_tokens:
         att.flags.append("no_stop_token")
     cuts: list[tuple[float, str]] = []
@@ -291,8 +301,16 @@ def analyse_output(
     return att
 
 
-def _asr_check(att: Attempt, audio: np.ndarray, sr: int, text: str, language: str, transcriber: Any,
-               options: GuardOptions, cuts: list[tuple[float, str]]) -> None:  # fmt: skip
+def _asr_check(
+    att: Attempt,
+    audio: np.ndarray,
+    sr: int,
+    text: str,
+    language: str,
+    transcriber: Any,
+    options: GuardOptions,
+    cuts: list[tuple[float, str]],
+) -> None:
     words = transcriber.words(audio, sr, max_new_tokens=len(text) + 20)
     att.asr_text = " ".join(w for w, _s, _e in words).strip()
     if not words:

@@ -25,8 +25,9 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 if __name__ == "__main__":  # run as a script: make the repository root importable
     sys.path[0] = str(Path(__file__).resolve().parents[1])
@@ -34,10 +35,10 @@ if __name__ == "__main__":  # run as a script: make the repository root importab
 from utils import cli
 from utils.errors import ConfigError
 from utils.finetune.config import HEALTH_OPTIONS, RUN_HPARAMS, SPEED_PRESETS, SPEED_SWITCHES, RunConfig
-from utils.hparams import DEFAULTS, SCHEDULERS
 
 # The Python API, re-exported for callers of the earlier module-level functions.
 from utils.finetune.training import TrainResult, build_config, summary_lines, train  # noqa: F401
+from utils.hparams import DEFAULTS, SCHEDULERS
 
 logger = logging.getLogger("utils.gpt_train")
 
@@ -64,9 +65,26 @@ SPEED_HELP = {
 }
 
 # Options that map one to one onto RunConfig fields (dest name = field name).
-_FIELDS = ("dataset", "train_csv", "eval_csv", "language", "dataset_hours", "new_tokens", "new_token_warmup_steps",
-           "max_excluded_share", "base_model", "output_path", "run_name", "preset", "restore", "speed",
-           "test_sentences", "quality_eval", "gpus", "demo")  # fmt: skip
+_FIELDS = (
+    "dataset",
+    "train_csv",
+    "eval_csv",
+    "language",
+    "dataset_hours",
+    "new_tokens",
+    "new_token_warmup_steps",
+    "max_excluded_share",
+    "base_model",
+    "output_path",
+    "run_name",
+    "preset",
+    "restore",
+    "speed",
+    "test_sentences",
+    "quality_eval",
+    "gpus",
+    "demo",
+)
 
 
 def parse_args(argv: Sequence[str] | None, defaults: dict[str, Any] | None = None) -> argparse.Namespace:
@@ -83,17 +101,31 @@ def parse_args(argv: Sequence[str] | None, defaults: dict[str, Any] | None = Non
     _mode_options(p.add_argument_group("modes"))
     _speed_options(p.add_argument_group("speed and memory (see BENCHMARKS.md)"))
     after = p.add_argument_group("during and after training")
-    after.add_argument("--test-sentences", type=int,
-                       help="eval sentences spoken at each evaluation into <run>/test_sentences and TensorBoard "
-                       "(0: off; default 3)")  # fmt: skip
-    after.add_argument("--quality-eval", dest="quality_eval", action="store_const", const=True,
-                       help="at each save, score held-out sentences (CER, GE2E similarity, DNSMOS, trailing "
-                       "seconds) into metrics.jsonl (default: on with a CUDA GPU, off on the CPU)")  # fmt: skip
+    after.add_argument(
+        "--test-sentences",
+        type=int,
+        help="eval sentences spoken at each evaluation into <run>/test_sentences and TensorBoard (0: off; default 3)",
+    )
+    after.add_argument(
+        "--quality-eval",
+        dest="quality_eval",
+        action="store_const",
+        const=True,
+        help="at each save, score held-out sentences (CER, GE2E similarity, DNSMOS, trailing "
+        "seconds) into metrics.jsonl (default: on with a CUDA GPU, off on the CPU)",
+    )
     after.add_argument("--no-quality-eval", dest="quality_eval", action="store_const", const=False)
-    after.add_argument("--no-export", action="store_true",
-                       help="skip the compact inference export (<run>/export) at the end of training")
-    after.add_argument("--events-jsonl", type=Path, metavar="FILE",
-                       help="also append every run event (stages, progress, evaluations, health) to FILE as JSON lines")
+    after.add_argument(
+        "--no-export",
+        action="store_true",
+        help="skip the compact inference export (<run>/export) at the end of training",
+    )
+    after.add_argument(
+        "--events-jsonl",
+        type=Path,
+        metavar="FILE",
+        help="also append every run event (stages, progress, evaluations, health) to FILE as JSON lines",
+    )
     if defaults:
         p.set_defaults(**defaults)
     return p.parse_args(argv)
@@ -105,12 +137,21 @@ def _data_options(g: Any) -> None:
     g.add_argument("--eval-csv", type=Path, help="evaluation metadata (same format)")
     g.add_argument("--language", help="language code of the transcripts (default en)")
     g.add_argument("--dataset-hours", help="hours of training audio; picks the table row")
-    g.add_argument("--new-tokens", type=int,
-                   help="for a language XTTS lacks: BPE tokens learned from the training text (default 2000)")
-    g.add_argument("--new-token-warmup-steps", type=int,
-                   help="for a new language: optimizer steps that train only the new token rows first (default 0)")
-    g.add_argument("--max-excluded-share", type=float,
-                   help="refuse to train when the preflight excludes more than this share of rows (default 0.2)")
+    g.add_argument(
+        "--new-tokens",
+        type=int,
+        help="for a language XTTS lacks: BPE tokens learned from the training text (default 2000)",
+    )
+    g.add_argument(
+        "--new-token-warmup-steps",
+        type=int,
+        help="for a new language: optimizer steps that train only the new token rows first (default 0)",
+    )
+    g.add_argument(
+        "--max-excluded-share",
+        type=float,
+        help="refuse to train when the preflight excludes more than this share of rows (default 0.2)",
+    )
 
 
 def _model_options(g: Any) -> None:
@@ -129,55 +170,104 @@ def _hparam_options(g: Any) -> None:
     g.add_argument("--plateau-patience", type=int, help="evaluations without improvement before a cut (default 5)")
     g.add_argument("--min-lr", type=float, help="the LR never goes below this (default 1e-7)")
     g.add_argument("--warmup-steps", type=int, help="optimizer steps of linear LR warmup (default 0)")
-    g.add_argument("--lr-scheduler", choices=SCHEDULERS, help="LR schedule (default ReduceLROnPlateau); units: optimizer steps")
-    g.add_argument("--milestones", type=_int_list, help="MultiStepLR: optimizer steps, comma-separated (e.g. 2000,4000)")
+    g.add_argument(
+        "--lr-scheduler", choices=SCHEDULERS, help="LR schedule (default ReduceLROnPlateau); units: optimizer steps"
+    )
+    g.add_argument(
+        "--milestones", type=_int_list, help="MultiStepLR: optimizer steps, comma-separated (e.g. 2000,4000)"
+    )
     g.add_argument("--gamma", type=float, help="MultiStepLR: LR multiplier at each milestone (default 0.1)")
-    g.add_argument("--anneal-steps", type=_int_list, help="inverse_sqrt: optimizer steps, comma-separated, of LR annealing")
+    g.add_argument(
+        "--anneal-steps", type=_int_list, help="inverse_sqrt: optimizer steps, comma-separated, of LR annealing"
+    )
     g.add_argument("--anneal-rate", type=float, help="inverse_sqrt: LR multiplier at each anneal step (default 0.3)")
     g.add_argument("--keep-checkpoints", type=int, help="checkpoint_N.pth files kept (default 2)")
     g.add_argument("--eval-every-steps", type=int, help="evaluate every N optimizer steps (default: once per epoch)")
     g.add_argument("--save-every-steps", type=int, help="checkpoint every N trainer steps (default: by time only)")
-    g.add_argument("--save-every-minutes", type=float,
-                   help="checkpoint (weights + optimizer state, for --continue) every N minutes (default 15)")
+    g.add_argument(
+        "--save-every-minutes",
+        type=float,
+        help="checkpoint (weights + optimizer state, for --continue) every N minutes (default 15)",
+    )
     g.add_argument("--grad-clip", type=float)
     g.add_argument("--seed", type=int)
     g.add_argument("--num-workers", type=int, dest="num_loader_workers", help="data loader worker processes")
-    g.add_argument("--early-stop-patience", type=int, help="stop after this many evaluations without improvement (default off)")
-    g.add_argument("--early-stop-min-delta", type=float, help="eval-loss improvement that counts for early stopping (default 0)")
+    g.add_argument(
+        "--early-stop-patience", type=int, help="stop after this many evaluations without improvement (default off)"
+    )
+    g.add_argument(
+        "--early-stop-min-delta", type=float, help="eval-loss improvement that counts for early stopping (default 0)"
+    )
 
 
 def _mode_options(g: Any) -> None:
-    g.add_argument("--continue", dest="continue_run", type=Path, metavar="RUN_DIR",
-                   help="resume RUN_DIR exactly from its last complete checkpoint (only --epochs may change)")
-    g.add_argument("--restore", type=Path, metavar="CHECKPOINT",
-                   help="start a new run from these weights (a .pth, or a run folder: its best_model.pth) with new hyperparameters")
-    g.add_argument("--preset", choices=list(_presets()), help="an optimization level: stable, fast, plateau-breaker (see --dry-run)")
-    g.add_argument("--preview-schedule", nargs="?", const=True, default=None, metavar="PNG",
-                   help="write a PNG of the LR over the planned optimizer steps and exit (default OUTPUT/lr_schedule.png)")
+    g.add_argument(
+        "--continue",
+        dest="continue_run",
+        type=Path,
+        metavar="RUN_DIR",
+        help="resume RUN_DIR exactly from its last complete checkpoint (only --epochs may change)",
+    )
+    g.add_argument(
+        "--restore",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="start a new run from these weights (a .pth, or a run folder: its best_model.pth) "
+        "with new hyperparameters",
+    )
+    g.add_argument(
+        "--preset",
+        choices=list(_presets()),
+        help="an optimization level: stable, fast, plateau-breaker (see --dry-run)",
+    )
+    g.add_argument(
+        "--preview-schedule",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="PNG",
+        help="write a PNG of the LR over the planned optimizer steps and exit (default OUTPUT/lr_schedule.png)",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar (Coqui's console prints instead)")
     g.add_argument("--no-plots", action="store_true", help="do not refresh training_curves.png at each evaluation")
     g.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
     g.add_argument("--demo", action="store_true", default=None, help="tiny base + bundled demo data, a few epochs")
-    g.add_argument("--gpus", type=int,
-                   help="data-parallel training on N GPUs of this host (torch.distributed.run starts one worker each; on a "
-                   "machine without CUDA, N CPU processes). --grad-accum counts micro-batches over all GPUs, so the "
-                   "table's LR stays valid. Several machines: run this script under torchrun instead (README)")  # fmt: skip
+    g.add_argument(
+        "--gpus",
+        type=int,
+        help="data-parallel training on N GPUs of this host (torch.distributed.run starts one worker each; on a "
+        "machine without CUDA, N CPU processes). --grad-accum counts micro-batches over all GPUs, so the "
+        "table's LR stays valid. Several machines: run this script under torchrun instead (README)",
+    )
     g.add_argument("--recipe-json", help=argparse.SUPPRESS)  # a recipe's values, passed on to --gpus workers
     g.add_argument("-v", "--verbose", action="store_true")
 
 
 def _speed_options(g: Any) -> None:
-    g.add_argument("--speed", choices=SPEED_PRESETS,
-                   help="fast: every safe lever (default); low-vram: gradient checkpointing + 8-bit AdamW + frozen "
-                   "modules off the GPU (full GPT on an 8 GB card); stock: Coqui's own step")  # fmt: skip
-    g.add_argument("--compile", dest="speed_compile", action="store_true", default=None,
-                   help="torch.compile the GPT2 blocks' training forward (on by default with --speed fast "
-                   "and --speed low-vram; --no-compile turns it off)")  # fmt: skip
+    g.add_argument(
+        "--speed",
+        choices=SPEED_PRESETS,
+        help="fast: every safe lever (default); low-vram: gradient checkpointing + 8-bit AdamW + frozen "
+        "modules off the GPU (full GPT on an 8 GB card); stock: Coqui's own step",
+    )
+    g.add_argument(
+        "--compile",
+        dest="speed_compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the GPT2 blocks' training forward (on by default with --speed fast "
+        "and --speed low-vram; --no-compile turns it off)",
+    )
     for name in SPEED_SWITCHES:
         flag = SPEED_FLAGS.get(name, f"no-{name.replace('_', '-')}")
         text = SPEED_HELP.get(name, f"the {name} lever")
-        g.add_argument(f"--{flag}", dest=f"speed_{name}", action="store_false", default=None,
-                       help=text if name in SPEED_FLAGS else f"turn off: {text}")  # fmt: skip
+        g.add_argument(
+            f"--{flag}",
+            dest=f"speed_{name}",
+            action="store_false",
+            default=None,
+            help=text if name in SPEED_FLAGS else f"turn off: {text}",
+        )
 
 
 def _presets() -> tuple[str, ...]:
@@ -190,13 +280,17 @@ def _int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated optimizer steps, e.g. 2000,4000 (got {text!r})") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated optimizer steps, e.g. 2000,4000 (got {text!r})"
+        ) from None
 
 
 def run_config(args: argparse.Namespace, recipe: dict[str, Any] | None = None) -> RunConfig:
     """The run configuration: defaults, then ``recipe``, then the options given on the command line."""
     given: dict[str, Any] = {name: getattr(args, name, None) for name in (*_FIELDS, *RUN_HPARAMS)}
-    switches = {n: bool(getattr(args, f"speed_{n}")) for n in SPEED_SWITCHES if getattr(args, f"speed_{n}", None) is not None}
+    switches = {
+        n: bool(getattr(args, f"speed_{n}")) for n in SPEED_SWITCHES if getattr(args, f"speed_{n}", None) is not None
+    }
     given["speed_switches"] = switches or None
     for flag, name in (("no_export", "export"), ("no_progress", "progress"), ("no_plots", "plots")):
         if getattr(args, flag, False):
@@ -209,7 +303,6 @@ def main(argv: Sequence[str] | None = None, *, recipe: dict[str, Any] | None = N
     to values: a layer under the command line (``--dry-run`` shows each value's source)."""
     from utils.events import JsonlWriter
     from utils.finetune import FineTune
-
     from utils.training import torchrun
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -258,7 +351,9 @@ def _as_worker(worker: Any, args: argparse.Namespace, config: RunConfig) -> RunC
 
     torchrun.pin_gpu(worker)  # first, before anything starts CUDA
     if args.gpus is not None and args.gpus != worker.world_size:
-        raise ConfigError(f"--gpus {args.gpus} but torchrun started {worker.world_size} workers; leave out --gpus under torchrun")
+        raise ConfigError(
+            f"--gpus {args.gpus} but torchrun started {worker.world_size} workers; leave out --gpus under torchrun"
+        )
     return config.replace(gpus=worker.world_size)
 
 

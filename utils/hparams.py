@@ -10,8 +10,9 @@ log line or a checkpoint can say why the LR is what it is.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from utils.errors import ConfigError
 
@@ -135,11 +136,13 @@ PRESETS: Mapping[str, Preset] = {
             why={
                 "grad_clip": "clip at 0.5 instead of 1.0: one bad batch cannot throw the weights far",
                 "eval_every_steps": "evaluate every 100 optimizer steps: problems show within minutes",
-                "save_every_minutes": "a checkpoint every 5 minutes (default 15): little is lost on a crash or a divergence",
+                "save_every_minutes": "a checkpoint every 5 minutes (default 15): little is lost on a crash "
+                "or a divergence",
                 "warmup_steps": "100 optimizer steps of warmup: Adam's moment estimates settle before full-size steps",
             },
             lr_scale=0.5,
-            lr_why="half the table's LR: the loss jumps (6.9 -> 9.1) of a 37.7-hour run came with LRs at the top of the range",
+            lr_why="half the table's LR: the loss jumps (6.9 -> 9.1) of a 37.7-hour run came with LRs "
+            "at the top of the range",
         ),
         Preset(
             "fast",
@@ -190,6 +193,7 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
 
 HYPERPARAMETERS: tuple[str, ...] = ("lr", "weight_decay", *DEFAULTS.keys())
 
@@ -311,7 +315,9 @@ def resolve(
         preset, scale = _named_preset(preset_name, lr_reference or (values.get("lr"), sources.get("lr")))
     explicit = {k for k, v in (cli or {}).items() if v is not None}
     for key in sorted(explicit & set(preset or {})):
-        notes.append(f"preset {preset_name}: {key} {_show(preset[key])} not applied; the command line's {_show(cli[key])} wins")
+        notes.append(
+            f"preset {preset_name}: {key} {_show(preset[key])} not applied; the command line's {_show(cli[key])} wins"
+        )
     for layer_name, layer in (
         (f"preset {preset_name}" if preset_name else "preset", preset),
         ("recipe", recipe),
@@ -321,13 +327,19 @@ def resolve(
             if value is None:
                 continue
             if key not in HYPERPARAMETERS:
-                raise ConfigError(f"unknown hyperparameter {key!r} in {layer_name}; known: {', '.join(HYPERPARAMETERS)}")
+                raise ConfigError(
+                    f"unknown hyperparameter {key!r} in {layer_name}; known: {', '.join(HYPERPARAMETERS)}"
+                )
             values[key] = value
-            sources[key] = f"{layer_name} ({scale})" if key == "lr" and layer is preset and isinstance(scale, str) else layer_name
+            sources[key] = (
+                f"{layer_name} ({scale})" if key == "lr" and layer is preset and isinstance(scale, str) else layer_name
+            )
     if "lr" not in values:
         raise ConfigError("no learning rate: give --dataset-hours (the table picks one) or --lr")
     _validate(values)
-    return Resolved(values=values, sources=sources, dataset_hours=dataset_hours, row=row, notes=notes, preset=preset_name)
+    return Resolved(
+        values=values, sources=sources, dataset_hours=dataset_hours, row=row, notes=notes, preset=preset_name
+    )
 
 
 def _named_preset(name: str, lr_base: tuple[Any, Any]) -> tuple[dict[str, Any], Any]:
@@ -356,7 +368,9 @@ def _validate(v: dict[str, Any]) -> None:
     if not 0 < v["plateau_factor"] < 1:
         raise ConfigError(f"--plateau-factor must be between 0 and 1 (got {v['plateau_factor']}); 0.5 halves the LR")
     if int(v["plateau_patience"]) != v["plateau_patience"] or v["plateau_patience"] < 0:
-        raise ConfigError(f"--plateau-patience must be a whole number of evaluations >= 0 (got {v['plateau_patience']})")
+        raise ConfigError(
+            f"--plateau-patience must be a whole number of evaluations >= 0 (got {v['plateau_patience']})"
+        )
     if v["min_lr"] > v["lr"]:
         raise ConfigError(f"--min-lr ({v['min_lr']:g}) is above the learning rate ({v['lr']:g}); lower --min-lr")
     for key in ("epochs", "batch_size", "grad_accum"):
@@ -366,12 +380,24 @@ def _validate(v: dict[str, Any]) -> None:
         raise ConfigError(f"--lr-scheduler must be one of {', '.join(SCHEDULERS)} (got {v['lr_scheduler']!r})")
     for key in ("milestones", "anneal_steps"):
         steps = v[key]
-        if not isinstance(steps, (list, tuple)) or any(int(s) != s or s < 1 for s in steps) or list(steps) != sorted(steps):
-            raise ConfigError(f"--{key.replace('_', '-')} must be increasing whole optimizer steps >= 1 (got {steps!r})")
+        if (
+            not isinstance(steps, (list, tuple))
+            or any(int(s) != s or s < 1 for s in steps)
+            or list(steps) != sorted(steps)
+        ):
+            raise ConfigError(
+                f"--{key.replace('_', '-')} must be increasing whole optimizer steps >= 1 (got {steps!r})"
+            )
     for key in ("gamma", "anneal_rate", "divergence_lr_factor"):
         if not 0 < v[key] < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be between 0 and 1 (got {v[key]})")
-    if v["early_stop_patience"] is not None and (int(v["early_stop_patience"]) != v["early_stop_patience"] or v["early_stop_patience"] < 1):
-        raise ConfigError(f"--early-stop-patience must be a whole number of evaluations >= 1 (got {v['early_stop_patience']})")
-    if v["eval_every_steps"] is not None and (int(v["eval_every_steps"]) != v["eval_every_steps"] or v["eval_every_steps"] < 1):
+    if v["early_stop_patience"] is not None and (
+        int(v["early_stop_patience"]) != v["early_stop_patience"] or v["early_stop_patience"] < 1
+    ):
+        raise ConfigError(
+            f"--early-stop-patience must be a whole number of evaluations >= 1 (got {v['early_stop_patience']})"
+        )
+    if v["eval_every_steps"] is not None and (
+        int(v["eval_every_steps"]) != v["eval_every_steps"] or v["eval_every_steps"] < 1
+    ):
         raise ConfigError(f"--eval-every-steps must be a whole number >= 1 (got {v['eval_every_steps']})")

@@ -14,7 +14,8 @@ Both take float audio at any sample rate and resample to 16 kHz.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

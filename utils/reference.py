@@ -22,9 +22,10 @@ import logging
 import math
 import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,8 @@ MAX_EDGE_SILENCE_S = 0.6
 MAX_CLIPPED_FRACTION = 1e-4
 MAX_RATE_RATIO = 1.35  # speaking rate within [1/1.35, 1.35] x the speaker's median
 RULE = (
-    f"duration {MIN_REF_S:g}-{MAX_REF_S:g} s; speech fraction >= {MIN_SPEECH_FRACTION:g}, no pause > {MAX_PAUSE_S:g} s, "
+    f"duration {MIN_REF_S:g}-{MAX_REF_S:g} s; speech fraction >= {MIN_SPEECH_FRACTION:g}, no pause > "
+    f"{MAX_PAUSE_S:g} s, "
     f"<= {MAX_EDGE_SILENCE_S:g} s silence at each end; clipped samples <= {MAX_CLIPPED_FRACTION:g}; "
     f"SNR >= {MIN_SNR_DB:g} dB; speaking rate within x{MAX_RATE_RATIO:g} of the speaker's median. "
     "Ranked by criteria missed, then distance from the duration range, then quality (SNR, speech fraction, rate)."
@@ -199,11 +201,15 @@ def _problems(f: ClipFacts, median_rate: float | None) -> list[str]:
     if f.longest_pause > MAX_PAUSE_S:
         p.append(f"pause of {f.longest_pause:.1f} s > {MAX_PAUSE_S:g} s")
     if max(f.leading_silence, f.trailing_silence) > MAX_EDGE_SILENCE_S:
-        p.append(f"silence at the ends ({f.leading_silence:.1f} s / {f.trailing_silence:.1f} s) > {MAX_EDGE_SILENCE_S:g} s")
+        p.append(
+            f"silence at the ends ({f.leading_silence:.1f} s / {f.trailing_silence:.1f} s) > {MAX_EDGE_SILENCE_S:g} s"
+        )
     if median_rate and f.chars_per_s > 0:
         ratio = f.chars_per_s / median_rate
         if not 1 / MAX_RATE_RATIO <= ratio <= MAX_RATE_RATIO:
-            p.append(f"speaking rate {f.chars_per_s:.1f} letters/s is x{ratio:.2f} the speaker's median {median_rate:.1f}")
+            p.append(
+                f"speaking rate {f.chars_per_s:.1f} letters/s is x{ratio:.2f} the speaker's median {median_rate:.1f}"
+            )
     return p
 
 
@@ -242,7 +248,9 @@ def choose_references(
             continue
         headers.append((Path(path), text, info.frames / max(1, info.samplerate)))
     if not headers:
-        raise DataError("no readable audio among the training clips; cannot choose a speaker reference (pass --speaker-wav)")
+        raise DataError(
+            "no readable audio among the training clips; cannot choose a speaker reference (pass --speaker-wav)"
+        )
     headers.sort(key=lambda h: (_duration_distance(h[2]), -h[2]))
     facts = [analyse_clip(p, t, language) for p, t, _ in headers[:max_candidates]]
     rates = [f.chars_per_s for f in facts if f.chars_per_s > 0]
@@ -262,7 +270,9 @@ def _note(chosen: list[ClipFacts], facts: list[ClipFacts], headers: list) -> str
     longest = max(h[2] for h in headers)
     parts = [f"only {clean} of {len(facts)} analysed clips meet every criterion; the best available were chosen"]
     if longest < MIN_REF_S:
-        parts.append(f"no training clip is {MIN_REF_S:g} s or longer (longest {longest:.1f} s), so shorter ones were used")
+        parts.append(
+            f"no training clip is {MIN_REF_S:g} s or longer (longest {longest:.1f} s), so shorter ones were used"
+        )
     missed = Counter(p.split(" ")[0] for f in chosen for p in f.problems)
     if missed:
         parts.append("chosen clips miss: " + ", ".join(f"{k} ({v})" for k, v in missed.items()))
@@ -292,7 +302,9 @@ def run_rows(run_dir: str | os.PathLike, split: str = "train") -> list[Any]:
         ) from exc
     csv_path = Path(report["csv"])
     if not csv_path.is_file():
-        raise DataError(f"{csv_path} (the run's {split} metadata) is gone; pass the reference clips yourself (--speaker-wav)")
+        raise DataError(
+            f"{csv_path} (the run's {split} metadata) is gone; pass the reference clips yourself (--speaker-wav)"
+        )
     excluded = {e["row"] for e in report.get("excluded", [])}
     return [r for r in read_coqui_csv(csv_path) if r.row not in excluded]
 
@@ -315,5 +327,7 @@ def choose_references_for_run(
 
         language = run_language(read_run_config(run_dir))
     choice = choose_references([(r.path, r.text) for r in rows], count=count, language=language)
-    logger.info("reference clips for speaker %r: %s; %s", speaker, ", ".join(c.path.name for c in choice.chosen), choice.note)
+    logger.info(
+        "reference clips for speaker %r: %s; %s", speaker, ", ".join(c.path.name for c in choice.chosen), choice.note
+    )
     return choice

@@ -14,9 +14,10 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from utils.errors import ConfigError, DataError
 
@@ -96,7 +97,7 @@ class RunRecord:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, toolkit: Mapping[str, Any] | None) -> "RunRecord":
+    def from_dict(cls, toolkit: Mapping[str, Any] | None) -> RunRecord:
         data = dict(toolkit or {})
         known = {f.name for f in fields(cls)} - {"extra"}
         values = {k: data.pop(k) for k in list(data) if k in known and data[k] is not None}
@@ -105,7 +106,7 @@ class RunRecord:
         return cls(**values, extra=data)
 
     @classmethod
-    def read(cls, run_dir: str | os.PathLike[str]) -> "RunRecord":
+    def read(cls, run_dir: str | os.PathLike[str]) -> RunRecord:
         """The record of ``run_dir`` (an empty one when config.json is missing)."""
         return cls.from_dict(read_toolkit_record(run_dir))
 
@@ -167,7 +168,7 @@ def last_checkpoint(run_dir: str | os.PathLike[str], *, resumable: bool = True) 
     found = [(checkpoint_step(p), p.stat().st_mtime_ns, p) for p in Path(run_dir).glob("*_*.pth")]
     found = sorted((f for f in found if f[0] is not None), reverse=True)
     for _, _, path in found:  # each candidate is opened (lazily mapped): a truncated file is skipped
-        if (has_training_state(path) if resumable else _readable(path)):
+        if has_training_state(path) if resumable else _readable(path):
             return path
     return None
 
@@ -237,7 +238,9 @@ def restore_checkpoint(path: str | os.PathLike[str]) -> Path:
     if path.is_dir():
         ckpt = path / BEST if (path / BEST).is_file() else last_checkpoint(path)
         if ckpt is None:
-            raise ConfigError(f"--restore {path}: no checkpoint in this folder; give a .pth file or a run folder with one")
+            raise ConfigError(
+                f"--restore {path}: no checkpoint in this folder; give a .pth file or a run folder with one"
+            )
         return ckpt
     if path.is_file():
         return path
@@ -252,9 +255,10 @@ def remove_partial_files(run_dir: str | os.PathLike[str]) -> list[Path]:
         removed.append(tmp)
     if removed:
         logger.warning(
-            "removed %d incomplete checkpoint file(s) left by an interrupted save: %s", len(removed),
+            "removed %d incomplete checkpoint file(s) left by an interrupted save: %s",
+            len(removed),
             ", ".join(p.name for p in removed),
-        )  # fmt: skip
+        )
     return removed
 
 

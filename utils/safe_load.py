@@ -93,7 +93,7 @@ def load_torch_file(path: str | os.PathLike[str], *, mmap: bool = False, map_loc
         raise DataError(f"cannot read {path} ({first}); the file is incomplete or not a PyTorch file") from exc
 
 
-def check_model_files(paths: "list[Path] | tuple[Path, ...]") -> None:
+def check_model_files(paths: list[Path] | tuple[Path, ...]) -> None:
     """Refuse a folder's model files before a library (Coqui) loads them on its own.
 
     Each file is unpickled safely with lazily mapped tensors, so this costs little even for a

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -125,8 +126,10 @@ class LoadedModel:
 def is_export_dir(path: str | os.PathLike) -> bool:
     """True for a folder written by :func:`utils.export.export_model` (or any XTTS model folder)."""
     path = Path(path)
-    return path.is_dir() and all((path / n).is_file() for n in ("model.pth", "config.json", "vocab.json")) and not any(
-        path.glob("checkpoint_*.pth")
+    return (
+        path.is_dir()
+        and all((path / n).is_file() for n in ("model.pth", "config.json", "vocab.json"))
+        and not any(path.glob("checkpoint_*.pth"))
     )
 
 
@@ -187,8 +190,8 @@ def _load_checkpoint(source: Path, which: str) -> LoadedModel:
         inference_config,
         load_state_dict,
     )
-    from utils.runs import read_run_config, resolve_checkpoint, run_language
     from utils.language import load_tokenizer, use_toolkit_tokenizer
+    from utils.runs import read_run_config, resolve_checkpoint, run_language
 
     run_dir, ckpt = resolve_checkpoint(source, which=which)
     run_config = read_run_config(run_dir)
@@ -279,8 +282,10 @@ def _one_chunk(loaded: LoadedModel, text: str, language: str) -> str:
     text = " ".join(text.split())
     limit = int(loaded.model.tokenizer.char_limits.get(language.split("-")[0], 250))
     if len(text) > limit:
-        raise ConfigError(f"--no-split: the text has {len(text)} characters, more than XTTS's limit of {limit} for "
-                          f"'{language}' in one piece; drop --no-split to speak it sentence by sentence")  # fmt: skip
+        raise ConfigError(
+            f"--no-split: the text has {len(text)} characters, more than XTTS's limit of {limit} for "
+            f"'{language}' in one piece; drop --no-split to speak it sentence by sentence"
+        )
     return text
 
 
@@ -410,8 +415,17 @@ def synthesize_with_report(
     gap = np.zeros(int(options.gap_s * loaded.sample_rate), dtype=np.float32)
     if options.seed is not None:
         torch.manual_seed(int(options.seed))
-    result = SynthesisResult(np.zeros(0, np.float32), loaded.sample_rate, text, language, options.seed, rate, source,
-                             options.guard, asr=asr_note)  # fmt: skip
+    result = SynthesisResult(
+        np.zeros(0, np.float32),
+        loaded.sample_rate,
+        text,
+        language,
+        options.seed,
+        rate,
+        source,
+        options.guard,
+        asr=asr_note,
+    )
     pieces: list[np.ndarray] = []
     for i, chunk in enumerate(chunks):
         wav, report = _speak_chunk(loaded, chunk, language, (latents, speaker), options, rate, source, i, asr)
@@ -424,9 +438,16 @@ def synthesize_with_report(
 
 
 def _speak_chunk(
-    loaded: LoadedModel, chunk: str, language: str, cond: tuple[Any, Any], options: SynthesisOptions,
-    rate: float, source: str, index: int, asr: Any,
-) -> tuple[np.ndarray, Any]:  # fmt: skip
+    loaded: LoadedModel,
+    chunk: str,
+    language: str,
+    cond: tuple[Any, Any],
+    options: SynthesisOptions,
+    rate: float,
+    source: str,
+    index: int,
+    asr: Any,
+) -> tuple[np.ndarray, Any]:
     """One chunk: cap, generate (with retries), check, trim."""
     import torch
 
@@ -437,12 +458,22 @@ def _speak_chunk(
     limit = getattr(model.gpt, "max_gen_mel_tokens", None)
     if guard.enabled:
         cps = codes_per_second(model.args)
-        tokens, cap_s, cap_source = token_cap(chunk, language, options=guard, letters_per_s=rate, codes_per_s=cps,
-                                              model_limit=limit, explicit=options.max_new_tokens)  # fmt: skip
+        tokens, cap_s, cap_source = token_cap(
+            chunk,
+            language,
+            options=guard,
+            letters_per_s=rate,
+            codes_per_s=cps,
+            model_limit=limit,
+            explicit=options.max_new_tokens,
+        )
         kwargs["max_new_tokens"] = tokens
     else:
         tokens = int(options.max_new_tokens or limit or 0)
-        cap_s, cap_source = tokens / codes_per_second(model.args), "max_new_tokens" if options.max_new_tokens else "model limit"
+        cap_s, cap_source = (
+            tokens / codes_per_second(model.args),
+            "max_new_tokens" if options.max_new_tokens else "model limit",
+        )
     report = ChunkReport(chunk, text_letters(chunk, language), rate, source, cap_s, tokens, cap_source)
     tries = []
     for k in range(guard.retries + 1 if guard.enabled else 1):
@@ -453,14 +484,26 @@ def _speak_chunk(
         if not guard.enabled:
             report.duration_s = wav.size / sr
             return wav, report
-        att = analyse_output(wav, sr, chunk, language, options=guard, codes=codes, max_new_tokens=tokens,
-                             stop_token=getattr(model.gpt, "stop_audio_token", None), transcriber=asr, seed=seed)  # fmt: skip
+        att = analyse_output(
+            wav,
+            sr,
+            chunk,
+            language,
+            options=guard,
+            codes=codes,
+            max_new_tokens=tokens,
+            stop_token=getattr(model.gpt, "stop_audio_token", None),
+            transcriber=asr,
+            seed=seed,
+        )
         report.attempts.append(att)
         tries.append(wav)
         if not att.failures:
             break
         if k < guard.retries:
-            logger.warning("chunk %d %r: %s; trying again with another seed", index + 1, chunk[:40], ", ".join(att.failures))
+            logger.warning(
+                "chunk %d %r: %s; trying again with another seed", index + 1, chunk[:40], ", ".join(att.failures)
+            )
     report.chosen = min(range(len(tries)), key=lambda i: (len(report.attempts[i].failures), i))
     wav, att = tries[report.chosen], report.attempts[report.chosen]
     if guard.trim and att.cut_s is not None:
@@ -472,7 +515,9 @@ def _speak_chunk(
     return wav, report
 
 
-def _generate(model: Any, chunk: str, language: str, cond: tuple[Any, Any], kwargs: dict[str, Any]) -> tuple[np.ndarray, list[int] | None]:
+def _generate(
+    model: Any, chunk: str, language: str, cond: tuple[Any, Any], kwargs: dict[str, Any]
+) -> tuple[np.ndarray, list[int] | None]:
     """``Xtts.inference`` on one chunk; the wav and the audio codes it generated."""
     from utils.generation_guard import recording_codes
 
@@ -542,12 +587,19 @@ def synthesize_to_files(
     out = Path(out)
     single = len(texts) == 1 and out.suffix.lower() == ".wav"
     paths = [out] if single else [out / f"{i:03d}.wav" for i in range(1, len(texts) + 1)]
-    for text, path in tqdm(list(zip(texts, paths, strict=True)), desc="synthesize", unit="text", disable=len(texts) < 2):
+    for text, path in tqdm(
+        list(zip(texts, paths, strict=True)), desc="synthesize", unit="text", disable=len(texts) < 2
+    ):
         result = synthesize_with_report(loaded, text, language=language, speaker_wav=speaker_wav, options=options)
         write_wav(path, result.wav, loaded.sample_rate)
         write_sidecar(path, result)
-        logger.info("%s: %.2f s for %d characters%s", path, result.duration_s, len(text),
-                    f" (checks failed: {', '.join(result.flags)})" if result.flags else "")  # fmt: skip
+        logger.info(
+            "%s: %.2f s for %d characters%s",
+            path,
+            result.duration_s,
+            len(text),
+            f" (checks failed: {', '.join(result.flags)})" if result.flags else "",
+        )
     return paths
 
 
@@ -591,7 +643,9 @@ def trainer_model(trainer: Any, language: str, references: list[Path]) -> Iterat
             gpt.init_gpt_for_inference(kv_cache=xtts.args.kv_cache, use_deepspeed=False)
         torch.nn.Module.train(xtts, False)
         with torch.random.fork_rng(devices=devices), torch.inference_mode():
-            yield LoadedModel(model=xtts, source=Path(trainer.output_path), language=language, references=list(references))
+            yield LoadedModel(
+                model=xtts, source=Path(trainer.output_path), language=language, references=list(references)
+            )
     finally:
         if built:
             del gpt.gpt_inference

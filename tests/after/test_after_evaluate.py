@@ -97,7 +97,16 @@ def test_evaluate_cli_writes_the_report_with_every_metric_and_selects_the_best(e
     assert len(ckpt["samples"]) == 3  # two eval rows and one short probe cut from the first
     assert ckpt["samples"][2]["text"] == "Sphinx of."
     for s in ckpt["samples"]:
-        for key in ("cer", "wer", "similarity_xtts", "dnsmos_ovrl", "s_per_letter", "leading_s", "trailing_s", "duration_s"):
+        for key in (
+            "cer",
+            "wer",
+            "similarity_xtts",
+            "dnsmos_ovrl",
+            "s_per_letter",
+            "leading_s",
+            "trailing_s",
+            "duration_s",
+        ):
             assert s[key] is not None, key
         assert s["cer"] >= 0 and -1 <= s["similarity_xtts"] <= 1 and 0 < s["duration_s"] <= 10 * 1115 / 24000 + 0.01
         assert isinstance(s["hallucination"], bool) and "after_last_word_s" in s and "guard_flags" in s
@@ -146,9 +155,17 @@ def test_every_step_is_evaluated_best_models_included_and_the_rule_picks_one(en_
     os.link(en_run / "best_model_5.pth", run / "best_model_5.pth")
     os.link(en_run / "best_model_5.pth", run / "best_model_3.pth")  # a best model whose step has no checkpoint
     assert [(c.name, same) for c, same in run_checkpoints(run)] == [
-        ("best_model_3.pth", []), ("checkpoint_5.pth", ["best_model_5.pth"])]  # fmt: skip
-    report = evaluate(run, max_sentences=1, short_probes=0, use_asr=False, out_dir=tmp_path / "eval",
-                      options=SynthesisOptions(seed=0, max_new_tokens=6))  # fmt: skip
+        ("best_model_3.pth", []),
+        ("checkpoint_5.pth", ["best_model_5.pth"]),
+    ]
+    report = evaluate(
+        run,
+        max_sentences=1,
+        short_probes=0,
+        use_asr=False,
+        out_dir=tmp_path / "eval",
+        options=SynthesisOptions(seed=0, max_new_tokens=6),
+    )
     assert [c["step"] for c in report.checkpoints] == [3, 5]
     # The same weights and seed give the same scores; the tie goes to the later step.
     assert report.checkpoints[0]["score"] == report.checkpoints[1]["score"]

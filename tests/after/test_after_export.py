@@ -59,7 +59,9 @@ def test_export_loads_through_tts_api(en_export):
     from TTS.api import TTS
 
     tts = TTS(model_path=str(en_export), config_path=str(en_export / "config.json"))
-    wav = tts.tts("Hello there.", speaker_wav=str(en_export / "reference" / "ref_01.wav"), language="en", max_new_tokens=8)
+    wav = tts.tts(
+        "Hello there.", speaker_wav=str(en_export / "reference" / "ref_01.wav"), language="en", max_new_tokens=8
+    )
     assert len(wav) > 1024 and np.isfinite(np.asarray(wav)).all()
 
 

@@ -27,7 +27,11 @@ SPEECH = "Please call me tomorrow morning at the office."
 def _energy_end(audio: np.ndarray, sr: int, floor_dbfs: float = -35.0) -> float:
     """End of the last 10 ms frame louder than ``floor_dbfs``: where a clean clip's speech ends."""
     hop = int(0.01 * sr)
-    loud = [i for i in range(0, audio.size - hop, hop) if np.sqrt(np.mean(audio[i : i + hop] ** 2)) > 10 ** (floor_dbfs / 20)]
+    loud = [
+        i
+        for i in range(0, audio.size - hop, hop)
+        if np.sqrt(np.mean(audio[i : i + hop] ** 2)) > 10 ** (floor_dbfs / 20)
+    ]
     return (loud[-1] + hop) / sr
 
 
@@ -42,9 +46,13 @@ def test_cap_follows_the_text_and_the_speakers_rate():
     assert tokens == math.ceil(3.0 * cps)
     assert token_cap("Hi.", "en", options=opts, letters_per_s=13.0, codes_per_s=cps)[1] == pytest.approx(2.0, abs=0.05)
     assert token_cap("Hello there.", "en", options=opts, letters_per_s=10.0, codes_per_s=cps, explicit=20)[::2] == (
-        20, "max_new_tokens")  # fmt: skip
+        20,
+        "max_new_tokens",
+    )
     assert token_cap("word " * 200, "en", options=opts, letters_per_s=10.0, codes_per_s=cps, model_limit=602)[::2] == (
-        602, "model limit")  # fmt: skip
+        602,
+        "model limit",
+    )
 
 
 def test_token_loops_at_the_end_are_found_and_others_not():
@@ -55,8 +63,14 @@ def test_token_loops_at_the_end_are_found_and_others_not():
 
 
 def test_the_last_word_of_the_text_is_found_among_asr_words():
-    words = [("Please", 0.0, 0.3), ("call", 0.3, 0.5), ("me", 0.5, 0.6), ("tomorow.", 0.6, 1.1), ("Banana", 1.4, 1.9),
-             ("split!", 1.9, 2.3)]  # fmt: skip
+    words = [
+        ("Please", 0.0, 0.3),
+        ("call", 0.3, 0.5),
+        ("me", 0.5, 0.6),
+        ("tomorow.", 0.6, 1.1),
+        ("Banana", 1.4, 1.9),
+        ("split!", 1.9, 2.3),
+    ]
     last, extra = align_last_word("Please call me tomorrow.", words, "en")
     assert last == 3 and extra == ["Banana", "split!"]
     assert align_last_word("Please call me tomorrow.", words[:4], "en") == (3, [])
@@ -74,7 +88,9 @@ def test_noise_after_the_speech_is_trimmed_within_0_2_s_and_flagged(tmp_path):
     assert abs(trimmed.size / sr - end) <= 0.2, (trimmed.size / sr, end)
     assert abs(float(trimmed[-1])) < 1e-3  # faded out, no click
     # 3 s of digital silence instead: flagged and trimmed the same way, but no failure (no retry).
-    quiet = analyse_output(np.concatenate([audio, np.zeros(3 * sr, np.float32)]), sr, SPEECH, "en", options=GuardOptions())
+    quiet = analyse_output(
+        np.concatenate([audio, np.zeros(3 * sr, np.float32)]), sr, SPEECH, "en", options=GuardOptions()
+    )
     assert "trailing_silence" in quiet.flags and quiet.failures == [] and abs(quiet.cut_s - end) <= 0.2
     # The clean recording passes every check and keeps its length.
     clean = analyse_output(audio, sr, SPEECH, "en", options=GuardOptions())
@@ -114,7 +130,9 @@ def test_the_tiny_base_stops_at_the_text_cap_and_the_sidecar_says_why(en_export,
     cps = codes_per_second(loaded.model.args)
     assert chunk["cap_source"] == "text" and chunk["max_new_tokens"] == math.ceil(3.0 * cps) == 65
     (att,) = chunk["attempts"]
-    assert att["codes"] == 65 and not att["stop_token"] and "no_stop_token" in side["flags"]  # random GPT: runs to the cap
+    assert (
+        att["codes"] == 65 and not att["stop_token"] and "no_stop_token" in side["flags"]
+    )  # random GPT: runs to the cap
     # The audio lasts at most the cap (65 codes of 1024 samples at 22.05 kHz, decoded at 24 kHz).
     assert side["duration_s"] <= 65 * 1024 / 22050 + 0.01
     assert side["letters_per_s"] == 10.0 and side["rate_source"] == "option" and side["seed"] == 0
@@ -146,6 +164,7 @@ def test_a_failed_check_retries_with_another_seed_and_logs_the_reason(en_export,
     assert any("no_stop_token" in r.getMessage() and "another seed" in r.getMessage() for r in caplog.records)
     assert chunk.to_dict()["chosen"] == 0  # equal failures: the first attempt is kept
     # Off, the guard leaves the model's own cap and records no checks.
-    off = synthesize_with_report(loaded, "Hello there.", options=SynthesisOptions(seed=3, max_new_tokens=4,
-                                                                                 guard=GuardOptions(enabled=False)))  # fmt: skip
+    off = synthesize_with_report(
+        loaded, "Hello there.", options=SynthesisOptions(seed=3, max_new_tokens=4, guard=GuardOptions(enabled=False))
+    )
     assert off.chunks[0].attempts == [] and off.chunks[0].cap_source == "max_new_tokens"

@@ -16,9 +16,13 @@ def test_notebook_executes_on_the_demo_defaults(tmp_path, monkeypatch, capsys):
     pytest.importorskip("ipykernel")
     monkeypatch.setenv("XTTS_TOOLKIT_ROOT", str(NOTEBOOK.parents[1]))
     nb = nbformat.read(str(NOTEBOOK), as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"
+    ]
     assert not errors
     (run_dir,) = [p for p in (tmp_path / "runs_notebook").iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert (run_dir / "export" / "model.pth").is_file()
@@ -32,8 +36,21 @@ def test_notebook_executes_on_the_demo_defaults(tmp_path, monkeypatch, capsys):
 
     notebook_config = json.loads((tmp_path / "runs_notebook" / "resolved_config.json").read_text())
     capsys.readouterr()
-    assert main(["--demo", "--language", "en", "--output-path", str(tmp_path / "runs_notebook"), "--test-sentences", "0",
-                 "--dry-run"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--demo",
+                "--language",
+                "en",
+                "--output-path",
+                str(tmp_path / "runs_notebook"),
+                "--test-sentences",
+                "0",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     cli_config = json.loads(capsys.readouterr().out)
     assert notebook_config == cli_config
     assert notebook_config["lr"] == 5e-5 and notebook_config["sources"]["lr"] == "recipe"

@@ -10,10 +10,14 @@ import pytest
 from tests.after.after_helpers import espeak, read, write
 from utils.reference import analyse_clip, choose_references
 
-T1 = ("A journey of a thousand miles begins with a single step, and every careful recording we make brings the "
-      "voice a little closer to the one we hear.")  # fmt: skip
-T2 = ("She sells sea shells by the sea shore, while the quiet river flows past the old mill and the children laugh "
-      "in the warm afternoon sun.")  # fmt: skip
+T1 = (
+    "A journey of a thousand miles begins with a single step, and every careful recording we make brings the "
+    "voice a little closer to the one we hear."
+)
+T2 = (
+    "She sells sea shells by the sea shore, while the quiet river flows past the old mill and the children laugh "
+    "in the warm afternoon sun."
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +37,10 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str
         "fast": (espeak(d / "fast.wav", f"{T1} {T2}", speed=330), f"{T1} {T2}"),  # ~8 s at twice the rate
         "clipped": (write(d / "clipped.wav", np.clip(a * 8.0, -1.0, 1.0), sr), T1),
         "noisy": (write(d / "noisy.wav", np.clip(b + rng.normal(0, 0.05, b.size), -1, 1).astype(np.float32), sr), T2),
-        "paused": (write(d / "paused.wav", np.concatenate([a[:half], np.zeros(int(2.5 * sr), np.float32), a[half:]]), sr), T1),
+        "paused": (
+            write(d / "paused.wav", np.concatenate([a[:half], np.zeros(int(2.5 * sr), np.float32), a[half:]]), sr),
+            T1,
+        ),
     }
     return out
 
@@ -45,9 +52,13 @@ def test_clean_clips_in_range_are_chosen_and_each_defect_is_named(clips):
     assert all(not c.problems for c in choice.chosen)
     assert 6.0 <= by_name["clean1"].duration <= 12.0
     expected = {
-        "short": "duration", "long": "duration", "fast": "speaking rate", "clipped": "clipping",
-        "noisy": "SNR", "paused": "pause",
-    }  # fmt: skip
+        "short": "duration",
+        "long": "duration",
+        "fast": "speaking rate",
+        "clipped": "clipping",
+        "noisy": "SNR",
+        "paused": "pause",
+    }
     for name, word in expected.items():
         problems = " | ".join(by_name[name].problems)
         assert word in problems, (name, problems)

@@ -21,8 +21,24 @@ def test_cli_speaks_each_line_of_a_text_file(en_export, tmp_path, capsys):
 
     texts = tmp_path / "lines.txt"
     texts.write_text("# a comment\nHello there.\n\nGood morning.\n", encoding="utf-8")
-    rc = main(["--model", str(en_export), "--texts", str(texts), "--out", str(tmp_path / "wavs"),
-               "--max-new-tokens", "6", "--seed", "3", "--temperature", "0.5", "--top-k", "20"])  # fmt: skip
+    rc = main(
+        [
+            "--model",
+            str(en_export),
+            "--texts",
+            str(texts),
+            "--out",
+            str(tmp_path / "wavs"),
+            "--max-new-tokens",
+            "6",
+            "--seed",
+            "3",
+            "--temperature",
+            "0.5",
+            "--top-k",
+            "20",
+        ]
+    )
     assert rc == 0
     paths = capsys.readouterr().out.split()
     assert [p.rsplit("/", 1)[-1] for p in paths] == ["001.wav", "002.wav"]
@@ -49,7 +65,11 @@ def test_same_seed_same_audio_and_options_reach_the_model(en_model):
     b = synthesize(en_model, "Hello there.", options=opts)
     np.testing.assert_array_equal(a, b)
     kwargs = SynthesisOptions(temperature=0.3, max_new_tokens=6).inference_kwargs(en_model.model.config)
-    assert kwargs["temperature"] == 0.3 and kwargs["top_k"] == en_model.model.config.top_k and kwargs["max_new_tokens"] == 6
+    assert (
+        kwargs["temperature"] == 0.3
+        and kwargs["top_k"] == en_model.model.config.top_k
+        and kwargs["max_new_tokens"] == 6
+    )
 
 
 def test_long_text_is_split_and_each_chunk_spoken(en_model):
@@ -90,16 +110,29 @@ def _train(tiny_base, demo_en, out, hooks):
     from utils.training.model import ToolkitGPTTrainer
     from utils.training.trainer import ToolkitTrainer
 
-    values = {"epochs": 1, "batch_size": 2, "grad_accum": 1, "eval_every_steps": 2, "lr": 1e-4,
-              "num_loader_workers": 0, "save_every_steps": 10_000, "keep_checkpoints": 1}  # fmt: skip
+    values = {
+        "epochs": 1,
+        "batch_size": 2,
+        "grad_accum": 1,
+        "eval_every_steps": 2,
+        "lr": 1e-4,
+        "num_loader_workers": 0,
+        "save_every_steps": 10_000,
+        "keep_checkpoints": 1,
+    }
     hp = resolve(dataset_hours=0.01, cli=values)
     config = build_config(hp, tiny_base, output_path=out, language="en")
     model = ToolkitGPTTrainer(config)
     trainer = ToolkitTrainer(
-        TrainerArgs(), config, output_path=str(out), model=model, eval_every_steps=2, on_evaluation=hooks,
+        TrainerArgs(),
+        config,
+        output_path=str(out),
+        model=model,
+        eval_every_steps=2,
+        on_evaluation=hooks,
         train_samples=read_demo_samples(demo_en / "metadata_train.csv"),
         eval_samples=read_demo_samples(demo_en / "metadata_eval.csv"),
-    )  # fmt: skip
+    )
     trainer.fit()
     return trainer
 
@@ -111,7 +144,9 @@ def test_test_sentences_hook_writes_wavs_and_tensorboard_and_leaves_training_unc
     from utils.synthesize import test_sentences_hook
 
     hook = test_sentences_hook(max_sentences=1, options=SynthesisOptions(max_new_tokens=4, seed=0))
-    scoring = QualityEvalHook(max_sentences=1, enabled=True, when="evaluation", options=SynthesisOptions(max_new_tokens=4, seed=0))
+    scoring = QualityEvalHook(
+        max_sentences=1, enabled=True, when="evaluation", options=SynthesisOptions(max_new_tokens=4, seed=0)
+    )
     with_hook = _train(tiny_base, demo_en, tmp_path / "a", [hook, scoring])
     without = _train(tiny_base, demo_en, tmp_path / "b", [])
     steps = [r["step"] for r in with_hook.evaluation_records]
@@ -130,8 +165,13 @@ def test_test_sentences_hook_writes_wavs_and_tensorboard_and_leaves_training_unc
     # The quality numbers are merged into each evaluation's own row: still one line per evaluation.
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == steps
-    assert all(x["quality_n"] == 1 and x["quality_similarity_xtts"] is not None and "quality_dnsmos_ovrl" in x
-               and x["eval_loss"] is not None for x in lines)  # fmt: skip
+    assert all(
+        x["quality_n"] == 1
+        and x["quality_similarity_xtts"] is not None
+        and "quality_dnsmos_ovrl" in x
+        and x["eval_loss"] is not None
+        for x in lines
+    )
     assert with_hook.evaluation_records[-1]["quality_score"] == lines[-1]["quality_score"]
     # Same losses with and without the hook: the RNG and the GPT's training mode were restored.
     loss = lambda t: [r[k] for r in t.evaluation_records for k in ("train_loss", "eval_loss")]  # noqa: E731
@@ -156,16 +196,24 @@ def test_quality_hook_runs_at_saves_only_and_is_off_on_cpu_by_default(tmp_path):
     merge_into_metrics(metrics, 4, {"quality_cer": 0.1})
     merge_into_metrics(metrics, 7, {"quality_cer": 0.2})  # no row of that step: appended, not lost
     rows = [json.loads(x) for x in metrics.read_text().splitlines()]
-    assert rows == [{"step": 2, "eval_loss": 1.0}, {"step": 4, "eval_loss": 0.5, "quality_cer": 0.1},
-                    {"step": 7, "quality_cer": 0.2}]  # fmt: skip
+    assert rows == [
+        {"step": 2, "eval_loss": 1.0},
+        {"step": 4, "eval_loss": 0.5, "quality_cer": 0.1},
+        {"step": 7, "quality_cer": 0.2},
+    ]
 
 
 @pytest.mark.parametrize(
     ("option", "value", "says"),
-    [("--temperature", "0", "must be > 0 and <= 5"), ("--top-p", "2", "must be > 0 and <= 1"),
-     ("--speed", "0", "must be >= 0.25 and <= 4"), ("--speed", "-1", "must be >= 0.25"),
-     ("--max-new-tokens", "0", "must be >= 1"), ("--top-k", "0", "must be >= 1")],
-)  # fmt: skip
+    [
+        ("--temperature", "0", "must be > 0 and <= 5"),
+        ("--top-p", "2", "must be > 0 and <= 1"),
+        ("--speed", "0", "must be >= 0.25 and <= 4"),
+        ("--speed", "-1", "must be >= 0.25"),
+        ("--max-new-tokens", "0", "must be >= 1"),
+        ("--top-k", "0", "must be >= 1"),
+    ],
+)
 def test_sampling_options_out_of_range_are_one_line(en_export, tmp_path, capsys, option, value, says):
     from scripts.synthesize import main
     from utils import cli

@@ -26,7 +26,7 @@ class _Payload:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: D105
+    def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
 
 
@@ -47,7 +47,7 @@ def _script_main(name: str):
 def _refused(code: int, capsys: pytest.CaptureFixture[str], marker: Path, file: Path) -> None:
     err = capsys.readouterr().err
     # (a progress bar may share the line: the error is the text from "error:" on)
-    lines = [ln[ln.index("error:"):] for ln in err.replace("\r", "\n").splitlines() if "error:" in ln]
+    lines = [ln[ln.index("error:") :] for ln in err.replace("\r", "\n").splitlines() if "error:" in ln]
     assert code == 2, err
     assert not marker.exists(), "the payload ran"
     # the line names the refused file (for a folder: whichever of its planted files came first)
@@ -127,8 +127,12 @@ def test_synthesize_refuses_file_run_and_export(bad_run, en_export: Path, tmp_pa
     main = _script_main("synthesize")
     out = tmp_path / "o.wav"
     for model in (file, run):
-        _refused(cli.run(main, ["--model", str(model), "--text", "Hello.", "--language", "en", "--out", str(out)]),
-                 capsys, marker, file)  # fmt: skip
+        _refused(
+            cli.run(main, ["--model", str(model), "--text", "Hello.", "--language", "en", "--out", str(out)]),
+            capsys,
+            marker,
+            file,
+        )
     export = Path(shutil.copytree(en_export, tmp_path / "export"))
     plant(export / "model.pth", marker)
     code = cli.run(main, ["--model", str(export), "--text", "Hello.", "--language", "en", "--out", str(out)])
@@ -147,8 +151,18 @@ def test_gpt_train_refuses_restore_and_continue(bad_run, tiny_base: Path, demo_c
     from utils.gpt_train import main
 
     run, file, marker = bad_run
-    common = ["--base-model", str(tiny_base), "--dataset", str(demo_copy), "--language", "en",
-              "--epochs", "1", "--output-path", str(run.parent / "runs")]  # fmt: skip
+    common = [
+        "--base-model",
+        str(tiny_base),
+        "--dataset",
+        str(demo_copy),
+        "--language",
+        "en",
+        "--epochs",
+        "1",
+        "--output-path",
+        str(run.parent / "runs"),
+    ]
     _refused(cli.run(main, [*common, "--restore", str(file)]), capsys, marker, file)
     _refused(cli.run(main, ["--continue", str(run)]), capsys, marker, file)
 
@@ -161,8 +175,21 @@ def test_base_model_files_are_loaded_safely(tiny_base: Path, demo_copy: Path, tm
     base = Path(shutil.copytree(tiny_base, tmp_path / "base"))
     marker = tmp_path / "PWNED"
     plant(base / "dvae.pth", marker)
-    code = cli.run(main, ["--base-model", str(base), "--dataset", str(demo_copy), "--language", "en",
-                          "--epochs", "1", "--output-path", str(tmp_path / "runs")])  # fmt: skip
+    code = cli.run(
+        main,
+        [
+            "--base-model",
+            str(base),
+            "--dataset",
+            str(demo_copy),
+            "--language",
+            "en",
+            "--epochs",
+            "1",
+            "--output-path",
+            str(tmp_path / "runs"),
+        ],
+    )
     err = capsys.readouterr().err
     assert not marker.exists(), "the payload ran"
     assert code == 2 and "dvae.pth" in err and "Traceback" not in err, err

@@ -83,7 +83,7 @@ def long_recording(tmp_path_factory, speech_bank):
         a, file_sr = sf.read(str(path), dtype="float32")
         assert file_sr == sr
         nz = np.flatnonzero(np.abs(a) > 0.01)
-        a = a[nz[0]: nz[-1] + 1]  # trim espeak's own silence so the layout times are exact
+        a = a[nz[0] : nz[-1] + 1]  # trim espeak's own silence so the layout times are exact
         layout.append((t, t + len(a) / sr, text))
         parts += [a, gap]
         t += len(a) / sr + len(gap) / sr

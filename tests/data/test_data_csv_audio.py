@@ -19,11 +19,16 @@ def test_read_and_write_roundtrip(tmp_path):
     p.write_text("audio_file|text|speaker_name\nwavs/a.wav|Hello there.|anna\n\nwavs/b.wav| Hi |\n", encoding="utf-8")
     rows = read_coqui_csv(p)
     assert [(r.row, r.audio_file, r.text, r.speaker_name) for r in rows] == [
-        (2, "wavs/a.wav", "Hello there.", "anna"), (4, "wavs/b.wav", "Hi", "speaker")]
+        (2, "wavs/a.wav", "Hello there.", "anna"),
+        (4, "wavs/b.wav", "Hi", "speaker"),
+    ]
     assert rows[0].path == (tmp_path / "wavs" / "a.wav").resolve()
     out = write_coqui_csv(tmp_path / "o" / "m.csv", rows)
-    assert out.read_text().splitlines() == ["audio_file|text|speaker_name", "wavs/a.wav|Hello there.|anna",
-                                            "wavs/b.wav|Hi|speaker"]
+    assert out.read_text().splitlines() == [
+        "audio_file|text|speaker_name",
+        "wavs/a.wav|Hello there.|anna",
+        "wavs/b.wav|Hi|speaker",
+    ]
     with pytest.raises(DataError, match="not allowed"):
         write_coqui_csv(tmp_path / "x.csv", [Row(2, "a.wav", Path("a.wav"), "a | b")])
     assert not (tmp_path / "x.csv").exists()
@@ -37,14 +42,17 @@ def test_no_speaker_column_and_extra_columns(tmp_path):
     assert rows[0].path == (tmp_path / "root" / "a.wav").resolve()
 
 
-@pytest.mark.parametrize("content,match", [
-    ("audio_file,text,speaker_name\na.wav,hi,s\n", "uses ',' as delimiter"),
-    ("audio_file\ttext\tspeaker_name\na.wav\thi\ts\n", "uses '\\\\t' as delimiter"),
-    ("audio_file|speaker_name\na.wav|s\n", "lacks column\\(s\\) text"),
-    ("wavs/a.wav|hello|spk\n", "lacks column\\(s\\) audio_file, text"),
-    ("", "is empty"),
-    ("audio_file|text|speaker_name\na.wav|hi|there|s\n", ":2: line has 4 field"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("audio_file,text,speaker_name\na.wav,hi,s\n", "uses ',' as delimiter"),
+        ("audio_file\ttext\tspeaker_name\na.wav\thi\ts\n", "uses '\\\\t' as delimiter"),
+        ("audio_file|speaker_name\na.wav|s\n", "lacks column\\(s\\) text"),
+        ("wavs/a.wav|hello|spk\n", "lacks column\\(s\\) audio_file, text"),
+        ("", "is empty"),
+        ("audio_file|text|speaker_name\na.wav|hi|there|s\n", ":2: line has 4 field"),
+    ],
+)
 def test_bad_csvs_raise_clear_errors(tmp_path, content, match):
     p = tmp_path / "m.csv"
     p.write_text(content)
@@ -72,9 +80,16 @@ def speech(speech_bank):
     return data
 
 
-@pytest.mark.parametrize("sr,channels,subtype", [
-    (22050, 1, "PCM_U8"), (22050, 1, "PCM_24"), (22050, 1, "FLOAT"), (48000, 2, "PCM_16"), (16000, 1, "PCM_32"),
-])
+@pytest.mark.parametrize(
+    "sr,channels,subtype",
+    [
+        (22050, 1, "PCM_U8"),
+        (22050, 1, "PCM_24"),
+        (22050, 1, "FLOAT"),
+        (48000, 2, "PCM_16"),
+        (16000, 1, "PCM_32"),
+    ],
+)
 def test_load_audio_converts(tmp_path, speech, sr, channels, subtype):
     import soxr
 

@@ -14,8 +14,6 @@ from utils.data import cuda_libs, transcribe
 from utils.errors import ConfigError
 
 
-
-
 def test_cublas12_found_in_the_installed_wheel_and_loads_without_a_gpu() -> None:
     found = cuda_libs.find_cublas12()
     assert set(found) == {"libcublas.so.12", "libcublasLt.so.12"}
@@ -40,7 +38,7 @@ def test_ctranslate2_asks_for_cublas12_and_torch_brings_13() -> None:
 
 
 def test_missing_cublas12_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cuda_libs, "cublas12_dirs", lambda: [])
+    monkeypatch.setattr(cuda_libs, "cublas12_dirs", list)
     with pytest.raises(cuda_libs.CudaLibraryError, match="nvidia-cublas-cu12"):
         cuda_libs.find_cublas12()
 

@@ -34,26 +34,37 @@ def test_merge_namespaces_dedupes_and_revalidates(tmp_path, speech_bank):
     texts = list(speech_bank)
     a = make_ds(tmp_path / "a", [(f"{i}.wav", speech_bank[t], t) for i, t in enumerate(texts[:4])])
     louder = sf.read(str(speech_bank[texts[4]]), dtype="float32")[0] * 0.5
-    b_items = [("0.wav", speech_bank[texts[0]], "other text, same audio"),           # duplicate_audio
-               ("1.wav", louder, texts[1].upper().replace(".", "!")),                  # duplicate_text (same speaker)
-               ("2.wav", speech_bank[texts[5]], texts[5]),                             # kept, same name as a/2.wav
-               ("3.wav", np.zeros(22050, dtype=np.float32) + 1e-6, "quiet")]           # kept, fails validation: silent
+    b_items = [
+        ("0.wav", speech_bank[texts[0]], "other text, same audio"),  # duplicate_audio
+        ("1.wav", louder, texts[1].upper().replace(".", "!")),  # duplicate_text (same speaker)
+        ("2.wav", speech_bank[texts[5]], texts[5]),  # kept, same name as a/2.wav
+        ("3.wav", np.zeros(22050, dtype=np.float32) + 1e-6, "quiet"),
+    ]  # kept, fails validation: silent
     b = make_ds(tmp_path / "b", b_items)
     (b / "wavs" / "gone.wav").write_bytes(b"")
     with (b / "metadata_train.csv").open("a") as f:
-        f.write("wavs/gone.wav|empty file|spk\n")                                      # unreadable_audio
+        f.write("wavs/gone.wav|empty file|spk\n")  # unreadable_audio
     out = tmp_path / "all"
     from scripts.merge_datasets import main
 
     assert main([str(a), str(b), "--out", str(out), "--no-progress"]) == 0
     rep = json.loads((out / "dataset_report.json").read_text())
     removed = sorted((x["input"].split("/")[-1], x["audio_file"], x["reason"]) for x in rep["merge"]["removed"])
-    assert removed == [("b", "wavs/0.wav", "duplicate_audio"), ("b", "wavs/1.wav", "duplicate_text"),
-                       ("b", "wavs/gone.wav", "unreadable_audio")]
+    assert removed == [
+        ("b", "wavs/0.wav", "duplicate_audio"),
+        ("b", "wavs/1.wav", "duplicate_text"),
+        ("b", "wavs/gone.wav", "unreadable_audio"),
+    ]
     rows = read_coqui_csv(out / "metadata_train.csv") + read_coqui_csv(out / "metadata_eval.csv")
     names = sorted(r.audio_file for r in rows)
-    assert names == ["wavs/a__wavs__0.wav", "wavs/a__wavs__1.wav", "wavs/a__wavs__2.wav", "wavs/a__wavs__3.wav",
-                     "wavs/b__wavs__2.wav", "wavs/b__wavs__3.wav"]
+    assert names == [
+        "wavs/a__wavs__0.wav",
+        "wavs/a__wavs__1.wav",
+        "wavs/a__wavs__2.wav",
+        "wavs/a__wavs__3.wav",
+        "wavs/b__wavs__2.wav",
+        "wavs/b__wavs__3.wav",
+    ]
     assert all(sf.info(str(out / n)).samplerate == 22050 for n in names)
     # every row keeps where it came from; unknown recordings are their own group
     assert rep["clips"]["wavs/b__wavs__2.wav"]["source"] == "b/wavs/2.wav"
@@ -63,8 +74,9 @@ def test_merge_namespaces_dedupes_and_revalidates(tmp_path, speech_bank):
     assert [e["reason"] for x in v.values() for e in x["excluded"]] == ["silent"]
 
 
-def test_merge_keeps_sources_of_prepared_datasets_and_splits_by_them(tmp_path, speech_bank, long_recording,
-                                                                   layout_words):
+def test_merge_keeps_sources_of_prepared_datasets_and_splits_by_them(
+    tmp_path, speech_bank, long_recording, layout_words
+):
     from utils.data.prepare import prepare_dataset
 
     wav, layout, _ = long_recording
@@ -116,17 +128,30 @@ def test_normalise_for_dedupe():
 
 def test_merge_keeps_speakers_and_sentences_on_one_side_and_cites_csv_rows(tmp_path, speech_bank, espeak_clip):
     texts = list(speech_bank)
-    extra = ["Bright stars shine over the quiet harbour.", "Seven ducks crossed the muddy road.",
-             "Nobody expected the rain to stop so soon.", "The library opens early on Mondays."]
-    clips = {t: espeak_clip(t, tmp_path / "bank" / f"x{i}.wav", voice="en-us", speed=150 + 5 * i)
-             for i, t in enumerate(extra)}
+    extra = [
+        "Bright stars shine over the quiet harbour.",
+        "Seven ducks crossed the muddy road.",
+        "Nobody expected the rain to stop so soon.",
+        "The library opens early on Mondays.",
+    ]
+    clips = {
+        t: espeak_clip(t, tmp_path / "bank" / f"x{i}.wav", voice="en-us", speed=150 + 5 * i)
+        for i, t in enumerate(extra)
+    }
     # no dataset_report.json anywhere: sources unknown, so only speakers and sentences can group
     a = make_ds(tmp_path / "a", [(f"{i}.wav", speech_bank[t], t) for i, t in enumerate(texts[:3])], speaker="anna")
     b = make_ds(tmp_path / "b", [(f"{i}.wav", speech_bank[t], t) for i, t in enumerate(texts[3:6])], speaker="anna")
-    c = make_ds(tmp_path / "c", [("0.wav", clips[extra[0]], texts[0])]  # anna's first sentence, by ben
-                + [(f"{i}.wav", clips[t], t) for i, t in enumerate(extra[1:3], start=1)], speaker="ben")
-    d = make_ds(tmp_path / "d", [(f"{i}.wav", clips[t], t) for i, t in enumerate(extra[3:])]
-                + [("dup.wav", speech_bank[texts[4]], "copied")], speaker="cleo")
+    c = make_ds(
+        tmp_path / "c",
+        [("0.wav", clips[extra[0]], texts[0])]  # anna's first sentence, by ben
+        + [(f"{i}.wav", clips[t], t) for i, t in enumerate(extra[1:3], start=1)],
+        speaker="ben",
+    )
+    d = make_ds(
+        tmp_path / "d",
+        [(f"{i}.wav", clips[t], t) for i, t in enumerate(extra[3:])] + [("dup.wav", speech_bank[texts[4]], "copied")],
+        speaker="cleo",
+    )
     for seed in range(4):
         out = tmp_path / f"all{seed}"
         rep = merge_datasets([a, b, c, d], out, dedupe_text=False, seed=seed, eval_fraction=0.3, progress=False)

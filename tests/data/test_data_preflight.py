@@ -51,33 +51,45 @@ def bad_dataset(tmp_path_factory, speech_bank):
         d, _ = sf.read(str(wavs / f"{n}.wav"), dtype="float32")
         sf.write(str(wavs / f"{n}.wav"), d * (0.5 + 0.1 * len(n)), sr)
     lines = ["audio_file|text|speaker_name"]
-    lines += [f"{a}|{t}|spk" for a, t in good]                      # rows 2-4 kept
-    lines += [f"wavs/stereo48k.wav|{texts[3]}|spk",                 # 5 kept, converted
-              f"wavs/u8.wav|{texts[3]} again|spk",                  # 6 kept, converted
-              f"wavs/pcm24.wav|{texts[3]} once more|spk",           # 7 kept, converted
-              "wavs/missing.wav|text|spk",                          # 8 missing_file
-              "wavs/empty.wav|text|spk",                            # 9 empty_file
-              "wavs/notaudio.wav|text|spk",                         # 10 unreadable_audio
-              "wavs/short.wav|hi|spk",                              # 11 too_short
-              "wavs/long.wav|long|spk",                             # 12 too_long
-              "wavs/silent.wav|nothing|spk",                        # 13 silent
-              "wavs/clipped.wav|loud|spk",                          # 14 clipped
-              "wavs/emptytext.wav| |spk",                           # 15 empty_text
-              "wavs/unk.wav|hello ሰላም world|spk",                   # 16 unknown_characters
-              f"wavs/longtext.wav|{LONG_TEXT}|spk",                 # 17 text_too_long
-              f"wavs/good0.wav|{texts[0]}|spk",                     # 18 duplicate_row (same path)
-              f"wavs/copy_of_good0.wav|{texts[0]}|spk",             # 19 duplicate_row (same content)
-              f"../{root.name}_outside.wav|{texts[4]}|spk",          # 20 path_outside_dataset
-              "wavs/am.wav|too|many|fields",                        # 21 malformed_row
-              ]
+    lines += [f"{a}|{t}|spk" for a, t in good]  # rows 2-4 kept
+    lines += [
+        f"wavs/stereo48k.wav|{texts[3]}|spk",  # 5 kept, converted
+        f"wavs/u8.wav|{texts[3]} again|spk",  # 6 kept, converted
+        f"wavs/pcm24.wav|{texts[3]} once more|spk",  # 7 kept, converted
+        "wavs/missing.wav|text|spk",  # 8 missing_file
+        "wavs/empty.wav|text|spk",  # 9 empty_file
+        "wavs/notaudio.wav|text|spk",  # 10 unreadable_audio
+        "wavs/short.wav|hi|spk",  # 11 too_short
+        "wavs/long.wav|long|spk",  # 12 too_long
+        "wavs/silent.wav|nothing|spk",  # 13 silent
+        "wavs/clipped.wav|loud|spk",  # 14 clipped
+        "wavs/emptytext.wav| |spk",  # 15 empty_text
+        "wavs/unk.wav|hello ሰላም world|spk",  # 16 unknown_characters
+        f"wavs/longtext.wav|{LONG_TEXT}|spk",  # 17 text_too_long
+        f"wavs/good0.wav|{texts[0]}|spk",  # 18 duplicate_row (same path)
+        f"wavs/copy_of_good0.wav|{texts[0]}|spk",  # 19 duplicate_row (same content)
+        f"../{root.name}_outside.wav|{texts[4]}|spk",  # 20 path_outside_dataset
+        "wavs/am.wav|too|many|fields",  # 21 malformed_row
+    ]
     (root / "metadata_train.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return root
 
 
 EXPECTED = {
-    8: "missing_file", 9: "empty_file", 10: "unreadable_audio", 11: "too_short", 12: "too_long",
-    13: "silent", 14: "clipped", 15: "empty_text", 16: "unknown_characters", 17: "text_too_long",
-    18: "duplicate_row", 19: "duplicate_row", 20: "path_outside_dataset", 21: "malformed_row",
+    8: "missing_file",
+    9: "empty_file",
+    10: "unreadable_audio",
+    11: "too_short",
+    12: "too_long",
+    13: "silent",
+    14: "clipped",
+    15: "empty_text",
+    16: "unknown_characters",
+    17: "text_too_long",
+    18: "duplicate_row",
+    19: "duplicate_row",
+    20: "path_outside_dataset",
+    21: "malformed_row",
 }
 
 
@@ -100,8 +112,9 @@ def test_pool_path_matches_serial(bad_dataset, en_tokenizer, monkeypatch):
     import utils.data.preflight as pf
 
     monkeypatch.setattr(pf, "_POOL_MIN_ROWS", 1)
-    rep = run_preflight(bad_dataset / "metadata_train.csv", language="en", tokenizer=en_tokenizer,
-                        workers=2, progress=False)
+    rep = run_preflight(
+        bad_dataset / "metadata_train.csv", language="en", tokenizer=en_tokenizer, workers=2, progress=False
+    )
     assert {e["row"]: e["reason"] for e in rep.excluded} == EXPECTED
 
 
@@ -132,8 +145,18 @@ def test_report_json_schema_and_cli_exit_codes(bad_dataset, en_vocab, tmp_path, 
     from scripts.validate_dataset import main
 
     out = tmp_path / "r.json"
-    code = main([str(bad_dataset / "metadata_train.csv"), "--language", "en", "--vocab", str(en_vocab),
-                 "--report", str(out), "--no-progress"])
+    code = main(
+        [
+            str(bad_dataset / "metadata_train.csv"),
+            "--language",
+            "en",
+            "--vocab",
+            str(en_vocab),
+            "--report",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0  # excluded rows are reported, not an error (--strict makes them one)
     data = json.loads(out.read_text())
     assert {"total", "kept", "hours_kept", "excluded"} <= set(data)
@@ -200,15 +223,21 @@ def test_toolkit_tokenizer_from_vocab_path(bad_dataset, en_vocab):
 def test_eval_rows_duplicating_train_are_excluded(bad_dataset, en_tokenizer, tmp_path):
     train = run_preflight(bad_dataset / "metadata_train.csv", language="en", tokenizer=en_tokenizer, progress=False)
     ev = bad_dataset / "metadata_eval.csv"
-    ev.write_text("audio_file|text|speaker_name\n"
-                  "wavs/good1.wav|She sells sea shells by the sea shore.|spk\n"       # same file as train row 3
-                  "wavs/copy_of_good0.wav|The quick brown fox.|spk\n"                 # same audio as train row 2
-                  "wavs/long.wav|x|spk\n")
+    ev.write_text(
+        "audio_file|text|speaker_name\n"
+        "wavs/good1.wav|She sells sea shells by the sea shore.|spk\n"  # same file as train row 3
+        "wavs/copy_of_good0.wav|The quick brown fox.|spk\n"  # same audio as train row 2
+        "wavs/long.wav|x|spk\n"
+    )
     try:
         rep = run_preflight(ev, language="en", tokenizer=en_tokenizer, progress=False, exclude_duplicates_of=train)
     finally:
         ev.unlink()
-    assert [(e["row"], e["reason"]) for e in rep.excluded] == [(2, "duplicate_row"), (3, "duplicate_row"), (4, "too_long")]
+    assert [(e["row"], e["reason"]) for e in rep.excluded] == [
+        (2, "duplicate_row"),
+        (3, "duplicate_row"),
+        (4, "too_long"),
+    ]
     assert "row 3 of metadata_train.csv" in rep.excluded[0]["detail"]
     assert "row 2 of metadata_train.csv" in rep.excluded[1]["detail"]
 
@@ -219,19 +248,31 @@ def test_validate_script_runs_as_a_program(bad_dataset, tmp_path):
 
     script = Path(__file__).resolve().parents[2] / "scripts" / "validate_dataset.py"
     out = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, str(script), str(bad_dataset / "metadata_train.csv"), "--report", str(out),
-                           "--no-progress"], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(bad_dataset / "metadata_train.csv"), "--report", str(out), "--no-progress"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["kept"] == 8  # no vocab: text checks skipped
     assert "missing_file: 1" in proc.stderr and proc.stdout == ""
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "none.csv")], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("error: metadata file not found")
-    proc = subprocess.run([sys.executable, str(script), str(bad_dataset / "metadata_train.csv"), "--no-progress",
-                           "--strict"], capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: 12 of 20 rows excluded (--strict)")
+    proc = subprocess.run(
+        [sys.executable, str(script), str(bad_dataset / "metadata_train.csv"), "--no-progress", "--strict"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+        "error: 12 of 20 rows excluded (--strict)"
+    )
     header_only = tmp_path / "h.csv"
     header_only.write_text("audio_file|text|speaker_name\n")
-    proc = subprocess.run([sys.executable, str(script), str(header_only), "--no-progress"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(header_only), "--no-progress"], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "has no rows" in proc.stderr.strip().splitlines()[-1], proc.stderr
 
 

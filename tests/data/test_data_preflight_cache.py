@@ -70,10 +70,13 @@ def test_a_changed_file_and_other_limits_are_checked_again(dataset: Path, tmp_pa
     report = run_preflight(dataset / "metadata.csv", language="en", progress=False, workers=1, audio_cache=cache)
     assert sorted(seen) == ["c2.wav", "missing.wav"]
     assert {e["audio_file"].split("/")[-1]: e["reason"] for e in report.excluded} == {
-        "c2.wav": "silent", "missing.wav": "missing_file"}
+        "c2.wav": "silent",
+        "missing.wav": "missing_file",
+    }
     seen.clear()
-    run_preflight(dataset / "metadata.csv", language="en", progress=False, workers=1, audio_cache=cache,
-                  max_audio_s=9.5)
+    run_preflight(
+        dataset / "metadata.csv", language="en", progress=False, workers=1, audio_cache=cache, max_audio_s=9.5
+    )
     assert len(seen) == 5  # new limits: every file again
 
 
@@ -85,21 +88,34 @@ def test_an_unreadable_cache_is_ignored_and_replaced(dataset: Path, tmp_path: Pa
     assert len(json.loads(cache.read_text())["entries"]) == 4
 
 
-def test_a_run_writes_the_cache_only_once_its_checks_pass(dataset: Path, tmp_path: Path, tiny_base: Path,
-                                                          monkeypatch) -> None:  # fmt: skip
+def test_a_run_writes_the_cache_only_once_its_checks_pass(
+    dataset: Path, tmp_path: Path, tiny_base: Path, monkeypatch
+) -> None:
     from utils.finetune.steps import DataSplit, check_data
 
     rows = (dataset / "metadata.csv").read_text().splitlines()
     (dataset / "train.csv").write_text("\n".join(rows[:4]) + "\n", encoding="utf-8")  # header + c0-c2
     (dataset / "eval.csv").write_text("\n".join([rows[0], rows[4]]) + "\n", encoding="utf-8")  # c3
     cache_dir = tmp_path / "out" / ".clip_cache"
-    split = check_data(DataSplit(dataset / "train.csv", dataset / "eval.csv"), "en", tiny_base / "vocab.json", 0.2,
-                       progress=False, cache_dir=cache_dir)  # fmt: skip
+    split = check_data(
+        DataSplit(dataset / "train.csv", dataset / "eval.csv"),
+        "en",
+        tiny_base / "vocab.json",
+        0.2,
+        progress=False,
+        cache_dir=cache_dir,
+    )
     assert split.train_report.kept == 3 and split.eval_report.kept == 1
     assert not (tmp_path / "out").exists()  # nothing written while the run may still be refused
     split.audio_cache.save()
     assert len(json.loads((cache_dir / "preflight_audio.json").read_text())["entries"]) == 4
     seen = _counting(monkeypatch)
-    again = check_data(DataSplit(dataset / "train.csv", dataset / "eval.csv"), "en", tiny_base / "vocab.json", 0.2,
-                       progress=False, cache_dir=cache_dir)  # fmt: skip
+    again = check_data(
+        DataSplit(dataset / "train.csv", dataset / "eval.csv"),
+        "en",
+        tiny_base / "vocab.json",
+        0.2,
+        progress=False,
+        cache_dir=cache_dir,
+    )
     assert seen == [] and _facts(again.train_report) == _facts(split.train_report)

@@ -17,8 +17,6 @@ from utils.data.prepare import collect_media, prepare_dataset
 from utils.errors import ConfigError, DataError
 
 
-
-
 def _all_rows(out: Path):
     return read_coqui_csv(out / "metadata_train.csv") + read_coqui_csv(out / "metadata_eval.csv")
 
@@ -55,8 +53,20 @@ def test_real_whisper_transcribes_and_cuts_at_known_pauses(long_recording, tmp_p
     out = tmp_path / "ds"
     from scripts.prepare_dataset import main
 
-    code = main([str(wav), "--out", str(out), "--whisper-model", str(tiny_en_model()), "--language", "en",
-                 "--device", "cpu", "--no-progress"])
+    code = main(
+        [
+            str(wav),
+            "--out",
+            str(out),
+            "--whisper-model",
+            str(tiny_en_model()),
+            "--language",
+            "en",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     report = json.loads((out / "dataset_report.json").read_text())
     clips = sorted(report["clips"].items(), key=lambda kv: kv[1]["start"])
@@ -90,8 +100,12 @@ class ByLength:
         return list(self.by_len[round(len(audio16k) / 16000, 1)]), "en"
 
 
-OTHER_SENTENCES = ["Bright stars shine over the quiet harbour.", "Seven ducks crossed the muddy road.",
-                   "Nobody expected the rain to stop so soon.", "The library opens early on Mondays."]
+OTHER_SENTENCES = [
+    "Bright stars shine over the quiet harbour.",
+    "Seven ducks crossed the muddy road.",
+    "Nobody expected the rain to stop so soon.",
+    "The library opens early on Mondays.",
+]
 
 
 def _recording(espeak_clip, tmp, sentences, lead_s, sr=22050):
@@ -100,7 +114,7 @@ def _recording(espeak_clip, tmp, sentences, lead_s, sr=22050):
     for i, text in enumerate(sentences):
         a, _ = sf.read(str(espeak_clip(text, tmp / f"o{i}.wav")), dtype="float32")
         nz = np.flatnonzero(np.abs(a) > 0.01)
-        a = a[nz[0]: nz[-1] + 1]
+        a = a[nz[0] : nz[-1] + 1]
         layout.append((t, t + len(a) / sr, text))
         parts += [a, np.zeros(int(1.5 * sr), dtype=np.float32)]
         t += len(a) / sr + 1.5
@@ -126,13 +140,16 @@ def test_rerun_skips_done_files_and_appends_new(long_recording, layout_words, es
 
     b = soxr.resample(other, sr, 48000) * 0.7
     sf.write(str(src / "b.flac"), np.stack([b, b], axis=1), 48000, subtype="PCM_24")
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), "-ar", "44100", "-ac", "2", "-c:a", "aac",
-                    str(src / "c.m4a")], check=True)
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(wav), "-ar", "44100", "-ac", "2", "-c:a", "aac", str(src / "c.m4a")],
+        check=True,
+    )
     rep = prepare_dataset([src], out, transcriber=fake, progress=False)
     assert fake.calls == 2 and rep["last_run"]["new_clips"] == 4 and rep["last_run"]["skipped_already_done"] == 1
     assert rep["last_run"]["skipped_duplicates"] == 1
     assert [(Path(d["file"]).name, Path(d["duplicate_of"]).name, d["kind"]) for d in rep["duplicates"]] == [
-        ("c.m4a", "a.wav", "near")]
+        ("c.m4a", "a.wav", "near")
+    ]
     assert rep["duplicates"][0]["similarity"] >= 0.9
     assert len(_all_rows(out)) == 9
     assert {p.name: p.stat().st_mtime_ns for p in (out / "wavs").iterdir() if p.name in first} == first
@@ -149,8 +166,12 @@ def test_bad_media_reported_and_good_ones_kept(long_recording, layout_words, tmp
     (tmp_path / "fake.wav").write_text("hello, not a wav\n" * 10)
     (tmp_path / "data.bin").write_bytes(bytes(range(256)) * 10)
     out = tmp_path / "ds"
-    rep = prepare_dataset([wav, tmp_path / "zero.mp3", tmp_path / "fake.wav", tmp_path / "data.bin"], out,
-                          transcriber=FakeWhisper(layout, layout_words), progress=False)
+    rep = prepare_dataset(
+        [wav, tmp_path / "zero.mp3", tmp_path / "fake.wav", tmp_path / "data.bin"],
+        out,
+        transcriber=FakeWhisper(layout, layout_words),
+        progress=False,
+    )
     failed = {Path(f["file"]).name: f["reason"] for f in rep["failed_inputs"]}
     assert set(failed) == {"zero.mp3", "fake.wav", "data.bin"}
     assert "0 bytes" in failed["zero.mp3"] and "cannot decode" in failed["fake.wav"]
@@ -173,16 +194,39 @@ def test_nothing_usable_raises_and_writes_nothing(tmp_path):
 def test_silent_file_and_no_speech_reported(tmp_path, long_recording, layout_words):
     wav, layout, _ = long_recording
     sf.write(str(tmp_path / "silence.wav"), np.zeros(22050 * 3, dtype=np.float32), 22050)
-    rep = prepare_dataset([wav, tmp_path / "silence.wav"], tmp_path / "ds",
-                          transcriber=FakeWhisper(layout, layout_words), progress=False)
+    rep = prepare_dataset(
+        [wav, tmp_path / "silence.wav"], tmp_path / "ds", transcriber=FakeWhisper(layout, layout_words), progress=False
+    )
     assert [f["reason"] for f in rep["failed_inputs"]] == ["no audible audio (empty or silent)"]
 
 
 def test_video_input_goes_through_ffmpeg(long_recording, layout_words, tmp_path):
     wav, layout, _ = long_recording
     mkv = tmp_path / "talk.mkv"
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=black:s=64x64:r=5", "-i", str(wav),
-                    "-shortest", "-c:v", "libx264", "-c:a", "aac", "-ac", "2", "-ar", "44100", str(mkv)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=black:s=64x64:r=5",
+            "-i",
+            str(wav),
+            "-shortest",
+            "-c:v",
+            "libx264",
+            "-c:a",
+            "aac",
+            "-ac",
+            "2",
+            "-ar",
+            "44100",
+            str(mkv),
+        ],
+        check=True,
+    )
     rep = prepare_dataset([mkv], tmp_path / "ds", transcriber=FakeWhisper(layout, layout_words), progress=False)
     assert rep["last_run"]["new_clips"] == 5 and rep["failed_inputs"] == []
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from utils.data.review import MAX_CER, check_clips, cer, read_review, write_review
+from utils.data.review import MAX_CER, cer, check_clips, read_review, write_review
 
 
 def test_cer():
@@ -26,8 +26,11 @@ def test_flags_rate_outliers_low_confidence_and_mismatches(tmp_path):
     heard = {"unsure.wav": "the dog sat on a mat today"} | {"c3.wav": "a completely different sentence"}
     flags = check_clips(clips, texts, speakers, recheck=lambda n: heard.get(n, texts[n]))
     got = sorted((f["audio_file"], f["reason"]) for f in flags)
-    assert got == [("c3.wav", "transcript_mismatch"), ("fast.wav", "speaking_rate"),
-                   ("unsure.wav", "low_asr_confidence")]
+    assert got == [
+        ("c3.wav", "transcript_mismatch"),
+        ("fast.wav", "speaking_rate"),
+        ("unsure.wav", "low_asr_confidence"),
+    ]
     assert clips["c3.wav"]["checks"]["cer"] > MAX_CER and clips["unsure.wav"]["checks"]["cer"] <= MAX_CER
     assert "rate_vs_median" not in clips["other.wav"]["checks"]
     path = write_review(tmp_path, flags)
@@ -49,8 +52,14 @@ def test_prepare_with_a_second_asr_pass_writes_the_review_file(long_recording, l
         text = "something else entirely" if k == 2 else layout[k][2]
         return [type(words[0])(0.0, 1.0, " " + text)], "en"
 
-    rep = prepare_dataset([wav], tmp_path / "ds", transcriber=lambda a, p=None: (list(words), "en"),
-                          speaker=SpeakerPlan(diarize=False), recheck=second_pass, progress=False)
+    rep = prepare_dataset(
+        [wav],
+        tmp_path / "ds",
+        transcriber=lambda a, p=None: (list(words), "en"),
+        speaker=SpeakerPlan(diarize=False),
+        recheck=second_pass,
+        progress=False,
+    )
     assert len(heard) == 5 and rep["review"]["second_asr_pass"] is True
     rows = read_review(tmp_path / "ds" / "review.csv")
     third = sorted(rep["clips"])[2]

@@ -60,8 +60,10 @@ def test_unusable_segments_are_reported_not_dropped():
 
 
 def _rows(spec, texts=None):
-    return [Row(i, f"wavs/{i}.wav", Path(f"/x/{i}.wav"), texts[i] if texts else f"sentence {i}", spk, src)
-            for i, (spk, src) in enumerate(spec)]
+    return [
+        Row(i, f"wavs/{i}.wav", Path(f"/x/{i}.wav"), texts[i] if texts else f"sentence {i}", spk, src)
+        for i, (spk, src) in enumerate(spec)
+    ]
 
 
 def test_split_by_source_keeps_recordings_whole_and_is_deterministic():
@@ -128,7 +130,7 @@ def test_snap_words_pulls_stretched_ends_out_of_silence():
     sr = 16000
     rng = np.random.default_rng(0)
     audio = (1e-4 * rng.standard_normal(4 * sr)).astype(np.float32)
-    audio[sr: 2 * sr] += 0.3 * rng.standard_normal(sr).astype(np.float32)  # "speech" 1.0-2.0 s
+    audio[sr : 2 * sr] += 0.3 * rng.standard_normal(sr).astype(np.float32)  # "speech" 1.0-2.0 s
     words = [Word(0.9, 1.5, " a"), Word(1.5, 3.2, " b."), Word(3.3, 3.5, " c")]  # b stretched into silence
     out = snap_words(words, frame_levels(audio, sr))
     assert out[0].start == pytest.approx(0.97, abs=0.021) and out[0].end == 1.5
@@ -144,7 +146,7 @@ def _bursts(spec, sr=16000, total=None, seed=0):
     total = total or spec[-1][1] + 1.0
     audio = (1e-3 * rng.standard_normal(int(total * sr))).astype(np.float32)
     for s, e, _ in spec:
-        audio[int(s * sr): int(e * sr)] += (0.2 * rng.standard_normal(int(e * sr) - int(s * sr))).astype(np.float32)
+        audio[int(s * sr) : int(e * sr)] += (0.2 * rng.standard_normal(int(e * sr) - int(s * sr))).astype(np.float32)
     return audio, total
 
 
@@ -182,8 +184,7 @@ def test_run_on_splits_at_the_widest_pause_and_no_pause_means_no_clip():
     solid = [(0.3, 12.5, "x")]
     audio, total = _bursts(solid, total=13.0)
     words = [Word(0.3 + i * 0.5, 0.3 + i * 0.5 + 0.5, f" v{i}") for i in range(24)]
-    segs, skipped = segment_words(words, total_s=total, levels=frame_levels(audio, 16000),
-                                  speakers=[0] * 12 + [1] * 12)
+    segs, skipped = segment_words(words, total_s=total, levels=frame_levels(audio, 16000), speakers=[0] * 12 + [1] * 12)
     assert segs == [] and {s["reason"] for s in skipped} == {"no_clean_cut"}
     assert "no pause between 'v11' and 'v12'" in skipped[0]["detail"]
     segs, skipped = segment_words(words, total_s=total, levels=frame_levels(audio, 16000))

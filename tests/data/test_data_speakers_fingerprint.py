@@ -29,13 +29,17 @@ def test_two_voices_get_two_consistent_labels(speaker_encoder, espeak_clip, tmp_
     from utils.data.segment import Word
     from utils.data.speakers import label_words
 
-    lines = [("en-us", "Good morning, how are you today?"), ("gmw/en+f3", "I am fine, thank you very much."),
-             ("en-us", "Shall we begin with the first question?"), ("gmw/en+f3", "Yes, please go ahead."),
-             ("en-us", "Very well.")]
+    lines = [
+        ("en-us", "Good morning, how are you today?"),
+        ("gmw/en+f3", "I am fine, thank you very much."),
+        ("en-us", "Shall we begin with the first question?"),
+        ("gmw/en+f3", "Yes, please go ahead."),
+        ("en-us", "Very well."),
+    ]
     parts, words, gaps, t = [], [], [], 0.0
     for k, (voice, text) in enumerate(lines):
         a, sr = sf.read(str(espeak_clip(text, tmp_path / f"{k}.wav", voice=voice)), dtype="float32")
-        a = a[np.flatnonzero(np.abs(a) > 0.01)[0]: np.flatnonzero(np.abs(a) > 0.01)[-1]]
+        a = a[np.flatnonzero(np.abs(a) > 0.01)[0] : np.flatnonzero(np.abs(a) > 0.01)[-1]]
         words.append(Word(t, t + len(a) / sr, " " + text))
         parts += [a, np.zeros(int(0.5 * sr), dtype=np.float32)]
         t += len(a) / sr + 0.5
@@ -56,8 +60,11 @@ def test_fingerprint_finds_copies_across_formats_and_tells_recordings_apart(long
     a, _ = sf.read(str(wav), dtype="float32")
     sf.write(str(flac), a, sr, subtype="PCM_16")
     assert similarity(base, audio_print(load_audio(flac, 16000)[0])) == 1.0  # lossless: the same samples
-    for ext, extra in ((".mp3", ["-ar", "44100", "-ac", "2"]), (".ogg", ["-ar", "48000", "-c:a", "libvorbis"]),
-                       (".m4a", ["-ar", "32000", "-ac", "2", "-c:a", "aac", "-af", "volume=0.5"])):
+    for ext, extra in (
+        (".mp3", ["-ar", "44100", "-ac", "2"]),
+        (".ogg", ["-ar", "48000", "-c:a", "libvorbis"]),
+        (".m4a", ["-ar", "32000", "-ac", "2", "-c:a", "aac", "-af", "volume=0.5"]),
+    ):
         out = tmp_path / f"copy{ext}"
         subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), *extra, str(out)], check=True)
         other = audio_print(load_audio(out, 16000)[0])
@@ -88,10 +95,18 @@ def test_average_linkage_matches_scikit_learn():
         centres = rng.standard_normal((3, 16))
         x = np.concatenate([c + 0.5 * rng.standard_normal((7, 16)) for c in centres])
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        for ours, ref in ((average_linkage(x, 0.5), cluster.AgglomerativeClustering(
-                n_clusters=None, metric="cosine", linkage="average", distance_threshold=0.5).fit_predict(x)),
-                          (average_linkage(x, 0.5, 2), cluster.AgglomerativeClustering(
-                              n_clusters=2, metric="cosine", linkage="average").fit_predict(x))):
+        for ours, ref in (
+            (
+                average_linkage(x, 0.5),
+                cluster.AgglomerativeClustering(
+                    n_clusters=None, metric="cosine", linkage="average", distance_threshold=0.5
+                ).fit_predict(x),
+            ),
+            (
+                average_linkage(x, 0.5, 2),
+                cluster.AgglomerativeClustering(n_clusters=2, metric="cosine", linkage="average").fit_predict(x),
+            ),
+        ):
             assert (ours[:, None] == ours[None, :]).tolist() == (ref[:, None] == ref[None, :]).tolist()
 
 
@@ -100,16 +115,18 @@ def test_a_change_of_voice_without_a_pause_is_found_inside_a_piece(speaker_encod
     from utils.data.segment import Word
     from utils.data.speakers import label_words
 
-    lines = [("en-us", "Good morning, and welcome to our little studio by the river."),
-             ("gmw/en+f3", "Thank you, it is lovely to be here with all of you today."),
-             ("en-us", "Shall we begin with the first question from our listeners?"),
-             ("gmw/en+f3", "Yes, please go ahead, I have been looking forward to it.")]
+    lines = [
+        ("en-us", "Good morning, and welcome to our little studio by the river."),
+        ("gmw/en+f3", "Thank you, it is lovely to be here with all of you today."),
+        ("en-us", "Shall we begin with the first question from our listeners?"),
+        ("gmw/en+f3", "Yes, please go ahead, I have been looking forward to it."),
+    ]
     pauses = [0.6, 0.6, 0.06, 0.0]  # the last two turns touch: 60 ms, less than a turn gap
     parts, words, gaps, truth, t = [], [], [], [], 0.0
     for k, ((voice, text), pause) in enumerate(zip(lines, pauses)):
         a, sr = sf.read(str(espeak_clip(text, tmp_path / f"{k}.wav", voice=voice)), dtype="float32")
         nz = np.flatnonzero(np.abs(a) > 0.01)
-        a = a[nz[0]: nz[-1]]
+        a = a[nz[0] : nz[-1]]
         toks = text.split()
         step = len(a) / sr / len(toks)
         for i, tok in enumerate(toks):

@@ -36,7 +36,9 @@ def media(long_recording, tmp_path_factory):
 
 def _clips(out: Path):
     report = json.loads((out / "dataset_report.json").read_text())
-    rows = {r.audio_file: r for r in read_coqui_csv(out / "metadata_train.csv") + read_coqui_csv(out / "metadata_eval.csv")}
+    rows = {
+        r.audio_file: r for r in read_coqui_csv(out / "metadata_train.csv") + read_coqui_csv(out / "metadata_eval.csv")
+    }
     clips = sorted(report["clips"].items(), key=lambda kv: kv[1]["start"])
     return report, [(meta, rows[name].text) for name, meta in clips]
 
@@ -73,7 +75,7 @@ def test_adjacent_cues_merge_and_order_does_not_matter(media, tmp_path):
     for s, e, t in layout:  # each sentence as two cues that touch
         w = t.split()
         m = (s + e) / 2
-        halves += [(s, m, " ".join(w[: len(w) // 2])), (m, e, " ".join(w[len(w) // 2:]))]
+        halves += [(s, m, " ".join(w[: len(w) // 2])), (m, e, " ".join(w[len(w) // 2 :]))]
     shuffled = halves[:]
     random.Random(1).shuffle(shuffled)
     srt = write_srt(tmp_path / "ep.srt", shuffled)
@@ -126,13 +128,16 @@ def test_non_utf8_subtitles(media, tmp_path):
     assert len(read_subtitles(utf16)[0]) == 5
 
 
-@pytest.mark.parametrize("content,match", [
-    ("", "is empty"),
-    ("\n\n  \n", "is empty"),
-    ("1\n00:00:01,000 -> 00:00:02,000\nHello\n", "not a valid SRT.*line 1"),
-    ("1\n00:00:01,000 --> 00:00:02,000\nHello\n\n2\nno timing here\n", "not a valid SRT.*line 5"),
-    ("1\n00:00:01,000 --> 00:00:xx,000\nHello\n", "not a valid SRT.*00:00:01,000 --> 00:00:02,500"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("", "is empty"),
+        ("\n\n  \n", "is empty"),
+        ("1\n00:00:01,000 -> 00:00:02,000\nHello\n", "not a valid SRT.*line 1"),
+        ("1\n00:00:01,000 --> 00:00:02,000\nHello\n\n2\nno timing here\n", "not a valid SRT.*line 5"),
+        ("1\n00:00:01,000 --> 00:00:xx,000\nHello\n", "not a valid SRT.*00:00:01,000 --> 00:00:02,500"),
+    ],
+)
 def test_empty_and_malformed_srt(content, match, media, tmp_path):
     mp3, _ = media
     srt = tmp_path / "bad.srt"
@@ -166,9 +171,12 @@ def test_empty_cues_reported_with_the_file_cue_numbers(media, tmp_path):
     mp3, layout = media
     (s0, e0, t0), (s1, e1, t1), (s2, e2, t2) = layout[:3]
     srt = tmp_path / "ep.srt"
-    srt.write_text(f"1\n{ts(s0)} --> {ts(e0)}\n{t0}\n\n2\n{ts(e0 + 0.2)} --> {ts(e0 + 0.6)}\n\n"
-                   f"3\n{ts(s1)} --> {ts(e1)}\n{t1}\n\n4\n{ts(e1 + 0.2)} --> {ts(e1 + 0.5)}\n   \n\n"
-                   f"5\n{ts(s2)} --> {ts(e2)}\n{t2} \U0001F600\n", encoding="utf-8")
+    srt.write_text(
+        f"1\n{ts(s0)} --> {ts(e0)}\n{t0}\n\n2\n{ts(e0 + 0.2)} --> {ts(e0 + 0.6)}\n\n"
+        f"3\n{ts(s1)} --> {ts(e1)}\n{t1}\n\n4\n{ts(e1 + 0.2)} --> {ts(e1 + 0.5)}\n   \n\n"
+        f"5\n{ts(s2)} --> {ts(e2)}\n{t2} \U0001f600\n",
+        encoding="utf-8",
+    )
     report = import_subtitles(mp3, srt, tmp_path / "ds", progress=False)
     src = next(iter(report["sources"].values()))
     assert [(x["cue"], x["reason"]) for x in src["skipped"]] == [(2, "empty_cue"), (4, "empty_cue")]
@@ -176,11 +184,15 @@ def test_empty_cues_reported_with_the_file_cue_numbers(media, tmp_path):
     _, clips = _clips(tmp_path / "ds")
     assert [t for _, t in clips] == [t0, t1, t2]  # the emoji is gone from the transcript ...
     assert [m["cues"] for m, _ in clips] == [[1], [3], [5]]
-    assert report["emoji_stripped"] == [{"clip": next(n for n, m in report["clips"].items() if m["cues"] == [5]),
-                                         "removed": "\U0001F600"}]  # ... and reported
+    assert report["emoji_stripped"] == [
+        {"clip": next(n for n, m in report["clips"].items() if m["cues"] == [5]), "removed": "\U0001f600"}
+    ]  # ... and reported
     vtt = tmp_path / "ep.vtt"
-    vtt.write_text(f"WEBVTT\n\n{ts(s0, '.')} --> {ts(e0, '.')}\n{t0}\n\nintro\n{ts(e0 + 0.2, '.')} --> "
-                   f"{ts(e0 + 0.6, '.')}\n\n{ts(s1, '.')} --> {ts(e1, '.')}\n{t1}\n", encoding="utf-8")
+    vtt.write_text(
+        f"WEBVTT\n\n{ts(s0, '.')} --> {ts(e0, '.')}\n{t0}\n\nintro\n{ts(e0 + 0.2, '.')} --> "
+        f"{ts(e0 + 0.6, '.')}\n\n{ts(s1, '.')} --> {ts(e1, '.')}\n{t1}\n",
+        encoding="utf-8",
+    )
     cues, skipped, _ = read_subtitles(vtt)
     assert [c.index for c in cues] == [1, 3] and [(x["cue"], x["reason"]) for x in skipped] == [(2, "empty_cue")]
 
@@ -195,12 +207,14 @@ def test_vtt_voice_tags_become_speakers_and_overlaps_of_two_voices_are_not_merge
     lines += v((s1 + e1) / 2, e1, f"<v Anna>{' '.join(t1.split()[3:])}</v>")  # touches Ben's cue: not merged
     lines += v(s2, e2, f"<v Ben Ray>{t2}")
     lines += v(e2 - 0.8, e2 + 0.6, f"<v Anna>{'Sorry, go on.'}")  # overlaps Ben: both skipped
-    lines += v(s3, e3, f"<v Anna>First</v>\n<v Ben Ray>second</v>")  # two voices in one cue
+    lines += v(s3, e3, "<v Anna>First</v>\n<v Ben Ray>second</v>")  # two voices in one cue
     lines += v(s4, e4, t4)  # untagged: the --speaker name
     vtt = tmp_path / "talk.vtt"
     vtt.write_text("\n".join(lines), encoding="utf-8")
     report = import_subtitles(mp3, vtt, tmp_path / "ds", speaker="narrator", progress=False)
-    rows = read_coqui_csv(tmp_path / "ds" / "metadata_train.csv") + read_coqui_csv(tmp_path / "ds" / "metadata_eval.csv")
+    rows = read_coqui_csv(tmp_path / "ds" / "metadata_train.csv") + read_coqui_csv(
+        tmp_path / "ds" / "metadata_eval.csv"
+    )
     got = sorted((report["clips"][r.audio_file]["cues"], r.speaker_name) for r in rows)
     assert got == [([1], "Anna"), ([2], "Ben Ray"), ([3], "Anna"), ([7], "narrator")]
     skipped = sorted((x["cue"], x["reason"]) for x in next(iter(report["sources"].values()))["skipped"])

@@ -25,19 +25,61 @@ def interview_folder(interview, tmp_path_factory):
     """The interview as WAV, plus the same recording as AAC in .m4a and as .mp4 with a video track."""
     d = tmp_path_factory.mktemp("media")
     shutil.copy(interview.path, d / "a_interview.wav")
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(interview.path), "-ar", "44100", "-ac", "2", "-c:a", "aac",
-                    str(d / "b_copy.m4a")], check=True)
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=black:s=64x64:r=5", "-i",
-                    str(interview.path), "-shortest", "-c:v", "libx264", "-c:a", "aac", "-ar", "48000", "-ac", "2",
-                    str(d / "c_copy.mp4")], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-i",
+            str(interview.path),
+            "-ar",
+            "44100",
+            "-ac",
+            "2",
+            "-c:a",
+            "aac",
+            str(d / "b_copy.m4a"),
+        ],
+        check=True,
+    )
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=black:s=64x64:r=5",
+            "-i",
+            str(interview.path),
+            "-shortest",
+            "-c:v",
+            "libx264",
+            "-c:a",
+            "aac",
+            "-ar",
+            "48000",
+            "-ac",
+            "2",
+            str(d / "c_copy.mp4"),
+        ],
+        check=True,
+    )
     return d
 
 
 @pytest.fixture(scope="module")
 def kept_all(interview_folder, tiny_whisper, speaker_encoder, tmp_path_factory):
     out = tmp_path_factory.mktemp("ds") / "all"
-    rep = prepare_dataset([interview_folder], out, transcriber=tiny_whisper, speaker_encoder=speaker_encoder,
-                          speaker=SpeakerPlan(name="guest", others="keep"), progress=False)
+    rep = prepare_dataset(
+        [interview_folder],
+        out,
+        transcriber=tiny_whisper,
+        speaker_encoder=speaker_encoder,
+        speaker=SpeakerPlan(name="guest", others="keep"),
+        progress=False,
+    )
     return out, rep
 
 
@@ -69,7 +111,7 @@ def test_speakers_are_consistent_and_named(kept_all, interview):
         by_name.setdefault(r.speaker_name, set()).update(speakers_in(m["start"], m["end"], interview.voiced))
     # the guest speaks most, so the target name goes to the guest; the host is the other voice
     assert by_name.pop("guest") == {"guest"}
-    (other, truth), = by_name.items()
+    ((other, truth),) = by_name.items()
     assert truth == {"host"} and other.startswith("guest-other1-")
     # one recording: speakers and sentences are kept apart (and the note says the recording is not)
     assert rep["split"]["by"] == "speaker+text" and "source appears in train and eval" in rep["split"]["note"]
@@ -77,24 +119,33 @@ def test_speakers_are_consistent_and_named(kept_all, interview):
 
 def test_copies_in_other_containers_are_reported_and_skipped(kept_all, tiny_whisper):
     out, rep = kept_all
-    dups = {Path(d["file"]).name: (Path(d["duplicate_of"]).name, d["kind"], d["similarity"])
-            for d in rep["duplicates"]}
+    dups = {Path(d["file"]).name: (Path(d["duplicate_of"]).name, d["kind"], d["similarity"]) for d in rep["duplicates"]}
     assert set(dups) == {"b_copy.m4a", "c_copy.mp4"}
     assert all(first == "a_interview.wav" and kind == "near" and sim >= 0.9 for first, kind, sim in dups.values())
     assert len(rep["sources"]) == 1 and rep["last_run"]["skipped_duplicates"] == 2
     assert tiny_whisper.runs >= 1
 
 
-def test_target_only_drops_the_other_voice_with_reasons(interview_folder, kept_all, interview, tiny_whisper,
-                                                        speaker_encoder, tmp_path):
+def test_target_only_drops_the_other_voice_with_reasons(
+    interview_folder, kept_all, interview, tiny_whisper, speaker_encoder, tmp_path
+):
     _, rep_all = kept_all
     out = tmp_path / "guest_only"
-    rep = prepare_dataset([interview_folder / "a_interview.wav"], out, transcriber=tiny_whisper,
-                          speaker_encoder=speaker_encoder, speaker="guest", progress=False)
+    rep = prepare_dataset(
+        [interview_folder / "a_interview.wav"],
+        out,
+        transcriber=tiny_whisper,
+        speaker_encoder=speaker_encoder,
+        speaker="guest",
+        progress=False,
+    )
     rows = _rows(out)
     assert {r.speaker_name for r in rows} == {"guest"}
-    assert all(speakers_in(rep["clips"][r.audio_file]["start"], rep["clips"][r.audio_file]["end"],
-                           interview.voiced) == {"guest"} for r in rows)
+    assert all(
+        speakers_in(rep["clips"][r.audio_file]["start"], rep["clips"][r.audio_file]["end"], interview.voiced)
+        == {"guest"}
+        for r in rows
+    )
     dropped = [s for s in next(iter(rep["sources"].values()))["skipped"] if s["reason"] == "other_speaker"]
     n_host_all = sum(1 for r in _rows(kept_all[0]) if r.speaker_name.startswith("guest-other"))
     assert len(dropped) == n_host_all >= 3

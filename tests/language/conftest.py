@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 XTTS_SPECIALS = ["[STOP]", "[UNK]", "[SPACE]", "[START]"] + [
-    f"[{c}]" for c in ("en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi")
+    f"[{c}]"
+    for c in ("en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi")
 ]
 ENGLISH_TEXT = (
     "the quick brown fox jumps over the lazy dog. pack my box with five dozen liquor jugs! "

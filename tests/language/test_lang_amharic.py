@@ -41,8 +41,10 @@ def test_number_to_words(n, words):
 
 def test_number_to_words_covers_the_range_without_gaps():
     # every value in a sweep gives words made only of known number words, and distinct values differ
-    known = set("ዜሮ አንድ ሁለት ሦስት አራት አምስት ስድስት ሰባት ስምንት ዘጠኝ አሥር አሥራ ሃያ ሠላሳ አርባ ሃምሳ ስድሳ ሰባ ሰማንያ ዘጠና መቶ ሺህ ሚሊዮን ቢሊዮን ትሪሊዮን".split())
-    values = list(range(0, 2100)) + [10**k + j for k in range(4, 15) for j in (-1, 0, 1)]
+    known = set(
+        "ዜሮ አንድ ሁለት ሦስት አራት አምስት ስድስት ሰባት ስምንት ዘጠኝ አሥር አሥራ ሃያ ሠላሳ አርባ ሃምሳ ስድሳ ሰባ ሰማንያ ዘጠና መቶ ሺህ ሚሊዮን ቢሊዮን ትሪሊዮን".split()
+    )
+    values = list(range(2100)) + [10**k + j for k in range(4, 15) for j in (-1, 0, 1)]
     seen = {}
     for n in values:
         words = number_to_words(n)
@@ -53,7 +55,9 @@ def test_number_to_words_covers_the_range_without_gaps():
         number_to_words(10**15)
 
 
-@pytest.mark.parametrize("n, words", [(1, "አንደኛ"), (2, "ሁለተኛ"), (5, "አምስተኛ"), (9, "ዘጠነኛ"), (10, "አሥረኛ"), (20, "ሃያኛ"), (21, "ሃያ አንደኛ")])
+@pytest.mark.parametrize(
+    "n, words", [(1, "አንደኛ"), (2, "ሁለተኛ"), (5, "አምስተኛ"), (9, "ዘጠነኛ"), (10, "አሥረኛ"), (20, "ሃያኛ"), (21, "ሃያ አንደኛ")]
+)
 def test_ordinals(n, words):
     assert ordinal_to_words(n) == words
 

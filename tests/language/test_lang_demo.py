@@ -26,7 +26,7 @@ def test_bundled_demo_am_matches_the_sentences():
     assert [r[1] for r in rows] == list(AMHARIC_DEMO_SENTENCES)
     assert len(_rows(DEMO_AM / "metadata_eval.csv")) == 2
     total_bytes = 0
-    for audio_file, text, speaker in rows:
+    for audio_file, _text, speaker in rows:
         assert audio_file.startswith("wavs/am_") and speaker == "demo"
         info = sf.info(str(DEMO_AM / audio_file))
         assert (info.samplerate, info.channels, info.subtype) == (22050, 1, "PCM_16")

@@ -14,9 +14,21 @@ OLD, NEW, DIM = 400, 750, 64
 
 def _pretrained_like_gpt() -> GPT:
     torch.manual_seed(0)
-    gpt = GPT(layers=1, model_dim=DIM, heads=4, number_text_tokens=OLD, start_text_token=3, stop_text_token=0,
-              max_text_tokens=60, max_mel_tokens=60, max_prompt_tokens=20, num_audio_tokens=1026,
-              start_audio_token=1024, stop_audio_token=1025, use_perceiver_resampler=True)  # fmt: skip
+    gpt = GPT(
+        layers=1,
+        model_dim=DIM,
+        heads=4,
+        number_text_tokens=OLD,
+        start_text_token=3,
+        stop_text_token=0,
+        max_text_tokens=60,
+        max_mel_tokens=60,
+        max_prompt_tokens=20,
+        num_audio_tokens=1026,
+        start_audio_token=1024,
+        stop_audio_token=1025,
+        use_perceiver_resampler=True,
+    )
     with torch.no_grad():  # pretrained XTTS rows are small and offset, unlike N(0, 1)
         gpt.text_embedding.weight.normal_(0.0, 0.02).add_(torch.linspace(-0.05, 0.05, DIM))
         gpt.text_head.weight.normal_(0.01, 0.03)
@@ -26,7 +38,9 @@ def _pretrained_like_gpt() -> GPT:
 
 def test_old_rows_bit_identical_and_new_rows_at_pretrained_scale():
     gpt = _pretrained_like_gpt()
-    emb0, head0, bias0 = (t.detach().clone() for t in (gpt.text_embedding.weight, gpt.text_head.weight, gpt.text_head.bias))
+    emb0, head0, bias0 = (
+        t.detach().clone() for t in (gpt.text_embedding.weight, gpt.text_head.weight, gpt.text_head.bias)
+    )
     info = resize_text_embeddings(gpt, NEW, seed=0)
     assert (info.old_num_tokens, info.new_num_tokens, info.num_added) == (OLD, NEW, NEW - OLD)
     assert gpt.number_text_tokens == NEW

@@ -47,7 +47,9 @@ def test_existing_ids_and_merges_unchanged(base_vocab, am_extension):
     ids = sorted(new["model"]["vocab"].values())
     assert ids == list(range(am_extension.new_size))
     assert am_extension.language_token_id == am_extension.base_size == max(old["model"]["vocab"].values()) + 1
-    assert am_extension.new_size == am_extension.base_size + 1 + len(am_extension.new_characters) + len(am_extension.new_tokens)
+    assert am_extension.new_size == am_extension.base_size + 1 + len(am_extension.new_characters) + len(
+        am_extension.new_tokens
+    )
     assert language_tokens(am_extension.path)[-1] == "am"
 
 
@@ -85,9 +87,7 @@ def test_script_alphabet_added_so_unseen_letters_are_not_unk(am_extension):
 def test_num_new_tokens_caps_merges(base_vocab, tmp_path):
     ext = extend_vocab(base_vocab, AMHARIC_DEMO_SENTENCES, "am", num_new_tokens=5, out_path=tmp_path / "v.json")
     assert len(ext.new_tokens) == 5
-    small = extend_vocab(
-        base_vocab, AMHARIC_DEMO_SENTENCES, "am", 5, tmp_path / "w.json", add_script_alphabet=False
-    )
+    small = extend_vocab(base_vocab, AMHARIC_DEMO_SENTENCES, "am", 5, tmp_path / "w.json", add_script_alphabet=False)
     assert small.num_added == 1 + len(small.new_characters) + 5
     vocab = json.loads(base_vocab.read_text(encoding="utf-8"))["model"]["vocab"]
     used = {c for s in AMHARIC_DEMO_SENTENCES for c in normalize_text(s, "am") if c != " " and c not in vocab}
@@ -125,12 +125,16 @@ def test_string_merges_format_is_kept(base_vocab, tmp_path):
     merges = json.loads(ext.path.read_text(encoding="utf-8"))["model"]["merges"]
     assert all(isinstance(m, str) for m in merges) and len(merges) == len(data["model"]["merges"]) + ext.merges_added
     tok = load_tokenizer(ext.path)
-    assert tok.decode(tok.encode(AMHARIC_DEMO_SENTENCES[5], "am")) == "[am]" + normalize_text(AMHARIC_DEMO_SENTENCES[5], "am")
+    assert tok.decode(tok.encode(AMHARIC_DEMO_SENTENCES[5], "am")) == "[am]" + normalize_text(
+        AMHARIC_DEMO_SENTENCES[5], "am"
+    )
 
 
 def test_extended_tokenizer_pickles_for_loader_workers(am_extension):
     import pickle
 
     tok = pickle.loads(pickle.dumps(load_tokenizer(am_extension.path)))
-    assert tok.encode(AMHARIC_DEMO_SENTENCES[2], "am") == load_tokenizer(am_extension.path).encode(AMHARIC_DEMO_SENTENCES[2], "am")
+    assert tok.encode(AMHARIC_DEMO_SENTENCES[2], "am") == load_tokenizer(am_extension.path).encode(
+        AMHARIC_DEMO_SENTENCES[2], "am"
+    )
     assert tok.char_limits["am"] == 150

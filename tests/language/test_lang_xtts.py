@@ -10,10 +10,19 @@ from utils.language.embeddings import grow_xtts_text_vocab
 from utils.language.tokenizer import load_tokenizer, split_sentences, use_toolkit_tokenizer
 
 TINY = dict(
-    gpt_layers=1, gpt_n_model_channels=64, gpt_n_heads=4, decoder_input_dim=64, gpt_num_audio_tokens=1026,
-    gpt_start_audio_token=1024, gpt_stop_audio_token=1025, gpt_max_audio_tokens=605, gpt_max_text_tokens=402,
-    gpt_max_prompt_tokens=70, gpt_use_masking_gt_prompt_approach=True, gpt_use_perceiver_resampler=True,
-)  # fmt: skip
+    gpt_layers=1,
+    gpt_n_model_channels=64,
+    gpt_n_heads=4,
+    decoder_input_dim=64,
+    gpt_num_audio_tokens=1026,
+    gpt_start_audio_token=1024,
+    gpt_stop_audio_token=1025,
+    gpt_max_audio_tokens=605,
+    gpt_max_text_tokens=402,
+    gpt_max_prompt_tokens=70,
+    gpt_use_masking_gt_prompt_approach=True,
+    gpt_use_perceiver_resampler=True,
+)
 
 
 def _xtts(vocab):
@@ -45,7 +54,9 @@ def test_grow_install_save_reload_and_synthesise_amharic(base_vocab, am_extensio
 
     # export/inference path: Coqui's loader, then our tokenizer (load_checkpoint installs a plain one)
     reloaded = Xtts(model.config)
-    reloaded.load_checkpoint(model.config, checkpoint_path=str(tmp_path / "model.pth"), vocab_path=str(am_extension.path))
+    reloaded.load_checkpoint(
+        model.config, checkpoint_path=str(tmp_path / "model.pth"), vocab_path=str(am_extension.path)
+    )
     assert torch.equal(reloaded.gpt.text_embedding.weight, model.gpt.text_embedding.weight)
     use_toolkit_tokenizer(reloaded, am_extension.path)
     latent, speaker = torch.randn(1, 32, 64), torch.randn(1, 512, 1)

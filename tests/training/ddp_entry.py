@@ -1,6 +1,7 @@
 """utils/gpt_train.py as torchrun runs it, recording what each rank did (for test_ddp_training.py).
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/training/ddp_entry.py OUT_DIR [gpt_train options]
+    python -m torch.distributed.run --standalone --nproc-per-node 2 \
+        tests/training/ddp_entry.py OUT_DIR [gpt_train options]
 
 Runs ``utils.gpt_train.main`` unchanged and writes ``OUT_DIR/rank{r}.json``: the training batches
 this rank drew in each sampler pass (clip file names), its GPT parameters' SHA-256 before and after
@@ -51,7 +52,11 @@ def main() -> int:
 
     passes: list[dict[str, Any]] = []
     report: dict[str, Any] = {}
-    original_iter, original_fit, original_step = LengthBucketBatchSampler.__iter__, ToolkitTrainer.fit, ToolkitTrainer.train_step
+    original_iter, original_fit, original_step = (
+        LengthBucketBatchSampler.__iter__,
+        ToolkitTrainer.fit,
+        ToolkitTrainer.train_step,
+    )
     fail_rank = os.environ.get("XTTS_TEST_FAIL_RANK")
 
     def spy_iter(self: LengthBucketBatchSampler) -> Any:
@@ -64,14 +69,21 @@ def main() -> int:
         report["before"] = _param_digest(gpt)
         result = original_fit(self)
         # after a successful fit only (a failed one leaves its peers inside a collective)
-        names = [Path(it.source).name for it in self.model.clip_dataset(self.config, self.train_samples, is_eval=False).items]
+        names = [
+            Path(it.source).name for it in self.model.clip_dataset(self.config, self.train_samples, is_eval=False).items
+        ]
         report.update(
-            after=_param_digest(gpt), max_diff_to_rank0=_max_diff_to_rank_zero(gpt), records=self.evaluation_records,
-            optimizer_steps=self.optimizer_steps, grad_accum_steps=self.grad_accum_steps,
-            output_path=str(self.output_path), rank=distributed.rank(), world=distributed.world_size(),
+            after=_param_digest(gpt),
+            max_diff_to_rank0=_max_diff_to_rank_zero(gpt),
+            records=self.evaluation_records,
+            optimizer_steps=self.optimizer_steps,
+            grad_accum_steps=self.grad_accum_steps,
+            output_path=str(self.output_path),
+            rank=distributed.rank(),
+            world=distributed.world_size(),
             local_rank=int(os.environ.get("LOCAL_RANK", 0)),
             passes=[{"epoch": p["epoch"], "batches": [[names[i] for i in b] for b in p["batches"]]} for p in passes],
-        )  # fmt: skip
+        )
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / f"rank{distributed.rank()}.json").write_text(json.dumps(report), encoding="utf-8")
         return result

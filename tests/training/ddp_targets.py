@@ -1,6 +1,7 @@
 """Checks the DDP tests run inside torchrun workers (tests/training/test_ddp_collectives.py).
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/training/ddp_targets.py OUT_DIR LOSSES_JSON PATIENCE
+    python -m torch.distributed.run --standalone --nproc-per-node 2 \
+        tests/training/ddp_targets.py OUT_DIR LOSSES_JSON PATIENCE
 
 Each rank joins the process group as utils/gpt_train.py does (utils.training.torchrun) and writes
 what it saw to ``OUT_DIR/rank{r}.json`` so the test can compare ranks.

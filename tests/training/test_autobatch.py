@@ -51,19 +51,34 @@ def test_a_prime_effective_batch_stays_exact_and_the_warning_names_a_better_one(
     assert "micro-batch 1 x accumulation 251" in line and "--batch-size 128 --grad-accum 2" in line
 
 
-@pytest.mark.parametrize(("micro", "accum", "after"), [(126, 2, (63, 4)), (63, 4, (28, 9)), (3, 84, (1, 252)), (221, 1, (17, 13))])
+@pytest.mark.parametrize(
+    ("micro", "accum", "after"), [(126, 2, (63, 4)), (63, 4, (28, 9)), (3, 84, (1, 252)), (221, 1, (17, 13))]
+)
 def test_halving_after_oom_keeps_the_effective_batch_exact(micro, accum, after):
     config = types.SimpleNamespace(batch_size=micro, eval_batch_size=micro, toolkit={})
-    trainer = types.SimpleNamespace(config=config, grad_accum_steps=accum, args=types.SimpleNamespace(rank=0),
-                                    output_path=None, train_loader=object(), eval_loader=object())  # fmt: skip
+    trainer = types.SimpleNamespace(
+        config=config,
+        grad_accum_steps=accum,
+        args=types.SimpleNamespace(rank=0),
+        output_path=None,
+        train_loader=object(),
+        eval_loader=object(),
+    )
     assert autobatch.halve_micro_batch(trainer) == after
     assert config.batch_size * trainer.grad_accum_steps == micro * accum
     assert config.toolkit["hparams"]["sources"]["batch_size"] == "halved after CUDA out of memory"
 
 
 def _config(tiny_base: Path, out: Path, **cli):
-    values = {"epochs": 2, "num_loader_workers": 0, "lr": 5e-5, "save_every_steps": 10_000, "keep_checkpoints": 1,
-              "update_ratio_every": 0, **cli}  # fmt: skip
+    values = {
+        "epochs": 2,
+        "num_loader_workers": 0,
+        "lr": 5e-5,
+        "save_every_steps": 10_000,
+        "keep_checkpoints": 1,
+        "update_ratio_every": 0,
+        **cli,
+    }
     return build_config(resolve(dataset_hours=0.01, cli=values), tiny_base, output_path=out, language="en")
 
 
@@ -105,7 +120,10 @@ def test_oom_at_first_step_halves_micro_batch_and_trains_every_clip(tiny_base, d
     assert len(train_rows) == 10
     with caplog.at_level(logging.WARNING, logger="utils.training.autobatch"):
         result = train(config, train_rows, eval_rows, progress=False, plots=False)
-    assert "CUDA out of memory at micro-batch 4: micro-batch 4 -> 2, gradient accumulation 2 -> 4 (effective batch 8 -> 8)" in caplog.text
+    assert (
+        "CUDA out of memory at micro-batch 4: micro-batch 4 -> 2, gradient accumulation 2 -> 4 (effective batch 8 -> 8)"
+        in caplog.text
+    )
     # 10 clips a epoch in micro-batches of 2: 5 passes, optimizer steps after passes 4 and 5
     assert seen == [2] * 10
     assert result.optimizer_steps == 4 and result.total_steps == 10
@@ -133,8 +151,9 @@ def test_oom_mid_epoch_redoes_the_window_and_continue_keeps_the_new_size(tiny_ba
     assert records[-1]["train_samples"] == 10  # every pass of epoch 2 counted in the throughput figures
     # --continue resumes with the halved sizes from config.json
     monkeypatch.undo()
-    code = gpt_train.main(["--continue", str(run_dir), "--epochs", "3", "--no-plots", "--test-sentences", "0",
-                           "--no-export"])  # fmt: skip
+    code = gpt_train.main(
+        ["--continue", str(run_dir), "--epochs", "3", "--no-plots", "--test-sentences", "0", "--no-export"]
+    )
     assert code == 0
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["optimizer_step"] == 9 and records[-1]["train_samples"] == 10
@@ -158,10 +177,13 @@ def test_no_oom_backoff_lets_the_error_through(tiny_base, demo_en, tmp_path, mon
 def test_automatic_micro_batch_probes_without_changing_weights(tiny_base, demo_en, tmp_path, monkeypatch, caplog):
     """The sizing path on the CPU: fake GPU memory report, real probe steps on the tiny model."""
     fake_cuda = types.SimpleNamespace(
-        is_available=lambda: True, mem_get_info=lambda device=None: (8 << 30, 16 << 30),
-        memory_reserved=lambda device=None: 0, empty_cache=lambda: None, reset_peak_memory_stats=lambda: None,
+        is_available=lambda: True,
+        mem_get_info=lambda device=None: (8 << 30, 16 << 30),
+        memory_reserved=lambda device=None: 0,
+        empty_cache=lambda: None,
+        reset_peak_memory_stats=lambda: None,
         get_device_properties=lambda device=None: types.SimpleNamespace(name="Fake GPU", total_memory=16 << 30),
-    )  # fmt: skip
+    )
     monkeypatch.setattr(autobatch, "_cuda", fake_cuda)
     probes: dict[str, object] = {}
 
@@ -170,8 +192,12 @@ def test_automatic_micro_batch_probes_without_changing_weights(tiny_base, demo_e
         before = [p.detach().clone() for p in gpt.parameters()]
         for b in (1, 2, 4, max_batch):
             probe(b)
-        probes.update(budget=budget, max_batch=max_batch, candidates=candidates,
-                      unchanged=all(torch.equal(a, p) for a, p in zip(before, gpt.parameters())))  # fmt: skip
+        probes.update(
+            budget=budget,
+            max_batch=max_batch,
+            candidates=candidates,
+            unchanged=all(torch.equal(a, p) for a, p in zip(before, gpt.parameters())),
+        )
         return 4  # "4 clips fit"
 
     monkeypatch.setattr(speed, "auto_micro_batch", fake_search)
@@ -190,8 +216,13 @@ def test_automatic_micro_batch_probes_without_changing_weights(tiny_base, demo_e
     assert probes["unchanged"]  # probe steps run at LR 0
     assert "micro-batch 4 x accumulation 3 = effective batch 12 (asked 12)" in caplog.text
     saved = json.loads((_run_dir(tmp_path) / "config.json").read_text())
-    assert saved["toolkit"]["micro_batch_plan"] == {"micro_batch": 4, "grad_accum": 3, "effective_batch": 12,
-                                                    "requested_effective_batch": 12, "fits": 4}  # fmt: skip
+    assert saved["toolkit"]["micro_batch_plan"] == {
+        "micro_batch": 4,
+        "grad_accum": 3,
+        "effective_batch": 12,
+        "requested_effective_batch": 12,
+        "fits": 4,
+    }
     assert (saved["batch_size"], saved["toolkit"]["grad_accum"]) == (4, 3)
     assert result.total_steps == 3 and result.optimizer_steps == 1  # 10 clips: passes of 4, 4, 2; one step
     # a second run on the same GPU, data and model takes the probe's result from the clip cache

@@ -10,8 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench import gpt_train  # noqa: E402
-from bench.stack_sampler import StackSampler  # noqa: E402
+from bench import gpt_train
+from bench.stack_sampler import StackSampler
 
 
 def _wait_in_outer(seconds: float) -> None:
@@ -52,7 +52,10 @@ def test_stack_sampler_charges_wall_time_to_the_functions_on_the_stack(tmp_path:
 def test_compile_facts_reads_torchs_counters_and_phase_times(monkeypatch: pytest.MonkeyPatch) -> None:
     from torch._dynamo import utils as dynamo_utils
 
-    text = "TorchDynamo compilation metrics:\nFunction, Runtimes (s)\n_compile.compile_inner, 12.5\nbytecode_tracing, 2.25\nbad, x\n"
+    text = (
+        "TorchDynamo compilation metrics:\nFunction, Runtimes (s)\n"
+        "_compile.compile_inner, 12.5\nbytecode_tracing, 2.25\nbad, x\n"
+    )
     monkeypatch.setattr(dynamo_utils, "compile_times", lambda repr="str", aggregate=False: text)
     monkeypatch.setattr(dynamo_utils, "counters", {"inductor": {"fxgraph_cache_hit": 3}, "empty": {}})
     facts = gpt_train.compile_facts()

@@ -18,15 +18,24 @@ from utils.training import checkpoints
 from utils.training.checkpoints import load_checkpoint
 
 
-def test_best_model_written_beside_training_holds_its_evaluations_weights(tiny_base: Path, demo_en: Path,
-                                                                          tmp_path: Path, monkeypatch, caplog) -> None:  # fmt: skip
+def test_best_model_written_beside_training_holds_its_evaluations_weights(
+    tiny_base: Path, demo_en: Path, tmp_path: Path, monkeypatch, caplog
+) -> None:
     from utils.training.compat import unwrap_model
     from utils.training.trainer import ToolkitTrainer
 
     # the first best model's write stops for 3 s after its first MiB
     monkeypatch.setenv("XTTS_TOOLKIT_TEST_SAVE_PAUSE", "best_model_5.pth:3.0")
-    values = {"epochs": 2, "batch_size": 2, "grad_accum": 1, "num_loader_workers": 0, "lr": 5e-5,
-              "save_every_steps": 10_000, "keep_checkpoints": 1, "seed": 3}  # fmt: skip
+    values = {
+        "epochs": 2,
+        "batch_size": 2,
+        "grad_accum": 1,
+        "num_loader_workers": 0,
+        "lr": 5e-5,
+        "save_every_steps": 10_000,
+        "keep_checkpoints": 1,
+        "seed": 3,
+    }
     config = build_config(resolve(dataset_hours=0.01, cli=values), tiny_base, output_path=tmp_path, language="en")
     config.save_all_best = True
     at_eval: dict[int, dict[str, torch.Tensor]] = {}
@@ -39,11 +48,18 @@ def test_best_model_written_beside_training_holds_its_evaluations_weights(tiny_b
 
     monkeypatch.setattr(ToolkitTrainer, "_save_best_if_improved", remember)
     steps: dict[int, float] = {}
-    bus = EventBus([lambda e: steps.setdefault(int(e.data["total_steps"]), time.time())
-                    if e.kind is EventKind.PROGRESS else None])  # fmt: skip
+    bus = EventBus(
+        [lambda e: steps.setdefault(int(e.data["total_steps"]), time.time()) if e.kind is EventKind.PROGRESS else None]
+    )
     with caplog.at_level(logging.INFO, logger="utils.training.trainer"):
-        result = train(config, read_demo_samples(demo_en / "metadata_train.csv"),
-                       read_demo_samples(demo_en / "metadata_eval.csv"), progress=False, plots=False, events=bus)  # fmt: skip
+        result = train(
+            config,
+            read_demo_samples(demo_en / "metadata_train.csv"),
+            read_demo_samples(demo_en / "metadata_eval.csv"),
+            progress=False,
+            plots=False,
+            events=bus,
+        )
     run = result.run_dir
     written = [r for r in caplog.records if "best_model_5.pth (written in" in r.getMessage()]
     assert len(written) == 1 and "beside training" in written[0].getMessage()

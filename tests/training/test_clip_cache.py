@@ -69,8 +69,9 @@ def test_second_preparation_reads_everything_from_disk(model_and_rows, monkeypat
     assert not list(cache.glob(".*.tmp"))  # every file was written whole
 
 
-def test_a_second_preparation_takes_the_lengths_from_the_index_without_opening_a_waveform(model_and_rows, monkeypatch,
-                                                                                        tmp_path):  # fmt: skip
+def test_a_second_preparation_takes_the_lengths_from_the_index_without_opening_a_waveform(
+    model_and_rows, monkeypatch, tmp_path
+):
     import json
 
     import numpy as np
@@ -163,8 +164,9 @@ def test_clips_decoded_on_several_threads_come_back_in_the_rows_order(model_and_
 
     assert fast_data.decode_workers(1) == 1 and 1 <= fast_data.decode_workers(10_000) <= 8
     monkeypatch.setattr(fast_data, "decode_workers", lambda clips: 3)
-    items, excluded = fast_data.prepare_clip_cache(model, rows, tmp_path / "cache", device="cpu", load_audio=slow_load,
-                                                   progress=False)  # fmt: skip
+    items, excluded = fast_data.prepare_clip_cache(
+        model, rows, tmp_path / "cache", device="cpu", load_audio=slow_load, progress=False
+    )
     assert len(threads) == 3
     assert [it.source for it in items] == [r["audio_file"] for i, r in enumerate(rows) if i != 2]
     assert [(e["audio_file"], e["reason"]) for e in excluded] == [(rows[2]["audio_file"], "empty_text")]

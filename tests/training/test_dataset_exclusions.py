@@ -18,8 +18,13 @@ def test_failed_row_is_replaced_and_recorded(tiny_base: Path, demo_en: Path, tmp
     rows = read_demo_samples(demo_en / "metadata_train.csv")[:3]
     rows[1] = {**rows[1], "audio_file": str(tmp_path / "gone.wav")}
     rows.append({**rows[0], "text": "x" * 600})  # over max_text_length tokens
-    ds = ToolkitXTTSDataset(config, rows, load_tokenizer(tiny_base / "vocab.json"), 22050,
-                            exclusions_path=tmp_path / "runtime_exclusions.jsonl")  # fmt: skip
+    ds = ToolkitXTTSDataset(
+        config,
+        rows,
+        load_tokenizer(tiny_base / "vocab.json"),
+        22050,
+        exclusions_path=tmp_path / "runtime_exclusions.jsonl",
+    )
     item = ds[1]
     assert item["filenames"] == rows[2]["audio_file"]  # the next row, not row 1 and not sample 1
     assert ds[3]["filenames"] == rows[0]["audio_file"]  # wraps around past the end

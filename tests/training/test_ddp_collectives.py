@@ -21,10 +21,24 @@ def test_shared_lr_decisions_averaged_gradients_broadcast_weights(tmp_path: Path
     # Rank 0 improves then stalls; rank 1 keeps worsening: alone they would cut the LR at different evaluations.
     losses = [[1.0, 0.9, 0.8, 0.8, 0.8, 0.8, 0.8], [2.0, 2.1, 2.2, 1.5, 1.4, 1.45, 1.5]]
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         str(REPO_ROOT / "tests" / "training" / "ddp_targets.py"), str(tmp_path), json.dumps(losses), "1"],
-        cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(REPO_ROOT / "tests" / "training" / "ddp_targets.py"),
+            str(tmp_path),
+            json.dumps(losses),
+            "1",
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
     assert r0["world"] == 2 and r1["world"] == 2

@@ -25,9 +25,27 @@ ENTRY = REPO_ROOT / "tests" / "training" / "ddp_entry.py"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 # 10 train rows, micro-batch 2: 5 batches per epoch, 3 per rank (one padded); grad_accum 2 over
 # 2 ranks = 1 per rank, so 3 optimizer steps (and evaluations) per epoch.
-OPTIONS = ["--batch-size", "2", "--grad-accum", "2", "--eval-every-steps", "1", "--num-workers", "0",
-           "--save-every-steps", "10000", "--keep-checkpoints", "1", "--lr", "1e-5", "--test-sentences", "0",
-           "--no-export", "--no-progress", "--no-plots"]  # fmt: skip
+OPTIONS = [
+    "--batch-size",
+    "2",
+    "--grad-accum",
+    "2",
+    "--eval-every-steps",
+    "1",
+    "--num-workers",
+    "0",
+    "--save-every-steps",
+    "10000",
+    "--keep-checkpoints",
+    "1",
+    "--lr",
+    "1e-5",
+    "--test-sentences",
+    "0",
+    "--no-export",
+    "--no-progress",
+    "--no-plots",
+]
 
 
 def _env() -> dict[str, str]:
@@ -35,7 +53,9 @@ def _env() -> dict[str, str]:
 
 
 def _torchrun(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*TORCHRUN, *args], cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [*TORCHRUN, *args], cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _ranks(out: Path, n: int = 2) -> list[dict]:
@@ -51,12 +71,33 @@ def ddp_run(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("ddp")
     out, runs = root / "ranks", root / "runs"
     started = time.monotonic()
-    proc = _torchrun(["--standalone", "--nproc-per-node", "2", str(ENTRY), str(out), "--demo", "--base-model",
-                      str(tiny_base), "--output-path", str(runs), "--epochs", "2", *OPTIONS])  # fmt: skip
+    proc = _torchrun(
+        [
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(ENTRY),
+            str(out),
+            "--demo",
+            "--base-model",
+            str(tiny_base),
+            "--output-path",
+            str(runs),
+            "--epochs",
+            "2",
+            *OPTIONS,
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     run_dir = Path(proc.stdout.strip().splitlines()[-1])
-    return {"ranks": _ranks(out), "runs": runs, "run_dir": run_dir, "stdout": proc.stdout, "stderr": proc.stderr,
-            "seconds": time.monotonic() - started}  # fmt: skip
+    return {
+        "ranks": _ranks(out),
+        "runs": runs,
+        "run_dir": run_dir,
+        "stdout": proc.stdout,
+        "stderr": proc.stderr,
+        "seconds": time.monotonic() - started,
+    }
 
 
 def test_ranks_end_bit_identical_after_training(ddp_run: dict) -> None:
@@ -111,11 +152,30 @@ def test_resume_two_then_one_then_two_machines(ddp_run: dict, tiny_base: Path, t
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "ranks"
-    agent = [*TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
-             f"127.0.0.1:{port}", "--rdzv-id", "rehearsal", str(ENTRY), str(out), "--continue", str(run_dir),
-             "--epochs", "4", "--no-progress"]  # fmt: skip
-    agents = [subprocess.Popen(agent, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-              for _ in range(2)]  # fmt: skip
+    agent = [
+        *TORCHRUN,
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        "rehearsal",
+        str(ENTRY),
+        str(out),
+        "--continue",
+        str(run_dir),
+        "--epochs",
+        "4",
+        "--no-progress",
+    ]
+    agents = [
+        subprocess.Popen(agent, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     results = [p.communicate(timeout=300) for p in agents]
     assert [p.returncode for p in agents] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
     r0, r1 = _ranks(out)
@@ -131,10 +191,28 @@ def test_resume_two_then_one_then_two_machines(ddp_run: dict, tiny_base: Path, t
 def test_one_rank_failing_stops_both_with_its_error_once(tiny_base: Path, tmp_path: Path) -> None:
     started = time.monotonic()
     proc = subprocess.run(
-        [*TORCHRUN, "--standalone", "--nproc-per-node", "2", str(ENTRY), str(tmp_path / "ranks"), "--demo",
-         "--base-model", str(tiny_base), "--output-path", str(tmp_path / "runs"), "--epochs", "1", *OPTIONS],
-        cwd=REPO_ROOT, env={**_env(), "XTTS_TEST_FAIL_RANK": "1"}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            *TORCHRUN,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(ENTRY),
+            str(tmp_path / "ranks"),
+            "--demo",
+            "--base-model",
+            str(tiny_base),
+            "--output-path",
+            str(tmp_path / "runs"),
+            "--epochs",
+            "1",
+            *OPTIONS,
+        ],
+        cwd=REPO_ROOT,
+        env={**_env(), "XTTS_TEST_FAIL_RANK": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     seconds = time.monotonic() - started
     assert proc.returncode != 0
     assert proc.stderr.count("rank-specific bad row; fix the CSV") == 1, proc.stderr[-4000:]
@@ -146,18 +224,31 @@ def test_one_rank_failing_stops_both_with_its_error_once(tiny_base: Path, tmp_pa
     assert seconds < 120 and not (tmp_path / "ranks").exists()
 
 
-def test_gpus_option_reports_a_workers_error_as_one_line(tmp_path: Path, tiny_base: Path,
-                                                         capfd: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_gpus_option_reports_a_workers_error_as_one_line(
+    tmp_path: Path, tiny_base: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     """--gpus 2 runs torch.distributed.run in this process; rank 0's preparation fails."""
+    import signal
+
     from utils import cli
     from utils.gpt_train import main
 
-    import signal
-
     missing = tmp_path / "no_such_dataset"
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    code = cli.run(main, ["--gpus", "2", "--dataset", str(missing), "--base-model", str(tiny_base),
-                          "--output-path", str(tmp_path / "runs"), "--no-progress"])  # fmt: skip
+    code = cli.run(
+        main,
+        [
+            "--gpus",
+            "2",
+            "--dataset",
+            str(missing),
+            "--base-model",
+            str(tiny_base),
+            "--output-path",
+            str(tmp_path / "runs"),
+            "--no-progress",
+        ],
+    )
     err = capfd.readouterr().err
     assert code == 2
     # the elastic agent's signal handlers do not outlive the launch (Ctrl-C keeps its meaning here)
@@ -173,8 +264,20 @@ def test_gpt_train_demo_with_gpus_2_on_cpu(tmp_path: Path, tiny_base: Path, capf
     from utils import cli
     from utils.gpt_train import main
 
-    argv = ["--demo", "--gpus", "2", "--base-model", str(tiny_base), "--output-path", str(tmp_path), "--epochs", "2",
-            "--no-progress", "--test-sentences", "0"]  # fmt: skip
+    argv = [
+        "--demo",
+        "--gpus",
+        "2",
+        "--base-model",
+        str(tiny_base),
+        "--output-path",
+        str(tmp_path),
+        "--epochs",
+        "2",
+        "--no-progress",
+        "--test-sentences",
+        "0",
+    ]
     assert cli.run(main, argv) == 0
     run_dir = Path(capfd.readouterr().out.strip().splitlines()[-1])
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == [run_dir.name]

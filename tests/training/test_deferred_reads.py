@@ -23,8 +23,19 @@ from utils.training.model import ToolkitGPTTrainer
 
 def _run(tiny_base: Path, demo_en: Path, out: Path, monkeypatch, read_every: int, **cli):
     monkeypatch.setattr(trainer_mod, "default_read_every", lambda: read_every)
-    values = {"epochs": 2, "batch_size": 2, "grad_accum": 2, "num_loader_workers": 0, "lr": 5e-5, "grad_clip": 0.5,
-              "save_every_steps": 10_000, "keep_checkpoints": 1, "update_ratio_every": 0, "seed": 7, **cli}  # fmt: skip
+    values = {
+        "epochs": 2,
+        "batch_size": 2,
+        "grad_accum": 2,
+        "num_loader_workers": 0,
+        "lr": 5e-5,
+        "grad_clip": 0.5,
+        "save_every_steps": 10_000,
+        "keep_checkpoints": 1,
+        "update_ratio_every": 0,
+        "seed": 7,
+        **cli,
+    }
     config = build_config(resolve(dataset_hours=0.01, cli=values), tiny_base, output_path=out, language="en")
     config.optimizer_params = {**(config.optimizer_params or {}), "fused": True}
     train_rows = read_demo_samples(demo_en / "metadata_train.csv")

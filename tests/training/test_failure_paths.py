@@ -5,7 +5,6 @@ Each failure gives one line with the way forward and exit code 2, and loses noth
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
 import shutil
@@ -37,7 +36,7 @@ def _script_main(name: str):
 
 def _one_error_line(capsys) -> str:
     err = capsys.readouterr().err
-    lines = [ln[ln.index("error:"):] for ln in err.replace("\r", "\n").splitlines() if "error:" in ln]
+    lines = [ln[ln.index("error:") :] for ln in err.replace("\r", "\n").splitlines() if "error:" in ln]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
 
@@ -78,10 +77,18 @@ def test_unwritable_outputs_refused_at_once(tmp_path, read_only_dir, demo_en, ca
         ("prepare_dataset", [str(wav), "--out", str(read_only_dir / "ds"), "--whisper-model", "/nope"], "--out"),
         ("import_srt", [str(wav), str(srt), "--out", str(a_file)], "--out"),
         ("merge_datasets", [str(demo_en), str(demo_en), "--out", str(read_only_dir / "m")], "--out"),
-        ("validate_dataset", [str(demo_en / "metadata_train.csv"), "--report", str(read_only_dir / "r.json")], "--report"),
+        (
+            "validate_dataset",
+            [str(demo_en / "metadata_train.csv"), "--report", str(read_only_dir / "r.json")],
+            "--report",
+        ),
         # the model folders do not exist: the output check comes first
         ("export_model", [str(tmp_path / "no_run"), "--out", str(read_only_dir / "e")], "--out"),
-        ("synthesize", ["--model", str(tmp_path / "no_run"), "--text", "Hi.", "--out", str(read_only_dir / "a.wav")], "--out"),
+        (
+            "synthesize",
+            ["--model", str(tmp_path / "no_run"), "--text", "Hi.", "--out", str(read_only_dir / "a.wav")],
+            "--out",
+        ),
         ("synthesize", ["--model", str(tmp_path / "no_run"), "--text", "Hi.", "--out", str(a_file)], "--out"),
         ("evaluate", [str(tmp_path / "no_run"), "--out", str(a_file)], "--out"),
     ]
@@ -110,8 +117,9 @@ def test_gpt_train_unwritable_output_path(tmp_path, read_only_dir, tiny_base, de
 
 
 def test_disk_full_removes_partial_and_names_the_way_on(small_disk: Path) -> None:
-    good = checkpoints.atomic_torch_save({"model": {"w": torch.ones(1000)}, "optimizer": [{"x": 1}]},
-                                         small_disk / "checkpoint_2.pth")  # fmt: skip
+    good = checkpoints.atomic_torch_save(
+        {"model": {"w": torch.ones(1000)}, "optimizer": [{"x": 1}]}, small_disk / "checkpoint_2.pth"
+    )
     before = good.read_bytes()
     big = {"model": {"w": torch.ones(4_000_000)}, "optimizer": [{}]}  # 16 MB into a 6 MB disk
     with pytest.raises(checkpoints.DiskFullError) as info:
@@ -151,8 +159,19 @@ def test_ctrl_c_during_a_save_finishes_the_file_first(tmp_path: Path, monkeypatc
 def test_ctrl_c_twice_in_a_real_run_saves_and_prints_the_continue_command(tmp_path: Path) -> None:
     out = tmp_path / "runs"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, str(REPO_ROOT / "utils" / "gpt_train.py"), "--demo", "--epochs", "50", "--no-progress",
-           "--output-path", str(out), "--test-sentences", "0", "--no-export"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(REPO_ROOT / "utils" / "gpt_train.py"),
+        "--demo",
+        "--epochs",
+        "50",
+        "--no-progress",
+        "--output-path",
+        str(out),
+        "--test-sentences",
+        "0",
+        "--no-export",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and not list(out.glob("*/metrics.jsonl")):
@@ -179,8 +198,9 @@ def test_truncated_newest_checkpoint_is_skipped_with_the_reason(tmp_path, caplog
 
     run = tmp_path / "run"
     run.mkdir()
-    good = checkpoints.atomic_torch_save({"model": {"w": torch.ones(10_000)}, "optimizer": [{"s": 1}]},
-                                         run / "checkpoint_20.pth")  # fmt: skip
+    good = checkpoints.atomic_torch_save(
+        {"model": {"w": torch.ones(10_000)}, "optimizer": [{"s": 1}]}, run / "checkpoint_20.pth"
+    )
     (run / "checkpoint_25.pth").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with caplog.at_level("WARNING"):
         assert resume_checkpoint(run) == good
@@ -216,8 +236,9 @@ def test_divergence_before_any_checkpoint_goes_back_to_the_starting_weights(tiny
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-def test_unrecoverable_divergence_without_checkpoint_recommends_a_command_that_works(tiny_base, demo_en, tmp_path,
-                                                                                      monkeypatch):  # fmt: skip
+def test_unrecoverable_divergence_without_checkpoint_recommends_a_command_that_works(
+    tiny_base, demo_en, tmp_path, monkeypatch
+):
     _poison_weights_at(monkeypatch, set(range(100)))  # every step diverges
     with pytest.raises(DivergenceError) as info:
         _run(tiny_base, demo_en, tmp_path, divergence_max_recoveries=2)
@@ -233,8 +254,22 @@ def test_resume_keeps_health_steps_and_train_loss(tiny_base, demo_en, tmp_path) 
     from utils.gpt_train import main
 
     out = tmp_path / "runs"
-    common = ["--base-model", str(tiny_base), "--dataset", str(demo_en), "--language", "en", "--no-progress",
-              "--test-sentences", "0", "--no-export", "--batch-size", "2", "--grad-accum", "1"]  # fmt: skip
+    common = [
+        "--base-model",
+        str(tiny_base),
+        "--dataset",
+        str(demo_en),
+        "--language",
+        "en",
+        "--no-progress",
+        "--test-sentences",
+        "0",
+        "--no-export",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "1",
+    ]
     # 8 train rows, batch 2: 4 steps per epoch; Coqui saves inside the step after 2 steps done, so
     # checkpoint_3.pth holds the state after 3 steps (and the final one checkpoint_4.pth)
     assert main([*common, "--epochs", "1", "--save-every-steps", "2", "--output-path", str(out)]) == 0
@@ -247,8 +282,22 @@ def test_resume_keeps_health_steps_and_train_loss(tiny_base, demo_en, tmp_path) 
 def test_no_progress_prints_no_bars(tiny_base, demo_en, tmp_path, capfd) -> None:
     from utils.gpt_train import main
 
-    argv = ["--base-model", str(tiny_base), "--dataset", str(demo_en), "--language", "en", "--epochs", "1",
-            "--no-progress", "--test-sentences", "0", "--no-export", "--output-path", str(tmp_path / "runs")]  # fmt: skip
+    argv = [
+        "--base-model",
+        str(tiny_base),
+        "--dataset",
+        str(demo_en),
+        "--language",
+        "en",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--test-sentences",
+        "0",
+        "--no-export",
+        "--output-path",
+        str(tmp_path / "runs"),
+    ]
     assert main(argv) == 0
     err = capfd.readouterr().err
     assert "%|" not in err and "clip/s" not in err, [ln for ln in err.splitlines() if "%|" in ln][:3]
@@ -262,7 +311,9 @@ def test_language_zh_and_a_base_model_file_get_the_fix(tiny_base, demo_copy, tmp
 
     common = ["--dataset", str(demo_copy), "--epochs", "1", "--output-path", str(tmp_path / "runs")]
     assert cli.run(main, [*common, "--base-model", str(tiny_base), "--language", "zh"]) == 2
-    assert _one_error_line(capsys) == "error: 'zh': XTTS v2's code for Mandarin Chinese is 'zh-cn'; use --language zh-cn"
+    assert (
+        _one_error_line(capsys) == "error: 'zh': XTTS v2's code for Mandarin Chinese is 'zh-cn'; use --language zh-cn"
+    )
     assert cli.run(main, [*common, "--base-model", str(tiny_base / "model.pth"), "--language", "en"]) == 2
     line = _one_error_line(capsys)
     assert "is a file" in line and f"--base-model {tiny_base}" in line, line
@@ -295,11 +346,16 @@ def test_a_path_outside_the_dataset_names_the_way_out(tmp_path, demo_en) -> None
     shutil.copy(demo_en / "wavs" / "en_001.wav", tmp_path / "outside.wav")
     (ds / "metadata.csv").write_text("audio_file|text|speaker_name\n../outside.wav|The quick brown fox.|demo\n")
     (row,) = run_preflight(ds / "metadata.csv", language="en", progress=False).excluded
-    assert row["reason"] == "path_outside_dataset" and "--dataset-root" in row["detail"] and "move the file" in row["detail"]
+    assert (
+        row["reason"] == "path_outside_dataset"
+        and "--dataset-root" in row["detail"]
+        and "move the file" in row["detail"]
+    )
 
 
 def test_the_starting_weights_are_copied_beside_the_first_step_and_complete_before_it_changes_them(
-        tiny_base, demo_en, tmp_path, monkeypatch):  # fmt: skip
+    tiny_base, demo_en, tmp_path, monkeypatch
+):
     """The start copy (for divergence before any checkpoint) runs on a thread while the first step
     computes; the first optimizer step waits for it, so it holds the weights from before that step."""
     times: dict[str, float] = {}

@@ -22,8 +22,17 @@ from utils.training.model import ToolkitGPTTrainer
 
 
 def _run(tiny_base: Path, demo_en: Path, out: Path, extra: dict | None = None, n_train: int | None = None, **cli):
-    values = {"epochs": 2, "batch_size": 2, "grad_accum": 1, "num_loader_workers": 0, "lr": 5e-5,
-              "save_every_steps": 10_000, "keep_checkpoints": 1, "update_ratio_every": 0, **cli}  # fmt: skip
+    values = {
+        "epochs": 2,
+        "batch_size": 2,
+        "grad_accum": 1,
+        "num_loader_workers": 0,
+        "lr": 5e-5,
+        "save_every_steps": 10_000,
+        "keep_checkpoints": 1,
+        "update_ratio_every": 0,
+        **cli,
+    }
     config = build_config(resolve(dataset_hours=0.01, cli=values), tiny_base, output_path=out, language="en")
     config.toolkit["hparams"].update(extra or {})
     train_rows = read_demo_samples(demo_en / "metadata_train.csv")[:n_train]
@@ -94,8 +103,19 @@ def test_loss_spike_and_clipping_saturation(tiny_base, demo_en, tmp_path, monkey
     extra = {"ema_alpha": 0.5, "spike_burn_in": 2}
     # update/weight ratio measured every 2 optimizer steps; at LR 5e-5 it is ~1e-4, so a floor of 0.1
     # flags every parameter group as "LR too small" (once each)
-    result = _run(tiny_base, demo_en, tmp_path, extra=extra, spike_window=3, spike_ratio=0.3, grad_clip=0.05,
-                  clip_window=4, clip_share=0.5, update_ratio_every=2, update_ratio_low=0.1)  # fmt: skip
+    result = _run(
+        tiny_base,
+        demo_en,
+        tmp_path,
+        extra=extra,
+        spike_window=3,
+        spike_ratio=0.3,
+        grad_clip=0.05,
+        clip_window=4,
+        clip_share=0.5,
+        update_ratio_every=2,
+        update_ratio_low=0.1,
+    )
     names = [e["event"] for e in result.events]
     assert names.count("loss_spike") == 1 and names.count("clipping_saturation") == 1
     small = [e for e in result.events if e["event"] == "lr_too_small"]
@@ -124,8 +144,17 @@ def test_flat_then_rising_eval_loss_plateau_overfitting_early_stop(tiny_base, de
 
     monkeypatch.setattr(ToolkitGPTTrainer, "eval_step", eval_step)
     # 4 training rows: 2 optimizer steps per epoch, one evaluation per epoch
-    result = _run(tiny_base, demo_en, tmp_path, n_train=4, epochs=7, lr=2e-4, plateau_window=2, overfit_window=2,
-                  early_stop_patience=4)  # fmt: skip
+    result = _run(
+        tiny_base,
+        demo_en,
+        tmp_path,
+        n_train=4,
+        epochs=7,
+        lr=2e-4,
+        plateau_window=2,
+        overfit_window=2,
+        early_stop_patience=4,
+    )
     evals = [r["eval_loss"] for r in result.records]
     assert evals == pytest.approx(scripted[:6])  # stopped after the 6th evaluation, not 7
     assert result.stop_reason == "early_stopping" and result.total_steps == 12

@@ -8,7 +8,9 @@ from utils.training.lr_schedule import LRBridge, ScheduleSpec
 
 def _bridge(**kw) -> LRBridge:
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
-    spec = ScheduleSpec(name="ReduceLROnPlateau", **{"base_lr": 1e-5, "min_lr": 1e-7, "factor": 0.5, "patience": 5, **kw})
+    spec = ScheduleSpec(
+        name="ReduceLROnPlateau", **{"base_lr": 1e-5, "min_lr": 1e-7, "factor": 0.5, "patience": 5, **kw}
+    )
     return LRBridge(opt, spec)
 
 

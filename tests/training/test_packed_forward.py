@@ -15,9 +15,20 @@ def _gpt(dropout: float = 0.0):
     from TTS.tts.layers.xtts.gpt import GPT
 
     torch.manual_seed(0)
-    gpt = GPT(layers=2, model_dim=64, heads=4, max_text_tokens=60, max_mel_tokens=120, max_prompt_tokens=70,
-              number_text_tokens=300, num_audio_tokens=1026, start_audio_token=1024, stop_audio_token=1025,
-              use_perceiver_resampler=True, label_smoothing=0.0)  # fmt: skip
+    gpt = GPT(
+        layers=2,
+        model_dim=64,
+        heads=4,
+        max_text_tokens=60,
+        max_mel_tokens=120,
+        max_prompt_tokens=70,
+        number_text_tokens=300,
+        num_audio_tokens=1026,
+        start_audio_token=1024,
+        stop_audio_token=1025,
+        use_perceiver_resampler=True,
+        label_smoothing=0.0,
+    )
     for m in gpt.gpt.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = dropout
@@ -37,16 +48,23 @@ def _batch(b: int = 5, seed: int = 1) -> dict:
     for i, n in enumerate(text_lengths.tolist()):
         text[i, n:] = 0  # Coqui's collate pads text with zeros
     cond_idxs = torch.stack([torch.zeros(b, dtype=torch.long), torch.randint(5000, 60000, (b,), generator=g)], 1)
-    return {"text_inputs": text, "text_lengths": text_lengths, "audio_codes": codes, "wav_lengths": wav_lengths,
-            "cond_mels": torch.randn(b, 1, 80, 200, generator=g), "cond_idxs": cond_idxs,
-            "cond_lens": None}  # fmt: skip
+    return {
+        "text_inputs": text,
+        "text_lengths": text_lengths,
+        "audio_codes": codes,
+        "wav_lengths": wav_lengths,
+        "cond_mels": torch.randn(b, 1, 80, 200, generator=g),
+        "cond_idxs": cond_idxs,
+        "cond_lens": None,
+    }
 
 
 def _losses_and_grads(gpt, batch: dict, forward):
     gpt.zero_grad(set_to_none=True)
     args = copy.deepcopy(batch)  # Coqui's forward divides cond_idxs in place
-    loss_text, loss_mel, _ = forward(args.pop("text_inputs"), args.pop("text_lengths"), args.pop("audio_codes"),
-                                     args.pop("wav_lengths"), **args)  # fmt: skip
+    loss_text, loss_mel, _ = forward(
+        args.pop("text_inputs"), args.pop("text_lengths"), args.pop("audio_codes"), args.pop("wav_lengths"), **args
+    )
     (loss_text + loss_mel).backward()
     grads = torch.cat([p.grad.flatten() for p in gpt.parameters() if p.grad is not None])
     return float(loss_text.detach()), float(loss_mel.detach()), grads
@@ -73,7 +91,9 @@ def test_rounded_rows_keep_coquis_losses_and_gradients():
     batch = _batch(seed=3)
     stock = _losses_and_grads(gpt, batch, gpt.forward)
     lengths = []
-    hook = gpt.gpt.register_forward_pre_hook(lambda m, a, k: lengths.append(k["inputs_embeds"].shape[1]), with_kwargs=True)
+    hook = gpt.gpt.register_forward_pre_hook(
+        lambda m, a, k: lengths.append(k["inputs_embeds"].shape[1]), with_kwargs=True
+    )
     gpt._toolkit_pack_multiple = 1
     exact = _losses_and_grads(gpt, batch, lambda *a, **k: packed.packed_forward(gpt, *a, **k))
     gpt._toolkit_pack_multiple = 16
@@ -125,7 +145,9 @@ def test_attention_runs_causal_without_a_mask(monkeypatch):
 
     checks = []
     find = masking_utils.find_packed_sequence_indices
-    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda *a, **k: checks.append(1) or find(*a, **k))
+    monkeypatch.setattr(
+        masking_utils, "find_packed_sequence_indices", lambda *a, **k: checks.append(1) or find(*a, **k)
+    )
     batch = _batch()
     packed.packed_forward(gpt, **batch)
     gpt_blocks = len(gpt.gpt.h)

@@ -14,9 +14,20 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def test_training_curves_png(tmp_path) -> None:
     assert plot_training(tmp_path) is None  # nothing to plot yet
-    recs = [{"optimizer_step": s, "train_loss": 7 - s / 10, "eval_loss": 7.1 - s / 12, "lr": 1e-5, "grad_norm": 2.0,
-             "train_loss_mel_ce": 6.9, "eval_loss_mel_ce": 7.0, "train_loss_text_ce": 0.1, "eval_loss_text_ce": None}
-            for s in (5, 10, 15)]  # fmt: skip
+    recs = [
+        {
+            "optimizer_step": s,
+            "train_loss": 7 - s / 10,
+            "eval_loss": 7.1 - s / 12,
+            "lr": 1e-5,
+            "grad_norm": 2.0,
+            "train_loss_mel_ce": 6.9,
+            "eval_loss_mel_ce": 7.0,
+            "train_loss_text_ce": 0.1,
+            "eval_loss_text_ce": None,
+        }
+        for s in (5, 10, 15)
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     (tmp_path / "events.jsonl").write_text(json.dumps({"event": "plateau", "optimizer_step": 10}) + "\n")
     path = plot_training(tmp_path)
@@ -27,9 +38,26 @@ def test_training_curves_png(tmp_path) -> None:
 
 def test_preview_schedule_writes_png_and_exits(tmp_path, capsys) -> None:
     dest = tmp_path / "lr.png"
-    code = main(["--dataset", str(REPO / "demo" / "en"), "--dataset-hours", "20", "--lr-scheduler", "cosine",
-                 "--warmup-steps", "2", "--epochs", "30", "--batch-size", "2", "--grad-accum", "1",
-                 "--preview-schedule", str(dest)])  # fmt: skip
+    code = main(
+        [
+            "--dataset",
+            str(REPO / "demo" / "en"),
+            "--dataset-hours",
+            "20",
+            "--lr-scheduler",
+            "cosine",
+            "--warmup-steps",
+            "2",
+            "--epochs",
+            "30",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+            "--preview-schedule",
+            str(dest),
+        ]
+    )
     assert code == 0
     assert Path(capsys.readouterr().out.strip()) == dest
     assert dest.read_bytes()[:8] == PNG
@@ -37,8 +65,25 @@ def test_preview_schedule_writes_png_and_exits(tmp_path, capsys) -> None:
 
 
 def test_dry_run_reports_planned_steps_and_milestones_that_never_fire(capsys) -> None:
-    code = main(["--dataset", str(REPO / "demo" / "en"), "--dataset-hours", "20", "--lr-scheduler", "MultiStepLR",
-                 "--milestones", "10,500", "--epochs", "4", "--batch-size", "2", "--grad-accum", "1", "--dry-run"])  # fmt: skip
+    code = main(
+        [
+            "--dataset",
+            str(REPO / "demo" / "en"),
+            "--dataset-hours",
+            "20",
+            "--lr-scheduler",
+            "MultiStepLR",
+            "--milestones",
+            "10,500",
+            "--epochs",
+            "4",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+            "--dry-run",
+        ]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["planned_optimizer_steps"] == 20  # 10 rows / batch 2 = 5 optimizer steps x 4 epochs
@@ -50,7 +95,28 @@ def test_schedule_that_gives_zero_lr_is_refused_before_training(tiny_base, tmp_p
     from utils.errors import ConfigError
 
     with pytest.raises(ConfigError, match="LR 1e-300 at optimizer step 1 "):
-        main(["--base-model", str(tiny_base), "--dataset", str(REPO / "demo" / "en"), "--output-path", str(tmp_path),
-              "--lr-scheduler", "MultiStepLR", "--milestones", "1,2,3,4,5,6,7,8,9", "--gamma", "1e-300", "--min-lr",
-              "1e-300", "--lr", "1e-5", "--batch-size", "2", "--grad-accum", "1"])  # fmt: skip
+        main(
+            [
+                "--base-model",
+                str(tiny_base),
+                "--dataset",
+                str(REPO / "demo" / "en"),
+                "--output-path",
+                str(tmp_path),
+                "--lr-scheduler",
+                "MultiStepLR",
+                "--milestones",
+                "1,2,3,4,5,6,7,8,9",
+                "--gamma",
+                "1e-300",
+                "--min-lr",
+                "1e-300",
+                "--lr",
+                "1e-5",
+                "--batch-size",
+                "2",
+                "--grad-accum",
+                "1",
+            ]
+        )
     assert not list(tmp_path.glob("xtts_ft_*"))

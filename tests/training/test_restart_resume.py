@@ -19,8 +19,24 @@ from utils.gpt_train import main
 from utils.training.checkpoints import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
-COMMON = ["--lr", "5e-5", "--batch-size", "2", "--grad-accum", "1", "--num-workers", "0", "--save-every-steps", "4",
-          "--keep-checkpoints", "1", "--no-progress", "--no-plots", "--test-sentences", "0"]  # fmt: skip
+COMMON = [
+    "--lr",
+    "5e-5",
+    "--batch-size",
+    "2",
+    "--grad-accum",
+    "1",
+    "--num-workers",
+    "0",
+    "--save-every-steps",
+    "4",
+    "--keep-checkpoints",
+    "1",
+    "--no-progress",
+    "--no-plots",
+    "--test-sentences",
+    "0",
+]
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -33,8 +49,21 @@ def _last_line(capsys) -> Path:
 
 def test_amharic_continue_keeps_step_lr_and_extended_vocabulary(tiny_base, tmp_path, capsys):
     # warmup 8 optimizer steps: the LR depends on the step, so a reset would show
-    args = ["--base-model", str(tiny_base), "--dataset", str(REPO / "demo" / "am"), "--language", "am",
-            "--output-path", str(tmp_path), "--epochs", "1", "--warmup-steps", "8", *COMMON]  # fmt: skip
+    args = [
+        "--base-model",
+        str(tiny_base),
+        "--dataset",
+        str(REPO / "demo" / "am"),
+        "--language",
+        "am",
+        "--output-path",
+        str(tmp_path),
+        "--epochs",
+        "1",
+        "--warmup-steps",
+        "8",
+        *COMMON,
+    ]
     assert main(args) == 0
     run_dir = _last_line(capsys)
     first = _records(run_dir)
@@ -67,8 +96,19 @@ def test_continue_refuses_changed_hyperparameters(tmp_path):
 def killed_and_continued(tiny_base, tmp_path_factory):
     """An English run killed with SIGKILL in the middle of writing checkpoint_9.pth, then --continue'd."""
     out = tmp_path_factory.mktemp("killed")
-    cmd = [sys.executable, str(REPO / "utils" / "gpt_train.py"), "--base-model", str(tiny_base), "--dataset",
-           str(REPO / "demo" / "en"), "--output-path", str(out), "--epochs", "2", *COMMON]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(REPO / "utils" / "gpt_train.py"),
+        "--base-model",
+        str(tiny_base),
+        "--dataset",
+        str(REPO / "demo" / "en"),
+        "--output-path",
+        str(out),
+        "--epochs",
+        "2",
+        *COMMON,
+    ]
     env = {**os.environ, "XTTS_TOOLKIT_TEST_SAVE_PAUSE": "checkpoint_9.pth:120"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
     deadline, partial = time.time() + 180, None
@@ -81,8 +121,19 @@ def killed_and_continued(tiny_base, tmp_path_factory):
     assert partial is not None, log[-3000:]
     run_dir = partial.parent
     before = sorted(p.name for p in run_dir.glob("*.pth"))
-    resumed = subprocess.run([sys.executable, str(REPO / "utils" / "gpt_train.py"), "--continue", str(run_dir),
-                              "--no-progress", "--no-plots"], capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "utils" / "gpt_train.py"),
+            "--continue",
+            str(run_dir),
+            "--no-progress",
+            "--no-plots",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     return run_dir, before, resumed
 
 
@@ -112,9 +163,29 @@ def test_restore_resets_step_and_lr_and_keeps_weights(killed_and_continued, tmp_
     run_dir, _, _ = killed_and_continued
     original = _records(run_dir)
     # plateau-breaker: 0.3 x the LR the restored run had reached (5e-5), 20 warmup steps, clip 0.3
-    assert main(["--restore", str(run_dir), "--preset", "plateau-breaker", "--epochs", "1", "--output-path",
-                 str(tmp_path), "--batch-size", "2", "--grad-accum", "1", "--num-workers", "0", "--no-progress",
-                 "--no-plots"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--restore",
+                str(run_dir),
+                "--preset",
+                "plateau-breaker",
+                "--epochs",
+                "1",
+                "--output-path",
+                str(tmp_path),
+                "--batch-size",
+                "2",
+                "--grad-accum",
+                "1",
+                "--num-workers",
+                "0",
+                "--no-progress",
+                "--no-plots",
+            ]
+        )
+        == 0
+    )
     new_dir = _last_line(capsys)
     assert new_dir != run_dir
     config = json.loads((new_dir / "config.json").read_text())

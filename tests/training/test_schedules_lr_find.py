@@ -28,9 +28,29 @@ def test_lr_find_cli_on_the_tiny_model(tiny_base, tmp_path, capsys) -> None:
     spec = importlib.util.spec_from_file_location("lr_find_cli", REPO / "scripts" / "lr_find.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    code = cli.main(["--base-model", str(tiny_base), "--dataset", str(REPO / "demo" / "en"), "--output-path",
-                     str(tmp_path), "--steps", "16", "--start-lr", "1e-7", "--end-lr", "1e-1", "--batch-size", "2",
-                     "--grad-accum", "1", "--num-workers", "0", "--no-progress"])  # fmt: skip
+    code = cli.main(
+        [
+            "--base-model",
+            str(tiny_base),
+            "--dataset",
+            str(REPO / "demo" / "en"),
+            "--output-path",
+            str(tmp_path),
+            "--steps",
+            "16",
+            "--start-lr",
+            "1e-7",
+            "--end-lr",
+            "1e-1",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+            "--num-workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     suggested = float(capsys.readouterr().out.strip().splitlines()[-1])
     (run_dir,) = list(tmp_path.glob("lr_find_*"))

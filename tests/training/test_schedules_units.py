@@ -41,8 +41,9 @@ def test_cosine_with_warmup_at_given_steps() -> None:
 
 
 def test_inverse_sqrt_with_warmup_and_annealing() -> None:
-    bridge = _bridge(name="inverse_sqrt", base_lr=1e-3, min_lr=1e-9, warmup_steps=100, anneal_steps=(300, 400),
-                     anneal_rate=0.3)  # fmt: skip
+    bridge = _bridge(
+        name="inverse_sqrt", base_lr=1e-3, min_lr=1e-9, warmup_steps=100, anneal_steps=(300, 400), anneal_rate=0.3
+    )
     lrs = _run(bridge, 500)
     assert lrs[49] == pytest.approx(5e-4)  # warmup, linear
     assert lrs[99] == pytest.approx(1e-3)  # the stated peak is the real peak (FastSpeech2's was not)
@@ -91,8 +92,15 @@ def test_health_cut_multiplies_every_schedule_and_survives_checkpoints() -> None
 
 
 def test_state_from_before_the_health_monitor_still_loads() -> None:
-    old = {"spec": {}, "optimizer_steps": 3, "evaluations": 1, "plateau_scale": 0.5, "best": 1.0, "num_bad_evals": 0,
-           "reductions": 1}  # fmt: skip
+    old = {
+        "spec": {},
+        "optimizer_steps": 3,
+        "evaluations": 1,
+        "plateau_scale": 0.5,
+        "best": 1.0,
+        "num_bad_evals": 0,
+        "reductions": 1,
+    }
     bridge = _bridge(name="ReduceLROnPlateau", base_lr=1e-5)
     bridge.load_state_dict(old)
     assert bridge.current_lr() == pytest.approx(5e-6) and bridge.health_scale == 1.0
@@ -101,7 +109,7 @@ def test_state_from_before_the_health_monitor_still_loads() -> None:
 @pytest.mark.parametrize(
     ("rows", "batch", "accum", "gpus", "steps"),
     [(10, 2, 1, 1, 5), (11, 2, 1, 1, 6), (10, 2, 2, 1, 3), (1000, 3, 84, 1, 4), (1000, 3, 84, 2, 2)],
-)  # fmt: skip
+)
 def test_optimizer_steps_per_epoch(rows: int, batch: int, accum: int, gpus: int, steps: int) -> None:
     assert optimizer_steps_per_epoch(rows, batch, accum, gpus) == steps
 

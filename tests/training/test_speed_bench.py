@@ -29,11 +29,37 @@ def bench_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     work = tmp_path_factory.mktemp("bench")
     out = work / "bench.json"
-    rc = bench_train.main([
-        "--workdir", str(work), "--out", str(out), "--size", "tiny", "--device", "cpu", "--clips", "8",
-        "--min-s", "1", "--max-s", "3", "--steps", "2", "--warmup", "1", "--stock", "fp32:2", "--ours", "2",
-        "--no-ladder", "--workers", "0", "--vocab-size", "300",
-    ])
+    rc = bench_train.main(
+        [
+            "--workdir",
+            str(work),
+            "--out",
+            str(out),
+            "--size",
+            "tiny",
+            "--device",
+            "cpu",
+            "--clips",
+            "8",
+            "--min-s",
+            "1",
+            "--max-s",
+            "3",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--stock",
+            "fp32:2",
+            "--ours",
+            "2",
+            "--no-ladder",
+            "--workers",
+            "0",
+            "--vocab-size",
+            "300",
+        ]
+    )
     assert rc == 0
     return json.loads(out.read_text())
 
@@ -42,8 +68,16 @@ def test_bench_writes_every_figure(bench_result: dict) -> None:
     for key in ("env", "workload", "gpt_params", "stock", "ours", "parity", "prepare", "code_agreement", "levers"):
         assert key in bench_result, key
     for run in bench_result["stock"] + bench_result["ours"]:
-        for key in ("samples_per_s", "audio_s_per_s", "tokens_per_s", "tflops_real_tokens",
-                    "tflops_padded_tokens", "loader_wait_share", "padding_share", "step_ms"):
+        for key in (
+            "samples_per_s",
+            "audio_s_per_s",
+            "tokens_per_s",
+            "tflops_real_tokens",
+            "tflops_padded_tokens",
+            "loader_wait_share",
+            "padding_share",
+            "step_ms",
+        ):
             assert run[key] >= 0, key
         assert run["tflops_padded_tokens"] >= run["tflops_real_tokens"]
     assert bench_result["stock"][0]["name"] == "stock fp32 b2"
@@ -151,8 +185,10 @@ def test_bucket_sampler_shards_by_rank_disjoint_equal_and_reshuffled() -> None:
     lengths = [rng.randint(44100, 242550) for _ in range(1001)]  # 63 batches of 16 (one short)
     full = fast_data.LengthBucketBatchSampler(lengths, 16, seed=5)
     for replicas in (2, 3, 4):
-        shards = [fast_data.LengthBucketBatchSampler(lengths, 16, seed=5, num_replicas=replicas, rank=r)
-                  for r in range(replicas)]  # fmt: skip
+        shards = [
+            fast_data.LengthBucketBatchSampler(lengths, 16, seed=5, num_replicas=replicas, rank=r)
+            for r in range(replicas)
+        ]
         for epoch in (0, 7):
             full.set_epoch(epoch)
             everything = full._all_batches()  # the unsharded epoch
@@ -239,8 +275,14 @@ def test_continuous_loader_keeps_epochs_exact() -> None:
             return i
 
     sampler = fast_data.LengthBucketBatchSampler(list(range(10)), 3, seed=1)
-    loader = torch.utils.data.DataLoader(Items(), batch_sampler=fast_data._Cycle(sampler), collate_fn=list,
-                                         num_workers=2, persistent_workers=True, prefetch_factor=2)
+    loader = torch.utils.data.DataLoader(
+        Items(),
+        batch_sampler=fast_data._Cycle(sampler),
+        collate_fn=list,
+        num_workers=2,
+        persistent_workers=True,
+        prefetch_factor=2,
+    )
     cont = fast_data.ContinuousLoader(loader, len(sampler), 3)
     assert len(cont) == 4
     for _ in range(3):  # each epoch: every item exactly once
@@ -332,8 +374,17 @@ def test_end_to_end_bench_reports_training_and_all_in_rates(tiny_base: Path, tmp
     """scripts/bench_gpt_train.py's measurement on the tiny base (CPU): the real command, two epochs."""
     from bench.gpt_train import measure_gpt_train
 
-    r = measure_gpt_train(tmp_path, clips=40, epochs=2, workers=0, base_model=tiny_base, extra_args=["--no-progress"],
-                          profile_steps=2, measure_imports=True, startup_profile=tmp_path / "stacks.txt")  # fmt: skip
+    r = measure_gpt_train(
+        tmp_path,
+        clips=40,
+        epochs=2,
+        workers=0,
+        base_model=tiny_base,
+        extra_args=["--no-progress"],
+        profile_steps=2,
+        measure_imports=True,
+        startup_profile=tmp_path / "stacks.txt",
+    )
     assert r["exit_code"] == 0 and r["train_rows"] == 32 and r["excluded"] == 0
     assert [e["train_samples"] for e in r["per_evaluation"]] == [32, 32]  # every kept clip once per epoch
     assert r["training_samples_per_s"] > 0 and r["all_in_samples_per_s"] > 0
@@ -459,13 +510,17 @@ def test_low_vram_levers_leave_every_block_to_the_compiled_checkpoint() -> None:
     def model() -> Any:
         gpt2 = GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=2))
         enc = types.SimpleNamespace(attn=[torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)])
-        return types.SimpleNamespace(xtts=types.SimpleNamespace(gpt=types.SimpleNamespace(gpt=gpt2, conditioning_encoder=enc)))
+        return types.SimpleNamespace(
+            xtts=types.SimpleNamespace(gpt=types.SimpleNamespace(gpt=gpt2, conditioning_encoder=enc))
+        )
 
     compiled, eager = model(), model()
     speed.enable_grad_checkpointing(compiled, blocks=False)
     speed.enable_grad_checkpointing(eager, blocks=True)
     assert len(speed.training_blocks(compiled)) == 4
-    assert all("forward" not in vars(block) for block in speed.training_blocks(compiled))  # the compiled call checkpoints
+    assert all(
+        "forward" not in vars(block) for block in speed.training_blocks(compiled)
+    )  # the compiled call checkpoints
     assert all("forward" in vars(block) for block in speed.training_blocks(eager))
     assert compiled.xtts.gpt.gpt.config.use_cache is False
 
@@ -485,11 +540,15 @@ def _conditioning_gpt(blocks: int = 2) -> Any:
     holder.conditioning_encoder = enc
     speed.swap_conditioning_attention(holder)
     gpt2 = GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
-    return types.SimpleNamespace(xtts=types.SimpleNamespace(gpt=types.SimpleNamespace(gpt=gpt2, conditioning_encoder=enc)))
+    return types.SimpleNamespace(
+        xtts=types.SimpleNamespace(gpt=types.SimpleNamespace(gpt=gpt2, conditioning_encoder=enc))
+    )
 
 
 @pytest.mark.parametrize("recompute", [False, True])
-def test_compiled_conditioning_blocks_give_eager_outputs_and_gradients(recompute: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_conditioning_blocks_give_eager_outputs_and_gradients(
+    recompute: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The conditioning encoder's attention blocks compile with the GPT2 blocks (real inductor on
     the CPU): the same outputs and gradients as eager; with recompute a training forward keeps only
     each block's input."""
@@ -577,7 +636,9 @@ def test_padded_token_counts_include_the_rounding_of_packed_rows() -> None:
 
 
 @pytest.mark.parametrize("conditioning", [True, False])
-def test_low_vram_levers_on_a_gpu_checkpoint_around_each_compiled_block(conditioning: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_low_vram_levers_on_a_gpu_checkpoint_around_each_compiled_block(
+    conditioning: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The low-VRAM preset's wiring (as on a CUDA machine): the GPT2 and conditioning-encoder blocks
     are compiled with the checkpoint outside the compiled call, under the flash-only backends.
     Without compile_conditioning the conditioning blocks keep an eager checkpoint instead."""
@@ -610,7 +671,9 @@ def test_low_vram_levers_on_a_gpu_checkpoint_around_each_compiled_block(conditio
     enc = gpt.conditioning_encoder
     assert len(compiled) == len(gpt.gpt.h) + (len(enc.attn) if conditioning else 0) == 2 + (6 if conditioning else 0)
     assert all("forward" not in vars(block) for block in gpt.gpt.h)  # no eager checkpoint inside
-    wrapped = {vars(block)["forward"].__qualname__ for block in enc.attn}  # the fast forward, or the eager checkpoint around it
+    wrapped = {
+        vars(block)["forward"].__qualname__ for block in enc.attn
+    }  # the fast forward, or the eager checkpoint around it
     assert wrapped == ({"_fast_attention_forward"} if conditioning else {"_checkpoint_module.<locals>.forward"})
     out = gpt.gpt.h[0](torch.randn(2, 5, gpt.gpt.config.n_embd))
     assert torch.is_tensor(out[0] if isinstance(out, tuple) else out)
@@ -646,7 +709,9 @@ def test_eager_paths_keep_cudnn_out_of_the_forward_and_of_its_recompute() -> Non
     assert SDPBackend.CUDNN_ATTENTION in _cur_sdpa_kernel_backends()  # restored afterwards
 
 
-def test_compiled_runs_keep_torchs_compile_cache_in_the_output_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_runs_keep_torchs_compile_cache_in_the_output_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With compile on, torch's inductor cache goes to OUTPUT/.compile_cache (a real CPU compile
     writes its kernels there), also when torch has put its default into TORCHINDUCTOR_CACHE_DIR;
     a folder the user set there is kept."""
@@ -655,9 +720,8 @@ def test_compiled_runs_keep_torchs_compile_cache_in_the_output_folder(tmp_path: 
     import torch._dynamo
 
     from tests.training.test_packed_forward import _gpt
-    from utils.training.speed_options import SpeedOptions
-
     from utils.training.compat import default_compile_cache_dir
+    from utils.training.speed_options import SpeedOptions
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_compile_cache_dir())  # what importing torch._dynamo leaves
     off = {name: False for name, value in SpeedOptions().to_dict().items() if isinstance(value, bool)}
@@ -690,10 +754,15 @@ def test_gpu_idle_gaps_are_charged_to_the_host_ops_open_when_work_resumed() -> N
         return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "pid": 1, "tid": tid}
 
     events = [
-        x("kernel", "gemm", 0, 100, tid=7), x("kernel", "gelu", 150, 100, tid=7), x("gpu_memset", "m", 260, 40, tid=7),
+        x("kernel", "gemm", 0, 100, tid=7),
+        x("kernel", "gelu", 150, 100, tid=7),
+        x("gpu_memset", "m", 260, 40, tid=7),
         x("kernel", "adamw", 1000, 100, tid=7),
-        x("cpu_op", "aten::mm", 0, 20), x("cpu_op", "aten::gelu", 160, 5), x("cpu_op", "aten::zero_", 255, 4),
-        x("user_annotation", "Optimizer.step#AdamW.step", 900, 150), x("cpu_op", "aten::_fused_adamw_", 990, 10),
+        x("cpu_op", "aten::mm", 0, 20),
+        x("cpu_op", "aten::gelu", 160, 5),
+        x("cpu_op", "aten::zero_", 255, 4),
+        x("user_annotation", "Optimizer.step#AdamW.step", 900, 150),
+        x("cpu_op", "aten::_fused_adamw_", 990, 10),
         x("cpu_op", "DataLoader.__next__", 120, 60, tid=2),  # another thread: never charged
         {"ph": "i", "cat": "kernel", "name": "instant", "ts": 500},  # not a complete event
     ]
@@ -706,9 +775,11 @@ def test_gpu_idle_gaps_are_charged_to_the_host_ops_open_when_work_resumed() -> N
     # with launch records: the kernel after the long gap was launched from the autograd thread
     # (tid 3) at 980, inside a backward op there, while the main thread sat in the optimizer
     events[3]["args"] = {"correlation": 42}
-    events += [x("cpu_op", "autograd::engine::evaluate_function: MmBackward0", 950, 40, tid=3),
-               x("cpu_op", "aten::mm", 970, 15, tid=3),
-               {**x("cuda_runtime", "cudaLaunchKernel", 980, 3, tid=3), "args": {"correlation": 42}}]  # fmt: skip
+    events += [
+        x("cpu_op", "autograd::engine::evaluate_function: MmBackward0", 950, 40, tid=3),
+        x("cpu_op", "aten::mm", 970, 15, tid=3),
+        {**x("cuda_runtime", "cudaLaunchKernel", 980, 3, tid=3), "args": {"correlation": 42}},
+    ]
     r = gpu_idle_gaps(events)
     assert r["by_host_op"][0] == ["autograd::engine::evaluate_function: MmBackward0 > aten::mm", 700.0, 1]
 
@@ -728,6 +799,7 @@ def test_graphs_under_sdpa_kernel_are_cacheable_and_keyed_by_their_backends(monk
     block = GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4, attn_implementation="sdpa")).train().h[0]
     graphs = {}
     for cudnn in (True, False):
+
         def capture(gm, example_inputs, _cudnn=cudnn):
             graphs[_cudnn] = gm
             return gm
@@ -746,7 +818,9 @@ def test_graphs_under_sdpa_kernel_are_cacheable_and_keyed_by_their_backends(monk
     torch._dynamo.reset()
 
 
-def test_a_compiled_block_is_traced_once_not_restarted_for_its_float_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_compiled_block_is_traced_once_not_restarted_for_its_float_attributes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """With dynamic shapes Dynamo made the block's floats (eps, dropout p, scale) symbols and then
     restarted the frame once they could not be turned into tensors: AOTAutograd traced twice and the
     first trace's cache key was never saved (a miss in every run). Fixed floats: one trace."""

@@ -13,8 +13,16 @@ from utils.hparams import resolve
 
 
 def _run(tiny_base: Path, demo_en: Path, out: Path, **cli):
-    values = {"epochs": 2, "batch_size": 2, "grad_accum": 1, "eval_every_steps": 1, "num_loader_workers": 0,
-              "save_every_steps": 10_000, "keep_checkpoints": 1, **cli}  # fmt: skip
+    values = {
+        "epochs": 2,
+        "batch_size": 2,
+        "grad_accum": 1,
+        "eval_every_steps": 1,
+        "num_loader_workers": 0,
+        "save_every_steps": 10_000,
+        "keep_checkpoints": 1,
+        **cli,
+    }
     hp = resolve(dataset_hours=0.01, cli=values)
     config = build_config(hp, tiny_base, output_path=out, language="en")
     train_rows = read_demo_samples(demo_en / "metadata_train.csv")

@@ -9,15 +9,22 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+]
 
 
 def free_port() -> int:
@@ -39,8 +46,17 @@ class Server:
 
     def start(self, timeout: float = 90.0) -> None:
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-        cmd = [sys.executable, str(REPO_ROOT / "scripts" / "webui.py"), "--port", str(self.port), "--data", str(self.data),
-               "--runs", str(self.runs), *self.extra_args]  # fmt: skip
+        cmd = [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "webui.py"),
+            "--port",
+            str(self.port),
+            "--data",
+            str(self.data),
+            "--runs",
+            str(self.runs),
+            *self.extra_args,
+        ]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + timeout

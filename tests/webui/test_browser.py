@@ -27,8 +27,9 @@ def _status(page) -> str:
 def _wait_status(page, pattern: str, timeout: float = TIMEOUT_MS) -> str:
     page.wait_for_function(
         "([sel, pat]) => { const el = document.querySelector(sel); return el && new RegExp(pat).test(el.value); }",
-        arg=["#train-status textarea", pattern], timeout=timeout,
-    )  # fmt: skip
+        arg=["#train-status textarea", pattern],
+        timeout=timeout,
+    )
     return _status(page)
 
 
@@ -82,7 +83,9 @@ def _prepare_demo(page, tmp_path: Path, data_root: Path) -> None:
     page.wait_for_function("() => document.querySelector('#data-message')?.innerText.includes('bundled demo copied')")
     _add_bad_transcript(data_root / "demo_en")
     page.locator("#data-prepare").click()
-    page.wait_for_function("() => document.querySelector('#data-summary')?.innerText.includes('kept in 13 clips')", timeout=60_000)
+    page.wait_for_function(
+        "() => document.querySelector('#data-summary')?.innerText.includes('kept in 13 clips')", timeout=60_000
+    )
     summary = page.locator("#data-summary").inner_text()
     assert "speakers: demo (13)" in summary and "1 clips to review" in summary, summary
     # the review view: the flagged clip is pre-selected with its audio and transcript
@@ -90,8 +93,12 @@ def _prepare_demo(page, tmp_path: Path, data_root: Path) -> None:
     assert page.locator("#data-text textarea").input_value() == "Hi."
     _shot(page, tmp_path, "data")
     page.locator("#data-drop").click()
-    page.wait_for_function("() => document.querySelector('#data-message')?.innerText.includes('review written (drop 1)')", timeout=60_000)
-    page.wait_for_function("() => document.querySelector('#data-summary')?.innerText.includes('kept in 12 clips')", timeout=60_000)
+    page.wait_for_function(
+        "() => document.querySelector('#data-message')?.innerText.includes('review written (drop 1)')", timeout=60_000
+    )
+    page.wait_for_function(
+        "() => document.querySelector('#data-summary')?.innerText.includes('kept in 12 clips')", timeout=60_000
+    )
     assert "0 clips to review" in page.locator("#data-summary").inner_text()
     assert "bad_001" not in (data_root / "demo_en" / "metadata_train.csv").read_text()
 
@@ -112,8 +119,9 @@ def _edit_hparam(page, name: str, value: str) -> None:
     editor.fill(value)
     editor.press("Enter")
     shown = f"{cell} span[data-editable]"
-    page.wait_for_function("([sel, v]) => document.querySelector(sel)?.innerText.trim() === v", arg=[shown, value],
-                           timeout=10_000)  # fmt: skip
+    page.wait_for_function(
+        "([sel, v]) => document.querySelector(sel)?.innerText.trim() === v", arg=[shown, value], timeout=10_000
+    )
     page.wait_for_timeout(300)  # then Gradio's change event reaches the server
 
 
@@ -124,7 +132,9 @@ def _start_training(page) -> None:
     _edit_hparam(page, "epochs", "2")
     _edit_hparam(page, "eval_every_steps", "3")
     page.locator("#train-start").click()
-    page.wait_for_function("() => document.querySelector('#train-message')?.innerText.includes('training started')", timeout=30_000)
+    page.wait_for_function(
+        "() => document.querySelector('#train-message')?.innerText.includes('training started')", timeout=30_000
+    )
     message = page.locator("#train-message").inner_text()
     assert "epochs=2" in message and "eval_every_steps=3" in message, message
 
@@ -175,10 +185,15 @@ def _listen(page, tmp_path: Path) -> None:
     page.get_by_role("button", name="Refresh runs").first.click()
     audio = page.locator("#listen-tests audio").first
     audio.wait_for(timeout=30_000)
-    page.wait_for_function("() => document.querySelectorAll('#listen-tests th').length >= 3")  # sentence + 2 steps or more
+    page.wait_for_function(
+        "() => document.querySelectorAll('#listen-tests th').length >= 3"
+    )  # sentence + 2 steps or more
     audio.evaluate("el => el.play()")
-    page.wait_for_function("() => { const a = document.querySelector('#listen-tests audio'); return a && (a.currentTime > 0 || a.ended); }",
-                           timeout=20_000)  # fmt: skip
+    page.wait_for_function(
+        "() => "
+        "{ const a = document.querySelector('#listen-tests audio'); return a && (a.currentTime > 0 || a.ended); }",
+        timeout=20_000,
+    )
     assert audio.evaluate("el => el.duration") > 0
     page.locator("#listen-speak").click()
     page.locator("#listen-audio audio, #listen-audio a[download]").first.wait_for(state="attached", timeout=60_000)
@@ -194,7 +209,9 @@ def _evaluate_export(page, tmp_path: Path) -> None:
     names = page.locator('#eval-table [role=gridcell][data-col="0"]').all_inner_texts()
     assert any(re.fullmatch(r"(checkpoint_\d+|best_model(_\d+)?)\.pth", n.strip()) for n in names), names
     page.locator("#eval-export").click()
-    page.wait_for_function("() => document.querySelector('#eval-exported')?.innerText.includes('scripts/synthesize.py')", timeout=120_000)
+    page.wait_for_function(
+        "() => document.querySelector('#eval-exported')?.innerText.includes('scripts/synthesize.py')", timeout=120_000
+    )
     text = page.locator("#eval-exported").inner_text()
     assert re.search(r"\(\d+\.\d MB\)", text), text
     _shot(page, tmp_path, "evaluate")

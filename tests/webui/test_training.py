@@ -30,7 +30,9 @@ def test_start_refuse_stop_continue_speak_export(tmp_path: Path) -> None:
     engine = Engine(tmp_path / "data", tmp_path / "runs", cache_dir=REPO_ROOT / ".cache")
     screens = Screens(engine)
     screens.use_demo("en")
-    message, _ = screens.start("demo_en", TINY_BASE, "en", "", "ft", _table(screens, {"epochs": "2", "eval_every_steps": "1"}))
+    message, _ = screens.start(
+        "demo_en", TINY_BASE, "en", "", "ft", _table(screens, {"epochs": "2", "eval_every_steps": "1"})
+    )
     assert "training started" in message and "epochs=2" in message
     job = engine.current_job()
     try:
@@ -45,7 +47,9 @@ def test_start_refuse_stop_continue_speak_export(tmp_path: Path) -> None:
             engine.jobs.wait(engine.current_job(), 120)
     assert job.state == "stopped", job.status
     run = job.run_dir
-    steps = sorted(int(m.group(1)) for p in run.glob("checkpoint_*.pth") if (m := re.match(r"checkpoint_(\d+)\.pth", p.name)))
+    steps = sorted(
+        int(m.group(1)) for p in run.glob("checkpoint_*.pth") if (m := re.match(r"checkpoint_(\d+)\.pth", p.name))
+    )
     assert steps and steps[-1] < 10, steps  # 2 epochs x 5 micro-batches; stopped before the end, with a checkpoint
     status = screens.refresh_train(run.name)[0]
     assert "training: stopped" in status

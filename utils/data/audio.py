@@ -23,8 +23,24 @@ logger = logging.getLogger(__name__)
 TARGET_SR = 22050
 SOUNDFILE_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".w64", ".rf64"})
 FFMPEG_EXTENSIONS = frozenset(
-    {".mp3", ".m4a", ".aac", ".opus", ".wma", ".mp4", ".mkv", ".mov", ".webm", ".avi", ".flv", ".mpg", ".mpeg",
-     ".ts", ".m4v", ".3gp"}
+    {
+        ".mp3",
+        ".m4a",
+        ".aac",
+        ".opus",
+        ".wma",
+        ".mp4",
+        ".mkv",
+        ".mov",
+        ".webm",
+        ".avi",
+        ".flv",
+        ".mpg",
+        ".mpeg",
+        ".ts",
+        ".m4v",
+        ".3gp",
+    }
 )
 MEDIA_EXTENSIONS = SOUNDFILE_EXTENSIONS | FFMPEG_EXTENSIONS
 
@@ -134,8 +150,25 @@ def decode_media(path: str | os.PathLike, target_sr: int = TARGET_SR) -> np.ndar
         raise DataError(f"media file not found: {path}")
     if path.stat().st_size == 0:
         raise DataError(f"media file is empty (0 bytes): {path}; re-export or remove it")
-    cmd = [_ffmpeg(), "-nostdin", "-hide_banner", "-v", "error", "-i", str(path), "-vn", "-ac", "1",
-           "-ar", str(int(target_sr)), "-f", "f32le", "-acodec", "pcm_f32le", "-"]
+    cmd = [
+        _ffmpeg(),
+        "-nostdin",
+        "-hide_banner",
+        "-v",
+        "error",
+        "-i",
+        str(path),
+        "-vn",
+        "-ac",
+        "1",
+        "-ar",
+        str(int(target_sr)),
+        "-f",
+        "f32le",
+        "-acodec",
+        "pcm_f32le",
+        "-",
+    ]
     proc = subprocess.run(cmd, capture_output=True, check=False)
     err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
     if proc.returncode != 0 or not proc.stdout:

@@ -65,8 +65,9 @@ class Gap:
         return self.end - self.start
 
 
-def band_power(audio: np.ndarray, sr: int, bands_hz: Sequence[tuple[float, float]], hop_s: float = HOP_S,
-               win_s: float = 0.032) -> np.ndarray:
+def band_power(
+    audio: np.ndarray, sr: int, bands_hz: Sequence[tuple[float, float]], hop_s: float = HOP_S, win_s: float = 0.032
+) -> np.ndarray:
     """Power in frequency bands per ``hop_s`` frame (Hann window of ``win_s`` centred on the frame).
 
     Returns:
@@ -85,12 +86,19 @@ def band_power(audio: np.ndarray, sr: int, bands_hz: Sequence[tuple[float, float
     for k0 in range(0, n, 4096):  # blocks of frames keep memory flat for hour-long inputs
         idx = np.arange(win)[None, :] + hop * np.arange(k0, min(n, k0 + 4096))[:, None]
         f = np.fft.rfft(x[idx] * window, axis=1)
-        out[k0: k0 + len(f)] = (f.real ** 2 + f.imag ** 2) @ pick  # band sums as one matrix product
+        out[k0 : k0 + len(f)] = (f.real**2 + f.imag**2) @ pick  # band sums as one matrix product
     return out
 
 
-def frame_levels(audio: np.ndarray, sr: int, hop_s: float = HOP_S, min_rise_db: float = 8.0,
-                 peak_rise_db: float = 10.0, near_s: float = 0.15, power: np.ndarray | None = None) -> Levels:
+def frame_levels(
+    audio: np.ndarray,
+    sr: int,
+    hop_s: float = HOP_S,
+    min_rise_db: float = 8.0,
+    peak_rise_db: float = 10.0,
+    near_s: float = 0.15,
+    power: np.ndarray | None = None,
+) -> Levels:
     """Frame level in dB (speech band, 80 Hz up) and which frames are quiet.
 
     Rumble below 80 Hz (handling, air conditioning) swings the level over whole pauses and is
@@ -137,8 +145,9 @@ def _quiet_runs(levels: Levels, lo: int, hi: int) -> list[tuple[int, int]]:
     return [(lo + a, lo + b) for a, b in _runs(levels.quiet[lo:hi])]
 
 
-def find_gap(levels: Levels, left_end: float, right_start: float, *, lo_s: float, hi_s: float,
-             min_gap_s: float = 0.03) -> Gap | None:
+def find_gap(
+    levels: Levels, left_end: float, right_start: float, *, lo_s: float, hi_s: float, min_gap_s: float = 0.03
+) -> Gap | None:
     """The widest quiet run in [lo_s, hi_s] near the boundary between two words, or None.
 
     Runs that touch the window's edges are clipped to it. Among runs of at least ``min_gap_s``

@@ -138,8 +138,7 @@ def _check_header(path: Path, lines: list[str]) -> list[str]:
         hint = next((d for d in _OTHER_DELIMITERS if d in lines[0]), None)
         if hint is not None:
             raise DataError(
-                f"{path} uses {hint!r} as delimiter; the coqui format needs '|' "
-                f"(header 'audio_file|text|speaker_name')"
+                f"{path} uses {hint!r} as delimiter; the coqui format needs '|' (header 'audio_file|text|speaker_name')"
             )
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:

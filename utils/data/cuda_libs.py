@@ -99,8 +99,10 @@ def driver_hint(error: str) -> str:
     """The fix to name for a CUDA error text from CTranslate2."""
     low = error.lower()
     if "driver" in low and ("insufficient" in low or "older" in low or "version" in low):
-        return (f"the NVIDIA driver is too old for CUDA 12 (CTranslate2 needs driver >= {MIN_DRIVER_CUDA12}; "
-                f"torch 2.11's CUDA 13 needs >= 580); update the driver")  # fmt: skip
+        return (
+            f"the NVIDIA driver is too old for CUDA 12 (CTranslate2 needs driver >= {MIN_DRIVER_CUDA12}; "
+            f"torch 2.11's CUDA 13 needs >= 580); update the driver"
+        )
     if "libcublas" in low:
         return "install the CUDA 12 cuBLAS wheel: pip install 'nvidia-cublas-cu12>=12.4,<13' (in the lock)"
     return "check the NVIDIA driver (nvidia-smi)"

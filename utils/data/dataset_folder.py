@@ -59,8 +59,13 @@ class DatasetFolder:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        self.report: dict[str, Any] = {"format": FORMAT, "sources": {}, "clips": {}, "failed_inputs": [],
-                                       "ignored_files": []}
+        self.report: dict[str, Any] = {
+            "format": FORMAT,
+            "sources": {},
+            "clips": {},
+            "failed_inputs": [],
+            "ignored_files": [],
+        }
         self.rows: list[Row] = []
         self._new_files: list[Path] = []
         report_path = self.root / REPORT_NAME
@@ -68,7 +73,9 @@ class DatasetFolder:
             try:
                 loaded = json.loads(report_path.read_text(encoding="utf-8"))
             except (ValueError, UnicodeDecodeError) as exc:
-                raise DataError(f"{report_path} is not valid JSON ({exc}); restore it or use a new output folder") from exc
+                raise DataError(
+                    f"{report_path} is not valid JSON ({exc}); restore it or use a new output folder"
+                ) from exc
             self.report.update(loaded)
         elif any((self.root / n).exists() for n in (TRAIN_CSV, EVAL_CSV)):
             raise DataError(
@@ -126,17 +133,29 @@ class DatasetFolder:
         for k, (audio, text, start, end, *rest) in enumerate(clips, start=1):
             meta = dict(rest[0]) if rest else {}
             spk = meta.pop("speaker", speaker)
-            self.add_clip(f"wavs/{source_id}_{k:04d}.wav", audio, text, speaker=spk, source=source_id,
-                          meta={"start": round(start, 3), "end": round(end, 3), **meta})
+            self.add_clip(
+                f"wavs/{source_id}_{k:04d}.wav",
+                audio,
+                text,
+                speaker=spk,
+                source=source_id,
+                meta={"start": round(start, 3), "end": round(end, 3), **meta},
+            )
         self.report["sources"][source_id] = {
-            "file": file, "fingerprint": fp, "tool": tool, "speaker": speaker, "clips": len(clips),
+            "file": file,
+            "fingerprint": fp,
+            "tool": tool,
+            "speaker": speaker,
+            "clips": len(clips),
             "seconds_kept": round(sum(len(c[0]) for c in clips) / TARGET_SR, 3),
-            "skipped": skipped, **(extra or {}),
+            "skipped": skipped,
+            **(extra or {}),
         }
         return len(clips)
 
-    def add_clip(self, rel: str, audio: np.ndarray, text: str, *, speaker: str, source: str,
-                 meta: dict[str, Any] | None = None) -> Row:
+    def add_clip(
+        self, rel: str, audio: np.ndarray, text: str, *, speaker: str, source: str, meta: dict[str, Any] | None = None
+    ) -> Row:
         """Write one clip (22.05 kHz mono 16-bit) at ``rel`` and add its row."""
         self._new_files.append(write_wav(self.root / rel, audio, TARGET_SR))
         duration = len(audio) / TARGET_SR
@@ -145,8 +164,15 @@ class DatasetFolder:
         if emoji:
             meta["emoji_stripped"] = emoji
             self.report.setdefault("emoji_stripped", []).append({"clip": rel, "removed": emoji})
-        row = Row(row=0, audio_file=rel, path=(self.root / rel).resolve(), text=text,
-                  speaker_name=speaker, source=source, duration=duration)
+        row = Row(
+            row=0,
+            audio_file=rel,
+            path=(self.root / rel).resolve(),
+            text=text,
+            speaker_name=speaker,
+            source=source,
+            duration=duration,
+        )
         self.rows.append(row)
         self.report["clips"][rel] = {"source": source, "speaker": speaker, **meta, "duration": round(duration, 4)}
         return row

@@ -43,8 +43,9 @@ class AudioPrint:
 
 # log-spaced from 100 Hz to 7.6 kHz
 BANDS_HZ: tuple[tuple[float, float], ...] = tuple(
-    (float(a), float(b)) for a, b in zip(np.geomspace(100.0, 7600.0, N_BANDS + 1)[:-1],
-                                         np.geomspace(100.0, 7600.0, N_BANDS + 1)[1:]))
+    (float(a), float(b))
+    for a, b in zip(np.geomspace(100.0, 7600.0, N_BANDS + 1)[:-1], np.geomspace(100.0, 7600.0, N_BANDS + 1)[1:])
+)
 
 
 def audio_print(audio16k: np.ndarray, bands: np.ndarray | None = None) -> AudioPrint:
@@ -74,8 +75,8 @@ def similarity(a: AudioPrint, b: AudioPrint) -> float:
         return 0.0
     best = 0.0
     for s in range(-MAX_SHIFT, MAX_SHIFT + 1):
-        x = a.bands[max(0, s):]
-        y = b.bands[max(0, -s):]
+        x = a.bands[max(0, s) :]
+        y = b.bands[max(0, -s) :]
         n = min(len(x), len(y))
         if n < 5:
             continue

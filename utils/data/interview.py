@@ -30,9 +30,13 @@ SHORT_SCRIPT: tuple[tuple[str, str, float], ...] = (
     ("host", "Welcome to the show, it is good to have you here today.", 0.8),
     ("guest", "Thank you, I am very happy to be here.", 0.5),
     ("host", "Tell us how the project started.", 1.2),
-    ("guest", "RUNON:It started with a small idea about reading old letters aloud, then we asked friends "
-              "to record their voices, and soon we had hours of speech from many people who wanted "
-              "to help us build something useful for everyone.", 0.6),
+    (
+        "guest",
+        "RUNON:It started with a small idea about reading old letters aloud, then we asked friends "
+        "to record their voices, and soon we had hours of speech from many people who wanted "
+        "to help us build something useful for everyone.",
+        0.6,
+    ),
     ("host", "That sounds wonderful.", 0.4),
     ("guest", "It was a lot of work, but we learned a great deal.", 1.5),
     ("host", "What comes next for you?", 0.7),
@@ -44,9 +48,13 @@ LONG_SCRIPT_EXTRA: tuple[tuple[str, str, float], ...] = (
     ("guest", "About two hundred, most of them students from the city.", 0.3),
     ("host", "Did anything surprise you along the way?", 1.1),
     ("guest", "Yes, the older speakers were the most patient readers.", 0.6),
-    ("host", "RUNON:We also found that quiet rooms matter more than good microphones, because every "
-             "small noise in the background ends up in the data, and the model learns it together "
-             "with the voice, which nobody wants to hear in the final result.", 0.8),
+    (
+        "host",
+        "RUNON:We also found that quiet rooms matter more than good microphones, because every "
+        "small noise in the background ends up in the data, and the model learns it together "
+        "with the voice, which nobody wants to hear in the final result.",
+        0.8,
+    ),
     ("guest", "I agree completely.", 0.4),
     ("host", "Where can listeners learn more about the project?", 1.0),
     ("guest", "Our website has the recordings and the stories behind them.", 0.5),
@@ -96,7 +104,7 @@ def _trim(audio: np.ndarray, sr: int, rel_db: float = -30.0) -> np.ndarray:
     loud = np.flatnonzero(rms > rms.max() * 10 ** (rel_db / 20))
     if loud.size == 0:
         return audio[:0]
-    return audio[loud[0] * hop: (loud[-1] + 1) * hop]
+    return audio[loud[0] * hop : (loud[-1] + 1) * hop]
 
 
 def _speak(text: str, voice: str, tmp: Path, speed: int) -> np.ndarray:
@@ -145,7 +153,7 @@ def make_interview(
         for speaker, text, pause in script:
             voice = VOICES[speaker]
             if text.startswith("RUNON:"):
-                parts, words = _runon(text[len("RUNON:"):], voice, tmp, speed)
+                parts, words = _runon(text[len("RUNON:") :], voice, tmp, speed)
                 for k, (a, w) in enumerate(zip(parts, words)):
                     voiced.append(Voiced(t, t + len(a) / sr, speaker, w))
                     chunks.append(a)

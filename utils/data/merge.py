@@ -23,7 +23,7 @@ from utils.data.audio import TARGET_SR, load_audio
 from utils.data.csv_io import Row, read_coqui_csv
 from utils.data.dataset_folder import EVAL_CSV, REPORT_NAME, TRAIN_CSV, DatasetFolder, slug
 from utils.data.preflight import run_preflight
-from utils.data.text import normalise_for_dedupe  # noqa: F401  (re-exported for callers)
+from utils.data.text import normalise_for_dedupe  # re-exported for callers
 from utils.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -68,8 +68,9 @@ def _unique_tag(base: str, tags: set[str]) -> str:
     return tag
 
 
-def _check_row(r: Row, where: dict[str, Any], seen_audio: dict[str, str], seen_text: dict[tuple[str, str], str],
-               dedupe_text: bool) -> tuple[np.ndarray, str, tuple[str, str]] | dict[str, Any]:
+def _check_row(
+    r: Row, where: dict[str, Any], seen_audio: dict[str, str], seen_text: dict[tuple[str, str], str], dedupe_text: bool
+) -> tuple[np.ndarray, str, tuple[str, str]] | dict[str, Any]:
     """(audio, audio hash, text key) of a row to keep, or its removal entry."""
     try:
         audio, _ = load_audio(r.path, TARGET_SR)
@@ -77,12 +78,20 @@ def _check_row(r: Row, where: dict[str, Any], seen_audio: dict[str, str], seen_t
         return {**where, "reason": "unreadable_audio", "detail": str(exc)}
     h = audio_hash(audio)
     if h in seen_audio:
-        return {**where, "reason": "duplicate_audio", "detail": f"same audio as {seen_audio[h]}",
-                "duplicate_of": seen_audio[h]}
+        return {
+            **where,
+            "reason": "duplicate_audio",
+            "detail": f"same audio as {seen_audio[h]}",
+            "duplicate_of": seen_audio[h],
+        }
     tkey = (r.speaker_name, normalise_for_dedupe(r.text))
     if dedupe_text and tkey[1] and tkey in seen_text:
-        return {**where, "reason": "duplicate_text", "detail": f"same speaker and text as {seen_text[tkey]}",
-                "duplicate_of": seen_text[tkey]}
+        return {
+            **where,
+            "reason": "duplicate_text",
+            "detail": f"same speaker and text as {seen_text[tkey]}",
+            "duplicate_of": seen_text[tkey],
+        }
     return audio, h, tkey
 
 
@@ -123,8 +132,12 @@ def merge_datasets(
         tag = _unique_tag(slug(path.stem if path.is_file() else path.resolve().name, 24), state.tags)
         kept = sum(state.add(ds, path, tag, csv_path, r, clips, bar) for csv_path, r in rows)
         state.per_input.append({"input": str(path), "tag": tag, "rows": len(rows), "kept": kept})
-        ds.report["sources"][tag] = {"file": str(path), "tool": "merge_datasets", "clips": kept,
-                                     "skipped": [x for x in state.removed if x["input"] == str(path)]}
+        ds.report["sources"][tag] = {
+            "file": str(path),
+            "tool": "merge_datasets",
+            "clips": kept,
+            "skipped": [x for x in state.removed if x["input"] == str(path)],
+        }
     bar.close()
     ds.report["merge"] = {"inputs": state.per_input, "removed": state.removed, "dedupe_text": dedupe_text}
     ds.save(eval_fraction=eval_fraction, seed=seed)
@@ -170,6 +183,12 @@ class _MergeState:
         orig_source = clips.get(r.audio_file, {}).get("source") or r.source
         # unknown recording: each clip is its own source; the split still groups by speaker and text
         source = f"{tag}/{orig_source}" if orig_source else f"{tag}/{rel_in}"
-        ds.add_clip(rel, audio, r.text, speaker=r.speaker_name, source=source,
-                    meta={"origin": f"{path}/{r.audio_file}" if path.is_dir() else origin, "row": origin})
+        ds.add_clip(
+            rel,
+            audio,
+            r.text,
+            speaker=r.speaker_name,
+            source=source,
+            meta={"origin": f"{path}/{r.audio_file}" if path.is_dir() else origin, "row": origin},
+        )
         return True

@@ -42,6 +42,7 @@ SILENCE_RMS_DB = -55.0
 MAX_CLIPPED_FRACTION = 0.001
 _POOL_MIN_ROWS = 256  # below this, a process pool costs more than it saves
 
+
 class Reason(str, Enum):
     """Why a sample is excluded: the one vocabulary of the preflight, the training dataset and the
     clip cache (reports and ``runtime_exclusions.jsonl`` hold the values)."""
@@ -101,7 +102,7 @@ class SpecialTokens:
     stop: int | None
 
     @classmethod
-    def of(cls, tokenizer: Any) -> "SpecialTokens":
+    def of(cls, tokenizer: Any) -> SpecialTokens:
         """From Coqui's ``VoiceBpeTokenizer`` or the toolkit's (both wrap a ``tokenizers`` object)."""
         inner = getattr(tokenizer, "tokenizer", None)
         if inner is not None and hasattr(inner, "token_to_id"):
@@ -118,7 +119,9 @@ def check_text(text: str) -> None:
 def check_tokens(ids: Sequence[int], special: SpecialTokens, max_tokens: int) -> None:
     """Raise :class:`SampleProblem` for [UNK] or [STOP] in the token ids, or too many of them."""
     if special.unk is not None and special.unk in ids:
-        raise SampleProblem(Reason.UNKNOWN_CHARACTERS, "the encoding holds [UNK]; extend the vocabulary or fix the text")
+        raise SampleProblem(
+            Reason.UNKNOWN_CHARACTERS, "the encoding holds [UNK]; extend the vocabulary or fix the text"
+        )
     if special.stop is not None and special.stop in ids:
         raise SampleProblem(Reason.STOP_TOKEN_IN_TEXT, "the text encodes to the [STOP] token")
     if len(ids) > max_tokens:
@@ -217,11 +220,19 @@ def _audio_check(args: tuple[str, float, float, float, float]) -> dict[str, Any]
     try:
         info = sf.info(path)
     except (sf.LibsndfileError, RuntimeError) as exc:
-        return {"reason": Reason.UNREADABLE_AUDIO.value, "detail": f"{str(exc).strip()[:200]}; convert it to WAV or FLAC"}
+        return {
+            "reason": Reason.UNREADABLE_AUDIO.value,
+            "detail": f"{str(exc).strip()[:200]}; convert it to WAV or FLAC",
+        }
     if info.samplerate <= 0 or info.frames <= 0:
         return {"reason": Reason.UNREADABLE_AUDIO.value, "detail": "no audio frames"}
     duration = info.frames / info.samplerate
-    facts = {"duration": duration, "sr": int(info.samplerate), "channels": int(info.channels), "subtype": str(info.subtype)}
+    facts = {
+        "duration": duration,
+        "sr": int(info.samplerate),
+        "channels": int(info.channels),
+        "subtype": str(info.subtype),
+    }
     if duration < min_s:
         return {**facts, "reason": Reason.TOO_SHORT.value, "detail": f"{duration:.2f} s < {min_s} s"}
     if duration > max_s:
@@ -249,7 +260,11 @@ def _audio_check(args: tuple[str, float, float, float, float]) -> dict[str, Any]
     if max(float(mono.max()), -float(mono.min())) >= full:
         clipped = float(np.count_nonzero(np.abs(mono) >= full)) / mono.size
         if clipped > max_clipped:
-            return {**facts, "reason": Reason.CLIPPED.value, "detail": f"{clipped:.2%} of samples at full scale (> {max_clipped:.2%})"}
+            return {
+                **facts,
+                "reason": Reason.CLIPPED.value,
+                "detail": f"{clipped:.2%} of samples at full scale (> {max_clipped:.2%})",
+            }
     return facts
 
 
@@ -268,7 +283,9 @@ def _text_check(
             unknown = tokenizer.unknown_characters(text, language)
             if unknown:
                 shown = " ".join(f"{c!r} (U+{ord(c):04X})" for c in unknown[:10])
-                raise SampleProblem(Reason.UNKNOWN_CHARACTERS, f"[UNK] for: {shown}; extend the vocabulary or fix the text")
+                raise SampleProblem(
+                    Reason.UNKNOWN_CHARACTERS, f"[UNK] for: {shown}; extend the vocabulary or fix the text"
+                )
         check_tokens(ids, special, max_tokens)
     except SampleProblem as problem:
         return problem.reason.value, problem.detail
@@ -367,8 +384,13 @@ class AudioCheckCache:
         self.changed = False
 
 
-def _audio_results(jobs: list[tuple], text_check: Callable[[int], tuple[str, str] | None], workers: int,
-                   progress: bool, cache: AudioCheckCache | None) -> tuple[list[dict[str, Any]], list[tuple[str, str] | None]]:  # fmt: skip
+def _audio_results(
+    jobs: list[tuple],
+    text_check: Callable[[int], tuple[str, str] | None],
+    workers: int,
+    progress: bool,
+    cache: AudioCheckCache | None,
+) -> tuple[list[dict[str, Any]], list[tuple[str, str] | None]]:
     """Every job's audio check (from ``cache`` where it still holds) and every text check, in row order."""
     results: list[dict[str, Any] | None] = [cache.get(job) if cache else None for job in jobs]
     todo = [i for i, res in enumerate(results) if res is None]
@@ -384,13 +406,22 @@ def _audio_results(jobs: list[tuple], text_check: Callable[[int], tuple[str, str
 
 
 def run_preflight(
-    csv_path: str | os.PathLike, *, language: str, tokenizer: TextTokenizer | None = None,
-    vocab_path: str | os.PathLike | None = None, dataset_root: str | os.PathLike | None = None,
-    max_audio_s: float = MAX_AUDIO_S, min_audio_s: float = MIN_AUDIO_S, max_text_tokens: int = MAX_TEXT_TOKENS,
-    silence_rms_db: float = SILENCE_RMS_DB, max_clipped_fraction: float = MAX_CLIPPED_FRACTION,
-    workers: int | None = None, progress: bool = True, exclude_duplicates_of: PreflightReport | None = None,
+    csv_path: str | os.PathLike,
+    *,
+    language: str,
+    tokenizer: TextTokenizer | None = None,
+    vocab_path: str | os.PathLike | None = None,
+    dataset_root: str | os.PathLike | None = None,
+    max_audio_s: float = MAX_AUDIO_S,
+    min_audio_s: float = MIN_AUDIO_S,
+    max_text_tokens: int = MAX_TEXT_TOKENS,
+    silence_rms_db: float = SILENCE_RMS_DB,
+    max_clipped_fraction: float = MAX_CLIPPED_FRACTION,
+    workers: int | None = None,
+    progress: bool = True,
+    exclude_duplicates_of: PreflightReport | None = None,
     audio_cache: str | os.PathLike | AudioCheckCache | None = None,
-) -> PreflightReport:  # fmt: skip
+) -> PreflightReport:
     """Check every row of a ``coqui``-format CSV.
 
     Args:
@@ -422,8 +453,13 @@ def run_preflight(
     root = Path(dataset_root).resolve() if dataset_root is not None else csv_path.resolve().parent
     bad: list[BadRow] = []
     rows = read_coqui_csv(csv_path, dataset_root=root, bad_rows=bad)
-    limits = {"min_audio_s": min_audio_s, "max_audio_s": max_audio_s, "max_text_tokens": max_text_tokens,
-              "silence_rms_db": silence_rms_db, "max_clipped_fraction": max_clipped_fraction}  # fmt: skip
+    limits = {
+        "min_audio_s": min_audio_s,
+        "max_audio_s": max_audio_s,
+        "max_text_tokens": max_text_tokens,
+        "silence_rms_db": silence_rms_db,
+        "max_clipped_fraction": max_clipped_fraction,
+    }
     report = PreflightReport(csv_path=str(csv_path), language=language, total=len(rows) + len(bad), limits=limits)
     tokenizer = tokenizer if tokenizer is not None or vocab_path is None else load_text_tokenizer(vocab_path)
     if tokenizer is None:
@@ -438,12 +474,19 @@ def run_preflight(
     own_cache = audio_cache is not None and not isinstance(audio_cache, AudioCheckCache)
     cache = AudioCheckCache(audio_cache) if own_cache else audio_cache
     audio_results, text_results = _audio_results(
-        jobs, lambda i: _text_check(candidates[i].text, language, tokenizer, max_text_tokens, special), workers, progress,
+        jobs,
+        lambda i: _text_check(candidates[i].text, language, tokenizer, max_text_tokens, special),
+        workers,
+        progress,
         cache,
-    )  # fmt: skip
+    )
     if own_cache:
         cache.save()  # a path: written back now (a caller's cache object is the caller's to save)
-    kept = [r for r, res, text in zip(candidates, audio_results, text_results, strict=True) if screen.keep(r, res, text, report)]
+    kept = [
+        r
+        for r, res, text in zip(candidates, audio_results, text_results, strict=True)
+        if screen.keep(r, res, text, report)
+    ]
     report.excluded = [screen.excluded[k] for k in sorted(screen.excluded)]
     report.kept_rows, report.kept_hashes, report.kept = kept, screen.seen_hashes, len(kept)
     report.hours_kept = sum(r.duration or 0.0 for r in kept) / 3600.0
@@ -474,13 +517,19 @@ class _Screen:
         if not r.audio_file:
             return self.exclude(r, Reason.MISSING_FILE, "audio_file column is empty")
         if not _inside(r.path, self.root):
-            return self.exclude(r, Reason.PATH_OUTSIDE_DATASET, f"resolves to {r.path}, outside {self.root}; move the "
-                                f"file into that folder (paths relative to the CSV), or check against a folder that "
-                                f"holds both with scripts/validate_dataset.py --dataset-root DIR")  # fmt: skip
+            return self.exclude(
+                r,
+                Reason.PATH_OUTSIDE_DATASET,
+                f"resolves to {r.path}, outside {self.root}; move the "
+                f"file into that folder (paths relative to the CSV), or check against a folder that "
+                f"holds both with scripts/validate_dataset.py --dataset-root DIR",
+            )
         if r.path in self.seen_paths:
             return self.exclude(r, Reason.DUPLICATE_ROW, f"same file as row {self.seen_paths[r.path]}")
         if r.path in self.other_paths:
-            return self.exclude(r, Reason.DUPLICATE_ROW, f"same file as row {self.other_paths[r.path]} of {self.other_name}")
+            return self.exclude(
+                r, Reason.DUPLICATE_ROW, f"same file as row {self.other_paths[r.path]} of {self.other_name}"
+            )
         self.seen_paths[r.path] = r.row
         return True
 
@@ -497,8 +546,15 @@ class _Screen:
             return self.exclude(r, Reason.DUPLICATE_ROW, f"same audio content as row {row} of {self.other_name}")
         self.seen_hashes[res["hash"]] = r.row
         r.duration = res["duration"]
-        changes = [name for name, changed in (("sample_rate", res["sr"] != 22050), ("channels", res["channels"] != 1),
-                                              ("bit_depth", res["subtype"] != "PCM_16")) if changed]  # fmt: skip
+        changes = [
+            name
+            for name, changed in (
+                ("sample_rate", res["sr"] != 22050),
+                ("channels", res["channels"] != 1),
+                ("bit_depth", res["subtype"] != "PCM_16"),
+            )
+            if changed
+        ]
         if changes:
             report.converted += 1
             for c in changes:
@@ -528,7 +584,9 @@ def flag_rates(report: PreflightReport) -> list[dict[str, Any]]:
     by_speaker: dict[str, list[float]] = defaultdict(list)
     for r, rate in rates:
         by_speaker[r.speaker_name].append(rate)
-    medians = {name: sorted(values)[len(values) // 2] for name, values in by_speaker.items() if len(values) >= RATE_MIN_ROWS}
+    medians = {
+        name: sorted(values)[len(values) // 2] for name, values in by_speaker.items() if len(values) >= RATE_MIN_ROWS
+    }
     flagged = []
     for r, rate in rates:
         median = medians.get(r.speaker_name)
@@ -538,11 +596,22 @@ def flag_rates(report: PreflightReport) -> list[dict[str, Any]]:
             (low, high), basis = RATE_BOUNDS, f"expected {RATE_BOUNDS[0]:g}-{RATE_BOUNDS[1]:g}"
         if rate < low or rate > high:
             hint = "the transcript may be missing words" if rate < low else "the audio may be cut short"
-            flagged.append({"row": r.row, "audio_file": r.audio_file, "reason": "speaking_rate",
-                            "detail": f"{rate:.1f} characters/s over {r.duration:.1f} s ({basis}): {hint}"})  # fmt: skip
+            flagged.append(
+                {
+                    "row": r.row,
+                    "audio_file": r.audio_file,
+                    "reason": "speaking_rate",
+                    "detail": f"{rate:.1f} characters/s over {r.duration:.1f} s ({basis}): {hint}",
+                }
+            )
     if flagged:
-        logger.warning("preflight %s: %d kept rows have a speaking rate far from the rest (listed in the report, "
-                       "e.g. row %d: %s)", report.csv_path, len(flagged), flagged[0]["row"], flagged[0]["detail"])  # fmt: skip
+        logger.warning(
+            "preflight %s: %d kept rows have a speaking rate far from the rest (listed in the report, e.g. row %d: %s)",
+            report.csv_path,
+            len(flagged),
+            flagged[0]["row"],
+            flagged[0]["detail"],
+        )
     return flagged
 
 
@@ -558,7 +627,9 @@ def check_usable(
             the rows (train and eval together) excluded.
     """
     if report.total == 0:
-        raise DataError(f"{report.csv_path} has no rows (only a header, or empty); add audio_file|text|speaker_name rows")
+        raise DataError(
+            f"{report.csv_path} has no rows (only a header, or empty); add audio_file|text|speaker_name rows"
+        )
     if report.kept == 0:
         raise DataError(
             f"no usable rows in {report.csv_path} ({report.total} rows, all excluded: {report.reason_counts()}); "
@@ -580,5 +651,6 @@ def check_usable(
         raise DataError(
             f"{n_excluded} of {total} rows ({share:.1%}) fail the preflight, more than the allowed "
             f"{max_excluded_share:.0%} ({dict(counts.most_common())}); fix the data (each row's reason: "
-            f"python scripts/validate_dataset.py CSV --report rows.json) or raise the threshold with --max-excluded-share"
+            "python scripts/validate_dataset.py CSV --report rows.json) or raise the threshold with "
+            "--max-excluded-share"
         )

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,13 @@ from utils.data.audio import MEDIA_EXTENSIONS, TARGET_SR, load_audio, resample
 from utils.data.boundaries import band_power, frame_levels, snap_words, word_gaps
 from utils.data.dataset_folder import DatasetFolder, fingerprint
 from utils.data.fingerprint import (
-    BANDS_HZ, NEAR_THRESHOLD, AudioPrint, audio_print, load_print, save_print, similarity,
+    BANDS_HZ,
+    NEAR_THRESHOLD,
+    AudioPrint,
+    audio_print,
+    load_print,
+    save_print,
+    similarity,
 )
 from utils.data.segment import SegmentLimits, Word, segment_words
 from utils.data.speakers import SpeakerEncoder, SpeakerOptions, label_words
@@ -113,9 +119,18 @@ def _duplicate_of(ds: DatasetFolder, ap: AudioPrint, taken: dict[str, AudioPrint
     return best if best is not None and best[1] >= NEAR_THRESHOLD else None
 
 
-def _cut_recording(audio: np.ndarray, audio16: np.ndarray, power: np.ndarray, words: list[Word], sid: str,
-                   plan: SpeakerPlan, encoder: SpeakerEncoder | None, reference: np.ndarray | None,
-                   limits: SegmentLimits, count_tokens: Callable[[str], int]) -> tuple[list[tuple], list[dict[str, Any]], dict[str, Any]]:
+def _cut_recording(
+    audio: np.ndarray,
+    audio16: np.ndarray,
+    power: np.ndarray,
+    words: list[Word],
+    sid: str,
+    plan: SpeakerPlan,
+    encoder: SpeakerEncoder | None,
+    reference: np.ndarray | None,
+    limits: SegmentLimits,
+    count_tokens: Callable[[str], int],
+) -> tuple[list[tuple], list[dict[str, Any]], dict[str, Any]]:
     """Clips (audio, text, start, end, meta), skipped spans and speaker facts of one recording."""
     total_s = len(audio) / TARGET_SR
     levels = frame_levels(audio16, WHISPER_SR, power=power)
@@ -123,27 +138,54 @@ def _cut_recording(audio: np.ndarray, audio16: np.ndarray, power: np.ndarray, wo
     labels = None
     if plan.diarize and encoder is not None and words:
         labels = label_words(words, word_gaps(words, levels), audio16, encoder, plan.options, reference)
-    segments, skipped = segment_words(words, total_s=total_s, limits=limits, count_tokens=count_tokens,
-                                      levels=levels, speakers=labels.per_word if labels else None)
+    segments, skipped = segment_words(
+        words,
+        total_s=total_s,
+        limits=limits,
+        count_tokens=count_tokens,
+        levels=levels,
+        speakers=labels.per_word if labels else None,
+    )
     names = {0: plan.name}
     if labels:
         names.update({k: f"{plan.name}-other{k}-{sid}" for k in labels.seconds if k})
     clips = []
     for s in segments:
         if s.speaker != 0 and plan.others == "drop":
-            skipped.append({"start": s.start, "end": s.end, "text": s.text, "reason": "other_speaker",
-                            "detail": f"voice {s.speaker} of this recording is not the target "
-                                      f"(keep it with --other-speakers keep)"})
+            skipped.append(
+                {
+                    "start": s.start,
+                    "end": s.end,
+                    "text": s.text,
+                    "reason": "other_speaker",
+                    "detail": f"voice {s.speaker} of this recording is not the target "
+                    f"(keep it with --other-speakers keep)",
+                }
+            )
             continue
-        meta = {"speaker": names[s.speaker], "margin_start_s": s.margin_start, "margin_end_s": s.margin_end,
-                "logprob": s.logprob}
-        clips.append((audio[int(s.start * TARGET_SR): int(s.end * TARGET_SR)], s.text, s.start, s.end, meta))
+        meta = {
+            "speaker": names[s.speaker],
+            "margin_start_s": s.margin_start,
+            "margin_end_s": s.margin_end,
+            "logprob": s.logprob,
+        }
+        clips.append((audio[int(s.start * TARGET_SR) : int(s.end * TARGET_SR)], s.text, s.start, s.end, meta))
     if not words:
-        skipped.append({"start": 0.0, "end": round(total_s, 3), "text": "", "reason": "no_speech",
-                        "detail": "Whisper found no words"})
+        skipped.append(
+            {
+                "start": 0.0,
+                "end": round(total_s, 3),
+                "text": "",
+                "reason": "no_speech",
+                "detail": "Whisper found no words",
+            }
+        )
     skipped.sort(key=lambda x: x["start"])
-    facts = {"speakers": {names.get(k, f"voice{k}"): v for k, v in labels.seconds.items()} if labels else {},
-             "diarized": labels is not None, "edge_threshold_db": round(levels.threshold_db, 1)}
+    facts = {
+        "speakers": {names.get(k, f"voice{k}"): v for k, v in labels.seconds.items()} if labels else {},
+        "diarized": labels is not None,
+        "edge_threshold_db": round(levels.threshold_db, 1),
+    }
     if labels and labels.reference_similarity:
         facts["reference_similarity"] = {names[k]: v for k, v in labels.reference_similarity.items()}
     return clips, skipped, facts
@@ -213,12 +255,17 @@ def prepare_dataset(
     if not ds.rows:
         failed = "; ".join(f"{x['file']}: {x['reason']}" for x in ds.report["failed_inputs"]) or "no speech found"
         raise DataError(f"no clips could be made ({failed}); check the inputs are audio with speech")
-    ds.report["last_run"] = {"tool": "prepare_dataset", "new_inputs": len(todo), "new_clips": n_new,
-                             "skipped_already_done": len(files) - len(todo), "skipped_duplicates": n_dup}
+    ds.report["last_run"] = {
+        "tool": "prepare_dataset",
+        "new_inputs": len(todo),
+        "new_clips": n_new,
+        "skipped_already_done": len(files) - len(todo),
+        "skipped_duplicates": n_dup,
+    }
     return _save(ds, run, _review(ds, recheck), eval_fraction, seed)
 
 
-def _save(ds: DatasetFolder, run: "_Run", flags: list[dict[str, Any]], eval_fraction: float, seed: int) -> dict[str, Any]:
+def _save(ds: DatasetFolder, run: _Run, flags: list[dict[str, Any]], eval_fraction: float, seed: int) -> dict[str, Any]:
     report = ds.save(eval_fraction=eval_fraction, seed=seed)  # nothing else is written if this refuses
     review.write_review(ds.root, flags)
     for sid, ap in run.prints.items():
@@ -230,14 +277,20 @@ def _save(ds: DatasetFolder, run: "_Run", flags: list[dict[str, Any]], eval_frac
 DUPLICATE = -1
 
 
-def _take_all(run: "_Run", todo: list, progress: bool) -> tuple[int, int]:
+def _take_all(run: _Run, todo: list, progress: bool) -> tuple[int, int]:
     """Every new input through ``run``, under one bar in hours of audio; (new clips, duplicates)."""
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     # the bar's total grows as each file is decoded; log lines (faster-whisper's too) print above it
-    bar = tqdm(total=0.0, desc="prepare", unit="audio h", unit_scale=1 / 3600, disable=not progress,
-               bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h of audio [{elapsed}<{remaining}]{postfix}")  # fmt: skip
+    bar = tqdm(
+        total=0.0,
+        desc="prepare",
+        unit="audio h",
+        unit_scale=1 / 3600,
+        disable=not progress,
+        bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h of audio [{elapsed}<{remaining}]{postfix}",
+    )
     n_new, n_dup = 0, 0
     with logging_redirect_tqdm():
         for i, (f, fp) in enumerate(todo, start=1):
@@ -285,14 +338,30 @@ class _Run:
             bar.refresh()
         words, lang = self.transcriber(audio16, bar)
         sid = self.ds.new_source_id(f, fp)
-        clips, skipped, facts = _cut_recording(audio, audio16, power[:, -1], words, sid, self.plan, self.encoder,
-                                               self.reference, self.limits, self.count_tokens)
+        clips, skipped, facts = _cut_recording(
+            audio,
+            audio16,
+            power[:, -1],
+            words,
+            sid,
+            self.plan,
+            self.encoder,
+            self.reference,
+            self.limits,
+            self.count_tokens,
+        )
         self.ds.clear_failed(str(f))
         self.taken[sid] = self.prints[sid] = ap
-        return self.ds.add_source(sid, file=str(f), fp=fp, clips=clips, speaker=self.plan.name, skipped=skipped,
-                                  tool="prepare_dataset",
-                                  extra={"language": lang, "duration_s": round(total_s, 3),
-                                         "audio_fingerprint": ap.exact, **facts})
+        return self.ds.add_source(
+            sid,
+            file=str(f),
+            fp=fp,
+            clips=clips,
+            speaker=self.plan.name,
+            skipped=skipped,
+            tool="prepare_dataset",
+            extra={"language": lang, "duration_s": round(total_s, 3), "audio_fingerprint": ap.exact, **facts},
+        )
 
 
 def _new_inputs(ds: DatasetFolder, files: list[Path]) -> list[tuple[Path, str]]:
@@ -314,14 +383,16 @@ def _new_inputs(ds: DatasetFolder, files: list[Path]) -> list[tuple[Path, str]]:
     return todo
 
 
-def _load_whisper(whisper_model: str | None, device: str, compute_type: str | None, language: str | None,
-                  batch_size: int) -> TranscribeFn:
+def _load_whisper(
+    whisper_model: str | None, device: str, compute_type: str | None, language: str | None, batch_size: int
+) -> TranscribeFn:
     if whisper_model is None:
         raise ConfigError("no Whisper model given; pass --whisper-model (a CTranslate2 folder or a model name)")
     from utils.data.transcribe import load_transcriber
 
-    return load_transcriber(whisper_model, device=device, compute_type=compute_type, language=language,
-                            batch_size=batch_size)
+    return load_transcriber(
+        whisper_model, device=device, compute_type=compute_type, language=language, batch_size=batch_size
+    )
 
 
 def _reference_embedding(plan: SpeakerPlan, encoder: SpeakerEncoder | None) -> np.ndarray | None:
@@ -354,6 +425,14 @@ def _record_duplicate(ds: DatasetFolder, f: Path, fp: str, dup: tuple[str, float
     logger.warning("%s is the same recording as %s (similarity %.3f); skipped", f, first, sim)
     ds.report.setdefault("duplicates", [])
     ds.report["duplicates"] = [d for d in ds.report["duplicates"] if d["file"] != str(f)]
-    ds.report["duplicates"].append({"file": str(f), "fingerprint": fp, "duplicate_of": first, "source": sid,
-                                    "kind": kind, "similarity": round(sim, 4)})
+    ds.report["duplicates"].append(
+        {
+            "file": str(f),
+            "fingerprint": fp,
+            "duplicate_of": first,
+            "source": sid,
+            "kind": kind,
+            "similarity": round(sim, 4),
+        }
+    )
     ds.clear_failed(str(f))

@@ -99,8 +99,13 @@ def check_clips(
                 ratio = rates[name] / med
                 checks["rate_vs_median"] = round(ratio, 2)
                 if ratio > RATE_FACTOR or ratio < 1 / RATE_FACTOR:
-                    found.append(("speaking_rate", f"{rates[name]:.1f} chars/s vs the speaker's median {med:.1f} "
-                                                   f"(outside x{RATE_FACTOR} either way)"))
+                    found.append(
+                        (
+                            "speaking_rate",
+                            f"{rates[name]:.1f} chars/s vs the speaker's median {med:.1f} "
+                            f"(outside x{RATE_FACTOR} either way)",
+                        )
+                    )
         if meta.get("logprob") is not None and meta["logprob"] < MIN_LOGPROB:
             found.append(("low_asr_confidence", f"mean log word probability {meta['logprob']:.2f} < {MIN_LOGPROB}"))
         if recheck is not None:
@@ -138,10 +143,19 @@ def summary(flags: list[dict[str, Any]], n_clips: int, rechecked: bool) -> dict[
     counts: dict[str, int] = defaultdict(int)
     for f in flags:
         counts[f["reason"]] += 1
-    return {"file": REVIEW_NAME, "clips_checked": n_clips, "clips_flagged": len({f["audio_file"] for f in flags}),
-            "by_reason": dict(counts), "second_asr_pass": rechecked,
-            "thresholds": {"rate_factor": RATE_FACTOR, "min_clips_for_rate": MIN_CLIPS_FOR_RATE,
-                           "min_logprob": MIN_LOGPROB, "max_cer": MAX_CER}}
+    return {
+        "file": REVIEW_NAME,
+        "clips_checked": n_clips,
+        "clips_flagged": len({f["audio_file"] for f in flags}),
+        "by_reason": dict(counts),
+        "second_asr_pass": rechecked,
+        "thresholds": {
+            "rate_factor": RATE_FACTOR,
+            "min_clips_for_rate": MIN_CLIPS_FOR_RATE,
+            "min_logprob": MIN_LOGPROB,
+            "max_cer": MAX_CER,
+        },
+    }
 
 
 def recheck_with(transcriber: Callable[..., tuple[list, str]], root: str | os.PathLike) -> Callable[[str], str]:

@@ -123,8 +123,9 @@ def _split_long(plan: _Plan, a: int, b: int, fits: Callable[[int, int], bool]) -
     return _split_long(plan, a, best, fits) + _split_long(plan, best + 1, b, fits)
 
 
-def _merge_short(plan: _Plan, pieces: list[tuple[int, int]], limits: SegmentLimits,
-                 fits: Callable[[int, int], bool]) -> list[tuple[int, int]]:
+def _merge_short(
+    plan: _Plan, pieces: list[tuple[int, int]], limits: SegmentLimits, fits: Callable[[int, int], bool]
+) -> list[tuple[int, int]]:
     merged: list[tuple[int, int]] = []
     w = plan.words
     for a, b in pieces:
@@ -132,8 +133,7 @@ def _merge_short(plan: _Plan, pieces: list[tuple[int, int]], limits: SegmentLimi
             ma, mb = merged[-1]
             g = plan.gaps[mb]
             short = w[mb].end - w[ma].start < limits.short_s or w[b].end - w[a].start < limits.short_s
-            if (g is not None and not plan.hard(mb) and g.width <= limits.max_merge_gap_s and short
-                    and fits(ma, b)):
+            if g is not None and not plan.hard(mb) and g.width <= limits.max_merge_gap_s and short and fits(ma, b):
                 merged[-1] = (ma, b)
                 continue
         merged.append((a, b))
@@ -172,7 +172,7 @@ def segment_words(
     span_max = limits.max_s - 2 * limits.pad_s
 
     def fits(a: int, b: int) -> bool:
-        return ws[b].end - ws[a].start <= span_max and count_tokens(_text(ws[a:b + 1])) <= limits.max_tokens
+        return ws[b].end - ws[a].start <= span_max and count_tokens(_text(ws[a : b + 1])) <= limits.max_tokens
 
     pieces: list[tuple[int, int]] = []
     for a, b in _phrases(plan, limits.pause_s):
@@ -193,40 +193,77 @@ def segment_words(
     return segments, skipped
 
 
-def _cut(plan: _Plan, a: int, b: int, lead: Gap, trail: Gap, total_s: float, limits: SegmentLimits,
-         count_tokens: Callable[[str], int], levels: Levels | None) -> tuple[Segment | None, dict | None]:
+def _cut(
+    plan: _Plan,
+    a: int,
+    b: int,
+    lead: Gap,
+    trail: Gap,
+    total_s: float,
+    limits: SegmentLimits,
+    count_tokens: Callable[[str], int],
+    levels: Levels | None,
+) -> tuple[Segment | None, dict | None]:
     """Place the edges of words a..b in their gaps; a reason when that is not possible."""
     ws = plan.words
-    text = _text(ws[a:b + 1])
+    text = _text(ws[a : b + 1])
     before = plan.gaps[a - 1] if a > 0 else None
     after = plan.gaps[b] if b + 1 < len(ws) else None
     lo = max(0.0, lead.end - limits.pad_s) if a == 0 else (edges_in_gap(before, limits.pad_s)[1] if before else None)
-    hi = min(total_s, trail.start + limits.pad_s) if b + 1 == len(ws) else (
-        edges_in_gap(after, limits.pad_s)[0] if after else None)
+    hi = (
+        min(total_s, trail.start + limits.pad_s)
+        if b + 1 == len(ws)
+        else (edges_in_gap(after, limits.pad_s)[0] if after else None)
+    )
     base = {"start": round(ws[a].start, 3), "end": round(ws[b].end, 3), "text": text}
     if lo is None or hi is None:
         where = (a - 1, a) if lo is None else (b, b + 1)
         left, right = ws[where[0]], ws[where[1]]
-        return None, {**base, "reason": "no_clean_cut",
-                      "detail": f"no pause between {left.text.strip()!r} and {right.text.strip()!r} "
-                                f"near {right.start:.2f} s to cut at"}
+        return None, {
+            **base,
+            "reason": "no_clean_cut",
+            "detail": f"no pause between {left.text.strip()!r} and {right.text.strip()!r} "
+            f"near {right.start:.2f} s to cut at",
+        }
     lo, hi = max(0.0, lo), min(total_s, hi)
     seg_d = hi - lo
     if seg_d < limits.min_s:
-        return None, {**base, "start": round(lo, 3), "end": round(hi, 3), "reason": "too_short",
-                      "detail": f"{seg_d:.2f} s < {limits.min_s} s with no neighbour to merge with"}
+        return None, {
+            **base,
+            "start": round(lo, 3),
+            "end": round(hi, 3),
+            "reason": "too_short",
+            "detail": f"{seg_d:.2f} s < {limits.min_s} s with no neighbour to merge with",
+        }
     if seg_d > limits.max_s or count_tokens(text) > limits.max_tokens:
-        return None, {**base, "start": round(lo, 3), "end": round(hi, 3), "reason": "too_long",
-                      "detail": f"{seg_d:.2f} s / {count_tokens(text)} tokens and no pause inside to split at"}
+        return None, {
+            **base,
+            "start": round(lo, 3),
+            "end": round(hi, 3),
+            "reason": "too_long",
+            "detail": f"{seg_d:.2f} s / {count_tokens(text)} tokens and no pause inside to split at",
+        }
     lo, hi = float(lo), float(hi)
     m0 = levels.margin(lo) if levels is not None and lo > 0 else None
     m1 = levels.margin(hi) if levels is not None and hi < total_s - 1e-3 else None
     if (m0 is not None and m0 <= 0.0) or (m1 is not None and m1 <= 0.0):
-        return None, {**base, "start": round(lo, 3), "end": round(hi, 3), "reason": "edge_in_speech",
-                      "detail": f"an edge falls in a voiced frame (margins {m0}, {m1})"}
-    probs = [max(w.probability, 1e-6) for w in ws[a:b + 1]]
+        return None, {
+            **base,
+            "start": round(lo, 3),
+            "end": round(hi, 3),
+            "reason": "edge_in_speech",
+            "detail": f"an edge falls in a voiced frame (margins {m0}, {m1})",
+        }
+    probs = [max(w.probability, 1e-6) for w in ws[a : b + 1]]
     logprob = sum(math.log(p) for p in probs) / len(probs)
-    speech = sum(w.end - w.start for w in ws[a:b + 1])
-    return Segment(round(float(lo), 3), round(float(hi), 3), text, plan.speakers[a],
-                   None if m0 is None else round(m0, 3), None if m1 is None else round(m1, 3),
-                   round(logprob, 4), round(speech, 3)), None
+    speech = sum(w.end - w.start for w in ws[a : b + 1])
+    return Segment(
+        round(float(lo), 3),
+        round(float(hi), 3),
+        text,
+        plan.speakers[a],
+        None if m0 is None else round(m0, 3),
+        None if m1 is None else round(m1, 3),
+        round(logprob, 4),
+        round(speech, 3),
+    ), None

@@ -80,7 +80,7 @@ def slaney_mel_filters(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
     lower = -ramps[:-2] / fdiff[:-1, None]
     upper = ramps[2:] / fdiff[1:, None]
     weights = np.maximum(0, np.minimum(lower, upper))
-    weights *= (2.0 / (mel_hz[2: n_mels + 2] - mel_hz[:n_mels]))[:, None]
+    weights *= (2.0 / (mel_hz[2 : n_mels + 2] - mel_hz[:n_mels]))[:, None]
     return weights.astype(np.float32)
 
 
@@ -126,8 +126,9 @@ class SpeakerEncoder:
         power = np.abs(np.fft.rfft(x[idx] * window, axis=1)) ** 2
         return (power.astype(np.float32) @ self._fb.T).astype(np.float32)
 
-    def partial_embeddings(self, wavs: Sequence[np.ndarray], rate: float = 1.3,
-                           min_coverage: float = 0.75) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def partial_embeddings(
+        self, wavs: Sequence[np.ndarray], rate: float = 1.3, min_coverage: float = 0.75
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """GE2E embeddings of the 1.6 s partial windows of each piece (each volume-normalised first).
 
         Returns:
@@ -186,15 +187,20 @@ def _pieces(words: Sequence, gaps: Sequence[Gap | None], opts: SpeakerOptions) -
     return [q for a, b in out for q in _split_piece(words, gaps, a, b, opts)]
 
 
-def _split_piece(words: Sequence, gaps: Sequence[Gap | None], a: int, b: int,
-                 opts: SpeakerOptions) -> list[tuple[int, int]]:
+def _split_piece(
+    words: Sequence, gaps: Sequence[Gap | None], a: int, b: int, opts: SpeakerOptions
+) -> list[tuple[int, int]]:
     if words[b].end - words[a].start <= opts.max_piece_s:
         return [(a, b)]
     best, width = None, -1.0
     for i in range(a, b):
         g = gaps[i]
-        if (g is not None and g.width > width and words[i].end - words[a].start >= opts.min_piece_s
-                and words[b].end - words[i + 1].start >= opts.min_piece_s):
+        if (
+            g is not None
+            and g.width > width
+            and words[i].end - words[a].start >= opts.min_piece_s
+            and words[b].end - words[i + 1].start >= opts.min_piece_s
+        ):
             best, width = i, g.width
     if best is None:
         return [(a, b)]
@@ -272,7 +278,7 @@ def label_words(
         spans.append((s, max(e, s + 0.01)))
     # 0.8 partial windows (1.6 s each) per second instead of Resemblyzer's 1.3: half the LSTM work,
     # still every part of a piece covered
-    emb = encoder.embed_many([audio16k[int(s * ENCODER_SR): int(e * ENCODER_SR)] for s, e in spans], rate=0.8)
+    emb = encoder.embed_many([audio16k[int(s * ENCODER_SR) : int(e * ENCODER_SR)] for s, e in spans], rate=0.8)
     durations = np.array([e - s for s, e in spans])
     big = durations >= opts.min_piece_s
     if not big.any():
@@ -285,11 +291,13 @@ def label_words(
         labels[~big] = np.argmax(emb[~big] @ centroids.T, axis=1)
     word_labels = np.zeros(len(words), dtype=int)
     for (a, b), lab in zip(pieces, labels):
-        word_labels[a: b + 1] = lab
+        word_labels[a : b + 1] = lab
     if len(centroids) > 1:
         _changes_inside_pieces(words, pieces, spans, audio16k, encoder, centroids, word_labels)
-    seconds = {int(k): float(sum(w.end - w.start for w, lab in zip(words, word_labels) if lab == k))
-               for k in np.unique(word_labels)}
+    seconds = {
+        int(k): float(sum(w.end - w.start for w, lab in zip(words, word_labels) if lab == k))
+        for k in np.unique(word_labels)
+    }
     ref_sim: dict[int, float] = {}
     if reference is not None:
         ref_sim = {k: float(centroids[k] @ reference) for k in seconds}
@@ -299,17 +307,27 @@ def label_words(
     remap = {old: new for new, old in enumerate(order)}
     per_word = [remap[int(lab)] for lab in word_labels]
     logger.info("speakers: %d piece(s), %d cluster(s)", len(pieces), len(order))
-    return SpeakerLabels(per_word, {remap[k]: round(v, 2) for k, v in seconds.items()}, len(pieces),
-                         {remap[k]: round(v, 3) for k, v in ref_sim.items()})
+    return SpeakerLabels(
+        per_word,
+        {remap[k]: round(v, 2) for k, v in seconds.items()},
+        len(pieces),
+        {remap[k]: round(v, 3) for k, v in ref_sim.items()},
+    )
 
 
 CHANGE_WINDOW_S = 1.6  # GE2E's partial window
 CHANGE_MARGIN = 0.05  # a window must be this much closer to another voice to count for it
 
 
-def _changes_inside_pieces(words: Sequence, pieces: list[tuple[int, int]], spans: list[tuple[float, float]],
-                           audio16k: np.ndarray, encoder: SpeakerEncoder, centroids: np.ndarray,
-                           word_labels: np.ndarray) -> None:
+def _changes_inside_pieces(
+    words: Sequence,
+    pieces: list[tuple[int, int]],
+    spans: list[tuple[float, float]],
+    audio16k: np.ndarray,
+    encoder: SpeakerEncoder,
+    centroids: np.ndarray,
+    word_labels: np.ndarray,
+) -> None:
     """Relabel words where another voice takes over inside a piece (a turn with no pause).
 
     Pieces of at least two windows are scanned with 1.6 s windows every 0.4 s; a word takes the
@@ -319,7 +337,7 @@ def _changes_inside_pieces(words: Sequence, pieces: list[tuple[int, int]], spans
     long = [k for k, (s, e) in enumerate(spans) if e - s >= 2 * CHANGE_WINDOW_S]
     if not long:
         return
-    wavs = [audio16k[int(spans[k][0] * ENCODER_SR): int(spans[k][1] * ENCODER_SR)] for k in long]
+    wavs = [audio16k[int(spans[k][0] * ENCODER_SR) : int(spans[k][1] * ENCODER_SR)] for k in long]
     partial, owner, starts = encoder.partial_embeddings(wavs, rate=2.5)
     sims = partial @ centroids.T
     top = np.sort(sims, axis=1)
@@ -329,14 +347,14 @@ def _changes_inside_pieces(words: Sequence, pieces: list[tuple[int, int]], spans
         here = (owner == j) & confident
         t0 = spans[k][0] + starts[here]
         votes = choice[here]
-        labs = word_labels[a: b + 1].copy()
-        for i, w in enumerate(words[a: b + 1]):
+        labs = word_labels[a : b + 1].copy()
+        for i, w in enumerate(words[a : b + 1]):
             mid = (w.start + w.end) / 2
             cover = votes[(t0 <= mid) & (mid < t0 + CHANGE_WINDOW_S)]
             if cover.size:
                 labs[i] = np.bincount(cover).argmax()
-        _drop_short_runs(labs, words[a: b + 1])
-        word_labels[a: b + 1] = labs
+        _drop_short_runs(labs, words[a : b + 1])
+        word_labels[a : b + 1] = labs
 
 
 def _drop_short_runs(labs: np.ndarray, words: Sequence) -> None:

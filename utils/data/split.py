@@ -22,8 +22,12 @@ from utils.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-KEY_ORDER: tuple[tuple[str, ...], ...] = (("source", "speaker", "text"), ("source", "text"), ("speaker", "text"),
-                                          ("text",))
+KEY_ORDER: tuple[tuple[str, ...], ...] = (
+    ("source", "speaker", "text"),
+    ("source", "text"),
+    ("speaker", "text"),
+    ("text",),
+)
 
 
 @dataclass
@@ -118,12 +122,16 @@ def split_rows(rows: Sequence[Row], *, eval_fraction: float = 0.1, seed: int = 0
     if not chosen:
         groups = {r.audio_file: [r] for r in rows}
         chosen = sorted(groups, key=lambda g: _rank(seed, g))[:target]
-        notes.append("every clip shares a recording, speaker or sentence with the others: split by clip, so "
-                     "eval clips come from the same recording and speaker as train clips")
+        notes.append(
+            "every clip shares a recording, speaker or sentence with the others: split by clip, so "
+            "eval clips come from the same recording and speaker as train clips"
+        )
     elif by != "+".join(KEY_ORDER[0]):
         missing = " and ".join(k for k in ("source", "speaker") if k not in by.split("+"))
-        notes.append(f"grouping by recording, speaker and sentence leaves one group: split by {by}, so the same "
-                     f"{missing} appears in train and eval")
+        notes.append(
+            f"grouping by recording, speaker and sentence leaves one group: split by {by}, so the same "
+            f"{missing} appears in train and eval"
+        )
     n_eval = sum(len(groups[g]) for g in chosen)
     if n_eval > max(target * 1.5, target + 1):
         notes.append(f"smallest group ({n_eval} clips) went to eval; eval share is above target")
@@ -131,8 +139,15 @@ def split_rows(rows: Sequence[Row], *, eval_fraction: float = 0.1, seed: int = 0
     train = [r for r in rows if id(r) not in eval_ids]
     evals = [r for r in rows if id(r) in eval_ids]
     note = "; ".join(notes)
-    info = {"by": by, "seed": seed, "eval_fraction": eval_fraction, "train_clips": len(train),
-            "eval_clips": len(evals), "eval_groups": sorted(chosen) if by != "clip" else [], "note": note}
+    info = {
+        "by": by,
+        "seed": seed,
+        "eval_fraction": eval_fraction,
+        "train_clips": len(train),
+        "eval_clips": len(evals),
+        "eval_groups": sorted(chosen) if by != "clip" else [],
+        "note": note,
+    }
     if note:
         logger.warning("split: %s", note)
     return Split(train, evals, info)

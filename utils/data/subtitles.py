@@ -153,7 +153,7 @@ def _cue_blocks(text: str, is_vtt: bool) -> list[tuple[int, str | None, str, lis
         number = len(out) + 1
         if not is_vtt and ident is not None and ident.isdigit():
             number = int(ident)
-        out.append((number, ident, lines[k], lines[k + 1:]))
+        out.append((number, ident, lines[k], lines[k + 1 :]))
     return out
 
 
@@ -197,8 +197,13 @@ def read_subtitles(path: str | os.PathLike, encoding: str | None = None) -> tupl
         elif not cleaned:
             skipped.append({**entry, "reason": "no_speech_text", "detail": "only tags, labels or sound notes"})
         elif len(voices) > 1:
-            skipped.append({**entry, "reason": "several_voices",
-                            "detail": f"voices {', '.join(voices)} in one cue; their audio cannot be separated"})
+            skipped.append(
+                {
+                    **entry,
+                    "reason": "several_voices",
+                    "detail": f"voices {', '.join(voices)} in one cue; their audio cannot be separated",
+                }
+            )
         else:
             cues.append(Cue(number, start, end, cleaned, raw, voices[0] if voices else None))
     out_of_order = sum(1 for a, b in zip(cues, cues[1:]) if b.start < a.start)
@@ -214,14 +219,23 @@ def split_overlapping_voices(cues: list[Cue]) -> tuple[list[Cue], list[dict[str,
     """
     bad: dict[int, Cue] = {}
     for i, a in enumerate(cues):
-        for b in cues[i + 1:]:
+        for b in cues[i + 1 :]:
             if b.start >= a.end:
                 break
             if (a.speaker or "") != (b.speaker or ""):
                 bad[id(a)], bad[id(b)] = b, a
-    skipped = [{"cue": c.index, "start": c.start, "end": c.end, "text": c.raw, "reason": "overlapping_voices",
-                "detail": f"overlaps cue {bad[id(c)].index} of another voice ({bad[id(c)].speaker or 'untagged'})"}
-               for c in cues if id(c) in bad]
+    skipped = [
+        {
+            "cue": c.index,
+            "start": c.start,
+            "end": c.end,
+            "text": c.raw,
+            "reason": "overlapping_voices",
+            "detail": f"overlaps cue {bad[id(c)].index} of another voice ({bad[id(c)].speaker or 'untagged'})",
+        }
+        for c in cues
+        if id(c) in bad
+    ]
     return [c for c in cues if id(c) not in bad], skipped
 
 
@@ -233,9 +247,10 @@ def group_cues(
 ) -> tuple[list[list[Cue]], list[dict[str, Any]]]:
     """Merge adjacent cues of one voice into clips within the limits.
 
-    A cue of another voice always starts a new group. Cues overlapping the group so far must join it (their audio is shared); if that breaks the
-    limits the overlapping cue is skipped. Otherwise a cue joins when the gap is small and the
-    group is still short or does not end a sentence.
+    A cue of another voice always starts a new group. Cues overlapping the group so far must join
+    it (their audio is shared); if that breaks the limits the overlapping cue is skipped.
+    Otherwise a cue joins when the gap is small and the group is still short or does not end a
+    sentence.
 
     Returns:
         (groups of cues, skipped cues with reasons).
@@ -259,22 +274,39 @@ def group_cues(
                 if fits(g + [c]):
                     g.append(c)
                 else:
-                    skipped.append({"cue": c.index, "start": c.start, "end": c.end, "text": c.raw,
-                                    "reason": "overlapping_cue",
-                                    "detail": f"overlaps cue {g[-1].index} and together they exceed the limits"})
+                    skipped.append(
+                        {
+                            "cue": c.index,
+                            "start": c.start,
+                            "end": c.end,
+                            "text": c.raw,
+                            "reason": "overlapping_cue",
+                            "detail": f"overlaps cue {g[-1].index} and together they exceed the limits",
+                        }
+                    )
                 continue
             g_len = g_end - g[0].start
             sentence_done = g[-1].text.rstrip("\"')]\u201d\u2019").endswith(SENTENCE_END)
-            if (c.start - g_end <= limits.max_merge_gap_s and fits(g + [c])
-                    and (g_len < limits.short_s or not sentence_done)):
+            if (
+                c.start - g_end <= limits.max_merge_gap_s
+                and fits(g + [c])
+                and (g_len < limits.short_s or not sentence_done)
+            ):
                 g.append(c)
                 continue
         groups.append([c])
     return groups, skipped
 
 
-def _group_clip(g: list[Cue], audio: Any, total_s: float, speech: list[tuple[float, float]], speaker: str,
-                limits: SegmentLimits, count_tokens: Callable[[str], int]) -> tuple | dict[str, Any]:
+def _group_clip(
+    g: list[Cue],
+    audio: Any,
+    total_s: float,
+    speech: list[tuple[float, float]],
+    speaker: str,
+    limits: SegmentLimits,
+    count_tokens: Callable[[str], int],
+) -> tuple | dict[str, Any]:
     """The clip of a cue group (audio, text, start, end, meta), or a skip entry with its reason."""
     start, end = g[0].start, min(max(c.end for c in g), total_s)
     own = {(c.start, c.end) for c in g}
@@ -285,26 +317,43 @@ def _group_clip(g: list[Cue], audio: Any, total_s: float, speech: list[tuple[flo
     text = clean_transcript(" ".join(c.text for c in g))
     d = hi - lo
     if d < limits.min_s or d > limits.max_s or count_tokens(text) > limits.max_tokens:
-        return {"cue": g[0].index, "start": round(lo, 3), "end": round(hi, 3), "text": text,
-                "reason": "too_short" if d < limits.min_s else "too_long",
-                "detail": f"{d:.2f} s, {count_tokens(text)} tokens"}
+        return {
+            "cue": g[0].index,
+            "start": round(lo, 3),
+            "end": round(hi, 3),
+            "text": text,
+            "reason": "too_short" if d < limits.min_s else "too_long",
+            "detail": f"{d:.2f} s, {count_tokens(text)} tokens",
+        }
     meta = {"speaker": g[0].speaker or speaker, "cues": [c.index for c in g]}
-    return audio[int(lo * TARGET_SR): int(hi * TARGET_SR)], text, lo, hi, meta
+    return audio[int(lo * TARGET_SR) : int(hi * TARGET_SR)], text, lo, hi, meta
 
 
-def _cue_groups(cues: list, skipped: list[dict[str, Any]], total_s: float, limits: SegmentLimits,
-                count_tokens: Callable[[str], int]) -> tuple[list, list[tuple[float, float]]]:  # fmt: skip
+def _cue_groups(
+    cues: list, skipped: list[dict[str, Any]], total_s: float, limits: SegmentLimits, count_tokens: Callable[[str], int]
+) -> tuple[list, list[tuple[float, float]]]:
     """The cue groups to cut (reasons for the rest appended to ``skipped``) and every speech span."""
     inside = [c for c in cues if c.start < total_s]
-    skipped.extend({"cue": c.index, "start": c.start, "end": c.end, "text": c.raw, "reason": "outside_media",
-                    "detail": f"starts after the media ends ({total_s:.2f} s)"} for c in cues if c.start >= total_s)
+    skipped.extend(
+        {
+            "cue": c.index,
+            "start": c.start,
+            "end": c.end,
+            "text": c.raw,
+            "reason": "outside_media",
+            "detail": f"starts after the media ends ({total_s:.2f} s)",
+        }
+        for c in cues
+        if c.start >= total_s
+    )
     inside, more = split_overlapping_voices(inside)
     skipped.extend(more)
     groups, more = group_cues(inside, limits=limits, count_tokens=count_tokens)
     skipped.extend(more)
     # pads stop half-way to any other cue with speech, kept or skipped
-    speech = sorted([(c.start, c.end) for c in cues]
-                    + [(x["start"], x["end"]) for x in skipped if x["reason"] == "several_voices"])
+    speech = sorted(
+        [(c.start, c.end) for c in cues] + [(x["start"], x["end"]) for x in skipped if x["reason"] == "several_voices"]
+    )
     return groups, speech
 
 
@@ -345,17 +394,33 @@ def import_subtitles(
     audio, _ = load_audio(media, TARGET_SR)
     total_s = len(audio) / TARGET_SR
     groups, speech = _cue_groups(cues, skipped, total_s, limits, count_tokens)
-    made = [_group_clip(g, audio, total_s, speech, speaker, limits, count_tokens)
-            for g in tqdm(groups, desc="import", unit="clip", disable=not progress)]
+    made = [
+        _group_clip(g, audio, total_s, speech, speaker, limits, count_tokens)
+        for g in tqdm(groups, desc="import", unit="clip", disable=not progress)
+    ]
     clips = [c for c in made if not isinstance(c, dict)]
     skipped.extend(c for c in made if isinstance(c, dict))
     skipped.sort(key=lambda s: s["start"])
     if not clips and not ds.rows:
-        raise DataError(f"no clip could be cut from {media} with {subtitles} ({len(skipped)} cue(s) skipped: "
-                        f"{sorted({s['reason'] for s in skipped})}); check the subtitles belong to this media")
+        raise DataError(
+            f"no clip could be cut from {media} with {subtitles} ({len(skipped)} cue(s) skipped: "
+            f"{sorted({s['reason'] for s in skipped})}); check the subtitles belong to this media"
+        )
     sid = ds.new_source_id(media, fp)
-    ds.add_source(sid, file=str(media), fp=fp, clips=clips, speaker=speaker, skipped=skipped, tool="import_srt",
-                  extra={"subtitles": str(subtitles), "cues": n_cues, "cues_out_of_order": out_of_order,
-                         "duration_s": round(total_s, 3)})
+    ds.add_source(
+        sid,
+        file=str(media),
+        fp=fp,
+        clips=clips,
+        speaker=speaker,
+        skipped=skipped,
+        tool="import_srt",
+        extra={
+            "subtitles": str(subtitles),
+            "cues": n_cues,
+            "cues_out_of_order": out_of_order,
+            "duration_s": round(total_s, 3),
+        },
+    )
     ds.report["last_run"] = {"tool": "import_srt", "new_clips": len(clips), "skipped_cues": len(skipped)}
     return ds.save(eval_fraction=eval_fraction, seed=seed)

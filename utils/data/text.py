@@ -33,14 +33,14 @@ def clean_transcript(text: str) -> str:
 
 
 _EMOJI_CHARS = (
-    "\U0001F000-\U0001FAFF"  # pictographs, emoticons, transport, flags' letters, supplemental symbols
-    "\u2600-\u27BF"  # miscellaneous symbols and dingbats
-    "\u2B00-\u2BFF"  # arrows and stars used as emoji
-    "\u231A\u231B\u2328\u23CF\u23E9-\u23FA\u24C2\u25AA-\u25FE\u2934\u2935\u3030\u303D\u3297\u3299"
+    "\U0001f000-\U0001faff"  # pictographs, emoticons, transport, flags' letters, supplemental symbols
+    "\u2600-\u27bf"  # miscellaneous symbols and dingbats
+    "\u2b00-\u2bff"  # arrows and stars used as emoji
+    "\u231a\u231b\u2328\u23cf\u23e9-\u23fa\u24c2\u25aa-\u25fe\u2934\u2935\u3030\u303d\u3297\u3299"
 )
 _EMOJI = re.compile(
-    f"[{_EMOJI_CHARS}](?:[\uFE0E\uFE0F\U0001F3FB-\U0001F3FF\u20E3]|\u200D[{_EMOJI_CHARS}]|[\U000E0020-\U000E007F])*"
-    "|[0-9#*]\uFE0F?\u20E3"
+    f"[{_EMOJI_CHARS}](?:[\ufe0e\ufe0f\U0001f3fb-\U0001f3ff\u20e3]|\u200d[{_EMOJI_CHARS}]|[\U000e0020-\U000e007f])*"
+    "|[0-9#*]\ufe0f?\u20e3"
 )
 
 

@@ -77,7 +77,9 @@ class Transcriber:
                 from utils.data.cuda_libs import driver_hint
 
                 first = str(exc).strip().splitlines()[0][:200]
-                raise ConfigError(f"Whisper failed on the GPU ({first}); {driver_hint(first)}, or run with --device cpu") from exc
+                raise ConfigError(
+                    f"Whisper failed on the GPU ({first}); {driver_hint(first)}, or run with --device cpu"
+                ) from exc
             raise
         if progress is not None:
             progress.update(max(0.0, len(audio16k) / WHISPER_SR - done))
@@ -137,8 +139,9 @@ def _load_on_gpu(model: str | os.PathLike, compute_type: str | None) -> Any:
     try:
         preload_cublas12()
         loaded = _load_model(model, "cuda", compute)
-        segments, _ = loaded.transcribe(np.zeros(WHISPER_SR, np.float32), language="en", beam_size=1,
-                                        without_timestamps=True)  # fmt: skip
+        segments, _ = loaded.transcribe(
+            np.zeros(WHISPER_SR, np.float32), language="en", beam_size=1, without_timestamps=True
+        )
         list(segments)
     except CudaLibraryError as exc:
         raise _GpuUnavailable(str(exc)) from exc

@@ -12,6 +12,18 @@ from utils.finetune.recipe import FineTune
 from utils.finetune.training import TrainResult, summary_lines
 
 __all__ = [
-    "DEMO_RECIPE", "Event", "EventBus", "EventKind", "FineTune", "JsonlWriter", "ProgressBar", "RUN_HPARAMS",
-    "RunConfig", "SPEED_PRESETS", "SPEED_SWITCHES", "TrainResult", "read_events", "summary_lines",
-]  # fmt: skip
+    "DEMO_RECIPE",
+    "Event",
+    "EventBus",
+    "EventKind",
+    "FineTune",
+    "JsonlWriter",
+    "ProgressBar",
+    "RUN_HPARAMS",
+    "RunConfig",
+    "SPEED_PRESETS",
+    "SPEED_SWITCHES",
+    "TrainResult",
+    "read_events",
+    "summary_lines",
+]

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from utils.finetune.config import RunConfig
 
@@ -32,7 +33,11 @@ def run_job(config: Mapping[str, Any], events_path: str, resume_dir: str | None 
     writer = JsonlWriter(events_path)
     try:
         cfg = RunConfig.from_dict(config)
-        ft = FineTune.resume(resume_dir, config=cfg, subscribers=[writer]) if resume_dir else FineTune(cfg, subscribers=[writer])
+        ft = (
+            FineTune.resume(resume_dir, config=cfg, subscribers=[writer])
+            if resume_dir
+            else FineTune(cfg, subscribers=[writer])
+        )
         ft.run()
     except ToolkitError as exc:
         if not _ended_with_error(events_path):  # run() already reported what it raised
@@ -49,8 +54,12 @@ def _main(config: Mapping[str, Any], events_path: str, resume_dir: str | None) -
 def start_job(config: RunConfig, events_path: str | Path, *, resume_dir: str | Path | None = None) -> Any:
     """Start :func:`run_job` in a new process (spawn: torch and Coqui do not survive a fork); returns it."""
     ctx = multiprocessing.get_context("spawn")
-    proc = ctx.Process(target=_main, args=(config.to_dict(), str(events_path), str(resume_dir) if resume_dir else None),
-                       name="xtts-finetune", daemon=False)  # fmt: skip
+    proc = ctx.Process(
+        target=_main,
+        args=(config.to_dict(), str(events_path), str(resume_dir) if resume_dir else None),
+        name="xtts-finetune",
+        daemon=False,
+    )
     proc.start()
     return proc
 

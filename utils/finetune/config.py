@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from utils.errors import ConfigError
 from utils.hparams import HYPERPARAMETERS, PRESETS
@@ -39,31 +40,71 @@ HEALTH_OPTIONS: tuple[tuple[str, type, str], ...] = (
 
 # The hyperparameters a run may override (the "cli" and "recipe" layers of utils.hparams.resolve).
 RUN_HPARAMS: tuple[str, ...] = (
-    "epochs", "batch_size", "grad_accum", "lr", "weight_decay", "plateau_factor", "plateau_patience", "min_lr",
-    "warmup_steps", "eval_every_steps", "save_every_steps", "save_every_minutes", "grad_clip", "seed",
-    "num_loader_workers", "lr_scheduler", "milestones", "gamma", "anneal_steps", "anneal_rate", "keep_checkpoints",
-    "early_stop_patience", "early_stop_min_delta", *(name for name, _, _ in HEALTH_OPTIONS),
-)  # fmt: skip
+    "epochs",
+    "batch_size",
+    "grad_accum",
+    "lr",
+    "weight_decay",
+    "plateau_factor",
+    "plateau_patience",
+    "min_lr",
+    "warmup_steps",
+    "eval_every_steps",
+    "save_every_steps",
+    "save_every_minutes",
+    "grad_clip",
+    "seed",
+    "num_loader_workers",
+    "lr_scheduler",
+    "milestones",
+    "gamma",
+    "anneal_steps",
+    "anneal_rate",
+    "keep_checkpoints",
+    "early_stop_patience",
+    "early_stop_min_delta",
+    *(name for name, _, _ in HEALTH_OPTIONS),
+)
 
 # SpeedOptions switches a run may turn off (``speed_switches={"compile": False}``); compile may also be turned on.
 SPEED_SWITCHES: tuple[str, ...] = (
-    "bf16", "tf32", "fused_adamw", "fast_gelu", "sdpa_conditioning", "fast_heads", "packed_attention",
-    "round_lengths", "cudnn_attention", "host_lengths", "no_kv_cache", "cache_dvae_codes", "bucket_lengths",
-    "pin_memory", "compile", "compile_conditioning", "grad_checkpointing", "optimizer_8bit", "offload_frozen",
-    "expandable_segments", "auto_batch", "oom_backoff",
-)  # fmt: skip
+    "bf16",
+    "tf32",
+    "fused_adamw",
+    "fast_gelu",
+    "sdpa_conditioning",
+    "fast_heads",
+    "packed_attention",
+    "round_lengths",
+    "cudnn_attention",
+    "host_lengths",
+    "no_kv_cache",
+    "cache_dvae_codes",
+    "bucket_lengths",
+    "pin_memory",
+    "compile",
+    "compile_conditioning",
+    "grad_checkpointing",
+    "optimizer_8bit",
+    "offload_frozen",
+    "expandable_segments",
+    "auto_batch",
+    "oom_backoff",
+)
 
 # The demo's values: a recipe layer, so a dry run of the demo shows them with source "recipe".
-DEMO_RECIPE: Mapping[str, Any] = MappingProxyType({
-    "epochs": 4,
-    "batch_size": 2,
-    "grad_accum": 1,
-    "lr": 5e-5,  # the table's < 1 h row (5e-7) would not move a random tiny model in 20 steps
-    "plateau_patience": 1,
-    "save_every_steps": 10_000,
-    "keep_checkpoints": 1,
-    "num_loader_workers": 0,
-})  # fmt: skip
+DEMO_RECIPE: Mapping[str, Any] = MappingProxyType(
+    {
+        "epochs": 4,
+        "batch_size": 2,
+        "grad_accum": 1,
+        "lr": 5e-5,  # the table's < 1 h row (5e-7) would not move a random tiny model in 20 steps
+        "plateau_patience": 1,
+        "save_every_steps": 10_000,
+        "keep_checkpoints": 1,
+        "num_loader_workers": 0,
+    }
+)
 
 _PATHS = ("dataset", "train_csv", "eval_csv", "base_model", "output_path", "restore")
 _MAPPINGS = ("hparams", "recipe_hparams", "speed_switches", "sources")
@@ -133,7 +174,7 @@ class RunConfig:
     # --- construction -------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, recipe: Mapping[str, Any] | None = None, **values: Any) -> "RunConfig":
+    def build(cls, recipe: Mapping[str, Any] | None = None, **values: Any) -> RunConfig:
         """Layer defaults, a recipe and the caller's values (None means "not given").
 
         Both ``recipe`` and ``values`` take field names and hyperparameter names side by side
@@ -158,10 +199,12 @@ class RunConfig:
                     kwargs[key] = value
                     sources[key] = layer_name
                 else:
-                    raise ConfigError(f"unknown run option {key!r} in the {layer_name}; known: {', '.join(sorted(names))}")
+                    raise ConfigError(
+                        f"unknown run option {key!r} in the {layer_name}; known: {', '.join(sorted(names))}"
+                    )
         return cls(**kwargs, sources=sources)
 
-    def replace(self, **changes: Any) -> "RunConfig":
+    def replace(self, **changes: Any) -> RunConfig:
         """A copy with ``changes`` applied as the caller's values (hyperparameters into ``hparams``)."""
         hp = dict(self.hparams)
         direct: dict[str, Any] = {}
@@ -200,7 +243,7 @@ class RunConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

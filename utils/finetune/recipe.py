@@ -17,8 +17,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from utils.errors import ConfigError
 from utils.events import EventBus, EventKind, LogSubscriber, ProgressBar, Subscriber
@@ -40,7 +41,7 @@ def _step(fn: Callable[..., T]) -> Callable[..., T]:
     """
 
     @functools.wraps(fn)
-    def wrapper(self: "FineTune", *args: Any, **kwargs: Any) -> T:
+    def wrapper(self: FineTune, *args: Any, **kwargs: Any) -> T:
         self.events.emit(EventKind.STAGE, name=fn.__name__, status="started")
         started = time.perf_counter()
         out = fn(self, *args, **kwargs)
@@ -66,7 +67,9 @@ class FineTune:
     ``result``, ``export_dir``) and returns it; a step runs the steps it needs that have not run.
     """
 
-    def __init__(self, config: RunConfig, *, subscribers: Iterable[Subscriber] = (), cache_dir: Path = DEFAULT_CACHE) -> None:
+    def __init__(
+        self, config: RunConfig, *, subscribers: Iterable[Subscriber] = (), cache_dir: Path = DEFAULT_CACHE
+    ) -> None:
         self.events = EventBus([LogSubscriber(), *subscribers])  # the log is one subscriber, the bar another
         if config.progress:
             self.events.subscribe(ProgressBar())
@@ -92,8 +95,14 @@ class FineTune:
     # --- other ways in ------------------------------------------------------------------------
 
     @classmethod
-    def resume(cls, run_dir: str | Path, *, epochs: int | None = None, config: RunConfig | None = None,
-               subscribers: Iterable[Subscriber] = ()) -> "FineTune":  # fmt: skip
+    def resume(
+        cls,
+        run_dir: str | Path,
+        *,
+        epochs: int | None = None,
+        config: RunConfig | None = None,
+        subscribers: Iterable[Subscriber] = (),
+    ) -> FineTune:
         """Continue ``run_dir`` exactly from its newest checkpoint with optimizer state.
 
         Only ``epochs`` (the new total) may change; ``config`` may say where the data now lies
@@ -109,8 +118,13 @@ class FineTune:
         return ft
 
     @classmethod
-    def restore(cls, checkpoint: str | Path, overrides: RunConfig | Mapping[str, Any] | None = None, *,
-                subscribers: Iterable[Subscriber] = ()) -> "FineTune":  # fmt: skip
+    def restore(
+        cls,
+        checkpoint: str | Path,
+        overrides: RunConfig | Mapping[str, Any] | None = None,
+        *,
+        subscribers: Iterable[Subscriber] = (),
+    ) -> FineTune:
         """A new run from a checkpoint's weights (a ``.pth`` or a run folder: its best model).
 
         ``overrides`` are the new values (a :class:`RunConfig` or a mapping for :meth:`RunConfig.build`);
@@ -144,9 +158,13 @@ class FineTune:
         base, (train_csv, _) = self._need_base(), self._need_data()
         cfg = self.config
         self.vocab, self.vocab_extension = steps.prepare_language(
-            cfg.language_code, base, train_csv, cfg.output_path / ".staging",
-            new_tokens=cfg.new_tokens, warmup_steps=cfg.new_token_warmup_steps,
-        )  # fmt: skip
+            cfg.language_code,
+            base,
+            train_csv,
+            cfg.output_path / ".staging",
+            new_tokens=cfg.new_tokens,
+            warmup_steps=cfg.new_token_warmup_steps,
+        )
         return self.vocab, self.vocab_extension
 
     @_step
@@ -157,9 +175,14 @@ class FineTune:
             self.prepare_language()
         assert self.vocab is not None
         split = DataSplit(train_csv, eval_csv)
-        self.data = steps.check_data(split, self.config.language_code, self.vocab, self.config.max_excluded_share,
-                                     progress=self.config.progress,
-                                     cache_dir=Path(self.config.output_path) / ".clip_cache")  # fmt: skip
+        self.data = steps.check_data(
+            split,
+            self.config.language_code,
+            self.vocab,
+            self.config.max_excluded_share,
+            progress=self.config.progress,
+            cache_dir=Path(self.config.output_path) / ".clip_cache",
+        )
         return self.data
 
     @_step
@@ -174,10 +197,14 @@ class FineTune:
         self.hparams = steps.resolve_hparams(self.config, measured_hours, lr_reference)
         h = self.hparams
         logger.info(
-            "dataset hours %.4g (%s): lr %.3g (%s), weight decay %.3g (%s)", h.dataset_hours or 0.0,
+            "dataset hours %.4g (%s): lr %.3g (%s), weight decay %.3g (%s)",
+            h.dataset_hours or 0.0,
             "given" if self.config.dataset_hours is not None else "kept by the preflight",
-            h["lr"], h.sources["lr"], h["weight_decay"], h.sources["weight_decay"],
-        )  # fmt: skip
+            h["lr"],
+            h.sources["lr"],
+            h["weight_decay"],
+            h.sources["weight_decay"],
+        )
         return self.hparams
 
     @_step
@@ -204,9 +231,14 @@ class FineTune:
         hparams = self.hparams or self.resolve_hparams()
         plan = self.schedule or self.plan_schedule()
         config = build_config(
-            hparams, self._need_base(), output_path=cfg.output_path, language=cfg.language_code,
-            run_name=cfg.run_name, vocab_path=self.vocab, vocab_extension=self.vocab_extension,
-        )  # fmt: skip
+            hparams,
+            self._need_base(),
+            output_path=cfg.output_path,
+            language=cfg.language_code,
+            run_name=cfg.run_name,
+            vocab_path=self.vocab,
+            vocab_extension=self.vocab_extension,
+        )
         config.lr_scheduler_params["total_steps"] = plan.total_steps
         tk = config.toolkit
         tk["speed"] = steps.speed_options(cfg, config.num_loader_workers)
@@ -214,10 +246,16 @@ class FineTune:
         tk["quality_eval"] = cfg.quality_eval
         tk["test_max_new_tokens"] = 20 if cfg.demo else None  # a random tiny GPT never emits its stop token
         tk["export"] = bool(cfg.export)
-        tk.update({"planned_optimizer_steps": plan.total_steps, "train_csv": str(data.train_csv.resolve()),
-                   "eval_csv": str(data.eval_csv.resolve()), "preset": cfg.preset,
-                   "restored_from": str(self.restored.checkpoint) if self.restored else None,
-                   "run_config": cfg.to_dict()})  # fmt: skip
+        tk.update(
+            {
+                "planned_optimizer_steps": plan.total_steps,
+                "train_csv": str(data.train_csv.resolve()),
+                "eval_csv": str(data.eval_csv.resolve()),
+                "preset": cfg.preset,
+                "restored_from": str(self.restored.checkpoint) if self.restored else None,
+                "run_config": cfg.to_dict(),
+            }
+        )
         self.trainer_config = config
         return config
 
@@ -230,9 +268,13 @@ class FineTune:
         data = self._need_preflight()
         if data.audio_cache is not None:
             data.audio_cache.save()  # every check passed: the next run on these files reads no audio to check it
-        self.result = self._fit(config, data, output=self.config.output_path,
-                                preflight_reports={"train": data.train_report, "eval": data.eval_report},
-                                restore_path=self.restored.checkpoint if self.restored else None)  # fmt: skip
+        self.result = self._fit(
+            config,
+            data,
+            output=self.config.output_path,
+            preflight_reports={"train": data.train_report, "eval": data.eval_report},
+            restore_path=self.restored.checkpoint if self.restored else None,
+        )
         return self.result
 
     @_step
@@ -241,13 +283,17 @@ class FineTune:
         from utils.export import export_run
 
         if self.result is None:
-            raise ConfigError("export: nothing trained yet; call train() first (or export a run with scripts/export_model.py)")
+            raise ConfigError(
+                "export: nothing trained yet; call train() first (or export a run with scripts/export_model.py)"
+            )
         toolkit = getattr(self.trainer_config, "toolkit", {}) or {}
         if not toolkit.get("export", self.config.export) or self.result.stop_reason == "divergence":
             return None
         self.export_dir = export_run(self.result.run_dir)
         self.result.export_dir = self.export_dir
-        logger.info("inference export: %s (load it with scripts/synthesize.py --model %s)", self.export_dir, self.export_dir)
+        logger.info(
+            "inference export: %s (load it with scripts/synthesize.py --model %s)", self.export_dir, self.export_dir
+        )
         return self.export_dir
 
     # --- whole flows --------------------------------------------------------------------------
@@ -259,10 +305,13 @@ class FineTune:
 
         if self.config.gpus != distributed.world_size():
             raise ConfigError(
-                f"gpus={self.config.gpus} but this process is one of {distributed.world_size()}: start data-parallel runs "
+                f"gpus={self.config.gpus} but this process is one of {distributed.world_size()}: start "
+                "data-parallel runs "
                 "with utils/gpt_train.py --gpus N or torchrun --nproc_per_node N utils/gpt_train.py"
             )
-        check_writable_dir(self.continue_dir or self.config.output_path, "--continue" if self.continue_dir else "--output-path")
+        check_writable_dir(
+            self.continue_dir or self.config.output_path, "--continue" if self.continue_dir else "--output-path"
+        )
         if self.continue_dir is None:
             self.locate_base()
             self.load_data()
@@ -290,9 +339,14 @@ class FineTune:
         except Exception as exc:
             self.events.emit(EventKind.ERROR, message=str(exc), type=type(exc).__name__)
             raise
-        self.events.emit(EventKind.FINISHED, run_dir=str(result.run_dir), stop_reason=result.stop_reason,
-                         total_steps=result.total_steps, optimizer_steps=result.optimizer_steps,
-                         export_dir=str(self.export_dir) if self.export_dir else None)  # fmt: skip
+        self.events.emit(
+            EventKind.FINISHED,
+            run_dir=str(result.run_dir),
+            stop_reason=result.stop_reason,
+            total_steps=result.total_steps,
+            optimizer_steps=result.optimizer_steps,
+            export_dir=str(self.export_dir) if self.export_dir else None,
+        )
         return result
 
     def describe(self) -> dict[str, Any]:
@@ -308,8 +362,14 @@ class FineTune:
         lr_reference = self.restored.lr_reference if self.restored else None
         hparams = steps.resolve_hparams(cfg, hours, lr_reference)
         out = hparams.as_dict()
-        out.update({"language": cfg.language_code, "base_model": str(base.root) if base else None,
-                    "train_csv": str(train_csv) if train_csv else None, "eval_csv": str(eval_csv) if eval_csv else None})  # fmt: skip
+        out.update(
+            {
+                "language": cfg.language_code,
+                "base_model": str(base.root) if base else None,
+                "train_csv": str(train_csv) if train_csv else None,
+                "eval_csv": str(eval_csv) if eval_csv else None,
+            }
+        )
         if train_csv is not None:
             plan = steps.plan_schedule(hparams, steps.count_rows(train_csv), cfg.gpus)
             out["planned_optimizer_steps"] = plan.total_steps
@@ -325,7 +385,9 @@ class FineTune:
         """Write a PNG of the LR over the planned optimizer steps (default OUTPUT/lr_schedule.png)."""
         cfg = self.config
         if not steps.has_data(cfg):
-            raise ConfigError("--preview-schedule counts the planned steps from the training rows: give --dataset or --train-csv")
+            raise ConfigError(
+                "--preview-schedule counts the planned steps from the training rows: give --dataset or --train-csv"
+            )
         train_csv, _ = steps.locate_data(cfg)
         hours = steps.measure_header_hours(train_csv) if cfg.dataset_hours is None else None
         hparams = steps.resolve_hparams(cfg, hours, self.restored.lr_reference if self.restored else None)
@@ -364,8 +426,13 @@ class FineTune:
         else:
             raise ConfigError(f"--continue {run_dir}: its config.json names no data; give --dataset DIR")
         language = rec.language
-        self.data = steps.check_data(DataSplit(train_csv, eval_csv), language, run_dir / "vocab.json", cfg.max_excluded_share,
-                                     progress=cfg.progress)  # fmt: skip
+        self.data = steps.check_data(
+            DataSplit(train_csv, eval_csv),
+            language,
+            run_dir / "vocab.json",
+            cfg.max_excluded_share,
+            progress=cfg.progress,
+        )
         self.result = self._fit(self.trainer_config, self.data, output=run_dir.parent, continue_path=run_dir)
         return self.result
 
@@ -376,11 +443,15 @@ class FineTune:
         cfg = self.config
         kwargs.update(progress=cfg.progress, plots=cfg.plots)
         if distributed.is_distributed():  # rank 0: what the other ranks need to train (plain JSON)
-            distributed.broadcast_json({
-                "config": config.to_dict(), "train_samples": data.train_samples, "eval_samples": data.eval_samples,
-                "continue_path": _str_or_none(kwargs.get("continue_path")),
-                "restore_path": _str_or_none(kwargs.get("restore_path")),
-            })  # fmt: skip
+            distributed.broadcast_json(
+                {
+                    "config": config.to_dict(),
+                    "train_samples": data.train_samples,
+                    "eval_samples": data.eval_samples,
+                    "continue_path": _str_or_none(kwargs.get("continue_path")),
+                    "restore_path": _str_or_none(kwargs.get("restore_path")),
+                }
+            )
         return train(config, data.train_samples, data.eval_samples, events=self.events, **kwargs)
 
     def _follow_rank_zero(self) -> TrainResult:
@@ -397,9 +468,16 @@ class FineTune:
         config = ToolkitGPTConfig()
         config.from_dict(job["config"])
         self.trainer_config = config
-        self.result = train(config, job["train_samples"], job["eval_samples"], continue_path=job["continue_path"],
-                            restore_path=job["restore_path"], progress=False, plots=self.config.plots,
-                            events=self.events)  # fmt: skip
+        self.result = train(
+            config,
+            job["train_samples"],
+            job["eval_samples"],
+            continue_path=job["continue_path"],
+            restore_path=job["restore_path"],
+            progress=False,
+            plots=self.config.plots,
+            events=self.events,
+        )
         return self.result
 
 

@@ -61,7 +61,9 @@ def lr_at_checkpoint(checkpoint: str | Path) -> float | None:
     if not (isinstance(sched, dict) and "spec" in sched):
         return None
     spec = ScheduleSpec(**dict(sched["spec"]))
-    return spec.lr_at(int(sched["optimizer_steps"]), float(sched["plateau_scale"]), float(sched.get("health_scale", 1.0)))
+    return spec.lr_at(
+        int(sched["optimizer_steps"]), float(sched["plateau_scale"]), float(sched.get("health_scale", 1.0))
+    )
 
 
 def apply_restore_defaults(config: RunConfig, src: RestoreSource) -> RunConfig:
@@ -126,15 +128,23 @@ def load_continue_config(run_dir: Path, epochs: int | None) -> tuple[Any, Path]:
     tk = config.toolkit
     if epochs is not None:
         if epochs <= done:
-            raise ConfigError(f"--epochs {epochs}: {run_dir} has already completed {done} epochs; --epochs is the new total, give more than {done}")
+            raise ConfigError(
+                f"--epochs {epochs}: {run_dir} has already completed {done} epochs; --epochs is the new "
+                f"total, give more than {done}"
+            )
         if config.lr_scheduler in ("cosine",) and epochs > config.epochs:
-            logger.warning("cosine schedule: its horizon stays the original %s optimizer steps; the extra epochs run at min_lr",
-                           config.lr_scheduler_params.get("total_steps"))  # fmt: skip
+            logger.warning(
+                "cosine schedule: its horizon stays the original %s optimizer steps; the extra epochs run at min_lr",
+                config.lr_scheduler_params.get("total_steps"),
+            )
         config.epochs = int(epochs)
         tk.setdefault("hparams", {})["epochs"] = config.epochs
         tk["hparams"].setdefault("sources", {})["epochs"] = "cli (--continue)"
         config.save_json(str(run_dir / "config.json"))
     elif done >= config.epochs:
-        raise ConfigError(f"{run_dir} has finished its {config.epochs} epochs; to train longer: --continue {run_dir} --epochs N with N > {config.epochs}")
+        raise ConfigError(
+            f"{run_dir} has finished its {config.epochs} epochs; to train longer: --continue {run_dir} "
+            f"--epochs N with N > {config.epochs}"
+        )
     logger.info("continuing %s from %s (%d of %d epochs done)", run_dir, last.name, done, config.epochs)
     return config, last

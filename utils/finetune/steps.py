@@ -66,7 +66,9 @@ def locate_data(config: RunConfig) -> tuple[Path, Path]:
         train_csv, eval_csv = config.train_csv, config.eval_csv
     for path in (train_csv, eval_csv):
         if not path.is_file():
-            raise DataError(f"metadata file not found: {path}; check the path (prepare one with scripts/prepare_dataset.py)")
+            raise DataError(
+                f"metadata file not found: {path}; check the path (prepare one with scripts/prepare_dataset.py)"
+            )
     return train_csv, eval_csv
 
 
@@ -117,16 +119,26 @@ def prepare_language(
     texts = [row.text for row in read_coqui_csv(train_csv)]
     ext = extend_vocab(base.vocab, texts, language, num_new_tokens=new_tokens, out_path=out)
     logger.info(
-        "vocabulary extended for %s: %d -> %d tokens (%d new characters, %d merged tokens)", language,
-        ext.base_size, ext.new_size, len(ext.new_characters), len(ext.new_tokens),
-    )  # fmt: skip
+        "vocabulary extended for %s: %d -> %d tokens (%d new characters, %d merged tokens)",
+        language,
+        ext.base_size,
+        ext.new_size,
+        len(ext.new_characters),
+        len(ext.new_tokens),
+    )
     record = ext.to_dict()
     record.update({"base_vocab": str(base.vocab), "warmup_steps": int(warmup_steps)})
     return out, record
 
 
-def check_data(split: DataSplit, language: str, vocab_path: Path, max_excluded_share: float,
-               progress: bool = True, cache_dir: Path | None = None) -> DataSplit:  # fmt: skip
+def check_data(
+    split: DataSplit,
+    language: str,
+    vocab_path: Path,
+    max_excluded_share: float,
+    progress: bool = True,
+    cache_dir: Path | None = None,
+) -> DataSplit:
     """Preflight every row of both CSVs; keep what passes, refuse unusable data.
 
     With ``cache_dir`` the audio check results are read from ``cache_dir/preflight_audio.json``
@@ -139,13 +151,18 @@ def check_data(split: DataSplit, language: str, vocab_path: Path, max_excluded_s
     tokenizer = load_tokenizer(vocab_path)
     cache = AudioCheckCache(cache_dir / "preflight_audio.json") if cache_dir is not None else None
     split.audio_cache = cache
-    split.train_report = run_preflight(split.train_csv, language=language, tokenizer=tokenizer, progress=progress,
-                                       audio_cache=cache)  # fmt: skip
+    split.train_report = run_preflight(
+        split.train_csv, language=language, tokenizer=tokenizer, progress=progress, audio_cache=cache
+    )
     # a clip in both train and eval is excluded from eval (duplicate_row): eval must be held out
     split.eval_report = run_preflight(
-        split.eval_csv, language=language, tokenizer=tokenizer, exclude_duplicates_of=split.train_report,
-        progress=progress, audio_cache=cache,
-    )  # fmt: skip
+        split.eval_csv,
+        language=language,
+        tokenizer=tokenizer,
+        exclude_duplicates_of=split.train_report,
+        progress=progress,
+        audio_cache=cache,
+    )
     for name, report in (("train", split.train_report), ("eval", split.eval_report)):
         for line in report.summary_lines():
             logger.info("preflight %s: %s", name, line)
@@ -178,14 +195,19 @@ def resolve_hparams(
     preset = config.preset
     if preset and PRESETS[preset].needs_restore and not config.restore:
         raise ConfigError(
-            f"preset {preset} restarts from a checkpoint: add --restore RUN_DIR (its best_model.pth) or --restore CHECKPOINT.pth"
+            f"preset {preset} restarts from a checkpoint: add --restore RUN_DIR (its best_model.pth) or "
+            "--restore CHECKPOINT.pth"
         )
     layer = dict(DEMO_RECIPE) if config.demo else {}
     layer.update(config.recipe_hparams)
     resolved = resolve(
-        dataset_hours=hours, hours_source=source, cli=dict(config.hparams), recipe=layer or None,
-        preset_name=preset, lr_reference=lr_reference,
-    )  # fmt: skip
+        dataset_hours=hours,
+        hours_source=source,
+        cli=dict(config.hparams),
+        recipe=layer or None,
+        preset_name=preset,
+        lr_reference=lr_reference,
+    )
     for note in resolved.notes:
         logger.info("%s", note)
     return resolved
@@ -203,9 +225,11 @@ def plan_schedule(hparams: Resolved, num_train_rows: int, num_gpus: int = 1) -> 
     params = {k: val for k, val in hparams.scheduler_params().items() if k != "mode"}
     spec = ScheduleSpec(name=v["lr_scheduler"], base_lr=float(v["lr"]), total_steps=total, **params)
     check = check_schedule(
-        spec, total, table_lr=hparams.row.lr if hparams.row else None,
+        spec,
+        total,
+        table_lr=hparams.row.lr if hparams.row else None,
         effective_batch=batch_plan.effective_batch,
-    )  # fmt: skip
+    )
     return SchedulePlan(spec, total, check)
 
 

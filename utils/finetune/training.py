@@ -23,7 +23,9 @@ from utils.hparams import Resolved
 
 logger = logging.getLogger(__name__)
 
-PLOT_MIN_INTERVAL_S = 10.0  # evaluations closer than this (tiny runs) skip the refresh; the end of training plots anyway
+PLOT_MIN_INTERVAL_S = (
+    10.0  # evaluations closer than this (tiny runs) skip the refresh; the end of training plots anyway
+)
 
 
 def build_config(
@@ -96,8 +98,16 @@ def train(
     if not eval_samples:
         raise DataError("the eval set is empty; put at least one clip in metadata_eval.csv")
     bus = events if events is not None else EventBus([LogSubscriber(), *([ProgressBar()] if progress else [])])
-    trainer, health = _build_trainer(config, train_samples, eval_samples, continue_path=continue_path,
-                                     restore_path=restore_path, progress=progress, plots=plots, bus=bus)  # fmt: skip
+    trainer, health = _build_trainer(
+        config,
+        train_samples,
+        eval_samples,
+        continue_path=continue_path,
+        restore_path=restore_path,
+        progress=progress,
+        plots=plots,
+        bus=bus,
+    )
     run_dir = Path(trainer.output_path)
     if distributed.is_rank_zero():
         _keep_vocab_with_run(config, run_dir)
@@ -113,7 +123,9 @@ def train(
         distributed.remove_scratch()
     exclusions = read_runtime_exclusions(run_dir)
     if exclusions:
-        logger.warning("%d rows failed to load during training; see %s", len(exclusions), run_dir / "runtime_exclusions.jsonl")
+        logger.warning(
+            "%d rows failed to load during training; see %s", len(exclusions), run_dir / "runtime_exclusions.jsonl"
+        )
     return TrainResult(
         run_dir=run_dir,
         records=list(trainer.evaluation_records),
@@ -125,8 +137,17 @@ def train(
     )
 
 
-def _build_trainer(config: Any, train_samples: list, eval_samples: list, *, continue_path: Any, restore_path: Any,
-                   progress: bool, plots: bool, bus: EventBus) -> tuple[Any, Any]:  # fmt: skip
+def _build_trainer(
+    config: Any,
+    train_samples: list,
+    eval_samples: list,
+    *,
+    continue_path: Any,
+    restore_path: Any,
+    progress: bool,
+    plots: bool,
+    bus: EventBus,
+) -> tuple[Any, Any]:
     """The model (speed levers applied) and the ToolkitTrainer, wired to the event bus."""
     from trainer import TrainerArgs
 
@@ -157,11 +178,21 @@ def _build_trainer(config: Any, train_samples: list, eval_samples: list, *, cont
     if distributed.is_rank_zero():
         hooks = [*_evaluation_hooks(config, plots=plots), lambda _t, record: bus.emit(EventKind.EVALUATION, **record)]
     trainer = distributed.build_trainer(
-        ToolkitTrainer, args, config, output_path=config.output_path, model=model, train_samples=train_samples,
-        eval_samples=eval_samples, eval_every_steps=toolkit.get("eval_every_steps"), on_evaluation=hooks,
-        on_progress=[lambda info: bus.emit(EventKind.PROGRESS, **info)], health=health, early_stopping=early,
-        progress=progress, save_every_minutes=hp.get("save_every_minutes"),
-    )  # fmt: skip
+        ToolkitTrainer,
+        args,
+        config,
+        output_path=config.output_path,
+        model=model,
+        train_samples=train_samples,
+        eval_samples=eval_samples,
+        eval_every_steps=toolkit.get("eval_every_steps"),
+        on_evaluation=hooks,
+        on_progress=[lambda info: bus.emit(EventKind.PROGRESS, **info)],
+        health=health,
+        early_stopping=early,
+        progress=progress,
+        save_every_minutes=hp.get("save_every_minutes"),
+    )
     config.run_name = base_name
     model.run_dir = Path(trainer.output_path)
     return trainer, health
@@ -213,7 +244,7 @@ def _final_plots(trainer: Any, plots: bool) -> None:
         # the interpreter aborted at exit (SIGABRT instead of 130): the plot finishes first
         with sigint_deferred("training_curves.png"):
             _refresh_plots(trainer, force=True)
-    except Exception as exc:  # noqa: BLE001 - a plot that fails (no display back end, a full disk)
+    except Exception as exc:  # a plot that fails (no display back end, a full disk)
         # a plot must never hide why training ended (an interrupt, a full disk)
         logger.warning("could not redraw training_curves.png (%s: %s)", type(exc).__name__, exc)
 
@@ -305,10 +336,16 @@ def _keep_vocab_with_run(config: Any, run_dir: Path) -> None:
 
 def summary_lines(result: TrainResult) -> list[str]:
     """A short human summary: steps, LR and eval loss per evaluation, run folder."""
-    lines = [f"trained {result.total_steps} steps ({result.optimizer_steps} optimizer steps), {len(result.records)} evaluations"]
+    lines = [
+        f"trained {result.total_steps} steps ({result.optimizer_steps} optimizer steps), "
+        f"{len(result.records)} evaluations"
+    ]
     for rec in result.records:
         ev = "n/a" if rec["eval_loss"] is None else f"{rec['eval_loss']:.4f}"
-        lines.append(f"  eval at step {rec['step']:>6}: eval loss {ev}  LR {rec['lr']:.3g}{'  (reduced)' if rec['lr_reduced'] else ''}")
+        lines.append(
+            f"  eval at step {rec['step']:>6}: eval loss {ev}  LR "
+            f"{rec['lr']:.3g}{'  (reduced)' if rec['lr_reduced'] else ''}"
+        )
     if result.events:
         counts: dict[str, int] = {}
         for ev in result.events:

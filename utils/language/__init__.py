@@ -6,8 +6,9 @@ import Coqui's tokenizer when called.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from utils.language.registry import XTTS_LANGUAGES, check_language, get_language_spec, normalize_text
 
@@ -24,14 +25,16 @@ __all__ = [
 ]
 
 
-def load_tokenizer(vocab_path: str | Path, languages: Iterable[str] | None = None) -> "TextTokenizer":
+def load_tokenizer(vocab_path: str | Path, languages: Iterable[str] | None = None) -> TextTokenizer:
     """See :func:`utils.language.tokenizer.load_tokenizer`."""
     from utils.language.tokenizer import load_tokenizer as _load
 
     return _load(vocab_path, languages)
 
 
-def use_toolkit_tokenizer(xtts_model: Any, vocab_path: str | Path, languages: Iterable[str] | None = None) -> "TextTokenizer":
+def use_toolkit_tokenizer(
+    xtts_model: Any, vocab_path: str | Path, languages: Iterable[str] | None = None
+) -> TextTokenizer:
     """See :func:`utils.language.tokenizer.use_toolkit_tokenizer`."""
     from utils.language.tokenizer import use_toolkit_tokenizer as _use
 

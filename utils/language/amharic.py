@@ -45,7 +45,7 @@ PUNCTUATION = {
     "\u1367": "?",  # ፧ question mark
     "\u1368": ".",  # ፨ paragraph separator
 }
-QUOTES = "\"«»“”„‘’‹›"
+QUOTES = '"«»“”„‘’‹›'
 
 # Whole abbreviations. Written with '.' or '/' (and sometimes a trailing '.'); matched before the
 # punctuation map so a sentence-final '።' is never taken for an abbreviation's dot.

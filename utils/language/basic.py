@@ -10,17 +10,17 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from functools import lru_cache
+from functools import cache
 
 logger = logging.getLogger(__name__)
 
-QUOTES = "\"«»“”„‹›"
+QUOTES = '"«»“”„‹›'
 PUNCTUATION_MAP = {"‘": "'", "’": "'", "–": ",", "—": ",", "…": ".", "\u00a0": " "}
 _INTEGER_RE = re.compile(r"\d+")
 _SPACE_BEFORE_PUNCT_RE = re.compile(r"\s+([.,;:?!])")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _num2words_supports(language: str) -> bool:
     from num2words import num2words
 

@@ -44,6 +44,12 @@ def make_language_demo(out_dir: str | Path, language: str = "am", *, speaker: st
     if language not in DEMO_SENTENCES:
         raise ConfigError(f"no demo sentences for '{language}'; available: {', '.join(DEMO_SENTENCES)}")
     return make_espeak_dataset(
-        out_dir, DEMO_SENTENCES[language], voice=ESPEAK_VOICES[language], prefix=language, speaker=speaker,
-        n_eval=n_eval, spoken=lambda text: normalize_text(text, language), base_speed=175,
-    )  # fmt: skip
+        out_dir,
+        DEMO_SENTENCES[language],
+        voice=ESPEAK_VOICES[language],
+        prefix=language,
+        speaker=speaker,
+        n_eval=n_eval,
+        spoken=lambda text: normalize_text(text, language),
+        base_speed=175,
+    )

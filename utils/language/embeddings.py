@@ -89,7 +89,9 @@ def resize_text_embeddings(gpt: Any, new_num_tokens: int, seed: int = 0, noise_s
     gpt.text_embedding = emb
     gpt.text_head = head
     gpt.number_text_tokens = new_num_tokens
-    logger.info("text embedding and head grown %d -> %d tokens (new rows: pretrained mean + std noise)", old_n, new_num_tokens)
+    logger.info(
+        "text embedding and head grown %d -> %d tokens (new rows: pretrained mean + std noise)", old_n, new_num_tokens
+    )
     return info
 
 
@@ -132,7 +134,10 @@ class NewTokenWarmup:
         self._saved: dict[str, torch.Tensor] = {}
 
     def _row_params(self) -> dict[str, nn.Parameter]:
-        params = {"text_embedding.weight": self.gpt.text_embedding.weight, "text_head.weight": self.gpt.text_head.weight}
+        params = {
+            "text_embedding.weight": self.gpt.text_embedding.weight,
+            "text_head.weight": self.gpt.text_head.weight,
+        }
         if self.gpt.text_head.bias is not None:
             params["text_head.bias"] = self.gpt.text_head.bias
         return params

@@ -12,18 +12,34 @@ import json
 import logging
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import cache, lru_cache, partial
 from pathlib import Path
-from typing import Callable
 
 from utils.errors import LanguageError
 
 logger = logging.getLogger(__name__)
 
 XTTS_LANGUAGES: tuple[str, ...] = (
-    "en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi",
-)  # fmt: skip
+    "en",
+    "es",
+    "fr",
+    "de",
+    "it",
+    "pt",
+    "pl",
+    "tr",
+    "ru",
+    "nl",
+    "cs",
+    "ar",
+    "zh-cn",
+    "hu",
+    "ko",
+    "ja",
+    "hi",
+)
 _CODE_RE = re.compile(r"^[a-z]{2,3}$")
 _LANGUAGE_TOKEN_RE = re.compile(r"^\[([a-z]{2,3}(?:-[a-z]{2,4})?)\]$")
 
@@ -81,7 +97,7 @@ def is_xtts_language(language: str) -> bool:
     return language in XTTS_LANGUAGES or language == "zh"
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_language_spec(language: str) -> LanguageSpec:
     """The spec of a new language: dedicated if there is one, else the basic normaliser.
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import re
 import textwrap
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer
 

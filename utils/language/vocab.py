@@ -16,9 +16,10 @@ import logging
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from utils.errors import LanguageError
 from utils.language.registry import get_language_spec, is_xtts_language, language_tokens
@@ -103,7 +104,8 @@ def extend_vocab(
     num_new_tokens: int = DEFAULT_NUM_NEW_TOKENS,
     out_path: str | Path = "vocab.json",
     *,
-    add_script_alphabet: bool = True, min_frequency: int = 2,
+    add_script_alphabet: bool = True,
+    min_frequency: int = 2,
 ) -> VocabExtension:
     """Extend an XTTS vocab.json for ``language`` and write it to ``out_path``.
 
@@ -144,20 +146,35 @@ def extend_vocab(
         data, base_size, language, new_chars, trained, num_new_tokens, merges_as_str
     )
     ext = VocabExtension(
-        path=out, language=language, base_size=base_size, new_size=next_id, language_token_id=lang_id,
-        new_characters=new_chars, new_tokens=new_tokens, merges_added=len(added_merges), texts=len(normalised),
-    )  # fmt: skip
+        path=out,
+        language=language,
+        base_size=base_size,
+        new_size=next_id,
+        language_token_id=lang_id,
+        new_characters=new_chars,
+        new_tokens=new_tokens,
+        merges_added=len(added_merges),
+        texts=len(normalised),
+    )
     text = json.dumps(data, ensure_ascii=False)
     _verify(Tokenizer.from_file(str(base_path)), Tokenizer.from_str(text), normalised, ext)
     _write_atomic(out, text)
     logger.info(
         "vocabulary extended for '%s': %d -> %d tokens (%d characters, %d merged tokens with merges) from %d texts: %s",
-        language, base_size, ext.new_size, len(new_chars), len(new_tokens), len(normalised), out,
-    )  # fmt: skip
+        language,
+        base_size,
+        ext.new_size,
+        len(new_chars),
+        len(new_tokens),
+        len(normalised),
+        out,
+    )
     return ext
 
 
-def _new_characters(normalised: list[str], vocab: dict[str, int], spec: Any, language: str, add_alphabet: bool) -> list[str]:
+def _new_characters(
+    normalised: list[str], vocab: dict[str, int], spec: Any, language: str, add_alphabet: bool
+) -> list[str]:
     """The characters of the texts (and, with ``add_alphabet``, of the script) the base vocabulary lacks."""
     char_counts = Counter(ch for t in normalised for ch in t if not ch.isspace())
     new_chars = sorted(ch for ch in char_counts if ch not in vocab)
@@ -186,8 +203,15 @@ def _train_new_merges(normalised: list[str], new_char_set: set[str], num_new_tok
     return _train_bpe(words, train_alphabet, num_new_tokens, min_frequency) if words else []
 
 
-def _append_tokens(data: dict, base_size: int, language: str, new_chars: list[str], trained: list,
-                   num_new_tokens: int, merges_as_str: bool) -> tuple[int, int, list[str], list]:  # fmt: skip
+def _append_tokens(
+    data: dict,
+    base_size: int,
+    language: str,
+    new_chars: list[str],
+    trained: list,
+    num_new_tokens: int,
+    merges_as_str: bool,
+) -> tuple[int, int, list[str], list]:
     """Add ``[language]``, the new characters and the merged tokens after the base ids (in place).
 
     Returns:
@@ -215,8 +239,11 @@ def _append_tokens(data: dict, base_size: int, language: str, new_chars: list[st
         added_merges.append(f"{a} {b}" if merges_as_str else [a, b])
     data["model"]["merges"].extend(added_merges)
     template = next((t for t in data.get("added_tokens", []) if t.get("content") == "[en]"), None)
-    entry = dict(template) if template else {"single_word": False, "lstrip": False, "rstrip": False,
-                                             "normalized": False, "special": True}  # fmt: skip
+    entry = (
+        dict(template)
+        if template
+        else {"single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+    )
     entry.update(id=lang_id, content=lang_token)
     data.setdefault("added_tokens", []).append(entry)
     return lang_id, next_id, new_tokens, added_merges

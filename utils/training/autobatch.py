@@ -48,8 +48,12 @@ class MicroBatchPlan:
         return self.micro_batch * self.accumulation
 
     def as_dict(self) -> dict[str, int]:
-        return {"micro_batch": self.micro_batch, "grad_accum": self.accumulation, "effective_batch": self.effective,
-                "requested_effective_batch": self.requested_effective}  # fmt: skip
+        return {
+            "micro_batch": self.micro_batch,
+            "grad_accum": self.accumulation,
+            "effective_batch": self.effective,
+            "requested_effective_batch": self.requested_effective,
+        }
 
 
 def largest_divisor(n: int, at_most: int) -> int:
@@ -79,9 +83,16 @@ def plan_micro_batch(fits: int, effective: int) -> MicroBatchPlan:
             "effective batch %d has no divisor between %d and %d: training at micro-batch %d x accumulation %d "
             "keeps it exact but uses %.0f%% of what fits; an effective batch of %d (--batch-size %d --grad-accum %d) "
             "would use it all (scale --lr with it)",
-            effective, math.ceil(POOR_SPLIT_SHARE * top), top, micro, effective // micro, 100 * micro / top,
-            better, top, accum,
-        )  # fmt: skip
+            effective,
+            math.ceil(POOR_SPLIT_SHARE * top),
+            top,
+            micro,
+            effective // micro,
+            100 * micro / top,
+            better,
+            top,
+            accum,
+        )
     return MicroBatchPlan(micro, effective // micro, effective)
 
 
@@ -102,8 +113,10 @@ def autosize_micro_batch(trainer: Any, *, max_batch: int = 256, margin: float = 
         logger.info("automatic micro-batch: needs a CUDA GPU; keeping micro-batch %d", config.batch_size)
         return None
     if not hasattr(model, "clip_dataset") or not getattr(model.speed, "cache_dvae_codes", False):
-        logger.info("automatic micro-batch: needs the DVAE-code cache (on by default); keeping micro-batch %d",
-                    config.batch_size)  # fmt: skip
+        logger.info(
+            "automatic micro-batch: needs the DVAE-code cache (on by default); keeping micro-batch %d",
+            config.batch_size,
+        )
         return None
     dataset = model.clip_dataset(config, trainer.train_samples, is_eval=False)
     longest = sorted(range(len(dataset)), key=lambda i: -dataset.items[i].num_samples)
@@ -120,15 +133,21 @@ def autosize_micro_batch(trainer: Any, *, max_batch: int = 256, margin: float = 
     fraction = getattr(_cuda, "get_per_process_memory_fraction", None)
     if fraction is not None:
         budget = min(budget, int(fraction(device) * total))  # ... under torch.cuda.set_per_process_memory_fraction
-    logger.info("automatic micro-batch: probing training steps on the %d longest clips (budget %.1f GiB)",
-                min(len(longest), max_batch), budget / 2**30)  # fmt: skip
+    logger.info(
+        "automatic micro-batch: probing training steps on the %d longest clips (budget %.1f GiB)",
+        min(len(longest), max_batch),
+        budget / 2**30,
+    )
     top = max(1, min(max_batch, requested))
     memo_path = Path(config.output_path) / ".clip_cache" / "micro_batch_probes.json"
     key = _probe_key(model, config, dataset, longest[:top], device, budget, top, margin)
     fits = _read_probe_memo(memo_path, key)
     if fits is not None:
-        logger.info("automatic micro-batch: %d clips fit (measured by an earlier run on this GPU, data and "
-                    "model: %s)", fits, memo_path)  # fmt: skip
+        logger.info(
+            "automatic micro-batch: %d clips fit (measured by an earlier run on this GPU, data and model: %s)",
+            fits,
+            memo_path,
+        )
     else:
         divisors = [d for d in range(1, top + 1) if requested % d == 0]  # the sizes an exact plan can use
         with distributed.local_optimizer_steps():  # probes step at LR 0 on each rank alone
@@ -149,8 +168,12 @@ def autosize_micro_batch(trainer: Any, *, max_batch: int = 256, margin: float = 
     _apply(trainer, plan.micro_batch, plan.accumulation, source="auto (GPU memory)")
     logger.info(
         "automatic micro-batch: %d clips fit; micro-batch %d x accumulation %d = effective batch %d (asked %d)",
-        fits, plan.micro_batch, plan.accumulation, plan.effective, requested,
-    )  # fmt: skip
+        fits,
+        plan.micro_batch,
+        plan.accumulation,
+        plan.effective,
+        requested,
+    )
     return plan
 
 
@@ -158,9 +181,11 @@ def autosize_micro_batch(trainer: Any, *, max_batch: int = 256, margin: float = 
 _NOT_MEMORY = frozenset({"num_workers", "pin_memory", "bucket_lengths", "auto_batch", "oom_backoff"})
 
 
-def _probe_key(model: Any, config: Any, dataset: Any, longest: list[int], device: Any, budget: int, top: int,
-               margin: float) -> str:  # fmt: skip
-    """What the largest fitting micro-batch depends on: the GPU, its budget, the model, the levers, the longest clips."""
+def _probe_key(
+    model: Any, config: Any, dataset: Any, longest: list[int], device: Any, budget: int, top: int, margin: float
+) -> str:
+    """What the largest fitting micro-batch depends on: the GPU, its budget, the model, the levers, the "
+    "longest clips."""
     import hashlib
     import json
 
@@ -168,13 +193,16 @@ def _probe_key(model: Any, config: Any, dataset: Any, longest: list[int], device
     gpt = model.xtts.gpt
     facts = {
         # the budget in 4 GiB steps: free memory moves by a few MB between runs
-        "gpu": [props.name, int(props.total_memory)], "budget_4gib": int(budget // (4 * 2**30)), "top": top,
-        "margin": margin, "torch": torch.__version__,
+        "gpu": [props.name, int(props.total_memory)],
+        "budget_4gib": int(budget // (4 * 2**30)),
+        "top": top,
+        "margin": margin,
+        "torch": torch.__version__,
         "gpt": [sum(p.numel() for p in gpt.parameters()), int(gpt.layers), int(gpt.model_dim)],
         "speed": _memory_levers(getattr(model, "speed", None)),
         "precision": [bool(config.mixed_precision), str(config.precision)],
         "clips": [[int(dataset.items[i].num_samples), int(dataset.items[i].tokens.numel())] for i in longest],
-    }  # fmt: skip
+    }
     return hashlib.sha1(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -236,8 +264,14 @@ def halve_micro_batch(trainer: Any) -> tuple[int, int]:
     logger.warning(
         "CUDA out of memory at micro-batch %d: micro-batch %d -> %d, gradient accumulation %d -> %d "
         "(effective batch %d -> %d); redoing the interrupted accumulation window, the rest of this epoch re-batched",
-        old_b, old_b, new_b, old_a, new_a, effective, new_b * new_a,
-    )  # fmt: skip
+        old_b,
+        old_b,
+        new_b,
+        old_a,
+        new_a,
+        effective,
+        new_b * new_a,
+    )
     return new_b, new_a
 
 

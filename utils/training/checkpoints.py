@@ -172,10 +172,12 @@ class sigint_deferred:
 
     def _handler(self, *_: Any) -> None:
         if not self.hit:
-            logger.warning("Ctrl-C: %s is being written; it finishes first (a few seconds), then the run stops", self.name)
+            logger.warning(
+                "Ctrl-C: %s is being written; it finishes first (a few seconds), then the run stops", self.name
+            )
         self.hit = True
 
-    def __enter__(self) -> "sigint_deferred":
+    def __enter__(self) -> sigint_deferred:
         import signal
         import threading
 
@@ -290,9 +292,11 @@ def free_space_warning(run_dir: str | os.PathLike[str], need: int) -> str | None
     free = shutil.disk_usage(run_dir).free
     if free >= need:
         return None
-    return (f"only {free / 1e9:.1f} GB free on {_mount_point(Path(run_dir))}; this run's checkpoints need about "
-            f"{need / 1e9:.1f} GB (a full checkpoint while the previous one is kept, plus the best model); "
-            f"free space or choose another --output-path")  # fmt: skip
+    return (
+        f"only {free / 1e9:.1f} GB free on {_mount_point(Path(run_dir))}; this run's checkpoints need about "
+        f"{need / 1e9:.1f} GB (a full checkpoint while the previous one is kept, plus the best model); "
+        f"free space or choose another --output-path"
+    )
 
 
 def atomic_link(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
@@ -308,8 +312,15 @@ def atomic_link(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Pa
     return dest
 
 
-def training_state(trainer: Any, *, steps_done: int, epochs_done: int, epoch_batches_done: int = 0,
-                   optimizer: bool = True, **extra: Any) -> dict[str, Any]:  # fmt: skip
+def training_state(
+    trainer: Any,
+    *,
+    steps_done: int,
+    epochs_done: int,
+    epoch_batches_done: int = 0,
+    optimizer: bool = True,
+    **extra: Any,
+) -> dict[str, Any]:
     """The checkpoint dict Coqui's ``trainer.io.save_model`` writes, plus the toolkit's state.
 
     ``steps_done``/``epochs_done``/``epoch_batches_done`` are exact counts of completed trainer
@@ -329,7 +340,9 @@ def training_state(trainer: Any, *, steps_done: int, epochs_done: int, epoch_bat
         "model": model.state_dict(),
         "optimizer": [o.state_dict() for o in trainer.optimizer] if (trainer.optimizer and optimizer) else None,
         "scheduler": scheduler,
-        "scaler": trainer.scaler.state_dict() if (optimizer and trainer.scaler is not None and trainer.use_amp_scaler) else None,
+        "scaler": trainer.scaler.state_dict()
+        if (optimizer and trainer.scaler is not None and trainer.use_amp_scaler)
+        else None,
         "step": trainer.total_steps_done,
         "epoch": trainer.epochs_done,
         "date": datetime.date.today().strftime("%B %d, %Y"),
@@ -346,7 +359,8 @@ def training_state(trainer: Any, *, steps_done: int, epochs_done: int, epoch_bat
 
 def keep_newest(run_dir: str | os.PathLike[str], prefix: str, keep: int) -> None:
     """Delete all but the ``keep`` newest ``{prefix}_N.pth`` files (highest N)."""
-    files = sorted((checkpoint_step(p), p) for p in Path(run_dir).glob(f"{prefix}_*.pth") if checkpoint_step(p) is not None)
+    files = sorted(
+        (checkpoint_step(p), p) for p in Path(run_dir).glob(f"{prefix}_*.pth") if checkpoint_step(p) is not None
+    )
     for _, path in files[: max(0, len(files) - keep)]:
         path.unlink(missing_ok=True)
-

@@ -43,7 +43,8 @@ What the toolkit relies on (upstream behaviour, by name):
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from utils.errors import ConfigError
 
@@ -58,8 +59,14 @@ DVAE_RESAMPLE = {
     "beta": 14.769656459379492,
 }
 
-_TRAINER_PRIVATE = ("_get_model", "_fit", "_pick_target_avg_loss", "_restore_best_loss", "train_epoch",
-                    "_set_grad_clip_per_optimizer")
+_TRAINER_PRIVATE = (
+    "_get_model",
+    "_fit",
+    "_pick_target_avg_loss",
+    "_restore_best_loss",
+    "train_epoch",
+    "_set_grad_clip_per_optimizer",
+)
 
 
 def _version(dist: str) -> tuple[int, int] | None:
@@ -78,7 +85,8 @@ def check_versions() -> None:
         found = _version(dist)
         if found is not None and not (low <= found < high):
             raise ConfigError(
-                f"{dist} {found[0]}.{found[1]} is installed; the toolkit's adaptations of its private names were written "
+                f"{dist} {found[0]}.{found[1]} is installed; the toolkit's adaptations of its private names "
+                "were written "
                 f"for {low[0]}.{low[1]} up to (not including) {high[0]}.{high[1]}: install the locked versions "
                 "(scripts/setup_env.sh)"
             )

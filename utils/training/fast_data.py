@@ -28,10 +28,11 @@ import logging
 import math
 import os
 import random
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -208,9 +209,17 @@ def compute_dvae_codes(model: Any, wavs: Sequence[torch.Tensor], device: torch.d
     return out
 
 
-def _check_and_decode(s: dict[str, Any], tokenizer: Any, special: SpecialTokens, args: Any, sr: int, cache_dir: Path,
-                      load_audio: Callable[[str, int], torch.Tensor], content: str | None,
-                      lengths: dict[str, int]) -> tuple[dict[str, Any], torch.Tensor, str, int]:  # fmt: skip
+def _check_and_decode(
+    s: dict[str, Any],
+    tokenizer: Any,
+    special: SpecialTokens,
+    args: Any,
+    sr: int,
+    cache_dir: Path,
+    load_audio: Callable[[str, int], torch.Tensor],
+    content: str | None,
+    lengths: dict[str, int],
+) -> tuple[dict[str, Any], torch.Tensor, str, int]:
     """The sample checks (utils.data.preflight) on one row, and its waveform in the cache.
 
     ``lengths`` (cached file name -> samples, see :data:`LENGTHS_INDEX`) spares opening a cached
@@ -260,8 +269,14 @@ def _codes_path(npy: str, key: str) -> Path:
     return Path(npy).with_suffix(f".codes-{key}.npy")
 
 
-def _codes_for(model: Any, pending: list[tuple[dict[str, Any], torch.Tensor, str, int]], device: torch.device | str,
-               batch_size: int, progress: bool, codes_key: str | None = None) -> list[CachedClip | None]:  # fmt: skip
+def _codes_for(
+    model: Any,
+    pending: list[tuple[dict[str, Any], torch.Tensor, str, int]],
+    device: torch.device | str,
+    batch_size: int,
+    progress: bool,
+    codes_key: str | None = None,
+) -> list[CachedClip | None]:
     """DVAE codes of the decoded clips in length-sorted batches; the clips in the input order.
 
     With ``codes_key``, codes already on disk for that key are read instead of computed, and the
@@ -273,8 +288,9 @@ def _codes_for(model: Any, pending: list[tuple[dict[str, Any], torch.Tensor, str
 
     def item(i: int, c: torch.Tensor) -> CachedClip:
         s, tokens, npy, n = pending[i]
-        return CachedClip(audio_npy=npy, num_samples=n, tokens=tokens, codes=c, language=s["language"],
-                          source=str(s["audio_file"]))  # fmt: skip
+        return CachedClip(
+            audio_npy=npy, num_samples=n, tokens=tokens, codes=c, language=s["language"], source=str(s["audio_file"])
+        )
 
     todo = []
     for i, (_s, _t, npy, n) in enumerate(pending):
@@ -639,9 +655,14 @@ def build_fast_loader(
     lengths = dataset.lengths()
     if bucket_lengths or num_replicas > 1:
         sampler = LengthBucketBatchSampler(
-            lengths if bucket_lengths else [0] * len(lengths), batch_size, shuffle=shuffle, drop_last=drop_last,
-            seed=seed, num_replicas=num_replicas, rank=rank,
-        )  # fmt: skip
+            lengths if bucket_lengths else [0] * len(lengths),
+            batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            seed=seed,
+            num_replicas=num_replicas,
+            rank=rank,
+        )
     else:
         base = torch.utils.data.RandomSampler(dataset) if shuffle else torch.utils.data.SequentialSampler(dataset)
         sampler = torch.utils.data.BatchSampler(base, batch_size, drop_last)

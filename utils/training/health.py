@@ -29,9 +29,10 @@ import json
 import logging
 import math
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from utils.errors import ToolkitError
 
@@ -66,7 +67,7 @@ class HealthConfig:
     spike_burn_in: int = 10  # optimizer steps before the running minimum counts
 
     @classmethod
-    def from_values(cls, values: Mapping[str, Any]) -> "HealthConfig":
+    def from_values(cls, values: Mapping[str, Any]) -> HealthConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names and v is not None})
 
@@ -104,7 +105,9 @@ class HealthMonitor:
         grad_clip: the clipping threshold in use (0: no clipping; the clipping check is off).
     """
 
-    def __init__(self, config: HealthConfig | None = None, events_path: str | Path | None = None, grad_clip: float = 0.0) -> None:
+    def __init__(
+        self, config: HealthConfig | None = None, events_path: str | Path | None = None, grad_clip: float = 0.0
+    ) -> None:
         self.config = config or HealthConfig()
         self.events_path = Path(events_path) if events_path else None
         self.grad_clip = float(grad_clip or 0.0)
@@ -128,11 +131,27 @@ class HealthMonitor:
 
     # --- events -------------------------------------------------------------------------------
 
-    def emit(self, event: str, *, step: int, optimizer_step: int, message: str, recommendation: str, action: str = "none",
-             **details: Any) -> dict[str, Any]:  # fmt: skip
+    def emit(
+        self,
+        event: str,
+        *,
+        step: int,
+        optimizer_step: int,
+        message: str,
+        recommendation: str,
+        action: str = "none",
+        **details: Any,
+    ) -> dict[str, Any]:
         """Record one event: events.jsonl, the log, the next evaluation record."""
-        record = {"event": event, "step": step, "optimizer_step": optimizer_step, "message": message,
-                  "recommendation": recommendation, "action": action, **details}  # fmt: skip
+        record = {
+            "event": event,
+            "step": step,
+            "optimizer_step": optimizer_step,
+            "message": message,
+            "recommendation": recommendation,
+            "action": action,
+            **details,
+        }
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self.events.append(record)
         self.pending.append(event)
@@ -141,7 +160,9 @@ class HealthMonitor:
         if self.events_path is not None:
             with open(self.events_path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
-        logger.warning("health: %s at step %d: %s. Action: %s. Recommendation: %s", event, step, message, action, recommendation)
+        logger.warning(
+            "health: %s at step %d: %s. Action: %s. Recommendation: %s", event, step, message, action, recommendation
+        )
         return record
 
     def take_pending(self) -> list[str]:
@@ -172,13 +193,16 @@ class HealthMonitor:
                 if self.spike_run >= c.spike_window and not self.in_spike:
                     self.in_spike = True
                     self.emit(
-                        "loss_spike", step=step, optimizer_step=optimizer_step,
+                        "loss_spike",
+                        step=step,
+                        optimizer_step=optimizer_step,
                         message=f"smoothed train loss {self.ema:.4f} has been more than {c.spike_ratio:.0%} above its "
                         f"minimum {self.ema_min:.4f} for {c.spike_window} optimizer steps",
                         recommendation="lower the LR (e.g. --preset stable, or --restore the best checkpoint with "
                         "--lr halved); check the data loaded at these steps for bad rows",
-                        ema=self.ema, ema_min=self.ema_min,
-                    )  # fmt: skip
+                        ema=self.ema,
+                        ema_min=self.ema_min,
+                    )
             else:
                 self.ema_min = min(self.ema_min, self.ema)
         if self.grad_clip > 0 and grad_norm is not None and math.isfinite(grad_norm):
@@ -188,29 +212,36 @@ class HealthMonitor:
             if full and share > c.clip_share and not self.in_clip_saturation:
                 self.in_clip_saturation = True
                 self.emit(
-                    "clipping_saturation", step=step, optimizer_step=optimizer_step,
+                    "clipping_saturation",
+                    step=step,
+                    optimizer_step=optimizer_step,
                     message=f"{share:.0%} of the last {len(self.clipped)} optimizer steps had their gradient norm "
                     f"clipped to {self.grad_clip:g}",
                     recommendation="the clip, not the LR, sets the step size: lower the LR (scripts/lr_find.py) "
                     "or raise --grad-clip if the loss is healthy",
                     share=share,
-                )  # fmt: skip
+                )
             elif full and share <= c.clip_share / 2:
                 self.in_clip_saturation = False
 
-    def divergence_event(self, *, step: int, optimizer_step: int, loss: float | None, action: str, recovered: bool) -> dict[str, Any]:
+    def divergence_event(
+        self, *, step: int, optimizer_step: int, loss: float | None, action: str, recovered: bool
+    ) -> dict[str, Any]:
         c = self.config
         if recovered:
             self.recoveries += 1
         what = f"loss {loss}" if loss is not None and not math.isfinite(loss) else "non-finite gradient"
         return self.emit(
-            "divergence", step=step, optimizer_step=optimizer_step,
+            "divergence",
+            step=step,
+            optimizer_step=optimizer_step,
             message=f"{what}; the optimizer step was skipped (recovery {self.recoveries} of at most "
             f"{c.divergence_max_recoveries})",
             recommendation="if this repeats, restart from the best checkpoint with a lower LR: "
             "--restore RUN_DIR --preset plateau-breaker, or --lr at half the current value; check for bad rows",
-            action=action, recoveries=self.recoveries,
-        )  # fmt: skip
+            action=action,
+            recoveries=self.recoveries,
+        )
 
     def check_update_ratios(self, ratios: Mapping[str, float], *, step: int, optimizer_step: int, lr: float) -> None:
         """LR too small/large: ``ratios`` maps a parameter group name to ||update|| / ||weights||."""
@@ -218,22 +249,33 @@ class HealthMonitor:
         for group, ratio in ratios.items():
             if not math.isfinite(ratio):
                 continue
-            kind = "lr_too_small" if ratio < c.update_ratio_low else "lr_too_large" if ratio > c.update_ratio_high else None
+            kind = (
+                "lr_too_small"
+                if ratio < c.update_ratio_low
+                else "lr_too_large"
+                if ratio > c.update_ratio_high
+                else None
+            )
             key = f"{group}:{kind}"
             if kind and not self.ratio_flags.get(key):
                 self.ratio_flags[key] = True
                 bound = c.update_ratio_low if kind == "lr_too_small" else c.update_ratio_high
                 self.emit(
-                    kind, step=step, optimizer_step=optimizer_step,
+                    kind,
+                    step=step,
+                    optimizer_step=optimizer_step,
                     message=f"parameter group {group}: update/weight norm ratio {ratio:.2e} per step at LR {lr:.3g} "
                     f"is {'below' if kind == 'lr_too_small' else 'above'} {bound:.0e}",
                     recommendation=(
                         "the weights barely move: raise the LR (try scripts/lr_find.py) or check that the group "
-                        "should train" if kind == "lr_too_small" else
-                        "each step changes the weights a lot: lower the LR (try scripts/lr_find.py, --preset stable)"
+                        "should train"
+                        if kind == "lr_too_small"
+                        else "each step changes the weights a lot: lower the LR "
+                        "(try scripts/lr_find.py, --preset stable)"
                     ),
-                    group=group, ratio=ratio,
-                )  # fmt: skip
+                    group=group,
+                    ratio=ratio,
+                )
             elif not kind:
                 self.ratio_flags.pop(f"{group}:lr_too_small", None)
                 self.ratio_flags.pop(f"{group}:lr_too_large", None)
@@ -255,16 +297,22 @@ class HealthMonitor:
             gain = (old - now) / abs(old) if math.isfinite(old) and old != 0 else math.inf
             if gain < c.plateau_min_improvement and not self.in_plateau:
                 self.in_plateau = True
-                rule = ("ReduceLROnPlateau cuts the LR on this signal (after --plateau-patience evaluations)"
-                        if plateau_rule else "this schedule does not react to plateaus")  # fmt: skip
+                rule = (
+                    "ReduceLROnPlateau cuts the LR on this signal (after --plateau-patience evaluations)"
+                    if plateau_rule
+                    else "this schedule does not react to plateaus"
+                )
                 self.emit(
-                    "plateau", step=step, optimizer_step=opt_step,
+                    "plateau",
+                    step=step,
+                    optimizer_step=opt_step,
                     message=f"best eval loss improved {gain:.2%} over the last {c.plateau_window} evaluations "
                     f"(threshold {c.plateau_min_improvement:.2%}); {rule}",
                     recommendation="if it persists after LR cuts: --restore RUN_DIR --preset plateau-breaker; "
                     "more or cleaner data helps more than more epochs",
-                    best_eval_loss=now, gain=gain,
-                )  # fmt: skip
+                    best_eval_loss=now,
+                    gain=gain,
+                )
             elif gain >= c.plateau_min_improvement:
                 self.in_plateau = False
         if len(self.eval_history) >= 2:
@@ -274,19 +322,33 @@ class HealthMonitor:
             if self.overfit_run >= c.overfit_window and not self.in_overfit:
                 self.in_overfit = True
                 self.emit(
-                    "overfitting", step=step, optimizer_step=opt_step,
+                    "overfitting",
+                    step=step,
+                    optimizer_step=opt_step,
                     message=f"eval loss rose while train loss fell for {self.overfit_run} evaluations in a row "
                     f"(eval {e0:.4f} -> {e1:.4f}, train {t0:.4f} -> {t1:.4f})",
                     recommendation="use best_model.pth (saved at the lowest eval loss); stop here or set "
                     "--early-stop-patience; more data or a higher --weight-decay",
-                )  # fmt: skip
+                )
             elif not diverging:
                 self.in_overfit = False
 
     # --- checkpoints --------------------------------------------------------------------------
 
-    _STATE = ("recoveries", "ema", "ema_min", "steps_seen", "spike_run", "in_spike", "in_clip_saturation",
-              "best_evals", "in_plateau", "overfit_run", "in_overfit", "ratio_flags")  # fmt: skip
+    _STATE = (
+        "recoveries",
+        "ema",
+        "ema_min",
+        "steps_seen",
+        "spike_run",
+        "in_spike",
+        "in_clip_saturation",
+        "best_evals",
+        "in_plateau",
+        "overfit_run",
+        "in_overfit",
+        "ratio_flags",
+    )
 
     def state_dict(self) -> dict[str, Any]:
         state = {k: getattr(self, k) for k in self._STATE}

@@ -89,10 +89,18 @@ def lr_range_test(
     model = ToolkitGPTTrainer(config)
     bar = ProgressBar.as_hook() if progress else None
     trainer = ToolkitTrainer(
-        TrainerArgs(grad_accum_steps=accum), config, output_path=config.output_path, model=model,
-        train_samples=train_samples, eval_samples=train_samples[:1], on_step=[watch], health=None,
-        progress=progress, on_progress=[bar] if bar else None, save_final_checkpoint=False,
-    )  # fmt: skip
+        TrainerArgs(grad_accum_steps=accum),
+        config,
+        output_path=config.output_path,
+        model=model,
+        train_samples=train_samples,
+        eval_samples=train_samples[:1],
+        on_step=[watch],
+        health=None,
+        progress=progress,
+        on_progress=[bar] if bar else None,
+        save_final_checkpoint=False,
+    )
     model.run_dir = Path(trainer.output_path)
     try:
         trainer.fit()
@@ -127,7 +135,9 @@ class _RangeWatch:
         sm = smooth(self.losses)
         if len(sm) > 5 and sm[-1] > self.divergence_factor * min(sm):
             self.stopped_early = True
-            raise StopTraining(f"smoothed loss {sm[-1]:.3f} > {self.divergence_factor:g} x its minimum at LR {lr_used:.3g}")
+            raise StopTraining(
+                f"smoothed loss {sm[-1]:.3f} > {self.divergence_factor:g} x its minimum at LR {lr_used:.3g}"
+            )
         if info["optimizer_step"] >= self.num_steps:
             raise StopTraining("range covered")
 
@@ -140,7 +150,12 @@ def _range_config(config: Any, rows: int, accum: int, *, start_lr: float, end_lr
     config.epochs = math.ceil(num_steps / per_epoch)
     config.lr = float(start_lr)
     config.lr_scheduler = "exponential"
-    config.lr_scheduler_params = {"end_lr": float(end_lr), "total_steps": int(num_steps), "warmup_steps": 0, "min_lr": 0.0}
+    config.lr_scheduler_params = {
+        "end_lr": float(end_lr),
+        "total_steps": int(num_steps),
+        "warmup_steps": 0,
+        "min_lr": 0.0,
+    }
     config.run_eval = False
     config.save_step = 10**9
     config.run_name = f"lr_find_{config.run_name}"

@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -49,8 +50,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SUPPORTED_SCHEDULERS = ("ReduceLROnPlateau", "cosine", "inverse_sqrt", "MultiStepLR", "exponential")
-STEP_PARAMS = ("min_lr", "warmup_steps", "factor", "patience", "threshold", "total_steps", "anneal_steps",
-               "anneal_rate", "milestones", "gamma", "end_lr")  # fmt: skip
+STEP_PARAMS = (
+    "min_lr",
+    "warmup_steps",
+    "factor",
+    "patience",
+    "threshold",
+    "total_steps",
+    "anneal_steps",
+    "anneal_rate",
+    "milestones",
+    "gamma",
+    "end_lr",
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,7 @@ class ScheduleSpec:
         object.__setattr__(self, "milestones", tuple(int(s) for s in self.milestones or ()))
 
     @classmethod
-    def from_config(cls, config: Any) -> "ScheduleSpec":
+    def from_config(cls, config: Any) -> ScheduleSpec:
         """Build from a GPTTrainerConfig's ``lr``, ``lr_scheduler`` and ``lr_scheduler_params``."""
         params = dict(config.lr_scheduler_params or {})
         params.pop("mode", None)  # always "min": we minimise eval loss
@@ -135,7 +147,7 @@ class LRBridge:
     never taking the LR under ``min_lr``.
     """
 
-    def __init__(self, optimizer: "torch.optim.Optimizer", spec: ScheduleSpec) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, spec: ScheduleSpec) -> None:
         self.optimizer = optimizer
         self.spec = spec
         self.optimizer_steps = 0
@@ -207,9 +219,12 @@ class LRBridge:
         lr = self.current_lr()
         if reduced:
             logger.info(
-                "eval loss has not improved on %.5f for %d evaluations: LR %.3g -> %.3g", self.best,
-                self.spec.patience + 1, lr_before, lr,
-            )  # fmt: skip
+                "eval loss has not improved on %.5f for %d evaluations: LR %.3g -> %.3g",
+                self.best,
+                self.spec.patience + 1,
+                lr_before,
+                lr,
+            )
         elif not math.isfinite(loss):
             logger.warning("eval loss is %s; counted as an evaluation without improvement", loss)
         return {
@@ -239,9 +254,11 @@ class LRBridge:
         self.health_scale = float(state.get("health_scale", 1.0))  # absent in checkpoints before the health monitor
         self._apply()
         logger.info(
-            "LR schedule restored: %d optimizer steps, %d evaluations, LR %.3g", self.optimizer_steps,
-            self.evaluations, self.current_lr(),
-        )  # fmt: skip
+            "LR schedule restored: %d optimizer steps, %d evaluations, LR %.3g",
+            self.optimizer_steps,
+            self.evaluations,
+            self.current_lr(),
+        )
 
 
 # ------------------------------------------------------------------------------------------------

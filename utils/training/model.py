@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from TTS.tts.layers.xtts.trainer.gpt_trainer import GPTTrainer
 from trainer.torch import DistributedSampler
 from trainer.utils.distributed import is_dist_avail_and_initialized
+from TTS.tts.layers.xtts.trainer.gpt_trainer import GPTTrainer
 
 from utils.training.dataset import ToolkitXTTSDataset
 from utils.training.distributed import sync_gradients
@@ -78,8 +78,12 @@ class ToolkitGPTTrainer(GPTTrainer):
         gpt2_keys = {f"gpt.gpt.{name}" for name, _ in self.xtts.gpt.gpt.named_parameters()}
         missing = gpt2_keys & set(loaded.get("missing", gpt2_keys))
         if missing:
-            logger.warning("the base checkpoint lacks %d GPT2 weights (e.g. %s); building the model with random "
-                           "initialisation for them", len(missing), sorted(missing)[0])  # fmt: skip
+            logger.warning(
+                "the base checkpoint lacks %d GPT2 weights (e.g. %s); building the model with random "
+                "initialisation for them",
+                len(missing),
+                sorted(missing)[0],
+            )
             super().__init__(config)
 
     def on_train_epoch_start(self, trainer: Any) -> None:
@@ -183,8 +187,14 @@ class ToolkitGPTTrainer(GPTTrainer):
             distributed.barrier()
         # 64 clips per DVAE batch on a GPU (fewer, fuller launches; a clip's codes do not depend on
         # its batch), 16 on a CPU
-        items, excluded = prepare_clip_cache(self, samples, cache_dir, device=device, batch_size=64 if device == "cuda" else 16,
-                                             progress=first and getattr(self, "show_progress", True))  # fmt: skip
+        items, excluded = prepare_clip_cache(
+            self,
+            samples,
+            cache_dir,
+            device=device,
+            batch_size=64 if device == "cuda" else 16,
+            progress=first and getattr(self, "show_progress", True),
+        )
         if first:
             distributed.barrier()
         if excluded and exclusions is not None and distributed.is_rank_zero():
@@ -232,8 +242,10 @@ def _gpt2_init_skipped() -> Iterator[dict[str, list[str]]]:
         # assign: the module keeps the loaded tensors instead of copying them into fresh memory;
         # a tensor stored in another dtype (a half-precision checkpoint) is cast to the module's first
         own = module.state_dict(keep_vars=True)
-        state_dict = {k: v.to(own[k].dtype) if k in own and torch.is_tensor(v) and v.dtype != own[k].dtype else v
-                      for k, v in state_dict.items()}  # fmt: skip
+        state_dict = {
+            k: v.to(own[k].dtype) if k in own and torch.is_tensor(v) and v.dtype != own[k].dtype else v
+            for k, v in state_dict.items()
+        }
         result = load(module, state_dict, *args, **{**kwargs, "assign": True})
         seen["missing"] = list(result.missing_keys)
         return result

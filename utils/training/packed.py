@@ -91,8 +91,9 @@ def packed_forward(
     codes = F.pad(audio_codes[:, :max_mel_len], (0, 1), value=gpt.stop_audio_token)
     text_len, code_len = _to(text_lengths, device).long(), _to(code_lengths, device)
     # set_mel_padding: the zero codes after each clip become the stop token
-    codes = torch.where(torch.arange(codes.shape[1], device=device) >= (code_len - 3)[:, None],
-                        gpt.stop_audio_token, codes)  # fmt: skip
+    codes = torch.where(
+        torch.arange(codes.shape[1], device=device) >= (code_len - 3)[:, None], gpt.stop_audio_token, codes
+    )
     text_in, text_targets = gpt.set_inputs_and_targets(text, gpt.start_text_token, gpt.stop_text_token)
     mel_in, mel_targets = gpt.set_inputs_and_targets(codes, gpt.start_audio_token, gpt.stop_audio_token)
     text_real = torch.arange(text_in.shape[1], device=device) <= text_len[:, None]  # Coqui's mask: ones up to l
@@ -147,8 +148,14 @@ def packing_order(prompt_len: int, text_real: torch.Tensor, mel_real: torch.Tens
     return torch.cat([prompt_dst, text_dst, mel_dst], dim=1)
 
 
-def packed_logits(gpt: Any, prompt: torch.Tensor, text_emb: torch.Tensor, mel_emb: torch.Tensor,
-                  text_real: torch.Tensor, mel_real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def packed_logits(
+    gpt: Any,
+    prompt: torch.Tensor,
+    text_emb: torch.Tensor,
+    mel_emb: torch.Tensor,
+    text_real: torch.Tensor,
+    mel_real: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Coqui's ``GPT.get_logits`` (text head, then audio head) over packed rows, causal attention, no mask.
 
     With ``gpt._toolkit_pack_multiple`` = m > 1 the rows get zero positions at their end up to a

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +107,13 @@ def plot_schedule(steps: Sequence[int], lrs: Sequence[float], path: str | os.Pat
     return out
 
 
-def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], suggestion: float | None,
-                 path: str | os.PathLike[str]) -> Path:  # fmt: skip
+def plot_lr_find(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    smoothed: Sequence[float],
+    suggestion: float | None,
+    path: str | os.PathLike[str],
+) -> Path:
     """Write loss vs LR of an LR range test, with the suggested LR marked."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))

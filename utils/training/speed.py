@@ -37,18 +37,18 @@ Measured figures are in BENCHMARKS.md (``scripts/bench_train.py``, ``scripts/ben
 from __future__ import annotations
 
 import logging
-import math
 import os
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.errors import ConfigError
-from utils.training.speed_options import SpeedOptions  # noqa: F401 - re-exported; defined without torch
+from utils.training.speed_options import SpeedOptions  # re-exported; defined without torch
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def enable_grad_checkpointing(
     gpt2 = model.xtts.gpt.gpt
     gpt2.config.use_cache = False
     every = training_blocks(model)
-    eager = every if blocks else ([] if conditioning else every[len(gpt2.h):])  # the rest is compile_blocks'
+    eager = every if blocks else ([] if conditioning else every[len(gpt2.h) :])  # the rest is compile_blocks'
     for block in eager:
         _checkpoint_module(block, exclude_cudnn)
 
@@ -237,7 +237,7 @@ def _checkpoint_module(module: nn.Module, exclude_cudnn: bool = False) -> None:
     module.forward = forward
 
 
-def _NO_CUDNN_BACKENDS() -> list[Any]:  # noqa: N802 - a constant that needs an import
+def _NO_CUDNN_BACKENDS() -> list[Any]:  # a constant that needs an import
     from torch.nn.attention import SDPBackend
 
     return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -299,7 +299,9 @@ def compile_blocks(
         if recompute:
             compiled = _recomputed(compiled, checkpoint)
 
-        def call(*args: Any, _block: nn.Module = block, _compiled: Any = compiled, _eager: Any = eager, **kwargs: Any) -> Any:
+        def call(
+            *args: Any, _block: nn.Module = block, _compiled: Any = compiled, _eager: Any = eager, **kwargs: Any
+        ) -> Any:
             if _block.training and torch.is_grad_enabled():
                 return _compiled(*args, **kwargs)
             return _eager(*args, **kwargs)
@@ -439,7 +441,10 @@ def fast_format_batch_on_device(self: Any, batch: dict[str, Any]) -> dict[str, A
             from utils.training.compat import DVAE_RESAMPLE
 
             wav = torchaudio.functional.resample(
-                wav, orig_freq=self.config.audio.sample_rate, new_freq=self.config.audio.dvae_sample_rate, **DVAE_RESAMPLE
+                wav,
+                orig_freq=self.config.audio.sample_rate,
+                new_freq=self.config.audio.dvae_sample_rate,
+                **DVAE_RESAMPLE,
             )
         batch["audio_codes"] = self.dvae.get_codebook_indices(self.torch_mel_spectrogram_dvae(wav))
     if host is not None:
@@ -483,7 +488,9 @@ def apply_speed_options(model: Any, config: Any, opts: SpeedOptions, device: tor
         # (get_optimizer -> self.config.optimizer_params): fused AdamW must reach that copy too
         own.optimizer_params = config.optimizer_params
     if opts.host_lengths or opts.cache_dvae_codes:
-        model.format_batch = types.MethodType(fast_format_batch if opts.host_lengths else type(model).format_batch, model)
+        model.format_batch = types.MethodType(
+            fast_format_batch if opts.host_lengths else type(model).format_batch, model
+        )
         model.format_batch_on_device = types.MethodType(fast_format_batch_on_device, model)
         applied.append("host_lengths" if opts.host_lengths else "fast_format_batch")
     if opts.optimizer_8bit:
@@ -578,12 +585,17 @@ def _model_levers(model: Any, opts: SpeedOptions, cuda: bool) -> list[str]:
     compiled = opts.compile and cuda
     exclude_cudnn = cuda and not opts.cudnn_attention
     if opts.grad_checkpointing:
-        enable_grad_checkpointing(model, exclude_cudnn=exclude_cudnn, blocks=not compiled,
-                                  conditioning=opts.compile_conditioning)  # fmt: skip
+        enable_grad_checkpointing(
+            model, exclude_cudnn=exclude_cudnn, blocks=not compiled, conditioning=opts.compile_conditioning
+        )
         applied.append("grad_checkpointing")
     if compiled:
-        compile_blocks(model, recompute=opts.grad_checkpointing, attention_backends=sdpa_backends(not exclude_cudnn),
-                       conditioning=opts.compile_conditioning)  # fmt: skip
+        compile_blocks(
+            model,
+            recompute=opts.grad_checkpointing,
+            attention_backends=sdpa_backends(not exclude_cudnn),
+            conditioning=opts.compile_conditioning,
+        )
         applied.append("compile")
     return applied
 
@@ -690,7 +702,9 @@ def auto_micro_batch(
         good = sizes[lo] if lo >= 0 else 1
         bad = sizes[hi] if hi < len(sizes) else None
         if bad is None or good >= bad // 2:
-            logger.info("auto micro-batch: %d (budget %.2f GiB, limit %.0f%%)", good, budget_bytes / 2**30, 100 * margin)
+            logger.info(
+                "auto micro-batch: %d (budget %.2f GiB, limit %.0f%%)", good, budget_bytes / 2**30, 100 * margin
+            )
             return good
         good = max(good, 2)  # searching on for the largest size of all (for the split's warning)
     while bad is None and good < max_batch:

@@ -19,7 +19,9 @@ class SpeedOptions:
     fast_gelu: bool = True  # GPT2 MLP gelu_new (7 elementwise ops) -> nn.GELU("tanh"), same function
     sdpa_conditioning: bool = True  # conditioning encoder: 1x1 convs as GEMMs, attention via SDPA
     fast_heads: bool = True  # text/mel heads as one aligned 2D GEMM (1026 outputs padded to 1032)
-    packed_attention: bool = True  # loss forward on packed rows: causal attention without a mask (flash), no per-row loops
+    packed_attention: bool = (
+        True  # loss forward on packed rows: causal attention without a mask (flash), no per-row loops
+    )
     round_lengths: bool = True  # packed rows padded to a multiple of 16 positions: few shapes, cuDNN plans reused
     cudnn_attention: bool = True  # let SDPA pick cuDNN attention (on an H200: 456 vs 434 samples/s, packed rows)
     host_lengths: bool = True  # keep length tensors on the CPU: no GPU syncs in GPT.forward loops
@@ -38,18 +40,23 @@ class SpeedOptions:
     oom_backoff: bool = True  # on CUDA OOM: at most half the micro-batch, same effective batch, log it
 
     @classmethod
-    def low_vram(cls, **overrides: Any) -> "SpeedOptions":
+    def low_vram(cls, **overrides: Any) -> SpeedOptions:
         """The 8 GB-card preset: checkpointing, 8-bit AdamW, frozen modules off the GPU."""
         base = dict(
-            grad_checkpointing=True, optimizer_8bit=True, offload_frozen=True, fused_adamw=False, auto_batch=True,
-            compile=True,  # checkpointed around the compiled block: 114.3 vs 71.8 samples/s eager under 7 GiB (BENCHMARKS.md)
+            grad_checkpointing=True,
+            optimizer_8bit=True,
+            offload_frozen=True,
+            fused_adamw=False,
+            auto_batch=True,
+            # checkpointed around the compiled block: 114.3 vs 71.8 samples/s eager under 7 GiB (BENCHMARKS.md)
+            compile=True,
             cudnn_attention=False,  # the measured low-VRAM path: flash / memory-efficient kernels in the recompute
         )
         base.update(overrides)
         return cls(**base)
 
     @classmethod
-    def stock(cls) -> "SpeedOptions":
+    def stock(cls) -> SpeedOptions:
         """Every lever off: Coqui's own step (fp32, stock loader settings)."""
         off = {f.name: False for f in fields(cls) if f.type in ("bool", bool)}
         return cls(**{**off, "cudnn_attention": True})  # PyTorch's own SDPA backend choice

@@ -23,10 +23,11 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from utils.errors import ConfigError, ToolkitError
 
@@ -37,7 +38,9 @@ ENV_LAUNCHED = "XTTS_FT_GPUS_LAUNCH"  # set by --gpus N for its workers: the lau
 # A collective waits this long, e.g. for rank 0's preflight of a large dataset or a long evaluation.
 COLLECTIVE_TIMEOUT = timedelta(minutes=60)
 PEER_LOST_WAIT_S = 60.0  # a rank whose peer died waits this long for the agent to stop it
-_AGENT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, name))
+_AGENT_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, name)
+)
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,12 @@ def worker_env(environ: dict[str, str] | None = None) -> WorkerEnv | None:
     if not all(k in env for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")):
         return None
     try:
-        return WorkerEnv(int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"]),
-                         int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])))  # fmt: skip
+        return WorkerEnv(
+            int(env["RANK"]),
+            int(env["LOCAL_RANK"]),
+            int(env["WORLD_SIZE"]),
+            int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])),
+        )
     except ValueError:
         raise ConfigError("RANK, LOCAL_RANK and WORLD_SIZE must be whole numbers (as torchrun sets them)") from None
 
@@ -76,8 +83,9 @@ def pin_gpu(env: WorkerEnv) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(env.local_rank)
     elif len(ids) > 1:
         if env.local_rank >= len(ids):
-            raise ConfigError(f"local rank {env.local_rank} but only {len(ids)} GPU(s) visible ({visible}); "
-                              "lower --nproc_per_node")  # fmt: skip
+            raise ConfigError(
+                f"local rank {env.local_rank} but only {len(ids)} GPU(s) visible ({visible}); lower --nproc_per_node"
+            )
         os.environ["CUDA_VISIBLE_DEVICES"] = ids[env.local_rank]
 
 
@@ -101,8 +109,9 @@ def init_worker(env: WorkerEnv) -> str | None:
     if env.rank != 0:  # the other ranks' log lines say which rank they come from
         for handler in logging.getLogger().handlers:
             if getattr(handler, "_xtts_toolkit", False):
-                handler.setFormatter(logging.Formatter(f"%(asctime)s rank {env.rank} %(levelname)s %(name)s: %(message)s",
-                                                       "%H:%M:%S"))  # fmt: skip
+                handler.setFormatter(
+                    logging.Formatter(f"%(asctime)s rank {env.rank} %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+                )
     logger.info("rank %d of %d (local rank %d, %s)", env.rank, env.world_size, env.local_rank, backend)
     return backend
 
@@ -133,7 +142,13 @@ def launch_local(nprocs: int, script: str | Path, args: Sequence[str], *, module
     from torch.distributed.run import parse_args, run
 
     check_gpus(nprocs)
-    argv = ["--standalone", f"--nproc-per-node={int(nprocs)}", *(["--module"] if module else []), str(script), *map(str, args)]
+    argv = [
+        "--standalone",
+        f"--nproc-per-node={int(nprocs)}",
+        *(["--module"] if module else []),
+        str(script),
+        *map(str, args),
+    ]
     saved = {k: os.environ.get(k) for k in (ENV_LAUNCHED, "OMP_NUM_THREADS", "PYTHONPATH")}  # run sets OMP_NUM_THREADS
     os.environ[ENV_LAUNCHED] = "1"
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [saved["PYTHONPATH"]])])  # for --module
@@ -227,7 +242,7 @@ def run_worker(env: WorkerEnv, fn: Any) -> int:
         if not report_failure(exc):
             sys.stderr.write(f"error: {exc}\n")
         quiet_exit(exc.exit_code)
-    except Exception as exc:  # noqa: BLE001 - reported once, then the worker leaves
+    except Exception as exc:  # reported once, then the worker leaves
         if is_peer_failure(exc):
             wait_to_be_stopped()
         traceback.print_exc()

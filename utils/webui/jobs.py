@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.errors import ConfigError
-from utils.fs import write_json_atomic  # noqa: F401 - the job files are written whole (also used by the worker)
+from utils.fs import write_json_atomic  # the job files are written whole (also used by the worker)
 from utils.webui.run_view import read_json
 
 logger = logging.getLogger(__name__)
@@ -138,9 +138,12 @@ class JobManager:
         if job.state in ACTIVE_STATES and not self.alive(job):
             job = self.load(job.folder)  # it may have written its final state just now
             if job.state in ACTIVE_STATES and not self.alive(job):
-                job.status.update(state="interrupted", ended=time.time(),
-                                  error="the training process ended without a final state (killed?); "
-                                        "continue the run from its last checkpoint")  # fmt: skip
+                job.status.update(
+                    state="interrupted",
+                    ended=time.time(),
+                    error="the training process ended without a final state (killed?); "
+                    "continue the run from its last checkpoint",
+                )
         return job
 
     def active(self) -> Job | None:
@@ -172,13 +175,17 @@ class JobManager:
         spec = dict(spec, job_id=job_id, created=time.time())
         write_json_atomic(folder / "spec.json", spec)
         write_json_atomic(folder / "status.json", {"state": "starting", "created": time.time()})
-        log = open(folder / "worker.log", "ab")  # noqa: SIM115 - the child owns it from here
+        log = open(folder / "worker.log", "ab")  # the child owns it from here
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         proc = subprocess.Popen(
             [sys.executable, "-m", WORKER_MODULE, str(folder / "spec.json")],
-            cwd=str(REPO_ROOT), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=env,
-        )  # fmt: skip
+            cwd=str(REPO_ROOT),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
         log.close()
         self._children[proc.pid] = proc
         spec["pid"] = proc.pid  # status.json is the worker's alone; the pid goes into the spec

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from utils.errors import ConfigError
 
@@ -57,7 +57,9 @@ def confine(path: str | os.PathLike, roots: Iterable[Path], *, what: str = "path
         candidate = roots[0] / candidate
     resolved = candidate.resolve()
     if not any(inside(resolved, root) for root in roots):
-        raise ConfigError(f"{what} {text} is outside the folders this server may use ({_names(roots)}); choose one inside them")
+        raise ConfigError(
+            f"{what} {text} is outside the folders this server may use ({_names(roots)}); choose one inside them"
+        )
     if must_exist and not resolved.exists():
         raise ConfigError(f"{what} {text} does not exist; choose an existing one inside {_names(roots)}")
     return resolved

@@ -71,9 +71,9 @@ def _preload() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: F401
+    import matplotlib.pyplot
 
-    import utils.synthesize  # noqa: F401
+    import utils.synthesize
     import utils.training.plots  # noqa: F401
 
 
@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:  # the page must get one line; the traceback goes to worker.log
         logger.error("training failed:\n%s", traceback.format_exc())
-        status.finish(state="failed", error=f"training failed ({type(exc).__name__}: {exc}); see {status.folder / 'worker.log'}")
+        status.finish(
+            state="failed", error=f"training failed ({type(exc).__name__}: {exc}); see {status.folder / 'worker.log'}"
+        )
         return 1
     status.finish(state="finished", run_dir=str(run_dir))
     return 0

@@ -701,9 +701,9 @@ def write_report(report: EvalReport, out_dir: str | os.PathLike) -> tuple[Path, 
 
 def plot_metrics(report: EvalReport, path: str | os.PathLike) -> Path:
     """One PNG of the metrics over the checkpoints' steps (the best one marked)."""
-    from utils.training.plots import _pyplot, _save
+    from utils.plots import pyplot, save_png
 
-    plt = _pyplot()
+    plt = pyplot()
     entries = report.checkpoints
     xs = [c["step"] if c["step"] is not None else i for i, c in enumerate(entries)]
     panels = (  # fixed ranges where the scale is bounded, so small wiggles don't look like trends
@@ -735,7 +735,7 @@ def plot_metrics(report: EvalReport, path: str | os.PathLike) -> Path:
             ax.text(0.5, 0.5, "skipped", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(f"evaluation of {len(entries)} checkpoint(s), {len(report.sentences)} sentences each")
     fig.tight_layout()
-    out = _save(fig, Path(path))
+    out = save_png(fig, path)
     plt.close(fig)
     return out
 

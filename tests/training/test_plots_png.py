@@ -1,4 +1,4 @@
-"""Plots: training curves from metrics.jsonl/events.jsonl and --preview-schedule."""
+"""The command's schedule checks: --preview-schedule writes the PNG, --dry-run plans the steps."""
 
 import json
 from pathlib import Path
@@ -6,34 +6,9 @@ from pathlib import Path
 import pytest
 
 from utils.gpt_train import main
-from utils.training.plots import plot_training
 
 REPO = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def test_training_curves_png(tmp_path) -> None:
-    assert plot_training(tmp_path) is None  # nothing to plot yet
-    recs = [
-        {
-            "optimizer_step": s,
-            "train_loss": 7 - s / 10,
-            "eval_loss": 7.1 - s / 12,
-            "lr": 1e-5,
-            "grad_norm": 2.0,
-            "train_loss_mel_ce": 6.9,
-            "eval_loss_mel_ce": 7.0,
-            "train_loss_text_ce": 0.1,
-            "eval_loss_text_ce": None,
-        }
-        for s in (5, 10, 15)
-    ]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    (tmp_path / "events.jsonl").write_text(json.dumps({"event": "plateau", "optimizer_step": 10}) + "\n")
-    path = plot_training(tmp_path)
-    assert path == tmp_path / "training_curves.png"
-    assert path.read_bytes()[:8] == PNG and path.stat().st_size > 20_000
-    assert not list(tmp_path.glob(".*partial"))
 
 
 def test_preview_schedule_writes_png_and_exits(tmp_path, capsys) -> None:

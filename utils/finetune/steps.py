@@ -243,8 +243,8 @@ def report_schedule_check(check: Any) -> None:
 
 def preview_schedule(plan: SchedulePlan, path: Path) -> Path:
     """Write the LR over the planned optimizer steps as a PNG."""
+    from utils.plots import plot_schedule
     from utils.training.lr_schedule import sample_steps
-    from utils.training.plots import plot_schedule
 
     spec, total = plan.spec, plan.total_steps
     steps = sample_steps(total, spec)

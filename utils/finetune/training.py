@@ -251,7 +251,7 @@ def _final_plots(trainer: Any, plots: bool) -> None:
 
 def _refresh_plots(trainer: Any, _record: dict[str, Any] | None = None, *, force: bool = False) -> None:
     """Redraw training_curves.png in the run folder (about 0.5 s)."""
-    from utils.training.plots import plot_training
+    from utils.plots import plot_training
 
     now = time.time()
     if not force and now - getattr(trainer, "_last_plot_time", 0.0) < PLOT_MIN_INTERVAL_S:

@@ -163,7 +163,7 @@ def _range_config(config: Any, rows: int, accum: int, *, start_lr: float, end_lr
 
 def _result(lrs: list[float], losses: list[float], stopped_early: bool, run_dir: Path) -> LRFindResult:
     """The suggestion, the notes, lr_find.png and lr_find.json in the run folder."""
-    from utils.training.plots import plot_lr_find
+    from utils.plots import plot_lr_find
 
     smoothed = smooth(losses)
     suggestion, at_min = suggest_lr(lrs, smoothed)

@@ -73,8 +73,8 @@ def _preload() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot
 
-    import utils.synthesize
-    import utils.training.plots  # noqa: F401
+    import utils.plots
+    import utils.synthesize  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:

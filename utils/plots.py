@@ -1,8 +1,10 @@
-"""PNG plots for a run folder: training curves, the LR schedule preview, the LR range test.
+"""PNG plots: the helpers every stage draws with, and the training plots of a run folder.
 
-Matplotlib with the Agg backend (no display needed); files are written to a temporary name and
-renamed, so a viewer never sees half a PNG. The curves are refreshed at each evaluation
-(``training_curves.png``), next to Coqui's TensorBoard logs.
+:func:`pyplot` (matplotlib with the Agg backend: no display needed) and :func:`save_png` (written
+to a temporary name and renamed, so a viewer never sees half a PNG) are what training, evaluation
+and the hyperparameter search draw with. The plots of training itself: the curves refreshed at
+each evaluation (``training_curves.png``, next to Coqui's TensorBoard logs), the LR schedule
+preview and the LR range test.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ logger = logging.getLogger(__name__)
 CURVES_NAME = "training_curves.png"
 
 
-def _pyplot():
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (imported on first use: matplotlib is slow to import)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -28,7 +31,9 @@ def _pyplot():
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_png(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically (a temporary name, then a rename); returns the path."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
     fig.savefig(tmp, dpi=90, format="png")
     os.replace(tmp, path)
@@ -36,6 +41,7 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file ([] when it does not exist)."""
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -52,7 +58,7 @@ def plot_training(run_dir: str | os.PathLike[str]) -> Path | None:
     if not records:
         return None
     events = read_jsonl(run_dir / "events.jsonl")
-    plt = _pyplot()
+    plt = pyplot()
     steps = [r["optimizer_step"] for r in records]
 
     def series(key: str) -> list[float]:
@@ -87,14 +93,14 @@ def plot_training(run_dir: str | os.PathLike[str]) -> Path | None:
         names = sorted({ev["event"] for ev in events})
         fig.suptitle(f"red lines: health events ({', '.join(names)}; see events.jsonl)", fontsize=9)
     fig.tight_layout()
-    path = _save(fig, run_dir / CURVES_NAME)
+    path = save_png(fig, run_dir / CURVES_NAME)
     plt.close(fig)
     return path
 
 
 def plot_schedule(steps: Sequence[int], lrs: Sequence[float], path: str | os.PathLike[str], *, title: str) -> Path:
     """Write the LR over the planned optimizer steps (``--preview-schedule``)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
     ax.plot(list(steps), list(lrs))
     ax.set_xlabel("optimizer step")
@@ -102,7 +108,7 @@ def plot_schedule(steps: Sequence[int], lrs: Sequence[float], path: str | os.Pat
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    out = _save(fig, Path(path))
+    out = save_png(fig, Path(path))
     plt.close(fig)
     return out
 
@@ -115,7 +121,7 @@ def plot_lr_find(
     path: str | os.PathLike[str],
 ) -> Path:
     """Write loss vs LR of an LR range test, with the suggested LR marked."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
     ax.plot(list(lrs), list(losses), ".", alpha=0.4, label="loss")
     ax.plot(list(lrs), list(smoothed), "-", label="smoothed loss")
@@ -127,6 +133,6 @@ def plot_lr_find(
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    out = _save(fig, Path(path))
+    out = save_png(fig, Path(path))
     plt.close(fig)
     return out

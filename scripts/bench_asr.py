@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16, help="GPU batch size (chunks of up to 30 s)")
     args = p.parse_args(argv)
     cli.setup_logging()
-    from utils.data.transcribe import WHISPER_SR, load_transcriber
+    from utils.after.asr import WHISPER_SR
+    from utils.data.transcribe import load_transcriber
 
     model = args.whisper_model
     if model is None:

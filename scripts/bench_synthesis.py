@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from utils.generation_guard import GuardOptions
-    from utils.synthesize import SynthesisOptions, load_model, synthesize_with_report
+    from utils.after.guard import GuardOptions
+    from utils.after.synthesize import SynthesisOptions, load_model, synthesize_with_report
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model_dir = _demo_model(Path(tempfile.mkdtemp(prefix="bench_synth_"))) if args.demo else args.model

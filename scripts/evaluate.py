@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         check_writable_dir(args.out, "--out")  # before any model is loaded
     cli.setup_logging()
 
-    from utils.evaluate import copy_best, evaluate
-    from utils.generation_guard import GuardOptions
-    from utils.synthesize import SynthesisOptions, read_texts
+    from utils.after.evaluate import copy_best, evaluate
+    from utils.after.guard import GuardOptions
+    from utils.after.synthesize import SynthesisOptions, read_texts
 
     guard = GuardOptions(enabled=not args.no_guard, trim=False)
 

@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         check_writable_dir(args.out, "--out")  # before the model is loaded
     cli.setup_logging()
 
-    from utils.export import export_model, resolve_checkpoint
+    from utils.after.export import export_model
+    from utils.runs import resolve_checkpoint
 
     run_dir, ckpt = resolve_checkpoint(args.source, which=args.which)
     out = args.out or run_dir / "export"

@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     (check_writable_file if args.out.suffix.lower() == ".wav" else check_writable_dir)(args.out, "--out")
     cli.setup_logging()
 
-    from utils.generation_guard import GuardOptions
-    from utils.synthesize import SynthesisOptions, load_model, read_texts, synthesize_to_files
+    from utils.after.guard import GuardOptions
+    from utils.after.synthesize import SynthesisOptions, load_model, read_texts, synthesize_to_files
 
     texts = [args.text] if args.text is not None else read_texts(args.texts)
     if len(texts) > 1 and args.out.suffix.lower() == ".wav":

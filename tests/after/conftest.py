@@ -28,13 +28,13 @@ def am_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def en_export(en_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from utils.export import export_run
+    from utils.after.export import export_run
 
     return export_run(en_run, tmp_path_factory.mktemp("en_export") / "model")
 
 
 @pytest.fixture(scope="session")
 def am_export(am_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from utils.export import export_run
+    from utils.after.export import export_run
 
     return export_run(am_run, tmp_path_factory.mktemp("am_export") / "model")

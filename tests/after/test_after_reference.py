@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.after.after_helpers import espeak, read, write
-from utils.reference import analyse_clip, choose_references
+from utils.after.reference import analyse_clip, choose_references
 
 T1 = (
     "A journey of a thousand miles begins with a single step, and every careful recording we make brings the "
@@ -90,7 +90,7 @@ def test_speech_measures_of_a_clean_clip(clips):
 
 
 def test_run_rows_choose_from_the_demo_run(en_run):
-    from utils.reference import choose_references_for_run, run_rows
+    from utils.after.reference import choose_references_for_run, run_rows
 
     rows = run_rows(en_run, "train")
     assert len(rows) == 10

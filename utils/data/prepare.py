@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from utils.after.asr import WHISPER_SR
 from utils.data import review
 from utils.data.audio import MEDIA_EXTENSIONS, TARGET_SR, load_audio, resample
 from utils.data.boundaries import band_power, frame_levels, snap_words, word_gaps
@@ -37,7 +38,6 @@ from utils.data.fingerprint import (
 from utils.data.segment import SegmentLimits, Word, segment_words
 from utils.data.speakers import SpeakerEncoder, SpeakerOptions, label_words
 from utils.data.text import approx_token_count
-from utils.data.transcribe import WHISPER_SR
 from utils.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)

@@ -1,27 +1,26 @@
-"""faster-whisper transcription with VAD and word timestamps.
+"""Loading faster-whisper for data preparation: on the GPU when it works there, else on the CPU.
 
-GPU: batched inference (``BatchedInferencePipeline``, Silero VAD on, ``batch_size`` 16 chunks of
-up to 30 s) in float16, with CTranslate2's CUDA 12 cuBLAS loaded from the installed wheel
-(:mod:`utils.data.cuda_libs`). CPU: the sequential model with its Silero VAD filter, int8.
-``device="auto"`` tries the GPU (a short probe run) and falls back to the CPU with one warning.
+The model is wrapped in :class:`utils.after.asr.Transcriber` (the toolkit's one Transcriber, which
+evaluation uses too); calling it transcribes with VAD and word timestamps. GPU: batched inference
+(``BatchedInferencePipeline``, Silero VAD on, ``batch_size`` 16 chunks of up to 30 s) in float16,
+with CTranslate2's CUDA 12 cuBLAS loaded from the installed wheel (:mod:`utils.data.cuda_libs`).
+CPU: the sequential model with its Silero VAD filter, int8. ``device="auto"`` tries the GPU (a
+short probe run) and falls back to the CPU with one warning.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from utils.data.segment import Word
+from utils.after.asr import WHISPER_SR, Transcriber
 from utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
-
-WHISPER_SR = 16000
 
 
 def _cuda_device_count() -> int:
@@ -33,58 +32,6 @@ def _cuda_device_count() -> int:
         return int(ctranslate2.get_cuda_device_count())
     except RuntimeError:  # a broken driver install
         return 0
-
-
-@dataclass
-class Transcriber:
-    """A loaded faster-whisper model and how to run it."""
-
-    model: Any
-    device: str
-    batch_size: int = 16
-    language: str | None = None
-    beam_size: int = 5
-    batched: bool | None = None  # None: batched on GPU only
-
-    def __call__(self, audio16k: np.ndarray, progress: Any = None) -> tuple[list[Word], str]:
-        """Transcribe 16 kHz mono audio.
-
-        Args:
-            progress: optional tqdm bar counting seconds of audio; advanced as segments arrive.
-
-        Returns:
-            (words in time order, detected or given language code).
-        """
-        opts: dict[str, Any] = {"language": self.language, "word_timestamps": True, "beam_size": self.beam_size}
-        if self.batched if self.batched is not None else self.device == "cuda":
-            from faster_whisper import BatchedInferencePipeline
-
-            pipe = BatchedInferencePipeline(model=self.model)
-            segments, info = pipe.transcribe(audio16k, batch_size=self.batch_size, vad_filter=True, **opts)
-        else:
-            segments, info = self.model.transcribe(audio16k, vad_filter=True, **opts)
-        words: list[Word] = []
-        done = 0.0
-        try:  # segments is a generator: the model runs (and CUDA libraries load) while iterating
-            for seg in segments:
-                for w in seg.words or []:
-                    words.append(Word(float(w.start), float(w.end), w.word, float(getattr(w, "probability", 1.0))))
-                if progress is not None:
-                    progress.update(max(0.0, float(seg.end) - done))
-                    done = max(done, float(seg.end))
-        except RuntimeError as exc:
-            if self.device == "cuda" and any(k in str(exc).lower() for k in ("cuda", "cublas", "cudnn")):
-                from utils.data.cuda_libs import driver_hint
-
-                first = str(exc).strip().splitlines()[0][:200]
-                raise ConfigError(
-                    f"Whisper failed on the GPU ({first}); {driver_hint(first)}, or run with --device cpu"
-                ) from exc
-            raise
-        if progress is not None:
-            progress.update(max(0.0, len(audio16k) / WHISPER_SR - done))
-        words.sort(key=lambda w: w.start)
-        return words, info.language
 
 
 def load_transcriber(

@@ -280,7 +280,7 @@ class FineTune:
     @_step
     def export(self) -> Path | None:
         """9. The compact inference folder (RUN_DIR/export); None when export is off or the run diverged."""
-        from utils.export import export_run
+        from utils.after.export import export_run
 
         if self.result is None:
             raise ConfigError(

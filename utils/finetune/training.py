@@ -268,11 +268,12 @@ def _evaluation_hooks(config: Any, *, plots: bool) -> list[Any]:
     hooks: list[Any] = [_refresh_plots] if plots else []
     count = int(config.toolkit.get("test_sentences") or 0)
     if count:
-        from utils.synthesize import SynthesisOptions, test_sentences_hook
+        from utils.after.hooks import test_sentences_hook
+        from utils.after.synthesize import SynthesisOptions
 
         options = SynthesisOptions(seed=0, max_new_tokens=config.toolkit.get("test_max_new_tokens"))
         hooks.append(test_sentences_hook(max_sentences=count, options=options))
-    from utils.eval_hook import QualityEvalHook
+    from utils.after.hooks import QualityEvalHook
 
     # objective scores at each save (None: only with CUDA; on the CPU they cost minutes per save)
     hooks.append(QualityEvalHook(max_sentences=count or 3, enabled=config.toolkit.get("quality_eval")))

@@ -153,8 +153,8 @@ class Engine:
         return self.preflight(folder, language=language)
 
     def _transcribe(self, media_dir: Path, language: str, name: str, speaker: str) -> Path:
+        from utils.after.asr import default_asr_model
         from utils.data.prepare import prepare_dataset
-        from utils.evaluate import default_asr_model
 
         model = default_asr_model()
         if model is None:
@@ -516,7 +516,7 @@ class Engine:
 
     def references(self, run: str | Path) -> tuple[list[str], str | None, str]:
         """(candidate clips, the automatic choice, why) from the run's training rows."""
-        from utils.reference import choose_references_for_run, run_rows
+        from utils.after.reference import choose_references_for_run, run_rows
 
         run_dir = self.run_path(run)
         rows = run_rows(run_dir, "train")
@@ -538,8 +538,8 @@ class Engine:
         max_new_tokens: int | None = None,
     ) -> Path:
         """Synthesize ``text``; the wav goes to ``RUN/listen/`` and its path is returned."""
+        from utils.after.synthesize import SynthesisOptions, synthesize
         from utils.data.audio import write_wav
-        from utils.synthesize import SynthesisOptions, synthesize
 
         src = self.run_path(source, what="model")
         run_dir = src if src.is_dir() and not (src / "model.pth").is_file() else src.parent
@@ -560,7 +560,7 @@ class Engine:
 
     def _load(self, src: Path) -> Any:
         """One loaded model at a time, reloaded when the file changes."""
-        from utils.synthesize import load_model
+        from utils.after.synthesize import load_model
 
         weights = src / "model.pth" if src.is_dir() else src
         key = (str(src), weights.stat().st_mtime if weights.exists() else 0.0)
@@ -579,8 +579,8 @@ class Engine:
         self, run: str | Path, checkpoints: Sequence[str] | None = None, max_sentences: int = 2
     ) -> dict[str, Any]:
         """Score checkpoints (CER/WER, speaker similarity, timing); writes RUN/eval/eval_report.json."""
-        from utils.evaluate import evaluate
-        from utils.synthesize import SynthesisOptions
+        from utils.after.evaluate import evaluate
+        from utils.after.synthesize import SynthesisOptions
 
         run_dir = self.run_path(run)
         ckpts = [self.run_path(c, what="checkpoint") for c in checkpoints] if checkpoints else None
@@ -600,7 +600,7 @@ class Engine:
 
     def select_best(self, run: str | Path) -> Path:
         """Copy the evaluation's best checkpoint to RUN/best_eval_model.pth."""
-        from utils.evaluate import EvalReport, copy_best
+        from utils.after.evaluate import EvalReport, copy_best
 
         run_dir = self.run_path(run)
         data = self.eval_report(run_dir)
@@ -612,7 +612,7 @@ class Engine:
 
     def export(self, run: str | Path, checkpoint: str | None = None) -> dict[str, Any]:
         """Export one checkpoint (default: the best) to RUN/export-STEP; size and the command to use it."""
-        from utils.export import export_model
+        from utils.after.export import export_model
         from utils.runs import resolve_checkpoint
 
         run_dir = self.run_path(run)

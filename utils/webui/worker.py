@@ -73,8 +73,8 @@ def _preload() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot
 
-    import utils.plots
-    import utils.synthesize  # noqa: F401
+    import utils.after.hooks
+    import utils.plots  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:

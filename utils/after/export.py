@@ -9,7 +9,7 @@ an ``xtts.`` prefix on every model key (GPTTrainer wraps ``Xtts``). The export k
     DIR/config.json      XttsConfig: the base model's settings, the run's architecture and every
                          language of the model (new ones included)
     DIR/vocab.json       the run's vocabulary (the extended one for a new language)
-    DIR/reference/*.wav  speaker reference clips chosen from the training data (utils.reference)
+    DIR/reference/*.wav  speaker reference clips chosen from the training data (utils.after.reference)
     DIR/export_info.json where it came from and why these references
     DIR/README.txt       how to synthesize
 
@@ -30,8 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from utils.after.reference import choose_references_for_run, run_rows
 from utils.errors import DataError
-from utils.runs import checkpoint_step, list_checkpoints, read_run_config, resolve_checkpoint, run_language  # noqa: F401
+from utils.language.registry import is_xtts_language
+from utils.runs import checkpoint_step, read_run_config, resolve_checkpoint, run_language
+from utils.safe_load import load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +88,6 @@ class ExportResult:
 
 def load_state_dict(checkpoint: str | os.PathLike) -> dict[str, Any]:
     """The ``model`` state dict of a Trainer checkpoint or an exported model.pth (tensors only)."""
-    from utils.safe_load import load_torch_file
-
     data = load_torch_file(checkpoint)
     state = data.get("model", data) if isinstance(data, dict) else None
     if not isinstance(state, dict):
@@ -160,7 +161,7 @@ def export_model(
         out_dir: the folder to create (must not exist or be empty, unless ``overwrite``).
         run_dir: the run folder (default: the checkpoint's folder); gives config.json and vocab.json.
         references: speaker clips to ship; default: chosen from the run's training rows by
-            :func:`utils.reference.choose_references`.
+            :func:`utils.after.reference.choose_references`.
         num_references: how many clips to choose when ``references`` is None.
         overwrite: replace an existing non-empty ``out_dir``.
 
@@ -170,19 +171,14 @@ def export_model(
     Raises:
         DataError: missing checkpoint/config/vocab, or ``out_dir`` in the way.
     """
-    checkpoint = Path(checkpoint)
+    checkpoint, out_dir = _check_paths(Path(checkpoint), Path(out_dir), overwrite)
     run_dir = Path(run_dir) if run_dir is not None else checkpoint.parent
-    out_dir = Path(out_dir)
-    if not checkpoint.is_file():
-        raise DataError(f"checkpoint {checkpoint} not found")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise DataError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite")
     run_config = read_run_config(run_dir)
-    vocab = _run_vocab(run_dir, run_config)
+    vocab = run_vocab(run_dir, run_config)
     language = run_language(run_config)
     references, reference_info = _references(run_dir, references, num_references)
     state = compact_state_dict(load_state_dict(checkpoint))
-    config = inference_config(run_config, _base_config_path(run_config))
+    config = inference_config(run_config, base_config_path(run_config))
     new_languages, shipped = _write_folder(
         out_dir,
         state,
@@ -199,24 +195,27 @@ def export_model(
         },
         readme=lambda shipped, new: _readme(out_dir, checkpoint, language, shipped, new, _example_text(run_dir)),
     )
+    shipped_paths = [out_dir / p for p in shipped]
     result = ExportResult(
-        out_dir=out_dir,
-        size_bytes=folder_size(out_dir),
-        checkpoint=checkpoint,
-        languages=list(config.languages),
-        new_languages=new_languages,
-        references=[out_dir / p for p in shipped],
+        out_dir, folder_size(out_dir), checkpoint, list(config.languages), new_languages, shipped_paths
     )
     logger.info("exported %s -> %s (%s, %d references)", checkpoint.name, out_dir, result.size_text(), len(shipped))
     return result
+
+
+def _check_paths(checkpoint: Path, out_dir: Path, overwrite: bool) -> tuple[Path, Path]:
+    """The checkpoint must exist and ``out_dir`` be free (missing or empty) unless ``overwrite``."""
+    if not checkpoint.is_file():
+        raise DataError(f"checkpoint {checkpoint} not found")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise DataError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite")
+    return checkpoint, out_dir
 
 
 def _references(run_dir: Path, references: list | None, count: int) -> tuple[list, dict[str, Any]]:
     """The speaker clips to ship (given, or chosen from the run's training rows) and why."""
     if references is not None:
         return references, {"given": [str(p) for p in references]}
-    from utils.reference import choose_references_for_run
-
     choice = choose_references_for_run(run_dir, count=count)
     return [c.path for c in choice.chosen], choice.to_dict()
 
@@ -230,8 +229,6 @@ def _write_folder(
         (the model's languages XTTS v2 lacks, the shipped reference paths relative to the folder).
     """
     import torch
-
-    from utils.language.registry import is_xtts_language
 
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{secrets.token_hex(3)}")
     tmp.mkdir(parents=True)
@@ -275,7 +272,12 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = N
     return export_model(ckpt, out, run_dir=run_dir, overwrite=out_dir is None).out_dir
 
 
-def _run_vocab(run_dir: Path, run_config: dict[str, Any]) -> Path:
+def run_vocab(run_dir: Path, run_config: dict[str, Any]) -> Path:
+    """The vocabulary a run trained with: its own vocab.json, else the config's ``tokenizer_file``.
+
+    Raises:
+        DataError: neither file exists.
+    """
     candidates = [run_dir / "vocab.json", Path(run_config.get("model_args", {}).get("tokenizer_file") or "")]
     for path in candidates:
         if path.name and path.is_file():
@@ -283,7 +285,8 @@ def _run_vocab(run_dir: Path, run_config: dict[str, Any]) -> Path:
     raise DataError(f"{run_dir} has no vocab.json; copy the vocabulary the run trained with into the run folder")
 
 
-def _base_config_path(run_config: dict[str, Any]) -> Path | None:
+def base_config_path(run_config: dict[str, Any]) -> Path | None:
+    """The base model's config.json named in the run's config (sampling settings), or None when gone."""
     base = (run_config.get("toolkit") or {}).get("base_model")
     path = Path(base) / "config.json" if base else None
     if path is None or not path.is_file():
@@ -293,8 +296,6 @@ def _base_config_path(run_config: dict[str, Any]) -> Path | None:
 
 
 def _example_text(run_dir: Path) -> str:
-    from utils.reference import run_rows
-
     try:
         rows = run_rows(run_dir, "eval")
     except DataError:

@@ -6,29 +6,46 @@ sentence splitting (:func:`utils.language.tokenizer.split_sentences`): Coqui's
 ``enable_text_splitting`` needs spaCy and splits unknown languages with the English sentencizer,
 which does not know Ethiopic sentence ends.
 
-Every chunk goes through the generation guard (:mod:`utils.generation_guard`): a token cap from
+Every chunk goes through the generation guard (:mod:`utils.after.guard`): a token cap from
 the text's length and the speaker's rate, checks for what follows the last word, trimming and an
 optional retry. :func:`synthesize_with_report` returns the decisions; :func:`write_sidecar` writes
 them next to the wav (``NAME.json``).
 
-``TestSentencesHook`` synthesizes a few held-out sentences during training (a ToolkitTrainer
-``on_evaluation`` hook): wavs in ``<run>/test_sentences/step_N/`` and in TensorBoard.
+Speaking during training (test sentences, quality rows) is :mod:`utils.after.hooks`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+import statistics
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from utils.after.asr import load_asr
+from utils.after.export import base_config_path, compact_state_dict, inference_config, load_state_dict, run_vocab
+from utils.after.guard import (
+    DEFAULT_LETTERS_PER_S,
+    ChunkReport,
+    GuardOptions,
+    analyse_output,
+    codes_per_second,
+    recording_codes,
+    text_letters,
+    token_cap,
+    trim,
+)
+from utils.after.reference import choose_references_for_run, run_rows, speaker_rate
+from utils.data.audio import load_audio, write_wav
 from utils.errors import ConfigError, DataError, LanguageError
-from utils.generation_guard import GuardOptions
+from utils.language import load_tokenizer, use_toolkit_tokenizer
+from utils.runs import read_run_config, resolve_checkpoint, run_language
+from utils.safe_load import check_model_files
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +63,7 @@ class SynthesisOptions:
         seed: seeds torch's RNG before each text (reproducible sampling).
         split_sentences: split long text into chunks of at most the language's character limit.
         gap_s: silence inserted between chunks.
-        guard: the generation guard's settings (:class:`utils.generation_guard.GuardOptions`).
+        guard: the generation guard's settings (:class:`utils.after.guard.GuardOptions`).
     """
 
     temperature: float | None = None
@@ -124,7 +141,7 @@ class LoadedModel:
 
 
 def is_export_dir(path: str | os.PathLike) -> bool:
-    """True for a folder written by :func:`utils.export.export_model` (or any XTTS model folder)."""
+    """True for a folder written by :func:`utils.after.export.export_model` (or any XTTS model folder)."""
     path = Path(path)
     return (
         path.is_dir()
@@ -157,18 +174,12 @@ def load_model(source: str | os.PathLike, *, device: str | None = None, which: s
 
 
 def _load_export(model_dir: Path) -> LoadedModel:
-    import json
-
     from TTS.tts.configs.xtts_config import XttsConfig
     from TTS.tts.models.xtts import Xtts
-
-    from utils.language import use_toolkit_tokenizer
 
     config = XttsConfig()
     config.load_json(str(model_dir / "config.json"))
     model = Xtts(config)
-    from utils.safe_load import check_model_files
-
     check_model_files(sorted(model_dir.glob("*.pth")))  # Coqui's own refusal would be a raw traceback
     model.load_checkpoint(config, checkpoint_dir=str(model_dir), eval=True)
     use_toolkit_tokenizer(model, model_dir / "vocab.json")  # Coqui's tokenizer raises for new languages
@@ -183,20 +194,10 @@ def _load_export(model_dir: Path) -> LoadedModel:
 def _load_checkpoint(source: Path, which: str) -> LoadedModel:
     from TTS.tts.models.xtts import Xtts
 
-    from utils.export import (
-        _base_config_path,
-        _run_vocab,
-        compact_state_dict,
-        inference_config,
-        load_state_dict,
-    )
-    from utils.language import load_tokenizer, use_toolkit_tokenizer
-    from utils.runs import read_run_config, resolve_checkpoint, run_language
-
     run_dir, ckpt = resolve_checkpoint(source, which=which)
     run_config = read_run_config(run_dir)
-    vocab = _run_vocab(run_dir, run_config)
-    config = inference_config(run_config, _base_config_path(run_config))
+    vocab = run_vocab(run_dir, run_config)
+    config = inference_config(run_config, base_config_path(run_config))
     model = Xtts(config)
     model.tokenizer = load_tokenizer(vocab)
     model.init_models()  # sizes the text embedding from the (possibly extended) vocabulary
@@ -227,8 +228,6 @@ def check_model_language(loaded: LoadedModel, language: str) -> str:
 def conditioning(loaded: LoadedModel, speaker_wav: list[str | os.PathLike] | None = None) -> tuple[Any, Any]:
     """GPT conditioning latents and speaker embedding for the reference clip(s) (cached)."""
     if not speaker_wav and not loaded.references and loaded.run_dir is not None:
-        from utils.reference import choose_references_for_run
-
         loaded.references = [c.path for c in choose_references_for_run(loaded.run_dir, count=3).chosen]
     refs = [Path(p) for p in (speaker_wav or loaded.references)]
     if not refs:
@@ -252,8 +251,6 @@ def _conditioning_latents(model: Any, refs: list[Path], load_sr: int = 22050) ->
     """
     import torch
 
-    from utils.data.audio import load_audio
-
     cfg = model.config
     embeddings, audios = [], []
     for ref in refs:
@@ -271,7 +268,7 @@ def _conditioning_latents(model: Any, refs: list[Path], load_sr: int = 22050) ->
 
 def split_text(loaded: LoadedModel, text: str, language: str) -> list[str]:
     """``text`` in chunks of at most the language's character limit (sentence ends first)."""
-    from utils.language.tokenizer import split_sentences
+    from utils.language.tokenizer import split_sentences  # imports Coqui's tokenizer (and torch): on first use
 
     limit = int(loaded.model.tokenizer.char_limits.get(language.split("-")[0], 250))
     return split_sentences(text, limit)
@@ -301,7 +298,7 @@ class SynthesisResult:
     letters_per_s: float
     rate_source: str
     guard: GuardOptions
-    chunks: list[Any] = field(default_factory=list)  # utils.generation_guard.ChunkReport
+    chunks: list[ChunkReport] = field(default_factory=list)
     asr: str = ""
 
     @property
@@ -315,8 +312,6 @@ class SynthesisResult:
 
     def sidecar(self) -> dict[str, Any]:
         """The JSON sidecar: text, settings, the rate and its source, and each chunk's decisions."""
-        from dataclasses import asdict
-
         return {
             "text": self.text,
             "language": self.language,
@@ -338,10 +333,8 @@ def speaking_rate(loaded: LoadedModel, options: SynthesisOptions) -> tuple[float
 
     In order: ``options.guard.letters_per_s``; the rate set on ``loaded`` (the training hook
     sets the training rows'); an export's reference clips (``export_info.json``); a run's
-    training rows (median over clips); :data:`utils.generation_guard.DEFAULT_LETTERS_PER_S`.
+    training rows (median over clips); :data:`utils.after.guard.DEFAULT_LETTERS_PER_S`.
     """
-    from utils.generation_guard import DEFAULT_LETTERS_PER_S
-
     if options.guard.letters_per_s:
         return float(options.guard.letters_per_s), "option"
     if loaded.letters_per_s is None:
@@ -353,9 +346,6 @@ def speaking_rate(loaded: LoadedModel, options: SynthesisOptions) -> tuple[float
 
 
 def _model_rate(loaded: LoadedModel) -> tuple[float | None, str]:
-    import json
-    import statistics
-
     info_path = loaded.source / "export_info.json"
     if loaded.source.is_dir() and info_path.is_file():
         chosen = json.loads(info_path.read_text(encoding="utf-8")).get("reference_choice", {}).get("chosen", [])
@@ -363,9 +353,6 @@ def _model_rate(loaded: LoadedModel) -> tuple[float | None, str]:
         if rates:
             return statistics.median(rates), "the export's reference clips"
     if loaded.run_dir is not None:
-        from utils.evaluate import speaker_rate
-        from utils.reference import run_rows
-
         try:
             rows = run_rows(loaded.run_dir, "train")
         except DataError:
@@ -380,8 +367,6 @@ def _guard_asr(loaded: LoadedModel, language: str, guard: GuardOptions) -> tuple
     if not guard.enabled or not guard.use_asr:
         return None, "off"
     if language not in loaded._asr:
-        from utils.evaluate import load_asr
-
         loaded._asr[language] = load_asr(language)
         if loaded._asr[language][0] is None:
             logger.warning("generation guard without ASR: %s", loaded._asr[language][1])
@@ -437,6 +422,27 @@ def synthesize_with_report(
     return result
 
 
+def _chunk_cap(
+    loaded: LoadedModel, chunk: str, language: str, options: SynthesisOptions, rate: float
+) -> tuple[int, float, str]:
+    """``(max_new_tokens, cap_s, source)`` of one chunk: the guard's text-based cap, or the stock one when off."""
+    model, guard = loaded.model, options.guard
+    limit = getattr(model.gpt, "max_gen_mel_tokens", None)
+    cps = codes_per_second(model.args)
+    if guard.enabled:
+        return token_cap(
+            chunk,
+            language,
+            options=guard,
+            letters_per_s=rate,
+            codes_per_s=cps,
+            model_limit=limit,
+            explicit=options.max_new_tokens,
+        )
+    tokens = int(options.max_new_tokens or limit or 0)
+    return tokens, tokens / cps, "max_new_tokens" if options.max_new_tokens else "model limit"
+
+
 def _speak_chunk(
     loaded: LoadedModel,
     chunk: str,
@@ -447,33 +453,15 @@ def _speak_chunk(
     source: str,
     index: int,
     asr: Any,
-) -> tuple[np.ndarray, Any]:
+) -> tuple[np.ndarray, ChunkReport]:
     """One chunk: cap, generate (with retries), check, trim."""
     import torch
 
-    from utils.generation_guard import ChunkReport, analyse_output, codes_per_second, text_letters, token_cap, trim
-
     model, guard, sr = loaded.model, options.guard, loaded.sample_rate
     kwargs = options.inference_kwargs(model.config)
-    limit = getattr(model.gpt, "max_gen_mel_tokens", None)
+    tokens, cap_s, cap_source = _chunk_cap(loaded, chunk, language, options, rate)
     if guard.enabled:
-        cps = codes_per_second(model.args)
-        tokens, cap_s, cap_source = token_cap(
-            chunk,
-            language,
-            options=guard,
-            letters_per_s=rate,
-            codes_per_s=cps,
-            model_limit=limit,
-            explicit=options.max_new_tokens,
-        )
         kwargs["max_new_tokens"] = tokens
-    else:
-        tokens = int(options.max_new_tokens or limit or 0)
-        cap_s, cap_source = (
-            tokens / codes_per_second(model.args),
-            "max_new_tokens" if options.max_new_tokens else "model limit",
-        )
     report = ChunkReport(chunk, text_letters(chunk, language), rate, source, cap_s, tokens, cap_source)
     tries = []
     for k in range(guard.retries + 1 if guard.enabled else 1):
@@ -504,6 +492,11 @@ def _speak_chunk(
             logger.warning(
                 "chunk %d %r: %s; trying again with another seed", index + 1, chunk[:40], ", ".join(att.failures)
             )
+    return _keep_best(report, tries, guard, sr, index), report
+
+
+def _keep_best(report: ChunkReport, tries: list[np.ndarray], guard: GuardOptions, sr: int, index: int) -> np.ndarray:
+    """The attempt with the fewest failed checks (the first among equals), trimmed where its checks say."""
     report.chosen = min(range(len(tries)), key=lambda i: (len(report.attempts[i].failures), i))
     wav, att = tries[report.chosen], report.attempts[report.chosen]
     if guard.trim and att.cut_s is not None:
@@ -512,15 +505,13 @@ def _speak_chunk(
         logger.info("chunk %d: trimmed %.2f s after the %s", index + 1, report.trimmed_s, att.cut_reason)
         wav = trimmed
     report.duration_s = wav.size / sr
-    return wav, report
+    return wav
 
 
 def _generate(
     model: Any, chunk: str, language: str, cond: tuple[Any, Any], kwargs: dict[str, Any]
 ) -> tuple[np.ndarray, list[int] | None]:
     """``Xtts.inference`` on one chunk; the wav and the audio codes it generated."""
-    from utils.generation_guard import recording_codes
-
     with recording_codes(model.gpt) as captured:
         out = model.inference(chunk, language, cond[0], cond[1], enable_text_splitting=False, **kwargs)
     codes = [int(c) for c in captured[-1].reshape(-1).tolist()] if captured else None
@@ -548,8 +539,6 @@ def synthesize(
 
 def write_sidecar(wav_path: str | os.PathLike, result: SynthesisResult) -> Path:
     """Write ``result.sidecar()`` as ``<wav without .wav>.json`` next to the wav."""
-    import json
-
     path = Path(wav_path).with_suffix(".json")
     data = {"wav": Path(wav_path).name, **result.sidecar()}
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -581,8 +570,6 @@ def synthesize_to_files(
     is the wav path; with several, a folder (``001.wav``, ``002.wav``, ...)."""
     from tqdm import tqdm
 
-    from utils.data.audio import write_wav
-
     texts = list(texts)
     out = Path(out)
     single = len(texts) == 1 and out.suffix.lower() == ".wav"
@@ -601,156 +588,3 @@ def synthesize_to_files(
             f" (checks failed: {', '.join(result.flags)})" if result.flags else "",
         )
     return paths
-
-
-# --------------------------------------------------------------------------------------------
-# During training
-# --------------------------------------------------------------------------------------------
-
-
-def is_main_process(trainer: Any) -> bool:
-    """True on the process that writes files (rank 0, or a single-process run)."""
-    args = getattr(trainer, "args", None)
-    return getattr(args, "rank", None) in (None, 0)
-
-
-@contextmanager
-def trainer_model(trainer: Any, language: str, references: list[Path]) -> Iterator[LoadedModel]:
-    """The training model as a :class:`LoadedModel`, for inference in the middle of training.
-
-    Builds the GPT's inference wrapper and puts every module in eval mode; afterwards removes the
-    wrapper (as ``GPTTrainer.test_run`` does), restores each module's mode and torch's RNG state,
-    so training goes on exactly as without the detour.
-    """
-    import torch
-
-    from utils.training import compat
-
-    model = compat.unwrap_model(trainer) if hasattr(trainer, "_get_model") else trainer.model
-    xtts = model.xtts
-    modes = {m: m.training for m in xtts.modules()}
-    gpt = xtts.gpt
-    built = not hasattr(gpt, "gpt_inference")
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    # The speed levers keep the frozen HiFiGAN decoder on the CPU during training
-    # (utils.training.speed.offload_frozen_modules): borrow it onto the GPT's device.
-    gpt_device = next(gpt.parameters()).device
-    decoder_home = next(xtts.hifigan_decoder.parameters()).device
-    try:
-        if decoder_home != gpt_device:
-            xtts.hifigan_decoder.to(gpt_device)
-        if built:
-            gpt.init_gpt_for_inference(kv_cache=xtts.args.kv_cache, use_deepspeed=False)
-        torch.nn.Module.train(xtts, False)
-        with torch.random.fork_rng(devices=devices), torch.inference_mode():
-            yield LoadedModel(
-                model=xtts, source=Path(trainer.output_path), language=language, references=list(references)
-            )
-    finally:
-        if built:
-            del gpt.gpt_inference
-            del gpt.gpt.wte
-        for m, mode in modes.items():
-            m.training = mode
-        if decoder_home != gpt_device:
-            xtts.hifigan_decoder.to(decoder_home)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-
-
-class TestSentencesHook:
-    """A ToolkitTrainer ``on_evaluation`` hook: speak held-out sentences with the current weights.
-
-    Wavs go to ``<run>/test_sentences/step_<N>/<i>.wav`` and to TensorBoard (TestAudios/<i>).
-    The GPT's training state and the torch RNG are restored afterwards, so training is unchanged.
-
-    Args:
-        sentences: texts to speak; default the first ``max_sentences`` eval rows of the run.
-        language: default the language of the eval rows (or "en").
-        references: reference clips; default chosen from the training rows (utils.reference).
-        every: run at every ``every``-th evaluation.
-        options: sampling settings (seeded: the same seed at every save).
-    """
-
-    __test__ = False  # not a pytest class
-
-    def __init__(
-        self,
-        sentences: list[str] | None = None,
-        *,
-        language: str | None = None,
-        references: list[str | os.PathLike] | None = None,
-        max_sentences: int = 3,
-        every: int = 1,
-        options: SynthesisOptions | None = None,
-    ) -> None:
-        self.sentences = list(sentences) if sentences else None
-        self.language = language
-        self.references = [Path(r) for r in references] if references else None
-        self.max_sentences = max_sentences
-        self.every = max(1, int(every))
-        self.options = options or SynthesisOptions(seed=0)
-        self.calls = 0
-        self.written: list[Path] = []
-        self.letters_per_s: float | None = None  # the training rows' speaking rate (the guard's cap)
-
-    def _setup(self, trainer: Any) -> None:
-        samples = list(getattr(trainer, "eval_samples", None) or [])
-        if self.sentences is None:
-            self.sentences = [s["text"] for s in samples[: self.max_sentences]]
-        if self.language is None:
-            self.language = samples[0].get("language", "en") if samples else "en"
-        if self.references is None:
-            from utils.reference import choose_references
-
-            train = list(getattr(trainer, "train_samples", None) or [])
-            choice = choose_references([(s["audio_file"], s["text"]) for s in train], count=1, language=self.language)
-            self.references = [c.path for c in choice.chosen]
-            logger.info("test sentences: reference %s (%s)", self.references[0].name, choice.note)
-        if self.letters_per_s is None:
-            from utils.evaluate import speaker_rate
-
-            train = list(getattr(trainer, "train_samples", None) or [])
-            if train:
-                self.letters_per_s = 1.0 / speaker_rate([(s["audio_file"], s["text"]) for s in train], self.language)
-
-    def __call__(self, trainer: Any, record: dict[str, Any]) -> None:
-        if not is_main_process(trainer):
-            return
-        self.calls += 1
-        if (self.calls - 1) % self.every:
-            return
-        if self.sentences is None or self.references is None or self.language is None:
-            self._setup(trainer)
-        if not self.sentences:
-            return
-        step = int(record.get("step", getattr(trainer, "total_steps_done", 0)))
-        out_dir = Path(trainer.output_path) / "test_sentences" / f"step_{step}"
-        with trainer_model(trainer, self.language, self.references) as loaded:
-            if self.letters_per_s:
-                loaded.letters_per_s, loaded.rate_source = self.letters_per_s, "the run's training rows"
-            audios = self._speak(loaded, out_dir)
-        dashboard = getattr(trainer, "dashboard_logger", None)
-        if dashboard is not None and audios:
-            dashboard.test_audios(step, audios, OUTPUT_SR)
-
-    def _speak(self, loaded: LoadedModel, out_dir: Path) -> dict[str, np.ndarray]:
-        from utils.data.audio import write_wav
-
-        audios = {}
-        for i, text in enumerate(self.sentences or [], start=1):
-            result = synthesize_with_report(loaded, text, language=self.language, options=self.options)
-            self.written.append(write_wav(out_dir / f"{i:02d}.wav", result.wav, loaded.sample_rate))
-            write_sidecar(out_dir / f"{i:02d}.wav", result)
-            audios[f"{i:02d}"] = result.wav
-        (out_dir / "sentences.txt").write_text("\n".join(self.sentences or []) + "\n", encoding="utf-8")
-        logger.info("test sentences: %d wavs in %s", len(audios), out_dir)
-        return audios
-
-
-def test_sentences_hook(**kwargs: Any) -> TestSentencesHook:
-    """A :class:`TestSentencesHook` (same arguments); pass it in ToolkitTrainer's ``on_evaluation``."""
-    return TestSentencesHook(**kwargs)
-
-
-test_sentences_hook.__test__ = False  # type: ignore[attr-defined]

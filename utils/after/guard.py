@@ -16,15 +16,17 @@ noise until the token cap, and the stock cap (``gpt_max_audio_tokens``, about 28
    repeated pattern), ``no_speech`` (Silero VAD finds none), ``trailing_noise`` (more than
    ``max_tail_s`` of sound louder than -45 dBFS after the end of speech; ``trailing_silence`` when
    it is quiet, which trimming fixes and which is no failure), and with an ASR model,
-   ``extra_words`` (words transcribed after the text's last word: babble).
+   ``extra_words`` (words transcribed after the text's last word, found by
+   :func:`utils.after.asr.align_last_word`: babble).
 3. **Trimming** at the end of the last word (ASR word times when there are extra words, else the
    VAD's speech end; the start of a trailing token loop if earlier), keeping ``keep_tail_s`` and a
    10 ms fade.
 4. **Retry**: when a check in :data:`RETRY_FLAGS` fails and ``retries`` > 0, the chunk is generated
    again with another seed (the reason is logged); the attempt with the fewest failed checks wins.
 
-Every decision goes into a :class:`ChunkReport`; :mod:`utils.synthesize` writes them to the
-output's JSON sidecar.
+Every decision goes into a :class:`ChunkReport`; :mod:`utils.after.synthesize` writes them to the
+output's JSON sidecar. The audio levels the checks use (:func:`speech_bounds`, :func:`rms_dbfs`,
+:data:`NOISE_DBFS`) are evaluation's too.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from utils.after.asr import align_last_word, letters, normalise
+from utils.data.audio import resample
+from utils.errors import LanguageError
 
 logger = logging.getLogger(__name__)
 
@@ -142,11 +148,8 @@ def _rounded(value: Any) -> Any:
 
 def text_letters(text: str, language: str) -> int:
     """Letters and digits of ``text`` after the language's normaliser (numbers spelled out)."""
-    from utils.errors import LanguageError
-    from utils.reference import _normalise, letters
-
     try:
-        return max(1, letters(_normalise(text, language)))
+        return max(1, letters(normalise(text, language)))
     except (LanguageError, NotImplementedError, ValueError, KeyError):
         return max(1, letters(text))
 
@@ -208,8 +211,6 @@ def speech_bounds(audio: np.ndarray, sr: int) -> tuple[float, float] | None:
     """(start, end) in seconds of the speech Silero VAD (inside faster-whisper) finds; None if none."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-    from utils.data.audio import resample
-
     audio16 = resample(np.asarray(audio, dtype=np.float32), sr, VAD_SR)
     stamps = get_speech_timestamps(audio16, VadOptions(min_silence_duration_ms=300, speech_pad_ms=30))
     return (stamps[0]["start"] / VAD_SR, stamps[-1]["end"] / VAD_SR) if stamps else None
@@ -220,30 +221,6 @@ def rms_dbfs(audio: np.ndarray) -> float:
     if audio.size == 0:
         return -100.0
     return 20.0 * math.log10(max(float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))), 1e-5))
-
-
-def align_last_word(text: str, words: Sequence[tuple[str, float, float]], language: str) -> tuple[int, list[str]]:
-    """Index of the ASR word where ``text`` ends, and the words after it.
-
-    ``words`` are ``(word, start_s, end_s)``. The text ends after the prefix of ASR words whose
-    letters are closest (edit distance) to the whole text's: one dynamic-programming pass over
-    the transcript's letters.
-    """
-    from utils.evaluate import metric_text
-
-    target = metric_text(text, language).replace(" ", "")
-    row = list(range(len(target) + 1))  # distance of target[:j] to the transcript so far
-    best_i, best_d = -1, row[-1]
-    for i, (word, _s, _e) in enumerate(words):
-        for ch in metric_text(word, language).replace(" ", ""):
-            new = [row[0] + 1]
-            for j, t in enumerate(target, start=1):
-                new.append(min(row[j] + 1, new[j - 1] + 1, row[j - 1] + (ch != t)))
-            row = new
-        if row[-1] < best_d:
-            best_i, best_d = i, row[-1]
-    extra = [w for w, _s, _e in words[best_i + 1 :] if metric_text(w, language)]
-    return best_i, extra
 
 
 def analyse_output(

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from utils.data.audio import resample
+
 logger = logging.getLogger(__name__)
 
 QUALITY_SR = 16000
@@ -27,8 +29,6 @@ DNSMOS_WINDOW_S = 9.01  # speechmos' INPUT_LENGTH
 
 
 def _to16k(audio: np.ndarray, sr: int) -> np.ndarray:
-    from utils.data.audio import resample
-
     return resample(np.asarray(audio, dtype=np.float32).reshape(-1), sr, QUALITY_SR)
 
 

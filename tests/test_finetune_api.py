@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -173,16 +174,23 @@ def test_finetune_run_reports_every_step_through_events(tiny_base: Path, tmp_pat
 
 
 def test_a_job_in_a_child_process_reports_its_error_through_the_event_file(tmp_path: Path) -> None:
-    from utils.finetune.child import start_job
+    # the one child-process launcher: the web UI's job manager and worker (utils/webui/jobs.py, worker.py)
+    from utils.webui.jobs import JobManager
 
     cfg = RunConfig.build(dataset=REPO_ROOT / "demo" / "en", output_path=tmp_path / "runs", progress=False)
-    proc = start_job(cfg, tmp_path / "events.jsonl")  # no base model: refused before any training
-    proc.join(timeout=120)
-    assert proc.exitcode == 2
-    events = read_events(tmp_path / "events.jsonl")
+    jobs = JobManager(tmp_path / "runs")
+    job = jobs.start({"mode": "new", "config": cfg.to_dict(), "run_name": cfg.run_name})  # no base model
+    job = jobs.wait(job, timeout=120)  # refused before any training
+    assert job.state == "failed" and job.status["error"].startswith("no base model"), job.log_tail()
+    deadline = time.monotonic() + 60
+    while jobs.alive(job) and time.monotonic() < deadline:  # status.json is written just before it exits
+        time.sleep(0.1)
+    assert not jobs.alive(job)
+    events = read_events(job.events_path)
     assert [e.kind for e in events][-1] is EventKind.ERROR
-    assert "no base model" in events[-1].data["message"] and events[-1].data["type"] == "ConfigError"
+    assert events[-1].data == {"message": job.status["error"], "type": "ConfigError"}
     assert events[0].kind is EventKind.STAGE and events[0].data == {"name": "locate_base", "status": "started"}
+    assert not [p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]  # no run folder
 
 
 def test_the_amharic_recipe_is_values_for_the_same_object(capsys) -> None:

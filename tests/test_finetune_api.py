@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
+from utils import cli
 from utils.errors import ConfigError
 from utils.events import EventBus, EventKind, JsonlWriter, read_events
-from utils.finetune import FineTune, RunConfig
+from utils.finetune import RUN_HPARAMS, FineTune, RunConfig
 from utils.gpt_train import main
+from utils.hparams import HYPERPARAMETERS
 
 RECIPE = {"language": "am", "dataset_hours": 37.7, "batch_size": 3, "grad_accum": 84, "epochs": 10}
 
@@ -63,6 +65,21 @@ def test_run_config_layers_defaults_recipe_and_caller_with_sources() -> None:
 def test_run_config_refuses_bad_values_in_one_line(values: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(needle)):
         RunConfig.build(**values)
+
+
+def test_an_unknown_hyperparameter_name_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # every name a run takes is one the resolution knows: the two tables cannot drift apart
+    assert set(RUN_HPARAMS) <= set(HYPERPARAMETERS)
+    for layer in ("hparams", "recipe_hparams"):
+        with pytest.raises(ConfigError, match=r"^unknown hyperparameter\(s\) lrr; known: epochs, ") as err:
+            RunConfig(**{layer: {"lr": 1e-5, "lrr": 1e-5}})
+        assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="unknown hyperparameter\\(s\\) lrr"):
+        RunConfig.from_dict({**RunConfig.build(lr=1e-5).to_dict(), "hparams": {"lrr": 1e-5}})
+    # a recipe handed to the command: one line on stderr, exit code 2, nothing else printed
+    assert cli.run(lambda argv: main(argv, recipe={"lrr": 1e-5}), ["--dataset-hours", "3", "--dry-run"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.splitlines() == [out.err.strip()] and "unknown run option 'lrr'" in out.err
 
 
 @pytest.mark.parametrize(

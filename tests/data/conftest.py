@@ -95,7 +95,7 @@ def long_recording(tmp_path_factory, speech_bank):
 
 def words_from_layout(layout):
     """Fake Whisper output: each sentence's words spread evenly over its span."""
-    from utils.data.segment import Word
+    from utils.data.words import Word
 
     words = []
     for start, end, text in layout:

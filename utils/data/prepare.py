@@ -34,10 +34,11 @@ from utils.data.fingerprint import (
     save_print,
     similarity,
 )
-from utils.data.segment import SegmentLimits, Word, segment_words
+from utils.data.segment import SegmentLimits, segment_words
 from utils.data.speakers import SpeakerEncoder, SpeakerOptions, label_words
 from utils.data.text import approx_token_count
 from utils.data.transcribe import WHISPER_SR
+from utils.data.words import Word
 from utils.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)

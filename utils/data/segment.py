@@ -16,21 +16,12 @@ from dataclasses import dataclass
 
 from utils.data.boundaries import Gap, Levels, edges_in_gap, lead_gap, time_gaps, trail_gap, word_gaps
 from utils.data.text import approx_token_count, clean_transcript
+from utils.data.words import Word
 
 logger = logging.getLogger(__name__)
 
 SENTENCE_END = (".", "!", "?", "\u2026", "\u3002", "\uff01", "\uff1f", "\u0964", "\u1362")
 CLAUSE_END = (",", ";", ":", "\u060c", "\u3001", "\uff0c", "\u1363", "\u1364")
-
-
-@dataclass(frozen=True)
-class Word:
-    """One recognised word with its time span in seconds and the ASR's confidence."""
-
-    start: float
-    end: float
-    text: str
-    probability: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from utils.data.segment import Word
+from utils.data.words import Word
 from utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)

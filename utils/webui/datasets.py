@@ -6,6 +6,7 @@ functions with the folders it checked; nothing here sees a path the page sent.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.errors import ConfigError, DataError
-from utils.fs import write_json_atomic
+from utils.fs import replace_atomically
 from utils.webui.paths import safe_name
 from utils.webui.run_view import read_json
 
@@ -145,7 +146,7 @@ def preflight_summary(folder: Path, language: str = "en") -> DataSummary:
     reports = {"train": train, "eval": evalr}
     excluded = [dict(e, split=split) for split, rep in reports.items() for e in rep.excluded]
     stats = dataset_stats(list(train.kept_rows) + list(evalr.kept_rows))
-    write_json_atomic(folder / "preflight_report.json", {split: rep.to_dict() for split, rep in reports.items()})
+    _write_json(folder / "preflight_report.json", {split: rep.to_dict() for split, rep in reports.items()})
     return DataSummary(
         dataset=folder,
         language=language,
@@ -188,7 +189,7 @@ def apply_review(folder: Path, decisions: Sequence[Mapping[str, Any]]) -> dict[s
                     kept_seen.add(f"{split}:{row}")
     if counts["drop"] or counts["fix"]:
         kept_seen = set()  # row numbers shift when rows are dropped: the next preflight lists afresh
-    write_json_atomic(folder / "review.json", {"kept": sorted(kept_seen), "last_review": stamp, "counts": counts})
+    _write_json(folder / "review.json", {"kept": sorted(kept_seen), "last_review": stamp, "counts": counts})
     logger.info("review of %s: %s", folder, counts)
     return counts
 
@@ -256,6 +257,12 @@ def _kept_flags(folder: Path, reports: Mapping[str, Any]) -> list[dict[str, Any]
                     }
                 )
     return out
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> Path:
+    """JSON written whole, with its text as typed (a transcript in Ge'ez script stays readable)."""
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+    return replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _free_name(path: Path) -> Path:

@@ -24,10 +24,7 @@ import time
 
 import numpy as np
 
-from utils import cli
-from utils.data.audio import load_audio
-from utils.data.csv_io import read_coqui_csv
-from utils.data.interview import (
+from bench.interview import (
     LONG_SCRIPT_EXTRA,
     SHORT_SCRIPT,
     Interview,
@@ -37,6 +34,9 @@ from utils.data.interview import (
     speakers_in,
     speech_covered,
 )
+from utils import cli
+from utils.data.audio import load_audio
+from utils.data.csv_io import read_coqui_csv
 from utils.data.prepare import SpeakerPlan, prepare_dataset
 from utils.data.text import normalise_for_dedupe
 from utils.data.transcribe import load_transcriber

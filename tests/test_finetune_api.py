@@ -7,15 +7,18 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO_ROOT
+from utils import cli
 from utils.errors import ConfigError
 from utils.events import EventBus, EventKind, JsonlWriter, read_events
-from utils.finetune import FineTune, RunConfig
+from utils.finetune import RUN_HPARAMS, FineTune, RunConfig
 from utils.gpt_train import main
+from utils.hparams import HYPERPARAMETERS
 
 RECIPE = {"language": "am", "dataset_hours": 37.7, "batch_size": 3, "grad_accum": 84, "epochs": 10}
 
@@ -62,6 +65,21 @@ def test_run_config_layers_defaults_recipe_and_caller_with_sources() -> None:
 def test_run_config_refuses_bad_values_in_one_line(values: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(needle)):
         RunConfig.build(**values)
+
+
+def test_an_unknown_hyperparameter_name_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # every name a run takes is one the resolution knows: the two tables cannot drift apart
+    assert set(RUN_HPARAMS) <= set(HYPERPARAMETERS)
+    for layer in ("hparams", "recipe_hparams"):
+        with pytest.raises(ConfigError, match=r"^unknown hyperparameter\(s\) lrr; known: epochs, ") as err:
+            RunConfig(**{layer: {"lr": 1e-5, "lrr": 1e-5}})
+        assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="unknown hyperparameter\\(s\\) lrr"):
+        RunConfig.from_dict({**RunConfig.build(lr=1e-5).to_dict(), "hparams": {"lrr": 1e-5}})
+    # a recipe handed to the command: one line on stderr, exit code 2, nothing else printed
+    assert cli.run(lambda argv: main(argv, recipe={"lrr": 1e-5}), ["--dataset-hours", "3", "--dry-run"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.splitlines() == [out.err.strip()] and "unknown run option 'lrr'" in out.err
 
 
 @pytest.mark.parametrize(
@@ -173,16 +191,23 @@ def test_finetune_run_reports_every_step_through_events(tiny_base: Path, tmp_pat
 
 
 def test_a_job_in_a_child_process_reports_its_error_through_the_event_file(tmp_path: Path) -> None:
-    from utils.finetune.child import start_job
+    # the one child-process launcher: the web UI's job manager and worker (utils/webui/jobs.py, worker.py)
+    from utils.webui.jobs import JobManager
 
     cfg = RunConfig.build(dataset=REPO_ROOT / "demo" / "en", output_path=tmp_path / "runs", progress=False)
-    proc = start_job(cfg, tmp_path / "events.jsonl")  # no base model: refused before any training
-    proc.join(timeout=120)
-    assert proc.exitcode == 2
-    events = read_events(tmp_path / "events.jsonl")
+    jobs = JobManager(tmp_path / "runs")
+    job = jobs.start({"mode": "new", "config": cfg.to_dict(), "run_name": cfg.run_name})  # no base model
+    job = jobs.wait(job, timeout=120)  # refused before any training
+    assert job.state == "failed" and job.status["error"].startswith("no base model"), job.log_tail()
+    deadline = time.monotonic() + 60
+    while jobs.alive(job) and time.monotonic() < deadline:  # status.json is written just before it exits
+        time.sleep(0.1)
+    assert not jobs.alive(job)
+    events = read_events(job.events_path)
     assert [e.kind for e in events][-1] is EventKind.ERROR
-    assert "no base model" in events[-1].data["message"] and events[-1].data["type"] == "ConfigError"
+    assert events[-1].data == {"message": job.status["error"], "type": "ConfigError"}
     assert events[0].kind is EventKind.STAGE and events[0].data == {"name": "locate_base", "status": "started"}
+    assert not [p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]  # no run folder
 
 
 def test_the_amharic_recipe_is_values_for_the_same_object(capsys) -> None:

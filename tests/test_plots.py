@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from utils.plots import plot_lr_find, plot_schedule, plot_training, pyplot, read_jsonl, save_png
+from utils.plots import plot_lr_find, plot_schedule, plot_training, pyplot, save_png
+from utils.runs import read_jsonl
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

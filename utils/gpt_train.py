@@ -16,7 +16,9 @@ spikes, plateaus, overfitting, clipping, LR scale) and writes events.jsonl; see
 RESTART_TRAINING_GUIDE.md for --continue and --restore. The run folder is printed on the last line.
 
 This command is one front end of ``utils.finetune``: it parses the options into a
-``RunConfig``, runs ``FineTune(config)`` and prints the summary. From Python use that API.
+``RunConfig`` and hands it to ``utils.finetune.launch`` (this process, ``--gpus N`` workers or a
+torchrun worker), which runs ``FineTune(config)``; the command prints the summary. From Python
+use that API.
 """
 
 from __future__ import annotations
@@ -25,20 +27,22 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if __name__ == "__main__":  # run as a script: make the repository root importable
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from utils import cli
-from utils.errors import ConfigError
 from utils.finetune.config import HEALTH_OPTIONS, RUN_HPARAMS, SPEED_PRESETS, SPEED_SWITCHES, RunConfig
 
 # The Python API, re-exported for callers of the earlier module-level functions.
 from utils.finetune.training import TrainResult, build_config, summary_lines, train  # noqa: F401
 from utils.hparams import DEFAULTS, SCHEDULERS
+
+if TYPE_CHECKING:
+    from utils.finetune import FineTune
 
 logger = logging.getLogger("utils.gpt_train")
 
@@ -302,72 +306,54 @@ def main(argv: Sequence[str] | None = None, *, recipe: dict[str, Any] | None = N
     """Run the command. ``recipe`` maps run options and hyperparameters (``grad_accum``, ``language``)
     to values: a layer under the command line (``--dry-run`` shows each value's source)."""
     from utils.events import JsonlWriter
-    from utils.finetune import FineTune
-    from utils.training import torchrun
+    from utils.finetune import launch
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     cli.setup_logging(args.verbose)
     if args.recipe_json:
         recipe = {**(recipe or {}), **json.loads(args.recipe_json)}
-    config = run_config(args, recipe)
-    worker = torchrun.worker_env()
-    if worker is None and config.gpus > 1 and not (args.dry_run or args.preview_schedule):
-        return _launch_workers(config.gpus, argv, recipe if not args.recipe_json else None)
-    if worker is not None and worker.world_size > 1:
-        config = _as_worker(worker, args, config)
-    subscribers = [JsonlWriter(args.events_jsonl)] if args.events_jsonl else []
-    if args.continue_run is not None:
-        ft = FineTune.resume(args.continue_run, config=config, subscribers=subscribers)
-        return _in_worker(worker, lambda: _finish(ft.run()))
-    ft = FineTune(config, subscribers=subscribers)
+    elif recipe:  # --gpus N workers run this command line again: the recipe's values go with it
+        argv = [*argv, "--recipe-json", json.dumps(recipe)]
+    plan_only = args.continue_run is None and bool(args.preview_schedule or args.dry_run)
+    return launch.run(
+        run_config(args, recipe),
+        argv,
+        command=Path(__file__).resolve(),
+        then=_then(args) if plan_only else _train_and_report,
+        resume=args.continue_run,
+        subscribers=[JsonlWriter(args.events_jsonl)] if args.events_jsonl else [],
+        plan_only=plan_only,
+    )
+
+
+def _then(args: argparse.Namespace) -> Callable[[FineTune], int]:
+    """``--preview-schedule`` or ``--dry-run``: what to show, and exit."""
     if args.preview_schedule:
-        path = ft.preview_schedule(None if args.preview_schedule is True else Path(args.preview_schedule))
-        logger.info("LR schedule written to %s", path)
-        sys.stdout.write(f"{path}\n")
-        return 0
-    if args.dry_run:
-        out = ft.describe()
-        logger.info("presets (--preset NAME; the command line always wins):")
-        for row in out["presets"]:
-            logger.info("  %-16s %-18s %-8s %s", row["preset"], row["setting"], row["value"], row["why"])
-        sys.stdout.write(json.dumps(out, indent=2) + "\n")
-        return 0
-    return _in_worker(worker, lambda: _finish(ft.run()))
+        png = None if args.preview_schedule is True else Path(args.preview_schedule)
+        return lambda ft: _preview(ft, png)
+    return _dry_run
 
 
-def _launch_workers(gpus: int, argv: list[str], recipe: dict[str, Any] | None) -> int:
-    """--gpus N: this command line in N workers on this host, started by torch.distributed.run."""
-    from utils.training import torchrun
-
-    extra = ["--recipe-json", json.dumps(recipe)] if recipe else []
-    torchrun.launch_local(gpus, Path(__file__).resolve(), [*argv, *extra])
+def _preview(ft: FineTune, png: Path | None) -> int:
+    path = ft.preview_schedule(png)
+    logger.info("LR schedule written to %s", path)
+    sys.stdout.write(f"{path}\n")
     return 0
 
 
-def _as_worker(worker: Any, args: argparse.Namespace, config: RunConfig) -> RunConfig:
-    """A torchrun worker (started by torchrun, or by --gpus N): its GPU, and gpus = the world size."""
-    from utils.training import torchrun
-
-    torchrun.pin_gpu(worker)  # first, before anything starts CUDA
-    if args.gpus is not None and args.gpus != worker.world_size:
-        raise ConfigError(
-            f"--gpus {args.gpus} but torchrun started {worker.world_size} workers; leave out --gpus under torchrun"
-        )
-    return config.replace(gpus=worker.world_size)
+def _dry_run(ft: FineTune) -> int:
+    out = ft.describe()
+    logger.info("presets (--preset NAME; the command line always wins):")
+    for row in out["presets"]:
+        logger.info("  %-16s %-18s %-8s %s", row["preset"], row["setting"], row["value"], row["why"])
+    sys.stdout.write(json.dumps(out, indent=2) + "\n")
+    return 0
 
 
-def _in_worker(worker: Any, fn: Any) -> int:
-    """``fn()``; in a torchrun worker with its process group around it (utils.training.torchrun)."""
-    from utils.training import torchrun
-
-    if worker is None or worker.world_size == 1:
-        return int(fn())
-    return torchrun.run_worker(worker, fn)
-
-
-def _finish(result: TrainResult | None) -> int:
-    """The summary to the log; the run folder is the last line of stdout (rank 0 only under DDP)."""
+def _train_and_report(ft: FineTune) -> int:
+    """Train; the summary to the log, the run folder as the last line of stdout (rank 0 only under DDP)."""
+    result = ft.run()
     if result is None:  # a data-parallel rank other than 0
         return 0
     for line in summary_lines(result)[:-1]:

@@ -318,28 +318,37 @@ def resolve(
         notes.append(
             f"preset {preset_name}: {key} {_show(preset[key])} not applied; the command line's {_show(cli[key])} wins"
         )
-    for layer_name, layer in (
-        (f"preset {preset_name}" if preset_name else "preset", preset),
-        ("recipe", recipe),
-        ("cli", cli),
-    ):
-        for key, value in (layer or {}).items():
-            if value is None:
-                continue
-            if key not in HYPERPARAMETERS:
-                raise ConfigError(
-                    f"unknown hyperparameter {key!r} in {layer_name}; known: {', '.join(HYPERPARAMETERS)}"
-                )
-            values[key] = value
-            sources[key] = (
-                f"{layer_name} ({scale})" if key == "lr" and layer is preset and isinstance(scale, str) else layer_name
-            )
+    preset_label = f"preset {preset_name}" if preset_name else "preset"
+    _apply_layer(values, sources, preset_label, preset, lr_note=scale if isinstance(scale, str) else None)
+    _apply_layer(values, sources, "recipe", recipe)
+    _apply_layer(values, sources, "cli", cli)
     if "lr" not in values:
         raise ConfigError("no learning rate: give --dataset-hours (the table picks one) or --lr")
     _validate(values)
     return Resolved(
         values=values, sources=sources, dataset_hours=dataset_hours, row=row, notes=notes, preset=preset_name
     )
+
+
+def _apply_layer(
+    values: dict[str, Any],
+    sources: dict[str, str],
+    name: str,
+    layer: Mapping[str, Any] | None,
+    lr_note: str | None = None,
+) -> None:
+    """Set the layer's values (None: not given) over ``values``, naming ``name`` as their source.
+
+    Raises:
+        ConfigError: a name that is not a hyperparameter.
+    """
+    for key, value in (layer or {}).items():
+        if value is None:
+            continue
+        if key not in HYPERPARAMETERS:
+            raise ConfigError(f"unknown hyperparameter {key!r} in {name}; known: {', '.join(HYPERPARAMETERS)}")
+        values[key] = value
+        sources[key] = f"{name} ({lr_note})" if key == "lr" and lr_note else name
 
 
 def _named_preset(name: str, lr_base: tuple[Any, Any]) -> tuple[dict[str, Any], Any]:

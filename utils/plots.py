@@ -9,12 +9,13 @@ preview and the LR range test.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from utils.runs import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +39,6 @@ def save_png(fig: Any, path: str | os.PathLike[str]) -> Path:
     fig.savefig(tmp, dpi=90, format="png")
     os.replace(tmp, path)
     return path
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The rows of a JSON-lines file ([] when it does not exist)."""
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def plot_training(run_dir: str | os.PathLike[str]) -> Path | None:

@@ -1,9 +1,10 @@
 """The run folder: its config, its checkpoints (listed and checked), and which one to use.
 
 Every tool that reads a run goes through here: ``--continue`` (the newest checkpoint with
-optimizer state), ``--restore`` and export (the best model), evaluation (all checkpoints) and
-synthesis. A run folder holds config.json (with the toolkit's record under ``"toolkit"``),
-vocab.json, ``checkpoint_N.pth`` (full training state), ``best_model_N.pth`` (weights only) and
+optimizer state), ``--restore`` and export (the best model), evaluation (all checkpoints),
+synthesis and the web UI (checkpoint names and steps, metrics.jsonl, events.jsonl). A run
+folder holds config.json (with the toolkit's record under ``"toolkit"``), vocab.json,
+``checkpoint_N.pth`` (full training state), ``best_model_N.pth`` (weights only) and
 ``best_model.pth`` (a link to the newest best), metrics.jsonl and events.jsonl. Checkpoints are
 read through :func:`utils.safe_load.load_torch_file` (nothing in them can run code).
 """
@@ -23,15 +24,35 @@ from utils.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-_STEP_RE = re.compile(r"^(checkpoint|best_model)_(\d+)\.pth$")
+# checkpoint_N.pth (full training state) and best_model_N.pth (weights): group 1 the kind, group 2 the step N
+CHECKPOINT_NAME = re.compile(r"^(checkpoint|best_model)_(\d+)\.pth$")
 BEST = "best_model.pth"
 PARTIAL_SUFFIX = ".partial"  # a checkpoint being written (utils/training/checkpoints.py renames it into place)
 
 
 def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
     """The training step in a checkpoint name (``checkpoint_N.pth``/``best_model_N.pth``), else None."""
-    m = _STEP_RE.match(Path(path).name)
+    m = CHECKPOINT_NAME.match(Path(path).name)
     return int(m.group(2)) if m else None
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file (metrics.jsonl, events.jsonl); [] when it is missing.
+
+    A line that does not parse is skipped: training may be appending it right now.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            logger.debug("skipping an incomplete line of %s", path)
+    return rows
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, Any]:
@@ -138,6 +159,21 @@ def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
     if not found and (run_dir / BEST).is_file():
         found = [run_dir / BEST]
     return found
+
+
+def checkpoint_files(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Every checkpoint file: ``checkpoint_N`` and ``best_model_N`` by step (oldest first; on one step
+    ``checkpoint_N`` first), then ``best_model.pth``. What a person can pick to speak or export."""
+    run_dir = Path(run_dir)
+    found = []
+    for path in run_dir.glob("*.pth"):
+        m = CHECKPOINT_NAME.match(path.name)
+        if m:
+            found.append((int(m.group(2)), m.group(1) != "checkpoint", path))
+    out = [p for _, _, p in sorted(found)]
+    if (run_dir / BEST).is_file():
+        out.append(run_dir / BEST)
+    return out
 
 
 def has_training_state(path: str | os.PathLike[str]) -> bool:

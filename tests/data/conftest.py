@@ -95,7 +95,7 @@ def long_recording(tmp_path_factory, speech_bank):
 
 def words_from_layout(layout):
     """Fake Whisper output: each sentence's words spread evenly over its span."""
-    from utils.data.segment import Word
+    from utils.data.words import Word
 
     words = []
     for start, end, text in layout:
@@ -157,8 +157,8 @@ def speaker_encoder():
 
 @pytest.fixture(scope="session")
 def interview(tmp_path_factory):
-    """A 40 s two-voice espeak-ng interview with known speech times (utils.data.interview)."""
-    from utils.data.interview import SHORT_SCRIPT, make_interview
+    """A 40 s two-voice espeak-ng interview with known speech times (bench/interview.py)."""
+    from bench.interview import SHORT_SCRIPT, make_interview
 
     return make_interview(tmp_path_factory.mktemp("interview") / "interview.wav", SHORT_SCRIPT)
 

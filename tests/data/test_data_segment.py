@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from utils.data.csv_io import Row
-from utils.data.segment import SegmentLimits, Word, segment_words
+from utils.data.segment import SegmentLimits, segment_words
 from utils.data.split import split_rows
+from utils.data.words import Word
 from utils.errors import DataError
 
 

@@ -26,8 +26,8 @@ def test_mel_filters_and_embeddings_match_resemblyzer(speaker_encoder, speech_ba
 
 def test_two_voices_get_two_consistent_labels(speaker_encoder, espeak_clip, tmp_path):
     from utils.data.boundaries import Gap
-    from utils.data.segment import Word
     from utils.data.speakers import label_words
+    from utils.data.words import Word
 
     lines = [
         ("en-us", "Good morning, how are you today?"),
@@ -112,8 +112,8 @@ def test_average_linkage_matches_scikit_learn():
 
 def test_a_change_of_voice_without_a_pause_is_found_inside_a_piece(speaker_encoder, espeak_clip, tmp_path):
     from utils.data.boundaries import Gap
-    from utils.data.segment import Word
     from utils.data.speakers import label_words
+    from utils.data.words import Word
 
     lines = [
         ("en-us", "Good morning, and welcome to our little studio by the river."),

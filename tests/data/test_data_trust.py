@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.interview import edges_inside_speech, speakers_in, speech_covered
 from utils.data.csv_io import read_coqui_csv
-from utils.data.interview import edges_inside_speech, speakers_in, speech_covered
 from utils.data.prepare import SpeakerPlan, prepare_dataset
 from utils.data.review import read_review
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from utils.data.audio import resample
 from utils.data.cuda_libs import driver_hint
-from utils.data.segment import Word
+from utils.data.words import Word
 from utils.errors import ConfigError, DataError, LanguageError
 from utils.language import normalize_text
 

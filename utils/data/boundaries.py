@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from utils.data.words import Word
+
 logger = logging.getLogger(__name__)
 
 HOP_S = 0.01
@@ -179,10 +181,8 @@ def find_gap(
     return Gap(a * levels.hop_s, b * levels.hop_s, (k + 0.5) * levels.hop_s)
 
 
-def snap_words(words: Sequence, levels: Levels, keep_s: float = 0.02) -> list:
+def snap_words(words: Sequence[Word], levels: Levels, keep_s: float = 0.02) -> list[Word]:
     """Shrink each word's span to its voiced frames (Whisper stretches words into silence)."""
-    from utils.data.segment import Word
-
     out = []
     for w in words:
         a, b = levels.frame(w.start), max(levels.frame(w.end), levels.frame(w.start) + 1)

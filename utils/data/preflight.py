@@ -422,44 +422,32 @@ def run_preflight(
     exclude_duplicates_of: PreflightReport | None = None,
     audio_cache: str | os.PathLike | AudioCheckCache | None = None,
 ) -> PreflightReport:
-    """Check every row of a ``coqui``-format CSV.
+    """Check every row of a ``coqui``-format CSV; the report lists each excluded row with its reason.
 
     Args:
-        csv_path: metadata CSV.
-        language: language code the text is tokenized as.
-        tokenizer: object with ``encode`` and ``unknown_characters``; built from ``vocab_path``
-            when None and a vocab is given. With neither, the [UNK] and token-length checks are
-            skipped and the report says so.
-        dataset_root: folder audio paths are relative to and must stay inside (default: the
-            CSV's folder).
-        workers: processes for the audio checks (default: min(8, CPU count)).
-        progress: show a tqdm bar on stderr.
+        csv_path: metadata CSV; its audio paths are relative to ``dataset_root`` (default: the
+            CSV's folder) and must stay inside it.
+        tokenizer: ``encode`` and ``unknown_characters`` (else built from ``vocab_path``); with
+            neither, the [UNK] and token-length checks are skipped and the report says so.
+        workers: processes for the audio checks (default: min(8, CPU count)); ``progress``: a bar.
         exclude_duplicates_of: an earlier report (the train CSV's, when checking eval): rows with
-            the same file or audio as one of its kept rows are excluded as ``duplicate_row``, so
-            no clip is on both sides of a split.
-        audio_cache: a JSON file of earlier audio check results (:class:`AudioCheckCache`); a
-            file whose size and modification time did not change is not read again. A path is
-            written back at once; an :class:`AudioCheckCache` object is the caller's to ``save()``
-            (a run writes it only once every check of the run has passed).
+            the same file or audio as one of its kept rows are excluded as ``duplicate_row``.
+        audio_cache: earlier audio check results (:class:`AudioCheckCache`); a file whose size and
+            modification time did not change is not read again. A path is written back at once; an
+            object is the caller's to ``save()`` (a run saves it once all its checks passed).
 
     Returns:
         The report; ``kept_rows`` carry their ``duration``.
 
     Raises:
-        DataError: the CSV cannot be read at all (missing, not UTF-8, wrong delimiter, missing
-            columns).
+        DataError: the CSV cannot be read at all (missing, not UTF-8, wrong delimiter, missing columns).
     """
     csv_path = Path(csv_path)
     root = Path(dataset_root).resolve() if dataset_root is not None else csv_path.resolve().parent
     bad: list[BadRow] = []
     rows = read_coqui_csv(csv_path, dataset_root=root, bad_rows=bad)
-    limits = {
-        "min_audio_s": min_audio_s,
-        "max_audio_s": max_audio_s,
-        "max_text_tokens": max_text_tokens,
-        "silence_rms_db": silence_rms_db,
-        "max_clipped_fraction": max_clipped_fraction,
-    }
+    limits = {"min_audio_s": min_audio_s, "max_audio_s": max_audio_s, "max_text_tokens": max_text_tokens}
+    limits.update(silence_rms_db=silence_rms_db, max_clipped_fraction=max_clipped_fraction)
     report = PreflightReport(csv_path=str(csv_path), language=language, total=len(rows) + len(bad), limits=limits)
     tokenizer = tokenizer if tokenizer is not None or vocab_path is None else load_text_tokenizer(vocab_path)
     if tokenizer is None:
@@ -468,31 +456,43 @@ def run_preflight(
     for b in bad:
         screen.exclude(b, Reason.MALFORMED_ROW, b.detail)
     candidates = [r for r in rows if screen.admit(r)]
-    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-    jobs = [(str(r.path), min_audio_s, max_audio_s, silence_rms_db, max_clipped_fraction) for r in candidates]
-    special = SpecialTokens.of(tokenizer) if tokenizer is not None else None
-    own_cache = audio_cache is not None and not isinstance(audio_cache, AudioCheckCache)
-    cache = AudioCheckCache(audio_cache) if own_cache else audio_cache
-    audio_results, text_results = _audio_results(
-        jobs,
-        lambda i: _text_check(candidates[i].text, language, tokenizer, max_text_tokens, special),
-        workers,
-        progress,
-        cache,
-    )
-    if own_cache:
-        cache.save()  # a path: written back now (a caller's cache object is the caller's to save)
-    kept = [
-        r
-        for r, res, text in zip(candidates, audio_results, text_results, strict=True)
-        if screen.keep(r, res, text, report)
-    ]
+    checked = _check_rows(candidates, limits, language, tokenizer, workers, progress, audio_cache)
+    kept = [r for r, (res, text) in zip(candidates, checked, strict=True) if screen.keep(r, res, text, report)]
     report.excluded = [screen.excluded[k] for k in sorted(screen.excluded)]
     report.kept_rows, report.kept_hashes, report.kept = kept, screen.seen_hashes, len(kept)
     report.hours_kept = sum(r.duration or 0.0 for r in kept) / 3600.0
     logger.info("preflight %s: %d/%d rows kept, %.3f h", csv_path, report.kept, report.total, report.hours_kept)
     report.flagged = flag_rates(report)
     return report
+
+
+def _check_rows(
+    rows: list[Row],
+    limits: dict[str, Any],
+    language: str,
+    tokenizer: TextTokenizer | None,
+    workers: int | None,
+    progress: bool,
+    audio_cache: str | os.PathLike | AudioCheckCache | None,
+) -> list[tuple[dict[str, Any], tuple[str, str] | None]]:
+    """(audio check, text check) of every row, in row order; the audio ones from the cache where it holds."""
+    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    audio_limits = [limits[k] for k in ("min_audio_s", "max_audio_s", "silence_rms_db", "max_clipped_fraction")]
+    jobs = [(str(r.path), *audio_limits) for r in rows]
+    special = SpecialTokens.of(tokenizer) if tokenizer is not None else None
+    max_tokens = int(limits["max_text_tokens"])
+    own_cache = audio_cache is not None and not isinstance(audio_cache, AudioCheckCache)
+    cache = AudioCheckCache(audio_cache) if own_cache else audio_cache
+    audio_results, text_results = _audio_results(
+        jobs,
+        lambda i: _text_check(rows[i].text, language, tokenizer, max_tokens, special),
+        workers,
+        progress,
+        cache,
+    )
+    if own_cache:
+        cache.save()  # a path: written back now (a caller's cache object is the caller's to save)
+    return list(zip(audio_results, text_results, strict=True))
 
 
 class _Screen:

@@ -35,9 +35,10 @@ from utils.data.fingerprint import (
     save_print,
     similarity,
 )
-from utils.data.segment import SegmentLimits, Word, segment_words
+from utils.data.segment import SegmentLimits, segment_words
 from utils.data.speakers import SpeakerEncoder, SpeakerOptions, label_words
 from utils.data.text import approx_token_count
+from utils.data.words import Word
 from utils.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -149,6 +150,25 @@ def _cut_recording(
     names = {0: plan.name}
     if labels:
         names.update({k: f"{plan.name}-other{k}-{sid}" for k in labels.seconds if k})
+    clips = _clips(audio, segments, names, plan, skipped)
+    if not words:
+        skipped.append(
+            {
+                "start": 0.0,
+                "end": round(total_s, 3),
+                "text": "",
+                "reason": "no_speech",
+                "detail": "Whisper found no words",
+            }
+        )
+    skipped.sort(key=lambda x: x["start"])
+    return clips, skipped, _speaker_facts(labels, names, levels)
+
+
+def _clips(
+    audio: np.ndarray, segments: list[Any], names: dict[int, str], plan: SpeakerPlan, skipped: list[dict[str, Any]]
+) -> list[tuple]:
+    """(audio, text, start, end, meta) of each segment kept; another voice's dropped ones go to ``skipped``."""
     clips = []
     for s in segments:
         if s.speaker != 0 and plan.others == "drop":
@@ -170,17 +190,11 @@ def _cut_recording(
             "logprob": s.logprob,
         }
         clips.append((audio[int(s.start * TARGET_SR) : int(s.end * TARGET_SR)], s.text, s.start, s.end, meta))
-    if not words:
-        skipped.append(
-            {
-                "start": 0.0,
-                "end": round(total_s, 3),
-                "text": "",
-                "reason": "no_speech",
-                "detail": "Whisper found no words",
-            }
-        )
-    skipped.sort(key=lambda x: x["start"])
+    return clips
+
+
+def _speaker_facts(labels: Any, names: dict[int, str], levels: Any) -> dict[str, Any]:
+    """The recording's voices (seconds each, similarity to the reference) and its edge threshold."""
     facts = {
         "speakers": {names.get(k, f"voice{k}"): v for k, v in labels.seconds.items()} if labels else {},
         "diarized": labels is not None,
@@ -188,7 +202,7 @@ def _cut_recording(
     }
     if labels and labels.reference_similarity:
         facts["reference_similarity"] = {names[k]: v for k, v in labels.reference_similarity.items()}
-    return clips, skipped, facts
+    return facts
 
 
 def _review(ds: DatasetFolder, recheck: Any) -> list[dict[str, Any]]:
@@ -255,13 +269,8 @@ def prepare_dataset(
     if not ds.rows:
         failed = "; ".join(f"{x['file']}: {x['reason']}" for x in ds.report["failed_inputs"]) or "no speech found"
         raise DataError(f"no clips could be made ({failed}); check the inputs are audio with speech")
-    ds.report["last_run"] = {
-        "tool": "prepare_dataset",
-        "new_inputs": len(todo),
-        "new_clips": n_new,
-        "skipped_already_done": len(files) - len(todo),
-        "skipped_duplicates": n_dup,
-    }
+    ds.report["last_run"] = {"tool": "prepare_dataset", "new_inputs": len(todo), "new_clips": n_new}
+    ds.report["last_run"].update(skipped_already_done=len(files) - len(todo), skipped_duplicates=n_dup)
     return _save(ds, run, _review(ds, recheck), eval_fraction, seed)
 
 

@@ -16,21 +16,12 @@ from dataclasses import dataclass
 
 from utils.data.boundaries import Gap, Levels, edges_in_gap, lead_gap, time_gaps, trail_gap, word_gaps
 from utils.data.text import approx_token_count, clean_transcript
+from utils.data.words import Word
 
 logger = logging.getLogger(__name__)
 
 SENTENCE_END = (".", "!", "?", "\u2026", "\u3002", "\uff01", "\uff1f", "\u0964", "\u1362")
 CLAUSE_END = (",", ";", ":", "\u060c", "\u3001", "\uff0c", "\u1363", "\u1364")
-
-
-@dataclass(frozen=True)
-class Word:
-    """One recognised word with its time span in seconds and the ASR's confidence."""
-
-    start: float
-    end: float
-    text: str
-    probability: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -207,14 +198,7 @@ def _cut(
     """Place the edges of words a..b in their gaps; a reason when that is not possible."""
     ws = plan.words
     text = _text(ws[a : b + 1])
-    before = plan.gaps[a - 1] if a > 0 else None
-    after = plan.gaps[b] if b + 1 < len(ws) else None
-    lo = max(0.0, lead.end - limits.pad_s) if a == 0 else (edges_in_gap(before, limits.pad_s)[1] if before else None)
-    hi = (
-        min(total_s, trail.start + limits.pad_s)
-        if b + 1 == len(ws)
-        else (edges_in_gap(after, limits.pad_s)[0] if after else None)
-    )
+    lo, hi = _edges(plan, a, b, lead, trail, total_s, limits.pad_s)
     base = {"start": round(ws[a].start, 3), "end": round(ws[b].end, 3), "text": text}
     if lo is None or hi is None:
         where = (a - 1, a) if lo is None else (b, b + 1)
@@ -225,32 +209,16 @@ def _cut(
             "detail": f"no pause between {left.text.strip()!r} and {right.text.strip()!r} "
             f"near {right.start:.2f} s to cut at",
         }
-    lo, hi = max(0.0, lo), min(total_s, hi)
-    seg_d = hi - lo
-    if seg_d < limits.min_s:
-        return None, {
-            **base,
-            "start": round(lo, 3),
-            "end": round(hi, 3),
-            "reason": "too_short",
-            "detail": f"{seg_d:.2f} s < {limits.min_s} s with no neighbour to merge with",
-        }
-    if seg_d > limits.max_s or count_tokens(text) > limits.max_tokens:
-        return None, {
-            **base,
-            "start": round(lo, 3),
-            "end": round(hi, 3),
-            "reason": "too_long",
-            "detail": f"{seg_d:.2f} s / {count_tokens(text)} tokens and no pause inside to split at",
-        }
-    lo, hi = float(lo), float(hi)
+    lo, hi = float(max(0.0, lo)), float(min(total_s, hi))
+    span = {**base, "start": round(lo, 3), "end": round(hi, 3)}
+    problem = _length_problem(hi - lo, text, limits, count_tokens)
+    if problem is not None:
+        return None, {**span, **problem}
     m0 = levels.margin(lo) if levels is not None and lo > 0 else None
     m1 = levels.margin(hi) if levels is not None and hi < total_s - 1e-3 else None
     if (m0 is not None and m0 <= 0.0) or (m1 is not None and m1 <= 0.0):
         return None, {
-            **base,
-            "start": round(lo, 3),
-            "end": round(hi, 3),
+            **span,
             "reason": "edge_in_speech",
             "detail": f"an edge falls in a voiced frame (margins {m0}, {m1})",
         }
@@ -258,8 +226,8 @@ def _cut(
     logprob = sum(math.log(p) for p in probs) / len(probs)
     speech = sum(w.end - w.start for w in ws[a : b + 1])
     return Segment(
-        round(float(lo), 3),
-        round(float(hi), 3),
+        round(lo, 3),
+        round(hi, 3),
         text,
         plan.speakers[a],
         None if m0 is None else round(m0, 3),
@@ -267,3 +235,29 @@ def _cut(
         round(logprob, 4),
         round(speech, 3),
     ), None
+
+
+def _edges(
+    plan: _Plan, a: int, b: int, lead: Gap, trail: Gap, total_s: float, pad_s: float
+) -> tuple[float | None, float | None]:
+    """Start and end of the clip of words a..b inside the gaps around them (None: no gap on that side)."""
+    ws = plan.words
+    before = plan.gaps[a - 1] if a > 0 else None
+    after = plan.gaps[b] if b + 1 < len(ws) else None
+    lo = max(0.0, lead.end - pad_s) if a == 0 else (edges_in_gap(before, pad_s)[1] if before else None)
+    hi = min(total_s, trail.start + pad_s) if b + 1 == len(ws) else (edges_in_gap(after, pad_s)[0] if after else None)
+    return lo, hi
+
+
+def _length_problem(
+    seconds: float, text: str, limits: SegmentLimits, count_tokens: Callable[[str], int]
+) -> dict[str, str] | None:
+    """Why a clip of ``seconds`` with ``text`` cannot be kept as it is (None: within the limits)."""
+    if seconds < limits.min_s:
+        return {"reason": "too_short", "detail": f"{seconds:.2f} s < {limits.min_s} s with no neighbour to merge with"}
+    if seconds > limits.max_s or count_tokens(text) > limits.max_tokens:
+        return {
+            "reason": "too_long",
+            "detail": f"{seconds:.2f} s / {count_tokens(text)} tokens and no pause inside to split at",
+        }
+    return None

@@ -271,24 +271,11 @@ def label_words(
     if not words:
         return SpeakerLabels([])
     pieces = _pieces(words, gaps, opts)
-    spans = []
-    for a, b in pieces:  # the audio between the pauses around the piece (word times can be late or early)
-        s = gaps[a - 1].end if a > 0 and gaps[a - 1] is not None else words[a].start
-        e = gaps[b].start if b < len(gaps) and gaps[b] is not None else words[b].end
-        spans.append((s, max(e, s + 0.01)))
+    spans = _piece_spans(words, gaps, pieces)
     # 0.8 partial windows (1.6 s each) per second instead of Resemblyzer's 1.3: half the LSTM work,
     # still every part of a piece covered
     emb = encoder.embed_many([audio16k[int(s * ENCODER_SR) : int(e * ENCODER_SR)] for s, e in spans], rate=0.8)
-    durations = np.array([e - s for s, e in spans])
-    big = durations >= opts.min_piece_s
-    if not big.any():
-        big = durations == durations.max()
-    labels = np.zeros(len(pieces), dtype=int)
-    labels[big] = _cluster(emb[big], opts)
-    centroids = np.stack([emb[big][labels[big] == k].mean(axis=0) for k in range(labels[big].max() + 1)])
-    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
-    if (~big).any():
-        labels[~big] = np.argmax(emb[~big] @ centroids.T, axis=1)
+    labels, centroids = _label_pieces(emb, np.array([e - s for s, e in spans]), opts)
     word_labels = np.zeros(len(words), dtype=int)
     for (a, b), lab in zip(pieces, labels):
         word_labels[a : b + 1] = lab
@@ -313,6 +300,36 @@ def label_words(
         len(pieces),
         {remap[k]: round(v, 3) for k, v in ref_sim.items()},
     )
+
+
+def _piece_spans(
+    words: Sequence, gaps: Sequence[Gap | None], pieces: list[tuple[int, int]]
+) -> list[tuple[float, float]]:
+    """The audio of each piece: between the pauses around it (word times can be late or early)."""
+    spans = []
+    for a, b in pieces:
+        s = gaps[a - 1].end if a > 0 and gaps[a - 1] is not None else words[a].start
+        e = gaps[b].start if b < len(gaps) and gaps[b] is not None else words[b].end
+        spans.append((s, max(e, s + 0.01)))
+    return spans
+
+
+def _label_pieces(emb: np.ndarray, durations: np.ndarray, opts: SpeakerOptions) -> tuple[np.ndarray, np.ndarray]:
+    """A cluster index per piece and the clusters' unit centroids.
+
+    Pieces of at least ``min_piece_s`` (else the longest) are clustered; shorter ones join the
+    nearest centroid.
+    """
+    big = durations >= opts.min_piece_s
+    if not big.any():
+        big = durations == durations.max()
+    labels = np.zeros(len(durations), dtype=int)
+    labels[big] = _cluster(emb[big], opts)
+    centroids = np.stack([emb[big][labels[big] == k].mean(axis=0) for k in range(labels[big].max() + 1)])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    if (~big).any():
+        labels[~big] = np.argmax(emb[~big] @ centroids.T, axis=1)
+    return labels, centroids
 
 
 CHANGE_WINDOW_S = 1.6  # GE2E's partial window

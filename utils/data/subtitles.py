@@ -379,8 +379,6 @@ def import_subtitles(
     Raises:
         DataError: unreadable media or subtitles, or no cue produced a clip.
     """
-    from tqdm import tqdm
-
     media, subtitles = Path(media), Path(subtitles)
     if not media.is_file():
         raise DataError(f"media file not found: {media}")
@@ -393,14 +391,7 @@ def import_subtitles(
         return ds.report
     audio, _ = load_audio(media, TARGET_SR)
     total_s = len(audio) / TARGET_SR
-    groups, speech = _cue_groups(cues, skipped, total_s, limits, count_tokens)
-    made = [
-        _group_clip(g, audio, total_s, speech, speaker, limits, count_tokens)
-        for g in tqdm(groups, desc="import", unit="clip", disable=not progress)
-    ]
-    clips = [c for c in made if not isinstance(c, dict)]
-    skipped.extend(c for c in made if isinstance(c, dict))
-    skipped.sort(key=lambda s: s["start"])
+    clips = _cut_cues(audio, cues, skipped, speaker, limits, count_tokens, progress)
     if not clips and not ds.rows:
         raise DataError(
             f"no clip could be cut from {media} with {subtitles} ({len(skipped)} cue(s) skipped: "
@@ -424,3 +415,26 @@ def import_subtitles(
     )
     ds.report["last_run"] = {"tool": "import_srt", "new_clips": len(clips), "skipped_cues": len(skipped)}
     return ds.save(eval_fraction=eval_fraction, seed=seed)
+
+
+def _cut_cues(
+    audio: Any,
+    cues: list[Cue],
+    skipped: list[dict[str, Any]],
+    speaker: str,
+    limits: SegmentLimits,
+    count_tokens: Callable[[str], int],
+    progress: bool,
+) -> list[Any]:
+    """The clips cut at the cues; every cue group that gives none goes to ``skipped`` (sorted by start)."""
+    from tqdm import tqdm
+
+    total_s = len(audio) / TARGET_SR
+    groups, speech = _cue_groups(cues, skipped, total_s, limits, count_tokens)
+    made = [
+        _group_clip(g, audio, total_s, speech, speaker, limits, count_tokens)
+        for g in tqdm(groups, desc="import", unit="clip", disable=not progress)
+    ]
+    skipped.extend(c for c in made if isinstance(c, dict))
+    skipped.sort(key=lambda s: s["start"])
+    return [c for c in made if not isinstance(c, dict)]

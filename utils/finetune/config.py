@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from utils.errors import ConfigError
-from utils.hparams import HYPERPARAMETERS, PRESETS
+from utils.hparams import PRESETS
 
 SPEED_PRESETS = ("fast", "low-vram", "stock")
 
@@ -256,9 +256,3 @@ class RunConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
-
-    def check_hparam_names(self) -> None:
-        """Every hyperparameter name is one :mod:`utils.hparams` knows (guards the two tables drifting)."""
-        stray = sorted(set(RUN_HPARAMS) - set(HYPERPARAMETERS))
-        if stray:
-            raise ConfigError(f"run hyperparameters unknown to utils.hparams: {', '.join(stray)}")

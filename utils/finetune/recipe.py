@@ -27,7 +27,7 @@ from utils.finetune import restart, steps
 from utils.finetune.config import RunConfig
 from utils.finetune.steps import DEFAULT_CACHE, DataSplit, SchedulePlan
 from utils.finetune.training import TrainResult
-from utils.hparams import Resolved, preset_table
+from utils.hparams import Resolved
 
 logger = logging.getLogger(__name__)
 
@@ -354,48 +354,13 @@ class FineTune:
 
         Reads only wav headers (hours, when not given) and row counts; imports no torch.
         """
-        cfg = self.config
-        base = steps.locate_base_model(cfg, self.cache_dir) if (cfg.base_model or cfg.demo) else None
-        train_csv, eval_csv = steps.locate_data(cfg) if steps.has_data(cfg) else (None, None)
-        steps.check_language(cfg.language_code)
-        hours = steps.measure_header_hours(train_csv) if (cfg.dataset_hours is None and train_csv) else None
-        lr_reference = self.restored.lr_reference if self.restored else None
-        hparams = steps.resolve_hparams(cfg, hours, lr_reference)
-        out = hparams.as_dict()
-        out.update(
-            {
-                "language": cfg.language_code,
-                "base_model": str(base.root) if base else None,
-                "train_csv": str(train_csv) if train_csv else None,
-                "eval_csv": str(eval_csv) if eval_csv else None,
-            }
-        )
-        if train_csv is not None:
-            plan = steps.plan_schedule(hparams, steps.count_rows(train_csv), cfg.gpus)
-            out["planned_optimizer_steps"] = plan.total_steps
-            out["schedule_warnings"], out["schedule_errors"] = plan.check.warnings, plan.check.errors
-        from utils.training.distributed import plan_batch
-
-        out["batch_plan"] = plan_batch(hparams["batch_size"], hparams["grad_accum"], cfg.gpus).as_dict()
-        out["speed"] = steps.speed_options(cfg, int(hparams["num_loader_workers"]))  # auto_batch: sized at the start
-        out["presets"] = preset_table()
-        return out
+        return steps.describe(self.config, self.cache_dir, self.restored.lr_reference if self.restored else None)
 
     def preview_schedule(self, path: str | Path | None = None) -> Path:
         """Write a PNG of the LR over the planned optimizer steps (default OUTPUT/lr_schedule.png)."""
         cfg = self.config
-        if not steps.has_data(cfg):
-            raise ConfigError(
-                "--preview-schedule counts the planned steps from the training rows: give --dataset or --train-csv"
-            )
-        train_csv, _ = steps.locate_data(cfg)
-        hours = steps.measure_header_hours(train_csv) if cfg.dataset_hours is None else None
-        hparams = steps.resolve_hparams(cfg, hours, self.restored.lr_reference if self.restored else None)
-        plan = steps.plan_schedule(hparams, steps.count_rows(train_csv), cfg.gpus)
-        for line in plan.check.warnings + plan.check.errors:
-            logger.warning("schedule: %s", line)
         dest = Path(path) if path is not None else cfg.output_path / "lr_schedule.png"
-        return steps.preview_schedule(plan, dest)
+        return steps.preview_run_schedule(cfg, self.restored.lr_reference if self.restored else None, dest)
 
     # --- helpers ------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from utils.errors import ConfigError, DataError
 from utils.finetune.config import DEMO_RECIPE, RunConfig
-from utils.hparams import PRESETS, Resolved, check_hours, resolve
+from utils.hparams import PRESETS, Resolved, check_hours, preset_table, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -285,3 +285,54 @@ def measure_header_hours(csv_path: Path) -> float | None:
             continue
         seconds += info.frames / info.samplerate
     return seconds / 3600 if seconds else None
+
+
+def describe(config: RunConfig, cache_dir: Path, lr_reference: tuple[float, str] | None = None) -> dict[str, Any]:
+    """The resolved configuration as plain data (what ``--dry-run`` prints), without training.
+
+    Reads only wav headers (hours, when not given) and row counts; imports no torch.
+    ``lr_reference``: a restored run's LR, which a preset's ``lr_scale`` multiplies.
+    """
+    base = locate_base_model(config, cache_dir) if (config.base_model or config.demo) else None
+    train_csv, eval_csv = locate_data(config) if has_data(config) else (None, None)
+    check_language(config.language_code)
+    hours = measure_header_hours(train_csv) if (config.dataset_hours is None and train_csv) else None
+    hparams = resolve_hparams(config, hours, lr_reference)
+    out = hparams.as_dict()
+    out.update(
+        {
+            "language": config.language_code,
+            "base_model": str(base.root) if base else None,
+            "train_csv": str(train_csv) if train_csv else None,
+            "eval_csv": str(eval_csv) if eval_csv else None,
+        }
+    )
+    if train_csv is not None:
+        plan = plan_schedule(hparams, count_rows(train_csv), config.gpus)
+        out["planned_optimizer_steps"] = plan.total_steps
+        out["schedule_warnings"], out["schedule_errors"] = plan.check.warnings, plan.check.errors
+    from utils.training.distributed import plan_batch
+
+    out["batch_plan"] = plan_batch(hparams["batch_size"], hparams["grad_accum"], config.gpus).as_dict()
+    out["speed"] = speed_options(config, int(hparams["num_loader_workers"]))  # auto_batch: sized at the start
+    out["presets"] = preset_table()
+    return out
+
+
+def preview_run_schedule(config: RunConfig, lr_reference: tuple[float, str] | None, path: Path) -> Path:
+    """Write a PNG of the LR over the run's planned optimizer steps to ``path`` (checks logged).
+
+    Raises:
+        ConfigError: the run names no training rows to count the steps from.
+    """
+    if not has_data(config):
+        raise ConfigError(
+            "--preview-schedule counts the planned steps from the training rows: give --dataset or --train-csv"
+        )
+    train_csv, _ = locate_data(config)
+    hours = measure_header_hours(train_csv) if config.dataset_hours is None else None
+    hparams = resolve_hparams(config, hours, lr_reference)
+    plan = plan_schedule(hparams, count_rows(train_csv), config.gpus)
+    for line in plan.check.warnings + plan.check.errors:
+        logger.warning("schedule: %s", line)
+    return preview_schedule(plan, path)

@@ -93,7 +93,6 @@ def train(
         events: the bus that receives run_dir, progress, evaluation and health events.
     """
     from utils.training import distributed
-    from utils.training.dataset import read_runtime_exclusions
 
     if not eval_samples:
         raise DataError("the eval set is empty; put at least one clip in metadata_eval.csv")
@@ -110,10 +109,7 @@ def train(
     )
     run_dir = Path(trainer.output_path)
     if distributed.is_rank_zero():
-        _keep_vocab_with_run(config, run_dir)
-        if preflight_reports:
-            merged = {name: report.to_dict() for name, report in preflight_reports.items()}
-            (run_dir / "preflight_report.json").write_text(json.dumps(merged, indent=2), encoding="utf-8")
+        _start_run_folder(config, run_dir, preflight_reports)
         bus.emit(EventKind.RUN_DIR, path=str(run_dir))  # the log subscriber names it
     _size_micro_batch(trainer, config, continuing=continue_path is not None)
     try:
@@ -121,6 +117,21 @@ def train(
     finally:
         _final_plots(trainer, plots)
         distributed.remove_scratch()
+    return _result(trainer, health, run_dir)
+
+
+def _start_run_folder(config: Any, run_dir: Path, preflight_reports: dict[str, Any] | None) -> None:
+    """Rank 0, before the first step: the vocabulary and the preflight reports go into the run folder."""
+    _keep_vocab_with_run(config, run_dir)
+    if preflight_reports:
+        merged = {name: report.to_dict() for name, report in preflight_reports.items()}
+        (run_dir / "preflight_report.json").write_text(json.dumps(merged, indent=2), encoding="utf-8")
+
+
+def _result(trainer: Any, health: Any, run_dir: Path) -> TrainResult:
+    """What the fit produced; rows that failed to load during training are named in the log."""
+    from utils.training.dataset import read_runtime_exclusions
+
     exclusions = read_runtime_exclusions(run_dir)
     if exclusions:
         logger.warning(

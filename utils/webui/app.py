@@ -19,7 +19,8 @@ import gradio as gr
 import pandas as pd
 
 from utils.errors import ToolkitError
-from utils.webui.engine import TINY_BASE, DataSummary, Engine
+from utils.webui.datasets import DataSummary
+from utils.webui.engine import TINY_BASE, Engine
 from utils.webui.jobs import ACTIVE_STATES
 
 logger = logging.getLogger(__name__)
@@ -655,6 +656,22 @@ def _train_screen(s: Screens, data: dict[str, Any], refresh_s: float) -> dict[st
         )
         restore_btn = gr.Button("Restore into a new run", scale=1)
     message = gr.Markdown(elem_id="train-message")
+    live = _train_live()
+    download.click(s.download_base, outputs=[base, message])
+    resolve.click(s.resolve, inputs=[dataset, base, preset], outputs=hparams)
+    start.click(s.start, inputs=[dataset, base, language, preset, name, hparams], outputs=[message, shown])
+    stop.click(s.stop, outputs=message)
+    cont.click(s.continue_run, inputs=[shown, epochs], outputs=[message, shown])
+    restore_btn.click(s.restore_run, inputs=[restore, preset, name, dataset, base, hparams], outputs=[message, shown])
+    data["dataset"].change(lambda d: gr.Dropdown(value=d), inputs=data["dataset"], outputs=dataset)
+    shown.change(s.refresh_train, inputs=shown, outputs=live, show_progress="hidden")
+    timer = gr.Timer(refresh_s)
+    timer.tick(s.refresh_train, inputs=shown, outputs=live, show_progress="hidden")
+    return {"base": base, "dataset": dataset, "shown": shown, "restore": restore, "live": live}
+
+
+def _train_live() -> list[Any]:
+    """The Train screen's live panel: status, curves, evaluations, health events, the run's values."""
     status = gr.Textbox(
         label="live status", lines=7, interactive=False, elem_id="train-status", elem_classes="wui-status"
     )
@@ -672,18 +689,7 @@ def _train_screen(s: Screens, data: dict[str, Any], refresh_s: float) -> dict[st
     run_hp = gr.Dataframe(
         headers=HPARAM_HEADERS, label="the run's hyperparameters (from its config.json)", interactive=False
     )
-    live = [status, loss, lr, evals, events, run_hp]
-    download.click(s.download_base, outputs=[base, message])
-    resolve.click(s.resolve, inputs=[dataset, base, preset], outputs=hparams)
-    start.click(s.start, inputs=[dataset, base, language, preset, name, hparams], outputs=[message, shown])
-    stop.click(s.stop, outputs=message)
-    cont.click(s.continue_run, inputs=[shown, epochs], outputs=[message, shown])
-    restore_btn.click(s.restore_run, inputs=[restore, preset, name, dataset, base, hparams], outputs=[message, shown])
-    data["dataset"].change(lambda d: gr.Dropdown(value=d), inputs=data["dataset"], outputs=dataset)
-    shown.change(s.refresh_train, inputs=shown, outputs=live, show_progress="hidden")
-    timer = gr.Timer(refresh_s)
-    timer.tick(s.refresh_train, inputs=shown, outputs=live, show_progress="hidden")
-    return {"base": base, "dataset": dataset, "shown": shown, "restore": restore, "live": live}
+    return [status, loss, lr, evals, events, run_hp]
 
 
 def _listen_screen(s: Screens) -> dict[str, Any]:

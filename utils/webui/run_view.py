@@ -1,7 +1,9 @@
 """Read a run folder back: what every screen shows comes from the files training writes.
 
-Nothing here imports torch or the training code, so the page re-attaches to a run (running,
-finished, stopped or crashed) from its folder alone, after a closed tab or a server restart:
+Run-folder names and files are read through :mod:`utils.runs` (checkpoint names and steps,
+JSON lines); nothing here imports torch or the training code, so the page re-attaches to a run
+(running, finished, stopped or crashed) from its folder alone, after a closed tab or a server
+restart:
 
 - ``config.json``: the toolkit section (language, data, base model, hyperparameters and their
   sources, planned optimizer steps);
@@ -15,29 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from utils.runs import checkpoint_files, read_jsonl
+
 logger = logging.getLogger(__name__)
-
-_CKPT_RE = re.compile(r"^(checkpoint|best_model)_(\d+)\.pth$")
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file; a half-written last line (training is appending) is skipped."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            logger.debug("skipping an incomplete line of %s", path)
-    return rows
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -47,14 +33,6 @@ def read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def write_json(path: Path, data: dict[str, Any]) -> Path:
-    """Write JSON atomically (a temporary name, then a rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
 
 
 def is_run_dir(path: Path) -> bool:
@@ -68,24 +46,6 @@ def list_runs(runs_root: Path) -> list[Path]:
         return []
     found = [p for p in runs_root.iterdir() if not p.name.startswith(".") and is_run_dir(p)]
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
-
-
-def checkpoints(run_dir: Path) -> list[Path]:
-    """``checkpoint_N.pth`` and ``best_model_N.pth``, by step (oldest first), then ``best_model.pth``."""
-    found = []
-    for path in run_dir.glob("*.pth"):
-        m = _CKPT_RE.match(path.name)
-        if m:
-            found.append((int(m.group(2)), m.group(1) != "checkpoint", path))
-    out = [p for _, _, p in sorted(found)]
-    if (run_dir / "best_model.pth").is_file():
-        out.append(run_dir / "best_model.pth")
-    return out
-
-
-def checkpoint_step(path: Path) -> int | None:
-    m = _CKPT_RE.match(path.name)
-    return int(m.group(2)) if m else None
 
 
 def test_sentences(run_dir: Path) -> list[dict[str, Any]]:
@@ -167,7 +127,7 @@ def read_run(run_dir: Path) -> RunView:
         epochs=config.get("epochs"),
         metrics=read_jsonl(run_dir / "metrics.jsonl"),
         events=read_jsonl(run_dir / "events.jsonl"),
-        checkpoints=checkpoints(run_dir),
+        checkpoints=checkpoint_files(run_dir),
         has_export=(run_dir / "export" / "model.pth").is_file(),
     )
 

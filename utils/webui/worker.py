@@ -1,7 +1,7 @@
 """The training child process of the web UI: ``python -m utils.webui.worker JOB/spec.json``.
 
 It trains through the recipe API (:class:`utils.finetune.FineTune`, via
-:func:`utils.webui.engine.run_training_spec`). The recipe's events go to ``JOB/events.jsonl``
+:func:`run_training_spec`). The recipe's events go to ``JOB/events.jsonl``
 (:class:`utils.events.JsonlWriter`: stages, per-step progress, evaluations, health), and its
 state to ``JOB/status.json``: ``running`` (with its pid and, from the ``run_dir`` event, the run
 folder), then ``finished``, ``stopped`` (SIGINT or SIGTERM: the trainer writes a checkpoint
@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     status.update()
     _preload()
     from utils.events import JsonlWriter
-    from utils.webui.engine import run_training_spec
 
     try:
         run_dir = run_training_spec(spec, subscribers=[JsonlWriter(spec_path.parent / "events.jsonl"), status])
@@ -108,6 +108,29 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     status.finish(state="finished", run_dir=str(run_dir))
     return 0
+
+
+def run_training_spec(spec: dict[str, Any], subscribers: Sequence[Any] = ()) -> Path | None:
+    """Run a job spec through the recipe API in this process (the worker calls it).
+
+    Returns:
+        The run folder.
+    """
+    from utils.finetune import FineTune, RunConfig
+
+    mode = spec.get("mode", "new")
+    if mode == "continue":
+        ft = FineTune.resume(
+            spec["continue_run"],
+            epochs=spec.get("epochs"),
+            config=RunConfig.build(progress=False),
+            subscribers=subscribers,
+        )
+    elif mode == "restore":
+        ft = FineTune.restore(spec["restore"], dict(spec.get("values") or {}), subscribers=subscribers)
+    else:
+        ft = FineTune(RunConfig.from_dict(spec["config"]), subscribers=subscribers)
+    return Path(ft.run().run_dir)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,11 @@ def test_train_step_trains_after_an_evaluation_and_codebook_ema_can_be_held(tiny
     wav = batch["wav"][0]
     assert measure(model, [("crop", wav)]).mse[0] == pytest.approx(float(recon.mean()), rel=1e-5)
     assert model.take_means("train")["loss"] > 0 and model.take_means("train") == {}
+    # the LR bridge with the stage's plateau rule: patience 1, so two evaluations without improvement halve it
+    bridge = model.get_scheduler([opt])
+    assert (bridge.spec.name, bridge.spec.patience, bridge.spec.factor) == ("ReduceLROnPlateau", 1, 0.5)
+    assert [bridge.on_evaluation(loss)["lr"] for loss in (2.0, 2.0, 2.0)] == [1e-4, 1e-4, 5e-5]
+    assert opt.param_groups[0]["lr"] == 5e-5
 
 
 def test_runs_under_plain_coqui_trainer(tiny_base, demo_rows, tiny_stage, tmp_path):

@@ -155,7 +155,7 @@ def _prepare_folder(
         if trainer_dir is None:
             raise ConfigError(f"{stage_dir} holds no DVAE checkpoint to resume from; start the stage without resume")
         saved = DVAEStageConfig.from_dict(((read_run_config(trainer_dir).get("toolkit") or {}).get("stage")) or {})
-        if stage is not None and stage.as_dict() != saved.as_dict():
+        if stage is not None and _values(stage) != _values(saved):
             logger.warning(
                 "resuming the DVAE stage with its saved settings (%s); the ones passed are ignored", trainer_dir
             )
@@ -169,6 +169,11 @@ def _prepare_folder(
         )
     stage_dir.mkdir(parents=True, exist_ok=True)
     return None, stage or DVAEStageConfig()
+
+
+def _values(stage: DVAEStageConfig) -> dict[str, Any]:
+    """The settings' values, whoever set them."""
+    return {k: v for k, v in stage.as_dict().items() if k != "set_by_caller"}
 
 
 def _build_trainer(

@@ -115,6 +115,39 @@ def test_new_dvae_gives_the_gpt_stage_a_new_clip_cache_key(stage_run, tiny_base:
     assert dvae_key(gpt_config(result.dvae_path)) == new_key  # stable while the file is unchanged
 
 
+def test_gpt_stage_loads_the_new_dvae_whole_and_encodes_with_it(stage_run, tiny_base: Path, demo_rows, tmp_path):
+    from utils.base_model import check_base_model
+    from utils.hparams import resolve
+    from utils.safe_load import load_torch_file
+    from utils.training.config import build_config
+    from utils.training.dvae.data import load_clip
+    from utils.training.dvae.handoff import use_stage_dvae
+    from utils.training.fast_data import compute_dvae_codes, dvae_key
+    from utils.training.model import ToolkitGPTTrainer
+
+    result, _ = stage_run
+    hp = resolve(dataset_hours=0.01, cli={"batch_size": 2, "grad_accum": 1, "num_loader_workers": 0})
+    config = build_config(hp, check_base_model(tiny_base), output_path=tmp_path, language="en")
+    base_key = dvae_key(config)
+    assert use_stage_dvae(config, tmp_path) is None  # no DVAE stage in this folder: the config stays
+    assert use_stage_dvae(config, result.stage_dir.parent) == result.dvae_path
+    assert config.model_args.dvae_checkpoint == str(result.dvae_path)
+    assert config.toolkit["dvae"]["replaced"] == str(tiny_base / "dvae.pth")
+    assert dvae_key(config) != base_key
+    gpt = ToolkitGPTTrainer(config)  # GPTTrainer loads dvae.pth with strict=False: check every weight arrived
+    new = load_torch_file(result.dvae_path)
+    own = gpt.dvae.state_dict()
+    assert set(own) == set(new) and all(torch.equal(own[k], new[k]) for k in new)
+    wav = load_clip(demo_rows[1][0]["audio_file"])
+    codes_new = compute_dvae_codes(gpt, [wav], "cpu")[0]
+    gpt.dvae.load_state_dict(load_torch_file(tiny_base / "dvae.pth"), strict=True)
+    codes_base = compute_dvae_codes(gpt, [wav], "cpu")[0]
+    changed = float((codes_new != codes_base).double().mean())
+    assert codes_new.shape == codes_base.shape and 0.0 < changed <= 1.0
+    # the stage's own measure of the same clip (whole mel, no padding after it) agrees closely
+    assert abs(changed - result.report["heldout"]["changed_share"]["mean"]) < 0.1
+
+
 class _Payload:
     """Unpickling this runs ``touch MARKER``."""
 

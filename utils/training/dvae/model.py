@@ -1,0 +1,235 @@
+"""XTTS's DiscreteVAE as a Coqui ``TrainerModel`` (wrapped, not copied).
+
+The DVAE is built with exactly the arguments ``GPTTrainer`` uses (coqui-tts 0.28,
+``TTS/tts/layers/xtts/trainer/gpt_trainer.py``) and fed by the same mel front end
+(``TorchMelSpectrogram`` at ``config.audio.dvae_sample_rate`` divided by the base's
+``mel_stats.pth``), so the weights it writes drop into the GPT stage unchanged. Every model file
+is read with the toolkit's safe loader (utils/safe_load.py); GPTTrainer reads dvae.pth with
+``strict=False``, which would leave a DVAE silently random, so here a dvae.pth missing any weight
+is refused.
+
+The losses are ``DiscreteVAE.forward``'s own: the per-element mel reconstruction error (MSE)
+averaged, plus the codebook commitment loss; ``loss`` is their sum, as in the public DVAE
+fine-tuning script of anhnh2002/XTTSv2-Finetuning-for-New-Languages. In train mode the forward
+also moves the codebook by its exponential moving average (no optimizer involved); with
+``codebook_ema`` off the codebook is held in eval mode and keeps its vectors.
+
+Upstream behaviour worked around: ``DiscreteVAE.forward`` in eval mode decodes from the codes,
+which carries no gradient to the encoder and stops the codebook's EMA. Coqui's Trainer leaves the
+model in eval mode after an evaluation until the next epoch's ``model.train()`` (the toolkit's
+trainer calls ``on_train_epoch_start`` after a mid-epoch evaluation), so :meth:`ToolkitDVAE.train_step`
+sets train mode itself on every step.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from trainer import TrainerModel
+from TTS.tts.layers.tortoise.arch_utils import TorchMelSpectrogram
+from TTS.tts.layers.xtts.dvae import DiscreteVAE
+
+from utils.errors import BaseModelError
+from utils.safe_load import load_torch_file
+from utils.training.dvae.config import DOWNSAMPLING
+from utils.training.dvae.data import build_loader
+from utils.training.lr_schedule import LRBridge, ScheduleSpec
+
+logger = logging.getLogger(__name__)
+
+LOSS_KEYS = ("loss", "recon_loss", "commitment_loss")
+
+
+def build_dvae(num_tokens: int = 1024) -> DiscreteVAE:
+    """XTTS v2's DVAE with GPTTrainer's arguments (``num_tokens`` = ``gpt_num_audio_tokens - 2``)."""
+    return DiscreteVAE(
+        channels=80,
+        normalization=None,
+        positional_dims=1,
+        num_tokens=int(num_tokens),
+        codebook_dim=512,
+        hidden_dim=512,
+        num_resnet_blocks=3,
+        kernel_size=3,
+        num_layers=2,
+        use_transposed_convs=False,
+    )
+
+
+def load_dvae_weights(dvae: nn.Module, path: str | Path) -> None:
+    """Load a dvae.pth (a plain state dict) into ``dvae``, safely and completely.
+
+    Raises:
+        UnsafeModelFileError: the file pickles objects other than tensors.
+        BaseModelError: the file is not a state dict or lacks some of the DVAE's weights.
+    """
+    state = load_torch_file(path)
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise BaseModelError(
+            f"{path} is not a DVAE state dict (name -> tensor); pass the base's dvae.pth or one the DVAE stage wrote"
+        )
+    result = dvae.load_state_dict(state, strict=False)
+    if result.missing_keys:
+        total = len(dvae.state_dict())
+        raise BaseModelError(
+            f"{path} lacks {len(result.missing_keys)} of the DVAE's {total} weights (e.g. {result.missing_keys[0]}); "
+            "training would start from random weights: pass XTTS v2's dvae.pth (scripts/download_xtts_v2.py)"
+        )
+    if result.unexpected_keys:
+        logger.warning("%s: %d keys the DVAE does not use, ignored", path, len(result.unexpected_keys))
+
+
+def build_mel_frontend(mel_norm_file: str | Path, sample_rate: int) -> TorchMelSpectrogram:
+    """GPTTrainer's DVAE mel front end, with the mel statistics read by the safe loader.
+
+    Raises:
+        BaseModelError: mel_stats.pth is not a tensor of 80 per-channel values.
+    """
+    norms = load_torch_file(mel_norm_file)
+    if not torch.is_tensor(norms) or tuple(norms.shape) != (80,):
+        raise BaseModelError(
+            f"{mel_norm_file} is not XTTS's mel statistics (a tensor of 80 values); pass the base's mel_stats.pth"
+        )
+    mel = TorchMelSpectrogram(mel_norm_file=None, sampling_rate=int(sample_rate))
+    mel.mel_norms = norms.float()  # what TorchMelSpectrogram would have read from the file itself
+    return mel
+
+
+class ToolkitDVAE(TrainerModel):
+    """The DVAE stage's model for Coqui's Trainer and the toolkit's ToolkitTrainer.
+
+    Batches are ``{"wav": (batch, 1, samples)}`` of 22,050 Hz crops (utils/training/dvae/data.py);
+    :meth:`format_batch_on_device` adds their mel frames. ``train_step``/``eval_step`` return
+    ``{"loss", "recon_loss", "commitment_loss"}``.
+    """
+
+    loss_keys = LOSS_KEYS
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.dvae = build_dvae(config.num_tokens)
+        load_dvae_weights(self.dvae, config.dvae_checkpoint)
+        self.mel = build_mel_frontend(config.mel_norm_file, config.audio.dvae_sample_rate)
+        self._sums: dict[str, dict[str, torch.Tensor]] = {}  # "train"/"eval" -> loss name -> running sum
+        self._steps: dict[str, int] = {}
+
+    # --- data ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def mel_frames(self, wav: torch.Tensor) -> torch.Tensor:
+        """(batch, 80, frames) DVAE mels of (batch[, 1], samples) audio, frames cut to a multiple of 4.
+
+        The DVAE's output has as many frames as its input only for a multiple of its downsampling.
+        """
+        mel = self.mel(wav)
+        return mel[..., : mel.shape[-1] // DOWNSAMPLING * DOWNSAMPLING]
+
+    def format_batch_on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        batch["mel"] = self.mel_frames(batch["wav"])
+        return batch
+
+    def get_data_loader(
+        self, config: Any, *, is_eval: bool = False, samples: list[Any] | None = None, verbose: bool = True
+    ) -> torch.utils.data.DataLoader:
+        return build_loader(
+            samples or [],
+            crop_frames=int(config.crop_frames),
+            batch_size=int(config.eval_batch_size if is_eval else config.batch_size),
+            is_eval=is_eval,
+            crops_per_clip=config.crops_per_clip,
+            num_workers=int(config.num_eval_loader_workers if is_eval else config.num_loader_workers),
+            seed=int(config.training_seed),
+        )
+
+    # --- steps --------------------------------------------------------------------------------
+
+    def forward(self, mel: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        """DiscreteVAE.forward's losses (reconstruction averaged) and its reconstruction."""
+        recon, commitment, out = self.dvae(mel)
+        return {"recon_loss": recon.mean(), "commitment_loss": commitment, "model_outputs": out}
+
+    def _losses(self, mel: torch.Tensor) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        out = self(mel)
+        recon, commitment = out["recon_loss"], out["commitment_loss"]
+        return {"model_outputs": out["model_outputs"].detach()}, {
+            "loss": recon + commitment,
+            "recon_loss": recon,
+            "commitment_loss": commitment,
+        }
+
+    def set_train_mode(self) -> None:
+        """Train mode; the codebook stays in eval mode (its EMA off) when ``codebook_ema`` is off."""
+        self.train()
+        if not getattr(self.config, "codebook_ema", True):
+            self.dvae.codebook.eval()  # Quantize moves its codebook only while training
+
+    def train_step(
+        self, batch: dict[str, Any], criterion: Any = None, optimizer_idx: int | None = None
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        self.set_train_mode()  # see the module docstring: an evaluation may have left eval mode on
+        outputs, losses = self._losses(batch["mel"])
+        self._count("train", losses)
+        return outputs, losses
+
+    def eval_step(
+        self, batch: dict[str, Any], criterion: Any = None, optimizer_idx: int | None = None
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        outputs, losses = self._losses(batch["mel"])
+        self._count("eval", losses)
+        return outputs, losses
+
+    def _count(self, split: str, losses: dict[str, torch.Tensor]) -> None:
+        sums = self._sums.setdefault(split, {})
+        for key in LOSS_KEYS:  # summed on the device: no host read per step
+            value = losses[key].detach()
+            sums[key] = sums[key] + value if key in sums else value
+        self._steps[split] = self._steps.get(split, 0) + 1
+
+    def take_means(self, split: str) -> dict[str, float]:
+        """Each loss averaged over the ``"train"`` or ``"eval"`` steps since the last call, then reset.
+
+        Every step counts the same. Coqui's own averages (``KeepAverage``) give their first value
+        weight 0, so an evaluation of several batches leaves its first batch out of the Trainer's
+        eval loss; these means do not.
+        """
+        n, sums = self._steps.pop(split, 0), self._sums.pop(split, {})
+        return {key: float(value) / n for key, value in sums.items()} if n else {}
+
+    def on_train_epoch_start(self, trainer: Any) -> None:
+        self.set_train_mode()
+
+    # --- optimizer and schedule ---------------------------------------------------------------
+
+    def get_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the DVAE's weights (the codebook is a buffer: it moves by its EMA, not here)."""
+        params = [p for p in self.dvae.parameters() if p.requires_grad]
+        opt = dict(self.config.optimizer_params or {})
+        return torch.optim.AdamW(
+            params,
+            lr=float(self.config.lr),
+            betas=tuple(opt.get("betas", (0.9, 0.999))),
+            eps=float(opt.get("eps", 1e-8)),
+            weight_decay=float(opt.get("weight_decay", 0.0)),
+            fused=True if params and params[0].is_cuda else None,
+        )
+
+    def get_scheduler(self, optimizer: list[torch.optim.Optimizer] | torch.optim.Optimizer) -> LRBridge:
+        opt = optimizer[0] if isinstance(optimizer, (list, tuple)) else optimizer
+        return LRBridge(opt, ScheduleSpec.from_config(self.config))
+
+    def get_lr(self) -> float:
+        return float(self.config.lr)
+
+    def get_criterion(self) -> None:
+        return None  # the losses are DiscreteVAE.forward's own
+
+    # --- output -------------------------------------------------------------------------------
+
+    def dvae_state_dict(self) -> dict[str, torch.Tensor]:
+        """The DVAE's weights on the CPU in the base dvae.pth's key layout (what GPTTrainer loads)."""
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.dvae.state_dict().items()}

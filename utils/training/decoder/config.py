@@ -21,11 +21,15 @@ Why these values (HiFi-GAN: Kong et al. 2020, https://arxiv.org/abs/2010.05646, 
   feature loss averages over layers where the paper sums, hence 108 instead of 2), least-squares
   adversarial x 1. The multi-resolution STFT loss (ParallelWaveGAN's resolutions, Coqui's
   defaults) is computed for the logs and the held-out metric; HiFi-GAN trains without it, so its
-  weight is 0 unless set.
+  weight is 0 unless set (its spectral-convergence term, ``|Y - Y'| / |Y|``, is unbounded on a
+  near-silent segment: the training average can jump by orders of magnitude; the held-out value,
+  on whole clips, is the one to read).
 - Warm start: the first 500 generator steps use the reconstruction losses only, so the
   generator adapts to the new latents before a fresh discriminator's gradients reach it; the
   discriminator trains from then on.
-- Gradient clipping 5 for each network (Coqui's GAN vocoder default).
+- Gradient clipping 5 for each network (Coqui's GAN vocoder default; with the mel loss x 45 the
+  generator's gradient norm is far above 5 on nearly every step, so clipping sets the step's scale;
+  AdamW divides that scale out again, and it caps a spike when the discriminator joins).
 - LR schedule: the toolkit's LR bridge with ReduceLROnPlateau on the held-out mel L1 (factor 0.5
   after 3 evaluations without improvement; the GPT stage's rule with a shorter patience, since a
   decoder fine-tune has few evaluations). The discriminator's LR follows the same cuts.

@@ -125,7 +125,7 @@ def plot_decoder_curves(stage_dir: str | os.PathLike[str], *, warm_start_steps: 
         return None
     steps = [r["step"] for r in rows]
     joined = warm_start_steps if warm_start_steps and warm_start_steps <= max(steps) else None
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.94, wspace=0.22, hspace=0.35)
     panels = (
         (axes[0][0], "mel L1 (log-mel)", ("train_mel_l1", "eval_mel_l1")),

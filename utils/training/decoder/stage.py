@@ -6,9 +6,10 @@
 
 It runs after the GPT stage (a new GPT changes the decoder's inputs): ``gpt_model`` is the GPT
 stage's export folder (or the base, to fine-tune the decoder on the base GPT's latents). The
-stage's folder is ``run_dir/decoder-<date>`` (Coqui names it): checkpoints, config.json,
-metrics.jsonl, events.jsonl, decoder_curves.png, TensorBoard logs and ``export/``, an XTTS model
-folder with the fine-tuned decoder.
+stage's folder is ``run_dir/decoder-<date>-<commit>`` (Coqui names it), with ``run_dir/decoder``
+linked to the newest: checkpoints, config.json, metrics.jsonl, events.jsonl, decoder_curves.png,
+TensorBoard logs and ``export/``, an XTTS model folder with the fine-tuned decoder. To go on after
+an interruption: ``train_decoder(..., continue_path=run_dir / "decoder")``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from utils.training.decoder.config import DecoderStageConfig
 from utils.training.decoder.latents import GPTModelFiles, LatentCacheReport
 
 logger = logging.getLogger(__name__)
+
+#: ``run_dir/decoder``: a link to the newest decoder stage folder (Coqui names the folder itself).
+LATEST = "decoder"
 
 
 @dataclass
@@ -79,6 +83,12 @@ def prepare_inputs(
     return DecoderInputs(train=train, eval=held_out, decoder_args=args)
 
 
+def stage_of(config: Any) -> DecoderStageConfig:
+    """The stage values a decoder stage's config.json records (``toolkit.stage``)."""
+    recorded = (config.toolkit or {}).get("stage") or {}
+    return DecoderStageConfig.build(**{name: item["value"] for name, item in recorded.items()})
+
+
 def build_trainer(
     stage: DecoderStageConfig,
     inputs: DecoderInputs,
@@ -107,6 +117,7 @@ def build_trainer(
         config = DecoderGANConfig()
         config.load_json(str(Path(continue_path) / "config.json"))
         config.decoder_init = ""  # the checkpoint holds the weights
+        stage = stage_of(config)  # the run goes on with its own values
     else:
         config = build_gan_config(stage, inputs.decoder_args, output_path=run_dir, decoder_init=str(files.model))
         config.toolkit.update(
@@ -124,7 +135,9 @@ def build_trainer(
         train_samples=inputs.train.items,
         eval_samples=inputs.eval.items,
         eval_every_steps=stage.eval_every_steps,
-        health=HealthMonitor(HealthConfig(), grad_clip=stage.grad_clip_gen),
+        # grad_clip 0: the clipping-saturation check off. Coqui's GAN recipe clips at 5 while the
+        # mel x 45 loss gives gradient norms in the hundreds, so nearly every step is clipped by design.
+        health=HealthMonitor(HealthConfig(), grad_clip=0.0),
         on_step=hooks.get("on_step"),
         on_progress=hooks.get("on_progress"),
         on_evaluation=hooks.get("on_evaluation"),
@@ -170,6 +183,8 @@ def train_decoder(
     """
     from utils.training.decoder.metrics import plot_decoder_curves
 
+    if not eval_rows:
+        raise DataError("the eval set is empty: the decoder stage needs held-out clips; put some in metadata_eval.csv")
     run_dir = Path(run_dir)
     files = GPTModelFiles.locate(gpt_model, base_model)  # 1. the GPT whose latents the decoder learns
     cache = Path(cache_dir) if cache_dir is not None else run_dir.parent / ".clip_cache"
@@ -181,6 +196,7 @@ def train_decoder(
         stage, inputs, run_dir, files, continue_path=cont, progress=progress, plots=plots, hooks=hooks
     )
     if cont is None:
+        link_latest(run_dir / LATEST, Path(trainer.output_path))
         trainer.eval_epoch()  # 3. the starting decoder's held-out mel L1 (also its best model so far)
     trainer.fit()  # 4. the GAN
     stage_dir = Path(trainer.output_path)
@@ -189,6 +205,17 @@ def train_decoder(
     )
     export_dir = _export(files, stage_dir) if export else None  # 5. the XTTS folder with the new decoder
     return _result(trainer, stage_dir, inputs, export_dir, curves)
+
+
+def link_latest(link: Path, stage_dir: Path) -> None:
+    """Point ``link`` at ``stage_dir`` (a relative symbolic link, replaced atomically; a real folder is left)."""
+    if link.exists() and not link.is_symlink():
+        logger.warning("%s is not a link; the newest decoder stage is %s", link, stage_dir)
+        return
+    tmp = link.with_name(f".{link.name}.link")
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(stage_dir, link.parent), tmp)
+    os.replace(tmp, link)
 
 
 def _export(files: GPTModelFiles, stage_dir: Path) -> Path:
@@ -202,8 +229,12 @@ def _export(files: GPTModelFiles, stage_dir: Path) -> Path:
         best = last_checkpoint(stage_dir)
         if best is None:
             raise DataError(f"{stage_dir} has no checkpoint to export; train the decoder stage first")
-    rows = read_rows(stage_dir)
-    info = {"mel_l1_before": rows[0].get("eval_loss") if rows else None}
+    losses = [r["eval_loss"] for r in read_rows(stage_dir) if r.get("eval_loss") is not None]
+    info = {
+        "held_out_mel_l1_before": losses[0] if losses else None,
+        "held_out_mel_l1_last": losses[-1] if losses else None,
+        "held_out_mel_l1_exported": min(losses) if best.name == "best_model.pth" and losses else None,
+    }
     return export_decoder(files.root, best, stage_dir / "export", info=info)
 
 

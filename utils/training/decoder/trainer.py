@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from utils.training.decoder.metrics import PeriodSums, decoder_columns, merge_row, plot_decoder_curves
 from utils.training.lr_schedule import LRBridge
 from utils.training.trainer import ToolkitTrainer
@@ -53,7 +55,7 @@ class DecoderTrainer(ToolkitTrainer):
     def __init__(self, *args: Any, plots: bool = True, **kwargs: Any) -> None:
         self.decoder_sums = PeriodSums()
         self.plots = plots
-        self._last_plot = 0.0
+        self._last_plot = time.time()  # the first redraw a minute in; short runs draw once, at the stage's end
         super().__init__(*args, **kwargs)
 
     def _bridge(self, index: int) -> LRBridge | None:
@@ -85,7 +87,7 @@ class DecoderTrainer(ToolkitTrainer):
             out["loss"] = out.get("G_l1_spec_loss")
             if f"grad_norm_{GENERATOR}" in out:
                 out["grad_norm"] = out[f"grad_norm_{GENERATOR}"]
-        self.decoder_sums.add({k: v for k, v in out.items() if k not in ("loss", "grad_norm")})
+        self.decoder_sums.add({k: _number(v) for k, v in out.items() if k not in ("loss", "grad_norm")})
         return out
 
     def eval_step(self, batch: dict[str, Any], step: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -139,3 +141,8 @@ class DecoderTrainer(ToolkitTrainer):
     @property
     def stage_dir(self) -> Path:
         return Path(self.output_path)
+
+
+def _number(value: Any) -> Any:
+    """A float for a one-element tensor (Coqui leaves the clipped gradient norm a tensor)."""
+    return float(value) if torch.is_tensor(value) and value.numel() == 1 else value

@@ -127,3 +127,29 @@ def test_the_export_holds_the_trained_decoder_and_loads_in_stock_xtts(stage_run,
     assert Path(info["gpt_model"]) == tiny_base.resolve()
     assert info["held_out_mel_l1_before"] == result.mel_l1_before
     assert info["held_out_mel_l1_exported"] == result.best_mel_l1 < result.mel_l1_before
+
+
+def test_continuing_on_another_gpt_is_refused(stage_run, tiny_base, decoder_rows, decoder_cache, tmp_path):
+    from utils.errors import ConfigError
+    from utils.training.checkpoints import atomic_torch_save
+
+    result, _steps, _saved = stage_run
+    tuned = tmp_path / "tuned"  # a GPT changed after the decoder stage began: its latents are others
+    tuned.mkdir()
+    for name in ("config.json", "vocab.json"):
+        (tuned / name).write_bytes((tiny_base / name).read_bytes())
+    state = load_torch_file(tiny_base / "model.pth")
+    state["model"]["gpt.final_norm.bias"] += 0.01
+    atomic_torch_save(state, tuned / "model.pth")
+    stage = DecoderStageConfig.build(**STAGE)
+    with pytest.raises(ConfigError, match="continue with the same GPT model"):
+        train_decoder(
+            stage,
+            *decoder_rows,
+            result.stage_dir.parent,
+            tuned,
+            base_model=tiny_base,
+            cache_dir=decoder_cache[0],
+            continue_path=result.stage_dir,
+        )
+    assert sorted(p.name for p in result.stage_dir.glob("checkpoint_*.pth")) == ["checkpoint_6.pth"]  # untouched

@@ -60,7 +60,7 @@ class DecoderGANConfig(HifiganConfig):
     """Coqui's HifiganConfig plus the XTTS decoder's shape, the data and the toolkit's record.
 
     ``audio.sample_rate`` and ``l1_spec_loss_params`` are at the decoder's output rate (24 kHz);
-    ``Coqui GeneratorLoss`` checks that they agree.
+    Coqui's ``GeneratorLoss`` checks that they agree.
     """
 
     model: str = "xtts_decoder_gan"

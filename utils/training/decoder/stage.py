@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utils.errors import DataError
+from utils.errors import ConfigError, DataError
 from utils.training.decoder.config import DecoderStageConfig
 from utils.training.decoder.latents import GPTModelFiles, LatentCacheReport
 
@@ -89,6 +89,21 @@ def stage_of(config: Any) -> DecoderStageConfig:
     return DecoderStageConfig.build(**{name: item["value"] for name, item in recorded.items()})
 
 
+def _continued(stage_dir: Path, inputs: DecoderInputs, files: GPTModelFiles) -> tuple[Any, DecoderStageConfig]:
+    """The config and stage values a stage folder records; refused when the GPT's latents changed."""
+    from utils.training.decoder.gan import DecoderGANConfig
+
+    config = DecoderGANConfig()
+    config.load_json(str(Path(stage_dir) / "config.json"))
+    config.decoder_init = ""  # the checkpoint holds the weights
+    if config.toolkit.get("latent_key") != inputs.train.latent_key:
+        raise ConfigError(
+            f"{stage_dir} was trained on the latents of {config.toolkit.get('gpt_model')}, not of "
+            f"{files.root} (another GPT): continue with the same GPT model, or start a new decoder stage"
+        )
+    return config, stage_of(config)
+
+
 def build_trainer(
     stage: DecoderStageConfig,
     inputs: DecoderInputs,
@@ -106,7 +121,7 @@ def build_trainer(
     """
     from trainer import TrainerArgs
 
-    from utils.training.decoder.gan import DecoderGAN, DecoderGANConfig, build_gan_config
+    from utils.training.decoder.gan import DecoderGAN, build_gan_config
     from utils.training.decoder.trainer import DecoderTrainer
     from utils.training.health import HealthConfig, HealthMonitor
 
@@ -114,10 +129,7 @@ def build_trainer(
     args = TrainerArgs(grad_accum_steps=1)  # Coqui's multi-optimizer step refuses gradient accumulation
     if continue_path is not None:
         args.continue_path = str(continue_path)
-        config = DecoderGANConfig()
-        config.load_json(str(Path(continue_path) / "config.json"))
-        config.decoder_init = ""  # the checkpoint holds the weights
-        stage = stage_of(config)  # the run goes on with its own values
+        config, stage = _continued(continue_path, inputs, files)  # the run goes on with its own values
     else:
         config = build_gan_config(stage, inputs.decoder_args, output_path=run_dir, decoder_init=str(files.model))
         config.toolkit.update(
@@ -127,6 +139,8 @@ def build_trainer(
                 "speaker_key": inputs.train.speaker_key,
             }
         )
+    for name, item in stage.describe().items():
+        logger.info("decoder stage: %s = %s (%s)", name, item["value"], item["source"])
     return DecoderTrainer(
         args,
         config,
@@ -175,7 +189,7 @@ def train_decoder(
         continue_path: a stage folder to go on from its last complete checkpoint.
         export: write ``<stage>/export`` from the best checkpoint (lowest held-out mel L1).
         progress: quiet Coqui's console blocks (subscribe a progress hook instead).
-        plots: redraw decoder_curves.png at each evaluation.
+        plots: draw decoder_curves.png during training (at most once a minute) and at the end.
         hooks: ``on_step`` / ``on_progress`` / ``on_evaluation`` callables for the trainer.
 
     Returns:
@@ -189,8 +203,6 @@ def train_decoder(
     files = GPTModelFiles.locate(gpt_model, base_model)  # 1. the GPT whose latents the decoder learns
     cache = Path(cache_dir) if cache_dir is not None else run_dir.parent / ".clip_cache"
     inputs = prepare_inputs(files, train_rows, eval_rows, cache)  # 2. cached latents and targets
-    for name, item in stage.describe().items():
-        logger.info("decoder stage: %s = %s (%s)", name, item["value"], item["source"])
     cont = Path(continue_path) if continue_path is not None else None
     trainer = build_trainer(
         stage, inputs, run_dir, files, continue_path=cont, progress=progress, plots=plots, hooks=hooks

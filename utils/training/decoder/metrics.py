@@ -102,10 +102,9 @@ def merge_row(path: Path, step: int, row: Mapping[str, Any]) -> None:
 
 def read_rows(stage_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The stage's metrics.jsonl rows (empty when there are none yet)."""
-    path = Path(stage_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from utils.plots import read_jsonl
+
+    return read_jsonl(Path(stage_dir) / "metrics.jsonl")
 
 
 def plot_decoder_curves(stage_dir: str | os.PathLike[str], *, warm_start_steps: int | None = None) -> Path | None:
@@ -113,18 +112,14 @@ def plot_decoder_curves(stage_dir: str | os.PathLike[str], *, warm_start_steps: 
 
     A dashed line marks where the discriminator joined. Returns None when there are no rows yet.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from utils.fs import replace_atomically
+    from utils.plots import pyplot, save_png
 
     rows = read_rows(stage_dir)
     if not rows:
         return None
     steps = [r["step"] for r in rows]
     joined = warm_start_steps if warm_start_steps and warm_start_steps <= max(steps) else None
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.94, wspace=0.22, hspace=0.35)
     panels = (
@@ -150,7 +145,7 @@ def plot_decoder_curves(stage_dir: str | os.PathLike[str], *, warm_start_steps: 
             ax.text(0.5, 0.5, "the discriminator has not trained yet", ha="center", va="center", transform=ax.transAxes)
     if axes[1][1].lines:
         axes[1][1].set_yscale("log")
-    path = Path(stage_dir) / CURVES_NAME
-    replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
-    plt.close(fig)
-    return path
+    try:
+        return save_png(fig, Path(stage_dir) / CURVES_NAME)
+    finally:
+        plt.close(fig)

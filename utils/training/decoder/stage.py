@@ -1,0 +1,272 @@
+"""The decoder stage from start to end: cached inputs, the GAN under the toolkit's trainer, the export.
+
+    from utils.training.decoder import DecoderStageConfig, train_decoder
+    result = train_decoder(DecoderStageConfig(), train_rows, eval_rows, run_dir, "runs/RUN/export")
+    result.mel_l1_before, result.mel_l1_after, result.export_dir
+
+It runs after the GPT stage (a new GPT changes the decoder's inputs): ``gpt_model`` is the GPT
+stage's export folder (or the base, to fine-tune the decoder on the base GPT's latents). The
+stage's folder is ``run_dir/decoder-<date>-<commit>`` (Coqui names it), with ``run_dir/decoder``
+linked to the newest: checkpoints, config.json, metrics.jsonl, events.jsonl, decoder_curves.png,
+TensorBoard logs and ``export/``, an XTTS model folder with the fine-tuned decoder. To go on after
+an interruption: ``train_decoder(..., continue_path=run_dir / "decoder")``.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from utils.errors import ConfigError, DataError
+from utils.training.decoder.config import DecoderStageConfig
+from utils.training.decoder.latents import GPTModelFiles, LatentCacheReport
+
+logger = logging.getLogger(__name__)
+
+#: ``run_dir/decoder``: a link to the newest decoder stage folder (Coqui names the folder itself).
+LATEST = "decoder"
+
+
+@dataclass
+class DecoderInputs:
+    """The cached inputs of both splits and the decoder's shape (what the GAN config needs)."""
+
+    train: LatentCacheReport
+    eval: LatentCacheReport
+    decoder_args: dict[str, Any]
+
+
+@dataclass
+class DecoderResult:
+    """What one decoder stage run did."""
+
+    stage_dir: Path
+    records: list[dict[str, Any]]
+    steps: int
+    mel_l1_before: float | None  # held-out mel L1 of the starting decoder (first evaluation of the stage)
+    mel_l1_after: float | None  # held-out mel L1 at the last evaluation
+    best_mel_l1: float | None
+    export_dir: Path | None
+    inputs: DecoderInputs | None = None
+    stop_reason: str | None = None
+    curves: Path | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def prepare_inputs(
+    files: GPTModelFiles, train_rows: Sequence[dict[str, Any]], eval_rows: Sequence[dict[str, Any]], cache_dir: Path
+) -> DecoderInputs:
+    """Latents, speaker embeddings and targets of both splits (computed only where not cached)."""
+    from utils.training.decoder.gan import decoder_args_of
+    from utils.training.decoder.latents import build_latent_model, prepare_latent_cache
+
+    model = build_latent_model(files)
+    try:
+        train = prepare_latent_cache(model, train_rows, cache_dir, files)
+        held_out = prepare_latent_cache(model, eval_rows, cache_dir, files)
+        decoder = model.xtts.hifigan_decoder
+        latent_dim = int(model.xtts.gpt.model_dim)
+        if latent_dim != int(decoder.waveform_decoder.conv_pre.in_channels):
+            raise DataError(
+                f"{files.model}: the GPT has {latent_dim} channels but the decoder reads "
+                f"{decoder.waveform_decoder.conv_pre.in_channels}; decoder_input_dim must equal gpt_n_model_channels"
+            )
+        args = decoder_args_of(decoder, latent_dim)
+    finally:
+        del model
+        gc.collect()  # the GPT (about 2 GB for XTTS v2) is not needed while the decoder trains
+    return DecoderInputs(train=train, eval=held_out, decoder_args=args)
+
+
+def stage_of(config: Any) -> DecoderStageConfig:
+    """The stage values a decoder stage's config.json records (``toolkit.stage``)."""
+    recorded = (config.toolkit or {}).get("stage") or {}
+    return DecoderStageConfig.build(**{name: item["value"] for name, item in recorded.items()})
+
+
+def _continued(stage_dir: Path, inputs: DecoderInputs, files: GPTModelFiles) -> tuple[Any, DecoderStageConfig]:
+    """The config and stage values a stage folder records; refused when the GPT's latents changed."""
+    from utils.training.decoder.gan import DecoderGANConfig
+
+    config = DecoderGANConfig()
+    config.load_json(str(Path(stage_dir) / "config.json"))
+    config.decoder_init = ""  # the checkpoint holds the weights
+    if config.toolkit.get("latent_key") != inputs.train.latent_key:
+        raise ConfigError(
+            f"{stage_dir} was trained on the latents of {config.toolkit.get('gpt_model')}, not of "
+            f"{files.root} (another GPT): continue with the same GPT model, or start a new decoder stage"
+        )
+    return config, stage_of(config)
+
+
+def build_trainer(
+    stage: DecoderStageConfig,
+    inputs: DecoderInputs,
+    run_dir: Path,
+    files: GPTModelFiles,
+    *,
+    continue_path: Path | None = None,
+    progress: bool = False,
+    plots: bool = True,
+    hooks: dict[str, list[Callable[..., Any]]] | None = None,
+) -> Any:
+    """The decoder GAN under :class:`~utils.training.decoder.trainer.DecoderTrainer`.
+
+    For ``continue_path`` the stage's own config.json is used (the run goes on with its values).
+    """
+    from trainer import TrainerArgs
+
+    from utils.training.decoder.gan import DecoderGAN, build_gan_config
+    from utils.training.decoder.trainer import DecoderTrainer
+    from utils.training.health import HealthConfig, HealthMonitor
+
+    hooks = hooks or {}
+    args = TrainerArgs(grad_accum_steps=1)  # Coqui's multi-optimizer step refuses gradient accumulation
+    if continue_path is not None:
+        args.continue_path = str(continue_path)
+        config, stage = _continued(continue_path, inputs, files)  # the run goes on with its own values
+    else:
+        config = build_gan_config(stage, inputs.decoder_args, output_path=run_dir, decoder_init=str(files.model))
+        config.toolkit.update(
+            {
+                "gpt_model": str(files.root),
+                "latent_key": inputs.train.latent_key,
+                "speaker_key": inputs.train.speaker_key,
+            }
+        )
+    for name, item in stage.describe().items():
+        logger.info("decoder stage: %s = %s (%s)", name, item["value"], item["source"])
+    return DecoderTrainer(
+        args,
+        config,
+        output_path=str(run_dir),
+        model=DecoderGAN(config),
+        train_samples=inputs.train.items,
+        eval_samples=inputs.eval.items,
+        eval_every_steps=stage.eval_every_steps,
+        # grad_clip 0: the clipping-saturation check off. Coqui's GAN recipe clips at 5 while the
+        # mel x 45 loss gives gradient norms in the hundreds, so nearly every step is clipped by design.
+        health=HealthMonitor(HealthConfig(), grad_clip=0.0),
+        on_step=hooks.get("on_step"),
+        on_progress=hooks.get("on_progress"),
+        on_evaluation=hooks.get("on_evaluation"),
+        progress=progress,
+        save_every_minutes=stage.save_every_minutes,
+        plots=plots,
+    )
+
+
+def train_decoder(
+    stage: DecoderStageConfig,
+    train_rows: Sequence[dict[str, Any]],
+    eval_rows: Sequence[dict[str, Any]],
+    run_dir: str | os.PathLike[str],
+    gpt_model: str | os.PathLike[str],
+    *,
+    base_model: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    continue_path: str | os.PathLike[str] | None = None,
+    export: bool = True,
+    progress: bool = False,
+    plots: bool = True,
+    hooks: dict[str, list[Callable[..., Any]]] | None = None,
+) -> DecoderResult:
+    """Fine-tune XTTS's HiFi-GAN decoder on the GPT's latents of these rows.
+
+    Args:
+        stage: the hyperparameters (:class:`DecoderStageConfig`).
+        train_rows / eval_rows: Coqui sample dicts (``audio_file``, ``text``, ``language``); the
+            eval rows give the held-out mel L1.
+        run_dir: the run folder; the stage's folder is made in it.
+        gpt_model: the GPT stage's export folder (or the base folder).
+        base_model: the folder with dvae.pth and mel_stats.pth (default: ``gpt_model``).
+        cache_dir: the clip cache (default: ``run_dir``'s parent's ``.clip_cache``, the GPT stage's).
+        continue_path: a stage folder to go on from its last complete checkpoint.
+        export: write ``<stage>/export`` from the best checkpoint (lowest held-out mel L1).
+        progress: quiet Coqui's console blocks (subscribe a progress hook instead).
+        plots: draw decoder_curves.png during training (at most once a minute) and at the end.
+        hooks: ``on_step`` / ``on_progress`` / ``on_evaluation`` callables for the trainer.
+
+    Returns:
+        The :class:`DecoderResult`.
+    """
+    from utils.training.decoder.metrics import plot_decoder_curves
+
+    if not eval_rows:
+        raise DataError("the eval set is empty: the decoder stage needs held-out clips; put some in metadata_eval.csv")
+    run_dir = Path(run_dir)
+    files = GPTModelFiles.locate(gpt_model, base_model)  # 1. the GPT whose latents the decoder learns
+    cache = Path(cache_dir) if cache_dir is not None else run_dir.parent / ".clip_cache"
+    inputs = prepare_inputs(files, train_rows, eval_rows, cache)  # 2. cached latents and targets
+    cont = Path(continue_path) if continue_path is not None else None
+    trainer = build_trainer(
+        stage, inputs, run_dir, files, continue_path=cont, progress=progress, plots=plots, hooks=hooks
+    )
+    if cont is None:
+        link_latest(run_dir / LATEST, Path(trainer.output_path))
+        trainer.eval_epoch()  # 3. the starting decoder's held-out mel L1 (also its best model so far)
+    trainer.fit()  # 4. the GAN
+    stage_dir = Path(trainer.output_path)
+    curves = (
+        plot_decoder_curves(stage_dir, warm_start_steps=trainer.config.steps_to_start_discriminator) if plots else None
+    )
+    export_dir = _export(files, stage_dir) if export else None  # 5. the XTTS folder with the new decoder
+    return _result(trainer, stage_dir, inputs, export_dir, curves)
+
+
+def link_latest(link: Path, stage_dir: Path) -> None:
+    """Point ``link`` at ``stage_dir`` (a relative symbolic link, replaced atomically; a real folder is left)."""
+    if link.exists() and not link.is_symlink():
+        logger.warning("%s is not a link; the newest decoder stage is %s", link, stage_dir)
+        return
+    tmp = link.with_name(f".{link.name}.link")
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(stage_dir, link.parent), tmp)
+    os.replace(tmp, link)
+
+
+def _export(files: GPTModelFiles, stage_dir: Path) -> Path:
+    from utils.training.decoder.export import export_decoder
+    from utils.training.decoder.metrics import read_rows
+
+    best = stage_dir / "best_model.pth"
+    if not best.is_file():
+        from utils.runs import last_checkpoint
+
+        best = last_checkpoint(stage_dir)
+        if best is None:
+            raise DataError(f"{stage_dir} has no checkpoint to export; train the decoder stage first")
+    losses = [r["eval_loss"] for r in read_rows(stage_dir) if r.get("eval_loss") is not None]
+    info = {
+        "held_out_mel_l1_before": losses[0] if losses else None,
+        "held_out_mel_l1_last": losses[-1] if losses else None,
+        "held_out_mel_l1_exported": min(losses) if best.name == "best_model.pth" and losses else None,
+    }
+    return export_decoder(files.root, best, stage_dir / "export", info=info)
+
+
+def _result(
+    trainer: Any, stage_dir: Path, inputs: DecoderInputs, export_dir: Path | None, curves: Path | None
+) -> DecoderResult:
+    from utils.training.decoder.metrics import read_rows
+
+    rows = read_rows(stage_dir)
+    losses = [r["eval_loss"] for r in rows if r.get("eval_loss") is not None]
+    return DecoderResult(
+        stage_dir=stage_dir,
+        records=rows,
+        steps=int(trainer.total_steps_done),
+        mel_l1_before=losses[0] if losses else None,
+        mel_l1_after=losses[-1] if losses else None,
+        best_mel_l1=min(losses) if losses else None,
+        export_dir=export_dir,
+        inputs=inputs,
+        stop_reason=trainer.stop_reason,
+        curves=curves,
+        events=list(trainer.health.events) if trainer.health is not None else [],
+    )

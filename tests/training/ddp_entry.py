@@ -89,7 +89,7 @@ def main() -> int:
         return result
 
     def failing_step(self: ToolkitTrainer, batch: Any, batch_n_steps: int, step: int, *args: Any) -> Any:
-        if step + self._step_offset >= 1 and str(distributed.rank()) == fail_rank:
+        if step + self.position.step_offset >= 1 and str(distributed.rank()) == fail_rank:
             raise DataError("rank-specific bad row; fix the CSV")
         return original_step(self, batch, batch_n_steps, step, *args)
 

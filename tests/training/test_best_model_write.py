@@ -21,8 +21,8 @@ from utils.training.checkpoints import load_checkpoint
 def test_best_model_written_beside_training_holds_its_evaluations_weights(
     tiny_base: Path, demo_en: Path, tmp_path: Path, monkeypatch, caplog
 ) -> None:
+    from utils.training.best_model import BestModelWriter
     from utils.training.compat import unwrap_model
-    from utils.training.trainer import ToolkitTrainer
 
     # the first best model's write stops for 3 s after its first MiB
     monkeypatch.setenv("XTTS_TOOLKIT_TEST_SAVE_PAUSE", "best_model_5.pth:3.0")
@@ -39,19 +39,19 @@ def test_best_model_written_beside_training_holds_its_evaluations_weights(
     config = build_config(resolve(dataset_hours=0.01, cli=values), tiny_base, output_path=tmp_path, language="en")
     config.save_all_best = True
     at_eval: dict[int, dict[str, torch.Tensor]] = {}
-    original = ToolkitTrainer._save_best_if_improved
+    original = BestModelWriter.save_if_improved
 
-    def remember(self, eval_loss):  # the weights as they are when the best model is asked for
-        model = unwrap_model(self).state_dict()
-        at_eval[self.total_steps_done] = {k: v.detach().clone() for k, v in model.items()}
-        return original(self, eval_loss)
+    def remember(self, trainer, *args):  # the weights as they are when the best model is asked for
+        model = unwrap_model(trainer).state_dict()
+        at_eval[trainer.total_steps_done] = {k: v.detach().clone() for k, v in model.items()}
+        return original(self, trainer, *args)
 
-    monkeypatch.setattr(ToolkitTrainer, "_save_best_if_improved", remember)
+    monkeypatch.setattr(BestModelWriter, "save_if_improved", remember)
     steps: dict[int, float] = {}
     bus = EventBus(
         [lambda e: steps.setdefault(int(e.data["total_steps"]), time.time()) if e.kind is EventKind.PROGRESS else None]
     )
-    with caplog.at_level(logging.INFO, logger="utils.training.trainer"):
+    with caplog.at_level(logging.INFO, logger="utils.training.best_model"):
         result = train(
             config,
             read_demo_samples(demo_en / "metadata_train.csv"),

@@ -16,13 +16,14 @@ import torch
 from tests.conftest import read_demo_samples
 from utils.gpt_train import build_config, train
 from utils.hparams import resolve
+from utils.training import step_values
 from utils.training import trainer as trainer_mod
 from utils.training.checkpoints import load_checkpoint
 from utils.training.model import ToolkitGPTTrainer
 
 
 def _run(tiny_base: Path, demo_en: Path, out: Path, monkeypatch, read_every: int, **cli):
-    monkeypatch.setattr(trainer_mod, "default_read_every", lambda: read_every)
+    monkeypatch.setattr(step_values, "default_read_every", lambda: read_every)
     values = {
         "epochs": 2,
         "batch_size": 2,

@@ -388,7 +388,7 @@ def test_the_starting_weights_are_copied_beside_the_first_step_and_complete_befo
     def before(self, optimizer, *args):
         real_hook(self, optimizer, *args)
         times.setdefault("first_optimizer_step", time.monotonic())
-        kept.setdefault("start", self._start_weights)
+        kept.setdefault("start", self.recovery.start_weights)
 
     monkeypatch.setattr(ToolkitTrainer, "_before_optimizer_step", before)
     result = _run(tiny_base, demo_en, tmp_path)

@@ -299,6 +299,30 @@ def free_space_warning(run_dir: str | os.PathLike[str], need: int) -> str | None
     )
 
 
+def checkpoint_space_warning(model: torch.nn.Module, run_dir: str | os.PathLike[str]) -> str | None:
+    """:func:`free_space_warning` for ``model``'s checkpoints: two full checkpoints at once (the new
+    one is complete before the old is deleted), each the weights plus AdamW's two moments of the
+    trainable part, and one weights-only best model."""
+    weights = tensor_bytes(model.state_dict())
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return free_space_warning(run_dir, 3 * weights + 4 * trainable)
+
+
+def interrupted_message(run_dir: str | os.PathLike[str]) -> str:
+    """After Ctrl-C: which file holds the state and the exact command that goes on from it."""
+    run_dir = Path(run_dir)
+    last = last_checkpoint(run_dir)
+    best = run_dir / "best_model.pth"
+    if last is not None:
+        return f"interrupted; {last.name} holds the state; to go on: python utils/gpt_train.py --continue {run_dir}"
+    if best.is_file():
+        return (
+            f"interrupted before a full checkpoint; the best weights are in {best}; to go on from them: "
+            f"python utils/gpt_train.py --restore {best} (with the same options)"
+        )
+    return "interrupted before any checkpoint was written; start the run again"
+
+
 def atomic_link(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
     """Make ``dest`` the same file as ``src`` (hard link, else copy), replacing it atomically."""
     src, dest = Path(src), Path(dest)
@@ -355,6 +379,13 @@ def training_state(
     }
     state.update(extra)
     return state
+
+
+def resume_state(path: str | os.PathLike[str]) -> tuple[dict[str, Any], int]:
+    """The toolkit's state in a checkpoint (empty in one Coqui wrote) and the number of ranks that wrote it."""
+    full = load_checkpoint(path, mmap=True)
+    saved = ((full.get("config") or {}).get("toolkit") or {}).get("distributed") or {}
+    return dict(full.get("toolkit_state") or {}), int(saved.get("world_size", 1))
 
 
 def keep_newest(run_dir: str | os.PathLike[str], prefix: str, keep: int) -> None:

@@ -302,3 +302,36 @@ def causal_attention(gpt2: Any) -> Any:
             config._attn_implementation = old
 
     return scope()
+
+
+# --- Coqui Trainer: private methods the toolkit's trainer overrides or calls ---------------------
+
+
+class TrainerPrivateHooks:
+    """Two private ``trainer.Trainer`` methods turned into public hooks of the toolkit's trainer.
+
+    Listed before ``Trainer`` in the toolkit trainer's bases. ``optimize`` asks
+    ``_set_grad_clip_per_optimizer(config, optimizer_idx)`` for its clip threshold: answered by
+    ``grad_clip(config, optimizer_idx)``. ``_fit`` starts with ``_restore_best_loss()``: answered
+    by ``restore_best_loss()``, which may run Coqui's own first (:func:`coqui_restore_best_loss`).
+    """
+
+    def _set_grad_clip_per_optimizer(self, config: Any, optimizer_idx: int | None) -> float:
+        return self.grad_clip(config, optimizer_idx)  # type: ignore[attr-defined]
+
+    def _restore_best_loss(self) -> None:
+        self.restore_best_loss()  # type: ignore[attr-defined]
+
+
+def coqui_grad_clip(config: Any, optimizer_idx: int | None) -> float:
+    """``Trainer._set_grad_clip_per_optimizer``: Coqui's clip threshold for one optimizer (0: no clipping)."""
+    from trainer import Trainer
+
+    return float(Trainer._set_grad_clip_per_optimizer(config=config, optimizer_idx=optimizer_idx) or 0.0)
+
+
+def coqui_restore_best_loss(trainer: Any) -> None:
+    """``Trainer._restore_best_loss``: on ``--continue``, the best loss stored in the resumed checkpoint."""
+    from trainer import Trainer
+
+    Trainer._restore_best_loss(trainer)

@@ -414,34 +414,35 @@ def _check_synced(_optimizer: Any, *_: Any) -> None:
 # The Trainer in a worker
 # ------------------------------------------------------------------------------------------------
 
-EVAL_KEYS = ("avg_loss", "avg_loss_text_ce", "avg_loss_mel_ce")  # Coqui's KeepAverage names
-TRAIN_KEYS = ("loss", "loss_text_ce", "loss_mel_ce", "grad_norm")  # ToolkitTrainer._train_sums names
-
 
 class DataParallelMixin:
     """Shares each evaluation's numbers across ranks before the toolkit trainer uses them.
 
     Put in front of :class:`utils.training.trainer.ToolkitTrainer` (:func:`build_trainer` does
-    it in a worker). Before ``_after_evaluation`` reads them, the eval-loss averages are replaced
-    by their mean over ranks and the train-loss sums and counts by their totals, so the LR
-    bridge, the health monitor, early stopping and metrics.jsonl see the same numbers on every
-    rank (the train loss then covers every rank's batches, not rank 0's).
+    it in a worker). In the trainer's ``share_evaluation_inputs`` hook the eval-loss averages are
+    replaced by their mean over ranks and the train-loss sums and counts (the trainer's step
+    accounting) by their totals, so the LR bridge, the health monitor, early stopping and
+    metrics.jsonl see the same numbers on every rank (the train loss then covers every rank's
+    batches, not rank 0's). The keys come from the trainer's stage, the same on every rank.
     """
 
-    def _after_evaluation(self) -> None:
+    def share_evaluation_inputs(self) -> None:
         keep = getattr(self, "keep_avg_eval", None)
         if keep is not None:
-            shared = all_reduce_mean_dict(keep.avg_values, EVAL_KEYS)
-            for key in EVAL_KEYS:
+            keys = list(self.stage.average_keys)  # type: ignore[attr-defined]
+            shared = all_reduce_mean_dict(keep.avg_values, keys)
+            for key in keys:
                 if key in keep.avg_values or key in shared:
                     keep.avg_values[key] = shared.get(key, float("nan"))
-        sums: dict[str, float] = getattr(self, "_train_sums", {})
-        keys = sorted(TRAIN_KEYS)
-        totals = all_reduce_mean_dict({**sums, "_count": float(getattr(self, "_train_count", 0))}, [*keys, "_count"])
+        steps = self.steps  # type: ignore[attr-defined]
+        keys = sorted(steps.sum_keys)
+        totals = all_reduce_mean_dict({**steps.train_sums, "_count": float(steps.train_count)}, [*keys, "_count"])
         n = world_size()
-        self._train_sums = {k: totals[k] * n for k in keys if k in sums and k in totals}
-        self._train_count = int(round(totals.get("_count", 0.0) * n))
-        super()._after_evaluation()  # type: ignore[misc]
+        steps.replace_train_sums(
+            {k: totals[k] * n for k in keys if k in steps.train_sums and k in totals},
+            int(round(totals.get("_count", 0.0) * n)),
+        )
+        super().share_evaluation_inputs()  # type: ignore[misc]
 
 
 def build_trainer(trainer_cls: type, args: Any, config: Any, **kwargs: Any) -> Any:

@@ -224,6 +224,24 @@ class HealthMonitor:
             elif full and share <= c.clip_share / 2:
                 self.in_clip_saturation = False
 
+    def check_optimizer_step(
+        self,
+        values: Any,
+        loss: float | None,
+        grad_norm: float | None,
+        *,
+        probe: UpdateRatioProbe,
+        lr: Callable[[], float],
+    ) -> None:
+        """:meth:`check_step` for an optimizer step (``values``: its ``step`` and ``optimizer_step``;
+        ``loss``: the mean over its micro-batches), then :meth:`check_update_ratios` when ``probe``
+        measured it (``lr``: the LR in effect, asked only then)."""
+        step, optimizer_step = values.step, values.optimizer_step
+        self.check_step(step=step, optimizer_step=optimizer_step, loss=loss, grad_norm=grad_norm)
+        if probe.last:
+            ratios, probe.last = probe.last, {}
+            self.check_update_ratios(ratios, step=step, optimizer_step=optimizer_step, lr=lr())
+
     def divergence_event(
         self, *, step: int, optimizer_step: int, loss: float | None, action: str, recovered: bool
     ) -> dict[str, Any]:

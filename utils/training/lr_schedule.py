@@ -157,7 +157,7 @@ class LRBridge:
         self.best = math.inf
         self.num_bad_evals = 0
         self.reductions = 0
-        self._apply()
+        self.apply()
 
     # --- the LR -------------------------------------------------------------------------------
 
@@ -167,7 +167,8 @@ class LRBridge:
     def current_lr(self) -> float:
         return self.spec.lr_at(self.optimizer_steps, self.plateau_scale, self.health_scale)
 
-    def _apply(self) -> None:
+    def apply(self) -> None:
+        """Set the optimizer's LR to :meth:`current_lr` (e.g. after Coqui's ``reset_lr`` wrote the config LR)."""
         lr = self.current_lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -179,7 +180,7 @@ class LRBridge:
         """Multiply the LR by ``factor`` from now on (health monitor); returns (before, after)."""
         before = self.current_lr()
         self.health_scale *= factor
-        self._apply()
+        self.apply()
         return before, self.current_lr()
 
     # --- what the Trainer and the toolkit call ------------------------------------------------
@@ -187,7 +188,7 @@ class LRBridge:
     def step(self, *_args: Any, **_kwargs: Any) -> None:
         """Called by Coqui's Trainer after each optimizer step: count it and apply the schedule."""
         self.optimizer_steps += 1
-        self._apply()
+        self.apply()
 
     def on_evaluation(self, eval_loss: float | None) -> dict[str, Any]:
         """Step the plateau rule with this evaluation's loss; return what happened.
@@ -215,7 +216,7 @@ class LRBridge:
                 self.reductions += 1
                 reduced = True
             self.num_bad_evals = 0
-        self._apply()
+        self.apply()
         lr = self.current_lr()
         if reduced:
             logger.info(
@@ -252,7 +253,7 @@ class LRBridge:
         for key in self._STATE_KEYS:
             setattr(self, key, state[key])
         self.health_scale = float(state.get("health_scale", 1.0))  # absent in checkpoints before the health monitor
-        self._apply()
+        self.apply()
         logger.info(
             "LR schedule restored: %d optimizer steps, %d evaluations, LR %.3g",
             self.optimizer_steps,

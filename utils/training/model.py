@@ -47,6 +47,7 @@ class ToolkitGPTTrainer(GPTTrainer):
 
     run_dir: Path | None = None  # set by utils.finetune.training before fit(); run-time exclusions go there
     speed: Any = None  # utils.training.speed.SpeedOptions applied to this model (set by utils.finetune.training)
+    loss_keys = ("loss", "loss_text_ce", "loss_mel_ce")  # what each evaluation record holds (utils.training.stage)
 
     def __init__(self, config: Any) -> None:
         from utils.language import use_toolkit_tokenizer

@@ -374,7 +374,7 @@ class FineTune:
             plan = steps.plan_schedule(hparams, steps.count_rows(train_csv), cfg.gpus)
             out["planned_optimizer_steps"] = plan.total_steps
             out["schedule_warnings"], out["schedule_errors"] = plan.check.warnings, plan.check.errors
-        from utils.training.distributed import plan_batch
+        from utils.training.batch_size import plan_batch
 
         out["batch_plan"] = plan_batch(hparams["batch_size"], hparams["grad_accum"], cfg.gpus).as_dict()
         out["speed"] = steps.speed_options(cfg, int(hparams["num_loader_workers"]))  # auto_batch: sized at the start
@@ -462,7 +462,7 @@ class FineTune:
         """
         from utils.finetune.training import train
         from utils.training import distributed
-        from utils.training.config import ToolkitGPTConfig
+        from utils.training.gpt.config import ToolkitGPTConfig
 
         job = distributed.broadcast_json(None)
         config = ToolkitGPTConfig()

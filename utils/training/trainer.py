@@ -54,10 +54,9 @@ import torch
 from trainer import Trainer
 from trainer.generic_utils import KeepAverage
 
-from utils.training import checkpoints, compat, distributed
+from utils.training import batch_size, checkpoints, compat, distributed
 from utils.training.health import DivergenceError, EarlyStopping, HealthMonitor, StopTraining, UpdateRatioProbe
 from utils.training.lr_schedule import LRBridge
-from utils.training.speed import is_oom
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +279,7 @@ class ToolkitTrainer(Trainer):
             try:
                 self._train_epoch_from(skip)
                 break
-            except _MicroBatchHalved as halved:
+            except batch_size.MicroBatchHalved as halved:
                 self._resume_batches = halved.skip
         self._read_pending()
         self._epoch_complete = True
@@ -296,7 +295,7 @@ class ToolkitTrainer(Trainer):
         full = self.train_loader
         # The same share of the epoch is skipped, not the same clips: after a resume or an OOM
         # re-batch a few clips of this one epoch can repeat or be left out. With the continuous
-        # loader (fast_data.ContinuousLoader) later epochs then start inside a sampler pass.
+        # loader (gpt.clip_cache.ContinuousLoader) later epochs then start inside a sampler pass.
         self.train_loader, self._step_offset = compat.EpochTail(full, skip), skip  # type: ignore[assignment]
         logger.info("going on inside epoch %d: %d of its %d batches were done", self.epochs_done + 1, skip, len(full))
         try:
@@ -308,28 +307,14 @@ class ToolkitTrainer(Trainer):
 
     @property
     def oom_backoff(self) -> bool:
-        """The OOM fallback is on (speed option ``oom_backoff``; one process only: under DDP one
-        rank alone cannot change its batch size)."""
-        speed = getattr(compat.unwrap_model(self), "speed", None)
-        return bool(getattr(speed, "oom_backoff", False)) and distributed.world_size() == 1
+        """The OOM fallback is on (utils.training.batch_size decides)."""
+        return batch_size.oom_backoff_enabled(self)
 
     def _back_off_after_oom(self, step: int) -> None:
-        """Free this step's memory, halve the micro-batch, and restart from the window's start."""
-        import gc
-
-        from utils.training.autobatch import halve_micro_batch
-
-        for opt in self.optimizer:
-            opt.zero_grad(set_to_none=True)  # the window's partial gradients: the window is redone
-        self._opt_step_losses = []
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        old_accum = int(self.grad_accum_steps)
-        _new_micro, new_accum = halve_micro_batch(self)
-        windows_done = step // old_accum  # Coqui's windows start at batch 0 of the epoch
-        self._epoch_batches_done = windows_done * new_accum  # in batches of the new size
-        raise _MicroBatchHalved(self._epoch_batches_done)
+        """Halve the micro-batch (utils.training.batch_size) and restart from the window's start."""
+        self._opt_step_losses = []  # the interrupted window is redone
+        self._epoch_batches_done = batch_size.back_off_after_oom(self, step)  # in batches of the new size
+        raise batch_size.MicroBatchHalved(self._epoch_batches_done)
 
     def train_step(self, batch: Any, batch_n_steps: int, step: int, loader_start_time: float) -> Any:
         step += self._step_offset
@@ -348,7 +333,7 @@ class ToolkitTrainer(Trainer):
         try:
             outputs, loss_dict = super().train_step(batch, batch_n_steps, step, loader_start_time)
         except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one
-            if not (self.oom_backoff and is_oom(exc)):
+            if not (self.oom_backoff and batch_size.is_oom(exc)):
                 raise
             out_of_memory = True  # handled below, once the traceback (and the activations it holds) is gone
         finally:
@@ -959,14 +944,6 @@ def _batch_len(batch: Any) -> int:
             if torch.is_tensor(value) and value.dim() > 0:
                 return int(value.shape[0])
     return 0
-
-
-class _MicroBatchHalved(Exception):
-    """Raised out of a step after an OOM: the epoch restarts ``skip`` batches in, smaller batches."""
-
-    def __init__(self, skip: int) -> None:
-        super().__init__(f"micro-batch halved; going on after {skip} batches")
-        self.skip = skip
 
 
 def _plain(value: Any) -> Any:

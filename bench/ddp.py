@@ -129,7 +129,7 @@ def _worker(spec: ScalingSpec, samples: list[dict[str, Any]], workdir: str) -> d
     from utils.finetune.training import build_config
     from utils.hparams import resolve
     from utils.training import distributed
-    from utils.training.model import ToolkitGPTTrainer
+    from utils.training.gpt.model import ToolkitGPTTrainer
     from utils.training.trainer import ToolkitTrainer
 
     values = {

@@ -114,7 +114,7 @@ def measure_gpt_train(
 
     catcher = _Catch()
     levels = {}
-    for name in ("utils.training.trainer", "utils.training.best_model", "utils.training.autobatch"):
+    for name in ("utils.training.trainer", "utils.training.best_model", "utils.training.batch_size"):
         logger = logging.getLogger(name)
         levels[name] = logger.level
         logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))  # the lines caught are INFO
@@ -148,7 +148,7 @@ def measure_gpt_train(
         code = 0
     finally:
         ToolkitTrainer.train_step = original_step  # type: ignore[method-assign]
-        for name in ("utils.training.trainer", "utils.training.best_model", "utils.training.autobatch"):
+        for name in ("utils.training.trainer", "utils.training.best_model", "utils.training.batch_size"):
             logging.getLogger(name).removeHandler(catcher)
             logging.getLogger(name).setLevel(levels[name])
     wall = time.time() - started

@@ -33,15 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.training import fast_data
-from utils.training.speed import (
-    SpeedOptions,
-    apply_speed_options,
-    auto_micro_batch,
-    is_oom,
-    offload_frozen_modules,
-    probe_training_step,
-)
+from utils.training.batch_size import auto_micro_batch, is_oom, probe_training_step
+from utils.training.gpt import clip_cache
+from utils.training.speed_options import SpeedOptions, apply_speed_options
 
 logger = logging.getLogger(__name__)
 
@@ -191,9 +185,18 @@ def build_workload(spec: BenchSpec) -> tuple[list[dict[str, Any]], dict[str, Any
 
 
 def build_model(spec: BenchSpec, batch_size: int) -> tuple[Any, Any]:
-    """A GPTTrainer of the recipe's XTTS v2 configuration (or tiny), random weights."""
+    """A GPTTrainer of the recipe's XTTS v2 configuration (or tiny), random weights.
+
+    Coqui's own GPTTrainer with the toolkit's :class:`~utils.training.gpt.model.SpeedLevers` in
+    front: its step methods are Coqui's until ``apply_speed_options`` sets the model's levers.
+    """
     from TTS.tts.configs.xtts_config import XttsAudioConfig
     from TTS.tts.layers.xtts.trainer.gpt_trainer import GPTArgs, GPTTrainer, GPTTrainerConfig
+
+    from utils.training.gpt.model import SpeedLevers
+
+    class LeverGPTTrainer(SpeedLevers, GPTTrainer):
+        """Coqui's GPTTrainer; the speed options change its step methods as they do the toolkit's."""
 
     root = Path(spec.workdir)
     dims = (
@@ -230,7 +233,7 @@ def build_model(spec: BenchSpec, batch_size: int) -> tuple[Any, Any]:
         output_path=str(root / "run"),
     )
     torch.manual_seed(spec.seed)
-    model = GPTTrainer(config)
+    model = LeverGPTTrainer(config)
     return model, config
 
 
@@ -246,7 +249,7 @@ def batch_counts(batch: dict[str, Any], prompt_tokens: int = 32, multiple: int =
     """
     tl = batch["text_lengths"].long()
     wl = batch["wav_lengths"].long()
-    codes = torch.ceil(wl / fast_data.CODE_STRIDE).long()
+    codes = torch.ceil(wl / clip_cache.CODE_STRIDE).long()
     b = len(tl)
     real = int((prompt_tokens + tl + 2 + codes + 5).sum())
     row = prompt_tokens + int(tl.max()) + 2 + int(codes.max()) + 5
@@ -428,7 +431,7 @@ def losses_and_grads(
     """Losses per batch and the summed gradient, dropout off (model.eval), no optimizer step.
 
     ``stock``: Coqui's formatting (minus the DVAE call: the batch carries the codes Coqui computed);
-    else the model's installed ``format_batch`` / ``format_batch_on_device``.
+    else the model's ``format_batch`` / ``format_batch_on_device`` as its speed levers set them.
     """
     model.eval()
     model.zero_grad(set_to_none=True)
@@ -511,7 +514,7 @@ def _patch_dataset_decoder() -> None:
     the GPU machine lacks; give its module soundfile decoding with the same result."""
     import TTS.tts.layers.xtts.trainer.dataset as xds
 
-    xds.load_audio = fast_data.load_audio_soundfile
+    xds.load_audio = clip_cache.load_audio_soundfile
 
 
 def _free(device: torch.device) -> None:
@@ -615,7 +618,7 @@ def run_main(spec: BenchSpec) -> dict[str, Any]:
 
     # One-off preparation: decode once, DVAE codes once (DVAE still on the device).
     t = time.perf_counter()
-    items, excluded = fast_data.prepare_clip_cache(
+    items, excluded = clip_cache.prepare_clip_cache(
         model, samples, Path(spec.workdir) / "cache", device=device, progress=spec.progress
     )
     prep_s = time.perf_counter() - t
@@ -692,10 +695,10 @@ def run_main(spec: BenchSpec) -> dict[str, Any]:
     opts = SpeedOptions(num_workers=spec.workers, compile=False)  # compile has its own rung below
     result["levers"] = apply_speed_options(model, config, opts, device)
     result["speed_options"] = opts.to_dict()
-    dataset = fast_data.CachedClipDataset(items, config)
+    dataset = clip_cache.CachedClipDataset(items, config)
     workers = spec.workers if device.type == "cuda" else 0
     for bsz in ([spec.ladder_batch] if spec.ladder else []) + list(spec.ours_batches):
-        loader = fast_data.build_fast_loader(
+        loader = clip_cache.build_fast_loader(
             dataset,
             bsz,
             bucket_lengths=opts.bucket_lengths,
@@ -710,13 +713,13 @@ def run_main(spec: BenchSpec) -> dict[str, Any]:
     if spec.profile and device.type == "cuda":
         ok = [r for r in ladder if "samples_per_s" in r and r["name"].startswith("ours")]
         bsz = max(ok, key=lambda r: r["samples_per_s"])["micro_batch"] if ok else spec.ladder_batch
-        loader = fast_data.build_fast_loader(dataset, bsz, num_workers=workers, seed=spec.seed)
+        loader = clip_cache.build_fast_loader(dataset, bsz, num_workers=workers, seed=spec.seed)
         result["profile"] = profile_steps(model, config, loader, device, bsz)
         del loader
     if spec.compile_rung and device.type == "cuda":
         ok = [r for r in ladder if "samples_per_s" in r and r["name"].startswith("ours")]
         bsz = max(ok, key=lambda r: r["samples_per_s"])["micro_batch"] if ok else spec.ladder_batch
-        loader = fast_data.build_fast_loader(dataset, bsz, num_workers=workers, seed=spec.seed)
+        loader = clip_cache.build_fast_loader(dataset, bsz, num_workers=workers, seed=spec.seed)
         try:
             apply_speed_options(model, config, SpeedOptions(**{**opts.to_dict(), "compile": True}), device)
             ladder.append(
@@ -813,6 +816,8 @@ def stock_reference(
     ref, ref_cfg = build_model(spec_like, 4)
     ref.xtts.gpt.load_state_dict(state)
     ref.to(device)
+    from utils.training.gpt.model import offload_frozen_modules
+
     offload_frozen_modules(ref, dvae=True)
     ref_cfg.mixed_precision = False
     out = losses_and_grads(ref, ref_cfg, raw, device, stock=True)
@@ -821,7 +826,7 @@ def stock_reference(
     return out
 
 
-def _code_agreement(raw: list[dict[str, Any]], items: list[fast_data.CachedClip]) -> dict[str, Any]:
+def _code_agreement(raw: list[dict[str, Any]], items: list[clip_cache.CachedClip]) -> dict[str, Any]:
     """Share of cached codes equal to the codes Coqui computed inside a padded batch."""
     by_src = {it.source: it for it in items}
     same = total = 0
@@ -854,7 +859,7 @@ def run_lowvram(spec: BenchSpec) -> dict[str, Any]:
     samples, workload = build_workload(spec)
     model, config = build_model(spec, 4)
     model.to(device)
-    items, _ = fast_data.prepare_clip_cache(
+    items, _ = clip_cache.prepare_clip_cache(
         model, samples, Path(spec.workdir) / "cache", device=device, progress=spec.progress
     )
     n_params = sum(p.numel() for p in model.xtts.gpt.parameters())
@@ -867,18 +872,18 @@ def run_lowvram(spec: BenchSpec) -> dict[str, Any]:
     torch.cuda.reset_peak_memory_stats()
     opt = model.get_optimizer()
     set_train_mode(model)
-    dataset = fast_data.CachedClipDataset(items, config)
+    dataset = clip_cache.CachedClipDataset(items, config)
     longest = sorted(range(len(items)), key=lambda i: -items[i].num_samples)
 
     def probe(b: int) -> None:
-        probe_training_step(model, config, opt, fast_data.collate_cached([dataset[i] for i in longest[:b]]), device)
+        probe_training_step(model, config, opt, clip_cache.collate_cached([dataset[i] for i in longest[:b]]), device)
 
     micro = spec.lowvram_micro or auto_micro_batch(probe, budget, max_batch=64)
     probe_peak = torch.cuda.max_memory_reserved()
     opt.state.clear()  # the probes' moments are not training's
     opt.zero_grad(set_to_none=True)
     backoff = OomBackoff(micro_batch=micro, accumulation=spec.lowvram_accum)
-    loader = fast_data.build_fast_loader(dataset, micro, num_workers=spec.workers, seed=spec.seed)
+    loader = clip_cache.build_fast_loader(dataset, micro, num_workers=spec.workers, seed=spec.seed)
     counter = {"n": 0}
 
     def step(batch: dict[str, Any]) -> float:
@@ -917,7 +922,7 @@ def run_lowvram(spec: BenchSpec) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# The benchmark's own OOM fallback (the trainer has its own: utils.training.autobatch.halve_micro_batch)
+# The benchmark's own OOM fallback (the trainer has its own: utils.training.batch_size.back_off_after_oom)
 # --------------------------------------------------------------------------------------------
 
 

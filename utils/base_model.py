@@ -1,7 +1,7 @@
 """The XTTS v2 base model: the files it needs, their download, and a tiny random base for tests.
 
 The real XTTS v2 and the tiny base share one on-disk layout and one loading path
-(:func:`load_base_config` + :class:`utils.training.model.ToolkitGPTTrainer`), so every test on the
+(:func:`load_base_config` + :class:`utils.training.gpt.model.ToolkitGPTTrainer`), so every test on the
 tiny base exercises the code that loads the real model.
 """
 

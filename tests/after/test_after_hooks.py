@@ -16,7 +16,7 @@ def _train(tiny_base, demo_en, out, hooks):
     from tests.conftest import read_demo_samples
     from utils.gpt_train import build_config
     from utils.hparams import resolve
-    from utils.training.model import ToolkitGPTTrainer
+    from utils.training.gpt.model import ToolkitGPTTrainer
     from utils.training.trainer import ToolkitTrainer
 
     values = {

@@ -47,7 +47,7 @@ def main() -> int:
     from utils.errors import DataError
     from utils.gpt_train import main as gpt_train_main
     from utils.training import distributed
-    from utils.training.fast_data import LengthBucketBatchSampler
+    from utils.training.gpt.clip_cache import LengthBucketBatchSampler
     from utils.training.trainer import ToolkitTrainer
 
     passes: list[dict[str, Any]] = []

@@ -17,7 +17,7 @@ from typing import Any
 if __name__ == "__main__":  # run as a script by torchrun: make the repository root importable
     sys.path[0] = str(Path(__file__).resolve().parents[2])
 
-from utils.training import distributed
+from utils.training import batch_size, distributed
 
 
 def _write(out_dir: str, payload: dict[str, Any]) -> None:
@@ -46,7 +46,7 @@ def lr_decisions(out_dir: str, losses_by_rank: list[list[float]], patience: int)
         local_lrs.append(local.on_evaluation(loss)["lr"])
     payload = {"shared": shared_lrs, "local": local_lrs, "means": means, "world": distributed.world_size()}
     payload.update(grads_and_weights())
-    payload["min"] = distributed.all_reduce_min(7 - 3 * distributed.rank())  # 7 on rank 0, 4 on rank 1
+    payload["min"] = batch_size.smallest_over_ranks(7 - 3 * distributed.rank(), "cpu")  # 7 on rank 0, 4 on rank 1
     payload["from_rank0"] = distributed.broadcast_json({"rank": distributed.rank(), "text": "ä\u00e9"})
     _write(out_dir, payload)
     return shared_lrs

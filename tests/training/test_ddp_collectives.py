@@ -1,5 +1,5 @@
 """Data-parallel building blocks in 2 torchrun workers (gloo, CPU): shared LR decisions, gradient
-averaging, weight broadcast, the smallest micro-batch, JSON broadcast; batch arithmetic in one process."""
+averaging, weight broadcast, the smallest micro-batch, JSON broadcast; the single-process fallbacks."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from utils.errors import ConfigError
-from utils.training import distributed
-from utils.training.distributed import plan_batch
+from utils.training import batch_size, distributed
 
 
 def test_shared_lr_decisions_averaged_gradients_broadcast_weights(tmp_path: Path) -> None:
@@ -57,29 +56,13 @@ def test_shared_lr_decisions_averaged_gradients_broadcast_weights(tmp_path: Path
     assert r0["from_rank0"] == r1["from_rank0"] == {"rank": 0, "text": "ä\u00e9"}
 
 
-def test_batch_plan_keeps_the_planned_effective_batch() -> None:
-    one = plan_batch(3, 84, 1)
-    two = plan_batch(3, 84, 2)
-    assert (one.per_rank_grad_accum, one.effective_batch) == (84, 252)
-    assert (two.per_rank_grad_accum, two.effective_batch, two.planned_effective_batch) == (42, 252, 252)
-    odd = plan_batch(3, 84, 5)  # 84 does not divide by 5: rounds up, and says so
-    assert (odd.per_rank_grad_accum, odd.effective_batch) == (17, 255)
-    assert "planned 252" in distributed.describe_plan(odd)
-    assert "planned" not in distributed.describe_plan(two)
-    with pytest.raises(ConfigError):
-        plan_batch(3, 0, 2)
-    # What the 2-process test run does: 10 rows, micro-batch 2, grad_accum 2 -> 3 steps per epoch either way.
-    assert plan_batch(2, 2, 2).optimizer_steps_per_epoch(10) == plan_batch(2, 2, 1).optimizer_steps_per_epoch(10) == 3
-    assert plan_batch(3, 84, 2).optimizer_steps_per_epoch(10_001) == 40  # 5001 rows/rank, 1667 batches, 42 per step
-
-
 def test_single_process_helpers_are_identity() -> None:
     from utils.training import torchrun
 
     assert not distributed.is_distributed() and distributed.world_size() == 1 and distributed.is_rank_zero()
     assert distributed.all_reduce_mean(0.25) == 0.25 and distributed.all_reduce_mean(None) is None
     assert distributed.any_rank(True) and not distributed.any_rank(False)
-    assert distributed.all_reduce_min(5) == 5 and distributed.broadcast_json({"a": [1]}) == {"a": [1]}
+    assert batch_size.smallest_over_ranks(5, "cpu") == 5 and distributed.broadcast_json({"a": [1]}) == {"a": [1]}
     assert distributed.trainer_callbacks(1) == {}
     with pytest.raises(ConfigError, match="--gpus"):
         torchrun.check_gpus(0)

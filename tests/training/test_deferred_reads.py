@@ -19,7 +19,7 @@ from utils.hparams import resolve
 from utils.training import step_values
 from utils.training import trainer as trainer_mod
 from utils.training.checkpoints import load_checkpoint
-from utils.training.model import ToolkitGPTTrainer
+from utils.training.gpt.model import ToolkitGPTTrainer
 
 
 def _run(tiny_base: Path, demo_en: Path, out: Path, monkeypatch, read_every: int, **cli):
@@ -123,15 +123,16 @@ def test_the_fused_adamw_lever_reaches_the_optimizer_coqui_builds(tiny_base, tmp
     """GPTTrainer builds its optimizer from its own copy of the config: the lever must reach it."""
     import dataclasses
 
-    from utils.training import compat, speed
+    from utils.training import compat, optim
+    from utils.training.speed_options import SpeedOptions, apply_speed_options
 
     config = build_config(resolve(dataset_hours=0.01), tiny_base, output_path=tmp_path, language="en")
     model = ToolkitGPTTrainer(config)
     assert model.config is not config  # the copy that get_optimizer reads
-    original = speed._precision_levers
-    monkeypatch.setattr(speed, "_precision_levers", lambda cfg, opts, cuda: original(cfg, opts, True))  # as on a GPU
-    opts = dataclasses.replace(speed.SpeedOptions.stock(), fused_adamw=True)
-    applied = speed.apply_speed_options(model, config, opts, "cpu")
+    original = optim.use_fused_adamw
+    monkeypatch.setattr(optim, "use_fused_adamw", lambda cfg, own, opts, cuda: original(cfg, own, opts, True))  # GPU
+    opts = dataclasses.replace(SpeedOptions.stock(), fused_adamw=True)
+    applied = apply_speed_options(model, config, opts, "cpu")
     assert applied == ["fused_adamw"]
     optimizer = model.get_optimizer()
     assert optimizer.defaults.get("fused") is True and compat.supports_found_inf(optimizer)

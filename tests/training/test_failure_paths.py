@@ -21,8 +21,8 @@ import torch
 from tests.training.test_health_injection import _run
 from utils import cli
 from utils.training import checkpoints
+from utils.training.gpt.model import ToolkitGPTTrainer
 from utils.training.health import DivergenceError
-from utils.training.model import ToolkitGPTTrainer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

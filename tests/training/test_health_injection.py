@@ -17,8 +17,8 @@ from tests.conftest import read_demo_samples
 from utils.gpt_train import build_config, train
 from utils.hparams import resolve
 from utils.training.checkpoints import load_checkpoint
+from utils.training.gpt.model import ToolkitGPTTrainer
 from utils.training.health import DivergenceError
-from utils.training.model import ToolkitGPTTrainer
 
 
 def _run(tiny_base: Path, demo_en: Path, out: Path, extra: dict | None = None, n_train: int | None = None, **cli):

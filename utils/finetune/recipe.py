@@ -427,7 +427,7 @@ class FineTune:
         """
         from utils.finetune.training import train
         from utils.training import distributed
-        from utils.training.config import ToolkitGPTConfig
+        from utils.training.gpt.config import ToolkitGPTConfig
 
         job = distributed.broadcast_json(None)
         config = ToolkitGPTConfig()

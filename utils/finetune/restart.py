@@ -119,7 +119,7 @@ def load_continue_config(run_dir: Path, epochs: int | None) -> tuple[Any, Path]:
         (the ToolkitGPTConfig from run_dir/config.json, the checkpoint to resume from).
     """
     from utils import runs
-    from utils.training.config import ToolkitGPTConfig
+    from utils.training.gpt.config import ToolkitGPTConfig
 
     last = runs.resume_checkpoint(run_dir)
     done = runs.epochs_done(last)

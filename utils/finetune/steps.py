@@ -215,7 +215,7 @@ def resolve_hparams(
 
 def plan_schedule(hparams: Resolved, num_train_rows: int, num_gpus: int = 1) -> SchedulePlan:
     """The LR schedule over the planned optimizer steps, checked before training."""
-    from utils.training.distributed import plan_batch
+    from utils.training.batch_size import plan_batch
     from utils.training.lr_schedule import ScheduleSpec, check_schedule
 
     v = hparams.values

@@ -38,13 +38,13 @@ def build_config(
     vocab_path: str | Path | None = None,
     vocab_extension: dict[str, Any] | None = None,
 ) -> Any:
-    """Return the GPTTrainerConfig for a fine-tune (see :func:`utils.training.config.build_config`).
+    """Return the GPTTrainerConfig for a fine-tune (see :func:`utils.training.gpt.config.build_config`).
 
     ``base_model`` is a folder path or :class:`utils.base_model.BaseModelFiles`;
     ``vocab_path``/``vocab_extension`` come from the language step for a new language.
     """
     from utils.base_model import BaseModelFiles, check_base_model
-    from utils.training.config import build_config as _build
+    from utils.training.gpt.config import build_config as _build
 
     base = base_model if isinstance(base_model, BaseModelFiles) else check_base_model(base_model)
     config = _build(hparams, base, output_path=output_path, language=language, run_name=run_name, vocab_path=vocab_path)
@@ -130,7 +130,7 @@ def _start_run_folder(config: Any, run_dir: Path, preflight_reports: dict[str, A
 
 def _result(trainer: Any, health: Any, run_dir: Path) -> TrainResult:
     """What the fit produced; rows that failed to load during training are named in the log."""
-    from utils.training.dataset import read_runtime_exclusions
+    from utils.training.gpt.dataset import read_runtime_exclusions
 
     exclusions = read_runtime_exclusions(run_dir)
     if exclusions:
@@ -163,8 +163,8 @@ def _build_trainer(
     from trainer import TrainerArgs
 
     from utils.training import distributed
+    from utils.training.gpt.model import ToolkitGPTTrainer
     from utils.training.health import EarlyStopping, HealthConfig, HealthMonitor
-    from utils.training.model import ToolkitGPTTrainer
     from utils.training.trainer import ToolkitTrainer
 
     toolkit = config.toolkit
@@ -298,7 +298,7 @@ def _apply_speed(model: Any, config: Any) -> None:
     """
     import torch
 
-    from utils.training.speed import SpeedOptions, apply_speed_options
+    from utils.training.speed_options import SpeedOptions, apply_speed_options
 
     values = dict(config.toolkit.get("speed") or {"num_workers": config.num_loader_workers})
     known = {f.name for f in dataclasses.fields(SpeedOptions)}
@@ -311,20 +311,10 @@ def _apply_speed(model: Any, config: Any) -> None:
 
 
 def _size_micro_batch(trainer: Any, config: Any, *, continuing: bool) -> None:
-    """The automatic micro-batch (speed option auto_batch): GPU memory decides the micro-batch, the
-    effective batch stays. Not when resuming (the run keeps its sizes) or when --batch-size was
-    given. With several GPUs every rank probes and the smallest fit wins (autosize_micro_batch)."""
-    from utils.training.autobatch import autosize_micro_batch
-    from utils.training.compat import unwrap_model
+    """The automatic micro-batch: where it applies and how, utils.training.batch_size decides."""
+    from utils.training.batch_size import size_micro_batch
 
-    speed = unwrap_model(trainer).speed
-    source = ((config.toolkit.get("hparams") or {}).get("sources") or {}).get("batch_size", "")
-    if not getattr(speed, "auto_batch", False) or continuing:
-        return
-    if source == "cli":
-        logger.info("micro-batch %d from --batch-size (automatic sizing off)", config.batch_size)
-        return
-    autosize_micro_batch(trainer)
+    size_micro_batch(trainer, continuing=continuing)
 
 
 def _keep_vocab_with_run(config: Any, run_dir: Path) -> None:

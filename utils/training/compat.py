@@ -1,49 +1,37 @@
 """Every touch of a Coqui or torch private name, in one place, with the versions it was written for.
 
-None of the names below is public API; each may change in any release. Importing this module
-checks the installed versions and that each private name still exists, so a different version
-fails at once with one clear line instead of deep inside a training step.
+None of the names in :data:`PRIVATE_NAMES` is public API; each may change in any release. Importing
+this module checks the installed versions and that each listed name still exists (those of modules
+already imported; :func:`check_private_names` with ``import_modules=True`` checks them all, as the
+tests do), so a different version fails at once with one clear line instead of deep inside a
+training step. Each entry names the upstream behaviour the toolkit relies on.
 
-What the toolkit relies on (upstream behaviour, by name):
+Upstream behaviours adapted here without a private name:
 
-- ``trainer.Trainer._get_model()``: the model without its DDP/DataParallel wrapper.
-- ``trainer.Trainer._fit()``: the training loop; ``Trainer.fit()`` wraps it in a bare ``except``
-  that calls ``sys.exit(1)`` and deletes a run folder without checkpoints, so the toolkit calls
-  ``_fit`` itself (utils/training/trainer.py).
-- ``trainer.Trainer._pick_target_avg_loss(keep_avg)``: the loss Coqui compares for "best model".
-- ``trainer.Trainer._restore_best_loss()``: reads the best loss back on ``--continue``; the
-  toolkit's trainer overrides it (Coqui's reads ``best_model.pth`` by file time).
-- ``trainer.Trainer._set_grad_clip_per_optimizer(config, optimizer_idx)``: the clip threshold
-  ``optimize`` uses; the toolkit's trainer returns 0 where it clips on the device itself.
-- ``torch.optim.Adam``'s ``found_inf`` attribute (the protocol ``torch.amp.GradScaler`` uses): a
-  fused Adam/AdamW step with ``found_inf`` = 1 changes nothing, decided on the device
-  (:func:`set_found_inf`).
 - ``trainer.Trainer.train_epoch`` reads ``len(self.train_loader)`` for its step count: the
-  toolkit's mid-epoch resume hands it a loader wrapper whose ``len`` is the batches left.
+  toolkit's mid-epoch resume hands it a loader wrapper whose ``len`` is the batches left
+  (:class:`EpochTail`).
 - ``TTS.tts.layers.xtts.trainer.dataset.XTTSDataset.__init__`` is skipped by
   ``ToolkitXTTSDataset`` (it groups rows for sampling with replacement and filters eval rows
   silently); the subclass sets the attributes ``__getitem__``/``collate_fn`` read.
 - ``GPTTrainer.format_batch_on_device`` resamples 22.05 kHz audio to the DVAE's rate with
   :data:`DVAE_RESAMPLE` (the toolkit's cached-code path must compute the same codes).
-- ``torch.nn.Module._compiled_call_impl``: what ``Module.compile()`` sets; ``Module.__call__``
-  runs it instead of ``_call_impl`` (the eager call with hooks) when present.
-- ``torch._dynamo.config.suppress_errors``: a failing compile falls back to eager.
-- ``torch._C._accelerator_setAllocatorSettings`` (newer) / ``torch.cuda.memory._set_allocator_settings``.
-- ``torch._foreach_norm`` and ``torch._utils._flatten_dense_tensors``/``_unflatten_dense_tensors``.
 - torchrun's error file (``TORCHELASTIC_ERROR_FILE``): ``ProcessFailure`` reads
   ``{"message": str, "timestamp": int}`` from it into ``ChildFailedError``'s failures; the
   toolkit's ``--gpus N`` workers write a toolkit error there (:func:`write_elastic_error`).
-- ``transformers`` ``PretrainedConfig._attn_implementation``: the packed loss forward switches the
-  XTTS GPT2 to an attention function registered under :data:`CAUSAL_ATTENTION` (public
-  ``AttentionInterface.register``) while it runs. transformers builds no mask for a name it has no
-  mask function for, so it also skips the host check of the position ids for packed sequences (a
-  device sync in every forward); the function is transformers' own SDPA attention with no mask,
-  which then runs causal (``is_causal``, the flash kernel).
+- Coqui builds the GPT, its GPT2 stack and the conditioning encoder inside ``GPTTrainer``, so the
+  toolkit cannot subclass those modules: the speed levers give single instances their own
+  ``forward`` (:func:`replace_forward`; ``nn.Module.__call__`` looks ``forward`` up on the
+  instance first), and ``GPTTrainer.__init__`` runs with two Coqui functions replaced for its
+  duration (:func:`gpt2_init_skipped`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from utils.errors import ConfigError
@@ -59,13 +47,125 @@ DVAE_RESAMPLE = {
     "beta": 14.769656459379492,
 }
 
-_TRAINER_PRIVATE = (
-    "_get_model",
-    "_fit",
-    "_pick_target_avg_loss",
-    "_restore_best_loss",
-    "train_epoch",
-    "_set_grad_clip_per_optimizer",
+
+@dataclass(frozen=True)
+class PrivateName:
+    """A private upstream name the toolkit uses: where it lives and the behaviour relied on.
+
+    ``optional``: used only where present (a newer name beside an older one). ``on_instances``: an
+    attribute upstream code sets on objects it builds; it is read with a default, so there is
+    nothing to find on a class.
+    """
+
+    module: str
+    path: str
+    behaviour: str
+    optional: bool = False
+    on_instances: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.module}.{self.path}"
+
+    def exists(self, *, import_module: bool = False) -> bool | None:
+        """Whether the name is there (None: not checked, its module is not imported yet)."""
+        if self.on_instances:
+            return None
+        if not import_module and self.module not in sys.modules:
+            return None
+        import importlib
+
+        obj: Any = importlib.import_module(self.module)
+        for part in self.path.split("."):
+            if not hasattr(obj, part):
+                return False
+            obj = getattr(obj, part)
+        return True
+
+
+PRIVATE_NAMES = (
+    PrivateName("trainer", "Trainer._get_model", "the model without its DDP/DataParallel wrapper"),
+    PrivateName(
+        "trainer",
+        "Trainer._fit",
+        "the training loop; Trainer.fit() wraps it in a bare except that calls sys.exit(1) and deletes a run "
+        "folder without checkpoints, so the toolkit calls _fit itself (utils/training/trainer.py)",
+    ),
+    PrivateName("trainer", "Trainer._pick_target_avg_loss", "the averaged loss Coqui ranks checkpoints by"),
+    PrivateName(
+        "trainer",
+        "Trainer._restore_best_loss",
+        "reads the best loss back on --continue; the toolkit's trainer overrides it (Coqui's reads "
+        "best_model.pth by file time)",
+    ),
+    PrivateName(
+        "trainer",
+        "Trainer._set_grad_clip_per_optimizer",
+        "the clip threshold optimize() uses; the toolkit's trainer returns 0 where it clips on the device itself",
+    ),
+    PrivateName(
+        "torch.optim",
+        "Adam(fused=True).found_inf",
+        "the protocol torch.amp.GradScaler uses: a fused Adam/AdamW step with found_inf = 1 changes nothing, "
+        "decided on the device (set_found_inf)",
+        on_instances=True,
+    ),
+    PrivateName(
+        "TTS.tts.layers.xtts.trainer.gpt_trainer",
+        "GPTTrainer.get_optimizer() -> optimizer._group_names",
+        "GPTTrainer.get_optimizer sets _group_names (each group's parameter names) on its optimizer; nothing "
+        "upstream reads it, the 8-bit optimizer carries it too (copy_group_names)",
+        on_instances=True,
+    ),
+    PrivateName(
+        "torch.nn",
+        "Module._call_impl",
+        "the module call with hooks, what torch.compile wraps for a module (eager_call)",
+    ),
+    PrivateName(
+        "torch.nn",
+        "Module._compiled_call_impl",
+        "what Module.compile() sets; Module.__call__ runs it instead of _call_impl when present (set_compiled_call)",
+    ),
+    PrivateName("torch._dynamo.config", "suppress_errors", "a failing compile falls back to eager"),
+    PrivateName(
+        "torch._dynamo.config",
+        "specialize_float",
+        "float attributes traced as constants: no restarted frame per compile (specialize_float_attributes)",
+    ),
+    PrivateName(
+        "torch._inductor.config",
+        "unsafe_marked_cacheable_functions",
+        "functions AOTAutograd's cache may keep in a graph (cache_graphs_with_sdpa_kernel)",
+    ),
+    PrivateName("torch.nn.attention", "_backend_from_string", "left in a graph by sdpa_kernel inside torch.compile"),
+    PrivateName("torch.nn.attention", "_sdpa_kernel", "left in a graph by sdpa_kernel inside torch.compile"),
+    PrivateName(
+        "torch._inductor.runtime.cache_dir_utils",
+        "default_cache_dir",
+        "the folder inductor's caches go to when TORCHINDUCTOR_CACHE_DIR is not set",
+    ),
+    PrivateName(
+        "torch._C",
+        "_accelerator_setAllocatorSettings",
+        "the caching allocator's settings at run time (newer torch)",
+        optional=True,
+    ),
+    PrivateName("torch.cuda.memory", "_set_allocator_settings", "the caching allocator's settings at run time"),
+    PrivateName("torch", "_foreach_norm", "one norm per tensor in a single fused call"),
+    PrivateName("torch._utils", "_flatten_dense_tensors", "gradient buckets for the all-reduce"),
+    PrivateName("torch._utils", "_unflatten_dense_tensors", "gradient buckets for the all-reduce"),
+    PrivateName(
+        "transformers",
+        "PretrainedConfig._attn_implementation",
+        "the attention function a model runs: the packed loss forward switches the XTTS GPT2 to one registered "
+        "under CAUSAL_ATTENTION while it runs (causal_attention)",
+    ),
+    PrivateName(
+        "transformers",
+        "AttentionInterface._global_mapping",
+        "the registered attention functions (CAUSAL_ATTENTION is registered once)",
+    ),
 )
 
 
@@ -92,13 +192,25 @@ def check_versions() -> None:
             )
 
 
-def check_private_names() -> None:
-    """Raise :class:`ConfigError` when a private name the toolkit relies on is gone."""
-    from trainer import Trainer
+def check_private_names(*, import_modules: bool = False) -> None:
+    """Raise :class:`ConfigError` when a private name of :data:`PRIVATE_NAMES` is gone.
 
-    missing = [f"trainer.Trainer.{name}" for name in _TRAINER_PRIVATE if not hasattr(Trainer, name)]
+    Without ``import_modules`` only the names of modules already imported are checked (importing
+    torch._dynamo or transformers for it would cost seconds at every start), and Coqui's Trainer's,
+    which the toolkit's trainer subclasses.
+    """
+    import trainer  # noqa: F401
+
+    missing = [
+        entry.name
+        for entry in PRIVATE_NAMES
+        if not entry.optional and entry.exists(import_module=import_modules) is False
+    ]
     if missing:
-        raise ConfigError(f"{', '.join(missing)} not found in the installed Coqui Trainer: install the locked versions")
+        raise ConfigError(
+            f"{', '.join(missing)} not found in the installed versions: install the locked versions "
+            "(scripts/setup_env.sh)"
+        )
 
 
 check_versions()
@@ -121,6 +233,12 @@ def run_fit_loop(trainer: Any) -> None:
 def target_avg_loss(trainer: Any, keep_avg: Any) -> Any:
     """``Trainer._pick_target_avg_loss``: the averaged loss Coqui ranks checkpoints by."""
     return trainer._pick_target_avg_loss(keep_avg)
+
+
+def copy_group_names(source: Any, target: Any) -> None:
+    """Give ``target`` the ``_group_names`` GPTTrainer.get_optimizer set on ``source`` (where it did)."""
+    if hasattr(source, "_group_names"):
+        target._group_names = source._group_names
 
 
 # Trainer 0.4's train_epoch reads len(self.train_loader) for its step count and the
@@ -164,6 +282,17 @@ def eager_call(module: Any) -> Callable[..., Any]:
 def set_compiled_call(module: Any, call: Callable[..., Any]) -> None:
     """What ``nn.Module.compile`` does: ``Module.__call__`` runs ``_compiled_call_impl`` when set."""
     module._compiled_call_impl = call
+
+
+def replace_forward(module: Any, forward: Callable[..., Any]) -> None:
+    """Give one module instance its own ``forward`` (``nn.Module.__call__`` finds it before the class's).
+
+    Only for modules the toolkit does not construct (Coqui builds the GPT, its GPT2 stack, the
+    conditioning encoder and the heads inside ``GPTTrainer``), so they cannot be subclassed; the
+    caller says why at each use. A bound method (``types.MethodType``) is copied with its module by
+    ``copy.deepcopy``, a closure is not.
+    """
+    module.forward = forward
 
 
 def default_compile_cache_dir() -> str:
@@ -263,6 +392,62 @@ def unflatten_dense_tensors(flat: Any, tensors: list[Any]) -> Any:
     from torch._utils import _unflatten_dense_tensors
 
     return _unflatten_dense_tensors(flat, tensors)
+
+
+# --- coqui-tts -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def gpt2_init_skipped() -> Iterator[dict[str, list[str]]]:
+    """Build Coqui's GPT2 stack without random initialisation; yields the keys the checkpoint lacked.
+
+    ``TTS.tts.layers.xtts.gpt`` calls ``build_hf_gpt_transformer`` by its module-level name; it
+    runs here under transformers' ``no_init_weights`` (the torch init functions and
+    ``init_weights`` do nothing). ``Xtts.load_state_dict`` (``strict=False`` in GPTTrainer) takes
+    the loaded tensors as they are (``assign=True``: no copy into untouched memory) and is
+    watched so the caller can tell whether every GPT2 weight came from the checkpoint; the
+    yielded dict holds ``"missing"`` once the checkpoint was loaded. Both are Coqui's again when
+    the block ends.
+    """
+    import torch
+    import TTS.tts.layers.xtts.gpt as xtts_gpt
+    from TTS.tts.models.xtts import Xtts
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        from transformers.modeling_utils import no_init_weights
+    build = xtts_gpt.build_hf_gpt_transformer
+    had_own_load = "load_state_dict" in Xtts.__dict__
+    load = Xtts.load_state_dict
+    seen: dict[str, list[str]] = {}
+
+    def quick_build(*args: Any, **kwargs: Any) -> Any:
+        with no_init_weights():
+            return build(*args, **kwargs)
+
+    def watched_load(module: Any, state_dict: Any, *args: Any, **kwargs: Any) -> Any:
+        # assign: the module keeps the loaded tensors instead of copying them into fresh memory;
+        # a tensor stored in another dtype (a half-precision checkpoint) is cast to the module's first
+        own = module.state_dict(keep_vars=True)
+        state_dict = {
+            k: v.to(own[k].dtype) if k in own and torch.is_tensor(v) and v.dtype != own[k].dtype else v
+            for k, v in state_dict.items()
+        }
+        result = load(module, state_dict, *args, **{**kwargs, "assign": True})
+        seen["missing"] = list(result.missing_keys)
+        return result
+
+    xtts_gpt.build_hf_gpt_transformer = quick_build
+    Xtts.load_state_dict = watched_load  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        xtts_gpt.build_hf_gpt_transformer = build
+        if had_own_load:
+            Xtts.load_state_dict = load  # type: ignore[method-assign]
+        else:
+            del Xtts.load_state_dict
 
 
 # --- transformers -----------------------------------------------------------------------------

@@ -39,104 +39,33 @@ provably the same. Metrics, plots, TensorBoard and checkpoints come from rank 0 
 
 Where the toolkit calls in: ``utils.finetune.recipe.FineTune`` prepares on rank 0 and shares;
 ``utils.finetune.training.train`` builds its Trainer with :func:`build_trainer` and writes
-vocab.json/preflight_report.json/plots on rank 0 only; ``--dry-run`` shows :func:`plan_batch`;
+vocab.json/preflight_report.json/plots on rank 0 only; :func:`build_trainer` applies the batch
+plan over the ranks (:func:`utils.training.batch_size.plan_batch`);
 ``ToolkitGPTTrainer.before_gradient_clipping`` calls :func:`sync_gradients`; the cached DVAE codes
 are prepared by rank 0 first (``ToolkitGPTTrainer.clip_dataset``); the automatic micro-batch is
-the smallest that fits on every rank (:func:`all_reduce_min`).
+the smallest that fits on every rank (:mod:`utils.training.batch_size`).
 
-Importing this module does not import torch (``--dry-run`` uses :func:`plan_batch`).
+Importing this module does not import torch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from utils.errors import ConfigError
+from utils.training.batch_size import describe_plan, plan_batch, probing
 
 logger = logging.getLogger(__name__)
 
 BUCKET_NUMEL = 32 * 1024 * 1024  # gradient elements per all-reduce (128 MB in fp32)
-
-
-# ------------------------------------------------------------------------------------------------
-# Batch arithmetic (pure Python: used by --dry-run)
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """How the planned optimizer batch is split over GPUs.
-
-    ``grad_accum`` in the hyperparameters counts micro-batches per optimizer step over all GPUs,
-    so the table's LR (chosen for ``batch_size x grad_accum`` samples per step) stays valid:
-    each of ``world_size`` ranks accumulates ``ceil(grad_accum / world_size)`` micro-batches.
-    """
-
-    world_size: int
-    batch_size: int
-    grad_accum: int
-    per_rank_grad_accum: int
-    effective_batch: int
-    planned_effective_batch: int
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-    def optimizer_steps_per_epoch(self, num_rows: int) -> int:
-        """Optimizer steps in one epoch over ``num_rows`` training rows, as the Trainer counts them.
-
-        Each rank gets ``ceil(rows / world_size)`` rows (DistributedSampler pads with repeats),
-        makes ``ceil(rows / batch_size)`` micro-batches and steps every ``per_rank_grad_accum``
-        of them and at the epoch's last one.
-        """
-        per_rank_rows = -(-int(num_rows) // self.world_size)
-        batches = -(-per_rank_rows // self.batch_size)
-        return -(-batches // self.per_rank_grad_accum)
-
-
-def plan_batch(batch_size: int, grad_accum: int, world_size: int) -> BatchPlan:
-    """Split ``batch_size x grad_accum`` samples per optimizer step over ``world_size`` ranks.
-
-    Raises:
-        ConfigError: on a non-positive value.
-    """
-    for name, value in (("batch size", batch_size), ("grad accum", grad_accum), ("number of GPUs", world_size)):
-        if int(value) != value or value < 1:
-            raise ConfigError(f"{name} must be a whole number >= 1 (got {value!r})")
-    per_rank = -(-int(grad_accum) // int(world_size))
-    plan = BatchPlan(
-        world_size=int(world_size),
-        batch_size=int(batch_size),
-        grad_accum=int(grad_accum),
-        per_rank_grad_accum=per_rank,
-        effective_batch=int(batch_size) * per_rank * int(world_size),
-        planned_effective_batch=int(batch_size) * int(grad_accum),
-    )
-    return plan
-
-
-def describe_plan(plan: BatchPlan) -> str:
-    """One log line; says when the effective batch differs from the planned one (and why)."""
-    text = (
-        f"{plan.world_size} rank(s) x micro-batch {plan.batch_size} x {plan.per_rank_grad_accum} accumulation "
-        f"step(s) = {plan.effective_batch} samples per optimizer step"
-    )
-    if plan.effective_batch != plan.planned_effective_batch:
-        text += (
-            f" (planned {plan.planned_effective_batch}: --grad-accum {plan.grad_accum} does not divide over "
-            f"{plan.world_size} GPUs; give a --grad-accum that is a multiple of --gpus to keep the table's LR exact)"
-        )
-    return text
 
 
 # ------------------------------------------------------------------------------------------------
@@ -221,17 +150,6 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
-def all_reduce_min(value: int) -> int:
-    """The smallest ``value`` over all ranks (e.g. the micro-batch every rank's GPU can hold)."""
-    if not is_distributed():
-        return int(value)
-    import torch
-
-    t = torch.tensor([int(value)], dtype=torch.long, device=_device())
-    _dist().all_reduce(t, op=_dist().ReduceOp.MIN)
-    return int(t.item())
-
-
 def broadcast_json(obj: Any, src: int = 0) -> Any:
     """Rank ``src``'s ``obj`` (JSON data) on every rank; sent as UTF-8 bytes, never a pickle."""
     if not is_distributed():
@@ -257,7 +175,6 @@ def broadcast_json(obj: Any, src: int = 0) -> Any:
 
 class _SyncState:
     syncs = 0  # gradient averagings in this process; the optimizer pre-hook checks it moved
-    local = False  # optimizer steps that need no averaged gradients (local_optimizer_steps)
     timing = False  # measure their wall time (waits for the GPU: for the benchmark only)
     seconds = 0.0
     numel = 0  # gradient elements averaged by the last one
@@ -342,8 +259,8 @@ def broadcast_module(module: Any, src: int = 0) -> None:
 
 
 def set_sampler_epoch(loader: Any, epoch: int) -> bool:
-    """Call ``set_epoch`` on a loader (``fast_data.ContinuousLoader``), its batch sampler
-    (``fast_data.LengthBucketBatchSampler``) or its sampler (``DistributedSampler``)."""
+    """Call ``set_epoch`` on a loader (``gpt.clip_cache.ContinuousLoader``), its batch sampler
+    (``gpt.clip_cache.LengthBucketBatchSampler``) or its sampler (``DistributedSampler``)."""
     loader = getattr(loader, "loader", loader) if not hasattr(loader, "set_epoch") else loader  # compat.EpochTail
     for obj in (loader, getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):
         if obj is not None and hasattr(obj, "set_epoch"):
@@ -388,19 +305,8 @@ def trainer_callbacks(seed: int) -> dict[str, Callable[[Any], None]]:
 _last_checked_sync = [0]
 
 
-@contextlib.contextmanager
-def local_optimizer_steps() -> Iterator[None]:
-    """Optimizer steps on one rank alone (the micro-batch probe's, at learning rate 0) pass the
-    guard that every step follows a gradient averaging."""
-    _SyncState.local = True
-    try:
-        yield
-    finally:
-        _SyncState.local = False
-
-
 def _check_synced(_optimizer: Any, *_: Any) -> None:
-    if _SyncState.local:
+    if probing():  # the micro-batch probe steps at LR 0 on each rank alone
         return
     if _SyncState.syncs == _last_checked_sync[0]:
         raise RuntimeError(

@@ -78,7 +78,7 @@ def lr_range_test(
     """
     from trainer import TrainerArgs
 
-    from utils.training.model import ToolkitGPTTrainer
+    from utils.training.gpt.model import ToolkitGPTTrainer
     from utils.training.trainer import ToolkitTrainer
 
     accum = int(config.toolkit.get("grad_accum", 1))

@@ -35,12 +35,11 @@ import torch
 from trainer import Trainer
 from trainer.generic_utils import KeepAverage
 
-from utils.training import checkpoints, compat, distributed, evaluations, step_values
+from utils.training import batch_size, checkpoints, compat, distributed, evaluations, step_values
 from utils.training.best_model import BestModelWriter, best_loss_on_disk
 from utils.training.health import EarlyStopping, HealthMonitor, StopTraining, UpdateRatioProbe
 from utils.training.lr_schedule import LRBridge
 from utils.training.recovery import Recovery, StepGuard
-from utils.training.speed import is_oom
 from utils.training.stage import Stage, after_evaluation_mode
 from utils.training.step_values import StepAccounting, StepValues, batch_clips
 
@@ -187,7 +186,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
             try:
                 self._train_epoch_from(skip)
                 break
-            except _MicroBatchHalved as halved:
+            except batch_size.MicroBatchHalved as halved:
                 pos.resume_batches = halved.skip
         self._read_pending()
         pos.epoch_complete = True
@@ -201,7 +200,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         full = self.train_loader
         # The same share of the epoch is skipped, not the same clips: after a resume or an OOM
         # re-batch a few clips of this one epoch can repeat or be left out. With the continuous
-        # loader (fast_data.ContinuousLoader) later epochs then start inside a sampler pass.
+        # loader (gpt.clip_cache.ContinuousLoader) later epochs then start inside a sampler pass.
         self.train_loader, self.position.step_offset = compat.EpochTail(full, skip), skip  # type: ignore[assignment]
         logger.info("going on inside epoch %d: %d of its %d batches were done", self.epochs_done + 1, skip, len(full))
         try:
@@ -226,7 +225,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         try:
             outputs, loss_dict = super().train_step(batch, batch_n_steps, step, loader_start_time)
         except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one
-            if not (_oom_backoff(self) and is_oom(exc)):
+            if not (batch_size.oom_backoff_enabled(self) and batch_size.is_oom(exc)):
                 raise
             out_of_memory = True  # handled below, once the traceback (and the activations it holds) is gone
         finally:
@@ -478,35 +477,8 @@ def _plain(value: Any) -> Any:
 # --- CUDA out of memory: at most half the micro-batch, the same effective batch -------------------
 
 
-class _MicroBatchHalved(Exception):
-    """Raised out of a step after an OOM: the epoch restarts ``skip`` batches in, smaller batches."""
-
-    def __init__(self, skip: int) -> None:
-        super().__init__(f"micro-batch halved; going on after {skip} batches")
-        self.skip = skip
-
-
-def _oom_backoff(trainer: ToolkitTrainer) -> bool:
-    """The OOM fallback is on (speed option ``oom_backoff``; one process only: under DDP one rank
-    alone cannot change its batch size)."""
-    speed = getattr(compat.unwrap_model(trainer), "speed", None)
-    return bool(getattr(speed, "oom_backoff", False)) and distributed.world_size() == 1
-
-
 def _back_off_after_oom(trainer: ToolkitTrainer, step: int) -> None:
-    """Free this step's memory, halve the micro-batch, and restart from the window's start."""
-    import gc
-
-    from utils.training.autobatch import halve_micro_batch
-
-    for opt in trainer.optimizer:
-        opt.zero_grad(set_to_none=True)  # the window's partial gradients: the window is redone
-    trainer.steps.drop_window()
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    old_accum = int(trainer.grad_accum_steps)
-    _new_micro, new_accum = halve_micro_batch(trainer)
-    windows_done = step // old_accum  # Coqui's windows start at batch 0 of the epoch
-    trainer.position.batches_done = windows_done * new_accum  # in batches of the new size
-    raise _MicroBatchHalved(trainer.position.batches_done)
+    """Halve the micro-batch (utils.training.batch_size) and restart the epoch at the interrupted window."""
+    trainer.steps.drop_window()  # the interrupted window is redone
+    trainer.position.batches_done = batch_size.back_off_after_oom(trainer, step)  # in batches of the new size
+    raise batch_size.MicroBatchHalved(trainer.position.batches_done)

@@ -76,7 +76,7 @@ def test_a_frame_sounds_where_its_target_begins(decoder, frame):
 
 
 def _clip(tmp_path: Path, wav22: np.ndarray, frames: int) -> LatentClip:
-    from utils.training.fast_data import load_audio_soundfile
+    from utils.training.gpt.clip_cache import load_audio_soundfile
 
     sf.write(tmp_path / "clip.wav", wav22, 22050, subtype="FLOAT")
     target = load_audio_soundfile(tmp_path / "clip.wav", 24000)[0].numpy()  # the cache's 24 kHz decode

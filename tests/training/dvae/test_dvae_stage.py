@@ -101,7 +101,7 @@ def test_metrics_file_report_and_curves(stage_run, demo_rows):
 
 
 def test_new_dvae_gives_the_gpt_stage_a_new_clip_cache_key(stage_run, tiny_base: Path):
-    from utils.training.fast_data import dvae_key
+    from utils.training.gpt.clip_cache import dvae_key
 
     result, _ = stage_run
 
@@ -119,11 +119,11 @@ def test_gpt_stage_loads_the_new_dvae_whole_and_encodes_with_it(stage_run, tiny_
     from utils.base_model import check_base_model
     from utils.hparams import resolve
     from utils.safe_load import load_torch_file
-    from utils.training.config import build_config
     from utils.training.dvae.data import load_clip
     from utils.training.dvae.handoff import use_stage_dvae
-    from utils.training.fast_data import compute_dvae_codes, dvae_key
-    from utils.training.model import ToolkitGPTTrainer
+    from utils.training.gpt.clip_cache import compute_dvae_codes, dvae_key
+    from utils.training.gpt.config import build_config
+    from utils.training.gpt.model import ToolkitGPTTrainer
 
     result, _ = stage_run
     hp = resolve(dataset_hours=0.01, cli={"batch_size": 2, "grad_accum": 1, "num_loader_workers": 0})

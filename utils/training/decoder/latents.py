@@ -10,13 +10,13 @@ clip itself) and returns one latent per code. The speaker embedding is the one
 ``Xtts.get_speaker_embedding`` gives for the clip (its 22.05 kHz audio resampled to 16 kHz), and the
 target is the clip decoded straight to the decoder's 24 kHz.
 
-Everything is cached beside the GPT stage's clip cache (``utils.training.fast_data``, which also
+Everything is cached beside the GPT stage's clip cache (``utils.training.gpt.clip_cache``, which also
 supplies the decoded 22.05 kHz waveforms, text tokens and DVAE codes) as ``.npy`` files written
 atomically, named after the clip's cached waveform (itself named by the audio's content):
 
 - ``STEM.latents-KEY-TOKENS.npy`` float32 (frames, channels). ``KEY`` names the GPT weights (a
   digest of the GPT's tensors, so a new GPT checkpoint gives a new key and the same weights in
-  another file do not), the DVAE and mel-statistics files (:func:`fast_data.dvae_key`) and the
+  another file do not), the DVAE and mel-statistics files (:func:`utils.training.gpt.clip_cache.dvae_key`) and the
   conditioning settings; ``TOKENS`` the text's token ids.
 - ``STEM.speaker-KEY.npy`` float32 (512,): ``KEY`` a digest of the speaker encoder's tensors.
 - ``STEM.target-24000.npy`` float32: the 24 kHz waveform (depends on the audio only).
@@ -130,7 +130,7 @@ def build_latent_model(files: GPTModelFiles) -> Any:
     from TTS.tts.layers.xtts.trainer.gpt_trainer import GPTArgs, GPTTrainerConfig
 
     from utils.base_model import BaseModelFiles, load_base_config
-    from utils.training.model import ToolkitGPTTrainer
+    from utils.training.gpt.model import ToolkitGPTTrainer
 
     arch = load_base_config(
         BaseModelFiles(files.root, files.model, files.config, files.vocab, files.dvae, files.mel_stats, None)
@@ -193,7 +193,7 @@ class Conditioning:
 
 def latent_key(model: Any, cond: Conditioning) -> str:
     """What the latents depend on besides the clip: the GPT's weights, the DVAE, the conditioning."""
-    from utils.training.fast_data import dvae_key
+    from utils.training.gpt.clip_cache import dvae_key
 
     gpt = model.xtts.gpt
     return tensor_digest(gpt.state_dict(), f"v{LATENTS_VERSION}", dvae_key(model.config), cond, gpt.code_stride_len)
@@ -264,7 +264,7 @@ def _targets(
     clips: Sequence[Any], paths: list[tuple[Path, Path, Path]], output_sr: int, load_audio: Callable[..., torch.Tensor]
 ) -> int:
     """Decode the missing 24 kHz targets (threads: decoding and resampling release the GIL)."""
-    from utils.training.fast_data import decode_workers
+    from utils.training.gpt.clip_cache import decode_workers
 
     todo = [(c, p[2]) for c, p in zip(clips, paths) if not p[2].exists()]
 
@@ -335,7 +335,7 @@ def prepare_latent_cache(
     Raises:
         DataError: no row could be used.
     """
-    from utils.training.fast_data import load_audio_soundfile, prepare_clip_cache
+    from utils.training.gpt.clip_cache import load_audio_soundfile, prepare_clip_cache
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     load_audio = load_audio or load_audio_soundfile

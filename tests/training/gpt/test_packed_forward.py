@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.training import packed
+from utils.training.gpt import packed
 
 
 def _gpt(dropout: float = 0.0):
@@ -129,7 +129,7 @@ def test_packing_order_is_a_permutation_with_real_tokens_first():
 
 
 def test_attention_runs_causal_without_a_mask(monkeypatch):
-    from utils.training.speed import train_without_kv_cache
+    from utils.training.gpt.kernels import train_without_kv_cache
 
     gpt = _gpt().train()
     train_without_kv_cache(gpt.gpt)  # as in training: no cache, so transformers would check the position ids

@@ -33,7 +33,7 @@ def _count_normal_calls(monkeypatch, build):
 def test_same_weights_as_coqui_with_far_less_random_init(tiny_base: Path, tmp_path: Path, monkeypatch) -> None:
     from TTS.tts.layers.xtts.trainer.gpt_trainer import GPTTrainer
 
-    from utils.training.model import ToolkitGPTTrainer
+    from utils.training.gpt.model import ToolkitGPTTrainer
 
     ours, ours_calls = _count_normal_calls(monkeypatch, lambda: ToolkitGPTTrainer(_config(tiny_base, tmp_path / "a")))
     stock, stock_calls = _count_normal_calls(monkeypatch, lambda: GPTTrainer(_config(tiny_base, tmp_path / "b")))
@@ -53,7 +53,7 @@ def test_same_weights_as_coqui_with_far_less_random_init(tiny_base: Path, tmp_pa
 
 
 def test_a_checkpoint_missing_a_gpt2_weight_gets_it_initialised(tiny_base: Path, tmp_path: Path, caplog) -> None:
-    from utils.training.model import ToolkitGPTTrainer
+    from utils.training.gpt.model import ToolkitGPTTrainer
 
     base = tmp_path / "base"
     shutil.copytree(tiny_base, base)
@@ -62,7 +62,7 @@ def test_a_checkpoint_missing_a_gpt2_weight_gets_it_initialised(tiny_base: Path,
     assert key in ckpt["model"]
     del ckpt["model"][key]
     torch.save(ckpt, base / "model.pth")
-    with caplog.at_level(logging.WARNING, logger="utils.training.model"):
+    with caplog.at_level(logging.WARNING, logger="utils.training.gpt.model"):
         model = ToolkitGPTTrainer(_config(base, tmp_path / "runs"))
     assert any("lacks 1 GPT2 weights" in r.getMessage() for r in caplog.records)
     weight = model.xtts.gpt.gpt.h[0].attn.c_attn.weight
@@ -73,7 +73,7 @@ def test_a_checkpoint_missing_a_gpt2_weight_gets_it_initialised(tiny_base: Path,
 
 
 def test_a_half_precision_checkpoint_gives_float32_weights(tiny_base: Path, tmp_path: Path) -> None:
-    from utils.training.model import ToolkitGPTTrainer
+    from utils.training.gpt.model import ToolkitGPTTrainer
 
     base = tmp_path / "base"
     shutil.copytree(tiny_base, base)

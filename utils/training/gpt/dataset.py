@@ -28,7 +28,7 @@ import torch
 from TTS.tts.layers.xtts.trainer.dataset import XTTSDataset
 
 from utils.data.preflight import Reason, SampleProblem, SpecialTokens, check_length, check_text, check_tokens
-from utils.training.fast_data import load_audio_soundfile, prompt_slice
+from utils.training.gpt.clip_cache import load_audio_soundfile, prompt_slice
 
 logger = logging.getLogger(__name__)
 

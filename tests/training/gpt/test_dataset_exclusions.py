@@ -10,7 +10,7 @@ from tests.conftest import read_demo_samples
 from utils.gpt_train import build_config
 from utils.hparams import resolve
 from utils.language import load_tokenizer
-from utils.training.dataset import ToolkitXTTSDataset, read_runtime_exclusions
+from utils.training.gpt.dataset import ToolkitXTTSDataset, read_runtime_exclusions
 
 
 def test_failed_row_is_replaced_and_recorded(tiny_base: Path, demo_en: Path, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ perceiver prompt, go to Coqui's own forward.
 
 Coqui masks the loss of the conditioning segment for the batch's last row only (its loop variable
 ``idx`` is reused after the loop); that is kept, so the losses match Coqui's exactly
-(``tests/training/test_packed_forward.py``).
+(``tests/training/gpt/test_packed_forward.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from utils.training import compat
 
 
 def install_packed_forward(gpt: Any, *, multiple: int = 1) -> bool:
@@ -53,7 +55,8 @@ def install_packed_forward(gpt: Any, *, multiple: int = 1) -> bool:
             return stock(*args, **kwargs)
         return packed_forward(self, *args, **kwargs)
 
-    gpt.forward = types.MethodType(forward, gpt)
+    # Coqui builds the GPT inside GPTTrainer (not ours to subclass): this instance gets the routing forward
+    compat.replace_forward(gpt, types.MethodType(forward, gpt))
     gpt._toolkit_packed = True
     return True
 
@@ -173,9 +176,7 @@ def packed_logits(
     m = getattr(gpt, "_toolkit_pack_multiple", 1)
     if m > 1 and packed.shape[1] % m:
         packed = F.pad(packed, (0, 0, 0, m - packed.shape[1] % m))
-    from utils.training.compat import causal_attention
-
-    with causal_attention(gpt.gpt):  # no mask to build: and no host check of the position ids
+    with compat.causal_attention(gpt.gpt):  # no mask to build: and no host check of the position ids
         hidden = gpt.gpt(inputs_embeds=packed, return_dict=True).last_hidden_state
     hidden = hidden.gather(1, dst[..., None].expand(-1, -1, hidden.shape[-1]))  # back to Coqui's layout
     enc = gpt.final_norm(hidden[:, p:])

@@ -4,8 +4,12 @@ What changes against ``TTS.tts.layers.xtts.trainer.gpt_trainer.GPTTrainer``:
 - ``get_scheduler`` returns :class:`~utils.training.lr_schedule.LRBridge`, because Trainer 0.4
   never steps a single-optimizer scheduler at epoch end and steps it per optimizer step without
   the metric ReduceLROnPlateau needs.
-- ``get_data_loader`` builds :class:`~utils.training.dataset.ToolkitXTTSDataset` (no silent drops,
-  one pass per epoch, one decode per clip) and shuffles training rows with a seeded generator.
+- ``get_data_loader`` builds :class:`~utils.training.gpt.dataset.ToolkitXTTSDataset` (no silent drops,
+  one pass per epoch, one decode per clip) and shuffles training rows with a seeded generator; with
+  the ``cache_dvae_codes`` speed option, the cached-code loader of :mod:`utils.training.gpt.clip_cache`.
+- ``format_batch``, ``format_batch_on_device``, ``get_optimizer`` and ``on_init_end`` follow the run's
+  speed options (:class:`SpeedLevers`): CPU copies of the lengths, cached DVAE codes, the 8-bit
+  optimizer, frozen modules off the GPU.
 - The tokenizer is the toolkit's :class:`~utils.language.tokenizer.TextTokenizer`, so languages XTTS
   lacks (registered from the vocabulary's ``[code]`` tokens) work in training, evaluation and after
   a resume; Coqui's ``VoiceBpeTokenizer`` raises NotImplementedError for them.
@@ -24,8 +28,6 @@ What changes against ``TTS.tts.layers.xtts.trainer.gpt_trainer.GPTTrainer``:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +37,124 @@ from trainer.torch import DistributedSampler
 from trainer.utils.distributed import is_dist_avail_and_initialized
 from TTS.tts.layers.xtts.trainer.gpt_trainer import GPTTrainer
 
-from utils.training.dataset import ToolkitXTTSDataset
+from utils.errors import ConfigError
+from utils.training import compat
 from utils.training.distributed import sync_gradients
+from utils.training.gpt.dataset import ToolkitXTTSDataset
 from utils.training.lr_schedule import LRBridge, ScheduleSpec
+from utils.training.memory import offload_to_cpu
+from utils.training.optim import build_optimizer
+from utils.training.speed_options import SpeedOptions
 
 logger = logging.getLogger(__name__)
 
 
-class ToolkitGPTTrainer(GPTTrainer):
-    """GPTTrainer with the LR bridge, the toolkit dataset and tokenizer, and vocabulary growth."""
+class SpeedLevers:
+    """GPTTrainer's own step methods as the run's speed options change them (``speed``; None: Coqui's).
+
+    Put in front of ``GPTTrainer``: :class:`ToolkitGPTTrainer` does, and so does the training-step
+    benchmark (``bench/train_step.py``) with Coqui's own GPTTrainer, to measure both in one process.
+    :func:`utils.training.speed_options.apply_speed_options` sets ``speed``.
+    """
+
+    speed: SpeedOptions | None = None
+
+    def format_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """With ``host_lengths``: CPU copies of the lengths ride along to ``format_batch_on_device``.
+
+        Coqui's ``GPT.forward`` loops over the batch indexing with the length tensors; on the GPU
+        each index is a device sync. A plain dict is not moved by the Trainer's ``to_cuda``.
+        """
+        if self.speed is None or not self.speed.host_lengths:
+            return super().format_batch(batch)  # type: ignore[misc]
+        host = {"text_lengths": batch["text_lengths"].clone(), "wav_lengths": batch["wav_lengths"].clone()}
+        if batch.get("cond_idxs") is not None:
+            host["cond_idxs"] = batch["cond_idxs"].clone()
+        batch["host"] = host
+        return batch
+
+    @torch.no_grad()
+    def format_batch_on_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Coqui's ``format_batch_on_device``, with cached DVAE codes and CPU lengths where the levers give them.
+
+        Same conditioning mel as Coqui's; DVAE codes taken from ``batch["audio_codes"]`` when
+        present (the cached-code loader), else computed exactly as Coqui does, so stock
+        ``XTTSDataset`` batches work too (they need the DVAE on the GPU: ``offload_frozen=False``).
+        """
+        if self.speed is None or not (self.speed.host_lengths or self.speed.cache_dvae_codes):
+            return super().format_batch_on_device(batch)  # type: ignore[misc]
+        host = batch.pop("host", None)
+        batch["text_inputs"] = batch.pop("padded_text")
+        cond = batch.pop("conditioning")
+        b, n, c, t = cond.size()
+        style = self.torch_mel_spectrogram_style_encoder  # type: ignore[attr-defined]
+        mel = style(cond.view(b * n, c, t))
+        batch["cond_mels"] = mel.view(b, n, style.n_mel_channels, mel.size(2))
+        wav = batch.pop("wav", None)
+        if batch.get("audio_codes") is None:
+            batch["audio_codes"] = self._dvae_codes(wav)
+        if host is not None:
+            batch["text_lengths"] = host["text_lengths"]
+            batch["wav_lengths"] = host["wav_lengths"]
+            if batch.get("cond_idxs") is not None and "cond_idxs" in host:
+                batch["cond_idxs"] = host["cond_idxs"]
+        return batch
+
+    def _dvae_codes(self, wav: torch.Tensor | None) -> torch.Tensor:
+        """The DVAE codes of a stock batch's audio, as Coqui's ``format_batch_on_device`` computes them."""
+        if wav is None:
+            raise ValueError("batch has neither cached audio_codes nor wav")
+        if next(self.dvae.parameters()).device != wav.device:  # type: ignore[attr-defined]
+            raise ConfigError(
+                "the DVAE was moved off the GPU but this batch has no cached codes: "
+                "use the cached-code loader or turn off offload_frozen"
+            )
+        audio = self.config.audio  # type: ignore[attr-defined]
+        if audio.sample_rate != audio.dvae_sample_rate:
+            import torchaudio
+
+            wav = torchaudio.functional.resample(
+                wav, orig_freq=audio.sample_rate, new_freq=audio.dvae_sample_rate, **compat.DVAE_RESAMPLE
+            )
+        return self.dvae.get_codebook_indices(self.torch_mel_spectrogram_dvae(wav))  # type: ignore[attr-defined]
+
+    def get_optimizer(self) -> torch.optim.Optimizer:
+        """Coqui's optimizer (its parameter groups and hyperparameters), 8-bit with ``optimizer_8bit``."""
+        return build_optimizer(super().get_optimizer(), self.config, self.speed)  # type: ignore[misc,attr-defined]
+
+    def on_init_end(self, trainer: Any) -> None:
+        """With ``offload_frozen``: once the Trainer has moved the model to the GPU, the modules a
+        training step never uses go back to the CPU (anything that synthesises moves
+        ``xtts.hifigan_decoder`` back first)."""
+        super().on_init_end(trainer)  # type: ignore[misc]
+        if self.speed is not None and self.speed.offload_frozen:
+            moved = self.offload_frozen_modules()
+            logger.info("moved frozen modules to the CPU: %s", ", ".join(moved))
+
+    def offload_frozen_modules(self) -> list[str]:
+        """The HiFiGAN decoder, and the DVAE when codes come from the cache, moved to the CPU."""
+        return offload_frozen_modules(self, dvae=bool(self.speed is not None and self.speed.cache_dvae_codes))
+
+
+def offload_frozen_modules(model: Any, *, dvae: bool) -> list[str]:
+    """Move a GPTTrainer's modules that no training step uses to the CPU (names returned).
+
+    Args:
+        model: the GPTTrainer.
+        dvae: also move the DVAE (only when codes come from a cache).
+    """
+    frozen = {}
+    if getattr(model.xtts, "hifigan_decoder", None) is not None:
+        frozen["xtts.hifigan_decoder"] = model.xtts.hifigan_decoder
+    if dvae:
+        frozen["dvae"] = model.dvae
+    return offload_to_cpu(frozen)
+
+
+class ToolkitGPTTrainer(SpeedLevers, GPTTrainer):
+    """GPTTrainer with the LR bridge, the toolkit dataset and tokenizer, vocabulary growth and the speed levers."""
 
     run_dir: Path | None = None  # set by utils.finetune.training before fit(); run-time exclusions go there
-    speed: Any = None  # utils.training.speed.SpeedOptions applied to this model (set by utils.finetune.training)
     loss_keys = ("loss", "loss_text_ce", "loss_mel_ce")  # what each evaluation record holds (utils.training.stage)
 
     def __init__(self, config: Any) -> None:
@@ -74,7 +182,7 @@ class ToolkitGPTTrainer(GPTTrainer):
         if not getattr(config.model_args, "xtts_checkpoint", None):
             super().__init__(config)
             return
-        with _gpt2_init_skipped() as loaded:
+        with compat.gpt2_init_skipped() as loaded:
             super().__init__(config)
         gpt2_keys = {f"gpt.gpt.{name}" for name, _ in self.xtts.gpt.gpt.named_parameters()}
         missing = gpt2_keys & set(loaded.get("missing", gpt2_keys))
@@ -145,7 +253,7 @@ class ToolkitGPTTrainer(GPTTrainer):
         preflight normally keeps none of them).
         """
         from utils.training import distributed
-        from utils.training.fast_data import build_fast_loader
+        from utils.training.gpt.clip_cache import build_fast_loader
 
         speed = self.speed
         workers = config.num_eval_loader_workers if is_eval else config.num_loader_workers
@@ -170,7 +278,7 @@ class ToolkitGPTTrainer(GPTTrainer):
         import json
 
         from utils.errors import DataError
-        from utils.training.fast_data import CachedClipDataset, prepare_clip_cache
+        from utils.training.gpt.clip_cache import CachedClipDataset, prepare_clip_cache
 
         memo = self.__dict__.setdefault("_clip_datasets", {})
         if is_eval in memo and memo[is_eval][0] == len(samples):
@@ -210,54 +318,3 @@ class ToolkitGPTTrainer(GPTTrainer):
         dataset = CachedClipDataset(items, config, is_eval)
         memo[is_eval] = (len(samples), dataset)
         return dataset
-
-
-@contextmanager
-def _gpt2_init_skipped() -> Iterator[dict[str, list[str]]]:
-    """Build Coqui's GPT2 stack without random initialisation; yields the keys the checkpoint lacked.
-
-    ``TTS.tts.layers.xtts.gpt`` calls ``build_hf_gpt_transformer`` by its module-level name; it
-    runs here under transformers' ``no_init_weights`` (the torch init functions and
-    ``init_weights`` do nothing). ``Xtts.load_state_dict`` (``strict=False`` in GPTTrainer) takes
-    the loaded tensors as they are (``assign=True``: no copy into untouched memory) and is
-    watched so the caller can tell whether every GPT2 weight came from the checkpoint; the
-    yielded dict holds ``"missing"`` once the checkpoint was loaded.
-    """
-    import TTS.tts.layers.xtts.gpt as xtts_gpt
-    from TTS.tts.models.xtts import Xtts
-
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # transformers 4.x
-        from transformers.modeling_utils import no_init_weights
-    build = xtts_gpt.build_hf_gpt_transformer
-    had_own_load = "load_state_dict" in Xtts.__dict__
-    load = Xtts.load_state_dict
-    seen: dict[str, list[str]] = {}
-
-    def quick_build(*args: Any, **kwargs: Any) -> Any:
-        with no_init_weights():
-            return build(*args, **kwargs)
-
-    def watched_load(module: Any, state_dict: Any, *args: Any, **kwargs: Any) -> Any:
-        # assign: the module keeps the loaded tensors instead of copying them into fresh memory;
-        # a tensor stored in another dtype (a half-precision checkpoint) is cast to the module's first
-        own = module.state_dict(keep_vars=True)
-        state_dict = {
-            k: v.to(own[k].dtype) if k in own and torch.is_tensor(v) and v.dtype != own[k].dtype else v
-            for k, v in state_dict.items()
-        }
-        result = load(module, state_dict, *args, **{**kwargs, "assign": True})
-        seen["missing"] = list(result.missing_keys)
-        return result
-
-    xtts_gpt.build_hf_gpt_transformer = quick_build
-    Xtts.load_state_dict = watched_load  # type: ignore[method-assign]
-    try:
-        yield seen
-    finally:
-        xtts_gpt.build_hf_gpt_transformer = build
-        if had_own_load:
-            Xtts.load_state_dict = load  # type: ignore[method-assign]
-        else:
-            del Xtts.load_state_dict

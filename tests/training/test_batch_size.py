@@ -1,4 +1,5 @@
-"""Micro-batch sizing and the OOM fallback in the real Trainer loop (tiny base, CPU).
+"""Every batch-size decision (utils/training/batch_size.py): the plan over ranks, the exact split, the
+probe's search and the OOM back-off, the last two also in the real Trainer loop (tiny base, CPU).
 
 A CUDA OOM is simulated by a train_step that raises torch.cuda.OutOfMemoryError for batches larger
 than a "memory limit"; the GPU figures of the automatic micro-batch are in BENCHMARKS.md.
@@ -19,9 +20,26 @@ from utils import gpt_train
 from utils.errors import ConfigError
 from utils.gpt_train import build_config, train
 from utils.hparams import resolve
-from utils.training import autobatch, speed
-from utils.training.autobatch import plan_micro_batch
-from utils.training.model import ToolkitGPTTrainer
+from utils.training import batch_size
+from utils.training.batch_size import plan_batch, plan_micro_batch
+from utils.training.gpt.model import ToolkitGPTTrainer
+from utils.training.speed_options import SpeedOptions
+
+
+def test_batch_plan_keeps_the_planned_effective_batch() -> None:
+    one = plan_batch(3, 84, 1)
+    two = plan_batch(3, 84, 2)
+    assert (one.per_rank_grad_accum, one.effective_batch) == (84, 252)
+    assert (two.per_rank_grad_accum, two.effective_batch, two.planned_effective_batch) == (42, 252, 252)
+    odd = plan_batch(3, 84, 5)  # 84 does not divide by 5: rounds up, and says so
+    assert (odd.per_rank_grad_accum, odd.effective_batch) == (17, 255)
+    assert "planned 252" in batch_size.describe_plan(odd)
+    assert "planned" not in batch_size.describe_plan(two)
+    with pytest.raises(ConfigError):
+        plan_batch(3, 0, 2)
+    # What the 2-process test run does: 10 rows, micro-batch 2, grad_accum 2 -> 3 steps per epoch either way.
+    assert plan_batch(2, 2, 2).optimizer_steps_per_epoch(10) == plan_batch(2, 2, 1).optimizer_steps_per_epoch(10) == 3
+    assert plan_batch(3, 84, 2).optimizer_steps_per_epoch(10_001) == 40  # 5001 rows/rank, 1667 batches, 42 per step
 
 
 @pytest.mark.parametrize(
@@ -44,7 +62,7 @@ def test_plan_keeps_the_effective_batch(fits, effective, micro, accum):
 
 
 def test_a_prime_effective_batch_stays_exact_and_the_warning_names_a_better_one(caplog):
-    with caplog.at_level(logging.WARNING, logger="utils.training.autobatch"):
+    with caplog.at_level(logging.WARNING, logger="utils.training.batch_size"):
         plan = plan_micro_batch(128, 251)
     assert plan.effective == 251
     (line,) = [r.getMessage() for r in caplog.records]
@@ -64,9 +82,68 @@ def test_halving_after_oom_keeps_the_effective_batch_exact(micro, accum, after):
         train_loader=object(),
         eval_loader=object(),
     )
-    assert autobatch.halve_micro_batch(trainer) == after
+    assert batch_size.halve_micro_batch(trainer) == after
     assert config.batch_size * trainer.grad_accum_steps == micro * accum
     assert config.toolkit["hparams"]["sources"]["batch_size"] == "halved after CUDA out of memory"
+
+
+def _sized_trainer(micro: int, accum: int, *, world: int = 1, oom_backoff: bool = True):
+    """A stand-in trainer: one real optimizer with gradients, the sizes, the recorded plan over ranks."""
+    param = torch.nn.Parameter(torch.ones(3))
+    param.grad = torch.full((3,), 2.0)
+    model = types.SimpleNamespace(speed=SpeedOptions(oom_backoff=oom_backoff))
+    config = types.SimpleNamespace(
+        batch_size=micro,
+        eval_batch_size=micro,
+        toolkit={"distributed": plan_batch(micro, accum * world, world).as_dict()},
+    )
+    return types.SimpleNamespace(
+        config=config,
+        grad_accum_steps=accum,
+        optimizer=[torch.optim.SGD([param], lr=0.1)],
+        args=types.SimpleNamespace(rank=0),
+        output_path=None,
+        train_loader=object(),
+        eval_loader=object(),
+        _get_model=lambda: model,
+    )
+
+
+@pytest.mark.parametrize(("step", "skip"), [(0, 0), (1, 0), (2, 4), (5, 8)])
+def test_back_off_after_oom_drops_the_window_and_says_where_the_epoch_goes_on(step, skip):
+    """126 x 2 -> 63 x 4: an OOM in pass 5 (window 3 of the epoch) keeps the 2 windows done before it,
+    8 batches of the new size; the interrupted window's gradients are dropped."""
+    trainer = _sized_trainer(126, 2)
+    assert batch_size.back_off_after_oom(trainer, step) == skip
+    assert (trainer.config.batch_size, trainer.grad_accum_steps) == (63, 4)
+    assert trainer.optimizer[0].param_groups[0]["params"][0].grad is None
+    assert trainer.train_loader is None  # rebuilt with the new size
+
+
+def test_oom_backoff_only_in_one_process_and_when_asked():
+    assert batch_size.oom_backoff_enabled(_sized_trainer(4, 2))
+    assert not batch_size.oom_backoff_enabled(_sized_trainer(4, 2, oom_backoff=False))
+    assert not batch_size.oom_backoff_enabled(_sized_trainer(4, 2, world=2))  # one rank cannot re-batch alone
+    # under data parallel the config counts the accumulation over all ranks: 4 x 2 per rank x 2 ranks
+    halved = _sized_trainer(4, 2, world=2)
+    assert batch_size.halve_micro_batch(halved) == (2, 4)
+    assert halved.config.toolkit["grad_accum"] == 8 and halved.config.toolkit["distributed"]["per_rank_grad_accum"] == 4
+
+
+def test_probe_steps_pass_the_data_parallel_guard_and_nothing_else_does():
+    """Every optimizer step of a data-parallel run must follow a gradient averaging, except the micro-batch
+    probe's (at LR 0, on each rank alone)."""
+    from utils.training import distributed
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1)
+    before = distributed.sync_stats()["syncs"]
+    with batch_size._probing():
+        assert batch_size.probing()
+        distributed._check_synced(optimizer)
+    assert not batch_size.probing()
+    assert distributed.sync_stats()["syncs"] == before
+    with pytest.raises(RuntimeError, match="without averaged gradients"):
+        distributed._check_synced(optimizer)
 
 
 def _config(tiny_base: Path, out: Path, **cli):
@@ -118,7 +195,7 @@ def test_oom_at_first_step_halves_micro_batch_and_trains_every_clip(tiny_base, d
     config = _config(tiny_base, tmp_path, batch_size=4, grad_accum=2)
     train_rows, eval_rows = _rows(demo_en)
     assert len(train_rows) == 10
-    with caplog.at_level(logging.WARNING, logger="utils.training.autobatch"):
+    with caplog.at_level(logging.WARNING, logger="utils.training.batch_size"):
         result = train(config, train_rows, eval_rows, progress=False, plots=False)
     assert (
         "CUDA out of memory at micro-batch 4: micro-batch 4 -> 2, gradient accumulation 2 -> 4 (effective batch 8 -> 8)"
@@ -169,7 +246,7 @@ def test_oom_at_micro_batch_one_is_a_clear_error(tiny_base, demo_en, tmp_path, m
 def test_no_oom_backoff_lets_the_error_through(tiny_base, demo_en, tmp_path, monkeypatch):
     _fake_gpu_memory(monkeypatch, limit=1)
     config = _config(tiny_base, tmp_path, batch_size=2, grad_accum=1)
-    config.toolkit["speed"] = {**speed.SpeedOptions().to_dict(), "oom_backoff": False, "num_workers": 0}
+    config.toolkit["speed"] = {**SpeedOptions().to_dict(), "oom_backoff": False, "num_workers": 0}
     with pytest.raises(torch.cuda.OutOfMemoryError):
         train(config, *_rows(demo_en), progress=False, plots=False)
 
@@ -184,7 +261,7 @@ def test_automatic_micro_batch_probes_without_changing_weights(tiny_base, demo_e
         reset_peak_memory_stats=lambda: None,
         get_device_properties=lambda device=None: types.SimpleNamespace(name="Fake GPU", total_memory=16 << 30),
     )
-    monkeypatch.setattr(autobatch, "_cuda", fake_cuda)
+    monkeypatch.setattr(batch_size, "_cuda", lambda: fake_cuda)
     probes: dict[str, object] = {}
 
     def fake_search(probe, budget, *, max_batch, margin=0.9, candidates=None):
@@ -200,7 +277,7 @@ def test_automatic_micro_batch_probes_without_changing_weights(tiny_base, demo_e
         )
         return 4  # "4 clips fit"
 
-    monkeypatch.setattr(speed, "auto_micro_batch", fake_search)
+    monkeypatch.setattr(batch_size, "auto_micro_batch", fake_search)
     original_init = ToolkitGPTTrainer.__init__
 
     def init(self, config):
@@ -209,7 +286,7 @@ def test_automatic_micro_batch_probes_without_changing_weights(tiny_base, demo_e
 
     monkeypatch.setattr(ToolkitGPTTrainer, "__init__", init)
     config = _config(tiny_base, tmp_path, grad_accum=4, epochs=1)  # table micro-batch 3 x 4 = 12
-    with caplog.at_level(logging.INFO, logger="utils.training.autobatch"):
+    with caplog.at_level(logging.INFO, logger="utils.training.batch_size"):
         result = train(config, *_rows(demo_en), progress=False, plots=False)
     assert probes["budget"] == 8 << 30 and probes["max_batch"] == 12
     assert probes["candidates"] == [1, 2, 3, 4, 6, 12]  # only the exact splits of 12 are probed
@@ -226,32 +303,115 @@ def test_automatic_micro_batch_probes_without_changing_weights(tiny_base, demo_e
     assert (saved["batch_size"], saved["toolkit"]["grad_accum"]) == (4, 3)
     assert result.total_steps == 3 and result.optimizer_steps == 1  # 10 clips: passes of 4, 4, 2; one step
     # a second run on the same GPU, data and model takes the probe's result from the clip cache
-    monkeypatch.setattr(speed, "auto_micro_batch", lambda *a, **k: pytest.fail("must not probe again"))
+    monkeypatch.setattr(batch_size, "auto_micro_batch", lambda *a, **k: pytest.fail("must not probe again"))
     caplog.clear()
     config = _config(tiny_base, tmp_path, grad_accum=4, epochs=1)
-    with caplog.at_level(logging.INFO, logger="utils.training.autobatch"):
+    with caplog.at_level(logging.INFO, logger="utils.training.batch_size"):
         train(config, *_rows(demo_en), progress=False, plots=False)
     assert "4 clips fit (measured by an earlier run" in caplog.text
     assert "micro-batch 4 x accumulation 3 = effective batch 12" in caplog.text
     # another loader worker count does not change a step's memory: still no probe
     caplog.clear()
     config = _config(tiny_base, tmp_path, grad_accum=4, epochs=1, num_loader_workers=1)
-    with caplog.at_level(logging.INFO, logger="utils.training.autobatch"):
+    with caplog.at_level(logging.INFO, logger="utils.training.batch_size"):
         train(config, *_rows(demo_en), progress=False, plots=False)
     assert "4 clips fit (measured by an earlier run" in caplog.text
     # another GPU: probed again
     fake_cuda.get_device_properties = lambda device=None: types.SimpleNamespace(name="Other GPU", total_memory=16 << 30)
-    monkeypatch.setattr(speed, "auto_micro_batch", lambda probe, budget, *, max_batch, margin=0.9, candidates=None: 2)
+    monkeypatch.setattr(
+        batch_size, "auto_micro_batch", lambda probe, budget, *, max_batch, margin=0.9, candidates=None: 2
+    )
     caplog.clear()
     config = _config(tiny_base, tmp_path, grad_accum=4, epochs=1)
-    with caplog.at_level(logging.INFO, logger="utils.training.autobatch"):
+    with caplog.at_level(logging.INFO, logger="utils.training.batch_size"):
         train(config, *_rows(demo_en), progress=False, plots=False)
     assert "micro-batch 2 x accumulation 6 = effective batch 12" in caplog.text
 
 
 def test_explicit_batch_size_turns_automatic_sizing_off(tiny_base, demo_en, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(autobatch, "autosize_micro_batch", lambda trainer: pytest.fail("must not probe"))
+    monkeypatch.setattr(batch_size, "autosize_micro_batch", lambda trainer: pytest.fail("must not probe"))
     config = _config(tiny_base, tmp_path, batch_size=2, grad_accum=1, epochs=1)
-    with caplog.at_level(logging.INFO, logger="utils.gpt_train"):
+    with caplog.at_level(logging.INFO, logger="utils.training.batch_size"):
         train(config, *_rows(demo_en), progress=False, plots=False)
     assert "micro-batch 2 from --batch-size (automatic sizing off)" in caplog.text
+
+
+def _fake_cuda_memory(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """torch.cuda's memory calls for auto_micro_batch without a GPU; a probe sets ``["peak"]`` (bytes)."""
+    mem = {"peak": 0}
+    for name in ("synchronize", "empty_cache", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda: mem["peak"])
+    return mem
+
+
+def test_auto_micro_batch_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    mem = _fake_cuda_memory(monkeypatch)
+    sizes: list[int] = []
+
+    def probe(b: int) -> None:  # 4.2 GiB fixed + 60 MiB per clip, OOM above 40 clips
+        sizes.append(b)
+        if b > 40:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        mem["peak"] = int((4.2 + 0.06 * b) * 2**30)
+
+    b = batch_size.auto_micro_batch(probe, 7 * 2**30, max_batch=64)
+    assert 4.2 + 0.06 * b <= 0.9 * 7  # fits with the 10% margin
+    assert b >= 28  # and is not far below the largest that fits (35)
+    assert sizes[:2] == [12, 12] and 48 in sizes  # never 1: a compiled step would specialise on it
+    assert 1 not in sizes
+
+
+@pytest.mark.parametrize(
+    ("effective", "limit_clips", "chosen", "most_probes"),
+    [
+        (252, 221, 126, 6),  # the H200: 12, 12, then 36, 84, 126, 252 (earlier: 13 probes)
+        (252, 100, 84, 6),
+        (251, 128, 128, 16),  # a prime: 1 and 251 only, so the sizes between are searched for the warning
+    ],
+)
+def test_auto_micro_batch_probes_only_the_exact_splits(monkeypatch, effective, limit_clips, chosen, most_probes):
+    mem = _fake_cuda_memory(monkeypatch)
+    sizes: list[int] = []
+
+    def probe(b: int) -> None:  # 8 GiB fixed + 0.5 GiB per clip: limit_clips fit in 90% of the budget
+        sizes.append(b)
+        mem["peak"] = int((8 + 0.5 * b) * 2**30)
+
+    budget = int((8 + 0.5 * limit_clips) * 2**30 / 0.9) + 1
+    divisors = [d for d in range(1, effective + 1) if effective % d == 0]
+    b = batch_size.auto_micro_batch(probe, budget, max_batch=effective, candidates=divisors)
+    assert b >= chosen - max(1, chosen // 8) and b <= limit_clips
+    if effective % chosen == 0:
+        assert b == chosen and set(sizes) <= set(divisors)
+    first = 12 if effective % 12 == 0 else 2  # the compiling probe: a split of at least 12 clips where there is one
+    assert len(sizes) <= most_probes and sizes[:2] == [first, first] and 1 not in sizes
+
+
+def test_auto_micro_batch_compiles_at_two_clips_when_twelve_do_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small card: the probe at 12 clips runs out of memory, 2 fit, and the split in between is found."""
+    mem = _fake_cuda_memory(monkeypatch)
+    sizes: list[int] = []
+
+    def probe(b: int) -> None:  # 4 GiB fixed + 0.25 GiB per clip: 9 clips within 90% of 7 GiB
+        sizes.append(b)
+        if b > 10:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        mem["peak"] = int((4 + 0.25 * b) * 2**30)
+
+    divisors = [d for d in range(1, 253) if 252 % d == 0]
+    assert batch_size.auto_micro_batch(probe, 7 * 2**30, max_batch=252, candidates=divisors) == 9
+    assert sizes[:3] == [12, 2, 2] and max(sizes) == 12 and 1 not in sizes
+
+
+def test_auto_micro_batch_falls_back_to_one_clip_when_two_do_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_cuda_memory(monkeypatch)
+    sizes: list[int] = []
+
+    def probe(b: int) -> None:
+        sizes.append(b)
+        if b > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    assert batch_size.auto_micro_batch(probe, 8 * 2**30, candidates=[1, 2, 3, 6]) == 1
+    assert sizes == [2]

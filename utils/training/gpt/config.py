@@ -74,43 +74,18 @@ def build_config(
     for code in [language, *(extra_languages or [])]:
         if code not in languages:
             languages.append(code)
-    model_args = _model_args(base, arch, vocab_path)
-    audio = XttsAudioConfig(sample_rate=22050, dvae_sample_rate=22050, output_sample_rate=24000)
-    sched = hparams.scheduler_params()
-    config = ToolkitGPTConfig(
+    return ToolkitGPTConfig(
         epochs=int(v["epochs"]),
         output_path=str(output_path),
-        model_args=model_args,
+        model_args=_model_args(base, arch, vocab_path),
         run_name=run_name,
         project_name="xtts_finetune",
         run_description="XTTS v2 GPT fine-tune (xtts-finetune-toolkit)",
         dashboard_logger="tensorboard",
-        audio=audio,
+        audio=XttsAudioConfig(sample_rate=22050, dvae_sample_rate=22050, output_sample_rate=24000),
         languages=languages,
-        batch_size=int(v["batch_size"]),
-        eval_batch_size=int(eval_batch_size or v["batch_size"]),
-        num_loader_workers=int(v["num_loader_workers"]),
-        num_eval_loader_workers=min(1, int(v["num_loader_workers"])),
-        eval_split_max_size=256,
-        print_step=50,
-        plot_step=100,
-        log_model_step=None,
-        print_eval=False,
-        run_eval=True,
-        save_step=int(v["save_every_steps"] or 10**9),  # None: time-based saves (ToolkitTrainer) only
-        save_n_checkpoints=int(v["keep_checkpoints"]),
-        save_checkpoints=True,
-        test_delay_epochs=0,
-        training_seed=int(v["seed"]),
-        optimizer=v["optimizer"],
-        optimizer_wd_only_on_weights=bool(v["weight_decay_only_on_weights"]),
-        optimizer_params={"betas": list(v["betas"]), "eps": float(v["eps"]), "weight_decay": float(v["weight_decay"])},
-        lr=float(v["lr"]),
-        lr_scheduler=v["lr_scheduler"],
-        lr_scheduler_params=sched,
-        scheduler_after_epoch=False,  # the LR bridge counts optimizer steps; see utils/training/lr_schedule.py
-        grad_clip=float(v["grad_clip"]),
-        test_sentences=[],
+        **_loop_settings(v, eval_batch_size),
+        **_optimizer_settings(hparams),
         toolkit={
             "hparams": hparams.as_dict(),
             "language": language,
@@ -119,4 +94,44 @@ def build_config(
             "base_model": str(base.root),
         },
     )
-    return config
+
+
+def _loop_settings(v: dict, eval_batch_size: int | None) -> dict:
+    """The Trainer loop's batches, loaders, logging, evaluation and saves from the resolved values."""
+    return {
+        "batch_size": int(v["batch_size"]),
+        "eval_batch_size": int(eval_batch_size or v["batch_size"]),
+        "num_loader_workers": int(v["num_loader_workers"]),
+        "num_eval_loader_workers": min(1, int(v["num_loader_workers"])),
+        "eval_split_max_size": 256,
+        "print_step": 50,
+        "plot_step": 100,
+        "log_model_step": None,
+        "print_eval": False,
+        "run_eval": True,
+        "save_step": int(v["save_every_steps"] or 10**9),  # None: time-based saves (ToolkitTrainer) only
+        "save_n_checkpoints": int(v["keep_checkpoints"]),
+        "save_checkpoints": True,
+        "test_delay_epochs": 0,
+        "training_seed": int(v["seed"]),
+        "test_sentences": [],
+    }
+
+
+def _optimizer_settings(hparams: Resolved) -> dict:
+    """The optimizer, LR schedule and gradient clipping from the resolved values."""
+    v = hparams.values
+    return {
+        "optimizer": v["optimizer"],
+        "optimizer_wd_only_on_weights": bool(v["weight_decay_only_on_weights"]),
+        "optimizer_params": {
+            "betas": list(v["betas"]),
+            "eps": float(v["eps"]),
+            "weight_decay": float(v["weight_decay"]),
+        },
+        "lr": float(v["lr"]),
+        "lr_scheduler": v["lr_scheduler"],
+        "lr_scheduler_params": hparams.scheduler_params(),
+        "scheduler_after_epoch": False,  # the LR bridge counts optimizer steps; see utils/training/lr_schedule.py
+        "grad_clip": float(v["grad_clip"]),
+    }

@@ -10,15 +10,15 @@ waveform. The conditioning slice keeps Coqui's semantics exactly (``get_prompt_s
 length between ``min_conditioning_length`` and ``max_conditioning_length``, random start, zero
 padded to the maximum; middle length from the start for evaluation).
 
-How the trainer uses it (see also :mod:`utils.training.speed`):
+How the GPT stage uses it (:class:`utils.training.gpt.model.ToolkitGPTTrainer`, with the
+``cache_dvae_codes`` speed option):
 
-1. ``items, excluded = prepare_clip_cache(model, samples, cache_dir, device="cuda")`` once, e.g.
-   in ``get_data_loader`` (it borrows the DVAE back onto ``device`` if it was offloaded).
+1. ``items, excluded = prepare_clip_cache(model, samples, cache_dir, device="cuda")`` once per split
+   (``clip_dataset``; it borrows the DVAE back onto ``device`` if it was offloaded).
 2. ``dataset = CachedClipDataset(items, model.config)`` and
-   ``loader = build_fast_loader(dataset, batch_size, opts)`` in ``get_data_loader``.
-3. ``model.format_batch`` / ``format_batch_on_device`` replaced by the ones that
-   :func:`utils.training.speed.apply_speed_options` installs (they accept these batches and the
-   stock ``XTTSDataset`` batches alike).
+   ``loader = build_fast_loader(dataset, batch_size, ...)`` in ``get_data_loader``.
+3. The model's ``format_batch`` / ``format_batch_on_device`` (:class:`utils.training.gpt.model.
+   SpeedLevers`) take these batches and the stock ``XTTSDataset`` batches alike.
 """
 
 from __future__ import annotations
@@ -306,7 +306,7 @@ def _codes_for(
     if not todo:
         return items
     order = sorted(todo, key=lambda i: pending[i][3])
-    # The DVAE may have been moved off the GPU (speed.offload_frozen_modules): borrow it back.
+    # The DVAE may have been moved off the GPU (the offload_frozen speed option): borrow it back.
     home = next(model.dvae.parameters()).device
     model.dvae.to(device)
     try:
@@ -361,17 +361,35 @@ def prepare_clip_cache(
     Returns:
         ``(items, excluded)``: kept clips and ``{"audio_file", "reason", "detail"}`` dicts.
     """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    pending, excluded = _decode_clips(model, samples, cache_dir, load_audio, progress)
+    items = _codes_for(model, pending, device, batch_size, progress, codes_key=dvae_key(model.config))
+    kept = [it for it in items if it is not None]
+    for e in excluded:
+        logger.warning("excluded %s: %s %s", e["audio_file"], e["reason"], e["detail"])
+    logger.info("clip cache: %d clips kept, %d excluded, in %s", len(kept), len(excluded), cache_dir)
+    return kept, excluded
+
+
+def _decode_clips(
+    model: Any,
+    samples: Sequence[dict[str, Any]],
+    cache_dir: Path,
+    load_audio: Callable[[str, int], torch.Tensor],
+    progress: bool,
+) -> tuple[list[tuple[dict[str, Any], torch.Tensor, str, int]], list[dict[str, Any]]]:
+    """The sample checks on every row and its waveform in the cache: ``(pending, excluded)``, in the rows' order.
+
+    ``pending`` holds ``(row, tokens, cached .npy, samples)`` of each row that passed.
+    """
     from tqdm import tqdm
 
     config = model.config
     args = config.model_args
     sr = int(config.audio.sample_rate)
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = model.xtts.tokenizer
     special = SpecialTokens.of(tokenizer)
-    pending: list[tuple[dict[str, Any], torch.Tensor, str, int]] = []
-    excluded: list[dict[str, Any]] = []
     contents = file_digests([str(s["audio_file"]) for s in samples], index=cache_dir / "file_digests.json")
     lengths = _read_lengths(cache_dir / LENGTHS_INDEX)
     known = len(lengths)
@@ -383,6 +401,8 @@ def prepare_clip_cache(
         except SampleProblem as problem:
             return s, problem
 
+    pending: list[tuple[dict[str, Any], torch.Tensor, str, int]] = []
+    excluded: list[dict[str, Any]] = []
     # decoding, resampling and the .npy writes release the GIL: a few threads keep the disk and
     # the cores busy; results come back in the rows' order
     with ThreadPoolExecutor(max_workers=decode_workers(len(samples))) as pool:
@@ -396,13 +416,7 @@ def prepare_clip_cache(
         from utils.fs import write_json_atomic
 
         write_json_atomic(cache_dir / LENGTHS_INDEX, lengths)
-
-    items = _codes_for(model, pending, device, batch_size, progress, codes_key=dvae_key(config))
-    kept = [it for it in items if it is not None]
-    for e in excluded:
-        logger.warning("excluded %s: %s %s", e["audio_file"], e["reason"], e["detail"])
-    logger.info("clip cache: %d clips kept, %d excluded, in %s", len(kept), len(excluded), cache_dir)
-    return kept, excluded
+    return pending, excluded
 
 
 def prompt_slice(

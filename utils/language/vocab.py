@@ -129,11 +129,7 @@ def extend_vocab(
     from tokenizers import Tokenizer
 
     base_path, out = Path(base_vocab_json), Path(out_path)
-    if is_xtts_language(language):
-        raise LanguageError(f"'{language}' is an XTTS v2 language; its vocabulary needs no extension")
-    spec = get_language_spec(language)
-    if language in language_tokens(base_path):
-        raise LanguageError(f"{base_path} already has a [{language}] token; use it as is instead of extending again")
+    spec = _check_extendable(base_path, language)
     data = _load_bpe_json(base_path)
     vocab: dict[str, int] = data["model"]["vocab"]
     merges: list = data["model"]["merges"]
@@ -159,17 +155,31 @@ def extend_vocab(
     text = json.dumps(data, ensure_ascii=False)
     _verify(Tokenizer.from_file(str(base_path)), Tokenizer.from_str(text), normalised, ext)
     _write_atomic(out, text)
+    _log_extended(ext)
+    return ext
+
+
+def _log_extended(ext: VocabExtension) -> None:
     logger.info(
         "vocabulary extended for '%s': %d -> %d tokens (%d characters, %d merged tokens with merges) from %d texts: %s",
-        language,
-        base_size,
+        ext.language,
+        ext.base_size,
         ext.new_size,
-        len(new_chars),
-        len(new_tokens),
-        len(normalised),
-        out,
+        len(ext.new_characters),
+        len(ext.new_tokens),
+        ext.texts,
+        ext.path,
     )
-    return ext
+
+
+def _check_extendable(base_path: Path, language: str) -> Any:
+    """The language's spec, once it is clear the base vocabulary can be extended for it."""
+    if is_xtts_language(language):
+        raise LanguageError(f"'{language}' is an XTTS v2 language; its vocabulary needs no extension")
+    spec = get_language_spec(language)
+    if language in language_tokens(base_path):
+        raise LanguageError(f"{base_path} already has a [{language}] token; use it as is instead of extending again")
+    return spec
 
 
 def _new_characters(

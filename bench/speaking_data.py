@@ -284,6 +284,7 @@ def build_speaking_dataset(
         "clips": len(rows),
         "voices": list(voices),
         "speakers": sorted(refs),
+        "voice_of": {v.replace("+", "_"): v for v in voices},
         "references": refs,
         "heldout": held,
     }

@@ -100,7 +100,7 @@ class Scorer:
     """Scores synthesized audio against its text and the reference voice.
 
     Args:
-        xtts: an ``Xtts`` (its speaker encoder gives ``similarity_xtts``).
+        xtts: an ``Xtts`` (its speaker encoder gives ``similarity_xtts``), or None to skip that measure.
         language: language of the texts.
         references: the reference clip(s); their mean embedding is the target voice.
         asr: a Transcriber, or None (``asr_note`` says why).
@@ -159,7 +159,9 @@ class Scorer:
             flags.append("too_short")
         rec["similarity_xtts"] = rec["similarity_ge2e"] = None
         if audio.size:
-            rec["similarity_xtts"] = round(cosine(speaker_embedding(self.xtts, audio, sr), self.target_embedding()), 4)
+            if self.xtts is not None:  # None: wavs scored without their model (on a machine that lacks it)
+                sim = cosine(speaker_embedding(self.xtts, audio, sr), self.target_embedding())
+                rec["similarity_xtts"] = round(sim, 4)
             target = self.ge2e_target() if self.ge2e is not None else None
             if target is not None:  # no speech GE2E can embed counts as no likeness (0.0), not as skipped
                 sim = self.ge2e.similarity(audio, sr, target)

@@ -41,6 +41,7 @@ def plot_history(rows: Sequence[Any], path: Path) -> Path:
         ax.step(*zip(*line), where="post", color="black", alpha=0.6, label="best so far (complete)")
     _mark_without_value(ax, rows)
     ax.set_xlabel("trial")
+    _whole_numbers(ax)
     ax.set_ylabel("best eval loss of the trial")
     ax.set_title("optimisation history (pruned: the best loss before the pruner stopped it)", fontsize=9)
     ax.grid(alpha=0.3)
@@ -64,6 +65,7 @@ def plot_curves(rows: Sequence[Any], path: Path) -> Path:
         ax.plot(*zip(*pts), style, marker=".", linewidth=width, color=colour, alpha=0.8)
         ax.annotate(str(r.number), pts[-1], fontsize=7, xytext=(3, 0), textcoords="offset points")
     ax.set_xlabel("evaluation")
+    _whole_numbers(ax)
     ax.set_ylabel("eval loss")
     ax.set_title("eval loss of each trial (numbers: trials; dashed: pruned or failed; thick: best)", fontsize=9)
     ax.grid(alpha=0.3)
@@ -109,7 +111,8 @@ def plot_importance(study: Any, path: Path) -> Path:
         ax.barh(names, [importance[n] for n in names], color="tab:blue")
         ax.set_xlabel("importance (fANOVA, share of the eval loss's variance; sums to 1)")
         complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-        ax.set_title(f"parameter importance over {complete} completed trials", fontsize=9)
+        rough = " (few trials: a rough guide)" if complete < 10 else ""
+        ax.set_title(f"parameter importance over {complete} completed trials{rough}", fontsize=9)
     else:
         ax.axis("off")
         ax.text(0.5, 0.5, f"parameter importance needs at least two completed trials\n({why})", ha="center")
@@ -122,6 +125,12 @@ def _mark_without_value(ax: Any, rows: Sequence[Any]) -> None:
     if none:
         ax.plot(none, [1.0] * len(none), "v", color="tab:red", transform=ax.get_xaxis_transform(), clip_on=False)
         ax.plot([], [], "v", color="tab:red", label="no finite eval loss")
+
+
+def _whole_numbers(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _finish(plt: Any, fig: Any, path: Path) -> Path:

@@ -140,7 +140,7 @@ def edge_notes(best: TrialRow, space: SearchSpace) -> list[str]:
     notes = []
     for name, p in space.params.items():
         value = best.values.get(name)
-        if value is None:
+        if value is None or (p.integer and p.high - p.low < 4):  # a range of a few whole numbers has no "beyond"
             continue
         lo, hi, v = (math.log(p.low), math.log(p.high), math.log(value)) if p.log else (p.low, p.high, float(value))
         for end, at in (("bottom", (v - lo) / (hi - lo) <= EDGE_SHARE), ("top", (hi - v) / (hi - lo) <= EDGE_SHARE)):
@@ -168,6 +168,7 @@ def write_best(
         "eval_loss": best.value,
         "table_trial": {"trial": table.number, "state": table.state, "eval_loss": table.value} if table else None,
         "table_row": settings.table_row,
+        "table_lr": settings.row_lr,
         "dataset_hours": settings.dataset_hours,
         "budget_epochs": settings.budget_epochs,
         "subset": settings.subset,

@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import secrets
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,25 +199,44 @@ def _digest(path: Path) -> str:
 
 
 def _subset_csv(train_csv: Path, share: float, seed: int, folder: Path) -> Path:
-    """``train_csv`` itself, or a seeded share of its rows in ``folder`` (audio paths made absolute).
+    """``train_csv`` itself, or a seeded share of its rows as ``folder/metadata_train.csv``.
 
-    The rows' own clips are used, so the clip cache (keyed by file content) serves both.
+    The preflight keeps every clip inside its CSV's folder, so the chosen clips are linked into
+    ``folder`` at their own relative paths (hard links: no copy; copied where the file system
+    cannot link). The clip cache is keyed by file content, so it serves the subset and the full set.
     """
     if share >= 1.0:
         return train_csv
     from utils.data.csv_io import read_coqui_csv
 
-    rows = list(read_coqui_csv(train_csv))
+    root = train_csv.parent.resolve()
+    rows = [r for r in read_coqui_csv(train_csv) if r.path.is_file() and r.path.is_relative_to(root)]
     keep = max(2, round(len(rows) * share))
-    chosen = sorted(random.Random(seed).sample(range(len(rows)), min(keep, len(rows))))
-    folder.mkdir(parents=True, exist_ok=True)
+    chosen = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), min(keep, len(rows))))]
+    copied = 0
+    for row in chosen:
+        rel = row.path.relative_to(root)
+        dest = folder / rel
+        if not dest.is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(row.path, dest)
+            except OSError:  # another file system, or one without hard links
+                shutil.copy2(row.path, dest)
+                copied += 1
+        row.audio_file = rel.as_posix()
     path = folder / "metadata_train.csv"
-    lines = ["audio_file|text|speaker_name"]
-    lines += [f"{rows[i].path}|{rows[i].text}|{rows[i].speaker_name}" for i in chosen]
-    text = "\n".join(lines) + "\n"
+    text = "audio_file|text|speaker_name\n" + "".join(f"{r.audio_file}|{r.text}|{r.speaker_name}\n" for r in chosen)
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
         replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    logger.info("trials train on %d of the %d training rows (--subset %g): %s", len(chosen), len(rows), share, path)
+    logger.info(
+        "trials train on %d of the %d training rows (--subset %g; %d clips copied, the others linked): %s",
+        len(chosen),
+        len(rows),
+        share,
+        copied,
+        path,
+    )
     return path
 
 

@@ -11,7 +11,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# Tiny trials: the demo's 8 training clips at micro-batch 2 (5 optimizer steps an epoch), no loader processes.
+# Tiny trials: the demo's 10 training clips at micro-batch 2 (5 optimizer steps an epoch), no loader processes.
 TINY = ["--fix", "batch_size=2", "grad_accum=1", "num_loader_workers=0"]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.finetune.recipe_file import write_recipe_file
+from utils.fs import replace_atomically
 from utils.search import storage as st
 from utils.search.settings import SearchSettings, StudyFolder
 from utils.search.space import SearchSpace
@@ -190,14 +191,19 @@ def write_summary(root: Path, settings: SearchSettings, outcome: SearchOutcome) 
     """summary.csv (one row per trial) and summary.md (the same as a table, with the result)."""
     cols = _columns(settings)
     header = ["trial", "state", "best_eval_loss", *cols, "evaluations", "seconds", "reason", "run_dir"]
-    with open(root / "summary.csv", "w", encoding="utf-8", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        for r in outcome.rows:
-            w.writerow(
-                [r.number, r.state, _raw(r.value), *(_raw(r.values.get(c)) for c in cols), len(r.evaluations)]
-                + [_raw(r.seconds), r.reason, r.run_dir or ""]
-            )
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(header)
+            for r in outcome.rows:
+                w.writerow(
+                    [r.number, r.state, _raw(r.value), *(_raw(r.values.get(c)) for c in cols), len(r.evaluations)]
+                    + [_raw(r.seconds), r.reason, r.run_dir or ""]
+                )
+
+    # whole-file writes: several workers of one study may write the reports at the same time
+    replace_atomically(root / "summary.csv", write_csv)
     c = outcome.counts
     seconds = sum(r.seconds or 0.0 for r in outcome.rows)
     lines = [
@@ -226,7 +232,8 @@ def write_summary(root: Path, settings: SearchSettings, outcome: SearchOutcome) 
         cells = [f"{r.number}{mark}", r.state, _num(r.value), *(_num(r.values.get(col)) for col in cols)]
         cells += [str(len(r.evaluations)), _num(r.seconds), r.reason.replace("|", "/")]
         lines.append("| " + " | ".join(cells) + " |")
-    (root / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    text = "\n".join(lines) + "\n"
+    replace_atomically(root / "summary.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _raw(value: Any) -> str:

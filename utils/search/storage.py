@@ -187,6 +187,7 @@ def _worker_gone(worker: str, heartbeat: float) -> bool:
             return True
         except PermissionError:  # alive, another user's
             return False
+        return False  # alive: its heartbeat may lag behind a long step
     return time.time() - heartbeat > STALE_AFTER_S
 
 

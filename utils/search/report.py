@@ -137,13 +137,15 @@ def measured_epochs(best: TrialRow, settings: SearchSettings) -> tuple[int | Non
 
 
 def edge_notes(best: TrialRow, space: SearchSpace) -> list[str]:
-    """Notes for best values at an end of their range: the optimum may lie beyond it."""
+    """Notes for scale parameters (searched on a log scale: LR, weight decay, ...) whose best value
+    sits at an end of its range: the optimum may lie beyond it. The plateau settings and warmup are
+    left out: in a short trial they often never act, and their end of the range then means nothing."""
     notes = []
     for name, p in space.params.items():
         value = best.values.get(name)
-        if value is None or (p.integer and p.high - p.low < 4):  # a range of a few whole numbers has no "beyond"
+        if value is None or not p.log:
             continue
-        lo, hi, v = (math.log(p.low), math.log(p.high), math.log(value)) if p.log else (p.low, p.high, float(value))
+        lo, hi, v = math.log(p.low), math.log(p.high), math.log(value)
         for end, at in (("bottom", (v - lo) / (hi - lo) <= EDGE_SHARE), ("top", (hi - v) / (hi - lo) <= EDGE_SHARE)):
             if at:
                 notes.append(

@@ -38,6 +38,7 @@ class DatasetBench:
     trials: int
     budget_epochs: int
     subset: float
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # --range for the search
 
 
 @dataclass
@@ -123,7 +124,13 @@ def search(dataset: Path, base: Path, out: Path, spec: DatasetBench) -> tuple[An
 
     fix = {"batch_size": spec.batch_size, "grad_accum": spec.grad_accum, "num_loader_workers": 0}
     request = SearchRequest(
-        out=out, dataset=dataset, base_model=base, budget_epochs=spec.budget_epochs, subset=spec.subset, fix=fix
+        out=out,
+        dataset=dataset,
+        base_model=base,
+        budget_epochs=spec.budget_epochs,
+        subset=spec.subset,
+        fix=fix,
+        ranges=spec.ranges,
     )
     started, cpu = time.time(), time.process_time()
     outcome = start_search(request, RunOptions(trials=spec.trials, progress=False))

@@ -11,6 +11,9 @@ front ends subscribe a callable ``fn(event)``. Nobody parses log lines. Kinds:
 - ``health``: one health event, as written to events.jsonl.
 - ``finished``: training ended (``run_dir``, ``stop_reason``, ``total_steps``, ``optimizer_steps``).
 - ``error``: the run stopped on an error (``message``, ``type``).
+
+A subscriber may end a run normally by raising :class:`StopRun` from a ``progress`` or
+``evaluation`` event (a hyperparameter search prunes a trial this way); the bus passes it on.
 """
 
 from __future__ import annotations
@@ -59,10 +62,19 @@ class Event:
 Subscriber = Callable[[Event], None]
 
 
+class StopRun(Exception):
+    """Raised by a subscriber to end training normally, as early stopping does.
+
+    The event bus passes it on instead of logging and skipping it; the trainer catches it in its
+    loop, writes its final checkpoint and returns (``utils.training.health.StopTraining`` is this class).
+    """
+
+
 class EventBus:
     """Delivers each emitted event to every subscriber, in subscription order.
 
-    A failing subscriber is logged and skipped: a front end must never stop training.
+    A failing subscriber is logged and skipped: a front end must never stop training by accident
+    (it may on purpose, with :class:`StopRun`).
     """
 
     def __init__(self, subscribers: list[Subscriber] | None = None) -> None:
@@ -87,6 +99,8 @@ class EventBus:
         for fn in subscribers:
             try:
                 fn(event)
+            except StopRun:
+                raise
             except Exception as exc:  # a subscriber's bug must not end the run
                 logger.warning("event subscriber %r failed on %s: %s", fn, event.kind.value, exc)
         return event

@@ -243,6 +243,13 @@ def _mode_options(g: Any) -> None:
         "machine without CUDA, N CPU processes). --grad-accum counts micro-batches over all GPUs, so the "
         "table's LR stays valid. Several machines: run this script under torchrun instead (README)",
     )
+    g.add_argument(
+        "--recipe",
+        type=Path,
+        metavar="FILE",
+        help="a recipe file (JSON): its values are a layer under the command line, each with its source "
+        "(e.g. STUDY_DIR/best.json from scripts/search_hparams.py)",
+    )
     g.add_argument("--recipe-json", help=argparse.SUPPRESS)  # a recipe's values, passed on to --gpus workers
     g.add_argument("-v", "--verbose", action="store_true")
 
@@ -289,7 +296,9 @@ def _int_list(text: str) -> tuple[int, ...]:
         ) from None
 
 
-def run_config(args: argparse.Namespace, recipe: dict[str, Any] | None = None) -> RunConfig:
+def run_config(
+    args: argparse.Namespace, recipe: dict[str, Any] | None = None, recipe_sources: dict[str, str] | None = None
+) -> RunConfig:
     """The run configuration: defaults, then ``recipe``, then the options given on the command line."""
     given: dict[str, Any] = {name: getattr(args, name, None) for name in (*_FIELDS, *RUN_HPARAMS)}
     switches = {
@@ -299,7 +308,18 @@ def run_config(args: argparse.Namespace, recipe: dict[str, Any] | None = None) -
     for flag, name in (("no_export", "export"), ("no_progress", "progress"), ("no_plots", "plots")):
         if getattr(args, flag, False):
             given[name] = False
-    return RunConfig.build(recipe=recipe, **given)
+    return RunConfig.build(recipe=recipe, recipe_sources=recipe_sources, **given)
+
+
+def recipe_layer(path: Path | None, recipe: dict[str, Any] | None) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """``--recipe FILE`` on top of a recipe module's values (the file was named on the command
+    line, so it wins over the module); returns the merged recipe and the file's sources."""
+    if path is None:
+        return recipe, {}
+    from utils.finetune.recipe_file import read_recipe_file
+
+    loaded = read_recipe_file(path)
+    return {**(recipe or {}), **loaded.values}, loaded.sources
 
 
 def main(argv: Sequence[str] | None = None, *, recipe: dict[str, Any] | None = None) -> int:
@@ -315,9 +335,10 @@ def main(argv: Sequence[str] | None = None, *, recipe: dict[str, Any] | None = N
         recipe = {**(recipe or {}), **json.loads(args.recipe_json)}
     elif recipe:  # --gpus N workers run this command line again: the recipe's values go with it
         argv = [*argv, "--recipe-json", json.dumps(recipe)]
+    recipe, recipe_sources = recipe_layer(args.recipe, recipe)
     plan_only = args.continue_run is None and bool(args.preview_schedule or args.dry_run)
     return launch.run(
-        run_config(args, recipe),
+        run_config(args, recipe, recipe_sources),
         argv,
         command=Path(__file__).resolve(),
         then=_then(args) if plan_only else _train_and_report,

@@ -107,7 +107,7 @@ DEMO_RECIPE: Mapping[str, Any] = MappingProxyType(
 )
 
 _PATHS = ("dataset", "train_csv", "eval_csv", "base_model", "output_path", "restore")
-_MAPPINGS = ("hparams", "recipe_hparams", "speed_switches", "sources")
+_MAPPINGS = ("hparams", "recipe_hparams", "speed_switches", "sources", "recipe_sources")
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,9 @@ class RunConfig:
     as in :data:`RUN_HPARAMS`). ``restore``: start a new run from this checkpoint's weights
     (a ``.pth`` or a run folder). ``speed`` is a preset of :data:`SPEED_PRESETS`;
     ``speed_switches`` turn single levers on or off. ``sources`` maps each field a layer set to
-    "recipe" or "cli" (unset fields are "default").
+    "recipe" or "cli" (unset fields are "default"). ``recipe_sources`` names where a recipe file's
+    values came from (``--recipe STUDY_DIR/best.json``: "search STUDY trial K, eval loss X"), shown
+    instead of "recipe".
     """
 
     dataset: Path | None = None
@@ -149,6 +151,7 @@ class RunConfig:
     gpus: int = 1
     demo: bool = False
     sources: Mapping[str, str] = field(default_factory=dict)
+    recipe_sources: Mapping[str, str] = field(default_factory=dict)  # a recipe file's own labels
 
     def __post_init__(self) -> None:
         for name in _PATHS:
@@ -174,11 +177,14 @@ class RunConfig:
     # --- construction -------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, recipe: Mapping[str, Any] | None = None, **values: Any) -> RunConfig:
+    def build(
+        cls, recipe: Mapping[str, Any] | None = None, recipe_sources: Mapping[str, str] | None = None, **values: Any
+    ) -> RunConfig:
         """Layer defaults, a recipe and the caller's values (None means "not given").
 
         Both ``recipe`` and ``values`` take field names and hyperparameter names side by side
         (``{"language": "am", "epochs": 10}``); hyperparameters go to their own layers.
+        ``recipe_sources`` labels recipe values (a recipe file's sources).
 
         Raises:
             ConfigError: an unknown name or an invalid value.
@@ -202,7 +208,7 @@ class RunConfig:
                     raise ConfigError(
                         f"unknown run option {key!r} in the {layer_name}; known: {', '.join(sorted(names))}"
                     )
-        return cls(**kwargs, sources=sources)
+        return cls(**kwargs, sources=sources, recipe_sources=dict(recipe_sources or {}))
 
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with ``changes`` applied as the caller's values (hyperparameters into ``hparams``)."""

@@ -208,6 +208,9 @@ def resolve_hparams(
         preset_name=preset,
         lr_reference=lr_reference,
     )
+    for key, label in config.recipe_sources.items():  # a recipe file says where its values came from
+        if resolved.sources.get(key) == "recipe":
+            resolved.sources[key] = label
     for note in resolved.notes:
         logger.info("%s", note)
     return resolved

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.errors import ToolkitError
+from utils.events import StopRun
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,9 @@ class DivergenceError(ToolkitError):
     """Training produced non-finite losses or gradients more often than it may recover."""
 
 
-class StopTraining(Exception):
-    """Raised inside the loop to end training normally (early stopping, LR range test)."""
+# Raised inside the loop to end training normally (early stopping, LR range test, an event
+# subscriber such as a search's pruner): one class, kept in utils.events so front ends can raise it.
+StopTraining = StopRun
 
 
 @dataclass

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's measurements for BENCHMARKS.md, run on the device machine:
-#   bash scripts/gpu_bench_session.sh OUT_DIR [parity fast fast_noround fast_nocond lowvram_nocond rerun fast_cppwrap fast_autotune oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap imports big compile | all]
+#   bash scripts/gpu_bench_session.sh OUT_DIR [parity fast search_rate speaking fast_noround fast_nocond lowvram_nocond rerun fast_cppwrap fast_autotune oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap imports big compile | all]
 # Expects the Coqui stack as wheels in .whl/ (see ../shared/OFFLINE_GPU.md); each step has its own
 # time limit so a slow one cannot take the rest with it. Results: OUT_DIR/*.json and *.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [parity fast fast_noround fast_nocond lowvram_nocond rerun fast_cppwrap fast_autotune oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap imports big compile | all]}
+OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [parity fast search_rate speaking fast_noround fast_nocond lowvram_nocond rerun fast_cppwrap fast_autotune oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap imports big compile | all]}
 WHAT=${2:-all}
 mkdir -p "$OUT"
 # every step's limit is cut to what is left of BENCH_LIMIT_S (the device's per-call limit, less the
@@ -148,6 +148,26 @@ if run big; then
   # clip cache (68 s for 19,840 clips) and the probes come first; recompile reasons in the log
   TORCH_LOGS=recompiles timeout 570 python3 scripts/bench_gpt_train.py --workdir /tmp/bgt_big --clips 20480 --epochs 2 \
     --out "$OUT/e2e_big.json" --no-progress > "$OUT/e2e_big.log" 2>&1
+fi
+if run search_rate; then
+  # trials per hour of the hyperparameter search at full XTTS v2 GPT size on the 4,096-clip set the
+  # "fast" step made (its clip cache and compile cache are reused): 4 trials of one epoch each
+  if [ -d $W/clips ] && [ -d $W/base ]; then
+    s0=$(date +%s)
+    timeout 240 python3 scripts/search_hparams.py --dataset $W/clips --base-model $W/base --language en \
+      --trials 4 --budget-epochs 1 --out $W/study --no-progress > "$OUT/search_rate.log" 2>&1
+    echo "{\"trials\": 4, \"wall_s\": $(( $(date +%s) - s0 )), \"rc\": $?}" > "$OUT/search_rate.json"
+    cp $W/study/summary.csv $W/study/summary.md "$OUT/" 2>/dev/null
+  fi
+fi
+if run speaking; then
+  # a small XTTS from random weights, all three stages, on 2 hours of espeak-ng speech in two voices;
+  # the held-out speech comes back as FLAC for scoring on the CPU machine (score_speaking_model.py)
+  timeout 560 python3 scripts/train_speaking_model.py /tmp/speak --espeak .espeak --minutes "${SPEAK_MINUTES:-6.4}" \
+    > "$OUT/speaking.log" 2>&1
+  tar czf "$OUT/speaking.tgz" -C /tmp/speak summary.json data/heldout.json wavs \
+    $(cd /tmp/speak && python3 -c "import json; d=json.load(open('summary.json')); print(' '.join('data/wavs/'+p.split('/')[-1] for p in d['data']['references'].values()))" 2>/dev/null) \
+    $(cd /tmp/speak && find runs -maxdepth 3 \( -name 'metrics.jsonl' -o -name '*.png' -o -name '*_report.json' -o -name stages.json \) 2>/dev/null)
 fi
 if run compile; then
   # the default path without torch.compile

@@ -8,6 +8,11 @@ monitor's evaluation checks, early stopping, the best model, one JSON line in ``
 (rank 0; the toolkit's plots, the web UI, the search and the tests read it) and the
 ``on_evaluation`` hooks.
 
+An evaluation's losses are the mean over its batches, each batch weighted by its clips
+(:class:`BatchMeans`): Coqui's ``KeepAverage`` gives its first value weight 0, so with several
+eval batches the first was left out of the eval loss that drives the plateau rule, early
+stopping and the best model.
+
 A ``--continue`` can resume from a checkpoint older than records already written (Coqui's
 numbered checkpoint is written inside the epoch's last step, before the epoch-end evaluation):
 :func:`drop_after` removes what the resumed run will write again, in ``metrics.jsonl`` and in the
@@ -23,6 +28,8 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from trainer.generic_utils import KeepAverage
 
 from utils.training.health import EarlyStopping, HealthMonitor, StopTraining
 from utils.training.lr_schedule import LRBridge
@@ -169,6 +176,35 @@ class Evaluations:
         self.last_step = state.get("last_eval_step")
         if self.early_stopping is not None and state.get("early_stopping"):
             self.early_stopping.load_state_dict(state["early_stopping"])
+
+
+class BatchMeans(KeepAverage):
+    """Coqui's ``KeepAverage`` as the mean over batches, each weighted by ``weight`` (its clips).
+
+    Coqui's first value starts with weight 0 (``add_value(init_iter=0)``) and every later one with
+    weight 1, so the mean of three batches with losses 1, 2 and 6 is 4 there and 3 here. The
+    trainer sets ``weight`` before each evaluation batch; Coqui's code updates the values as usual.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = 1.0
+        self.weights: dict[str, float] = {}
+
+    def add_value(self, name: str, init_val: float = 0, init_iter: int = 0) -> None:
+        super().add_value(name, init_val, init_iter)
+        self.weights[name] = float(init_iter)
+
+    def update_value(self, name: str, value: float, *, weighted_avg: bool = False) -> None:
+        if weighted_avg:  # Coqui's moving average (the Trainer does not ask for it), as Coqui computes it
+            super().update_value(name, value, weighted_avg=True)
+            return
+        before, w = self.weights.get(name, 0.0), float(self.weight)
+        total = before + w
+        mean = self.avg_values.get(name, 0.0) if before else 0.0
+        self.avg_values[name] = mean + (value - mean) * (w / total) if total else value
+        self.weights[name] = total
+        self.iters[name] = self.iters.get(name, 0) + 1
 
 
 def _fmt(value: float | None) -> str:

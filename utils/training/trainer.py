@@ -33,7 +33,6 @@ from typing import Any
 
 import torch
 from trainer import Trainer
-from trainer.generic_utils import KeepAverage
 
 from utils.training import batch_size, checkpoints, compat, distributed, evaluations, step_values
 from utils.training.best_model import BestModelWriter, best_loss_on_disk
@@ -306,15 +305,21 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
 
     # --- evaluation ---------------------------------------------------------------------------
 
+    def eval_step(self, batch: Any, step: int) -> Any:
+        """Coqui's average gives an evaluation's first batch weight 0: each batch counts by its clips here."""
+        if isinstance(self.keep_avg_eval, evaluations.BatchMeans):
+            self.keep_avg_eval.weight = float(batch_clips(batch) or 1)
+        return super().eval_step(batch, step)
+
     def eval_epoch(self) -> None:
         """Coqui averages an epoch's evaluations into one ``KeepAverage`` and runs nothing after one:
-        each starts fresh here, the same weights are never evaluated twice, and its record follows."""
+        each starts fresh here (a plain mean), the same weights are never evaluated twice, its record follows."""
         self._read_pending()
         # an epoch whose last step was an evaluation step: the same weights would count twice for the plateau rule
         if self.evaluations.last_step == self.total_steps_done:
             logger.debug("step %d already evaluated; skipping the repeated evaluation", self.total_steps_done)
             return
-        self.keep_avg_eval = KeepAverage()
+        self.keep_avg_eval = evaluations.BatchMeans()
         super().eval_epoch()
         self.share_evaluation_inputs()
         self.evaluations.after(self)

@@ -93,6 +93,7 @@ def _bad_input_cases(tmp: Path, tiny_base: Path, demo: Path) -> list[tuple[list[
         (["--dataset", str(demo), "--base-model", str(tiny_base), "--language", "english!", *out], "language"),
         (["--dataset", str(wrong_cols), "--base-model", str(tiny_base), *out], "column"),
         (["--dataset", str(demo), *out], "--base-model"),
+        (["--dataset", str(demo), "--base-model", str(tiny_base), "--logger", "clearml", *out], "pip install clearml"),
     ]
 
 

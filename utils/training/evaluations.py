@@ -5,8 +5,8 @@ the eval loss) and writes TensorBoard scalars only. :class:`Evaluations` (held b
 :class:`~utils.training.trainer.ToolkitTrainer`) turns each evaluation into one record: the
 stage's train and eval losses, the LR bridges' plateau rule, throughput; then the health
 monitor's evaluation checks, early stopping, the best model, one JSON line in ``metrics.jsonl``
-(rank 0; the toolkit's plots, the web UI, the search and the tests read it) and the
-``on_evaluation`` hooks.
+and the same numbers on the dashboard (rank 0, :mod:`utils.training.run_log`; the toolkit's
+plots, the web UI, the search and the tests read metrics.jsonl) and the ``on_evaluation`` hooks.
 
 An evaluation's losses are the mean over its batches, each batch weighted by its clips
 (:class:`BatchMeans`): Coqui's ``KeepAverage`` gives its first value weight 0, so with several
@@ -33,6 +33,7 @@ from trainer.generic_utils import KeepAverage
 
 from utils.training.health import EarlyStopping, HealthMonitor, StopTraining
 from utils.training.lr_schedule import LRBridge
+from utils.training.run_log import RunLog
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class Evaluations:
     ) -> None:
         self.health, self.early_stopping, self.hooks = health, early_stopping, hooks
         self.records: list[dict[str, Any]] = []
-        self.path: Path | None = None  # metrics.jsonl (set once the run folder exists)
+        self.log: RunLog | None = None  # metrics.jsonl and the dashboard (set once the run folder exists)
         self.last_step: int | None = None  # total_steps_done at the last evaluation
 
     def after(self, trainer: Any) -> None:
@@ -140,9 +141,8 @@ class Evaluations:
             counts = trainer.position.counts(trainer.total_steps_done, trainer.epochs_done)
             trainer.best_model.save_if_improved(trainer, eval_loss, record["train_loss"], counts)
         self.records.append(record)
-        if rank0 and self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
+        if rank0 and self.log is not None:
+            self.log.evaluation(record)
         logger.info(
             "evaluation at step %d (optimizer step %d): eval loss %s, train loss %s, LR %.3g",
             record["step"],

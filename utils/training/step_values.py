@@ -56,6 +56,7 @@ class StepValues:
     values: dict[str, Any]  # Stage.step_keys: tensors (or floats) until read, then floats
     nonfinite: Any  # bool, or a 0-dim tensor (1.0: the optimizer step was skipped on the device)
     loss: float | None = None  # the stage's deciding loss, once read
+    lr: float | None = None  # the LR the step's update used (read before the step: a later read may see a newer one)
 
 
 @dataclass
@@ -122,15 +123,17 @@ class StepAccounting:
         accum: int,
         grad_norm: Any = None,
         nonfinite: Any = False,
+        lr: float | None = None,
     ) -> None:
         """Keep a step's values (device tensors or floats) until the next :meth:`read`.
 
         ``grad_norm``: the norm the trainer's own clipping measured on the device (replaces Coqui's).
+        ``lr``: the LR the step's update used.
         """
         values = {k: v for k in self.stage.step_keys if (v := (loss_dict or {}).get(k)) is not None}
         if stepped and grad_norm is not None:
             values[self.stage.grad_norm_key] = grad_norm
-        self.pending.append(StepValues(step, optimizer_step, stepped, int(accum), values, nonfinite))
+        self.pending.append(StepValues(step, optimizer_step, stepped, int(accum), values, nonfinite, lr=lr))
 
     def due(self, *, last_batch: bool, stepped: bool, optimizer_step: int, eval_due: bool, probed: bool) -> bool:
         """Read now: every step without deferral; else at every ``read_every``-th optimizer step, before

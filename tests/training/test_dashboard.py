@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,23 @@ def test_missing_tracker_package_is_one_line_with_the_install() -> None:
     with pytest.raises(ConfigError, match="choose one of"):
         dashboard.require_logger("comet")
     assert set(LOGGERS) == {*dashboard.PACKAGES, "none"}  # the command's choices and the backends agree
+
+
+def test_no_progress_console_counts_epochs_as_the_bar(tmp_path: Path) -> None:
+    """Coqui prints ``> EPOCH: 0/1`` for the first of two epochs; the toolkit counts 1/2 (and 2/2)."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    coqui = logging.getLogger("trainer")
+    coqui.addHandler(handler)
+    try:
+        tiny_trainer(tmp_path / "plain", progress=False).fit()
+        plain = list(lines)
+        lines.clear()
+        tiny_trainer(tmp_path / "bar", progress=True).fit()
+    finally:
+        coqui.removeHandler(handler)
+    epochs = [line.strip() for line in plain if "EPOCH:" in line]
+    assert [e.split("EPOCH: ")[1].split("\x1b")[0] for e in epochs] == ["1/2", "2/2"]
+    assert any("GLOBAL_STEP" in line for line in plain)  # the rest of Coqui's block is still there
+    assert not [line for line in lines if "EPOCH:" in line or "GLOBAL_STEP" in line or "EVAL PERFORMANCE" in line]

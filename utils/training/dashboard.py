@@ -1,4 +1,4 @@
-"""The dashboard a run writes to: TensorBoard, an experiment tracker, or none (``--logger``).
+"""What Coqui's Trainer shows: the dashboard (TensorBoard, a tracker, or none: ``--logger``) and the console.
 
 Coqui Trainer 0.4 picks its dashboard logger from ``config.dashboard_logger``
 (``trainer.logging.logger_factory``) and writes three groups of scalars to it that disagree with
@@ -22,6 +22,10 @@ Where each backend writes (``RUN`` is the run folder):
   else an SQLite store in ``RUN/mlruns.db`` with artifacts in ``RUN/mlruns`` (Coqui's choice).
 - ``clearml`` / ``aim``: Coqui's own loggers, unchanged.
 - ``none``: nothing (``metrics.jsonl`` and ``events.jsonl`` are written all the same).
+
+Coqui's console logger prints a block per epoch that counts from 0 against the last index
+(``> EPOCH: 2/3`` for the third of four epochs): :class:`ToolkitConsole` keeps it out of the
+output under the toolkit's progress bar, and counts as the bar does (``EPOCH: 3/4``) without it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 
 from trainer.logging import logger_factory
 from trainer.logging.base_dash_logger import BaseDashboardLogger
+from trainer.logging.console_logger import ConsoleLogger
 from trainer.logging.dummy_logger import DummyLogger
 
 from utils.errors import ConfigError
@@ -157,3 +162,46 @@ class ToolkitDashboard(BaseDashboardLogger):
         self.finished = True
         self.inner.flush()
         self.inner.finish()
+
+
+class ToolkitConsole(ConsoleLogger):
+    """Coqui's console block, quiet under the progress bar and otherwise counting epochs from 1.
+
+    With ``quiet`` (the toolkit's progress bar is on) nothing of the block is printed: the bar shows
+    the epoch (``epoch 3/4``) and step, the toolkit's evaluation line the losses. Without it
+    (``--no-progress``) Coqui's block is printed, its epoch line as ``EPOCH: 3/4``.
+
+    Args:
+        quiet: print nothing of Coqui's block.
+    """
+
+    def __init__(self, *, quiet: bool) -> None:
+        super().__init__()
+        self.quiet = quiet
+
+    def print_epoch_start(self, epoch: int, max_epoch: int, output_path: Any = None) -> None:
+        """Coqui prints ``epoch/(max_epoch - 1)`` with a 0-based ``epoch``; here ``epoch + 1`` of ``max_epoch``."""
+        if not self.quiet:
+            super().print_epoch_start(epoch + 1, max_epoch + 1, output_path)
+
+    def print_train_start(self) -> None:
+        if not self.quiet:
+            super().print_train_start()
+
+    def print_train_step(
+        self, batch_steps: int, step: int, global_step: int, loss_dict: Any, avg_loss_dict: Any
+    ) -> None:
+        if not self.quiet:
+            super().print_train_step(batch_steps, step, global_step, loss_dict, avg_loss_dict)
+
+    def print_eval_start(self) -> None:
+        if not self.quiet:
+            super().print_eval_start()
+
+    def print_eval_step(self, step: int, loss_dict: Any, avg_loss_dict: Any) -> None:
+        if not self.quiet:
+            super().print_eval_step(step, loss_dict, avg_loss_dict)
+
+    def print_epoch_end(self, epoch: int, avg_loss_dict: Any) -> None:
+        if not self.quiet:
+            super().print_epoch_end(epoch, avg_loss_dict)

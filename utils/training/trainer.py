@@ -17,10 +17,11 @@ What differs between stages (loss names, the model's mode after an evaluation, t
 run is scheduled by) comes from the model (:mod:`utils.training.stage`): the same trainer drives
 the GPT, a one-optimizer stage (the DVAE) and a GAN with two optimizers (the HiFi-GAN decoder).
 Private Coqui names are touched only through :mod:`utils.training.compat`. With ``progress=True``
-Coqui's console block per ``print_step`` is quieted and progress records go to the
-``on_progress`` hooks (the tqdm bar is one). The dashboard (``config.dashboard_logger``:
-TensorBoard, a tracker or none) gets the numbers of metrics.jsonl, per step and per evaluation,
-instead of Coqui's averages (:mod:`utils.training.dashboard`, :mod:`utils.training.run_log`).
+Coqui's console block is quiet (it counts epochs from 0, beside the bar's count from 1) and
+progress records go to the ``on_progress`` hooks (the tqdm bar is one). The dashboard
+(``config.dashboard_logger``: TensorBoard, a tracker or none) gets the numbers of metrics.jsonl,
+per step and per evaluation, instead of Coqui's averages (:mod:`utils.training.dashboard`,
+:mod:`utils.training.run_log`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from typing import Any
 
 import torch
 from trainer import Trainer
-from trainer.logging.console_logger import ConsoleLogger
 from trainer.logging.dummy_logger import DummyLogger
 
 from utils.training import batch_size, checkpoints, compat, dashboard, distributed, evaluations, step_values
@@ -65,7 +65,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
             "lr", "eta_s"}`` (the progress bar and other front ends subscribe through it).
         health: the health monitor (None: no checks, no divergence recovery).
         early_stopping: stop when the eval loss stops improving (None: off).
-        progress: quiets Coqui's per-step console prints (a progress subscriber replaces them).
+        progress: quiets Coqui's console block (a progress subscriber replaces it).
         save_final_checkpoint: write a checkpoint when training ends (off for the LR range test).
         save_every_minutes: also write a checkpoint at the first optimizer step boundary after this
             many minutes since the last one (None: only Coqui's ``save_step``).
@@ -168,9 +168,9 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         """Hook before each evaluation record: data parallel makes its inputs the same on every rank."""
 
     def init_loggers(self, config: Any, output_path: Any, dashboard_logger: Any = None, c_logger: Any = None) -> Any:
-        """Coqui's dashboard gets its own averages: the toolkit's dashboard instead
-        (:mod:`utils.training.dashboard`; on rank 0 only)."""
-        console = c_logger or ConsoleLogger()
+        """Coqui's dashboard gets its own averages and its console counts epochs from 0: the toolkit's
+        dashboard and console instead (:mod:`utils.training.dashboard`; a dashboard on rank 0 only)."""
+        console = c_logger or dashboard.ToolkitConsole(quiet=self.progress)
         if self.args.rank not in (None, 0):
             return DummyLogger(), console
         return dashboard_logger or dashboard.make_dashboard(config, output_path), console

@@ -41,15 +41,17 @@ def test_tensorboard_scalars_equal_metrics_jsonl_step_by_step(tmp_path: Path) ->
     # every trainer step's losses and LR; their mean over an evaluation's period is its train loss
     steps = _scalars(acc, "Step/loss")
     assert sorted(steps) == list(range(1, 9))
+    assert sorted(_scalars(acc, "Step/grad_norm")) == [2, 4, 6, 8]  # one per optimizer step (2 micro-batches)
     assert _scalars(acc, "Step/lr") == pytest.approx({s: lr_of_step(s) for s in range(1, 9)}, rel=1e-6)
     assert len(set(_scalars(acc, "Step/lr").values())) == 4  # the warmup moves it every optimizer step
     before = 0
     for record in records:
         period = range(before + 1, record["step"] + 1)
         assert record["train_steps_averaged"] == len(period)
-        for key, tag in (("train_loss", "loss"), ("train_recon_loss", "recon_loss")):
+        for key, tag in (("train_loss", "loss"), ("train_recon_loss", "recon_loss"), ("grad_norm", "grad_norm")):
             values = _scalars(acc, f"Step/{tag}")
-            assert sum(values[s] for s in period) / len(period) == pytest.approx(record[key], rel=1e-6), key
+            held = [values[s] for s in period if s in values]  # a gradient norm: the optimizer steps only
+            assert sum(held) / len(held) == pytest.approx(record[key], rel=1e-6), key
         before = record["step"]
 
     # Coqui's own averages (first value weight 0, loss divided by the accumulation) are not written

@@ -16,9 +16,7 @@ from tests.training.tiny_runs import lr_of_step, read_jsonl, tiny_trainer
 
 def _numbers(record: dict[str, Any]) -> dict[str, float]:
     """The fields of a metrics.jsonl row the dashboard holds as ``Evaluation/<key>``."""
-    return {
-        k: float(v) for k, v in record.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, str)
-    }
+    return {k: float(v) for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
 
 
 # --- Weights & Biases, offline -----------------------------------------------------------------

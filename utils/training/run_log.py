@@ -48,8 +48,8 @@ class RunLog:
         for key, value in p.values.items():
             if _finite(value):
                 self.dashboard.add_scalar(f"Step/{key}", float(value), p.step)
-        if _finite(p.lr):
-            self.dashboard.add_scalar("Step/lr", float(p.lr), p.step)  # type: ignore[arg-type]
+        if p.lr is not None and _finite(p.lr):
+            self.dashboard.add_scalar("Step/lr", float(p.lr), p.step)
 
     def evaluation(self, record: Mapping[str, Any]) -> None:
         """One evaluation record: a line in metrics.jsonl, its numbers on the dashboard."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -93,6 +94,7 @@ def _bad_input_cases(tmp: Path, tiny_base: Path, demo: Path) -> list[tuple[list[
         (["--dataset", str(demo), "--base-model", str(tiny_base), "--language", "english!", *out], "language"),
         (["--dataset", str(wrong_cols), "--base-model", str(tiny_base), *out], "column"),
         (["--dataset", str(demo), *out], "--base-model"),
+        (["--dataset", str(demo), "--base-model", str(tiny_base), "--logger", "clearml", *out], "pip install clearml"),
     ]
 
 
@@ -126,3 +128,20 @@ def test_demo_trains_and_never_overwrites_a_run(tmp_path: Path, tiny_base: Path,
     code, out2, _ = _run_cli(argv, capsys)  # same second, same name prefix: a new folder
     assert code == 0 and Path(out2.strip().splitlines()[-1]) != run_dir
     assert (run_dir / "metrics.jsonl").read_text().count("\n") == 2
+
+
+def test_demo_console_shows_one_epoch_count(tmp_path: Path, tiny_base: Path) -> None:
+    """What a user sees: the toolkit's bar counts epochs 1/2, 2/2; no Coqui block counts them otherwise."""
+    argv = ["--demo", "--base-model", str(tiny_base), "--output-path", str(tmp_path), "--epochs", "2"]
+    argv += ["--test-sentences", "0", "--no-export"]
+    proc = subprocess.run(
+        [sys.executable, "utils/gpt_train.py", *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    console = proc.stdout + proc.stderr
+    bar = set(re.findall(r"epoch (\d+)/(\d+):", console))
+    assert bar == {("1", "2"), ("2", "2")}
+    coqui = set(re.findall(r"EPOCH: (\d+)/(\d+)", console))
+    assert coqui <= bar, f"Coqui's epoch line {sorted(coqui)} disagrees with the bar {sorted(bar)}"
+    # Coqui's step and evaluation blocks (its averages) stay out of the bar's way
+    assert "GLOBAL_STEP" not in console and "EVAL PERFORMANCE" not in console

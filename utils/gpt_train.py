@@ -35,7 +35,7 @@ if __name__ == "__main__":  # run as a script: make the repository root importab
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from utils import cli
-from utils.finetune.config import HEALTH_OPTIONS, RUN_HPARAMS, SPEED_PRESETS, SPEED_SWITCHES, RunConfig
+from utils.finetune.config import HEALTH_OPTIONS, LOGGERS, RUN_HPARAMS, SPEED_PRESETS, SPEED_SWITCHES, RunConfig
 
 # The Python API, re-exported for callers of the earlier module-level functions.
 from utils.finetune.training import TrainResult, build_config, summary_lines, train  # noqa: F401
@@ -86,6 +86,7 @@ _FIELDS = (
     "speed",
     "test_sentences",
     "quality_eval",
+    "logger",
     "gpus",
     "demo",
 )
@@ -234,6 +235,12 @@ def _mode_options(g: Any) -> None:
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar (Coqui's console prints instead)")
     g.add_argument("--no-plots", action="store_true", help="do not refresh training_curves.png at each evaluation")
+    g.add_argument(
+        "--logger",
+        choices=LOGGERS,
+        help="where the numbers of metrics.jsonl are also shown, per step and per evaluation (default tensorboard; "
+        "wandb and mlflow need the trackers extra, clearml and aim their own package; README)",
+    )
     g.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
     g.add_argument("--demo", action="store_true", default=None, help="tiny base + bundled demo data, a few epochs")
     g.add_argument(

@@ -76,3 +76,23 @@ def test_worker_env_reads_torchruns_variables() -> None:
     assert worker_env(env) == WorkerEnv(rank=3, local_rank=1, world_size=4, local_world_size=2)
     with pytest.raises(ConfigError, match="whole numbers"):
         worker_env({**env, "RANK": "x"})
+
+
+def test_evaluation_share_keeps_each_sums_own_count() -> None:
+    """A gradient norm is summed on optimizer steps only: its mean divides by those, not by every micro-batch."""
+    from utils.training.stage import Stage
+    from utils.training.step_values import StepAccounting
+
+    class Base:
+        def share_evaluation_inputs(self) -> None:
+            pass
+
+    class Shared(distributed.DataParallelMixin, Base):
+        keep_avg_eval = None
+        stage = Stage(("loss",))
+        steps = StepAccounting()
+
+    trainer = Shared()
+    trainer.steps.replace_train_sums({"loss": 6.0, "grad_norm": 3.0}, 4, {"loss": 4, "grad_norm": 2})
+    trainer.share_evaluation_inputs()  # one process: the totals of one rank
+    assert trainer.steps.take_train_means() == ({"loss": 1.5, "grad_norm": 1.5}, 4)

@@ -21,6 +21,8 @@ from utils.errors import ConfigError
 from utils.hparams import PRESETS
 
 SPEED_PRESETS = ("fast", "low-vram", "stock")
+# Where a run's numbers are shown besides metrics.jsonl (utils/training/dashboard.py); "none": nowhere.
+LOGGERS = ("tensorboard", "wandb", "mlflow", "clearml", "aim", "none")
 
 # Health-monitor thresholds a run may set: (name, type, meaning). The defaults are utils.hparams.DEFAULTS.
 HEALTH_OPTIONS: tuple[tuple[str, type, str], ...] = (
@@ -120,10 +122,10 @@ class RunConfig:
     ``hparams`` are the caller's hyperparameter overrides, ``recipe_hparams`` a recipe's (names
     as in :data:`RUN_HPARAMS`). ``restore``: start a new run from this checkpoint's weights
     (a ``.pth`` or a run folder). ``speed`` is a preset of :data:`SPEED_PRESETS`;
-    ``speed_switches`` turn single levers on or off. ``sources`` maps each field a layer set to
-    "recipe" or "cli" (unset fields are "default"). ``recipe_sources`` names where a recipe file's
-    values came from (``--recipe STUDY_DIR/best.json``: "search STUDY trial K, eval loss X"), shown
-    instead of "recipe".
+    ``speed_switches`` turn single levers on or off. ``logger`` is the dashboard of
+    :data:`LOGGERS`. ``sources`` maps each field a layer set to "recipe" or "cli" (unset fields are
+    "default"). ``recipe_sources`` names where a recipe file's values came from (``--recipe
+    STUDY_DIR/best.json``: "search STUDY trial K, eval loss X"), shown instead of "recipe".
     """
 
     dataset: Path | None = None
@@ -148,6 +150,7 @@ class RunConfig:
     export: bool = True
     progress: bool = True
     plots: bool = True
+    logger: str = "tensorboard"
     gpus: int = 1
     demo: bool = False
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -169,6 +172,8 @@ class RunConfig:
             raise ConfigError(f"unknown speed switch(es) {', '.join(bad)}; known: {', '.join(SPEED_SWITCHES)}")
         if self.speed not in SPEED_PRESETS:
             raise ConfigError(f"speed {self.speed!r}: choose one of {', '.join(SPEED_PRESETS)}")
+        if self.logger not in LOGGERS:
+            raise ConfigError(f"logger {self.logger!r}: choose one of {', '.join(LOGGERS)}")
         if self.preset is not None and self.preset not in PRESETS:
             raise ConfigError(f"preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
         if int(self.gpus) < 1:

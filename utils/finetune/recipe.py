@@ -240,6 +240,7 @@ class FineTune:
             vocab_extension=self.vocab_extension,
         )
         config.lr_scheduler_params["total_steps"] = plan.total_steps
+        config.dashboard_logger = cfg.logger
         tk = config.toolkit
         tk["speed"] = steps.speed_options(cfg, config.num_loader_workers)
         tk["test_sentences"] = int(cfg.test_sentences)
@@ -302,6 +303,7 @@ class FineTune:
         """Steps 1-7 (everything before training); returns the trainer config."""
         from utils.fs import check_writable_dir
         from utils.training import distributed
+        from utils.training.dashboard import require_logger
 
         if self.config.gpus != distributed.world_size():
             raise ConfigError(
@@ -312,6 +314,7 @@ class FineTune:
         check_writable_dir(
             self.continue_dir or self.config.output_path, "--continue" if self.continue_dir else "--output-path"
         )
+        require_logger(self.config.logger)  # a missing tracker package is named before any slow step
         if self.continue_dir is None:
             self.locate_base()
             self.load_data()

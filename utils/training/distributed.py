@@ -327,9 +327,9 @@ class DataParallelMixin:
     Put in front of :class:`utils.training.trainer.ToolkitTrainer` (:func:`build_trainer` does
     it in a worker). In the trainer's ``share_evaluation_inputs`` hook the eval-loss averages are
     replaced by their mean over ranks and the train-loss sums and counts (the trainer's step
-    accounting) by their totals, so the LR bridge, the health monitor, early stopping and
-    metrics.jsonl see the same numbers on every rank (the train loss then covers every rank's
-    batches, not rank 0's). The keys come from the trainer's stage, the same on every rank.
+    accounting, with each sum's own count) by their totals, so the LR bridge, the health monitor,
+    early stopping and metrics.jsonl see the same numbers on every rank (the train loss then
+    covers every rank's batches, not rank 0's). The keys come from the trainer's stage, the same on every rank.
     """
 
     def share_evaluation_inputs(self) -> None:
@@ -342,11 +342,16 @@ class DataParallelMixin:
                     keep.avg_values[key] = shared.get(key, float("nan"))
         steps = self.steps  # type: ignore[attr-defined]
         keys = sorted(steps.sum_keys)
-        totals = all_reduce_mean_dict({**steps.train_sums, "_count": float(steps.train_count)}, [*keys, "_count"])
+        counts = {f"{k}#steps": float(c) for k, c in steps.train_counts.items()}
+        totals = all_reduce_mean_dict(
+            {**steps.train_sums, **counts, "_count": float(steps.train_count)},
+            [*keys, *(f"{k}#steps" for k in keys), "_count"],
+        )
         n = world_size()
         steps.replace_train_sums(
             {k: totals[k] * n for k in keys if k in steps.train_sums and k in totals},
             int(round(totals.get("_count", 0.0) * n)),
+            {k: int(round(totals[f"{k}#steps"] * n)) for k in keys if f"{k}#steps" in totals},
         )
         super().share_evaluation_inputs()  # type: ignore[misc]
 

@@ -5,8 +5,13 @@ the eval loss) and writes TensorBoard scalars only. :class:`Evaluations` (held b
 :class:`~utils.training.trainer.ToolkitTrainer`) turns each evaluation into one record: the
 stage's train and eval losses, the LR bridges' plateau rule, throughput; then the health
 monitor's evaluation checks, early stopping, the best model, one JSON line in ``metrics.jsonl``
-(rank 0; the toolkit's plots, the web UI, the search and the tests read it) and the
-``on_evaluation`` hooks.
+and the same numbers on the dashboard (rank 0, :mod:`utils.training.run_log`; the toolkit's
+plots, the web UI, the search and the tests read metrics.jsonl) and the ``on_evaluation`` hooks.
+
+An evaluation's losses are the mean over its batches, each batch weighted by its clips
+(:class:`BatchMeans`): Coqui's ``KeepAverage`` gives its first value weight 0, so with several
+eval batches the first was left out of the eval loss that drives the plateau rule, early
+stopping and the best model.
 
 A ``--continue`` can resume from a checkpoint older than records already written (Coqui's
 numbered checkpoint is written inside the epoch's last step, before the epoch-end evaluation):
@@ -24,8 +29,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from trainer.generic_utils import KeepAverage
+
 from utils.training.health import EarlyStopping, HealthMonitor, StopTraining
 from utils.training.lr_schedule import LRBridge
+from utils.training.run_log import RunLog
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +96,7 @@ class Evaluations:
     ) -> None:
         self.health, self.early_stopping, self.hooks = health, early_stopping, hooks
         self.records: list[dict[str, Any]] = []
-        self.path: Path | None = None  # metrics.jsonl (set once the run folder exists)
+        self.log: RunLog | None = None  # metrics.jsonl and the dashboard (set once the run folder exists)
         self.last_step: int | None = None  # total_steps_done at the last evaluation
 
     def after(self, trainer: Any) -> None:
@@ -133,9 +141,8 @@ class Evaluations:
             counts = trainer.position.counts(trainer.total_steps_done, trainer.epochs_done)
             trainer.best_model.save_if_improved(trainer, eval_loss, record["train_loss"], counts)
         self.records.append(record)
-        if rank0 and self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
+        if rank0 and self.log is not None:
+            self.log.evaluation(record)
         logger.info(
             "evaluation at step %d (optimizer step %d): eval loss %s, train loss %s, LR %.3g",
             record["step"],
@@ -169,6 +176,35 @@ class Evaluations:
         self.last_step = state.get("last_eval_step")
         if self.early_stopping is not None and state.get("early_stopping"):
             self.early_stopping.load_state_dict(state["early_stopping"])
+
+
+class BatchMeans(KeepAverage):
+    """Coqui's ``KeepAverage`` as the mean over batches, each weighted by ``weight`` (its clips).
+
+    Coqui's first value starts with weight 0 (``add_value(init_iter=0)``) and every later one with
+    weight 1, so the mean of three batches with losses 1, 2 and 6 is 4 there and 3 here. The
+    trainer sets ``weight`` before each evaluation batch; Coqui's code updates the values as usual.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = 1.0
+        self.weights: dict[str, float] = {}
+
+    def add_value(self, name: str, init_val: float = 0, init_iter: int = 0) -> None:
+        super().add_value(name, init_val, init_iter)
+        self.weights[name] = float(init_iter)
+
+    def update_value(self, name: str, value: float, *, weighted_avg: bool = False) -> None:
+        if weighted_avg:  # Coqui's moving average (the Trainer does not ask for it), as Coqui computes it
+            super().update_value(name, value, weighted_avg=True)
+            return
+        before, w = self.weights.get(name, 0.0), float(self.weight)
+        total = before + w
+        mean = self.avg_values.get(name, 0.0) if before else 0.0
+        self.avg_values[name] = mean + (value - mean) * (w / total) if total else value
+        self.weights[name] = total
+        self.iters[name] = self.iters.get(name, 0) + 1
 
 
 def _fmt(value: float | None) -> str:

@@ -56,6 +56,7 @@ class StepValues:
     values: dict[str, Any]  # Stage.step_keys: tensors (or floats) until read, then floats
     nonfinite: Any  # bool, or a 0-dim tensor (1.0: the optimizer step was skipped on the device)
     loss: float | None = None  # the stage's deciding loss, once read
+    lr: float | None = None  # the LR the step's update used (read before the step: a later read may see a newer one)
 
 
 @dataclass
@@ -104,7 +105,8 @@ class StepAccounting:
         self.stage = Stage(("loss",))  # the trainer sets its model's once Coqui has built the optimizers
         self.pending: list[StepValues] = []
         self.train_sums: dict[str, float] = {}
-        self.train_count = 0
+        self.train_count = 0  # trainer steps counted
+        self.train_counts: dict[str, int] = {}  # steps each sum holds (a gradient norm: only the stepped ones)
         self.window: list[float] = []  # micro-batch losses since the last optimizer step
         self.period = Throughput()
         self.last_loss: float | None = None
@@ -122,15 +124,17 @@ class StepAccounting:
         accum: int,
         grad_norm: Any = None,
         nonfinite: Any = False,
+        lr: float | None = None,
     ) -> None:
         """Keep a step's values (device tensors or floats) until the next :meth:`read`.
 
         ``grad_norm``: the norm the trainer's own clipping measured on the device (replaces Coqui's).
+        ``lr``: the LR the step's update used.
         """
         values = {k: v for k in self.stage.step_keys if (v := (loss_dict or {}).get(k)) is not None}
         if stepped and grad_norm is not None:
             values[self.stage.grad_norm_key] = grad_norm
-        self.pending.append(StepValues(step, optimizer_step, stepped, int(accum), values, nonfinite))
+        self.pending.append(StepValues(step, optimizer_step, stepped, int(accum), values, nonfinite, lr=lr))
 
     def due(self, *, last_batch: bool, stepped: bool, optimizer_step: int, eval_due: bool, probed: bool) -> bool:
         """Read now: every step without deferral; else at every ``read_every``-th optimizer step, before
@@ -172,6 +176,7 @@ class StepAccounting:
         for key, value in p.values.items():
             if math.isfinite(value):
                 self.train_sums[key] = self.train_sums.get(key, 0.0) + value
+                self.train_counts[key] = self.train_counts.get(key, 0) + 1
         self.train_count += 1
         if p.loss is not None and math.isfinite(p.loss):
             self.window.append(p.loss)
@@ -215,10 +220,12 @@ class StepAccounting:
         return self.stage.step_keys
 
     def take_train_means(self) -> tuple[dict[str, float], int]:
-        """The mean of each summed value since the last evaluation and the steps counted; resets both."""
+        """The mean of each summed value over the steps that gave it since the last evaluation, and the
+        steps counted; resets both. A gradient norm is the mean over optimizer steps, not micro-batches."""
         n = self.train_count
-        means = {k: v / n for k, v in self.train_sums.items()} if n else {}
-        self.train_sums, self.train_count = {}, 0
+        counts = {k: self.train_counts.get(k, n) for k in self.train_sums}
+        means = {k: v / counts[k] for k, v in self.train_sums.items() if counts[k]}
+        self.train_sums, self.train_count, self.train_counts = {}, 0, {}
         return means, n
 
     def take_throughput(self) -> dict[str, Any]:
@@ -226,15 +233,24 @@ class StepAccounting:
         record, self.period = self.period.as_record(), Throughput()
         return record
 
-    def replace_train_sums(self, sums: dict[str, float], count: int) -> None:
-        """Set the sums and count (data parallel: their totals over the ranks, before an evaluation record)."""
+    def replace_train_sums(self, sums: dict[str, float], count: int, counts: dict[str, int] | None = None) -> None:
+        """Set the sums, the steps counted and the steps each sum holds (default: all of them); data
+        parallel sets their totals over the ranks before an evaluation record."""
         self.train_sums, self.train_count = {k: float(v) for k, v in sums.items()}, int(count)
+        held = counts if counts is not None else dict.fromkeys(self.train_sums, self.train_count)
+        self.train_counts = {k: int(v) for k, v in held.items()}
 
     # --- checkpoints ------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         """The running sums, so the first evaluation after a resume reports its whole period's train loss."""
-        return {"train_sums": dict(self.train_sums), "train_count": self.train_count}
+        return {
+            "train_sums": dict(self.train_sums),
+            "train_count": self.train_count,
+            "train_counts": dict(self.train_counts),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.replace_train_sums(state.get("train_sums") or {}, int(state.get("train_count") or 0))
+        self.replace_train_sums(
+            state.get("train_sums") or {}, int(state.get("train_count") or 0), state.get("train_counts")
+        )

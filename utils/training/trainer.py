@@ -17,8 +17,11 @@ What differs between stages (loss names, the model's mode after an evaluation, t
 run is scheduled by) comes from the model (:mod:`utils.training.stage`): the same trainer drives
 the GPT, a one-optimizer stage (the DVAE) and a GAN with two optimizers (the HiFi-GAN decoder).
 Private Coqui names are touched only through :mod:`utils.training.compat`. With ``progress=True``
-Coqui's console block per ``print_step`` is quieted and progress records go to the
-``on_progress`` hooks (the tqdm bar is one); TensorBoard is unchanged.
+Coqui's console block is quiet (it counts epochs from 0, beside the bar's count from 1) and
+progress records go to the ``on_progress`` hooks (the tqdm bar is one). The dashboard
+(``config.dashboard_logger``: TensorBoard, a tracker or none) gets the numbers of metrics.jsonl,
+per step and per evaluation, instead of Coqui's averages (:mod:`utils.training.dashboard`,
+:mod:`utils.training.run_log`).
 """
 
 from __future__ import annotations
@@ -33,13 +36,14 @@ from typing import Any
 
 import torch
 from trainer import Trainer
-from trainer.generic_utils import KeepAverage
+from trainer.logging.dummy_logger import DummyLogger
 
-from utils.training import batch_size, checkpoints, compat, distributed, evaluations, step_values
+from utils.training import batch_size, checkpoints, compat, dashboard, distributed, evaluations, step_values
 from utils.training.best_model import BestModelWriter, best_loss_on_disk
 from utils.training.health import EarlyStopping, HealthMonitor, StopTraining, UpdateRatioProbe
 from utils.training.lr_schedule import LRBridge
 from utils.training.recovery import Recovery, StepGuard
+from utils.training.run_log import RunLog
 from utils.training.stage import Stage, after_evaluation_mode
 from utils.training.step_values import StepAccounting, StepValues, batch_clips
 
@@ -61,7 +65,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
             "lr", "eta_s"}`` (the progress bar and other front ends subscribe through it).
         health: the health monitor (None: no checks, no divergence recovery).
         early_stopping: stop when the eval loss stops improving (None: off).
-        progress: quiets Coqui's per-step console prints (a progress subscriber replaces them).
+        progress: quiets Coqui's console block (a progress subscriber replaces it).
         save_final_checkpoint: write a checkpoint when training ends (off for the LR range test).
         save_every_minutes: also write a checkpoint at the first optimizer step boundary after this
             many minutes since the last one (None: only Coqui's ``save_step``).
@@ -99,7 +103,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         )
         config = args[1] if len(args) > 1 else kwargs.get("config")
         if progress and config is not None:
-            config.print_step = 10**9  # the progress bar replaces Coqui's console blocks (TensorBoard unchanged)
+            config.print_step = 10**9  # the progress bar replaces Coqui's per-step console block
         super().__init__(*args, **kwargs)
         self._attach_parts()
 
@@ -110,9 +114,12 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
             # an LRBridge counts optimizer steps; with scheduler_after_epoch Coqui would step it once
             # an epoch, and for one optimizer never (its stepped set holds None, not 0)
             self.config.scheduler_after_epoch = False
-        self.evaluations.path = Path(self.output_path) / "metrics.jsonl"
-        if self.health is not None and self.health.events_path is None:
-            self.health.events_path = Path(self.output_path) / "events.jsonl"
+        self.run_log = RunLog(Path(self.output_path) / "metrics.jsonl", self.dashboard_logger)
+        self.evaluations.log = self.run_log
+        if self.health is not None:
+            if self.health.events_path is None:
+                self.health.events_path = Path(self.output_path) / "events.jsonl"
+            self.health.on_event = _also(self.health.on_event, self.run_log.health)
         self.guard.attach(
             self.optimizer, read_every=self.steps.read_every, lr_optimizer=self.stage.lr_optimizer, config=self.config
         )
@@ -159,6 +166,14 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
 
     def share_evaluation_inputs(self) -> None:
         """Hook before each evaluation record: data parallel makes its inputs the same on every rank."""
+
+    def init_loggers(self, config: Any, output_path: Any, dashboard_logger: Any = None, c_logger: Any = None) -> Any:
+        """Coqui's dashboard gets its own averages and its console counts epochs from 0: the toolkit's
+        dashboard and console instead (:mod:`utils.training.dashboard`; a dashboard on rank 0 only)."""
+        console = c_logger or dashboard.ToolkitConsole(quiet=self.progress)
+        if self.args.rank not in (None, 0):
+            return DummyLogger(), console
+        return dashboard_logger or dashboard.make_dashboard(config, output_path), console
 
     # --- the steps ----------------------------------------------------------------------------
 
@@ -215,7 +230,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         for inside the step, progress records and the evaluation every ``eval_every_steps``."""
         pos = self.position
         step += pos.step_offset
-        pos.epoch_step, before, started = step, self.optimizer_steps, time.time()
+        pos.epoch_step, before, started, lr = step, self.optimizer_steps, time.time(), self.current_lr()
         self.steps.loader_waited(started - loader_start_time)
         clips = batch_clips(batch)
         every = self.health.config.update_ratio_every if self.health else 0
@@ -248,6 +263,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
             accum=int(self.grad_accum_steps),
             grad_norm=self.guard.grad_norm,
             nonfinite=self.guard.skipped,
+            lr=lr,
         )
         last = step + 1 >= batch_n_steps
         if self.steps.due(
@@ -258,7 +274,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
             pos.save_pending = False
             self.save_checkpoint()
         self.steps.timed(clips=clips, step_s=time.time() - started)
-        self._update_progress(step, batch_n_steps, time.time() - started)
+        _send_progress(self, step, batch_n_steps, time.time() - started)
         if self.save_every_s is not None and stepped and time.time() - self._last_save_time >= self.save_every_s:
             self.save_checkpoint()  # the full training state, so --continue loses at most the interval
         if eval_due:
@@ -277,6 +293,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
             self.recovery.recover(self, p.loss, step=p.step, optimizer_step=p.optimizer_step)
         elif p.values:
             step_loss = self.steps.account(p)
+            self.run_log.step(p)
             if self.health is not None and p.stepped:
                 self.health.check_optimizer_step(p, step_loss, grad_norm, probe=self.probe, lr=self.current_lr)
         self.steps.close(p, diverged=diverged)
@@ -285,36 +302,23 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
             hook(self, {**info, "grad_norm": grad_norm, "stepped": p.stepped})
         return diverged
 
-    def _update_progress(self, step: int, batch_n_steps: int, seconds: float) -> None:
-        """Send one progress record (step, epoch, loss, LR, the run's ETA) to the on_progress hooks."""
-        if not self.on_progress_hooks or self.args.rank not in (None, 0):
-            return
-        left = (self.config.epochs - self.epochs_done - 1) * batch_n_steps + (batch_n_steps - step - 1)
-        info = {
-            "step": step,
-            "steps_in_epoch": batch_n_steps,
-            "epoch": self.epochs_done + 1,
-            "epochs": self.config.epochs,
-            "total_steps": self.total_steps_done,
-            "optimizer_step": self.optimizer_steps,
-            "loss": self.steps.last_loss,
-            "lr": self.current_lr(),
-            "eta_s": self.steps.eta(seconds, left),
-        }
-        for hook in self.on_progress_hooks:
-            hook(info)
-
     # --- evaluation ---------------------------------------------------------------------------
+
+    def eval_step(self, batch: Any, step: int) -> Any:
+        """Coqui's average gives an evaluation's first batch weight 0: each batch counts by its clips here."""
+        if isinstance(self.keep_avg_eval, evaluations.BatchMeans):
+            self.keep_avg_eval.weight = float(batch_clips(batch) or 1)
+        return super().eval_step(batch, step)
 
     def eval_epoch(self) -> None:
         """Coqui averages an epoch's evaluations into one ``KeepAverage`` and runs nothing after one:
-        each starts fresh here, the same weights are never evaluated twice, and its record follows."""
+        each starts fresh here (a plain mean), the same weights are never evaluated twice, its record follows."""
         self._read_pending()
         # an epoch whose last step was an evaluation step: the same weights would count twice for the plateau rule
         if self.evaluations.last_step == self.total_steps_done:
             logger.debug("step %d already evaluated; skipping the repeated evaluation", self.total_steps_done)
             return
-        self.keep_avg_eval = KeepAverage()
+        self.keep_avg_eval = evaluations.BatchMeans()
         super().eval_epoch()
         self.share_evaluation_inputs()
         self.evaluations.after(self)
@@ -467,6 +471,37 @@ class _Position:
             "epochs_done": epochs_done + (1 if epoch_done else 0),
             "epoch_batches_done": 0 if epoch_done else (self.epoch_step + 1 if self.in_step else self.batches_done),
         }
+
+
+def _send_progress(trainer: ToolkitTrainer, step: int, batch_n_steps: int, seconds: float) -> None:
+    """Send one progress record (step, epoch, loss, LR, the run's ETA) to the on_progress hooks."""
+    if not trainer.on_progress_hooks or trainer.args.rank not in (None, 0):
+        return
+    left = (trainer.config.epochs - trainer.epochs_done - 1) * batch_n_steps + (batch_n_steps - step - 1)
+    info = {
+        "step": step,
+        "steps_in_epoch": batch_n_steps,
+        "epoch": trainer.epochs_done + 1,
+        "epochs": trainer.config.epochs,
+        "total_steps": trainer.total_steps_done,
+        "optimizer_step": trainer.optimizer_steps,
+        "loss": trainer.steps.last_loss,
+        "lr": trainer.current_lr(),
+        "eta_s": trainer.steps.eta(seconds, left),
+    }
+    for hook in trainer.on_progress_hooks:
+        hook(info)
+
+
+def _also(first: Callable[[dict[str, Any]], None] | None, then: Callable[[dict[str, Any]], None]) -> Callable:
+    """A health-event callback calling ``first`` (the event bus, if any), then ``then``."""
+
+    def both(record: dict[str, Any]) -> None:
+        if first is not None:
+            first(record)
+        then(record)
+
+    return both
 
 
 def _plain(value: Any) -> Any:

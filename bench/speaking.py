@@ -82,7 +82,6 @@ def run_values(plan: SpeakingPlan, data_dir: Path, base_dir: Path, runs_dir: Pat
         "eval_every_steps": plan.eval_every_steps,
         "save_every_minutes": max(0.5, plan.gpt_minutes / (plan.checkpoints_to_speak + 1)),
         "keep_checkpoints": plan.checkpoints_to_speak + 1,
-        "early_stop_patience": 0,
         "dvae_lr": plan.dvae_lr,
         "dvae_epochs": 10_000,
         "dvae_max_minutes": plan.dvae_minutes,
@@ -91,6 +90,8 @@ def run_values(plan: SpeakingPlan, data_dir: Path, base_dir: Path, runs_dir: Pat
         "decoder_epochs": 10_000,
         "decoder_max_minutes": plan.decoder_minutes,
         "seed": plan.seed,
+        "test_sentences": 0,  # the held-out sentences are spoken once, after training
+        "quality_eval": False,  # Whisper and GE2E score the speech on the CPU machine
     }
 
 
@@ -104,7 +105,13 @@ def train_speaking_model(out_dir: str | Path, plan: SpeakingPlan, *, espeak_dir:
     times: dict[str, float] = {}
     t0 = time.time()
     info = build_speaking_dataset(
-        out / "data", hours=plan.hours, voices=plan.voices, heldout=plan.heldout, seed=plan.seed, espeak_dir=espeak_dir
+        out / "data",
+        hours=plan.hours,
+        voices=plan.voices,
+        heldout=plan.heldout,
+        n_eval=8 if plan.tiny else 40,
+        seed=plan.seed,
+        espeak_dir=espeak_dir,
     )
     times["data_s"] = round(time.time() - t0, 1)
     texts = [line.split("|")[1] for line in (out / "data" / "metadata_train.csv").read_text().splitlines()[1:]]

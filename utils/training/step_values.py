@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from trainer.generic_utils import KeepAverage
 
 from utils.training.stage import Stage
 
@@ -37,11 +38,18 @@ def read_every(world_size: int, *, each_step: bool) -> int:
     return 1 if world_size > 1 or each_step else max(1, int(default_read_every()))
 
 
-def detached(loss_dict: dict[str, Any], grad_norm: Any = None) -> dict[str, Any]:
-    """Coqui's ``detach_loss_dict`` without its host reads: the values stay (detached) on the device."""
+def detached(loss_dict: dict[str, Any], grad_norm: Any = None, optimizer_idx: int | None = None) -> dict[str, Any]:
+    """Coqui's ``detach_loss_dict`` without its host reads: the values stay (detached) on the device.
+
+    With several optimizers Coqui names each one's ``loss`` and ``grad_norm`` ``loss_<idx>`` and
+    ``grad_norm_<idx>``; so does this.
+    """
     out = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in loss_dict.items()}
+    suffix = "" if optimizer_idx is None else f"_{optimizer_idx}"
+    if suffix and "loss" in out:
+        out[f"loss{suffix}"] = out.pop("loss")
     if grad_norm is not None:
-        out["grad_norm"] = grad_norm.detach() if torch.is_tensor(grad_norm) else grad_norm
+        out[f"grad_norm{suffix}"] = grad_norm.detach() if torch.is_tensor(grad_norm) else grad_norm
     return out
 
 
@@ -104,6 +112,7 @@ class StepAccounting:
         self.stage = Stage(("loss",))  # the trainer sets its model's once Coqui has built the optimizers
         self.pending: list[StepValues] = []
         self.train_sums: dict[str, float] = {}
+        self.train_counts: dict[str, int] = {}  # steps each value was summed over (a GAN's terms join late)
         self.train_count = 0
         self.window: list[float] = []  # micro-batch losses since the last optimizer step
         self.period = Throughput()
@@ -172,6 +181,7 @@ class StepAccounting:
         for key, value in p.values.items():
             if math.isfinite(value):
                 self.train_sums[key] = self.train_sums.get(key, 0.0) + value
+                self.train_counts[key] = self.train_counts.get(key, 0) + 1
         self.train_count += 1
         if p.loss is not None and math.isfinite(p.loss):
             self.window.append(p.loss)
@@ -215,10 +225,11 @@ class StepAccounting:
         return self.stage.step_keys
 
     def take_train_means(self) -> tuple[dict[str, float], int]:
-        """The mean of each summed value since the last evaluation and the steps counted; resets both."""
+        """The mean of each summed value over the steps that had it since the last evaluation, and the
+        steps counted; resets both."""
         n = self.train_count
-        means = {k: v / n for k, v in self.train_sums.items()} if n else {}
-        self.train_sums, self.train_count = {}, 0
+        means = {k: v / max(1, self.train_counts.get(k, n)) for k, v in self.train_sums.items()} if n else {}
+        self.train_sums, self.train_counts, self.train_count = {}, {}, 0
         return means, n
 
     def take_throughput(self) -> dict[str, Any]:
@@ -226,15 +237,37 @@ class StepAccounting:
         record, self.period = self.period.as_record(), Throughput()
         return record
 
-    def replace_train_sums(self, sums: dict[str, float], count: int) -> None:
-        """Set the sums and count (data parallel: their totals over the ranks, before an evaluation record)."""
+    def replace_train_sums(self, sums: dict[str, float], count: int, counts: dict[str, int] | None = None) -> None:
+        """Set the sums and count (data parallel: their totals over the ranks, before an evaluation record).
+
+        ``counts``: the steps each sum covers (default: ``count`` for every key).
+        """
         self.train_sums, self.train_count = {k: float(v) for k, v in sums.items()}, int(count)
+        self.train_counts = {k: int(v) for k, v in (counts or {}).items()}
 
     # --- checkpoints ------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         """The running sums, so the first evaluation after a resume reports its whole period's train loss."""
-        return {"train_sums": dict(self.train_sums), "train_count": self.train_count}
+        return {
+            "train_sums": dict(self.train_sums),
+            "train_counts": dict(self.train_counts),
+            "train_count": self.train_count,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.replace_train_sums(state.get("train_sums") or {}, int(state.get("train_count") or 0))
+        self.replace_train_sums(
+            state.get("train_sums") or {}, int(state.get("train_count") or 0), state.get("train_counts")
+        )
+
+
+class ExactAverage(KeepAverage):
+    """Coqui's ``KeepAverage`` with every value weighted the same.
+
+    ``KeepAverage.update_value`` starts a name with an iteration count of 0, so the next value
+    replaces the first one: an evaluation of several batches left its first batch out of the
+    eval loss (and a decoder evaluation, one held-out clip per batch, its first clip).
+    """
+
+    def add_value(self, name: str, init_val: float = 0, init_iter: int = 1) -> None:
+        super().add_value(name, init_val=init_val, init_iter=init_iter)

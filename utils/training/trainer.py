@@ -12,6 +12,8 @@ its own lives in parts the trainer holds, one job each:
 - ``evaluations`` (:mod:`utils.training.evaluations`): each evaluation's record in metrics.jsonl
   and what is decided on it (the LR plateau rule, health checks, early stopping).
 - ``position``: where Coqui's loop is in the epoch (exact checkpoint counts, mid-epoch resume).
+- ``deadline``: a stage's wall-time limit; past it the run stops at the next optimizer step with an
+  evaluation and a checkpoint at that exact position.
 
 What differs between stages (loss names, the model's mode after an evaluation, the optimizer the
 run is scheduled by) comes from the model (:mod:`utils.training.stage`): the same trainer drives
@@ -33,7 +35,6 @@ from typing import Any
 
 import torch
 from trainer import Trainer
-from trainer.generic_utils import KeepAverage
 
 from utils.training import batch_size, checkpoints, compat, distributed, evaluations, step_values
 from utils.training.best_model import BestModelWriter, best_loss_on_disk
@@ -65,6 +66,10 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         save_final_checkpoint: write a checkpoint when training ends (off for the LR range test).
         save_every_minutes: also write a checkpoint at the first optimizer step boundary after this
             many minutes since the last one (None: only Coqui's ``save_step``).
+        run_folder: write into exactly this folder (Coqui makes ``{run_name}-{date}-{commit}`` in
+            ``output_path``); for a stage's plain folder in a run folder.
+        deadline: a wall-clock time (``time.time()``) after which training stops cleanly at the next
+            optimizer step: evaluation, best model, checkpoint (``stop_reason`` "time_limit").
         Other arguments are Coqui's ``Trainer`` arguments.
     """
 
@@ -80,6 +85,8 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         progress: bool = True,
         save_final_checkpoint: bool = True,
         save_every_minutes: float | None = None,
+        run_folder: str | Path | None = None,
+        deadline: float | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("parse_command_line_args", False)  # never parse the caller's sys.argv
@@ -88,6 +95,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         self.progress, self.save_final_checkpoint = progress, save_final_checkpoint
         self.save_every_s = 60.0 * save_every_minutes if save_every_minutes else None
         self.stop_reason: str | None = None
+        self.deadline = deadline
         self.started_at = self._last_save_time = time.time()
         self.position = _Position()
         self.steps = StepAccounting(step_values.read_every(distributed.world_size(), each_step=bool(on_step)))
@@ -100,7 +108,8 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         config = args[1] if len(args) > 1 else kwargs.get("config")
         if progress and config is not None:
             config.print_step = 10**9  # the progress bar replaces Coqui's console blocks (TensorBoard unchanged)
-        super().__init__(*args, **kwargs)
+        with compat.experiment_folder(run_folder):
+            super().__init__(*args, **kwargs)
         self._attach_parts()
 
     def _attach_parts(self) -> None:
@@ -164,9 +173,10 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
 
     def detach_loss_dict(self, loss_dict: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """Coqui reads every loss with ``.item()`` (a device sync each): with deferred reads they stay tensors."""
-        if self.steps.read_every == 1 or kwargs.get("optimizer_idx") is not None:
+        if self.steps.read_every == 1:
             return super().detach_loss_dict(loss_dict, **kwargs)
-        return step_values.detached(loss_dict, kwargs.get("grad_norm") if kwargs.get("step_optimizer") else None)
+        grad_norm = kwargs.get("grad_norm") if kwargs.get("step_optimizer") else None
+        return step_values.detached(loss_dict, grad_norm, kwargs.get("optimizer_idx"))
 
     def grad_clip(self, config: Any, optimizer_idx: int | None) -> float:
         """Coqui clips in ``optimize``: its threshold, but 0 where the optimizer pre-hook clips on the device."""
@@ -264,6 +274,8 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         if eval_due:
             self.eval_epoch()
             after_evaluation_mode(compat.unwrap_model(self), self)
+        if stepped and self.deadline is not None and time.time() >= self.deadline:
+            _stop_at_deadline(self)
         return outputs, loss_dict
 
     def _read_pending(self) -> None:
@@ -287,22 +299,10 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
 
     def _update_progress(self, step: int, batch_n_steps: int, seconds: float) -> None:
         """Send one progress record (step, epoch, loss, LR, the run's ETA) to the on_progress hooks."""
-        if not self.on_progress_hooks or self.args.rank not in (None, 0):
-            return
-        left = (self.config.epochs - self.epochs_done - 1) * batch_n_steps + (batch_n_steps - step - 1)
-        info = {
-            "step": step,
-            "steps_in_epoch": batch_n_steps,
-            "epoch": self.epochs_done + 1,
-            "epochs": self.config.epochs,
-            "total_steps": self.total_steps_done,
-            "optimizer_step": self.optimizer_steps,
-            "loss": self.steps.last_loss,
-            "lr": self.current_lr(),
-            "eta_s": self.steps.eta(seconds, left),
-        }
-        for hook in self.on_progress_hooks:
-            hook(info)
+        if self.on_progress_hooks and self.args.rank in (None, 0):
+            info = _progress_record(self, step, batch_n_steps, seconds)
+            for hook in self.on_progress_hooks:
+                hook(info)
 
     # --- evaluation ---------------------------------------------------------------------------
 
@@ -314,7 +314,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         if self.evaluations.last_step == self.total_steps_done:
             logger.debug("step %d already evaluated; skipping the repeated evaluation", self.total_steps_done)
             return
-        self.keep_avg_eval = KeepAverage()
+        self.keep_avg_eval = step_values.ExactAverage()  # Coqui's KeepAverage gives the first batch weight 0
         super().eval_epoch()
         self.share_evaluation_inputs()
         self.evaluations.after(self)
@@ -426,7 +426,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
             finally:
                 if self.args.rank in (None, 0):
                     self.dashboard_logger.finish()
-        self.position.finished = True
+        self.position.finished = self.stop_reason != "time_limit"  # a time limit stops inside an epoch: exact
         if self.args.rank in (None, 0) and self.save_final_checkpoint:
             self.save_checkpoint()
 
@@ -469,9 +469,33 @@ class _Position:
         }
 
 
+def _progress_record(trainer: ToolkitTrainer, step: int, batch_n_steps: int, seconds: float) -> dict[str, Any]:
+    """One progress record: the step in its epoch, the run's counters, loss, LR and the run's ETA."""
+    left = (trainer.config.epochs - trainer.epochs_done - 1) * batch_n_steps + (batch_n_steps - step - 1)
+    return {
+        "step": step,
+        "steps_in_epoch": batch_n_steps,
+        "epoch": trainer.epochs_done + 1,
+        "epochs": trainer.config.epochs,
+        "total_steps": trainer.total_steps_done,
+        "optimizer_step": trainer.optimizer_steps,
+        "loss": trainer.steps.last_loss,
+        "lr": trainer.current_lr(),
+        "eta_s": trainer.steps.eta(seconds, left),
+    }
+
+
 def _plain(value: Any) -> Any:
     """A float for a 0-dim tensor (Coqui's running averages hold tensors while reads are deferred)."""
     return float(value) if torch.is_tensor(value) else value
+
+
+def _stop_at_deadline(trainer: ToolkitTrainer) -> None:
+    """The stage's time limit passed: evaluate (the best model), then stop; ``fit`` writes the checkpoint."""
+    trainer.stop_reason = "time_limit"
+    logger.info("time limit reached at optimizer step %d: evaluating, then stopping", trainer.optimizer_steps)
+    trainer.eval_epoch()  # skipped when this step was just evaluated
+    raise StopTraining("time limit")
 
 
 # --- CUDA out of memory: at most half the micro-batch, the same effective batch -------------------

@@ -14,8 +14,8 @@ from utils.training.dvae.config import SAMPLE_RATE, DVAEStageConfig
 
 logger = logging.getLogger(__name__)
 
-#: Coqui's Trainer names its folder ``{run_name}-{date}-{commit}`` inside the stage folder.
-TRAINER_RUN_NAME = "trainer"
+#: The Trainer's run name (its folder is the stage folder itself: ToolkitTrainer's ``run_folder``).
+TRAINER_RUN_NAME = "dvae"
 
 
 @dataclass

@@ -138,7 +138,7 @@ def build_trainer(
     import torch
     from trainer import TrainerArgs
 
-    from utils.training.decoder.gan import DecoderGAN, build_gan_config
+    from utils.training.decoder.gan import DecoderGAN
     from utils.training.health import HealthConfig, HealthMonitor
     from utils.training.trainer import ToolkitTrainer
 
@@ -146,16 +146,7 @@ def build_trainer(
     args = TrainerArgs(grad_accum_steps=1)  # Coqui's multi-optimizer step refuses gradient accumulation
     if continuing:
         args.continue_path = str(stage_dir)
-        config, stage = _continued(stage_dir, inputs, files)  # the run goes on with its own values
-    else:
-        config = build_gan_config(stage, inputs.decoder_args, output_path=stage_dir, decoder_init=str(files.model))
-        config.toolkit.update(
-            {
-                "gpt_model": str(files.root),
-                "latent_key": inputs.train.latent_key,
-                "speaker_key": inputs.train.speaker_key,
-            }
-        )
+    config, stage = _gan_config(stage, inputs, stage_dir, files, continuing)
     if torch.cuda.is_available():
         config.optimizer_params = {**config.optimizer_params, "fused": True}  # one AdamW kernel per step
     values = stage.describe()
@@ -185,6 +176,21 @@ def build_trainer(
         save_every_minutes=stage.save_every_minutes,
         deadline=hooks.deadline,
     )
+
+
+def _gan_config(
+    stage: DecoderStageConfig, inputs: DecoderInputs, stage_dir: Path, files: GPTModelFiles, continuing: bool
+) -> tuple[Any, DecoderStageConfig]:
+    """A new stage's Coqui config, or a continued one's own (the run goes on with its values)."""
+    from utils.training.decoder.gan import build_gan_config
+
+    if continuing:
+        return _continued(stage_dir, inputs, files)
+    config = build_gan_config(stage, inputs.decoder_args, output_path=stage_dir, decoder_init=str(files.model))
+    config.toolkit.update(
+        {"gpt_model": str(files.root), "latent_key": inputs.train.latent_key, "speaker_key": inputs.train.speaker_key}
+    )
+    return config, stage
 
 
 def train_decoder(

@@ -201,6 +201,14 @@ def _health(ft: FineTune, stage: str, grad_clip: float) -> Any:
     return monitor
 
 
+def _fast_matmuls(config: RunConfig) -> None:
+    """TF32 float32 matmuls on CUDA, as the GPT stage's ``tf32`` lever sets them (off with --speed stock)."""
+    import torch
+
+    if torch.cuda.is_available() and config.speed != "stock" and config.speed_switches.get("tf32", True):
+        torch.set_float32_matmul_precision("high")
+
+
 def _resumable(run_dir: Path, name: str) -> bool:
     """The stage started and left a checkpoint to go on from."""
     from utils.runs import last_checkpoint
@@ -232,6 +240,7 @@ def run_dvae(ft: FineTune) -> Any:
     if todo is None:
         return None
     resume, _ = todo
+    _fast_matmuls(ft.config)
     stage, _sources = dvae_stage(ft.config)
     hooks = StageHooks(
         on_progress=[_emitter(ft, EventKind.PROGRESS, "dvae")],
@@ -364,6 +373,7 @@ def run_decoder(ft: FineTune) -> Any:
         )
     if ft.book.get("dvae") is not None and ft.book.get("gpt") is None:
         logger.warning("the decoder learns the base GPT's latents of the new DVAE's codes; train the GPT stage too")
+    _fast_matmuls(ft.config)
     stage, _sources = decoder_stage(ft.config)
     hooks = StageHooks(
         on_progress=[_emitter(ft, EventKind.PROGRESS, "decoder")],

@@ -100,17 +100,21 @@ def train_dvae(
     clips = heldout_clips(eval_rows, stage.heldout_clips)
     if not clips:
         raise DataError("the DVAE stage needs held-out clips to measure itself on; metadata_eval.csv has no rows")
+    import torch
+
     from utils.training.dvae.model import ToolkitDVAE
 
     config = build_trainer_config(stage, base, stage_dir)
     model = ToolkitDVAE(config)
     model.heldout = HeldOut(clips, measure(model, clips))  # the base's weights: a resume restores its own later
+    benchmark = torch.backends.cudnn.benchmark  # Coqui's set-up only ever turns it on: the next stage's shapes vary
     trainer, bar = _build_trainer(config, model, (train_rows, eval_rows), continuing, progress, hooks)
     try:
         if not continuing:
             trainer.eval_epoch()  # step 0: the base DVAE's numbers (and the best model until one beats it)
         trainer.fit()
     finally:
+        torch.backends.cudnn.benchmark = benchmark
         if bar is not None:
             bar.close()
         _curves(stage_dir)

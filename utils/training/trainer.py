@@ -274,7 +274,8 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         if eval_due:
             self.eval_epoch()
             after_evaluation_mode(compat.unwrap_model(self), self)
-        if stepped and self.deadline is not None and time.time() >= self.deadline:
+        # every rank decides together (a collective only when a limit is set): one stopping alone would hang the rest
+        if stepped and self.deadline is not None and distributed.any_rank(time.time() >= self.deadline):
             _stop_at_deadline(self)
         return outputs, loss_dict
 

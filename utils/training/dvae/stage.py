@@ -181,6 +181,7 @@ def _build_trainer(
         on_progress=[bar] if bar is not None else list(hooks.on_progress or []),
         health=health,
         progress=progress,
+        save_every_minutes=config.toolkit["stage"].get("save_every_minutes"),
         deadline=hooks.deadline,
     )
     return trainer, bar

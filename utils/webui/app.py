@@ -297,8 +297,9 @@ class Screens:
         steps = self.engine.step_progress(job) if job is not None else []
         if steps and job is not None and job.state in ACTIVE_STATES:
             p = steps[-1]
+            stage = f"{p['stage']} stage: " if p.get("stage") not in (None, "gpt") else ""
             lines.append(
-                f"trainer step {p.get('step')} of {p.get('total_steps') or '?'} (epoch {p.get('epoch')} of "
+                f"{stage}trainer step {p.get('step')} of {p.get('total_steps') or '?'} (epoch {p.get('epoch')} of "
                 f"{p.get('epochs')}), loss {_fmt(p.get('loss'))}, ETA {_hms(p.get('eta_s'))}"
             )
         if run_dir is None or not run_dir.is_dir():

@@ -5,11 +5,12 @@ front ends subscribe a callable ``fn(event)``. Nobody parses log lines. Kinds:
 
 - ``stage``: a recipe step started or ended (``name``, ``status`` "started" | "done"; "done" has ``seconds``).
 - ``run_dir``: the run folder exists (``path``); metrics.jsonl, events.jsonl, checkpoints land there.
-- ``progress``: one trainer step (``step``, ``steps_in_epoch``, ``epoch``, ``epochs``,
-  ``optimizer_step``, ``loss``, ``lr``, ``eta_s``).
-- ``evaluation``: one evaluation record, as written to metrics.jsonl.
-- ``health``: one health event, as written to events.jsonl.
-- ``finished``: training ended (``run_dir``, ``stop_reason``, ``total_steps``, ``optimizer_steps``).
+- ``progress``: one trainer step (``stage``: "dvae", "gpt" or "decoder", ``step``,
+  ``steps_in_epoch``, ``epoch``, ``epochs``, ``optimizer_step``, ``loss``, ``lr``, ``eta_s``).
+- ``evaluation``: one evaluation record of a stage (``stage``), as written to its metrics.jsonl.
+- ``health``: one health event of a stage (``stage``), as written to its events.jsonl.
+- ``finished``: training ended (``run_dir``, ``stop_reason``, ``total_steps``, ``optimizer_steps``
+  of the GPT stage; ``stages``: every stage's record, as in stages.json).
 - ``error``: the run stopped on an error (``message``, ``type``).
 
 A subscriber may end a run normally by raising :class:`StopRun` from a ``progress`` or
@@ -156,6 +157,7 @@ class ProgressBar:
 
     def __init__(self) -> None:
         self._bar: Any = None
+        self._stage: str | None = None
 
     def __call__(self, event: Event) -> None:
         if event.kind is EventKind.PROGRESS:
@@ -167,12 +169,14 @@ class ProgressBar:
         from tqdm import tqdm
 
         step, total = int(d["step"]), int(d["steps_in_epoch"])
-        # a new bar per epoch, and when the epoch's length changes (the micro-batch halved on OOM)
-        if self._bar is None or step == 0 or self._bar.total != total:
+        # a new bar per epoch, and when the epoch's length or the stage changes (the micro-batch halved on OOM)
+        if self._bar is None or step == 0 or self._bar.total != total or d.get("stage") != self._stage:
+            self._stage = d.get("stage")
             self.close()
+            stage = f"{d['stage']} " if d.get("stage") not in (None, "gpt") else ""  # the GPT's bar reads as before
             self._bar = tqdm(
                 total=total,
-                desc=f"epoch {d['epoch']}/{d['epochs']}",
+                desc=f"{stage}epoch {d['epoch']}/{d['epochs']}",
                 file=sys.stderr,
                 dynamic_ncols=True,
                 leave=True,

@@ -1,6 +1,7 @@
-"""Fine-tune the GPT part of XTTS v2 on your own data, with Coqui's Trainer.
+"""Fine-tune XTTS v2 on your own data (its GPT; with --stages also its DVAE and HiFi-GAN decoder), with Coqui's Trainer.
 
     python utils/gpt_train.py --dataset-hours 37.7 --dataset DATA_DIR --base-model XTTS_DIR --language en
+    python utils/gpt_train.py --stages dvae,gpt,decoder --dataset DATA_DIR --base-model XTTS_DIR --language en
     python utils/gpt_train.py --demo                    # tiny base + bundled demo data, CPU or GPU
     python utils/gpt_train.py --dataset-hours 37.7 --dry-run   # the resolved configuration as JSON
     python utils/gpt_train.py --continue RUN_DIR        # resume a run exactly (kill, crash, more epochs)
@@ -14,6 +15,11 @@ optimizer steps), stepped by the toolkit's bridge. Without --dataset-hours, the 
 from the training rows the preflight keeps. A health monitor watches the run (divergence, loss
 spikes, plateaus, overfitting, clipping, LR scale) and writes events.jsonl; see
 RESTART_TRAINING_GUIDE.md for --continue and --restore. The run folder is printed on the last line.
+
+Stages train in the order DVAE (audio -> the GPT's target codes), GPT (text -> codes), decoder
+(the GPT's latents -> 24 kHz audio): the GPT stage in the run folder, the others in RUN_DIR/dvae
+and RUN_DIR/decoder, each with its own metrics, curves and checkpoints; RUN_DIR/stages.json says
+where each stands, and --continue goes on inside the stage that stopped.
 
 This command is one front end of ``utils.finetune``: it parses the options into a
 ``RunConfig`` and hands it to ``utils.finetune.launch`` (this process, ``--gpus N`` workers or a
@@ -89,6 +95,18 @@ _FIELDS = (
     "logger",
     "gpus",
     "demo",
+    "stages",
+    "max_minutes",
+    "dvae_lr",
+    "dvae_epochs",
+    "dvae_batch_size",
+    "dvae_max_minutes",
+    "decoder_lr",
+    "decoder_disc_lr",
+    "decoder_epochs",
+    "decoder_batch_size",
+    "decoder_warmup_steps",
+    "decoder_max_minutes",
 )
 
 
@@ -103,6 +121,7 @@ def parse_args(argv: Sequence[str] | None, defaults: dict[str, Any] | None = Non
     health = p.add_argument_group("health monitor thresholds (events in RUN_DIR/events.jsonl)")
     for name, kind, text in HEALTH_OPTIONS:
         health.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} (default {DEFAULTS[name]})")
+    _stage_options(p.add_argument_group("stages (each stage's defaults and their sources: --dry-run)"))
     _mode_options(p.add_argument_group("modes"))
     _speed_options(p.add_argument_group("speed and memory (see BENCHMARKS.md)"))
     after = p.add_argument_group("during and after training")
@@ -205,13 +224,43 @@ def _hparam_options(g: Any) -> None:
     )
 
 
+def _stage_options(g: Any) -> None:
+    g.add_argument(
+        "--stages",
+        metavar="LIST",
+        help="what to train, comma-separated, in this order: dvae (audio -> the GPT's codes), gpt (text -> "
+        "codes), decoder (latents -> audio); any subset, e.g. dvae,gpt,decoder (default gpt)",
+    )
+    g.add_argument(
+        "--max-minutes",
+        type=float,
+        help="the GPT stage stops cleanly after this many minutes (evaluation, checkpoint, best model), "
+        "then the next stage starts (default: no limit)",
+    )
+    g.add_argument("--dvae-lr", type=float, help="DVAE stage: learning rate (default 5e-6)")
+    g.add_argument("--dvae-epochs", type=int, help="DVAE stage: epochs (default 5)")
+    g.add_argument("--dvae-batch-size", type=int, help="DVAE stage: crops of 1.49 s per step (default 64)")
+    g.add_argument("--dvae-max-minutes", type=float, help="DVAE stage: wall-time limit in minutes (default none)")
+    g.add_argument("--decoder-lr", type=float, help="decoder stage: the generator's learning rate (default 2e-5)")
+    g.add_argument("--decoder-disc-lr", type=float, help="decoder stage: the discriminators' learning rate (2e-4)")
+    g.add_argument("--decoder-epochs", type=int, help="decoder stage: epochs (default 20)")
+    g.add_argument("--decoder-batch-size", type=int, help="decoder stage: segments per step (default 16)")
+    g.add_argument(
+        "--decoder-warmup-steps",
+        type=int,
+        help="decoder stage: steps with the mel loss only before the discriminators join (default 500)",
+    )
+    g.add_argument("--decoder-max-minutes", type=float, help="decoder stage: wall-time limit in minutes (default none)")
+
+
 def _mode_options(g: Any) -> None:
     g.add_argument(
         "--continue",
         dest="continue_run",
         type=Path,
         metavar="RUN_DIR",
-        help="resume RUN_DIR exactly from its last complete checkpoint (only --epochs may change)",
+        help="resume RUN_DIR exactly from its last complete checkpoint, inside the stage that stopped (only "
+        "--epochs and the stages' --max-minutes may change)",
     )
     g.add_argument(
         "--restore",

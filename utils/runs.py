@@ -311,3 +311,93 @@ def epochs_done(checkpoint: str | os.PathLike[str]) -> int:
     """Complete epochs at this checkpoint (the toolkit's exact count; Coqui's ``epoch`` otherwise)."""
     state = load_checkpoint(checkpoint, mmap=True)
     return int((state.get("toolkit_state") or {}).get("epochs_done", state.get("epoch", 0)))
+
+
+# --- the stages of a run (stages.json) ------------------------------------------------------------
+
+#: The stages a run can train, in their training order: the DVAE makes the GPT's target codes, the
+#: GPT makes the decoder's latents.
+STAGES = ("dvae", "gpt", "decoder")
+STAGES_FILE = "stages.json"
+#: Each stage's folder in the run folder: the GPT stage is the run folder itself (runs made before
+#: the other stages existed read the same), the others are plain sub-folders.
+STAGE_FOLDERS = {"dvae": "dvae", "gpt": "", "decoder": "decoder"}
+STAGE_STATES = ("pending", "running", "done")
+
+
+@dataclass
+class StageState:
+    """One stage of a run as ``stages.json`` records it.
+
+    ``state``: "pending" (not started), "running" (started, not finished: killed, interrupted or
+    still training) or "done". Paths are relative to the run folder. ``stop_reason`` says why a
+    done stage stopped before its last epoch ("time_limit", "early_stopping") and why a running one
+    stopped ("interrupted", "divergence", "error"). ``summary`` holds the stage's headline numbers
+    (held-out losses before and after) and what it produced (dvae.pth, the export).
+    """
+
+    name: str
+    state: str = "pending"
+    folder: str = ""
+    metrics: str = "metrics.jsonl"
+    best_checkpoint: str | None = None
+    stop_reason: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, name: str) -> StageState:
+        folder = STAGE_FOLDERS[name]
+        return cls(name=name, folder=folder, metrics=f"{folder}/metrics.jsonl" if folder else "metrics.jsonl")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StageState:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def stage_dir(run_dir: str | os.PathLike[str], name: str) -> Path:
+    """The folder of stage ``name`` in ``run_dir`` (the run folder itself for the GPT stage)."""
+    folder = STAGE_FOLDERS[name]
+    return Path(run_dir) / folder if folder else Path(run_dir)
+
+
+def read_stages(run_dir: str | os.PathLike[str]) -> list[StageState]:
+    """The run's stages in training order ([] for a run made before ``stages.json`` existed: GPT only).
+
+    Raises:
+        DataError: stages.json exists but cannot be read.
+    """
+    path = Path(run_dir) / STAGES_FILE
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return [StageState.from_dict(item) for item in data["stages"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}; the file is written by utils/gpt_train.py") from exc
+
+
+def write_stages(run_dir: str | os.PathLike[str], stages: list[StageState]) -> Path:
+    """Write ``stages.json`` whole (a reader never sees half of it)."""
+    from utils.fs import write_json_atomic
+
+    return write_json_atomic(Path(run_dir) / STAGES_FILE, {"stages": [s.to_dict() for s in stages]})
+
+
+def run_folder_of(path: str | os.PathLike[str]) -> Path:
+    """The run folder of ``path``: its parent for a DVAE or decoder stage folder, else ``path`` itself."""
+    path = Path(path)
+    stage_folders = {f for f in STAGE_FOLDERS.values() if f}
+    if path.name in stage_folders and (path.parent / STAGES_FILE).is_file():
+        return path.parent
+    return path
+
+
+def continue_command(path: str | os.PathLike[str]) -> str:
+    """The command that goes on with the run that ``path`` (a run or stage folder) belongs to."""
+    return f"python utils/gpt_train.py --continue {run_folder_of(path)}"

@@ -4,6 +4,7 @@ a two-optimizer GAN, each through evaluations, a Ctrl-C checkpoint and an exact 
 # no "from __future__ import annotations": coqpit reads the config's field types at run time
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -285,3 +286,19 @@ def test_the_step_guard_drops_only_the_non_finite_optimizers_gradients() -> None
     assert guard.skipped is True and all(p.grad is None for p in a.parameters())
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), before_a))  # no update, no state
     assert not opt_a.state and all(not torch.equal(p, q) for p, q in zip(b.parameters(), before_b))
+
+
+def test_a_time_limit_stops_after_the_step_with_an_evaluation_and_an_exact_checkpoint(tmp_path: Path) -> None:
+    # 8 rows, micro-batch 2: 4 steps per epoch, 2 epochs; the limit has passed before the first step ends
+    trainer = _trainer(TinyAutoencoder, tmp_path / "run", rows=8, deadline=time.time())
+    trainer.fit()
+    run = Path(trainer.output_path)
+    assert trainer.stop_reason == "time_limit" and trainer.total_steps_done == 1
+    assert [r["step"] for r in _rows(run)] == [1]  # evaluated at the stop
+    assert (run / "best_model.pth").is_file() and last_checkpoint(run).name == "checkpoint_1.pth"
+    # the checkpoint records the position inside the epoch: --continue goes on with its 3 batches left
+    resumed = _trainer(TinyAutoencoder, tmp_path / "run", continue_path=run, rows=8)
+    assert (resumed.total_steps_done, resumed.epochs_done, resumed.position.resume_batches) == (1, 0, 1)
+    resumed.fit()
+    assert resumed.stop_reason is None and resumed.total_steps_done == 8
+    assert [r["step"] for r in _rows(run)] == [1, 4, 8]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -108,8 +108,31 @@ DEMO_RECIPE: Mapping[str, Any] = MappingProxyType(
     }
 )
 
+#: The stages a run can train, in their training order (utils/runs.py names their folders).
+STAGES = ("dvae", "gpt", "decoder")
+#: Each stage's own values as flat run fields -> the stage setting they set (the GPT's are hyperparameters).
+DVAE_FIELDS = {"dvae_lr": "lr", "dvae_epochs": "epochs", "dvae_batch_size": "batch_size"}
+DECODER_FIELDS = {
+    "decoder_lr": "lr_gen",
+    "decoder_disc_lr": "lr_disc",
+    "decoder_epochs": "epochs",
+    "decoder_batch_size": "batch_size",
+    "decoder_warmup_steps": "warm_start_steps",
+}
+#: The wall-time limit of each stage (minutes; None: none), a run field each.
+TIME_LIMITS = {"dvae": "dvae_max_minutes", "gpt": "max_minutes", "decoder": "decoder_max_minutes"}
+
 _PATHS = ("dataset", "train_csv", "eval_csv", "base_model", "output_path", "restore")
-_MAPPINGS = ("hparams", "recipe_hparams", "speed_switches", "sources", "recipe_sources")
+_MAPPINGS = (
+    "hparams",
+    "recipe_hparams",
+    "speed_switches",
+    "dvae_settings",
+    "decoder_settings",
+    "sources",
+    "recipe_sources",
+)
+_LAYERED = ("speed_switches", "dvae_settings", "decoder_settings")  # merged layer by layer, each key its source
 
 
 @dataclass(frozen=True)
@@ -126,6 +149,17 @@ class RunConfig:
     :data:`LOGGERS`. ``sources`` maps each field a layer set to "recipe" or "cli" (unset fields are
     "default"). ``recipe_sources`` names where a recipe file's values came from (``--recipe
     STUDY_DIR/best.json``: "search STUDY trial K, eval loss X"), shown instead of "recipe".
+
+    Stages: ``stages`` names what to train, in the order of :data:`STAGES` (a subset, default the
+    GPT only; a string "dvae,gpt,decoder" is split). Each stage's own values: ``dvae_lr``,
+    ``dvae_epochs``, ``dvae_batch_size``; ``decoder_lr`` (generator), ``decoder_disc_lr``,
+    ``decoder_epochs``, ``decoder_batch_size``, ``decoder_warmup_steps`` (mel-loss-only steps
+    before the discriminator joins); any other setting of the stages' tables through
+    ``dvae_settings`` / ``decoder_settings`` (names of :class:`utils.training.dvae.config.DVAEStageConfig`
+    and :class:`utils.training.decoder.config.DecoderStageConfig`). None: the stage's default (see
+    ``--dry-run``). Wall-time limits in minutes: ``max_minutes`` (GPT), ``dvae_max_minutes``,
+    ``decoder_max_minutes``; past it a stage stops cleanly after the current step (evaluation,
+    checkpoint, best model) and the next stage starts.
     """
 
     dataset: Path | None = None
@@ -153,6 +187,20 @@ class RunConfig:
     logger: str = "tensorboard"
     gpus: int = 1
     demo: bool = False
+    stages: tuple[str, ...] = ("gpt",)
+    max_minutes: float | None = None
+    dvae_lr: float | None = None
+    dvae_epochs: int | None = None
+    dvae_batch_size: int | None = None
+    dvae_max_minutes: float | None = None
+    decoder_lr: float | None = None
+    decoder_disc_lr: float | None = None
+    decoder_epochs: int | None = None
+    decoder_batch_size: int | None = None
+    decoder_warmup_steps: int | None = None
+    decoder_max_minutes: float | None = None
+    dvae_settings: Mapping[str, Any] = field(default_factory=dict)
+    decoder_settings: Mapping[str, Any] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict)
     recipe_sources: Mapping[str, str] = field(default_factory=dict)  # a recipe file's own labels
 
@@ -178,6 +226,29 @@ class RunConfig:
             raise ConfigError(f"preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
         if int(self.gpus) < 1:
             raise ConfigError(f"--gpus must be a whole number >= 1 (got {self.gpus})")
+        object.__setattr__(self, "stages", parse_stages(self.stages))
+        self._check_stages()
+
+    def _check_stages(self) -> None:
+        """The stage values are valid, and the stages can run with the rest of the run's options."""
+        from utils.finetune.stage_values import decoder_stage, dvae_stage
+
+        for name in (*TIME_LIMITS.values(), *DVAE_FIELDS, *DECODER_FIELDS):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a number > 0 (got {value!r})")
+        dvae_stage(self)  # unknown names and invalid values are refused now, not when the stage starts
+        decoder_stage(self)
+        others = [s for s in self.stages if s != "gpt"]
+        if others and int(self.gpus) > 1:
+            raise ConfigError(
+                f"--gpus {self.gpus}: the {' and '.join(others)} stage(s) train on one GPU; run --stages gpt with "
+                "--gpus N, or these stages without --gpus"
+            )
+        if "decoder" in self.stages and "gpt" in self.stages and not self.export:
+            raise ConfigError(
+                "--no-export with the decoder stage: the decoder trains on the GPT stage's export; drop --no-export"
+            )
 
     # --- construction -------------------------------------------------------------------------
 
@@ -194,7 +265,7 @@ class RunConfig:
         Raises:
             ConfigError: an unknown name or an invalid value.
         """
-        kwargs: dict[str, Any] = {"hparams": {}, "recipe_hparams": {}, "speed_switches": {}}
+        kwargs: dict[str, Any] = {"hparams": {}, "recipe_hparams": {}, **{name: {} for name in _LAYERED}}
         sources: dict[str, str] = {}
         names = {f.name for f in fields(cls)} - set(_MAPPINGS)
         for layer_name, layer, hp_key in (("recipe", recipe or {}, "recipe_hparams"), ("cli", values, "hparams")):
@@ -203,9 +274,11 @@ class RunConfig:
                     continue
                 if key in RUN_HPARAMS:
                     kwargs[hp_key][key] = value
-                elif key == "speed_switches":
-                    kwargs["speed_switches"].update(value)
+                elif key in _LAYERED:
+                    kwargs.setdefault(key, {}).update(value)
                     sources[key] = layer_name
+                    if key != "speed_switches":  # a stage setting's source is shown per setting (--dry-run)
+                        sources.update({f"{key}.{name}": layer_name for name in value})
                 elif key in names:
                     kwargs[key] = value
                     sources[key] = layer_name
@@ -248,6 +321,8 @@ class RunConfig:
             value = getattr(self, f.name)
             if isinstance(value, Path):
                 value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
             elif isinstance(value, Mapping):
                 value = {k: (list(v) if isinstance(v, tuple) else v) for k, v in value.items()}
             out[f.name] = value
@@ -267,3 +342,24 @@ class RunConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+def parse_stages(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"dvae,gpt"`` or ``["dvae", "gpt"]`` as a tuple of stage names, checked.
+
+    Raises:
+        ConfigError: an unknown name, a repeated one, none at all, or another order than :data:`STAGES`.
+    """
+    names = value.split(",") if isinstance(value, str) else list(value or [])
+    stages = tuple(str(n).strip().lower() for n in names if str(n).strip())
+    text = ",".join(stages) or repr(value)
+    unknown = [n for n in stages if n not in STAGES]
+    if unknown or not stages:
+        raise ConfigError(
+            f"--stages {text}: unknown stage(s) {', '.join(unknown) or '(none given)'}; choose from "
+            f"{', '.join(STAGES)} (e.g. --stages dvae,gpt,decoder)"
+        )
+    if list(stages) != sorted(set(stages), key=STAGES.index):
+        ordered = ",".join(sorted(set(stages), key=STAGES.index))
+        raise ConfigError(f"--stages {text}: stages train in the order {', '.join(STAGES)}, each once; use {ordered}")
+    return stages

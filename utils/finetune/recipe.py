@@ -1,10 +1,16 @@
 """The fine-tune recipe: one object whose named steps run the whole flow, for every front end.
 
     from utils.finetune import FineTune, RunConfig
-    ft = FineTune(RunConfig.build(dataset="data/", base_model="xtts_v2/", language="en"))
+    ft = FineTune(RunConfig.build(dataset="data/", base_model="xtts_v2/", language="en",
+                                  stages="dvae,gpt,decoder"))
     result = ft.run()          # or the steps one by one, in this order:
     # ft.locate_base(); ft.load_data(); ft.prepare_language(); ft.preflight(); ft.resolve_hparams()
-    # ft.plan_schedule(); ft.build_trainer(); ft.train(); ft.export()
+    # ft.plan_schedule(); ft.build_trainer(); ft.start_run(); ft.train_dvae(); ft.train(); ft.export()
+    # ft.train_decoder(); ft.export()
+
+The stages (``RunConfig.stages``, default the GPT only) train in the order DVAE, GPT, decoder
+(:mod:`utils.finetune.pipeline`); a step for a stage the run does not have, or has finished,
+does nothing.
 
 ``FineTune.resume(run_dir)`` continues a run exactly; ``FineTune.restore(checkpoint, overrides)``
 starts a new run from a checkpoint's weights. The command line (utils/gpt_train.py), the
@@ -23,7 +29,7 @@ from typing import Any, TypeVar
 
 from utils.errors import ConfigError
 from utils.events import EventBus, EventKind, LogSubscriber, ProgressBar, Subscriber
-from utils.finetune import restart, steps
+from utils.finetune import pipeline, restart, steps
 from utils.finetune.config import RunConfig
 from utils.finetune.steps import DEFAULT_CACHE, DataSplit, SchedulePlan
 from utils.finetune.training import TrainResult
@@ -55,7 +61,7 @@ def _step(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 class FineTune:
-    """A fine-tune of the XTTS v2 GPT, step by step.
+    """A fine-tune of XTTS v2 (its DVAE, GPT and decoder stages), step by step.
 
     Args:
         config: the run's values (:class:`RunConfig`).
@@ -64,7 +70,8 @@ class FineTune:
 
     Each step stores what it found on the object (``base``, ``train_csv``/``eval_csv``,
     ``vocab``/``vocab_extension``, ``data``, ``hparams``, ``schedule``, ``trainer_config``,
-    ``result``, ``export_dir``) and returns it; a step runs the steps it needs that have not run.
+    ``run_dir``, ``book`` (the stages' record), ``stage_results``, ``result``, ``export_dir``) and
+    returns it; a step runs the steps it needs that have not run.
     """
 
     def __init__(
@@ -91,6 +98,13 @@ class FineTune:
         self.trainer_config: Any = None
         self.result: TrainResult | None = None
         self.export_dir: Path | None = None
+        self.run_dir: Path | None = None
+        self.book: pipeline.StageBook | None = None
+        self.stage_results: dict[str, Any] = {}
+        self.health_values: dict[str, Any] | None = None  # the health monitor's thresholds (the hparams)
+        self.continue_request: RunConfig | None = None
+        self.continue_epochs: int | None = None
+        self.gpt_trained = self.gpt_exported = self.decoder_trained = False
 
     # --- other ways in ------------------------------------------------------------------------
 
@@ -111,10 +125,11 @@ class FineTune:
         config = config or RunConfig()
         if epochs is not None:
             config = config.replace(epochs=int(epochs))
-        run_dir = Path(run_dir)
+        run_dir = restart.run_folder_of(Path(run_dir))  # a stage folder names its run
         restart.check_continue_request(run_dir, config)
         ft = cls(config, subscribers=subscribers)
-        ft.continue_dir = run_dir
+        ft.continue_dir, ft.continue_request = run_dir, config
+        ft.continue_epochs = int(config.hparams["epochs"]) if "epochs" in config.hparams else None
         return ft
 
     @classmethod
@@ -195,6 +210,7 @@ class FineTune:
             measured_hours = self._need_preflight().train_report.hours_kept
         lr_reference = self.restored.lr_reference if self.restored else None
         self.hparams = steps.resolve_hparams(self.config, measured_hours, lr_reference)
+        self.health_values = dict(self.hparams.values)
         h = self.hparams
         logger.info(
             "dataset hours %.4g (%s): lr %.3g (%s), weight decay %.3g (%s)",
@@ -261,41 +277,51 @@ class FineTune:
         return config
 
     @_step
-    def train(self) -> TrainResult:
-        """8. Fit with Coqui's Trainer (in a torchrun worker: data-parallel with the other ranks)."""
-        if self.continue_dir is not None:
-            return self._train_continued()
-        config = self.trainer_config or self.build_trainer()
-        data = self._need_preflight()
-        if data.audio_cache is not None:
-            data.audio_cache.save()  # every check passed: the next run on these files reads no audio to check it
-        self.result = self._fit(
-            config,
-            data,
-            output=self.config.output_path,
-            preflight_reports={"train": data.train_report, "eval": data.eval_report},
-            restore_path=self.restored.checkpoint if self.restored else None,
-        )
-        return self.result
+    def start_run(self) -> Path:
+        """8. The run folder with what every stage reads (config.json, vocab.json, the preflight report,
+        stages.json); ``--continue``: the run's own record read back and its data checked again."""
+        if self.run_dir is None:
+            self.run_dir = pipeline.resume_run(self) if self.continue_dir else pipeline.start_new_run(self)
+            self.events.emit(EventKind.RUN_DIR, path=str(self.run_dir))  # the log subscriber names it
+        return self.run_dir
+
+    @_step
+    def train_dvae(self) -> Any:
+        """9. The DVAE stage (RUN_DIR/dvae): new target codes for the GPT stage."""
+        self._need_run()
+        result = self.stage_results["dvae"] = pipeline.run_dvae(self)
+        return result
+
+    @_step
+    def train(self) -> TrainResult | None:
+        """10. The GPT stage in the run folder, with Coqui's Trainer (in a torchrun worker: data-parallel)."""
+        self._need_run()
+        if self.book is not None and self.book.get("dvae") is not None and "dvae" not in self.stage_results:
+            self.train_dvae()  # the GPT trains on the DVAE stage's codes
+        result = pipeline.run_gpt(self)
+        if result is not None:
+            self.result = self.stage_results["gpt"] = result
+        return result
 
     @_step
     def export(self) -> Path | None:
-        """9. The compact inference folder (RUN_DIR/export); None when export is off or the run diverged."""
-        from utils.after.export import export_run
-
-        if self.result is None:
-            raise ConfigError(
-                "export: nothing trained yet; call train() first (or export a run with scripts/export_model.py)"
-            )
-        toolkit = getattr(self.trainer_config, "toolkit", {}) or {}
-        if not toolkit.get("export", self.config.export) or self.result.stop_reason == "divergence":
-            return None
-        self.export_dir = export_run(self.result.run_dir)
-        self.result.export_dir = self.export_dir
-        logger.info(
-            "inference export: %s (load it with scripts/synthesize.py --model %s)", self.export_dir, self.export_dir
-        )
+        """11. The inference folder (RUN_DIR/export): the GPT stage's export, then the decoder and DVAE
+        stages' products in it once they are done; None when there is none (export off, a divergence)."""
+        self._need_run()
+        gpt = pipeline.export_gpt(self)
+        self.export_dir = pipeline.finish_export(self) or gpt
+        if self.result is not None:
+            self.result.export_dir = self.export_dir
         return self.export_dir
+
+    @_step
+    def train_decoder(self) -> Any:
+        """12. The HiFi-GAN decoder stage (RUN_DIR/decoder) on the latents of the run's GPT."""
+        self._need_run()
+        if self.book is not None and self.book.get("gpt") is not None and not self.gpt_exported:
+            self.export()  # the decoder's input
+        result = self.stage_results["decoder"] = pipeline.run_decoder(self)
+        return result
 
     # --- whole flows --------------------------------------------------------------------------
 
@@ -328,17 +354,19 @@ class FineTune:
         """Every step in order; the result (``finished`` or ``error`` goes to the event bus).
 
         In a data-parallel worker (torchrun) rank 0 runs the steps and the other ranks train on
-        what it prepared (:meth:`_follow_rank_zero`); they return None.
+        what it prepared (:func:`_follow_rank_zero`); they return None.
         """
         from utils.training import distributed
 
         if not distributed.is_rank_zero():
-            self._follow_rank_zero()
+            _follow_rank_zero(self)
             return None
         try:
             self.prepare()
-            result = self.train()
-            self.export()
+            self.start_run()
+            for step in (self.train_dvae, self.train, self.export, self.train_decoder, self.export):
+                step()
+            result = self._final_result()
         except Exception as exc:
             self.events.emit(EventKind.ERROR, message=str(exc), type=type(exc).__name__)
             raise
@@ -349,6 +377,7 @@ class FineTune:
             total_steps=result.total_steps,
             optimizer_steps=result.optimizer_steps,
             export_dir=str(self.export_dir) if self.export_dir else None,
+            stages=result.stages,
         )
         return result
 
@@ -379,30 +408,16 @@ class FineTune:
     def _need_preflight(self) -> DataSplit:
         return self.data if self.data is not None else self.preflight()
 
-    def _train_continued(self) -> TrainResult:
-        assert self.continue_dir is not None
-        run_dir, cfg = self.continue_dir, self.config
-        epochs = cfg.hparams.get("epochs")
-        self.trainer_config, _last = restart.load_continue_config(run_dir, int(epochs) if epochs is not None else None)
-        from utils.runs import RunRecord
+    def _need_run(self) -> Path:
+        return self.run_dir if self.run_dir is not None else self.start_run()
 
-        rec = RunRecord.from_dict(self.trainer_config.toolkit)
-        if steps.has_data(cfg):
-            train_csv, eval_csv = steps.locate_data(cfg)
-        elif rec.train_csv and rec.eval_csv:
-            train_csv, eval_csv = Path(rec.train_csv), Path(rec.eval_csv)
-        else:
-            raise ConfigError(f"--continue {run_dir}: its config.json names no data; give --dataset DIR")
-        language = rec.language
-        self.data = steps.check_data(
-            DataSplit(train_csv, eval_csv),
-            language,
-            run_dir / "vocab.json",
-            cfg.max_excluded_share,
-            progress=cfg.progress,
-        )
-        self.result = self._fit(self.trainer_config, self.data, output=run_dir.parent, continue_path=run_dir)
-        return self.result
+    def _final_result(self) -> TrainResult:
+        """The GPT stage's result (an empty one for a run without it), with every stage's record."""
+        assert self.run_dir is not None and self.book is not None
+        result = self.result or TrainResult(self.run_dir, [], 0, 0, [], stop_reason=self.book.stages[-1].stop_reason)
+        result.stages = [s.to_dict() for s in self.book.stages]
+        result.export_dir = self.export_dir
+        return result
 
     def _fit(self, config: Any, data: DataSplit, *, output: Path, **kwargs: Any) -> TrainResult:
         from utils.finetune.training import train
@@ -418,35 +433,38 @@ class FineTune:
                     "eval_samples": data.eval_samples,
                     "continue_path": _str_or_none(kwargs.get("continue_path")),
                     "restore_path": _str_or_none(kwargs.get("restore_path")),
+                    "deadline": kwargs.get("deadline"),
                 }
             )
         return train(config, data.train_samples, data.eval_samples, events=self.events, **kwargs)
 
-    def _follow_rank_zero(self) -> TrainResult:
-        """A rank other than 0: wait for rank 0's preparation, then train on what it sent.
 
-        Rank 0 alone locates the base, runs the preflight, builds the vocabulary and the config
-        and writes the run folder, so N ranks do that work once and never race on files.
-        """
-        from utils.finetune.training import train
-        from utils.training import distributed
-        from utils.training.gpt.config import ToolkitGPTConfig
+def _follow_rank_zero(ft: FineTune) -> TrainResult:
+    """A rank other than 0: wait for rank 0's preparation, then train on what it sent.
 
-        job = distributed.broadcast_json(None)
-        config = ToolkitGPTConfig()
-        config.from_dict(job["config"])
-        self.trainer_config = config
-        self.result = train(
-            config,
-            job["train_samples"],
-            job["eval_samples"],
-            continue_path=job["continue_path"],
-            restore_path=job["restore_path"],
-            progress=False,
-            plots=self.config.plots,
-            events=self.events,
-        )
-        return self.result
+    Rank 0 alone locates the base, runs the preflight, builds the vocabulary and the config
+    and writes the run folder, so N ranks do that work once and never race on files.
+    """
+    from utils.finetune.training import train
+    from utils.training import distributed
+    from utils.training.gpt.config import ToolkitGPTConfig
+
+    job = distributed.broadcast_json(None)
+    config = ToolkitGPTConfig()
+    config.from_dict(job["config"])
+    ft.trainer_config = config
+    ft.result = train(
+        config,
+        job["train_samples"],
+        job["eval_samples"],
+        continue_path=job["continue_path"],
+        restore_path=job["restore_path"],
+        deadline=job.get("deadline"),
+        progress=False,
+        plots=ft.config.plots,
+        events=ft.events,
+    )
+    return ft.result
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from utils.errors import ConfigError
-from utils.finetune.config import RunConfig
+from utils.finetune.config import DECODER_FIELDS, DVAE_FIELDS, TIME_LIMITS, RunConfig
+from utils.runs import run_folder_of  # noqa: F401  (FineTune.resume: a stage folder names its run)
 
 logger = logging.getLogger(__name__)
 
-# What --continue may change: the new total of epochs (and where the data now lies, progress, plots).
+# What --continue may change: the new total of epochs and the stages' time limits (and where the data
+# now lies, progress, plots).
 CONTINUE_ALLOWED = {"epochs"}
+STAGE_VALUES = ("stages", *DVAE_FIELDS, *DECODER_FIELDS, "dvae_settings", "decoder_settings")
 
 
 @dataclass
@@ -103,11 +106,13 @@ def check_continue_request(run_dir: Path, config: RunConfig) -> None:
         raise ConfigError(f"--continue {run_dir}: no config.json there; give a run folder made by utils/gpt_train.py")
     changed = [k for k in config.hparams if k not in CONTINUE_ALLOWED]
     changed += [k for k in ("preset", "restore", "base_model") if getattr(config, k)]
+    changed += [k for k in STAGE_VALUES if config.source(k) == "cli"]  # a recipe's are defaults, not changes
     if config.dataset_hours is not None and config.source("dataset_hours") == "cli":
         changed.append("dataset_hours")  # a recipe's dataset_hours is a default, not a change
     if changed:
         raise ConfigError(
-            f"--continue resumes {run_dir} exactly and takes only --epochs; to change {', '.join(changed)} start a new "
+            f"--continue resumes {run_dir} exactly and takes only --epochs and the stages' --max-minutes; to change "
+            f"{', '.join(changed)} start a new "
             f"run from its weights: --restore {run_dir} plus the new values (see RESTART_TRAINING_GUIDE.md)"
         )
 
@@ -148,3 +153,35 @@ def load_continue_config(run_dir: Path, epochs: int | None) -> tuple[Any, Path]:
         )
     logger.info("continuing %s from %s (%d of %d epochs done)", run_dir, last.name, done, config.epochs)
     return config, last
+
+
+def continued_config(record: Any, request: RunConfig) -> RunConfig:
+    """The run's own values (config.json's ``run_config``) with what ``--continue`` may change.
+
+    Args:
+        record: the run's :class:`utils.runs.RunRecord`.
+        request: the ``--continue`` command's values: its time limits, progress and plots apply.
+
+    Returns:
+        The run's configuration (``request`` itself for a run made before the record existed).
+    """
+    if not record.run_config:
+        return request
+    stored = RunConfig.from_dict(dict(record.run_config))
+    changes: dict[str, Any] = {
+        name: getattr(request, name) for name in TIME_LIMITS.values() if request.source(name) != "default"
+    }
+    changes.update(progress=request.progress, plots=request.plots)
+    return stored.replace(**changes)
+
+
+def load_fresh_config(run_dir: Path, epochs: int | None) -> Any:
+    """The GPT config a run folder was started with, for a GPT stage that has not written a checkpoint yet."""
+    from utils.training.gpt.config import ToolkitGPTConfig
+
+    config = ToolkitGPTConfig()
+    config.load_json(str(run_dir / "config.json"))
+    if epochs is not None:
+        config.epochs = int(epochs)
+        config.toolkit.setdefault("hparams", {})["epochs"] = config.epochs
+    return config

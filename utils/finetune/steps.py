@@ -319,6 +319,9 @@ def describe(config: RunConfig, cache_dir: Path, lr_reference: tuple[float, str]
     out["batch_plan"] = plan_batch(hparams["batch_size"], hparams["grad_accum"], config.gpus).as_dict()
     out["speed"] = speed_options(config, int(hparams["num_loader_workers"]))  # auto_batch: sized at the start
     out["presets"] = preset_table()
+    from utils.finetune.stage_values import describe_stages
+
+    out["stages"] = describe_stages(config, out)  # each stage's values with their sources
     return out
 
 

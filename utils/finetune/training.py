@@ -65,6 +65,7 @@ class TrainResult:
     events: list[dict[str, Any]] = field(default_factory=list)
     stop_reason: str | None = None
     export_dir: Path | None = None
+    stages: list[dict[str, Any]] = field(default_factory=list)  # stages.json's records (utils.runs.StageState)
 
 
 def train(
@@ -78,8 +79,10 @@ def train(
     progress: bool = True,
     plots: bool = True,
     events: EventBus | None = None,
+    run_folder: str | Path | None = None,
+    deadline: float | None = None,
 ) -> TrainResult:
-    """Fine-tune with Coqui's Trainer (through the toolkit's subclasses) and return the result.
+    """Fine-tune the GPT with Coqui's Trainer (through the toolkit's subclasses) and return the result.
 
     Args:
         config: a config from :func:`build_config` (for ``continue_path``: the run's config.json).
@@ -90,7 +93,10 @@ def train(
         progress: a tqdm bar per epoch instead of Coqui's console prints (when ``events`` is None;
             with a bus, subscribe :class:`~utils.events.ProgressBar` to it instead).
         plots: refresh training_curves.png in the run folder at each evaluation.
-        events: the bus that receives run_dir, progress, evaluation and health events.
+        events: the bus that receives run_dir, progress, evaluation and health events (``stage`` "gpt").
+        run_folder: train in this existing run folder (:func:`utils.finetune.pipeline.start_new_run`
+            made it); None: Coqui makes one in ``config.output_path``.
+        deadline: stop cleanly at the first optimizer step after this ``time.time()`` (None: no limit).
     """
     from utils.training import distributed
 
@@ -106,11 +112,14 @@ def train(
         progress=progress,
         plots=plots,
         bus=bus,
+        run_folder=run_folder,
+        deadline=deadline,
     )
     run_dir = Path(trainer.output_path)
     if distributed.is_rank_zero():
-        _start_run_folder(config, run_dir, preflight_reports)
-        bus.emit(EventKind.RUN_DIR, path=str(run_dir))  # the log subscriber names it
+        start_run_folder(config, run_dir, preflight_reports)
+        if run_folder is None:  # else the recipe made the folder and named it
+            bus.emit(EventKind.RUN_DIR, path=str(run_dir))  # the log subscriber names it
     _size_micro_batch(trainer, config, continuing=continue_path is not None)
     try:
         trainer.fit()
@@ -120,8 +129,8 @@ def train(
     return _result(trainer, health, run_dir)
 
 
-def _start_run_folder(config: Any, run_dir: Path, preflight_reports: dict[str, Any] | None) -> None:
-    """Rank 0, before the first step: the vocabulary and the preflight reports go into the run folder."""
+def start_run_folder(config: Any, run_dir: Path, preflight_reports: dict[str, Any] | None) -> None:
+    """Rank 0, before the first step: the vocabulary, the preflight reports and config.json go into the run folder."""
     _keep_vocab_with_run(config, run_dir)
     if preflight_reports:
         merged = {name: report.to_dict() for name, report in preflight_reports.items()}
@@ -158,24 +167,21 @@ def _build_trainer(
     progress: bool,
     plots: bool,
     bus: EventBus,
+    run_folder: Any = None,
+    deadline: float | None = None,
 ) -> tuple[Any, Any]:
     """The model (speed levers applied) and the ToolkitTrainer, wired to the event bus."""
     from trainer import TrainerArgs
 
     from utils.training import distributed
     from utils.training.gpt.model import ToolkitGPTTrainer
-    from utils.training.health import EarlyStopping, HealthConfig, HealthMonitor
     from utils.training.trainer import ToolkitTrainer
 
     toolkit = config.toolkit
     hp = dict(toolkit.get("hparams") or {})
-    health = HealthMonitor(HealthConfig.from_values(hp), grad_clip=float(config.grad_clip or 0.0))
-    health.on_event = lambda record: bus.emit(EventKind.HEALTH, **record)
-    early = None
-    if hp.get("early_stop_patience"):
-        early = EarlyStopping(int(hp["early_stop_patience"]), float(hp.get("early_stop_min_delta") or 0.0))
+    health, early = _health(config, hp, bus)
     base_name = config.run_name
-    if continue_path is None:
+    if continue_path is None and run_folder is None:
         config.run_name = unique_run_name(config.output_path, base_name)
     args = TrainerArgs(grad_accum_steps=int(toolkit.get("grad_accum", 1)))
     if continue_path is not None:
@@ -185,9 +191,8 @@ def _build_trainer(
     model = ToolkitGPTTrainer(config)
     model.show_progress = bool(progress)  # the clip-cache bars follow the run's progress setting
     _apply_speed(model, config)
-    hooks = []
-    if distributed.is_rank_zero():
-        hooks = [*_evaluation_hooks(config, plots=plots), lambda _t, record: bus.emit(EventKind.EVALUATION, **record)]
+    to_bus = [lambda _t, record: bus.emit(EventKind.EVALUATION, stage="gpt", **record)]
+    hooks = [*_evaluation_hooks(config, plots=plots), *to_bus] if distributed.is_rank_zero() else []
     trainer = distributed.build_trainer(
         ToolkitTrainer,
         args,
@@ -198,15 +203,29 @@ def _build_trainer(
         eval_samples=eval_samples,
         eval_every_steps=toolkit.get("eval_every_steps"),
         on_evaluation=hooks,
-        on_progress=[lambda info: bus.emit(EventKind.PROGRESS, **info)],
+        on_progress=[lambda info: bus.emit(EventKind.PROGRESS, stage="gpt", **info)],
         health=health,
         early_stopping=early,
         progress=progress,
         save_every_minutes=hp.get("save_every_minutes"),
+        run_folder=run_folder,
+        deadline=deadline,
     )
     config.run_name = base_name
     model.run_dir = Path(trainer.output_path)
     return trainer, health
+
+
+def _health(config: Any, hp: dict[str, Any], bus: EventBus) -> tuple[Any, Any]:
+    """The GPT stage's health monitor (its events to the bus) and early stopping (None: off)."""
+    from utils.training.health import EarlyStopping, HealthConfig, HealthMonitor
+
+    health = HealthMonitor(HealthConfig.from_values(hp), grad_clip=float(config.grad_clip or 0.0))
+    health.on_event = lambda record: bus.emit(EventKind.HEALTH, stage="gpt", **record)
+    early = None
+    if hp.get("early_stop_patience"):
+        early = EarlyStopping(int(hp["early_stop_patience"]), float(hp.get("early_stop_min_delta") or 0.0))
+    return health, early
 
 
 def unique_run_name(output_path: str | Path, base: str) -> str:
@@ -355,7 +374,17 @@ def summary_lines(result: TrainResult) -> list[str]:
         lines.append("health events: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())) + " (events.jsonl)")
     if result.stop_reason:
         lines.append(f"stopped early: {result.stop_reason}")
+    if len(result.stages) > 1 or any(s.get("name") != "gpt" for s in result.stages):
+        lines.extend(_stage_line(s) for s in result.stages)
     if result.export_dir is not None:
         lines.append(f"inference export: {result.export_dir}")
     lines.append(f"run folder: {result.run_dir}")
     return lines
+
+
+def _stage_line(stage: dict[str, Any]) -> str:
+    """One stage's state and headline numbers (from its stages.json record)."""
+    summary = stage.get("summary") or {}
+    numbers = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
+    stopped = f" ({stage['stop_reason']})" if stage.get("stop_reason") else ""
+    return f"stage {stage['name']}: {stage['state']}{stopped}{': ' + numbers if numbers else ''}"

@@ -37,10 +37,12 @@ from utils.runs import (  # noqa: F401
     PARTIAL_SUFFIX,
     best_eval_loss,
     checkpoint_step,
+    continue_command,
     has_training_state,
     last_checkpoint,
     load_checkpoint,
     remove_partial_files,
+    run_folder_of,
 )
 
 logger = logging.getLogger(__name__)
@@ -111,9 +113,10 @@ def _disk_full(path: Path, need: int) -> DiskFullError:
     run_dir = path.parent
     last = last_checkpoint(run_dir)
     best = run_dir / "best_model.pth"
-    if last is not None:
-        then = f"run: python utils/gpt_train.py --continue {run_dir}"
-        kept = f"the last complete checkpoint is {last}"
+    in_stage = run_folder_of(run_dir) != run_dir  # a DVAE or decoder stage: --continue starts it again
+    if last is not None or in_stage:
+        then = f"run: {continue_command(run_dir)}"
+        kept = f"the last complete checkpoint is {last}" if last is not None else "no full checkpoint of the stage yet"
     elif best.is_file():
         then = f"run: python utils/gpt_train.py --restore {best} (same options)"
         kept = f"no full checkpoint yet; the best weights so far are {best}"
@@ -314,7 +317,9 @@ def interrupted_message(run_dir: str | os.PathLike[str]) -> str:
     last = last_checkpoint(run_dir)
     best = run_dir / "best_model.pth"
     if last is not None:
-        return f"interrupted; {last.name} holds the state; to go on: python utils/gpt_train.py --continue {run_dir}"
+        return f"interrupted; {last.name} holds the state; to go on: {continue_command(run_dir)}"
+    if run_folder_of(run_dir) != run_dir:  # a DVAE or decoder stage with no checkpoint yet
+        return f"interrupted before the stage's first checkpoint; to start the stage again: {continue_command(run_dir)}"
     if best.is_file():
         return (
             f"interrupted before a full checkpoint; the best weights are in {best}; to go on from them: "

@@ -19,6 +19,10 @@ Upstream behaviours adapted here without a private name:
 - torchrun's error file (``TORCHELASTIC_ERROR_FILE``): ``ProcessFailure`` reads
   ``{"message": str, "timestamp": int}`` from it into ``ChildFailedError``'s failures; the
   toolkit's ``--gpus N`` workers write a toolkit error there (:func:`write_elastic_error`).
+- ``trainer.Trainer.__init__`` names its run folder ``get_experiment_folder_path(output_path,
+  run_name)`` (``{run_name}-{date}-{commit}``), a function it imports into ``trainer.trainer``:
+  for a stage's plain folder inside a run folder, :func:`experiment_folder` has that name return
+  the folder itself while the Trainer is built.
 - Coqui builds the GPT, its GPT2 stack and the conditioning encoder inside ``GPTTrainer``, so the
   toolkit cannot subclass those modules: the speed levers give single instances their own
   ``forward`` (:func:`replace_forward`; ``nn.Module.__call__`` looks ``forward`` up on the
@@ -85,6 +89,12 @@ class PrivateName:
 
 PRIVATE_NAMES = (
     PrivateName("trainer", "Trainer._get_model", "the model without its DDP/DataParallel wrapper"),
+    PrivateName(
+        "trainer.trainer",
+        "get_experiment_folder_path",
+        "the name Trainer.__init__ calls for a new run's folder; replaced while a stage's Trainer is built "
+        "(experiment_folder)",
+    ),
     PrivateName(
         "trainer",
         "Trainer._fit",
@@ -239,6 +249,29 @@ def copy_group_names(source: Any, target: Any) -> None:
     """Give ``target`` the ``_group_names`` GPTTrainer.get_optimizer set on ``source`` (where it did)."""
     if hasattr(source, "_group_names"):
         target._group_names = source._group_names
+
+
+@contextmanager
+def experiment_folder(folder: Any) -> Iterator[None]:
+    """While a Coqui Trainer is built, make it write into exactly ``folder`` (None: Coqui's own name).
+
+    ``Trainer.__init__`` calls ``get_experiment_folder_path(output_path, run_name)``, bound in
+    ``trainer.trainer``, for a new run's folder; here that call returns ``folder``. A continued run
+    (``args.continue_path``) never calls it.
+    """
+    if folder is None:
+        yield
+        return
+    from pathlib import Path
+
+    import trainer.trainer as coqui_trainer
+
+    original = coqui_trainer.get_experiment_folder_path
+    coqui_trainer.get_experiment_folder_path = lambda _root, _name: Path(folder)
+    try:
+        yield
+    finally:
+        coqui_trainer.get_experiment_folder_path = original
 
 
 # Trainer 0.4's train_epoch reads len(self.train_loader) for its step count and the

@@ -379,6 +379,7 @@ def build_trainer(trainer_cls: type, args: Any, config: Any, **kwargs: Any) -> A
         if r != 0:
             scratch = _scratch_dir(r)
             kwargs["output_path"] = str(scratch)
+            kwargs.pop("run_folder", None)  # rank 0's folder: the other ranks write to their scratch folder
             if args.continue_path:
                 args.continue_path = str(_mirror_run_folder(Path(args.continue_path), scratch / "continue"))
         barrier()  # the mirrors exist before rank 0 rewrites anything in the run folder

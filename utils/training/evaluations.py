@@ -3,7 +3,8 @@
 Coqui Trainer 0.4 runs nothing after an evaluation (no hook could step ReduceLROnPlateau with
 the eval loss) and writes TensorBoard scalars only. :class:`Evaluations` (held by
 :class:`~utils.training.trainer.ToolkitTrainer`) turns each evaluation into one record: the
-stage's train and eval losses, the LR bridges' plateau rule, throughput; then the health
+stage's train and eval losses, the LR bridges' plateau rule, throughput, the stage's own columns
+(:func:`~utils.training.stage.evaluation_fields`); then the health
 monitor's evaluation checks, early stopping, the best model, one JSON line in ``metrics.jsonl``
 and the same numbers on the dashboard (rank 0, :mod:`utils.training.run_log`; the toolkit's
 plots, the web UI, the search and the tests read metrics.jsonl) and the ``on_evaluation`` hooks.
@@ -31,9 +32,11 @@ from typing import Any
 
 from trainer.generic_utils import KeepAverage
 
+from utils.training import compat
 from utils.training.health import EarlyStopping, HealthMonitor, StopTraining
 from utils.training.lr_schedule import LRBridge
 from utils.training.run_log import RunLog
+from utils.training.stage import evaluation_fields
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +126,7 @@ class Evaluations:
             elapsed_s=time.time() - trainer.started_at,
             throughput=trainer.steps.take_throughput(),
         )
+        record.update(evaluation_fields(compat.unwrap_model(trainer), trainer))  # the stage's own columns
         if self.health is not None:
             bridge = bridges.get(stage.lr_optimizer)
             self.health.check_evaluation(record, plateau_rule=bool(bridge and bridge.spec.name == "ReduceLROnPlateau"))

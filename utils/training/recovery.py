@@ -161,6 +161,12 @@ class Recovery:
         opt = trainer.optimizer[trainer.stage.lr_optimizer]
         lr = opt.param_groups[0]["lr"] / (self.health.config.divergence_lr_factor**self.health.recoveries)
         trainer.wait_for_writes()
+        option = trainer.stage.lr_option
+        if checkpoints.run_folder_of(trainer.output_path) != Path(trainer.output_path):  # a DVAE or decoder stage
+            return (
+                f"Start the run again with a lower LR for this stage (the same command with {option} {lr / 4:.2g}, "
+                "a quarter of the LR it diverged at)"
+            )
         if checkpoints.last_checkpoint(trainer.output_path, resumable=False) is not None:
             return (
                 f"Restart from the best checkpoint with a lower LR: python utils/gpt_train.py --restore "

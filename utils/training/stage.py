@@ -31,6 +31,15 @@ each with a default that works for any Coqui ``TrainerModel``:
     discriminator first (``[optimizer_disc, optimizer_gen]``): a GAN stage sets 1 to be scheduled
     by its generator. Every LRBridge of the run hears each evaluation (the plateau rule) and every
     optimizer's LR is cut after a divergence.
+
+``evaluation_fields(trainer) -> dict``
+    More columns for each evaluation record, merged in before the record is written to
+    metrics.jsonl and acted on (the DVAE's held-out reconstruction and codebook use, the decoder's
+    discriminator LR). Default: none.
+
+``lr_option: str``
+    The command-line option that sets the LR optimizer's LR, named in the advice after a
+    divergence. Default ``--lr`` (the GPT stage's).
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ class Stage:
     keys: tuple[str, ...]
     num_optimizers: int = 1
     lr_optimizer: int = 0
+    lr_option: str = "--lr"
 
     @classmethod
     def of(cls, model: Any, config: Any, num_optimizers: int) -> Stage:
@@ -59,7 +69,7 @@ class Stage:
         lr_optimizer = int(getattr(model, "lr_optimizer", 0) or 0)
         if not 0 <= lr_optimizer < n:
             raise ValueError(f"lr_optimizer {lr_optimizer} names no optimizer; the model has {n}")
-        return cls(tuple(str(k) for k in keys), n, lr_optimizer)
+        return cls(tuple(str(k) for k in keys), n, lr_optimizer, str(getattr(model, "lr_option", None) or "--lr"))
 
     @property
     def _mean_of_optimizers(self) -> bool:
@@ -134,3 +144,9 @@ def after_evaluation_mode(model: Any, trainer: Any) -> None:
     start = getattr(model, "on_train_epoch_start", None)
     if callable(start):
         start(trainer)
+
+
+def evaluation_fields(model: Any, trainer: Any) -> dict[str, Any]:
+    """The model's extra columns for the evaluation record being made (none without its own method)."""
+    own = getattr(model, "evaluation_fields", None)
+    return dict(own(trainer) or {}) if callable(own) else {}

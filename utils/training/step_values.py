@@ -37,11 +37,18 @@ def read_every(world_size: int, *, each_step: bool) -> int:
     return 1 if world_size > 1 or each_step else max(1, int(default_read_every()))
 
 
-def detached(loss_dict: dict[str, Any], grad_norm: Any = None) -> dict[str, Any]:
-    """Coqui's ``detach_loss_dict`` without its host reads: the values stay (detached) on the device."""
+def detached(loss_dict: dict[str, Any], grad_norm: Any = None, optimizer_idx: int | None = None) -> dict[str, Any]:
+    """Coqui's ``detach_loss_dict`` without its host reads: the values stay (detached) on the device.
+
+    With several optimizers Coqui names each one's ``loss`` and ``grad_norm`` ``loss_<idx>`` and
+    ``grad_norm_<idx>``; so does this.
+    """
     out = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in loss_dict.items()}
+    suffix = "" if optimizer_idx is None else f"_{optimizer_idx}"
+    if suffix and "loss" in out:
+        out[f"loss{suffix}"] = out.pop("loss")
     if grad_norm is not None:
-        out["grad_norm"] = grad_norm.detach() if torch.is_tensor(grad_norm) else grad_norm
+        out[f"grad_norm{suffix}"] = grad_norm.detach() if torch.is_tensor(grad_norm) else grad_norm
     return out
 
 

@@ -12,6 +12,8 @@ its own lives in parts the trainer holds, one job each:
 - ``evaluations`` (:mod:`utils.training.evaluations`): each evaluation's record in metrics.jsonl
   and what is decided on it (the LR plateau rule, health checks, early stopping).
 - ``position``: where Coqui's loop is in the epoch (exact checkpoint counts, mid-epoch resume).
+- ``deadline``: a stage's wall-time limit; past it the run stops at the next optimizer step with an
+  evaluation and a checkpoint at that exact position.
 
 What differs between stages (loss names, the model's mode after an evaluation, the optimizer the
 run is scheduled by) comes from the model (:mod:`utils.training.stage`): the same trainer drives
@@ -69,6 +71,10 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         save_final_checkpoint: write a checkpoint when training ends (off for the LR range test).
         save_every_minutes: also write a checkpoint at the first optimizer step boundary after this
             many minutes since the last one (None: only Coqui's ``save_step``).
+        run_folder: write into exactly this folder (Coqui makes ``{run_name}-{date}-{commit}`` in
+            ``output_path``); for a stage's plain folder in a run folder.
+        deadline: a wall-clock time (``time.time()``) after which training stops cleanly at the next
+            optimizer step: evaluation, best model, checkpoint (``stop_reason`` "time_limit").
         Other arguments are Coqui's ``Trainer`` arguments.
     """
 
@@ -84,6 +90,8 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         progress: bool = True,
         save_final_checkpoint: bool = True,
         save_every_minutes: float | None = None,
+        run_folder: str | Path | None = None,
+        deadline: float | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("parse_command_line_args", False)  # never parse the caller's sys.argv
@@ -92,6 +100,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         self.progress, self.save_final_checkpoint = progress, save_final_checkpoint
         self.save_every_s = 60.0 * save_every_minutes if save_every_minutes else None
         self.stop_reason: str | None = None
+        self.deadline = deadline
         self.started_at = self._last_save_time = time.time()
         self.position = _Position()
         self.steps = StepAccounting(step_values.read_every(distributed.world_size(), each_step=bool(on_step)))
@@ -103,8 +112,9 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         )
         config = args[1] if len(args) > 1 else kwargs.get("config")
         if progress and config is not None:
-            config.print_step = 10**9  # the progress bar replaces Coqui's per-step console block
-        super().__init__(*args, **kwargs)
+            config.print_step = 10**9  # the progress bar replaces Coqui's console blocks (TensorBoard unchanged)
+        with compat.experiment_folder(run_folder):
+            super().__init__(*args, **kwargs)
         self._attach_parts()
 
     def _attach_parts(self) -> None:
@@ -179,9 +189,10 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
 
     def detach_loss_dict(self, loss_dict: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """Coqui reads every loss with ``.item()`` (a device sync each): with deferred reads they stay tensors."""
-        if self.steps.read_every == 1 or kwargs.get("optimizer_idx") is not None:
+        if self.steps.read_every == 1:
             return super().detach_loss_dict(loss_dict, **kwargs)
-        return step_values.detached(loss_dict, kwargs.get("grad_norm") if kwargs.get("step_optimizer") else None)
+        grad_norm = kwargs.get("grad_norm") if kwargs.get("step_optimizer") else None
+        return step_values.detached(loss_dict, grad_norm, kwargs.get("optimizer_idx"))
 
     def grad_clip(self, config: Any, optimizer_idx: int | None) -> float:
         """Coqui clips in ``optimize``: its threshold, but 0 where the optimizer pre-hook clips on the device."""
@@ -280,6 +291,9 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         if eval_due:
             self.eval_epoch()
             after_evaluation_mode(compat.unwrap_model(self), self)
+        # every rank decides together (a collective only when a limit is set): one stopping alone would hang the rest
+        if stepped and self.deadline is not None and distributed.any_rank(time.time() >= self.deadline):
+            _stop_at_deadline(self)
         return outputs, loss_dict
 
     def _read_pending(self) -> None:
@@ -430,7 +444,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
             finally:
                 if self.args.rank in (None, 0):
                     self.dashboard_logger.finish()
-        self.position.finished = True
+        self.position.finished = self.stop_reason != "time_limit"  # a time limit stops inside an epoch: exact
         if self.args.rank in (None, 0) and self.save_final_checkpoint:
             self.save_checkpoint()
 
@@ -507,6 +521,14 @@ def _also(first: Callable[[dict[str, Any]], None] | None, then: Callable[[dict[s
 def _plain(value: Any) -> Any:
     """A float for a 0-dim tensor (Coqui's running averages hold tensors while reads are deferred)."""
     return float(value) if torch.is_tensor(value) else value
+
+
+def _stop_at_deadline(trainer: ToolkitTrainer) -> None:
+    """The stage's time limit passed: evaluate (the best model), then stop; ``fit`` writes the checkpoint."""
+    trainer.stop_reason = "time_limit"
+    logger.info("time limit reached at optimizer step %d: evaluating, then stopping", trainer.optimizer_steps)
+    trainer.eval_epoch()  # skipped when this step was just evaluated
+    raise StopTraining("time limit")
 
 
 # --- CUDA out of memory: at most half the micro-batch, the same effective batch -------------------

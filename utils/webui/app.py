@@ -209,7 +209,16 @@ class Screens:
         return pd.DataFrame(rows, columns=HPARAM_HEADERS)
 
     @guard
-    def start(self, dataset: str, base: str, language: str, preset: str, name: str, table: Any) -> tuple[str, Any]:
+    def start(
+        self,
+        dataset: str,
+        base: str,
+        language: str,
+        preset: str,
+        name: str,
+        table: Any,
+        stages: list[str] | None = None,
+    ) -> tuple[str, Any]:
         overrides = (
             self.engine.edited_overrides(_rows(table), dataset, base_model=base or TINY_BASE, preset=preset or None)
             if table is not None
@@ -222,6 +231,7 @@ class Screens:
             overrides=overrides,
             preset=preset or None,
             name=name or "xtts_ft",
+            stages=stages or None,
         )
         edits = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"
         return f"training started (job {job.job_id}, process {job.pid}); your edits: {edits}", gr.update(value="")
@@ -287,8 +297,9 @@ class Screens:
         steps = self.engine.step_progress(job) if job is not None else []
         if steps and job is not None and job.state in ACTIVE_STATES:
             p = steps[-1]
+            stage = f"{p['stage']} stage: " if p.get("stage") not in (None, "gpt") else ""
             lines.append(
-                f"trainer step {p.get('step')} of {p.get('total_steps') or '?'} (epoch {p.get('epoch')} of "
+                f"{stage}trainer step {p.get('step')} of {p.get('total_steps') or '?'} (epoch {p.get('epoch')} of "
                 f"{p.get('epochs')}), loss {_fmt(p.get('loss'))}, ETA {_hms(p.get('eta_s'))}"
             )
         if run_dir is None or not run_dir.is_dir():
@@ -505,6 +516,7 @@ def _run_lines(view: Any) -> list[str]:
         f"samples/s {_fmt(p['samples_per_s'], '.3g')}, ETA {_hms(p['eta_s'])}, GPU memory: {gpu}",
         f"checkpoints: {', '.join(c.name for c in view.checkpoints) or 'none yet'}; export: "
         f"{'yes' if view.has_export else 'no'}",
+        *(f"stage {line}" for line in view.stage_lines()),
     ]
 
 
@@ -633,6 +645,12 @@ def _train_screen(s: Screens, data: dict[str, Any], refresh_s: float) -> dict[st
         language = gr.Textbox(label="language", value="en", scale=1)
         preset = gr.Dropdown(label="preset", choices=PRESETS, value="", scale=1)
         name = gr.Textbox(label="run name", value="xtts_ft", scale=1)
+    stages = gr.CheckboxGroup(
+        label="stages, trained in this order (DVAE: audio -> codes; GPT: text -> codes; decoder: latents -> audio)",
+        choices=[("DVAE", "dvae"), ("GPT", "gpt"), ("decoder", "decoder")],
+        value=["gpt"],
+        elem_id="train-stages",
+    )
     resolve = gr.Button("Show the hyperparameters", elem_id="train-resolve")
     hparams = gr.Dataframe(
         headers=HPARAM_HEADERS,
@@ -659,7 +677,7 @@ def _train_screen(s: Screens, data: dict[str, Any], refresh_s: float) -> dict[st
     live = _train_live()
     download.click(s.download_base, outputs=[base, message])
     resolve.click(s.resolve, inputs=[dataset, base, preset], outputs=hparams)
-    start.click(s.start, inputs=[dataset, base, language, preset, name, hparams], outputs=[message, shown])
+    start.click(s.start, inputs=[dataset, base, language, preset, name, hparams, stages], outputs=[message, shown])
     stop.click(s.stop, outputs=message)
     cont.click(s.continue_run, inputs=[shown, epochs], outputs=[message, shown])
     restore_btn.click(s.restore_run, inputs=[restore, preset, name, dataset, base, hparams], outputs=[message, shown])

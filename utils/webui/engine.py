@@ -133,8 +133,12 @@ class Engine:
         overrides: dict[str, Any] | None = None,
         name: str = "xtts_ft",
         test_sentences: int = 1,
+        stages: Sequence[str] | None = None,
     ) -> Any:
-        """The :class:`utils.finetune.RunConfig` of a new run (the page's edits are the caller's layer)."""
+        """The :class:`utils.finetune.RunConfig` of a new run (the page's edits are the caller's layer).
+
+        ``stages``: the stages to train (``dvae``, ``gpt``, ``decoder``; None: the GPT only).
+        """
         from utils.finetune import RunConfig
 
         folder = self.data_path(dataset)
@@ -154,6 +158,7 @@ class Engine:
             test_sentences=int(test_sentences),
             progress=False,
             plots=True,
+            stages=tuple(stages) if stages else None,
             **dict(overrides or {}),
         )
 
@@ -232,9 +237,10 @@ class Engine:
         preset: str | None = None,
         name: str = "xtts_ft",
         test_sentences: int = 1,
+        stages: Sequence[str] | None = None,
     ) -> Job:
         """Start a new run in a child process (refused while another training runs, or when the
-        planned schedule has errors)."""
+        planned schedule has errors). ``stages``: what to train (None: the GPT only)."""
         config = self.run_config(
             dataset,
             base_model=base_model,
@@ -243,6 +249,7 @@ class Engine:
             overrides=overrides,
             name=name,
             test_sentences=test_sentences,
+            stages=stages,
         )
         plan = self.describe(config)
         if plan.get("schedule_errors"):

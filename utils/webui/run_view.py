@@ -10,7 +10,9 @@ restart:
 - ``metrics.jsonl``: one row per evaluation (losses, LR, throughput, GPU memory);
 - ``events.jsonl``: health events with their recommendations;
 - ``checkpoint_N.pth`` / ``best_model_N.pth`` / ``best_model.pth``; ``export/``;
-  ``test_sentences/step_N/``; ``eval/eval_report.json``.
+  ``test_sentences/step_N/``; ``eval/eval_report.json``;
+- ``stages.json``: each stage's state (DVAE, GPT, decoder), best checkpoint and metrics file;
+  the DVAE and decoder stages' own metrics.jsonl in ``dvae/`` and ``decoder/``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utils.runs import checkpoint_files, read_jsonl
+from utils.errors import DataError
+from utils.runs import StageState, checkpoint_files, read_jsonl, read_stages
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +39,8 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def is_run_dir(path: Path) -> bool:
-    """A folder training made: config.json with a toolkit section, or metrics.jsonl."""
-    return path.is_dir() and ((path / "config.json").is_file() or (path / "metrics.jsonl").is_file())
+    """A folder training made: config.json with a toolkit section, metrics.jsonl or stages.json."""
+    return path.is_dir() and any((path / n).is_file() for n in ("config.json", "metrics.jsonl", "stages.json"))
 
 
 def list_runs(runs_root: Path) -> list[Path]:
@@ -79,6 +82,7 @@ class RunView:
     events: list[dict[str, Any]] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
     has_export: bool = False
+    stages: list[StageState] = field(default_factory=list)  # [] for a run that trained the GPT only
 
     @property
     def planned_steps(self) -> int | None:
@@ -111,6 +115,21 @@ class RunView:
             "evaluations": len(self.metrics),
         }
 
+    def stage_lines(self) -> list[str]:
+        """One line per stage: its state, and for a stage that is not the GPT its last evaluation."""
+        lines = []
+        for stage in self.stages:
+            text = f"{stage.name}: {stage.state}" + (f" ({stage.stop_reason})" if stage.stop_reason else "")
+            if stage.name != "gpt":
+                rows = read_jsonl(self.run_dir / stage.metrics)
+                if rows:
+                    last = rows[-1]
+                    loss = last.get("eval_loss")
+                    loss_text = f"{loss:.4g}" if isinstance(loss, float) else "n/a"
+                    text += f", optimizer step {last.get('optimizer_step')}, eval loss {loss_text}"
+            lines.append(text)
+        return lines
+
     def hparams(self) -> list[tuple[str, Any, str]]:
         """(name, value, source) of the run's resolved hyperparameters."""
         hp = dict(self.toolkit.get("hparams") or {})
@@ -129,7 +148,16 @@ def read_run(run_dir: Path) -> RunView:
         events=read_jsonl(run_dir / "events.jsonl"),
         checkpoints=checkpoint_files(run_dir),
         has_export=(run_dir / "export" / "model.pth").is_file(),
+        stages=_stages(run_dir),
     )
+
+
+def _stages(run_dir: Path) -> list[StageState]:
+    """The run's stages.json ([] when missing or being rewritten)."""
+    try:
+        return read_stages(run_dir)
+    except DataError:
+        return []
 
 
 def folder_size(path: Path) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from utils.training.decoder.config import DecoderStageConfig
@@ -59,9 +58,9 @@ def test_coqui_trainer_runs_the_warm_start_then_the_gan(tmp_path, tiny_base, dec
     assert g1 != start[2] and g2 != g1  # the generator trained in both
     assert _checksum(model.model_g.decoder.speaker_encoder) == speaker  # frozen
     avg = trainer.keep_avg_eval.avg_values
-    # Coqui's names: loss_0 the discriminator's, loss_1 the generator's held-out mel L1 (target_loss)
-    assert avg["avg_loss_1"] == pytest.approx(avg["avg_G_l1_spec_loss"]) and 0 < avg["avg_loss_1"] < 10
-    assert avg["avg_loss_0"] > 0 and avg["avg_G_total_loss"] > avg["avg_loss_1"]
+    # the stage's names for Coqui's terms; loss_0 / loss_1 are the weighted totals (Coqui's per-optimizer names)
+    assert 0 < avg["avg_mel_l1"] < 10 and avg["avg_loss_1"] > 45 * avg["avg_mel_l1"] * 0.99  # mel x 45 + the rest
+    assert avg["avg_loss_0"] > 0 and avg["avg_d_real"] >= 0 and avg["avg_g_adv"] > 0
     assert trainer.scheduler[1].optimizer_steps == 2 and trainer.scheduler[0].optimizer_steps == 1  # the LR bridges
     (stage_dir,) = Path(tmp_path).glob("decoder-*")
     assert [p.name for p in stage_dir.glob("best_model*.pth")]  # Coqui's best model by the held-out mel L1

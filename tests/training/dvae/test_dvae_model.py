@@ -73,7 +73,9 @@ def test_train_step_trains_after_an_evaluation_and_codebook_ema_can_be_held(tiny
         recon, _, _ = model.dvae(mel)
     wav = batch["wav"][0]
     assert measure(model, [("crop", wav)]).mse[0] == pytest.approx(float(recon.mean()), rel=1e-5)
-    assert model.take_means("train")["loss"] > 0 and model.take_means("train") == {}
+    # the stage interface: losses recorded by name, the LR option named after a divergence, held-out columns
+    assert model.loss_keys == ("loss", "recon_loss", "commitment_loss") and model.lr_option == "--dvae-lr"
+    assert model.evaluation_fields(None) == {}  # no held-out clips set: no columns
     # the LR bridge with the stage's plateau rule: patience 1, so two evaluations without improvement halve it
     bridge = model.get_scheduler([opt])
     assert (bridge.spec.name, bridge.spec.patience, bridge.spec.factor) == ("ReduceLROnPlateau", 1, 0.5)

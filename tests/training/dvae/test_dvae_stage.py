@@ -1,6 +1,8 @@
 """The DVAE stage end to end under ToolkitTrainer: it learns, it measures itself, its dvae.pth fits the GPT stage.
 
 One stage run (tiny base, demo speech, 2 epochs of 2 steps) is shared by the tests of this module.
+Its metrics.jsonl is the toolkit trainer's: the base DVAE evaluated at step 0, then one record per
+epoch, each with the held-out columns (``heldout_*``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 
 @pytest.fixture(scope="module")
 def stage_run(tiny_base: Path, demo_rows, tiny_stage, tmp_path_factory: pytest.TempPathFactory):
-    from utils.training.dvae.stage import train_dvae
+    from utils.training.dvae.stage import StageHooks, train_dvae
 
     train, evals = demo_rows
     run_dir = tmp_path_factory.mktemp("dvae_run")
@@ -27,7 +29,7 @@ def stage_run(tiny_base: Path, demo_rows, tiny_stage, tmp_path_factory: pytest.T
         evals,
         run_dir,
         base_model=tiny_base,
-        on_progress=[progress.append],
+        hooks=StageHooks(on_progress=[progress.append]),
     )
     return result, progress
 
@@ -35,26 +37,27 @@ def stage_run(tiny_base: Path, demo_rows, tiny_stage, tmp_path_factory: pytest.T
 def test_stage_lowers_its_heldout_loss_in_four_steps(stage_run):
     result, progress = stage_run
     assert [p["total_steps"] for p in progress] == [1, 2, 3, 4]  # 4 clips, batch 2, 2 epochs
-    rows = result.rows
-    assert [r["phase"] for r in rows] == ["base", "evaluation", "evaluation", "exported"]
-    base, exported = rows[0], rows[-1]
+    rows = result.rows  # the trainer's metrics.jsonl: the base DVAE at step 0, then one record per epoch
+    assert [r["step"] for r in rows] == [0, 2, 4]
+    base, last = rows[0], rows[-1]
+    assert base["train_loss"] is None and base["heldout_changed_share"] == 0.0
     # the trainer's own held-out loss (reconstruction + commitment on the held-out windows)
-    assert exported["eval_loss"] < 0.9 * base["eval_loss"], (base["eval_loss"], exported["eval_loss"])
-    assert exported["eval_recon_loss"] < base["eval_recon_loss"]
+    assert last["eval_loss"] < 0.9 * base["eval_loss"], (base["eval_loss"], last["eval_loss"])
+    assert last["eval_recon_loss"] < base["eval_recon_loss"]
     # and the reconstruction of the whole held-out clip
-    assert exported["heldout_mel_mse"] < 0.95 * base["heldout_mel_mse"]
-    # the exported weights are the best evaluation's, and its eval loss is the one measured again
-    evals = [r for r in rows if r["phase"] == "evaluation"]
-    # one held-out clip = one eval batch: Coqui's average (first batch weighted 0) is then exact
-    assert all(r["trainer_eval_loss"] == pytest.approx(r["eval_loss"], rel=1e-5) for r in evals)
-    best = min(evals, key=lambda r: r["trainer_eval_loss"])
-    assert result.report["weights"] == "best" and result.report["weights_step"] == best["step"]
-    assert exported["eval_loss"] == pytest.approx(best["eval_loss"], rel=1e-4)
+    assert last["heldout_mel_mse"] < 0.95 * base["heldout_mel_mse"]
+    best = min(rows, key=lambda r: r["eval_loss"])
+    assert result.report["weights"] == "best" and result.report["weights_step"] == best["step"] == 4
+    after = result.report["heldout"]["after"]
+    assert after["eval_loss"] == pytest.approx(best["eval_loss"]) and after["mel_mse"] == pytest.approx(
+        best["heldout_mel_mse"], rel=1e-4
+    )  # dvae.pth holds the best evaluation's weights: measured again, the same numbers
     assert result.report["heldout"]["mel_mse_improved"] is True
-    for r in evals:
+    for r in rows[1:]:
         for key in ("train_loss", "train_recon_loss", "train_commitment_loss", "eval_recon_loss", "lr"):
             assert r[key] is not None and r[key] >= 0, (key, r)
         assert r["eval_loss"] == pytest.approx(r["eval_recon_loss"] + r["eval_commitment_loss"], rel=1e-4)
+        assert r["train_loss"] == pytest.approx(r["train_recon_loss"] + r["train_commitment_loss"], rel=1e-4)
 
 
 def test_dvae_pth_loads_strict_in_gpttrainers_layout_and_differs_from_base(stage_run, tiny_base: Path):
@@ -77,6 +80,9 @@ def test_dvae_pth_loads_strict_in_gpttrainers_layout_and_differs_from_base(stage
 
 def test_metrics_file_report_and_curves(stage_run, demo_rows):
     result, _ = stage_run
+    # Coqui's Trainer wrote into the stage folder itself: no dated sub-folder
+    assert (result.stage_dir / "config.json").is_file() and not list(result.stage_dir.glob("*-*-*/"))
+    assert sorted(p.name for p in result.stage_dir.glob("checkpoint_*.pth")) == ["checkpoint_4.pth"]
     lines = (result.stage_dir / "metrics.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
     assert rows == result.rows
@@ -86,11 +92,11 @@ def test_metrics_file_report_and_curves(stage_run, demo_rows):
         assert r["heldout_used_codes"] + r["heldout_unused_codes"] == 1024
         # one code per 4 mel frames: 3.12 s = 68,906 samples -> 270 frames, cut to 268 -> 67 codes
         assert (r["heldout_mel_frames"], r["heldout_codes_counted"]) == (268, 67)
-    for r in rows[1:]:
         assert 0.0 <= r["heldout_changed_share"] <= 1.0
     report = json.loads((result.stage_dir / "dvae_report.json").read_text())
     held = report["heldout"]
     assert held["before"]["clips"] == held["after"]["clips"] == 1
+    assert held["before"]["mel_mse"] == pytest.approx(rows[0]["heldout_mel_mse"])
     share = held["changed_share"]
     assert 0.0 <= share["min"] <= share["mean"] <= share["max"] <= 1.0
     assert list(share["per_clip"]) == [demo_rows[1][0]["audio_file"]]

@@ -6,7 +6,6 @@ Order of the stages: DVAE -> GPT -> decoder (a new GPT changes the decoder's inp
 - :mod:`~utils.training.decoder.latents`: GPT latents, speaker embeddings and 24 kHz targets, cached once.
 - :mod:`~utils.training.decoder.segments`: the frame-to-sample alignment, training segments, eval clips.
 - :mod:`~utils.training.decoder.gan`: the Coqui model (Coqui's GAN with XTTS's decoder as generator).
-- :mod:`~utils.training.decoder.trainer`: the toolkit's trainer, adapted to two optimizers.
 - :mod:`~utils.training.decoder.metrics`: metrics.jsonl columns and decoder_curves.png.
 - :mod:`~utils.training.decoder.export`: the new decoder written into an XTTS model.pth.
 - :mod:`~utils.training.decoder.stage`: :func:`train_decoder`, the stage from start to end.
@@ -23,6 +22,7 @@ _EXPORTS = {
     "DecoderStageConfig": "config",
     "DecoderResult": "stage",
     "train_decoder": "stage",
+    "StageHooks": "stage",
     "export_decoder": "export",
     "write_decoder_into_model": "export",
 }

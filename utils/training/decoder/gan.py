@@ -22,11 +22,15 @@ matching). What changes here:
   Coqui's GAN order ``[discriminator, generator]``.
 - Data: cached latents (utils/training/decoder/latents.py), random aligned segments for training,
   whole held-out clips for evaluation (utils/training/decoder/segments.py).
+- Losses: Coqui's ``DiscriminatorLoss`` / ``GeneratorLoss`` with their terms named for the run's
+  records (:data:`LOSS_NAMES`: ``mel_l1``, ``stft_mag``, ``g_adv``, ...). For the toolkit's trainer
+  (utils/training/stage.py) the deciding loss is the mel L1 (``loss_keys``), in training and on the
+  held-out clips: the best model is the one that sounds closest to the held-out audio whatever
+  phase it was written in, and the train loss does not jump when the adversarial terms join. The
+  weighted totals are ``loss_1`` (generator) and ``loss_0`` (discriminator), Coqui's names. The
+  run is scheduled by the generator's optimizer (``lr_optimizer`` 1).
 - Evaluation: ``GAN.eval_step`` forces the discriminator on, even before it has trained; here the
-  held-out clips get the discriminator terms only once it has joined, and the generator's
-  evaluation "loss" is the held-out mel L1 (``loss_1`` in Coqui's multi-optimizer naming, the
-  config's ``target_loss``), so the best model is the one that sounds closest to the held-out audio
-  whatever phase it was written in. The weighted total is kept as ``G_total_loss``.
+  held-out clips get the discriminator terms only once it has joined.
 """
 
 # No "from __future__ import annotations": Coqpit (load_json, used by --continue) rejects string type hints.
@@ -53,6 +57,19 @@ logger = logging.getLogger(__name__)
 
 #: Key prefixes of the decoder's weights in an XTTS model.pth and in a GPT-stage Trainer checkpoint.
 XTTS_DECODER_PREFIXES = ("hifigan_decoder.", "xtts.hifigan_decoder.")
+
+#: Coqui's loss names (TTS/vocoder/layers/losses.py) -> the names the stage's records use.
+LOSS_NAMES = {
+    "G_l1_spec_loss": "mel_l1",
+    "G_stft_loss_mg": "stft_mag",
+    "G_stft_loss_sc": "stft_sc",
+    "G_mse_fake_loss": "g_adv",
+    "G_feat_match_loss": "g_feat_match",
+    "D_mse_gan_real_loss": "d_real",
+    "D_mse_gan_fake_loss": "d_fake",
+}
+#: The losses of every evaluation record: the mel L1 decides; ``loss_1``/``loss_0`` are the weighted totals.
+LOSS_KEYS = ("mel_l1", "stft_mag", "stft_sc", "g_adv", "g_feat_match", "loss_1", "loss_0", "d_real", "d_fake")
 
 
 @dataclass
@@ -114,7 +131,7 @@ def _optimization(stage: DecoderStageConfig) -> dict[str, Any]:
         "gen_schedule": {**schedule, "base_lr": stage.lr_gen, "warmup_steps": stage.warmup_steps},
         "disc_schedule": {**schedule, "base_lr": stage.lr_disc},
         "scheduler_after_epoch": False,  # the bridges count optimizer steps (utils/training/lr_schedule.py)
-        "target_loss": "loss_1",  # the generator's held-out mel L1 (see DecoderGAN.eval_step)
+        "target_loss": LOSS_KEYS[0],  # what Coqui ranks checkpoints by: the held-out mel L1
     }
 
 
@@ -210,8 +227,23 @@ class SpeakerConditionedGenerator(nn.Module):
         return [p for p in self.decoder.waveform_decoder.parameters() if p.requires_grad]
 
 
+class RenamedLoss(nn.Module):
+    """A Coqui loss module whose returned terms carry the stage's names (:data:`LOSS_NAMES`)."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {LOSS_NAMES.get(k, k): v for k, v in self.loss(*args, **kwargs).items()}
+
+
 class DecoderGAN(GAN):
     """Coqui's GAN with XTTS's decoder as the generator (see the module docstring)."""
+
+    loss_keys = LOSS_KEYS
+    lr_optimizer = 1  # Coqui's GAN order: [discriminator, generator]; the run follows the generator
+    lr_option = "--decoder-lr"
 
     def __init__(self, config: DecoderGANConfig) -> None:
         BaseVocoder.__init__(self, config)  # not GAN.__init__: it builds a generator by name
@@ -232,6 +264,17 @@ class DecoderGAN(GAN):
         self.y_hat_g = None
         self.y_hat_sub = self.y_sub_g = None
         self.align = FrameAlignment.of(decoder)
+
+    def get_criterion(self) -> list[nn.Module]:
+        return [RenamedLoss(loss) for loss in super().get_criterion()]
+
+    def evaluation_fields(self, trainer: Any) -> dict[str, Any]:
+        """The discriminator's LR (it takes the generator's plateau cuts) and whether it has joined."""
+        disc = trainer.scheduler[0] if trainer.scheduler else None
+        return {
+            "lr_disc": disc.current_lr() if isinstance(disc, LRBridge) else None,
+            "discriminator_on": bool(self.train_disc),
+        }
 
     def get_optimizer(self) -> list[torch.optim.Optimizer]:
         from trainer.trainer_utils import get_optimizer
@@ -288,10 +331,7 @@ class DecoderGAN(GAN):
     def eval_step(
         self, batch: dict[str, Any], criterion: nn.Module, optimizer_idx: int | None = None
     ) -> tuple[dict, dict]:
-        outputs, losses = self.train_step(batch, criterion, optimizer_idx)
-        if optimizer_idx == 1 and losses:
-            losses = {**losses, "G_total_loss": losses["loss"], "loss": losses["G_l1_spec_loss"]}
-        return outputs, losses
+        return self.train_step(batch, criterion, optimizer_idx)  # not GAN's: the discriminator joins when it trains
 
 
 def _load_decoder_weights(decoder: HifiDecoder, path: str) -> None:

@@ -86,10 +86,15 @@ class GPTModelFiles:
 
     @classmethod
     def locate(
-        cls, gpt_model: str | os.PathLike[str], base_model: str | os.PathLike[str] | None = None
+        cls,
+        gpt_model: str | os.PathLike[str],
+        base_model: str | os.PathLike[str] | None = None,
+        *,
+        dvae: str | os.PathLike[str] | None = None,
     ) -> GPTModelFiles:
         """Find the files; ``gpt_model`` is a folder or its ``model.pth``, the DVAE files come from
-        ``base_model`` (default: the same folder, as in the XTTS v2 release).
+        ``base_model`` (default: the same folder, as in the XTTS v2 release), the DVAE itself from
+        ``dvae`` when given (a DVAE stage's dvae.pth).
 
         Raises:
             DataError: a file is missing, with what to pass instead.
@@ -102,7 +107,7 @@ class GPTModelFiles:
             model=root / "model.pth",
             config=root / "config.json",
             vocab=root / "vocab.json",
-            dvae=base / "dvae.pth",
+            dvae=Path(dvae) if dvae is not None else base / "dvae.pth",
             mel_stats=base / "mel_stats.pth",
         )
         missing = [str(p) for p in (files.model, files.config, files.vocab) if not p.is_file()]

@@ -6,10 +6,11 @@
 
 It runs after the GPT stage (a new GPT changes the decoder's inputs): ``gpt_model`` is the GPT
 stage's export folder (or the base, to fine-tune the decoder on the base GPT's latents). The
-stage's folder is ``run_dir/decoder-<date>-<commit>`` (Coqui names it), with ``run_dir/decoder``
-linked to the newest: checkpoints, config.json, metrics.jsonl, events.jsonl, decoder_curves.png,
-TensorBoard logs and ``export/``, an XTTS model folder with the fine-tuned decoder. To go on after
-an interruption: ``train_decoder(..., continue_path=run_dir / "decoder")``.
+stage's folder is ``run_dir/decoder``, a plain folder that Coqui's Trainer writes into:
+checkpoints, config.json, metrics.jsonl (the row at step 0: the starting decoder), events.jsonl,
+exclusions.jsonl (rows the stage could not use, with the reason), decoder_curves.png, TensorBoard
+logs and ``export/``, an XTTS model folder with the fine-tuned decoder. To go on after an
+interruption: ``train_decoder(..., continue_path=run_dir / "decoder")``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +30,10 @@ from utils.training.decoder.latents import GPTModelFiles, LatentCacheReport
 
 logger = logging.getLogger(__name__)
 
-#: ``run_dir/decoder``: a link to the newest decoder stage folder (Coqui names the folder itself).
-LATEST = "decoder"
+#: The stage's folder in the run folder.
+STAGE_FOLDER = "decoder"
+EXCLUSIONS_FILE = "exclusions.jsonl"
+PLOT_MIN_INTERVAL_S = 60.0  # a redraw takes seconds on a busy CPU; the stage draws once more at its end
 
 
 @dataclass
@@ -104,61 +108,89 @@ def _continued(stage_dir: Path, inputs: DecoderInputs, files: GPTModelFiles) -> 
     return config, stage_of(config)
 
 
+@dataclass
+class StageHooks:
+    """What the caller hears and sets: ToolkitTrainer ``on_step``/``on_progress``/``on_evaluation``
+    callables, the health monitor (None: default thresholds, clipping check off) and a wall-clock
+    ``deadline`` (``time.time()``; None: no limit)."""
+
+    on_step: list[Callable[..., Any]] = field(default_factory=list)
+    on_progress: list[Callable[..., Any]] = field(default_factory=list)
+    on_evaluation: list[Callable[..., Any]] = field(default_factory=list)
+    health: Any = None
+    deadline: float | None = None
+
+
 def build_trainer(
     stage: DecoderStageConfig,
     inputs: DecoderInputs,
-    run_dir: Path,
+    stage_dir: Path,
     files: GPTModelFiles,
     *,
-    continue_path: Path | None = None,
+    continuing: bool = False,
     progress: bool = False,
-    plots: bool = True,
-    hooks: dict[str, list[Callable[..., Any]]] | None = None,
+    hooks: StageHooks | None = None,
 ) -> Any:
-    """The decoder GAN under :class:`~utils.training.decoder.trainer.DecoderTrainer`.
+    """The decoder GAN under the toolkit's trainer, writing into ``stage_dir`` itself.
 
-    For ``continue_path`` the stage's own config.json is used (the run goes on with its values).
+    When ``continuing``, the stage's own config.json is used (the run goes on with its values).
     """
+    import torch
     from trainer import TrainerArgs
 
-    from utils.training.decoder.gan import DecoderGAN, build_gan_config
-    from utils.training.decoder.trainer import DecoderTrainer
+    from utils.training.decoder.gan import DecoderGAN
     from utils.training.health import HealthConfig, HealthMonitor
+    from utils.training.trainer import ToolkitTrainer
 
-    hooks = hooks or {}
+    hooks = hooks or StageHooks()
     args = TrainerArgs(grad_accum_steps=1)  # Coqui's multi-optimizer step refuses gradient accumulation
-    if continue_path is not None:
-        args.continue_path = str(continue_path)
-        config, stage = _continued(continue_path, inputs, files)  # the run goes on with its own values
-    else:
-        config = build_gan_config(stage, inputs.decoder_args, output_path=run_dir, decoder_init=str(files.model))
-        config.toolkit.update(
-            {
-                "gpt_model": str(files.root),
-                "latent_key": inputs.train.latent_key,
-                "speaker_key": inputs.train.speaker_key,
-            }
-        )
-    for name, item in stage.describe().items():
-        logger.info("decoder stage: %s = %s (%s)", name, item["value"], item["source"])
-    return DecoderTrainer(
+    if continuing:
+        args.continue_path = str(stage_dir)
+    config, stage = _gan_config(stage, inputs, stage_dir, files, continuing)
+    if torch.cuda.is_available():
+        config.optimizer_params = {**config.optimizer_params, "fused": True}  # one AdamW kernel per step
+    values = stage.describe()
+    logger.info(
+        "decoder stage values (the rest are the stage's defaults): %s",
+        ", ".join(f"{k} {v['value']}" for k, v in values.items() if v["source"] == "set") or "none set",
+    )
+    for name, item in values.items():
+        logger.debug("decoder stage: %s = %s (%s)", name, item["value"], item["source"])
+    # grad_clip 0: the clipping-saturation check off. Coqui's GAN recipe clips at 5 while the
+    # mel x 45 loss gives gradient norms in the hundreds, so nearly every step is clipped by design.
+    health = hooks.health or HealthMonitor(HealthConfig(), grad_clip=0.0)
+    return ToolkitTrainer(
         args,
         config,
-        output_path=str(run_dir),
+        output_path=str(stage_dir),
+        run_folder=stage_dir,
         model=DecoderGAN(config),
         train_samples=inputs.train.items,
         eval_samples=inputs.eval.items,
         eval_every_steps=stage.eval_every_steps,
-        # grad_clip 0: the clipping-saturation check off. Coqui's GAN recipe clips at 5 while the
-        # mel x 45 loss gives gradient norms in the hundreds, so nearly every step is clipped by design.
-        health=HealthMonitor(HealthConfig(), grad_clip=0.0),
-        on_step=hooks.get("on_step"),
-        on_progress=hooks.get("on_progress"),
-        on_evaluation=hooks.get("on_evaluation"),
+        health=health,
+        on_step=hooks.on_step,
+        on_progress=hooks.on_progress,
+        on_evaluation=hooks.on_evaluation,
         progress=progress,
         save_every_minutes=stage.save_every_minutes,
-        plots=plots,
+        deadline=hooks.deadline,
     )
+
+
+def _gan_config(
+    stage: DecoderStageConfig, inputs: DecoderInputs, stage_dir: Path, files: GPTModelFiles, continuing: bool
+) -> tuple[Any, DecoderStageConfig]:
+    """A new stage's Coqui config, or a continued one's own (the run goes on with its values)."""
+    from utils.training.decoder.gan import build_gan_config
+
+    if continuing:
+        return _continued(stage_dir, inputs, files)
+    config = build_gan_config(stage, inputs.decoder_args, output_path=stage_dir, decoder_init=str(files.model))
+    config.toolkit.update(
+        {"gpt_model": str(files.root), "latent_key": inputs.train.latent_key, "speaker_key": inputs.train.speaker_key}
+    )
+    return config, stage
 
 
 def train_decoder(
@@ -169,65 +201,120 @@ def train_decoder(
     gpt_model: str | os.PathLike[str],
     *,
     base_model: str | os.PathLike[str] | None = None,
+    dvae: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
-    continue_path: str | os.PathLike[str] | None = None,
+    resume: bool = False,
     export: bool = True,
     progress: bool = False,
     plots: bool = True,
-    hooks: dict[str, list[Callable[..., Any]]] | None = None,
+    hooks: StageHooks | None = None,
 ) -> DecoderResult:
-    """Fine-tune XTTS's HiFi-GAN decoder on the GPT's latents of these rows.
+    """Fine-tune XTTS's HiFi-GAN decoder on the GPT's latents of these rows, in ``run_dir/decoder``.
 
     Args:
-        stage: the hyperparameters (:class:`DecoderStageConfig`).
+        stage: the hyperparameters (:class:`DecoderStageConfig`; on resume the stage's saved ones).
         train_rows / eval_rows: Coqui sample dicts (``audio_file``, ``text``, ``language``); the
             eval rows give the held-out mel L1.
-        run_dir: the run folder; the stage's folder is made in it.
+        run_dir: the run folder; the stage writes into its ``decoder`` sub-folder.
         gpt_model: the GPT stage's export folder (or the base folder).
         base_model: the folder with dvae.pth and mel_stats.pth (default: ``gpt_model``).
+        dvae: the dvae.pth that makes the codes (default: ``base_model``'s; a DVAE stage's).
         cache_dir: the clip cache (default: ``run_dir``'s parent's ``.clip_cache``, the GPT stage's).
-        continue_path: a stage folder to go on from its last complete checkpoint.
+        resume: go on from the stage folder's last complete checkpoint.
         export: write ``<stage>/export`` from the best checkpoint (lowest held-out mel L1).
         progress: quiet Coqui's console blocks (subscribe a progress hook instead).
         plots: draw decoder_curves.png during training (at most once a minute) and at the end.
-        hooks: ``on_step`` / ``on_progress`` / ``on_evaluation`` callables for the trainer.
+        hooks: progress, step and evaluation hooks, health monitor, deadline (:class:`StageHooks`).
 
     Returns:
         The :class:`DecoderResult`.
     """
-    from utils.training.decoder.metrics import plot_decoder_curves
-
     if not eval_rows:
         raise DataError("the eval set is empty: the decoder stage needs held-out clips; put some in metadata_eval.csv")
     run_dir = Path(run_dir)
-    files = GPTModelFiles.locate(gpt_model, base_model)  # 1. the GPT whose latents the decoder learns
+    stage_dir = run_dir / STAGE_FOLDER
+    files = GPTModelFiles.locate(gpt_model, base_model, dvae=dvae)  # 1. the GPT whose latents the decoder learns
     cache = Path(cache_dir) if cache_dir is not None else run_dir.parent / ".clip_cache"
+    _check_folder(stage_dir, resume)
     inputs = prepare_inputs(files, train_rows, eval_rows, cache)  # 2. cached latents and targets
-    cont = Path(continue_path) if continue_path is not None else None
-    trainer = build_trainer(
-        stage, inputs, run_dir, files, continue_path=cont, progress=progress, plots=plots, hooks=hooks
-    )
-    if cont is None:
-        link_latest(run_dir / LATEST, Path(trainer.output_path))
-        trainer.eval_epoch()  # 3. the starting decoder's held-out mel L1 (also its best model so far)
-    trainer.fit()  # 4. the GAN
-    stage_dir = Path(trainer.output_path)
-    curves = (
-        plot_decoder_curves(stage_dir, warm_start_steps=trainer.config.steps_to_start_discriminator) if plots else None
-    )
+    hooks = hooks or StageHooks()
+    if plots:
+        hooks.on_evaluation = [*hooks.on_evaluation, _CurvesRefresh()]
+    trainer = build_trainer(stage, inputs, stage_dir, files, continuing=resume, progress=progress, hooks=hooks)
+    _write_exclusions(stage_dir, inputs, trainer.config.segment_frames)
+    try:
+        if not resume:
+            trainer.eval_epoch()  # 3. the starting decoder's held-out mel L1 (also its best model so far)
+        trainer.fit()  # 4. the GAN
+    finally:
+        curves = _curves(stage_dir, trainer.config.steps_to_start_discriminator) if plots else None
     export_dir = _export(files, stage_dir) if export else None  # 5. the XTTS folder with the new decoder
     return _result(trainer, stage_dir, inputs, export_dir, curves)
 
 
-def link_latest(link: Path, stage_dir: Path) -> None:
-    """Point ``link`` at ``stage_dir`` (a relative symbolic link, replaced atomically; a real folder is left)."""
-    if link.exists() and not link.is_symlink():
-        logger.warning("%s is not a link; the newest decoder stage is %s", link, stage_dir)
+def _check_folder(stage_dir: Path, resume: bool) -> None:
+    """A fresh stage never writes over one; a resumed one needs a checkpoint."""
+    from utils.runs import last_checkpoint
+
+    if resume:
+        if last_checkpoint(stage_dir) is None:
+            raise ConfigError(f"{stage_dir} holds no decoder checkpoint to resume from; start the stage without resume")
         return
-    tmp = link.with_name(f".{link.name}.link")
-    tmp.unlink(missing_ok=True)
-    os.symlink(os.path.relpath(stage_dir, link.parent), tmp)
-    os.replace(tmp, link)
+    taken = [p.name for p in (stage_dir / "config.json", stage_dir / "metrics.jsonl") if p.exists()]
+    taken += [p.name for p in stage_dir.glob("checkpoint_*.pth")]
+    if taken:
+        raise ConfigError(
+            f"{stage_dir} already holds a decoder stage ({', '.join(sorted(taken))}); resume it or choose a new run "
+            "folder (nothing was overwritten)"
+        )
+
+
+def _write_exclusions(stage_dir: Path, inputs: DecoderInputs, segment_frames: int) -> None:
+    """Rows the stage cannot use, each with its reason, in exclusions.jsonl (and one warning line)."""
+    import json
+
+    rows = [{"split": "train", **e} for e in inputs.train.excluded]
+    rows += [{"split": "eval", **e} for e in inputs.eval.excluded]
+    rows += [
+        {"split": "train", "audio_file": c.source, "reason": "shorter_than_segment", "detail": f"{c.frames} frames"}
+        for c in inputs.train.items
+        if c.frames < segment_frames
+    ]
+    path = stage_dir / EXCLUSIONS_FILE
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    if rows:
+        reasons: dict[str, int] = {}
+        for r in rows:
+            reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+        logger.warning(
+            "decoder stage: %d row(s) left out (%s); see %s",
+            len(rows),
+            ", ".join(f"{k} x{v}" for k, v in sorted(reasons.items())),
+            path,
+        )
+
+
+class _CurvesRefresh:
+    """An evaluation hook: redraw decoder_curves.png at most once a minute (the stage draws at its end)."""
+
+    def __init__(self) -> None:
+        self.last = time.time()
+
+    def __call__(self, trainer: Any, _record: dict[str, Any]) -> None:
+        if time.time() - self.last >= PLOT_MIN_INTERVAL_S:
+            self.last = time.time()
+            _curves(Path(trainer.output_path), trainer.config.steps_to_start_discriminator)
+
+
+def _curves(stage_dir: Path, warm_start_steps: int | None) -> Path | None:
+    """Redraw the curves; a plot never stops training or hides why it ended."""
+    from utils.training.decoder.metrics import plot_decoder_curves
+
+    try:
+        return plot_decoder_curves(stage_dir, warm_start_steps=warm_start_steps)
+    except (OSError, RuntimeError, ValueError) as exc:
+        logger.warning("could not draw the decoder curves (%s: %s)", type(exc).__name__, exc)
+        return None
 
 
 def _export(files: GPTModelFiles, stage_dir: Path) -> Path:

@@ -35,7 +35,7 @@ HOP_LENGTH = 256
 SAMPLE_RATE = 22050
 
 #: Settings whose None is a value (not "use the default").
-NULLABLE = ("crops_per_clip", "eval_every_steps", "save_every_steps")
+NULLABLE = ("crops_per_clip", "eval_every_steps", "save_every_steps", "save_every_minutes")
 
 FORK = "anhnh2002/XTTSv2-Finetuning-for-New-Languages train_dvae_xtts.py"
 
@@ -60,7 +60,8 @@ DEFAULT_SOURCES: dict[str, str] = {
     "codebook_ema": "DiscreteVAE in train mode (the fork): the codebook follows the data by its EMA",
     "heldout_clips": "toolkit: bounds the cost of the held-out metrics at every evaluation",
     "keep_checkpoints": "toolkit: the stage's product is dvae.pth; one full checkpoint to resume from",
-    "save_every_steps": "toolkit: None = a checkpoint at the end (and on Ctrl-C) only",
+    "save_every_steps": "toolkit: None = checkpoints by time (save_every_minutes), at the end and on Ctrl-C",
+    "save_every_minutes": "the GPT stage's default (15): a killed stage loses at most that much",
     "num_loader_workers": "toolkit GPT default",
     "seed": "toolkit GPT default",
 }
@@ -95,6 +96,7 @@ class DVAEStageConfig:
     heldout_clips: int = 64
     keep_checkpoints: int = 1
     save_every_steps: int | None = None
+    save_every_minutes: float | None = 15.0
     num_loader_workers: int = 2
     seed: int = 1
     set_by_caller: tuple[str, ...] = ()
@@ -113,8 +115,8 @@ class DVAEStageConfig:
                 raise ConfigError(f"DVAE {name} must be at least 1, got {getattr(self, name)}")
         for name in NULLABLE:
             value = getattr(self, name)
-            if value is not None and int(value) < 1:
-                raise ConfigError(f"DVAE {name} must be at least 1 or None, got {value}")
+            if value is not None and not value > 0:
+                raise ConfigError(f"DVAE {name} must be positive or None, got {value}")
         if not self.lr > 0 or not self.min_lr >= 0:
             raise ConfigError(f"DVAE lr must be > 0 and min_lr >= 0, got lr {self.lr}, min_lr {self.min_lr}")
 

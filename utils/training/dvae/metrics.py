@@ -12,19 +12,16 @@ Measured on whole held-out clips (not crops), one clip at a time, with the DVAE 
   DVAE and the current one. The GPT was trained on the base codes; a high share means the GPT
   stage must learn more of its targets anew.
 
-:class:`StageRows` writes these as rows of the stage folder's ``metrics.jsonl``: ``phase`` "base"
-(before training), "evaluation" (every evaluation, with the trainer's losses and their parts) and
-"exported" (the weights written to dvae.pth).
+Every evaluation record of the stage (the toolkit trainer's metrics.jsonl, in the stage folder)
+carries these as ``heldout_*`` columns (:class:`HeldOut`); the record at step 0 is the base DVAE's.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -73,30 +70,6 @@ def measure(model: Any, clips: Sequence[tuple[str, torch.Tensor]]) -> HeldOutPas
     return out
 
 
-@torch.no_grad()
-def eval_losses(model: Any, loader: Any) -> dict[str, float]:
-    """The eval loss and its parts under the current weights (eval mode): the mean over the batches.
-
-    The same numbers as the "evaluation" rows (both from the model's own sums), so the base DVAE
-    and the exported one compare with every evaluation of training.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.dvae.parameters()).device
-    model.take_means("eval")  # start from an empty sum
-    try:
-        for batch in loader:
-            model.eval_step(model.format_batch_on_device({"wav": batch["wav"].to(device)}))
-    finally:
-        model.train(was_training)
-    return _prefixed("eval", model.take_means("eval"))
-
-
-def _prefixed(split: str, means: dict[str, float]) -> dict[str, float]:
-    """``{"loss": x, "recon_loss": y}`` -> ``{"eval_loss": x, "eval_recon_loss": y}``."""
-    return {(f"{split}_loss" if k == "loss" else f"{split}_{k}"): v for k, v in means.items()}
-
-
 def codebook_use(codes: Sequence[torch.Tensor], num_tokens: int) -> dict[str, Any]:
     """Perplexity of the code histogram and the number of codes used and unused."""
     if not codes:
@@ -139,70 +112,25 @@ def summary(current: HeldOutPass, num_tokens: int, base: HeldOutPass | None = No
     return out
 
 
-class StageRows:
-    """The stage folder's ``metrics.jsonl``: one JSON object per line, appended."""
+@dataclass
+class HeldOut:
+    """The held-out clips and the base DVAE's pass over them, measured again at every evaluation.
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def read(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-    def append(self, row: dict[str, Any]) -> None:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(clean) + "\n")
-
-    def keep(self, evaluated_steps: set[int]) -> None:
-        """After a resume: keep the base row and the evaluations the resumed trainer still counts.
-
-        The trainer redoes the work after its checkpoint; rows of that work would appear twice.
-        """
-        rows = self.read()
-        kept = [r for r in rows if r.get("phase") == "base" or int(r.get("step", -1)) in evaluated_steps]
-        kept = [r for r in kept if r.get("phase") != "exported"]
-        if len(kept) != len(rows):
-            tmp = self.path.with_name(f".{self.path.name}.partial")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-            tmp.replace(self.path)
-            logger.info(
-                "%s: %d row(s) after the checkpoint removed (the resumed stage redoes them)",
-                self.path,
-                len(rows) - len(kept),
-            )
-
-
-class EvaluationRows:
-    """A ToolkitTrainer ``on_evaluation`` hook: one "evaluation" row per evaluation.
-
-    The row joins the trainer's record (steps, LR, train loss), the losses and their parts from the
-    model's own sums (every batch counted the same), the trainer's eval loss as
-    ``trainer_eval_loss`` (Coqui's average, which leaves out the evaluation's first batch; the LR
-    plateau rule and the best model go by it), and the held-out numbers of the current weights
-    against the base pass.
+    :meth:`fields` gives the evaluation record's ``heldout_*`` columns (through
+    :meth:`ToolkitDVAE.evaluation_fields <utils.training.dvae.model.ToolkitDVAE.evaluation_fields>`).
     """
 
-    def __init__(
-        self, model: Any, clips: Sequence[tuple[str, torch.Tensor]], base: HeldOutPass, rows: StageRows
-    ) -> None:
-        self.model, self.clips, self.base, self.rows = model, clips, base, rows
+    clips: list[tuple[str, torch.Tensor]]
+    base: HeldOutPass
 
-    def __call__(self, trainer: Any, record: dict[str, Any]) -> None:
-        row: dict[str, Any] = {"phase": "evaluation"}
-        row.update({k: record.get(k) for k in ("step", "optimizer_step", "epoch", "lr", "train_loss")})
-        train = _prefixed("train", self.model.take_means("train"))
-        row.update({k: v for k, v in train.items() if k != "train_loss"})  # the trainer's train loss stays
-        row.update(_prefixed("eval", self.model.take_means("eval")))
-        row["trainer_eval_loss"] = record.get("eval_loss")  # what the LR plateau rule and the best model saw
-        heldout = summary(measure(self.model, self.clips), self.model.config.num_tokens, self.base)
-        row.update({f"heldout_{k}": v for k, v in heldout.items()})
-        self.rows.append(row)
+    def fields(self, model: Any) -> dict[str, Any]:
+        """``heldout_<name>`` of :func:`summary` for ``model``'s current weights, against the base."""
+        heldout = summary(measure(model, self.clips), model.config.num_tokens, self.base)
         logger.info(
             "DVAE held-out: mel MSE %.5f, perplexity %.1f, %d unused codes, %.1f%% of codes changed",
-            heldout["mel_mse"] or math.nan,
+            heldout["mel_mse"] if heldout["mel_mse"] is not None else math.nan,
             heldout["perplexity"] or math.nan,
             heldout["unused_codes"],
             100.0 * (heldout.get("changed_share") or 0.0),
         )
+        return {f"heldout_{k}": v for k, v in heldout.items()}

@@ -16,9 +16,13 @@ also moves the codebook by its exponential moving average (no optimizer involved
 
 Upstream behaviour worked around: ``DiscreteVAE.forward`` in eval mode decodes from the codes,
 which carries no gradient to the encoder and stops the codebook's EMA. Coqui's Trainer leaves the
-model in eval mode after an evaluation until the next epoch's ``model.train()`` (the toolkit's
-trainer calls ``on_train_epoch_start`` after a mid-epoch evaluation), so :meth:`ToolkitDVAE.train_step`
-sets train mode itself on every step.
+model in eval mode after an evaluation until the next epoch's ``model.train()``, so
+:meth:`ToolkitDVAE.train_step` sets train mode itself on every step.
+
+For the toolkit's trainer (utils/training/stage.py) the model names its losses (``loss_keys``:
+every evaluation record has the train and eval reconstruction and commitment losses), the option
+that sets its LR (``lr_option``) and, through ``evaluation_fields``, adds the held-out numbers of
+each evaluation (:mod:`utils.training.dvae.metrics`) to its record.
 """
 
 from __future__ import annotations
@@ -108,6 +112,7 @@ class ToolkitDVAE(TrainerModel):
     """
 
     loss_keys = LOSS_KEYS
+    lr_option = "--dvae-lr"
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -115,8 +120,7 @@ class ToolkitDVAE(TrainerModel):
         self.dvae = build_dvae(config.num_tokens)
         load_dvae_weights(self.dvae, config.dvae_checkpoint)
         self.mel = build_mel_frontend(config.mel_norm_file, config.audio.dvae_sample_rate)
-        self._sums: dict[str, dict[str, torch.Tensor]] = {}  # "train"/"eval" -> loss name -> running sum
-        self._steps: dict[str, int] = {}
+        self.heldout: Any = None  # utils.training.dvae.metrics.HeldOut: measured at every evaluation
 
     # --- data ---------------------------------------------------------------------------------
 
@@ -172,36 +176,19 @@ class ToolkitDVAE(TrainerModel):
         self, batch: dict[str, Any], criterion: Any = None, optimizer_idx: int | None = None
     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         self.set_train_mode()  # see the module docstring: an evaluation may have left eval mode on
-        outputs, losses = self._losses(batch["mel"])
-        self._count("train", losses)
-        return outputs, losses
+        return self._losses(batch["mel"])
 
     def eval_step(
         self, batch: dict[str, Any], criterion: Any = None, optimizer_idx: int | None = None
     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        outputs, losses = self._losses(batch["mel"])
-        self._count("eval", losses)
-        return outputs, losses
-
-    def _count(self, split: str, losses: dict[str, torch.Tensor]) -> None:
-        sums = self._sums.setdefault(split, {})
-        for key in LOSS_KEYS:  # summed on the device: no host read per step
-            value = losses[key].detach()
-            sums[key] = sums[key] + value if key in sums else value
-        self._steps[split] = self._steps.get(split, 0) + 1
-
-    def take_means(self, split: str) -> dict[str, float]:
-        """Each loss averaged over the ``"train"`` or ``"eval"`` steps since the last call, then reset.
-
-        Every step counts the same. Coqui's own averages (``KeepAverage``) give their first value
-        weight 0, so an evaluation of several batches leaves its first batch out of the Trainer's
-        eval loss; these means do not.
-        """
-        n, sums = self._steps.pop(split, 0), self._sums.pop(split, {})
-        return {key: float(value) / n for key, value in sums.items()} if n else {}
+        return self._losses(batch["mel"])
 
     def on_train_epoch_start(self, trainer: Any) -> None:
         self.set_train_mode()
+
+    def evaluation_fields(self, trainer: Any) -> dict[str, Any]:
+        """The held-out numbers of the current weights (``heldout_*`` columns), when the stage set clips."""
+        return self.heldout.fields(self) if self.heldout is not None else {}
 
     # --- optimizer and schedule ---------------------------------------------------------------
 

@@ -1,26 +1,22 @@
 """The DVAE stage: fine-tune XTTS's DVAE on a dataset's audio and write a dvae.pth for the GPT stage.
 
 Stages run DVAE -> GPT -> decoder: the DVAE turns audio into the GPT's target codes, so a new
-DVAE changes what the GPT learns. The stage folder (``RUN_DIR/dvae``) holds:
+DVAE changes what the GPT learns. The stage folder (``RUN_DIR/dvae``, a plain folder that Coqui's
+Trainer writes into) holds:
 
 - ``dvae.pth``: the fine-tuned DVAE, a plain state dict in the base dvae.pth's key layout (the
   weights of the best evaluation, else the last), written atomically. Point the GPT stage's
-  ``model_args.dvae_checkpoint`` at it; its clip cache keys the codes by the DVAE file's path,
-  size and modification time (``dvae_key``), so the GPT then trains on the new codes.
-- ``dvae_report.json``: held-out numbers of the base and the fine-tuned DVAE (mel MSE, codebook
-  perplexity, unused codes, share of changed codes per clip) and every setting with its source.
-- ``metrics.jsonl``: rows "base", one per evaluation, "exported" (utils/training/dvae/metrics.py).
-- ``dvae_curves.png``: the curves of those rows.
-- ``trainer-DATE-COMMIT/``: Coqui's Trainer folder (config.json, checkpoints, best model,
-  TensorBoard, the trainer's own metrics.jsonl and events.jsonl); ``resume=True`` goes on from its
-  newest complete checkpoint.
-
-Under the toolkit's ToolkitTrainer (utils/training/trainer.py), these GPT-specific parts are
-worked around here rather than changed there: its records carry the GPT's loss parts
-(``loss_text_ce``/``loss_mel_ce``, empty here), so the DVAE's parts go to this stage's own rows;
-its "only the GPT trains" restore after a mid-epoch evaluation calls the model's
-``on_train_epoch_start``, which here sets train mode (utils/training/dvae/model.py); its Ctrl-C
-advice names ``utils/gpt_train.py``, so :func:`train_dvae` logs the call that resumes this stage.
+  ``model_args.dvae_checkpoint`` at it (:mod:`utils.training.dvae.handoff`); its clip cache keys
+  the codes by the DVAE file's path, size and modification time, so the GPT then trains on the
+  new codes.
+- ``metrics.jsonl``: the toolkit trainer's record of every evaluation (train and eval loss,
+  reconstruction and commitment parts, LR) with the held-out numbers (``heldout_*``: mel MSE on
+  whole clips, codebook perplexity, unused codes, share of codes changed against the base); the
+  record at step 0 is the base DVAE's, so the best model can be the base itself.
+- ``dvae_report.json``: held-out numbers before and after, the exported weights' step, every
+  setting with its source. ``dvae_curves.png``: the curves.
+- Coqui's and the toolkit's files: config.json, ``checkpoint_N.pth``, ``best_model_N.pth``,
+  events.jsonl (health), TensorBoard logs. ``resume=True`` goes on from the newest checkpoint.
 """
 
 from __future__ import annotations
@@ -34,20 +30,11 @@ from typing import Any
 from utils.base_model import BaseModelFiles, check_base_model
 from utils.errors import ConfigError, DataError
 from utils.fs import write_json_atomic
-from utils.runs import last_checkpoint, load_checkpoint, read_run_config
+from utils.runs import last_checkpoint, load_checkpoint, read_jsonl, read_run_config
 from utils.training.dvae.config import DVAEStageConfig
-from utils.training.dvae.metrics import (
-    EvaluationRows,
-    HeldOutPass,
-    StageRows,
-    changed_share,
-    eval_losses,
-    heldout_clips,
-    measure,
-    summary,
-)
+from utils.training.dvae.metrics import HeldOut, changed_share, heldout_clips, measure, summary
 from utils.training.dvae.plots import CURVES_NAME, plot_dvae_curves
-from utils.training.dvae.trainer_config import TRAINER_RUN_NAME, build_trainer_config
+from utils.training.dvae.trainer_config import build_trainer_config
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +50,21 @@ class DVAEResult:
 
     stage_dir: Path
     dvae_path: Path
-    trainer_dir: Path
     report: dict[str, Any]
     rows: list[dict[str, Any]]
+    stop_reason: str | None = None
+    events: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class StageHooks:
+    """What the caller hears and sets: ToolkitTrainer progress and evaluation hooks, the health monitor
+    (None: default thresholds) and a wall-clock ``deadline`` (``time.time()``; None: no limit)."""
+
+    on_progress: list[Callable[[dict[str, Any]], None]] | None = None
+    on_evaluation: list[Callable[[Any, dict[str, Any]], None]] | None = None
+    health: Any = None
+    deadline: float | None = None
 
 
 def train_dvae(
@@ -77,8 +76,7 @@ def train_dvae(
     base_model: str | Path | BaseModelFiles,
     resume: bool = False,
     progress: bool = True,
-    on_progress: list[Callable[[dict[str, Any]], None]] | None = None,
-    on_evaluation: list[Callable[[Any, dict[str, Any]], None]] | None = None,
+    hooks: StageHooks | None = None,
 ) -> DVAEResult:
     """Fine-tune the base's DVAE on ``train_rows``, measure it on ``eval_rows``, write ``run_dir/dvae``.
 
@@ -88,87 +86,61 @@ def train_dvae(
         run_dir: the run folder; the stage writes into its ``dvae`` sub-folder.
         base_model: the XTTS v2 base folder (dvae.pth, mel_stats.pth, config.json).
         resume: go on from the stage folder's newest complete checkpoint.
-        progress: show a progress bar (when ``on_progress`` is not given).
-        on_progress: ToolkitTrainer progress hooks ``fn(info)`` (replace the bar).
-        on_evaluation: more ToolkitTrainer evaluation hooks ``fn(trainer, record)``.
+        progress: show a progress bar (when ``hooks`` brings no progress hook).
+        hooks: progress and evaluation hooks, health monitor, deadline (:class:`StageHooks`).
 
     Raises:
         ConfigError: a fresh stage into a folder that already holds one, or nothing to resume.
         DataError, BaseModelError, UnsafeModelFileError: unusable rows or model files.
     """
+    hooks = hooks or StageHooks()
     base = base_model if isinstance(base_model, BaseModelFiles) else check_base_model(base_model)
     stage_dir = Path(run_dir) / STAGE_FOLDER
-    continue_dir, stage = _prepare_folder(stage_dir, stage, resume)
+    continuing, stage = _prepare_folder(stage_dir, stage, resume)
     clips = heldout_clips(eval_rows, stage.heldout_clips)
     if not clips:
         raise DataError("the DVAE stage needs held-out clips to measure itself on; metadata_eval.csv has no rows")
+    import torch
+
     from utils.training.dvae.model import ToolkitDVAE
 
     config = build_trainer_config(stage, base, stage_dir)
     model = ToolkitDVAE(config)
-    base_pass = measure(model, clips)  # the base's weights: the trainer restores a checkpoint later
-    rows = StageRows(stage_dir / METRICS_FILE)
-    eval_loader = model.get_data_loader(config, is_eval=True, samples=list(eval_rows))
-    if continue_dir is None:
-        before = {"phase": "base", "step": 0, "optimizer_step": 0, **eval_losses(model, eval_loader)}
-        rows.append({**before, **_heldout_row(base_pass, config)})
-    hooks = [EvaluationRows(model, clips, base_pass, rows), *(on_evaluation or [])]
-    trainer, bar = _build_trainer(config, model, train_rows, eval_rows, continue_dir, hooks, progress, on_progress)
-    if continue_dir is not None:
-        rows.keep(_evaluated_steps(Path(trainer.output_path)))
-    _fit(trainer, bar, run_dir, base)
-    return _export(trainer, model, (clips, eval_loader), base_pass, stage, base, stage_dir, rows)
-
-
-def _fit(trainer: Any, bar: Any, run_dir: str | Path, base: BaseModelFiles) -> None:
-    """Train; on Ctrl-C name the call that goes on (the trainer's own advice names the GPT command)."""
+    model.heldout = HeldOut(clips, measure(model, clips))  # the base's weights: a resume restores its own later
+    benchmark = torch.backends.cudnn.benchmark  # Coqui's set-up only ever turns it on: the next stage's shapes vary
+    trainer, bar = _build_trainer(config, model, (train_rows, eval_rows), continuing, progress, hooks)
     try:
+        if not continuing:
+            trainer.eval_epoch()  # step 0: the base DVAE's numbers (and the best model until one beats it)
         trainer.fit()
-    except KeyboardInterrupt:
-        logger.warning(
-            "DVAE stage interrupted; to go on: train_dvae(None, train_rows, eval_rows, %r, base_model=%r, resume=True)",
-            str(run_dir),
-            str(base.root),
-        )
-        raise
     finally:
+        torch.backends.cudnn.benchmark = benchmark
         if bar is not None:
             bar.close()
+        _curves(stage_dir)
+    return _export(trainer, model, stage, base, stage_dir)
 
 
-def find_trainer_dir(stage_dir: str | Path) -> Path | None:
-    """The stage's Trainer folder holding the newest complete checkpoint (None: none has one)."""
-    found = []
-    for folder in Path(stage_dir).glob(f"{TRAINER_RUN_NAME}-*"):
-        last = last_checkpoint(folder) if folder.is_dir() else None
-        if last is not None:
-            found.append((last.stat().st_mtime_ns, folder))
-    return max(found)[1] if found else None
-
-
-def _prepare_folder(
-    stage_dir: Path, stage: DVAEStageConfig | None, resume: bool
-) -> tuple[Path | None, DVAEStageConfig]:
-    """The Trainer folder to continue (None: a fresh stage) and the settings to use."""
+def _prepare_folder(stage_dir: Path, stage: DVAEStageConfig | None, resume: bool) -> tuple[bool, DVAEStageConfig]:
+    """Whether the stage goes on from its folder, and the settings to use."""
     if resume:
-        trainer_dir = find_trainer_dir(stage_dir)
-        if trainer_dir is None:
+        if last_checkpoint(stage_dir) is None:
             raise ConfigError(f"{stage_dir} holds no DVAE checkpoint to resume from; start the stage without resume")
-        saved = DVAEStageConfig.from_dict(((read_run_config(trainer_dir).get("toolkit") or {}).get("stage")) or {})
+        saved = DVAEStageConfig.from_dict(((read_run_config(stage_dir).get("toolkit") or {}).get("stage")) or {})
         if stage is not None and _values(stage) != _values(saved):
             logger.warning(
-                "resuming the DVAE stage with its saved settings (%s); the ones passed are ignored", trainer_dir
+                "resuming the DVAE stage with its saved settings (%s); the ones passed are ignored", stage_dir
             )
-        return trainer_dir, saved
-    taken = [p.name for p in (stage_dir / DVAE_FILE, stage_dir / METRICS_FILE) if p.exists()]
-    taken += [p.name for p in stage_dir.glob(f"{TRAINER_RUN_NAME}-*")]
+        return True, saved
+    taken = [p.name for p in (stage_dir / DVAE_FILE, stage_dir / METRICS_FILE, stage_dir / "config.json") if p.exists()]
+    taken += [p.name for p in stage_dir.glob("checkpoint_*.pth")]
     if taken:
         raise ConfigError(
             f"{stage_dir} already holds a DVAE stage ({', '.join(sorted(taken))}); resume it (resume=True) or "
             "choose a new run folder (nothing was overwritten)"
         )
     stage_dir.mkdir(parents=True, exist_ok=True)
-    return None, stage or DVAEStageConfig()
+    return False, stage or DVAEStageConfig()
 
 
 def _values(stage: DVAEStageConfig) -> dict[str, Any]:
@@ -179,14 +151,12 @@ def _values(stage: DVAEStageConfig) -> dict[str, Any]:
 def _build_trainer(
     config: Any,
     model: Any,
-    train_rows: Sequence[dict[str, Any]],
-    eval_rows: Sequence[dict[str, Any]],
-    continue_dir: Path | None,
-    hooks: list[Callable[[Any, dict[str, Any]], None]],
+    rows: tuple[Sequence[dict[str, Any]], Sequence[dict[str, Any]]],
+    continuing: bool,
     progress: bool,
-    on_progress: list[Callable[[dict[str, Any]], None]] | None,
+    hooks: StageHooks,
 ) -> tuple[Any, Any]:
-    """The ToolkitTrainer of the stage (and the progress bar it feeds, if any)."""
+    """The ToolkitTrainer of the stage, writing into the stage folder itself (and the progress bar it feeds)."""
     from trainer import TrainerArgs
 
     from utils.events import ProgressBar
@@ -194,33 +164,38 @@ def _build_trainer(
     from utils.training.trainer import ToolkitTrainer
 
     args = TrainerArgs()
-    if continue_dir is not None:
-        args.continue_path = str(continue_dir)
-    bar = ProgressBar.as_hook() if progress and on_progress is None else None
-    stage = config.toolkit["stage"]
+    if continuing:
+        args.continue_path = str(config.output_path)
+    bar = ProgressBar.as_hook() if progress and not hooks.on_progress else None
+    health = hooks.health or HealthMonitor(HealthConfig(), grad_clip=float(config.grad_clip or 0.0))
     trainer = ToolkitTrainer(
         args,
         config,
         output_path=config.output_path,
+        run_folder=config.output_path,
         model=model,
-        train_samples=list(train_rows),
-        eval_samples=list(eval_rows),
-        eval_every_steps=stage.get("eval_every_steps"),
-        on_evaluation=hooks,
-        on_progress=[bar] if bar is not None else list(on_progress or []),
-        health=HealthMonitor(HealthConfig(), grad_clip=float(config.grad_clip or 0.0)),
-        progress=progress or on_progress is not None,
+        train_samples=list(rows[0]),
+        eval_samples=list(rows[1]),
+        eval_every_steps=config.toolkit["stage"].get("eval_every_steps"),
+        on_evaluation=list(hooks.on_evaluation or []),
+        on_progress=[bar] if bar is not None else list(hooks.on_progress or []),
+        health=health,
+        progress=progress,
+        save_every_minutes=config.toolkit["stage"].get("save_every_minutes"),
+        deadline=hooks.deadline,
     )
     return trainer, bar
 
 
-def _evaluated_steps(trainer_dir: Path) -> set[int]:
-    """Steps of the evaluations the trainer's metrics.jsonl keeps (after its own trim on resume)."""
-    return {int(r["step"]) for r in StageRows(trainer_dir / "metrics.jsonl").read() if "step" in r}
-
-
-def _heldout_row(current: HeldOutPass, config: Any, base: HeldOutPass | None = None) -> dict[str, Any]:
-    return {f"heldout_{k}": v for k, v in summary(current, config.num_tokens, base).items()}
+def _curves(stage_dir: Path, exported_step: int | None = None) -> Path | None:
+    """Redraw dvae_curves.png; a plot never hides why the stage ended."""
+    try:
+        return plot_dvae_curves(
+            read_jsonl(stage_dir / METRICS_FILE), stage_dir / CURVES_NAME, exported_step=exported_step
+        )
+    except (OSError, RuntimeError, ValueError) as exc:
+        logger.warning("could not draw %s (%s: %s)", CURVES_NAME, type(exc).__name__, exc)
+        return None
 
 
 def _trainer_counts(trainer: Any) -> dict[str, int]:
@@ -236,7 +211,7 @@ def _trainer_counts(trainer: Any) -> dict[str, int]:
 
 
 def _final_weights(trainer: Any, model: Any) -> dict[str, Any]:
-    """Load the weights to export into ``model``: the best evaluation's, else the last."""
+    """Load the weights to export into ``model``: the best evaluation's (step 0, the base, included), else the last."""
     best = Path(trainer.output_path) / "best_model.pth"
     if not best.is_file():
         return {"weights": "last", "weights_step": int(trainer.total_steps_done), "weights_eval_loss": None}
@@ -251,27 +226,18 @@ def _final_weights(trainer: Any, model: Any) -> dict[str, Any]:
     }
 
 
-def _export(
-    trainer: Any,
-    model: Any,
-    heldout: tuple[list[Any], Any],
-    base_pass: HeldOutPass,
-    stage: DVAEStageConfig,
-    base: BaseModelFiles,
-    stage_dir: Path,
-    rows: StageRows,
-) -> DVAEResult:
-    """Write dvae.pth (atomically), the report, the exported row and the curves."""
+def _export(trainer: Any, model: Any, stage: DVAEStageConfig, base: BaseModelFiles, stage_dir: Path) -> DVAEResult:
+    """Write dvae.pth (atomically), the report and the curves."""
     from utils.training.checkpoints import atomic_torch_save
 
-    clips, eval_loader = heldout
     chosen = _final_weights(trainer, model)
-    after = measure(model, clips)
-    after_losses = eval_losses(model, eval_loader)
+    after = measure(model, model.heldout.clips)
     dvae_path = atomic_torch_save(model.dvae_state_dict(), stage_dir / DVAE_FILE)
-    base_row = next((r for r in rows.read() if r.get("phase") == "base"), {})
-    before_sum = {**{k: base_row.get(k) for k in after_losses}, **summary(base_pass, model.config.num_tokens)}
-    after_sum = {**after_losses, **summary(after, model.config.num_tokens)}
+    rows = read_jsonl(stage_dir / METRICS_FILE)
+    num_tokens = model.config.num_tokens
+    before_sum = {**_losses(rows[0] if rows else {}), **summary(model.heldout.base, num_tokens)}
+    at_export = next((r for r in rows if r.get("step") == chosen["weights_step"]), {})
+    after_sum = {**_losses(at_export), **summary(after, num_tokens)}
     improved = (
         None not in (before_sum["mel_mse"], after_sum["mel_mse"]) and after_sum["mel_mse"] < before_sum["mel_mse"]
     )
@@ -279,27 +245,29 @@ def _export(
         "dvae_path": str(dvae_path),
         "base_dvae": str(base.dvae),
         **chosen,
-        "trainer_dir": str(trainer.output_path),
         **_trainer_counts(trainer),
         "stop_reason": trainer.stop_reason,
         "heldout": {
             "before": before_sum,
             "after": after_sum,
-            "changed_share": changed_share(base_pass, after),
+            "changed_share": changed_share(model.heldout.base, after),
             "mel_mse_improved": improved,
         },
         "settings": stage.describe(),
     }
     write_json_atomic(stage_dir / REPORT_FILE, report)
-    exported = {"phase": "exported", "step": chosen["weights_step"], **after_losses}
-    rows.append({**exported, **_heldout_row(after, model.config, base_pass)})
-    plot_dvae_curves(rows.read(), stage_dir / CURVES_NAME)
+    _curves(stage_dir, chosen["weights_step"])
     if not improved:
         logger.warning(
-            "the fine-tuned DVAE reconstructs the held-out clips no better than the base (mel MSE %s -> %s); "
-            "the GPT stage can keep the base dvae.pth",
+            "the fine-tuned DVAE reconstructs the held-out clips no better than the base (mel MSE %s -> %s)",
             before_sum["mel_mse"],
             after_sum["mel_mse"],
         )
     logger.info("DVAE stage done: %s (report: %s)", dvae_path, stage_dir / REPORT_FILE)
-    return DVAEResult(stage_dir, dvae_path, Path(trainer.output_path), report, rows.read())
+    events = list(trainer.health.events) if trainer.health is not None else []
+    return DVAEResult(stage_dir, dvae_path, report, rows, trainer.stop_reason, events)
+
+
+def _losses(record: dict[str, Any]) -> dict[str, Any]:
+    """The eval losses of an evaluation record."""
+    return {k: record.get(k) for k in ("eval_loss", "eval_recon_loss", "eval_commitment_loss")}

@@ -14,8 +14,8 @@ from utils.training.dvae.config import SAMPLE_RATE, DVAEStageConfig
 
 logger = logging.getLogger(__name__)
 
-#: Coqui's Trainer names its folder ``{run_name}-{date}-{commit}`` inside the stage folder.
-TRAINER_RUN_NAME = "trainer"
+#: The Trainer's run name (its folder is the stage folder itself: ToolkitTrainer's ``run_folder``).
+TRAINER_RUN_NAME = "dvae"
 
 
 @dataclass
@@ -82,6 +82,7 @@ def build_trainer_config(stage: DVAEStageConfig, base: BaseModelFiles, stage_dir
         save_checkpoints=True,
         test_delay_epochs=0,
         training_seed=int(stage.seed),
+        cudnn_benchmark=True,  # every batch has the same shape (fixed-length crops): cuDNN picks its kernels once
         dvae_checkpoint=str(base.dvae),
         mel_norm_file=str(base.mel_stats),
         num_tokens=int(arch.get("gpt_num_audio_tokens", 1026)) - 2,

@@ -186,7 +186,7 @@ def test_reattach_after_a_server_restart_from_the_run_folder(tmp_path: Path) -> 
     write_json_atomic(job / "status.json", {"state": "running", "pid": dead.pid, "started": time.time()})
     screens = Screens(Engine(tmp_path / "data", runs))
     status, loss, lr, evals, events, hparams = screens.refresh_train("")
-    assert "training: interrupted" in status and "continue the run from its last checkpoint" in status
+    assert "training: interrupted" in status and "no checkpoint was written; start the run again" in status
     assert f"run: {run.name}" in status
     assert "optimizer step 25 of 100 (25%); evaluations: 2" in status
     assert "ETA 0:02:30" in status  # 50 s for 25 steps, 75 to go

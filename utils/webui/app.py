@@ -21,7 +21,7 @@ import pandas as pd
 from utils.errors import ToolkitError
 from utils.webui.datasets import DataSummary
 from utils.webui.engine import TINY_BASE, Engine
-from utils.webui.jobs import ACTIVE_STATES
+from utils.webui.jobs import ACTIVE_STATES, Job
 
 logger = logging.getLogger(__name__)
 
@@ -228,8 +228,10 @@ class Screens:
 
     @guard
     def stop(self) -> str:
+        """Stop; pressed again once the stop is overdue, a hard stop."""
+        before = self.engine.current_job()
         job = self.engine.stop_training()
-        return f"stop requested (job {job.job_id}): a checkpoint is written, then the process ends"
+        return _stop_message(job, before is not None and before.state == "stopping", self.engine.jobs.stop_grace_s)
 
     @guard
     def continue_run(self, run: str, epochs: float | None) -> tuple[str, Any]:
@@ -285,12 +287,8 @@ class Screens:
             job = None  # another run is shown: its own folder tells its story
         lines = self._job_lines(job)
         steps = self.engine.step_progress(job) if job is not None else []
-        if steps and job is not None and job.state in ACTIVE_STATES:
-            p = steps[-1]
-            lines.append(
-                f"trainer step {p.get('step')} of {p.get('total_steps') or '?'} (epoch {p.get('epoch')} of "
-                f"{p.get('epochs')}), loss {_fmt(p.get('loss'))}, ETA {_hms(p.get('eta_s'))}"
-            )
+        if steps and job is not None and job.state in ("running", "stopping"):
+            lines.append(step_line(steps[-1]))
         if run_dir is None or not run_dir.is_dir():
             lines.append("no run yet: prepare a dataset, then start a training")
             return (
@@ -327,13 +325,15 @@ class Screens:
             pd.DataFrame(view.hparams(), columns=HPARAM_HEADERS),
         )
 
-    @staticmethod
-    def _job_lines(job: Any) -> list[str]:
+    def _job_lines(self, job: Job | None) -> list[str]:
         if job is None:
             return []
         lines = [f"training: {job.state}" + (f" (process {job.pid})" if job.state in ACTIVE_STATES else "")]
+        if job.state == "exiting":
+            lines[0] += f": {job.status.get('final_state')}, the process is ending"
         if job.state in ACTIVE_STATES and job.status.get("stage") and job.status.get("stage") != "train":
             lines.append(f"step of the recipe: {job.status['stage']}")
+        lines += _stop_lines(job, self.engine.jobs.stop_overdue(job))
         if job.status.get("error"):
             lines.append(f"error: {job.status['error']}")
         return lines
@@ -481,6 +481,56 @@ class Screens:
         out = self.engine.export(run, checkpoint or None)
         name = Path(out["checkpoint"]).name
         return f"exported {name} to `{out['folder']}` ({out['size']})\n\nUse it:\n\n```\n{out['command']}\n```"
+
+
+def _stop_message(job: Job, asked_before: bool, grace_s: float) -> str:
+    """What the page says after Stop: asked, asked again (nothing harsher yet), or a hard stop."""
+    if job.stop_request.get("hard"):
+        return (
+            f"hard stop (job {job.job_id}): the training process is ended now; "
+            "continue the run from its last checkpoint"
+        )
+    if asked_before:
+        return (
+            f"stop already requested {job.stop_waited_s() or 0.0:.0f} s ago (job {job.job_id}); if the training has "
+            f"not stopped {grace_s:.0f} s after it, Stop again ends it at once"
+        )
+    return f"stop requested (job {job.job_id}): a checkpoint is written, then the process ends"
+
+
+def _stop_lines(job: Job, overdue: bool) -> list[str]:
+    """The status lines of a stop under way; once overdue, that it did not stop and what Stop does next."""
+    waited = job.stop_waited_s()
+    if waited is None:
+        return []
+    if not overdue:
+        return [f"stop requested {waited:.0f} s ago: a checkpoint is being written, then the process ends"]
+    last = job.last_checkpoint_name()
+    return [
+        f"not stopped {waited:.0f} s after Stop: the training process does not answer. Press Stop again for a hard "
+        "stop: it ends the process now, and the run can be continued from "
+        + (f"its last checkpoint ({last})" if last else "its last checkpoint (none written yet)")
+    ]
+
+
+def step_line(p: dict[str, Any]) -> str:
+    """One trainer step as one count: steps done in the run of steps planned, with the epoch.
+
+    ``step`` in a progress record counts inside the epoch; the run's own count is ``total_steps``
+    (after this step), and what is left comes from the same record (as its ETA does).
+    """
+    done = p.get("total_steps")
+    try:
+        per_epoch, epoch, epochs = int(p["steps_in_epoch"]), int(p["epoch"]), int(p["epochs"])
+        left = (epochs - epoch) * per_epoch + (per_epoch - int(p["step"]) - 1)
+        planned = f"{int(done) + max(0, left):,}"
+    except (KeyError, TypeError, ValueError):
+        planned = "?"
+    done_text = f"{int(done):,}" if isinstance(done, (int, float)) else "?"
+    return (
+        f"trainer step {done_text} of {planned} (epoch {p.get('epoch', '?')} of {p.get('epochs', '?')}), "
+        f"loss {_fmt(p.get('loss'))}, ETA {_hms(p.get('eta_s'))}"
+    )
 
 
 def _source_label(path: str) -> str:

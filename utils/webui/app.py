@@ -21,7 +21,7 @@ import pandas as pd
 from utils.errors import ToolkitError
 from utils.webui.datasets import DataSummary
 from utils.webui.engine import TINY_BASE, Engine
-from utils.webui.jobs import ACTIVE_STATES
+from utils.webui.jobs import ACTIVE_STATES, Job
 
 logger = logging.getLogger(__name__)
 
@@ -128,12 +128,14 @@ class Screens:
         return gr.Dropdown(choices=self.engine.datasets(), value=rel), f"bundled demo copied to {folder}"
 
     @guard
-    def upload(self, files: Sequence[Any] | None, name: str) -> tuple[gr.Dropdown, str]:
-        paths = [getattr(f, "name", f) for f in (files or [])]
-        folder = self.engine.save_uploads(paths, name or "recordings")
-        rel = str(folder.relative_to(self.engine.data_root))
+    def upload(self, files: Sequence[Any] | None, name: str) -> tuple[gr.Dropdown, str, Any]:
+        """Save the uploaded files (moved out of Gradio's upload folder: stored once) and clear the picker."""
+        from gradio.utils import get_upload_folder
+
+        done = self.engine.save_uploads(list(files or []), name or "recordings", temp_root=Path(get_upload_folder()))
+        rel = str(done.folder.relative_to(self.engine.data_root))
         choices = sorted(set(self.engine.datasets()) | {rel})
-        return gr.Dropdown(choices=choices, value=rel), f"{len(paths)} file(s) saved in {folder}; now prepare it"
+        return gr.Dropdown(choices=choices, value=rel), f"{done.message()}; now prepare it", gr.update(value=None)
 
     @guard
     def prepare(self, dataset: str, language: str, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
@@ -238,8 +240,10 @@ class Screens:
 
     @guard
     def stop(self) -> str:
+        """Stop; pressed again once the stop is overdue, a hard stop."""
+        before = self.engine.current_job()
         job = self.engine.stop_training()
-        return f"stop requested (job {job.job_id}): a checkpoint is written, then the process ends"
+        return _stop_message(job, before is not None and before.state == "stopping", self.engine.jobs.stop_grace_s)
 
     @guard
     def continue_run(self, run: str, epochs: float | None) -> tuple[str, Any]:
@@ -295,13 +299,10 @@ class Screens:
             job = None  # another run is shown: its own folder tells its story
         lines = self._job_lines(job)
         steps = self.engine.step_progress(job) if job is not None else []
-        if steps and job is not None and job.state in ACTIVE_STATES:
+        if steps and job is not None and job.state in ("running", "stopping"):
             p = steps[-1]
             stage = f"{p['stage']} stage: " if p.get("stage") not in (None, "gpt") else ""
-            lines.append(
-                f"{stage}trainer step {p.get('step')} of {p.get('total_steps') or '?'} (epoch {p.get('epoch')} of "
-                f"{p.get('epochs')}), loss {_fmt(p.get('loss'))}, ETA {_hms(p.get('eta_s'))}"
-            )
+            lines.append(stage + step_line(p))
         if run_dir is None or not run_dir.is_dir():
             lines.append("no run yet: prepare a dataset, then start a training")
             return (
@@ -338,13 +339,15 @@ class Screens:
             pd.DataFrame(view.hparams(), columns=HPARAM_HEADERS),
         )
 
-    @staticmethod
-    def _job_lines(job: Any) -> list[str]:
+    def _job_lines(self, job: Job | None) -> list[str]:
         if job is None:
             return []
         lines = [f"training: {job.state}" + (f" (process {job.pid})" if job.state in ACTIVE_STATES else "")]
+        if job.state == "exiting":
+            lines[0] += f": {job.status.get('final_state')}, the process is ending"
         if job.state in ACTIVE_STATES and job.status.get("stage") and job.status.get("stage") != "train":
             lines.append(f"step of the recipe: {job.status['stage']}")
+        lines += _stop_lines(job, self.engine.jobs.stop_overdue(job))
         if job.status.get("error"):
             lines.append(f"error: {job.status['error']}")
         return lines
@@ -494,6 +497,56 @@ class Screens:
         return f"exported {name} to `{out['folder']}` ({out['size']})\n\nUse it:\n\n```\n{out['command']}\n```"
 
 
+def _stop_message(job: Job, asked_before: bool, grace_s: float) -> str:
+    """What the page says after Stop: asked, asked again (nothing harsher yet), or a hard stop."""
+    if job.stop_request.get("hard"):
+        return (
+            f"hard stop (job {job.job_id}): the training process is ended now; "
+            "continue the run from its last checkpoint"
+        )
+    if asked_before:
+        return (
+            f"stop already requested {job.stop_waited_s() or 0.0:.0f} s ago (job {job.job_id}); if the training has "
+            f"not stopped {grace_s:.0f} s after it, Stop again ends it at once"
+        )
+    return f"stop requested (job {job.job_id}): a checkpoint is written, then the process ends"
+
+
+def _stop_lines(job: Job, overdue: bool) -> list[str]:
+    """The status lines of a stop under way; once overdue, that it did not stop and what Stop does next."""
+    waited = job.stop_waited_s()
+    if waited is None:
+        return []
+    if not overdue:
+        return [f"stop requested {waited:.0f} s ago: a checkpoint is being written, then the process ends"]
+    last = job.last_checkpoint_name()
+    return [
+        f"not stopped {waited:.0f} s after Stop: the training process does not answer. Press Stop again for a hard "
+        "stop: it ends the process now, and the run can be continued from "
+        + (f"its last checkpoint ({last})" if last else "its last checkpoint (none written yet)")
+    ]
+
+
+def step_line(p: dict[str, Any]) -> str:
+    """One trainer step as one count: steps done in the run of steps planned, with the epoch.
+
+    ``step`` in a progress record counts inside the epoch; the run's own count is ``total_steps``
+    (after this step), and what is left comes from the same record (as its ETA does).
+    """
+    done = p.get("total_steps")
+    try:
+        per_epoch, epoch, epochs = int(p["steps_in_epoch"]), int(p["epoch"]), int(p["epochs"])
+        left = (epochs - epoch) * per_epoch + (per_epoch - int(p["step"]) - 1)
+        planned = f"{int(done) + max(0, left):,}"
+    except (KeyError, TypeError, ValueError):
+        planned = "?"
+    done_text = f"{int(done):,}" if isinstance(done, (int, float)) else "?"
+    return (
+        f"trainer step {done_text} of {planned} (epoch {p.get('epoch', '?')} of {p.get('epochs', '?')}), "
+        f"loss {_fmt(p.get('loss'))}, ETA {_hms(p.get('eta_s'))}"
+    )
+
+
 def _source_label(path: str) -> str:
     p = Path(path)
     return f"{p.name} (export)" if p.is_dir() else p.name
@@ -546,7 +599,8 @@ def _lr_curve(metrics: list[dict[str, Any]]) -> pd.DataFrame:
 def build_app(engine: Engine, *, refresh_s: float = 2.0) -> gr.Blocks:
     """The Blocks app with the four screens wired to a :class:`Screens` over ``engine``."""
     s = Screens(engine)
-    with gr.Blocks(title=TITLE) as app:
+    # analytics off: Gradio would otherwise call its own servers at start (a version check, usage data)
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
         gr.Markdown(f"# {TITLE}\nData folder: `{engine.data_root}` - runs folder: `{engine.runs_root}`")
         with gr.Tabs():
             with gr.Tab("Data", id="data"):
@@ -557,11 +611,15 @@ def build_app(engine: Engine, *, refresh_s: float = 2.0) -> gr.Blocks:
                 listen = _listen_screen(s)
             with gr.Tab("Evaluate / export", id="evaluate"):
                 evaluate = _evaluate_screen(s)
-        app.load(s.dataset_choices, outputs=data["dataset"])
-        app.load(s.train_lists, outputs=[train["base"], train["dataset"], train["shown"], train["restore"]])
-        app.load(s.refresh_train, inputs=train["shown"], outputs=train["live"])
-        app.load(s.listen_runs, outputs=listen["run"])
-        app.load(s.listen_runs, outputs=evaluate["run"])
+        app.load(s.dataset_choices, outputs=data["dataset"], api_name="load_datasets")
+        app.load(
+            s.train_lists,
+            outputs=[train["base"], train["dataset"], train["shown"], train["restore"]],
+            api_name="load_train_lists",
+        )
+        app.load(s.refresh_train, inputs=train["shown"], outputs=train["live"], api_name="load_train_status")
+        app.load(s.listen_runs, outputs=listen["run"], api_name="load_listen_runs")
+        app.load(s.listen_runs, outputs=evaluate["run"], api_name="load_evaluate_runs")
     return app
 
 
@@ -580,12 +638,12 @@ def _data_screen(s: Screens) -> dict[str, Any]:
         language = gr.Textbox(label="language", value="en", scale=1, elem_id="data-language")
         demo = gr.Button("Use the bundled demo data", elem_id="data-demo", scale=1)
     with gr.Accordion("Upload recordings or a dataset", open=False):
-        files = gr.File(label="files", file_count="multiple")
-        upload_name = gr.Textbox(label="folder name for the upload", value="recordings")
-        upload = gr.Button("Upload")
+        files = gr.File(label="files", file_count="multiple", elem_id="data-files")
+        upload_name = gr.Textbox(label="folder name for the upload", value="recordings", elem_id="data-upload-name")
+        upload = gr.Button("Upload", elem_id="data-upload")
     prepare = gr.Button("Prepare and check", variant="primary", elem_id="data-prepare")
-    message = gr.Markdown(elem_id="data-message")
-    summary = gr.Markdown(elem_id="data-summary")
+    message = gr.Markdown(label="data message", elem_id="data-message")
+    summary = gr.Markdown(label="dataset summary", elem_id="data-summary")
     excluded = gr.Dataframe(
         headers=EXCLUDED_HEADERS,
         label="preflight: every excluded row and its reason",
@@ -594,23 +652,28 @@ def _data_screen(s: Screens) -> dict[str, Any]:
     )
     gr.Markdown("### Review the flagged clips")
     flagged_table = gr.Dataframe(headers=FLAGGED_HEADERS, label="flagged clips", interactive=False)
-    flagged = gr.State([])
+    flagged = gr.State([])  # the flagged clips as dicts (not part of the API's inputs or outputs)
     with gr.Row():
         pick = gr.Dropdown(label="clip", choices=[], scale=2, elem_id="data-pick")
         audio = gr.Audio(label="clip audio", type="filepath", interactive=False, scale=2, elem_id="data-clip")
-    why = gr.Markdown()
+    why = gr.Markdown(label="why the clip is flagged")
     text = gr.Textbox(label="transcript (edit it, then Fix)", elem_id="data-text")
     with gr.Row():
         keep = gr.Button("Keep", elem_id="data-keep")
         fix = gr.Button("Fix", variant="primary", elem_id="data-fix")
         drop = gr.Button("Drop", variant="stop", elem_id="data-drop")
     outs = [summary, excluded, flagged_table, flagged, pick, dataset]
-    demo.click(s.use_demo, inputs=language, outputs=[dataset, message])
-    upload.click(s.upload, inputs=[files, upload_name], outputs=[dataset, message])
-    prepare.click(s.prepare, inputs=[dataset, language], outputs=outs)
-    pick.change(s.pick_flagged, inputs=[flagged, pick], outputs=[audio, text, why])
+    demo.click(s.use_demo, inputs=language, outputs=[dataset, message], api_name="use_demo")
+    upload.click(s.upload, inputs=[files, upload_name], outputs=[dataset, message, files], api_name="upload")
+    prepare.click(s.prepare, inputs=[dataset, language], outputs=outs, api_name="prepare")
+    pick.change(s.pick_flagged, inputs=[flagged, pick], outputs=[audio, text, why], api_name="pick_flagged")
     for button, action in ((keep, "keep"), (fix, "fix"), (drop, "drop")):
-        button.click(_review_fn(s, action), inputs=[dataset, language, flagged, pick, text], outputs=[message] + outs)
+        button.click(
+            _review_fn(s, action),
+            inputs=[dataset, language, flagged, pick, text],
+            outputs=[message] + outs,
+            api_name=f"review_{action}",
+        )
     return {"dataset": dataset, "language": language}
 
 
@@ -662,30 +725,58 @@ def _train_screen(s: Screens, data: dict[str, Any], refresh_s: float) -> dict[st
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
         stop = gr.Button("Stop (writes a checkpoint)", variant="stop", elem_id="train-stop")
+    shown, epochs, cont, restore, restore_btn = _run_controls()
+    message = gr.Markdown(label="train message", elem_id="train-message")
+    live = _train_live()
+    download.click(s.download_base, outputs=[base, message], api_name="download_base")
+    resolve.click(s.resolve, inputs=[dataset, base, preset], outputs=hparams, api_name="show_hyperparameters")
+    start.click(
+        s.start,
+        inputs=[dataset, base, language, preset, name, hparams, stages],
+        outputs=[message, shown],
+        api_name="start_training",
+    )
+    stop.click(s.stop, outputs=message, api_name="stop_training")
+    cont.click(s.continue_run, inputs=[shown, epochs], outputs=[message, shown], api_name="continue_training")
+    restore_btn.click(
+        s.restore_run,
+        inputs=[restore, preset, name, dataset, base, hparams],
+        outputs=[message, shown],
+        api_name="restore_training",
+    )
+    data["dataset"].change(_same_dataset, inputs=data["dataset"], outputs=dataset, api_name="use_dataset")
+    shown.change(s.refresh_train, inputs=shown, outputs=live, show_progress="hidden", api_name="show_run")
+    timer = gr.Timer(refresh_s)
+    timer.tick(s.refresh_train, inputs=shown, outputs=live, show_progress="hidden", api_name="train_status")
+    return {"base": base, "dataset": dataset, "shown": shown, "restore": restore, "live": live}
+
+
+def _run_controls() -> tuple[Any, ...]:
+    """The run shown, continue (with a new total of epochs) and restore."""
     with gr.Row():
         shown = gr.Dropdown(
-            label="run shown (empty: the current training)", choices=[""], value="", allow_custom_value=True, scale=2
+            label="run shown (empty: the current training)",
+            choices=[""],
+            value="",
+            allow_custom_value=True,
+            scale=2,
+            elem_id="train-shown",
         )
-        epochs = gr.Number(label="continue: new total epochs (0: as planned)", value=0, precision=0, scale=1)
-        cont = gr.Button("Continue this run", scale=1)
+        epochs = gr.Number(
+            label="continue: new total epochs (0: as planned)", value=0, precision=0, scale=1, elem_id="train-epochs"
+        )
+        cont = gr.Button("Continue this run", scale=1, elem_id="train-continue")
     with gr.Row():
         restore = gr.Dropdown(
             label="restore: a checkpoint to start a new run from", choices=[], allow_custom_value=True, scale=3
         )
         restore_btn = gr.Button("Restore into a new run", scale=1)
-    message = gr.Markdown(elem_id="train-message")
-    live = _train_live()
-    download.click(s.download_base, outputs=[base, message])
-    resolve.click(s.resolve, inputs=[dataset, base, preset], outputs=hparams)
-    start.click(s.start, inputs=[dataset, base, language, preset, name, hparams, stages], outputs=[message, shown])
-    stop.click(s.stop, outputs=message)
-    cont.click(s.continue_run, inputs=[shown, epochs], outputs=[message, shown])
-    restore_btn.click(s.restore_run, inputs=[restore, preset, name, dataset, base, hparams], outputs=[message, shown])
-    data["dataset"].change(lambda d: gr.Dropdown(value=d), inputs=data["dataset"], outputs=dataset)
-    shown.change(s.refresh_train, inputs=shown, outputs=live, show_progress="hidden")
-    timer = gr.Timer(refresh_s)
-    timer.tick(s.refresh_train, inputs=shown, outputs=live, show_progress="hidden")
-    return {"base": base, "dataset": dataset, "shown": shown, "restore": restore, "live": live}
+    return shown, epochs, cont, restore, restore_btn
+
+
+def _same_dataset(dataset: str | None) -> gr.Dropdown:
+    """The Train screen follows the dataset chosen on the Data screen."""
+    return gr.Dropdown(value=dataset)
 
 
 def _train_live() -> list[Any]:
@@ -695,10 +786,22 @@ def _train_live() -> list[Any]:
     )
     with gr.Row():
         loss = gr.LinePlot(
-            x="step", y="value", color="series", title="loss", x_title="optimizer step", elem_id="train-loss"
+            x="step",
+            y="value",
+            color="series",
+            title="loss",
+            label="loss curves",
+            x_title="optimizer step",
+            elem_id="train-loss",
         )
         lr = gr.LinePlot(
-            x="step", y="value", color="series", title="learning rate", x_title="optimizer step", elem_id="train-lr"
+            x="step",
+            y="value",
+            color="series",
+            title="learning rate",
+            label="learning rate curve",
+            x_title="optimizer step",
+            elem_id="train-lr",
         )
     evals = gr.Dataframe(headers=EVAL_HEADERS, label="evaluations", interactive=False, elem_id="train-evals")
     events = gr.Dataframe(
@@ -723,7 +826,7 @@ def _listen_screen(s: Screens) -> dict[str, Any]:
         reference = gr.Dropdown(
             label="reference clip (the automatic choice is pre-selected)", choices=[], allow_custom_value=True, scale=3
         )
-    why = gr.Markdown()
+    why = gr.Markdown(label="why this reference")
     with gr.Accordion("sampling", open=False):
         with gr.Row():
             temperature = gr.Slider(0.05, 1.5, value=0.75, step=0.05, label="temperature")
@@ -734,12 +837,17 @@ def _listen_screen(s: Screens) -> dict[str, Any]:
     speak = gr.Button("Speak", variant="primary", elem_id="listen-speak")
     out = gr.Audio(label="result (play or download)", type="filepath", interactive=False, elem_id="listen-audio")
     gr.Markdown("### Test sentences of each evaluation, side by side")
-    tests = gr.HTML(elem_id="listen-tests")
+    tests = gr.HTML(label="test sentences", elem_id="listen-tests")
     picked = [source, reference, language, tests, why]
-    reload.click(s.listen_runs, outputs=run).then(s.pick_run, inputs=run, outputs=picked)
-    run.change(s.pick_run, inputs=run, outputs=picked)
+    reload.click(s.listen_runs, outputs=run, api_name="listen_refresh_runs").then(
+        s.pick_run, inputs=run, outputs=picked, api_name="listen_refresh_pick"
+    )
+    run.change(s.pick_run, inputs=run, outputs=picked, api_name="listen_pick_run")
     speak.click(
-        s.speak, inputs=[source, text, language, reference, temperature, top_p, speed, seed, max_new], outputs=out
+        s.speak,
+        inputs=[source, text, language, reference, temperature, top_p, speed, seed, max_new],
+        outputs=out,
+        api_name="speak",
     )
     return {"run": run}
 
@@ -750,7 +858,7 @@ def _evaluate_screen(s: Screens) -> dict[str, Any]:
         reload = gr.Button("Refresh runs", scale=1)
     ckpts = gr.CheckboxGroup(label="checkpoints to evaluate", choices=[])
     evaluate = gr.Button("Evaluate", variant="primary", elem_id="eval-run-button")
-    best = gr.Markdown(elem_id="eval-best")
+    best = gr.Markdown(label="best checkpoint", elem_id="eval-best")
     with gr.Row():
         table = gr.Dataframe(
             headers=REPORT_HEADERS,
@@ -759,34 +867,64 @@ def _evaluate_screen(s: Screens) -> dict[str, Any]:
             scale=3,
             elem_id="eval-table",
         )
-        plot = gr.ScatterPlot(x="step", y="value", color="series", title="report by step", x_title="step", scale=2)
+        plot = gr.ScatterPlot(
+            x="step",
+            y="value",
+            color="series",
+            title="report by step",
+            label="report by step",
+            x_title="step",
+            scale=2,
+        )
     select = gr.Button("Select the best (copy to best_eval_model.pth)")
     with gr.Row():
         export_ckpt = gr.Dropdown(label="checkpoint to export", choices=[], allow_custom_value=True, scale=3)
         export = gr.Button("Export", variant="primary", scale=1, elem_id="eval-export")
-    exported = gr.Markdown(elem_id="eval-exported")
+    exported = gr.Markdown(label="export message", elem_id="eval-exported")
     picked = [ckpts, export_ckpt, table, plot, best]
-    reload.click(s.listen_runs, outputs=run).then(s.eval_pick, inputs=run, outputs=picked)
-    run.change(s.eval_pick, inputs=run, outputs=picked)
-    evaluate.click(s.evaluate, inputs=[run, ckpts], outputs=[table, plot, best])
-    select.click(s.select_best, inputs=run, outputs=exported)
-    export.click(s.export, inputs=[run, export_ckpt], outputs=exported)
+    reload.click(s.listen_runs, outputs=run, api_name="evaluate_refresh_runs").then(
+        s.eval_pick, inputs=run, outputs=picked, api_name="evaluate_refresh_pick"
+    )
+    run.change(s.eval_pick, inputs=run, outputs=picked, api_name="evaluate_pick_run")
+    evaluate.click(s.evaluate, inputs=[run, ckpts], outputs=[table, plot, best], api_name="evaluate")
+    select.click(s.select_best, inputs=run, outputs=exported, api_name="select_best")
+    export.click(s.export, inputs=[run, export_ckpt], outputs=exported, api_name="export")
     return {"run": run}
 
 
 def launch(
-    app: gr.Blocks, engine: Engine, *, host: str, port: int, auth: tuple[str, str] | None, block: bool = True
+    app: gr.Blocks,
+    engine: Engine,
+    *,
+    host: str,
+    port: int,
+    auth: Sequence[tuple[str, str]] | None,
+    allowed_hosts: Sequence[str] = (),
+    block: bool = True,
 ) -> Any:
-    """Serve ``app``; only the data and runs folders are reachable as files."""
-    logger.info("web UI at http://%s:%d", host, port)
+    """Serve ``app``; only the data and runs folders are reachable as files.
+
+    Requests pass :class:`utils.webui.access.AccessGuard` first: only the host names the server
+    was started for (``allowed_hosts`` adds names), and a growing delay after failed logins.
+    Uploads over ``engine.max_upload_bytes`` are refused before they are sent.
+    """
+    from starlette.middleware import Middleware
+
+    from utils.webui import access
+
+    names = access.allowed_hosts(host, allowed_hosts)
+    guard_mw = Middleware(access.AccessGuard, allowed=names, any_address=host in access.WILDCARD_BINDS)
+    logger.info("web UI at http://%s:%d (answers to the host names %s)", host, port, ", ".join(sorted(names)))
     result = app.queue(default_concurrency_limit=2).launch(
         server_name=host,
         server_port=port,
-        auth=auth,
+        auth=list(auth) if auth else None,
         prevent_thread_lock=not block,
         show_error=False,
         quiet=True,
         allowed_paths=[str(engine.data_root), str(engine.runs_root)],
+        max_file_size=engine.max_upload_bytes,
+        app_kwargs={"middleware": [guard_mw]},
         css=CSS,
         theme=gr.themes.Soft(),
         footer_links=[],

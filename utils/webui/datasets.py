@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,7 @@ from typing import Any
 
 from utils.errors import ConfigError, DataError
 from utils.fs import replace_atomically
-from utils.webui.paths import safe_name
+from utils.webui.paths import inside, safe_name, unique_path
 from utils.webui.run_view import read_json
 
 logger = logging.getLogger(__name__)
@@ -85,20 +86,82 @@ def copy_demo(data_root: Path, language: str = "en") -> Path:
     return dest
 
 
-def save_uploads(data_root: Path, files: Sequence[str | Path], name: str) -> Path:
-    """Copy uploaded files (browser temp paths) into ``DATA/uploads/NAME/`` under sanitised names."""
+@dataclass
+class Upload:
+    """What an upload really did: the files saved (under their final names) and those refused."""
+
+    folder: Path
+    saved: list[Path] = field(default_factory=list)
+    renamed: list[tuple[str, str]] = field(default_factory=list)  # (name as sent, name saved): a file had it
+    refused: list[str] = field(default_factory=list)  # "NAME: reason"
+
+    def message(self) -> str:
+        text = f"{len(self.saved)} file(s) saved in {self.folder}"
+        if self.renamed:
+            text += "; kept beside files of the same name: " + ", ".join(f"{a} as {b}" for a, b in self.renamed)
+        if self.refused:
+            text += f"; {len(self.refused)} refused: " + "; ".join(self.refused)
+        return text
+
+
+def save_uploads(
+    data_root: Path,
+    files: Sequence[str | Path],
+    name: str,
+    *,
+    max_bytes: int | None = None,
+    temp_root: Path | None = None,
+) -> Upload:
+    """Put uploaded files into ``DATA/uploads/NAME/``; none overwrites another.
+
+    Names keep their letters (:func:`utils.webui.paths.safe_name`); a name already taken gets
+    `` (2)``, `` (3)`` ... Files under ``temp_root`` (the web server's upload folder) are moved, so
+    an upload is stored once; other files are copied.
+
+    Raises:
+        ConfigError: no files, or none of them could be saved.
+    """
     if not files:
         raise ConfigError("no files uploaded; drop recordings (audio or video) or a dataset's CSVs and wavs")
-    dest = data_root / "uploads" / safe_name(name or "recordings")
-    dest.mkdir(parents=True, exist_ok=True)
+    out = Upload(data_root / "uploads" / safe_name(name or "recordings", "recordings"))
+    out.folder.mkdir(parents=True, exist_ok=True)
     for f in files:
         src = Path(f)
-        target = dest / safe_name(getattr(f, "orig_name", None) or src.name)
-        if target.suffix.lower() == ".wav" and (dest / "metadata_train.csv").is_file():
-            target = dest / "wavs" / target.name  # a dataset's wavs go where its CSVs point
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, target)
-    return dest
+        sent = str(getattr(f, "orig_name", None) or src.name)
+        size = src.stat().st_size if src.is_file() else None
+        if size is None:
+            out.refused.append(f"{sent}: not a file")
+            continue
+        if max_bytes is not None and size > max_bytes:
+            out.refused.append(f"{sent}: {size / 2**20:.1f} MB is over the {max_bytes / 2**20:.0f} MB upload limit")
+            continue
+        clean = safe_name(sent)
+        folder = out.folder
+        if Path(clean).suffix.lower() == ".wav" and (out.folder / "metadata_train.csv").is_file():
+            folder = out.folder / "wavs"  # a dataset's wavs go where its CSVs point
+        folder.mkdir(parents=True, exist_ok=True)
+        target = unique_path(folder, clean)
+        _store(src, target, move=temp_root is not None and inside(src, temp_root))
+        out.saved.append(target)
+        if target.name != clean:
+            out.renamed.append((sent, target.name))
+    logger.info("upload: %s", out.message())
+    if not out.saved:
+        raise ConfigError(f"nothing saved: {'; '.join(out.refused)}")
+    return out
+
+
+def _store(src: Path, target: Path, *, move: bool) -> None:
+    """Move (the server's own temporary copy) or copy ``src`` onto ``target`` (created empty)."""
+    if move:
+        try:
+            os.replace(src, target)  # same file system: a rename, no second copy
+            return
+        except OSError:
+            pass  # another file system: copy, then drop the temporary copy
+    shutil.copyfile(src, target)
+    if move:
+        src.unlink(missing_ok=True)
 
 
 def transcribe_media(media_dir: Path, out: Path, *, language: str, speaker: str) -> Path:

@@ -24,7 +24,7 @@ from utils.webui import datasets, evaluation
 from utils.webui import run_view as runs_mod
 from utils.webui.datasets import DataSummary, is_dataset
 from utils.webui.jobs import Job, JobManager
-from utils.webui.paths import confine, safe_name
+from utils.webui.paths import confine, safe_name, word_name
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ TINY_BASE = "tiny demo base (random weights, built once)"
 
 class Engine:
     """The toolkit as the web UI sees it, confined to ``data_root`` and ``runs_root``."""
+
+    max_upload_bytes: int | None = None  # the largest file an upload may hold (None: no limit)
 
     def __init__(self, data_root: str | Path, runs_root: str | Path, cache_dir: str | Path | None = None) -> None:
         self.data_root = Path(data_root).resolve()
@@ -65,9 +67,9 @@ class Engine:
         """Copy the bundled demo dataset into the data folder (once) and return its folder."""
         return datasets.copy_demo(self.data_root, language)
 
-    def save_uploads(self, files: Sequence[str | Path], name: str) -> Path:
-        """Copy uploaded files (browser temp paths) into ``DATA/uploads/NAME/`` under sanitised names."""
-        return datasets.save_uploads(self.data_root, files, name)
+    def save_uploads(self, files: Sequence[str | Path], name: str, *, temp_root: Path | None = None) -> datasets.Upload:
+        """Put uploads into ``DATA/uploads/NAME/``, none overwritten (:func:`utils.webui.datasets.save_uploads`)."""
+        return datasets.save_uploads(self.data_root, files, name, max_bytes=self.max_upload_bytes, temp_root=temp_root)
 
     def prepare(
         self, source: str | Path, *, language: str = "en", name: str | None = None, speaker: str = "speaker"
@@ -154,7 +156,7 @@ class Engine:
             language=language or "en",
             preset=preset or None,
             output_path=self.runs_root,
-            run_name=f"{safe_name(name, 'run')[:40]}_{time.strftime('%H%M%S')}",
+            run_name=f"{word_name(name, 'run')[:40]}_{time.strftime('%H%M%S')}",
             test_sentences=int(test_sentences),
             progress=False,
             plots=True,
@@ -296,7 +298,7 @@ class Engine:
             preset=preset or None,
             output_path=str(self.runs_root),
             progress=False,
-            run_name=f"{safe_name(name, 'run')[:40]}_{time.strftime('%H%M%S')}",
+            run_name=f"{word_name(name, 'run')[:40]}_{time.strftime('%H%M%S')}",
             test_sentences=int(test_sentences),
         )
         if tiny and tk.get("train_csv"):  # the demo recipe again, on the run's own data
@@ -391,7 +393,7 @@ class Engine:
             max_new_tokens=int(max_new_tokens) if max_new_tokens else None,
         )
         wav = synthesize(loaded, text, language=language or None, speaker_wav=refs, options=options)
-        out = run_dir / "listen" / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_name(text[:24], 'text')}.wav"
+        out = run_dir / "listen" / f"{time.strftime('%Y%m%d-%H%M%S')}-{word_name(text[:24], 'text')}.wav"
         return Path(write_wav(out, wav, loaded.sample_rate))
 
     def _load(self, src: Path) -> Any:

@@ -4,9 +4,10 @@ It trains through the recipe API (:class:`utils.finetune.FineTune`, via
 :func:`run_training_spec`). The recipe's events go to ``JOB/events.jsonl``
 (:class:`utils.events.JsonlWriter`: stages, per-step progress, evaluations, health), and its
 state to ``JOB/status.json``: ``running`` (with its pid and, from the ``run_dir`` event, the run
-folder), then ``finished``, ``stopped`` (SIGINT or SIGTERM: the trainer writes a checkpoint
-first) or ``failed`` with the one-line reason. The page reads these files and the run folder;
-it never parses this process's output.
+folder), then ``finished``, ``stopped`` (SIGINT or SIGTERM, whatever SIGINT disposition the
+server inherited: the trainer writes a checkpoint first) or ``failed`` with the one-line reason.
+The process holds the job manager's training lock (an inherited descriptor) until it ends.
+The page reads these files and the run folder; it never parses this process's output.
 """
 
 from __future__ import annotations
@@ -58,7 +59,25 @@ class StatusWriter:
         self.update(ended=time.time(), **values)
 
 
-def _sigterm_as_interrupt(_signum: int, _frame: Any) -> None:
+def install_stop_signals() -> None:
+    """SIGINT and SIGTERM stop training the way Ctrl-C does (the trainer writes a checkpoint).
+
+    A process started in the background by a shell script (``nohup python scripts/webui.py &``)
+    inherits SIGINT as ignored, and Python then leaves it ignored in every child: the server's
+    Stop would do nothing. So the worker installs Python's own SIGINT handler whatever it
+    inherited.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+
+
+def _sigterm_as_interrupt(_signum: int, frame: Any) -> None:
+    """SIGTERM goes through the SIGINT handler in place: while a checkpoint is being written, the
+    trainer's deferring handler holds it until the file is complete, as it does a Ctrl-C."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler) and handler is not signal.default_int_handler:
+        handler(signal.SIGINT, frame)
+        return
     raise KeyboardInterrupt  # the trainer saves a checkpoint on KeyboardInterrupt
 
 
@@ -80,11 +99,11 @@ def _preload() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the job whose spec.json is ``argv[0]``; returns the exit code (0 finished or stopped)."""
+    install_stop_signals()
     argv = list(sys.argv[1:] if argv is None else argv)
     spec_path = Path(argv[0])
     spec = read_json(spec_path)
     cli.setup_logging()  # stderr is JOB/worker.log
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     status = StatusWriter(spec_path.parent, spec)
     status.update()
     _preload()

@@ -29,7 +29,9 @@ def score_folder(out_dir: str | Path) -> dict[str, Any]:
     out = Path(out_dir)
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     refs = {s: _local(out, p) for s, p in summary["data"]["references"].items()}
-    asr = load_asr(str(default_asr_model()), "en")
+    asr, note = load_asr("en", default_asr_model())
+    if asr is None:
+        raise RuntimeError(f"no Whisper model to score with: {note}")
     ge2e = GE2ESimilarity()
     scorers = {s: Scorer(None, "en", [ref], asr=asr, ge2e=ge2e) for s, ref in refs.items()}
     report: dict[str, Any] = {"sets": {}, "samples": []}
@@ -56,7 +58,8 @@ def _score_row(out: Path, row: dict[str, Any], scorers: dict[str, Any], ge2e: An
     rec = scorers[row["speaker"]].score(audio, sr, row["text"])
     others = {s: sc for s, sc in scorers.items() if s != row["speaker"]}
     sims = [ge2e.similarity(audio, sr, sc.ge2e_target()) for sc in others.values()]
-    rec["similarity_other"] = round(float(np.mean([s for s in sims if s is not None])), 4) if sims else None
+    sims = [s for s in sims if s is not None]  # None: no speech to embed
+    rec["similarity_other"] = round(float(np.mean(sims)), 4) if sims else None
     rec["speaker"], rec["index"] = row["speaker"], row["index"]
     rec["guard_flags"] = row.get("flags") or []
     return rec
@@ -84,5 +87,5 @@ def _summarize(rows: list[dict[str, Any]], speakers: list[str]) -> dict[str, Any
         if mine:
             own, other = mean("similarity_ge2e", mine), mean("similarity_other", mine)
             out[f"voice_{s}"] = {"n": len(mine), "cer": mean("cer", mine), "ge2e_own": own, "ge2e_other": other}
-            out[f"voice_{s}"]["nearer_own"] = (own is not None and other is not None and own > other) or None
+            out[f"voice_{s}"]["nearer_own"] = None if own is None or other is None else own > other
     return out

@@ -85,6 +85,8 @@ def run_values(plan: SpeakingPlan, data_dir: Path, base_dir: Path, runs_dir: Pat
         "dvae_lr": plan.dvae_lr,
         "dvae_epochs": 10_000,
         "dvae_max_minutes": plan.dvae_minutes,
+        # a random DVAE's codebook collapses onto a few codes: place it on data, restart unused codes
+        "dvae_settings": {"codebook_from_data": True, "restart_unused_codes": True},
         "decoder_lr": plan.decoder_lr,
         "decoder_disc_lr": plan.decoder_lr,
         "decoder_epochs": 10_000,

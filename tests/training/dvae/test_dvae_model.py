@@ -136,3 +136,22 @@ def test_untrusted_or_empty_dvae_pth_is_refused(tiny_base, tmp_path):
     torch.save({}, tmp_path / "empty.pth")
     with pytest.raises(BaseModelError, match="lacks 56 of the DVAE's 56 weights"):
         load_dvae_weights(dvae, tmp_path / "empty.pth")
+
+
+def test_codebook_options_place_the_codebook_on_data_once_and_not_after_a_resume(
+    tiny_base, demo_en, tiny_stage, tmp_path
+):
+    from types import SimpleNamespace
+
+    assert _model(tiny_base, tiny_stage(), tmp_path).codebook_restart is None  # off by default: the base's codes
+    model = _model(tiny_base, tiny_stage(codebook_from_data=True, restart_unused_codes=True), tmp_path)
+    batch = model.format_batch_on_device(_crop_batch(demo_en, frames=64))
+    model.on_train_epoch_start(SimpleNamespace(total_steps_done=0))
+    model.train_step(batch)
+    assert model.codebook_restart.restarted == model.dvae.codebook.n_embed == 1024  # every code placed on data
+    resumed = _model(tiny_base, tiny_stage(codebook_from_data=True), tmp_path)
+    resumed.on_train_epoch_start(SimpleNamespace(total_steps_done=7))  # a continued stage
+    embed = resumed.dvae.codebook.embed.clone()
+    resumed.config.codebook_ema = False
+    resumed.train_step(batch)
+    assert resumed.codebook_restart.restarted == 0 and torch.equal(resumed.dvae.codebook.embed, embed)

@@ -58,6 +58,10 @@ DEFAULT_SOURCES: dict[str, str] = {
     "min_lr": "toolkit GPT default",
     "eval_every_steps": "toolkit: None = once per epoch",
     "codebook_ema": "DiscreteVAE in train mode (the fork): the codebook follows the data by its EMA",
+    "restart_unused_codes": "off: a trained DVAE's codebook is in use; on moves codes no input picks onto "
+    "encoder outputs (a DVAE trained from random weights collapses onto a few codes without it)",
+    "codebook_from_data": "off: keeps the base's codes; on places the whole codebook on encoder outputs at the "
+    "first step (a DVAE from random weights only: every code the GPT knew changes)",
     "heldout_clips": "toolkit: bounds the cost of the held-out metrics at every evaluation",
     "keep_checkpoints": "toolkit: the stage's product is dvae.pth; one full checkpoint to resume from",
     "save_every_steps": "toolkit: None = checkpoints by time (save_every_minutes), at the end and on Ctrl-C",
@@ -93,6 +97,8 @@ class DVAEStageConfig:
     min_lr: float = 1e-7
     eval_every_steps: int | None = None
     codebook_ema: bool = True
+    restart_unused_codes: bool = False
+    codebook_from_data: bool = False
     heldout_clips: int = 64
     keep_checkpoints: int = 1
     save_every_steps: int | None = None

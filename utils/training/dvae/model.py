@@ -39,6 +39,7 @@ from TTS.tts.layers.xtts.dvae import DiscreteVAE
 
 from utils.errors import BaseModelError
 from utils.safe_load import load_torch_file
+from utils.training.dvae.codebook import CodebookRestart
 from utils.training.dvae.config import DOWNSAMPLING
 from utils.training.dvae.data import build_loader
 from utils.training.lr_schedule import LRBridge, ScheduleSpec
@@ -103,6 +104,14 @@ def build_mel_frontend(mel_norm_file: str | Path, sample_rate: int) -> TorchMelS
     return mel
 
 
+def _codebook_restart(dvae: nn.Module, config: Any) -> CodebookRestart | None:
+    """The dead-code restart on the DVAE's quantizer when the config asks for it (None: the codebook as trained)."""
+    from_data = bool(getattr(config, "codebook_from_data", False))
+    if not (from_data or getattr(config, "restart_unused_codes", False)):
+        return None
+    return CodebookRestart(dvae.codebook, from_data=from_data, seed=int(getattr(config, "training_seed", 0) or 0))
+
+
 class ToolkitDVAE(TrainerModel):
     """The DVAE stage's model for Coqui's Trainer and the toolkit's ToolkitTrainer.
 
@@ -119,6 +128,7 @@ class ToolkitDVAE(TrainerModel):
         self.config = config
         self.dvae = build_dvae(config.num_tokens)
         load_dvae_weights(self.dvae, config.dvae_checkpoint)
+        self.codebook_restart = _codebook_restart(self.dvae, config)
         self.mel = build_mel_frontend(config.mel_norm_file, config.audio.dvae_sample_rate)
         self.heldout: Any = None  # utils.training.dvae.metrics.HeldOut: measured at every evaluation
 
@@ -185,6 +195,8 @@ class ToolkitDVAE(TrainerModel):
 
     def on_train_epoch_start(self, trainer: Any) -> None:
         self.set_train_mode()
+        if self.codebook_restart is not None and trainer.total_steps_done > 0:
+            self.codebook_restart.from_data = False  # a continued stage: its codebook is placed already
 
     def evaluation_fields(self, trainer: Any) -> dict[str, Any]:
         """The held-out numbers of the current weights (``heldout_*`` columns), when the stage set clips."""

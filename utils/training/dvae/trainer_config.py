@@ -33,6 +33,8 @@ class DVAETrainerConfig(TrainerConfig):
     crop_frames: int = 128
     crops_per_clip: int | None = None
     codebook_ema: bool = True
+    restart_unused_codes: bool = False
+    codebook_from_data: bool = False
     heldout_clips: int = 64
     num_loader_workers: int = 0
     num_eval_loader_workers: int = 0
@@ -90,6 +92,8 @@ def build_trainer_config(stage: DVAEStageConfig, base: BaseModelFiles, stage_dir
         crop_frames=int(stage.crop_frames),
         crops_per_clip=stage.crops_per_clip,
         codebook_ema=bool(stage.codebook_ema),
+        restart_unused_codes=bool(stage.restart_unused_codes),
+        codebook_from_data=bool(stage.codebook_from_data),
         heldout_clips=int(stage.heldout_clips),
         num_loader_workers=int(stage.num_loader_workers),
         num_eval_loader_workers=min(1, int(stage.num_loader_workers)),

@@ -154,6 +154,7 @@ def speak_heldout(run_dir: Path, export_dir: Path, info: dict, wav_dir: Path, pl
     from utils.runs import list_checkpoints
 
     options = SynthesisOptions(seed=plan.seed)
+    info = {**info, "references": auto_references(run_dir, info["speakers"], wav_dir / "references")}
     final = load_model(export_dir)
     spoken: dict[str, Any] = {"export": _speak_set(final, info, info["speakers"], wav_dir / "export", options)}
     ckpts = [c for c in list_checkpoints(run_dir) if c.name.startswith("checkpoint_")]
@@ -164,6 +165,21 @@ def speak_heldout(run_dir: Path, export_dir: Path, info: dict, wav_dir: Path, pl
         tag = f"step_{step_of[ckpt]:06d}"
         spoken[tag] = _speak_set(loaded, info, info["speakers"][:1], wav_dir / tag, options)
     return spoken
+
+
+def auto_references(run_dir: Path, speakers: list[str], folder: Path) -> dict[str, str]:
+    """Each voice's reference as the toolkit chooses it from the run's training rows (what a user gets
+    without --speaker-wav), copied into ``folder`` so the scorer can check it is that voice."""
+    import shutil
+
+    from utils.after.reference import choose_references_for_run
+
+    folder.mkdir(parents=True, exist_ok=True)
+    refs = {}
+    for speaker in speakers:
+        chosen = choose_references_for_run(run_dir, count=1, speaker=speaker, language="en").chosen[0].path
+        refs[speaker] = str(shutil.copy(chosen, folder / f"{speaker}.wav"))
+    return refs
 
 
 def speak_reference(info: dict, folder: Path, espeak_dir: str | Path | None) -> dict[str, Any]:

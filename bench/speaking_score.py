@@ -41,8 +41,28 @@ def score_folder(out_dir: str | Path) -> dict[str, Any]:
         scored = [_score_row(out, row, scorers, ge2e) for row in rows]
         report["samples"] += [dict(r, set=tag) for r in scored]
         report["sets"][tag] = _summarize(scored, summary["data"]["speakers"])
+    report["reference_choice"] = _reference_choice(out, scorers)
     (out / "scores.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report
+
+
+def _reference_choice(out: Path, scorers: dict[str, Any]) -> dict[str, Any]:
+    """Whether the reference the toolkit chose for each voice (``wavs/references/VOICE.wav``) is that voice:
+    its GE2E similarity to the voice's own reference against the other voice's."""
+    from utils.data.audio import load_audio
+
+    result: dict[str, Any] = {}
+    for speaker in scorers:
+        wav = out / "wavs" / "references" / f"{speaker}.wav"
+        if not wav.is_file():
+            continue
+        audio, sr = load_audio(wav, target_sr=None)
+        sims = {s: sc.ge2e.similarity(audio, sr, sc.ge2e_target()) for s, sc in scorers.items()}
+        own = sims.pop(speaker)
+        other = max((v for v in sims.values() if v is not None), default=None)
+        right = None if own is None or other is None else own > other
+        result[speaker] = {"clip": wav.name, "ge2e_own": own, "ge2e_other": other, "right_voice": right}
+    return result
 
 
 def _local(out: Path, path: str) -> Path:

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's measurements for BENCHMARKS.md, run on the device machine:
-#   bash scripts/gpu_bench_session.sh OUT_DIR [parity fast search_rate speaking fast_noround fast_nocond lowvram_nocond rerun fast_cppwrap fast_autotune oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap imports big compile | all]
+#   bash scripts/gpu_bench_session.sh OUT_DIR [parity fast search_rate speaking stages fast_noround fast_nocond lowvram_nocond rerun fast_cppwrap fast_autotune oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap imports big compile | all]
 # Expects the Coqui stack as wheels in .whl/ (see ../shared/OFFLINE_GPU.md); each step has its own
 # time limit so a slow one cannot take the rest with it. Results: OUT_DIR/*.json and *.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [parity fast search_rate speaking fast_noround fast_nocond lowvram_nocond rerun fast_cppwrap fast_autotune oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap imports big compile | all]}
+OUT=${1:?usage: gpu_bench_session.sh OUT_DIR [parity fast search_rate speaking stages fast_noround fast_nocond lowvram_nocond rerun fast_cppwrap fast_autotune oom synth stock lowvram lowvram_profile tier12 micro14 micro14_flash micro14_cppwrap imports big compile | all]}
 WHAT=${2:-all}
 mkdir -p "$OUT"
 # every step's limit is cut to what is left of BENCH_LIMIT_S (the device's per-call limit, less the
@@ -168,6 +168,12 @@ if run speaking; then
   tar czf "$OUT/speaking.tgz" -C /tmp/speak summary.json data/heldout.json wavs \
     $(cd /tmp/speak && python3 -c "import json; d=json.load(open('summary.json')); print(' '.join('data/wavs/'+p.split('/')[-1] for p in d['data']['references'].values()))" 2>/dev/null) \
     $(cd /tmp/speak && find runs -maxdepth 3 \( -name 'metrics.jsonl' -o -name '*.png' -o -name '*_report.json' -o -name stages.json \) 2>/dev/null)
+fi
+if run stages; then
+  # samples/s of the DVAE, GPT and decoder stages in one --stages dvae,gpt,decoder run on a random
+  # full-size XTTS v2 base (synthetic espeak-free clips), the three side by side
+  timeout 300 python3 scripts/bench_stages.py --workdir /tmp/bench_stages --clips 256 --epochs 2 \
+    --out "$OUT/stages.json" > "$OUT/stages.log" 2>&1
 fi
 if run compile; then
   # the default path without torch.compile

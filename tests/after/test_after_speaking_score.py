@@ -41,6 +41,10 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> dict:
         wav.parent.mkdir(parents=True, exist_ok=True)
         sf.write(str(wav), 0.1 * rng.standard_normal(24000 * 3).astype(np.float32), 24000)
         noise.append({**row, "wav": str(wav)})
+    refs = out / "wavs" / "references"
+    refs.mkdir(parents=True)
+    shutil.copy(rows[1]["wav"], refs / f"{a}.wav")  # voice A's own held-out reading: the right voice
+    shutil.copy(rows[1]["wav"], refs / f"{b}.wav")  # the same clip for voice B: the wrong voice
     for tag, set_rows in (("swapped", swapped), ("noise", noise)):
         (out / "wavs" / tag / "spoken.json").write_text(json.dumps(set_rows), encoding="utf-8")
     return score_folder(out)
@@ -65,3 +69,10 @@ def test_noise_scores_as_unintelligible(scored: dict) -> None:
     assert s["cer"] > 0.8
     assert s["dnsmos_ovrl"] is None or s["dnsmos_ovrl"] < scored["sets"]["espeak"]["dnsmos_ovrl"]
     assert json.dumps(scored, allow_nan=False)  # the report is plain JSON (no NaN for silent output)
+
+
+def test_the_reference_check_tells_the_right_voice_from_the_wrong_one(scored: dict) -> None:
+    checks = scored["reference_choice"]
+    (a, right), (b, wrong) = checks.items()
+    assert right["right_voice"] is True and right["ge2e_own"] > right["ge2e_other"]
+    assert wrong["right_voice"] is False

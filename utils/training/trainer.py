@@ -254,8 +254,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
             last_batch=last, stepped=stepped, optimizer_step=after, eval_due=eval_due, probed=bool(self.probe.last)
         ):
             self._read_pending()  # inside the step's time: the device work it waits for is training
-        if pos.save_pending:  # the save Coqui asked for inside this step, now that the step is counted
-            pos.save_pending = False
+        if self._save_step_due(last_batch=last):  # every save_step trainer steps: checkpoint_N holds N steps
             self.save_checkpoint()
         self.steps.timed(clips=clips, step_s=time.time() - started)
         self._update_progress(step, batch_n_steps, time.time() - started)
@@ -326,8 +325,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         checkpoint for ``--continue``): atomic here, with the toolkit's state, and never cut by Ctrl-C."""
         if self.args.rank not in (None, 0):
             return
-        if self.position.in_step:  # Coqui's save_step save: after the toolkit has counted the step
-            self.position.save_pending = True
+        if self.position.in_step:  # Coqui's save_step save, one step late: train_step saves on time instead
             return
         self._read_pending()  # every step before the save counted in the state it saves
         counts = self.position.counts(self.total_steps_done, self.epochs_done)
@@ -345,6 +343,14 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         logger.info("checkpoint: %s (written in %.1f s)", path, self._last_save_time - started)
         if self.config.save_n_checkpoints is not None:
             checkpoints.keep_newest(self.output_path, "checkpoint", int(self.config.save_n_checkpoints))
+
+    def _save_step_due(self, *, last_batch: bool) -> bool:
+        """Coqui saves when ``total_steps_done % save_step == 0`` before counting the step in progress, i.e.
+        after steps N+1, 2N+1, ...: here after N, 2N, ... steps are done, the number the file is named by.
+        Not after the run's last step: the final checkpoint of that step follows its evaluation."""
+        every = int(self.config.save_step or 0)
+        final = last_batch and self.save_final_checkpoint and self.epochs_done + 1 >= int(self.config.epochs)
+        return bool(self.config.save_checkpoints and every and self.total_steps_done % every == 0 and not final)
 
     def save_best_model(self) -> None:
         """Coqui saves the best model at epoch end: here at every improving evaluation, so nothing to do."""
@@ -450,22 +456,20 @@ class _Position:
     batches_done: int = 0
     resume_batches: int = 0  # batches of the interrupted epoch a resume skips
     step_offset: int = 0  # batches skipped at this epoch's start (compat.EpochTail)
-    in_step: bool = False  # inside Coqui's train_step: a save asked for there waits for the step's end
-    save_pending: bool = False
+    in_step: bool = False  # inside Coqui's train_step (its save_step save is made after the step instead)
     epoch_complete: bool = False
     finished: bool = False
 
     def counts(self, total_steps_done: int, epochs_done: int) -> dict[str, int]:
         """Exact counts for a checkpoint: ``checkpoint_N.pth`` holds the weights after N trainer steps.
 
-        Inside a step Coqui saves before incrementing ``total_steps_done``, with that step's update
-        already applied.
+        Saves happen between steps (never inside Coqui's ``train_step``), so Coqui's counter is exact.
         """
         epoch_done = self.finished or self.epoch_complete
         return {
-            "steps_done": total_steps_done + (1 if self.in_step else 0),
+            "steps_done": total_steps_done,
             "epochs_done": epochs_done + (1 if epoch_done else 0),
-            "epoch_batches_done": 0 if epoch_done else (self.epoch_step + 1 if self.in_step else self.batches_done),
+            "epoch_batches_done": 0 if epoch_done else self.batches_done,
         }
 
 

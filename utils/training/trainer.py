@@ -113,6 +113,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         self.evaluations.path = Path(self.output_path) / "metrics.jsonl"
         if self.health is not None and self.health.events_path is None:
             self.health.events_path = Path(self.output_path) / "events.jsonl"
+            self.health.events_path.touch()  # in every run folder from the start: empty until a first event
         self.guard.attach(
             self.optimizer, read_every=self.steps.read_every, lr_optimizer=self.stage.lr_optimizer, config=self.config
         )

@@ -162,7 +162,7 @@ def _build_trainer(
     """The model (speed levers applied) and the ToolkitTrainer, wired to the event bus."""
     from trainer import TrainerArgs
 
-    from utils.training import distributed
+    from utils.training import compat, distributed
     from utils.training.gpt.model import ToolkitGPTTrainer
     from utils.training.health import EarlyStopping, HealthConfig, HealthMonitor
     from utils.training.trainer import ToolkitTrainer
@@ -188,22 +188,23 @@ def _build_trainer(
     hooks = []
     if distributed.is_rank_zero():
         hooks = [*_evaluation_hooks(config, plots=plots), lambda _t, record: bus.emit(EventKind.EVALUATION, **record)]
-    trainer = distributed.build_trainer(
-        ToolkitTrainer,
-        args,
-        config,
-        output_path=config.output_path,
-        model=model,
-        train_samples=train_samples,
-        eval_samples=eval_samples,
-        eval_every_steps=toolkit.get("eval_every_steps"),
-        on_evaluation=hooks,
-        on_progress=[lambda info: bus.emit(EventKind.PROGRESS, **info)],
-        health=health,
-        early_stopping=early,
-        progress=progress,
-        save_every_minutes=hp.get("save_every_minutes"),
-    )
+    with compat.exact_run_folder():  # the folder is the claimed name: one time stamp, one id
+        trainer = distributed.build_trainer(
+            ToolkitTrainer,
+            args,
+            config,
+            output_path=config.output_path,
+            model=model,
+            train_samples=train_samples,
+            eval_samples=eval_samples,
+            eval_every_steps=toolkit.get("eval_every_steps"),
+            on_evaluation=hooks,
+            on_progress=[lambda info: bus.emit(EventKind.PROGRESS, **info)],
+            health=health,
+            early_stopping=early,
+            progress=progress,
+            save_every_minutes=hp.get("save_every_minutes"),
+        )
     config.run_name = base_name
     model.run_dir = Path(trainer.output_path)
     return trainer, health

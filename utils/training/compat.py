@@ -104,6 +104,12 @@ PRIVATE_NAMES = (
         "the clip threshold optimize() uses; the toolkit's trainer returns 0 where it clips on the device itself",
     ),
     PrivateName(
+        "trainer.trainer",
+        "get_experiment_folder_path",
+        "Trainer.__init__ makes a new run's folder from it by its module-level name, appending the date and "
+        "the git commit to run_name; the toolkit's run names carry their own time and id (exact_run_folder)",
+    ),
+    PrivateName(
         "torch.optim",
         "Adam(fused=True).found_inf",
         "the protocol torch.amp.GradScaler uses: a fused Adam/AdamW step with found_inf = 1 changes nothing, "
@@ -223,6 +229,29 @@ check_private_names()
 def unwrap_model(trainer: Any) -> Any:
     """The model inside a Coqui Trainer (``Trainer._get_model``: the DDP/DataParallel wrapper removed)."""
     return trainer._get_model()
+
+
+@contextmanager
+def exact_run_folder() -> Iterator[None]:
+    """While a Trainer is built: its new run folder is ``output_path/run_name``, without Coqui's suffix.
+
+    ``trainer.trainer.get_experiment_folder_path`` names it ``{run_name}-{Month-DD-YYYY_HH+MMPM}-{commit}``;
+    a toolkit run name already holds the time and a unique id (``xtts_ft_20261207-141335_c078cd``).
+    """
+    import trainer.trainer as coqui_trainer
+
+    coqui_name = coqui_trainer.get_experiment_folder_path
+
+    def exact(root_path: Any, model_name: str) -> Any:
+        from pathlib import Path
+
+        return Path(root_path) / model_name
+
+    coqui_trainer.get_experiment_folder_path = exact
+    try:
+        yield
+    finally:
+        coqui_trainer.get_experiment_folder_path = coqui_name
 
 
 def run_fit_loop(trainer: Any) -> None:

@@ -198,7 +198,7 @@ def _load_checkpoint(source: Path, which: str) -> LoadedModel:
     run_dir, ckpt = resolve_checkpoint(source, which=which)
     run_config = read_run_config(run_dir)
     vocab = run_vocab(run_dir, run_config)
-    config = inference_config(run_config, base_config_path(run_config))
+    config = inference_config(run_config, base_config_path(run_config, run_dir))
     model = Xtts(config)
     model.tokenizer = load_tokenizer(vocab)
     model.init_models()  # sizes the text embedding from the (possibly extended) vocabulary

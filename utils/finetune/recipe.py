@@ -105,13 +105,16 @@ class FineTune:
     ) -> FineTune:
         """Continue ``run_dir`` exactly from its newest checkpoint with optimizer state.
 
-        Only ``epochs`` (the new total) may change; ``config`` may say where the data now lies
-        and set progress/plots. Anything else is refused (start a new run with :meth:`restore`).
+        Only ``epochs`` (the new total) may change; ``config`` may say where the base model and the
+        data now lie (``base_model``, ``dataset``: checked to be the same files) and set
+        progress/plots. Anything else is refused (start a new run with :meth:`restore`).
         """
         config = config or RunConfig()
         if epochs is not None:
             config = config.replace(epochs=int(epochs))
-        run_dir = Path(run_dir)
+        from utils.runs import absolute
+
+        run_dir = absolute(run_dir)  # the run's record and its messages name it the same from any folder
         restart.check_continue_request(run_dir, config)
         ft = cls(config, subscribers=subscribers)
         ft.continue_dir = run_dir
@@ -249,11 +252,9 @@ class FineTune:
         tk.update(
             {
                 "planned_optimizer_steps": plan.total_steps,
-                "train_csv": str(data.train_csv.resolve()),
-                "eval_csv": str(data.eval_csv.resolve()),
                 "preset": cfg.preset,
                 "restored_from": str(self.restored.checkpoint) if self.restored else None,
-                "run_config": cfg.to_dict(),
+                **steps.recorded_inputs(cfg, self._need_base(), data),
             }
         )
         self.trainer_config = config
@@ -380,16 +381,18 @@ class FineTune:
         assert self.continue_dir is not None
         run_dir, cfg = self.continue_dir, self.config
         epochs = cfg.hparams.get("epochs")
-        self.trainer_config, _last = restart.load_continue_config(run_dir, int(epochs) if epochs is not None else None)
+        self.trainer_config, _last = restart.load_continue_config(
+            run_dir,
+            int(epochs) if epochs is not None else None,
+            base_model=cfg.base_model,
+            data=steps.locate_data(cfg) if steps.has_data(cfg) else None,
+        )
         from utils.runs import RunRecord
 
-        rec = RunRecord.from_dict(self.trainer_config.toolkit)
-        if steps.has_data(cfg):
-            train_csv, eval_csv = steps.locate_data(cfg)
-        elif rec.train_csv and rec.eval_csv:
-            train_csv, eval_csv = Path(rec.train_csv), Path(rec.eval_csv)
-        else:
+        rec = RunRecord.from_dict(self.trainer_config.toolkit)  # where the inputs lie now
+        if not (rec.train_csv and rec.eval_csv):
             raise ConfigError(f"--continue {run_dir}: its config.json names no data; give --dataset DIR")
+        train_csv, eval_csv = Path(rec.train_csv), Path(rec.eval_csv)
         language = rec.language
         self.data = steps.check_data(
             DataSplit(train_csv, eval_csv),

@@ -88,7 +88,8 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path)
+    # scripts/make_screenshots.py names a workspace like a user's: the page shows its folders' paths
+    srv = Server(Path(os.environ.get("WEBUI_WORKSPACE") or tmp_path))
     srv.start()
     try:
         yield srv

@@ -125,17 +125,10 @@ def check_continue_request(run_dir: Path, config: RunConfig) -> None:
         )
 
 
-def load_continue_config(
-    run_dir: Path,
-    epochs: int | None,
-    *,
-    base_model: Path | None = None,
-    data: tuple[Path, Path] | None = None,
-) -> tuple[Any, Path]:
+def load_continue_config(run_dir: Path, epochs: int | None) -> tuple[Any, Path]:
     """The run's own config (Coqui's Trainer reads it back anyway) with the new total of epochs.
 
-    ``base_model`` and ``data`` say where the run's inputs lie now when they moved
-    (:func:`relocate_inputs`); a change is written back into the run's config.json.
+    Its inputs were located before any stage ran (:func:`relocate_run`).
 
     Returns:
         (the ToolkitGPTConfig from run_dir/config.json, the checkpoint to resume from).
@@ -147,8 +140,6 @@ def load_continue_config(
     done = runs.epochs_done(last)
     config = ToolkitGPTConfig()
     config.load_json(str(run_dir / "config.json"))
-    if relocate_inputs(config, run_dir, base_model, data):
-        config.save_json(str(run_dir / "config.json"))
     tk = config.toolkit
     if epochs is not None:
         if epochs <= done:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -145,3 +146,109 @@ def test_demo_console_shows_one_epoch_count(tmp_path: Path, tiny_base: Path) -> 
     assert coqui <= bar, f"Coqui's epoch line {sorted(coqui)} disagrees with the bar {sorted(bar)}"
     # Coqui's step and evaluation blocks (its averages) stay out of the bar's way
     assert "GLOBAL_STEP" not in console and "EVAL PERFORMANCE" not in console
+
+
+# --- a run started with relative paths, continued from another folder ---------------------------
+
+RUN_ARGS = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "1",
+    "--grad-accum",
+    "1",
+    "--num-workers",
+    "0",
+    "--lr",
+    "5e-5",
+    "--save-every-steps",
+    "3",
+    "--keep-checkpoints",
+    "10",
+    "--test-sentences",
+    "0",
+    "--no-export",
+    "--no-plots",
+    "--no-progress",
+]
+
+
+def _command(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    script = str(REPO_ROOT / "utils" / "gpt_train.py")
+    return subprocess.run([sys.executable, script, *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+
+
+def _steps(run_dir: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def relative_run(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``--base-model base --dataset data --output-path runs`` in a project folder: 10 rows, batch 1, 1 epoch."""
+    project = tmp_path_factory.mktemp("voice") / "project"
+    project.mkdir()
+    (project / "base").symlink_to(tiny_base)  # a folder the test can move (the link) without copying 300 MB
+    shutil.copytree(REPO_ROOT / "demo" / "en", project / "data")
+    proc = _command(project, "--base-model", "base", "--dataset", "data", "--output-path", "runs", *RUN_ARGS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    return {
+        "project": project,
+        "run_dir": run_dir,
+        "checkpoints": sorted(p.name for p in run_dir.glob("checkpoint_*.pth")),  # as training left them
+        "events": (run_dir / "events.jsonl").read_text() if (run_dir / "events.jsonl").is_file() else None,
+    }
+
+
+def test_checkpoints_are_named_by_the_trainer_steps_they_hold(relative_run: dict) -> None:
+    from utils.runs import checkpoint_step, load_checkpoint
+
+    # --save-every-steps 3 over 10 steps: after 3, 6 and 9 steps, and the final one after 10
+    assert sorted(relative_run["checkpoints"], key=checkpoint_step) == [f"checkpoint_{n}.pth" for n in (3, 6, 9, 10)]
+    state = load_checkpoint(relative_run["run_dir"] / "checkpoint_3.pth", mmap=True)
+    assert state["toolkit_state"]["steps_done"] == 3
+    assert {float(p["step"]) for p in state["optimizer"][0]["state"].values()} == {3.0}  # 3 AdamW steps in it
+
+
+def test_events_jsonl_is_in_the_run_folder_from_the_start(relative_run: dict) -> None:
+    assert relative_run["events"] == ""  # no health event in this short run, and the file is there
+
+
+def test_the_run_folder_name_has_one_time_stamp(relative_run: dict) -> None:
+    assert re.fullmatch(r"xtts_ft_\d{8}-\d{6}_[0-9a-f]{6}", relative_run["run_dir"].name), relative_run["run_dir"]
+    assert relative_run["run_dir"].parent == relative_run["project"] / "runs"
+
+
+def test_continue_from_another_folder_and_after_the_base_model_moved(relative_run: dict, tmp_path: Path) -> None:
+    project, run_dir = relative_run["project"], relative_run["run_dir"]
+    config = json.loads((run_dir / "config.json").read_text())
+    tk, args = config["toolkit"], config["model_args"]
+    # every path the run records is absolute
+    assert tk["base_model"] == str(project / "base") and args["xtts_checkpoint"] == str(project / "base" / "model.pth")
+    assert tk["train_csv"] == str(project / "data" / "metadata_train.csv")
+    assert args["tokenizer_file"] == str(run_dir / "vocab.json") and config["output_path"] == str(project / "runs")
+    report = json.loads((run_dir / "preflight_report.json").read_text())
+    assert report["train"]["csv"] == str(project / "data" / "metadata_train.csv")
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    resumed = _command(elsewhere, "--continue", str(run_dir), "--epochs", "2", "--no-progress", "--no-plots")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert Path(resumed.stdout.strip().splitlines()[-1]) == run_dir and _steps(run_dir) == [10, 20]
+
+    (project / "models").mkdir()
+    (project / "base").rename(project / "models" / "xtts")
+    refused = _command(elsewhere, "--continue", str(run_dir), "--epochs", "3")
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert errors == [
+        f"error: --continue {run_dir}: the base model this run trained from is gone ({project / 'base'}); if it "
+        f"moved, say where: --continue {run_dir} --base-model DIR (the same files, checked by size and digest)"
+    ]
+    new_place = os.path.relpath(project / "models" / "xtts", elsewhere)  # relative to the working folder
+    moved = _command(elsewhere, "--continue", str(run_dir), "--epochs", "3", "--base-model", new_place)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    assert _steps(run_dir) == [10, 20, 30]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["toolkit"]["base_model"] == str(project / "models" / "xtts")
+    assert config["model_args"]["dvae_checkpoint"] == str(project / "models" / "xtts" / "dvae.pth")

@@ -72,3 +72,32 @@ def test_dry_run_prints_the_preset_table(capsys) -> None:
     stable = {r["setting"]: r for r in rows if r["preset"] == "stable"}
     assert stable["lr"]["value"] == "x0.5" and stable["grad_clip"]["value"] == "0.5"
     assert preset_table(["fast"])[0]["preset"] == "fast"
+
+
+def test_preset_texts_say_what_the_preset_changes_and_no_borrowed_numbers() -> None:
+    from utils.training.batch_size import plan_micro_batch
+
+    for preset in PRESETS.values():
+        text = " ".join([preset.summary, preset.lr_why, *preset.why.values()])
+        # numbers of other runs (another model's loss jumps, a tiny model's plateau) are not this preset's facts
+        for borrowed in ("37.7", "6.9 -> 9.1", "2.8 plateau", "hour run"):
+            assert borrowed not in text, (preset.name, borrowed)
+        assert set(preset.why) == set(preset.values), preset.name  # every value it sets says why
+        for key, value in preset.values.items():
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            assert shown in preset.why[key], (preset.name, key)  # ... naming the value it sets
+        if preset.lr_scale is not None:
+            assert f"{preset.lr_scale:g}" in preset.lr_why or "twice" in preset.lr_why or "half" in preset.lr_why
+
+    fast = PRESETS["fast"]
+    effective = fast.values["batch_size"] * fast.values["grad_accum"]
+    assert effective == 336 and "336" in fast.summary and "336" in fast.why["grad_accum"]
+    # on a GPU the automatic micro-batch replaces the 8 and keeps the effective batch: the text says so
+    assert "automatic micro-batch replaces it" in fast.why["batch_size"] and "336" in fast.why["batch_size"]
+    assert "GPU does more per step" not in fast.why["batch_size"]
+    plan = plan_micro_batch(84, effective)  # 84 clips fit: 84 x 4, still 336 samples per optimizer step
+    assert (plan.micro_batch, plan.accumulation, plan.effective) == (84, 4, 336)
+    assert f"{plan.micro_batch} x accumulation {plan.accumulation}" in fast.why["batch_size"]
+    r = resolve(dataset_hours=5, preset_name="fast")
+    assert (r["lr_scheduler"], r["warmup_steps"], r["lr"]) == ("cosine", 50, pytest.approx(2 * 5e-6))
+    assert "cosine" in fast.summary and "warmup" in fast.summary and "twice the table's LR" in fast.summary

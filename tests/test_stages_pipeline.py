@@ -10,8 +10,11 @@ the export (loaded by stock coqui-tts and made to speak).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,7 +63,11 @@ def _interrupt_when(path: Path, stop: threading.Event, test) -> None:
 def pipeline_run(tiny_base: Path, demo_en: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("stages") / "runs"
     first, second = out.parent / "events_1.jsonl", out.parent / "events_2.jsonl"
-    common = ["--dataset", str(demo_en), "--base-model", str(tiny_base), "--output-path", str(out)]
+    base = out.parent / "base"  # the same files under another name (hard links: no 300 MB copy), moved later
+    base.mkdir()
+    for f in tiny_base.iterdir():
+        os.link(f, base / f.name)
+    common = ["--dataset", str(demo_en), "--base-model", str(base), "--output-path", str(out)]
     argv = [
         *common,
         "--stages",
@@ -89,9 +96,17 @@ def pipeline_run(tiny_base: Path, demo_en: Path, tmp_path_factory: pytest.TempPa
     (run_dir,) = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
     after_ctrl_c = json.loads((run_dir / "stages.json").read_text())
     checkpoints = sorted(p.name for p in (run_dir / "decoder").glob("checkpoint_*.pth"))
-    code_2 = cli.run(main, ["--continue", str(run_dir), "--events-jsonl", str(second)])
+    moved = out.parent / "models" / "xtts"  # the base model moved while the decoder stage was unfinished
+    moved.parent.mkdir()
+    base.rename(moved)
+    with contextlib.redirect_stderr(io.StringIO()) as gone:
+        code_gone = cli.run(main, ["--continue", str(run_dir)])
+    after_gone = json.loads((run_dir / "stages.json").read_text())
+    code_2 = cli.run(main, ["--continue", str(run_dir), "--base-model", str(moved), "--events-jsonl", str(second)])
     return {
         "run_dir": run_dir,
+        "base": (base, moved),
+        "gone": (code_gone, gone.getvalue(), after_gone),
         "codes": (code_1, code_2),
         "events": (_events(first), _events(second)),
         "after_ctrl_c": after_ctrl_c,
@@ -180,6 +195,9 @@ def test_run_folder_stage_folders_curves_and_readers(pipeline_run) -> None:
     from utils.webui.run_view import list_runs, read_run
 
     run_dir = pipeline_run["run_dir"]
+    assert re.fullmatch(r"xtts_ft_\d{8}-\d{6}_[0-9a-f]{6}", run_dir.name), run_dir.name  # one time stamp, one id
+    for folder in (run_dir, run_dir / "dvae", run_dir / "decoder"):
+        assert (folder / "events.jsonl").is_file()  # each stage's health events file, from its start
     for name, png in (("dvae", "dvae_curves.png"), ("decoder", "decoder_curves.png")):
         folder = run_dir / name
         assert folder.is_dir() and not folder.is_symlink() and run_folder_of(folder) == run_dir
@@ -199,6 +217,21 @@ def test_run_folder_stage_folders_curves_and_readers(pipeline_run) -> None:
     lines = view.stage_lines()
     assert lines[0].startswith("dvae: done, optimizer step 3, eval loss ") and lines[1] == "gpt: done (time_limit)"
     assert lines[2].startswith("decoder: done, optimizer step 5")
+
+
+def test_a_moved_base_model_is_one_line_then_found_for_the_unfinished_decoder_stage(pipeline_run) -> None:
+    run_dir, (base, moved) = pipeline_run["run_dir"], pipeline_run["base"]
+    code, stderr, after_gone = pipeline_run["gone"]
+    assert code == 2 and stderr.splitlines() == [
+        f"error: --continue {run_dir}: the base model this run trained from is gone ({base}); if it moved, say "
+        f"where: --continue {run_dir} --base-model DIR (the same files, checked by size and digest)"
+    ]
+    assert after_gone == pipeline_run["after_ctrl_c"]  # refused before any stage started
+    # the decoder stage went on (the same base files in another folder give the same latents), recorded there
+    assert pipeline_run["codes"][1] == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["toolkit"]["base_model"] == str(moved)
+    assert config["model_args"]["mel_norm_file"] == str(moved / "mel_stats.pth")
 
 
 def test_continue_after_every_stage_is_done_is_one_line(pipeline_run, capsys) -> None:

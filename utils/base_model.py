@@ -109,7 +109,7 @@ def check_base_model(root: str | os.PathLike[str]) -> BaseModelFiles:
     Raises:
         BaseModelError: naming each missing or empty file and how to get the files.
     """
-    root = Path(root).expanduser()
+    root = Path(os.path.abspath(Path(root).expanduser()))  # recorded in run folders: the same from any folder
     if root.is_file():
         raise BaseModelError(
             f"base model {root} is a file; pass the folder that holds model.pth, config.json, vocab.json, "

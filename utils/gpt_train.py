@@ -260,7 +260,7 @@ def _mode_options(g: Any) -> None:
         type=Path,
         metavar="RUN_DIR",
         help="resume RUN_DIR exactly from its last complete checkpoint, inside the stage that stopped (only "
-        "--epochs and the stages' --max-minutes may change)",
+        "--epochs and the stages' --max-minutes may change; --base-model/--dataset say where moved inputs now lie)",
     )
     g.add_argument(
         "--restore",

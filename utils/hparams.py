@@ -126,6 +126,7 @@ class Preset:
         return out
 
 
+# Each preset's texts say what it changes and why, nothing more: --dry-run prints them.
 PRESETS: Mapping[str, Preset] = {
     p.name: p
     for p in (
@@ -134,40 +135,49 @@ PRESETS: Mapping[str, Preset] = {
             "for runs that spike or diverge: smaller, clipped, closely watched steps",
             values={"grad_clip": 0.5, "eval_every_steps": 100, "save_every_minutes": 5.0, "warmup_steps": 100},
             why={
-                "grad_clip": "clip at 0.5 instead of 1.0: one bad batch cannot throw the weights far",
-                "eval_every_steps": "evaluate every 100 optimizer steps: problems show within minutes",
-                "save_every_minutes": "a checkpoint every 5 minutes (default 15): little is lost on a crash "
-                "or a divergence",
-                "warmup_steps": "100 optimizer steps of warmup: Adam's moment estimates settle before full-size steps",
+                "grad_clip": "clip the gradient norm at 0.5 (default 1.0): one bad batch cannot throw the weights far",
+                "eval_every_steps": "evaluate every 100 optimizer steps (default: once per epoch): the plateau "
+                "rule and the health checks see the eval loss sooner",
+                "save_every_minutes": "a checkpoint every 5 minutes (default 15): a crash, or a divergence "
+                "recovery that reloads the newest checkpoint, loses about 5 minutes of training at most",
+                "warmup_steps": "100 optimizer steps of linear warmup (default 0): AdamW's moment estimates "
+                "settle before full-size steps",
             },
             lr_scale=0.5,
-            lr_why="half the table's LR: the loss jumps (6.9 -> 9.1) of a 37.7-hour run came with LRs "
-            "at the top of the range",
+            lr_why="half the table's LR: smaller steps for a run whose loss spiked or diverged at the table's LR",
         ),
         Preset(
             "fast",
-            "for a first result sooner: warmup + cosine, larger effective batch, higher peak LR",
+            "for a first result sooner: warmup + cosine decay, a larger effective batch (336 samples per "
+            "optimizer step instead of 252), twice the table's LR at the peak",
             values={"lr_scheduler": "cosine", "warmup_steps": 50, "batch_size": 8, "grad_accum": 42},
             why={
-                "lr_scheduler": "cosine decay to min_lr over the planned steps: no waiting for plateau cuts",
-                "warmup_steps": "50 optimizer steps of linear warmup in front of the cosine",
-                "batch_size": "micro-batch 8: the GPU does more per step (see BENCHMARKS.md)",
-                "grad_accum": "8 x 42 = 336 samples per optimizer step (default 3 x 84 = 252): less gradient noise",
+                "lr_scheduler": "cosine decay to min_lr over the planned optimizer steps (default "
+                "ReduceLROnPlateau): the LR falls on a fixed plan, without waiting for plateau cuts",
+                "warmup_steps": "50 optimizer steps of linear warmup in front of the cosine (default 0)",
+                "batch_size": "micro-batch 8 (default 3) where the micro-batch is not sized automatically (the "
+                "CPU, --no-auto-batch); on a GPU the automatic micro-batch replaces it with the largest divisor of "
+                "336 that fits in memory (84 x accumulation 4, say) and keeps the effective batch of 336",
+                "grad_accum": "8 x 42 = 336 samples per optimizer step (default 3 x 84 = 252): a third more samples "
+                "per step, so fewer optimizer steps per epoch, each averaging more samples",
             },
             lr_scale=2.0,
-            lr_why="twice the table's LR: the larger batch and the cosine decay tolerate a higher peak",
+            lr_why="twice the table's LR at the peak, reached after the warmup; the cosine brings it down to min_lr "
+            "by the end of the planned steps",
         ),
         Preset(
             "plateau-breaker",
             "restart from the best checkpoint (--restore) with a cut LR and tighter clipping",
             values={"grad_clip": 0.3, "warmup_steps": 20, "plateau_patience": 3},
             why={
-                "grad_clip": "clip at 0.3: small careful steps out of the plateau (the 2.8 plateau of a 37.7-hour run)",
-                "warmup_steps": "20 optimizer steps of warmup: the optimizer state starts fresh",
-                "plateau_patience": "cut again after 3 evaluations without improvement instead of 5",
+                "grad_clip": "clip the gradient norm at 0.3 (default 1.0): small steps from the restored weights",
+                "warmup_steps": "20 optimizer steps of linear warmup: the restored run's AdamW state is not "
+                "taken, the optimizer starts fresh",
+                "plateau_patience": "cut the LR after 3 evaluations without improvement (default 5)",
             },
             lr_scale=0.3,
-            lr_why="0.3x the LR the restored run had reached: the plateau means its steps were too large to settle",
+            lr_why="0.3 x the LR the restored run had reached at that checkpoint (plateau and divergence cuts "
+            "included): a run that stopped improving gets smaller steps",
             needs_restore=True,
         ),
     )

@@ -7,10 +7,16 @@ folder holds config.json (with the toolkit's record under ``"toolkit"``), vocab.
 ``checkpoint_N.pth`` (full training state), ``best_model_N.pth`` (weights only) and
 ``best_model.pth`` (a link to the newest best), metrics.jsonl and events.jsonl. Checkpoints are
 read through :func:`utils.safe_load.load_torch_file` (nothing in them can run code).
+
+config.json records where the run's inputs lie (the base model, the metadata CSVs) and
+preflight_report.json the CSVs it checked; :class:`RunInputs` and :func:`locate_recorded` find
+them again for every reader, from any working folder, and say in one line how to point at files
+that moved (their sizes and digests, recorded at the start, tell whether they are the same).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -401,3 +407,204 @@ def run_folder_of(path: str | os.PathLike[str]) -> Path:
 def continue_command(path: str | os.PathLike[str]) -> str:
     """The command that goes on with the run that ``path`` (a run or stage folder) belongs to."""
     return f"python utils/gpt_train.py --continue {run_folder_of(path)}"
+
+
+# --- paths the run records ---------------------------------------------------------------------
+#
+# A run records its inputs as absolute paths (runs of earlier versions kept the paths as typed,
+# relative to the folder the run was started in) and, for the base model's files and the two
+# CSVs, their sizes and digests, so files that moved can be told from other files.
+
+FINGERPRINT_WHOLE = 64 << 20  # files up to this size are hashed whole
+FINGERPRINT_PART = 4 << 20  # larger ones (model.pth: GBs) by their first and last 4 MiB and their size
+
+
+def absolute(path: str | os.PathLike[str]) -> Path:
+    """``path`` made absolute against the working folder (``~`` expanded, ``..`` folded, links kept)."""
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``{"size", "sha256"}`` of a file; above 64 MiB the digest covers its first and last 4 MiB only."""
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        if size <= FINGERPRINT_WHOLE:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        else:
+            digest.update(fh.read(FINGERPRINT_PART))
+            fh.seek(size - FINGERPRINT_PART)
+            digest.update(fh.read(FINGERPRINT_PART))
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def fingerprints(folder: str | os.PathLike[str], names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """:func:`fingerprint` of each of ``names`` that is a file in ``folder``."""
+    return {name: fingerprint(Path(folder) / name) for name in names if (Path(folder) / name).is_file()}
+
+
+def started_in(run_dir: str | os.PathLike[str], output_path: str | None) -> Path | None:
+    """The working folder a run was started in, when its ``output_path`` was relative (else None).
+
+    The run folder is ``START/output_path/NAME``: ``runs/NAME`` started in ``/repo`` lies in ``/repo/runs``.
+    """
+    out = Path(output_path or ".")
+    if out.is_absolute() or ".." in out.parts:
+        return None
+    parent = absolute(run_dir).parent
+    n = len(out.parts)
+    if n and parent.parts[-n:] != out.parts:
+        return None
+    return Path(*parent.parts[: len(parent.parts) - n]) if n else parent
+
+
+def locate_recorded(
+    run_dir: str | os.PathLike[str],
+    value: str | os.PathLike[str],
+    config: Mapping[str, Any] | None = None,
+    moved: Mapping[str, str | os.PathLike[str]] | None = None,
+) -> Path:
+    """Where a path that ``run_dir`` records lies now (absolute; it may be gone).
+
+    Args:
+        run_dir: the run folder.
+        value: the path as recorded (config.json, preflight_report.json).
+        config: the run's config.json (read when None); a relative ``value`` (runs of earlier
+            versions) is taken from the folder the run was started in (:func:`started_in`), else
+            from the run folder.
+        moved: recorded folder -> where it lies now; a path inside one moves with it.
+    """
+    path = Path(value).expanduser()
+    for old, new in (moved or {}).items():
+        inside = _inside(path, Path(old))
+        if inside is not None:
+            return absolute(new) / inside
+    if path.is_absolute():
+        return path
+    if config is None:
+        config = read_run_config(run_dir) if (Path(run_dir) / "config.json").is_file() else {}
+    start = started_in(run_dir, config.get("output_path"))
+    candidates = [folder / path for folder in (start, absolute(run_dir)) if folder is not None]
+    return next((c for c in candidates if c.exists()), candidates[0])
+
+
+def _inside(path: Path, folder: Path) -> Path | None:
+    """``path`` relative to ``folder`` when it lies inside it (as written, no file-system access), else None."""
+    try:
+        return path.relative_to(folder)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """The inputs a run trained from, located now: the base model folder and the two metadata CSVs.
+
+    ``command`` is how the reader was called (``--continue RUN``, ``--restore RUN``): the
+    one-line errors of :meth:`base_model` and :meth:`data` give it back with the option to add.
+    """
+
+    run_dir: Path
+    config: Mapping[str, Any]
+    command: str
+    checks_given: bool = True  # --continue: a folder given for a moved input must hold the same files
+
+    @classmethod
+    def read(
+        cls,
+        run_dir: str | os.PathLike[str],
+        command: str,
+        config: Mapping[str, Any] | None = None,
+        *,
+        checks_given: bool = True,
+    ) -> RunInputs:
+        """The inputs of ``run_dir`` (``config``: its config.json as a dict, read when None)."""
+        config = config if config is not None else read_run_config(run_dir)
+        return cls(absolute(run_dir), config, command, checks_given)
+
+    def _same_files(self, fingerprints_key: str) -> str:
+        """What is checked of a folder given for a moved input (the run's sizes and digests, if it recorded them)."""
+        checked = self.checks_given and self.toolkit.get(fingerprints_key)
+        return " (the same files, checked by size and digest)" if checked else ""
+
+    @property
+    def toolkit(self) -> Mapping[str, Any]:
+        return self.config.get("toolkit") or {}
+
+    def recorded(self, key: str) -> Path | None:
+        """The toolkit record's ``key`` (base_model, train_csv, eval_csv) located now, or None when not recorded."""
+        value = self.toolkit.get(key)
+        return locate_recorded(self.run_dir, value, self.config) if value else None
+
+    def base_model(self, given: str | os.PathLike[str] | None = None) -> Path | None:
+        """The base model folder: ``given`` (where it lies now; checked to hold the same files) or the recorded one.
+
+        Raises:
+            DataError: the recorded folder is gone and none was given, or ``given`` holds other files.
+        """
+        recorded = self.recorded("base_model")
+        if given is not None:
+            folder = absolute(given)
+            recorded_files = self.toolkit.get("base_model_files") or {}
+            self._check_same(
+                {folder / n: fp for n, fp in recorded_files.items()}, f"--base-model {folder}", "base model"
+            )
+            return folder
+        if recorded is not None and not recorded.is_dir():
+            raise DataError(
+                f"{self.command}: the base model this run trained from is gone "
+                f"({self._shown('base_model', recorded)}); if it moved, say where: {self.command} --base-model "
+                f"DIR{self._same_files('base_model_files')}"
+            )
+        return recorded
+
+    def data(self, given: tuple[Path, Path] | None = None) -> tuple[Path, Path] | None:
+        """The train and eval CSVs: ``given`` (checked to be the same files) or the recorded ones (None if none).
+
+        Raises:
+            DataError: a recorded CSV is gone and none was given, or ``given`` holds other rows.
+        """
+        if given is not None:
+            train, evals = absolute(given[0]), absolute(given[1])
+            recorded = self.toolkit.get("data_files") or {}
+            files = {train: recorded.get("train_csv"), evals: recorded.get("eval_csv")}
+            self._check_same(files, f"--dataset {train.parent}", "data")
+            return train, evals
+        train, evals = self.recorded("train_csv"), self.recorded("eval_csv")
+        if train is None or evals is None:
+            return None
+        for key, path in (("train_csv", train), ("eval_csv", evals)):
+            if not path.is_file():
+                raise DataError(
+                    f"{self.command}: the data this run trained on is gone ({self._shown(key, path)}); if it moved, "
+                    f"say where: {self.command} --dataset DIR (or --train-csv FILE --eval-csv FILE)"
+                    f"{self._same_files('data_files')}"
+                )
+        return train, evals
+
+    def _shown(self, key: str, located: Path) -> str:
+        """How a missing input is named: where it was looked for, or as recorded when that was relative."""
+        value = str(self.toolkit.get(key))
+        return str(located) if Path(value).is_absolute() else f"{value}, relative to the folder the run started in"
+
+    def _check_same(self, files: Mapping[Path, Any], given: str, what: str) -> None:
+        """Refuse ``given`` when a file differs from the fingerprint the run recorded for it."""
+        if not self.checks_given:
+            return
+        if not files or not all(files.values()):  # a run of an earlier version: nothing to compare with
+            logger.warning(
+                "%s: the run recorded no sizes or digests of its %s; taking %s as the same files",
+                self.command,
+                what,
+                given,
+            )
+            return
+        differ = [p.name for p, want in files.items() if not p.is_file() or fingerprint(p) != want]
+        if differ:
+            raise DataError(
+                f"{given}: {', '.join(differ)} missing or not the file this run trained from (size or digest differs "
+                f"from its config.json); give the folder with the same files, or start a new run from its weights: "
+                f"--restore {self.run_dir} {given}"
+            )

@@ -129,3 +129,30 @@ def test_no_split_with_a_text_over_the_limit_is_one_line(en_model):
     text = "This sentence is long enough. " * 12  # about 360 characters, over English's 250
     with pytest.raises(ConfigError, match=r"--no-split: the text has 3\d\d characters, more than XTTS's limit of 250"):
         synthesize(en_model, text, language="en", options=SynthesisOptions(split_sentences=False, seed=0))
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_a_token_cap_reaches_generation_without_a_transformers_warning(en_model, guard):
+    import logging
+
+    from utils.after.guard import GuardOptions
+    from utils.after.synthesize import synthesize_with_report
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # transformers' logger does not propagate: caplog would see nothing
+    hf = logging.getLogger("transformers")
+    hf.addHandler(handler)
+    limit = en_model.model.gpt.max_gen_mel_tokens
+    try:
+        opts = SynthesisOptions(max_new_tokens=6, seed=0, guard=GuardOptions(enabled=guard))
+        result = synthesize_with_report(en_model, "Hello there.", options=opts)
+    finally:
+        hf.removeHandler(handler)
+    assert not [r.getMessage() for r in records if "max_length" in r.getMessage()]
+    assert en_model.model.gpt.max_gen_mel_tokens == limit  # the model's own limit is back
+    # the cap still holds: the random tiny GPT never stops on its own and runs to exactly 6 codes
+    (chunk,) = result.chunks
+    if guard:
+        assert chunk.max_new_tokens == 6 and chunk.attempts and all(a.codes == 6 for a in chunk.attempts)
+    assert result.duration_s <= 6 * 1024 / 22050 + 0.01

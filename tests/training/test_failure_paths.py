@@ -270,13 +270,14 @@ def test_resume_keeps_health_steps_and_train_loss(tiny_base, demo_en, tmp_path) 
         "--grad-accum",
         "1",
     ]
-    # 8 train rows, batch 2: 4 steps per epoch; Coqui saves inside the step after 2 steps done, so
-    # checkpoint_3.pth holds the state after 3 steps (and the final one checkpoint_4.pth)
+    # 10 train rows, batch 2: 5 steps per epoch; saves after 2 and 4 steps done and the final one
+    # after 5 (the newest 2 are kept): checkpoint_4.pth holds the state after 4 steps
     assert main([*common, "--epochs", "1", "--save-every-steps", "2", "--output-path", str(out)]) == 0
     (run,) = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    state = checkpoints.load_checkpoint(run / "checkpoint_3.pth")
-    assert state["toolkit_state"]["health"]["steps_seen"] == 3  # the save came after the step's checks
-    assert state["toolkit_state"]["train_count"] == 3 and state["toolkit_state"]["train_sums"]["loss"] > 0
+    assert sorted(p.name for p in run.glob("checkpoint_*.pth")) == ["checkpoint_4.pth", "checkpoint_5.pth"]
+    state = checkpoints.load_checkpoint(run / "checkpoint_4.pth")
+    assert state["toolkit_state"]["health"]["steps_seen"] == 4  # the save came after the step's checks
+    assert state["toolkit_state"]["train_count"] == 4 and state["toolkit_state"]["train_sums"]["loss"] > 0
 
 
 def test_no_progress_prints_no_bars(tiny_base, demo_en, tmp_path, capfd) -> None:

@@ -77,16 +77,16 @@ def test_nan_loss_skips_step_reloads_checkpoint_cuts_lr_then_stops(tiny_base, de
     events = _events(run_dir)
     assert [e["event"] for e in events] == ["divergence"] * 3
     # the newest weights at step 6 are the epoch-end best model (5 steps done, weights only: the
-    # optimizer state is reset); trainer step 6 then wrote checkpoint_7 (7 steps done, full state,
+    # optimizer state is reset); the save after 6 steps done then wrote checkpoint_6 (full state,
     # after recovery 1), reloaded by recovery 2
     assert events[0]["step"] == 6
     assert "reloaded weights from best_model_5.pth (optimizer state reset)" in events[0]["action"]
     assert "LR 5e-05 -> 2.5e-05" in events[0]["action"]
-    assert events[1]["step"] == 8 and "checkpoint_7.pth" in events[1]["action"]
+    assert events[1]["step"] == 8 and "checkpoint_6.pth" in events[1]["action"]
     assert "LR 2.5e-05 -> 1.25e-05" in events[1]["action"]
     assert events[2]["action"] == "stopped training" and events[2]["step"] == 9  # steps count trainer steps done
     # the skipped steps left no NaN in the weights: the last checkpoint is finite and carries the cut LR
-    state = load_checkpoint(run_dir / "checkpoint_7.pth")
+    state = load_checkpoint(run_dir / "checkpoint_6.pth")
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert state["scheduler"][0]["health_scale"] == pytest.approx(0.5)
     assert state["toolkit_state"]["health"]["recoveries"] == 1

@@ -94,7 +94,7 @@ def test_continue_refuses_changed_hyperparameters(tmp_path):
 
 @pytest.fixture(scope="module")
 def killed_and_continued(tiny_base, tmp_path_factory):
-    """An English run killed with SIGKILL in the middle of writing checkpoint_9.pth, then --continue'd."""
+    """An English run killed with SIGKILL in the middle of writing checkpoint_8.pth, then --continue'd."""
     out = tmp_path_factory.mktemp("killed")
     cmd = [
         sys.executable,
@@ -109,11 +109,11 @@ def killed_and_continued(tiny_base, tmp_path_factory):
         "2",
         *COMMON,
     ]
-    env = {**os.environ, "XTTS_TOOLKIT_TEST_SAVE_PAUSE": "checkpoint_9.pth:120"}
+    env = {**os.environ, "XTTS_TOOLKIT_TEST_SAVE_PAUSE": "checkpoint_8.pth:120"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
     deadline, partial = time.time() + 180, None
     while time.time() < deadline and partial is None and proc.poll() is None:
-        found = [p for p in out.glob("*/.checkpoint_9.pth.partial") if p.stat().st_size >= 1 << 20]
+        found = [p for p in out.glob("*/.checkpoint_8.pth.partial") if p.stat().st_size >= 1 << 20]
         partial = found[0] if found else None
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
@@ -141,22 +141,22 @@ def test_kill_during_checkpoint_write_then_continue(killed_and_continued):
     run_dir, before, resumed = killed_and_continued
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # at the kill: the half-written file was only a temporary; the previous checkpoints were whole
-    assert "checkpoint_9.pth" not in before and {"checkpoint_5.pth", "best_model_5.pth"} <= set(before)
+    assert "checkpoint_8.pth" not in before and {"checkpoint_4.pth", "best_model_5.pth"} <= set(before)
     assert "removed 1 incomplete checkpoint" in resumed.stderr
-    # checkpoint_5 (full state) was written inside epoch 1's last step, before its evaluation;
-    # best_model_5 (after the evaluation) holds weights only. The resume redoes that evaluation and
-    # replaces its record.
-    assert "continuing at trainer step 5, optimizer step 5, epoch 0" in resumed.stderr
+    # checkpoint_4 (full state, every 4 steps) was written before epoch 1's last step and its
+    # evaluation; best_model_5 (after the evaluation) holds weights only. The resume redoes step 5
+    # and that evaluation, and replaces its record.
+    assert "continuing at trainer step 4, optimizer step 4, epoch 0" in resumed.stderr
     assert "metrics.jsonl: 1 record(s) after the checkpoint removed" in resumed.stderr
     assert not list(run_dir.glob(".*.partial"))
     records = _records(run_dir)
     assert [(r["step"], r["epoch"]) for r in records] == [(5, 0), (10, 1)]  # no step lost or repeated
     state = load_checkpoint(run_dir / "checkpoint_10.pth", mmap=True)
     assert state["toolkit_state"]["steps_done"] == 10 and state["toolkit_state"]["epochs_done"] == 2
-    # the optimizer state went on: AdamW counts 10 steps per parameter (5 before the kill + 5), not 5
+    # the optimizer state went on: AdamW counts 10 steps per parameter (4 before the kill + 6), not 6
     assert {float(p["step"]) for p in state["optimizer"][0]["state"].values()} == {10.0}
     # the health monitor's state went on too: it has seen more steps than the resumed part holds
-    assert state["toolkit_state"]["health"]["steps_seen"] > 5
+    assert state["toolkit_state"]["health"]["steps_seen"] > 6
 
 
 def test_restore_resets_step_and_lr_and_keeps_weights(killed_and_continued, tmp_path, capsys):

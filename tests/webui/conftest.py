@@ -165,7 +165,8 @@ def zombie_children(pid: int) -> list[int]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path)
+    # scripts/make_screenshots.py names a workspace like a user's: the page shows its folders' paths
+    srv = Server(Path(os.environ.get("WEBUI_WORKSPACE") or tmp_path))
     srv.start()
     try:
         yield srv

@@ -4,8 +4,10 @@ Prepare the bundled demo data, edit a hyperparameter, train the tiny base, close
 page mid-run (and restart the server) to see it re-attach, watch the loss curve grow until the
 run finishes, play a test sentence, speak a text, evaluate and export.
 
-Screenshots of each screen go to ``tmp_path/screens``; with ``WEBUI_SCREENS_DIR=docs/screens``
-they also refresh the README's pictures (downscaled).
+Screenshots of each screen go to ``tmp_path/screens``; ``scripts/make_screenshots.py`` sets
+``WEBUI_SCREENS_DIR=docs/screens`` to refresh the README's pictures (downscaled) and
+``WEBUI_WORKSPACE`` to a folder named as a user's, for the server's data and runs folders: a picture
+whose page names the temporary folder is refused.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 TIMEOUT_MS = 150_000
+PAGE_TEXT = "page text"  # PNG text chunk of a README picture: what the page showed (folder names included)
 
 
 def _status(page) -> str:
@@ -44,18 +48,31 @@ def _shot(page, tmp_path: Path, name: str) -> Path:
     page.screenshot(path=str(out), full_page=True)
     dest = os.environ.get("WEBUI_SCREENS_DIR")
     if dest:
-        _small_copy(out, REPO_ROOT / dest / out.name)
+        text = page.inner_text("body")
+        shown = temp_paths_shown(text)
+        assert not shown, f"{name}.png would show the temporary folder ({shown[0]}): run scripts/make_screenshots.py"
+        _small_copy(out, REPO_ROOT / dest / out.name, text)
     return out
 
 
-def _small_copy(src: Path, dest: Path, width: int = 900, max_height: int = 1400) -> None:
-    from PIL import Image
+def temp_paths_shown(text: str) -> list[str]:
+    """The paths in a page's text that lie in the temporary folder (pytest's among them)."""
+    temp = re.escape(tempfile.gettempdir().rstrip("/"))
+    return re.findall(rf"{temp}/\S*|/tmp/\S*|pytest-of-\S*", text)
+
+
+def _small_copy(src: Path, dest: Path, page_text: str, width: int = 900, max_height: int = 1400) -> None:
+    """A downscaled copy for the README, with the page's text in a PNG text chunk (checked below)."""
+    from PIL import Image, PngImagePlugin
 
     dest.parent.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt(PAGE_TEXT, page_text, zip=True)
     with Image.open(src) as im:
         im = im.crop((0, 0, im.width, min(im.height, int(max_height * im.width / width))))
         im = im.resize((width, int(im.height * width / im.width)))
-        im.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(dest, optimize=True)
+        im = im.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE)
+        im.save(dest, optimize=True, pnginfo=info)
 
 
 def _open(browser, url: str):
@@ -215,3 +232,15 @@ def _evaluate_export(page, tmp_path: Path) -> None:
     text = page.locator("#eval-exported").inner_text()
     assert re.search(r"\(\d+\.\d MB\)", text), text
     _shot(page, tmp_path, "evaluate")
+
+
+def test_the_readme_pictures_show_no_temporary_folder() -> None:
+    from PIL import Image
+
+    pictures = sorted((REPO_ROOT / os.environ.get("WEBUI_SCREENS_DIR", "docs/screens")).glob("*.png"))
+    assert [p.name for p in pictures] == ["data.png", "evaluate.png", "listen.png", "train.png"]
+    for path in pictures:
+        with Image.open(path) as im:
+            text = im.text.get(PAGE_TEXT, "")
+        assert "Data folder:" in text and "runs folder:" in text, f"{path.name}: made by scripts/make_screenshots.py?"
+        assert not temp_paths_shown(text), (path.name, temp_paths_shown(text)[:3])

@@ -33,7 +33,7 @@ from typing import Any
 from utils.after.reference import choose_references_for_run, run_rows
 from utils.errors import DataError
 from utils.language.registry import is_xtts_language
-from utils.runs import checkpoint_step, read_run_config, resolve_checkpoint, run_language
+from utils.runs import checkpoint_step, locate_recorded, read_run_config, resolve_checkpoint, run_language
 from utils.safe_load import load_torch_file
 
 logger = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def export_model(
     language = run_language(run_config)
     references, reference_info = _references(run_dir, references, num_references)
     state = compact_state_dict(load_state_dict(checkpoint))
-    config = inference_config(run_config, base_config_path(run_config))
+    config = inference_config(run_config, base_config_path(run_config, run_dir))
     new_languages, shipped = _write_folder(
         out_dir,
         state,
@@ -278,16 +278,24 @@ def run_vocab(run_dir: Path, run_config: dict[str, Any]) -> Path:
     Raises:
         DataError: neither file exists.
     """
-    candidates = [run_dir / "vocab.json", Path(run_config.get("model_args", {}).get("tokenizer_file") or "")]
+    candidates = [run_dir / "vocab.json"]
+    recorded = run_config.get("model_args", {}).get("tokenizer_file")
+    if recorded:
+        candidates.append(locate_recorded(run_dir, recorded, run_config))
     for path in candidates:
-        if path.name and path.is_file():
+        if path.is_file():
             return path
     raise DataError(f"{run_dir} has no vocab.json; copy the vocabulary the run trained with into the run folder")
 
 
-def base_config_path(run_config: dict[str, Any]) -> Path | None:
-    """The base model's config.json named in the run's config (sampling settings), or None when gone."""
+def base_config_path(run_config: dict[str, Any], run_dir: str | os.PathLike | None = None) -> Path | None:
+    """The base model's config.json named in the run's config (sampling settings), or None when gone.
+
+    ``run_dir`` locates a relative path of an older run (:func:`utils.runs.locate_recorded`).
+    """
     base = (run_config.get("toolkit") or {}).get("base_model")
+    if base and run_dir is not None:
+        base = locate_recorded(run_dir, base, run_config)
     path = Path(base) / "config.json" if base else None
     if path is None or not path.is_file():
         logger.info("base model config.json not found; sampling settings use XttsConfig defaults")

@@ -342,3 +342,23 @@ def recording_codes(gpt: Any) -> Iterator[list[Any]]:
             gpt.generate = original
         else:
             del gpt.generate
+
+
+@contextmanager
+def token_limit(gpt: Any, max_new_tokens: int | None) -> Iterator[None]:
+    """``gpt.generate`` makes at most ``max_new_tokens`` audio codes, with one length setting.
+
+    Coqui's ``GPT.generate`` (coqui-tts 0.28) always passes transformers ``max_length =
+    max_gen_mel_tokens + prompt length``; a ``max_new_tokens`` beside it made transformers warn on
+    every call that both are set. The cap goes into the GPT's public ``max_gen_mel_tokens`` for the
+    duration instead: the same number of new codes. None leaves the model's own limit.
+    """
+    if max_new_tokens is None:
+        yield
+        return
+    limit = gpt.max_gen_mel_tokens
+    gpt.max_gen_mel_tokens = int(max_new_tokens)
+    try:
+        yield
+    finally:
+        gpt.max_gen_mel_tokens = limit

@@ -37,7 +37,7 @@ from utils.after.asr import letters, metric_text, normalise
 from utils.data.audio import load_audio, resample
 from utils.data.csv_io import read_coqui_csv
 from utils.errors import DataError
-from utils.runs import read_run_config, run_language
+from utils.runs import locate_recorded, read_run_config, run_language
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ def run_rows(run_dir: str | os.PathLike, split: str = "train") -> list[Any]:
             f"cannot read the {split} rows of {run_dir} from {report_path.name} ({exc}); pass the reference clips "
             "yourself (--speaker-wav)" + (" and the sentences (--sentences)" if split == "eval" else "")
         ) from exc
-    csv_path = Path(report["csv"])
+    csv_path = locate_recorded(run_dir, report["csv"])  # as recorded, or relative as older runs wrote it
     if not csv_path.is_file():
         raise DataError(
             f"{csv_path} (the run's {split} metadata) is gone; pass the reference clips yourself (--speaker-wav)"

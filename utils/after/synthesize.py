@@ -38,6 +38,7 @@ from utils.after.guard import (
     recording_codes,
     text_letters,
     token_cap,
+    token_limit,
     trim,
 )
 from utils.after.reference import choose_references_for_run, run_rows, speaker_rate
@@ -197,7 +198,7 @@ def _load_checkpoint(source: Path, which: str) -> LoadedModel:
     run_dir, ckpt = resolve_checkpoint(source, which=which)
     run_config = read_run_config(run_dir)
     vocab = run_vocab(run_dir, run_config)
-    config = inference_config(run_config, base_config_path(run_config))
+    config = inference_config(run_config, base_config_path(run_config, run_dir))
     model = Xtts(config)
     model.tokenizer = load_tokenizer(vocab)
     model.init_models()  # sizes the text embedding from the (possibly extended) vocabulary
@@ -511,8 +512,15 @@ def _keep_best(report: ChunkReport, tries: list[np.ndarray], guard: GuardOptions
 def _generate(
     model: Any, chunk: str, language: str, cond: tuple[Any, Any], kwargs: dict[str, Any]
 ) -> tuple[np.ndarray, list[int] | None]:
-    """``Xtts.inference`` on one chunk; the wav and the audio codes it generated."""
-    with recording_codes(model.gpt) as captured:
+    """``Xtts.inference`` on one chunk; the wav and the audio codes it generated.
+
+    A ``max_new_tokens`` in ``kwargs`` becomes the GPT's own length limit for the call
+    (:func:`utils.after.guard.token_limit`): passed on beside Coqui's ``max_length``, transformers
+    warns about the pair on every chunk.
+    """
+    kwargs = dict(kwargs)
+    cap = kwargs.pop("max_new_tokens", None)
+    with recording_codes(model.gpt) as captured, token_limit(model.gpt, cap):
         out = model.inference(chunk, language, cond[0], cond[1], enable_text_splitting=False, **kwargs)
     codes = [int(c) for c in captured[-1].reshape(-1).tolist()] if captured else None
     return np.asarray(out["wav"], dtype=np.float32).reshape(-1), codes

@@ -105,13 +105,15 @@ class StageBook:
 
 
 def new_run_folder(output_path: Path, run_name: str) -> tuple[Path, str]:
-    """A new run folder named as Coqui's Trainer names one (``NAME-DATE-COMMIT``, the name claimed first)."""
-    from trainer.generic_utils import get_experiment_folder_path
+    """A new run folder ``output_path/NAME``: the claimed name already holds one time stamp and an id.
 
+    (Coqui's Trainer would append its own date and git commit: ``compat.exact_run_folder``.)
+    """
     from utils.finetune.training import unique_run_name
+    from utils.runs import absolute
 
     name = unique_run_name(output_path, run_name)
-    folder = Path(get_experiment_folder_path(str(output_path), name))
+    folder = absolute(output_path) / name  # the run's record names it the same from any folder
     folder.mkdir(parents=True, exist_ok=False)
     return folder, name
 
@@ -130,14 +132,21 @@ def start_new_run(ft: FineTune) -> Path:
 
 
 def resume_run(ft: FineTune) -> Path:
-    """``--continue``: the run's own values and stage record, its data checked again, the next stage named."""
+    """``--continue``: the run's own values and stage record, its inputs located, its data checked again.
+
+    The inputs (base model, CSVs) are found where the run's config.json records them, or where the
+    ``--continue`` request says they moved (``--base-model``, ``--dataset``: checked to be the same
+    files), for every stage left to train (:func:`utils.finetune.restart.relocate_run`).
+    """
     from utils.finetune import restart, steps
     from utils.runs import RunRecord
 
-    run_dir = ft.continue_dir
-    assert run_dir is not None
-    rec = RunRecord.read(run_dir)
-    ft.config = restart.continued_config(rec, ft.config)
+    run_dir, request = ft.continue_dir, ft.continue_request
+    assert run_dir is not None and request is not None
+    moved_data = steps.locate_data(request) if steps.has_data(request) else None
+    restart.relocate_run(run_dir, base_model=request.base_model, data=moved_data)
+    rec = RunRecord.read(run_dir)  # where the inputs lie now
+    ft.config = restart.continued_config(rec, ft.config, run_dir)
     ft.book = StageBook.read(run_dir)
     left = [s.name for s in ft.book.stages if s.state != "done"]
     if not left and ft.book.names[-1] != "gpt":
@@ -145,14 +154,10 @@ def resume_run(ft: FineTune) -> Path:
             f"every stage of {run_dir} is done ({', '.join(ft.book.names)}): nothing to continue; to train more, "
             f"start a new run from its weights (--restore {run_dir})"
         )
-    if steps.has_data(ft.continue_request):
-        train_csv, eval_csv = steps.locate_data(ft.continue_request)
-    elif rec.train_csv and rec.eval_csv:
-        train_csv, eval_csv = Path(rec.train_csv), Path(rec.eval_csv)
-    else:
+    if not (rec.train_csv and rec.eval_csv):
         raise ConfigError(f"--continue {run_dir}: its config.json names no data; give --dataset DIR")
     ft.data = steps.check_data(
-        steps.DataSplit(train_csv, eval_csv),
+        steps.DataSplit(Path(rec.train_csv), Path(rec.eval_csv)),
         rec.language,
         run_dir / "vocab.json",
         ft.config.max_excluded_share,

@@ -119,13 +119,17 @@ class FineTune:
     ) -> FineTune:
         """Continue ``run_dir`` exactly from its newest checkpoint with optimizer state.
 
-        Only ``epochs`` (the new total) may change; ``config`` may say where the data now lies
-        and set progress/plots. Anything else is refused (start a new run with :meth:`restore`).
+        Only ``epochs`` (the new total) may change; ``config`` may say where the base model and the
+        data now lie (``base_model``, ``dataset``: checked to be the same files) and set
+        progress/plots. Anything else is refused (start a new run with :meth:`restore`).
         """
         config = config or RunConfig()
         if epochs is not None:
             config = config.replace(epochs=int(epochs))
-        run_dir = restart.run_folder_of(Path(run_dir))  # a stage folder names its run
+        from utils.runs import absolute
+
+        # a stage folder names its run; absolute: the run's record and its messages name it the same from any folder
+        run_dir = restart.run_folder_of(absolute(run_dir))
         restart.check_continue_request(run_dir, config)
         ft = cls(config, subscribers=subscribers)
         ft.continue_dir, ft.continue_request = run_dir, config
@@ -266,11 +270,9 @@ class FineTune:
         tk.update(
             {
                 "planned_optimizer_steps": plan.total_steps,
-                "train_csv": str(data.train_csv.resolve()),
-                "eval_csv": str(data.eval_csv.resolve()),
                 "preset": cfg.preset,
                 "restored_from": str(self.restored.checkpoint) if self.restored else None,
-                "run_config": cfg.to_dict(),
+                **steps.recorded_inputs(cfg, self._need_base(), data),
             }
         )
         self.trainer_config = config

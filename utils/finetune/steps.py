@@ -15,6 +15,7 @@ from typing import Any
 from utils.errors import ConfigError, DataError
 from utils.finetune.config import DEMO_RECIPE, RunConfig
 from utils.hparams import PRESETS, Resolved, check_hours, preset_table, resolve
+from utils.runs import absolute, fingerprint, fingerprints
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def locate_data(config: RunConfig) -> tuple[Path, Path]:
             raise DataError(
                 f"metadata file not found: {path}; check the path (prepare one with scripts/prepare_dataset.py)"
             )
-    return train_csv, eval_csv
+    return absolute(train_csv), absolute(eval_csv)  # the run folder records them: the same from any folder
 
 
 def locate_base_model(config: RunConfig, cache_dir: Path = DEFAULT_CACHE) -> Any:
@@ -90,6 +91,27 @@ def locate_base_model(config: RunConfig, cache_dir: Path = DEFAULT_CACHE) -> Any
         make_tiny_base(tmp)
         tmp.rename(tiny)
     return check_base_model(tiny)
+
+
+def recorded_inputs(config: RunConfig, base: Any, data: DataSplit) -> dict[str, Any]:
+    """What the run folder records of its inputs: absolute paths, and sizes and digests of the files.
+
+    ``--continue`` from any working folder finds them again, and when they moved it tells a folder
+    holding the same files from another (:class:`utils.runs.RunInputs`).
+    """
+    from utils.base_model import REQUIRED_FILES
+
+    run_config = config.to_dict()
+    for name in ("dataset", "train_csv", "eval_csv", "base_model", "output_path", "restore"):
+        if run_config.get(name):
+            run_config[name] = str(absolute(run_config[name]))
+    return {
+        "train_csv": str(absolute(data.train_csv)),
+        "eval_csv": str(absolute(data.eval_csv)),
+        "data_files": {"train_csv": fingerprint(data.train_csv), "eval_csv": fingerprint(data.eval_csv)},
+        "base_model_files": fingerprints(base.root, REQUIRED_FILES),
+        "run_config": run_config,
+    }
 
 
 def check_language(language: str) -> None:

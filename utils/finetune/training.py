@@ -173,7 +173,7 @@ def _build_trainer(
     """The model (speed levers applied) and the ToolkitTrainer, wired to the event bus."""
     from trainer import TrainerArgs
 
-    from utils.training import distributed
+    from utils.training import compat, distributed
     from utils.training.gpt.model import ToolkitGPTTrainer
     from utils.training.trainer import ToolkitTrainer
 
@@ -193,24 +193,25 @@ def _build_trainer(
     _apply_speed(model, config)
     to_bus = [lambda _t, record: bus.emit(EventKind.EVALUATION, stage="gpt", **record)]
     hooks = [*_evaluation_hooks(config, plots=plots), *to_bus] if distributed.is_rank_zero() else []
-    trainer = distributed.build_trainer(
-        ToolkitTrainer,
-        args,
-        config,
-        output_path=config.output_path,
-        model=model,
-        train_samples=train_samples,
-        eval_samples=eval_samples,
-        eval_every_steps=toolkit.get("eval_every_steps"),
-        on_evaluation=hooks,
-        on_progress=[lambda info: bus.emit(EventKind.PROGRESS, stage="gpt", **info)],
-        health=health,
-        early_stopping=early,
-        progress=progress,
-        save_every_minutes=hp.get("save_every_minutes"),
-        run_folder=run_folder,
-        deadline=deadline,
-    )
+    with compat.exact_run_folder():  # a folder Coqui makes is the claimed name: one time stamp, one id
+        trainer = distributed.build_trainer(
+            ToolkitTrainer,
+            args,
+            config,
+            output_path=config.output_path,
+            model=model,
+            train_samples=train_samples,
+            eval_samples=eval_samples,
+            eval_every_steps=toolkit.get("eval_every_steps"),
+            on_evaluation=hooks,
+            on_progress=[lambda info: bus.emit(EventKind.PROGRESS, stage="gpt", **info)],
+            health=health,
+            early_stopping=early,
+            progress=progress,
+            save_every_minutes=hp.get("save_every_minutes"),
+            run_folder=run_folder,
+            deadline=deadline,
+        )
     config.run_name = base_name
     model.run_dir = Path(trainer.output_path)
     return trainer, health

@@ -22,7 +22,8 @@ Upstream behaviours adapted here without a private name:
 - ``trainer.Trainer.__init__`` names its run folder ``get_experiment_folder_path(output_path,
   run_name)`` (``{run_name}-{date}-{commit}``), a function it imports into ``trainer.trainer``:
   for a stage's plain folder inside a run folder, :func:`experiment_folder` has that name return
-  the folder itself while the Trainer is built.
+  the folder itself while the Trainer is built, and :func:`exact_run_folder` makes it
+  ``output_path/run_name`` (a toolkit run name already holds one time stamp and an id).
 - Coqui builds the GPT, its GPT2 stack and the conditioning encoder inside ``GPTTrainer``, so the
   toolkit cannot subclass those modules: the speed levers give single instances their own
   ``forward`` (:func:`replace_forward`; ``nn.Module.__call__`` looks ``forward`` up on the
@@ -92,8 +93,9 @@ PRIVATE_NAMES = (
     PrivateName(
         "trainer.trainer",
         "get_experiment_folder_path",
-        "the name Trainer.__init__ calls for a new run's folder; replaced while a stage's Trainer is built "
-        "(experiment_folder)",
+        "the name Trainer.__init__ calls for a new run's folder (run_name plus the date and the git commit); "
+        "replaced while a Trainer is built: a stage's own folder (experiment_folder), or output_path/run_name "
+        "since the toolkit's run names carry their own time and id (exact_run_folder)",
     ),
     PrivateName(
         "trainer",
@@ -233,6 +235,29 @@ check_private_names()
 def unwrap_model(trainer: Any) -> Any:
     """The model inside a Coqui Trainer (``Trainer._get_model``: the DDP/DataParallel wrapper removed)."""
     return trainer._get_model()
+
+
+@contextmanager
+def exact_run_folder() -> Iterator[None]:
+    """While a Trainer is built: its new run folder is ``output_path/run_name``, without Coqui's suffix.
+
+    ``trainer.trainer.get_experiment_folder_path`` names it ``{run_name}-{Month-DD-YYYY_HH+MMPM}-{commit}``;
+    a toolkit run name already holds the time and a unique id (``xtts_ft_20261207-141335_c078cd``).
+    """
+    import trainer.trainer as coqui_trainer
+
+    coqui_name = coqui_trainer.get_experiment_folder_path
+
+    def exact(root_path: Any, model_name: str) -> Any:
+        from pathlib import Path
+
+        return Path(root_path) / model_name
+
+    coqui_trainer.get_experiment_folder_path = exact
+    try:
+        yield
+    finally:
+        coqui_trainer.get_experiment_folder_path = coqui_name
 
 
 def run_fit_loop(trainer: Any) -> None:

@@ -129,6 +129,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         if self.health is not None:
             if self.health.events_path is None:
                 self.health.events_path = Path(self.output_path) / "events.jsonl"
+                self.health.events_path.touch()  # in every run folder from the start: empty until a first event
             self.health.on_event = _also(self.health.on_event, self.run_log.health)
         self.guard.attach(
             self.optimizer, read_every=self.steps.read_every, lr_optimizer=self.stage.lr_optimizer, config=self.config
@@ -281,8 +282,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
             last_batch=last, stepped=stepped, optimizer_step=after, eval_due=eval_due, probed=bool(self.probe.last)
         ):
             self._read_pending()  # inside the step's time: the device work it waits for is training
-        if pos.save_pending:  # the save Coqui asked for inside this step, now that the step is counted
-            pos.save_pending = False
+        if _save_step_due(self, last_batch=last):  # every save_step trainer steps: checkpoint_N holds N steps
             self.save_checkpoint()
         self.steps.timed(clips=clips, step_s=time.time() - started)
         _send_progress(self, step, batch_n_steps, time.time() - started)
@@ -344,8 +344,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         checkpoint for ``--continue``): atomic here, with the toolkit's state, and never cut by Ctrl-C."""
         if self.args.rank not in (None, 0):
             return
-        if self.position.in_step:  # Coqui's save_step save: after the toolkit has counted the step
-            self.position.save_pending = True
+        if self.position.in_step:  # Coqui's save_step save, one step late: train_step saves on time instead
             return
         self._read_pending()  # every step before the save counted in the state it saves
         counts = self.position.counts(self.total_steps_done, self.epochs_done)
@@ -436,7 +435,7 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         except StopTraining as stop:
             logger.info("training stopped: %s", stop)
         except KeyboardInterrupt:
-            self._save_on_interrupt()
+            _save_on_interrupt(self)
             raise
         finally:
             try:
@@ -448,17 +447,6 @@ class ToolkitTrainer(compat.TrainerPrivateHooks, Trainer):
         if self.args.rank in (None, 0) and self.save_final_checkpoint:
             self.save_checkpoint()
 
-    def _save_on_interrupt(self) -> None:
-        """Ctrl-C: write the full state, then name the exact command that goes on from it."""
-        if self.args.rank not in (None, 0):
-            return
-        logger.info("interrupted: saving a checkpoint in %s", self.output_path)
-        try:
-            self.save_checkpoint()
-        except KeyboardInterrupt:  # a Ctrl-C before the write started: the file was not begun
-            pass
-        logger.warning(checkpoints.interrupted_message(self.output_path))
-
 
 @dataclass
 class _Position:
@@ -468,23 +456,43 @@ class _Position:
     batches_done: int = 0
     resume_batches: int = 0  # batches of the interrupted epoch a resume skips
     step_offset: int = 0  # batches skipped at this epoch's start (compat.EpochTail)
-    in_step: bool = False  # inside Coqui's train_step: a save asked for there waits for the step's end
-    save_pending: bool = False
+    in_step: bool = False  # inside Coqui's train_step (its save_step save is made after the step instead)
     epoch_complete: bool = False
     finished: bool = False
 
     def counts(self, total_steps_done: int, epochs_done: int) -> dict[str, int]:
         """Exact counts for a checkpoint: ``checkpoint_N.pth`` holds the weights after N trainer steps.
 
-        Inside a step Coqui saves before incrementing ``total_steps_done``, with that step's update
-        already applied.
+        Saves happen between steps (never inside Coqui's ``train_step``), so Coqui's counter is exact.
         """
         epoch_done = self.finished or self.epoch_complete
         return {
-            "steps_done": total_steps_done + (1 if self.in_step else 0),
+            "steps_done": total_steps_done,
             "epochs_done": epochs_done + (1 if epoch_done else 0),
-            "epoch_batches_done": 0 if epoch_done else (self.epoch_step + 1 if self.in_step else self.batches_done),
+            "epoch_batches_done": 0 if epoch_done else self.batches_done,
         }
+
+
+def _save_step_due(trainer: ToolkitTrainer, *, last_batch: bool) -> bool:
+    """Coqui saves when ``total_steps_done % save_step == 0`` before counting the step in progress, i.e.
+    after steps N+1, 2N+1, ...: here after N, 2N, ... steps are done, the number the file is named by.
+    Not after the run's last step: the final checkpoint of that step follows its evaluation."""
+    config = trainer.config
+    every = int(config.save_step or 0)
+    final = last_batch and trainer.save_final_checkpoint and trainer.epochs_done + 1 >= int(config.epochs)
+    return bool(config.save_checkpoints and every and trainer.total_steps_done % every == 0 and not final)
+
+
+def _save_on_interrupt(trainer: ToolkitTrainer) -> None:
+    """Ctrl-C: write the full state, then name the exact command that goes on from it."""
+    if trainer.args.rank not in (None, 0):
+        return
+    logger.info("interrupted: saving a checkpoint in %s", trainer.output_path)
+    try:
+        trainer.save_checkpoint()
+    except KeyboardInterrupt:  # a Ctrl-C before the write started: the file was not begun
+        pass
+    logger.warning(checkpoints.interrupted_message(trainer.output_path))
 
 
 def _send_progress(trainer: ToolkitTrainer, step: int, batch_n_steps: int, seconds: float) -> None:

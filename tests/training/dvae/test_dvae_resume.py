@@ -21,18 +21,18 @@ def test_killed_stage_resumes_at_the_checkpoint_step(tiny_base, demo_rows, tiny_
     rows = train[:4]  # batch 1: 4 steps in the one epoch
     stage = tiny_stage(batch_size=1, save_every_steps=2, lr=5e-5)
 
-    def kill_after_step_4(info: dict) -> None:
-        if info["total_steps"] == 4:
+    def kill_after_step_3(info: dict) -> None:
+        if info["total_steps"] == 3:
             raise _Killed
 
     with pytest.raises(_Killed):
         train_dvae(
-            stage, rows, evals, tmp_path, base_model=tiny_base, hooks=StageHooks(on_progress=[kill_after_step_4])
+            stage, rows, evals, tmp_path, base_model=tiny_base, hooks=StageHooks(on_progress=[kill_after_step_3])
         )
     trainer_dir = tmp_path / "dvae"  # Coqui's Trainer writes into the stage folder itself
-    # Coqui's step-interval save ran inside step 3 (total_steps_done == 2): the weights after 3 steps;
-    # step 4 ran and was lost with the process
-    assert sorted(checkpoint_step(p) for p in trainer_dir.glob("checkpoint_*.pth")) == [3]
+    # the step-interval save after 2 steps done holds the weights after 2 steps; step 3 ran and was
+    # lost with the process
+    assert sorted(checkpoint_step(p) for p in trainer_dir.glob("checkpoint_*.pth")) == [2]
     assert not (tmp_path / "dvae" / "dvae.pth").exists()
     with pytest.raises(ConfigError, match="already holds a DVAE stage"):
         train_dvae(stage, rows, evals, tmp_path, base_model=tiny_base)  # a fresh start never overwrites it
@@ -40,8 +40,8 @@ def test_killed_stage_resumes_at_the_checkpoint_step(tiny_base, demo_rows, tiny_
     resumed: list[dict] = []
     hooks = StageHooks(on_progress=[resumed.append])
     result = train_dvae(None, rows, evals, tmp_path, base_model=tiny_base, resume=True, hooks=hooks)
-    assert [p["total_steps"] for p in resumed] == [4]  # only the lost step is redone
-    assert resumed[0]["step"] == 3 and resumed[0]["steps_in_epoch"] == 4  # the 4th batch of the same epoch
+    assert [p["total_steps"] for p in resumed] == [3, 4]  # the lost step is redone, then the last one
+    assert resumed[0]["step"] == 2 and resumed[0]["steps_in_epoch"] == 4  # the 3rd batch of the same epoch
     assert result.stage_dir == trainer_dir and result.report["steps_done"] == 4
     assert result.report["optimizer_steps"] == 4 and result.report["epochs_done"] == 1
     assert result.report["settings"]["lr"]["value"] == 5e-5  # the stage's saved settings

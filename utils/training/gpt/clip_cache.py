@@ -147,13 +147,17 @@ def file_digests(paths: Sequence[str], index: Path | None = None, workers: int =
 
 
 def dvae_key(config: Any) -> str:
-    """What the DVAE codes depend on besides the audio: the DVAE and mel-statistics files, rates, this code."""
+    """What the DVAE codes depend on besides the audio: the DVAE and mel-statistics files, rates, this code.
+
+    The files count by their content (size and digest), not their place: a base model moved to
+    another folder (``--continue RUN --base-model DIR``) keeps its cached codes and a decoder
+    stage's latents, and another file at the same path gets new ones.
+    """
     args = config.model_args
     parts = [f"v{CODES_VERSION}", str(config.audio.sample_rate), str(config.audio.dvae_sample_rate)]
     for f in (getattr(args, "dvae_checkpoint", None), getattr(args, "mel_norm_file", None)):
         if f and Path(f).is_file():
-            st = Path(f).stat()
-            parts += [str(Path(f).resolve()), str(st.st_size), str(st.st_mtime_ns)]
+            parts += [str(Path(f).stat().st_size), file_digest(f)]
         else:
             parts.append(str(f))
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]

@@ -3,6 +3,7 @@
 # No "from __future__ import annotations": Coqpit (load_json, used by --continue) rejects string type hints.
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def build_config(
             languages.append(code)
     return ToolkitGPTConfig(
         epochs=int(v["epochs"]),
-        output_path=str(output_path),
+        output_path=os.path.abspath(output_path),  # run folder and the paths in it: the same from any folder
         model_args=_model_args(base, arch, vocab_path),
         run_name=run_name,
         project_name="xtts_finetune",

@@ -489,6 +489,9 @@ def _text_tokenizer(
     if tokenizer is None:
         report.checks_skipped.append("unknown_characters and text_too_long: no --vocab/tokenizer given")
         return None
+    from utils.language.registry import check_frontend
+
+    check_frontend(language)  # a missing text front end is one line, not an error per row
     return tokenizer
 
 

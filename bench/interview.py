@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 # en-gb with the f3 (female) variant: this espeak-ng build ignores a variant on the "en-gb" alias
 # ("en-gb+f3" speaks the male default), so the voice file is named directly
 VOICES = {"host": "en-us", "guest": "gmw/en+f3"}
+# Two male voices that differ only in accent: espeak-ng's one male voice model speaking American
+# and British (received pronunciation) English, at the same pitch. GE2E puts their turns 0.96
+# apart (cosine of the turn centroids), closer than two sentences of one voice often are.
+SIMILAR_VOICES = {"host": "en-us", "guest": "gmw/en-GB-x-rp"}
 
 # (speaker, text, pause after in seconds); "RUNON:" texts are built word by word
 SHORT_SCRIPT: tuple[tuple[str, str, float], ...] = (
@@ -67,6 +71,114 @@ LONG_SCRIPT_EXTRA: tuple[tuple[str, str, float], ...] = (
     ("host", "Thank you for coming.", 0.6),
     ("guest", "It was a pleasure.", 1.0),
 )
+
+
+# Eight turns of three or four sentences (14-20 s each as run-ons); :func:`turns_script` builds the script.
+SIMILAR_TURNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "host",
+        (
+            "Good evening and welcome back to the program.",
+            "Tonight we talk about the small towns along the northern coast.",
+            "Many of them have changed a great deal over the last twenty years.",
+            "My guest has spent most of that time walking from one harbour to the next.",
+        ),
+    ),
+    (
+        "guest",
+        (
+            "I grew up in a fishing village with about four hundred people.",
+            "When the herring left the bay, the young people left with them.",
+            "I was one of them, and it took me a long time to come back.",
+        ),
+    ),
+    (
+        "host",
+        (
+            "What brought you back in the end?",
+            "Was it the work, or was it something more personal?",
+            "They leave for the city, they find good jobs there, and then they miss the sea.",
+            "Some of them even move back after they retire.",
+        ),
+    ),
+    (
+        "guest",
+        (
+            "It was a letter from my grandmother.",
+            "She wrote that the old school would close at the end of the summer.",
+            "We opened a small museum in the school building instead.",
+            "Now the children come there every Friday to hear the old stories.",
+        ),
+    ),
+    (
+        "host",
+        (
+            "That is a remarkable thing to have done.",
+            "How did the village react when you started the museum?",
+            "Change is never easy in a small place, and money is always short.",
+        ),
+    ),
+    (
+        "guest",
+        (
+            "Some of the older men thought it was a waste of money.",
+            "But they came to the opening anyway, and they brought their photographs.",
+            "One of them talked for two hours about a storm in the winter of nineteen sixty.",
+            "After that evening nobody complained again.",
+        ),
+    ),
+    (
+        "host",
+        (
+            "We have a few minutes left before the news.",
+            "What would you tell a young person who wants to leave a village like yours?",
+            "It is a hard question, I know, and there is no right answer.",
+        ),
+    ),
+    (
+        "guest",
+        (
+            "I would tell them to go and see the world.",
+            "But I would also tell them to write down the stories before they leave.",
+            "The people who remember are getting older every year.",
+            "Once they are gone, nobody can ask them anymore.",
+        ),
+    ),
+)
+# The pause at each change of speaker: short, and none at all (under 0.1 s) at three of the seven.
+SIMILAR_CHANGE_PAUSES = (0.3, 0.05, 0.25, 0.0, 0.2, 0.06, 0.3)
+
+
+def turns_script(
+    turns: Sequence[tuple[str, Sequence[str]]],
+    change_pauses: Sequence[float],
+    sentence_pause_s: tuple[float, float] = (0.3, 0.5),
+    seed: int = 1,
+    *,
+    runon: bool = False,
+) -> tuple[tuple[str, str, float], ...]:
+    """A script for :func:`make_interview` from whole turns.
+
+    Sentences of one turn are separated by pauses drawn from ``sentence_pause_s`` (longer than
+    most pauses at a change of speaker, so pauses alone do not tell where a turn ends); the
+    pause after turn k is ``change_pauses[k]`` (1 s after the last turn). With ``runon`` each
+    turn is one run-on built word by word (every word's time known; 0.3-0.5 s after a sentence,
+    30-50 ms between words, 120-220 ms after a comma).
+    """
+    rng = np.random.default_rng(seed)
+    script = []
+    for k, (speaker, sentences) in enumerate(turns):
+        if runon:
+            pause = float(change_pauses[k]) if k < len(change_pauses) else 1.0
+            script.append((speaker, "RUNON:" + " ".join(sentences), pause))
+            continue
+        for i, text in enumerate(sentences):
+            if i + 1 < len(sentences):
+                pause = float(rng.uniform(*sentence_pause_s))
+            else:
+                pause = float(change_pauses[k]) if k < len(change_pauses) else 1.0
+            script.append((speaker, text, pause))
+    return tuple(script)
 
 
 @dataclass(frozen=True)
@@ -124,7 +236,14 @@ def _pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
 def _runon(text: str, voice: str, tmp: Path, speed: int) -> tuple[list[np.ndarray], list[str]]:
     """Each word spoken on its own (the caller joins them with gaps of known length)."""
     words = text.split()
-    return [_speak(w.strip(",."), voice, tmp, speed) for w in words], words
+    return [_speak(w.strip(",.?!"), voice, tmp, speed) for w in words], words
+
+
+def _runon_gap(word: str, rng: np.random.Generator) -> float:
+    """The pause after a word of a run-on: 0.3-0.5 s after a sentence, 120-220 ms after a comma, else 30-50 ms."""
+    if word.endswith((".", "?", "!")):
+        return float(rng.uniform(0.3, 0.5))
+    return float(rng.uniform(0.12, 0.22) if word.endswith(",") else rng.uniform(0.03, 0.05))
 
 
 def make_interview(
@@ -134,11 +253,13 @@ def make_interview(
     noise_db: float = -50.0,
     speed: int = 165,
     seed: int = 0,
+    voices: Mapping[str, str] = VOICES,
 ) -> Interview:
     """Write the interview as a 22.05 kHz mono WAV at ``out_path`` and return its truth.
 
     Args:
-        script: (speaker, text, pause after) per turn; speakers are keys of ``VOICES``. In a
+        script: (speaker, text, pause after) per turn; speakers are keys of ``voices`` (espeak-ng
+            voice names, default :data:`VOICES`). In a
             run-on, words are joined by gaps of 30-50 ms, 120-220 ms after a comma.
         noise_db: pink-noise level in dB full scale (RMS).
     """
@@ -151,7 +272,7 @@ def make_interview(
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for speaker, text, pause in script:
-            voice = VOICES[speaker]
+            voice = voices[speaker]
             if text.startswith("RUNON:"):
                 parts, words = _runon(text[len("RUNON:") :], voice, tmp, speed)
                 for k, (a, w) in enumerate(zip(parts, words)):
@@ -159,7 +280,7 @@ def make_interview(
                     chunks.append(a)
                     t += len(a) / sr
                     if k + 1 < len(parts):
-                        gap = rng.uniform(0.12, 0.22) if w.endswith(",") else rng.uniform(0.03, 0.05)
+                        gap = _runon_gap(w, rng)
                         chunks.append(np.zeros(int(gap * sr), dtype=np.float32))
                         t += int(gap * sr) / sr
             else:

@@ -6,6 +6,8 @@ speech kept, copies caught, split sides, and throughput (x real time).
 The interview (about 100 s, espeak-ng en-us and en-gb+f3, pauses 0.3-1.5 s, two run-ons built word by
 word, pink noise at -50 dBFS) is saved as 44.1 kHz stereo MP3, as M4A and as MP4 with a video
 track, all in one input folder, and goes through ``prepare_dataset`` with the real model.
+With ``--similar rp`` (or ``m3``) the interview is two male voices that differ in accent only,
+eight turns of 14-20 s with short pauses or none at the changes.
 Targets: 0 edges inside a word, 0 clips with two voices, >= 70 % of the speech kept, both copies
 found, no speaker or sentence on both sides of the split, >= 5x real time on 2 cores with tiny.en.
 """
@@ -27,12 +29,16 @@ import numpy as np
 from bench.interview import (
     LONG_SCRIPT_EXTRA,
     SHORT_SCRIPT,
+    SIMILAR_CHANGE_PAUSES,
+    SIMILAR_TURNS,
+    SIMILAR_VOICES,
     Interview,
     Voiced,
     edges_inside_speech,
     make_interview,
     speakers_in,
     speech_covered,
+    turns_script,
 )
 from utils import cli
 from utils.data.audio import load_audio
@@ -121,8 +127,17 @@ def _score(out: Path, rep: dict, voiced: list[Voiced]) -> dict:
     }
 
 
-def run(model: str, work: Path, device: str) -> dict:
-    iv = make_interview(work / "interview.wav", SHORT_SCRIPT + LONG_SCRIPT_EXTRA)
+# --similar: two male voices that differ in accent only, eight turns of 14-20 s as run-ons, changes
+# with short pauses or none (bench/interview.py's SIMILAR_TURNS)
+SIMILAR = {"rp": SIMILAR_VOICES, "m3": {"host": "en-us", "guest": "en-us+m3"}}
+
+
+def run(model: str, work: Path, device: str, similar: str | None = None) -> dict:
+    if similar:
+        script = turns_script(SIMILAR_TURNS, SIMILAR_CHANGE_PAUSES, runon=True)
+        iv = make_interview(work / "interview.wav", script, voices=SIMILAR[similar])
+    else:
+        iv = make_interview(work / "interview.wav", SHORT_SCRIPT + LONG_SCRIPT_EXTRA)
     inputs = work / "inputs"
     inputs.mkdir()
     files = _media(iv, inputs)
@@ -160,6 +175,7 @@ def run(model: str, work: Path, device: str) -> dict:
             "cpu_s_per_audio_s": round(cpu / iv.duration, 3),
             "load_average_1min": round(os.getloadavg()[0], 2),
             "device": device,
+            "voices": SIMILAR[similar] if similar else "en-us, en-gb+f3",
             "cores": len(os.sched_getaffinity(0)),
         }
     )
@@ -172,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--cores", type=int, default=2, help="pin to this many CPU cores (0: no pinning)")
     p.add_argument("--out", help="write the result JSON here too")
+    p.add_argument(
+        "--similar",
+        choices=sorted(SIMILAR),
+        help="two similar male voices instead: en-us and British RP (rp) or en-us and its m3 variant (m3)",
+    )
     p.add_argument("--work-dir", help="keep the interview, inputs and dataset here (default: a temporary folder)")
     args = p.parse_args(argv)
     cli.setup_logging()
@@ -179,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
     if args.work_dir:
         Path(args.work_dir).mkdir(parents=True, exist_ok=False)
-        result = run(args.whisper_model, Path(args.work_dir), args.device)
+        result = run(args.whisper_model, Path(args.work_dir), args.device, args.similar)
     else:
         with tempfile.TemporaryDirectory() as d:
-            result = run(args.whisper_model, Path(d), args.device)
+            result = run(args.whisper_model, Path(d), args.device, args.similar)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n", encoding="utf-8")

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse
 
 from utils import cli
-from utils.data.preflight import MAX_AUDIO_S, MAX_TEXT_TOKENS, MIN_AUDIO_S, run_preflight
+from utils.data.preflight import MAX_AUDIO_S, MAX_TEXT_TOKENS, MIN_AUDIO_S, check_scripts, run_preflight
 from utils.errors import DataError
 
 
@@ -34,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, help="processes for the audio checks (default: 2)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--strict", action="store_true", help="exit 2 when any row is excluded")
+    p.add_argument(
+        "--allow-mixed-script",
+        action="store_true",
+        help="keep rows mostly outside the language's script (flagged) and do not refuse more than 20%% of "
+        "letters outside it",
+    )
     args = p.parse_args(argv)
     if args.report:
         from utils.fs import check_writable_file
@@ -51,10 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         max_text_tokens=args.max_text_tokens,
         workers=args.workers,
         progress=not args.no_progress,
+        allow_mixed_script=args.allow_mixed_script,
     )
     if args.report:
         report.write_json(args.report)
     sys.stderr.write("\n".join(report.summary_lines()) + "\n")
+    check_scripts([report])  # the same refusal as training, after the report is written
     if report.total == 0 or report.kept == 0:
         from utils.data.preflight import check_usable
 

@@ -84,6 +84,7 @@ _FIELDS = (
     "new_tokens",
     "new_token_warmup_steps",
     "max_excluded_share",
+    "allow_mixed_script",
     "base_model",
     "output_path",
     "run_name",
@@ -175,6 +176,14 @@ def _data_options(g: Any) -> None:
         "--max-excluded-share",
         type=float,
         help="refuse to train when the preflight excludes more than this share of rows (default 0.2)",
+    )
+    g.add_argument(
+        "--allow-mixed-script",
+        action="store_const",
+        const=True,
+        help="train on transcripts whose letters are mostly outside the language's script (e.g. English text "
+        "with --language ru); without it more than 20%% of such letters are refused and rows mostly in "
+        "another script are excluded",
     )
 
 

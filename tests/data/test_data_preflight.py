@@ -133,7 +133,14 @@ def test_vocab_path_builds_tokenizer(bad_dataset, en_vocab):
 
 
 def test_unsupported_language_reported_not_raised(bad_dataset, en_tokenizer):
-    rep = run_preflight(bad_dataset / "metadata_train.csv", language="am", tokenizer=en_tokenizer, progress=False)
+    # the rows are English: allow_mixed_script, so that their script does not exclude them first
+    rep = run_preflight(
+        bad_dataset / "metadata_train.csv",
+        language="am",
+        tokenizer=en_tokenizer,
+        progress=False,
+        allow_mixed_script=True,
+    )
     reasons = {e["row"]: e["reason"] for e in rep.excluded}
     for row in range(2, 8):
         assert reasons[row] == "unsupported_language"
@@ -192,7 +199,13 @@ def test_check_usable(bad_dataset, en_tokenizer, tmp_path):
     ev = run_preflight(empty_eval, language="en", progress=False)
     with pytest.raises(DataError, match="eval set"):
         check_usable(rep, ev, max_excluded_share=0.8)
-    none_kept = run_preflight(bad_dataset / "metadata_train.csv", language="am", tokenizer=en_tokenizer, progress=False)
+    none_kept = run_preflight(
+        bad_dataset / "metadata_train.csv",
+        language="am",
+        tokenizer=en_tokenizer,
+        progress=False,
+        allow_mixed_script=True,
+    )
     with pytest.raises(DataError, match="no usable rows"):
         check_usable(none_kept, max_excluded_share=1.0)
 
@@ -215,7 +228,9 @@ def test_toolkit_tokenizer_from_vocab_path(bad_dataset, en_vocab):
     assert type(tok).__name__ == "TextTokenizer"  # utils.language's, not the fallback adapter
     rep = run_preflight(bad_dataset / "metadata_train.csv", language="en", tokenizer=tok, progress=False)
     assert {e["row"]: e["reason"] for e in rep.excluded} == EXPECTED
-    am = run_preflight(bad_dataset / "metadata_train.csv", language="am", tokenizer=tok, progress=False)
+    am = run_preflight(
+        bad_dataset / "metadata_train.csv", language="am", tokenizer=tok, progress=False, allow_mixed_script=True
+    )
     assert {e["reason"] for e in am.excluded if e["row"] <= 7} == {"unsupported_language"}
     assert "not registered" in next(e["detail"] for e in am.excluded if e["row"] == 2)
 

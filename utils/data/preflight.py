@@ -62,6 +62,7 @@ class Reason(str, Enum):
     STOP_TOKEN_IN_TEXT = "stop_token_in_text"
     TEXT_TOO_LONG = "text_too_long"
     DUPLICATE_ROW = "duplicate_row"
+    WRONG_SCRIPT = "wrong_script"
 
 
 REASONS = {
@@ -80,7 +81,15 @@ REASONS = {
     Reason.STOP_TOKEN_IN_TEXT.value: "transcript encodes to the [STOP] token",
     Reason.TEXT_TOO_LONG.value: "transcript exceeds the text token limit",
     Reason.DUPLICATE_ROW.value: "same audio as an earlier row",
+    Reason.WRONG_SCRIPT.value: "transcript mostly in another script than the language's",
 }
+
+# Letters outside the language's script: a row with more than ROW_SCRIPT_SHARE of them is
+# excluded, and a dataset with more than MAX_SCRIPT_SHARE of them overall is refused (unless the
+# user allows mixed scripts). Transcripts in the right script reach a few percent at most (names,
+# brands, acronyms in Latin letters); a wrong --language gives close to 100%.
+ROW_SCRIPT_SHARE = 0.5
+MAX_SCRIPT_SHARE = 0.2
 
 
 class SampleProblem(ValueError):
@@ -154,6 +163,7 @@ class PreflightReport:
     kept_rows: list[Row] = field(default_factory=list, repr=False)
     kept_hashes: dict[str, int] = field(default_factory=dict, repr=False)
     flagged: list[dict[str, Any]] = field(default_factory=list)  # kept, but worth a look (see flag_rates)
+    scripts: dict[str, Any] = field(default_factory=dict)  # letters outside the language's script (ScriptScreen)
 
     @property
     def excluded_share(self) -> float:
@@ -177,6 +187,7 @@ class PreflightReport:
             "checks_skipped": self.checks_skipped,
             "limits": self.limits,
             "flagged": self.flagged,
+            "scripts": self.scripts,
             "stats": dataset_stats(self.kept_rows),
         }
 
@@ -197,8 +208,11 @@ class PreflightReport:
             lines.append(f"  {self.converted} rows will be converted on load to 22050 Hz mono 16-bit ({what})")
         for check in self.checks_skipped:
             lines.append(f"  skipped check: {check}")
+        if self.scripts.get("outside"):
+            lines.append(f"  letters outside the language's script: {self.scripts['detail']}")
         if self.flagged:
-            lines.append(f"  {len(self.flagged)} kept rows flagged for review (speaking rate far from the dataset's):")
+            kinds = ", ".join(sorted({f["reason"] for f in self.flagged}))
+            lines.append(f"  {len(self.flagged)} kept rows flagged for review ({kinds}):")
             for f in self.flagged[:examples]:
                 lines.append(f"    row {f['row']} {f['audio_file']}: {f['detail']}")
         for reason, count in self.reason_counts().items():
@@ -421,6 +435,7 @@ def run_preflight(
     progress: bool = True,
     exclude_duplicates_of: PreflightReport | None = None,
     audio_cache: str | os.PathLike | AudioCheckCache | None = None,
+    allow_mixed_script: bool = False,
 ) -> PreflightReport:
     """Check every row of a ``coqui``-format CSV; the report lists each excluded row with its reason.
 
@@ -432,9 +447,10 @@ def run_preflight(
         workers: processes for the audio checks (default: min(8, CPU count)); ``progress``: a bar.
         exclude_duplicates_of: an earlier report (the train CSV's, when checking eval): rows with
             the same file or audio as one of its kept rows are excluded as ``duplicate_row``.
-        audio_cache: earlier audio check results (:class:`AudioCheckCache`); a file whose size and
-            modification time did not change is not read again. A path is written back at once; an
-            object is the caller's to ``save()`` (a run saves it once all its checks passed).
+        audio_cache: earlier audio check results (:class:`AudioCheckCache`): unchanged files are not
+            read again; a path is written back at once, an object is the caller's to ``save()``.
+        allow_mixed_script: rows mostly in another script than the language's are flagged, not
+            excluded as ``wrong_script``, nor refused by :func:`check_usable`.
 
     Returns:
         The report; ``kept_rows`` carry their ``duration``.
@@ -449,21 +465,101 @@ def run_preflight(
     limits = {"min_audio_s": min_audio_s, "max_audio_s": max_audio_s, "max_text_tokens": max_text_tokens}
     limits.update(silence_rms_db=silence_rms_db, max_clipped_fraction=max_clipped_fraction)
     report = PreflightReport(csv_path=str(csv_path), language=language, total=len(rows) + len(bad), limits=limits)
-    tokenizer = tokenizer if tokenizer is not None or vocab_path is None else load_text_tokenizer(vocab_path)
-    if tokenizer is None:
-        report.checks_skipped.append("unknown_characters and text_too_long: no --vocab/tokenizer given")
+    tokenizer = _text_tokenizer(tokenizer, vocab_path, language, report)
     screen = _Screen(root, exclude_duplicates_of)
     for b in bad:
         screen.exclude(b, Reason.MALFORMED_ROW, b.detail)
-    candidates = [r for r in rows if screen.admit(r)]
+    scripts = ScriptScreen(language, allow_mixed_script)
+    candidates = [r for r in rows if screen.admit(r) and scripts.admit(r, screen)]
     checked = _check_rows(candidates, limits, language, tokenizer, workers, progress, audio_cache)
     kept = [r for r, (res, text) in zip(candidates, checked, strict=True) if screen.keep(r, res, text, report)]
     report.excluded = [screen.excluded[k] for k in sorted(screen.excluded)]
     report.kept_rows, report.kept_hashes, report.kept = kept, screen.seen_hashes, len(kept)
-    report.hours_kept = sum(r.duration or 0.0 for r in kept) / 3600.0
+    report.hours_kept, report.scripts = sum(r.duration or 0.0 for r in kept) / 3600.0, scripts.summary(csv_path)
     logger.info("preflight %s: %d/%d rows kept, %.3f h", csv_path, report.kept, report.total, report.hours_kept)
-    report.flagged = flag_rates(report)
+    report.flagged = flag_rates(report) + scripts.flagged(kept)
     return report
+
+
+def _text_tokenizer(
+    tokenizer: TextTokenizer | None, vocab_path: str | os.PathLike | None, language: str, report: PreflightReport
+) -> TextTokenizer | None:
+    """The tokenizer to check with (None: the report says which checks are skipped)."""
+    tokenizer = tokenizer if tokenizer is not None or vocab_path is None else load_text_tokenizer(vocab_path)
+    if tokenizer is None:
+        report.checks_skipped.append("unknown_characters and text_too_long: no --vocab/tokenizer given")
+        return None
+    from utils.language.registry import check_frontend
+
+    check_frontend(language)  # a missing text front end is one line, not an error per row
+    return tokenizer
+
+
+class ScriptScreen:
+    """Letters outside the language's script, per row and over one CSV (:mod:`utils.language.script`).
+
+    A row with more than :data:`ROW_SCRIPT_SHARE` of its letters outside is excluded as
+    ``wrong_script`` (kept and flagged with ``allow_mixed``); a kept row with any is flagged as
+    ``mixed_script``. Languages whose script the toolkit does not know are not checked.
+    """
+
+    def __init__(self, language: str, allow_mixed: bool = False) -> None:
+        from utils.language.script import ScriptCount, expected_scripts
+
+        self.language, self.allow = language, allow_mixed
+        self.expected = expected_scripts(language)
+        self.total = ScriptCount()
+        self.rows = self.rows_outside = 0
+        self.flags: dict[int, dict[str, Any]] = {}
+
+    def admit(self, r: Row, screen: _Screen) -> bool:
+        """Count the row's letters; False (and excluded through ``screen``) for a row in another script."""
+        from utils.language.script import count_scripts
+
+        count = count_scripts(r.text, self.language) if self.expected else None
+        if count is None:
+            return True
+        self.total.add(count)
+        self.rows += 1
+        if not count.outside:
+            return True
+        self.rows_outside += 1
+        detail = count.describe(self.expected)
+        if count.share > ROW_SCRIPT_SHARE and not self.allow:
+            hint = "check --language, fix the transcript, or pass --allow-mixed-script"
+            return screen.exclude(r, Reason.WRONG_SCRIPT, f"{detail}; {hint}")
+        self.flags[r.row] = {"row": r.row, "audio_file": r.audio_file, "reason": "mixed_script", "detail": detail}
+        return True
+
+    def flagged(self, kept: list[Row]) -> list[dict[str, Any]]:
+        """The flags of the rows that were kept, in row order."""
+        return [self.flags[r.row] for r in kept if r.row in self.flags]
+
+    def summary(self, csv_path: str | os.PathLike) -> dict[str, Any]:
+        """The report's ``scripts`` entry; logs a warning when any letter is outside the script."""
+        if self.expected is None:
+            return {"expected": None, "checked": False, "language": self.language}
+        out = {
+            "expected": list(self.expected),
+            "checked": True,
+            "language": self.language,
+            "letters": self.total.letters,
+            "outside": self.total.outside,
+            "share": round(self.total.share, 4),
+            "outside_by_script": dict(self.total.by_script.most_common()),
+            "rows": self.rows,
+            "rows_with_outside": self.rows_outside,
+            "allow_mixed_script": self.allow,
+            "detail": f"{self.total.describe(self.expected)}, in {self.rows_outside} of {self.rows} rows",
+        }
+        if self.total.outside:
+            logger.warning(
+                "preflight %s: %s (--language %s; each row's share is in the report)",
+                csv_path,
+                out["detail"],
+                self.language,
+            )
+        return out
 
 
 def _check_rows(
@@ -615,6 +711,53 @@ def flag_rates(report: PreflightReport) -> list[dict[str, Any]]:
     return flagged
 
 
+def check_scripts(reports: Sequence[PreflightReport], max_share: float = MAX_SCRIPT_SHARE) -> None:
+    """Refuse transcripts whose letters are mostly outside the language's script.
+
+    Raises:
+        DataError: more than ``max_share`` of the letters of ``reports`` together are outside the
+            script, and the preflight ran without ``allow_mixed_script``.
+    """
+    from utils.language.script import ScriptCount
+
+    checked = [r.scripts for r in reports if r.scripts.get("checked")]
+    if not checked or any(s["allow_mixed_script"] for s in checked):
+        return
+    total = ScriptCount()
+    for s in checked:
+        total.add(ScriptCount(s["letters"], s["outside"], Counter(s["outside_by_script"])))
+    rows = (sum(s["rows_with_outside"] for s in checked), sum(s["rows"] for s in checked))
+    _refuse_scripts(total, tuple(checked[0]["expected"]), checked[0]["language"], rows, max_share)
+
+
+def check_script_texts(texts: Sequence[str], language: str, max_share: float = MAX_SCRIPT_SHARE) -> None:
+    """:func:`check_scripts` for raw transcripts, before anything (a vocabulary) is built from them."""
+    from utils.language.script import ScriptCount, count_scripts, expected_scripts
+
+    expected = expected_scripts(language)
+    if expected is None:
+        return
+    total, rows_outside = ScriptCount(), 0
+    for text in texts:
+        count = count_scripts(text, language)
+        total.add(count)
+        rows_outside += count.outside > 0
+    _refuse_scripts(total, expected, language, (rows_outside, len(texts)), max_share)
+
+
+def _refuse_scripts(
+    total: Any, expected: tuple[str, ...], language: str, rows: tuple[int, int], max_share: float
+) -> None:
+    if not total.letters or total.share <= max_share:
+        return
+    by = ", ".join(f"{k} {v}" for k, v in total.by_script.most_common())
+    raise DataError(
+        f"{total.share:.0%} of the transcripts' letters ({total.outside} of {total.letters}, in {rows[0]} of {rows[1]} "
+        f"rows) are outside the {'/'.join(expected)} script that --language {language} expects ({by}), more than "
+        f"{max_share:.0%}; check --language, fix the transcripts, or pass --allow-mixed-script to use them as they are"
+    )
+
+
 def check_usable(
     report: PreflightReport,
     eval_report: PreflightReport | None = None,
@@ -623,13 +766,15 @@ def check_usable(
     """Refuse a dataset training cannot use well.
 
     Raises:
-        DataError: no kept train rows, an empty eval set, or more than ``max_excluded_share`` of
-            the rows (train and eval together) excluded.
+        DataError: transcripts mostly outside the language's script (:func:`check_scripts`), no
+            kept train rows, an empty eval set, or more than ``max_excluded_share`` of the rows
+            (train and eval together) excluded.
     """
     if report.total == 0:
         raise DataError(
             f"{report.csv_path} has no rows (only a header, or empty); add audio_file|text|speaker_name rows"
         )
+    check_scripts([report] + ([eval_report] if eval_report is not None else []))
     if report.kept == 0:
         raise DataError(
             f"no usable rows in {report.csv_path} ({report.total} rows, all excluded: {report.reason_counts()}); "

@@ -145,7 +145,7 @@ def _cut_recording(
         limits=limits,
         count_tokens=count_tokens,
         levels=levels,
-        speakers=labels.per_word if labels else None,
+        speakers=labels.for_segments() if labels else None,
     )
     names = {0: plan.name}
     if labels:

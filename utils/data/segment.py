@@ -55,6 +55,10 @@ class SegmentLimits:
     short_s: float = 3.0
 
 
+UNCERTAIN_SPEAKER = -1  # a word near a change of voice that cannot be given to either side
+_UNCERTAIN = "a change of voice lies in these words, and the evidence cannot tell where: in no clip"
+
+
 def _text(words: Sequence[Word]) -> str:
     return clean_transcript("".join(w.text if w.text.startswith(" ") else " " + w.text for w in words))
 
@@ -148,7 +152,8 @@ def segment_words(
         limits: duration/token limits and cutting preferences.
         count_tokens: text -> token count (default: a safe upper bound without a vocabulary).
         levels: frame levels of the audio; gaps are found in it (None: from word times only).
-        speakers: a speaker index per word; words of two speakers never share a clip.
+        speakers: a speaker index per word; words of two speakers never share a clip, and words
+            of :data:`UNCERTAIN_SPEAKER` are in none (skipped as ``uncertain_speaker``).
 
     Returns:
         (segments in time order, skipped spans as dicts with start, end, text, reason, detail).
@@ -176,12 +181,72 @@ def segment_words(
     segments: list[Segment] = []
     skipped: list[dict] = []
     for a, b in pieces:
+        if plan.speakers[a] == UNCERTAIN_SPEAKER:
+            skipped.append(_skip(ws, a, b, "uncertain_speaker", _UNCERTAIN))
+            continue
+        a, b, dropped = _pause_ends(plan, a, b)
+        skipped.extend(dropped)
+        if b < a:
+            continue
         seg, why = _cut(plan, a, b, lead, trail, total_s, limits, count_tokens, levels)
         if why is None:
             segments.append(seg)
         else:
             skipped.append(why)
     return segments, skipped
+
+
+def _skip(ws: Sequence[Word], a: int, b: int, reason: str, detail: str) -> dict:
+    return {
+        "start": round(ws[a].start, 3),
+        "end": round(ws[b].end, 3),
+        "text": _text(ws[a : b + 1]),
+        "reason": reason,
+        "detail": detail,
+    }
+
+
+def _pause_ends(plan: _Plan, a: int, b: int) -> tuple[int, int, list[dict]]:
+    """Words a..b less those at either end that no pause separates from the next speaker's words.
+
+    Only a change of speaker ends a piece where there may be no pause (every other cut is made in
+    one). At such a change the piece keeps its words from the first pause on (and up to the last
+    one); the words before it are reported as ``no_clean_cut`` instead of losing the whole piece,
+    or all of it when it has no pause at all (returned as an empty range, ``b < a``): it could
+    only be cut inside a word.
+    """
+    ws, n = plan.words, len(plan.words)
+
+    def pause(i: int) -> bool:
+        return plan.gaps[i] is not None
+
+    first, last = a, b
+    if a > 0 and plan.hard(a - 1) and not pause(a - 1):
+        while first <= b and not pause(first - 1):
+            first += 1
+    if b < n - 1 and plan.hard(b) and not pause(b):
+        while last >= first and not pause(last):
+            last -= 1
+    if first > last:
+        left = a - 1 if a > 0 and plan.hard(a - 1) and not pause(a - 1) else b
+        return a, a - 1, [_no_clean_cut(ws, a, b, left)]
+    return (
+        first,
+        last,
+        [_no_clean_cut(ws, lo, hi, left) for lo, hi, left in ((a, first - 1, a - 1), (last + 1, b, b)) if lo <= hi],
+    )
+
+
+def _no_clean_cut(ws: Sequence[Word], lo: int, hi: int, left: int) -> dict:
+    """Words lo..hi left out: no pause between words ``left`` and ``left + 1`` (another speaker)."""
+    return _skip(
+        ws,
+        lo,
+        hi,
+        "no_clean_cut",
+        f"no pause between {ws[left].text.strip()!r} and {ws[left + 1].text.strip()!r} (another speaker) near "
+        f"{ws[left + 1].start:.2f} s to cut at: the words up to the next pause are left out",
+    )
 
 
 def _cut(

@@ -6,6 +6,9 @@ their widest inter-word gap); each piece long enough is embedded, and the pieces
 (average-linkage agglomerative clustering on cosine distance), so the labels are consistent
 across the recording. Short pieces take the label of the nearest cluster. Inside a piece, 1.6 s
 windows every 0.4 s find a change of voice without a pause, when each voice holds for a window.
+Two voices too alike for the clustering (one cluster, or two that are not the voices) are looked
+for as turns: :mod:`utils.data.turns` segments word-aligned windows on two cues and accepts the
+result only when a permutation test says the turns are two voices.
 Overlapping speech is not separated; pyannote's diarisation (downloadable, see the README) is
 the stronger tool for that.
 """
@@ -36,6 +39,8 @@ class SpeakerOptions:
         max_piece_s: longer pieces are split at their widest inter-word gap.
         threshold: cosine distance at which clusters stop merging.
         num_speakers: force this many clusters (None: decided by ``threshold``).
+        similar_voices: also look for two similar voices taking turns (see :mod:`utils.data.turns`),
+            which the clustering puts in one cluster.
     """
 
     turn_gap_s: float = 0.2
@@ -43,6 +48,7 @@ class SpeakerOptions:
     max_piece_s: float = 3.0
     threshold: float = 0.33
     num_speakers: int | None = None
+    similar_voices: bool = True
 
 
 @dataclass
@@ -53,6 +59,14 @@ class SpeakerLabels:
     seconds: dict[int, float] = field(default_factory=dict)
     pieces: int = 0
     reference_similarity: dict[int, float] = field(default_factory=dict)
+    uncertain: list[bool] = field(default_factory=list)  # near a change of similar voices, side unclear
+
+    def for_segments(self) -> list[int]:
+        """``per_word`` with the uncertain words as :data:`~utils.data.segment.UNCERTAIN_SPEAKER`."""
+        from utils.data.segment import UNCERTAIN_SPEAKER
+
+        unsure = self.uncertain or [False] * len(self.per_word)
+        return [UNCERTAIN_SPEAKER if u else s for s, u in zip(self.per_word, unsure, strict=True)]
 
 
 def _hz_to_slaney_mel(f: np.ndarray) -> np.ndarray:
@@ -115,7 +129,8 @@ class SpeakerEncoder:
         t.start()
         return t
 
-    def _mel(self, wav: np.ndarray) -> np.ndarray:
+    def mel(self, wav: np.ndarray) -> np.ndarray:
+        """Resemblyzer's 40-band mel power spectrogram of 16 kHz audio, (frames, 40), 10 ms hop."""
         n_fft, hop = 400, 160
         if self._fb is None:
             self._fb = slaney_mel_filters(ENCODER_SR, n_fft, 40)
@@ -139,14 +154,11 @@ class SpeakerEncoder:
         enc = self._encoder()
         mels, owner, starts = [], [], []
         for k, w in enumerate(wavs):
-            w = np.asarray(w, dtype=np.float32)
-            rms = float(np.sqrt(np.mean(np.square(w, dtype=np.float64)))) if w.size else 0.0
-            if rms > 1e-6:
-                w = w * np.float32(10 ** (-30 / 20) / rms)  # Resemblyzer's -30 dBFS normalisation
+            w = _normalise_volume(w)
             wav_slices, mel_slices = enc.compute_partial_slices(len(w), rate, min_coverage)
             if wav_slices[-1].stop > len(w):
                 w = np.pad(w, (0, wav_slices[-1].stop - len(w)))
-            mel = self._mel(w)
+            mel = self.mel(w)
             for ws, ms in zip(wav_slices, mel_slices):
                 mels.append(mel[ms])
                 owner.append(k)
@@ -161,6 +173,30 @@ class SpeakerEncoder:
             torch.set_num_threads(threads)
         return partial, np.asarray(owner), np.asarray(starts)
 
+    def embed_windows(self, wavs: Sequence[np.ndarray]) -> np.ndarray:
+        """One GE2E embedding per window, each through the LSTM whole (any length, no partial windows).
+
+        Windows shorter than GE2E's 1.6 s partials are what finds a voice change between words;
+        each is volume-normalised like Resemblyzer's input. Returns L2-normalised rows (n, 256).
+        """
+        import torch
+
+        enc = self._encoder()
+        mels = [torch.from_numpy(self.mel(_normalise_volume(w))) for w in wavs]
+        lengths = torch.tensor([max(1, len(m)) for m in mels])
+        padded = torch.nn.utils.rnn.pad_sequence(mels, batch_first=True)
+        packed = torch.nn.utils.rnn.pack_padded_sequence(padded, lengths, batch_first=True, enforce_sorted=False)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as in partial_embeddings
+        try:
+            with torch.no_grad():
+                _, (hidden, _) = enc.lstm(packed.to(enc.device))
+                raw = enc.relu(enc.linear(hidden[-1]))
+        finally:
+            torch.set_num_threads(threads)
+        out = raw.cpu().numpy()
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
     def embed_many(self, wavs: Sequence[np.ndarray], rate: float = 1.3, min_coverage: float = 0.75) -> np.ndarray:
         """L2-normalised 256-d embeddings of 16 kHz mono pieces (the mean of their partial windows)."""
         partial, owner, _ = self.partial_embeddings(wavs, rate, min_coverage)
@@ -170,6 +206,13 @@ class SpeakerEncoder:
     def embed(self, audio16k: np.ndarray) -> np.ndarray:
         """Embedding of one piece of 16 kHz speech."""
         return self.embed_many([audio16k])[0]
+
+
+def _normalise_volume(wav: np.ndarray) -> np.ndarray:
+    """float32 at -30 dBFS RMS, Resemblyzer's input level (silence stays as it is)."""
+    w = np.asarray(wav, dtype=np.float32)
+    rms = float(np.sqrt(np.mean(np.square(w, dtype=np.float64)))) if w.size else 0.0
+    return w * np.float32(10 ** (-30 / 20) / rms) if rms > 1e-6 else w
 
 
 def _pieces(words: Sequence, gaps: Sequence[Gap | None], opts: SpeakerOptions) -> list[tuple[int, int]]:
@@ -279,7 +322,11 @@ def label_words(
     word_labels = np.zeros(len(words), dtype=int)
     for (a, b), lab in zip(pieces, labels):
         word_labels[a : b + 1] = lab
-    if len(centroids) > 1:
+    turns = _similar_voices(words, gaps, audio16k, encoder, opts) if len(centroids) <= 2 else None
+    uncertain = [False] * len(words)
+    if turns is not None:
+        word_labels, centroids, uncertain = turns.per_word, turns.centroids, [bool(u) for u in turns.uncertain]
+    elif len(centroids) > 1:
         _changes_inside_pieces(words, pieces, spans, audio16k, encoder, centroids, word_labels)
     seconds = {
         int(k): float(sum(w.end - w.start for w, lab in zip(words, word_labels) if lab == k))
@@ -299,7 +346,20 @@ def label_words(
         {remap[k]: round(v, 2) for k, v in seconds.items()},
         len(pieces),
         {remap[k]: round(v, 3) for k, v in ref_sim.items()},
+        uncertain,
     )
+
+
+def _similar_voices(
+    words: Sequence, gaps: Sequence[Gap | None], audio16k: np.ndarray, encoder: SpeakerEncoder, opts: SpeakerOptions
+):
+    """Turns of two similar voices (:mod:`utils.data.turns`) when the clustering found one or two
+    voices, none was asked for, or two were; None otherwise or when the recording shows no such turns."""
+    if not opts.similar_voices or opts.num_speakers not in (None, 2):
+        return None
+    from utils.data.turns import find_turns
+
+    return find_turns(words, audio16k, encoder, gaps=gaps, two_voices=opts.num_speakers == 2)
 
 
 def _piece_spans(

@@ -170,6 +170,7 @@ class RunConfig:
     new_tokens: int = 2000
     new_token_warmup_steps: int = 0
     max_excluded_share: float = 0.2
+    allow_mixed_script: bool = False  # keep transcripts mostly outside the language's script (preflight)
     base_model: Path | None = None
     output_path: Path = Path("runs")
     run_name: str = "xtts_ft"

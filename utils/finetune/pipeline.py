@@ -162,6 +162,7 @@ def resume_run(ft: FineTune) -> Path:
         run_dir / "vocab.json",
         ft.config.max_excluded_share,
         progress=ft.config.progress,
+        allow_mixed_script=ft.config.allow_mixed_script,
     )
     if rec.base_model and (left != ["gpt"] or "dvae" in ft.book.names):  # a stage or the export needs its files
         from utils.base_model import check_base_model

@@ -183,6 +183,7 @@ class FineTune:
             cfg.output_path / ".staging",
             new_tokens=cfg.new_tokens,
             warmup_steps=cfg.new_token_warmup_steps,
+            allow_mixed_script=cfg.allow_mixed_script,
         )
         return self.vocab, self.vocab_extension
 
@@ -201,6 +202,7 @@ class FineTune:
             self.config.max_excluded_share,
             progress=self.config.progress,
             cache_dir=Path(self.config.output_path) / ".clip_cache",
+            allow_mixed_script=self.config.allow_mixed_script,
         )
         return self.data
 

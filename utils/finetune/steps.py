@@ -121,7 +121,14 @@ def check_language(language: str) -> None:
 
 
 def prepare_language(
-    language: str, base: Any, train_csv: Path, staging_dir: Path, *, new_tokens: int, warmup_steps: int = 0
+    language: str,
+    base: Any,
+    train_csv: Path,
+    staging_dir: Path,
+    *,
+    new_tokens: int,
+    warmup_steps: int = 0,
+    allow_mixed_script: bool = False,
 ) -> tuple[Path, dict[str, Any] | None]:
     """The vocabulary to train with; extends the base one for a language XTTS lacks.
 
@@ -139,6 +146,10 @@ def prepare_language(
     staging_dir.mkdir(parents=True, exist_ok=True)
     out = staging_dir / f"vocab-{language}-{secrets.token_hex(3)}.json"
     texts = [row.text for row in read_coqui_csv(train_csv)]
+    if not allow_mixed_script:  # refused before a vocabulary is learned from text in another script
+        from utils.data.preflight import check_script_texts
+
+        check_script_texts(texts, language)
     ext = extend_vocab(base.vocab, texts, language, num_new_tokens=new_tokens, out_path=out)
     logger.info(
         "vocabulary extended for %s: %d -> %d tokens (%d new characters, %d merged tokens)",
@@ -160,6 +171,7 @@ def check_data(
     max_excluded_share: float,
     progress: bool = True,
     cache_dir: Path | None = None,
+    allow_mixed_script: bool = False,
 ) -> DataSplit:
     """Preflight every row of both CSVs; keep what passes, refuse unusable data.
 
@@ -174,7 +186,12 @@ def check_data(
     cache = AudioCheckCache(cache_dir / "preflight_audio.json") if cache_dir is not None else None
     split.audio_cache = cache
     split.train_report = run_preflight(
-        split.train_csv, language=language, tokenizer=tokenizer, progress=progress, audio_cache=cache
+        split.train_csv,
+        language=language,
+        tokenizer=tokenizer,
+        progress=progress,
+        audio_cache=cache,
+        allow_mixed_script=allow_mixed_script,
     )
     # a clip in both train and eval is excluded from eval (duplicate_row): eval must be held out
     split.eval_report = run_preflight(
@@ -184,6 +201,7 @@ def check_data(
         exclude_duplicates_of=split.train_report,
         progress=progress,
         audio_cache=cache,
+        allow_mixed_script=allow_mixed_script,
     )
     for name, report in (("train", split.train_report), ("eval", split.eval_report)):
         for line in report.summary_lines():

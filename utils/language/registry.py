@@ -92,6 +92,57 @@ def _amharic_spec() -> LanguageSpec:
 DEDICATED: dict[str, Callable[[], LanguageSpec]] = {"am": _amharic_spec}
 
 
+# The Python packages Coqui's text front end imports on first use for some XTTS languages (module,
+# or alternatives joined by "|"; pip requirement; what it does). Coqui keeps them out of its
+# required dependencies, so a missing one would surface as an ImportError in the middle of the
+# preflight or of training.
+FRONTEND_PACKAGES: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "zh-cn": (("pypinyin", "pypinyin>=0.40", "Chinese characters to pinyin"),),
+    "ja": (
+        ("cutlet", "cutlet>=0.2", "Japanese to romaji"),
+        ("fugashi", "fugashi[unidic-lite]>=1.3", "Japanese word splitting for cutlet"),
+        ("unidic_lite|unidic", "unidic-lite", "the dictionary fugashi reads"),
+    ),
+    "ko": (("ko_speech_tools", "ko-speech-tools", "Hangul to Latin letters"),),
+}
+LOCK_INSTALL = "pip install --no-deps --require-hashes -r requirements/lock.txt"
+
+
+class MissingFrontendError(LanguageError):
+    """A Python package that a language's text front end needs is not installed."""
+
+
+def missing_frontend(language: str) -> str | None:
+    """Why ``language``'s text front end cannot run here (one line with the install command), or None."""
+    code = "zh-cn" if language == "zh" else language
+    for modules, requirement, purpose in FRONTEND_PACKAGES.get(code, ()):
+        if not any(_importable(module) for module in modules.split("|")):
+            package = re.split(r"[\[<>=]", requirement)[0]
+            return (
+                f"--language {code} needs the Python package {package} ({purpose}), which is not installed: "
+                f"pip install '{requirement}' (or the toolkit's locked set: {LOCK_INSTALL})"
+            )
+    return None
+
+
+def _importable(module: str) -> bool:
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def check_frontend(language: str) -> None:
+    """Raise :class:`MissingFrontendError` (one line, with the install command) when a package
+    that ``language``'s text normalisation needs is missing."""
+    problem = missing_frontend(language)
+    if problem is not None:
+        raise MissingFrontendError(problem)
+
+
 def is_xtts_language(language: str) -> bool:
     """True for the 17 XTTS codes (``zh`` counts as ``zh-cn``)."""
     return language in XTTS_LANGUAGES or language == "zh"
@@ -140,15 +191,18 @@ def language_tokens(vocab_path: str | Path) -> list[str]:
 def check_language(language: str, vocab_path: str | Path | None = None) -> str:
     """Check that the toolkit can train/synthesise ``language``; return the code.
 
-    XTTS languages always pass. A new language passes if its code is well formed and, when
+    XTTS languages pass when the packages their text front end needs are installed (Chinese and
+    Japanese need extras). A new language passes if its code is well formed and, when
     ``vocab_path`` is given, that vocabulary has its ``[code]`` token (i.e. was extended for it).
 
     Raises:
-        LanguageError: naming the supported codes and the fix.
+        LanguageError: naming the supported codes and the fix (MissingFrontendError: the package
+            to install, and how).
     """
     if language == "zh":
         raise LanguageError("'zh': XTTS v2's code for Mandarin Chinese is 'zh-cn'; use --language zh-cn")
     if is_xtts_language(language):
+        check_frontend(language)
         return language
     get_language_spec(language)  # raises for a malformed code
     if vocab_path is not None and language not in language_tokens(vocab_path):
@@ -171,5 +225,8 @@ def normalize_text(text: str, language: str) -> str:
     """The text the tokenizer encodes for ``language``: Coqui's cleaners for XTTS codes, ours else."""
     base = language.split("-")[0]
     if is_xtts_language(language) or is_xtts_language(base):
-        return _coqui_tokenizer().preprocess_text(text, base)
+        try:
+            return _coqui_tokenizer().preprocess_text(text, base)
+        except ImportError as exc:
+            raise MissingFrontendError(missing_frontend(language) or f"--language {language}: {exc}") from exc
     return get_language_spec(language).normalize(text)

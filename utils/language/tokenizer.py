@@ -22,9 +22,11 @@ from utils.errors import LanguageError
 from utils.language.registry import (
     XTTS_LANGUAGES,
     LanguageSpec,
+    MissingFrontendError,
     get_language_spec,
     is_xtts_language,
     language_tokens,
+    missing_frontend,
 )
 
 logger = logging.getLogger(__name__)
@@ -86,7 +88,10 @@ class TextTokenizer(VoiceBpeTokenizer):
                 f"language '{lang}' is not registered on this tokenizer; supported: {', '.join(self.languages)}. "
                 "Load the vocab.json extended for it (load_tokenizer registers its language tokens)"
             )
-        return super().preprocess_text(txt, lang)
+        try:
+            return super().preprocess_text(txt, lang)
+        except ImportError as exc:  # Coqui imports pypinyin / cutlet on first use, not at start
+            raise MissingFrontendError(missing_frontend(lang) or f"--language {lang}: {exc}") from exc
 
     def unknown_characters(self, text: str, language: str) -> list[str]:
         """Characters of the normalised ``text`` that the vocabulary lacks (each becomes [UNK]).

@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from utils.data.boundaries import Gap
+from utils.data.turns import ENCODER_SR
 
 logger = logging.getLogger(__name__)
-
-ENCODER_SR = 16000
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+ENCODER_SR = 16000  # the GE2E encoder's sample rate (Resemblyzer)
+
 
 @dataclass(frozen=True)
 class TurnOptions:
@@ -112,8 +114,6 @@ def _dct_matrix(n_out: int, n_in: int) -> np.ndarray:
 
 def window_features(words: Sequence, windows: Sequence[tuple[int, int]], audio16k: np.ndarray, encoder) -> np.ndarray:
     """Per window: GE2E embedding (256) and mean and spread of 20 mel-cepstra over its words' frames (40)."""
-    from utils.data.speakers import ENCODER_SR
-
     spans = [(words[a].start, words[b].end) for a, b in windows]
     wavs = [audio16k[int(s * ENCODER_SR) : int(e * ENCODER_SR)] for s, e in spans]
     ge2e = encoder.embed_windows(wavs)
@@ -274,8 +274,6 @@ def find_turns(
     Returns:
         Turns with a label per word, or None (one voice, too little speech, or the test failed).
     """
-    from utils.data.speakers import ENCODER_SR
-
     windows = word_windows(words, opts.window_s)
     if len(windows) < 14:  # seven segments of two windows at the very least
         return None

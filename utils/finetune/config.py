@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from utils.errors import ConfigError
+from utils.finetune.stage_names import DECODER_FIELDS, DVAE_FIELDS, STAGES, TIME_LIMITS
 from utils.hparams import PRESETS
 
 SPEED_PRESETS = ("fast", "low-vram", "stock")
@@ -107,20 +108,6 @@ DEMO_RECIPE: Mapping[str, Any] = MappingProxyType(
         "num_loader_workers": 0,
     }
 )
-
-#: The stages a run can train, in their training order (utils/runs.py names their folders).
-STAGES = ("dvae", "gpt", "decoder")
-#: Each stage's own values as flat run fields -> the stage setting they set (the GPT's are hyperparameters).
-DVAE_FIELDS = {"dvae_lr": "lr", "dvae_epochs": "epochs", "dvae_batch_size": "batch_size"}
-DECODER_FIELDS = {
-    "decoder_lr": "lr_gen",
-    "decoder_disc_lr": "lr_disc",
-    "decoder_epochs": "epochs",
-    "decoder_batch_size": "batch_size",
-    "decoder_warmup_steps": "warm_start_steps",
-}
-#: The wall-time limit of each stage (minutes; None: none), a run field each.
-TIME_LIMITS = {"dvae": "dvae_max_minutes", "gpt": "max_minutes", "decoder": "decoder_max_minutes"}
 
 _PATHS = ("dataset", "train_csv", "eval_csv", "base_model", "output_path", "restore")
 _MAPPINGS = (

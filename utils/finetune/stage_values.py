@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from utils.finetune.config import DECODER_FIELDS, DVAE_FIELDS, TIME_LIMITS, RunConfig
+from utils.finetune.stage_names import DECODER_FIELDS, DVAE_FIELDS, TIME_LIMITS
 from utils.training.decoder.config import SOURCES as DECODER_SOURCES
 from utils.training.decoder.config import DecoderStageConfig
 from utils.training.dvae.config import DEFAULT_SOURCES as DVAE_SOURCES
 from utils.training.dvae.config import DVAEStageConfig
+
+if TYPE_CHECKING:
+    from utils.finetune.config import RunConfig
 
 #: The demo's stage values (a recipe layer): a random tiny base on ten short clips, trained in
 #: seconds on a CPU. 32-frame crops (0.37 s) and 4-frame segments fit the 2-4 s demo clips; the LRs

@@ -80,7 +80,17 @@ def pipeline_run(tiny_base: Path, demo_en: Path, tmp_path_factory: pytest.TempPa
         "--grad-accum",
         "1",
     ]
-    argv += ["--epochs", "2", "--max-minutes", "0.001", "--test-sentences", "0", "--no-quality-eval"]
+    argv += [
+        "--epochs",
+        "2",
+        "--max-minutes",
+        "0.001",
+        "--test-sentences",
+        "0",
+        "--no-quality-eval",
+        "--logger",
+        "none",
+    ]
     stop = threading.Event()
     watcher = threading.Thread(
         target=_interrupt_when,
@@ -102,7 +112,8 @@ def pipeline_run(tiny_base: Path, demo_en: Path, tmp_path_factory: pytest.TempPa
     with contextlib.redirect_stderr(io.StringIO()) as gone:
         code_gone = cli.run(main, ["--continue", str(run_dir)])
     after_gone = json.loads((run_dir / "stages.json").read_text())
-    code_2 = cli.run(main, ["--continue", str(run_dir), "--base-model", str(moved), "--events-jsonl", str(second)])
+    more = ["--base-model", str(moved), "--events-jsonl", str(second), "--logger", "tensorboard"]
+    code_2 = cli.run(main, ["--continue", str(run_dir), *more])
     return {
         "run_dir": run_dir,
         "base": (base, moved),
@@ -142,6 +153,14 @@ def test_stages_run_in_order_and_the_decoder_goes_on_at_the_next_step_after_ctrl
     final = {s["name"]: s for s in json.loads((run_dir / "stages.json").read_text())["stages"]}
     assert all(final[n]["state"] == "done" for n in ("dvae", "gpt", "decoder"))
     assert final["decoder"]["stop_reason"] is None and final["decoder"]["best_checkpoint"] == "decoder/best_model.pth"
+
+
+def test_every_stage_writes_to_the_run_s_logger_and_continue_may_switch_it(pipeline_run) -> None:
+    run_dir = pipeline_run["run_dir"]
+    assert not list(run_dir.glob("events.out.tfevents*"))  # --logger none: no dashboard for the GPT stage
+    assert not list((run_dir / "dvae").glob("events.out.tfevents*"))  # nor for the DVAE stage
+    assert list((run_dir / "decoder").glob("events.out.tfevents*"))  # --continue --logger tensorboard
+    assert json.loads((run_dir / "decoder" / "config.json").read_text())["dashboard_logger"] == "tensorboard"
 
 
 def test_each_new_stage_lowers_its_own_held_out_loss(pipeline_run) -> None:

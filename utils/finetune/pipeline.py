@@ -253,6 +253,7 @@ def run_dvae(ft: FineTune) -> Any:
         on_evaluation=[_emitter(ft, EventKind.EVALUATION, "dvae")],
         health=_health(ft, "dvae", stage.grad_clip),
         deadline=deadline(ft.config, "dvae"),
+        dashboard=ft.config.logger,
     )
     data = ft._need_preflight()
     with ft.book.running("dvae"):
@@ -302,6 +303,9 @@ def run_gpt(ft: FineTune) -> Any:
     resume = todo[0]
     if resume:  # refused here (epochs all done) before the stage is marked running
         config, _last = restart.load_continue_config(ft.run_dir, ft.continue_epochs)
+        if config.dashboard_logger != ft.config.logger:  # --continue --logger X: Coqui reads config.json again
+            config.dashboard_logger = ft.config.logger
+            config.save_json(str(ft.run_dir / "config.json"))
     else:
         config = ft.trainer_config or restart.load_fresh_config(ft.run_dir, ft.continue_epochs)
     limit = deadline(ft.config, "gpt")
@@ -386,6 +390,7 @@ def run_decoder(ft: FineTune) -> Any:
         on_evaluation=[_emitter(ft, EventKind.EVALUATION, "decoder")],
         health=_health(ft, "decoder", 0.0),  # clipping saturation off: the mel x 45 loss is clipped by design
         deadline=deadline(ft.config, "decoder"),
+        dashboard=ft.config.logger,
     )
     data = ft._need_preflight()
     with ft.book.running("decoder"):

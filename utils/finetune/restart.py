@@ -171,7 +171,7 @@ def continued_config(record: Any, request: RunConfig, run_dir: Path | None = Non
     Args:
         record: the run's :class:`utils.runs.RunRecord`, its inputs already located
             (:func:`relocate_run`): the base model and the CSVs are taken from it, where they lie now.
-        request: the ``--continue`` command's values: its time limits, progress and plots apply.
+        request: the ``--continue`` command's values: its time limits, progress, plots and logger apply.
         run_dir: the run folder; its parent is the output folder now (the clip cache beside it).
 
     Returns:
@@ -194,6 +194,8 @@ def continued_config(record: Any, request: RunConfig, run_dir: Path | None = Non
         name: getattr(request, name) for name in TIME_LIMITS.values() if request.source(name) != "default"
     }
     changes.update(progress=request.progress, plots=request.plots)
+    if request.source("logger") != "default":  # a dashboard is a view of the run: --continue may switch it
+        changes["logger"] = request.logger
     return stored.replace(**changes)
 
 

@@ -119,6 +119,7 @@ class StageHooks:
     on_evaluation: list[Callable[..., Any]] = field(default_factory=list)
     health: Any = None
     deadline: float | None = None
+    dashboard: str | None = None  # the run's --logger (None: the stage config's, TensorBoard)
 
 
 def build_trainer(
@@ -147,6 +148,10 @@ def build_trainer(
     if continuing:
         args.continue_path = str(stage_dir)
     config, stage = _gan_config(stage, inputs, stage_dir, files, continuing)
+    if hooks.dashboard is not None and config.dashboard_logger != hooks.dashboard:
+        config.dashboard_logger = hooks.dashboard
+        if continuing:  # Coqui's Trainer reads a continued stage's config.json again
+            config.save_json(str(stage_dir / "config.json"))
     if torch.cuda.is_available():
         config.optimizer_params = {**config.optimizer_params, "fused": True}  # one AdamW kernel per step
     values = stage.describe()

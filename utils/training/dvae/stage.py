@@ -65,6 +65,7 @@ class StageHooks:
     on_evaluation: list[Callable[[Any, dict[str, Any]], None]] | None = None
     health: Any = None
     deadline: float | None = None
+    dashboard: str | None = None  # the run's --logger (None: the stage config's, TensorBoard)
 
 
 def train_dvae(
@@ -105,6 +106,10 @@ def train_dvae(
     from utils.training.dvae.model import ToolkitDVAE
 
     config = build_trainer_config(stage, base, stage_dir)
+    if hooks is not None and hooks.dashboard is not None and config.dashboard_logger != hooks.dashboard:
+        config.dashboard_logger = hooks.dashboard
+        if continuing:  # Coqui's Trainer reads a continued stage's config.json again
+            config.save_json(str(stage_dir / "config.json"))
     model = ToolkitDVAE(config)
     model.heldout = HeldOut(clips, measure(model, clips))  # the base's weights: a resume restores its own later
     benchmark = torch.backends.cudnn.benchmark  # Coqui's set-up only ever turns it on: the next stage's shapes vary

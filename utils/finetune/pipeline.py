@@ -16,7 +16,8 @@ events.jsonl and checkpoints. The hand-offs:
 
 ``stages.json`` records each stage's state (pending, running, done), its best checkpoint and its
 metrics file (:class:`StageBook`); ``--continue`` goes on inside the stage that stopped and skips
-the finished ones. :class:`~utils.finetune.recipe.FineTune` calls these functions as its steps.
+the finished ones. :class:`~utils.finetune.recipe.FineTune` calls these functions as its steps, each
+with itself as ``ft`` (typed ``Any`` here: the recipe imports this module, not the other way round).
 """
 
 from __future__ import annotations
@@ -27,15 +28,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from utils.errors import ConfigError
 from utils.events import EventKind
 from utils.finetune.config import TIME_LIMITS, RunConfig
 from utils.runs import StageState, read_stages, stage_dir, write_stages
-
-if TYPE_CHECKING:
-    from utils.finetune.recipe import FineTune
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +116,7 @@ def new_run_folder(output_path: Path, run_name: str) -> tuple[Path, str]:
     return folder, name
 
 
-def start_new_run(ft: FineTune) -> Path:
+def start_new_run(ft: Any) -> Path:
     """Make the run folder and write what every stage reads: config.json, vocab.json, the preflight report."""
     from utils.finetune.training import start_run_folder
 
@@ -131,7 +129,7 @@ def start_new_run(ft: FineTune) -> Path:
     return run_dir
 
 
-def resume_run(ft: FineTune) -> Path:
+def resume_run(ft: Any) -> Path:
     """``--continue``: the run's own values and stage record, its inputs located, its data checked again.
 
     The inputs (base model, CSVs) are found where the run's config.json records them, or where the
@@ -191,14 +189,14 @@ def clear_unresumable(run_dir: Path, name: str) -> None:
     logger.info("the %s stage had no checkpoint yet: starting it again", name)
 
 
-def _emitter(ft: FineTune, kind: EventKind, stage: str) -> Any:
+def _emitter(ft: Any, kind: EventKind, stage: str) -> Any:
     """An on_progress (one argument) or on_evaluation (two) hook that sends the stage's events to the bus."""
     if kind is EventKind.PROGRESS:
         return lambda info: ft.events.emit(kind, stage=stage, **info)
     return lambda _trainer, record: ft.events.emit(kind, stage=stage, **record)
 
 
-def _health(ft: FineTune, stage: str, grad_clip: float) -> Any:
+def _health(ft: Any, stage: str, grad_clip: float) -> Any:
     """The run's health thresholds for ``stage``, its events to the bus."""
     from utils.training.health import HealthConfig, HealthMonitor
 
@@ -223,7 +221,7 @@ def _resumable(run_dir: Path, name: str) -> bool:
     return folder.is_dir() and last_checkpoint(folder) is not None
 
 
-def _to_train(ft: FineTune, name: str) -> tuple[bool, bool] | None:
+def _to_train(ft: Any, name: str) -> tuple[bool, bool] | None:
     """None: the stage is not in the run or is done; else (resume, its state was running)."""
     state = ft.book.get(name)
     if state is None or state.state == "done":
@@ -237,7 +235,7 @@ def _to_train(ft: FineTune, name: str) -> tuple[bool, bool] | None:
 # --- the DVAE stage ----------------------------------------------------------------------------
 
 
-def run_dvae(ft: FineTune) -> Any:
+def run_dvae(ft: Any) -> Any:
     """The DVAE stage (when the run has it and it is not done): RUN_DIR/dvae/dvae.pth for the GPT stage."""
     from utils.finetune.stage_values import dvae_stage
     from utils.training.dvae.stage import StageHooks, train_dvae
@@ -284,7 +282,7 @@ def run_dvae(ft: FineTune) -> Any:
 # --- the GPT stage -----------------------------------------------------------------------------
 
 
-def run_gpt(ft: FineTune) -> Any:
+def run_gpt(ft: Any) -> Any:
     """The GPT stage in the run folder: fresh, resumed from its checkpoint, or started again.
 
     The last stage of a run may go on after it finished (``--epochs`` more, or after its time
@@ -341,7 +339,7 @@ def run_gpt(ft: FineTune) -> Any:
     return result
 
 
-def export_gpt(ft: FineTune) -> Path | None:
+def export_gpt(ft: Any) -> Path | None:
     """The GPT stage's export (RUN_DIR/export): the decoder stage's input and the run's product.
 
     Written when the GPT stage trained in this process, or when a continued run lacks it.
@@ -365,7 +363,7 @@ def export_gpt(ft: FineTune) -> Path | None:
 # --- the decoder stage -------------------------------------------------------------------------
 
 
-def run_decoder(ft: FineTune) -> Any:
+def run_decoder(ft: Any) -> Any:
     """The decoder stage (when the run has it and it is not done), on the latents of the run's GPT."""
     from utils.finetune.stage_values import decoder_stage
     from utils.training.decoder.stage import StageHooks, train_decoder
@@ -421,14 +419,14 @@ def run_decoder(ft: FineTune) -> Any:
     return result
 
 
-def _continue(ft: FineTune) -> str:
+def _continue(ft: Any) -> str:
     return f"python utils/gpt_train.py --continue {ft.run_dir}"
 
 
 # --- the final export --------------------------------------------------------------------------
 
 
-def finish_export(ft: FineTune) -> Path | None:
+def finish_export(ft: Any) -> Path | None:
     """The run's export with every stage's product: the decoder in model.pth, dvae.pth beside it."""
     names = ft.book.names
     out = ft.run_dir / "export"
@@ -443,7 +441,7 @@ def finish_export(ft: FineTune) -> Path | None:
     return out if (out / "model.pth").is_file() else None
 
 
-def _write_decoder(ft: FineTune, out: Path, *, from_gpt: bool) -> None:
+def _write_decoder(ft: Any, out: Path, *, from_gpt: bool) -> None:
     """The decoder stage's best weights into the export's model.pth (every other weight as it was)."""
     import json
 

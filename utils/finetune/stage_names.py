@@ -6,6 +6,8 @@ The one place both :mod:`utils.finetune.config` (RunConfig's fields and checks) 
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 #: The stages a run can train, in their training order (utils/runs.py names their folders).
 STAGES = ("dvae", "gpt", "decoder")
 #: Each stage's own values as flat run fields -> the stage setting they set (the GPT's are hyperparameters).
@@ -20,4 +22,17 @@ DECODER_FIELDS = {
 #: The wall-time limit of each stage (minutes; None: none), a run field each.
 TIME_LIMITS = {"dvae": "dvae_max_minutes", "gpt": "max_minutes", "decoder": "decoder_max_minutes"}
 
-__all__ = ["DECODER_FIELDS", "DVAE_FIELDS", "STAGES", "TIME_LIMITS"]
+
+class StageFields(Protocol):
+    """What the stages' values are read from: a :class:`utils.finetune.config.RunConfig` (its stage
+    fields, read by name, and the layer that set each)."""
+
+    demo: bool
+    stages: tuple[str, ...]
+
+    def source(self, name: str) -> str: ...
+
+    def __getattr__(self, name: str) -> Any: ...
+
+
+__all__ = ["DECODER_FIELDS", "DVAE_FIELDS", "STAGES", "TIME_LIMITS", "StageFields"]

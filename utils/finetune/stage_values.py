@@ -11,16 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from utils.finetune.stage_names import DECODER_FIELDS, DVAE_FIELDS, TIME_LIMITS
+from utils.finetune.stage_names import DECODER_FIELDS, DVAE_FIELDS, TIME_LIMITS, StageFields
 from utils.training.decoder.config import SOURCES as DECODER_SOURCES
 from utils.training.decoder.config import DecoderStageConfig
 from utils.training.dvae.config import DEFAULT_SOURCES as DVAE_SOURCES
 from utils.training.dvae.config import DVAEStageConfig
-
-if TYPE_CHECKING:
-    from utils.finetune.config import RunConfig
 
 #: The demo's stage values (a recipe layer): a random tiny base on ten short clips, trained in
 #: seconds on a CPU. 32-frame crops (0.37 s) and 4-frame segments fit the 2-4 s demo clips; the LRs
@@ -53,7 +50,7 @@ DEMO_DECODER: Mapping[str, Any] = MappingProxyType(
 
 
 def _layered(
-    config: RunConfig, demo: Mapping[str, Any], settings: str, flat: Mapping[str, str]
+    config: StageFields, demo: Mapping[str, Any], settings: str, flat: Mapping[str, str]
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The values set above a stage's defaults and the source of each."""
     values: dict[str, Any] = {}
@@ -72,7 +69,7 @@ def _layered(
     return values, sources
 
 
-def dvae_stage(config: RunConfig) -> tuple[DVAEStageConfig, dict[str, str]]:
+def dvae_stage(config: StageFields) -> tuple[DVAEStageConfig, dict[str, str]]:
     """The run's :class:`~utils.training.dvae.config.DVAEStageConfig` and the source of each value set.
 
     Raises:
@@ -82,7 +79,7 @@ def dvae_stage(config: RunConfig) -> tuple[DVAEStageConfig, dict[str, str]]:
     return DVAEStageConfig.build(**values), sources
 
 
-def decoder_stage(config: RunConfig) -> tuple[DecoderStageConfig, dict[str, str]]:
+def decoder_stage(config: StageFields) -> tuple[DecoderStageConfig, dict[str, str]]:
     """The run's :class:`~utils.training.decoder.config.DecoderStageConfig` and the source of each value set.
 
     Raises:
@@ -102,14 +99,14 @@ def _with_sources(stage: Any, defaults: Mapping[str, str], sources: Mapping[str,
     return out
 
 
-def _time_limit(config: RunConfig, stage: str) -> dict[str, Any]:
+def _time_limit(config: StageFields, stage: str) -> dict[str, Any]:
     name = TIME_LIMITS[stage]
     value = getattr(config, name)
     source = "default: no limit" if value is None else f"{config.source(name)} (--{name.replace('_', '-')})"
     return {"value": value, "source": source}
 
 
-def describe_stages(config: RunConfig, gpt_values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def describe_stages(config: StageFields, gpt_values: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Every stage's values with their sources (``--dry-run``): ``{"order": [...], "dvae": {...}, ...}``.
 
     ``gpt_values``: the resolved hyperparameters' dict (``Resolved.as_dict()``), for the GPT stage's

@@ -2,7 +2,8 @@
 
 Prepare the bundled demo data, edit a hyperparameter, train the tiny base, close and reopen the
 page mid-run (and restart the server) to see it re-attach, watch the loss curve grow until the
-run finishes, play a test sentence, speak a text, evaluate and export.
+run finishes, play a test sentence, speak a text, evaluate and export. "Search first": a 2-trial
+study from the Train screen, its trials table and plots, then the training with its best values.
 
 Screenshots of each screen go to ``tmp_path/screens``; with ``WEBUI_SCREENS_DIR=docs/screens``
 they also refresh the README's pictures (downscaled).
@@ -38,10 +39,14 @@ def _evaluations(text: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def _shot(page, tmp_path: Path, name: str) -> Path:
+def _shot(page, tmp_path: Path, name: str, element: str | None = None) -> Path:
+    """The whole page (or one ``element``) as ``tmp_path/screens/NAME.png``."""
     out = tmp_path / "screens" / f"{name}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(out), full_page=True)
+    if element:
+        page.locator(element).screenshot(path=str(out))
+    else:
+        page.screenshot(path=str(out), full_page=True)
     dest = os.environ.get("WEBUI_SCREENS_DIR")
     if dest:
         _small_copy(out, REPO_ROOT / dest / out.name)
@@ -215,3 +220,38 @@ def _evaluate_export(page, tmp_path: Path) -> None:
     text = page.locator("#eval-exported").inner_text()
     assert re.search(r"\(\d+\.\d MB\)", text), text
     _shot(page, tmp_path, "evaluate")
+
+
+def test_search_first_in_chromium(server, browser, tmp_path: Path) -> None:
+    """Tick "search first" with 2 trials of 1 epoch: the trials table and the study's plots appear,
+    then the training runs with the study's best values."""
+    page = _open(browser, server.url)
+    page.locator("#data-demo").click()
+    page.wait_for_function("() => document.querySelector('#data-message')?.innerText.includes('bundled demo copied')")
+    _tab(page, "Train")
+    page.locator("#train-resolve").click()
+    page.locator('#train-hparams [role=gridcell][data-col="0"]', has_text="eval_every_steps").wait_for(timeout=90_000)
+    _edit_hparam(page, "epochs", "1")
+    page.locator("#train-search-first input[type=checkbox]").check()
+    for field, value in (("#train-search-trials input", "2"), ("#train-search-budget input", "1")):
+        page.locator(field).fill(value)
+        page.locator(field).press("Tab")
+    page.wait_for_timeout(300)
+    page.locator("#train-start").click()
+    page.wait_for_function(
+        "() => document.querySelector('#train-message')?.innerText.includes('search started')", timeout=30_000
+    )
+    assert "2 trials of up to 1 epoch(s)" in page.locator("#train-message").inner_text()
+    page.wait_for_function(
+        "() => document.querySelectorAll('#search-trials [role=gridcell][data-col=\"0\"]').length === 2",
+        timeout=TIMEOUT_MS * 2,
+    )
+    page.locator("#search-plots img").first.wait_for(timeout=60_000)
+    done = _wait_status(page, r"training: finished", timeout=TIMEOUT_MS * 2)
+    states = [t.strip() for t in page.locator('#search-trials [role=gridcell][data-col="1"]').all_inner_texts()]
+    assert len(states) == 2 and set(states) <= {"complete", "pruned"} and "complete" in states, states
+    assert page.locator("#search-plots img").count() >= 1
+    assert "search done; training with" in page.locator("#search-status textarea").input_value()
+    assert "optimizer step 5 of 5 (100%)" in done, done  # the page's 1 epoch wins over best.json
+    _shot(page, tmp_path, "train_search")
+    _shot(page, tmp_path, "search", "#search-panel")

@@ -42,7 +42,7 @@ def _table(ss: SearchScreens, edits: dict[str, str]) -> list[list[str]]:
 def _start(ss: SearchScreens, trials: int, budget: int) -> Path:
     table = _table(ss, {"epochs": "1"})  # the training after the study: 1 epoch
     message, _, _ = ss.start("demo_en", TINY_BASE, "en", "", "srch", table, ["gpt"], True, trials, budget)
-    assert "search started" in message and f"{trials} trials of up to {budget} epochs" in message, message
+    assert "search started" in message and f"{trials} trials of up to {budget} epoch(s)" in message, message
     job = ss.engine.current_job()
     assert job.spec["mode"] == "search"
     return Path(job.spec["search"]["study_dir"])

@@ -705,8 +705,8 @@ def _train_screen(s: Screens, data: dict[str, Any], refresh_s: float) -> dict[st
         stop = gr.Button("Stop (writes a checkpoint)", variant="stop", elem_id="train-stop")
     w["shown"], epochs, cont, restore, restore_btn = _run_controls()
     w["message"] = message = gr.Markdown(label="train message", elem_id="train-message")
-    panel = search_screen.search_panel()
     live = _train_live()
+    panel = search_screen.search_panel()  # below the training's live view, which the study's training fills
     base, dataset, preset, name, hparams, shown = (
         w[k] for k in ("base", "dataset", "preset", "name", "hparams", "shown")
     )

@@ -228,7 +228,7 @@ def study_lines(study_dir: Path, settings: Any, rows: list[Any], trials: int | N
     lines = [
         f"study {settings.name} ({study_dir}): {done} of {trials or '?'} trials done ({count['complete']} complete, "
         f"{count['pruned']} pruned, {count['failed']} failed), {count['running']} running; up to "
-        f"{settings.budget_epochs} epochs a trial, table row {settings.table_row} (LR {settings.row_lr:.3g})"
+        f"{settings.budget_epochs} epoch(s) a trial; {settings.table_row}: LR {settings.row_lr:.3g}"
     ]
     if finished:
         best = min(finished, key=lambda r: r.value)

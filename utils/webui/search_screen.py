@@ -53,7 +53,7 @@ class SearchScreens:
         study = Path(job.spec["search"]["study_dir"])
         return (
             f"search started (job {job.job_id}, process {job.pid}): {int(trials or 0)} trials of up to "
-            f"{int(budget_epochs or 0)} epochs in {study}; the training follows with its best trial's values",
+            f"{int(budget_epochs or 0)} epoch(s) in {study}; the training follows with its best trial's values",
             gr.update(value=""),
             gr.update(choices=[""] + self.engine_studies(), value=""),
         )
@@ -125,7 +125,10 @@ class SearchScreens:
             return "no search yet: tick 'search first' and start", pd.DataFrame(columns=SEARCH_HEADERS), []
         job = self.engine.current_job()
         lines = _job_line(job, folder)
-        read = search.read_study(folder)
+        try:
+            read = search.read_study(folder)
+        except (OSError, ValueError, ToolkitError) as exc:  # the timer asks again in a moment
+            return f"study {folder.name}: not readable right now ({exc})", pd.DataFrame(columns=SEARCH_HEADERS), []
         if read is None:
             lines.append(f"study {folder.name}: planning (measuring the data, choosing the ranges)")
             return "\n".join(lines), pd.DataFrame(columns=SEARCH_HEADERS), []
@@ -185,7 +188,7 @@ def search_choice() -> dict[str, Any]:
 
 def search_panel() -> dict[str, Any]:
     """The study panel: the study shown, continue, its status, trials table and plots."""
-    with gr.Accordion("hyperparameter search (search first)", open=True):
+    with gr.Accordion("hyperparameter search (search first)", open=True, elem_id="search-panel"):
         with gr.Row():
             study = gr.Dropdown(
                 label="study shown (empty: the newest job's)",

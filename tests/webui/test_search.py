@@ -104,6 +104,8 @@ def test_stop_during_search_keeps_finished_trials_and_continues(screens: SearchS
             break
         assert engine.jobs.active() is not None, engine.current_job().log_tail()
         time.sleep(0.5)
+    # the reports are rewritten after every trial, so the page shows the plots while the study runs
+    assert (study / "history.png").is_file() and (study / "summary.csv").is_file()
     time.sleep(3)  # into the trial's training
     message = screens.screens.stop()
     assert "stop requested" in message

@@ -2,13 +2,13 @@
 
 :class:`Screens` holds one handler per user action; each calls :class:`utils.webui.engine.Engine`
 and returns what the components show, so tests drive the handlers without a browser. Every
-handler goes through :func:`guard`: a problem the user can fix shows as one message in the page
-(``gr.Error``), never as a traceback. :func:`build_app` lays the screens out.
+handler goes through :func:`utils.webui.guard.guard`: a problem the user can fix shows as one
+message in the page (``gr.Error``), never as a traceback. :func:`build_app` lays the screens out;
+the Train screen's "search first" part is :mod:`utils.webui.search_screen`.
 """
 
 from __future__ import annotations
 
-import functools
 import html
 import logging
 from collections.abc import Callable, Sequence
@@ -21,6 +21,8 @@ import pandas as pd
 from utils.errors import ToolkitError
 from utils.webui.datasets import DataSummary
 from utils.webui.engine import TINY_BASE, Engine
+from utils.webui.guard import guard
+from utils.webui.guard import table_rows as _rows
 from utils.webui.jobs import ACTIVE_STATES, Job
 
 logger = logging.getLogger(__name__)
@@ -53,26 +55,6 @@ CSS = """
 """
 
 
-def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn every failure into one message in the page (the traceback goes to the server log)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except ToolkitError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
-        except Exception as exc:  # an unexpected failure: one line for the page, details in the log
-            logger.exception("%s failed", fn.__name__)
-            raise gr.Error(
-                f"{fn.__name__.replace('_', ' ')} failed: {type(exc).__name__}: {exc}", print_exception=False
-            ) from None
-
-    return wrapper
-
-
 def _fmt(value: Any, spec: str = ".4g") -> str:
     if value is None:
         return "-"
@@ -87,17 +69,6 @@ def _hms(seconds: float | None) -> str:
         return "-"
     s = int(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def _rows(df: Any) -> list[list[Any]]:
-    """A Dataframe component's value (pandas or a list of lists) as a list of rows."""
-    if df is None:
-        return []
-    if isinstance(df, pd.DataFrame):
-        return df.values.tolist()
-    if isinstance(df, dict) and "data" in df:
-        return list(df["data"])
-    return [list(r) for r in df]
 
 
 class Screens:

@@ -16,8 +16,8 @@ import pandas as pd
 
 from utils.errors import ConfigError, ToolkitError
 from utils.webui import search
-from utils.webui.app import Screens, guard
 from utils.webui.engine import TINY_BASE
+from utils.webui.guard import guard, table_rows
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ SEARCH_HEADERS = ["trial", "state", "reason", "lr", "best eval loss", "epochs ru
 class SearchScreens:
     """Search handlers over the same engine as :class:`utils.webui.app.Screens`."""
 
-    def __init__(self, screens: Screens) -> None:
+    def __init__(self, screens: Any) -> None:  # utils.webui.app.Screens (which imports this module)
         self.screens = screens
         self.engine = screens.engine
 
@@ -71,12 +71,10 @@ class SearchScreens:
         budget_epochs: float | None,
     ) -> Any:
         """The study's job: the training's config as a new run's, the page's edits fixed for every trial."""
-        from utils.webui.app import _rows
-
         engine, base = self.engine, base or TINY_BASE
         overrides = (
-            engine.edited_overrides(_rows(table), dataset, base_model=base, preset=preset or None)
-            if table is not None and _rows(table)
+            engine.edited_overrides(table_rows(table), dataset, base_model=base, preset=preset or None)
+            if table is not None and table_rows(table)
             else {}
         )
         config = engine.run_config(

@@ -2,7 +2,8 @@
 
 Prepare the bundled demo data, edit a hyperparameter, train the tiny base, close and reopen the
 page mid-run (and restart the server) to see it re-attach, watch the loss curve grow until the
-run finishes, play a test sentence, speak a text, evaluate and export.
+run finishes, play a test sentence, speak a text, evaluate and export. "Search first": a 2-trial
+study from the Train screen, its trials table and plots, then the training with its best values.
 
 Screenshots of each screen go to ``tmp_path/screens``; ``scripts/make_screenshots.py`` sets
 ``WEBUI_SCREENS_DIR=docs/screens`` to refresh the README's pictures (downscaled) and
@@ -42,12 +43,19 @@ def _evaluations(text: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def _shot(page, tmp_path: Path, name: str) -> Path:
+README_PICTURES = ("data", "evaluate", "listen", "search", "train")  # the README shows these
+
+
+def _shot(page, tmp_path: Path, name: str, element: str | None = None) -> Path:
+    """The whole page (or one ``element``) as ``tmp_path/screens/NAME.png``."""
     out = tmp_path / "screens" / f"{name}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(out), full_page=True)
+    if element:
+        page.locator(element).screenshot(path=str(out))
+    else:
+        page.screenshot(path=str(out), full_page=True)
     dest = os.environ.get("WEBUI_SCREENS_DIR")
-    if dest:
+    if dest and name in README_PICTURES:
         text = page.inner_text("body")
         shown = temp_paths_shown(text)
         assert not shown, f"{name}.png would show the temporary folder ({shown[0]}): run scripts/make_screenshots.py"
@@ -238,9 +246,44 @@ def test_the_readme_pictures_show_no_temporary_folder() -> None:
     from PIL import Image
 
     pictures = sorted((REPO_ROOT / os.environ.get("WEBUI_SCREENS_DIR", "docs/screens")).glob("*.png"))
-    assert [p.name for p in pictures] == ["data.png", "evaluate.png", "listen.png", "train.png"]
+    assert [p.name for p in pictures] == [f"{name}.png" for name in README_PICTURES]
     for path in pictures:
         with Image.open(path) as im:
             text = im.text.get(PAGE_TEXT, "")
         assert "Data folder:" in text and "runs folder:" in text, f"{path.name}: made by scripts/make_screenshots.py?"
         assert not temp_paths_shown(text), (path.name, temp_paths_shown(text)[:3])
+
+
+def test_search_first_in_chromium(server, browser, tmp_path: Path) -> None:
+    """Tick "search first" with 2 trials of 1 epoch: the trials table and the study's plots appear,
+    then the training runs with the study's best values."""
+    page = _open(browser, server.url)
+    page.locator("#data-demo").click()
+    page.wait_for_function("() => document.querySelector('#data-message')?.innerText.includes('bundled demo copied')")
+    _tab(page, "Train")
+    page.locator("#train-resolve").click()
+    page.locator('#train-hparams [role=gridcell][data-col="0"]', has_text="eval_every_steps").wait_for(timeout=90_000)
+    _edit_hparam(page, "epochs", "1")
+    page.locator("#train-search-first input[type=checkbox]").check()
+    for field, value in (("#train-search-trials input", "2"), ("#train-search-budget input", "1")):
+        page.locator(field).fill(value)
+        page.locator(field).press("Tab")
+    page.wait_for_timeout(300)
+    page.locator("#train-start").click()
+    page.wait_for_function(
+        "() => document.querySelector('#train-message')?.innerText.includes('search started')", timeout=30_000
+    )
+    assert "2 trials of up to 1 epoch(s)" in page.locator("#train-message").inner_text()
+    page.wait_for_function(
+        "() => document.querySelectorAll('#search-trials [role=gridcell][data-col=\"0\"]').length === 2",
+        timeout=TIMEOUT_MS * 2,
+    )
+    page.locator("#search-plots img").first.wait_for(timeout=60_000)
+    done = _wait_status(page, r"training: finished", timeout=TIMEOUT_MS * 2)
+    states = [t.strip() for t in page.locator('#search-trials [role=gridcell][data-col="1"]').all_inner_texts()]
+    assert len(states) == 2 and set(states) <= {"complete", "pruned"} and "complete" in states, states
+    assert page.locator("#search-plots img").count() >= 1
+    assert "search done; training with" in page.locator("#search-status textarea").input_value()
+    assert "optimizer step 5 of 5 (100%)" in done, done  # the page's 1 epoch wins over best.json
+    _shot(page, tmp_path, "train_search")
+    _shot(page, tmp_path, "search", "#search-panel")

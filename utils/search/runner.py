@@ -46,6 +46,7 @@ class RunOptions:
     storage: str | None = None
     keep_weights: bool = False
     progress: bool = True
+    reports_each_trial: bool = False  # best.json, summary and plots after every trial (a page showing it live)
 
     def __post_init__(self) -> None:
         if self.trials is not None and int(self.trials) < 1:
@@ -110,11 +111,24 @@ def _run(settings: SearchSettings, folder: StudyFolder, storage: Any, options: R
         if options.processes > 1:
             run_workers(folder, options, bar)
         else:
-            work(study, settings, folder, options, on_trial=bar.trial_done)
+            work(study, settings, folder, options, on_trial=_on_trial(bar, settings, folder, options))
     finally:
         bar.close()
         outcome = write_reports(study, settings, folder)
     return outcome
+
+
+def _on_trial(
+    bar: _TrialBar, settings: SearchSettings, folder: StudyFolder, options: RunOptions
+) -> Callable[[Any, TrialOutcome, st.Counts], None]:
+    """After each trial: the bar, and (``reports_each_trial``) the reports so far."""
+
+    def done(study: Any, outcome: TrialOutcome, counts: st.Counts) -> None:
+        bar.trial_done(study, outcome, counts)
+        if options.reports_each_trial:
+            write_reports(study, settings, folder)
+
+    return done
 
 
 def _with_trial_count(options: RunOptions, study: Any) -> RunOptions:

@@ -2,13 +2,13 @@
 
 :class:`Screens` holds one handler per user action; each calls :class:`utils.webui.engine.Engine`
 and returns what the components show, so tests drive the handlers without a browser. Every
-handler goes through :func:`guard`: a problem the user can fix shows as one message in the page
-(``gr.Error``), never as a traceback. :func:`build_app` lays the screens out.
+handler goes through :func:`utils.webui.guard.guard`: a problem the user can fix shows as one
+message in the page (``gr.Error``), never as a traceback. :func:`build_app` lays the screens out;
+the Train screen's "search first" part is :mod:`utils.webui.search_screen`.
 """
 
 from __future__ import annotations
 
-import functools
 import html
 import logging
 from collections.abc import Callable, Sequence
@@ -21,6 +21,8 @@ import pandas as pd
 from utils.errors import ToolkitError
 from utils.webui.datasets import DataSummary
 from utils.webui.engine import TINY_BASE, Engine
+from utils.webui.guard import guard
+from utils.webui.guard import table_rows as _rows
 from utils.webui.jobs import ACTIVE_STATES, Job
 
 logger = logging.getLogger(__name__)
@@ -53,26 +55,6 @@ CSS = """
 """
 
 
-def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn every failure into one message in the page (the traceback goes to the server log)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except ToolkitError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
-        except Exception as exc:  # an unexpected failure: one line for the page, details in the log
-            logger.exception("%s failed", fn.__name__)
-            raise gr.Error(
-                f"{fn.__name__.replace('_', ' ')} failed: {type(exc).__name__}: {exc}", print_exception=False
-            ) from None
-
-    return wrapper
-
-
 def _fmt(value: Any, spec: str = ".4g") -> str:
     if value is None:
         return "-"
@@ -87,17 +69,6 @@ def _hms(seconds: float | None) -> str:
         return "-"
     s = int(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def _rows(df: Any) -> list[list[Any]]:
-    """A Dataframe component's value (pandas or a list of lists) as a list of rows."""
-    if df is None:
-        return []
-    if isinstance(df, pd.DataFrame):
-        return df.values.tolist()
-    if isinstance(df, dict) and "data" in df:
-        return list(df["data"])
-    return [list(r) for r in df]
 
 
 class Screens:
@@ -347,6 +318,8 @@ class Screens:
             lines[0] += f": {job.status.get('final_state')}, the process is ending"
         if job.state in ACTIVE_STATES and job.status.get("stage") and job.status.get("stage") != "train":
             lines.append(f"step of the recipe: {job.status['stage']}")
+        if job.status.get("phase") == "search" and job.state in ACTIVE_STATES:
+            lines.append(f"searching first: study {job.status.get('study')} (trials below); the training follows")
         lines += _stop_lines(job, self.engine.jobs.stop_overdue(job))
         if job.status.get("error"):
             lines.append(f"error: {job.status['error']}")
@@ -618,6 +591,7 @@ def build_app(engine: Engine, *, refresh_s: float = 2.0) -> gr.Blocks:
             api_name="load_train_lists",
         )
         app.load(s.refresh_train, inputs=train["shown"], outputs=train["live"], api_name="load_train_status")
+        app.load(train["search"].studies, outputs=train["study"], api_name="load_studies")
         app.load(s.listen_runs, outputs=listen["run"], api_name="load_listen_runs")
         app.load(s.listen_runs, outputs=evaluate["run"], api_name="load_evaluate_runs")
     return app
@@ -693,6 +667,49 @@ def _review_fn(s: Screens, action: str) -> Callable[..., tuple]:
 
 
 def _train_screen(s: Screens, data: dict[str, Any], refresh_s: float) -> dict[str, Any]:
+    from utils.webui import search_screen
+
+    w = _train_inputs()
+    choice = search_screen.search_choice()
+    with gr.Row():
+        w["start"] = gr.Button("Start training", variant="primary", elem_id="train-start")
+        stop = gr.Button("Stop (writes a checkpoint)", variant="stop", elem_id="train-stop")
+    w["shown"], epochs, cont, restore, restore_btn = _run_controls()
+    w["message"] = message = gr.Markdown(label="train message", elem_id="train-message")
+    live = _train_live()
+    panel = search_screen.search_panel()  # below the training's live view, which the study's training fills
+    base, dataset, preset, name, hparams, shown = (
+        w[k] for k in ("base", "dataset", "preset", "name", "hparams", "shown")
+    )
+    w["download"].click(s.download_base, outputs=[base, message], api_name="download_base")
+    w["resolve"].click(s.resolve, inputs=[dataset, base, preset], outputs=hparams, api_name="show_hyperparameters")
+    stop.click(s.stop, outputs=message, api_name="stop_training")
+    cont.click(s.continue_run, inputs=[shown, epochs], outputs=[message, shown], api_name="continue_training")
+    restore_btn.click(
+        s.restore_run,
+        inputs=[restore, preset, name, dataset, base, hparams],
+        outputs=[message, shown],
+        api_name="restore_training",
+    )
+    data["dataset"].change(_same_dataset, inputs=data["dataset"], outputs=dataset, api_name="use_dataset")
+    shown.change(s.refresh_train, inputs=shown, outputs=live, show_progress="hidden", api_name="show_run")
+    timer = gr.Timer(refresh_s)
+    timer.tick(s.refresh_train, inputs=shown, outputs=live, show_progress="hidden", api_name="train_status")
+    searches = search_screen.SearchScreens(s)
+    search_screen.wire(searches, w, choice, panel, timer)
+    return {
+        "base": base,
+        "dataset": dataset,
+        "shown": shown,
+        "restore": restore,
+        "live": live,
+        "search": searches,
+        "study": panel["study"],
+    }
+
+
+def _train_inputs() -> dict[str, Any]:
+    """Base model, dataset, language, preset, run name, stages and the hyperparameter table."""
     with gr.Row():
         base = gr.Dropdown(
             label="base model",
@@ -722,33 +739,17 @@ def _train_screen(s: Screens, data: dict[str, Any], refresh_s: float) -> dict[st
         static_columns=[0, 2],
         elem_id="train-hparams",
     )
-    with gr.Row():
-        start = gr.Button("Start training", variant="primary", elem_id="train-start")
-        stop = gr.Button("Stop (writes a checkpoint)", variant="stop", elem_id="train-stop")
-    shown, epochs, cont, restore, restore_btn = _run_controls()
-    message = gr.Markdown(label="train message", elem_id="train-message")
-    live = _train_live()
-    download.click(s.download_base, outputs=[base, message], api_name="download_base")
-    resolve.click(s.resolve, inputs=[dataset, base, preset], outputs=hparams, api_name="show_hyperparameters")
-    start.click(
-        s.start,
-        inputs=[dataset, base, language, preset, name, hparams, stages],
-        outputs=[message, shown],
-        api_name="start_training",
-    )
-    stop.click(s.stop, outputs=message, api_name="stop_training")
-    cont.click(s.continue_run, inputs=[shown, epochs], outputs=[message, shown], api_name="continue_training")
-    restore_btn.click(
-        s.restore_run,
-        inputs=[restore, preset, name, dataset, base, hparams],
-        outputs=[message, shown],
-        api_name="restore_training",
-    )
-    data["dataset"].change(_same_dataset, inputs=data["dataset"], outputs=dataset, api_name="use_dataset")
-    shown.change(s.refresh_train, inputs=shown, outputs=live, show_progress="hidden", api_name="show_run")
-    timer = gr.Timer(refresh_s)
-    timer.tick(s.refresh_train, inputs=shown, outputs=live, show_progress="hidden", api_name="train_status")
-    return {"base": base, "dataset": dataset, "shown": shown, "restore": restore, "live": live}
+    return {
+        "base": base,
+        "download": download,
+        "dataset": dataset,
+        "language": language,
+        "preset": preset,
+        "name": name,
+        "stages": stages,
+        "resolve": resolve,
+        "hparams": hparams,
+    }
 
 
 def _run_controls() -> tuple[Any, ...]:

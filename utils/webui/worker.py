@@ -6,6 +6,8 @@ It trains through the recipe API (:class:`utils.finetune.FineTune`, via
 state to ``JOB/status.json``: ``running`` (with its pid and, from the ``run_dir`` event, the run
 folder), then ``finished``, ``stopped`` (SIGINT or SIGTERM, whatever SIGINT disposition the
 server inherited: the trainer writes a checkpoint first) or ``failed`` with the one-line reason.
+A ``search`` job runs a hyperparameter study first (:mod:`utils.webui.search`; status
+``phase`` ``search``, then ``train``), then the training with the study's best.json.
 The process holds the job manager's training lock (an inherited descriptor) until it ends.
 The page reads these files and the run folder; it never parses this process's output.
 """
@@ -147,9 +149,19 @@ def run_training_spec(spec: dict[str, Any], subscribers: Sequence[Any] = ()) -> 
         )
     elif mode == "restore":
         ft = FineTune.restore(spec["restore"], dict(spec.get("values") or {}), subscribers=subscribers)
+    elif mode == "search":  # a study first (utils.webui.search), then the training with its best.json
+        from utils.webui.search import run_search_spec
+
+        status = next((s for s in subscribers if isinstance(s, StatusWriter)), None)
+        config = run_search_spec(spec, status.update if status is not None else _no_status)
+        ft = FineTune(RunConfig.from_dict(config), subscribers=subscribers)
     else:
         ft = FineTune(RunConfig.from_dict(spec["config"]), subscribers=subscribers)
     return Path(ft.run().run_dir)
+
+
+def _no_status(**_values: Any) -> None:
+    """No status file to update (a caller without a job folder)."""
 
 
 if __name__ == "__main__":

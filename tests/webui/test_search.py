@@ -91,7 +91,7 @@ def test_search_first_then_train_with_best_json(screens: SearchScreens) -> None:
     assert _lock_free(engine)
 
 
-@pytest.mark.slow  # trials of two epochs, stopped during the second trial; then continued
+# trials of two epochs, stopped during the second trial; then continued: a user-facing flow, run in CI
 def test_stop_during_search_keeps_finished_trials_and_continues(screens: SearchScreens) -> None:
     engine = screens.engine
     study = _start(screens, trials=3, budget=2)

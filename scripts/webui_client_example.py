@@ -60,7 +60,7 @@ def train_through_api(
     logger.info("%s", summary.strip("*").split("\n")[0])
     table = _call(client, "/show_hyperparameters", dataset, base, "")  # {"headers": [...], "data": [...]}
     table["data"] = [[n, str(epochs) if n == "epochs" else v, s] for n, v, s in table["data"]]
-    message, _ = _call(client, "/start_training", dataset, base, "en", "", "api_run", table)
+    message = _call(client, "/start_training", dataset, base, "en", "", "api_run", table)[0]  # message, run, study
     logger.info("%s", message)
     deadline = time.time() + timeout_s
     while time.time() < deadline:

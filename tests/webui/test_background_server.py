@@ -209,7 +209,9 @@ def test_stop_in_the_page_stops_and_continue_finishes(server: BackgroundServer, 
     page.locator('#train-hparams [role=gridcell][data-col="0"]', has_text="eval_every_steps").wait_for(timeout=90_000)
     _edit_hparam(page, "epochs", "40")
     page.locator("#train-start").click()
-    page.wait_for_function("() => document.querySelector('#train-message')?.innerText.includes('training started')")
+    page.wait_for_function(
+        "() => document.querySelector('#train-message')?.innerText.includes('training started')", timeout=90_000
+    )
     live = _wait_status(page, r"trainer step \d+ of")
     m = re.search(r"trainer step (\d+) of 200 \(epoch (\d+) of 40\)", live)  # 40 epochs x 5 steps: one count
     assert m and int(m.group(1)) <= 5 * int(m.group(2)), live

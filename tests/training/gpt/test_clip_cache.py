@@ -126,10 +126,19 @@ def test_a_changed_clip_and_a_changed_dvae_are_computed_again(model_and_rows, mo
     items, _ = clip_cache.prepare_clip_cache(model, rows, cache, device="cpu", load_audio=load, progress=False)
     assert calls == {"decoded": 7, "encoded": 7}
     assert items[2].num_samples == len(data) // 2
-    # another DVAE file (a new base model): every clip's codes again, no audio decoded
+    # the same DVAE file in another place (a moved base model): the codes are kept
     dvae = Path(model.config.model_args.dvae_checkpoint)
-    st = dvae.stat()
-    os.utime(dvae, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    moved = tmp_path / "moved" / "dvae.pth"
+    moved.parent.mkdir()
+    shutil.copy(dvae, moved)
+    monkeypatch.setattr(model.config.model_args, "dvae_checkpoint", str(moved))
+    clip_cache.prepare_clip_cache(model, rows, cache, device="cpu", load_audio=load, progress=False)
+    assert calls == {"decoded": 7, "encoded": 7}
+    # another DVAE file (other content: a new base model): every clip's codes again, no audio decoded
+    other = tmp_path / "other" / "dvae.pth"
+    other.parent.mkdir()
+    other.write_bytes(dvae.read_bytes() + b"\0")
+    monkeypatch.setattr(model.config.model_args, "dvae_checkpoint", str(other))
     clip_cache.prepare_clip_cache(model, rows, cache, device="cpu", load_audio=load, progress=False)
     assert calls == {"decoded": 7, "encoded": 13}
 

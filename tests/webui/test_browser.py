@@ -242,18 +242,6 @@ def _evaluate_export(page, tmp_path: Path) -> None:
     _shot(page, tmp_path, "evaluate")
 
 
-def test_the_readme_pictures_show_no_temporary_folder() -> None:
-    from PIL import Image
-
-    pictures = sorted((REPO_ROOT / os.environ.get("WEBUI_SCREENS_DIR", "docs/screens")).glob("*.png"))
-    assert [p.name for p in pictures] == [f"{name}.png" for name in README_PICTURES]
-    for path in pictures:
-        with Image.open(path) as im:
-            text = im.text.get(PAGE_TEXT, "")
-        assert "Data folder:" in text and "runs folder:" in text, f"{path.name}: made by scripts/make_screenshots.py?"
-        assert not temp_paths_shown(text), (path.name, temp_paths_shown(text)[:3])
-
-
 def test_search_first_in_chromium(server, browser, tmp_path: Path) -> None:
     """Tick "search first" with 2 trials of 1 epoch: the trials table and the study's plots appear,
     then the training runs with the study's best values."""
@@ -287,3 +275,15 @@ def test_search_first_in_chromium(server, browser, tmp_path: Path) -> None:
     assert "optimizer step 5 of 5 (100%)" in done, done  # the page's 1 epoch wins over best.json
     _shot(page, tmp_path, "train_search")
     _shot(page, tmp_path, "search", "#search-panel")
+
+
+def test_the_readme_pictures_show_no_temporary_folder() -> None:
+    from PIL import Image
+
+    pictures = sorted((REPO_ROOT / os.environ.get("WEBUI_SCREENS_DIR", "docs/screens")).glob("*.png"))
+    assert [p.name for p in pictures] == [f"{name}.png" for name in README_PICTURES]
+    for path in pictures:
+        with Image.open(path) as im:
+            text = im.text.get(PAGE_TEXT, "")
+        assert "Data folder:" in text and "runs folder:" in text, f"{path.name}: made by scripts/make_screenshots.py?"
+        assert not temp_paths_shown(text), (path.name, temp_paths_shown(text)[:3])

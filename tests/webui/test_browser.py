@@ -274,6 +274,11 @@ def test_search_first_in_chromium(server, browser, tmp_path: Path) -> None:
     assert "search done; training with" in page.locator("#search-status textarea").input_value()
     assert "optimizer step 5 of 5 (100%)" in done, done  # the page's 1 epoch wins over best.json
     _shot(page, tmp_path, "train_search")
+    page.locator("#search-plots").scroll_into_view_if_needed()
+    page.wait_for_function(  # the plots are real pictures the browser decoded, not empty frames
+        "() => [...document.querySelectorAll('#search-plots img')].every(i => i.complete && i.naturalWidth > 100)",
+        timeout=30_000,
+    )
     _shot(page, tmp_path, "search", "#search-panel")
 
 

@@ -23,22 +23,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from utils.base_model import TINY_GPT_ARGS
+
 logger = logging.getLogger(__name__)
 
 # 6 layers x 512 channels, 8 heads: about 25 M GPT parameters (XTTS v2: 30 x 1,024, 428 M).
 SMALL_GPT_ARGS: dict[str, Any] = {
+    **TINY_GPT_ARGS,  # the same token layout; only the size differs
     "gpt_layers": 6,
     "gpt_n_model_channels": 512,
     "gpt_n_heads": 8,
     "decoder_input_dim": 512,  # must equal gpt_n_model_channels
-    "gpt_num_audio_tokens": 1026,
-    "gpt_start_audio_token": 1024,
-    "gpt_stop_audio_token": 1025,
-    "gpt_max_audio_tokens": 605,
-    "gpt_max_text_tokens": 402,
-    "gpt_max_prompt_tokens": 70,
-    "gpt_use_masking_gt_prompt_approach": True,
-    "gpt_use_perceiver_resampler": True,
 }
 
 
